@@ -1,0 +1,282 @@
+// The one message contract between trainer ⇄ extension host ⇄ webview.
+// Every frame crossing a process or webview boundary is validated against these schemas on receipt.
+// docs/protocol.md describes the same contract in prose; keep the two in step.
+import { z } from 'zod';
+import { BACKEND_NAMES } from './config';
+
+export const PROTOCOL_VERSION = 1;
+
+/** Largest frame either side accepts; commands are tiny, so anything bigger is hostile or a bug. */
+export const MAX_FRAME_BYTES = 64 * 1024;
+
+const finite = z.number().finite();
+const step = z.number().int().min(0);
+
+// ---------------------------------------------------------------------------------------------
+// Steering commands (extension → trainer; webview → extension)
+
+export const SteeringCommandSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('pause') }).strict(),
+  z.object({ kind: z.literal('resume') }).strict(),
+  z.object({ kind: z.literal('stop') }).strict(),
+  z.object({ kind: z.literal('setAlpha'), alpha: z.number() }).strict(),
+  z.object({ kind: z.literal('freeze'), expert: z.number().int() }).strict(),
+  z.object({ kind: z.literal('unfreeze'), expert: z.number().int() }).strict(),
+]);
+export type SteeringCommand = z.infer<typeof SteeringCommandSchema>;
+export type SteeringKind = SteeringCommand['kind'];
+
+/** Command ids are chosen by whoever issues the command (webview or extension) and echoed in the ack. */
+export const CommandIdSchema = z.string().min(1).max(64).regex(/^[A-Za-z0-9_-]+$/);
+
+// ---------------------------------------------------------------------------------------------
+// Trainer → extension events. Each carries `seq`, strictly increasing per run, so a client that
+// re-attaches asks for everything after the last seq it holds and gets no gap and no duplicate.
+
+export const RunStateSchema = z.enum(['starting', 'running', 'paused', 'completed', 'stopped', 'failed']);
+export type RunState = z.infer<typeof RunStateSchema>;
+export const TERMINAL_STATES: readonly RunState[] = ['completed', 'stopped', 'failed'];
+
+export const BackendInfoSchema = z
+  .object({
+    name: z.enum(BACKEND_NAMES),
+    /** True when tensors live on a GPU. */
+    gpu: z.boolean(),
+    /** Human-readable detail, e.g. why faster backends were skipped. */
+    detail: z.string(),
+  })
+  .strict();
+export type BackendInfo = z.infer<typeof BackendInfoSchema>;
+
+export const ExpertStatsSchema = z
+  .object({
+    id: z.number().int().min(0),
+    /** PL constant estimate: λ_min of the expert's tangent kernel on the probe batch. */
+    mu: finite,
+    /** Smoothness (Lipschitz) estimate: λ_max of the same kernel. */
+    lf: finite,
+    /** Condition number L_f/μ (damped, see docs/method.md). */
+    kappa: finite,
+    frozen: z.boolean(),
+    pruned: z.boolean(),
+  })
+  .strict();
+export type ExpertStats = z.infer<typeof ExpertStatsSchema>;
+
+export const HelloEventSchema = z
+  .object({
+    type: z.literal('hello'),
+    seq: step,
+    protocol: z.literal(PROTOCOL_VERSION),
+    runId: z.string(),
+    pid: z.number().int(),
+    backend: BackendInfoSchema,
+    startedAt: z.number(),
+    totalSteps: step,
+    experts: z.number().int().min(1),
+    alpha: finite,
+    taskMetric: z.enum(['accuracy', 'perplexity']),
+    /** The resolved config the run uses (after defaults). */
+    config: z.record(z.unknown()),
+  })
+  .strict();
+
+export const MetricsEventSchema = z
+  .object({
+    type: z.literal('metrics'),
+    seq: step,
+    /** Completed optimizer steps; the values describe step `step`. */
+    step: step,
+    time: z.number(),
+    loss: finite,
+    /** The task loss L_S alone (loss = taskLoss + alpha·regularizer). */
+    taskLoss: finite,
+    /** Mean κ over kept experts, the regularizer term before α. */
+    regularizer: finite,
+    alpha: finite,
+    /** Accuracy (0…1) for classifiers, perplexity for language models: see hello.taskMetric. */
+    taskMetric: finite,
+    stepsPerSec: finite,
+    /** Present on monitor steps only. */
+    experts: z.array(ExpertStatsSchema).optional(),
+  })
+  .strict();
+export type MetricsEvent = z.infer<typeof MetricsEventSchema>;
+
+export const AckEventSchema = z
+  .object({
+    type: z.literal('ack'),
+    seq: step,
+    commandId: CommandIdSchema,
+    command: SteeringCommandSchema,
+    /** `applied`: took effect after step `step` completed (step+1 is the first step under it). */
+    status: z.enum(['applied', 'rejected']),
+    step: step,
+    reason: z.string().optional(),
+    time: z.number(),
+  })
+  .strict();
+export type AckEvent = z.infer<typeof AckEventSchema>;
+
+export const StateEventSchema = z
+  .object({
+    type: z.literal('state'),
+    seq: step,
+    state: RunStateSchema,
+    step: step,
+    time: z.number(),
+    /** Why the run ended (failed/stopped), or what it is waiting for. */
+    reason: z.string().optional(),
+  })
+  .strict();
+export type StateEvent = z.infer<typeof StateEventSchema>;
+
+export const LogEventSchema = z
+  .object({
+    type: z.literal('log'),
+    seq: step,
+    level: z.enum(['info', 'warn', 'error']),
+    message: z.string(),
+    time: z.number(),
+  })
+  .strict();
+
+export const TrainerEventSchema = z.discriminatedUnion('type', [
+  HelloEventSchema,
+  MetricsEventSchema,
+  AckEventSchema,
+  StateEventSchema,
+  LogEventSchema,
+]);
+export type TrainerEvent = z.infer<typeof TrainerEventSchema>;
+export type HelloEvent = z.infer<typeof HelloEventSchema>;
+
+/** Not part of the run history (no seq): the trainer's answer to a frame it could not accept. */
+export const ProtocolErrorSchema = z
+  .object({ type: z.literal('error'), message: z.string(), inReplyTo: z.string().optional() })
+  .strict();
+export type ProtocolError = z.infer<typeof ProtocolErrorSchema>;
+
+export const TrainerFrameSchema = z.union([TrainerEventSchema, ProtocolErrorSchema]);
+export type TrainerFrame = z.infer<typeof TrainerFrameSchema>;
+
+// ---------------------------------------------------------------------------------------------
+// Extension → trainer
+
+export const ClientFrameSchema = z.discriminatedUnion('type', [
+  /** Replay every event with seq > sinceSeq, then stream live (use -1 for everything). */
+  z.object({ type: z.literal('subscribe'), sinceSeq: z.number().int().min(-1) }).strict(),
+  z.object({ type: z.literal('command'), id: CommandIdSchema, command: SteeringCommandSchema }).strict(),
+]);
+export type ClientFrame = z.infer<typeof ClientFrameSchema>;
+
+// ---------------------------------------------------------------------------------------------
+// Extension host ⇄ webview (postMessage)
+
+/** Lifecycle of a command as the UI shows it; never optimistic: `applied` only after the trainer's ack. */
+export const CommandStatusSchema = z
+  .object({
+    id: CommandIdSchema,
+    command: SteeringCommandSchema,
+    status: z.enum(['pending', 'applied', 'rejected', 'failed']),
+    step: step.optional(),
+    reason: z.string().optional(),
+  })
+  .strict();
+export type CommandStatus = z.infer<typeof CommandStatusSchema>;
+
+export const RunSummarySchema = z
+  .object({
+    runId: z.string(),
+    runDir: z.string(),
+    state: RunStateSchema,
+    backend: BackendInfoSchema.optional(),
+    step: step,
+    totalSteps: step,
+    alpha: finite.optional(),
+    /** False while the host is (re)connecting to the trainer. */
+    connected: z.boolean(),
+  })
+  .strict();
+export type RunSummary = z.infer<typeof RunSummarySchema>;
+
+export const HostToWebviewSchema = z.discriminatedUnion('type', [
+  /** Full state: sent on `ready` and whenever the webview may have missed data. Replaces everything. */
+  z.object({ type: z.literal('snapshot'), run: RunSummarySchema.nullable(), events: z.array(TrainerEventSchema), commands: z.array(CommandStatusSchema) }).strict(),
+  /** New events for the current run, in seq order. */
+  z.object({ type: z.literal('events'), runId: z.string(), events: z.array(TrainerEventSchema) }).strict(),
+  z.object({ type: z.literal('run'), run: RunSummarySchema.nullable() }).strict(),
+  z.object({ type: z.literal('commandStatus'), status: CommandStatusSchema }).strict(),
+]);
+export type HostToWebview = z.infer<typeof HostToWebviewSchema>;
+
+export const WebviewToHostSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('ready') }).strict(),
+  z.object({ type: z.literal('command'), id: CommandIdSchema, command: SteeringCommandSchema }).strict(),
+]);
+export type WebviewToHost = z.infer<typeof WebviewToHostSchema>;
+
+// ---------------------------------------------------------------------------------------------
+// Run directory layout (the trainer writes it; the extension re-attaches from it)
+
+export const RUN_FILES = {
+  config: 'config.json',
+  /** Announcement: pid, port, state; rewritten atomically on state changes. */
+  runInfo: 'run.json',
+  /** Per-run secret for the WebSocket, mode 0600. */
+  token: 'token',
+  metrics: 'metrics.jsonl',
+  commands: 'commands.jsonl',
+  /** Trainer stdout+stderr when spawned by the extension. */
+  log: 'trainer.log',
+} as const;
+
+export const RunInfoSchema = z
+  .object({
+    protocol: z.literal(PROTOCOL_VERSION),
+    runId: z.string(),
+    pid: z.number().int(),
+    host: z.literal('127.0.0.1'),
+    port: z.number().int().min(0).max(65535),
+    state: RunStateSchema,
+    startedAt: z.number(),
+    updatedAt: z.number(),
+    backend: BackendInfoSchema.optional(),
+    step: step,
+    totalSteps: step,
+    reason: z.string().optional(),
+  })
+  .strict();
+export type RunInfo = z.infer<typeof RunInfoSchema>;
+
+/** The line the trainer prints on stdout once its WebSocket listens (machine-readable; one line). */
+export const LISTENING_PREFIX = 'PLTRAIN_LISTENING ';
+
+/** Environment variable through which the extension hands the trainer its per-run token. */
+export const TOKEN_ENV = 'PLTRAIN_TOKEN';
+/** HTTP header that carries the token on the WebSocket upgrade request. */
+export const TOKEN_HEADER = 'x-pltrain-token';
+
+/** Parse and validate one inbound frame; never throws. */
+export function parseFrame<T>(schema: z.ZodType<T>, raw: string | Buffer | ArrayBuffer | Buffer[], maxBytes = MAX_FRAME_BYTES):
+  | { ok: true; value: T }
+  | { ok: false; error: string } {
+  let text: string;
+  if (typeof raw === 'string') text = raw;
+  else if (Array.isArray(raw)) text = Buffer.concat(raw).toString('utf8');
+  else if (raw instanceof ArrayBuffer) text = Buffer.from(raw).toString('utf8');
+  else text = raw.toString('utf8');
+  if (text.length > maxBytes) return { ok: false, error: `frame of ${text.length} bytes exceeds ${maxBytes}` };
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return { ok: false, error: 'frame is not valid JSON' };
+  }
+  const r = schema.safeParse(json);
+  if (!r.success) {
+    const i = r.error.issues[0];
+    return { ok: false, error: `invalid frame: ${i.path.join('.') || '(root)'}: ${i.message}` };
+  }
+  return { ok: true, value: r.data };
+}
