@@ -1,1 +1,111 @@
-export function activate(): void {}
+// Extension host entry point: wires the run manager to the views (panel, sidebar, status bar),
+// the config editor (diagnostics, code lenses) and the commands.
+import * as vscode from 'vscode';
+import { SteeringCommand } from '../protocol';
+import { ConfigCodeLensProvider, ConfigDiagnostics, CONFIG_SELECTOR, isConfigDocument } from './configEditor';
+import { MetricsPanel } from './panel';
+import { RunManager } from './runManager';
+import { MetricsNode, MetricsTreeProvider } from './sidebar';
+import { RunStatusBar } from './statusBar';
+
+/** What `activate` returns: used by the extension-host tests and available to other extensions. */
+export interface PlTrainerApi {
+  runs: RunManager;
+  diagnostics: vscode.DiagnosticCollection;
+}
+
+export function activate(context: vscode.ExtensionContext): PlTrainerApi {
+  const log = vscode.window.createOutputChannel('PL Trainer', { log: true });
+  const runs = new RunManager(context, log);
+  const diagnostics = new ConfigDiagnostics();
+  const tree = new MetricsTreeProvider(runs);
+  const lenses = new ConfigCodeLensProvider(runs);
+  context.subscriptions.push(
+    log,
+    runs,
+    diagnostics,
+    tree,
+    lenses,
+    new RunStatusBar(runs),
+    vscode.window.registerTreeDataProvider('plTrainer.metrics', tree),
+    vscode.languages.registerCodeLensProvider(CONFIG_SELECTOR, lenses),
+    MetricsPanel.registerSerializer(context, runs),
+  );
+
+  const updateContext = () => {
+    const s = runs.current;
+    void vscode.commands.executeCommand('setContext', 'plTrainer.runState', s?.state ?? 'none');
+    void vscode.commands.executeCommand('setContext', 'plTrainer.runActive', !!s?.active);
+  };
+  context.subscriptions.push(runs.onDidChange(updateContext), runs.onDidChangeCurrent(updateContext));
+
+  const steer = (command: SteeringCommand, runDir?: unknown) => runs.issue(command, typeof runDir === 'string' ? runDir : undefined);
+  const register = (id: string, fn: (...args: any[]) => unknown) => context.subscriptions.push(vscode.commands.registerCommand(id, fn));
+
+  register('plTrainer.start', async (uri?: vscode.Uri) => {
+    const target = uri instanceof vscode.Uri ? uri : await pickConfig();
+    if (!target) return undefined;
+    const session = await runs.start(target);
+    if (session) MetricsPanel.show(context, runs, true);
+    return session?.runDir;
+  });
+  register('plTrainer.pause', (runDir?: string) => steer({ kind: 'pause' }, runDir));
+  register('plTrainer.resume', (runDir?: string) => steer({ kind: 'resume' }, runDir));
+  register('plTrainer.stop', (runDir?: string) => steer({ kind: 'stop' }, runDir));
+  register('plTrainer.setAlpha', async (value?: unknown, runDir?: string) => {
+    let alpha = typeof value === 'number' ? value : undefined;
+    if (alpha === undefined) {
+      const text = await vscode.window.showInputBox({
+        title: 'Set α (weight of the condition-number regularizer)',
+        value: runs.current?.alpha?.toString() ?? '',
+        validateInput: (t) => (t.trim() !== '' && Number.isFinite(Number(t)) && Number(t) >= 0 ? undefined : 'α must be a finite number ≥ 0'),
+      });
+      if (text === undefined) return undefined;
+      alpha = Number(text);
+    }
+    return steer({ kind: 'setAlpha', alpha }, runDir);
+  });
+  const expertCommand = (kind: 'freeze' | 'unfreeze') => async (arg?: unknown, runDir?: string) => {
+    let expert = typeof arg === 'number' ? arg : (arg as Extract<MetricsNode, { kind: 'expert' }> | undefined)?.expert?.id;
+    if (expert === undefined) {
+      const candidates = (runs.current?.experts ?? []).filter((e) => (kind === 'freeze' ? !e.frozen && !e.pruned : e.frozen));
+      const pick = await vscode.window.showQuickPick(
+        candidates.map((e) => ({ label: `expert ${e.id}`, description: `κ ${e.kappa.toPrecision(4)}`, id: e.id })),
+        { title: kind === 'freeze' ? 'Freeze which expert?' : 'Unfreeze which expert?' },
+      );
+      if (!pick) return undefined;
+      expert = pick.id;
+    }
+    return steer({ kind, expert }, runDir);
+  };
+  register('plTrainer.freezeExpert', expertCommand('freeze'));
+  register('plTrainer.unfreezeExpert', expertCommand('unfreeze'));
+  register('plTrainer.showPanel', () => MetricsPanel.show(context, runs));
+  register('plTrainer.openRun', (dir: string) => {
+    runs.openRecorded(dir);
+    MetricsPanel.show(context, runs);
+  });
+
+  // Training outlives the window: pick up trainers that kept running while it was closed.
+  const reattached = runs.reattachAll();
+  if (reattached.length) log.info(`re-attached to ${reattached.length} running trainer(s)`);
+  updateContext();
+  return { runs, diagnostics: diagnostics.collection };
+}
+
+async function pickConfig(): Promise<vscode.Uri | undefined> {
+  const active = vscode.window.activeTextEditor?.document;
+  if (active && isConfigDocument(active)) return active.uri;
+  const found = await vscode.workspace.findFiles('**/*.pltrain.json', '**/{node_modules,.pltrain}/**', 50);
+  if (found.length === 1) return found[0];
+  if (!found.length) {
+    void vscode.window.showErrorMessage('No *.pltrain.json config in this workspace. Create one (see examples/default.pltrain.json).');
+    return undefined;
+  }
+  const pick = await vscode.window.showQuickPick(found.map((u) => ({ label: vscode.workspace.asRelativePath(u), uri: u })), { title: 'Start PL training with which config?' });
+  return pick?.uri;
+}
+
+export function deactivate(): void {
+  // Nothing to stop: trainers are detached on purpose and keep running.
+}

@@ -9,59 +9,43 @@ const positiveInt = (max: number) => z.number().int().min(1).max(max);
 
 export const ModelConfigSchema = z
   .object({
-    /** Model family. `moe-mlp`: dense soft-gated mixture of two-layer experts (the default classifier). */
-    family: z.literal('moe-mlp').default('moe-mlp'),
-    /** Number of experts; the PL method needs at least two to compare. */
-    experts: z.number().int().min(2).max(64).default(4),
-    /** Hidden units of each expert. */
-    hiddenUnits: positiveInt(4096).default(32),
+    family: z.literal('moe-mlp').default('moe-mlp').describe('Model family. `moe-mlp`: dense soft-gated mixture of two-layer experts (the default classifier).'),
+    experts: z.number().int().min(2).max(64).default(4).describe('Number of experts; the PL method needs at least two to compare.'),
+    hiddenUnits: positiveInt(4096).default(32).describe('Hidden units of each expert.'),
   })
   .strict();
 
 export const DataConfigSchema = z
   .object({
-    /**
-     * `builtin`: the Fashion-MNIST subset shipped with the extension (14×14, works offline anywhere).
-     * `fashion-mnist`: the full IDX files, e.g. Debian's `dataset-fashion-mnist` in /usr/share/datasets/fashion-mnist.
-     */
-    source: z.enum(['builtin', 'fashion-mnist']).default('builtin'),
-    /** Folder with the IDX files when source is `fashion-mnist`. */
-    path: z.string().min(1).optional(),
-    /** Use at most this many training examples (0 = all). */
-    maxTrainExamples: z.number().int().min(0).default(0),
+    source: z.enum(['builtin', 'fashion-mnist']).default('builtin').describe('`builtin`: the Fashion-MNIST subset shipped with the extension (14×14, works offline anywhere). `fashion-mnist`: the full IDX files, e.g. Debian\'s `dataset-fashion-mnist` in /usr/share/datasets/fashion-mnist.'),
+    path: z.string().min(1).optional().describe('Folder with the IDX files when source is `fashion-mnist`.'),
+    maxTrainExamples: z.number().int().min(0).default(0).describe('Use at most this many training examples (0 = all).'),
   })
   .strict();
 
 export const MonitorConfigSchema = z
   .object({
-    /** Measure μ, L_f and κ per expert every this many steps. */
-    every: positiveInt(1_000_000).default(10),
-    /** Probe batch size n for the n×n tangent kernel (must stay well below each expert's parameter count). */
-    probeSize: z.number().int().min(2).max(256).default(16),
-    /** Relative damping δ: κ = λ_max / max(λ_min, δ·λ_max), so a singular kernel gives a finite κ = 1/δ. */
-    damping: z.number().positive().max(1).default(1e-6),
+    every: positiveInt(1_000_000).default(10).describe('Measure μ, L_f and κ per expert every this many steps.'),
+    probeSize: z.number().int().min(2).max(256).default(16).describe('Probe batch size n for the n×n tangent kernel (must stay well below each expert\'s parameter count).'),
+    damping: z.number().positive().max(1).default(1e-6).describe('Relative damping δ: κ = λ_max / max(λ_min, δ·λ_max), so a singular kernel gives a finite κ = 1/δ.'),
   })
   .strict();
 
 export const TrainingConfigSchema = z
   .object({
-    $schema: z.string().optional(),
-    name: z.string().min(1).max(200).default('pl-run'),
+    $schema: z.string().optional().describe('Path or URL of the JSON schema (editor support only).'),
+    name: z.string().min(1).max(200).default('pl-run').describe('Run name; the run directory is named after it.'),
     model: ModelConfigSchema.default({}),
     data: DataConfigSchema.default({}),
-    steps: positiveInt(10_000_000).default(300),
-    batchSize: positiveInt(65536).default(64),
-    learningRate: z.number().positive().max(10).default(0.003),
-    seed: z.number().int().min(0).max(2 ** 31 - 1).default(1),
-    /** Weight of the condition-number regularizer in L_S(w) + α·κ̄. Changeable live. */
-    alpha: z.number().min(0).max(1e6).default(0.01),
+    steps: positiveInt(10_000_000).default(300).describe('Training steps (optimizer updates). `pltrain --steps N` overrides it.'),
+    batchSize: positiveInt(65536).default(64).describe('Examples per training step.'),
+    learningRate: z.number().positive().max(10).default(0.003).describe('Adam learning rate.'),
+    seed: z.number().int().min(0).max(2 ** 31 - 1).default(1).describe('Seed for initialization, data order and the probe batch: the same seed gives the same run.'),
+    alpha: z.number().min(0).max(1e6).default(0.01).describe('Weight of the condition-number regularizer in L_S(w) + α·κ̄. Changeable live.'),
     monitor: MonitorConfigSchema.default({}),
-    /** Experts frozen from the start (no updates, never pruned, still measured). */
-    frozenExperts: z.array(z.number().int().min(0)).default([]),
-    /** `auto` picks the first that loads: tensorflow-gpu → tensorflow → wasm → cpu. */
-    backend: z.enum(['auto', ...BACKEND_NAMES]).default('auto'),
-    /** Emit a metrics event every this many steps (κ rides along on monitor steps). */
-    logEvery: positiveInt(1_000_000).default(1),
+    frozenExperts: z.array(z.number().int().min(0)).default([]).describe('Experts frozen from the start (no updates, never pruned, still measured).'),
+    backend: z.enum(['auto', ...BACKEND_NAMES]).default('auto').describe('`auto` picks the first that loads: tensorflow-gpu → tensorflow → wasm → cpu.'),
+    logEvery: positiveInt(1_000_000).default(1).describe('Emit a metrics event every this many steps (κ rides along on monitor steps).'),
   })
   .strict()
   .superRefine((c, ctx) => {
@@ -72,9 +56,6 @@ export const TrainingConfigSchema = z
     }
     if (new Set(c.frozenExperts).size >= c.model.experts) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['frozenExperts'], message: 'at least one expert must stay trainable' });
-    }
-    if (c.data.source === 'fashion-mnist' && !c.data.path) {
-      // The trainer falls back to Debian's location; the extension checks that it exists.
     }
   });
 
@@ -97,10 +78,16 @@ export type ConfigParseResult =
 export function parseTrainingConfig(value: unknown): ConfigParseResult {
   const r = TrainingConfigSchema.safeParse(value);
   if (r.success) return { ok: true, config: r.data };
-  return {
-    ok: false,
-    problems: r.error.issues.map((i) => ({ path: i.path, message: i.message })),
-  };
+  const problems: ConfigProblem[] = [];
+  for (const i of r.error.issues) {
+    // Point unknown keys at the key itself, so the diagnostic lands on the exact line.
+    if (i.code === z.ZodIssueCode.unrecognized_keys) {
+      for (const k of i.keys) problems.push({ path: [...i.path, k], message: `unknown field "${k}"` });
+    } else {
+      problems.push({ path: i.path, message: i.message });
+    }
+  }
+  return { ok: false, problems };
 }
 
 /** Human-readable form of a problem: `model.experts: Number must be greater than or equal to 2`. */

@@ -1,0 +1,94 @@
+// Editor integration for `*.pltrain.json`: diagnostics on the exact line, and code lenses that
+// start the run, steer it (pause/resume/stop), apply the file's α live, and freeze experts.
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { analyzeConfigText } from './config/configAnalysis';
+import { RunManager } from './runManager';
+import { formatNumber } from './sidebar';
+
+export const CONFIG_SELECTOR: vscode.DocumentSelector = { pattern: '**/*.pltrain.json' };
+
+export function isConfigDocument(doc: vscode.TextDocument): boolean {
+  return doc.uri.scheme === 'file' && doc.fileName.endsWith('.pltrain.json');
+}
+
+export class ConfigDiagnostics implements vscode.Disposable {
+  readonly collection = vscode.languages.createDiagnosticCollection('plTrainer');
+  private readonly subs: vscode.Disposable[];
+
+  constructor() {
+    this.subs = [
+      vscode.workspace.onDidOpenTextDocument((d) => this.update(d)),
+      vscode.workspace.onDidChangeTextDocument((e) => this.update(e.document)),
+      vscode.workspace.onDidCloseTextDocument((d) => this.collection.delete(d.uri)),
+    ];
+    for (const d of vscode.workspace.textDocuments) this.update(d);
+  }
+
+  update(doc: vscode.TextDocument): void {
+    if (!isConfigDocument(doc)) return;
+    const analysis = analyzeConfigText(doc.getText(), path.dirname(doc.uri.fsPath));
+    this.collection.set(
+      doc.uri,
+      analysis.problems.map((p) => {
+        const d = new vscode.Diagnostic(new vscode.Range(doc.positionAt(p.range.start), doc.positionAt(p.range.end)), p.message, vscode.DiagnosticSeverity.Error);
+        d.source = 'PL Trainer';
+        return d;
+      }),
+    );
+  }
+
+  dispose(): void {
+    for (const s of this.subs) s.dispose();
+    this.collection.dispose();
+  }
+}
+
+export class ConfigCodeLensProvider implements vscode.CodeLensProvider, vscode.Disposable {
+  private readonly _onDidChange = new vscode.EventEmitter<void>();
+  readonly onDidChangeCodeLenses = this._onDidChange.event;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly subs: vscode.Disposable[];
+
+  constructor(private readonly runs: RunManager) {
+    // Lenses show live state (α, κ); refresh at most twice a second.
+    const soon = () => (this.timer ??= setTimeout(() => ((this.timer = undefined), this._onDidChange.fire()), 500));
+    this.subs = [runs.onDidChange(soon), runs.onDidChangeCurrent(soon)];
+  }
+
+  provideCodeLenses(doc: vscode.TextDocument): vscode.CodeLens[] {
+    const analysis = analyzeConfigText(doc.getText(), path.dirname(doc.uri.fsPath));
+    const top = new vscode.Range(doc.positionAt(analysis.keyOffsets.root ?? 0), doc.positionAt(analysis.keyOffsets.root ?? 0));
+    const run = this.runs.activeRunFor(doc.uri.fsPath);
+    const lenses: vscode.CodeLens[] = [];
+    if (!run) {
+      lenses.push(new vscode.CodeLens(top, { title: '▶ Start PL training', command: 'plTrainer.start', arguments: [doc.uri] }));
+      return lenses;
+    }
+    const target = [run.runDir];
+    if (run.state === 'paused') lenses.push(new vscode.CodeLens(top, { title: '▶ Resume', command: 'plTrainer.resume', arguments: target }));
+    else lenses.push(new vscode.CodeLens(top, { title: '⏸ Pause', command: 'plTrainer.pause', arguments: target }));
+    lenses.push(new vscode.CodeLens(top, { title: '■ Stop', command: 'plTrainer.stop', arguments: target }));
+    lenses.push(new vscode.CodeLens(top, { title: `${run.state} · step ${run.step}/${run.totalSteps}`, command: 'plTrainer.showPanel' }));
+    if (analysis.keyOffsets.alpha !== undefined) {
+      const at = doc.positionAt(analysis.keyOffsets.alpha);
+      const fileAlpha = analysis.config?.alpha;
+      const title = fileAlpha !== undefined && fileAlpha !== run.alpha ? `α = ${formatNumber(run.alpha)} · apply ${formatNumber(fileAlpha)} to the running training` : `α = ${formatNumber(run.alpha)} (live)`;
+      lenses.push(new vscode.CodeLens(new vscode.Range(at, at), fileAlpha !== undefined && fileAlpha !== run.alpha ? { title, command: 'plTrainer.setAlpha', arguments: [fileAlpha, run.runDir] } : { title, command: '' }));
+    }
+    if (analysis.keyOffsets.experts !== undefined) {
+      const at = doc.positionAt(analysis.keyOffsets.experts);
+      for (const e of run.experts) {
+        const verb = e.frozen ? 'unfreeze' : 'freeze';
+        lenses.push(new vscode.CodeLens(new vscode.Range(at, at), { title: `${e.frozen ? '🔒' : ''}#${e.id} κ ${formatNumber(e.kappa)} · ${verb}`, command: e.frozen ? 'plTrainer.unfreezeExpert' : 'plTrainer.freezeExpert', arguments: [e.id, run.runDir] }));
+      }
+    }
+    return lenses;
+  }
+
+  dispose(): void {
+    if (this.timer) clearTimeout(this.timer);
+    for (const s of this.subs) s.dispose();
+    this._onDidChange.dispose();
+  }
+}

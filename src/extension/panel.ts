@@ -1,0 +1,133 @@
+// The metrics panel (a WebviewPanel): relays the current run's history and live events to the
+// webview and the webview's steering commands back to the run. The webview never opens a socket.
+import { randomBytes } from 'node:crypto';
+import * as vscode from 'vscode';
+import { HostToWebview, TrainerEvent, WebviewToHostSchema } from '../protocol';
+import { renderPanelHtml } from '../../webview/html';
+import { RunManager } from './runManager';
+import { RunSession, describeCommand } from './run/runSession';
+
+export const PANEL_VIEW_TYPE = 'plTrainer.panel';
+
+export class MetricsPanel implements vscode.Disposable {
+  private static instance: MetricsPanel | undefined;
+  private readonly disposables: vscode.Disposable[] = [];
+  private sessionSubs: { dispose(): void }[] = [];
+  private ready = false;
+
+  /** Shows the panel (creating it if needed) for the current run. */
+  static show(context: vscode.ExtensionContext, runs: RunManager, preserveFocus = false): MetricsPanel {
+    if (MetricsPanel.instance) {
+      MetricsPanel.instance.panel.reveal(undefined, preserveFocus);
+      return MetricsPanel.instance;
+    }
+    const panel = vscode.window.createWebviewPanel(PANEL_VIEW_TYPE, 'PL Training', { viewColumn: vscode.ViewColumn.Active, preserveFocus }, MetricsPanel.options(context));
+    MetricsPanel.instance = new MetricsPanel(panel, context, runs);
+    return MetricsPanel.instance;
+  }
+
+  static get current(): MetricsPanel | undefined {
+    return MetricsPanel.instance;
+  }
+
+  /** Restores a panel after a window reload (VS Code keeps the tab; we give it content again). */
+  static registerSerializer(context: vscode.ExtensionContext, runs: RunManager): vscode.Disposable {
+    return vscode.window.registerWebviewPanelSerializer(PANEL_VIEW_TYPE, {
+      async deserializeWebviewPanel(panel: vscode.WebviewPanel) {
+        panel.webview.options = MetricsPanel.options(context);
+        MetricsPanel.instance?.dispose();
+        MetricsPanel.instance = new MetricsPanel(panel, context, runs);
+      },
+    });
+  }
+
+  private static options(context: vscode.ExtensionContext): vscode.WebviewOptions & vscode.WebviewPanelOptions {
+    return {
+      enableScripts: true,
+      // Charts keep their own state; the host re-sends a snapshot when the webview is recreated.
+      retainContextWhenHidden: false,
+      localResourceRoots: [vscode.Uri.joinPath(context.extensionUri, 'dist', 'webview'), vscode.Uri.joinPath(context.extensionUri, 'media')],
+    };
+  }
+
+  private constructor(
+    readonly panel: vscode.WebviewPanel,
+    private readonly context: vscode.ExtensionContext,
+    private readonly runs: RunManager,
+  ) {
+    const webview = panel.webview;
+    const dist = vscode.Uri.joinPath(context.extensionUri, 'dist', 'webview');
+    panel.iconPath = vscode.Uri.joinPath(context.extensionUri, 'media', 'icon.svg');
+    webview.html = renderPanelHtml({
+      cspSource: webview.cspSource,
+      nonce: randomBytes(16).toString('base64'),
+      scriptUri: webview.asWebviewUri(vscode.Uri.joinPath(dist, 'main.js')).toString(),
+      styleUri: webview.asWebviewUri(vscode.Uri.joinPath(dist, 'main.css')).toString(),
+      title: 'PL Training',
+    });
+    this.disposables.push(
+      webview.onDidReceiveMessage((m) => this.receive(m)),
+      panel.onDidDispose(() => this.dispose()),
+      // A hidden webview misses messages; on becoming visible it reloads and says `ready` again.
+      panel.onDidChangeViewState(() => {
+        if (!panel.visible) this.ready = false;
+      }),
+      runs.onDidChangeCurrent((s) => this.follow(s)),
+    );
+    this.follow(runs.current);
+  }
+
+  private follow(session: RunSession | undefined): void {
+    for (const s of this.sessionSubs) s.dispose();
+    this.sessionSubs = [];
+    this.panel.title = session ? `PL Training · ${session.runId}` : 'PL Training';
+    if (session) {
+      this.sessionSubs.push(
+        session.onEvents.on((events) => this.post({ type: 'events', runId: session.runId, events: events as TrainerEvent[] })),
+        session.onCommandStatus.on((status) => this.post({ type: 'commandStatus', status })),
+        session.onDidChange.on(() => this.post({ type: 'run', run: session.summary() })),
+      );
+    }
+    this.sendSnapshot();
+  }
+
+  private sendSnapshot(): void {
+    const s = this.runs.current;
+    void this.panel.webview.postMessage({
+      type: 'snapshot',
+      run: s ? s.summary() : null,
+      events: s ? s.events : [],
+      commands: s ? [...s.commands.values()] : [],
+    } satisfies HostToWebview);
+  }
+
+  private post(message: HostToWebview): void {
+    // Until the webview says `ready` it would drop messages; the snapshot it asks for covers them.
+    if (this.ready) void this.panel.webview.postMessage(message);
+  }
+
+  private receive(raw: unknown): void {
+    const r = WebviewToHostSchema.safeParse(raw);
+    if (!r.success) return;
+    const m = r.data;
+    if (m.type === 'ready') {
+      this.ready = true;
+      this.sendSnapshot();
+      return;
+    }
+    const session = this.runs.current;
+    if (!session) {
+      void this.panel.webview.postMessage({ type: 'commandStatus', status: { id: m.id, command: m.command, status: 'failed', reason: 'no run is active' } } satisfies HostToWebview);
+      return;
+    }
+    const status = session.issue(m.command, m.id);
+    if (status.status === 'failed') void vscode.window.showWarningMessage(`PL training: ${describeCommand(m.command)} failed: ${status.reason}`);
+  }
+
+  dispose(): void {
+    if (MetricsPanel.instance === this) MetricsPanel.instance = undefined;
+    for (const s of this.sessionSubs) s.dispose();
+    for (const d of this.disposables) d.dispose();
+    this.panel.dispose();
+  }
+}

@@ -1,0 +1,79 @@
+// Starts the trainer as a detached process on the machine where the workspace lives, so training
+// outlives the window (reload, or a dropped Remote-SSH link). Its output goes to a log file in the
+// run directory rather than a pipe: a pipe would break (EPIPE) when the extension host goes away.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { RUN_FILES, RunInfo, TOKEN_ENV } from '../../protocol';
+import { readRunInfo, tailLog } from './runDirectory';
+
+/** Written by the extension (not the trainer) into the run directory. */
+export const LAUNCH_FILE = 'launch.json';
+
+export interface LaunchOptions {
+  /** Node executable; VS Code's own runtime works when ELECTRON_RUN_AS_NODE is set. */
+  nodePath: string;
+  trainerScript: string;
+  configPath: string;
+  runDir: string;
+  cwd: string;
+  extraArgs?: string[];
+}
+
+export interface LaunchedTrainer {
+  pid: number;
+  token: string;
+  runDir: string;
+  /** Resolves once run.json announces the port; rejects with the log tail if the trainer dies first. */
+  announced: Promise<RunInfo>;
+}
+
+export function makeRunDirName(configName: string, now = new Date()): string {
+  const pad = (n: number) => String(n).padStart(2, '0');
+  const stamp = `${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
+  const safe = configName.replace(/[^A-Za-z0-9_.-]+/g, '-').slice(0, 60) || 'run';
+  return `${safe}-${stamp}-${randomBytes(2).toString('hex')}`;
+}
+
+export function launchTrainer(o: LaunchOptions, announceTimeoutMs = 180_000): LaunchedTrainer {
+  fs.mkdirSync(o.runDir, { recursive: true });
+  // Which config started the run: lets code lenses and re-attach map a run back to its file.
+  fs.writeFileSync(path.join(o.runDir, LAUNCH_FILE), JSON.stringify({ configPath: o.configPath, launchedAt: Date.now() }) + '\n');
+  const token = randomBytes(32).toString('hex');
+  const logFd = fs.openSync(path.join(o.runDir, RUN_FILES.log), 'a');
+  const child = spawn(o.nodePath, [o.trainerScript, '--config', o.configPath, '--run-dir', o.runDir, ...(o.extraArgs ?? [])], {
+    cwd: o.cwd,
+    detached: true,
+    stdio: ['ignore', logFd, logFd],
+    env: { ...process.env, ELECTRON_RUN_AS_NODE: '1', [TOKEN_ENV]: token },
+  });
+  fs.closeSync(logFd);
+  let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  let spawnError: Error | undefined;
+  child.on('exit', (code, signal) => (exited = { code, signal }));
+  child.on('error', (e) => (spawnError = e));
+  child.unref();
+
+  const announced = new Promise<RunInfo>((resolve, reject) => {
+    const started = Date.now();
+    const poll = setInterval(() => {
+      const info = readRunInfo(o.runDir);
+      if (info && info.port > 0 && info.pid === child.pid) {
+        clearInterval(poll);
+        resolve(info);
+      } else if (spawnError || exited) {
+        clearInterval(poll);
+        const why = spawnError
+          ? `could not start ${o.nodePath}: ${spawnError.message}`
+          : `the trainer exited (${exited!.signal ?? `code ${exited!.code}`}) before it was ready`;
+        const tail = tailLog(o.runDir);
+        reject(new Error(tail ? `${why}\n${tail}` : why));
+      } else if (Date.now() - started > announceTimeoutMs) {
+        clearInterval(poll);
+        reject(new Error(`the trainer did not announce its port within ${Math.round(announceTimeoutMs / 1000)} s\n${tailLog(o.runDir)}`));
+      }
+    }, 100);
+  });
+  return { pid: child.pid ?? -1, token, runDir: o.runDir, announced };
+}

@@ -1,0 +1,255 @@
+// The extension host's model of one run: the full event history (from the trainer's replay or from
+// disk), derived state for the views, and each steering command's lifecycle. The UI reads state
+// from here only, so what it shows is always what the trainer acknowledged.
+import { randomBytes } from 'node:crypto';
+import {
+  AckEvent,
+  BackendInfo,
+  CommandStatus,
+  ExpertStats,
+  HelloEvent,
+  MetricsEvent,
+  RunState,
+  RunSummary,
+  SteeringCommand,
+  TERMINAL_STATES,
+  TrainerEvent,
+} from '../../protocol';
+import { readRecordedHistory, readRunInfo } from './runDirectory';
+import { Signal } from './signal';
+import { TrainerConnection } from './trainerConnection';
+
+export function newCommandId(): string {
+  return randomBytes(9).toString('base64url');
+}
+
+export function describeCommand(c: SteeringCommand): string {
+  switch (c.kind) {
+    case 'setAlpha':
+      return `set α = ${c.alpha}`;
+    case 'freeze':
+    case 'unfreeze':
+      return `${c.kind} expert ${c.expert}`;
+    default:
+      return c.kind;
+  }
+}
+
+export class RunSession {
+  readonly onEvents = new Signal<TrainerEvent[]>();
+  readonly onCommandStatus = new Signal<CommandStatus>();
+  /** Summary-level change (state, connection, step): views refresh. */
+  readonly onDidChange = new Signal<void>();
+
+  readonly events: TrainerEvent[] = [];
+  readonly commands = new Map<string, CommandStatus>();
+  hello: HelloEvent | undefined;
+  state: RunState = 'starting';
+  stateReason: string | undefined;
+  step = 0;
+  totalSteps = 0;
+  alpha: number | undefined;
+  lastMetrics: MetricsEvent | undefined;
+  /** Latest per-expert measurement (metrics events carry experts on monitor steps only). */
+  experts: ExpertStats[] = [];
+  private lastSeq = -1;
+  private connection: TrainerConnection | undefined;
+  private pendingBatch: TrainerEvent[] = [];
+  private batchTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly runId: string,
+    readonly runDir: string,
+    readonly configPath: string | undefined,
+    private readonly log: (message: string) => void = () => undefined,
+  ) {}
+
+  get seq(): number {
+    return this.lastSeq;
+  }
+
+  get connected(): boolean {
+    return this.connection?.connected ?? false;
+  }
+
+  get active(): boolean {
+    return !TERMINAL_STATES.includes(this.state);
+  }
+
+  get backend(): BackendInfo | undefined {
+    return this.hello?.backend;
+  }
+
+  summary(): RunSummary {
+    return {
+      runId: this.runId,
+      runDir: this.runDir,
+      state: this.state,
+      backend: this.backend,
+      step: this.step,
+      totalSteps: this.totalSteps,
+      alpha: this.alpha,
+      connected: this.connected,
+    };
+  }
+
+  attach(connection: TrainerConnection): void {
+    this.connection?.dispose();
+    this.connection = connection;
+    connection.onEvent.on((e) => this.ingest(e));
+    connection.onConnectedChange.on(() => this.onDidChange.fire());
+    connection.onProtocolError.on((e) => this.log(`trainer refused a frame: ${e.message}`));
+    connection.connect();
+  }
+
+  detach(): void {
+    this.connection?.dispose();
+    this.connection = undefined;
+    this.onDidChange.fire();
+  }
+
+  /** Loads what a finished (or unreachable) run recorded on disk. */
+  loadFromDisk(): void {
+    const { metrics, acks } = readRecordedHistory(this.runDir);
+    const merged: TrainerEvent[] = [...metrics, ...acks].sort((a, b) => a.seq - b.seq);
+    for (const e of merged) this.ingest(e);
+    const info = readRunInfo(this.runDir);
+    if (info) {
+      this.totalSteps = info.totalSteps;
+      this.step = Math.max(this.step, info.step);
+      // A run.json still saying "running" whose process is gone means the trainer died.
+      this.state = info.state;
+      this.stateReason = info.reason;
+    }
+    this.flush();
+  }
+
+  /** Adds one event in seq order; duplicates from a replay overlap are dropped. */
+  ingest(e: TrainerEvent): void {
+    if (e.seq <= this.lastSeq) return;
+    this.lastSeq = e.seq;
+    this.events.push(e);
+    let summaryChanged = false;
+    switch (e.type) {
+      case 'hello':
+        this.hello = e;
+        this.totalSteps = e.totalSteps;
+        this.alpha = e.alpha;
+        summaryChanged = true;
+        break;
+      case 'metrics':
+        this.lastMetrics = e;
+        this.step = e.step;
+        this.alpha = e.alpha;
+        if (e.experts) this.experts = e.experts;
+        summaryChanged = true;
+        break;
+      case 'state':
+        this.state = e.state;
+        this.stateReason = e.reason;
+        this.step = Math.max(this.step, e.step);
+        summaryChanged = true;
+        if (!this.active) this.failOutstanding(`run ${e.state}`);
+        break;
+      case 'ack':
+        this.applyAck(e);
+        if (e.status === 'applied' && e.command.kind === 'setAlpha') this.alpha = e.command.alpha;
+        if (e.status === 'applied' && (e.command.kind === 'freeze' || e.command.kind === 'unfreeze')) {
+          const frozen = e.command.kind === 'freeze';
+          const id = e.command.expert;
+          this.experts = this.experts.map((x) => (x.id === id ? { ...x, frozen } : x));
+        }
+        summaryChanged = true;
+        break;
+      case 'log':
+        this.log(`[trainer ${e.level}] ${e.message}`);
+        break;
+    }
+    this.pendingBatch.push(e);
+    // Coalesce bursts (a replay, or hundreds of metrics/s) into one notification per tick.
+    this.batchTimer ??= setTimeout(() => this.flush(), 30);
+    if (summaryChanged) this.summaryDirty = true;
+  }
+
+  private summaryDirty = false;
+
+  /** Delivers the coalesced batch now. */
+  flush(): void {
+    if (this.batchTimer) clearTimeout(this.batchTimer);
+    this.batchTimer = undefined;
+    const batch = this.pendingBatch;
+    this.pendingBatch = [];
+    if (batch.length) this.onEvents.fire(batch);
+    if (this.summaryDirty) {
+      this.summaryDirty = false;
+      this.onDidChange.fire();
+    }
+  }
+
+  /**
+   * Sends a steering command; its status starts `pending` and only the trainer's ack moves it to
+   * `applied`/`rejected`. A command that cannot be sent is `failed` at once, with the reason.
+   */
+  issue(command: SteeringCommand, id: string = newCommandId()): CommandStatus {
+    let status: CommandStatus = { id, command, status: 'pending' };
+    if (this.commands.has(id)) {
+      status = { id, command, status: 'failed', reason: 'duplicate command id' };
+    } else if (!this.active) {
+      status = { ...status, status: 'failed', reason: `the run has ${this.state}` };
+    } else if (!this.connection || !this.connection.send({ type: 'command', id, command })) {
+      status = { ...status, status: 'failed', reason: 'not connected to the trainer' };
+    }
+    this.setStatus(status);
+    return status;
+  }
+
+  /** Resolves when the command is acknowledged or fails (for callers that want to await it). */
+  waitForCommand(id: string, timeoutMs = 30_000): Promise<CommandStatus> {
+    return new Promise((resolve) => {
+      const done = (s: CommandStatus) => {
+        clearTimeout(timer);
+        sub.dispose();
+        resolve(s);
+      };
+      const current = this.commands.get(id);
+      const sub = this.onCommandStatus.on((s) => {
+        if (s.id === id && s.status !== 'pending') done(s);
+      });
+      const timer = setTimeout(() => done({ ...(current ?? { id, command: { kind: 'pause' } }), status: 'failed', reason: 'no acknowledgement in time' }), timeoutMs);
+      if (current && current.status !== 'pending') done(current);
+    });
+  }
+
+  dispose(): void {
+    if (this.batchTimer) clearTimeout(this.batchTimer);
+    this.connection?.dispose();
+    this.onEvents.clear();
+    this.onCommandStatus.clear();
+    this.onDidChange.clear();
+  }
+
+  private applyAck(a: AckEvent): void {
+    const status: CommandStatus = {
+      id: a.commandId,
+      command: a.command,
+      status: a.status,
+      step: a.step,
+      ...(a.reason ? { reason: a.reason } : {}),
+    };
+    this.setStatus(status);
+    this.log(`[command ${a.commandId}] ${describeCommand(a.command)} → ${a.status === 'applied' ? `applied at step ${a.step}` : `rejected: ${a.reason ?? 'no reason given'}`}`);
+  }
+
+  private setStatus(s: CommandStatus): void {
+    this.commands.set(s.id, s);
+    if (s.status === 'pending') this.log(`[command ${s.id}] ${describeCommand(s.command)} → sent`);
+    if (s.status === 'failed') this.log(`[command ${s.id}] ${describeCommand(s.command)} → failed: ${s.reason}`);
+    this.onCommandStatus.fire(s);
+  }
+
+  private failOutstanding(reason: string): void {
+    for (const s of this.commands.values()) {
+      if (s.status === 'pending') this.setStatus({ ...s, status: 'failed', reason });
+    }
+  }
+}

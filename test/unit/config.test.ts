@@ -1,0 +1,82 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { analyzeConfigText, lineOf } from '../../src/extension/config/configAnalysis';
+import { parseTrainingConfig } from '../../src/protocol';
+import { SCHEMA_FILE, generateConfigJsonSchema } from '../../scripts/gen-schema';
+
+const here = os.tmpdir();
+
+function problemsAt(text: string) {
+  const a = analyzeConfigText(text, here);
+  return a.problems.map((p) => ({ line: lineOf(text, p.range.start), message: p.message }));
+}
+
+test('defaults fill an empty config', () => {
+  const r = parseTrainingConfig({});
+  assert.ok(r.ok);
+  if (!r.ok) return;
+  assert.equal(r.config.model.experts, 4);
+  assert.equal(r.config.alpha, 0.01);
+  assert.equal(r.config.backend, 'auto');
+  assert.deepEqual(r.config.frozenExperts, []);
+});
+
+test('the example config is valid', () => {
+  const text = fs.readFileSync(path.join(__dirname, '..', '..', 'examples', 'default.pltrain.json'), 'utf8');
+  const a = analyzeConfigText(text, path.join(__dirname, '..', '..', 'examples'));
+  assert.deepEqual(a.problems, []);
+  assert.ok(a.config);
+});
+
+test('a range error lands on the line of its key', () => {
+  const text = '{\n  "name": "x",\n  "model": {\n    "experts": 1\n  },\n  "alpha": 0.1\n}\n';
+  const p = problemsAt(text);
+  assert.equal(p.length, 1);
+  assert.equal(p[0].line, 4);
+  assert.match(p[0].message, /^model\.experts: /);
+});
+
+test('negative alpha, wrong types and unknown keys are each located', () => {
+  const text = ['{', '  "alpha": -1,', '  "steps": "many",', '  "learningRat": 0.1,', '  "monitor": { "probeSize": 1 }', '}'].join('\n');
+  const p = problemsAt(text).sort((a, b) => a.line - b.line);
+  assert.deepEqual(p.map((x) => x.line), [2, 3, 4, 5]);
+  assert.match(p[0].message, /^alpha: /);
+  assert.match(p[1].message, /^steps: Expected number/);
+  assert.match(p[2].message, /unknown field "learningRat"/);
+  assert.match(p[3].message, /^monitor\.probeSize: /);
+});
+
+test('JSON syntax errors are reported at their offset', () => {
+  const text = '{\n  "alpha": 0.1,\n  "steps": 10,\n}\n';
+  const p = problemsAt(text);
+  assert.ok(p.length >= 1);
+  assert.match(p[0].message, /JSON syntax error/);
+  assert.equal(p[0].line, 4);
+});
+
+test('frozen experts must exist and leave one trainable', () => {
+  let p = problemsAt('{\n  "model": { "experts": 2 },\n  "frozenExperts": [0, 5]\n}');
+  assert.equal(p.length, 1);
+  assert.equal(p[0].line, 3);
+  assert.match(p[0].message, /expert 5 does not exist/);
+  p = problemsAt('{\n  "model": { "experts": 2 },\n  "frozenExperts": [0, 1]\n}');
+  assert.match(p[0].message, /at least one expert must stay trainable/);
+});
+
+test('a data folder that does not exist is a diagnostic, before anything starts', () => {
+  const text = '{\n  "data": {\n    "source": "fashion-mnist",\n    "path": "no/such/folder"\n  }\n}';
+  const p = problemsAt(text);
+  assert.equal(p.length, 1);
+  assert.equal(p[0].line, 4);
+  assert.match(p[0].message, /does not exist/);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-'));
+  const p2 = analyzeConfigText(`{"data": {"source": "fashion-mnist", "path": ${JSON.stringify(dir)}}}`, here).problems;
+  assert.match(p2[0].message, /no Fashion-MNIST files/);
+});
+
+test('the committed JSON schema matches the zod schema (run scripts/gen-schema.ts to refresh)', () => {
+  assert.equal(fs.readFileSync(SCHEMA_FILE, 'utf8'), generateConfigJsonSchema());
+});
