@@ -1,5 +1,7 @@
 // Extension host entry point: wires the run manager to the views (panel, sidebar, status bar),
 // the config editor (diagnostics, code lenses) and the commands.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { SteeringCommand } from '../protocol';
 import { ConfigCodeLensProvider, ConfigDiagnostics, CONFIG_SELECTOR, isConfigDocument } from './configEditor';
@@ -81,6 +83,30 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   register('plTrainer.freezeExpert', expertCommand('freeze'));
   register('plTrainer.unfreezeExpert', expertCommand('unfreeze'));
   register('plTrainer.showPanel', () => MetricsPanel.show(context, runs));
+  register('plTrainer.newConfig', async () => {
+    const folder = vscode.workspace.workspaceFolders?.[0];
+    if (!folder) {
+      void vscode.window.showErrorMessage('Open a folder first: the config and its runs live in the workspace.');
+      return undefined;
+    }
+    let uri = vscode.Uri.joinPath(folder.uri, 'training.pltrain.json');
+    for (let i = 2; fs.existsSync(uri.fsPath); i++) uri = vscode.Uri.joinPath(folder.uri, `training-${i}.pltrain.json`);
+    fs.writeFileSync(uri.fsPath, starterConfig(context));
+    await vscode.window.showTextDocument(uri);
+    return uri;
+  });
+  register('plTrainer.deleteRun', async (arg?: unknown) => {
+    const dir = typeof arg === 'string' ? arg : (arg as { dir?: string } | undefined)?.dir;
+    if (!dir) return false;
+    const ok = await vscode.window.showWarningMessage(`Delete run ${path.basename(dir)} and all its recorded data?`, { modal: true }, 'Delete');
+    if (ok !== 'Delete') return false;
+    if (!runs.deleteRun(dir)) {
+      void vscode.window.showErrorMessage('That run is still training; stop it first.');
+      return false;
+    }
+    tree.refreshSoon();
+    return true;
+  });
   register('plTrainer.openRun', (dir: string) => {
     runs.openRecorded(dir);
     MetricsPanel.show(context, runs);
@@ -104,6 +130,14 @@ async function pickConfig(): Promise<vscode.Uri | undefined> {
   }
   const pick = await vscode.window.showQuickPick(found.map((u) => ({ label: vscode.workspace.asRelativePath(u), uri: u })), { title: 'Start PL training with which config?' });
   return pick?.uri;
+}
+
+/** The shipped example, pointed at the schema inside the extension so IntelliSense works anywhere. */
+function starterConfig(context: vscode.ExtensionContext): string {
+  const example = vscode.Uri.joinPath(context.extensionUri, 'examples', 'default.pltrain.json').fsPath;
+  const config = fs.existsSync(example) ? JSON.parse(fs.readFileSync(example, 'utf8')) : { name: 'training', steps: 300, alpha: 0.01 };
+  delete config.$schema; // the extension contributes the schema through jsonValidation
+  return JSON.stringify(config, null, 2) + '\n';
 }
 
 export function deactivate(): void {

@@ -3,15 +3,17 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { SteeringCommand, TERMINAL_STATES } from '../protocol';
+import { RUN_FILES, SteeringCommand, TERMINAL_STATES } from '../protocol';
 import { analyzeConfigText, lineOf } from './config/configAnalysis';
 import { LAUNCH_FILE, launchTrainer, makeRunDirName } from './run/launcher';
 import { isLiveRun, listRunDirs, processAlive, readRunInfo, readToken, tailLog } from './run/runDirectory';
 import { RunSession, describeCommand } from './run/runSession';
 import { TrainerConnection } from './run/trainerConnection';
+import { LogTail } from './run/logTail';
 
 export class RunManager implements vscode.Disposable {
   private readonly sessions = new Map<string, RunSession>();
+  private readonly tails = new Map<string, LogTail>();
   private _current: RunSession | undefined;
   private readonly _onDidChangeCurrent = new vscode.EventEmitter<RunSession | undefined>();
   /** The current run changed (another run became current). */
@@ -168,6 +170,17 @@ export class RunManager implements vscode.Disposable {
     return session;
   }
 
+  /** Deletes a finished run's directory (a live run must be stopped first). */
+  deleteRun(runDir: string): boolean {
+    const s = this.sessions.get(runDir);
+    if ((s && s.active) || isLiveRun(readRunInfo(runDir))) return false;
+    s?.dispose();
+    this.sessions.delete(runDir);
+    if (this._current === s) this.setCurrent(undefined);
+    fs.rmSync(runDir, { recursive: true, force: true });
+    return true;
+  }
+
   /** Sends a command to a run (default: the current one) and returns its final status. */
   async issue(command: SteeringCommand, runDir?: string) {
     const s = runDir ? this.sessions.get(runDir) : this._current;
@@ -188,7 +201,9 @@ export class RunManager implements vscode.Disposable {
   dispose(): void {
     // Detach only: trainers keep running without the window and are re-attached next time.
     for (const s of this.sessions.values()) s.dispose();
+    for (const t of this.tails.values()) t.dispose();
     this.sessions.clear();
+    this.tails.clear();
     this._onDidChange.dispose();
     this._onDidChangeCurrent.dispose();
   }
@@ -205,11 +220,20 @@ export class RunManager implements vscode.Disposable {
   private track(runId: string, runDir: string, configPath: string | undefined): RunSession {
     const session = new RunSession(runId, runDir, configPath, (m) => this.log.info(`[${runId}] ${m}`));
     this.sessions.set(runDir, session);
+    if (session.active) {
+      // Mirror the trainer's own output (backend loading, progress lines, stack traces) into the channel.
+      const tail = new LogTail(path.join(runDir, RUN_FILES.log), (lines) => {
+        for (const l of lines) this.log.info(`[${runId} trainer] ${l}`);
+      });
+      this.tails.set(runDir, tail);
+    }
     let announcedEnd = false;
     session.onDidChange.on(() => {
       this._onDidChange.fire(session);
       if (!announcedEnd && TERMINAL_STATES.includes(session.state)) {
         announcedEnd = true;
+        this.tails.get(runDir)?.dispose();
+        this.tails.delete(runDir);
         this.announceEnd(session);
       }
     });

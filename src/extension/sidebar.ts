@@ -52,23 +52,24 @@ export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>
           { kind: 'info', label: 'Loss', description: m ? `${formatNumber(m.loss)} (task ${formatNumber(m.taskLoss)}, acc ${(m.taskMetric * 100).toFixed(1)}%)` : '–', icon: 'graph-line' },
           { kind: 'experts', session: s },
         );
-      } else {
-        out.push({ kind: 'info', label: 'No run', description: 'Start PL training from a *.pltrain.json', icon: 'info' });
       }
-      out.push({ kind: 'runs' });
+      // With no run at all, an empty tree lets VS Code show the welcome content (package.json viewsWelcome).
+      if (s || this.recordedRuns().length) out.push({ kind: 'runs' });
       return out;
     }
     if (node.kind === 'experts') return node.session.experts.map((expert) => ({ kind: 'expert', session: node.session, expert }));
-    if (node.kind === 'runs') {
-      const out: MetricsNode[] = [];
-      for (const folder of vscode.workspace.workspaceFolders ?? []) {
-        for (const { dir, info } of listRunDirs(this.runs.runsRoot(folder)).slice(0, 50)) {
-          out.push({ kind: 'run', dir, label: path.basename(dir), description: info ? `${info.state} · step ${info.step}/${info.totalSteps}` : 'no run.json' });
-        }
-      }
-      return out;
-    }
+    if (node.kind === 'runs') return this.recordedRuns();
     return [];
+  }
+
+  private recordedRuns(): MetricsNode[] {
+    const out: MetricsNode[] = [];
+    for (const folder of vscode.workspace.workspaceFolders ?? []) {
+      for (const { dir, info } of listRunDirs(this.runs.runsRoot(folder)).slice(0, 50)) {
+        out.push({ kind: 'run', dir, label: path.basename(dir), description: info ? `${info.state} · step ${info.step}/${info.totalSteps}` : 'no run.json' });
+      }
+    }
+    return out;
   }
 
   getTreeItem(node: MetricsNode): vscode.TreeItem {

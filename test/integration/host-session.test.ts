@@ -1,0 +1,127 @@
+// The extension host's run model against the real trainer, without VS Code: the detached launcher,
+// the authenticated WebSocket client, command lifecycles, and replay after a reconnect.
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after, before, test } from 'node:test';
+import { launchTrainer } from '../../src/extension/run/launcher';
+import { isLiveRun, processAlive, readRecordedHistory, readRunInfo, readToken } from '../../src/extension/run/runDirectory';
+import { RunSession } from '../../src/extension/run/runSession';
+import { TrainerConnection } from '../../src/extension/run/trainerConnection';
+import type { MetricsEvent, RunInfo } from '../../src/protocol';
+
+const root = path.resolve(__dirname, '..', '..');
+const trainerScript = path.join(root, 'dist', 'trainer.js');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-host-'));
+const configPath = path.join(tmp, 'host.pltrain.json');
+const runDir = path.join(tmp, 'run');
+let pid = -1;
+let info: RunInfo;
+let token = '';
+
+async function until<T>(what: string, fn: () => T | undefined | false, timeoutMs = 60_000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = fn();
+    if (v) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function attach(): RunSession {
+  const s = new RunSession(info.runId, runDir, configPath);
+  s.attach(new TrainerConnection({ port: info.port, token, lastSeq: () => s.seq, shouldReconnect: () => s.active && processAlive(pid) }));
+  return s;
+}
+const metricsOf = (s: RunSession) => s.events.filter((e): e is MetricsEvent => e.type === 'metrics');
+
+before(async () => {
+  assert.ok(fs.existsSync(trainerScript), 'run `npm run build` first');
+  fs.writeFileSync(configPath, JSON.stringify({ name: 'host', steps: 100000, batchSize: 16, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 3, probeSize: 4 } }));
+  const launched = launchTrainer({ nodePath: process.execPath, trainerScript, configPath, runDir, cwd: tmp });
+  pid = launched.pid;
+  token = launched.token;
+  info = await launched.announced;
+});
+
+after(() => {
+  if (processAlive(pid)) process.kill(pid, 'SIGKILL');
+});
+
+test('the launcher announces a live run with an owner-only token file', () => {
+  assert.equal(info.pid, pid);
+  assert.ok(info.port > 0);
+  assert.ok(isLiveRun(readRunInfo(runDir)));
+  assert.equal(readToken(runDir), token, 'the token handed over in the environment is the one on disk');
+  assert.equal(fs.statSync(path.join(runDir, 'token')).mode & 0o777, 0o600);
+});
+
+test('commands go pending → applied with the step; bad ones are rejected with a reason', async () => {
+  const s = attach();
+  try {
+    await until('κ', () => metricsOf(s).find((m) => m.experts));
+    const seen: string[] = [];
+    s.onCommandStatus.on((c) => seen.push(`${c.id}:${c.status}`));
+    const p = s.issue({ kind: 'pause' }, 'pause1');
+    assert.equal(p.status, 'pending');
+    const done = await s.waitForCommand('pause1');
+    assert.equal(done.status, 'applied');
+    assert.equal(typeof done.step, 'number');
+    assert.deepEqual(seen, ['pause1:pending', 'pause1:applied']);
+    await until('paused', () => s.state === 'paused');
+
+    const bad = await s.waitForCommand(s.issue({ kind: 'freeze', expert: 7 }).id);
+    assert.equal(bad.status, 'rejected');
+    assert.match(bad.reason ?? '', /expert/);
+    const dup = s.issue({ kind: 'resume' }, 'pause1');
+    assert.equal(dup.status, 'failed');
+
+    const a = await s.waitForCommand(s.issue({ kind: 'setAlpha', alpha: 0.5 }).id);
+    assert.equal(a.status, 'applied');
+    assert.equal(s.alpha, 0.5);
+    const r = await s.waitForCommand(s.issue({ kind: 'resume' }).id);
+    assert.equal(r.status, 'applied');
+    await until('steps after resume', () => metricsOf(s).some((m) => m.step > a.step! + 1));
+    for (const m of metricsOf(s)) if (m.step > a.step!) assert.equal(m.alpha, 0.5);
+  } finally {
+    s.dispose();
+  }
+});
+
+test('a client that reconnects replays from its last seq: no gap, no duplicate', async () => {
+  const first = attach();
+  await until('some history', () => first.seq > 20);
+  const cut = first.seq;
+  first.dispose(); // the window goes away; the trainer keeps training
+  await new Promise((r) => setTimeout(r, 500));
+  const second = attach();
+  try {
+    await until('replay past the cut', () => second.seq > cut + 5);
+    const seqs = second.events.map((e) => e.seq);
+    assert.deepEqual(seqs, seqs.map((_, i) => i));
+    assert.deepEqual(second.events.slice(0, first.events.length), first.events.slice(0, second.events.length));
+  } finally {
+    second.dispose();
+  }
+});
+
+test('stop ends the run; the recorded history on disk matches what was streamed', async () => {
+  const s = attach();
+  await until('caught up', () => s.hello);
+  const st = await s.waitForCommand(s.issue({ kind: 'stop' }).id);
+  assert.equal(st.status, 'applied');
+  await until('stopped', () => s.state === 'stopped');
+  await until('exit', () => !processAlive(pid), 15_000);
+  const recorded = readRecordedHistory(runDir);
+  const streamed = metricsOf(s);
+  assert.deepEqual(recorded.metrics.map((m) => m.seq), streamed.map((m) => m.seq));
+  assert.ok(recorded.acks.some((a) => a.command.kind === 'stop'));
+  // A late command after the end fails at once instead of hanging.
+  const late = s.issue({ kind: 'pause' });
+  assert.equal(late.status, 'failed');
+  s.dispose();
+  const info2 = readRunInfo(runDir);
+  assert.equal(info2?.state, 'stopped');
+});

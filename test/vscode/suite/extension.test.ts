@@ -1,0 +1,197 @@
+// Runs inside a real VS Code (code-server's extension host): the real `vscode` API, the real
+// trainer process, the real WebSocket. Driven by test/vscode/run.sh.
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import type { PlTrainerApi } from '../../../src/extension/extension';
+import { RunManager } from '../../../src/extension/runManager';
+import type { RunSession } from '../../../src/extension/run/runSession';
+import type { MetricsEvent } from '../../../src/protocol';
+
+const EXTENSION_ID = 'pl-trainer.pl-trainer';
+
+async function api(): Promise<PlTrainerApi> {
+  const ext = vscode.extensions.getExtension<PlTrainerApi>(EXTENSION_ID);
+  assert.ok(ext, 'extension is installed');
+  return ext.activate();
+}
+
+function workspaceDir(): string {
+  const f = vscode.workspace.workspaceFolders?.[0];
+  assert.ok(f, 'a workspace folder is open');
+  return f.uri.fsPath;
+}
+
+async function until<T>(what: string, fn: () => T | undefined | false, timeoutMs = 90_000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = fn();
+    if (v) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function writeConfig(name: string, body: object): vscode.Uri {
+  const file = path.join(workspaceDir(), name);
+  fs.writeFileSync(file, JSON.stringify(body, null, 2) + '\n');
+  return vscode.Uri.file(file);
+}
+
+const metricsOf = (s: RunSession) => s.events.filter((e): e is MetricsEvent => e.type === 'metrics');
+
+describe('PL Trainer in a real VS Code', function () {
+  this.timeout(180_000);
+
+  it('activates and registers every command', async () => {
+    await api();
+    const all = await vscode.commands.getCommands(true);
+    for (const c of ['plTrainer.start', 'plTrainer.stop', 'plTrainer.pause', 'plTrainer.resume', 'plTrainer.setAlpha', 'plTrainer.freezeExpert', 'plTrainer.unfreezeExpert', 'plTrainer.showPanel']) {
+      assert.ok(all.includes(c), `${c} registered`);
+    }
+  });
+
+  it('puts a diagnostic on the exact line of a bad config field, and Start refuses it', async () => {
+    const { diagnostics, runs } = await api();
+    const uri = vscode.Uri.file(path.join(workspaceDir(), 'bad.pltrain.json'));
+    fs.writeFileSync(uri.fsPath, '{\n  "name": "bad",\n  "model": {\n    "experts": 1\n  },\n  "alpha": -2\n}\n');
+    await vscode.window.showTextDocument(await vscode.workspace.openTextDocument(uri));
+    const diags = await until('diagnostics', () => (diagnostics.get(uri)?.length ? diagnostics.get(uri) : undefined), 10_000);
+    const lines = diags.map((d) => d.range.start.line + 1).sort();
+    assert.deepEqual(lines, [4, 6]);
+    assert.match(diags.find((d) => d.range.start.line === 3)!.message, /model\.experts/);
+    const before = runs.all.length;
+    const result = await vscode.commands.executeCommand('plTrainer.start', uri);
+    assert.equal(result, undefined, 'nothing started');
+    assert.equal(runs.all.length, before);
+    await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
+  });
+
+  it('offers "▶ Start PL training" as a code lens on a config', async () => {
+    const uri = writeConfig('lens.pltrain.json', { name: 'lens', steps: 10 });
+    await vscode.workspace.openTextDocument(uri);
+    const lenses = await vscode.commands.executeCommand<vscode.CodeLens[]>('vscode.executeCodeLensProvider', uri);
+    assert.ok(lenses.some((l) => l.command?.title === '▶ Start PL training' && l.command.command === 'plTrainer.start'));
+  });
+
+  describe('a real training run', () => {
+    let runs: RunManager;
+    let session: RunSession;
+    let configUri: vscode.Uri;
+
+    before(async () => {
+      runs = (await api()).runs;
+      configUri = writeConfig('steer.pltrain.json', {
+        name: 'steer',
+        steps: 100000,
+        batchSize: 32,
+        model: { experts: 3, hiddenUnits: 16 },
+        monitor: { every: 5, probeSize: 8 },
+        alpha: 0.01,
+      });
+      const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', configUri);
+      assert.ok(runDir, 'start returns the run directory');
+      session = runs.all.find((s) => s.runDir === runDir)!;
+      assert.ok(session);
+    });
+
+    after(async () => {
+      if (session?.active) await vscode.commands.executeCommand('plTrainer.stop', session.runDir);
+    });
+
+    it('reports the backend and streams per-expert κ', async () => {
+      await until('hello', () => session.hello);
+      assert.ok(['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'].includes(session.backend!.name));
+      const withExperts = await until('a κ measurement', () => metricsOf(session).find((m) => m.experts?.length === 3));
+      for (const e of withExperts.experts!) {
+        assert.ok(Number.isFinite(e.kappa) && e.kappa >= 1, `κ ≥ 1, got ${e.kappa}`);
+        assert.ok(e.lf >= e.mu, 'L_f ≥ μ');
+      }
+      const files = fs.readdirSync(session.runDir);
+      for (const f of ['run.json', 'token', 'config.json', 'metrics.jsonl', 'launch.json']) assert.ok(files.includes(f), `${f} written`);
+    });
+
+    it('pauses at a step boundary and acknowledges that step', async () => {
+      const status = await vscode.commands.executeCommand<{ status: string; step: number }>('plTrainer.pause', session.runDir);
+      assert.equal(status.status, 'applied');
+      await until('paused state', () => session.state === 'paused');
+      await new Promise((r) => setTimeout(r, 1000));
+      const last = metricsOf(session).at(-1)!;
+      assert.ok(last.step <= status.step, `no step after ${status.step} while paused (saw ${last.step})`);
+    });
+
+    it('shows Resume/Stop lenses and the live α while paused', async () => {
+      const list = await vscode.commands.executeCommand<vscode.CodeLens[]>('vscode.executeCodeLensProvider', configUri);
+      const titles = list.map((l) => l.command?.title ?? '');
+      assert.ok(titles.includes('▶ Resume'), titles.join(' | '));
+      assert.ok(titles.includes('■ Stop'));
+      assert.ok(titles.some((t) => t.startsWith('α = 0.01')), titles.join(' | '));
+    });
+
+    it('changes α live: metrics after the acknowledged step carry the new α', async () => {
+      const status = await vscode.commands.executeCommand<{ status: string; step: number }>('plTrainer.setAlpha', 0.25, session.runDir);
+      assert.equal(status.status, 'applied');
+      const resumed = await vscode.commands.executeCommand<{ status: string; step: number }>('plTrainer.resume', session.runDir);
+      assert.equal(resumed.status, 'applied');
+      await until('metrics after resume', () => metricsOf(session).some((m) => m.step > status.step + 2));
+      for (const m of metricsOf(session)) {
+        if (m.step > status.step) assert.equal(m.alpha, 0.25, `step ${m.step}`);
+        else assert.equal(m.alpha, 0.01, `step ${m.step}`);
+      }
+    });
+
+    it('refuses a negative α with the reason', async () => {
+      const status = await vscode.commands.executeCommand<{ status: string; reason?: string }>('plTrainer.setAlpha', -1, session.runDir);
+      assert.equal(status.status, 'rejected');
+      assert.match(status.reason ?? '', /α|alpha/i);
+    });
+
+    it('freezes and unfreezes an expert, acknowledged with the step', async () => {
+      const frozen = await vscode.commands.executeCommand<{ status: string; step: number }>('plTrainer.freezeExpert', 1, session.runDir);
+      assert.equal(frozen.status, 'applied');
+      const m = await until('a measurement after the freeze', () => metricsOf(session).find((x) => x.step > frozen.step && x.experts));
+      assert.equal(m.experts![1].frozen, true);
+      assert.equal(m.experts![0].frozen, false);
+      const un = await vscode.commands.executeCommand<{ status: string }>('plTrainer.unfreezeExpert', 1, session.runDir);
+      assert.equal(un.status, 'applied');
+    });
+
+    it('re-attaches from the run directory with the full history, no gap, no duplicate', async () => {
+      // A second manager stands in for the extension after a window reload.
+      const ext = vscode.extensions.getExtension(EXTENSION_ID)!;
+      const log = vscode.window.createOutputChannel('PL Trainer (re-attach test)', { log: true });
+      const fresh = new RunManager({ extensionUri: ext.extensionUri } as vscode.ExtensionContext, log);
+      try {
+        const [again] = fresh.reattachAll().filter((s) => s.runDir === session.runDir);
+        assert.ok(again, 'found the live run');
+        const target = session.seq;
+        await until('replayed history', () => again.seq >= target);
+        const seqs = again.events.map((e) => e.seq);
+        assert.deepEqual(seqs, seqs.map((_, i) => i), 'seq 0…n with no gap or duplicate');
+        assert.deepEqual(again.events.slice(0, session.events.length).map((e) => JSON.stringify(e)), session.events.slice(0, again.events.length).map((e) => JSON.stringify(e)));
+        assert.equal(again.hello?.runId, session.runId);
+      } finally {
+        fresh.dispose();
+        log.dispose();
+      }
+    });
+
+    it('stops: acknowledged, state stopped, the process exits', async () => {
+      const status = await vscode.commands.executeCommand<{ status: string }>('plTrainer.stop', session.runDir);
+      assert.equal(status.status, 'applied');
+      await until('stopped state', () => session.state === 'stopped');
+      const pid = session.hello!.pid;
+      await until('process exit', () => {
+        try {
+          process.kill(pid, 0);
+          return false;
+        } catch {
+          return true;
+        }
+      }, 15_000);
+      const acks = fs.readFileSync(path.join(session.runDir, 'commands.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      assert.ok(acks.some((a) => a.command.kind === 'stop' && a.status === 'applied'));
+    });
+  });
+});
