@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { SteeringCommand } from '../protocol';
 import { ConfigCodeLensProvider, ConfigDiagnostics, CONFIG_SELECTOR, isConfigDocument } from './configEditor';
+import { installGpuBackend } from './gpuBackend';
 import { MetricsPanel } from './panel';
 import { RunManager } from './runManager';
 import { MetricsNode, MetricsTreeProvider } from './sidebar';
@@ -83,6 +84,7 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   register('plTrainer.freezeExpert', expertCommand('freeze'));
   register('plTrainer.unfreezeExpert', expertCommand('unfreeze'));
   register('plTrainer.showPanel', () => MetricsPanel.show(context, runs));
+  register('plTrainer.installGpuBackend', () => installGpuBackend(context.extensionUri.fsPath, log));
   register('plTrainer.newConfig', async () => {
     const folder = vscode.workspace.workspaceFolders?.[0];
     if (!folder) {
