@@ -1,1 +1,274 @@
-export {};
+// The metrics panel's script. It only talks to the extension host (postMessage), never to the
+// trainer: host messages are validated, folded into a RunModel, and drawn at most once per frame.
+import '@vscode-elements/elements/dist/vscode-button/index.js';
+import '@vscode-elements/elements/dist/vscode-checkbox/index.js';
+import '@vscode-elements/elements/dist/vscode-progress-bar/index.js';
+import './style.css';
+import { HostToWebviewSchema, type SteeringCommand, type WebviewToHost } from '../src/protocol';
+import { MetricChart, type ChartLine } from './charts';
+import { newCommandId, parseAlphaInput } from './commands';
+import { exportFileName, toCsv, toJson } from './export';
+import { CHART_CARDS, type ChartId } from './html';
+import { RunModel, cleanDirty, expertSeriesKey, mergeDirty, type Dirty } from './runModel';
+import { MAX_SMOOTHING } from './series';
+import { EXPERT_METRICS, fromPersisted, toPersisted, type ExpertMetric, type UiSettings } from './settings';
+import { readChartTheme, rgba, seriesColor, type ChartTheme } from './theme';
+import { PanelView } from './view';
+
+/** The part of VS Code's webview API this panel uses. */
+interface VsCodeApi {
+  postMessage(message: unknown): void;
+  getState(): unknown;
+  setState(state: unknown): void;
+}
+declare function acquireVsCodeApi(): VsCodeApi;
+
+const EXPERT_METRIC_LABELS: Record<ExpertMetric, string> = { kappa: 'κ', mu: 'μ', lf: 'L_f' };
+
+class PanelController {
+  private readonly model: RunModel;
+  private readonly view: PanelView;
+  private readonly charts = {} as Record<ChartId, MetricChart>;
+  private settings: UiSettings;
+  private theme: ChartTheme;
+  private dirty: Dirty = cleanDirty();
+  /** Chart datasets must be rebuilt (settings, theme or the set of series changed). */
+  private linesDirty = true;
+  private frame = 0;
+
+  constructor(private readonly vscode: VsCodeApi) {
+    this.settings = fromPersisted(vscode.getState());
+    this.model = new RunModel(this.settings.smoothing);
+    this.view = new PanelView((expert) => this.toggleExpert(expert));
+    this.theme = readChartTheme();
+    for (const card of CHART_CARDS) {
+      const canvas = document.getElementById(`chart-${card.id}`) as HTMLCanvasElement;
+      this.charts[card.id] = new MetricChart(canvas, this.theme, {
+        formatY: card.id === 'metric' ? (y) => this.formatTaskMetricTick(y) : undefined,
+        onToggleSeries: (key) => this.toggleSeries(key),
+      });
+    }
+    this.bindControls();
+    this.applySettingsToControls();
+    this.watchTheme();
+    this.invalidate({ header: true, charts: true, experts: true, commands: true, structure: true });
+  }
+
+  /** Entry point for everything the host posts. */
+  receive(data: unknown): void {
+    const parsed = HostToWebviewSchema.safeParse(data);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      console.warn(`[PL Trainer] ignored an invalid message: ${issue.path.join('.') || '(root)'}: ${issue.message}`);
+      return;
+    }
+    this.invalidate(this.model.apply(parsed.data));
+  }
+
+  /** Exposed to the browser test harness only. */
+  get debug() {
+    return { model: this.model, charts: this.charts, settings: () => this.settings };
+  }
+
+  private post(message: WebviewToHost): void {
+    this.vscode.postMessage(message);
+  }
+
+  private issue(command: SteeringCommand): void {
+    const id = newCommandId();
+    this.model.recordSent(id, command);
+    this.post({ type: 'command', id, command });
+    this.invalidate({ ...cleanDirty(), commands: true, experts: true });
+  }
+
+  private toggleExpert(expert: number): void {
+    const row = this.model.experts.get(expert);
+    if (!row || !this.model.controls().expertToggle) return;
+    this.issue({ kind: row.frozen ? 'unfreeze' : 'freeze', expert });
+  }
+
+  private submitAlpha(): void {
+    const parsed = parseAlphaInput(this.view.alphaInput.value);
+    if (!parsed.ok) {
+      this.view.showAlphaError(parsed.error);
+      return;
+    }
+    this.view.showAlphaError(undefined);
+    if (this.model.controls().setAlpha) this.issue({ kind: 'setAlpha', alpha: parsed.alpha });
+  }
+
+  private bindControls(): void {
+    const v = this.view;
+    const onClick = (el: HTMLElement, action: () => void) =>
+      el.addEventListener('click', () => {
+        if (!el.hasAttribute('disabled')) action();
+      });
+    onClick(v.pause, () => this.model.controls().pause && this.issue({ kind: 'pause' }));
+    onClick(v.resume, () => this.model.controls().resume && this.issue({ kind: 'resume' }));
+    onClick(v.stop, () => this.model.controls().stop && this.issue({ kind: 'stop' }));
+    // The Set α button is a submit button of this form, and Enter in the field submits it too.
+    v.alphaForm.addEventListener('submit', (e) => {
+      e.preventDefault();
+      this.submitAlpha();
+    });
+    v.alphaInput.addEventListener('input', () => v.showAlphaError(undefined));
+    onClick(v.exportCsv, () => download(exportFileName(this.model, 'csv'), 'text/csv', toCsv(this.model)));
+    onClick(v.exportJson, () => download(exportFileName(this.model, 'json'), 'application/json', toJson(this.model)));
+
+    v.smoothing.max = String(MAX_SMOOTHING);
+    v.smoothing.addEventListener('input', () => {
+      const w = Math.min(MAX_SMOOTHING, Math.max(0, Number(v.smoothing.value) || 0));
+      this.settings.smoothing = w;
+      this.model.setSmoothing(w);
+      this.settingsChanged();
+    });
+    for (const card of CHART_CARDS) {
+      const box = document.querySelector<HTMLElement & { checked: boolean }>(`[data-testid="log-${card.id}"]`)!;
+      box.addEventListener('change', () => {
+        this.settings.logScale[card.id] = box.checked;
+        this.settingsChanged();
+      });
+    }
+    for (const metric of EXPERT_METRICS) {
+      const button = document.querySelector<HTMLButtonElement>(`[data-testid="expert-metric-${metric}"]`)!;
+      button.addEventListener('click', () => {
+        this.settings.expertMetric = metric;
+        this.settingsChanged();
+      });
+    }
+  }
+
+  private toggleSeries(key: string): void {
+    const hidden = new Set(this.settings.hidden);
+    if (hidden.has(key)) hidden.delete(key);
+    else hidden.add(key);
+    this.settings.hidden = [...hidden];
+    this.settingsChanged();
+  }
+
+  /** A view setting changed: persist it, reflect it in the controls, redraw. */
+  private settingsChanged(): void {
+    this.vscode.setState(toPersisted(this.settings));
+    this.applySettingsToControls();
+    this.linesDirty = true;
+    this.invalidate({ ...cleanDirty(), charts: true });
+  }
+
+  private applySettingsToControls(): void {
+    const s = this.settings;
+    this.view.smoothing.value = String(s.smoothing);
+    this.view.smoothingValue.textContent = s.smoothing.toFixed(2);
+    for (const card of CHART_CARDS) {
+      const box = document.querySelector<HTMLElement & { checked: boolean }>(`[data-testid="log-${card.id}"]`)!;
+      box.checked = s.logScale[card.id];
+    }
+    for (const metric of EXPERT_METRICS) {
+      const button = document.querySelector<HTMLButtonElement>(`[data-testid="expert-metric-${metric}"]`)!;
+      button.setAttribute('aria-checked', String(metric === s.expertMetric));
+    }
+  }
+
+  /** VS Code swaps the `--vscode-*` variables (on <html>) and the body class when the theme changes. */
+  private watchTheme(): void {
+    const observer = new MutationObserver(() => {
+      this.theme = readChartTheme();
+      for (const chart of Object.values(this.charts)) chart.applyTheme(this.theme);
+      this.linesDirty = true;
+      this.invalidate({ ...cleanDirty(), charts: true, experts: true });
+    });
+    observer.observe(document.documentElement, { attributes: true, attributeFilter: ['style', 'class'] });
+    observer.observe(document.body, { attributes: true, attributeFilter: ['class'] });
+  }
+
+  private formatTaskMetricTick(y: number): string {
+    return this.model.taskMetric === 'accuracy' ? `${Number((y * 100).toFixed(1))}%` : String(Number(y.toPrecision(4)));
+  }
+
+  private linesFor(id: ChartId): ChartLine[] {
+    const m = this.model;
+    const color = (i: number) => seriesColor(this.theme, i);
+    switch (id) {
+      case 'loss':
+        return [
+          { key: 'loss', label: 'loss', color: color(0), series: m.seriesFor('loss'), smoothable: true },
+          { key: 'taskLoss', label: 'task loss L_S', color: color(1), series: m.seriesFor('taskLoss'), smoothable: true },
+        ];
+      case 'metric':
+        return [{ key: 'taskMetric', label: m.taskMetric, color: color(2), series: m.seriesFor('taskMetric'), smoothable: true }];
+      case 'expert': {
+        const metric = this.settings.expertMetric;
+        return m.expertIds.map((expert) => {
+          const key = expertSeriesKey(metric, expert);
+          return { key, label: `${EXPERT_METRIC_LABELS[metric]} expert ${expert}`, color: color(expert), series: m.seriesFor(key), smoothable: true };
+        });
+      }
+      case 'alpha':
+        return [{ key: 'alpha', label: 'α', color: color(3), series: m.seriesFor('alpha'), smoothable: false, stepped: true }];
+    }
+  }
+
+  /** Coalesces redraws: many messages within a frame cost one render. */
+  private invalidate(d: Dirty): void {
+    mergeDirty(this.dirty, d);
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
+  }
+
+  private render(): void {
+    this.frame = 0;
+    const d = this.dirty;
+    this.dirty = cleanDirty();
+    const m = this.model;
+    const hasData = m.series.get('loss')?.raw.length ? true : false;
+    if (d.header) {
+      this.view.renderHeader(m);
+      document.getElementById('title-metric')!.textContent = m.taskMetric === 'accuracy' ? 'Accuracy' : 'Perplexity';
+    }
+    this.view.renderControls(m.controls(), hasData);
+    if (d.experts || d.structure) this.view.renderExperts(m, (expert) => rgba(seriesColor(this.theme, expert)));
+    if (d.commands) this.view.renderCommands(m);
+    const rebuild = this.linesDirty || d.structure;
+    if (rebuild || d.charts) {
+      for (const card of CHART_CARDS) {
+        const chart = this.charts[card.id];
+        if (rebuild) {
+          chart.setLines(this.linesFor(card.id), {
+            smoothing: this.settings.smoothing,
+            hidden: new Set(this.settings.hidden),
+            logScale: this.settings.logScale[card.id],
+          });
+        }
+        chart.draw();
+        document.querySelector<HTMLElement>(`[data-testid="empty-${card.id}"]`)!.hidden = chart.hasData;
+      }
+      this.linesDirty = false;
+    }
+  }
+}
+
+/** Saves `content` through an `<a download>` with a blob URL (allowed: CSP does not govern downloads). */
+function download(fileName: string, mime: string, content: string): void {
+  const url = URL.createObjectURL(new Blob([content], { type: `${mime};charset=utf-8` }));
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = fileName;
+  a.hidden = true;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  // Revoking at once can cancel the download in some browsers.
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+function start(): void {
+  // The API object stays in this closure: page scripts (none here, but defence in depth) cannot post as us.
+  const vscode = acquireVsCodeApi();
+  const controller = new PanelController(vscode);
+  window.addEventListener('message', (event: MessageEvent) => controller.receive(event.data));
+  if ((window as { __PL_TRAINER_HARNESS__?: boolean }).__PL_TRAINER_HARNESS__) {
+    (window as unknown as { __plTrainer: unknown }).__plTrainer = controller.debug;
+  }
+  // The host answers with a snapshot; anything it sent before this was dropped by design.
+  vscode.postMessage({ type: 'ready' } satisfies WebviewToHost);
+}
+
+start();

@@ -1,0 +1,237 @@
+// The panel's DOM-free logic in Node: number formatting, history thinning, EMA, the run model's
+// message handling, α validation, persisted settings, CSV export and the HTML/CSP it is served in.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { CommandIdSchema, type HostToWebview, type MetricsEvent, type RunState, type SteeringCommand } from '../../src/protocol';
+import { ALPHA_MAX, newCommandId, parseAlphaInput } from '../../webview/commands';
+import { toCsv } from '../../webview/export';
+import { describeStatus, formatNumber } from '../../webview/format';
+import { contentSecurityPolicy, renderPanelHtml } from '../../webview/html';
+import { RunModel } from '../../webview/runModel';
+import { Ema, Series, minMaxThinIndices, type Point } from '../../webview/series';
+import { defaultSettings, fromPersisted, toPersisted } from '../../webview/settings';
+import { syntheticRun } from '../webview-harness/fixtures';
+
+test('formatNumber: 4 significant digits in range, 3-digit exponent form outside', () => {
+  const cases: [number, string][] = [
+    [12.3449, '12.34'],
+    [0, '0'],
+    [0.05, '0.05'],
+    [0.0005, '0.0005'],
+    [1234.5, '1235'],
+    [123456, '1.23e+5'],
+    [0.0000123, '1.23e-5'],
+    [-42.125, '-42.13'],
+  ];
+  for (const [x, want] of cases) assert.equal(formatNumber(x), want, String(x));
+  // Whatever the magnitude, the text parses back within the stated precision.
+  for (let e = -8; e <= 8; e += 0.37) {
+    const x = 3.14159 * 10 ** e;
+    assert.ok(Math.abs(Number(formatNumber(x)) - x) / x < 5e-3, `${x} → ${formatNumber(x)}`);
+  }
+});
+
+test('describeStatus spells out each phase of a command', () => {
+  assert.equal(describeStatus({ status: 'pending' }), 'pending');
+  assert.equal(describeStatus({ status: 'applied', step: 12 }), 'applied at step 12');
+  assert.equal(describeStatus({ status: 'rejected', reason: 'run is paused' }), 'rejected: run is paused');
+  assert.equal(describeStatus({ status: 'failed', reason: 'not connected' }), 'failed: not connected');
+});
+
+function randomWalk(n: number, seed: number): Point[] {
+  let s = seed;
+  let y = 0;
+  return Array.from({ length: n }, (_, i) => {
+    s = (s * 1103515245 + 12345) % 2 ** 31;
+    y += s / 2 ** 31 - 0.5;
+    return { x: i * 3, y };
+  });
+}
+
+test('min/max thinning keeps the ends, every bucket extreme and the global extremes', () => {
+  const pts = randomWalk(10_001, 3);
+  pts[4321].y = 1e9; // a spike
+  pts[777].y = -1e9;
+  const keep = minMaxThinIndices(pts, 1000);
+  assert.ok(keep.length <= 1000 && keep.length > 900, `kept ${keep.length}`);
+  assert.equal(keep[0], 0);
+  assert.equal(keep.at(-1), pts.length - 1);
+  assert.ok(keep.every((k, i) => i === 0 || k > keep[i - 1]), 'strictly increasing indices');
+  assert.ok(keep.includes(4321) && keep.includes(777));
+  // Each kept pair is the min and max of its bucket: recompute with a brute-force scan.
+  const buckets = Math.floor((1000 - 2) / 2);
+  const interior = pts.length - 2;
+  for (let b = 0; b < buckets; b++) {
+    const start = 1 + Math.floor((b * interior) / buckets);
+    const end = 1 + Math.floor(((b + 1) * interior) / buckets);
+    const slice = pts.slice(start, end).map((p) => p.y);
+    const inBucket = keep.filter((k) => k >= start && k < end).map((k) => pts[k].y);
+    assert.equal(Math.min(...inBucket), Math.min(...slice));
+    assert.equal(Math.max(...inBucket), Math.max(...slice));
+  }
+  assert.deepEqual(minMaxThinIndices(pts.slice(0, 5), 10), [0, 1, 2, 3, 4], 'short series untouched');
+});
+
+test('Series: incremental EMA equals the closed form, history is capped, arrays keep their identity', () => {
+  const w = 0.9;
+  const s = new Series(w, 400);
+  const raw = s.raw;
+  const smoothed = s.smoothed;
+  const ys: number[] = [];
+  for (let i = 1; i <= 300; i++) {
+    const y = Math.sin(i / 7) * 10 + i / 50;
+    ys.push(y);
+    s.append(i, y);
+  }
+  for (let n = 1; n <= ys.length; n++) {
+    let sum = 0;
+    for (let i = 1; i <= n; i++) sum += w ** (n - i) * (1 - w) * ys[i - 1];
+    const reference = sum / (1 - w ** n);
+    assert.ok(Math.abs(s.smoothed[n - 1].y - reference) <= 1e-12 * Math.max(1, Math.abs(reference)), `n=${n}`);
+  }
+  // Recomputing from scratch (a weight change and back) gives the same numbers.
+  const before = s.smoothed.map((p) => p.y);
+  s.setSmoothing(0);
+  assert.deepEqual(s.smoothed.map((p) => p.y), ys);
+  s.setSmoothing(w);
+  assert.deepEqual(s.smoothed.map((p) => p.y), before);
+  // A repeated step replaces its value; an older step is dropped.
+  s.append(300, 1000);
+  s.append(5, 1);
+  assert.equal(s.raw.length, 300);
+  assert.equal(s.last!.y, 1000);
+  // Past the capacity the history halves, keeping the newest point and index alignment.
+  for (let i = 301; i <= 1000; i++) s.append(i, Math.cos(i));
+  assert.ok(s.raw.length <= 400 && s.raw.length >= 200, `length ${s.raw.length}`);
+  assert.equal(s.thinned, true);
+  assert.equal(s.last!.x, 1000);
+  assert.deepEqual(s.raw.map((p) => p.x), s.smoothed.map((p) => p.x));
+  assert.ok(s.raw === raw && s.smoothed === smoothed, 'charts hold these arrays');
+  assert.equal(new Ema(0).next(7), 7);
+});
+
+test('RunModel: snapshot, append without duplicates, other runs ignored', () => {
+  const f = syntheticRun({ steps: 30 });
+  const m = new RunModel();
+  const d = m.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: f.commands });
+  assert.ok(d.structure && d.charts);
+  assert.equal(m.runId, f.runId);
+  assert.equal(m.series.get('loss')!.raw.length, 30);
+  assert.deepEqual(m.expertIds, [0, 1, 2, 3]);
+  const more = f.more(10);
+  m.apply({ type: 'events', runId: f.runId, events: [...f.events.slice(5, 15), ...more] });
+  assert.equal(m.series.get('loss')!.raw.length, 40);
+  assert.equal(m.step, 40);
+  assert.equal(m.series.get('kappa:2')!.raw.length, 4);
+  const ignored = m.apply({ type: 'events', runId: 'other', events: syntheticRun({ runId: 'other', steps: 80 }).events });
+  assert.deepEqual(Object.values(ignored), [false, false, false, false, false]);
+  assert.equal(m.step, 40);
+  // A new snapshot replaces everything.
+  m.apply({ type: 'snapshot', run: null, events: [], commands: [] });
+  assert.equal(m.runId, undefined);
+  assert.equal(m.series.size, 0);
+  assert.equal(m.experts.size, 0);
+});
+
+test('RunModel: α, frozen flags and command outcomes only change on acknowledgements', () => {
+  const f = syntheticRun({ steps: 20, alpha: 0.01 });
+  const m = new RunModel();
+  m.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: [] });
+  assert.equal(m.alpha, 0.01);
+  m.recordSent('c1', { kind: 'setAlpha', alpha: 0.3 });
+  assert.equal(m.alpha, 0.01, 'sending is not applying');
+  let seq = f.events.at(-1)!.seq;
+  const ack = (commandId: string, command: SteeringCommand, status: 'applied' | 'rejected'): HostToWebview => ({
+    type: 'events',
+    runId: f.runId,
+    events: [{ type: 'ack', seq: ++seq, commandId, command, status, step: 20, time: 0, ...(status === 'rejected' ? { reason: 'no' } : {}) }],
+  });
+  m.apply(ack('c1', { kind: 'setAlpha', alpha: 0.3 }, 'rejected'));
+  assert.equal(m.alpha, 0.01);
+  assert.equal(m.commands.get('c1')!.status, 'rejected');
+  m.apply(ack('c2', { kind: 'setAlpha', alpha: 0.2 }, 'applied'));
+  assert.equal(m.alpha, 0.2);
+  m.recordSent('c3', { kind: 'freeze', expert: 1 });
+  assert.equal(m.expertCommandPending(1), true);
+  assert.equal(m.experts.get(1)!.frozen, false);
+  m.apply({ type: 'commandStatus', status: { id: 'c3', command: { kind: 'freeze', expert: 1 }, status: 'pending' } });
+  m.apply(ack('c3', { kind: 'freeze', expert: 1 }, 'applied'));
+  assert.equal(m.experts.get(1)!.frozen, true);
+  assert.equal(m.expertCommandPending(1), false);
+  // A stale pending after the outcome never steps back.
+  m.apply({ type: 'commandStatus', status: { id: 'c3', command: { kind: 'freeze', expert: 1 }, status: 'pending' } });
+  assert.equal(m.commands.get('c3')!.status, 'applied');
+  assert.deepEqual([...m.commands.keys()], ['c1', 'c2', 'c3']);
+});
+
+test('RunModel: controls follow the acknowledged run state and the connection', () => {
+  const f = syntheticRun({ steps: 5 });
+  const m = new RunModel();
+  m.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: [] });
+  const table: [RunState, boolean, string][] = [
+    ['starting', true, 'stop'],
+    ['running', true, 'pause stop setAlpha expertToggle'],
+    ['paused', true, 'resume stop setAlpha expertToggle'],
+    ['completed', true, ''],
+    ['stopped', true, ''],
+    ['failed', true, ''],
+    ['running', false, ''],
+  ];
+  for (const [state, connected, enabled] of table) {
+    m.apply({ type: 'run', run: { ...f.summary, state, connected } });
+    const c = m.controls();
+    const on = Object.entries(c).filter(([, v]) => v).map(([k]) => k).join(' ');
+    assert.equal(on, enabled, `${state}, connected=${connected}`);
+  }
+});
+
+test('α input: only finite numbers inside the config schema bounds', () => {
+  assert.deepEqual(parseAlphaInput(' 0.05 '), { ok: true, alpha: 0.05 });
+  assert.deepEqual(parseAlphaInput('1e-3'), { ok: true, alpha: 0.001 });
+  assert.deepEqual(parseAlphaInput('0'), { ok: true, alpha: 0 });
+  assert.deepEqual(parseAlphaInput(String(ALPHA_MAX)), { ok: true, alpha: ALPHA_MAX });
+  for (const bad of ['', '  ', '-0.1', 'NaN', 'Infinity', '0x10', '1,5', '1e7', 'abc', '.']) {
+    const r = parseAlphaInput(bad);
+    assert.equal(r.ok, false, bad);
+  }
+  const ids = new Set(Array.from({ length: 200 }, newCommandId));
+  assert.equal(ids.size, 200);
+  for (const id of ids) assert.ok(CommandIdSchema.safeParse(id).success, id);
+});
+
+test('persisted settings: round trip, and each damaged field falls back on its own', () => {
+  const s = { ...defaultSettings(), smoothing: 0.7, hidden: ['kappa:3'], expertMetric: 'lf' as const };
+  s.logScale.loss = true;
+  assert.deepEqual(fromPersisted(JSON.parse(JSON.stringify(toPersisted(s)))), s);
+  assert.deepEqual(fromPersisted(undefined), defaultSettings());
+  assert.deepEqual(fromPersisted('junk'), defaultSettings());
+  const damaged = fromPersisted({ v: 1, smoothing: 5, logScale: { loss: true, metric: 'yes' }, hidden: 'x', expertMetric: 'mu' });
+  assert.deepEqual(damaged, { smoothing: 0, logScale: { loss: true, metric: false, expert: true, alpha: false }, hidden: [], expertMetric: 'mu' });
+});
+
+test('CSV export: one row per step, empty cells where experts were not measured', () => {
+  const f = syntheticRun({ steps: 12, experts: 2, monitorEvery: 5 });
+  const m = new RunModel();
+  m.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: [] });
+  const lines = toCsv(m).trimEnd().split('\n');
+  assert.equal(lines[0], 'step,loss,taskLoss,accuracy,alpha,regularizer,stepsPerSec,kappa_0,mu_0,lf_0,kappa_1,mu_1,lf_1');
+  assert.equal(lines.length, 13);
+  const metrics = f.events.filter((e): e is MetricsEvent => e.type === 'metrics');
+  const row5 = lines[5].split(',');
+  assert.equal(Number(row5[7]), metrics[4].experts![0].kappa);
+  assert.equal(lines[4].split(',')[7], '');
+});
+
+test('renderPanelHtml: strict CSP, nonce on the script, escaped values, the test ids the E2E tests use', () => {
+  const html = renderPanelHtml({ cspSource: 'https://x.vscode-cdn.net', nonce: 'abc123==', scriptUri: 'https://x/main.js?a=1&b=2', styleUri: 'https://x/main.css', title: '<run> & "co"' });
+  assert.equal(contentSecurityPolicy('https://x.vscode-cdn.net', 'abc123=='), "default-src 'none'; script-src 'nonce-abc123=='; style-src https://x.vscode-cdn.net 'nonce-abc123=='; img-src https://x.vscode-cdn.net data:; font-src https://x.vscode-cdn.net;");
+  assert.ok(html.includes(`content="default-src 'none'; script-src 'nonce-abc123==';`));
+  assert.ok(!/unsafe-inline|unsafe-eval|connect-src/.test(html));
+  assert.ok(html.includes('<script nonce="abc123==" src="https://x/main.js?a=1&amp;b=2"></script>'));
+  assert.ok(html.includes('<title>&lt;run&gt; &amp; &quot;co&quot;</title>'));
+  assert.equal((html.match(/<script/g) ?? []).length, 1, 'one script, the nonced bundle');
+  assert.ok(!/\sstyle=/.test(html), 'no inline style attributes (blocked by the CSP)');
+  for (const id of ['run-state', 'backend', 'step', 'alpha', 'btn-pause', 'btn-resume', 'btn-stop', 'alpha-input', 'btn-set-alpha', 'command-log', 'chart-expert']) {
+    assert.ok(html.includes(`data-testid="${id}"`), id);
+  }
+});

@@ -1,0 +1,541 @@
+// The metrics panel in real headless Chromium, under the real CSP from renderPanelHtml: messages in,
+// DOM and chart.js state out, commands posted back, settings persisted, exports downloaded.
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after, afterEach, before, test } from 'node:test';
+import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
+import { WebviewToHostSchema, type HostToWebview, type MetricsEvent, type TrainerEvent, type WebviewToHost } from '../../src/protocol';
+import { formatNumber } from '../../webview/format';
+import { MAX_POINTS_PER_SERIES } from '../../webview/series';
+import { syntheticRun, type Fixture } from '../webview-harness/fixtures';
+import { buildWebview, startHarnessServer, type HarnessServer } from '../webview-harness/server';
+
+const root = path.resolve(__dirname, '..', '..');
+const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+let browser: Browser;
+let server: HarnessServer;
+let buildDir: string;
+const openPages: Panel[] = [];
+
+before(async () => {
+  buildDir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-webview-'));
+  await buildWebview(buildDir);
+  server = await startHarnessServer(buildDir);
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  if (buildDir) fs.rmSync(buildDir, { recursive: true, force: true });
+});
+
+// Every test must leave a clean console: no CSP violation, no page error, no error/warning logged
+// (besides the ones a test provokes on purpose and declares in `expectedWarnings`).
+afterEach(async () => {
+  for (const p of openPages.splice(0)) {
+    const violations = await p.page.evaluate(() => (window as unknown as { __cspViolations: unknown[] }).__cspViolations);
+    assert.deepEqual(violations, [], 'securitypolicyviolation events');
+    assert.deepEqual(p.errors, [], 'uncaught page errors');
+    const noisy = p.console.filter((m) => (m.type === 'error' || m.type === 'warning') && !p.expectedWarnings.some((re) => re.test(m.text)));
+    assert.deepEqual(noisy, [], 'console errors/warnings');
+    assert.ok(!p.console.some((m) => /Content Security Policy|Refused to/i.test(m.text)), 'CSP messages in the console');
+    await p.page.close();
+  }
+});
+
+interface Panel {
+  page: Page;
+  console: { type: string; text: string }[];
+  errors: string[];
+  expectedWarnings: RegExp[];
+  send(message: HostToWebview | Record<string, unknown>): Promise<void>;
+  posted(): Promise<WebviewToHost[]>;
+  byTestId(id: string): Locator;
+}
+
+async function openPanel(page?: Page): Promise<Panel> {
+  page ??= await browser.newPage({ viewport: { width: 1400, height: 1000 }, acceptDownloads: true });
+  const panel: Panel = {
+    page,
+    console: [],
+    errors: [],
+    expectedWarnings: [],
+    // VS Code delivers host messages as `message` events on the webview's window; so does this.
+    send: (message) => page.evaluate((m) => window.postMessage(m, '*'), message as unknown as Record<string, unknown>),
+    posted: () => page.evaluate(() => (window as unknown as { __posted: WebviewToHost[] }).__posted),
+    byTestId: (id) => page.getByTestId(id),
+  };
+  page.on('console', (m) => panel.console.push({ type: m.type(), text: m.text() }));
+  page.on('pageerror', (e) => panel.errors.push(e.message));
+  openPages.push(panel);
+  await page.goto(server.url);
+  await waitForReady(page);
+  return panel;
+}
+
+async function waitForReady(page: Page): Promise<void> {
+  await page.waitForFunction(() => (window as unknown as { __posted?: { type: string }[] }).__posted?.some((m) => m.type === 'ready'), undefined, { timeout: 10_000 });
+}
+
+/** Polls a locator's text until `want` holds; then asserts (so a failure shows the last text). */
+async function expectText(locator: Locator, want: string | RegExp, timeoutMs = 5000): Promise<string> {
+  const ok = (t: string) => (typeof want === 'string' ? t === want : want.test(t));
+  const t0 = Date.now();
+  let text = '';
+  for (;;) {
+    text = ((await locator.textContent({ timeout: timeoutMs })) ?? '').trim();
+    if (ok(text) || Date.now() - t0 > timeoutMs) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  if (typeof want === 'string') assert.equal(text, want);
+  else assert.match(text, want);
+  return text;
+}
+
+async function expectAttr(locator: Locator, name: string, want: string | null, timeoutMs = 5000): Promise<void> {
+  const t0 = Date.now();
+  let value: string | null = null;
+  for (;;) {
+    value = await locator.getAttribute(name);
+    if (value === want || Date.now() - t0 > timeoutMs) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  assert.equal(value, want, `${name} attribute`);
+}
+
+/** Resolves after the panel's next render (it draws on animation frames). */
+function nextFrames(page: Page): Promise<void> {
+  return page.evaluate(() => new Promise<void>((r) => requestAnimationFrame(() => requestAnimationFrame(() => r()))));
+}
+
+function snapshotOf(f: Fixture): HostToWebview {
+  return { type: 'snapshot', run: f.summary, events: f.events, commands: f.commands };
+}
+
+const metricsOf = (events: readonly TrainerEvent[]) => events.filter((e): e is MetricsEvent => e.type === 'metrics');
+const lastExperts = (events: readonly TrainerEvent[]) => metricsOf(events).filter((m) => m.experts).at(-1)!.experts!;
+
+interface ChartInfo {
+  optionType: string;
+  builtType: string;
+  datasets: { key: string; role: string; hidden: boolean; label: string; length: number; decimated: boolean }[];
+}
+
+/** Reads a chart's state through the harness-only debug hook. */
+function chartInfo(page: Page, id: string): Promise<ChartInfo> {
+  return page.evaluate((chartId) => {
+    const dbg = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer;
+    const chart = dbg.charts[chartId].chart;
+    return {
+      optionType: chart.options.scales.y.type as string,
+      builtType: chart.scales.y.type as string,
+      datasets: chart.data.datasets.map((d: any) => ({ key: d.seriesKey, role: d.role, hidden: !!d.hidden, label: d.label, length: (d._data ?? d.data).length, decimated: !!d._decimated })),
+    };
+  }, id);
+}
+
+test('the panel says ready on load, and its Lit elements render under the strict CSP', async () => {
+  const p = await openPanel();
+  const posted = await p.posted();
+  assert.deepEqual(posted, [{ type: 'ready' }]);
+  assert.ok(WebviewToHostSchema.safeParse(posted[0]).success);
+  const csp = await p.page.locator('meta[http-equiv="Content-Security-Policy"]').getAttribute('content');
+  assert.ok(csp && !csp.includes('unsafe-inline') && !csp.includes('unsafe-eval') && !csp.includes('connect-src'), csp ?? '');
+  // Lit styles arrive as constructed stylesheets; if the CSP blocked them the button would be unstyled.
+  const button = await p.page.evaluate(() => {
+    const el = document.querySelector('[data-testid="btn-set-alpha"]')!;
+    const base = el.shadowRoot?.querySelector('.base');
+    return { defined: !!customElements.get('vscode-button'), sheets: el.shadowRoot?.adoptedStyleSheets.length ?? 0, background: base ? getComputedStyle(base).backgroundColor : '' };
+  });
+  assert.equal(button.defined, true);
+  assert.ok(button.sheets > 0, 'adopted stylesheets');
+  assert.equal(button.background, 'rgb(0, 120, 212)', 'themed from --vscode-button-background');
+  // Our own stylesheet loaded from cspSource applies too.
+  const bodyBackground = await p.page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert.equal(bodyBackground, 'rgb(31, 31, 31)');
+});
+
+test('a snapshot renders the header, the expert table and κ exactly as in the data', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ alphaChangeAt: 150, alphaChangeTo: 0.0005, freezeAt: { step: 200, expert: 2 }, pruneAt: { step: 220, expert: 3 } });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('run-state'), 'running');
+  await expectText(p.byTestId('run-id'), f.runId);
+  await expectText(p.byTestId('backend'), 'wasm · CPU');
+  await expectText(p.byTestId('step'), `240 / 300`);
+  await expectText(p.byTestId('connection'), 'connected');
+  // α: the acknowledged value (the applied setAlpha), as the latest metrics report it.
+  assert.equal(metricsOf(f.events).at(-1)!.alpha, 0.0005);
+  await expectText(p.byTestId('alpha'), '0.0005');
+  const experts = lastExperts(f.events);
+  assert.equal(experts.length, 4);
+  for (const e of experts) {
+    const text = await expectText(p.byTestId(`kappa-${e.id}`), formatNumber(e.kappa));
+    assert.ok(Math.abs(Number(text) - e.kappa) / e.kappa < 5e-3, `κ ${text} vs ${e.kappa}`);
+    await expectText(p.byTestId(`mu-${e.id}`), formatNumber(e.mu));
+    await expectText(p.byTestId(`lf-${e.id}`), formatNumber(e.lf));
+    await expectText(p.byTestId(`frozen-${e.id}`), e.frozen ? 'yes' : 'no');
+    await expectText(p.byTestId(`pruned-${e.id}`), e.pruned ? 'yes' : 'no');
+  }
+  await expectText(p.byTestId('frozen-2'), 'yes');
+  await expectText(p.byTestId('freeze-2'), 'Unfreeze');
+  await expectText(p.byTestId('freeze-0'), 'Freeze');
+  await expectAttr(p.byTestId('freeze-3'), 'aria-disabled', 'true'); // pruned
+  // The snapshot's command history is listed with its outcomes.
+  for (const c of f.commands) await expectText(p.byTestId(`command-${c.id}`), new RegExp(`applied at step ${c.step}$`));
+  // Controls follow the acknowledged state: running ⇒ Pause and Stop, not Resume.
+  await expectAttr(p.byTestId('btn-pause'), 'aria-disabled', 'false');
+  await expectAttr(p.byTestId('btn-stop'), 'aria-disabled', 'false');
+  await expectAttr(p.byTestId('btn-resume'), 'aria-disabled', 'true');
+});
+
+test('the κ chart has a logarithmic y axis, one line per expert, and is really drawn', async () => {
+  const p = await openPanel();
+  const f = syntheticRun();
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('kappa-0'), formatNumber(lastExperts(f.events)[0].kappa));
+  await nextFrames(p.page);
+  const info = await chartInfo(p.page, 'expert');
+  assert.equal(info.optionType, 'logarithmic');
+  assert.equal(info.builtType, 'logarithmic');
+  const monitorSteps = metricsOf(f.events).filter((m) => m.experts).length;
+  assert.deepEqual(
+    info.datasets.map((d) => [d.key, d.length]),
+    [0, 1, 2, 3].map((id) => [`kappa:${id}`, monitorSteps]),
+  );
+  const loss = await chartInfo(p.page, 'loss');
+  assert.equal(loss.optionType, 'linear');
+  assert.deepEqual(loss.datasets.map((d) => [d.key, d.length]), [['loss', 240], ['taskLoss', 240]]);
+  // Pixels in expert 0's colour (VS Code's charts blue, #3794ff) prove chart.js drew on the canvas.
+  const bluePixels = await p.page.evaluate(() => {
+    const canvas = document.querySelector<HTMLCanvasElement>('[data-testid="chart-expert"]')!;
+    const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
+    let n = 0;
+    for (let i = 0; i < data.length; i += 4) if (Math.abs(data[i] - 55) < 30 && Math.abs(data[i + 1] - 148) < 30 && Math.abs(data[i + 2] - 255) < 30 && data[i + 3] > 128) n++;
+    return n;
+  });
+  assert.ok(bluePixels > 100, `expert 0 line drawn (${bluePixels} px)`);
+});
+
+test('chart colours follow a theme change (VS Code rewrites the --vscode-* variables on <html>)', async () => {
+  const p = await openPanel();
+  await p.send(snapshotOf(syntheticRun({ steps: 30 })));
+  await expectText(p.byTestId('kappa-0'), /\d/);
+  const colours = () =>
+    p.page.evaluate(() => {
+      const chart = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts.expert.chart;
+      const swatch = document.querySelector('[data-testid="expert-name-0"] .swatch')!;
+      return { line: chart.data.datasets[0].borderColor as string, swatch: getComputedStyle(swatch).backgroundColor, font: chart.options.font.family as string };
+    });
+  assert.deepEqual(await colours(), { line: 'rgba(55, 148, 255, 1)', swatch: 'rgb(55, 148, 255)', font: await p.page.evaluate(() => getComputedStyle(document.documentElement).getPropertyValue('--vscode-font-family').trim()) });
+  await p.page.evaluate(() => document.documentElement.style.setProperty('--vscode-charts-blue', '#e51400'));
+  await nextFrames(p.page);
+  const after = await colours();
+  assert.equal(after.line, 'rgba(229, 20, 0, 1)');
+  assert.equal(after.swatch, 'rgb(229, 20, 0)');
+});
+
+test('events append in seq order; duplicates and other runs are ignored; invalid messages are logged', async () => {
+  const p = await openPanel();
+  p.expectedWarnings.push(/\[PL Trainer\] ignored an invalid message/);
+  const f = syntheticRun({ steps: 100 });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), '100 / 300');
+  const fresh = f.more(25);
+  const stale = f.events.slice(50, 60); // already held
+  await p.send({ type: 'events', runId: f.runId, events: [...stale, ...fresh] });
+  await expectText(p.byTestId('step'), '125 / 300');
+  await nextFrames(p.page);
+  assert.deepEqual((await chartInfo(p.page, 'loss')).datasets.map((d) => d.length), [125, 125]);
+  await expectText(p.byTestId('kappa-1'), formatNumber(lastExperts(f.events)[1].kappa));
+  await expectText(p.byTestId('experts-measured'), 'measured at step 120');
+
+  // Another run's events and malformed messages change nothing.
+  const other = syntheticRun({ runId: 'someone-else', steps: 200, seed: 99 });
+  await p.send({ type: 'events', runId: other.runId, events: other.events.slice(-5) });
+  await p.send({ type: 'snapshot', run: null });
+  await p.send({ type: 'events', runId: f.runId, events: [{ type: 'metrics', seq: 10_000, step: 1 }] });
+  await nextFrames(p.page);
+  await expectText(p.byTestId('step'), '125 / 300');
+  assert.deepEqual((await chartInfo(p.page, 'loss')).datasets.map((d) => d.length), [125, 125]);
+  assert.equal(p.console.filter((m) => /ignored an invalid message/.test(m.text)).length, 2);
+});
+
+test('Pause posts a valid command, and the log follows its lifecycle pending → applied at step N', async () => {
+  const p = await openPanel();
+  const f = syntheticRun();
+  await p.send(snapshotOf(f));
+  await expectAttr(p.byTestId('btn-pause'), 'aria-disabled', 'false');
+  // A disabled control posts nothing even if clicked programmatically.
+  await p.byTestId('btn-resume').dispatchEvent('click');
+  await p.byTestId('btn-pause').click();
+  const posted = await p.posted();
+  assert.equal(posted.length, 2, JSON.stringify(posted));
+  const parsed = WebviewToHostSchema.parse(posted[1]);
+  assert.ok(parsed.type === 'command');
+  assert.deepEqual(parsed.command, { kind: 'pause' });
+  assert.match(parsed.id, /^[A-Za-z0-9_-]{1,64}$/);
+  const entry = p.byTestId(`command-${parsed.id}`);
+  await expectText(entry, /^Pause.*sent$/);
+  await p.send({ type: 'commandStatus', status: { id: parsed.id, command: parsed.command, status: 'pending' } });
+  await expectText(entry, /pending$/);
+  // Nothing optimistic: the run is still "running" until the trainer says otherwise.
+  await expectText(p.byTestId('run-state'), 'running');
+  await p.send({ type: 'commandStatus', status: { id: parsed.id, command: parsed.command, status: 'applied', step: 241 } });
+  await expectText(entry, /applied at step 241$/);
+  // A late `pending` (messages crossing) must not undo the outcome.
+  await p.send({ type: 'commandStatus', status: { id: parsed.id, command: parsed.command, status: 'pending' } });
+  await nextFrames(p.page);
+  await expectText(entry, /applied at step 241$/);
+  // The state change arrives as a run summary: now Resume is the way forward.
+  await p.send({ type: 'run', run: { ...f.summary, state: 'paused', step: 241 } });
+  await expectText(p.byTestId('run-state'), 'paused');
+  await expectAttr(p.byTestId('btn-resume'), 'aria-disabled', 'false');
+  await expectAttr(p.byTestId('btn-pause'), 'aria-disabled', 'true');
+  await p.byTestId('btn-resume').click();
+  const resume = WebviewToHostSchema.parse((await p.posted())[2]);
+  assert.ok(resume.type === 'command' && resume.command.kind === 'resume');
+  await p.send({ type: 'commandStatus', status: { id: resume.id, command: resume.command, status: 'rejected', reason: 'run is stopping' } });
+  await expectText(p.byTestId(`command-${resume.id}`), /rejected: run is stopping$/);
+  // Lost connection: nothing can be steered.
+  await p.send({ type: 'run', run: { ...f.summary, state: 'paused', connected: false } });
+  await expectText(p.byTestId('connection'), 'reconnecting…');
+  for (const id of ['btn-pause', 'btn-resume', 'btn-stop', 'btn-set-alpha', 'freeze-0']) await expectAttr(p.byTestId(id), 'aria-disabled', 'true');
+});
+
+test('Set α posts the typed number; invalid input posts nothing and explains why', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 50 });
+  await p.send(snapshotOf(f));
+  await expectAttr(p.byTestId('btn-set-alpha'), 'aria-disabled', 'false');
+  const input = p.byTestId('alpha-input');
+  const error = p.byTestId('alpha-error');
+  for (const [text, message] of [
+    ['-1', /between 0 and 1e\+6/],
+    ['NaN', /not a number/],
+    ['abc', /not a number/],
+    ['0x10', /not a number/],
+    ['2e6', /between 0 and 1e\+6/],
+    ['', /Enter a value/],
+  ] as const) {
+    await input.fill(text);
+    await p.byTestId('btn-set-alpha').click();
+    await expectText(error, message);
+    assert.equal(await error.isVisible(), true, `error shown for ${JSON.stringify(text)}`);
+    assert.equal(await input.getAttribute('aria-invalid'), 'true');
+  }
+  assert.equal((await p.posted()).length, 1, 'only `ready` was posted');
+  // Typing clears the error; Enter submits like the button.
+  await input.fill('0.05');
+  assert.equal(await error.isVisible(), false);
+  await input.press('Enter');
+  await p.page.waitForFunction(() => (window as unknown as { __posted: unknown[] }).__posted.length === 2);
+  const cmd = WebviewToHostSchema.parse((await p.posted())[1]);
+  assert.ok(cmd.type === 'command');
+  assert.deepEqual(cmd.command, { kind: 'setAlpha', alpha: 0.05 });
+  // α in the header stays the acknowledged one until the trainer's ack arrives.
+  const before = formatNumber(metricsOf(f.events).at(-1)!.alpha);
+  await expectText(p.byTestId('alpha'), before);
+  const ackSeq = f.events.at(-1)!.seq + 1;
+  await p.send({ type: 'events', runId: f.runId, events: [{ type: 'ack', seq: ackSeq, commandId: cmd.id, command: cmd.command, status: 'applied', step: 50, time: Date.now() }] });
+  await expectText(p.byTestId('alpha'), '0.05');
+  await expectText(p.byTestId(`command-${cmd.id}`), /Set α = 0\.05.*applied at step 50$/);
+  // The button does the same as Enter.
+  await input.fill('1e-3');
+  await p.byTestId('btn-set-alpha').click();
+  const second = WebviewToHostSchema.parse((await p.posted())[2]);
+  assert.ok(second.type === 'command');
+  assert.deepEqual(second.command, { kind: 'setAlpha', alpha: 0.001 });
+});
+
+test('the freeze toggle posts freeze/unfreeze and shows the result only once acknowledged', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 60 });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('freeze-1'), 'Freeze');
+  await p.byTestId('freeze-1').click();
+  const cmd = WebviewToHostSchema.parse((await p.posted())[1]);
+  assert.ok(cmd.type === 'command');
+  assert.deepEqual(cmd.command, { kind: 'freeze', expert: 1 });
+  await expectText(p.byTestId('freeze-1'), 'Freezing…');
+  await expectAttr(p.byTestId('freeze-1'), 'aria-disabled', 'true');
+  await expectText(p.byTestId('frozen-1'), 'no');
+  const seq = f.events.at(-1)!.seq + 1;
+  await p.send({ type: 'events', runId: f.runId, events: [{ type: 'ack', seq, commandId: cmd.id, command: cmd.command, status: 'applied', step: 60, time: Date.now() }] });
+  await expectText(p.byTestId('frozen-1'), 'yes');
+  await expectText(p.byTestId('freeze-1'), 'Unfreeze');
+  await p.byTestId('freeze-1').click();
+  const undo = WebviewToHostSchema.parse((await p.posted())[2]);
+  assert.ok(undo.type === 'command');
+  assert.deepEqual(undo.command, { kind: 'unfreeze', expert: 1 });
+});
+
+test('view settings persist through setState and come back after a reload', async () => {
+  const p = await openPanel();
+  const f = syntheticRun();
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('kappa-0'), /\d/);
+  await p.byTestId('smoothing').fill('0.6');
+  await expectText(p.byTestId('smoothing-value'), '0.60');
+  await p.byTestId('log-loss').click();
+  await p.byTestId('expert-metric-mu').click();
+  // Hide "task loss" through a real click on its legend entry.
+  await nextFrames(p.page);
+  const legendPoint = await p.page.evaluate(() => {
+    const chart = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts.loss.chart;
+    const items = chart.legend.legendItems as { text: string }[];
+    const i = items.findIndex((it) => it.text === 'task loss L_S');
+    const box = chart.legend.legendHitBoxes[i];
+    const rect = (chart.canvas as HTMLCanvasElement).getBoundingClientRect();
+    return { x: rect.left + box.left + box.width / 2, y: rect.top + box.top + box.height / 2 };
+  });
+  await p.page.mouse.click(legendPoint.x, legendPoint.y);
+  const expected = { v: 1, smoothing: 0.6, logScale: { loss: true, metric: false, expert: true, alpha: false }, hidden: ['taskLoss'], expertMetric: 'mu' };
+  await p.page.waitForFunction((want) => sessionStorage.getItem('pl-trainer-harness-state') === JSON.stringify(want), expected);
+  const before = await chartInfo(p.page, 'loss');
+  assert.equal(before.optionType, 'logarithmic');
+
+  await p.page.reload();
+  await waitForReady(p.page);
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('kappa-0'), /\d/);
+  await nextFrames(p.page);
+  assert.equal(await p.byTestId('smoothing').inputValue(), '0.6');
+  await expectText(p.byTestId('smoothing-value'), '0.60');
+  assert.equal(await p.byTestId('log-loss').evaluate((el) => (el as HTMLElement & { checked: boolean }).checked), true);
+  assert.equal(await p.byTestId('log-expert').evaluate((el) => (el as HTMLElement & { checked: boolean }).checked), true);
+  assert.equal(await p.byTestId('expert-metric-mu').getAttribute('aria-checked'), 'true');
+  const loss = await chartInfo(p.page, 'loss');
+  assert.equal(loss.builtType, 'logarithmic');
+  // Smoothing on: each line is a faint raw twin plus its EMA; task loss (both parts) stays hidden.
+  assert.deepEqual(
+    loss.datasets.map((d) => [d.key, d.role, d.hidden]),
+    [['loss', 'raw', false], ['loss', 'smoothed', false], ['taskLoss', 'raw', true], ['taskLoss', 'smoothed', true]],
+  );
+  const expert = await chartInfo(p.page, 'expert');
+  assert.deepEqual([...new Set(expert.datasets.map((d) => d.key))], ['mu:0', 'mu:1', 'mu:2', 'mu:3']);
+});
+
+test('the smoothed line is the debiased EMA of the data (float64 closed form)', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 200 });
+  await p.send(snapshotOf(f));
+  await p.byTestId('smoothing').fill('0.85');
+  await nextFrames(p.page);
+  await nextFrames(p.page);
+  const smoothed = await p.page.evaluate(() => {
+    const chart = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts.loss.chart;
+    const ds = chart.data.datasets.find((d: any) => d.seriesKey === 'loss' && d.role === 'smoothed');
+    return (ds._data ?? ds.data) as { x: number; y: number }[];
+  });
+  const raw = metricsOf(f.events).map((m) => m.loss);
+  const w = 0.85;
+  assert.equal(smoothed.length, raw.length);
+  for (let n = 1; n <= raw.length; n++) {
+    // s_n = Σ_{i≤n} w^{n−i}(1−w) y_i / (1 − wⁿ), summed directly.
+    let sum = 0;
+    for (let i = 1; i <= n; i++) sum += Math.pow(w, n - i) * (1 - w) * raw[i - 1];
+    const reference = sum / (1 - Math.pow(w, n));
+    assert.ok(Math.abs(smoothed[n - 1].y - reference) <= 1e-12 * Math.abs(reference), `n=${n}: ${smoothed[n - 1].y} vs ${reference}`);
+    assert.equal(smoothed[n - 1].x, n);
+  }
+});
+
+test('CSV and JSON exports hold every series exactly', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 120, freezeAt: { step: 30, expert: 0 } });
+  await p.send(snapshotOf(f));
+  await expectAttr(p.byTestId('btn-export-csv'), 'aria-disabled', 'false');
+  const [csvDownload] = await Promise.all([p.page.waitForEvent('download'), p.byTestId('btn-export-csv').click()]);
+  assert.equal(csvDownload.suggestedFilename(), `${f.runId}-metrics.csv`);
+  const csv = fs.readFileSync(await csvDownload.path(), 'utf8').trimEnd().split('\n');
+  const header = csv[0].split(',');
+  assert.deepEqual(header.slice(0, 7), ['step', 'loss', 'taskLoss', 'accuracy', 'alpha', 'regularizer', 'stepsPerSec']);
+  assert.deepEqual(header.slice(7, 10), ['kappa_0', 'mu_0', 'lf_0']);
+  assert.equal(header.length, 7 + 4 * 3);
+  const metrics = metricsOf(f.events);
+  assert.equal(csv.length - 1, metrics.length);
+  for (const m of metrics) {
+    const row = csv[m.step].split(',');
+    assert.equal(Number(row[0]), m.step);
+    assert.equal(Number(row[1]), m.loss);
+    assert.equal(Number(row[3]), m.taskMetric);
+    const e2 = m.experts?.[2];
+    assert.equal(row[7 + 2 * 3], e2 ? String(e2.kappa) : '', `kappa_2 at step ${m.step}`);
+  }
+
+  const [jsonDownload] = await Promise.all([p.page.waitForEvent('download'), p.byTestId('btn-export-json').click()]);
+  assert.equal(jsonDownload.suggestedFilename(), `${f.runId}-metrics.json`);
+  const json = JSON.parse(fs.readFileSync(await jsonDownload.path(), 'utf8'));
+  assert.equal(json.runId, f.runId);
+  assert.equal(json.thinned, false);
+  assert.deepEqual(json.series.loss, metrics.map((m) => [m.step, m.loss]));
+  const monitored = metrics.filter((m) => m.experts);
+  assert.deepEqual(json.experts['3'].mu, monitored.map((m) => [m.step, m.experts![3].mu]));
+  assert.deepEqual(json.commands.map((c: { status: string }) => c.status), ['applied']);
+});
+
+test('long runs: stored history stays bounded, spikes survive thinning, drawing is decimated', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 0, totalSteps: 52_000, monitorEvery: 50 });
+  await p.send(snapshotOf(f));
+  const batch = 2000;
+  const batches = 26; // 52k steps: past the 50k cap, so the history has been thinned once
+  const spikeStep = 12_345;
+  let maxFrameMs = 0;
+  const t0 = Date.now();
+  for (let b = 0; b < batches; b++) {
+    const events = f.more(batch);
+    for (const e of events) if (e.type === 'metrics' && e.step === spikeStep) e.loss = 1e6;
+    // Time from posting a batch to the frame after the panel drew it.
+    const ms = await p.page.evaluate(
+      (msg) =>
+        new Promise<number>((resolve) => {
+          const start = performance.now();
+          window.postMessage(msg, '*');
+          requestAnimationFrame(() => requestAnimationFrame(() => resolve(performance.now() - start)));
+        }),
+      { type: 'events', runId: f.runId, events } as unknown as Record<string, unknown>,
+    );
+    if (b > 0) maxFrameMs = Math.max(maxFrameMs, ms);
+  }
+  const totalMs = Date.now() - t0;
+  await expectText(p.byTestId('step'), '52000 / 52000');
+  const stored = await p.page.evaluate(() => {
+    const model = (window as unknown as { __plTrainer: { model: any } }).__plTrainer.model;
+    const loss = model.series.get('loss').raw as { x: number; y: number }[];
+    return { length: loss.length, max: Math.max(...loss.map((q) => q.y)), maxAt: loss.find((q) => q.y === 1e6)?.x, first: loss[0].x, last: loss[loss.length - 1].x, sorted: loss.every((q, i) => i === 0 || q.x > loss[i - 1].x) };
+  });
+  assert.ok(stored.length <= MAX_POINTS_PER_SERIES && stored.length >= MAX_POINTS_PER_SERIES / 2, `stored ${stored.length}`);
+  assert.equal(stored.max, 1e6);
+  assert.equal(stored.maxAt, spikeStep);
+  assert.deepEqual([stored.first, stored.last, stored.sorted], [1, 52_000, true]);
+  await nextFrames(p.page);
+  const loss = await chartInfo(p.page, 'loss');
+  assert.ok(loss.datasets.every((d) => d.decimated), 'min/max decimation active when drawing');
+  console.log(`  52k steps in ${batches} batches: ${totalMs} ms total, worst batch-to-frame ${maxFrameMs.toFixed(0)} ms, ${stored.length} points stored per series`);
+  assert.ok(maxFrameMs < 1500, `a 2000-step batch took ${maxFrameMs} ms to show`);
+});
+
+test('screenshot of the panel with a realistic run (test-results/webview-panel.png)', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ alphaChangeAt: 150, alphaChangeTo: 0.0005, freezeAt: { step: 200, expert: 2 }, pruneAt: { step: 220, expert: 3 } });
+  await p.send(snapshotOf(f));
+  await p.byTestId('smoothing').fill('0.6');
+  await p.byTestId('btn-pause').click();
+  const pause = WebviewToHostSchema.parse((await p.posted())[1]);
+  assert.ok(pause.type === 'command');
+  await p.send({ type: 'commandStatus', status: { id: pause.id, command: pause.command, status: 'pending' } });
+  await p.send({ type: 'commandStatus', status: { id: 'cli-7f3a', command: { kind: 'setAlpha', alpha: -2 }, status: 'rejected', reason: 'α must be ≥ 0' } });
+  await expectText(p.byTestId(`command-${pause.id}`), /pending$/);
+  await p.byTestId('alpha-input').fill('0.001');
+  await nextFrames(p.page);
+  const out = path.join(root, 'test-results', 'webview-panel.png');
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  await p.page.screenshot({ path: out, fullPage: true });
+  assert.ok(fs.statSync(out).size > 20_000, 'a real screenshot');
+});

@@ -1,0 +1,71 @@
+// CSV and JSON exports of every series the panel holds, built in the webview (no host round trip).
+// Values are written with JavaScript's shortest round-trip representation, so nothing is rounded.
+import { EXPERT_METRICS } from './settings';
+import { SCALAR_SERIES, expertSeriesKey, type RunModel } from './runModel';
+
+/** Column name of a scalar series; the task metric is named after what it measures. */
+function scalarColumn(model: RunModel, key: (typeof SCALAR_SERIES)[number]): string {
+  return key === 'taskMetric' ? model.taskMetric : key;
+}
+
+/** `run-42-metrics.csv`, with anything outside [A-Za-z0-9._-] replaced. */
+export function exportFileName(model: RunModel, extension: 'csv' | 'json'): string {
+  const base = (model.runId ?? 'pl-run').replace(/[^A-Za-z0-9._-]+/g, '_');
+  return `${base}-metrics.${extension}`;
+}
+
+/**
+ * One row per step that has any value, one column per series (`step, loss, …, kappa_0, mu_0, lf_0, …`);
+ * per-expert columns are empty on steps without a measurement.
+ */
+export function toCsv(model: RunModel): string {
+  const columns: { name: string; key: string }[] = SCALAR_SERIES.map((k) => ({ name: scalarColumn(model, k), key: k }));
+  for (const id of model.expertIds) {
+    for (const m of EXPERT_METRICS) columns.push({ name: `${m}_${id}`, key: expertSeriesKey(m, id) });
+  }
+  const rows = new Map<number, (number | undefined)[]>();
+  columns.forEach((col, c) => {
+    for (const p of model.series.get(col.key)?.raw ?? []) {
+      let row = rows.get(p.x);
+      if (!row) rows.set(p.x, (row = new Array(columns.length).fill(undefined)));
+      row[c] = p.y;
+    }
+  });
+  const lines = [['step', ...columns.map((c) => c.name)].join(',')];
+  for (const step of [...rows.keys()].sort((a, b) => a - b)) {
+    lines.push([step, ...(rows.get(step) as (number | undefined)[]).map((v) => (v === undefined ? '' : String(v)))].join(','));
+  }
+  return lines.join('\n') + '\n';
+}
+
+export interface SeriesExport {
+  format: 'pl-trainer-series';
+  version: 1;
+  runId: string | null;
+  exportedAt: string;
+  taskMetric: 'accuracy' | 'perplexity';
+  totalSteps: number;
+  /** True if long history was thinned in the panel (min/max per bucket kept); the run's metrics.jsonl has everything. */
+  thinned: boolean;
+  /** `[step, value]` pairs per scalar series. */
+  series: Record<string, [number, number][]>;
+  experts: Record<string, Record<string, [number, number][]>>;
+  commands: { id: string; command: unknown; status: string; step?: number; reason?: string }[];
+}
+
+export function toJson(model: RunModel, now = new Date()): string {
+  const pairs = (key: string): [number, number][] => (model.series.get(key)?.raw ?? []).map((p) => [p.x, p.y]);
+  const out: SeriesExport = {
+    format: 'pl-trainer-series',
+    version: 1,
+    runId: model.runId ?? null,
+    exportedAt: now.toISOString(),
+    taskMetric: model.taskMetric,
+    totalSteps: model.totalSteps,
+    thinned: [...model.series.values()].some((s) => s.thinned),
+    series: Object.fromEntries(SCALAR_SERIES.map((k) => [k, pairs(k)])),
+    experts: Object.fromEntries(model.expertIds.map((id) => [String(id), Object.fromEntries(EXPERT_METRICS.map((m) => [m, pairs(expertSeriesKey(m, id))]))])),
+    commands: [...model.commands.values()].map((c) => ({ ...c })),
+  };
+  return JSON.stringify(out, null, 1);
+}

@@ -1,0 +1,128 @@
+// Time series storage for the charts: append-only points with an incremental EMA next to them and a
+// hard cap on memory. No DOM; the arrays are handed to chart.js as they are (`parsing: false`).
+
+/** chart.js's internal point format, so no parsing pass is needed. */
+export interface Point {
+  x: number;
+  y: number;
+}
+
+/** Enough to see every feature of a long run; beyond it the history is thinned (see `minMaxThinIndices`). */
+export const MAX_POINTS_PER_SERIES = 50_000;
+
+/** Largest smoothing weight the slider offers: at 1 the EMA would never move. */
+export const MAX_SMOOTHING = 0.99;
+
+/**
+ * TensorBoard's debiased exponential moving average: `acc = w·acc + (1−w)·y`, shown as
+ * `acc / (1 − wⁿ)` so the first points are not dragged towards zero.
+ */
+export class Ema {
+  private accumulator = 0;
+  private count = 0;
+  constructor(readonly weight: number) {}
+
+  next(y: number): number {
+    this.accumulator = this.weight * this.accumulator + (1 - this.weight) * y;
+    this.count++;
+    const debias = this.weight === 0 ? 1 : 1 - Math.pow(this.weight, this.count);
+    return this.accumulator / debias;
+  }
+}
+
+/**
+ * Indices to keep when thinning `points` to at most `maxPoints`: the first and last point, and the
+ * minimum and maximum of each of `(maxPoints − 2) / 2` equal buckets in between, in x order. Unlike
+ * striding, this keeps every spike (a diverging κ must not disappear from the history).
+ */
+export function minMaxThinIndices(points: readonly Point[], maxPoints: number): number[] {
+  const n = points.length;
+  if (n <= maxPoints) return points.map((_, i) => i);
+  if (maxPoints < 4) throw new RangeError('maxPoints must be at least 4');
+  const buckets = Math.floor((maxPoints - 2) / 2);
+  const interior = n - 2;
+  const keep: number[] = [0];
+  for (let b = 0; b < buckets; b++) {
+    const start = 1 + Math.floor((b * interior) / buckets);
+    const end = 1 + Math.floor(((b + 1) * interior) / buckets);
+    if (start >= end) continue;
+    let lo = start;
+    let hi = start;
+    for (let i = start + 1; i < end; i++) {
+      if (points[i].y < points[lo].y) lo = i;
+      if (points[i].y > points[hi].y) hi = i;
+    }
+    if (lo === hi) keep.push(lo);
+    else keep.push(Math.min(lo, hi), Math.max(lo, hi));
+  }
+  keep.push(n - 1);
+  return keep;
+}
+
+/** Keeps only `indices` (sorted) of `arr`, in place, so references held by charts stay valid. */
+function compactInPlace<T>(arr: T[], indices: readonly number[]): void {
+  for (let k = 0; k < indices.length; k++) arr[k] = arr[indices[k]];
+  arr.length = indices.length;
+}
+
+/**
+ * One quantity over steps: the raw points and their smoothed twin, index-aligned. Steps must not go
+ * backwards; a repeated step replaces the previous value (the latest report wins).
+ */
+export class Series {
+  readonly raw: Point[] = [];
+  readonly smoothed: Point[] = [];
+  private ema: Ema;
+  /** True once old history has been thinned; exports say so. */
+  thinned = false;
+
+  constructor(
+    smoothing = 0,
+    readonly capacity = MAX_POINTS_PER_SERIES,
+  ) {
+    this.ema = new Ema(smoothing);
+  }
+
+  get smoothing(): number {
+    return this.ema.weight;
+  }
+
+  get last(): Point | undefined {
+    return this.raw[this.raw.length - 1];
+  }
+
+  append(x: number, y: number): void {
+    const last = this.last;
+    if (last && x < last.x) return;
+    if (last && x === last.x) {
+      // Replace, then rebuild the smoothed tail from scratch: rare, so simplicity wins.
+      last.y = y;
+      this.setSmoothing(this.ema.weight);
+      return;
+    }
+    this.raw.push({ x, y });
+    this.smoothed.push({ x, y: this.ema.next(y) });
+    if (this.raw.length > this.capacity) {
+      // Halve, so thinning (O(n)) happens once per capacity/2 appends: amortized O(1).
+      const keep = minMaxThinIndices(this.raw, Math.floor(this.capacity / 2));
+      compactInPlace(this.raw, keep);
+      compactInPlace(this.smoothed, keep);
+      this.thinned = true;
+    }
+  }
+
+  /** Recomputes the smoothed line (from the stored, possibly thinned, history). */
+  setSmoothing(weight: number): void {
+    this.ema = new Ema(weight);
+    // Refill the same array: charts hold a reference to it.
+    this.smoothed.length = 0;
+    for (const p of this.raw) this.smoothed.push({ x: p.x, y: this.ema.next(p.y) });
+  }
+
+  clear(): void {
+    this.raw.length = 0;
+    this.smoothed.length = 0;
+    this.ema = new Ema(this.ema.weight);
+    this.thinned = false;
+  }
+}

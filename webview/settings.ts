@@ -1,0 +1,55 @@
+// View settings the user changes in the panel, persisted through the webview's getState/setState so
+// they survive the panel being hidden (VS Code drops the document then) and window reloads.
+import { z } from 'zod';
+import type { ChartId } from './html';
+import { MAX_SMOOTHING } from './series';
+
+export const EXPERT_METRICS = ['kappa', 'mu', 'lf'] as const;
+export type ExpertMetric = (typeof EXPERT_METRICS)[number];
+
+export interface UiSettings {
+  /** EMA weight in [0, MAX_SMOOTHING]; 0 = raw lines only. */
+  smoothing: number;
+  /** Logarithmic y axis per chart. */
+  logScale: Record<ChartId, boolean>;
+  /** Series hidden through the legend, by series key (`loss`, `kappa:2`, …). */
+  hidden: string[];
+  /** Which per-expert quantity the per-expert chart shows. */
+  expertMetric: ExpertMetric;
+}
+
+export function defaultSettings(): UiSettings {
+  // κ spans orders of magnitude, so its chart starts logarithmic.
+  return { smoothing: 0, logScale: { loss: false, metric: false, expert: true, alpha: false }, hidden: [], expertMetric: 'kappa' };
+}
+
+const defaults = defaultSettings();
+
+// Every field falls back on its own: a stale or damaged state must never blank the panel.
+const PersistedSchema = z.object({
+  v: z.literal(1),
+  smoothing: z.number().min(0).max(MAX_SMOOTHING).catch(defaults.smoothing),
+  logScale: z
+    .object({
+      loss: z.boolean().catch(defaults.logScale.loss),
+      metric: z.boolean().catch(defaults.logScale.metric),
+      expert: z.boolean().catch(defaults.logScale.expert),
+      alpha: z.boolean().catch(defaults.logScale.alpha),
+    })
+    .catch(defaults.logScale),
+  hidden: z.array(z.string().max(64)).max(1024).catch([]),
+  expertMetric: z.enum(EXPERT_METRICS).catch(defaults.expertMetric),
+});
+
+/** What goes into `vscode.setState`. */
+export function toPersisted(s: UiSettings): unknown {
+  return { v: 1, ...s, hidden: [...s.hidden] };
+}
+
+/** Reads `vscode.getState()`; anything unusable yields the defaults. */
+export function fromPersisted(state: unknown): UiSettings {
+  const r = PersistedSchema.safeParse(state);
+  if (!r.success) return defaultSettings();
+  const { v: _version, ...settings } = r.data;
+  return settings;
+}
