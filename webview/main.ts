@@ -112,8 +112,8 @@ class PanelController {
       this.submitAlpha();
     });
     v.alphaInput.addEventListener('input', () => v.showAlphaError(undefined));
-    onClick(v.exportCsv, () => download(exportFileName(this.model, 'csv'), 'text/csv', toCsv(this.model)));
-    onClick(v.exportJson, () => download(exportFileName(this.model, 'json'), 'application/json', toJson(this.model)));
+    onClick(v.exportCsv, () => this.post({ type: 'saveFile', fileName: exportFileName(this.model, 'csv'), content: toCsv(this.model) }));
+    onClick(v.exportJson, () => this.post({ type: 'saveFile', fileName: exportFileName(this.model, 'json'), content: toJson(this.model) }));
 
     v.smoothing.max = String(MAX_SMOOTHING);
     v.smoothing.addEventListener('input', () => {
@@ -246,19 +246,6 @@ class PanelController {
 }
 
 /** Saves `content` through an `<a download>` with a blob URL (allowed: CSP does not govern downloads). */
-function download(fileName: string, mime: string, content: string): void {
-  const url = URL.createObjectURL(new Blob([content], { type: `${mime};charset=utf-8` }));
-  const a = document.createElement('a');
-  a.href = url;
-  a.download = fileName;
-  a.hidden = true;
-  document.body.appendChild(a);
-  a.click();
-  a.remove();
-  // Revoking at once can cancel the download in some browsers.
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
-}
-
 function start(): void {
   // The API object stays in this closure: page scripts (none here, but defence in depth) cannot post as us.
   const vscode = acquireVsCodeApi();

@@ -115,6 +115,10 @@ export class MetricsPanel implements vscode.Disposable {
       this.sendSnapshot();
       return;
     }
+    if (m.type === 'saveFile') {
+      void this.saveExport(m.fileName, m.content);
+      return;
+    }
     const session = this.runs.current;
     if (!session) {
       void this.panel.webview.postMessage({ type: 'commandStatus', status: { id: m.id, command: m.command, status: 'failed', reason: 'no run is active' } } satisfies HostToWebview);
@@ -122,6 +126,19 @@ export class MetricsPanel implements vscode.Disposable {
     }
     const status = session.issue(m.command, m.id);
     if (status.status === 'failed') void vscode.window.showWarningMessage(`PL training: ${describeCommand(m.command)} failed: ${status.reason}`);
+  }
+
+  /** Export from the panel: ask where, default next to the run's own files. */
+  private async saveExport(fileName: string, content: string): Promise<void> {
+    const dir = this.runs.current?.runDir;
+    const target = await vscode.window.showSaveDialog({
+      defaultUri: dir ? vscode.Uri.file(`${dir}/${fileName}`) : undefined,
+      filters: fileName.endsWith('.csv') ? { CSV: ['csv'] } : { JSON: ['json'] },
+      title: 'Export PL training metrics',
+    });
+    if (!target) return;
+    await vscode.workspace.fs.writeFile(target, Buffer.from(content, 'utf8'));
+    vscode.window.setStatusBarMessage(`Exported ${fileName}`, 4000);
   }
 
   dispose(): void {

@@ -213,6 +213,11 @@ export type HostToWebview = z.infer<typeof HostToWebviewSchema>;
 export const WebviewToHostSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('ready') }).strict(),
   z.object({ type: z.literal('command'), id: CommandIdSchema, command: SteeringCommandSchema }).strict(),
+  /**
+   * Export: the webview builds the file, the host asks where to save it (webviews cannot write files,
+   * and `<a download>` is not reliably honoured inside VS Code's webview sandbox).
+   */
+  z.object({ type: z.literal('saveFile'), fileName: z.string().min(1).max(200).regex(/^[A-Za-z0-9._-]+$/), content: z.string().max(512 * 1024 * 1024) }).strict(),
 ]);
 export type WebviewToHost = z.infer<typeof WebviewToHostSchema>;
 

@@ -450,9 +450,18 @@ test('CSV and JSON exports hold every series exactly', async () => {
   const f = syntheticRun({ steps: 120, freezeAt: { step: 30, expert: 0 } });
   await p.send(snapshotOf(f));
   await expectAttr(p.byTestId('btn-export-csv'), 'aria-disabled', 'false');
-  const [csvDownload] = await Promise.all([p.page.waitForEvent('download'), p.byTestId('btn-export-csv').click()]);
-  assert.equal(csvDownload.suggestedFilename(), `${f.runId}-metrics.csv`);
-  const csv = fs.readFileSync(await csvDownload.path(), 'utf8').trimEnd().split('\n');
+  const saved = async (testId: string) => {
+    const before = (await p.posted()).length;
+    await p.byTestId(testId).click();
+    await p.page.waitForFunction((n) => (window as unknown as { __posted: unknown[] }).__posted.length > n, before);
+    const m = (await p.posted()).at(-1)!;
+    assert.ok(WebviewToHostSchema.safeParse(m).success, 'a valid saveFile message');
+    assert.equal(m.type, 'saveFile');
+    return m as Extract<WebviewToHost, { type: 'saveFile' }>;
+  };
+  const csvFile = await saved('btn-export-csv');
+  assert.equal(csvFile.fileName, `${f.runId}-metrics.csv`);
+  const csv = csvFile.content.trimEnd().split('\n');
   const header = csv[0].split(',');
   assert.deepEqual(header.slice(0, 7), ['step', 'loss', 'taskLoss', 'accuracy', 'alpha', 'regularizer', 'stepsPerSec']);
   assert.deepEqual(header.slice(7, 10), ['kappa_0', 'mu_0', 'lf_0']);
@@ -468,9 +477,9 @@ test('CSV and JSON exports hold every series exactly', async () => {
     assert.equal(row[7 + 2 * 3], e2 ? String(e2.kappa) : '', `kappa_2 at step ${m.step}`);
   }
 
-  const [jsonDownload] = await Promise.all([p.page.waitForEvent('download'), p.byTestId('btn-export-json').click()]);
-  assert.equal(jsonDownload.suggestedFilename(), `${f.runId}-metrics.json`);
-  const json = JSON.parse(fs.readFileSync(await jsonDownload.path(), 'utf8'));
+  const jsonFile = await saved('btn-export-json');
+  assert.equal(jsonFile.fileName, `${f.runId}-metrics.json`);
+  const json = JSON.parse(jsonFile.content);
   assert.equal(json.runId, f.runId);
   assert.equal(json.thinned, false);
   assert.deepEqual(json.series.loss, metrics.map((m) => [m.step, m.loss]));
