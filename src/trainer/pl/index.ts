@@ -1,0 +1,4 @@
+// PL estimators: float64 reference math (eigen, tangentKernel) and the differentiable regularizer (tfjs).
+export * from './eigen';
+export * from './tangentKernel';
+export * from './regularizer';
