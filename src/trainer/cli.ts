@@ -1,1 +1,60 @@
-console.log("trainer placeholder");
+// `pltrain`: the trainer process. Validates the config, trains, serves the WebSocket, exits 0 when
+// the run completes or is stopped, 1 when it fails, 2 for a bad command line or config.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { BACKEND_NAMES, formatProblem, parseTrainingConfig } from '../protocol';
+import { defaultRunDir } from './runDir';
+import { runTraining } from './train';
+
+const USAGE = `usage: pltrain --config FILE [--steps N] [--run-dir DIR] [--backend ${['auto', ...BACKEND_NAMES].join('|')}]`;
+
+async function main(): Promise<number> {
+  let args;
+  try {
+    args = parseArgs({
+      options: { config: { type: 'string' }, steps: { type: 'string' }, 'run-dir': { type: 'string' }, backend: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    }).values;
+  } catch (e) {
+    console.error(`${(e as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  if (args.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (!args.config) {
+    console.error(`missing --config\n${USAGE}`);
+    return 2;
+  }
+  const configPath = path.resolve(args.config);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+  } catch (e) {
+    console.error(`${configPath}: ${(e as Error).message}`);
+    return 2;
+  }
+  if (raw && typeof raw === 'object') {
+    const obj = raw as Record<string, unknown>;
+    if (args.steps !== undefined) obj.steps = Number(args.steps);
+    if (args.backend !== undefined) obj.backend = args.backend;
+  }
+  const parsed = parseTrainingConfig(raw);
+  if (!parsed.ok) {
+    console.error(`${configPath}: invalid config`);
+    for (const p of parsed.problems) console.error(`  ${formatProblem(p)}`);
+    return 2;
+  }
+  const runDir = path.resolve(args['run-dir'] ?? defaultRunDir(parsed.config, process.cwd()));
+  const state = await runTraining({ config: parsed.config, configDir: path.dirname(configPath), runDir });
+  return state === 'failed' ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    console.error(e);
+    process.exit(1);
+  },
+);
