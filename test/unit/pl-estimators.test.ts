@@ -101,7 +101,7 @@ test('a linear expert through the two-layer formula: identity hidden layer, u = 
   const n = 6, d = 5, h = 7, c = 3;
   const e: TwoLayerExpert = { d, h, c, w1: randomArray(rnd, d * h), b1: randomArray(rnd, h), w2: randomArray(rnd, h * c), b2: randomArray(rnd, c) };
   const x = randomArray(rnd, n * d), u = randomArray(rnd, n * c);
-  const params = [...e.w1, ...e.b1, ...e.w2, ...e.b2];
+  const params = [e.w1, e.b1, e.w2, e.b2].flatMap((a) => Array.from(a));
   const P = params.length;
   const scalar = (q: number[], i: number) => {
     let out = 0;
