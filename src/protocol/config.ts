@@ -54,7 +54,7 @@ export const TrainingConfigSchema = z
         ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['frozenExperts', i], message: `expert ${e} does not exist (the model has ${c.model.experts}: 0…${c.model.experts - 1})` });
       }
     }
-    if (new Set(c.frozenExperts).size >= c.model.experts) {
+    if (new Set(c.frozenExperts.filter((e) => e < c.model.experts)).size >= c.model.experts) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['frozenExperts'], message: 'at least one expert must stay trainable' });
     }
   });

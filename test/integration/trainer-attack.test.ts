@@ -68,17 +68,15 @@ function connect(): Promise<WebSocket> {
 async function latestStep(): Promise<number> {
   const ws = await connect();
   try {
-    return await new Promise<number>((resolve) => {
-      let last = -1;
-      let timer: NodeJS.Timeout | undefined;
-      ws.on('message', (d) => {
-        const f = JSON.parse(d.toString());
-        if (f.type === 'metrics') last = f.step;
-        clearTimeout(timer);
-        timer = setTimeout(() => resolve(last), 300);
-      });
-      ws.send(JSON.stringify({ type: 'subscribe', sinceSeq: -1 }));
+    // Replay everything, then read the newest step after a short while (metrics stream continuously).
+    let last = -1;
+    ws.on('message', (d) => {
+      const f = JSON.parse(d.toString());
+      if (f.type === 'metrics') last = Math.max(last, f.step);
     });
+    ws.send(JSON.stringify({ type: 'subscribe', sinceSeq: -1 }));
+    await new Promise((r) => setTimeout(r, 500));
+    return last;
   } finally {
     ws.close();
   }
