@@ -1,0 +1,70 @@
+// `npm test`: every layer, in order, streamed live; ends with one line "N passed, M failed".
+//   build → typecheck → unit (node --test) → integration (real trainer, WebSocket, Chromium) → real VS Code
+// A phase that fails to run, or runs zero tests, counts as a failure.
+import { spawn } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+
+const files = (dir) => readdirSync(dir).filter((f) => f.endsWith('.test.ts')).map((f) => `${dir}/${f}`);
+const phases = [
+  { name: 'build', cmd: 'node', args: ['scripts/build.mjs'] },
+  { name: 'typecheck', cmd: 'npx', args: ['tsc', '-p', '.'] },
+  { name: 'unit', cmd: 'node', args: ['--import', 'tsx', '--test', '--test-reporter=spec', ...files('test/unit')], counts: 'node' },
+  { name: 'integration', cmd: 'node', args: ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=300000', '--test-reporter=spec', ...files('test/integration')], counts: 'node' },
+  { name: 'vscode', cmd: 'bash', args: ['test/vscode/run.sh'], counts: 'vscode' },
+];
+
+function run(phase) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    console.log(`\n=== ${phase.name}`);
+    const child = spawn(phase.cmd, phase.args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0' } });
+    let out = '';
+    const relay = (stream) => (d) => {
+      out += d.toString();
+      stream.write(d);
+    };
+    child.stdout.on('data', relay(process.stdout));
+    child.stderr.on('data', relay(process.stderr));
+    child.on('close', (code) => resolve({ code, out, seconds: (Date.now() - t0) / 1000 }));
+  });
+}
+
+function count(kind, out) {
+  if (kind === 'node') {
+    // spec reporter summary: "ℹ pass N" / "ℹ fail N"
+    const pass = [...out.matchAll(/^ℹ pass (\d+)/gm)].at(-1)?.[1];
+    const fail = [...out.matchAll(/^ℹ fail (\d+)/gm)].at(-1)?.[1];
+    return pass === undefined ? undefined : { passed: Number(pass), failed: Number(fail ?? 0) };
+  }
+  const m = [...out.matchAll(/^vscode: (\d+) passed, (\d+) failed$/gm)].at(-1);
+  return m ? { passed: Number(m[1]), failed: Number(m[2]) } : undefined;
+}
+
+let passed = 0;
+let failed = 0;
+const summary = [];
+for (const phase of phases) {
+  const r = await run(phase);
+  if (!phase.counts) {
+    summary.push(`${phase.name}: ${r.code === 0 ? 'ok' : 'FAILED'} (${r.seconds.toFixed(0)}s)`);
+    if (r.code !== 0) {
+      failed++;
+      break; // nothing after a broken build is meaningful
+    }
+    continue;
+  }
+  const c = count(phase.counts, r.out);
+  if (!c || c.passed + c.failed === 0) {
+    summary.push(`${phase.name}: ran no test (exit ${r.code})`);
+    failed++;
+    continue;
+  }
+  if (r.code !== 0 && c.failed === 0) c.failed = 1; // crashed after its tests
+  passed += c.passed;
+  failed += c.failed;
+  summary.push(`${phase.name}: ${c.passed} passed, ${c.failed} failed (${r.seconds.toFixed(0)}s)`);
+}
+console.log('\n=== summary');
+for (const s of summary) console.log(`  ${s}`);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
