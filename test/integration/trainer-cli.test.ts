@@ -1,0 +1,72 @@
+// The `pltrain` CLI as a user runs it: bad configs start nothing, a real run completes and leaves a
+// valid run directory, and the progress output suits its destination (terminal or log).
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { MetricsEventSchema, RunInfoSchema } from '../../src/protocol';
+
+const root = path.resolve(__dirname, '..', '..');
+const cli = path.join(root, 'bin', 'pltrain.js');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-cli-'));
+
+function config(name: string, body: object): string {
+  const f = path.join(tmp, `${name}.pltrain.json`);
+  fs.writeFileSync(f, JSON.stringify(body));
+  return f;
+}
+
+test('an invalid config exits 2, names each problem, and starts nothing', () => {
+  const runDir = path.join(tmp, 'never');
+  const r = spawnSync(process.execPath, [cli, '--config', config('bad', { alpha: -1, model: { experts: 1 } }), '--run-dir', runDir], { encoding: 'utf8' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /alpha: Number must be greater than or equal to 0/);
+  assert.match(r.stderr, /model\.experts: /);
+  assert.equal(fs.existsSync(runDir), false);
+  const missing = spawnSync(process.execPath, [cli], { encoding: 'utf8' });
+  assert.equal(missing.status, 2);
+  assert.match(missing.stderr, /usage: pltrain --config FILE/);
+});
+
+test('a named backend that cannot load is an error, not a silent fallback', () => {
+  const r = spawnSync(process.execPath, [cli, '--config', config('gpu', { steps: 5 }), '--backend', 'tensorflow-gpu', '--run-dir', path.join(tmp, 'gpu')], { encoding: 'utf8' });
+  assert.equal(r.status, 1);
+  assert.match(r.stdout + r.stderr, /backend "tensorflow-gpu" could not be loaded: not installed/);
+  assert.equal(RunInfoSchema.parse(JSON.parse(fs.readFileSync(path.join(tmp, 'gpu', 'run.json'), 'utf8'))).state, 'failed');
+});
+
+test('a real run, piped: plain log lines, a complete run directory, κ per expert', () => {
+  const runDir = path.join(tmp, 'run');
+  const r = spawnSync(process.execPath, [cli, '--config', config('ok', { steps: 1000, model: { experts: 3, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 8 } }), '--steps', '40', '--run-dir', runDir], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const lines = r.stdout.trim().split('\n');
+  assert.match(lines[0], /^PLTRAIN_LISTENING \{"port":\d+/);
+  assert.ok(!r.stdout.includes('\r'), 'no carriage returns in a log');
+  assert.match(r.stdout, /backend: (wasm|cpu|tensorflow)/);
+  assert.match(r.stdout, /step 40\/40 {2}loss \d+\.\d+ {2}acc [\d.]+% {2}mean κ [\d.e+]+ {2}[\d.]+ steps\/s {2}ETA 0s/);
+  assert.match(r.stdout, /test accuracy [\d.]+% after 40 steps/);
+  const progressLines = lines.filter((l) => / step \d+\/40 /.test(l));
+  assert.ok(progressLines.length >= 5 && progressLines.length <= 25, `${progressLines.length} progress lines, not one per step`);
+  const info = RunInfoSchema.parse(JSON.parse(fs.readFileSync(path.join(runDir, 'run.json'), 'utf8')));
+  assert.equal(info.state, 'completed');
+  assert.equal(info.totalSteps, 40);
+  const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l)));
+  assert.deepEqual(metrics.map((m) => m.step), Array.from({ length: 40 }, (_, i) => i + 1));
+  const monitored = metrics.filter((m) => m.experts);
+  assert.deepEqual(monitored.map((m) => m.step), [5, 10, 15, 20, 25, 30, 35, 40]);
+  for (const m of monitored) assert.equal(m.experts!.length, 3);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(runDir, 'config.json'), 'utf8')).steps, 40, 'the snapshot has the override');
+});
+
+test('on a terminal: one live line rewritten in place', () => {
+  const runDir = path.join(tmp, 'tty');
+  const cmd = `${process.execPath} ${cli} --config ${config('tty', { steps: 30, model: { experts: 2, hiddenUnits: 8 } })} --run-dir ${runDir}`;
+  // `script` gives the trainer a pseudo-terminal, as a user's shell would.
+  const r = spawnSync('script', ['-qec', cmd, '/dev/null'], { encoding: 'utf8', env: { ...process.env, COLUMNS: '160' } });
+  assert.equal(r.status, 0, r.stdout);
+  assert.ok(r.stdout.includes('\r\x1b[2Kstep '), 'rewrites the line in place');
+  assert.match(r.stdout, /step 30\/30 {2}loss/);
+  assert.match(r.stdout, /ETA/);
+});
