@@ -45,6 +45,7 @@ export const TrainingConfigSchema = z
     monitor: MonitorConfigSchema.default({}),
     frozenExperts: z.array(z.number().int().min(0)).default([]).describe('Experts frozen from the start (no updates, never pruned, still measured).'),
     backend: z.enum(['auto', ...BACKEND_NAMES]).default('auto').describe('`auto` picks the first that loads: tensorflow-gpu → tensorflow → wasm → cpu.'),
+    checkpointEvery: z.number().int().min(0).max(10_000_000).default(200).describe('Save a checkpoint (weights, optimizer state, step, α, frozen experts) every this many steps, and after every applied command; 0 = only at the end. A killed run resumes from the last one.'),
     logEvery: positiveInt(1_000_000).default(1).describe('Emit a metrics event every this many steps (κ rides along on monitor steps).'),
   })
   .strict()

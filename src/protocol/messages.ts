@@ -78,6 +78,8 @@ export const HelloEventSchema = z
     taskMetric: z.enum(['accuracy', 'perplexity']),
     /** The resolved config the run uses (after defaults). */
     config: z.record(z.unknown()),
+    /** Set when the trainer resumed from a checkpoint: steps after it are redone, so clients drop their metrics. */
+    resumedFromStep: step.optional(),
   })
   .strict();
 
@@ -232,6 +234,8 @@ export const RUN_FILES = {
   token: 'token',
   metrics: 'metrics.jsonl',
   commands: 'commands.jsonl',
+  /** hello, state and log events (the rest of the history; metrics and acks have their own files). */
+  events: 'events.jsonl',
   /** Trainer stdout+stderr when spawned by the extension. */
   log: 'trainer.log',
 } as const;

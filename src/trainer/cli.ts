@@ -7,13 +7,14 @@ import { BACKEND_NAMES, formatProblem, parseTrainingConfig } from '../protocol';
 import { defaultRunDir } from './runDir';
 import { runTraining } from './train';
 
-const USAGE = `usage: pltrain --config FILE [--steps N] [--run-dir DIR] [--backend ${['auto', ...BACKEND_NAMES].join('|')}]`;
+const USAGE = `usage: pltrain --config FILE [--steps N] [--run-dir DIR] [--backend ${['auto', ...BACKEND_NAMES].join('|')}]
+       pltrain --resume RUN_DIR        continue a killed or failed run from its last checkpoint`;
 
 async function main(): Promise<number> {
   let args;
   try {
     args = parseArgs({
-      options: { config: { type: 'string' }, steps: { type: 'string' }, 'run-dir': { type: 'string' }, backend: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      options: { resume: { type: 'string' }, config: { type: 'string' }, steps: { type: 'string' }, 'run-dir': { type: 'string' }, backend: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     }).values;
   } catch (e) {
     console.error(`${(e as Error).message}\n${USAGE}`);
@@ -22,6 +23,17 @@ async function main(): Promise<number> {
   if (args.help) {
     console.log(USAGE);
     return 0;
+  }
+  if (args.resume) {
+    // The run's own config snapshot is the config: a resumed run is the same run.
+    const runDir = path.resolve(args.resume);
+    const parsed = parseTrainingConfig(JSON.parse(fs.readFileSync(path.join(runDir, 'config.json'), 'utf8')));
+    if (!parsed.ok) {
+      console.error(`${runDir}/config.json: ${parsed.problems.map(formatProblem).join('; ')}`);
+      return 2;
+    }
+    const state = await runTraining({ config: parsed.config, configDir: runDir, runDir, resume: true });
+    return state === 'failed' ? 1 : 0;
   }
   if (!args.config) {
     console.error(`missing --config\n${USAGE}`);

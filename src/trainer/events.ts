@@ -13,10 +13,50 @@ export const RING_CAPACITY = 200_000;
 export class EventLog {
   private next = 0;
   private ring: TrainerEvent[] = [];
-  private hello: TrainerEvent | undefined;
   private readonly listeners = new Set<(e: TrainerEvent) => void>();
 
   constructor(private readonly runDir: string, private readonly capacity = RING_CAPACITY) {}
+
+  /**
+   * Continues a run's history after a crash: events up to `lastSeq` (the checkpoint's) stay; later
+   * ones describe steps that will be redone, so they move to `*.discarded.jsonl` (kept, not lost).
+   */
+  static resume(runDir: string, lastSeq: number, capacity = RING_CAPACITY): EventLog {
+    const log = new EventLog(runDir, capacity);
+    const kept: TrainerEvent[] = [];
+    let maxSeq = lastSeq;
+    for (const file of [RUN_FILES.metrics, RUN_FILES.commands, RUN_FILES.events]) {
+      const full = path.join(runDir, file);
+      let text = '';
+      try {
+        text = fs.readFileSync(full, 'utf8');
+      } catch {
+        continue;
+      }
+      const keep: string[] = [];
+      const drop: string[] = [];
+      for (const line of text.split('\n')) {
+        if (!line.trim()) continue;
+        try {
+          const e = JSON.parse(line) as TrainerEvent;
+          maxSeq = Math.max(maxSeq, e.seq);
+          // hello/state/log stay: they record what happened (a crash included), not a step's result.
+          const stays = e.seq <= lastSeq || file === RUN_FILES.events;
+          (stays ? keep : drop).push(line);
+          if (stays) kept.push(e);
+        } catch {
+          drop.push(line); // the truncated last line of a kill -9
+        }
+      }
+      if (drop.length) fs.appendFileSync(full.replace(/\.jsonl$/, '.discarded.jsonl'), drop.join('\n') + '\n');
+      fs.writeFileSync(full, keep.length ? keep.join('\n') + '\n' : '');
+    }
+    kept.sort((a, b) => a.seq - b.seq);
+    log.ring = kept.slice(-capacity);
+    // Seqs are never reused: a client that saw the discarded events must not mistake new ones for them.
+    log.next = maxSeq + 1;
+    return log;
+  }
 
   get lastSeq(): number {
     return this.next - 1;
@@ -24,22 +64,21 @@ export class EventLog {
 
   emit(partial: NewEvent): TrainerEvent {
     const event = { ...partial, seq: this.next++ } as TrainerEvent;
-    if (event.type === 'hello') this.hello = event;
     this.ring.push(event);
     if (this.ring.length > this.capacity) this.ring.splice(0, this.ring.length - this.capacity);
     // One write() per line, flushed by the OS on return: a kill -9 leaves at most a truncated last line.
     if (event.type === 'metrics') fs.appendFileSync(path.join(this.runDir, RUN_FILES.metrics), JSON.stringify(event) + '\n');
-    if (event.type === 'ack') fs.appendFileSync(path.join(this.runDir, RUN_FILES.commands), JSON.stringify(event) + '\n');
+    else if (event.type === 'ack') fs.appendFileSync(path.join(this.runDir, RUN_FILES.commands), JSON.stringify(event) + '\n');
+    else fs.appendFileSync(path.join(this.runDir, RUN_FILES.events), JSON.stringify(event) + '\n');
     for (const l of this.listeners) l(event);
     return event;
   }
 
-  /** Every event with seq > sinceSeq, in order (older than the ring: metrics and acks from disk, hello pinned). */
+  /** Every event with seq > sinceSeq, in order (those older than the ring are read back from disk). */
   since(sinceSeq: number): TrainerEvent[] {
     const first = this.ring[0]?.seq ?? this.next;
     const out: TrainerEvent[] = [];
     if (sinceSeq + 1 < first) {
-      if (this.hello && this.hello.seq > sinceSeq && this.hello.seq < first) out.push(this.hello);
       out.push(...this.fromDisk(sinceSeq, first));
     }
     for (const e of this.ring) if (e.seq > sinceSeq) out.push(e);
@@ -53,7 +92,7 @@ export class EventLog {
 
   private fromDisk(after: number, before: number): TrainerEvent[] {
     const out: TrainerEvent[] = [];
-    for (const file of [RUN_FILES.metrics, RUN_FILES.commands]) {
+    for (const file of [RUN_FILES.metrics, RUN_FILES.commands, RUN_FILES.events]) {
       let text = '';
       try {
         text = fs.readFileSync(path.join(this.runDir, file), 'utf8');

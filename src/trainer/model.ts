@@ -25,11 +25,33 @@ interface Measurement {
   vMax: Float64Array;
 }
 
+let modelCount = 0;
+
+/** A saved parameter or optimizer slot, addressed by position within its group. */
+export interface SavedTensor {
+  shape: number[];
+  data: Float32Array;
+}
+
+export interface ModelState {
+  /** Variables by model-relative name (`gate/w`, `expert2/b1`, …). */
+  variables: Record<string, SavedTensor>;
+  /** Optimizer slots per group (`gate`, `expert0`, …): Adam's iteration count, then m and v per variable. */
+  optimizers: Record<string, SavedTensor[]>;
+}
+
 export class MoeMlp {
   readonly experts: ExpertVars[];
   readonly gateW: TF.Variable;
   readonly gateB: TF.Variable;
-  private readonly optimizer: TF.Optimizer;
+  /**
+   * One Adam per expert and one for the gate: tfjs's Adam keys its moment estimates by the variable's
+   * position in the list it is given, so a single optimizer over a list that shrinks when an expert
+   * is frozen would hand the remaining experts each other's moments.
+   */
+  private readonly gateOptimizer: TF.Optimizer;
+  private readonly expertOptimizers: TF.Optimizer[];
+  private readonly prefix = `moe${modelCount++}`;
   private probeX: TF.Tensor2D | undefined;
   private probeY: TF.Tensor2D | undefined;
   private probeU: TF.Tensor2D | undefined;
@@ -43,17 +65,21 @@ export class MoeMlp {
   ) {
     const { experts, hiddenUnits: h } = config.model;
     let seed = config.seed * 1000;
-    // He initialization for ReLU layers; seeded so a config reproduces its run.
-    const normal = (shape: number[], std: number) => tf.variable(tf.randomNormal(shape, 0, std, 'float32', seed++));
-    this.experts = Array.from({ length: experts }, () => ({
-      w1: normal([d, h], Math.sqrt(2 / d)),
-      b1: tf.variable(tf.zeros([h])),
-      w2: normal([h, this.c], Math.sqrt(1 / h)),
-      b2: tf.variable(tf.zeros([this.c])),
+    // He initialization for ReLU layers; seeded so a config reproduces its run. Names are stable so
+    // checkpoints map back to variables.
+    const name = (n: string) => `${this.prefix}/${n}`;
+    const normal = (n: string, shape: number[], std: number) => tf.variable(tf.randomNormal(shape, 0, std, 'float32', seed++), true, name(n));
+    const zeros = (n: string, shape: number[]) => tf.variable(tf.zeros(shape), true, name(n));
+    this.experts = Array.from({ length: experts }, (_, i) => ({
+      w1: normal(`expert${i}/w1`, [d, h], Math.sqrt(2 / d)),
+      b1: zeros(`expert${i}/b1`, [h]),
+      w2: normal(`expert${i}/w2`, [h, this.c], Math.sqrt(1 / h)),
+      b2: zeros(`expert${i}/b2`, [this.c]),
     }));
-    this.gateW = normal([d, experts], 0.01);
-    this.gateB = tf.variable(tf.zeros([experts]));
-    this.optimizer = tf.train.adam(config.learningRate);
+    this.gateW = normal('gate/w', [d, experts], 0.01);
+    this.gateB = zeros('gate/b', [experts]);
+    this.gateOptimizer = tf.train.adam(config.learningRate);
+    this.expertOptimizers = this.experts.map(() => tf.train.adam(config.learningRate));
   }
 
   /** Fixes the probe batch (the same examples for the whole run, so κ over time is comparable). */
@@ -99,23 +125,22 @@ export class MoeMlp {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
       let logitsT: TF.Tensor2D | undefined;
-      const total = this.optimizer.minimize(
-        () => {
-          logitsT = tf.keep(this.logits(x, pruned));
-          taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
-          if (!regularized || !trainable.length) return taskLossT;
-          const kappas = trainable.map((i) => {
-            const e = this.experts[i];
-            const m = this.measurements[i];
-            const K = tangentKernelTf(this.probeX!, this.probeU!, e.w1 as unknown as TF.Tensor2D, e.b1 as unknown as TF.Tensor1D, e.w2 as unknown as TF.Tensor2D);
-            return kappaSurrogateTf(K, m.vMin, m.vMax, damping);
-          });
-          regT = tf.keep(tf.div(tf.addN(kappas), kappas.length) as TF.Scalar);
-          return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
-        },
-        true,
-        varList,
-      )!;
+      const { value: total, grads } = tf.variableGrads(() => {
+        logitsT = tf.keep(this.logits(x, pruned));
+        taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
+        if (!regularized || !trainable.length) return taskLossT;
+        const kappas = trainable.map((i) => {
+          const e = this.experts[i];
+          const m = this.measurements[i];
+          const K = tangentKernelTf(this.probeX!, this.probeU!, e.w1 as unknown as TF.Tensor2D, e.b1 as unknown as TF.Tensor1D, e.w2 as unknown as TF.Tensor2D);
+          return kappaSurrogateTf(K, m.vMin, m.vMax, damping);
+        });
+        regT = tf.keep(tf.div(tf.addN(kappas), kappas.length) as TF.Scalar);
+        return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
+      }, varList);
+      const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
+      this.gateOptimizer.applyGradients(group([this.gateW, this.gateB]));
+      for (const i of trainable) this.expertOptimizers[i].applyGradients(group(this.expertVars(i)));
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.meanKappa(trainable)), accuracy]);
       tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
@@ -168,6 +193,45 @@ export class MoeMlp {
     return correct / n;
   }
 
+  private expertVars(i: number): TF.Variable[] {
+    const e = this.experts[i];
+    return [e.w1, e.b1, e.w2, e.b2];
+  }
+
+  private groups(): [string, TF.Variable[], TF.Optimizer][] {
+    return [['gate', [this.gateW, this.gateB], this.gateOptimizer], ...this.experts.map((_, i): [string, TF.Variable[], TF.Optimizer] => [`expert${i}`, this.expertVars(i), this.expertOptimizers[i]])];
+  }
+
+  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
+  async getState(): Promise<ModelState> {
+    const save = async (t: TF.Tensor): Promise<SavedTensor> => ({ shape: t.shape.slice(), data: Float32Array.from(await t.data()) });
+    const state: ModelState = { variables: {}, optimizers: {} };
+    for (const [group, vars, opt] of this.groups()) {
+      for (const v of vars) state.variables[v.name.slice(this.prefix.length + 1)] = await save(v);
+      // An optimizer that never stepped (an expert frozen from the start) has no slots yet.
+      const weights = await opt.getWeights();
+      state.optimizers[group] = await Promise.all(weights.map((w) => save(w.tensor)));
+    }
+    return state;
+  }
+
+  async setState(state: ModelState): Promise<void> {
+    const tf = this.tf;
+    for (const [group, vars, opt] of this.groups()) {
+      for (const v of vars) {
+        const saved = state.variables[v.name.slice(this.prefix.length + 1)];
+        if (!saved || saved.shape.join() !== v.shape.join()) throw new Error(`checkpoint does not fit the model: ${v.name}`);
+        v.assign(tf.tensor(saved.data, saved.shape));
+      }
+      const slots = state.optimizers[group] ?? [];
+      if (slots.length) {
+        // Adam's slots: [iterations, m per variable…, v per variable…], matched by position.
+        const names = ['iter', ...vars.map((v) => `${v.name}/m`), ...vars.map((v) => `${v.name}/v`)];
+        await opt.setWeights(slots.map((s, k) => ({ name: names[k] ?? `slot${k}`, tensor: tf.tensor(s.data, s.shape) })));
+      }
+    }
+  }
+
   /** Snapshot of an expert's weights (for tests: frozen means bit-identical). */
   expertWeights(i: number): Float32Array[] {
     const e = this.experts[i];
@@ -179,6 +243,7 @@ export class MoeMlp {
     this.probeX?.dispose();
     this.probeY?.dispose();
     this.probeU?.dispose();
-    this.optimizer.dispose();
+    this.gateOptimizer.dispose();
+    for (const o of this.expertOptimizers) o.dispose();
   }
 }

@@ -5,6 +5,7 @@ import type * as TF from '@tensorflow/tfjs';
 import { LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, RunState, TrainingConfig } from '../protocol';
 import { selectBackend } from './backend';
 import { loadDataset } from './data';
+import { loadCheckpoint, saveCheckpoint } from './checkpoint';
 import { EventLog } from './events';
 import { MoeMlp } from './model';
 import { Progress } from './progress';
@@ -17,6 +18,8 @@ export interface RunOptions {
   configDir: string;
   runDir: string;
   progress?: Progress;
+  /** Continue a killed or failed run from its last checkpoint. */
+  resume?: boolean;
 }
 
 /** Seeded shuffling of the training set, epoch after epoch. */
@@ -37,13 +40,18 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
   const { config, runDir } = o;
   const progress = o.progress ?? new Progress();
   fs.mkdirSync(runDir, { recursive: true });
-  writeJsonAtomic(path.join(runDir, RUN_FILES.config), config);
+  const checkpoint = o.resume ? loadCheckpoint(runDir) : undefined;
+  if (o.resume && !checkpoint) throw new Error(`no checkpoint to resume from in ${runDir}`);
+  if (!o.resume) writeJsonAtomic(path.join(runDir, RUN_FILES.config), config);
   const runId = path.basename(runDir);
-  const events = new EventLog(runDir);
-  const steering = new SteeringState(config.model.experts, config.alpha, config.frozenExperts);
+  const events = checkpoint ? EventLog.resume(runDir, checkpoint.progress.seq) : new EventLog(runDir);
+  const steering = checkpoint
+    ? new SteeringState(config.model.experts, checkpoint.progress.alpha, checkpoint.progress.frozen)
+    : new SteeringState(config.model.experts, config.alpha, config.frozenExperts);
+  for (const p of checkpoint?.progress.pruned ?? []) steering.pruned.add(p);
   const announce = new RunAnnouncement(runDir, runId, config.steps);
   const token = establishToken(runDir);
-  let step = 0;
+  let step = checkpoint?.progress.step ?? 0;
   let state: RunState = 'starting';
   const setState = (s: RunState, reason?: string) => {
     state = s;
@@ -79,6 +87,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     const data = loadDataset(config, o.configDir);
     progress.log(`data: ${data.name}: ${data.train.n} train / ${data.test.n} test, ${data.features} features, ${data.classes} classes`);
     model = new MoeMlp(tf, data.features, data.classes, config);
+    if (checkpoint) await model.setState(checkpoint.state);
     const probeN = Math.min(config.monitor.probeSize, data.train.n);
     model.setProbe(data.train.x.subarray(0, probeN * data.features), data.train.labels.subarray(0, probeN), probeN);
 
@@ -94,31 +103,41 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       alpha: steering.alpha,
       taskMetric: 'accuracy',
       config: config as unknown as Record<string, unknown>,
+      ...(checkpoint ? { resumedFromStep: step } : {}),
     });
-    setState('running');
+    setState('running', checkpoint ? `resumed from the checkpoint at step ${step}` : undefined);
+    if (checkpoint) progress.log(`resumed from the checkpoint at step ${step} (α ${steering.alpha}, frozen [${[...steering.frozen].join(', ')}])`);
+    const m = model;
+    const save = async () => {
+      saveCheckpoint(runDir, { step, seq: events.lastSeq, alpha: steering.alpha, frozen: [...steering.frozen], pruned: [...steering.pruned], time: Date.now() }, await m.getState());
+    };
 
     let experts = model.measure(steering.frozen, steering.pruned);
-    const order = batches(data.train.n, Math.min(config.batchSize, data.train.n), config.seed);
+    // A resumed run reshuffles from a seed derived from its step (not the exact batch sequence).
+    const order = batches(data.train.n, Math.min(config.batchSize, data.train.n), config.seed + step);
     const xBuf = new Float32Array(config.batchSize * data.features);
     let emaRate = 0;
     let lastAnnounce = Date.now();
     let last = performance.now();
 
-    const applyCommands = () => {
-      for (const d of steering.drain()) {
+    const applyCommands = async () => {
+      const decisions = steering.drain();
+      for (const d of decisions) {
         events.emit({ type: 'ack', commandId: d.commandId, command: d.command, status: d.status, step, time: Date.now(), ...(d.reason ? { reason: d.reason } : {}) });
         progress.log(`command ${d.commandId}: ${d.command.kind}${d.command.kind === 'setAlpha' ? ` ${d.command.alpha}` : ''}${'expert' in d.command ? ` ${d.command.expert}` : ''} → ${d.status === 'applied' ? `applied at step ${step}` : `rejected: ${d.reason}`}`);
       }
+      // An applied command changes what a resume must restore (α, frozen experts): checkpoint it.
+      if (decisions.some((d) => d.status === 'applied') && config.checkpointEvery > 0) await save();
     };
 
     while (step < config.steps) {
       // Step boundary: commands take effect here, never mid-step.
-      applyCommands();
+      await applyCommands();
       if (steering.paused && !steering.stopRequested) {
         setState('paused');
         while (steering.paused && !steering.stopRequested) {
           await steering.nextCommand();
-          applyCommands();
+          await applyCommands();
         }
         if (!steering.stopRequested) setState('running');
         last = performance.now();
@@ -163,6 +182,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
         });
       }
       progress.update({ step, totalSteps: config.steps, loss: result.loss, meanKappa: model.meanKappa(steering.trainableExperts()), stepsPerSec: emaRate, accuracy: result.accuracy });
+      if (config.checkpointEvery > 0 && step % config.checkpointEvery === 0) await save();
       if (Date.now() - lastAnnounce > 2000) {
         lastAnnounce = Date.now();
         announce.update({ step });
@@ -170,7 +190,8 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       // Let the event loop serve the socket (commands, subscriptions) between steps.
       await new Promise((r) => setImmediate(r));
     }
-    applyCommands();
+    await applyCommands();
+    await save();
     const testAccuracy = model.evaluate(data.test.x, data.test.labels, data.test.n, steering.pruned);
     log('info', `test accuracy ${(testAccuracy * 100).toFixed(2)}% after ${step} steps`);
     setState(steering.stopRequested ? 'stopped' : 'completed', stopSignal ? `stopped by ${stopSignal}` : undefined);
