@@ -84,6 +84,13 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   register('plTrainer.freezeExpert', expertCommand('freeze'));
   register('plTrainer.unfreezeExpert', expertCommand('unfreeze'));
   register('plTrainer.showPanel', () => MetricsPanel.show(context, runs));
+  register('plTrainer.resumeRun', async (arg?: unknown) => {
+    const dir = typeof arg === 'string' ? arg : (arg as { dir?: string } | undefined)?.dir ?? runs.current?.runDir;
+    if (!dir) return undefined;
+    const session = await runs.resumeRun(dir);
+    if (session) MetricsPanel.show(context, runs, true);
+    return session?.runDir;
+  });
   register('plTrainer.installGpuBackend', () => installGpuBackend(context.extensionUri.fsPath, log));
   register('plTrainer.newConfig', async () => {
     const folder = vscode.workspace.workspaceFolders?.[0];

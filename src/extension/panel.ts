@@ -86,6 +86,7 @@ export class MetricsPanel implements vscode.Disposable {
         session.onEvents.on((events) => this.post({ type: 'events', runId: session.runId, events: events as TrainerEvent[] })),
         session.onCommandStatus.on((status) => this.post({ type: 'commandStatus', status })),
         session.onDidChange.on(() => this.post({ type: 'run', run: session.summary() })),
+        session.onReset.on(() => this.ready && this.sendSnapshot()),
       );
     }
     this.sendSnapshot();

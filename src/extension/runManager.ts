@@ -10,10 +10,13 @@ import { isLiveRun, listRunDirs, processAlive, readRunInfo, readToken, tailLog }
 import { RunSession, describeCommand } from './run/runSession';
 import { TrainerConnection } from './run/trainerConnection';
 import { LogTail } from './run/logTail';
+import { hasCheckpoint } from '../trainer/checkpoint';
 
 export class RunManager implements vscode.Disposable {
   private readonly sessions = new Map<string, RunSession>();
   private readonly tails = new Map<string, LogTail>();
+  /** Runs whose end was already announced (a resumed run can end again). */
+  private readonly announcedEnd = new Set<string>();
   private _current: RunSession | undefined;
   private readonly _onDidChangeCurrent = new vscode.EventEmitter<RunSession | undefined>();
   /** The current run changed (another run became current). */
@@ -170,6 +173,45 @@ export class RunManager implements vscode.Disposable {
     return session;
   }
 
+  /**
+   * Continues a run that is no longer training (killed, failed, stopped) from its last checkpoint, in
+   * the same run directory and with the same step numbering; the panel keeps the history.
+   */
+  async resumeRun(runDir: string): Promise<RunSession | undefined> {
+    if (isLiveRun(readRunInfo(runDir))) {
+      void vscode.window.showInformationMessage('That run is still training.');
+      return this.sessions.get(runDir);
+    }
+    if (!hasCheckpoint(runDir)) {
+      void vscode.window.showErrorMessage(`Run ${path.basename(runDir)} has no checkpoint to resume from.`);
+      return undefined;
+    }
+    const nodePath = vscode.workspace.getConfiguration('plTrainer').get<string>('nodePath') || process.execPath;
+    const trainerScript = vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'trainer.js').fsPath;
+    const launched = launchTrainer({ nodePath, trainerScript, configPath: this.configPathOf(runDir) ?? '', runDir, cwd: runDir, resume: true });
+    let info;
+    try {
+      info = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Resuming ${path.basename(runDir)} from its checkpoint…` }, () => launched.announced);
+    } catch (e) {
+      const message = (e as Error).message;
+      this.log.error(`resume failed: ${message}`);
+      void vscode.window.showErrorMessage(`Could not resume: ${message.split('\n')[0]}`, 'Show log').then((a) => a && this.log.show(true));
+      return undefined;
+    }
+    let session = this.sessions.get(runDir);
+    if (!session) {
+      session = this.track(info.runId, runDir, this.configPathOf(runDir));
+      session.loadFromDisk();
+    } else if (!this.tails.has(runDir)) {
+      this.tails.set(runDir, new LogTail(path.join(runDir, RUN_FILES.log), (lines) => lines.forEach((l) => this.log.info(`[${info.runId} trainer] ${l}`)), false));
+    }
+    this.announcedEnd.delete(runDir);
+    this.connect(session, info.port, launched.token, launched.pid);
+    this.setCurrent(session);
+    this.log.info(`resumed run ${info.runId} (pid ${info.pid})`);
+    return session;
+  }
+
   /** Deletes a finished run's directory (a live run must be stopped first). */
   deleteRun(runDir: string): boolean {
     const s = this.sessions.get(runDir);
@@ -227,11 +269,10 @@ export class RunManager implements vscode.Disposable {
       });
       this.tails.set(runDir, tail);
     }
-    let announcedEnd = false;
     session.onDidChange.on(() => {
       this._onDidChange.fire(session);
-      if (!announcedEnd && TERMINAL_STATES.includes(session.state)) {
-        announcedEnd = true;
+      if (!this.announcedEnd.has(runDir) && TERMINAL_STATES.includes(session.state)) {
+        this.announcedEnd.add(runDir);
         this.tails.get(runDir)?.dispose();
         this.tails.delete(runDir);
         this.announceEnd(session);
@@ -254,15 +295,8 @@ export class RunManager implements vscode.Disposable {
       setTimeout(() => {
         if (session.active && !processAlive(pid)) {
           const info = readRunInfo(session.runDir);
-          session.ingest({
-            type: 'state',
-            seq: session.seq + 1,
-            state: info && TERMINAL_STATES.includes(info.state) ? info.state : 'failed',
-            step: session.step,
-            time: Date.now(),
-            reason: info?.reason ?? 'the trainer process exited unexpectedly',
-          });
-          session.flush();
+          const ended = info && TERMINAL_STATES.includes(info.state);
+          session.markEnded(ended ? info.state : 'failed', info?.reason ?? 'the trainer process exited unexpectedly (killed, out of memory, or crashed); its data and last checkpoint are kept');
         }
       }, 500);
     });

@@ -18,7 +18,8 @@ export interface LaunchOptions {
   configPath: string;
   runDir: string;
   cwd: string;
-  extraArgs?: string[];
+  /** Continue the run in runDir from its last checkpoint instead of starting afresh. */
+  resume?: boolean;
 }
 
 export interface LaunchedTrainer {
@@ -39,10 +40,11 @@ export function makeRunDirName(configName: string, now = new Date()): string {
 export function launchTrainer(o: LaunchOptions, announceTimeoutMs = 180_000): LaunchedTrainer {
   fs.mkdirSync(o.runDir, { recursive: true });
   // Which config started the run: lets code lenses and re-attach map a run back to its file.
-  fs.writeFileSync(path.join(o.runDir, LAUNCH_FILE), JSON.stringify({ configPath: o.configPath, launchedAt: Date.now() }) + '\n');
+  if (!o.resume) fs.writeFileSync(path.join(o.runDir, LAUNCH_FILE), JSON.stringify({ configPath: o.configPath, launchedAt: Date.now() }) + '\n');
   const token = randomBytes(32).toString('hex');
   const logFd = fs.openSync(path.join(o.runDir, RUN_FILES.log), 'a');
-  const child = spawn(o.nodePath, [o.trainerScript, '--config', o.configPath, '--run-dir', o.runDir, ...(o.extraArgs ?? [])], {
+  const args = o.resume ? ['--resume', o.runDir] : ['--config', o.configPath, '--run-dir', o.runDir];
+  const child = spawn(o.nodePath, [o.trainerScript, ...args], {
     cwd: o.cwd,
     detached: true,
     stdio: ['ignore', logFd, logFd],

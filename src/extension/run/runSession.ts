@@ -40,6 +40,8 @@ export class RunSession {
   readonly onCommandStatus = new Signal<CommandStatus>();
   /** Summary-level change (state, connection, step): views refresh. */
   readonly onDidChange = new Signal<void>();
+  /** History was rewritten (a resume dropped the steps it redoes): views reload everything. */
+  readonly onReset = new Signal<void>();
 
   readonly events: TrainerEvent[] = [];
   readonly commands = new Map<string, CommandStatus>();
@@ -124,6 +126,17 @@ export class RunSession {
     this.flush();
   }
 
+  /**
+   * The trainer vanished without a final state event (kill -9, OOM, crash): mark the run ended
+   * without inventing an event, so the seq space stays the trainer's alone (a resume continues it).
+   */
+  markEnded(state: RunState, reason: string): void {
+    this.state = state;
+    this.stateReason = reason;
+    this.failOutstanding(`run ${state}`);
+    this.onDidChange.fire();
+  }
+
   /** Adds one event in seq order; duplicates from a replay overlap are dropped. */
   ingest(e: TrainerEvent): void {
     if (e.seq <= this.lastSeq) return;
@@ -136,6 +149,12 @@ export class RunSession {
         this.totalSteps = e.totalSteps;
         this.alpha = e.alpha;
         summaryChanged = true;
+        if (e.resumedFromStep !== undefined) {
+          // The trainer restarted from a checkpoint and redoes the steps after it.
+          this.dropMetricsAfter(e.resumedFromStep);
+          this.state = 'running';
+          this.stateReason = undefined;
+        }
         break;
       case 'metrics':
         this.lastMetrics = e;
@@ -173,13 +192,30 @@ export class RunSession {
 
   private summaryDirty = false;
 
+  private dropMetricsAfter(step: number): void {
+    const keep = this.events.filter((x) => x.type !== 'metrics' || x.step <= step);
+    this.events.length = 0;
+    this.events.push(...keep);
+    this.pendingBatch = this.pendingBatch.filter((x) => x.type !== 'metrics' || x.step <= step);
+    const metrics = keep.filter((x): x is MetricsEvent => x.type === 'metrics');
+    this.lastMetrics = metrics.at(-1);
+    this.step = this.lastMetrics?.step ?? step;
+    const measured = metrics.filter((m) => m.experts).at(-1);
+    if (measured?.experts) this.experts = measured.experts;
+    this.resetPending = true;
+  }
+  private resetPending = false;
+
   /** Delivers the coalesced batch now. */
   flush(): void {
     if (this.batchTimer) clearTimeout(this.batchTimer);
     this.batchTimer = undefined;
     const batch = this.pendingBatch;
     this.pendingBatch = [];
-    if (batch.length) this.onEvents.fire(batch);
+    if (this.resetPending) {
+      this.resetPending = false;
+      this.onReset.fire();
+    } else if (batch.length) this.onEvents.fire(batch);
     if (this.summaryDirty) {
       this.summaryDirty = false;
       this.onDidChange.fire();
@@ -226,6 +262,7 @@ export class RunSession {
     this.onEvents.clear();
     this.onCommandStatus.clear();
     this.onDidChange.clear();
+    this.onReset.clear();
   }
 
   private applyAck(a: AckEvent): void {

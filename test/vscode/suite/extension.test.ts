@@ -195,3 +195,31 @@ describe('PL Trainer in a real VS Code', function () {
     });
   });
 });
+
+describe('a trainer that dies', function () {
+  this.timeout(180_000);
+
+  it('is reported failed with the cause, keeps its data, and resumes from its checkpoint', async () => {
+    const runs = (await api()).runs;
+    const uri = writeConfig('crash.pltrain.json', { name: 'crash', steps: 100000, batchSize: 16, checkpointEvery: 10, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4 } });
+    const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
+    const session = runs.all.find((s) => s.runDir === runDir)!;
+    await until('25 steps', () => session.step >= 25);
+    const pid = session.hello!.pid;
+    process.kill(pid, 'SIGKILL');
+    await until('failed state', () => session.state === 'failed', 15_000);
+    assert.match(session.stateReason ?? '', /exited unexpectedly/);
+    const recorded = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').length;
+    assert.ok(recorded >= 25, 'the recorded metrics are kept');
+
+    const resumed = await vscode.commands.executeCommand<string>('plTrainer.resumeRun', runDir);
+    assert.equal(resumed, runDir);
+    const hello = await until('resumed hello', () => (session.hello?.resumedFromStep !== undefined && session.hello.pid !== pid ? session.hello : undefined));
+    assert.equal(session.state, 'running');
+    await until('steps after the resume', () => session.step > hello.resumedFromStep! + 5);
+    const steps = metricsOf(session).map((m) => m.step);
+    assert.deepEqual(steps, steps.map((_, i) => i + 1), 'one record per step in the host, no gap, no duplicate');
+    const stopped = await vscode.commands.executeCommand<{ status: string }>('plTrainer.stop', runDir);
+    assert.equal(stopped.status, 'applied');
+  });
+});
