@@ -14,7 +14,14 @@ export interface ServerHooks {
   log(message: string): void;
 }
 
-const HEARTBEAT_MS = 10_000;
+/** Ping interval; a peer that misses a whole interval is dropped. Overridable for tests. */
+const HEARTBEAT_MS = Number(process.env.PLTRAIN_HEARTBEAT_MS) || 10_000;
+/**
+ * A client that reads slower than we stream (a stalled socket, a suspended laptop) is dropped once
+ * this much is queued for it, rather than letting memory grow or training wait. It can reconnect and
+ * replay from the last seq it holds.
+ */
+export const MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
 
 /** Digests first, so the comparison is constant-time whatever the presented token's length. */
 export function tokenMatches(presented: string | string[] | undefined, token: string): boolean {
@@ -80,7 +87,13 @@ export class TrainerServer {
     ws.on('pong', () => (alive.isAlive = true));
     let unsubscribe: (() => void) | undefined;
     const send = (e: TrainerEvent) => {
-      if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(e));
+      if (ws.readyState !== WebSocket.OPEN) return;
+      if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+        this.hooks.log(`dropped a client that stopped reading (${ws.bufferedAmount} bytes queued)`);
+        ws.terminate();
+        return;
+      }
+      ws.send(JSON.stringify(e));
     };
     ws.on('message', (data, isBinary) => {
       const r = parseFrame(ClientFrameSchema, isBinary ? (data as Buffer) : (data as Buffer).toString('utf8'));

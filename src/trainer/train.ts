@@ -36,6 +36,8 @@ function* batches(n: number, batchSize: number, seed: number): Generator<Int32Ar
   }
 }
 
+const injectNanAt = Number(process.env.PLTRAIN_TEST_NAN_AT_STEP) || -1;
+
 export async function runTraining(o: RunOptions): Promise<RunState> {
   const { config, runDir } = o;
   const progress = o.progress ?? new Progress();
@@ -154,6 +156,8 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       const result = model.trainStep(xs, ys, alpha, steering.trainableExperts(), steering.pruned);
       tf.dispose([xs, ys]);
       step++;
+      // Fault injection for the failure-path tests (docs/reliability.md); never set in normal use.
+      if (step === injectNanAt) result.loss = NaN;
       if (!Number.isFinite(result.loss)) throw new NonFiniteLoss(step);
 
       const now = performance.now();

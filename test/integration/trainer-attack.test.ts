@@ -19,25 +19,32 @@ const TOKEN = 'a'.repeat(64);
 let child: ChildProcess;
 let port = 0;
 
-before(async () => {
+async function startTrainer(dir: string, env: Record<string, string> = {}): Promise<{ child: ChildProcess; port: number }> {
   const config = path.join(tmp, 'attack.pltrain.json');
-  fs.writeFileSync(config, JSON.stringify({ name: 'attack', steps: 1_000_000, batchSize: 16, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4 } }));
-  child = spawn(process.execPath, [path.join(root, 'dist', 'trainer.js'), '--config', config, '--run-dir', runDir], {
-    env: { ...process.env, [TOKEN_ENV]: TOKEN },
+  fs.writeFileSync(config, JSON.stringify({ name: 'attack', steps: 1_000_000, batchSize: 16, checkpointEvery: 0, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4 } }));
+  const c = spawn(process.execPath, [path.join(root, 'dist', 'trainer.js'), '--config', config, '--run-dir', dir], {
+    env: { ...process.env, [TOKEN_ENV]: TOKEN, ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  port = await new Promise<number>((resolve, reject) => {
+  others.push(c);
+  const p = await new Promise<number>((resolve, reject) => {
     let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
+    c.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
       const line = buf.split('\n').find((l) => l.startsWith(LISTENING_PREFIX));
       if (line) resolve(JSON.parse(line.slice(LISTENING_PREFIX.length)).port);
     });
-    child.on('exit', (c) => reject(new Error(`trainer exited ${c}`)));
+    c.on('exit', (code) => reject(new Error(`trainer exited ${code}`)));
   });
+  return { child: c, port: p };
+}
+const others: ChildProcess[] = [];
+
+before(async () => {
+  ({ child, port } = await startTrainer(runDir));
 });
 
-after(() => child?.kill('SIGKILL'));
+after(() => others.forEach((c) => c.kill('SIGKILL')));
 
 /** A raw upgrade request, so we see exactly what the server answers before any WebSocket frame. */
 function upgrade(headers: Record<string, string>): Promise<number> {
@@ -193,4 +200,26 @@ test('100k random and mutated frames are all refused; the trainer keeps training
   const lines = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n');
   const steps = lines.map((l) => MetricsEventSchema.parse(JSON.parse(l)).step);
   steps.forEach((s, i) => i && assert.equal(s, steps[i - 1] + 1, 'consecutive steps'));
+});
+
+test('a peer that stops reading (no pongs) is dropped, and training goes on', async () => {
+  // A trainer of its own with a short heartbeat, so the test takes a second, not twenty.
+  const main = port;
+  ({ port } = await startTrainer(path.join(tmp, 'heartbeat'), { PLTRAIN_HEARTBEAT_MS: '400' }));
+  const before = await latestStep();
+  const ws = await connect();
+  ws.send(JSON.stringify({ type: 'subscribe', sinceSeq: -1 }));
+  // Stop reading: no data, no pongs, like a suspended laptop or a hung client.
+  (ws as unknown as { _socket: { pause(): void } })._socket.pause();
+  await new Promise((r) => setTimeout(r, 2000)); // five heartbeats
+  // Read again: a dropped connection now shows its end; a live one would just keep streaming.
+  const socket = (ws as unknown as { _socket: NodeJS.ReadableStream & NodeJS.EventEmitter })._socket;
+  const closed = new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), 5000);
+    socket.once('close', () => (clearTimeout(timer), resolve(true)));
+  });
+  socket.resume();
+  assert.ok(await closed, 'the server dropped the silent peer');
+  assert.ok((await latestStep()) > before, 'training went on');
+  port = main;
 });

@@ -35,7 +35,8 @@ mkdir -p "$RUN/ud/User" "$RUN/ws-exthost" "$RUN/ws-ui" "$ROOT/test-results"
 cat > "$RUN/ud/User/settings.json" <<'JSON'
 { "workbench.startupEditor": "none", "telemetry.telemetryLevel": "off", "extensions.autoCheckUpdates": false,
   "extensions.autoUpdate": false, "chat.disableAIFeatures": true, "workbench.tips.enabled": false,
-  "security.workspace.trust.enabled": false, "window.commandCenter": false }
+  "security.workspace.trust.enabled": false, "window.commandCenter": false,
+  "workbench.secondarySideBar.defaultVisibility": "hidden" }
 JSON
 # The UI workspace holds exactly one config, so "Start PL training" needs no picker; long enough to pause.
 node -e '

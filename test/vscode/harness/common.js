@@ -24,7 +24,7 @@ function launch() {
   });
 }
 
-const NOISE = /open-vsx|ChatModelSelection|AgentHost|AccountPolicyGate|connection token|Creating a socket|Failed to load resource|same-origin iframe|^Canceled|grace time|Service Worker|sandbox attribute|additional builtin|copilot|vsda|punycode|ExperimentalWarning|DEP0040/i;
+const NOISE = /open-vsx|ChatModelSelection|AgentHost|AccountPolicyGate|connection token|Creating a socket|Failed to load resource|same-origin iframe|^Canceled|grace time|Service Worker|sandbox attribute|additional builtin|copilot|vsda|punycode|ExperimentalWarning|DEP0040|authentication provider/i;
 
 function pipeConsole(page, filter = () => true) {
   page.on('console', async (m) => {
