@@ -57,7 +57,7 @@ before(async () => {
 });
 
 after(async () => {
-  if (child.exitCode === null) child.kill('SIGKILL');
+  if (child && child.exitCode === null) child.kill('SIGKILL');
   await exitCode;
   fs.rmSync(tmp, { recursive: true, force: true });
 });

@@ -199,6 +199,33 @@ describe('PL Trainer in a real VS Code', function () {
 describe('a trainer that dies', function () {
   this.timeout(180_000);
 
+  it('a backend that fails to load at start is reported with the cause', async () => {
+    const runs = (await api()).runs;
+    const uri = writeConfig('gpu.pltrain.json', { name: 'gpu', steps: 50, backend: 'tensorflow-gpu' });
+    const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
+    const session = runs.all.find((s) => s.runDir === runDir)!;
+    await until('failed state', () => session.state === 'failed', 30_000);
+    assert.match(session.stateReason ?? '', /backend "tensorflow-gpu" could not be loaded/);
+    assert.match(fs.readFileSync(path.join(runDir, 'trainer.log'), 'utf8'), /could not be loaded/);
+  });
+
+  it('a NaN loss fails the run with the step, keeping what was recorded', async () => {
+    const runs = (await api()).runs;
+    const uri = writeConfig('nan.pltrain.json', { name: 'nan', steps: 1000, model: { experts: 2, hiddenUnits: 8 } });
+    process.env.PLTRAIN_TEST_NAN_AT_STEP = '12'; // read by the trainer this start spawns
+    let runDir: string;
+    try {
+      runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
+    } finally {
+      delete process.env.PLTRAIN_TEST_NAN_AT_STEP;
+    }
+    const session = runs.all.find((s) => s.runDir === runDir)!;
+    await until('failed state', () => session.state === 'failed', 30_000);
+    assert.match(session.stateReason ?? '', /loss became NaN or infinite at step 12/);
+    assert.equal(metricsOf(session).at(-1)!.step, 11, 'steps 1–11 recorded, the bad step not');
+    assert.equal(fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').length, 11);
+  });
+
   it('is reported failed with the cause, keeps its data, and resumes from its checkpoint', async () => {
     const runs = (await api()).runs;
     const uri = writeConfig('crash.pltrain.json', { name: 'crash', steps: 100000, batchSize: 16, checkpointEvery: 10, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4 } });
