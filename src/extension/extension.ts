@@ -15,6 +15,8 @@ import { RunStatusBar } from './statusBar';
 export interface PlTrainerApi {
   runs: RunManager;
   diagnostics: vscode.DiagnosticCollection;
+  /** The sidebar's tree (what the Metrics view shows). */
+  sidebar: MetricsTreeProvider;
 }
 
 export function activate(context: vscode.ExtensionContext): PlTrainerApi {
@@ -125,7 +127,7 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   const reattached = runs.reattachAll();
   if (reattached.length) log.info(`re-attached to ${reattached.length} running trainer(s)`);
   updateContext();
-  return { runs, diagnostics: diagnostics.collection };
+  return { runs, diagnostics: diagnostics.collection, sidebar: tree };
 }
 
 async function pickConfig(): Promise<vscode.Uri | undefined> {

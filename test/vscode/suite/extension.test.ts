@@ -157,6 +157,32 @@ describe('PL Trainer in a real VS Code', function () {
       assert.equal(un.status, 'applied');
     });
 
+    it('the sidebar shows state, backend, α and a per-expert κ table whose inline toggle freezes', async () => {
+      const { sidebar } = await api();
+      assert.equal(runs.current, session);
+      const root = sidebar.getChildren();
+      const item = (label: string) => {
+        const node = root.find((n) => sidebar.getTreeItem(n).label === label);
+        assert.ok(node, `a "${label}" row`);
+        return sidebar.getTreeItem(node);
+      };
+      assert.match(String(item(`Run ${session.runId}`).description), /running|paused/);
+      assert.match(String(item('Backend').description), /^(wasm|cpu|tensorflow|tensorflow-gpu) \((CPU|GPU)\)$/);
+      assert.equal(item('α').description, '0.25');
+      const expertsNode = root.find((n) => n.kind === 'experts')!;
+      const rows = sidebar.getChildren(expertsNode);
+      assert.equal(rows.length, 3);
+      const row2 = sidebar.getTreeItem(rows[2]);
+      assert.match(String(row2.description), /^κ [\d.e+]+ · μ [\d.e+-]+ · L [\d.e+]+$/);
+      assert.equal(row2.contextValue, 'expert.trainable', 'offers the inline freeze action');
+      // The inline action passes the tree node itself.
+      const status = await vscode.commands.executeCommand<{ status: string; step: number }>('plTrainer.freezeExpert', rows[2]);
+      assert.equal(status.status, 'applied');
+      await until('the frozen flag in the tree', () => sidebar.getTreeItem(sidebar.getChildren(expertsNode)[2]).contextValue === 'expert.frozen', 10_000);
+      const back = await vscode.commands.executeCommand<{ status: string }>('plTrainer.unfreezeExpert', sidebar.getChildren(expertsNode)[2]);
+      assert.equal(back.status, 'applied');
+    });
+
     it('re-attaches from the run directory with the full history, no gap, no duplicate', async () => {
       // A second manager stands in for the extension after a window reload.
       const ext = vscode.extensions.getExtension(EXTENSION_ID)!;
