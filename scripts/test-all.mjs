@@ -2,14 +2,16 @@
 //   build → typecheck → unit (node --test) → integration (real trainer, WebSocket, Chromium) → real VS Code
 // A phase that fails to run, or runs zero tests, counts as a failure.
 import { spawn } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 
-const files = (dir) => readdirSync(dir).filter((f) => f.endsWith('.test.ts')).map((f) => `${dir}/${f}`);
+// Test files of one folder. Empty when there are none: `node --test` with no file argument would
+// instead discover every test in the repository, so an empty phase must be caught here (see run()).
+const files = (dir) => (existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.test.ts')).sort().map((f) => `${dir}/${f}`) : []);
 const phases = [
   { name: 'build', cmd: 'node', args: ['scripts/build.mjs'] },
   { name: 'typecheck', cmd: 'npx', args: ['tsc', '-p', '.'] },
-  { name: 'unit', cmd: 'node', args: ['--import', 'tsx', '--test', '--test-reporter=spec', ...files('test/unit')], counts: 'node' },
-  { name: 'integration', cmd: 'node', args: ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=300000', '--test-reporter=spec', ...files('test/integration')], counts: 'node' },
+  { name: 'unit', needsFiles: 'test/unit', cmd: 'node', args: ['--import', 'tsx', '--test', '--test-reporter=spec', ...files('test/unit')], counts: 'node' },
+  { name: 'integration', needsFiles: 'test/integration', cmd: 'node', args: ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=300000', '--test-reporter=spec', ...files('test/integration')], counts: 'node' },
   { name: 'vscode', cmd: 'bash', args: ['test/vscode/run.sh'], counts: 'vscode' },
 ];
 
@@ -17,6 +19,10 @@ function run(phase) {
   return new Promise((resolve) => {
     const t0 = Date.now();
     console.log(`\n=== ${phase.name}`);
+    if (phase.needsFiles && !files(phase.needsFiles).length) {
+      console.log(`no *.test.ts in ${phase.needsFiles}`);
+      return resolve({ code: 1, out: '', seconds: 0 });
+    }
     const child = spawn(phase.cmd, phase.args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0' } });
     let out = '';
     const relay = (stream) => (d) => {
@@ -31,9 +37,9 @@ function run(phase) {
 
 function count(kind, out) {
   if (kind === 'node') {
-    // spec reporter summary: "ℹ pass N" / "ℹ fail N"
-    const pass = [...out.matchAll(/^ℹ pass (\d+)/gm)].at(-1)?.[1];
-    const fail = [...out.matchAll(/^ℹ fail (\d+)/gm)].at(-1)?.[1];
+    // run summary: "ℹ pass N" / "ℹ fail N" (spec reporter) or "# pass N" / "# fail N" (TAP)
+    const pass = [...out.matchAll(/^(?:ℹ|#) pass (\d+)/gm)].at(-1)?.[1];
+    const fail = [...out.matchAll(/^(?:ℹ|#) fail (\d+)/gm)].at(-1)?.[1];
     return pass === undefined ? undefined : { passed: Number(pass), failed: Number(fail ?? 0) };
   }
   const m = [...out.matchAll(/^vscode: (\d+) passed, (\d+) failed$/gm)].at(-1);

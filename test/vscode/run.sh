@@ -51,9 +51,15 @@ PATH="$NODE24_BIN:$PATH" "$CACHE/cs/node_modules/.bin/code-server" --bind-addr "
   --vscode-option enable-smoke-test-driver "$RUN/ws-ui" > "$RUN/code-server.log" 2>&1 &
 CS_PID=$!
 cleanup() {
+  local status=$?
   kill "$CS_PID" 2>/dev/null || true
-  # Trainers are detached on purpose (they outlive the window); end the ones these tests started.
-  pkill -f "$ROOT/dist/trainer.js --config $RUN/" 2>/dev/null || true
+  # Trainers are detached on purpose (they outlive the window); end the ones these tests started:
+  # started or resumed from this run's unique temp folder (a fresh trainer may not have written
+  # its run.json yet, so match the command line, not the announced pid).
+  local pids; pids="$(pgrep -f "dist/trainer\.js (--config|--resume) ${RUN//./\\.}/" || true)"
+  [ -z "$pids" ] || kill $pids 2>/dev/null || true
+  # Keep the logs and run folders only when something failed.
+  if [ "$status" -eq 0 ]; then rm -rf "$RUN"; else echo "vscode test logs kept in $RUN"; fi
 }
 trap cleanup EXIT
 for _ in $(seq 1 300); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/healthz" && break; sleep 0.1; done

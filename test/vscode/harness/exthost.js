@@ -19,10 +19,13 @@ const [devPath, testsPath, folder] = process.argv.slice(2);
   const limit = Number(process.env.EXTHOST_TEST_TIMEOUT_MS || 300000);
   const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), limit))]);
   await browser.close();
-  const c = counts || { passed: 0, failed: code === 0 ? 0 : 1 };
-  console.log(`extension-host tests: exit=${code} (${((Date.now() - t0) / 1000).toFixed(1)}s)`);
+  const c = counts || { passed: 0, failed: 0 };
+  const ok = code === 0 && c.passed > 0;
+  // A crash, a timeout or a run of zero tests is one failure even when mocha counted none.
+  if (!ok && c.failed === 0) c.failed = 1;
+  console.log(`extension-host tests: exit=${code}${c.passed === 0 ? ', no test ran' : ''} (${((Date.now() - t0) / 1000).toFixed(1)}s)`);
   console.log(`exthost: ${c.passed} passed, ${c.failed} failed`);
-  process.exit(code === 0 && c.passed > 0 ? 0 : 1);
+  process.exit(ok ? 0 : 1);
 })().catch((e) => {
   console.error(e);
   process.exit(1);
