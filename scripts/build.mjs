@@ -2,7 +2,7 @@
 // TensorFlow.js stays external in the trainer: its wasm backend loads .wasm files next to its own dist/,
 // and the native backends are optional packages that may be absent.
 import * as esbuild from 'esbuild';
-import { readdirSync, mkdirSync, copyFileSync, existsSync } from 'node:fs';
+import { readdirSync, mkdirSync, existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
 const watch = process.argv.includes('--watch');
@@ -24,6 +24,8 @@ if (suiteEntries.length) {
 }
 
 mkdirSync('dist', { recursive: true });
+// A deleted suite file must not leave its old bundle behind for the runner to load.
+rmSync('dist/test/suite', { recursive: true, force: true });
 if (watch) {
   for (const b of builds) await (await esbuild.context(b)).watch();
 } else {

@@ -10,8 +10,8 @@ export interface LoadedBackend {
 
 const ORDER: BackendName[] = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
 
-/** `require` that the bundler leaves alone: these packages are resolved at run time, if present. */
-const load = (id: string): unknown => eval('require')(id);
+/** Resolved at run time, if present: the bundle marks @tensorflow/* external (scripts/build.mjs). */
+const load = (id: string): unknown => require(id);
 
 async function tryBackend(name: BackendName): Promise<LoadedBackend> {
   switch (name) {
