@@ -99,6 +99,11 @@ export const MetricsEventSchema = z
     /** Accuracy (0…1) for classifiers, perplexity for language models: see hello.taskMetric. */
     taskMetric: finite,
     stepsPerSec: finite,
+    /**
+     * PL* check: ½‖∇f‖² / (f − f*) for the objective f of this step (f* = the run's lowest f so far).
+     * PL* says it stays ≥ μ; compare with the experts' μ (docs/method.md).
+     */
+    plRatio: finite.optional(),
     /** Present on monitor steps only. */
     experts: z.array(ExpertStatsSchema).optional(),
   })

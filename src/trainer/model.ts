@@ -16,6 +16,8 @@ export interface StepResult {
   taskLoss: number;
   regularizer: number;
   accuracy: number;
+  /** ‖∇f‖² over every variable that has a gradient this step (for the PL* check). */
+  gradNormSq: number;
 }
 
 /** The latest measurement of one expert, with the eigenvectors the regularizer differentiates along. */
@@ -142,14 +144,15 @@ export class MoeMlp {
       this.gateOptimizer.applyGradients(group([this.gateW, this.gateB]));
       for (const i of trainable) this.expertOptimizers[i].applyGradients(group(this.expertVars(i)));
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.meanKappa(trainable)), accuracy]);
+      const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
+      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.meanKappa(trainable)), accuracy, gradNormSq]);
       tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
     // One device→host transfer per step for everything reported.
     const values = reported.dataSync();
     reported.dispose();
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], accuracy: values[3] };
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], accuracy: values[3], gradNormSq: values[4] };
   }
 
   /**

@@ -119,6 +119,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     const order = batches(data.train.n, Math.min(config.batchSize, data.train.n), config.seed + step);
     const xBuf = new Float32Array(config.batchSize * data.features);
     let emaRate = 0;
+    let lowestLoss = Infinity; // f*, for the PL* ratio
     let lastAnnounce = Date.now();
     let last = performance.now();
 
@@ -160,6 +161,10 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       if (step === injectNanAt) result.loss = NaN;
       if (!Number.isFinite(result.loss)) throw new NonFiniteLoss(step);
 
+      // PL* check: ½‖∇f‖² / (f − f*). The first step has no gap yet (f = f*).
+      const gap = result.loss - lowestLoss;
+      const plRatio = gap > 1e-12 ? (0.5 * result.gradNormSq) / gap : undefined;
+      lowestLoss = Math.min(lowestLoss, result.loss);
       const now = performance.now();
       const rate = 1000 / Math.max(1e-3, now - last);
       last = now;
@@ -182,6 +187,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
           alpha,
           taskMetric: result.accuracy,
           stepsPerSec: emaRate,
+          ...(plRatio !== undefined && Number.isFinite(plRatio) ? { plRatio } : {}),
           ...(monitorStep ? { experts } : {}),
         });
       }
