@@ -46,6 +46,7 @@ export const CHART_CARDS = [
   { id: 'loss', title: 'Loss', hint: 'Total loss L_S + α·κ̄ and the task loss L_S alone' },
   { id: 'metric', title: 'Task metric', hint: 'Task metric reported by the trainer (accuracy for classifiers)' },
   { id: 'expert', title: 'Per expert', hint: 'Per expert, on monitor steps: condition number κ = L_f/μ, PL constant μ (λ_min of the tangent kernel) or smoothness L_f (λ_max)' },
+  { id: 'pl', title: 'Regularizer and PL* check', hint: 'κ̄ (mean κ of the trainable experts, the term α multiplies) and the PL* ratio ½‖∇f‖²/(f − f*), which PL* theory keeps above μ' },
   { id: 'alpha', title: 'α over steps', hint: 'Regularizer weight α as acknowledged by the trainer' },
 ] as const;
 export type ChartId = (typeof CHART_CARDS)[number]['id'];

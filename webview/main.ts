@@ -202,6 +202,11 @@ class PanelController {
           return { key, label: `${EXPERT_METRIC_LABELS[metric]} expert ${expert}`, color: color(expert), series: m.seriesFor(key), smoothable: true };
         });
       }
+      case 'pl':
+        return [
+          { key: 'regularizer', label: 'κ̄ (regularizer)', color: color(4), series: m.seriesFor('regularizer'), smoothable: true },
+          { key: 'plRatio', label: 'PL* ratio ½‖∇f‖²/(f − f*)', color: color(5), series: m.seriesFor('plRatio'), smoothable: true },
+        ];
       case 'alpha':
         return [{ key: 'alpha', label: 'α', color: color(3), series: m.seriesFor('alpha'), smoothable: false, stepped: true }];
     }

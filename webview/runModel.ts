@@ -17,7 +17,7 @@ import { EXPERT_METRICS, type ExpertMetric } from './settings';
 import { MAX_POINTS_PER_SERIES, Series } from './series';
 
 /** Scalar series taken from every metrics event. */
-export const SCALAR_SERIES = ['loss', 'taskLoss', 'taskMetric', 'alpha', 'regularizer', 'stepsPerSec'] as const;
+export const SCALAR_SERIES = ['loss', 'taskLoss', 'taskMetric', 'alpha', 'regularizer', 'stepsPerSec', 'plRatio'] as const;
 export type ScalarSeries = (typeof SCALAR_SERIES)[number];
 
 /** Key of a per-expert series, e.g. `kappa:2`. */
@@ -254,7 +254,10 @@ export class RunModel {
         this.latestMetrics = e;
         this.step = Math.max(this.step, e.step);
         this.alpha = e.alpha;
-        for (const key of SCALAR_SERIES) this.seriesFor(key).append(e.step, e[key]);
+        for (const key of SCALAR_SERIES) {
+          const v = e[key];
+          if (v !== undefined) this.seriesFor(key).append(e.step, v); // plRatio is absent on some steps
+        }
         if (e.experts) this.ingestExperts(e.step, e.experts, dirty);
         dirty.header = true;
         dirty.charts = true;

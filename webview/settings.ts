@@ -19,8 +19,8 @@ export interface UiSettings {
 }
 
 export function defaultSettings(): UiSettings {
-  // κ spans orders of magnitude, so its chart starts logarithmic.
-  return { smoothing: 0, logScale: { loss: false, metric: false, expert: true, alpha: false }, hidden: [], expertMetric: 'kappa' };
+  // κ and the PL* ratio span orders of magnitude, so their charts start logarithmic.
+  return { smoothing: 0, logScale: { loss: false, metric: false, expert: true, pl: true, alpha: false }, hidden: [], expertMetric: 'kappa' };
 }
 
 const defaults = defaultSettings();
@@ -34,6 +34,7 @@ const PersistedSchema = z.object({
       loss: z.boolean().catch(defaults.logScale.loss),
       metric: z.boolean().catch(defaults.logScale.metric),
       expert: z.boolean().catch(defaults.logScale.expert),
+      pl: z.boolean().catch(defaults.logScale.pl),
       alpha: z.boolean().catch(defaults.logScale.alpha),
     })
     .catch(defaults.logScale),

@@ -206,7 +206,7 @@ test('persisted settings: round trip, and each damaged field falls back on its o
   assert.deepEqual(fromPersisted(undefined), defaultSettings());
   assert.deepEqual(fromPersisted('junk'), defaultSettings());
   const damaged = fromPersisted({ v: 1, smoothing: 5, logScale: { loss: true, metric: 'yes' }, hidden: 'x', expertMetric: 'mu' });
-  assert.deepEqual(damaged, { smoothing: 0, logScale: { loss: true, metric: false, expert: true, alpha: false }, hidden: [], expertMetric: 'mu' });
+  assert.deepEqual(damaged, { smoothing: 0, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false }, hidden: [], expertMetric: 'mu' });
 });
 
 test('CSV export: one row per step, empty cells where experts were not measured', () => {
@@ -214,12 +214,14 @@ test('CSV export: one row per step, empty cells where experts were not measured'
   const m = new RunModel();
   m.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: [] });
   const lines = toCsv(m).trimEnd().split('\n');
-  assert.equal(lines[0], 'step,loss,taskLoss,accuracy,alpha,regularizer,stepsPerSec,kappa_0,mu_0,lf_0,kappa_1,mu_1,lf_1');
+  assert.equal(lines[0], 'step,loss,taskLoss,accuracy,alpha,regularizer,stepsPerSec,plRatio,kappa_0,mu_0,lf_0,kappa_1,mu_1,lf_1');
   assert.equal(lines.length, 13);
   const metrics = f.events.filter((e): e is MetricsEvent => e.type === 'metrics');
   const row5 = lines[5].split(',');
-  assert.equal(Number(row5[7]), metrics[4].experts![0].kappa);
-  assert.equal(lines[4].split(',')[7], '');
+  assert.equal(Number(row5[8]), metrics[4].experts![0].kappa);
+  assert.equal(lines[4].split(',')[8], '');
+  assert.equal(lines[1].split(',')[7], '', 'no PL* ratio on the first step');
+  assert.equal(Number(row5[7]), metrics[4].plRatio);
 });
 
 test('renderPanelHtml: strict CSP, nonce on the script, escaped values, the test ids the E2E tests use', () => {

@@ -394,7 +394,7 @@ test('view settings persist through setState and come back after a reload', asyn
     return { x: rect.left + box.left + box.width / 2, y: rect.top + box.top + box.height / 2 };
   });
   await p.page.mouse.click(legendPoint.x, legendPoint.y);
-  const expected = { v: 1, smoothing: 0.6, logScale: { loss: true, metric: false, expert: true, alpha: false }, hidden: ['taskLoss'], expertMetric: 'mu' };
+  const expected = { v: 1, smoothing: 0.6, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false }, hidden: ['taskLoss'], expertMetric: 'mu' };
   await p.page.waitForFunction((want) => sessionStorage.getItem('pl-trainer-harness-state') === JSON.stringify(want), expected);
   const before = await chartInfo(p.page, 'loss');
   assert.equal(before.optionType, 'logarithmic');
@@ -463,9 +463,9 @@ test('CSV and JSON exports hold every series exactly', async () => {
   assert.equal(csvFile.fileName, `${f.runId}-metrics.csv`);
   const csv = csvFile.content.trimEnd().split('\n');
   const header = csv[0].split(',');
-  assert.deepEqual(header.slice(0, 7), ['step', 'loss', 'taskLoss', 'accuracy', 'alpha', 'regularizer', 'stepsPerSec']);
-  assert.deepEqual(header.slice(7, 10), ['kappa_0', 'mu_0', 'lf_0']);
-  assert.equal(header.length, 7 + 4 * 3);
+  assert.deepEqual(header.slice(0, 8), ['step', 'loss', 'taskLoss', 'accuracy', 'alpha', 'regularizer', 'stepsPerSec', 'plRatio']);
+  assert.deepEqual(header.slice(8, 11), ['kappa_0', 'mu_0', 'lf_0']);
+  assert.equal(header.length, 8 + 4 * 3);
   const metrics = metricsOf(f.events);
   assert.equal(csv.length - 1, metrics.length);
   for (const m of metrics) {
@@ -474,7 +474,8 @@ test('CSV and JSON exports hold every series exactly', async () => {
     assert.equal(Number(row[1]), m.loss);
     assert.equal(Number(row[3]), m.taskMetric);
     const e2 = m.experts?.[2];
-    assert.equal(row[7 + 2 * 3], e2 ? String(e2.kappa) : '', `kappa_2 at step ${m.step}`);
+    assert.equal(row[8 + 2 * 3], e2 ? String(e2.kappa) : '', `kappa_2 at step ${m.step}`);
+    assert.equal(row[7], m.plRatio === undefined ? '' : String(m.plRatio), `plRatio at step ${m.step}`);
   }
 
   const jsonFile = await saved('btn-export-json');

@@ -106,7 +106,7 @@ export function syntheticRun(o: FixtureOptions = {}): Fixture {
     const accuracy = Math.min(0.99, 0.1 + 0.78 * (1 - Math.exp(-s / 60)) + 0.02 * gauss());
     return {
       type: 'metrics', seq: seq++, step: s, time: (time += 180), loss: taskLoss + alpha * regularizer, taskLoss, regularizer, alpha,
-      taskMetric: Math.max(0, accuracy), stepsPerSec: 5.2 + 0.4 * gauss(), ...(experts ? { experts } : {}),
+      taskMetric: Math.max(0, accuracy), stepsPerSec: 5.2 + 0.4 * gauss(), ...(step > 1 ? { plRatio: 2 + Math.abs(gauss()) } : {}), ...(experts ? { experts } : {}),
     };
   };
 
