@@ -17,31 +17,34 @@ const TITLE = 'PL Training: Start PL training';
     if (!ok) throw new Error(`${name} ${detail}`);
   };
   let failed = false;
-  try {
-    await page.goto(workbenchUrl({ folder, devPath }));
-    await page.locator('.monaco-workbench .part.statusbar').waitFor({ timeout: 90000 });
-    lap('workbench rendered');
+  /** Runs a command from the palette; entries appear once the extension host registered them. */
+  async function runCommand(title) {
     const input = page.locator('.quick-input-widget input');
-    const row = page.locator('.quick-input-list .monaco-list-row', { hasText: 'Start PL training' }).first();
-    let found = false;
-    for (let i = 0; i < 40 && !found; i++) {
-      // Palette entries appear once the extension host has registered the contribution.
+    const row = page.locator('.quick-input-list .monaco-list-row', { hasText: title }).first();
+    for (let i = 0; i < 40; i++) {
       await page.keyboard.press('F1');
       try {
         await input.waitFor({ state: 'visible', timeout: 5000 });
       } catch {
         continue;
       }
-      await input.fill('>Start PL training');
+      await input.fill('>' + title);
       try {
         await row.waitFor({ timeout: 2000 });
-        found = true;
+        await page.keyboard.press('Enter');
+        return true;
       } catch {
         await page.keyboard.press('Escape');
       }
     }
+    return false;
+  }
+  try {
+    await page.goto(workbenchUrl({ folder, devPath }));
+    await page.locator('.monaco-workbench .part.statusbar').waitFor({ timeout: 90000 });
+    lap('workbench rendered');
+    const found = await runCommand('Start PL training');
     check(`"${TITLE}" is in the command palette`, found);
-    await page.keyboard.press('Enter');
     lap('command run');
     const panel = page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
     const kappaCell = panel.locator('[data-testid="kappa-0"]');
@@ -64,8 +67,29 @@ const TITLE = 'PL Training: Start PL training';
     await page.waitForTimeout(600); // let the charts draw the last points
     await page.screenshot({ path: shot });
     lap(`screenshot ${shot}`);
-    await panel.locator('[data-testid="btn-stop"]').click();
-    await panel.locator('[data-testid="run-state"]').getByText(/stopped/i).waitFor({ timeout: 30000 });
+    const pausedAt = Number(applied[1]);
+
+    // Reload the window: a new extension host starts; the trainer (detached) keeps its state, the
+    // extension re-attaches from the run directory and the serializer restores the panel.
+    await page.evaluate(() => (window.__beforeReload = true));
+    const reloaded = page.waitForEvent('load', { timeout: 90000 });
+    check('"Developer: Reload Window" runs', await runCommand('Developer: Reload Window'));
+    await reloaded;
+    await page.locator('.monaco-workbench .part.statusbar').waitFor({ timeout: 90000 });
+    check('the page really reloaded', await page.evaluate(() => window.__beforeReload === undefined));
+    lap('window reloaded');
+    const restored = page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
+    await restored.locator('[data-testid="run-state"]').getByText(/paused/i).waitFor({ timeout: 60000 });
+    const stepText = (await restored.locator('[data-testid="step"]').textContent()).trim();
+    check('after a reload the panel is back, re-attached, still paused at the same step', stepText.startsWith(`${pausedAt} `) || stepText.startsWith(`${pausedAt}/`), stepText);
+    const kappaAgain = Number((await restored.locator('[data-testid="kappa-0"]').textContent()).trim());
+    check('the restored panel has the history (κ)', kappaAgain > 0, `κ₀ = ${kappaAgain}`);
+    await restored.locator('[data-testid="btn-resume"]').click();
+    await restored.locator('[data-testid="run-state"]').getByText(/running/i).waitFor({ timeout: 30000 });
+    check('resume from the restored panel is acknowledged', true);
+    const panel2 = restored;
+    await panel2.locator('[data-testid="btn-stop"]').click();
+    await panel2.locator('[data-testid="run-state"]').getByText(/stopped/i).waitFor({ timeout: 30000 });
     check('stop ends the run', true);
   } catch (e) {
     failed = true;
