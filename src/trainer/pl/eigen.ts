@@ -23,13 +23,13 @@ export function symmetricEigen(a: ArrayLike<number>, n: number): SymmetricEigen 
   if (!Number.isInteger(n) || n < 0) throw new RangeError(`matrix size must be a non-negative integer, got ${n}`);
   if (a.length !== n * n) throw new RangeError(`expected ${n}×${n} = ${n * n} entries, got ${a.length}`);
   const m = new Float64Array(n * n);
-  let frobeniusSquared = 0;
+  let largestEntry = 0;
   for (let i = 0; i < n; i++) {
     for (let j = 0; j < n; j++) {
       const aij = a[i * n + j];
       if (!Number.isFinite(aij)) throw new RangeError(`matrix entry (${i}, ${j}) is ${aij}`);
       m[i * n + j] = (aij + a[j * n + i]) / 2;
-      frobeniusSquared += aij * aij;
+      largestEntry = Math.max(largestEntry, Math.abs(aij));
     }
   }
   // Rows of vt are the eigenvector estimates (Vᵀ), so rotations touch contiguous memory.
@@ -38,9 +38,10 @@ export function symmetricEigen(a: ArrayLike<number>, n: number): SymmetricEigen 
 
   // An off-diagonal entry is dropped when it is negligible next to its two diagonal entries
   // (relative criterion, Demmel & Veselić 1992: keeps small eigenvalues relatively accurate), or
-  // next to the whole matrix at ε² (an absolute floor so that a block of near-zero eigenvalues,
-  // whose size is noise anyway, cannot keep the iteration busy).
-  const absoluteFloor = Number.EPSILON * Number.EPSILON * Math.sqrt(frobeniusSquared);
+  // next to the largest entry at ε² (an absolute floor so that a block of near-zero eigenvalues,
+  // whose size is noise anyway, cannot keep the iteration busy). Square roots are taken apart so
+  // that entries near 1e±200 neither overflow nor underflow.
+  const absoluteFloor = Number.EPSILON * Number.EPSILON * largestEntry;
   for (let sweep = 0; sweep < MAX_SWEEPS; sweep++) {
     let rotated = false;
     for (let p = 0; p < n - 1; p++) {
@@ -49,7 +50,7 @@ export function symmetricEigen(a: ArrayLike<number>, n: number): SymmetricEigen 
         if (apq === 0) continue;
         const app = m[p * n + p];
         const aqq = m[q * n + q];
-        if (Math.abs(apq) <= Number.EPSILON * Math.sqrt(Math.abs(app * aqq)) || Math.abs(apq) <= absoluteFloor) {
+        if (Math.abs(apq) <= Number.EPSILON * Math.sqrt(Math.abs(app)) * Math.sqrt(Math.abs(aqq)) || Math.abs(apq) <= absoluteFloor) {
           m[p * n + q] = 0;
           m[q * n + p] = 0;
           continue;

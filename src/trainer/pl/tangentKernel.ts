@@ -19,6 +19,12 @@ export interface TwoLayerExpert {
  */
 export function twoLayerTangentKernel(e: TwoLayerExpert, x: ArrayLike<number>, u: ArrayLike<number>, n: number): Float64Array {
   const { d, h, c } = e;
+  expectLength('w1', e.w1, d * h);
+  expectLength('b1', e.b1, h);
+  expectLength('w2', e.w2, h * c);
+  expectLength('b2', e.b2, c);
+  expectLength('x', x, n * d);
+  expectLength('u', u, n * c);
   const hid = new Float64Array(n * h); // h_i = relu(pre)
   const back = new Float64Array(n * h); // g_i = D_i W2 u_i
   for (let i = 0; i < n; i++) {
@@ -53,6 +59,7 @@ export function twoLayerTangentKernel(e: TwoLayerExpert, x: ArrayLike<number>, u
 
 /** K = J·Jᵀ for an explicit Jacobian J (n×p, row-major). For a linear model F = Xw, J = X and K = X·Xᵀ. */
 export function gramOfJacobian(j: ArrayLike<number>, n: number, p: number): Float64Array {
+  expectLength('jacobian', j, n * p);
   const K = new Float64Array(n * n);
   for (let a = 0; a < n; a++) {
     for (let b = a; b < n; b++) {
@@ -68,9 +75,12 @@ export function gramOfJacobian(j: ArrayLike<number>, n: number, p: number): Floa
 /**
  * Output directions that scalarize a classifier's kernel: u_i = g_i/‖g_i‖, g_i = softmax(z_i) − y_i,
  * the per-sample cross-entropy gradient w.r.t. the logits. Normalized so the kernel measures the
- * geometry along the directions the loss pulls, not how far along them it still is.
+ * geometry along the directions the loss pulls, not how far along them it still is. A fitted example
+ * (‖g_i‖ ≤ 1e-12; entries of g lie in [−1, 1]) gives u_i = 0: it exerts no pull.
  */
 export function outputDirections(probs: ArrayLike<number>, oneHot: ArrayLike<number>, n: number, c: number): Float64Array {
+  expectLength('probs', probs, n * c);
+  expectLength('oneHot', oneHot, n * c);
   const u = new Float64Array(n * c);
   for (let i = 0; i < n; i++) {
     let norm = 0;
@@ -95,17 +105,29 @@ export interface Conditioning {
   vMax: Float64Array;
 }
 
-/** κ = λ_max / max(λ_min, δ·λ_max). A zero kernel (a dead expert) gives μ = L = 0 and κ = 1/δ. */
+/**
+ * κ = λ_max / max(λ_min, δ·λ_max), so 1 ≤ κ ≤ 1/δ always and a singular kernel gives κ = 1/δ (a dead
+ * expert, every ReLU off on the probe, has K = U·Uᵀ of rank ≤ c < n). A zero kernel (every u_i = 0:
+ * the probe is fitted perfectly) gives μ = L = 0 and κ = 1/δ, never NaN. Eigenvalues that round-off
+ * pushed below zero (K is PSD) are reported as 0. vMin and vMax are the unit eigenvectors of λ_min and
+ * λ_max, the ones the regularizer holds constant.
+ */
 export function conditioning(k: Float64Array, n: number, damping: number): Conditioning {
+  if (n < 1) throw new RangeError(`kernel size must be at least 1, got ${n}`);
+  if (!(damping > 0 && damping <= 1)) throw new RangeError(`damping must be in (0, 1], got ${damping}`);
   const { values, vectors } = symmetricEigen(k, n);
   const column = (c: number) => {
     const out = new Float64Array(n);
     for (let i = 0; i < n; i++) out[i] = vectors[i * n + c];
     return out;
   };
-  // Round-off can make a PSD kernel's smallest eigenvalue slightly negative.
   const mu = Math.max(values[0], 0);
   const lf = Math.max(values[n - 1], 0);
-  const kappa = lf > 0 ? lf / Math.max(mu, damping * lf) : 1 / damping;
+  // Written out so the saturated case is exactly 1/δ (λ_max/(δ·λ_max) would round).
+  const kappa = lf > 0 && mu > damping * lf ? lf / mu : 1 / damping;
   return { mu, lf, kappa, vMin: column(0), vMax: column(n - 1) };
+}
+
+function expectLength(name: string, a: ArrayLike<number>, length: number): void {
+  if (a.length !== length) throw new RangeError(`${name} has ${a.length} entries, expected ${length}`);
 }

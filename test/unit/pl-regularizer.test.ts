@@ -1,0 +1,212 @@
+// The differentiable regularizer (tfjs, float32) against the float64 reference: the kernel, the value
+// of the Hellmann–Feynman surrogate, and its gradient against central differences of the exact κ.
+import assert from 'node:assert/strict';
+import { before, test } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { conditioning, kappaSurrogateTf, outputDirections, symmetricEigen, tangentKernelTf, twoLayerTangentKernel, type TwoLayerExpert } from '../../src/trainer/pl';
+import { mulberry32 } from '../support/prng';
+
+const gaussian = (rnd: () => number) => Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
+const randomArray = (rnd: () => number, length: number, scale = 1) => Float64Array.from({ length }, () => gaussian(rnd) * scale);
+
+function relativeFrobenius(got: ArrayLike<number>, expected: ArrayLike<number>): number {
+  let diff = 0;
+  let norm = 0;
+  for (let i = 0; i < expected.length; i++) {
+    diff += (got[i] - expected[i]) ** 2;
+    norm += expected[i] ** 2;
+  }
+  return Math.sqrt(diff / norm);
+}
+
+interface Problem {
+  e: TwoLayerExpert & { w1: Float64Array; b1: Float64Array; w2: Float64Array; b2: Float64Array };
+  n: number;
+  x: Float64Array;
+  u: Float64Array;
+}
+
+/** A small random expert and probe; b1 > 0 keeps most units active, so the kernel is well-conditioned. */
+function problem(seed: number, n: number, d: number, h: number, c: number): Problem {
+  const rnd = mulberry32(seed);
+  const e = {
+    d, h, c,
+    w1: randomArray(rnd, d * h, 0.5),
+    b1: randomArray(rnd, h, 0.5).map((v) => Math.abs(v) + 0.2),
+    w2: randomArray(rnd, h * c, 0.5),
+    b2: randomArray(rnd, c),
+  };
+  return { e, n, x: randomArray(rnd, n * d), u: randomArray(rnd, n * c) };
+}
+
+/** The kernel in float32 tf ops, with w1, b1, w2 substituted when given (for tf.grads). */
+function kernelTf(p: Problem, w1?: tf.Tensor, b1?: tf.Tensor, w2?: tf.Tensor): tf.Tensor2D {
+  const { e, n } = p;
+  return tf.tidy(() => tangentKernelTf(
+    tf.tensor2d(Float32Array.from(p.x), [n, e.d]),
+    tf.tensor2d(Float32Array.from(p.u), [n, e.c]),
+    (w1 ?? tf.tensor2d(Float32Array.from(e.w1), [e.d, e.h])) as tf.Tensor2D,
+    (b1 ?? tf.tensor1d(Float32Array.from(e.b1))) as tf.Tensor1D,
+    (w2 ?? tf.tensor2d(Float32Array.from(e.w2), [e.h, e.c])) as tf.Tensor2D,
+  ));
+}
+
+before(async () => {
+  await tf.setBackend('cpu');
+});
+
+test('tangentKernelTf (float32) matches the float64 kernel to 1e-4 relative', () => {
+  for (const [seed, n, d, h, c] of [[9, 8, 12, 10, 4], [10, 16, 30, 24, 10]]) {
+    const p = problem(seed, n, d, h, c);
+    const k = kernelTf(p);
+    assert.deepEqual(k.shape, [n, n]);
+    const error = relativeFrobenius(k.dataSync(), twoLayerTangentKernel(p.e, p.x, p.u, n));
+    k.dispose();
+    assert.ok(error <= 1e-4, `seed ${seed}: ${error}`);
+  }
+});
+
+test('κ̃ at fresh eigenvectors equals κ (float32 to 1e-4), and saturates at exactly the damped value', () => {
+  const p = problem(21, 5, 8, 12, 3);
+  const reference = conditioning(twoLayerTangentKernel(p.e, p.x, p.u, p.n), p.n, 1e-9);
+  const surrogate = tf.tidy(() => kappaSurrogateTf(kernelTf(p), reference.vMin, reference.vMax, 1e-9).dataSync()[0]);
+  assert.ok(Math.abs(surrogate - reference.kappa) / reference.kappa <= 1e-4, `${surrogate} vs ${reference.kappa}`);
+  // With δ above 1/κ the floor δ·λ_max binds: κ̃ = 1/δ.
+  const damping = 2 / reference.kappa;
+  const saturated = tf.tidy(() => kappaSurrogateTf(kernelTf(p), reference.vMin, reference.vMax, damping).dataSync()[0]);
+  assert.ok(Math.abs(saturated * damping - 1) <= 1e-6);
+});
+
+test('κ̃ with stale eigenvectors (from other weights) underestimates κ: Rayleigh quotients lie inside [λ_min, λ_max]', () => {
+  const p = problem(33, 6, 8, 12, 3);
+  const exact = conditioning(twoLayerTangentKernel(p.e, p.x, p.u, p.n), p.n, 1e-9);
+  const rnd = mulberry32(34);
+  for (let trial = 0; trial < 5; trial++) {
+    const moved = { ...p.e, w1: p.e.w1.map((v) => v + 0.3 * gaussian(rnd)), w2: p.e.w2.map((v) => v + 0.3 * gaussian(rnd)) };
+    const stale = conditioning(twoLayerTangentKernel(moved, p.x, p.u, p.n), p.n, 1e-9);
+    const surrogate = tf.tidy(() => kappaSurrogateTf(kernelTf(p), stale.vMin, stale.vMax, 1e-9).dataSync()[0]);
+    assert.ok(surrogate <= exact.kappa * (1 + 1e-5), `trial ${trial}: ${surrogate} > ${exact.kappa}`);
+    assert.ok(surrogate < exact.kappa * 0.999, `trial ${trial}: the vectors were not stale enough to test anything`);
+  }
+});
+
+test('∇κ̃ w.r.t. W1, b1, W2 (tf.grads, fresh eigenvectors) matches central differences of the exact float64 κ', () => {
+  const p = problem(21, 5, 8, 12, 3);
+  const { e, n } = p;
+  const damping = 1e-9;
+  const exactKappa = (w1: ArrayLike<number>, b1: ArrayLike<number>, w2: ArrayLike<number>) =>
+    conditioning(twoLayerTangentKernel({ ...e, w1, b1, w2 }, p.x, p.u, n), n, damping).kappa;
+  const k64 = twoLayerTangentKernel(e, p.x, p.u, n);
+  const fresh = conditioning(k64, n, damping);
+  // Hellmann–Feynman needs simple extreme eigenvalues, and κ must sit below the damping floor so the
+  // plain ratio is what gets differentiated: check both preconditions of this problem.
+  const { values } = symmetricEigen(k64, n);
+  assert.ok((values[1] - values[0]) / values[0] > 0.1 && (values[n - 1] - values[n - 2]) / values[n - 1] > 0.1, `eigenvalues ${values}`);
+  assert.ok(fresh.kappa < 1e3);
+
+  const w1 = tf.tensor2d(Float32Array.from(e.w1), [e.d, e.h]);
+  const b1 = tf.tensor1d(Float32Array.from(e.b1));
+  const w2 = tf.tensor2d(Float32Array.from(e.w2), [e.h, e.c]);
+  const grads = tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => kappaSurrogateTf(kernelTf(p, a, b, c), fresh.vMin, fresh.vMax, damping))([w1, b1, w2]);
+  const analytic = grads.map((g) => g.dataSync());
+  tf.dispose([w1, b1, w2, ...grads]);
+
+  const base = [e.w1, e.b1, e.w2].map((a) => Float64Array.from(a));
+  const kappaWith = (which: number, index: number, delta: number) => {
+    const params = base.map((a) => Float64Array.from(a));
+    params[which][index] += delta;
+    return exactKappa(params[0], params[1], params[2]);
+  };
+  // κ is smooth here (simple eigenvalues, no ReLU kink within ±step), so central differences in
+  // float64 are accurate to O(step²) ≈ 1e-12 relative; the error budget is float32's.
+  const step = 1e-6;
+  const rnd = mulberry32(22);
+  const names = ['W1', 'b1', 'W2'];
+  for (let which = 0; which < 3; which++) {
+    const g = Float64Array.from(analytic[which]);
+    const scale = Math.sqrt(g.reduce((s, v) => s + v * v, 0) / g.length); // RMS entry of this gradient
+    assert.ok(scale > 0, `${names[which]} gets no gradient`);
+    const indices = new Set<number>();
+    while (indices.size < 6) indices.add(Math.floor(rnd() * g.length));
+    for (const index of indices) {
+      const fd = (kappaWith(which, index, step) - kappaWith(which, index, -step)) / (2 * step);
+      // Errors are measured against max(|fd|, RMS entry) so that near-zero entries are not judged by
+      // their own tiny size. float32 (ε ≈ 6e-8) in the kernel and the Rayleigh quotients gave at most
+      // 3e-7 here (κ ≈ 174); 1e-4 leaves a 300× margin for other float32 summation orders, while a
+      // wrong sign, a missing kernel term or a stale eigenvector is off by far more than 1e-4.
+      assert.ok(Math.abs(g[index] - fd) <= 1e-4 * Math.max(Math.abs(fd), scale), `${names[which]}[${index}]: tf ${g[index]} vs fd ${fd}`);
+    }
+  }
+});
+
+test('in the damped regime (μ ≤ δ·L) κ̃ is the constant 1/δ and passes no gradient to the weights', () => {
+  const p = problem(21, 5, 8, 12, 3);
+  const fresh = conditioning(twoLayerTangentKernel(p.e, p.x, p.u, p.n), p.n, 1e-9);
+  const damping = 2 / fresh.kappa;
+  const w1 = tf.tensor2d(Float32Array.from(p.e.w1), [p.e.d, p.e.h]);
+  const w2 = tf.tensor2d(Float32Array.from(p.e.w2), [p.e.h, p.e.c]);
+  const [g1, g2] = tf.grads((a: tf.Tensor, c: tf.Tensor) => kappaSurrogateTf(kernelTf(p, a, undefined, c), fresh.vMin, fresh.vMax, damping))([w1, w2]);
+  // Compare with the gradient size the same expert gets undamped: round-off only.
+  const [u1] = tf.grads((a: tf.Tensor) => kappaSurrogateTf(kernelTf(p, a), fresh.vMin, fresh.vMax, 1e-9))([w1]);
+  const maxAbs = (t: tf.Tensor) => Math.max(...Array.from(t.dataSync(), Math.abs));
+  assert.ok(maxAbs(g1) <= 1e-5 * maxAbs(u1) && maxAbs(g2) <= 1e-5 * maxAbs(u1), `${maxAbs(g1)}, ${maxAbs(g2)} vs ${maxAbs(u1)}`);
+  tf.dispose([w1, w2, g1, g2, u1]);
+});
+
+test('PL* along the real gradient: ‖∇_w CE‖² = aᵀ·K·a with u = outputDirections, a_i = ‖p_i − y_i‖/n, hence ≥ μ·‖a‖²', () => {
+  // The scalarized kernel is not a heuristic: the cross-entropy gradient w.r.t. the expert's outputs
+  // is (p_i − y_i)/n = a_i·u_i, so ∇_w L = Σ_i a_i ∇_w s_i = Jᵀa exactly and ‖∇_w L‖² = aᵀ(J·Jᵀ)a.
+  const p = problem(50, 7, 8, 12, 4);
+  const { e, n } = p;
+  const rnd = mulberry32(51);
+  const oneHot = new Float64Array(n * e.c);
+  for (let i = 0; i < n; i++) oneHot[i * e.c + Math.floor(rnd() * e.c)] = 1;
+  // Float64 forward pass for the probabilities.
+  const probs = new Float64Array(n * e.c);
+  for (let i = 0; i < n; i++) {
+    const logits = Array.from(e.b2);
+    for (let k = 0; k < e.h; k++) {
+      let pre = e.b1[k];
+      for (let a = 0; a < e.d; a++) pre += p.x[i * e.d + a] * e.w1[a * e.h + k];
+      if (pre > 0) for (let o = 0; o < e.c; o++) logits[o] += pre * e.w2[k * e.c + o];
+    }
+    const top = Math.max(...logits);
+    const exp = logits.map((z) => Math.exp(z - top));
+    const total = exp.reduce((s, v) => s + v, 0);
+    exp.forEach((v, o) => (probs[i * e.c + o] = v / total));
+  }
+  const u = outputDirections(probs, oneHot, n, e.c);
+  const a = Float64Array.from({ length: n }, (_, i) => Math.hypot(...Array.from({ length: e.c }, (_, o) => probs[i * e.c + o] - oneHot[i * e.c + o])) / n);
+  const k = twoLayerTangentKernel(e, p.x, u, n);
+  let aKa = 0;
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) aKa += a[i] * k[i * n + j] * a[j];
+
+  const params = [
+    tf.tensor2d(Float32Array.from(e.w1), [e.d, e.h]),
+    tf.tensor1d(Float32Array.from(e.b1)),
+    tf.tensor2d(Float32Array.from(e.w2), [e.h, e.c]),
+    tf.tensor1d(Float32Array.from(e.b2)),
+  ];
+  const xs = tf.tensor2d(Float32Array.from(p.x), [n, e.d]);
+  const ys = tf.tensor2d(Float32Array.from(oneHot), [n, e.c]);
+  const grads = tf.grads((w1: tf.Tensor, b1: tf.Tensor, w2: tf.Tensor, b2: tf.Tensor) =>
+    tf.losses.softmaxCrossEntropy(ys, tf.add(tf.matMul(tf.relu(tf.add(tf.matMul(xs, w1 as tf.Tensor2D), b1)), w2 as tf.Tensor2D), b2)) as tf.Scalar)(params);
+  const gradientSquared = grads.reduce((s, g) => s + Array.from(g.dataSync()).reduce((t, v) => t + v * v, 0), 0);
+  tf.dispose([...params, xs, ys, ...grads]);
+
+  assert.ok(Math.abs(gradientSquared - aKa) / aKa <= 1e-4, `‖∇L‖² = ${gradientSquared} vs aᵀKa = ${aKa}`);
+  const { mu, lf } = conditioning(k, n, 1e-9);
+  const aSquared = a.reduce((s, v) => s + v * v, 0);
+  assert.ok(mu * aSquared <= gradientSquared && gradientSquared <= lf * aSquared);
+});
+
+test('the regularizer leaves no tensors behind and rejects eigenvectors of the wrong size', () => {
+  const p = problem(40, 6, 8, 10, 3);
+  const fresh = conditioning(twoLayerTangentKernel(p.e, p.x, p.u, p.n), p.n, 1e-6);
+  const k = kernelTf(p);
+  const before = tf.memory().numTensors;
+  const kappa = kappaSurrogateTf(k, fresh.vMin, fresh.vMax, 1e-6);
+  assert.equal(tf.memory().numTensors, before + 1, 'only the result survives');
+  assert.throws(() => kappaSurrogateTf(k, fresh.vMin.subarray(1), fresh.vMax, 1e-6), /does not match eigenvectors/);
+  tf.dispose([k, kappa]);
+});
