@@ -10,6 +10,7 @@ import { isLiveRun, processAlive, readRecordedHistory, readRunInfo, readToken } 
 import { RunSession } from '../../src/extension/run/runSession';
 import { TrainerConnection } from '../../src/extension/run/trainerConnection';
 import type { MetricsEvent, RunInfo } from '../../src/protocol';
+import { until } from '../support/until';
 
 const root = path.resolve(__dirname, '..', '..');
 const trainerScript = path.join(root, 'dist', 'trainer.js');
@@ -20,15 +21,6 @@ let pid = -1;
 let info: RunInfo;
 let token = '';
 
-async function until<T>(what: string, fn: () => T | undefined | false, timeoutMs = 60_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = fn();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 function attach(): RunSession {
   const s = new RunSession(info.runId, runDir, configPath);

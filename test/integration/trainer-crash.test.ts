@@ -9,6 +9,7 @@ import { after, test } from 'node:test';
 import WebSocket from 'ws';
 import { LISTENING_PREFIX, MetricsEventSchema, TOKEN_HEADER, TrainerEvent } from '../../src/protocol';
 import { loadCheckpoint } from '../../src/trainer/checkpoint';
+import { until } from '../support/until';
 
 const root = path.resolve(__dirname, '..', '..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-crash-'));
@@ -41,15 +42,6 @@ function client(port: number): Promise<{ ws: WebSocket; events: TrainerEvent[] }
   return new Promise((resolve) => ws.on('open', () => (ws.send(JSON.stringify({ type: 'subscribe', sinceSeq: -1 })), resolve({ ws, events }))));
 }
 
-async function until<T>(what: string, fn: () => T | undefined | false, ms = 60_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = fn();
-    if (v) return v;
-    if (Date.now() - t0 > ms) throw new Error(`timed out: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 const metricLines = () => fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').split('\n').filter((l) => l.trim());
 

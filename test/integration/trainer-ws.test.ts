@@ -23,6 +23,7 @@ import {
   TrainerFrame,
   TrainerFrameSchema,
 } from '../../src/protocol';
+import { until } from '../support/until';
 
 const root = path.resolve(__dirname, '..', '..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-ws-'));
@@ -79,15 +80,6 @@ function connect(): Promise<Client> {
   });
 }
 
-async function until<T>(what: string, fn: () => T | undefined | false, ms = 20_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = fn();
-    if (v) return v;
-    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 const metricsOf = (c: Client) => c.events().filter((e): e is MetricsEvent => e.type === 'metrics');
 const lastStep = (c: Client) => Math.max(0, ...metricsOf(c).map((m) => m.step));

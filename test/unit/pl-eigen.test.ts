@@ -2,50 +2,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { symmetricEigen } from '../../src/trainer/pl';
+import { difference, frobenius, matmul, randomArray, randomOrthogonal, transpose } from '../support/linalg';
 import { mulberry32 } from '../support/prng';
-
-const gaussian = (rnd: () => number) => Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
-const randomArray = (rnd: () => number, length: number) => Float64Array.from({ length }, () => gaussian(rnd));
-
-function matmul(a: ArrayLike<number>, b: ArrayLike<number>, n: number, k: number, m: number): Float64Array {
-  const out = new Float64Array(n * m);
-  for (let i = 0; i < n; i++) {
-    for (let t = 0; t < k; t++) {
-      const ait = a[i * k + t];
-      for (let j = 0; j < m; j++) out[i * m + j] += ait * b[t * m + j];
-    }
-  }
-  return out;
-}
-function transpose(a: ArrayLike<number>, n: number, m: number): Float64Array {
-  const out = new Float64Array(n * m);
-  for (let i = 0; i < n; i++) for (let j = 0; j < m; j++) out[j * n + i] = a[i * m + j];
-  return out;
-}
-function frobenius(a: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * a[i];
-  return Math.sqrt(s);
-}
-const difference = (a: ArrayLike<number>, b: ArrayLike<number>) => Float64Array.from({ length: a.length }, (_, i) => a[i] - b[i]);
-
-/** Random orthogonal n×n matrix: Gram–Schmidt (twice, for float64 orthogonality) on Gaussian columns. */
-function randomOrthogonal(rnd: () => number, n: number): Float64Array {
-  const q = randomArray(rnd, n * n);
-  for (let c = 0; c < n; c++) {
-    for (let pass = 0; pass < 2; pass++) {
-      for (let p = 0; p < c; p++) {
-        let dot = 0;
-        for (let i = 0; i < n; i++) dot += q[i * n + c] * q[i * n + p];
-        for (let i = 0; i < n; i++) q[i * n + c] -= dot * q[i * n + p];
-      }
-    }
-    let norm = 0;
-    for (let i = 0; i < n; i++) norm += q[i * n + c] ** 2;
-    for (let i = 0; i < n; i++) q[i * n + c] /= Math.sqrt(norm);
-  }
-  return q;
-}
 
 /** Checks A = VΛVᵀ and VᵀV = I to `tolerance` (relative Frobenius) and ascending order. */
 function assertDecomposes(a: Float64Array, n: number, tolerance: number, { values, vectors } = symmetricEigen(a, n)): void {

@@ -4,20 +4,8 @@ import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { conditioning, kappaSurrogateTf, outputDirections, symmetricEigen, tangentKernelTf, twoLayerTangentKernel, type TwoLayerExpert } from '../../src/trainer/pl';
+import { gaussian, randomArray, relativeFrobenius } from '../support/linalg';
 import { mulberry32 } from '../support/prng';
-
-const gaussian = (rnd: () => number) => Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
-const randomArray = (rnd: () => number, length: number, scale = 1) => Float64Array.from({ length }, () => gaussian(rnd) * scale);
-
-function relativeFrobenius(got: ArrayLike<number>, expected: ArrayLike<number>): number {
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < expected.length; i++) {
-    diff += (got[i] - expected[i]) ** 2;
-    norm += expected[i] ** 2;
-  }
-  return Math.sqrt(diff / norm);
-}
 
 interface Problem {
   e: TwoLayerExpert & { w1: Float64Array; b1: Float64Array; w2: Float64Array; b2: Float64Array };

@@ -3,54 +3,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { conditioning, gramOfJacobian, outputDirections, twoLayerTangentKernel, type TwoLayerExpert } from '../../src/trainer/pl';
+import { matmul, randomArray, randomOrthogonal, relative, relativeFrobenius, transpose } from '../support/linalg';
 import { mulberry32 } from '../support/prng';
-
-const gaussian = (rnd: () => number) => Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
-const randomArray = (rnd: () => number, length: number, scale = 1) => Float64Array.from({ length }, () => gaussian(rnd) * scale);
-const relative = (got: number, expected: number) => Math.abs(got - expected) / Math.abs(expected);
-
-function matmul(a: ArrayLike<number>, b: ArrayLike<number>, n: number, k: number, m: number): Float64Array {
-  const out = new Float64Array(n * m);
-  for (let i = 0; i < n; i++) {
-    for (let t = 0; t < k; t++) {
-      const ait = a[i * k + t];
-      for (let j = 0; j < m; j++) out[i * m + j] += ait * b[t * m + j];
-    }
-  }
-  return out;
-}
-function transpose(a: ArrayLike<number>, n: number, m: number): Float64Array {
-  const out = new Float64Array(n * m);
-  for (let i = 0; i < n; i++) for (let j = 0; j < m; j++) out[j * n + i] = a[i * m + j];
-  return out;
-}
-function relativeFrobenius(got: ArrayLike<number>, expected: ArrayLike<number>): number {
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < expected.length; i++) {
-    diff += (got[i] - expected[i]) ** 2;
-    norm += expected[i] ** 2;
-  }
-  return Math.sqrt(diff / norm);
-}
-
-/** Random orthogonal n×n matrix: Gram–Schmidt (twice, for float64 orthogonality) on Gaussian columns. */
-function randomOrthogonal(rnd: () => number, n: number): Float64Array {
-  const q = randomArray(rnd, n * n);
-  for (let c = 0; c < n; c++) {
-    for (let pass = 0; pass < 2; pass++) {
-      for (let p = 0; p < c; p++) {
-        let dot = 0;
-        for (let i = 0; i < n; i++) dot += q[i * n + c] * q[i * n + p];
-        for (let i = 0; i < n; i++) q[i * n + c] -= dot * q[i * n + p];
-      }
-    }
-    let norm = 0;
-    for (let i = 0; i < n; i++) norm += q[i * n + c] ** 2;
-    for (let i = 0; i < n; i++) q[i * n + c] /= Math.sqrt(norm);
-  }
-  return q;
-}
 
 /** X = U·[diag(s) 0]·Vᵀ (n×p, n ≤ p): a matrix whose singular values are s by construction. */
 function withSingularValues(rnd: () => number, s: number[], p: number): Float64Array {

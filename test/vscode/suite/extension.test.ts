@@ -8,6 +8,7 @@ import type { PlTrainerApi } from '../../../src/extension/extension';
 import { RunManager } from '../../../src/extension/runManager';
 import type { RunSession } from '../../../src/extension/run/runSession';
 import type { MetricsEvent } from '../../../src/protocol';
+import { until } from '../../support/until';
 
 const EXTENSION_ID = 'pl-trainer.pl-trainer';
 
@@ -23,15 +24,6 @@ function workspaceDir(): string {
   return f.uri.fsPath;
 }
 
-async function until<T>(what: string, fn: () => T | undefined | false, timeoutMs = 90_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = fn();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 function writeConfig(name: string, body: object): vscode.Uri {
   const file = path.join(workspaceDir(), name);
