@@ -84,6 +84,13 @@ const TITLE = 'PL Training: Start PL training';
     check('after a reload the panel is back, re-attached, still paused at the same step', stepText.startsWith(`${pausedAt} `) || stepText.startsWith(`${pausedAt}/`), stepText);
     const kappaAgain = Number((await restored.locator('[data-testid="kappa-0"]').textContent()).trim());
     check('the restored panel has the history (κ)', kappaAgain > 0, `κ₀ = ${kappaAgain}`);
+    // The sidebar: the PL Trainer view container in the activity bar, with its Metrics view.
+    await page.locator('.activitybar .action-item a[aria-label^="PL Trainer"]').first().click();
+    const metricsView = page.locator('.pane-body .monaco-list-row', { hasText: 'Backend' });
+    await metricsView.first().waitFor({ timeout: 30000 });
+    await page.locator('.pane-body .monaco-list-row', { hasText: /κ/ }).first().waitFor({ timeout: 30000 });
+    check('the sidebar Metrics view shows the run, its backend and per-expert κ', true);
+    await page.screenshot({ path: shot.replace(/panel\.png$/, 'sidebar.png') });
     await restored.locator('[data-testid="btn-resume"]').click();
     await restored.locator('[data-testid="run-state"]').getByText(/running/i).waitFor({ timeout: 30000 });
     check('resume from the restored panel is acknowledged', true);
