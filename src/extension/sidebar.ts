@@ -3,6 +3,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { ExpertStats } from '../protocol';
+import { formatNumber as formatPanelNumber } from '../../webview/format';
 import { RunManager } from './runManager';
 import { listRunDirs } from './run/runDirectory';
 import { RunSession } from './run/runSession';
@@ -14,10 +15,9 @@ export type MetricsNode =
   | { kind: 'runs' }
   | { kind: 'run'; dir: string; label: string; description: string };
 
+/** Numbers read the same in the sidebar, the code lenses, the status bar and the panel. */
 export function formatNumber(v: number | undefined): string {
-  if (v === undefined || !Number.isFinite(v)) return '–';
-  const a = Math.abs(v);
-  return a !== 0 && (a >= 1e5 || a < 1e-3) ? v.toExponential(2) : Number(v.toPrecision(4)).toString();
+  return v === undefined || !Number.isFinite(v) ? '–' : formatPanelNumber(v);
 }
 
 export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>, vscode.Disposable {

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RUN_FILES, RunInfo, TOKEN_ENV } from '../../protocol';
 import { readRunInfo, tailLog } from './runDirectory';
+import { runStamp, safeRunName } from '../../trainer/runDir';
 
 /** Written by the extension (not the trainer) into the run directory. */
 export const LAUNCH_FILE = 'launch.json';
@@ -30,11 +31,9 @@ export interface LaunchedTrainer {
   announced: Promise<RunInfo>;
 }
 
+/** Like the CLI's default run directory, plus a random suffix: two starts in one second stay apart. */
 export function makeRunDirName(configName: string, now = new Date()): string {
-  const pad = (n: number) => String(n).padStart(2, '0');
-  const stamp = `${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
-  const safe = configName.replace(/[^A-Za-z0-9_.-]+/g, '-').slice(0, 60) || 'run';
-  return `${safe}-${stamp}-${randomBytes(2).toString('hex')}`;
+  return `${safeRunName(configName)}-${runStamp(now)}-${randomBytes(2).toString('hex')}`;
 }
 
 export function launchTrainer(o: LaunchOptions, announceTimeoutMs = 180_000): LaunchedTrainer {
