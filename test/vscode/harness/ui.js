@@ -95,6 +95,16 @@ const TITLE = 'PL Training: Start PL training';
     await restored.locator('[data-testid="run-state"]').getByText(/running/i).waitFor({ timeout: 30000 });
     check('resume from the restored panel is acknowledged', true);
     const panel2 = restored;
+
+    // Steer α and an expert from the panel; the panel shows the acknowledged values only.
+    await panel2.locator('[data-testid="alpha-input"]').fill('0.05');
+    await panel2.locator('[data-testid="btn-set-alpha"]').click();
+    await panel2.locator('[data-testid="command-log"] [data-testid^="command-"]', { hasText: /0\.05/ }).getByText(/applied at step \d+/).waitFor({ timeout: 30000 });
+    await panel2.locator('[data-testid="alpha"]').getByText('0.05').waitFor({ timeout: 10000 });
+    check('α set from the panel is applied and shown as acknowledged', true);
+    await panel2.locator('[data-testid="freeze-1"]').click();
+    await panel2.locator('[data-testid="frozen-1"]').getByText('yes').waitFor({ timeout: 30000 });
+    check('freezing expert 1 from the panel shows it frozen once acknowledged', true);
     await panel2.locator('[data-testid="btn-stop"]').click();
     await panel2.locator('[data-testid="run-state"]').getByText(/stopped/i).waitFor({ timeout: 30000 });
     check('stop ends the run', true);
