@@ -214,6 +214,11 @@ export const HostToWebviewSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('events'), runId: z.string(), events: z.array(TrainerEventSchema) }).strict(),
   z.object({ type: z.literal('run'), run: RunSummarySchema.nullable() }).strict(),
   z.object({ type: z.literal('commandStatus'), status: CommandStatusSchema }).strict(),
+  /**
+   * A second, recorded run to overlay on the charts (dashed lines), or null to clear it. Its events
+   * come from its run directory (metrics.jsonl); it is never steered.
+   */
+  z.object({ type: z.literal('compare'), run: z.object({ runId: z.string(), events: z.array(TrainerEventSchema) }).strict().nullable() }).strict(),
 ]);
 export type HostToWebview = z.infer<typeof HostToWebviewSchema>;
 
