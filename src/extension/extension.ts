@@ -8,6 +8,7 @@ import { ConfigCodeLensProvider, ConfigDiagnostics, CONFIG_SELECTOR, isConfigDoc
 import { installGpuBackend } from './gpuBackend';
 import { MetricsPanel } from './panel';
 import { RunManager } from './runManager';
+import { listRunDirs } from './run/runDirectory';
 import { MetricsNode, MetricsTreeProvider } from './sidebar';
 import { RunStatusBar } from './statusBar';
 
@@ -17,6 +18,8 @@ export interface PlTrainerApi {
   diagnostics: vscode.DiagnosticCollection;
   /** The sidebar's tree (what the Metrics view shows). */
   sidebar: MetricsTreeProvider;
+  /** The metrics panel, when open. */
+  panel(): MetricsPanel | undefined;
 }
 
 export function activate(context: vscode.ExtensionContext): PlTrainerApi {
@@ -93,6 +96,23 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
     if (session) MetricsPanel.show(context, runs, true);
     return session?.runDir;
   });
+  register('plTrainer.compareRun', async (arg?: unknown) => {
+    let dir = typeof arg === 'string' ? arg : (arg as { dir?: string } | undefined)?.dir;
+    if (!dir) {
+      const choices = vscode.workspace.workspaceFolders?.flatMap((f) => listRunDirs(runs.runsRoot(f))).filter((r) => r.dir !== runs.current?.runDir) ?? [];
+      const pick = await vscode.window.showQuickPick(
+        choices.map((r) => ({ label: path.basename(r.dir), description: r.info ? `${r.info.state} · step ${r.info.step}/${r.info.totalSteps}` : '', dir: r.dir })),
+        { title: 'Overlay which run on the charts?' },
+      );
+      dir = pick?.dir;
+    }
+    if (!dir) return undefined;
+    const panel = MetricsPanel.show(context, runs);
+    const recorded = runs.recordedEvents(dir);
+    panel.setCompare(recorded);
+    return recorded.runId;
+  });
+  register('plTrainer.clearCompare', () => MetricsPanel.current?.setCompare(null));
   register('plTrainer.installGpuBackend', () => installGpuBackend(context.extensionUri.fsPath, log));
   register('plTrainer.newConfig', async () => {
     const folder = vscode.workspace.workspaceFolders?.[0];
@@ -127,7 +147,7 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   const reattached = runs.reattachAll();
   if (reattached.length) log.info(`re-attached to ${reattached.length} running trainer(s)`);
   updateContext();
-  return { runs, diagnostics: diagnostics.collection, sidebar: tree };
+  return { runs, diagnostics: diagnostics.collection, sidebar: tree, panel: () => MetricsPanel.current };
 }
 
 async function pickConfig(): Promise<vscode.Uri | undefined> {

@@ -14,6 +14,18 @@ export class MetricsPanel implements vscode.Disposable {
   private readonly disposables: vscode.Disposable[] = [];
   private sessionSubs: { dispose(): void }[] = [];
   private ready = false;
+  /** A recorded run overlaid on the charts (re-sent whenever the webview reloads). */
+  private compare: { runId: string; events: TrainerEvent[] } | null = null;
+
+  get compareRunId(): string | undefined {
+    return this.compare?.runId;
+  }
+
+  /** Overlays a recorded run on the charts, or clears the overlay with null. */
+  setCompare(run: { runId: string; events: TrainerEvent[] } | null): void {
+    this.compare = run;
+    this.post({ type: 'compare', run });
+  }
 
   /** Shows the panel (creating it if needed) for the current run. */
   static show(context: vscode.ExtensionContext, runs: RunManager, preserveFocus = false): MetricsPanel {
@@ -114,6 +126,7 @@ export class MetricsPanel implements vscode.Disposable {
     if (m.type === 'ready') {
       this.ready = true;
       this.sendSnapshot();
+      if (this.compare) this.post({ type: 'compare', run: this.compare });
       return;
     }
     if (m.type === 'saveFile') {

@@ -3,10 +3,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { RUN_FILES, SteeringCommand, TERMINAL_STATES } from '../protocol';
+import { RUN_FILES, SteeringCommand, TERMINAL_STATES, TrainerEvent } from '../protocol';
 import { analyzeConfigText, lineOf } from './config/configAnalysis';
 import { LAUNCH_FILE, launchTrainer, makeRunDirName } from './run/launcher';
-import { isLiveRun, listRunDirs, processAlive, readRunInfo, readToken, tailLog } from './run/runDirectory';
+import { isLiveRun, listRunDirs, processAlive, readRecordedHistory, readRunInfo, readToken, tailLog } from './run/runDirectory';
 import { RunSession, describeCommand } from './run/runSession';
 import { TrainerConnection } from './run/trainerConnection';
 import { LogTail } from './run/logTail';
@@ -210,6 +210,12 @@ export class RunManager implements vscode.Disposable {
     this.setCurrent(session);
     this.log.info(`resumed run ${info.runId} (pid ${info.pid})`);
     return session;
+  }
+
+  /** A run's recorded history (metrics and acks from its JSONL files), for overlays. */
+  recordedEvents(runDir: string): { runId: string; events: TrainerEvent[] } {
+    const { metrics, acks } = readRecordedHistory(runDir);
+    return { runId: readRunInfo(runDir)?.runId ?? path.basename(runDir), events: [...metrics, ...acks].sort((a, b) => a.seq - b.seq) };
   }
 
   /** Deletes a finished run's directory (a live run must be stopped first). */

@@ -242,6 +242,14 @@ describe('a trainer that dies', function () {
     assert.match(session.stateReason ?? '', /loss became NaN or infinite at step 12/);
     assert.equal(metricsOf(session).at(-1)!.step, 11, 'steps 1–11 recorded, the bad step not');
     assert.equal(fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').length, 11);
+
+    // A recorded run can be overlaid on the panel's charts.
+    const { panel } = await api();
+    const compared = await vscode.commands.executeCommand<string>('plTrainer.compareRun', runDir);
+    assert.equal(compared, session.runId);
+    assert.equal(panel()?.compareRunId, session.runId);
+    await vscode.commands.executeCommand('plTrainer.clearCompare');
+    assert.equal(panel()?.compareRunId, undefined);
   });
 
   it('is reported failed with the cause, keeps its data, and resumes from its checkpoint', async () => {
