@@ -91,7 +91,8 @@ export class RunSession {
       step: this.step,
       totalSteps: this.totalSteps,
       alpha: this.alpha,
-      connected: this.connected,
+      // An ended run has nothing to reconnect to: do not show it as "reconnecting".
+      connected: this.connected || !this.active,
     };
   }
 

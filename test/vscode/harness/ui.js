@@ -1,6 +1,8 @@
 // UI end-to-end in the real VS Code: run "Start PL training" from the command palette, read a κ value
 // inside the webview, pause from the panel and see the acknowledged step, then stop.
 // usage: node ui.js <extensionDir> <workspaceFolder> <screenshot.png>
+const fs = require('fs');
+const path = require('path');
 const { workbenchUrl, launch } = require('./common');
 const [devPath, folder, shot] = process.argv.slice(2);
 const TITLE = 'PL Training: Start PL training';
@@ -108,6 +110,24 @@ const TITLE = 'PL Training: Start PL training';
     await panel2.locator('[data-testid="btn-stop"]').click();
     await panel2.locator('[data-testid="run-state"]').getByText(/stopped/i).waitFor({ timeout: 30000 });
     check('stop ends the run', true);
+
+    // Export from the panel through VS Code's save dialog; the file must hold metrics.jsonl's numbers.
+    const runsDir = path.join(folder, '.pltrain', 'runs');
+    const runDir = path.join(runsDir, fs.readdirSync(runsDir)[0]);
+    // The host proposes <runDir>/<runId>-metrics.json; accept it with the dialog's OK.
+    const target = path.join(runDir, `${path.basename(runDir)}-metrics.json`);
+    await page.waitForTimeout(500); // the stop's final events reach the panel
+    await panel2.locator('[data-testid="btn-export-json"]').click();
+    const ok = page.locator('.quick-input-widget .monaco-button', { hasText: 'OK' }).first();
+    await ok.waitFor({ state: 'visible', timeout: 15000 });
+    await ok.click();
+    for (let i = 0; i < 100 && !fs.existsSync(target); i++) await page.waitForTimeout(100);
+    const exported = JSON.parse(fs.readFileSync(target, 'utf8'));
+    const recorded = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+    check('the exported loss series equals metrics.jsonl, step for step', same(exported.series.loss, recorded.map((m) => [m.step, m.loss])), `${recorded.length} steps`);
+    const kappa0 = recorded.filter((m) => m.experts).map((m) => [m.step, m.experts[0].kappa]);
+    check('the exported κ of expert 0 equals metrics.jsonl', same(exported.experts['0'].kappa, kappa0), `${kappa0.length} measurements`);
   } catch (e) {
     failed = true;
     console.error(`UI test failed: ${e.message.split('\n')[0]}`);
