@@ -1,6 +1,8 @@
 // chart.js line charts tuned for long, live runs: data in chart.js's internal {x, y} format
 // (`parsing: false`, `normalized: true`), no animation, min/max decimation at draw time, redraws
-// with `update('none')` (the caller batches them per animation frame).
+// with `update('none')` (the caller batches them per animation frame). Every chart zooms on its x
+// axis (chartjs-plugin-zoom): drag a range, or ctrl + wheel; the zoomed range is kept in the x scale's
+// options, so live updates append points without the view jumping back.
 import {
   Chart,
   Decimation,
@@ -16,11 +18,12 @@ import {
   type Scale,
   type TooltipItem,
 } from 'chart.js';
+import zoomPlugin from 'chartjs-plugin-zoom';
 import { formatNumber } from './format';
 import type { Point, Series } from './series';
 import { rgba, type ChartTheme, type Rgb } from './theme';
 
-Chart.register(LineController, LineElement, PointElement, LinearScale, LogarithmicScale, Decimation, Legend, Tooltip);
+Chart.register(LineController, LineElement, PointElement, LinearScale, LogarithmicScale, Decimation, Legend, Tooltip, zoomPlugin);
 
 /** One quantity drawn in a chart. */
 export interface ChartLine {
@@ -33,15 +36,22 @@ export interface ChartLine {
   smoothable: boolean;
   /** Piecewise-constant quantities (α) are drawn as steps. */
   stepped?: boolean;
+  /** A line of the compared (recorded) run: dashed and fainter, and only its smoothed form when smoothing is on. */
+  overlay?: boolean;
 }
+
+/** Dash pattern of compared-run lines (px on, px off). */
+export const OVERLAY_DASH = [6, 4];
 
 export interface LineChartView {
   smoothing: number;
   hidden: ReadonlySet<string>;
   logScale: boolean;
+  /** Fixed y range (the mask chart's lanes); otherwise the axis fits the data. */
+  yRange?: { min: number; max: number };
 }
 
-type Role = 'raw' | 'smoothed' | 'plain';
+type Role = 'raw' | 'smoothed' | 'plain' | 'compare';
 type LineDataset = ChartDataset<'line', Point[]> & { seriesKey: string; role: Role };
 
 /** Tick labels on a log axis: only 1, 2 and 5 × 10ⁿ, in compact form (`1e+4`, `0.02`). */
@@ -56,8 +66,14 @@ function logTick(value: number): string {
 export interface MetricChartOptions {
   /** Formats y values in ticks and tooltips (defaults to `formatNumber`). */
   formatY?: (y: number) => string;
+  /** Formats y values in tooltips (defaults to `formatY`). */
+  formatTooltipY?: (y: number) => string;
+  /** Fixed tick positions on the y axis (the mask chart's lane centres); otherwise chart.js picks them. */
+  yTicks?: () => number[];
   /** The user clicked a legend entry. */
   onToggleSeries: (key: string) => void;
+  /** The x axis was zoomed or reset (by the user or through `resetZoom`). */
+  onZoomChange?: (zoomed: boolean) => void;
 }
 
 export class MetricChart {
@@ -71,6 +87,8 @@ export class MetricChart {
   ) {
     this.formatY = options.formatY ?? formatNumber;
     const formatY = this.formatY;
+    const formatTooltipY = options.formatTooltipY ?? formatY;
+    const zoomChanged = () => options.onZoomChange?.(this.zoomed);
     this.chart = new Chart<'line', Point[]>(canvas, {
       type: 'line',
       data: { datasets: [] },
@@ -91,6 +109,9 @@ export class MetricChart {
           },
           y: {
             type: 'linear',
+            afterBuildTicks: (scale) => {
+              if (options.yTicks) scale.ticks = options.yTicks().map((value) => ({ value }));
+            },
             ticks: {
               sampleSize: 8,
               callback(this: Scale, value) {
@@ -120,13 +141,37 @@ export class MetricChart {
             // Raw twins are listed too (as "… (raw)"), so the smoothed and the measured value are both visible.
             callbacks: {
               title: (items: TooltipItem<'line'>[]) => (items.length ? `step ${(items[0].raw as Point).x}` : ''),
-              label: (item: TooltipItem<'line'>) => `${item.dataset.label}: ${formatY((item.raw as Point).y)}`,
+              label: (item: TooltipItem<'line'>) => `${item.dataset.label}: ${formatTooltipY((item.raw as Point).y)}`,
+            },
+          },
+          zoom: {
+            // x only: the y axis keeps fitting the data. No pan and no pinch, so hammer.js (bundled
+            // with the plugin) registers no gesture recognizers.
+            zoom: {
+              mode: 'x',
+              drag: { enabled: true, threshold: 5 },
+              // The modifier keeps plain wheel scrolling the panel.
+              wheel: { enabled: true, modifierKey: 'ctrl' },
+              onZoom: zoomChanged,
+              onZoomComplete: zoomChanged,
             },
           },
         },
       },
     });
     this.applyTheme(theme);
+    canvas.addEventListener('dblclick', () => this.resetZoom());
+  }
+
+  /** True while the x axis shows a user-chosen range instead of every step. */
+  get zoomed(): boolean {
+    const x = this.chart.scales.x?.options;
+    return x !== undefined && (x.min !== undefined || x.max !== undefined);
+  }
+
+  /** Back to the full range (and to following new points). */
+  resetZoom(): void {
+    this.chart.resetZoom('none');
   }
 
   /** Rebuilds the datasets (after the set of lines or a view setting changed). */
@@ -135,7 +180,11 @@ export class MetricChart {
     for (const line of lines) {
       const hidden = view.hidden.has(line.key);
       const common = { seriesKey: line.key, hidden, stepped: line.stepped ? ('after' as const) : false, pointHoverBackgroundColor: rgba(line.color), pointBackgroundColor: rgba(line.color) };
-      if (view.smoothing > 0 && line.smoothable) {
+      if (line.overlay) {
+        // Behind the current run's lines, same hue so the pairs read together.
+        const data = view.smoothing > 0 && line.smoothable ? line.series.smoothed : line.series.raw;
+        datasets.push({ ...common, role: 'compare', label: line.label, data, borderColor: rgba(line.color, 0.55), backgroundColor: rgba(line.color, 0.55), borderDash: OVERLAY_DASH, borderWidth: 1.25, order: 3 });
+      } else if (view.smoothing > 0 && line.smoothable) {
         datasets.push({ ...common, role: 'raw', label: `${line.label} (raw)`, data: line.series.raw, borderColor: rgba(line.color, 0.28), borderWidth: 1, order: 2 });
         datasets.push({ ...common, role: 'smoothed', label: line.label, data: line.series.smoothed, borderColor: rgba(line.color), backgroundColor: rgba(line.color), order: 1 });
       } else {
@@ -144,7 +193,11 @@ export class MetricChart {
     }
     this.chart.data.datasets = datasets;
     const y = this.chart.options.scales?.y;
-    if (y) y.type = view.logScale ? 'logarithmic' : 'linear';
+    if (y) {
+      y.type = view.logScale ? 'logarithmic' : 'linear';
+      y.min = view.yRange?.min;
+      y.max = view.yRange?.max;
+    }
   }
 
   /** True if any visible line has a point. */

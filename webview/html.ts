@@ -48,8 +48,14 @@ export const CHART_CARDS = [
   { id: 'expert', title: 'Per expert', hint: 'Per expert, on monitor steps: condition number κ = L_f/μ, PL constant μ (λ_min of the tangent kernel) or smoothness L_f (λ_max)' },
   { id: 'pl', title: 'Regularizer and PL* check', hint: 'κ̄ (mean κ of the trainable experts, the term α multiplies) and the PL* ratio ½‖∇f‖²/(f − f*), which PL* theory keeps above μ' },
   { id: 'alpha', title: 'α over steps', hint: 'Regularizer weight α as acknowledged by the trainer' },
+  { id: 'mask', title: 'Pruning mask', hint: 'Per expert, on monitor steps: high = trainable, middle = frozen, floor of its lane = pruned (pruned experts are frozen too)' },
 ] as const;
 export type ChartId = (typeof CHART_CARDS)[number]['id'];
+
+/** Charts whose y axis may be switched to logarithmic (the mask chart's lane levels have no scale to log). */
+export function hasLogToggle(id: ChartId): boolean {
+  return id !== 'mask';
+}
 
 function chartCard(card: (typeof CHART_CARDS)[number]): string {
   // The per-expert card gets a κ / μ / L_f switch; every card gets its own log-scale toggle.
@@ -61,12 +67,16 @@ function chartCard(card: (typeof CHART_CARDS)[number]): string {
           <button type="button" role="radio" data-metric="lf" data-testid="expert-metric-lf">L<sub>f</sub></button>
         </div>`
       : '';
+  const logToggle = hasLogToggle(card.id) ? `<vscode-checkbox data-testid="log-${card.id}" title="Logarithmic y axis">log</vscode-checkbox>` : '';
+  // Shown only while the chart is zoomed (double-clicking the chart does the same).
+  const zoomReset = `<button type="button" class="tool-button" data-testid="zoom-reset-${card.id}" title="Show all steps again (or double-click the chart)" hidden>Reset zoom</button>`;
   return `<section class="card" data-chart="${card.id}" aria-labelledby="title-${card.id}">
       <header class="card-head">
         <h2 id="title-${card.id}" title="${escapeHtml(card.hint)}">${withSymbols(card.title)}</h2>
         <div class="card-tools">
+          ${zoomReset}
           ${metricSwitch}
-          <vscode-checkbox data-testid="log-${card.id}" title="Logarithmic y axis">log</vscode-checkbox>
+          ${logToggle}
         </div>
       </header>
       <div class="chart-box">
@@ -94,6 +104,7 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
         <h1 data-testid="run-id" class="run-id">No run</h1>
         <span class="state-pill" data-testid="run-state" data-state="none">no run</span>
         <span class="connection" data-testid="connection" data-connected="false">—</span>
+        <span class="compare-tag" data-testid="compare" hidden>comparing with <span class="compare-id" data-testid="compare-label"></span><button type="button" class="compare-clear" data-testid="compare-clear" title="Stop comparing" aria-label="Stop comparing">✕</button></span>
       </div>
       <dl class="facts">
         <div class="fact"><dt>Step</dt><dd data-testid="step">—</dd></div>

@@ -8,10 +8,11 @@ import { HostToWebviewSchema, type SteeringCommand, type WebviewToHost } from '.
 import { MetricChart, type ChartLine } from './charts';
 import { newCommandId, parseAlphaInput } from './commands';
 import { exportFileName, toCsv, toJson } from './export';
-import { CHART_CARDS, type ChartId } from './html';
-import { RunModel, cleanDirty, expertSeriesKey, mergeDirty, type Dirty } from './runModel';
+import { CHART_CARDS, hasLogToggle, type ChartId } from './html';
+import { RunModel, cleanDirty, decodeMaskLevel, expertSeriesKey, maskSeriesKey, mergeDirty, type Dirty } from './runModel';
 import { MAX_SMOOTHING } from './series';
 import { EXPERT_METRICS, fromPersisted, toPersisted, type ExpertMetric, type UiSettings } from './settings';
+import { formatNumber } from './format';
 import { readChartTheme, rgba, seriesColor, type ChartTheme } from './theme';
 import { PanelView } from './view';
 
@@ -43,10 +44,19 @@ class PanelController {
     this.theme = readChartTheme();
     for (const card of CHART_CARDS) {
       const canvas = document.getElementById(`chart-${card.id}`) as HTMLCanvasElement;
-      this.charts[card.id] = new MetricChart(canvas, this.theme, {
-        formatY: card.id === 'metric' ? (y) => this.formatTaskMetricTick(y) : undefined,
+      const resetButton = document.querySelector<HTMLButtonElement>(`[data-testid="zoom-reset-${card.id}"]`)!;
+      const chart = new MetricChart(canvas, this.theme, {
+        formatY: card.id === 'metric' ? (y) => this.formatTaskMetricTick(y) : card.id === 'mask' ? (y) => maskLaneTick(y, this.model.expertIds.length) : undefined,
+        formatTooltipY: card.id === 'mask' ? (y) => decodeMaskLevel(y)?.status ?? formatNumber(y) : undefined,
+        yTicks: card.id === 'mask' ? () => this.model.expertIds.map((id) => id + MASK_LANE_LABEL) : undefined,
         onToggleSeries: (key) => this.toggleSeries(key),
+        onZoomChange: (zoomed) => (resetButton.hidden = !zoomed),
       });
+      resetButton.addEventListener('click', () => {
+        chart.resetZoom();
+        resetButton.hidden = true;
+      });
+      this.charts[card.id] = chart;
     }
     this.bindControls();
     this.applySettingsToControls();
@@ -114,6 +124,7 @@ class PanelController {
     v.alphaInput.addEventListener('input', () => v.showAlphaError(undefined));
     onClick(v.exportCsv, () => this.post({ type: 'saveFile', fileName: exportFileName(this.model, 'csv'), content: toCsv(this.model) }));
     onClick(v.exportJson, () => this.post({ type: 'saveFile', fileName: exportFileName(this.model, 'json'), content: toJson(this.model) }));
+    v.compareClear.addEventListener('click', () => this.invalidate(this.model.clearCompare()));
 
     v.smoothing.max = String(MAX_SMOOTHING);
     v.smoothing.addEventListener('input', () => {
@@ -123,6 +134,7 @@ class PanelController {
       this.settingsChanged();
     });
     for (const card of CHART_CARDS) {
+      if (!hasLogToggle(card.id)) continue;
       const box = document.querySelector<HTMLElement & { checked: boolean }>(`[data-testid="log-${card.id}"]`)!;
       box.addEventListener('change', () => {
         this.settings.logScale[card.id] = box.checked;
@@ -159,6 +171,7 @@ class PanelController {
     this.view.smoothing.value = String(s.smoothing);
     this.view.smoothingValue.textContent = s.smoothing.toFixed(2);
     for (const card of CHART_CARDS) {
+      if (!hasLogToggle(card.id)) continue;
       const box = document.querySelector<HTMLElement & { checked: boolean }>(`[data-testid="log-${card.id}"]`)!;
       box.checked = s.logScale[card.id];
     }
@@ -184,8 +197,22 @@ class PanelController {
     return this.model.taskMetric === 'accuracy' ? `${Number((y * 100).toFixed(1))}%` : String(Number(y.toPrecision(4)));
   }
 
+  /** The current run's lines of chart `id`, then the compared run's counterparts of them. */
   private linesFor(id: ChartId): ChartLine[] {
-    const m = this.model;
+    const lines = this.runLinesFor(this.model, id);
+    const compare = this.model.compare;
+    // α is steered, not learned, and the mask is per run: neither is compared.
+    if (!compare || id === 'alpha' || id === 'mask') return lines;
+    const overlay = this.runLinesFor(compare.model, id).map((line) => ({
+      ...line,
+      key: `compare:${line.key}`,
+      label: `${line.label} (${compare.runId})`,
+      overlay: true,
+    }));
+    return [...lines, ...overlay];
+  }
+
+  private runLinesFor(m: RunModel, id: ChartId): ChartLine[] {
     const color = (i: number) => seriesColor(this.theme, i);
     switch (id) {
       case 'loss':
@@ -209,6 +236,8 @@ class PanelController {
         ];
       case 'alpha':
         return [{ key: 'alpha', label: 'α', color: color(3), series: m.seriesFor('alpha'), smoothable: false, stepped: true }];
+      case 'mask':
+        return m.expertIds.map((expert) => ({ key: maskSeriesKey(expert), label: `expert ${expert}`, color: color(expert), series: m.seriesFor(maskSeriesKey(expert)), smoothable: false, stepped: true }));
     }
   }
 
@@ -239,7 +268,9 @@ class PanelController {
           chart.setLines(this.linesFor(card.id), {
             smoothing: this.settings.smoothing,
             hidden: new Set(this.settings.hidden),
-            logScale: this.settings.logScale[card.id],
+            logScale: hasLogToggle(card.id) && this.settings.logScale[card.id],
+            // One lane per expert, with room above the top line.
+            yRange: card.id === 'mask' ? { min: 0, max: Math.max(1, m.expertIds.length) } : undefined,
           });
         }
         chart.draw();
@@ -248,6 +279,14 @@ class PanelController {
       this.linesDirty = false;
     }
   }
+}
+
+/** Where in its lane an expert's name sits on the mask chart's axis: mid-lane, between its levels. */
+const MASK_LANE_LABEL = 0.5;
+
+function maskLaneTick(y: number, experts: number): string {
+  const expert = Math.round(y - MASK_LANE_LABEL);
+  return expert >= 0 && expert < experts && Math.abs(y - expert - MASK_LANE_LABEL) < 1e-9 ? `expert ${expert}` : '';
 }
 
 /** Saves `content` through an `<a download>` with a blob URL (allowed: CSP does not govern downloads). */

@@ -25,6 +25,41 @@ export function expertSeriesKey(metric: ExpertMetric, expert: number): string {
   return `${metric}:${expert}`;
 }
 
+/** Key of an expert's mask series (`mask:2`): its status at each monitor step, see MASK_LEVEL. */
+export function maskSeriesKey(expert: number): string {
+  return `mask:${expert}`;
+}
+
+/**
+ * Height of an expert's mask line inside its lane (the lane of expert i spans [i, i + 1)). A timing
+ * diagram, like a logic analyser's: one stepped line per expert that drops when the expert is frozen
+ * and drops to near the lane floor when it is pruned, so every transition is visible at a glance and
+ * lines of different experts never overlap (a 0/1 line per expert would stack them on top of each
+ * other). Pruned experts are frozen too, so `pruned` wins.
+ */
+export const MASK_LEVEL = { trainable: 0.8, frozen: 0.45, pruned: 0.1 } as const;
+export type MaskStatus = keyof typeof MASK_LEVEL;
+
+export function maskStatus(s: { frozen: boolean; pruned: boolean }): MaskStatus {
+  return s.pruned ? 'pruned' : s.frozen ? 'frozen' : 'trainable';
+}
+
+/** Reads a mask-chart y value back as (expert, status); undefined for a value no status maps to. */
+export function decodeMaskLevel(y: number): { expert: number; status: MaskStatus } | undefined {
+  const expert = Math.floor(y + 1e-9);
+  const level = y - expert;
+  for (const status of Object.keys(MASK_LEVEL) as MaskStatus[]) {
+    if (Math.abs(MASK_LEVEL[status] - level) < 1e-9) return { expert, status };
+  }
+  return undefined;
+}
+
+/** A finished run shown as an overlay. Held apart from the current run, so it can never leak into its state or exports. */
+export interface CompareRun {
+  runId: string;
+  model: RunModel;
+}
+
 export interface ExpertRow {
   id: number;
   /** Latest measurement; undefined until the first monitor step. */
@@ -93,6 +128,8 @@ export class RunModel {
   readonly series = new Map<string, Series>();
   /** In issue order. */
   readonly commands = new Map<string, CommandEntry>();
+  /** The recorded run overlaid on the charts; survives snapshots and run changes until cleared. */
+  compare: CompareRun | null = null;
   private smoothing: number;
 
   constructor(
@@ -140,6 +177,14 @@ export class RunModel {
   setSmoothing(weight: number): void {
     this.smoothing = weight;
     for (const s of this.series.values()) s.setSmoothing(weight);
+    this.compare?.model.setSmoothing(weight);
+  }
+
+  /** Drops the overlay (the ✕ in the header does this without asking the host). */
+  clearCompare(): Dirty {
+    const had = this.compare !== null;
+    this.compare = null;
+    return { ...cleanDirty(), header: had, charts: had, structure: had };
   }
 
   /** Applies one host message; returns what changed (nothing for messages about another run). */
@@ -185,6 +230,14 @@ export class RunModel {
         dirty.commands = true;
         dirty.experts = true; // a pending freeze disables its toggle
         return dirty;
+      }
+      case 'compare': {
+        if (!msg.run) return this.clearCompare();
+        // A model of its own, fed the recorded events as a snapshot: same series, same smoothing.
+        const model = new RunModel(this.smoothing, this.capacity);
+        model.apply({ type: 'snapshot', run: null, events: msg.run.events, commands: [] });
+        this.compare = { runId: msg.run.runId, model };
+        return { ...cleanDirty(), header: true, charts: true, structure: true };
       }
     }
   }
@@ -294,6 +347,7 @@ export class RunModel {
       if (!this.experts.has(s.id)) dirty.structure = true;
       this.experts.set(s.id, { id: s.id, kappa: s.kappa, mu: s.mu, lf: s.lf, frozen: s.frozen, pruned: s.pruned });
       for (const metric of EXPERT_METRICS) this.seriesFor(expertSeriesKey(metric, s.id)).append(step, s[metric]);
+      this.seriesFor(maskSeriesKey(s.id)).append(step, s.id + MASK_LEVEL[maskStatus(s)]);
     }
     dirty.experts = true;
   }

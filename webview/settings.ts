@@ -19,8 +19,10 @@ export interface UiSettings {
 }
 
 export function defaultSettings(): UiSettings {
-  // κ and the PL* ratio span orders of magnitude, so their charts start logarithmic.
-  return { smoothing: 0, logScale: { loss: false, metric: false, expert: true, pl: true, alpha: false }, hidden: [], expertMetric: 'kappa' };
+  // κ and the PL* ratio span orders of magnitude, so their charts start logarithmic. The mask chart
+  // draws fixed lane levels, where a log axis means nothing: its card offers no toggle, the key is
+  // here so every chart has one.
+  return { smoothing: 0, logScale: { loss: false, metric: false, expert: true, pl: true, alpha: false, mask: false }, hidden: [], expertMetric: 'kappa' };
 }
 
 const defaults = defaultSettings();
@@ -36,6 +38,8 @@ const PersistedSchema = z.object({
       expert: z.boolean().catch(defaults.logScale.expert),
       pl: z.boolean().catch(defaults.logScale.pl),
       alpha: z.boolean().catch(defaults.logScale.alpha),
+      // Absent from states saved before the mask chart existed: `.catch` fills it in.
+      mask: z.boolean().catch(defaults.logScale.mask),
     })
     .catch(defaults.logScale),
   hidden: z.array(z.string().max(64)).max(1024).catch([]),

@@ -70,6 +70,9 @@ export class PanelView {
   readonly expertRows = byTestId<HTMLTableSectionElement>(document, 'expert-rows');
   readonly expertsMeasured = byTestId(document, 'experts-measured');
   readonly commandLog = byTestId<HTMLOListElement>(document, 'command-log');
+  readonly compare = byTestId(document, 'compare');
+  readonly compareLabel = byTestId(document, 'compare-label');
+  readonly compareClear = byTestId<HTMLButtonElement>(document, 'compare-clear');
   private readonly expertElements = new Map<number, ExpertRowElements>();
   private readonly commandElements = new Map<string, { item: HTMLLIElement; status: HTMLElement }>();
 
@@ -101,6 +104,8 @@ export class PanelView {
     this.runMessage.hidden = message === undefined;
     setText(this.runMessage, message?.text ?? '');
     this.runMessage.dataset.level = message?.level ?? '';
+    this.compare.hidden = m.compare === null;
+    setText(this.compareLabel, m.compare?.runId ?? '');
   }
 
   private runMessageFor(m: RunModel): { text: string; level: 'info' | 'warn' | 'error' } | undefined {

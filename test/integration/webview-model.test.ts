@@ -4,10 +4,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CommandIdSchema, type HostToWebview, type MetricsEvent, type RunState, type SteeringCommand } from '../../src/protocol';
 import { ALPHA_MAX, newCommandId, parseAlphaInput } from '../../webview/commands';
-import { toCsv } from '../../webview/export';
+import { toCsv, toJson } from '../../webview/export';
 import { describeStatus, formatNumber } from '../../webview/format';
-import { contentSecurityPolicy, renderPanelHtml } from '../../webview/html';
-import { RunModel } from '../../webview/runModel';
+import { CHART_CARDS, contentSecurityPolicy, renderPanelHtml } from '../../webview/html';
+import { MASK_LEVEL, RunModel, decodeMaskLevel, maskSeriesKey, maskStatus } from '../../webview/runModel';
 import { Ema, Series, minMaxThinIndices, type Point } from '../../webview/series';
 import { defaultSettings, fromPersisted, toPersisted } from '../../webview/settings';
 import { syntheticRun } from '../webview-harness/fixtures';
@@ -206,7 +206,7 @@ test('persisted settings: round trip, and each damaged field falls back on its o
   assert.deepEqual(fromPersisted(undefined), defaultSettings());
   assert.deepEqual(fromPersisted('junk'), defaultSettings());
   const damaged = fromPersisted({ v: 1, smoothing: 5, logScale: { loss: true, metric: 'yes' }, hidden: 'x', expertMetric: 'mu' });
-  assert.deepEqual(damaged, { smoothing: 0, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false }, hidden: [], expertMetric: 'mu' });
+  assert.deepEqual(damaged, { smoothing: 0, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false, mask: false }, hidden: [], expertMetric: 'mu' });
 });
 
 test('CSV export: one row per step, empty cells where experts were not measured', () => {
@@ -236,4 +236,90 @@ test('renderPanelHtml: strict CSP, nonce on the script, escaped values, the test
   for (const id of ['run-state', 'backend', 'step', 'alpha', 'btn-pause', 'btn-resume', 'btn-stop', 'alpha-input', 'btn-set-alpha', 'command-log', 'chart-expert']) {
     assert.ok(html.includes(`data-testid="${id}"`), id);
   }
+});
+
+const metricsIn = (events: readonly { type: string }[]) => events.filter((e): e is MetricsEvent => e.type === 'metrics');
+
+test('compare: the recorded run gets series of its own and never touches the current run', () => {
+  const current = syntheticRun({ steps: 80, freezeAt: { step: 40, expert: 1 }, alphaChangeAt: 50, alphaChangeTo: 0.003 });
+  const other = syntheticRun({ runId: 'baseline-run', steps: 120, seed: 99, alpha: 0.01, experts: 3 });
+  const m = new RunModel(0.5);
+  m.apply({ type: 'snapshot', run: current.summary, events: current.events, commands: current.commands });
+  const now = new Date(0);
+  const before = { csv: toCsv(m), json: toJson(m, now), alpha: m.alpha, state: m.state, step: m.step, runId: m.runId, experts: JSON.stringify([...m.experts.values()]), keys: [...m.series.keys()] };
+
+  const dirty = m.apply({ type: 'compare', run: { runId: other.runId, events: other.events } });
+  assert.deepEqual(dirty, { header: true, charts: true, experts: false, commands: false, structure: true });
+  assert.equal(m.compare?.runId, 'baseline-run');
+  const cm = m.compare!.model;
+  assert.deepEqual(cm.seriesFor('loss').raw, metricsIn(other.events).map((e) => ({ x: e.step, y: e.loss })));
+  assert.deepEqual(cm.expertIds, [0, 1, 2]);
+  assert.equal(cm.seriesFor('loss').smoothing, 0.5, 'the overlay is smoothed like the current run');
+  // The current run is exactly as before: exports, α, state, experts, the set of series.
+  const after = { csv: toCsv(m), json: toJson(m, now), alpha: m.alpha, state: m.state, step: m.step, runId: m.runId, experts: JSON.stringify([...m.experts.values()]), keys: [...m.series.keys()] };
+  assert.deepEqual(after, before);
+  assert.equal(m.alpha, 0.003);
+  assert.ok(!toCsv(m).includes(String(metricsIn(other.events)[5].loss)), 'no overlay value in the CSV');
+
+  m.setSmoothing(0.9);
+  assert.equal(cm.seriesFor('loss').smoothing, 0.9);
+  // A fresh snapshot of the current run (e.g. after the panel was hidden) keeps the overlay.
+  m.apply({ type: 'snapshot', run: current.summary, events: current.events, commands: current.commands });
+  assert.equal(m.compare?.runId, 'baseline-run');
+  // Events for the current run do not feed the overlay.
+  m.apply({ type: 'events', runId: current.runId, events: current.more(5) });
+  assert.equal(cm.seriesFor('loss').raw.length, 120);
+  assert.equal(m.seriesFor('loss').raw.length, 85);
+  // null clears it; so does the local ✕ (clearCompare), which reports nothing to redo when there is nothing.
+  assert.deepEqual(m.apply({ type: 'compare', run: null }), { header: true, charts: true, experts: false, commands: false, structure: true });
+  assert.equal(m.compare, null);
+  m.apply({ type: 'compare', run: { runId: other.runId, events: other.events } });
+  assert.equal(m.clearCompare().structure, true);
+  assert.equal(m.compare, null);
+  assert.equal(m.clearCompare().structure, false);
+});
+
+test('mask series: one point per monitor step and expert, at exactly the status the event reports', () => {
+  // All kept (what the trainer reports today): every point at its lane's top level.
+  const allKept = syntheticRun({ steps: 60, experts: 3, monitorEvery: 10 });
+  const m = new RunModel();
+  m.apply({ type: 'snapshot', run: allKept.summary, events: allKept.events, commands: [] });
+  for (const id of [0, 1, 2]) {
+    assert.deepEqual(m.seriesFor(maskSeriesKey(id)).raw, [10, 20, 30, 40, 50, 60].map((x) => ({ x, y: id + MASK_LEVEL.trainable })));
+  }
+  // Pruned on hand-picked (step, expert) pairs only, plus a freeze: the series must reflect exactly those.
+  const f = syntheticRun({ steps: 100, experts: 4, monitorEvery: 10, freezeAt: { step: 35, expert: 3 } });
+  const prunedAt = new Set(['20:1', '30:1', '90:1', '50:2', '100:0']);
+  for (const e of metricsIn(f.events)) for (const x of e.experts ?? []) x.pruned = prunedAt.has(`${e.step}:${x.id}`);
+  const model = new RunModel();
+  model.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: f.commands });
+  for (const id of [0, 1, 2, 3]) {
+    const points = model.seriesFor(maskSeriesKey(id)).raw;
+    assert.deepEqual(points.map((p) => p.x), [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+    for (const p of points) {
+      const want = prunedAt.has(`${p.x}:${id}`) ? 'pruned' : id === 3 && p.x > 35 ? 'frozen' : 'trainable';
+      assert.deepEqual(decodeMaskLevel(p.y), { expert: id, status: want }, `expert ${id} at step ${p.x}`);
+    }
+  }
+  assert.equal(maskStatus({ frozen: true, pruned: true }), 'pruned', 'pruning wins over freezing');
+  assert.equal(decodeMaskLevel(2.5), undefined);
+  // The mask is not a measurement: exports keep their columns.
+  assert.ok(!toCsv(model).split('\n')[0].includes('mask'));
+});
+
+test('persisted settings from before the mask chart keep their values and get its default', () => {
+  const old = { v: 1, smoothing: 0.3, logScale: { loss: true, metric: true, expert: false, pl: true, alpha: true }, hidden: ['loss'], expertMetric: 'lf' };
+  assert.deepEqual(fromPersisted(old), { smoothing: 0.3, logScale: { loss: true, metric: true, expert: false, pl: true, alpha: true, mask: false }, hidden: ['loss'], expertMetric: 'lf' });
+  assert.equal(defaultSettings().logScale.mask, false);
+});
+
+test('renderPanelHtml: the mask card, a zoom reset per chart, the compare chip', () => {
+  const html = renderPanelHtml({ cspSource: 'https://x', nonce: 'n', scriptUri: 'https://x/m.js', styleUri: 'https://x/m.css', title: 't' });
+  assert.ok(CHART_CARDS.some((c) => c.id === 'mask'));
+  for (const card of CHART_CARDS) {
+    assert.ok(html.includes(`data-testid="chart-${card.id}"`), card.id);
+    assert.match(html, new RegExp(`data-testid="zoom-reset-${card.id}"[^>]*hidden>Reset zoom`));
+    assert.equal(html.includes(`data-testid="log-${card.id}"`), card.id !== 'mask', `log toggle of ${card.id}`);
+  }
+  assert.match(html, /data-testid="compare" hidden>comparing with <span[^>]*data-testid="compare-label"><\/span><button[^>]*data-testid="compare-clear"/);
 });

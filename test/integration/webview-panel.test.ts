@@ -394,7 +394,7 @@ test('view settings persist through setState and come back after a reload', asyn
     return { x: rect.left + box.left + box.width / 2, y: rect.top + box.top + box.height / 2 };
   });
   await p.page.mouse.click(legendPoint.x, legendPoint.y);
-  const expected = { v: 1, smoothing: 0.6, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false }, hidden: ['taskLoss'], expertMetric: 'mu' };
+  const expected = { v: 1, smoothing: 0.6, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false, mask: false }, hidden: ['taskLoss'], expertMetric: 'mu' };
   await p.page.waitForFunction((want) => sessionStorage.getItem('pl-trainer-harness-state') === JSON.stringify(want), expected);
   const before = await chartInfo(p.page, 'loss');
   assert.equal(before.optionType, 'logarithmic');
@@ -545,6 +545,245 @@ test('screenshot of the panel with a realistic run (test-results/webview-panel.p
   await p.byTestId('alpha-input').fill('0.001');
   await nextFrames(p.page);
   const out = path.join(root, 'test-results', 'webview-panel.png');
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  await p.page.screenshot({ path: out, fullPage: true });
+  assert.ok(fs.statSync(out).size > 20_000, 'a real screenshot');
+});
+
+interface OverlayDataset {
+  key: string;
+  role: string;
+  label: string;
+  dash: number[];
+  data: { x: number; y: number }[];
+}
+
+/** The datasets of a chart with their dash pattern and points (the compare overlay's tests need both). */
+function datasetsOf(page: Page, id: string): Promise<OverlayDataset[]> {
+  return page.evaluate((chartId) => {
+    const chart = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts[chartId].chart;
+    return chart.data.datasets.map((d: any) => ({ key: d.seriesKey, role: d.role, label: d.label, dash: d.borderDash ?? [], data: (d._data ?? d.data).map((q: any) => ({ x: q.x, y: q.y })) }));
+  }, id);
+}
+
+test('compare overlay: dashed lines of the recorded run on loss, metric, PL and per-expert charts; cleared by null and by ✕', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 120, alphaChangeAt: 60, alphaChangeTo: 0.0007 });
+  const other = syntheticRun({ runId: 'baseline-alpha0', steps: 200, seed: 11, experts: 3, alpha: 0 });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('alpha'), '0.0007');
+  assert.equal(await p.byTestId('compare').isVisible(), false);
+  await p.send({ type: 'compare', run: { runId: other.runId, events: other.events } });
+  await expectText(p.byTestId('compare-label'), other.runId);
+  assert.equal(await p.byTestId('compare').isVisible(), true);
+  assert.match((await p.byTestId('compare').textContent()) ?? '', /comparing with baseline-alpha0/);
+  await nextFrames(p.page);
+
+  const otherMetrics = metricsOf(other.events);
+  const ownMetrics = metricsOf(f.events);
+  const expectOverlay = async (chartId: string, want: { key: string; label: string; values: { x: number; y: number }[] }[], ownKeys: string[]) => {
+    const ds = await datasetsOf(p.page, chartId);
+    assert.deepEqual(ds.filter((d) => d.role !== 'compare').map((d) => d.key), ownKeys, `${chartId}: the current run's lines stay`);
+    const overlay = ds.filter((d) => d.role === 'compare');
+    assert.deepEqual(overlay.map((d) => [d.key, d.label]), want.map((w) => [w.key, w.label]), `${chartId}: overlay lines`);
+    for (const [i, d] of overlay.entries()) {
+      assert.deepEqual(d.dash, [6, 4], `${d.key} is dashed`);
+      assert.deepEqual(d.data, want[i].values, `${d.key} holds the compared run's values`);
+    }
+    for (const d of ds.filter((x) => x.role !== 'compare')) assert.deepEqual(d.dash, [], `${d.key} stays solid`);
+  };
+  const points = (pick: (m: MetricsEvent) => number | undefined, events = otherMetrics) =>
+    events.flatMap((m) => (pick(m) === undefined ? [] : [{ x: m.step, y: pick(m)! }]));
+  await expectOverlay('loss', [
+    { key: 'compare:loss', label: 'loss (baseline-alpha0)', values: points((m) => m.loss) },
+    { key: 'compare:taskLoss', label: 'task loss L_S (baseline-alpha0)', values: points((m) => m.taskLoss) },
+  ], ['loss', 'taskLoss']);
+  await expectOverlay('metric', [{ key: 'compare:taskMetric', label: 'accuracy (baseline-alpha0)', values: points((m) => m.taskMetric) }], ['taskMetric']);
+  await expectOverlay('pl', [
+    { key: 'compare:regularizer', label: 'κ̄ (regularizer) (baseline-alpha0)', values: points((m) => m.regularizer) },
+    { key: 'compare:plRatio', label: 'PL* ratio ½‖∇f‖²/(f − f*) (baseline-alpha0)', values: points((m) => m.plRatio) },
+  ], ['regularizer', 'plRatio']);
+  const expertOverlay = (metric: 'kappa' | 'mu', symbol: string) =>
+    [0, 1, 2].map((id) => ({ key: `compare:${metric}:${id}`, label: `${symbol} expert ${id} (baseline-alpha0)`, values: points((m) => m.experts?.[id][metric]) }));
+  await expectOverlay('expert', expertOverlay('kappa', 'κ'), ['kappa:0', 'kappa:1', 'kappa:2', 'kappa:3']);
+  // The overlay follows the selected per-expert quantity.
+  await p.byTestId('expert-metric-mu').click();
+  await nextFrames(p.page);
+  await expectOverlay('expert', expertOverlay('mu', 'μ'), ['mu:0', 'mu:1', 'mu:2', 'mu:3']);
+  // α is steered and the mask is per run: no overlay there.
+  assert.deepEqual((await datasetsOf(p.page, 'alpha')).map((d) => d.role), ['plain']);
+  assert.ok((await datasetsOf(p.page, 'mask')).every((d) => d.role !== 'compare'));
+  // Nothing of the overlay reaches the current run: header α, experts, exports.
+  await expectText(p.byTestId('alpha'), '0.0007');
+  await expectText(p.byTestId('step'), '120 / 300');
+  await expectText(p.byTestId('kappa-3'), formatNumber(lastExperts(f.events)[3].kappa));
+  await p.byTestId('btn-export-json').click();
+  await p.page.waitForFunction(() => (window as unknown as { __posted: { type: string }[] }).__posted.some((m) => m.type === 'saveFile'));
+  const saved = (await p.posted()).find((m) => m.type === 'saveFile') as Extract<WebviewToHost, { type: 'saveFile' }>;
+  const json = JSON.parse(saved.content);
+  assert.equal(json.runId, f.runId);
+  assert.deepEqual(json.series.loss, ownMetrics.map((m) => [m.step, m.loss]));
+  assert.deepEqual(Object.keys(json.experts), ['0', '1', '2', '3']);
+
+  // A new snapshot of the current run keeps the overlay.
+  await p.send(snapshotOf(f));
+  await nextFrames(p.page);
+  assert.equal((await datasetsOf(p.page, 'loss')).filter((d) => d.role === 'compare').length, 2);
+  await expectText(p.byTestId('compare-label'), other.runId);
+  // null from the host removes it.
+  await p.send({ type: 'compare', run: null });
+  await nextFrames(p.page);
+  for (const id of ['loss', 'metric', 'pl', 'expert']) assert.ok((await datasetsOf(p.page, id)).every((d) => d.role !== 'compare'), id);
+  assert.equal(await p.byTestId('compare').isVisible(), false);
+  // And so does the ✕, locally (nothing is posted).
+  const postedBefore = (await p.posted()).length;
+  await p.send({ type: 'compare', run: { runId: 'second-baseline', events: other.events } });
+  await expectText(p.byTestId('compare-label'), 'second-baseline');
+  await nextFrames(p.page);
+  assert.equal((await datasetsOf(p.page, 'loss')).filter((d) => d.role === 'compare').length, 2);
+  await p.byTestId('compare-clear').click();
+  await nextFrames(p.page);
+  assert.equal(await p.byTestId('compare').isVisible(), false);
+  for (const id of ['loss', 'metric', 'pl', 'expert']) assert.ok((await datasetsOf(p.page, id)).every((d) => d.role !== 'compare'), id);
+  assert.equal((await p.posted()).length, postedBefore);
+});
+
+test('pruning mask chart: one stepped lane per expert, at exactly the reported status of each monitor step', async () => {
+  const p = await openPanel();
+  // Today's trainer: nothing pruned, so every point sits at its lane's top.
+  const kept = syntheticRun({ steps: 50, experts: 3, monitorEvery: 10 });
+  await p.send(snapshotOf(kept));
+  await expectText(p.byTestId('step'), '50 / 300');
+  await nextFrames(p.page);
+  let ds = await datasetsOf(p.page, 'mask');
+  assert.deepEqual(ds.map((d) => [d.key, d.label]), [['mask:0', 'expert 0'], ['mask:1', 'expert 1'], ['mask:2', 'expert 2']]);
+  for (const [id, d] of ds.entries()) assert.deepEqual(d.data, [10, 20, 30, 40, 50].map((x) => ({ x, y: id + 0.8 })));
+  assert.equal(await p.byTestId('empty-mask').isVisible(), false);
+
+  // Pruned on hand-picked monitor steps (and expert 2 frozen from step 25 on).
+  const f = syntheticRun({ steps: 80, experts: 4, monitorEvery: 10, freezeAt: { step: 25, expert: 2 } });
+  const prunedAt = new Set(['30:1', '40:1', '80:1', '60:3', '10:0']);
+  for (const m of metricsOf(f.events)) for (const e of m.experts ?? []) e.pruned = prunedAt.has(`${m.step}:${e.id}`);
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), '80 / 300');
+  await nextFrames(p.page);
+  ds = await datasetsOf(p.page, 'mask');
+  assert.deepEqual(ds.map((d) => d.key), ['mask:0', 'mask:1', 'mask:2', 'mask:3']);
+  for (const [id, d] of ds.entries()) {
+    const want = [10, 20, 30, 40, 50, 60, 70, 80].map((x) => ({ x, y: id + (prunedAt.has(`${x}:${id}`) ? 0.1 : id === 2 && x > 25 ? 0.45 : 0.8) }));
+    assert.deepEqual(d.data, want, `expert ${id}`);
+  }
+  const axis = await p.page.evaluate(() => {
+    const chart = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts.mask.chart;
+    return { min: chart.scales.y.min, max: chart.scales.y.max, labels: chart.scales.y.ticks.map((t: any) => [t.value, t.label]), stepped: chart.data.datasets.map((d: any) => d.stepped) };
+  });
+  assert.deepEqual(axis, { min: 0, max: 4, labels: [[0.5, 'expert 0'], [1.5, 'expert 1'], [2.5, 'expert 2'], [3.5, 'expert 3']], stepped: ['after', 'after', 'after', 'after'] });
+  // The tooltip names the status.
+  const tooltip = await p.page.evaluate(() => {
+    const chart = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts.mask.chart;
+    const label = chart.options.plugins.tooltip.callbacks.label;
+    return [0.8, 1.1, 2.45].map((y) => label({ dataset: { label: 'expert' }, raw: { x: 1, y } }));
+  });
+  assert.deepEqual(tooltip, ['expert: trainable', 'expert: pruned', 'expert: frozen']);
+});
+
+/** The x range a chart currently shows. */
+function xRange(page: Page, id: string): Promise<{ min: number; max: number; points: number }> {
+  return page.evaluate((chartId) => {
+    const chart = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts[chartId].chart;
+    return { min: chart.scales.x.min, max: chart.scales.x.max, points: (chart.data.datasets[0]._data ?? chart.data.datasets[0].data).length };
+  }, id);
+}
+
+/** Page coordinates of a fraction of a chart's plot area. */
+function plotPoint(page: Page, id: string, fx: number, fy: number): Promise<{ x: number; y: number }> {
+  return page.evaluate(
+    ({ chartId, fx, fy }) => {
+      const chart = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts[chartId].chart;
+      const rect = (chart.canvas as HTMLCanvasElement).getBoundingClientRect();
+      const a = chart.chartArea;
+      return { x: rect.left + a.left + fx * (a.right - a.left), y: rect.top + a.top + fy * (a.bottom - a.top) };
+    },
+    { chartId: id, fx, fy },
+  );
+}
+
+test('zoom: drag narrows the x range, live points keep arriving without a jump back, reset and double-click restore it', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 200 });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), '200 / 300');
+  await nextFrames(p.page);
+  // The unzoomed axis spans every step (chart.js may round its ends outwards to nice ticks).
+  const full = await xRange(p.page, 'loss');
+  assert.ok(full.min <= 1 && full.max >= 200 && full.max < 210 && full.points === 200, JSON.stringify(full));
+  assert.equal(await p.byTestId('zoom-reset-loss').isVisible(), false);
+
+  const from = await plotPoint(p.page, 'loss', 0.3, 0.5);
+  const to = await plotPoint(p.page, 'loss', 0.6, 0.5);
+  await p.page.mouse.move(from.x, from.y);
+  await p.page.mouse.down();
+  await p.page.mouse.move(to.x, to.y, { steps: 8 });
+  await p.page.mouse.up();
+  await nextFrames(p.page);
+  const zoomed = await xRange(p.page, 'loss');
+  // The dragged span is 30 %–60 % of the full axis.
+  const at = (fraction: number) => full.min + fraction * (full.max - full.min);
+  assert.ok(Math.abs(zoomed.min - at(0.3)) < 2 && Math.abs(zoomed.max - at(0.6)) < 2, `zoomed to ${zoomed.min}…${zoomed.max}, want ${at(0.3)}…${at(0.6)}`);
+  assert.equal(await p.byTestId('zoom-reset-loss').isVisible(), true);
+  // Only the dragged chart zoomed.
+  assert.deepEqual(await xRange(p.page, 'metric'), full);
+
+  // Live updates: points append, the zoomed view stays where the user put it.
+  await p.send({ type: 'events', runId: f.runId, events: f.more(40) });
+  await expectText(p.byTestId('step'), '240 / 300');
+  await nextFrames(p.page);
+  assert.deepEqual(await xRange(p.page, 'loss'), { min: zoomed.min, max: zoomed.max, points: 240 });
+  const grown = await xRange(p.page, 'metric');
+  assert.ok(grown.max >= 240 && grown.points === 240, `unzoomed charts follow new points: ${JSON.stringify(grown)}`);
+
+  await p.byTestId('zoom-reset-loss').click();
+  await nextFrames(p.page);
+  assert.deepEqual(await xRange(p.page, 'loss'), grown);
+  assert.equal(await p.byTestId('zoom-reset-loss').isVisible(), false);
+  // After a reset the chart follows new points again.
+  await p.send({ type: 'events', runId: f.runId, events: f.more(10) });
+  await expectText(p.byTestId('step'), '250 / 300');
+  await nextFrames(p.page);
+  const after250 = await xRange(p.page, 'loss');
+  assert.ok(after250.max >= 250 && after250.points === 250, JSON.stringify(after250));
+
+  // The wheel zooms only with ctrl held (plain wheel scrolls the panel); a double-click resets.
+  const centre = await plotPoint(p.page, 'pl', 0.5, 0.5);
+  const plFull = await xRange(p.page, 'pl');
+  await p.page.mouse.move(centre.x, centre.y);
+  await p.page.mouse.wheel(0, -200);
+  await nextFrames(p.page);
+  assert.deepEqual(await xRange(p.page, 'pl'), plFull);
+  const centreAgain = await plotPoint(p.page, 'pl', 0.5, 0.5); // the plain wheel may have scrolled the page
+  await p.page.mouse.move(centreAgain.x, centreAgain.y);
+  await p.page.keyboard.down('Control');
+  await p.page.mouse.wheel(0, -100);
+  await p.page.keyboard.up('Control');
+  await nextFrames(p.page);
+  const wheeled = await xRange(p.page, 'pl');
+  assert.ok(wheeled.min > plFull.min && wheeled.max < plFull.max, `ctrl+wheel zoomed to ${wheeled.min}…${wheeled.max}`);
+  await expectAttr(p.byTestId('zoom-reset-pl'), 'hidden', null);
+  await p.page.mouse.dblclick(centreAgain.x, centreAgain.y);
+  await nextFrames(p.page);
+  assert.deepEqual(await xRange(p.page, 'pl'), plFull);
+  await expectAttr(p.byTestId('zoom-reset-pl'), 'hidden', '');
+});
+
+test('screenshot with a compare overlay and the pruning mask (test-results/webview-compare.png)', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 240, freezeAt: { step: 120, expert: 2 }, pruneAt: { step: 181, expert: 3 } });
+  const other = syntheticRun({ runId: 'baseline-alpha0', steps: 300, seed: 21, alpha: 0 });
+  await p.send(snapshotOf(f));
+  await p.send({ type: 'compare', run: { runId: other.runId, events: other.events } });
+  await expectText(p.byTestId('compare-label'), other.runId);
+  await nextFrames(p.page);
+  const out = path.join(root, 'test-results', 'webview-compare.png');
   fs.mkdirSync(path.dirname(out), { recursive: true });
   await p.page.screenshot({ path: out, fullPage: true });
   assert.ok(fs.statSync(out).size > 20_000, 'a real screenshot');
