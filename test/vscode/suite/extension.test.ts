@@ -119,6 +119,11 @@ describe('PL Trainer in a real VS Code', function () {
       assert.ok(titles.includes('▶ Resume'), titles.join(' | '));
       assert.ok(titles.includes('■ Stop'));
       assert.ok(titles.some((t) => t.startsWith('α = 0.01')), titles.join(' | '));
+      // Above the experts block: one lens per expert with its live κ and the freeze action.
+      const expertLenses = list.filter((l) => /^#\d κ [\d.e+]+ · freeze$/.test(l.command?.title ?? ''));
+      assert.equal(expertLenses.length, 3, titles.join(' | '));
+      assert.deepEqual(expertLenses.map((l) => l.command!.arguments![0]), [0, 1, 2]);
+      assert.equal(expertLenses[0].command!.command, 'plTrainer.freezeExpert');
     });
 
     it('changes α live: metrics after the acknowledged step carry the new α', async () => {
@@ -214,6 +219,48 @@ describe('PL Trainer in a real VS Code', function () {
   });
 });
 
+describe('starter config and run housekeeping', function () {
+  this.timeout(120_000);
+
+  it('"New training config" writes a valid config and opens it', async () => {
+    const { diagnostics } = await api();
+    const uri = await vscode.commands.executeCommand<vscode.Uri>('plTrainer.newConfig');
+    assert.ok(uri && uri.fsPath.endsWith('.pltrain.json'));
+    assert.equal(vscode.window.activeTextEditor?.document.uri.fsPath, uri.fsPath);
+    const config = JSON.parse(fs.readFileSync(uri.fsPath, 'utf8'));
+    assert.equal(config.model.experts, 4);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(diagnostics.get(uri)?.length ?? 0, 0, 'no problems in the starter');
+    const second = await vscode.commands.executeCommand<vscode.Uri>('plTrainer.newConfig');
+    assert.notEqual(second.fsPath, uri.fsPath, 'never overwrites an existing config');
+    await vscode.commands.executeCommand('workbench.action.closeAllEditors');
+    fs.rmSync(uri.fsPath);
+    fs.rmSync(second.fsPath);
+  });
+
+  it('a live run cannot be deleted; a finished one can', async () => {
+    const { runs } = await api();
+    const uri = writeConfig('del.pltrain.json', { name: 'del', steps: 100000, model: { experts: 2, hiddenUnits: 8 } });
+    const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
+    const session = runs.all.find((s) => s.runDir === runDir)!;
+    await until('running', () => session.step > 3);
+    assert.equal(runs.deleteRun(runDir), false, 'refused while training');
+    assert.ok(fs.existsSync(runDir));
+    await vscode.commands.executeCommand('plTrainer.stop', runDir);
+    await until('stopped', () => session.state === 'stopped');
+    await until('exit', () => {
+      try {
+        process.kill(session.hello!.pid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    }, 15_000);
+    assert.equal(runs.deleteRun(runDir), true);
+    assert.equal(fs.existsSync(runDir), false);
+  });
+});
+
 describe('a trainer that dies', function () {
   this.timeout(180_000);
 
@@ -243,7 +290,12 @@ describe('a trainer that dies', function () {
     assert.equal(metricsOf(session).at(-1)!.step, 11, 'steps 1–11 recorded, the bad step not');
     assert.equal(fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').length, 11);
 
-    // A recorded run can be overlaid on the panel's charts.
+    // The sidebar's runs list opens a recorded run, and a finished run can be deleted (a live one cannot).
+    const { runs: manager } = await api();
+    const opened = manager.openRecorded(runDir);
+    assert.equal(manager.current, opened);
+    assert.equal(manager.deleteRun(path.join(workspaceDir(), 'no-such-run')), true, 'deleting nothing is harmless');
+        // A recorded run can be overlaid on the panel's charts.
     const { panel } = await api();
     const compared = await vscode.commands.executeCommand<string>('plTrainer.compareRun', runDir);
     assert.equal(compared, session.runId);
