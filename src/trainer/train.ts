@@ -161,6 +161,13 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
 
       const batch = data.batch(tf, 'train', order.next().value as Int32Array);
       const alpha = steering.alpha;
+      // κ is reported, like the loss, for the weights a step starts from. A regularized step of a
+      // family that measures in its own graph measures them itself; otherwise they are measured here,
+      // before every step while α > 0 (the regularizer differentiates κ along the current extreme
+      // eigenvectors: Hellmann–Feynman), else before monitor steps only.
+      const monitorStep = (step + 1) % config.monitor.every === 0 || step + 1 === config.steps;
+      const measuredInStep = alpha > 0 && model.measuresInStep === true;
+      const measuredBefore = !measuredInStep && (monitorStep || alpha > 0) ? model.measure(steering.frozen, steering.pruned) : undefined;
       // The regularizer stays uniform over trainable units: a unit the gate would close but the budget
       // keeps is still in the model and must stay regularized (docs/method.md, "Pruning").
       const result = model.trainStep(batch, { alpha, trainable: steering.trainableExperts(), pruned: steering.pruned });
@@ -178,15 +185,11 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       const rate = 1000 / Math.max(1e-3, now - last);
       last = now;
       emaRate = emaRate ? 0.9 * emaRate + 0.1 * rate : rate;
-      const monitorStep = step % config.monitor.every === 0 || step === config.steps;
-      // The regularizer differentiates κ along the current extreme eigenvectors (Hellmann–Feynman),
-      // so while α > 0 they are refreshed every step; otherwise only monitor steps measure.
-      if (monitorStep || steering.alpha > 0) {
-        const measured = model.measure(steering.frozen, steering.pruned);
-        if (monitorStep) {
-          experts = measured;
-          pruner?.observe(measured, steering.frozen, steering.pruned);
-        }
+      if (monitorStep) {
+        const measured = result.measured ?? measuredBefore;
+        if (!measured) throw new Error(`step ${step}: the model measured nothing on a monitor step`);
+        experts = measured;
+        pruner?.observe(measured, steering.frozen, steering.pruned);
       }
       // Pruning decisions on the schedule; a pruned unit is masked from the next step on, for good.
       let prunedNow: number[] = [];

@@ -125,7 +125,7 @@ test('eigen: scaling A by 1e±200 scales the eigenvalues and changes nothing els
     const unscaled = values.map((v) => v / scale);
     unscaled.forEach((v, i) => assert.ok(Math.abs(v - reference.values[i]) <= 1e-13 * Math.abs(reference.values[n - 1]), `scale ${scale}: λ${i}`));
     // Squares of 1e200 overflow, so check the decomposition in unscaled units.
-    assertDecomposes(a, n, 1e-12, { values: unscaled, vectors });
+    assertDecomposes(a, n, 1e-12, { values: unscaled, vectors, sweeps: 0 });
   }
 });
 
@@ -133,4 +133,26 @@ test('eigen: rejects a wrong length and non-finite entries with a message that n
   assert.throws(() => symmetricEigen([1, 2, 3], 2), /expected 2×2 = 4 entries, got 3/);
   assert.throws(() => symmetricEigen([1, NaN, NaN, 1], 2), /entry \(0, 1\) is NaN/);
   assert.throws(() => symmetricEigen([Infinity, 0, 0, 1], 2), /entry \(0, 0\) is Infinity/);
+});
+
+test('eigen: tolerance √ε stops sooner and keeps eigenvalues to 1e-13·λ_max and eigenvectors to 1e-7; out-of-range tolerances are refused', () => {
+  // A PSD kernel like the trainer's (n = 16, spectrum over 4 decades).
+  const rnd = mulberry32(71);
+  const n = 16;
+  const q = randomOrthogonal(rnd, n);
+  const lambda = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) lambda[i * n + i] = 10 ** (-2 + (4 * i) / (n - 1));
+  const a = matmul(matmul(q, lambda, n, n, n), transpose(q, n, n), n, n, n);
+  const strict = symmetricEigen(a, n);
+  const loose = symmetricEigen(a, n, { tolerance: Math.sqrt(Number.EPSILON) });
+  assert.ok(loose.sweeps < strict.sweeps, `√ε: ${loose.sweeps} sweeps, ε: ${strict.sweeps}`);
+  loose.values.forEach((v, i) => assert.ok(Math.abs(v - strict.values[i]) <= 1e-13 * strict.values[n - 1], `λ${i}: ${v} vs ${strict.values[i]}`));
+  for (const k of [0, n - 1]) {
+    let cos = 0;
+    for (let i = 0; i < n; i++) cos += loose.vectors[i * n + k] * strict.vectors[i * n + k];
+    assert.ok(1 - Math.abs(cos) <= 1e-7, `eigenvector ${k}: 1 − |cos| = ${1 - Math.abs(cos)}`);
+  }
+  assertDecomposes(a, n, 1e-7, loose); // A = VΛVᵀ to about √ε: the dropped off-diagonals
+  assert.throws(() => symmetricEigen(a, n, { tolerance: 1 }), /tolerance must be in \[ε, 1\), got 1/);
+  assert.throws(() => symmetricEigen(a, n, { tolerance: 0 }), /tolerance must be in/);
 });

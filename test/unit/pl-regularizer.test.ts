@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { conditioning, kappaSurrogateTf, outputDirections, symmetricEigen, tangentKernelTf, twoLayerTangentKernel, type TwoLayerExpert } from '../../src/trainer/pl';
+import { conditioning, kappaSurrogatesTf, kappaSurrogateTf, outputDirections, symmetricEigen, tangentKernelsTf, tangentKernelTf, twoLayerTangentKernel, type TwoLayerExpert } from '../../src/trainer/pl';
 import { gaussian, randomArray, relativeFrobenius } from '../support/linalg';
 import { mulberry32 } from '../support/prng';
 
@@ -197,4 +197,64 @@ test('the regularizer leaves no tensors behind and rejects eigenvectors of the w
   assert.equal(tf.memory().numTensors, before + 1, 'only the result survives');
   assert.throws(() => kappaSurrogateTf(k, fresh.vMin.subarray(1), fresh.vMax, 1e-6), /does not match eigenvectors/);
   tf.dispose([k, kappa]);
+});
+
+test('batched: tangentKernelsTf and kappaSurrogatesTf equal the per-expert functions in value and in gradient w.r.t. W1, b1, W2', () => {
+  // Three experts on one probe (x and u shared, as in the model). The batched path takes the probe's
+  // pre-activations, as the model cuts them from its forward pass; gradients must reach W1 and b1 through them.
+  const [n, d, h, c] = [7, 11, 9, 4];
+  const ps = [31, 32, 33].map((seed) => problem(seed, n, d, h, c));
+  const x = tf.tensor2d(Float32Array.from(ps[0].x), [n, d]);
+  const u = tf.tensor2d(Float32Array.from(ps[0].u), [n, c]);
+  const gram = tf.tidy(() => tf.add(tf.matMul(x, x, false, true), 1) as tf.Tensor2D);
+  const vars = ps.flatMap((p) => [tf.tensor2d(Float32Array.from(p.e.w1), [d, h]), tf.tensor1d(Float32Array.from(p.e.b1)), tf.tensor2d(Float32Array.from(p.e.w2), [h, c])]);
+  const weights = [0.5, 0.2, 0.3];
+  const damping = 1e-6;
+  const vectors = ps.map((p) => conditioning(twoLayerTangentKernel(p.e, ps[0].x, ps[0].u, n), n, damping));
+  const perExpert = (...v: tf.Tensor[]) =>
+    tf.addN([0, 1, 2].map((e) => tf.mul(kappaSurrogateTf(tangentKernelTf(x, u, v[3 * e] as tf.Tensor2D, v[3 * e + 1] as tf.Tensor1D, v[3 * e + 2] as tf.Tensor2D), vectors[e].vMin, vectors[e].vMax, damping), weights[e]))) as tf.Scalar;
+  const batched = (...v: tf.Tensor[]) => {
+    const pre = tf.stack([0, 1, 2].map((e) => tf.add(tf.matMul(x, v[3 * e] as tf.Tensor2D), v[3 * e + 1]))) as tf.Tensor3D;
+    const kernels = tangentKernelsTf(pre, u, tf.stack([0, 1, 2].map((e) => v[3 * e + 2])) as tf.Tensor3D, gram);
+    // Each slice is expert e's kernel, against the float64 closed form.
+    const data = kernels.dataSync();
+    ps.forEach((p, e) => {
+      const error = relativeFrobenius(data.subarray(e * n * n, (e + 1) * n * n), twoLayerTangentKernel(p.e, ps[0].x, ps[0].u, n));
+      assert.ok(error <= 1e-4, `expert ${e}: kernel ${error}`);
+    });
+    return tf.sum(tf.mul(kappaSurrogatesTf(kernels, vectors.map((v) => v.vMin), vectors.map((v) => v.vMax), damping), tf.tensor1d(weights))) as tf.Scalar;
+  };
+  const a = tf.valueAndGrads(perExpert)(vars);
+  const b = tf.valueAndGrads(batched)(vars);
+  const [va, vb] = [a.value.dataSync()[0], b.value.dataSync()[0]];
+  assert.ok(Math.abs(va - vb) <= 1e-5 * Math.abs(va), `value ${va} vs ${vb}`);
+  // Each expert's weighted κ is its own: the value is the weighted sum of the float64 κs.
+  const want = vectors.reduce((s, v, e) => s + weights[e] * v.kappa, 0);
+  assert.ok(Math.abs(vb - want) <= 1e-4 * want, `value ${vb} vs float64 ${want}`);
+  a.grads.forEach((g, i) => {
+    const error = relativeFrobenius(b.grads[i].dataSync(), g.dataSync());
+    assert.ok(error <= 1e-5, `gradient ${i} (expert ${Math.floor(i / 3)}, ${['W1', 'b1', 'W2'][i % 3]}): ${error}`);
+    assert.ok(g.dataSync().some((v) => v !== 0), 'a gradient that is not identically zero');
+  });
+  tf.dispose([x, u, gram, ...vars, a.value, b.value, ...a.grads, ...b.grads]);
+});
+
+test('batched: no tensors left behind, mismatched shapes and eigenvector counts rejected, an all-zero kernel gives κ̃ = 0 (not NaN)', () => {
+  const before = tf.memory().numTensors;
+  const pre = tf.randomNormal([2, 5, 6], 0, 1, 'float32', 1) as tf.Tensor3D;
+  const u = tf.randomNormal([5, 3], 0, 1, 'float32', 2) as tf.Tensor2D;
+  const w2 = tf.randomNormal([2, 6, 3], 0, 1, 'float32', 3) as tf.Tensor3D;
+  const gram = tf.ones([5, 5]) as tf.Tensor2D;
+  const k = tangentKernelsTf(pre, u, w2, gram);
+  assert.deepEqual(k.shape, [2, 5, 5]);
+  assert.equal(tf.memory().numTensors, before + 5, 'only the result survives');
+  const wrong = tf.zeros([3, 6, 3]) as tf.Tensor3D;
+  assert.throws(() => tangentKernelsTf(pre, u, wrong, gram), /shapes do not match/);
+  const v = [new Float64Array(5).fill(1 / Math.sqrt(5)), new Float64Array(5).fill(1 / Math.sqrt(5))];
+  assert.throws(() => kappaSurrogatesTf(k, [v[0]], v, 1e-3), /eigenvector pairs/);
+  const zero = tf.zeros([2, 5, 5]) as tf.Tensor3D;
+  const kz = kappaSurrogatesTf(zero, v, v, 1e-3);
+  assert.deepEqual(Array.from(kz.dataSync()), [0, 0]);
+  tf.dispose([pre, u, w2, gram, k, zero, kz, wrong]);
+  assert.equal(tf.memory().numTensors, before);
 });

@@ -246,3 +246,49 @@ test('hessian-trace L_f: measured without disturbing the weights, κ = L_f/μ, a
   assert.ok(Number.isFinite(r.loss) && Math.abs(r.regularizer - m.meanKappa([0, 1, 2])) <= 1e-3 * r.regularizer, `regularizer ${r.regularizer} vs mean κ ${m.meanKappa([0, 1, 2])}`);
   m.dispose();
 });
+
+test('a regularized step measures in its own graph: its κ̄ is what measure() finds on the weights it starts from, and measuring between steps changes nothing', () => {
+  // Step 1: the step's reported regularizer is the (uniform) mean κ of a measurement of the weights it
+  // started from, and the model holds that measurement afterwards (float32 kernels from the same ops).
+  const m = newModel(config({ seed: 5 }));
+  const measured = m.measure(new Set(), new Set());
+  const { x, y } = batch(3);
+  const r = m.trainStep({ x, y, size: x.shape[0] }, { alpha: 0.05, trainable: [0, 1, 2], pruned: new Set() });
+  const want = (measured[0].kappa + measured[1].kappa + measured[2].kappa) / 3;
+  assert.ok(Math.abs(r.regularizer - want) <= 1e-4 * want, `in-step κ̄ ${r.regularizer} vs measure() before the step ${want}`);
+  assert.ok(Math.abs(m.meanKappa([0, 1, 2]) - want) <= 1e-4 * want);
+  assert.ok(typeof r.monitorMs === 'number' && r.monitorMs >= 0, 'the step reports what its measurement cost');
+  assert.ok(m.measuresInStep, 'the loop need not measure between regularized steps');
+  tf.dispose([x, y]);
+  m.dispose();
+
+  // So the trajectory does not depend on whether anyone measured between steps: bit-identical weights.
+  const run = (measureBetween: boolean) => {
+    const model = newModel(config({ seed: 6 }));
+    for (let i = 0; i < 8; i++) {
+      const b = batch(i);
+      model.trainStep({ x: b.x, y: b.y, size: b.x.shape[0] }, { alpha: 0.05, trainable: [0, 2], pruned: new Set([1]) });
+      if (measureBetween) model.measure(new Set(), new Set([1]));
+      tf.dispose([b.x, b.y]);
+    }
+    const w = [0, 1, 2].map((i) => model.unitWeights(i));
+    model.dispose();
+    return w;
+  };
+  const [plain, measuredBetween] = [run(false), run(true)];
+  plain.forEach((expert, i) => expert.forEach((w, k) => assert.deepEqual(w, measuredBetween[i][k], `expert ${i} tensor ${k}`)));
+});
+
+test('a regularized step leaves no tensors behind, with and without pruned experts', () => {
+  const m = newModel(config({ seed: 7 }));
+  const { x, y } = batch(1); // (batch() itself leaves its label intermediates behind: made once, before counting)
+  const step = (pruned: Set<number>) => m.trainStep({ x, y, size: x.shape[0] }, { alpha: 0.05, trainable: [0, 1, 2].filter((i) => !pruned.has(i)), pruned });
+  step(new Set()); // the optimizers create their slots on the first step
+  step(new Set([1]));
+  const before = tf.memory().numTensors;
+  for (let i = 0; i < 3; i++) step(new Set());
+  for (let i = 0; i < 3; i++) step(new Set([1]));
+  assert.equal(tf.memory().numTensors, before);
+  tf.dispose([x, y]);
+  m.dispose();
+});

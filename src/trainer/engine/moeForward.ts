@@ -26,8 +26,23 @@ export interface MoeWeights {
 
 /** Mixture logits Σ_e softmax(gate(x))_e · o_e(x); pruned experts get no gate mass and are not computed. */
 export function moeLogits(tf: typeof TF, x: TF.Tensor2D, m: MoeWeights, classes: number, pruned: ReadonlySet<number>): TF.Tensor2D {
-  return tf.tidy(() => {
-    if (m.experts.every((_, i) => pruned.has(i))) return tf.zeros([x.shape[0], classes]) as TF.Tensor2D;
+  return tf.tidy(() => moeForward(tf, x, m, classes, pruned).logits); // the pre-activations are disposed
+}
+
+export interface MoeForward {
+  logits: TF.Tensor2D;
+  /** Each expert's first-layer pre-activation x·W1 + b1 (B×h), null for a pruned expert (not computed). */
+  preActivations: (TF.Tensor2D | null)[];
+}
+
+/**
+ * moeLogits, also handing back every expert's pre-activations, so a caller that appends rows to x
+ * (the κ regularizer appends the probe batch) can reuse them instead of a second first-layer product.
+ */
+export function moeForward(tf: typeof TF, x: TF.Tensor2D, m: MoeWeights, classes: number, pruned: ReadonlySet<number>): MoeForward {
+  // tidy keeps every tensor of the returned object (its walk skips the nulls; its type does not allow them).
+  return tf.tidy((): TF.TensorContainer => {
+    if (m.experts.every((_, i) => pruned.has(i))) return { logits: tf.zeros([x.shape[0], classes]), preActivations: m.experts.map(() => null) as unknown as TF.Tensor[] };
     let gateLogits: TF.Tensor = tf.add(tf.matMul(x, m.gateW as TF.Tensor2D), m.gateB);
     if (pruned.size) {
       const mask = tf.tensor1d(m.experts.map((_, i) => (pruned.has(i) ? -1e9 : 0)));
@@ -36,12 +51,13 @@ export function moeLogits(tf: typeof TF, x: TF.Tensor2D, m: MoeWeights, classes:
     const gate = tf.softmax(gateLogits); // B×E
     // A pruned expert is not computed: its slot holds zeros, which its zero gate mass multiplies (no
     // gather: its gradient needs UnsortedSegmentSum, which the wasm backend lacks).
+    const preActivations = m.experts.map((e, i) => (pruned.has(i) ? null : (tf.add(tf.matMul(x, e.w1 as TF.Tensor2D), e.b1) as TF.Tensor2D)));
     const outputs = m.experts.map((e, i) => {
-      if (pruned.has(i)) return tf.zeros([x.shape[0], classes]);
-      const hidden = tf.relu(tf.add(tf.matMul(x, e.w1 as TF.Tensor2D), e.b1));
-      return tf.fused.matMul({ a: hidden, b: e.w2 as TF.Tensor2D, bias: e.b2 }); // B×c
+      const pre = preActivations[i];
+      if (!pre) return tf.zeros([x.shape[0], classes]);
+      return tf.fused.matMul({ a: tf.relu(pre), b: e.w2 as TF.Tensor2D, bias: e.b2 }); // B×c
     });
     const stacked = tf.stack(outputs, 1); // B×E×c
-    return tf.sum(tf.mul(stacked, tf.expandDims(gate, 2)), 1) as TF.Tensor2D;
-  });
+    return { logits: tf.sum(tf.mul(stacked, tf.expandDims(gate, 2)), 1), preActivations: preActivations as TF.Tensor[] };
+  }) as unknown as MoeForward;
 }

@@ -3,11 +3,11 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { ExpertStats, TrainingConfig } from '../../protocol';
 import { createAdam } from '../engine/adam';
-import { moeLogits } from '../engine/moeForward';
+import { type MoeForward, moeForward, moeLogits } from '../engine/moeForward';
 import { sumOfSquares } from '../engine/sumOfSquares';
 import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
-import { conditioning, dampedKappa, kappaSurrogateTf, outputDirections, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelTf } from '../pl';
+import { conditioning, dampedKappa, kappaSurrogatesTf, kappaSurrogateTf, outputDirections, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelsTf, tangentKernelTf } from '../pl';
 import { meanKappaOf, restoreGroups, saveGroups } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
@@ -30,6 +30,9 @@ interface Measurement {
   singular?: [{ u: Float64Array; v: Float64Array }, { u: Float64Array; v: Float64Array }];
 }
 
+/** The eigen-solver's relative tolerance for the trainer's kernels: √ε (see conditionKernels). */
+const EIGEN_TOLERANCE = Math.sqrt(Number.EPSILON);
+
 let modelCount = 0;
 
 export class MoeMlp implements PlModel {
@@ -47,6 +50,15 @@ export class MoeMlp implements PlModel {
   private probeX: TF.Tensor2D | undefined;
   private probeY: TF.Tensor2D | undefined;
   private probeU: TF.Tensor2D | undefined;
+  /** X·Xᵀ + 1 of the probe batch and its one-hot labels on the host: constants of the run. */
+  private probeGram: TF.Tensor2D | undefined;
+  private probeLabels: Float32Array | undefined;
+  /**
+   * With the tangent-kernel L_f, a regularized step measures the eigenvectors it differentiates along
+   * itself, from the kernels its own graph builds (see trainStep), so the loop need not measure
+   * between steps. The spectral-norm and Hessian-trace L_f need the separate measure().
+   */
+  readonly measuresInStep: boolean;
   private measurements: Measurement[] = [];
   private readonly optLayers: OrthogonalLayer[] | undefined;
   private lastEnergy: Record<string, number> = {};
@@ -79,6 +91,7 @@ export class MoeMlp implements PlModel {
     this.gateW = normal('gate/w', [d, experts], 0.01);
     this.gateB = zeros('gate/b', [experts]);
     this.spectral = new SpectralNormState(config.seed);
+    this.measuresInStep = config.monitor.lipschitz === 'tangent-kernel';
     this.gateOptimizer = createAdam(tf, config.learningRate);
     this.expertOptimizers = this.experts.map(() => createAdam(tf, config.learningRate));
   }
@@ -91,8 +104,11 @@ export class MoeMlp implements PlModel {
   setProbe(probe: Batch): void {
     this.probeX?.dispose();
     this.probeY?.dispose();
+    this.probeGram?.dispose();
     this.probeX = probe.x as TF.Tensor2D;
     this.probeY = probe.y as TF.Tensor2D;
+    this.probeGram = this.tf.tidy(() => this.tf.add(this.tf.matMul(this.probeX!, this.probeX!, false, true), 1) as TF.Tensor2D);
+    this.probeLabels = this.probeY.dataSync() as Float32Array;
   }
 
   /** Expert i's d×h first-layer weight as a tensor: the variable, or Q·V under OPT (differentiable w.r.t. R). */
@@ -120,7 +136,9 @@ export class MoeMlp implements PlModel {
     const x = batch.x as TF.Tensor2D;
     const yOneHot = batch.y as TF.Tensor2D;
     const weights = this.regularizerWeights(trainable, o.unitWeights);
-    const regularized = alpha > 0 && this.probeU !== undefined && this.measurements.length === this.experts.length && weights.total > 0;
+    const inStep = alpha > 0 && this.measuresInStep && this.probeX !== undefined && weights.total > 0;
+    const regularized = inStep || (alpha > 0 && this.probeU !== undefined && this.measurements.length === this.experts.length && weights.total > 0);
+    let monitorMs = 0;
     const varList: TF.Variable[] = [this.gateW, this.gateB];
     for (const i of trainable) varList.push(...this.expertVars(i));
     const reported = tf.tidy(() => {
@@ -130,6 +148,12 @@ export class MoeMlp implements PlModel {
       const { value: total, grads } = tf.variableGrads(() => {
         // Under OPT each W1 = Q·V costs a Cayley solve: build them once per step for the loss and κ.
         const w1s = this.firstLayers();
+        if (inStep) {
+          const r = this.measuredRegularizerStep(x, yOneHot, pruned, w1s, trainable, weights);
+          [logitsT, taskLossT, regT] = [tf.keep(r.logits), tf.keep(r.taskLoss), tf.keep(r.kappaMean)];
+          monitorMs = r.monitorMs;
+          return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
+        }
         logitsT = tf.keep(this.logits(x, pruned, w1s));
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
@@ -149,7 +173,77 @@ export class MoeMlp implements PlModel {
     // One device→host transfer per step for everything reported.
     const values = reported.dataSync();
     reported.dispose();
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4] };
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(inStep ? { measured: this.measurements.map((m) => m.stats), monitorMs } : {}) };
+  }
+
+  /**
+   * The forward pass of a regularized step with its κ measurement folded in. The probe batch rides
+   * along as extra rows of the batch, so its first-layer products come out of the matmuls the step
+   * runs anyway; every expert's probe kernel is built once, in batched ops, and read back for the
+   * float64 eigen-solve; the regularizer then differentiates along those eigenvectors, exact ones of
+   * the weights this step starts from (Hellmann–Feynman). The separate measure() after every step
+   * that this replaces built each kernel a second time. Must run inside the step's variableGrads.
+   */
+  private measuredRegularizerStep(
+    x: TF.Tensor2D,
+    yOneHot: TF.Tensor2D,
+    pruned: ReadonlySet<number>,
+    w1s: TF.Tensor2D[],
+    trainable: number[],
+    weights: { w: number[]; total: number },
+  ): { logits: TF.Tensor2D; taskLoss: TF.Scalar; kappaMean: TF.Scalar; monitorMs: number } {
+    const tf = this.tf;
+    const [b, c] = [x.shape[0], this.c];
+    const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
+    const forward = moeForward(tf, tf.concat([x, this.probeX!]), { gateW: this.gateW, gateB: this.gateB, experts }, c, pruned);
+    const logits = tf.slice(forward.logits, [0, 0], [b, c]) as TF.Tensor2D;
+    const taskLoss = tf.losses.softmaxCrossEntropy(yOneHot, logits) as TF.Scalar;
+    const probe = this.probeKernels(forward, b, w1s, pruned);
+    const t0 = performance.now();
+    this.measurements = this.conditionKernels(probe.kernels.dataSync() as Float32Array, (id) => !trainable.includes(id) && !pruned.has(id), pruned);
+    const monitorMs = probe.readMs + performance.now() - t0;
+    const kernels = probe.kernels;
+    const kappas = kappaSurrogatesTf(kernels, this.measurements.map((m) => m.vMin), this.measurements.map((m) => m.vMax), this.config.monitor.damping);
+    const share = tf.tensor1d(weights.w.map((w) => w / weights.total));
+    return { logits, taskLoss, kappaMean: tf.sum(tf.mul(kappas, share)) as TF.Scalar, monitorMs };
+  }
+
+  /**
+   * Every expert's probe kernel (E×n×n, batched ops) from a forward pass whose rows from `offset` on
+   * are the probe batch: the output directions come from those rows' softmax (one read-back, timed
+   * in readMs), the pre-activations are cut from the pass. Differentiable w.r.t. W1, b1, W2.
+   */
+  private probeKernels(forward: MoeForward, offset: number, w1s: TF.Tensor2D[], pruned: ReadonlySet<number>): { kernels: TF.Tensor3D; u: TF.Tensor2D; readMs: number } {
+    const tf = this.tf;
+    const probeX = this.probeX!;
+    const [n, h, c] = [probeX.shape[0], this.config.model.hiddenUnits, this.c];
+    const t0 = performance.now();
+    const probs = tf.tidy(() => tf.softmax(tf.slice(forward.logits, [offset, 0], [n, c])).dataSync());
+    const u = tf.tensor2d(Float32Array.from(outputDirections(probs, this.probeLabels!, n, c)), [n, c]);
+    const readMs = performance.now() - t0;
+    // A pruned expert has no rows in the forward pass; it is still measured, from its own product.
+    const pre = this.experts.map((e, i) => {
+      const p = forward.preActivations[i];
+      return p ? (offset === 0 ? p : tf.slice(p, [offset, 0], [n, h])) : (tf.add(tf.matMul(probeX, w1s[i]), e.b1) as TF.Tensor2D);
+    });
+    const kernels = tangentKernelsTf(tf.stack(pre) as TF.Tensor3D, u, tf.stack(this.experts.map((e) => e.w2)) as TF.Tensor3D, this.probeGram!);
+    return { kernels, u, readMs };
+  }
+
+  /**
+   * μ, L_f (λ_max), κ and eigenvectors of every expert's kernel, read back as one E·n·n float32 array:
+   * symmetrized, then eigen-solved in float64 to a √ε tolerance (docs/method.md, "Probe size and
+   * cost": the float32 kernel, not the solver, limits the accuracy).
+   */
+  private conditionKernels(kernels: Float32Array, isFrozen: (id: number) => boolean, pruned: ReadonlySet<number>): Measurement[] {
+    const n = this.probeX!.shape[0];
+    return this.experts.map((_, id) => {
+      const K = Float64Array.from(kernels.subarray(id * n * n, (id + 1) * n * n));
+      // Float32 round-off can leave K(i,j) and K(j,i) a few ulps apart.
+      for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) K[i * n + j] = K[j * n + i] = (K[i * n + j] + K[j * n + i]) / 2;
+      const { mu, lf, kappa, vMin, vMax } = conditioning(K, n, this.config.monitor.damping, { tolerance: EIGEN_TOLERANCE });
+      return { stats: { id, mu, lf, kappa, frozen: isFrozen(id), pruned: pruned.has(id) }, vMin, vMax };
+    });
   }
 
   /** Regularizer weights over trainable experts: the gate's keep-probabilities, or uniform. */
@@ -200,51 +294,44 @@ export class MoeMlp implements PlModel {
   measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): ExpertStats[] {
     const tf = this.tf;
     if (!this.probeX || !this.probeY) throw new Error('setProbe first');
-    const n = this.probeX.shape[0];
-    const probs = tf.tidy(() => tf.softmax(this.logits(this.probeX!, pruned)).dataSync());
-    const u = outputDirections(probs, this.probeY.dataSync(), n, this.c);
-    this.probeU?.dispose();
-    this.probeU = tf.tensor2d(Float32Array.from(u), [n, this.c]);
     const damping = this.config.monitor.damping;
     const h = this.config.model.hiddenUnits;
-    // Every expert's n×n kernel from backend matmuls in one graph and one read-back (float32, see
-    // docs/method.md "Probe size and cost"); the eigen-solve runs in float64.
-    const w1s = this.optLayers ? this.firstLayers() : undefined;
-    const w1 = (i: number) => (w1s ? w1s[i] : (this.experts[i].w1 as unknown as TF.Tensor2D));
-    const kernels = tf.tidy(() =>
-      tf.stack(this.experts.map((e, i) => tangentKernelTf(this.probeX!, this.probeU!, w1(i), e.b1 as unknown as TF.Tensor1D, e.w2 as unknown as TF.Tensor2D))).dataSync(),
-    );
+    // The same batched kernels as the regularized step's, from the probe's own forward pass (float32,
+    // see docs/method.md "Probe size and cost"); the eigen-solve runs in float64.
+    const w1s = this.firstLayers();
+    const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
+    const kernels = tf.tidy(() => {
+      const probe = this.probeKernels(moeForward(tf, this.probeX!, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned), 0, w1s, pruned);
+      this.probeU?.dispose();
+      this.probeU = tf.keep(probe.u); // for the regularizer of the spectral-norm and Hessian-trace L_f
+      return probe.kernels.dataSync() as Float32Array;
+    });
     const spectral = this.config.monitor.lipschitz === 'spectral-norm';
     // OPT's promise is that the neurons' hyperspherical energy never moves: stream it, with ‖QᵀQ − I‖.
     if (this.optLayers) {
       this.lastEnergy = {};
       this.optLayers.forEach((layer, i) => {
-        this.lastEnergy[`energy/expert${i}`] = hypersphericalEnergy(w1(i).dataSync() as Float32Array, this.d, h);
+        this.lastEnergy[`energy/expert${i}`] = hypersphericalEnergy(w1s[i].dataSync() as Float32Array, this.d, h);
         this.lastEnergy[`orthogonality/expert${i}`] = layer.orthogonalityError();
       });
     }
-    this.measurements = this.experts.map((e, id) => {
-      const K = Float64Array.from(kernels.subarray(id * n * n, (id + 1) * n * n));
-      // Symmetrize: float32 round-off can leave K(i,j) and K(j,i) a few ulps apart.
-      for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) K[i * n + j] = K[j * n + i] = (K[i * n + j] + K[j * n + i]) / 2;
-      const cond = conditioning(K, n, damping);
-      let { lf, kappa } = cond;
-      let singular: Measurement['singular'];
-      let lfConstant: number | undefined;
+    this.measurements = this.conditionKernels(kernels, (id) => frozen.has(id), pruned).map((m) => {
+      const { id, mu } = m.stats;
+      const e = this.experts[id];
       if (this.config.monitor.lipschitz === 'hessian-trace') {
-        lf = lfConstant = Math.max(0, this.hessianTrace(id, pruned));
-        kappa = dampedKappa(lf, cond.mu, damping);
-      } else if (spectral) {
-        const [w1d, w2] = [w1(id).dataSync(), e.w2.dataSync()];
+        const lf = Math.max(0, this.hessianTrace(id, pruned));
+        return { ...m, stats: { ...m.stats, lf, kappa: dampedKappa(lf, mu, damping) }, lfConstant: lf };
+      }
+      if (spectral) {
+        const [w1d, w2] = [w1s[id].dataSync(), e.w2.dataSync()];
         const s1 = spectralNormProduct([{ key: `expert${id}/w1`, matrix: { data: w1d, rows: this.d, cols: h } }], this.spectral);
         const s2 = spectralNormProduct([{ key: `expert${id}/w2`, matrix: { data: w2, rows: h, cols: this.c } }], this.spectral);
-        lf = s1 * s2;
-        kappa = dampedKappa(lf, cond.mu, damping);
-        singular = [this.singularVectors(`expert${id}/w1`, w1d, this.d, h, s1), this.singularVectors(`expert${id}/w2`, w2, h, this.c, s2)];
+        const lf = s1 * s2;
+        return { ...m, stats: { ...m.stats, lf, kappa: dampedKappa(lf, mu, damping) }, singular: [this.singularVectors(`expert${id}/w1`, w1d, this.d, h, s1), this.singularVectors(`expert${id}/w2`, w2, h, this.c, s2)] };
       }
-      return { stats: { id, mu: cond.mu, lf, kappa, frozen: frozen.has(id), pruned: pruned.has(id) }, vMin: cond.vMin, vMax: cond.vMax, singular, lfConstant };
+      return m;
     });
-    if (w1s) tf.dispose(w1s);
+    if (this.optLayers) tf.dispose(w1s);
     return this.measurements.map((m) => m.stats);
   }
 
@@ -338,6 +425,7 @@ export class MoeMlp implements PlModel {
     this.probeX?.dispose();
     this.probeY?.dispose();
     this.probeU?.dispose();
+    this.probeGram?.dispose();
     this.gateOptimizer.dispose();
     for (const o of this.expertOptimizers) o.dispose();
   }

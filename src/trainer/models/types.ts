@@ -43,6 +43,13 @@ export interface StepResult {
   taskMetric: number;
   /** ‖∇f‖² over every variable that had a gradient this step (for the PL* check). */
   gradNormSq: number;
+  /**
+   * Where the step measured in its own graph (PlModel.measuresInStep, α > 0): every unit's μ, L_f, κ
+   * on the weights the step started from, and the time spent on that alone (read-backs and float64
+   * eigen-solves), for the benchmark's overhead figure.
+   */
+  measured?: ExpertStats[];
+  monitorMs?: number;
 }
 
 /** A saved parameter or optimizer slot. */
@@ -78,6 +85,11 @@ export interface PlModel {
   setProbe(probe: Batch): void;
   /** One optimizer step on L_S + α·κ̄; frozen units get no update at all (bit-identical weights). */
   trainStep(batch: Batch, o: StepOptions): StepResult;
+  /**
+   * True when a regularized step (α > 0) measures the eigenvectors it differentiates along itself,
+   * so the loop need not call measure() between steps to keep them fresh.
+   */
+  readonly measuresInStep?: boolean;
   /** μ, L_f and κ of every unit on the probe batch (float64 eigen-solve); frozen and pruned are measured too. */
   measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): ExpertStats[];
   /** Mean κ of the last measurement over these units. */

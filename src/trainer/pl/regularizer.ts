@@ -43,3 +43,50 @@ export function kappaSurrogateTf(k: tf.Tensor2D, vMin: Float64Array, vMax: Float
     return tf.div(lMax, tf.maximum(lMin, tf.mul(lMax, damping))) as tf.Scalar;
   });
 }
+
+/**
+ * tangentKernelTf for E experts at once, as a few batched ops instead of a dozen per expert (the op
+ * count, not the arithmetic, is what a step pays for with n = 16). Takes the probe rows' pre-activations
+ * P_e = X·W1_e + b1_e (E×n×h, so the caller can cut them from the forward pass it already ran), the
+ * output directions U (n×c, constant), the stacked second layers W2 (E×h×c) and X·Xᵀ + 1 (n×n,
+ * constant for a fixed probe). Returns E×n×n, entry e equal to tangentKernelTf of expert e.
+ */
+export function tangentKernelsTf(pre: tf.Tensor3D, u: tf.Tensor2D, w2: tf.Tensor3D, gramPlusOne: tf.Tensor2D): tf.Tensor3D {
+  const [experts, n] = pre.shape;
+  if (u.shape[0] !== n || gramPlusOne.shape[0] !== n || w2.shape[0] !== experts || w2.shape[2] !== u.shape[1]) {
+    throw new RangeError(`shapes do not match: pre ${pre.shape.join('×')}, u ${u.shape.join('×')}, w2 ${w2.shape.join('×')}, X·Xᵀ ${gramPlusOne.shape.join('×')}`);
+  }
+  return tf.tidy(() => {
+    const hidden = tf.relu(pre);
+    const active = tf.step(pre);
+    const uBatched = tf.tile(tf.expandDims(u, 0), [experts, 1, 1]) as tf.Tensor3D; // E×n×c
+    const back = tf.mul(active, tf.matMul(uBatched, w2, false, true)) as tf.Tensor3D; // E×n×h
+    const uu = tf.matMul(u, u, false, true); // n×n, shared by every expert
+    const hh = tf.matMul(hidden, hidden, false, true);
+    const bb = tf.matMul(back, back, false, true);
+    return tf.add(tf.add(tf.mul(hh, uu), uu), tf.mul(gramPlusOne, bb)) as tf.Tensor3D;
+  });
+}
+
+/**
+ * kappaSurrogateTf for E kernels at once: κ̃_e with the eigenvectors of each K_e held constant
+ * (vMin, vMax: E×n each, row e for kernel e). Returns the E surrogates. A kernel that is exactly zero
+ * (every probe example fitted) gives 0 instead of 0/0.
+ */
+export function kappaSurrogatesTf(k: tf.Tensor3D, vMin: Float64Array[], vMax: Float64Array[], damping: number): tf.Tensor1D {
+  const [experts, n] = k.shape;
+  if (vMin.length !== experts || vMax.length !== experts || vMin.some((v) => v.length !== n) || vMax.some((v) => v.length !== n)) {
+    throw new RangeError(`${experts} kernels of size ${n} need ${experts} eigenvector pairs of length ${n}`);
+  }
+  return tf.tidy(() => {
+    const columns = (vs: Float64Array[]) => {
+      const flat = new Float32Array(experts * n);
+      vs.forEach((v, e) => flat.set(v, e * n));
+      return tf.tensor3d(flat, [experts, n, 1]);
+    };
+    const rayleigh = (v: tf.Tensor3D) => tf.reshape(tf.sum(tf.mul(v, tf.matMul(k, v)), [1, 2]), [experts]);
+    const lMax = rayleigh(columns(vMax));
+    const lMin = rayleigh(columns(vMin));
+    return tf.div(lMax, tf.maximum(tf.maximum(lMin, tf.mul(lMax, damping)), 1e-30)) as tf.Tensor1D;
+  });
+}

@@ -1,5 +1,5 @@
 // Float64 reference estimators of an expert's conditioning from its tangent kernel (PL*: μ ≥ λ_min(K)).
-import { symmetricEigen } from './eigen';
+import { type EigenOptions, symmetricEigen } from './eigen';
 
 /** A two-layer expert o(x) = W2ᵀ·relu(W1ᵀx + b1) + b2; W1 is d×h, W2 is h×c, all row-major. */
 export interface TwoLayerExpert {
@@ -112,10 +112,10 @@ export interface Conditioning {
  * pushed below zero (K is PSD) are reported as 0. vMin and vMax are the unit eigenvectors of λ_min and
  * λ_max, the ones the regularizer holds constant.
  */
-export function conditioning(k: Float64Array, n: number, damping: number): Conditioning {
+export function conditioning(k: Float64Array, n: number, damping: number, eigen: EigenOptions = {}): Conditioning {
   if (n < 1) throw new RangeError(`kernel size must be at least 1, got ${n}`);
   if (!(damping > 0 && damping <= 1)) throw new RangeError(`damping must be in (0, 1], got ${damping}`);
-  const { values, vectors } = symmetricEigen(k, n);
+  const { values, vectors } = symmetricEigen(k, n, eigen);
   const column = (c: number) => {
     const out = new Float64Array(n);
     for (let i = 0; i < n; i++) out[i] = vectors[i * n + c];
