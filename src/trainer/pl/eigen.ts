@@ -66,7 +66,6 @@ export function symmetricEigen(a: ArrayLike<number>, n: number, options: EigenOp
         const aqq = m[q * n + q];
         if (Math.abs(apq) <= tolerance * Math.sqrt(Math.abs(app)) * Math.sqrt(Math.abs(aqq)) || Math.abs(apq) <= absoluteFloor) {
           m[p * n + q] = 0;
-          m[q * n + p] = 0;
           continue;
         }
         rotated = true;
@@ -76,22 +75,29 @@ export function symmetricEigen(a: ArrayLike<number>, n: number, options: EigenOp
         const t = (theta >= 0 ? 1 : -1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
         const c = 1 / Math.sqrt(t * t + 1);
         const s = t * c;
-        // A ← JᵀAJ touches rows and columns p and q only; update the rows, mirror into the columns.
-        for (let k = 0; k < n; k++) {
-          if (k === p || k === q) continue;
+        // A ← JᵀAJ touches rows and columns p and q only. Only the upper triangle is read from here
+        // on (the diagonal and (p, q) are set below), so each entry is updated once, not mirrored.
+        for (let k = 0; k < p; k++) {
+          const akp = m[k * n + p];
+          const akq = m[k * n + q];
+          m[k * n + p] = c * akp - s * akq;
+          m[k * n + q] = s * akp + c * akq;
+        }
+        for (let k = p + 1; k < q; k++) {
+          const akp = m[p * n + k];
+          const akq = m[k * n + q];
+          m[p * n + k] = c * akp - s * akq;
+          m[k * n + q] = s * akp + c * akq;
+        }
+        for (let k = q + 1; k < n; k++) {
           const akp = m[p * n + k];
           const akq = m[q * n + k];
-          const newP = c * akp - s * akq;
-          const newQ = s * akp + c * akq;
-          m[p * n + k] = newP;
-          m[k * n + p] = newP;
-          m[q * n + k] = newQ;
-          m[k * n + q] = newQ;
+          m[p * n + k] = c * akp - s * akq;
+          m[q * n + k] = s * akp + c * akq;
         }
         m[p * n + p] = app - t * apq;
         m[q * n + q] = aqq + t * apq;
         m[p * n + q] = 0;
-        m[q * n + p] = 0;
         // V ← VJ: columns p and q of V are rows p and q of vt.
         for (let k = 0; k < n; k++) {
           const vp = vt[p * n + k];
