@@ -1,6 +1,6 @@
 // Times MoeMlp.trainStep on the reference MoE (784 → 8 experts × (256 ReLU → 10), softmax gate, batch
 // 128, softmax cross-entropy, Adam; the step bench/moe_torch.py times in PyTorch) and prints one JSON line.
-// usage: node --import tsx bench/moe-step.ts [--backend wasm|cpu|…] [--native auto|on|off] [--steps 20] [--warmup 3] [--measures 5] [--profile]
+// usage: node --import tsx bench/moe-step.ts [--backend wasm|cpu|…] [--native auto|on|off] [--steps 20] [--warmup 3] [--measures 15] [--profile]
 // --native off: the addon is treated as absent (PLTRAIN_NATIVE=off); PLTRAIN_ENGINE=off in the environment
 // also drops the pure-JS kernel replacements (tfjs's own kernels only, the state before the engine work).
 // --profile: per-kernel times of one step (tf.profile) and forward/backward/Adam wall times, on stderr.
@@ -19,7 +19,7 @@ const { values: args } = parseArgs({
     native: { type: 'string', default: 'auto' },
     steps: { type: 'string', default: '20' },
     warmup: { type: 'string', default: '3' },
-    measures: { type: 'string', default: '5' },
+    measures: { type: 'string', default: '15' },
     profile: { type: 'boolean', default: false },
   },
 });
