@@ -1,7 +1,7 @@
 // CSV and JSON exports of every series the panel holds, built in the webview (no host round trip).
 // Values are written with JavaScript's shortest round-trip representation, so nothing is rounded.
 import { EXPERT_METRICS } from './settings';
-import { SCALAR_SERIES, expertSeriesKey, type RunModel } from './runModel';
+import { SCALAR_SERIES, expertSeriesKey, extraSeriesKey, gateSeriesKey, type RunModel } from './runModel';
 
 /** Column name of a scalar series; the task metric is named after what it measures. */
 function scalarColumn(model: RunModel, key: (typeof SCALAR_SERIES)[number]): string {
@@ -15,14 +15,17 @@ export function exportFileName(model: RunModel, extension: 'csv' | 'json'): stri
 }
 
 /**
- * One row per step that has any value, one column per series (`step, loss, …, kappa_0, mu_0, lf_0, …`);
- * per-expert columns are empty on steps without a measurement.
+ * One row per step that has any value, one column per series (`step, loss, …, kappa_0, mu_0, lf_0, …`,
+ * then `gate_0, …` for a pruning run and the family's diagnostics by name); per-expert columns are
+ * empty on steps without a measurement.
  */
 export function toCsv(model: RunModel): string {
   const columns: { name: string; key: string }[] = SCALAR_SERIES.map((k) => ({ name: scalarColumn(model, k), key: k }));
   for (const id of model.expertIds) {
     for (const m of EXPERT_METRICS) columns.push({ name: `${m}_${id}`, key: expertSeriesKey(m, id) });
   }
+  for (let unit = 0; unit < model.gateUnits; unit++) columns.push({ name: `gate_${unit}`, key: gateSeriesKey(unit) });
+  for (const name of model.extraNames) columns.push({ name: csvName(name), key: extraSeriesKey(name) });
   const rows = new Map<number, (number | undefined)[]>();
   columns.forEach((col, c) => {
     for (const p of model.series.get(col.key)?.raw ?? []) {
@@ -50,6 +53,10 @@ export interface SeriesExport {
   /** `[step, value]` pairs per scalar series. */
   series: Record<string, [number, number][]>;
   experts: Record<string, Record<string, [number, number][]>>;
+  /** Keep-probability per unit (pruning runs only). */
+  gate?: Record<string, [number, number][]>;
+  /** The model family's diagnostics by name (`energy/expert0`, `load/1`, …), when it reports any. */
+  extra?: Record<string, [number, number][]>;
   commands: { id: string; command: unknown; status: string; step?: number; reason?: string }[];
 }
 
@@ -65,7 +72,14 @@ export function toJson(model: RunModel, now = new Date()): string {
     thinned: [...model.series.values()].some((s) => s.thinned),
     series: Object.fromEntries(SCALAR_SERIES.map((k) => [k, pairs(k)])),
     experts: Object.fromEntries(model.expertIds.map((id) => [String(id), Object.fromEntries(EXPERT_METRICS.map((m) => [m, pairs(expertSeriesKey(m, id))]))])),
+    ...(model.gateUnits ? { gate: Object.fromEntries(Array.from({ length: model.gateUnits }, (_, unit) => [String(unit), pairs(gateSeriesKey(unit))])) } : {}),
+    ...(model.extraNames.length ? { extra: Object.fromEntries(model.extraNames.map((name) => [name, pairs(extraSeriesKey(name))])) } : {}),
     commands: [...model.commands.values()].map((c) => ({ ...c })),
   };
   return JSON.stringify(out, null, 1);
+}
+
+/** A diagnostic's name as a CSV header: quoted when it holds a comma, quote or line break. */
+function csvName(name: string): string {
+  return /[",\r\n]/.test(name) ? `"${name.replace(/"/g, '""')}"` : name;
 }

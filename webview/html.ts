@@ -49,8 +49,13 @@ export const CHART_CARDS = [
   { id: 'pl', title: 'Regularizer and PL* check', hint: 'κ̄ (mean κ of the trainable experts, the term α multiplies) and the PL* ratio ½‖∇f‖²/(f − f*), which PL* theory keeps above μ' },
   { id: 'alpha', title: 'α over steps', hint: 'Regularizer weight α as acknowledged by the trainer' },
   { id: 'mask', title: 'Pruning mask', hint: 'Per expert, on monitor steps: high = trainable, middle = frozen, floor of its lane = pruned (pruned experts are frozen too)' },
+  { id: 'gate', title: 'Pruning gate', hint: "Per unit, on monitor steps: the gating network's keep-probability. At each pruning decision the units with the lowest probability go, within the budget (runs with pruning enabled)" },
+  { id: 'extra', title: 'Model diagnostics', hint: "Scalars the model family reports on monitor steps: under OPT each expert's hyperspherical energy and orthogonality error ‖QᵀQ − I‖; for the Switch transformer each expert's share of the tokens (load)" },
 ] as const;
 export type ChartId = (typeof CHART_CARDS)[number]['id'];
+
+/** Charts shown only for runs that report their data (the rest say "No data yet" until they have some). */
+export const OPTIONAL_CHARTS: readonly ChartId[] = ['gate', 'extra'];
 
 /** Charts whose y axis may be switched to logarithmic (the mask chart's lane levels have no scale to log). */
 export function hasLogToggle(id: ChartId): boolean {

@@ -8,8 +8,8 @@ import { HostToWebviewSchema, type SteeringCommand, type WebviewToHost } from '.
 import { MetricChart, type ChartLine } from './charts';
 import { newCommandId, parseAlphaInput } from './commands';
 import { exportFileName, toCsv, toJson } from './export';
-import { CHART_CARDS, hasLogToggle, type ChartId } from './html';
-import { RunModel, cleanDirty, decodeMaskLevel, expertSeriesKey, maskSeriesKey, mergeDirty, type Dirty } from './runModel';
+import { CHART_CARDS, OPTIONAL_CHARTS, hasLogToggle, type ChartId } from './html';
+import { RunModel, cleanDirty, decodeMaskLevel, expertSeriesKey, extraSeriesKey, gateSeriesKey, maskSeriesKey, mergeDirty, type Dirty } from './runModel';
 import { MAX_SMOOTHING } from './series';
 import { EXPERT_METRICS, fromPersisted, toPersisted, type ExpertMetric, type UiSettings } from './settings';
 import { formatNumber } from './format';
@@ -201,8 +201,8 @@ class PanelController {
   private linesFor(id: ChartId): ChartLine[] {
     const lines = this.runLinesFor(this.model, id);
     const compare = this.model.compare;
-    // α is steered, not learned, and the mask is per run: neither is compared.
-    if (!compare || id === 'alpha' || id === 'mask') return lines;
+    // α is steered, not learned, and the mask, the gate and the diagnostics are per run: none is compared.
+    if (!compare || id === 'alpha' || id === 'mask' || id === 'gate' || id === 'extra') return lines;
     const overlay = this.runLinesFor(compare.model, id).map((line) => ({
       ...line,
       key: `compare:${line.key}`,
@@ -238,6 +238,10 @@ class PanelController {
         return [{ key: 'alpha', label: 'α', color: color(3), series: m.seriesFor('alpha'), smoothable: false, stepped: true }];
       case 'mask':
         return m.expertIds.map((expert) => ({ key: maskSeriesKey(expert), label: `expert ${expert}`, color: color(expert), series: m.seriesFor(maskSeriesKey(expert)), smoothable: false, stepped: true }));
+      case 'gate':
+        return Array.from({ length: m.gateUnits }, (_, unit) => ({ key: gateSeriesKey(unit), label: `keep p ${m.unitName} ${unit}`, color: color(unit), series: m.seriesFor(gateSeriesKey(unit)), smoothable: false }));
+      case 'extra':
+        return m.extraNames.map((name, i) => ({ key: extraSeriesKey(name), label: name, color: color(i), series: m.seriesFor(extraSeriesKey(name)), smoothable: false }));
     }
   }
 
@@ -275,6 +279,8 @@ class PanelController {
         }
         chart.draw();
         document.querySelector<HTMLElement>(`[data-testid="empty-${card.id}"]`)!.hidden = chart.hasData;
+        // A run without a gate or diagnostics does not get an empty card for them.
+        if (OPTIONAL_CHARTS.includes(card.id)) document.querySelector<HTMLElement>(`section[data-chart="${card.id}"]`)!.hidden = !chart.hasData;
       }
       this.linesDirty = false;
     }

@@ -25,6 +25,16 @@ export function expertSeriesKey(metric: ExpertMetric, expert: number): string {
   return `${metric}:${expert}`;
 }
 
+/** Key of a unit's pruning-gate series (`gate:2`): its keep-probability on monitor steps (pruning runs). */
+export function gateSeriesKey(unit: number): string {
+  return `gate:${unit}`;
+}
+
+/** Key of a family diagnostic from `metrics.extra` (`extra:energy/expert0`). */
+export function extraSeriesKey(name: string): string {
+  return `extra:${name}`;
+}
+
 /** Key of an expert's mask series (`mask:2`): its status at each monitor step, see MASK_LEVEL. */
 export function maskSeriesKey(expert: number): string {
   return `mask:${expert}`;
@@ -126,6 +136,9 @@ export class RunModel {
   lastProblem: { level: 'warn' | 'error'; message: string } | undefined;
   readonly experts = new Map<number, ExpertRow>();
   readonly series = new Map<string, Series>();
+  /** Units the pruning gate reported (0 when the run does not prune), and the family diagnostics' names in first-seen order. */
+  gateUnits = 0;
+  readonly extraNames: string[] = [];
   /** In issue order. */
   readonly commands = new Map<string, CommandEntry>();
   /** The recorded run overlaid on the charts; survives snapshots and run changes until cleared. */
@@ -285,6 +298,8 @@ export class RunModel {
     this.lastProblem = undefined;
     this.experts.clear();
     this.series.clear();
+    this.gateUnits = 0;
+    this.extraNames.length = 0;
     this.commands.clear();
   }
 
@@ -317,6 +332,20 @@ export class RunModel {
           if (v !== undefined) this.seriesFor(key).append(e.step, v); // plRatio is absent on some steps
         }
         if (e.experts) this.ingestExperts(e.step, e.experts, dirty);
+        if (e.gate) {
+          if (e.gate.length > this.gateUnits) {
+            this.gateUnits = e.gate.length;
+            dirty.structure = true;
+          }
+          e.gate.forEach((g, unit) => this.seriesFor(gateSeriesKey(unit)).append(e.step, g));
+        }
+        for (const [name, v] of Object.entries(e.extra ?? {})) {
+          if (!this.extraNames.includes(name)) {
+            this.extraNames.push(name);
+            dirty.structure = true;
+          }
+          this.seriesFor(extraSeriesKey(name)).append(e.step, v);
+        }
         dirty.header = true;
         dirty.charts = true;
         return;

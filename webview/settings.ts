@@ -22,7 +22,7 @@ export function defaultSettings(): UiSettings {
   // κ and the PL* ratio span orders of magnitude, so their charts start logarithmic. The mask chart
   // draws fixed lane levels, where a log axis means nothing: its card offers no toggle, the key is
   // here so every chart has one.
-  return { smoothing: 0, logScale: { loss: false, metric: false, expert: true, pl: true, alpha: false, mask: false }, hidden: [], expertMetric: 'kappa' };
+  return { smoothing: 0, logScale: { loss: false, metric: false, expert: true, pl: true, alpha: false, mask: false, gate: false, extra: true }, hidden: [], expertMetric: 'kappa' };
 }
 
 const defaults = defaultSettings();
@@ -40,6 +40,8 @@ const PersistedSchema = z.object({
       alpha: z.boolean().catch(defaults.logScale.alpha),
       // Absent from states saved before the mask chart existed: `.catch` fills it in.
       mask: z.boolean().catch(defaults.logScale.mask),
+      gate: z.boolean().catch(defaults.logScale.gate),
+      extra: z.boolean().catch(defaults.logScale.extra),
     })
     .catch(defaults.logScale),
   hidden: z.array(z.string().max(64)).max(1024).catch([]),

@@ -6,8 +6,8 @@ import { CommandIdSchema, type HostToWebview, type MetricsEvent, type RunState, 
 import { ALPHA_MAX, newCommandId, parseAlphaInput } from '../../webview/commands';
 import { toCsv, toJson } from '../../webview/export';
 import { describeStatus, formatNumber } from '../../webview/format';
-import { CHART_CARDS, contentSecurityPolicy, renderPanelHtml } from '../../webview/html';
-import { MASK_LEVEL, RunModel, decodeMaskLevel, maskSeriesKey, maskStatus } from '../../webview/runModel';
+import { CHART_CARDS, OPTIONAL_CHARTS, contentSecurityPolicy, renderPanelHtml } from '../../webview/html';
+import { MASK_LEVEL, RunModel, decodeMaskLevel, extraSeriesKey, gateSeriesKey, maskSeriesKey, maskStatus } from '../../webview/runModel';
 import { Ema, Series, minMaxThinIndices, type Point } from '../../webview/series';
 import { defaultSettings, fromPersisted, toPersisted } from '../../webview/settings';
 import { syntheticRun } from '../webview-harness/fixtures';
@@ -206,7 +206,7 @@ test('persisted settings: round trip, and each damaged field falls back on its o
   assert.deepEqual(fromPersisted(undefined), defaultSettings());
   assert.deepEqual(fromPersisted('junk'), defaultSettings());
   const damaged = fromPersisted({ v: 1, smoothing: 5, logScale: { loss: true, metric: 'yes' }, hidden: 'x', expertMetric: 'mu' });
-  assert.deepEqual(damaged, { smoothing: 0, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false, mask: false }, hidden: [], expertMetric: 'mu' });
+  assert.deepEqual(damaged, { smoothing: 0, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false, mask: false, gate: false, extra: true }, hidden: [], expertMetric: 'mu' });
 });
 
 test('CSV export: one row per step, empty cells where experts were not measured', () => {
@@ -307,10 +307,12 @@ test('mask series: one point per monitor step and expert, at exactly the status 
   assert.ok(!toCsv(model).split('\n')[0].includes('mask'));
 });
 
-test('persisted settings from before the mask chart keep their values and get its default', () => {
+test('persisted settings from before the mask, gate and diagnostics charts keep their values and get their defaults', () => {
   const old = { v: 1, smoothing: 0.3, logScale: { loss: true, metric: true, expert: false, pl: true, alpha: true }, hidden: ['loss'], expertMetric: 'lf' };
-  assert.deepEqual(fromPersisted(old), { smoothing: 0.3, logScale: { loss: true, metric: true, expert: false, pl: true, alpha: true, mask: false }, hidden: ['loss'], expertMetric: 'lf' });
+  assert.deepEqual(fromPersisted(old), { smoothing: 0.3, logScale: { loss: true, metric: true, expert: false, pl: true, alpha: true, mask: false, gate: false, extra: true }, hidden: ['loss'], expertMetric: 'lf' });
   assert.equal(defaultSettings().logScale.mask, false);
+  // Diagnostics mix magnitudes (an energy near 1, an orthogonality error near 1e-7): they start logarithmic.
+  assert.equal(defaultSettings().logScale.extra, true);
 });
 
 test('renderPanelHtml: the mask card, a zoom reset per chart, the compare chip', () => {
@@ -322,4 +324,43 @@ test('renderPanelHtml: the mask card, a zoom reset per chart, the compare chip',
     assert.equal(html.includes(`data-testid="log-${card.id}"`), card.id !== 'mask', `log toggle of ${card.id}`);
   }
   assert.match(html, /data-testid="compare" hidden>comparing with <span[^>]*data-testid="compare-label"><\/span><button[^>]*data-testid="compare-clear"/);
+});
+
+test('pruning gate and model diagnostics: series per unit and per name, in the CSV and JSON exports; absent for runs without them', () => {
+  const f = syntheticRun({ steps: 30, experts: 2, monitorEvery: 10 });
+  // What a pruning run under OPT streams on monitor steps: keep-probabilities and diagnostics by name.
+  const gateAt = (step: number) => [1 - step / 100, step / 100];
+  const extraAt = (step: number) => ({ 'energy/expert0': 3 + step / 1000, 'orthogonality/expert0': 1e-7 * step, 'load,odd "name"': 0.5 });
+  const events = f.events.map((e) => (e.type === 'metrics' && e.experts ? { ...e, gate: gateAt(e.step), extra: extraAt(e.step) } : e));
+  const m = new RunModel();
+  const dirty = m.apply({ type: 'snapshot', run: f.summary, events, commands: [] });
+  assert.ok(dirty.structure, 'new series: the charts rebuild their lines');
+  assert.equal(m.gateUnits, 2);
+  assert.deepEqual(m.extraNames, ['energy/expert0', 'orthogonality/expert0', 'load,odd "name"']);
+  assert.deepEqual(m.seriesFor(gateSeriesKey(1)).raw, [10, 20, 30].map((x) => ({ x, y: gateAt(x)[1] })));
+  assert.deepEqual(m.seriesFor(extraSeriesKey('orthogonality/expert0')).raw, [10, 20, 30].map((x) => ({ x, y: 1e-7 * x })));
+
+  const lines = toCsv(m).trimEnd().split('\n');
+  assert.ok(lines[0].endsWith(',lf_1,gate_0,gate_1,energy/expert0,orthogonality/expert0,"load,odd ""name"""'), lines[0]);
+  const row20 = lines[20].split(',');
+  assert.equal(Number(row20[14]), gateAt(20)[0]);
+  assert.equal(Number(row20[16]), 3.02);
+  assert.equal(lines[19].split(',')[14], '', 'no gate value between monitor steps');
+  const json = JSON.parse(toJson(m));
+  assert.deepEqual(json.gate['0'], [10, 20, 30].map((x) => [x, gateAt(x)[0]]));
+  assert.deepEqual(json.extra['energy/expert0'], [10, 20, 30].map((x) => [x, 3 + x / 1000]));
+
+  // A run without them: no columns, no keys, and the charts that would show them are optional.
+  const plain = new RunModel();
+  plain.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: [] });
+  assert.equal(plain.gateUnits, 0);
+  assert.deepEqual(plain.extraNames, []);
+  assert.ok(!toCsv(plain).split('\n')[0].includes('gate'));
+  assert.ok(!('gate' in JSON.parse(toJson(plain))) && !('extra' in JSON.parse(toJson(plain))));
+  assert.deepEqual([...OPTIONAL_CHARTS], ['gate', 'extra']);
+  assert.ok(OPTIONAL_CHARTS.every((id) => CHART_CARDS.some((c) => c.id === id)));
+  // Switching the model to the plain run forgets the other run's gate and diagnostics.
+  m.apply({ type: 'snapshot', run: { ...f.summary, runId: 'other' }, events: f.events, commands: [] });
+  assert.equal(m.gateUnits, 0);
+  assert.deepEqual(m.extraNames, []);
 });

@@ -394,7 +394,7 @@ test('view settings persist through setState and come back after a reload', asyn
     return { x: rect.left + box.left + box.width / 2, y: rect.top + box.top + box.height / 2 };
   });
   await p.page.mouse.click(legendPoint.x, legendPoint.y);
-  const expected = { v: 1, smoothing: 0.6, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false, mask: false }, hidden: ['taskLoss'], expertMetric: 'mu' };
+  const expected = { v: 1, smoothing: 0.6, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false, mask: false, gate: false, extra: true }, hidden: ['taskLoss'], expertMetric: 'mu' };
   await p.page.waitForFunction((want) => sessionStorage.getItem('pl-trainer-harness-state') === JSON.stringify(want), expected);
   const before = await chartInfo(p.page, 'loss');
   assert.equal(before.optionType, 'logarithmic');
@@ -685,6 +685,45 @@ test('pruning mask chart: one stepped lane per expert, at exactly the reported s
     return [0.8, 1.1, 2.45].map((y) => label({ dataset: { label: 'expert' }, raw: { x: 1, y } }));
   });
   assert.deepEqual(tooltip, ['expert: trainable', 'expert: pruned', 'expert: frozen']);
+});
+
+test('pruning gate and model diagnostics: cards only for runs that report them, one line per unit and per name, exactly as reported', async () => {
+  const p = await openPanel();
+  const plain = syntheticRun({ steps: 40, experts: 3, monitorEvery: 10 });
+  await p.send(snapshotOf(plain));
+  await expectText(p.byTestId('step'), '40 / 300');
+  await nextFrames(p.page);
+  const cardVisible = (id: string) => p.page.locator(`section[data-chart="${id}"]`).isVisible();
+  assert.equal(await cardVisible('gate'), false, 'no gate card for a run without pruning');
+  assert.equal(await cardVisible('extra'), false, 'no diagnostics card for a family that reports none');
+  assert.equal(await cardVisible('mask'), true);
+
+  // A pruning run under OPT: keep-probabilities and diagnostics on monitor steps.
+  const f = syntheticRun({ runId: 'opt-pruning', steps: 40, experts: 3, monitorEvery: 10 });
+  const gateAt = (step: number, unit: number) => Math.round((1 - (unit * step) / 200) * 1000) / 1000;
+  const events = f.events.map((e) =>
+    e.type === 'metrics' && e.experts ? { ...e, gate: [0, 1, 2].map((u) => gateAt(e.step, u)), extra: { 'energy/expert0': 2.5, 'orthogonality/expert0': 1e-7 * e.step } } : e,
+  );
+  await p.send({ type: 'snapshot', run: f.summary, events, commands: f.commands });
+  await expectText(p.byTestId('step'), '40 / 300');
+  await nextFrames(p.page);
+  assert.equal(await cardVisible('gate'), true);
+  assert.equal(await cardVisible('extra'), true);
+  const gate = await datasetsOf(p.page, 'gate');
+  assert.deepEqual(gate.map((d) => [d.key, d.label]), [['gate:0', 'keep p expert 0'], ['gate:1', 'keep p expert 1'], ['gate:2', 'keep p expert 2']]);
+  for (const [u, d] of gate.entries()) assert.deepEqual(d.data, [10, 20, 30, 40].map((x) => ({ x, y: gateAt(x, u) })), `unit ${u}`);
+  const extra = await datasetsOf(p.page, 'extra');
+  assert.deepEqual(extra.map((d) => d.key), ['extra:energy/expert0', 'extra:orthogonality/expert0']);
+  assert.deepEqual(extra[1].data, [10, 20, 30, 40].map((x) => ({ x, y: 1e-7 * x })));
+  assert.equal((await chartInfo(p.page, 'extra')).builtType, 'logarithmic', 'an energy and a 1e-7 error share the axis');
+  assert.equal((await chartInfo(p.page, 'gate')).builtType, 'linear');
+
+  // Back to a plain run: the cards go away again.
+  await p.send(snapshotOf(plain));
+  await expectText(p.byTestId('step'), '40 / 300');
+  await nextFrames(p.page);
+  assert.equal(await cardVisible('gate'), false);
+  assert.equal(await cardVisible('extra'), false);
 });
 
 /** The x range a chart currently shows. */
