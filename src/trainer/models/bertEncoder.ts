@@ -21,7 +21,7 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { ExpertStats, TrainingConfig } from '../../protocol';
 import { conditioning, dampedKappa, outputDirections, perSampleKernels, SpectralNormState, singularVectors, spectralNormProduct } from '../pl';
-import { meanKappaOf, restoreGroups, saveGroups } from './shared';
+import { classifierAccuracy, meanKappaOf, restoreGroups, saveGroups } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -421,16 +421,7 @@ export class BertEncoder implements PlModel {
 
   /** Accuracy on a whole split, in batches. */
   evaluate(data: TaskData, split: 'train' | 'test', pruned: ReadonlySet<number> = new Set(), batch = 250): number {
-    const tf = this.tf;
-    const n = split === 'train' ? data.trainSize : data.testSize;
-    let correct = 0;
-    for (let i = 0; i < n; i += batch) {
-      const m = Math.min(batch, n - i);
-      const b = data.batch(tf, split, Int32Array.from({ length: m }, (_, k) => i + k));
-      correct += tf.tidy(() => tf.sum(tf.cast(tf.equal(tf.argMax(this.logits(b.x, pruned), 1), tf.argMax(b.y, 1)), 'int32')).dataSync()[0]);
-      tf.dispose([b.x, b.y]);
-    }
-    return correct / n;
+    return classifierAccuracy(this.tf, data, split, (x) => this.logits(x, pruned), batch);
   }
 
   /** Head h's variables, layer by layer: [wq, bq, wk, wv, bv, wo] per layer. */

@@ -8,7 +8,7 @@ import { sumOfSquares } from '../engine/sumOfSquares';
 import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
 import { conditioning, dampedKappa, kappaSurrogatesTf, kappaSurrogateTf, outputDirections, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelsTf, tangentKernelTf } from '../pl';
-import { meanKappaOf, restoreGroups, saveGroups } from './shared';
+import { classifierAccuracy, meanKappaOf, restoreGroups, saveGroups } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 export interface ExpertVars {
@@ -384,16 +384,7 @@ export class MoeMlp implements PlModel {
 
   /** Accuracy on a whole split, in batches. */
   evaluate(data: TaskData, split: 'train' | 'test', pruned: ReadonlySet<number> = new Set(), batch = 500): number {
-    const tf = this.tf;
-    const n = split === 'train' ? data.trainSize : data.testSize;
-    let correct = 0;
-    for (let i = 0; i < n; i += batch) {
-      const m = Math.min(batch, n - i);
-      const b = data.batch(tf, split, Int32Array.from({ length: m }, (_, k) => i + k));
-      correct += tf.tidy(() => tf.sum(tf.cast(tf.equal(tf.argMax(this.logits(b.x as TF.Tensor2D, pruned), 1), tf.argMax(b.y, 1)), 'int32')).dataSync()[0]);
-      tf.dispose([b.x, b.y]);
-    }
-    return correct / n;
+    return classifierAccuracy(this.tf, data, split, (x) => this.logits(x as TF.Tensor2D, pruned), batch);
   }
 
   private expertVars(i: number): TF.Variable[] {

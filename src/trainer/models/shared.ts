@@ -1,8 +1,8 @@
 // Pieces every model family shares: checkpointing variables with their optimizer slots, group by
-// group, and the mean κ of the last measurement.
+// group, the mean κ of the last measurement, and a classifier's accuracy over a whole split.
 import type * as TF from '@tensorflow/tfjs';
 import type { ExpertStats } from '../../protocol';
-import type { ModelState, SavedTensor } from './types';
+import type { ModelState, SavedTensor, TaskData } from './types';
 
 /** A set of variables with the optimizer that updates them (one per unit, one for shared variables). */
 export type VariableGroup = [name: string, vars: TF.Variable[], optimizer: TF.Optimizer];
@@ -45,4 +45,17 @@ export async function restoreGroups(tf: typeof TF, prefix: string, groups: Varia
 export function meanKappaOf(stats: (ExpertStats | undefined)[], ids: number[]): number {
   const ks = ids.map((i) => stats[i]?.kappa).filter((k): k is number => k !== undefined);
   return ks.length ? ks.reduce((a, b) => a + b, 0) / ks.length : 0;
+}
+
+/** Accuracy (0…1) of a classifier over a whole split, in batches of `batch` examples (one read-back each). */
+export function classifierAccuracy(tf: typeof TF, data: TaskData, split: 'train' | 'test', logits: (x: TF.Tensor) => TF.Tensor2D, batch: number): number {
+  const n = split === 'train' ? data.trainSize : data.testSize;
+  let correct = 0;
+  for (let i = 0; i < n; i += batch) {
+    const m = Math.min(batch, n - i);
+    const b = data.batch(tf, split, Int32Array.from({ length: m }, (_, k) => i + k));
+    correct += tf.tidy(() => tf.sum(tf.cast(tf.equal(tf.argMax(logits(b.x), 1), tf.argMax(b.y, 1)), 'int32')).dataSync()[0]);
+    tf.dispose([b.x, b.y]);
+  }
+  return correct / n;
 }
