@@ -106,7 +106,7 @@ export const MetricsEventSchema = z
      * PL* says it stays ≥ μ; compare with the experts' μ (docs/method.md).
      */
     plRatio: finite.optional(),
-    /** Present on monitor steps only. */
+    /** Present on monitor steps only; measured, like the loss, on the weights this step started from. */
     experts: z.array(ExpertStatsSchema).optional(),
     /** Keep-probability per unit from the pruning gate (present on monitor steps while pruning is enabled). */
     gate: z.array(z.number().min(0).max(1)).optional(),
