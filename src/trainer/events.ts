@@ -3,6 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RUN_FILES, TrainerEvent } from '../protocol';
+import { forEachLine } from '../protocol/jsonlFile';
 
 type Unseq<T> = T extends unknown ? Omit<T, 'seq'> : never;
 export type NewEvent = Unseq<TrainerEvent>;
@@ -27,29 +28,32 @@ export class EventLog {
     let maxSeq = lastSeq;
     for (const file of [RUN_FILES.metrics, RUN_FILES.commands, RUN_FILES.events]) {
       const full = path.join(runDir, file);
-      let text = '';
-      try {
-        text = fs.readFileSync(full, 'utf8');
-      } catch {
-        continue;
-      }
-      const keep: string[] = [];
-      const drop: string[] = [];
-      for (const line of text.split('\n')) {
-        if (!line.trim()) continue;
+      // The kept lines go to a new file that replaces the old one, written in pieces as they come
+      // (a long run's file can be too large to hold, or join, as one string).
+      const next = `${full}.resume-${process.pid}`;
+      const keep = new LineWriter(next, 'w', true);
+      const drop = new LineWriter(full.replace(/\.jsonl$/, '.discarded.jsonl'), 'a', false);
+      const read = forEachLine(full, (line) => {
+        if (!line.trim()) return;
         try {
           const e = JSON.parse(line) as TrainerEvent;
           maxSeq = Math.max(maxSeq, e.seq);
           // hello/state/log stay: they record what happened (a crash included), not a step's result.
           const stays = e.seq <= lastSeq || file === RUN_FILES.events;
-          (stays ? keep : drop).push(line);
-          if (stays) kept.push(e);
+          (stays ? keep : drop).write(line);
+          if (stays) {
+            kept.push(e);
+            // Only the newest `capacity` (by seq) can end up in the ring; trim in chunks, not per event.
+            if (kept.length > 2 * capacity) kept.sort((a, b) => a.seq - b.seq).splice(0, kept.length - capacity);
+          }
         } catch {
-          drop.push(line); // the truncated last line of a kill -9
+          drop.write(line); // the truncated last line of a kill -9
         }
-      }
-      if (drop.length) fs.appendFileSync(full.replace(/\.jsonl$/, '.discarded.jsonl'), drop.join('\n') + '\n');
-      fs.writeFileSync(full, keep.length ? keep.join('\n') + '\n' : '');
+      });
+      keep.close();
+      drop.close();
+      if (read) fs.renameSync(next, full);
+      else fs.rmSync(next, { force: true });
     }
     kept.sort((a, b) => a.seq - b.seq);
     log.ring = kept.slice(-capacity);
@@ -65,7 +69,9 @@ export class EventLog {
   emit(partial: NewEvent): TrainerEvent {
     const event = { ...partial, seq: this.next++ } as TrainerEvent;
     this.ring.push(event);
-    if (this.ring.length > this.capacity) this.ring.splice(0, this.ring.length - this.capacity);
+    // Trimmed by a quarter at a time: splicing one event off a 200,000-long array on every emit would
+    // copy the whole array each step.
+    if (this.ring.length > this.capacity * 1.25) this.ring.splice(0, this.ring.length - this.capacity);
     // One write() per line, flushed by the OS on return: a kill -9 leaves at most a truncated last line.
     if (event.type === 'metrics') fs.appendFileSync(path.join(this.runDir, RUN_FILES.metrics), JSON.stringify(event) + '\n');
     else if (event.type === 'ack') fs.appendFileSync(path.join(this.runDir, RUN_FILES.commands), JSON.stringify(event) + '\n');
@@ -77,10 +83,8 @@ export class EventLog {
   /** Every event with seq > sinceSeq, in order (those older than the ring are read back from disk). */
   since(sinceSeq: number): TrainerEvent[] {
     const first = this.ring[0]?.seq ?? this.next;
-    const out: TrainerEvent[] = [];
-    if (sinceSeq + 1 < first) {
-      out.push(...this.fromDisk(sinceSeq, first));
-    }
+    // Not push(...fromDisk): spreading a long history as arguments overflows the call stack.
+    const out: TrainerEvent[] = sinceSeq + 1 < first ? this.fromDisk(sinceSeq, first) : [];
     for (const e of this.ring) if (e.seq > sinceSeq) out.push(e);
     return out.sort((a, b) => a.seq - b.seq);
   }
@@ -93,21 +97,49 @@ export class EventLog {
   private fromDisk(after: number, before: number): TrainerEvent[] {
     const out: TrainerEvent[] = [];
     for (const file of [RUN_FILES.metrics, RUN_FILES.commands, RUN_FILES.events]) {
-      let text = '';
-      try {
-        text = fs.readFileSync(path.join(this.runDir, file), 'utf8');
-      } catch {
-        continue;
-      }
-      for (const line of text.split('\n')) {
+      forEachLine(path.join(this.runDir, file), (line) => {
         try {
           const e = JSON.parse(line) as TrainerEvent;
           if (e.seq > after && e.seq < before) out.push(e);
         } catch {
           /* truncated line */
         }
-      }
+      });
     }
     return out;
+  }
+}
+
+/**
+ * Writes lines to a file through a 1 MiB buffer (one write() per buffer, not per line). The file is
+ * opened at the first write, or at close() when `always` (an empty file then replaces the old one).
+ */
+class LineWriter {
+  private fd: number | undefined;
+  private parts: string[] = [];
+  private size = 0;
+
+  constructor(
+    private readonly file: string,
+    private readonly flags: 'w' | 'a',
+    private readonly always: boolean,
+  ) {}
+
+  write(line: string): void {
+    this.parts.push(line, '\n');
+    this.size += line.length + 1;
+    if (this.size > 1 << 20) this.flush();
+  }
+
+  close(): void {
+    if (this.parts.length || this.always) this.flush();
+    if (this.fd !== undefined) fs.closeSync(this.fd);
+  }
+
+  private flush(): void {
+    this.fd ??= fs.openSync(this.file, this.flags);
+    if (this.parts.length) fs.writeSync(this.fd, this.parts.join(''));
+    this.parts = [];
+    this.size = 0;
   }
 }

@@ -3,6 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { AckEvent, MetricsEvent, RUN_FILES, RunInfo, RunInfoSchema, TERMINAL_STATES, TrainerEvent, TrainerEventSchema } from '../../protocol';
+import { forEachLine } from '../../protocol/jsonlFile';
 
 export function readRunInfo(runDir: string): RunInfo | undefined {
   try {
@@ -41,22 +42,17 @@ export function isLiveRun(info: RunInfo | undefined): info is RunInfo {
  * line that does not validate (the file may come from an older trainer).
  */
 export function readJsonl<T>(file: string, parse: (v: unknown) => T | undefined): T[] {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch {
-    return [];
-  }
   const out: T[] = [];
-  for (const line of text.split('\n')) {
-    if (!line.trim()) continue;
+  // Line by line in chunks: a long run's metrics.jsonl may not fit in one string.
+  forEachLine(file, (line) => {
+    if (!line.trim()) return;
     try {
       const v = parse(JSON.parse(line));
       if (v !== undefined) out.push(v);
     } catch {
       /* truncated line */
     }
-  }
+  });
   return out;
 }
 

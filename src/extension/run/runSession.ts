@@ -15,6 +15,7 @@ import {
   TERMINAL_STATES,
   TrainerEvent,
 } from '../../protocol';
+import { HOST_HISTORY_CAPACITY, thinHistory } from './history';
 import { processAlive, readRecordedEvents, readRunInfo } from './runDirectory';
 import { Signal } from './signal';
 import { TrainerConnection } from './trainerConnection';
@@ -43,7 +44,13 @@ export class RunSession {
   /** History was rewritten (a resume dropped the steps it redoes): views reload everything. */
   readonly onReset = new Signal<void>();
 
+  /**
+   * The run's events in seq order. Bounded (history.ts): past `historyCapacity` metrics events the
+   * older half is thinned, extremes kept; metrics.jsonl keeps everything.
+   */
   readonly events: TrainerEvent[] = [];
+  private metricsHeld = 0;
+  private thinAt: number;
   readonly commands = new Map<string, CommandStatus>();
   hello: HelloEvent | undefined;
   state: RunState = 'starting';
@@ -66,7 +73,10 @@ export class RunSession {
     readonly runDir: string,
     readonly configPath: string | undefined,
     private readonly log: (message: string) => void = () => undefined,
-  ) {}
+    private readonly historyCapacity = HOST_HISTORY_CAPACITY,
+  ) {
+    this.thinAt = historyCapacity;
+  }
 
   get seq(): number {
     return this.lastSeq;
@@ -143,6 +153,12 @@ export class RunSession {
     if (e.seq <= this.lastSeq) return;
     this.lastSeq = e.seq;
     this.events.push(e);
+    if (e.type === 'metrics' && ++this.metricsHeld > this.thinAt) {
+      this.metricsHeld -= thinHistory(this.events, this.historyCapacity);
+      // Thinning is O(history): it leaves at most 3/4 of the capacity, so the next pass is a quarter
+      // capacity of events away; if it could not get there, wait as long anyway (never per event).
+      this.thinAt = Math.max(this.historyCapacity, this.metricsHeld + this.historyCapacity / 4);
+    }
     let summaryChanged = false;
     switch (e.type) {
       case 'hello':
@@ -195,9 +211,12 @@ export class RunSession {
   private summaryDirty = false;
 
   private dropMetricsAfter(step: number): void {
-    const keep = this.events.filter((x) => x.type !== 'metrics' || x.step <= step);
-    this.events.length = 0;
-    this.events.push(...keep);
+    // In place (a spread of a long history into push() would overflow the call stack).
+    let w = 0;
+    for (const x of this.events) if (x.type !== 'metrics' || x.step <= step) this.events[w++] = x;
+    this.events.length = w;
+    const keep = this.events;
+    this.metricsHeld = keep.reduce((n, x) => n + (x.type === 'metrics' ? 1 : 0), 0);
     this.pendingBatch = this.pendingBatch.filter((x) => x.type !== 'metrics' || x.step <= step);
     const metrics = keep.filter((x): x is MetricsEvent => x.type === 'metrics');
     this.lastMetrics = metrics.at(-1);
