@@ -22,6 +22,12 @@ const HEARTBEAT_MS = Number(process.env.PLTRAIN_HEARTBEAT_MS) || 10_000;
  * replay from the last seq it holds.
  */
 export const MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+/**
+ * A replay (a long history, on subscribe) pauses while more than this is queued for the client and
+ * goes on once its socket has drained, so it never trips MAX_BUFFERED_BYTES, never holds the whole
+ * history in send buffers, and lets training steps run in between.
+ */
+const REPLAY_HIGH_WATER_BYTES = 4 * 1024 * 1024;
 
 /** Digests first, so the comparison is constant-time whatever the presented token's length. */
 export function tokenMatches(presented: string | string[] | undefined, token: string): boolean {
@@ -86,6 +92,8 @@ export class TrainerServer {
     alive.isAlive = true;
     ws.on('pong', () => (alive.isAlive = true));
     let unsubscribe: (() => void) | undefined;
+    // A newer subscribe (or the close) ends an older replay still in progress.
+    let subscription = 0;
     const send = (e: TrainerEvent) => {
       if (ws.readyState !== WebSocket.OPEN) return;
       if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
@@ -104,25 +112,61 @@ export class TrainerServer {
       const frame = r.value;
       if (frame.type === 'subscribe') {
         unsubscribe?.();
-        // Replay then go live, with no event in between lost: events emitted during the replay
-        // are delivered by the listener, which drops anything the replay already covered.
-        let sent = frame.sinceSeq;
-        for (const e of this.hooks.events.since(frame.sinceSeq)) {
-          send(e);
-          sent = e.seq;
-        }
-        unsubscribe = this.hooks.events.subscribe((e) => {
-          if (e.seq > sent) {
-            send(e);
-            sent = e.seq;
-          }
+        unsubscribe = undefined;
+        void this.replayThenLive(ws, frame.sinceSeq, ++subscription, () => subscription, send).then((off) => {
+          if (off) unsubscribe = off;
         });
       } else {
         this.hooks.onCommand(frame.id, frame.command);
       }
     });
-    ws.on('close', () => unsubscribe?.());
+    ws.on('close', () => {
+      subscription++;
+      unsubscribe?.();
+    });
     ws.on('error', (e) => this.hooks.log(`connection error: ${e.message}`));
+  }
+
+  /**
+   * Sends every event after `sinceSeq`, paced by the client's socket (see REPLAY_HIGH_WATER_BYTES),
+   * then goes live with nothing lost in between: the events emitted while the replay waited are
+   * taken from the log in the same tick that the live listener is attached. Resolves to that
+   * listener's unsubscribe, or undefined when the replay was superseded or the socket closed.
+   */
+  private async replayThenLive(
+    ws: WebSocket,
+    sinceSeq: number,
+    generation: number,
+    current: () => number,
+    send: (e: TrainerEvent) => void,
+  ): Promise<(() => void) | undefined> {
+    const stale = () => current() !== generation || ws.readyState !== WebSocket.OPEN;
+    let sent = sinceSeq;
+    let history = this.hooks.events.since(sent);
+    while (history.length) {
+      for (const e of history) {
+        if (stale()) return undefined;
+        send(e);
+        sent = e.seq;
+        while (ws.bufferedAmount > REPLAY_HIGH_WATER_BYTES && !stale()) await new Promise((r) => setTimeout(r, 5));
+      }
+      // What training emitted meanwhile (from the in-memory ring: short, unless the replay was long).
+      history = this.hooks.events.since(sent);
+      if (history.length > 1000) continue;
+      if (stale()) return undefined;
+      for (const e of history) {
+        send(e);
+        sent = e.seq;
+      }
+      break;
+    }
+    if (stale()) return undefined;
+    return this.hooks.events.subscribe((e) => {
+      if (e.seq > sent) {
+        send(e);
+        sent = e.seq;
+      }
+    });
   }
 
   private ping(): void {

@@ -69,3 +69,47 @@ test('EventLog: a history of 250,000 events replays whole (a spread into push() 
   assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes('.resume-')), [], 'no temporary file left');
   fs.rmSync(dir, { recursive: true });
 });
+
+test('a subscriber to a long history gets all of it, paced by its socket (never dropped for a full buffer), then the live events with none lost', { timeout: 120_000 }, async () => {
+  const { TrainerServer } = await import('../../src/trainer/server');
+  const { WebSocket } = await import('ws');
+  const { TOKEN_HEADER } = await import('../../src/protocol');
+  const dir = tmp();
+  // 150,000 events of ~300 bytes: 45 MB, three times what the server lets queue for one client.
+  const N = 150_000;
+  const lines: string[] = [];
+  for (let i = 0; i < N; i++) lines.push(JSON.stringify({ ...metrics(i), extra: { note: 'x'.repeat(120) } }));
+  fs.writeFileSync(path.join(dir, RUN_FILES.metrics), lines.join('\n') + '\n');
+  const log = EventLog.resume(dir, N - 1, 1000);
+  const logged: string[] = [];
+  const server = new TrainerServer('secret', { events: log, onCommand: () => undefined, log: (m) => logged.push(m) });
+  const port = await server.listen();
+  const ws = new WebSocket(`ws://127.0.0.1:${port}`, { headers: { [TOKEN_HEADER]: 'secret' } });
+  const seqs: number[] = [];
+  let closed = false;
+  const done = new Promise<void>((resolve, reject) => {
+    ws.on('message', (d) => {
+      seqs.push((JSON.parse(d.toString()) as TrainerEvent).seq);
+      if (seqs.length === N + 50) resolve();
+    });
+    ws.on('close', () => {
+      closed = true;
+      reject(new Error(`the server closed the connection after ${seqs.length} of ${N + 50} events`));
+    });
+  });
+  await new Promise<void>((r) => ws.on('open', () => r()));
+  ws.send(JSON.stringify({ type: 'subscribe', sinceSeq: -1 }));
+  // Training goes on during the replay: 50 live events, emitted while the history streams.
+  for (let k = 0; k < 50; k++) {
+    await new Promise((r) => setTimeout(r, 2));
+    const { seq: _seq, ...e } = metrics(N + k) as TrainerEvent & { seq: number };
+    log.emit(e as never);
+  }
+  await done;
+  assert.equal(closed, false, 'the client was not dropped');
+  assert.deepEqual(logged.filter((m) => /dropped/.test(m)), []);
+  assert.ok(seqs.every((s, k) => s === k), 'every seq 0…N+49 exactly once, in order');
+  ws.close();
+  await server.close();
+  fs.rmSync(dir, { recursive: true });
+});

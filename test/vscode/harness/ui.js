@@ -124,8 +124,16 @@ const TITLE = 'PL Training: Start PL training';
     const ok = page.locator('.quick-input-widget .monaco-button', { hasText: 'OK' }).first();
     await ok.waitFor({ state: 'visible', timeout: 15000 });
     await ok.click();
-    for (let i = 0; i < 100 && !fs.existsSync(target); i++) await page.waitForTimeout(100);
-    const exported = JSON.parse(fs.readFileSync(target, 'utf8'));
+    // The file can exist before VS Code has finished writing it: wait until it parses.
+    let exported;
+    for (let i = 0; i < 150 && exported === undefined; i++) {
+      try {
+        exported = JSON.parse(fs.readFileSync(target, 'utf8'));
+      } catch {
+        await page.waitForTimeout(100);
+      }
+    }
+    if (exported === undefined) throw new Error(`no complete export at ${target} after 15 s`);
     const recorded = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
     check('the exported loss series equals metrics.jsonl, step for step', same(exported.series.loss, recorded.map((m) => [m.step, m.loss])), `${recorded.length} steps`);
