@@ -21,7 +21,7 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { ExpertStats, TrainingConfig } from '../../protocol';
 import { conditioning, dampedKappa, outputDirections, perSampleKernels, SpectralNormState, singularVectors, spectralNormProduct } from '../pl';
-import { classifierAccuracy, meanKappaOf, restoreGroups, saveGroups } from './shared';
+import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, weightedKappaOf } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -255,7 +255,7 @@ export class BertEncoder implements PlModel {
     // A pruned head never reaches the logits: no gradient, so no optimizer step either.
     const trainable = o.trainable.filter((h) => !pruned.has(h));
     const yOneHot = batch.y as T2;
-    const weights = this.regularizerWeights(trainable, o.unitWeights);
+    const weights = regularizerWeights(this.units, trainable, o.unitWeights);
     const regularized = alpha > 0 && this.probeU !== undefined && this.measurements.length === this.units && weights.total > 0;
     const shared = this.sharedVars();
     const varList: TF.Variable[] = [...shared];
@@ -277,7 +277,7 @@ export class BertEncoder implements PlModel {
       for (const h of trainable) this.headOptimizers[h].applyGradients(group(this.headVars(h)));
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.weightedKappa(trainable, weights)), accuracy, gradNormSq]);
+      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(weightedKappaOf(this.measurements.map((m) => m?.stats), trainable, weights)), accuracy, gradNormSq]);
       tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
@@ -335,18 +335,6 @@ export class BertEncoder implements PlModel {
       }
       return tf.div(lf, tf.maximum(mu, tf.mul(lf, damping))) as TF.Scalar;
     });
-  }
-
-  private regularizerWeights(trainable: number[], given: ArrayLike<number> | undefined): { w: number[]; total: number } {
-    const w = Array.from({ length: this.units }, (_, h) => (trainable.includes(h) ? (given ? Math.max(0, given[h] ?? 0) : 1) : 0));
-    return { w, total: w.reduce((a, b) => a + b, 0) };
-  }
-
-  private weightedKappa(trainable: number[], weights: { w: number[]; total: number }): number {
-    if (!(weights.total > 0)) return this.meanKappa(trainable);
-    let s = 0;
-    for (const h of trainable) s += (weights.w[h] * (this.measurements[h]?.stats.kappa ?? 0)) / weights.total;
-    return s;
   }
 
   /**

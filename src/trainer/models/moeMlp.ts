@@ -8,7 +8,7 @@ import { sumOfSquares } from '../engine/sumOfSquares';
 import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
 import { conditioning, dampedKappa, kappaSurrogatesTf, kappaSurrogateTf, outputDirections, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelsTf, tangentKernelTf } from '../pl';
-import { classifierAccuracy, meanKappaOf, restoreGroups, saveGroups } from './shared';
+import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, weightedKappaOf } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 export interface ExpertVars {
@@ -135,7 +135,7 @@ export class MoeMlp implements PlModel {
     const { alpha, trainable, pruned } = o;
     const x = batch.x as TF.Tensor2D;
     const yOneHot = batch.y as TF.Tensor2D;
-    const weights = this.regularizerWeights(trainable, o.unitWeights);
+    const weights = regularizerWeights(this.experts.length, trainable, o.unitWeights);
     const inStep = alpha > 0 && this.measuresInStep && this.probeX !== undefined && weights.total > 0;
     const regularized = inStep || (alpha > 0 && this.probeU !== undefined && this.measurements.length === this.experts.length && weights.total > 0);
     let monitorMs = 0;
@@ -166,7 +166,7 @@ export class MoeMlp implements PlModel {
       for (const i of trainable) this.expertOptimizers[i].applyGradients(group(this.expertVars(i)));
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = sumOfSquares(tf, Object.values(grads));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.weightedKappa(trainable, weights)), accuracy, gradNormSq]);
+      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(weightedKappaOf(this.measurements.map((m) => m?.stats), trainable, weights)), accuracy, gradNormSq]);
       tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
@@ -244,19 +244,6 @@ export class MoeMlp implements PlModel {
       const { mu, lf, kappa, vMin, vMax } = conditioning(K, n, this.config.monitor.damping, { tolerance: EIGEN_TOLERANCE });
       return { stats: { id, mu, lf, kappa, frozen: isFrozen(id), pruned: pruned.has(id) }, vMin, vMax };
     });
-  }
-
-  /** Regularizer weights over trainable experts: the gate's keep-probabilities, or uniform. */
-  private regularizerWeights(trainable: number[], given: ArrayLike<number> | undefined): { w: number[]; total: number } {
-    const w = this.experts.map((_, i) => (trainable.includes(i) ? (given ? Math.max(0, given[i] ?? 0) : 1) : 0));
-    return { w, total: w.reduce((a, b) => a + b, 0) };
-  }
-
-  private weightedKappa(trainable: number[], weights: { w: number[]; total: number }): number {
-    if (!(weights.total > 0)) return this.meanKappa(trainable);
-    let s = 0;
-    for (const i of trainable) s += (weights.w[i] * (this.measurements[i]?.stats.kappa ?? 0)) / weights.total;
-    return s;
   }
 
   /**

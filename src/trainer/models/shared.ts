@@ -42,7 +42,7 @@ export async function restoreGroups(tf: typeof TF, prefix: string, groups: Varia
 }
 
 /** Mean κ of the last measurement over these units (0 before the first). */
-export function meanKappaOf(stats: (ExpertStats | undefined)[], ids: number[]): number {
+export function meanKappaOf(stats: readonly (ExpertStats | undefined)[], ids: number[]): number {
   const ks = ids.map((i) => stats[i]?.kappa).filter((k): k is number => k !== undefined);
   return ks.length ? ks.reduce((a, b) => a + b, 0) / ks.length : 0;
 }
@@ -58,4 +58,23 @@ export function classifierAccuracy(tf: typeof TF, data: TaskData, split: 'train'
     tf.dispose([b.x, b.y]);
   }
   return correct / n;
+}
+
+/** Weights of the regularizer's mean over units: the given per-unit weights (clamped at 0) or 1, for trainable units only. */
+export interface UnitWeights {
+  w: number[];
+  total: number;
+}
+
+export function regularizerWeights(units: number, trainable: number[], given: ArrayLike<number> | undefined): UnitWeights {
+  const w = Array.from({ length: units }, (_, i) => (trainable.includes(i) ? (given ? Math.max(0, given[i] ?? 0) : 1) : 0));
+  return { w, total: w.reduce((a, b) => a + b, 0) };
+}
+
+/** The weighted mean κ of the last measurement over trainable units (the plain mean when no weight is positive). */
+export function weightedKappaOf(stats: readonly (ExpertStats | undefined)[], trainable: number[], weights: UnitWeights): number {
+  if (!(weights.total > 0)) return meanKappaOf(stats, trainable);
+  let s = 0;
+  for (const i of trainable) s += (weights.w[i] * (stats[i]?.kappa ?? 0)) / weights.total;
+  return s;
 }

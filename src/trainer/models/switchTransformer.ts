@@ -34,7 +34,7 @@ import type * as TF from '@tensorflow/tfjs';
 import type { ExpertStats, TrainingConfig } from '../../protocol';
 import { conditioning, dampedKappa, kappaSurrogateTf, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
-import { meanKappaOf, restoreGroups, saveGroups } from './shared';
+import { meanKappaOf, regularizerWeights, restoreGroups, saveGroups, weightedKappaOf } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -381,7 +381,7 @@ export class SwitchTransformerLm implements PlModel {
     const tf = this.tf;
     const { alpha, pruned } = o;
     const trainable = o.trainable.filter((e) => !pruned.has(e));
-    const weights = this.regularizerWeights(trainable, o.unitWeights);
+    const weights = regularizerWeights(this.units, trainable, o.unitWeights);
     const regularized = alpha > 0 && this.probeInputs.length > 0 && this.measurements.length === this.units && weights.total > 0;
     const shared = this.sharedVars();
     const varList: TF.Variable[] = [...shared];
@@ -409,7 +409,7 @@ export class SwitchTransformerLm implements PlModel {
         if (g.some((x) => x.tensor)) this.expertOptimizers[e].applyGradients(g);
       }
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.weightedKappa(trainable, weights)), gradNormSq]);
+      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(weightedKappaOf(this.measurements.map((m) => m?.stats), trainable, weights)), gradNormSq]);
       tf.dispose([taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
@@ -419,18 +419,6 @@ export class SwitchTransformerLm implements PlModel {
     const dispatched = routed.reduce((a, c) => a + c, 0);
     this.lastLoad = routed.map((c) => (dispatched ? c / dispatched : 0));
     return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: Math.exp(values[1]), gradNormSq: values[3] };
-  }
-
-  private regularizerWeights(trainable: number[], given: ArrayLike<number> | undefined): { w: number[]; total: number } {
-    const w = Array.from({ length: this.units }, (_, e) => (trainable.includes(e) ? (given ? Math.max(0, given[e] ?? 0) : 1) : 0));
-    return { w, total: w.reduce((a, b) => a + b, 0) };
-  }
-
-  private weightedKappa(trainable: number[], weights: { w: number[]; total: number }): number {
-    if (!(weights.total > 0)) return this.meanKappa(trainable);
-    let s = 0;
-    for (const e of trainable) s += (weights.w[e] * (this.measurements[e]?.stats.kappa ?? 0)) / weights.total;
-    return s;
   }
 
   /**

@@ -13,7 +13,7 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { ExpertStats, TrainingConfig } from '../../protocol';
 import { conditioning, dampedKappa, outputDirections, perSampleKernels, SpectralNormState, singularVectors, spectralNormProduct } from '../pl';
-import { classifierAccuracy, meanKappaOf, restoreGroups, saveGroups } from './shared';
+import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, weightedKappaOf } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type Tensor4D = TF.Tensor4D;
@@ -197,7 +197,7 @@ export class VggNet implements PlModel {
     // A pruned group has no gradient (it never reaches the logits), so it takes no optimizer step either.
     const trainable = o.trainable.filter((g) => !pruned.has(g));
     const yOneHot = batch.y as TF.Tensor2D;
-    const weights = this.regularizerWeights(trainable, o.unitWeights);
+    const weights = regularizerWeights(this.units, trainable, o.unitWeights);
     const regularized = alpha > 0 && this.probeU !== undefined && this.measurements.length === this.units && weights.total > 0;
     const varList: TF.Variable[] = [this.denseW, this.denseB];
     for (const g of trainable) varList.push(...this.groupVars(g));
@@ -218,7 +218,7 @@ export class VggNet implements PlModel {
       for (const g of trainable) this.groupOptimizers[g].applyGradients(group(this.groupVars(g)));
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.weightedKappa(trainable, weights)), accuracy, gradNormSq]);
+      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(weightedKappaOf(this.measurements.map((m) => m?.stats), trainable, weights)), accuracy, gradNormSq]);
       tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
@@ -272,18 +272,6 @@ export class VggNet implements PlModel {
       }
       return tf.div(lf, tf.maximum(mu, tf.mul(lf, damping))) as TF.Scalar;
     });
-  }
-
-  private regularizerWeights(trainable: number[], given: ArrayLike<number> | undefined): { w: number[]; total: number } {
-    const w = Array.from({ length: this.units }, (_, g) => (trainable.includes(g) ? (given ? Math.max(0, given[g] ?? 0) : 1) : 0));
-    return { w, total: w.reduce((a, b) => a + b, 0) };
-  }
-
-  private weightedKappa(trainable: number[], weights: { w: number[]; total: number }): number {
-    if (!(weights.total > 0)) return this.meanKappa(trainable);
-    let s = 0;
-    for (const g of trainable) s += (weights.w[g] * (this.measurements[g]?.stats.kappa ?? 0)) / weights.total;
-    return s;
   }
 
   /**
