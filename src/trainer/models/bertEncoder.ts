@@ -20,7 +20,7 @@
 // float64 finite differences in test/unit/model-bert-encoder.test.ts.
 import type * as TF from '@tensorflow/tfjs';
 import type { ExpertStats, TrainingConfig } from '../../protocol';
-import { conditioning, dampedKappa, outputDirections, perSampleKernels, SpectralNormState, singularVectors, spectralNormProduct } from '../pl';
+import { classifierUnitKernels, conditioning, dampedKappa, outputDirections, singularVectors, spectralNormProduct, SpectralNormState } from '../pl';
 import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, weightedKappaOf } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
@@ -343,27 +343,8 @@ export class BertEncoder implements PlModel {
    * head restored (the rest as they are): it is measured as it would act, like a gated-off expert.
    */
   headKernels(pruned: ReadonlySet<number>): Float64Array[] {
-    const tf = this.tf;
     if (!this.probeX || !this.probeU) throw new Error('measure needs a probe batch and output directions');
-    const n = this.probeX.shape[0];
-    const c = this.classes;
-    const rows = Array.from({ length: n }, (_, i) => tf.slice(this.probeX!, [i, 0], [1, -1]));
-    const dirs = Array.from({ length: n }, (_, i) => tf.tensor2d(Float32Array.from(this.probeU!.subarray(i * c, (i + 1) * c)), [1, c]));
-    const scalar = (mask: ReadonlySet<number>) => (i: number) => tf.tidy(() => tf.sum(tf.mul(this.logits(rows[i], mask), dirs[i])) as TF.Scalar);
-    try {
-      const live = Array.from({ length: this.units }, (_, h) => h).filter((h) => !pruned.has(h));
-      const kernels: Float64Array[] = new Array(this.units);
-      if (live.length) perSampleKernels(tf, n, scalar(pruned), live.map((h) => this.headVars(h))).forEach((K, k) => (kernels[live[k]] = K));
-      for (const h of pruned) {
-        if (h >= this.units) continue;
-        const restored = new Set(pruned);
-        restored.delete(h);
-        kernels[h] = perSampleKernels(tf, n, scalar(restored), [this.headVars(h)])[0];
-      }
-      return kernels;
-    } finally {
-      tf.dispose([...rows, ...dirs]);
-    }
+    return classifierUnitKernels(this.tf, { probeX: this.probeX, probeU: this.probeU, classes: this.classes, units: this.units, logits: (x, mask) => this.logits(x, mask), unitVars: (u) => this.headVars(u) }, pruned);
   }
 
   /** μ, L_f, κ of every head on the probe batch (float64 eigen-solve), refreshing the regularizer's vectors. */

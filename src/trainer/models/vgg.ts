@@ -12,7 +12,7 @@
 // matMul also differentiates twice, but was 2.5× slower per step on wasm.)
 import type * as TF from '@tensorflow/tfjs';
 import type { ExpertStats, TrainingConfig } from '../../protocol';
-import { conditioning, dampedKappa, outputDirections, perSampleKernels, SpectralNormState, singularVectors, spectralNormProduct } from '../pl';
+import { classifierUnitKernels, conditioning, dampedKappa, outputDirections, singularVectors, spectralNormProduct, SpectralNormState } from '../pl';
 import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, weightedKappaOf } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
@@ -281,27 +281,8 @@ export class VggNet implements PlModel {
    * measured as it would act, the way a gated-off expert is.
    */
   groupKernels(pruned: ReadonlySet<number>): Float64Array[] {
-    const tf = this.tf;
     if (!this.probeX || !this.probeU) throw new Error('measure needs a probe batch and output directions');
-    const n = this.probeX.shape[0];
-    const rows = Array.from({ length: n }, (_, i) => tf.slice(this.probeX!, [i, 0], [1, -1]));
-    const dirs = Array.from({ length: n }, (_, i) => tf.tensor2d(Float32Array.from(this.probeU!.subarray(i * this.classes, (i + 1) * this.classes)), [1, this.classes]));
-    const scalar = (mask: ReadonlySet<number>) => (i: number) => tf.sum(tf.mul(this.logits(rows[i], mask), dirs[i])) as TF.Scalar;
-    try {
-      const live = Array.from({ length: this.units }, (_, g) => g).filter((g) => !pruned.has(g));
-      const kernels: Float64Array[] = new Array(this.units);
-      const liveKernels = perSampleKernels(tf, n, scalar(pruned), live.map((g) => this.groupVars(g)));
-      live.forEach((g, k) => (kernels[g] = liveKernels[k]));
-      for (const g of pruned) {
-        if (g >= this.units) continue;
-        const restored = new Set(pruned);
-        restored.delete(g);
-        kernels[g] = perSampleKernels(tf, n, scalar(restored), [this.groupVars(g)])[0];
-      }
-      return kernels;
-    } finally {
-      tf.dispose([...rows, ...dirs]);
-    }
+    return classifierUnitKernels(this.tf, { probeX: this.probeX, probeU: this.probeU, classes: this.classes, units: this.units, logits: (x, mask) => this.logits(x, mask), unitVars: (u) => this.groupVars(u) }, pruned);
   }
 
   /** μ, L_f, κ of every group on the probe batch (float64 eigen-solve), refreshing the regularizer's vectors. */

@@ -30,3 +30,42 @@ export function perSampleKernels(tf: typeof TF, n: number, scalarOf: (i: number)
   }
   return jacobians.map((j, g) => gramOfJacobian(j, n, sizes[g]));
 }
+
+export interface ClassifierProbe {
+  /** Probe examples, one per row (rank 2: features, or token ids). */
+  probeX: TF.Tensor;
+  /** Output directions u_i (n × classes, row-major), held constant. */
+  probeU: Float64Array;
+  classes: number;
+  units: number;
+  logits(x: TF.Tensor, pruned: ReadonlySet<number>): TF.Tensor;
+  unitVars(unit: number): TF.Variable[];
+}
+
+/**
+ * Every unit's tangent kernel of a classifier on its probe batch: s_i = u_iᵀ logits(x_i), row i of
+ * J_u = ∇_{θ_u} s_i (perSampleKernels: one backward pass per probe example for all live units). A
+ * pruned unit's own kernel is taken with that unit restored (the rest as they are): it is measured
+ * as it would act, the way a gated-off expert is.
+ */
+export function classifierUnitKernels(tf: typeof TF, p: ClassifierProbe, pruned: ReadonlySet<number>): Float64Array[] {
+  const n = p.probeX.shape[0];
+  const c = p.classes;
+  const rows = Array.from({ length: n }, (_, i) => tf.slice(p.probeX, [i, 0], [1, -1]));
+  const dirs = Array.from({ length: n }, (_, i) => tf.tensor2d(Float32Array.from(p.probeU.subarray(i * c, (i + 1) * c)), [1, c]));
+  const scalar = (mask: ReadonlySet<number>) => (i: number) => tf.tidy(() => tf.sum(tf.mul(p.logits(rows[i], mask), dirs[i])) as TF.Scalar);
+  try {
+    const live = Array.from({ length: p.units }, (_, u) => u).filter((u) => !pruned.has(u));
+    const kernels: Float64Array[] = new Array(p.units);
+    if (live.length) perSampleKernels(tf, n, scalar(pruned), live.map((u) => p.unitVars(u))).forEach((K, k) => (kernels[live[k]] = K));
+    for (const u of pruned) {
+      if (u >= p.units) continue;
+      const restored = new Set(pruned);
+      restored.delete(u);
+      kernels[u] = perSampleKernels(tf, n, scalar(restored), [p.unitVars(u)])[0];
+    }
+    return kernels;
+  } finally {
+    tf.dispose([...rows, ...dirs]);
+  }
+}
