@@ -352,4 +352,7 @@ test('with PLTRAIN_NATIVE=off the trainer falls back to plain wasm and still tra
   assert.equal(result.native, false);
   assert.match(result.detail, /no native BLAS: native kernels off \(PLTRAIN_NATIVE\)/);
   assert.ok(result.msPerStep.median > 0 && Number.isFinite(result.measureMs));
+  // The default-α step, timed with its in-step κ measurement (what the bench's monitoring figure divides).
+  assert.equal(result.regularized.alpha, 0.01);
+  assert.ok(result.regularized.msPerStep > 0 && result.regularized.monitorMs >= 0 && result.regularized.monitorMs < result.regularized.msPerStep, JSON.stringify(result.regularized));
 });
