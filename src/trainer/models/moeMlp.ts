@@ -231,16 +231,14 @@ export class MoeMlp implements PlModel {
   }
 
   /**
-   * μ, L_f (λ_max), κ and eigenvectors of every expert's kernel, read back as one E·n·n float32 array:
-   * symmetrized, then eigen-solved in float64 to a √ε tolerance (docs/method.md, "Probe size and
-   * cost": the float32 kernel, not the solver, limits the accuracy).
+   * μ, L_f (λ_max), κ and eigenvectors of every expert's kernel, read back as one E·n·n float32 array
+   * and eigen-solved in float64 (which symmetrizes it) to a √ε tolerance (docs/method.md, "Probe size
+   * and cost": the float32 kernel, not the solver, limits the accuracy).
    */
   private conditionKernels(kernels: Float32Array, isFrozen: (id: number) => boolean, pruned: ReadonlySet<number>): Measurement[] {
     const n = this.probeX!.shape[0];
     return this.experts.map((_, id) => {
-      const K = Float64Array.from(kernels.subarray(id * n * n, (id + 1) * n * n));
-      // Float32 round-off can leave K(i,j) and K(j,i) a few ulps apart.
-      for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) K[i * n + j] = K[j * n + i] = (K[i * n + j] + K[j * n + i]) / 2;
+      const K = kernels.subarray(id * n * n, (id + 1) * n * n);
       const { mu, lf, kappa, vMin, vMax } = conditioning(K, n, this.config.monitor.damping, { tolerance: EIGEN_TOLERANCE });
       return { stats: { id, mu, lf, kappa, frozen: isFrozen(id), pruned: pruned.has(id) }, vMin, vMax };
     });

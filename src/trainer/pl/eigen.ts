@@ -120,4 +120,3 @@ export function symmetricEigen(a: ArrayLike<number>, n: number, options: EigenOp
   });
   return { values, vectors, sweeps };
 }
-

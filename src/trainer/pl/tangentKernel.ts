@@ -110,9 +110,10 @@ export interface Conditioning {
  * expert, every ReLU off on the probe, has K = U·Uᵀ of rank ≤ c < n). A zero kernel (every u_i = 0:
  * the probe is fitted perfectly) gives μ = L = 0 and κ = 1/δ, never NaN. Eigenvalues that round-off
  * pushed below zero (K is PSD) are reported as 0. vMin and vMax are the unit eigenvectors of λ_min and
- * λ_max, the ones the regularizer holds constant.
+ * λ_max, the ones the regularizer holds constant. K may be float32 with round-off asymmetry: the
+ * eigen-solver reads (K + Kᵀ)/2 in float64.
  */
-export function conditioning(k: Float64Array, n: number, damping: number, eigen: EigenOptions = {}): Conditioning {
+export function conditioning(k: ArrayLike<number>, n: number, damping: number, eigen: EigenOptions = {}): Conditioning {
   if (n < 1) throw new RangeError(`kernel size must be at least 1, got ${n}`);
   if (!(damping > 0 && damping <= 1)) throw new RangeError(`damping must be in (0, 1], got ${damping}`);
   const { values, vectors } = symmetricEigen(k, n, eigen);
