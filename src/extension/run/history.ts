@@ -1,9 +1,9 @@
 // The extension host's bound on a run's history. A metrics event costs the host about 300 bytes
 // (4 experts measured every 10 steps), so a million-step run would hold ~300 MB in the extension host,
 // which every extension shares, and hand the panel a snapshot of a million events. Past a capacity,
-// the older half of the history is thinned the way the panel thins its series: in blocks of
-// consecutive events, the extremes survive. The recent half is never touched, and everything stays
-// on disk (metrics.jsonl) at full resolution.
+// the older history is thinned the way the panel thins its series: by equal step widths, each bucket
+// keeping its extremes. The newest quarter of the capacity is never touched, and everything stays on
+// disk (metrics.jsonl) at full resolution.
 import type { ExpertStats, MetricsEvent, TrainerEvent } from '../../protocol';
 
 /**

@@ -46,7 +46,7 @@ export class RunSession {
 
   /**
    * The run's events in seq order. Bounded (history.ts): past `historyCapacity` metrics events the
-   * older half is thinned, extremes kept; metrics.jsonl keeps everything.
+   * older ones are thinned, extremes kept; metrics.jsonl keeps everything.
    */
   readonly events: TrainerEvent[] = [];
   private metricsHeld = 0;
@@ -215,10 +215,9 @@ export class RunSession {
     let w = 0;
     for (const x of this.events) if (x.type !== 'metrics' || x.step <= step) this.events[w++] = x;
     this.events.length = w;
-    const keep = this.events;
-    this.metricsHeld = keep.reduce((n, x) => n + (x.type === 'metrics' ? 1 : 0), 0);
     this.pendingBatch = this.pendingBatch.filter((x) => x.type !== 'metrics' || x.step <= step);
-    const metrics = keep.filter((x): x is MetricsEvent => x.type === 'metrics');
+    const metrics = this.events.filter((x): x is MetricsEvent => x.type === 'metrics');
+    this.metricsHeld = metrics.length;
     this.lastMetrics = metrics.at(-1);
     this.step = this.lastMetrics?.step ?? step;
     const measured = metrics.filter((m) => m.experts).at(-1);
