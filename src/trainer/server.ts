@@ -28,6 +28,8 @@ export const MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
  * history in send buffers, and lets training steps run in between.
  */
 const REPLAY_HIGH_WATER_BYTES = 4 * 1024 * 1024;
+/** Events few enough to send in one go (well under the high water mark), with no pacing. */
+const REPLAY_UNPACED_EVENTS = 1000;
 
 /** Digests first, so the comparison is constant-time whatever the presented token's length. */
 export function tokenMatches(presented: string | string[] | undefined, token: string): boolean {
@@ -142,25 +144,23 @@ export class TrainerServer {
   ): Promise<(() => void) | undefined> {
     const stale = () => current() !== generation || ws.readyState !== WebSocket.OPEN;
     let sent = sinceSeq;
+    // A long history is sent paced; then what training emitted meanwhile, until the rest is short.
     let history = this.hooks.events.since(sent);
-    while (history.length) {
+    while (history.length > REPLAY_UNPACED_EVENTS) {
       for (const e of history) {
         if (stale()) return undefined;
         send(e);
         sent = e.seq;
         while (ws.bufferedAmount > REPLAY_HIGH_WATER_BYTES && !stale()) await new Promise((r) => setTimeout(r, 5));
       }
-      // What training emitted meanwhile (from the in-memory ring: short, unless the replay was long).
       history = this.hooks.events.since(sent);
-      if (history.length > 1000) continue;
-      if (stale()) return undefined;
-      for (const e of history) {
-        send(e);
-        sent = e.seq;
-      }
-      break;
     }
     if (stale()) return undefined;
+    // The short rest and the live listener in one tick: nothing can be emitted in between.
+    for (const e of history) {
+      send(e);
+      sent = e.seq;
+    }
     return this.hooks.events.subscribe((e) => {
       if (e.seq > sent) {
         send(e);
