@@ -75,12 +75,18 @@ tally() { # reads "<label>: N passed, M failed" from a log
     passed=$((passed + $(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$line"))); failed=$((failed + $(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")))
   else failed=$((failed + 1)); fi
 }
-t "extension-host tests (mocha inside the real VS Code extension host)"
-node "$ROOT/test/vscode/harness/exthost.js" "$ROOT" "$ROOT/dist/test/suite/index.js" "$RUN/ws-exthost" 2>&1 | tee "$RUN/exthost.log" || true
-tally exthost "$RUN/exthost.log"
-t "UI test (command palette → webview)"
-node "$ROOT/test/vscode/harness/ui.js" "$ROOT" "$RUN/ws-ui" "$ROOT/test-results/vscode-panel.png" 2>&1 | tee "$RUN/ui.log" || true
-tally ui "$RUN/ui.log"
+# PLTRAIN_VSCODE_SUITES picks suites when chasing one of them (default: both).
+SUITES="${PLTRAIN_VSCODE_SUITES:-exthost ui}"
+if [[ " $SUITES " == *" exthost "* ]]; then
+  t "extension-host tests (mocha inside the real VS Code extension host)"
+  node "$ROOT/test/vscode/harness/exthost.js" "$ROOT" "$ROOT/dist/test/suite/index.js" "$RUN/ws-exthost" 2>&1 | tee "$RUN/exthost.log" || true
+  tally exthost "$RUN/exthost.log"
+fi
+if [[ " $SUITES " == *" ui "* ]]; then
+  t "UI test (command palette → webview)"
+  node "$ROOT/test/vscode/harness/ui.js" "$ROOT" "$RUN/ws-ui" "$ROOT/test-results/vscode-panel.png" 2>&1 | tee "$RUN/ui.log" || true
+  tally ui "$RUN/ui.log"
+fi
 t "done"
 echo "vscode: $passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -20,6 +20,8 @@ function launch() {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
+    // PLTRAIN_UI_SLOWMO (ms per action) reproduces a slow CI machine: the trainer runs on while the UI lags.
+    slowMo: Number(process.env.PLTRAIN_UI_SLOWMO) || 0,
     args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
 }

@@ -41,6 +41,21 @@ const TITLE = 'PL Training: Start PL training';
     }
     return false;
   }
+  /** On a failure: what the panel and the trainer said, so a red CI run explains itself. */
+  async function dumpState() {
+    const frame = page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
+    const text = async (sel) => ((await frame.locator(sel).first().textContent({ timeout: 2000 }).catch(() => null)) ?? '?').replace(/\s+/g, ' ').trim();
+    console.error(`  panel: state "${await text('[data-testid="run-state"]')}", step "${await text('[data-testid="step"]')}", connection "${await text('[data-testid="connection"]')}"`);
+    console.error(`  panel experts: ${await text('[data-testid="expert-rows"]')}`);
+    console.error(`  panel command log: ${(await text('[data-testid="command-log"]')).slice(0, 1500)}`);
+    const notes = await page.locator('.notifications-toasts .notification-list-item-message').allTextContents().catch(() => []);
+    if (notes.length) console.error(`  notifications: ${notes.join(' | ')}`);
+    const runsDir = path.join(folder, '.pltrain', 'runs');
+    for (const run of fs.existsSync(runsDir) ? fs.readdirSync(runsDir) : []) {
+      const log = path.join(runsDir, run, 'trainer.log');
+      if (fs.existsSync(log)) console.error(`  ${run}/trainer.log (tail):\n${fs.readFileSync(log, 'utf8').trim().split('\n').slice(-15).map((l) => `    ${l}`).join('\n')}`);
+    }
+  }
   try {
     await page.goto(workbenchUrl({ folder, devPath }));
     await page.locator('.monaco-workbench .part.statusbar').waitFor({ timeout: 90000 });
@@ -59,7 +74,7 @@ const TITLE = 'PL Training: Start PL training';
     check('a κ value shows in the webview', Number.isFinite(kappa) && kappa >= 1, `κ₀ = ${kappa}`);
     const backend = (await panel.locator('[data-testid="backend"]').textContent()).trim();
     check('the backend is shown', /wasm|cpu|tensorflow/i.test(backend), backend);
-    await panel.locator('[data-testid="btn-pause"]').click();
+    await panel.locator('[data-testid="btn-pause"]:not([disabled])').click();
     const log = panel.locator('[data-testid="command-log"]');
     await log.getByText(/applied at step \d+/).first().waitFor({ timeout: 30000 });
     const applied = (await log.textContent()).match(/applied at step (\d+)/);
@@ -96,21 +111,26 @@ const TITLE = 'PL Training: Start PL training';
     await status.waitFor({ timeout: 15000 });
     check('the status bar shows the step and loss', true, (await status.textContent()).trim());
     await page.screenshot({ path: shot.replace(/panel\.png$/, 'sidebar.png') });
-    await restored.locator('[data-testid="btn-resume"]').click();
+    await restored.locator('[data-testid="btn-resume"]:not([disabled])').click();
     await restored.locator('[data-testid="run-state"]').getByText(/running/i).waitFor({ timeout: 30000 });
     check('resume from the restored panel is acknowledged', true);
     const panel2 = restored;
 
     // Steer α and an expert from the panel; the panel shows the acknowledged values only.
     await panel2.locator('[data-testid="alpha-input"]').fill('0.05');
-    await panel2.locator('[data-testid="btn-set-alpha"]').click();
+    await panel2.locator('[data-testid="btn-set-alpha"]:not([disabled])').click();
     await panel2.locator('[data-testid="command-log"] [data-testid^="command-"]', { hasText: /0\.05/ }).getByText(/applied at step \d+/).waitFor({ timeout: 30000 });
     await panel2.locator('[data-testid="alpha"]').getByText('0.05').waitFor({ timeout: 10000 });
     check('α set from the panel is applied and shown as acknowledged', true);
-    await panel2.locator('[data-testid="freeze-1"]').click();
-    await panel2.locator('[data-testid="frozen-1"]').getByText('yes').waitFor({ timeout: 30000 });
-    check('freezing expert 1 from the panel shows it frozen once acknowledged', true);
-    await panel2.locator('[data-testid="btn-stop"]').click();
+    // The toggle is enabled only while the run is steerable and nothing is pending for expert 1;
+    // a click on a disabled toggle does nothing, so wait for it like a user would.
+    await panel2.locator('[data-testid="freeze-1"]:not([disabled])', { hasText: 'Freeze' }).click({ timeout: 30000 });
+    const freezeEntry = panel2.locator('[data-testid="command-log"] [data-testid^="command-"]', { hasText: 'Freeze expert 1' });
+    await freezeEntry.waitFor({ timeout: 10000 });
+    await freezeEntry.getByText(/applied at step \d+/).waitFor({ timeout: 30000 });
+    await panel2.locator('[data-testid="frozen-1"]').getByText('yes').waitFor({ timeout: 10000 });
+    check('freezing expert 1 from the panel shows it frozen once acknowledged', true, (await freezeEntry.locator('.command-status').textContent()).trim());
+    await panel2.locator('[data-testid="btn-stop"]:not([disabled])').click();
     await panel2.locator('[data-testid="run-state"]').getByText(/stopped/i).waitFor({ timeout: 30000 });
     check('stop ends the run', true);
 
@@ -142,6 +162,7 @@ const TITLE = 'PL Training: Start PL training';
   } catch (e) {
     failed = true;
     console.error(`UI test failed: ${e.message.split('\n')[0]}`);
+    await dumpState().catch((err) => console.error(`  (could not read the panel's state: ${err.message.split('\n')[0]})`));
     await page.screenshot({ path: shot.replace(/\.png$/, '') + '-fail.png' }).catch(() => {});
   } finally {
     await browser.close();
