@@ -275,8 +275,8 @@ function refLogits(net: RefNet, m: BertEncoder, x: ArrayLike<number>, pruned: Re
 /** Probe inputs and the output directions u the model used at its last measure (recomputed the same way). */
 function probeAndDirections(m: BertEncoder, probe: Batch, pruned: ReadonlySet<number>) {
   const n = probe.size;
-  const probs = tf.tidy(() => tf.softmax(m.logits(probe.x, pruned)).dataSync());
-  return { xs: Float32Array.from(probe.x.dataSync()), u: outputDirections(probs, probe.y.dataSync(), n, m.classes), n };
+  const logProbs = tf.tidy(() => tf.logSoftmax(m.logits(probe.x, pruned)).dataSync());
+  return { xs: Float32Array.from(probe.x.dataSync()), u: outputDirections(logProbs, probe.y.dataSync(), n, m.classes), n };
 }
 
 /** s_i = u_iᵀ logits(x_i) for every probe example, float64. */

@@ -342,8 +342,8 @@ function genericBiases(m: VggNet, seed: number): void {
 /** Probe inputs and the output directions u the model used at its last measure (recomputed the same way). */
 function probeAndDirections(m: VggNet, probe: Batch, pruned: ReadonlySet<number>) {
   const n = probe.size;
-  const probs = tf.tidy(() => tf.softmax(m.logits(probe.x, pruned)).dataSync());
-  return { xs: Float32Array.from(probe.x.dataSync()), u: outputDirections(probs, probe.y.dataSync(), n, m.classes), n };
+  const logProbs = tf.tidy(() => tf.logSoftmax(m.logits(probe.x, pruned)).dataSync());
+  return { xs: Float32Array.from(probe.x.dataSync()), u: outputDirections(logProbs, probe.y.dataSync(), n, m.classes), n };
 }
 
 test('per-group tangent kernels equal J·Jᵀ of a float64 finite-difference Jacobian (pruned group: measured restored)', () => {

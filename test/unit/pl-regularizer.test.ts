@@ -163,7 +163,7 @@ test('PL* along the real gradient: ‖∇_w CE‖² = aᵀ·K·a with u = output
     const total = exp.reduce((s, v) => s + v, 0);
     exp.forEach((v, o) => (probs[i * e.c + o] = v / total));
   }
-  const u = outputDirections(probs, oneHot, n, e.c);
+  const u = outputDirections(probs.map(Math.log), oneHot, n, e.c);
   const a = Float64Array.from({ length: n }, (_, i) => Math.hypot(...Array.from({ length: e.c }, (_, o) => probs[i * e.c + o] - oneHot[i * e.c + o])) / n);
   const k = twoLayerTangentKernel(e, p.x, u, n);
   let aKa = 0;

@@ -141,10 +141,10 @@ test('two-layer kernel of a dead expert (every ReLU off) is U·Uᵀ: singular fo
   assert.equal(conditioning(k, n, 1e-6).kappa, 1e6);
 });
 
-test('output directions: u_i = (p_i − y_i)/‖p_i − y_i‖, unit rows summing to 0; zero row for a perfect prediction', () => {
+test('output directions: u_i = (p_i − y_i)/‖p_i − y_i‖, unit rows summing to 0; zero row only when the other classes have probability 0', () => {
   const probs = [0.7, 0.2, 0.1, 1, 0, 0, 0.25, 0.25, 0.5];
   const oneHot = [0, 1, 0, 1, 0, 0, 0, 0, 1];
-  const u = outputDirections(probs, oneHot, 3, 3);
+  const u = outputDirections(probs.map(Math.log), oneHot, 3, 3);
   for (const row of [0, 2]) {
     const g = [0, 1, 2].map((o) => probs[row * 3 + o] - oneHot[row * 3 + o]);
     const norm = Math.hypot(...g);
@@ -155,11 +155,48 @@ test('output directions: u_i = (p_i − y_i)/‖p_i − y_i‖, unit rows summin
   }
   assert.deepEqual(Array.from(u.slice(3, 6)), [0, 0, 0]);
   assert.ok(u[1] < 0 && u[0] > 0, 'points from the label towards the wrong classes');
+  // Soft labels (not one-hot) use p − y as it stands.
+  const soft = outputDirections([0.5, 0.5].map(Math.log), [0.9, 0.1], 1, 2);
+  assert.ok(Math.abs(soft[0] + Math.SQRT1_2) <= 1e-15 && Math.abs(soft[1] - Math.SQRT1_2) <= 1e-15);
+});
+
+test('output directions of confidently fitted examples: float32 log-probabilities at margins up to 80 give the float64 direction', () => {
+  // Where float32 softmax rounds p_t to 1 and p − y to ~0 (margins past ~28), the pull still has a
+  // direction: g_j = p_j (j ≠ t), g_t = −Σ p_j. Reference: the same formula on float64 logits.
+  const c = 4;
+  const cases = [
+    { z: [2, 0.5, -1, 0], t: 0 },
+    { z: [0, 30, 1, -2], t: 1 },
+    { z: [-3, 0, 60, 1.5], t: 2 },
+    { z: [0.3, -0.7, 0.1, 80], t: 3 },
+  ];
+  const n = cases.length;
+  const logProbs = new Float64Array(n * c);
+  const oneHot = new Float64Array(n * c);
+  const expected = new Float64Array(n * c);
+  cases.forEach(({ z, t }, i) => {
+    const top = Math.max(...z);
+    const lse = top + Math.log(z.reduce((s, v) => s + Math.exp(v - top), 0));
+    z.forEach((v, o) => (logProbs[i * c + o] = Math.fround(v - lse))); // what a float32 logSoftmax returns
+    oneHot[i * c + t] = 1;
+    const g = z.map((v, o) => (o === t ? 0 : Math.exp(v - lse)));
+    g[t] = -g.reduce((s, v) => s + v, 0);
+    const norm = Math.hypot(...g);
+    g.forEach((v, o) => (expected[i * c + o] = v / norm));
+  });
+  const u = outputDirections(logProbs, oneHot, n, c);
+  for (let i = 0; i < n * c; i++) assert.ok(Math.abs(u[i] - expected[i]) <= 2e-5, `entry ${i}: ${u[i]} vs ${expected[i]}`);
+  for (let i = 0; i < n; i++) assert.ok(Math.abs(Math.hypot(...u.slice(i * c, (i + 1) * c)) - 1) <= 1e-12, `row ${i} is a unit vector`);
+  // The old input, float32 probabilities, has no direction left at margin 60 or 80: p − y rounds to ≤ 1e-26.
+  for (const i of [2, 3]) {
+    const g = cases[i].z.map((_, o) => Math.fround(Math.exp(logProbs[i * c + o])) - oneHot[i * c + o]);
+    assert.ok(Math.hypot(...g) < 1e-12, `case ${i}: float32 p − y is ${Math.hypot(...g)}`);
+  }
 });
 
 test('estimators reject inputs whose length does not match the stated sizes', () => {
   const e: TwoLayerExpert = { d: 2, h: 3, c: 2, w1: new Float64Array(6), b1: new Float64Array(3), w2: new Float64Array(5), b2: new Float64Array(2) };
   assert.throws(() => twoLayerTangentKernel(e, new Float64Array(4), new Float64Array(4), 2), /w2 has 5 entries, expected 6/);
   assert.throws(() => gramOfJacobian(new Float64Array(5), 2, 3), /jacobian has 5 entries, expected 6/);
-  assert.throws(() => outputDirections([1, 0], [1, 0, 0], 1, 2), /oneHot has 3 entries, expected 2/);
+  assert.throws(() => outputDirections([0, -1], [1, 0, 0], 1, 2), /oneHot has 3 entries, expected 2/);
 });

@@ -148,8 +148,16 @@ test('measure() (float32 kernels from the backend) agrees with the float64 close
   }
   const stats = m.measure(new Set(), new Set());
   const probe = imageTaskData(data).batch(tf, 'train', [0, 1, 2, 3, 4, 5, 6, 7]);
-  const probs = tf.softmax(m.logits(probe.x as tf.Tensor2D)).dataSync();
-  const u = outputDirections(probs, probe.y.dataSync(), 8, 10);
+  // Log-probabilities in float64 from the model's logits.
+  const z = m.logits(probe.x as tf.Tensor2D).dataSync();
+  const logProbs = new Float64Array(80);
+  for (let i = 0; i < 8; i++) {
+    const row = Array.from(z.subarray(i * 10, i * 10 + 10));
+    const top = Math.max(...row);
+    const lse = top + Math.log(row.reduce((s, v) => s + Math.exp(v - top), 0));
+    row.forEach((v, o) => (logProbs[i * 10 + o] = v - lse));
+  }
+  const u = outputDirections(logProbs, probe.y.dataSync(), 8, 10);
   for (let e = 0; e < 3; e++) {
     const [w1, b1, w2, b2] = m.unitWeights(e);
     const ref = conditioning(twoLayerTangentKernel({ d: 196, h: 16, c: 10, w1, b1, w2, b2 }, probe.x.dataSync(), u, 8), 8, c.monitor.damping);
@@ -290,5 +298,37 @@ test('a regularized step leaves no tensors behind, with and without pruned exper
   for (let i = 0; i < 3; i++) step(new Set([1]));
   assert.equal(tf.memory().numTensors, before);
   tf.dispose([x, y]);
+  m.dispose();
+});
+
+test('a probe the model fits with huge margins keeps a finite κ (directions from log-probabilities, not float32 softmax)', async () => {
+  // Long runs get here: on the built-in data, probe examples reached margins of 30+ by step ~24k, where
+  // float32 softmax − y rounds to 0, every kernel lost a row and every expert read κ = 1/δ.
+  const c = config({ seed: 5 });
+  const m = newModel(c);
+  const x = imageTaskData(data).batch(tf, 'train', [0, 1, 2, 3, 4, 5, 6, 7]).x as tf.Tensor2D;
+  const smallestMargin = () =>
+    tf.tidy(() => Math.min(...(tf.topk(m.logits(x), 2).values.arraySync() as number[][]).map(([a, b]) => a - b)));
+  // Scale every expert's output layer (the mixture's logits scale with it) to a smallest margin of 60.
+  const scale = 60 / smallestMargin();
+  const state = await m.getState();
+  for (const [name, t] of Object.entries(state.variables)) if (/expert\d+\/(w2|b2)$/.test(name)) t.data = t.data.map((v) => v * scale);
+  await m.setState(state);
+  const margin = smallestMargin();
+  assert.ok(margin > 40, `the test needs fitted examples past float32 softmax's reach: smallest margin ${margin}`);
+  // Labels = the model's own predictions, so every probe example is fitted, by that margin.
+  const logits = m.logits(x);
+  const y = tf.oneHot(tf.argMax(logits, 1), 10).toFloat() as tf.Tensor2D;
+  logits.dispose();
+  m.setProbe({ x, y, size: 8 });
+  const floor = 1 / c.monitor.damping;
+  const stats = m.measure(new Set(), new Set());
+  for (const s of stats) assert.ok(s.mu > 0 && s.kappa < floor / 10, `expert ${s.id}: μ ${s.mu}, κ ${s.kappa} (floor ${floor})`);
+  // The regularized step measures the same way in its own graph.
+  const b = batch(3);
+  const r = m.trainStep({ ...b, size: 32 }, { alpha: 0.01, trainable: [0, 1, 2], pruned: new Set() });
+  tf.dispose([b.x, b.y]);
+  for (const s of r.measured ?? []) assert.ok(s.kappa < floor / 10, `in-step: expert ${s.id}: κ ${s.kappa}`);
+  assert.equal(r.measured?.length, 3);
   m.dispose();
 });

@@ -218,8 +218,8 @@ export class MoeMlp implements PlModel {
     const probeX = this.probeX!;
     const [n, h, c] = [probeX.shape[0], this.config.model.hiddenUnits, this.c];
     const t0 = performance.now();
-    const probs = tf.tidy(() => tf.softmax(tf.slice(forward.logits, [offset, 0], [n, c])).dataSync());
-    const u = tf.tensor2d(Float32Array.from(outputDirections(probs, this.probeLabels!, n, c)), [n, c]);
+    const logProbs = tf.tidy(() => tf.logSoftmax(tf.slice(forward.logits, [offset, 0], [n, c])).dataSync());
+    const u = tf.tensor2d(Float32Array.from(outputDirections(logProbs, this.probeLabels!, n, c)), [n, c]);
     const readMs = performance.now() - t0;
     // A pruned expert has no rows in the forward pass; it is still measured, from its own product.
     const pre = this.experts.map((e, i) => {

@@ -290,8 +290,8 @@ export class VggNet implements PlModel {
     const tf = this.tf;
     if (!this.probeX || !this.probeY) throw new Error('setProbe first');
     const n = this.probeX.shape[0];
-    const probs = tf.tidy(() => tf.softmax(this.logits(this.probeX!, pruned)).dataSync());
-    this.probeU = outputDirections(probs, this.probeY.dataSync(), n, this.classes);
+    const logProbs = tf.tidy(() => tf.logSoftmax(this.logits(this.probeX!, pruned)).dataSync());
+    this.probeU = outputDirections(logProbs, this.probeY.dataSync(), n, this.classes);
     const damping = this.config.monitor.damping;
     const kernels = this.groupKernels(pruned);
     this.measurements = kernels.map((K, id) => {

@@ -75,22 +75,52 @@ export function gramOfJacobian(j: ArrayLike<number>, n: number, p: number): Floa
 /**
  * Output directions that scalarize a classifier's kernel: u_i = g_i/‖g_i‖, g_i = softmax(z_i) − y_i,
  * the per-sample cross-entropy gradient w.r.t. the logits. Normalized so the kernel measures the
- * geometry along the directions the loss pulls, not how far along them it still is. A fitted example
- * (‖g_i‖ ≤ 1e-12; entries of g lie in [−1, 1]) gives u_i = 0: it exerts no pull.
+ * geometry along the directions the loss pulls, not how far along them it still is.
+ *
+ * Takes log-probabilities (a float32 logSoftmax stays accurate where softmax rounds to 0 and 1). With a
+ * one-hot label t, g_j = p_j for j ≠ t and g_t = p_t − 1 = −Σ_{j≠t} p_j; scaled by 1/max_{j≠t} p_j in
+ * float64 this never underflows, so a confidently fitted example keeps its direction. (From float32
+ * probabilities, a margin above ~28 gave g = 0, a zero row in every kernel and κ = 1/δ for every unit:
+ * docs/method.md, "Scalarizing a classifier".) Only an example whose other classes have probability
+ * exactly 0 gets u_i = 0. A row that is not one-hot (soft labels) uses g = p − y as it stands.
  */
-export function outputDirections(probs: ArrayLike<number>, oneHot: ArrayLike<number>, n: number, c: number): Float64Array {
-  expectLength('probs', probs, n * c);
+export function outputDirections(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, n: number, c: number): Float64Array {
+  expectLength('logProbs', logProbs, n * c);
   expectLength('oneHot', oneHot, n * c);
   const u = new Float64Array(n * c);
   for (let i = 0; i < n; i++) {
-    let norm = 0;
+    const row = i * c;
+    let label = -1;
+    let ones = 0;
     for (let o = 0; o < c; o++) {
-      const g = probs[i * c + o] - oneHot[i * c + o];
-      u[i * c + o] = g;
-      norm += g * g;
+      if (oneHot[row + o] === 1) label = o;
+      if (oneHot[row + o] !== 0) ones++;
+    }
+    let norm = 0;
+    if (ones === 1 && label >= 0) {
+      let top = -Infinity;
+      for (let o = 0; o < c; o++) if (o !== label) top = Math.max(top, logProbs[row + o]);
+      if (!Number.isFinite(top)) continue; // every other class at probability 0: no pull left
+      let rest = 0;
+      for (let o = 0; o < c; o++) {
+        if (o === label) continue;
+        const q = Math.exp(logProbs[row + o] - top);
+        u[row + o] = q;
+        rest += q;
+        norm += q * q;
+      }
+      u[row + label] = -rest;
+      norm += rest * rest;
+    } else {
+      for (let o = 0; o < c; o++) {
+        const g = Math.exp(logProbs[row + o]) - oneHot[row + o];
+        u[row + o] = g;
+        norm += g * g;
+      }
+      if (!(norm > 1e-24)) norm = Infinity; // a soft-label example already fitted: no pull
     }
     norm = Math.sqrt(norm);
-    for (let o = 0; o < c; o++) u[i * c + o] = norm > 1e-12 ? u[i * c + o] / norm : 0;
+    for (let o = 0; o < c; o++) u[row + o] /= norm;
   }
   return u;
 }
