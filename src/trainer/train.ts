@@ -7,6 +7,7 @@ import { selectBackend } from './backend';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint';
 import { EventLog } from './events';
 import { createModel, loadTaskData, type PlModel } from './models';
+import { DampingFloorWatch, type FloorChanges } from './pl/dampingFloor';
 import { GatingPruner } from './pl/pruner';
 import { Progress } from './progress';
 import { RunAnnouncement, establishToken, writeJsonAtomic } from './runDir';
@@ -128,12 +129,30 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     };
 
     let experts = model.measure(steering.frozen, steering.pruned);
+    const floorWatch = new DampingFloorWatch(config.monitor.damping);
     // A resumed run reshuffles from a seed derived from its step (not the exact batch sequence).
     const order = batches(data.trainSize, Math.min(config.batchSize, data.trainSize), config.seed + step);
     let emaRate = 0;
     let lowestLoss = Infinity; // f*, for the PL* ratio
     let lastAnnounce = Date.now();
     let last = performance.now();
+
+    const reportDampingFloor = ({ entered, left }: FloorChanges, alpha: number, trainable: number) => {
+      const floor = 1 / config.monitor.damping;
+      for (const e of entered) {
+        const share = alpha > 0 && trainable > 0 ? ` and adds α/(δ·${trainable}) = ${((alpha * floor) / trainable).toPrecision(3)} to the loss` : '';
+        const article = /^[aeiou]/.test(unitName) ? 'an' : 'a';
+        log(
+          'warn',
+          `${unitName} ${e.id} at step ${step}: λ_min ≤ δ·λ_max on the probe (μ ${e.mu.toPrecision(3)}, L_f ${e.lf.toPrecision(3)}), so κ sits at the damping floor 1/δ = ${floor.toPrecision(3)}; the regularizer passes it no gradient${share}. ` +
+            `Usually ${article} ${unitName} the gate abandoned: freeze or prune it to take it out of the regularizer.`,
+        );
+      }
+      for (const e of left) {
+        const why = e.frozen || e.pruned ? `${e.frozen ? 'frozen' : 'pruned'}: out of the regularizer` : `off the damping floor, κ ${e.kappa.toPrecision(4)}`;
+        log('info', `${unitName} ${e.id} at step ${step}: ${why}`);
+      }
+    };
 
     const applyCommands = async () => {
       const decisions = steering.drain();
@@ -190,6 +209,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
         if (!measured) throw new Error(`step ${step}: the model measured nothing on a monitor step`);
         experts = measured;
         pruner?.observe(measured, steering.frozen, steering.pruned);
+        reportDampingFloor(floorWatch.observe(measured), alpha, steering.trainableExperts().length);
       }
       // Pruning decisions on the schedule; a pruned unit is masked from the next step on, for good.
       let prunedNow: number[] = [];

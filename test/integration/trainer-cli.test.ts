@@ -98,6 +98,36 @@ test('pruning in a real run: gate values streamed, decisions logged on schedule,
   assert.ok(Array.isArray(manifest.pruner.weights), 'the gate state is checkpointed for resume');
 });
 
+test('a unit at the damping floor is reported once per episode, with its share of the loss, exactly where metrics.jsonl shows it', () => {
+  // δ = 0.02 puts the floor at κ = 50, which young experts cross both ways within a hundred steps.
+  const runDir = path.join(tmp, 'floor');
+  const body = { steps: 100, alpha: 0.01, model: { experts: 3, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 8, damping: 0.02 } };
+  const r = spawnSync(process.execPath, [cli, '--config', config('floor', body), '--run-dir', runDir], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l))).filter((m) => m.experts);
+  // Expected from the recorded κ alone: an entry where κ reaches 50 after a monitor step below it.
+  const expected: string[] = [];
+  const atFloor = new Set<number>();
+  for (const m of metrics) {
+    for (const e of m.experts!) {
+      const floor = e.kappa >= 50 * (1 - 1e-9);
+      if (floor && !atFloor.has(e.id)) (atFloor.add(e.id), expected.push(`enter ${e.id}@${m.step}`));
+      else if (!floor && atFloor.delete(e.id)) expected.push(`leave ${e.id}@${m.step}`);
+    }
+  }
+  assert.ok(expected.some((x) => x.startsWith('enter')) && expected.some((x) => x.startsWith('leave')), `the run enters and leaves the floor (else the test tests little): ${expected}`);
+  const events = fs.readFileSync(path.join(runDir, 'events.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.type === 'log');
+  const reported: string[] = [];
+  for (const e of events) {
+    const enter = /^expert (\d+) at step (\d+): λ_min ≤ δ·λ_max on the probe \(μ [\d.e+-]+, L_f [\d.e+-]+\), so κ sits at the damping floor 1\/δ = 50\.0; the regularizer passes it no gradient and adds α\/\(δ·3\) = 0\.167 to the loss\. Usually an expert the gate abandoned: freeze or prune it/.exec(e.message);
+    const leave = /^expert (\d+) at step (\d+): off the damping floor, κ [\d.]+$/.exec(e.message);
+    if (enter) (assert.equal(e.level, 'warn'), reported.push(`enter ${enter[1]}@${enter[2]}`));
+    if (leave) (assert.equal(e.level, 'info'), reported.push(`leave ${leave[1]}@${leave[2]}`));
+  }
+  assert.deepEqual(reported, expected);
+  assert.match(r.stdout, /expert \d+ at step \d+: λ_min ≤ δ·λ_max/, 'the CLI prints it too');
+});
+
 test('OPT in a real run: hyperspherical energy and ‖QᵀQ − I‖ streamed per expert, energy constant', () => {
   const runDir = path.join(tmp, 'opt');
   const body = { steps: 30, model: { experts: 2, hiddenUnits: 8, opt: true }, monitor: { every: 10, probeSize: 8 } };

@@ -7,3 +7,4 @@ export * from './spectralNorm';
 export * from './pruner';
 export * from './opt';
 export * from './hessianTrace';
+export * from './dampingFloor';

@@ -1,0 +1,37 @@
+// A unit whose kernel is singular on the probe reads κ = 1/δ exactly (docs/method.md, "Damping"): the
+// regularizer passes it no gradient and it adds a constant α/(δ·k) to the loss, k trainable units. On
+// long runs this is what becomes of a unit the gate abandoned (no active unit on most probe examples),
+// and the loss chart jumps by thousands with no other sign. This watch turns it into one warning per
+// episode, and one note when the unit comes back.
+import type { ExpertStats } from '../../protocol';
+
+export interface FloorChanges {
+  /** Trainable units that reached the floor on this measurement. */
+  entered: ExpertStats[];
+  /** Units that were at the floor and are no longer (recovered, frozen or pruned). */
+  left: ExpertStats[];
+}
+
+export class DampingFloorWatch {
+  private readonly atFloor = new Set<number>();
+
+  constructor(private readonly damping: number) {}
+
+  /** κ at the floor: damped κ is λ_max / max(λ_min, δ·λ_max), exactly 1/δ there (up to round-off). */
+  isAtFloor(kappa: number): boolean {
+    return kappa >= (1 - 1e-9) / this.damping;
+  }
+
+  observe(stats: readonly ExpertStats[]): FloorChanges {
+    const entered: ExpertStats[] = [];
+    const left: ExpertStats[] = [];
+    for (const s of stats) {
+      const counts = !s.frozen && !s.pruned && this.isAtFloor(s.kappa);
+      if (counts && !this.atFloor.has(s.id)) {
+        this.atFloor.add(s.id);
+        entered.push(s);
+      } else if (!counts && this.atFloor.delete(s.id)) left.push(s);
+    }
+    return { entered, left };
+  }
+}
