@@ -24,6 +24,9 @@ export class RunManager implements vscode.Disposable {
   private readonly _onDidChange = new vscode.EventEmitter<RunSession>();
   /** Something a view shows changed in some run (state, step, α, experts, connection). */
   readonly onDidChange = this._onDidChange.event;
+  private readonly _onDidAnnounceEnd = new vscode.EventEmitter<RunSession>();
+  /** A run's end (completed, stopped, failed) was announced to the user: once per end. */
+  readonly onDidAnnounceEnd = this._onDidAnnounceEnd.event;
 
   constructor(
     private readonly context: vscode.ExtensionContext,
@@ -205,6 +208,8 @@ export class RunManager implements vscode.Disposable {
     } else if (!this.tails.has(runDir)) {
       this.tails.set(runDir, new LogTail(path.join(runDir, RUN_FILES.log), (lines) => lines.forEach((l) => this.log.info(`[${info.runId} trainer] ${l}`)), false));
     }
+    // The session still says how the run ended; it is starting again (and may end again, announced anew).
+    session.markResuming();
     this.announcedEnd.delete(runDir);
     this.connect(session, info.port, launched.token, launched.pid);
     this.setCurrent(session);
@@ -253,6 +258,7 @@ export class RunManager implements vscode.Disposable {
     this.tails.clear();
     this._onDidChange.dispose();
     this._onDidChangeCurrent.dispose();
+    this._onDidAnnounceEnd.dispose();
   }
 
   private configPathOf(runDir: string): string | undefined {
@@ -309,6 +315,7 @@ export class RunManager implements vscode.Disposable {
   }
 
   private announceEnd(session: RunSession): void {
+    this._onDidAnnounceEnd.fire(session);
     const what = `PL training ${session.runId} ${session.state} at step ${session.step}`;
     if (session.state === 'failed') {
       const tail = tailLog(session.runDir, 10);

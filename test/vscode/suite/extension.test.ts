@@ -309,6 +309,8 @@ describe('a trainer that dies', function () {
     const uri = writeConfig('crash.pltrain.json', { name: 'crash', steps: 100000, batchSize: 16, checkpointEvery: 10, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4 } });
     const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
     const session = runs.all.find((s) => s.runDir === runDir)!;
+    const announced: string[] = [];
+    const announcements = runs.onDidAnnounceEnd((s) => s.runDir === runDir && announced.push(s.state));
     await until('25 steps', () => session.step >= 25);
     const pid = session.hello!.pid;
     process.kill(pid, 'SIGKILL');
@@ -326,5 +328,9 @@ describe('a trainer that dies', function () {
     assert.deepEqual(steps, steps.map((_, i) => i + 1), 'one record per step in the host, no gap, no duplicate');
     const stopped = await vscode.commands.executeCommand<{ status: string }>('plTrainer.stop', runDir);
     assert.equal(stopped.status, 'applied');
+    await until('stopped announced', () => announced.length >= 2, 15_000);
+    announcements.dispose();
+    // The crash once, the stop once: resuming must not announce the old failure again.
+    assert.deepEqual(announced, ['failed', 'stopped']);
   });
 });
