@@ -177,6 +177,12 @@ export class RunModel {
     return this.run?.connected ?? false;
   }
 
+  /** δ of κ's damping floor 1/δ for this run (`monitor.damping` of the resolved config; the default before `hello`). */
+  get damping(): number {
+    const monitor = this.hello?.config.monitor as { damping?: unknown } | undefined;
+    return typeof monitor?.damping === 'number' && monitor.damping > 0 ? monitor.damping : 1e-6;
+  }
+
   /** Expert ids in ascending order. */
   get expertIds(): number[] {
     return [...this.experts.keys()].sort((a, b) => a - b);

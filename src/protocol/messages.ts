@@ -63,6 +63,16 @@ export const ExpertStatsSchema = z
   .strict();
 export type ExpertStats = z.infer<typeof ExpertStatsSchema>;
 
+/**
+ * Whether a reported κ sits at the damping floor 1/δ (δ = `monitor.damping`): damped κ is
+ * λ_max / max(λ_min, δ·λ_max), exactly 1/δ when the unit's kernel is singular on the probe, and then
+ * the regularizer passes it no gradient (docs/method.md, "Damping"). One definition for the trainer's
+ * warning, the panel and the sidebar.
+ */
+export function kappaAtDampingFloor(kappa: number, damping: number): boolean {
+  return kappa >= (1 - 1e-9) / damping;
+}
+
 export const HelloEventSchema = z
   .object({
     type: z.literal('hello'),

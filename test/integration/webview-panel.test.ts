@@ -193,6 +193,25 @@ test('a snapshot renders the header, the expert table and κ exactly as in the d
   await expectAttr(p.byTestId('btn-resume'), 'aria-disabled', 'true');
 });
 
+test('a κ at the run\'s damping floor 1/δ is marked, with the reason; κ just below it is not', async () => {
+  const p = await openPanel();
+  const f = syntheticRun();
+  const hello = f.events[0] as Extract<TrainerEvent, { type: 'hello' }>;
+  hello.config = { ...hello.config, monitor: { damping: 1e-5 } }; // floor 1e5, above the fixture's κ
+  const last = lastExperts(f.events);
+  Object.assign(last[1], { kappa: 1e5, mu: 0 }); // singular: exactly 1/δ
+  Object.assign(last[2], { kappa: 0.999 * 1e5 }); // conditioned badly, but measured
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('kappa-1'), formatNumber(1e5));
+  await expectAttr(p.byTestId('kappa-1'), 'data-floor', 'true');
+  assert.match((await p.byTestId('kappa-1').getAttribute('title')) ?? '', /damping floor 1\/δ = .*singular on the probe.*no gradient.*freeze or prune/);
+  assert.ok(last[0].kappa < 1e5 && last[3].kappa < 1e5, 'the others are below the floor');
+  for (const id of [0, 2, 3]) {
+    await expectAttr(p.byTestId(`kappa-${id}`), 'data-floor', 'false');
+    assert.equal(await p.byTestId(`kappa-${id}`).getAttribute('title'), '');
+  }
+});
+
 test('the κ chart has a logarithmic y axis, one line per expert, and is really drawn', async () => {
   const p = await openPanel();
   const f = syntheticRun();

@@ -3,7 +3,7 @@
 // long runs this is what becomes of a unit the gate abandoned (no active unit on most probe examples),
 // and the loss chart jumps by thousands with no other sign. This watch turns it into one warning per
 // episode, and one note when the unit comes back.
-import type { ExpertStats } from '../../protocol';
+import { kappaAtDampingFloor, type ExpertStats } from '../../protocol';
 
 export interface FloorChanges {
   /** Trainable units that reached the floor on this measurement. */
@@ -17,9 +17,8 @@ export class DampingFloorWatch {
 
   constructor(private readonly damping: number) {}
 
-  /** κ at the floor: damped κ is λ_max / max(λ_min, δ·λ_max), exactly 1/δ there (up to round-off). */
   isAtFloor(kappa: number): boolean {
-    return kappa >= (1 - 1e-9) / this.damping;
+    return kappaAtDampingFloor(kappa, this.damping);
   }
 
   observe(stats: readonly ExpertStats[]): FloorChanges {

@@ -219,6 +219,29 @@ describe('PL Trainer in a real VS Code', function () {
   });
 });
 
+describe('a unit at the damping floor', function () {
+  this.timeout(120_000);
+
+  it('is flagged in the sidebar with a warning icon and the reason', async () => {
+    const { runs, sidebar } = await api();
+    // δ = 0.5 puts the floor at κ = 2, below any young expert's κ: every unit starts on it.
+    const uri = writeConfig('floor.pltrain.json', { name: 'floor', steps: 20, alpha: 0.01, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4, damping: 0.5 } });
+    const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
+    const session = runs.all.find((s) => s.runDir === runDir)!;
+    await until('a measurement', () => session.experts.length === 2 && session.experts.some((e) => e.kappa >= 2 * (1 - 1e-9)));
+    assert.equal(runs.current, session);
+    const expertsNode = sidebar.getChildren().find((n) => n.kind === 'experts')!;
+    const rows = sidebar.getChildren(expertsNode).map((n) => sidebar.getTreeItem(n));
+    const floor = rows.filter((r) => /at the damping floor/.test(String(r.description)));
+    assert.ok(floor.length >= 1, `rows: ${rows.map((r) => r.description).join(' | ')}`);
+    for (const r of floor) {
+      assert.equal((r.iconPath as vscode.ThemeIcon).id, 'warning');
+      assert.match(String(r.tooltip), /damping floor 1\/δ = 2.*singular on the probe.*freeze or prune/);
+    }
+    await until('the run ends', () => !session.active, 60_000);
+  });
+});
+
 describe('starter config and run housekeeping', function () {
   this.timeout(120_000);
 
