@@ -408,3 +408,44 @@ test('wasm: the same logits and routing as cpu (its OneHot kernel ignores a floa
   tf.dispose([b.x, b.y]);
   m.dispose();
 });
+
+test('a probe the model predicts with huge margins keeps a finite κ (directions back-propagated from underflow-free logit pulls)', () => {
+  const c = config({ seed: 3 });
+  const m = newModel(c);
+  steps(m, 3);
+  const probe = corpus.batch(tf, 'train', range(0, 8));
+  const V = m.vocabulary;
+  const smallestMargin = () => {
+    const z = m.inspect(probe.x).logits;
+    let smallest = Infinity;
+    for (let i = 0; i < z.length / V; i++) {
+      const row = Array.from(z.subarray(i * V, (i + 1) * V)).sort((a, b) => b - a);
+      smallest = Math.min(smallest, row[0] - row[1]);
+    }
+    return smallest;
+  };
+  // Scale the output projection to a smallest margin of 60; labels = the model's own predictions.
+  const scale = 60 / smallestMargin();
+  m.head.w.assign(tf.mul(m.head.w, scale));
+  m.head.b.assign(tf.mul(m.head.b, scale));
+  assert.ok(smallestMargin() > 40, `margin ${smallestMargin()}`);
+  const z = m.inspect(probe.x).logits;
+  const predicted = Int32Array.from({ length: z.length / V }, (_, i) => {
+    let best = 0;
+    for (let o = 1; o < V; o++) if (z[i * V + o] > z[i * V + best]) best = o;
+    return best;
+  });
+  const y = tf.tensor2d(predicted, probe.y.shape as [number, number], 'int32');
+  m.setProbe({ x: probe.x, y, size: probe.size });
+  // The plain cross-entropy gradient has nothing left to normalize at any probe token…
+  const { gradients } = m.outputGradients(probe.x, y);
+  const D = m.dModel;
+  for (const t of m.probeTokens()) for (const g of gradients) assert.ok(Math.hypot(...g.subarray(t * D, (t + 1) * D)) < 1e-12, 'float32 softmax − y underflows');
+  // …the measurement still has a direction at every token, and a finite κ for every expert.
+  const floor = 1 / c.monitor.damping;
+  const stats = m.measure(new Set(), new Set());
+  for (const s of stats) assert.ok(s.mu > 0 && s.kappa < floor / 10, `expert ${s.id}: μ ${s.mu}, κ ${s.kappa}`);
+  const { u } = m.probeQuantities();
+  for (const layer of u) for (let i = 0; i < m.probeTokens().length; i++) assert.ok(Math.abs(Math.hypot(...layer.subarray(i * D, (i + 1) * D)) - 1) < 1e-5, `token ${i}: unit direction`);
+  m.dispose();
+});

@@ -2,7 +2,7 @@
 // a linear model, the damping, and the output directions that scalarize a classifier.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { conditioning, gramOfJacobian, outputDirections, twoLayerTangentKernel, type TwoLayerExpert } from '../../src/trainer/pl';
+import { conditioning, gramOfJacobian, outputDirections, scaledLogitGradients, twoLayerTangentKernel, type TwoLayerExpert } from '../../src/trainer/pl';
 import { matmul, randomArray, randomOrthogonal, relative, relativeFrobenius, transpose } from '../support/linalg';
 import { mulberry32 } from '../support/prng';
 
@@ -192,6 +192,47 @@ test('output directions of confidently fitted examples: float32 log-probabilitie
     const g = cases[i].z.map((_, o) => Math.fround(Math.exp(logProbs[i * c + o])) - oneHot[i * c + o]);
     assert.ok(Math.hypot(...g) < 1e-12, `case ${i}: float32 p − y is ${Math.hypot(...g)}`);
   }
+});
+
+test('scaled logit gradients: (softmax − y)/max‖g_i‖ exactly, and the same rows when float32 softmax would have rounded them to 0', () => {
+  const c = 3;
+  const z = [
+    [2, 0.5, -1],
+    [0, 1, 3],
+    [-1, 0.2, 0.1],
+  ];
+  const labels = [0, 1, 1];
+  const logSoftmax = (row: number[]) => {
+    const top = Math.max(...row);
+    const lse = top + Math.log(row.reduce((s, v) => s + Math.exp(v - top), 0));
+    return row.map((v) => v - lse);
+  };
+  const oneHot = labels.flatMap((t) => [0, 1, 2].map((o) => (o === t ? 1 : 0)));
+  const g = z.flatMap((row, i) => logSoftmax(row).map((lp, o) => Math.exp(lp) - oneHot[i * c + o]));
+  const largest = Math.max(...[0, 1, 2].map((i) => Math.hypot(...g.slice(i * c, (i + 1) * c))));
+  const got = scaledLogitGradients(z.flatMap(logSoftmax), oneHot, 3, c);
+  g.forEach((v, k) => assert.ok(Math.abs(got[k] - v / largest) <= 1e-15, `entry ${k}: ${got[k]} vs ${v / largest}`));
+  // Margins past float32's reach (40 and 50): the less confident example pulls e^10 times harder than
+  // the other, and both keep their direction.
+  const far = [
+    [40, 0, 0],
+    [0, 0, 50],
+  ];
+  const farOneHot = [1, 0, 0, 0, 0, 1];
+  const farLog = far.flatMap((row) => logSoftmax(row).map(Math.fround));
+  const pulls = scaledLogitGradients(farLog, farOneHot, 2, c);
+  const rowNorm = (a: Float64Array, r: number) => Math.hypot(a[r * c], a[r * c + 1], a[r * c + 2]);
+  assert.ok(Math.abs(rowNorm(pulls, 0) - 1) <= 1e-6, 'the strongest pull has norm 1');
+  assert.ok(Math.abs(rowNorm(pulls, 1) / Math.exp(-10) - 1) <= 1e-4, `ratio ${rowNorm(pulls, 1)} vs e^-10`);
+  const u = outputDirections(farLog, farOneHot, 2, c);
+  for (let k = 0; k < 6; k++) assert.ok(Math.abs(pulls[k] / rowNorm(pulls, k < 3 ? 0 : 1) - u[k]) <= 1e-12, 'rows are outputDirections up to their scale');
+  // Weaker than e^-20 of the strongest (margin 70 vs 40: e^-30) is raised to e^-20.
+  const floored = scaledLogitGradients([[40, 0, 0], [0, 0, 70]].flatMap((row) => logSoftmax(row).map(Math.fround)), farOneHot, 2, c);
+  assert.ok(Math.abs(rowNorm(floored, 1) / Math.exp(-20) - 1) <= 1e-4, `floored ratio ${rowNorm(floored, 1)}`);
+  // Groups scale separately: with one row per group, every row has norm 1.
+  const perRow = scaledLogitGradients(farLog, farOneHot, 2, c, 1);
+  assert.ok(Math.abs(rowNorm(perRow, 0) - 1) <= 1e-6 && Math.abs(rowNorm(perRow, 1) - 1) <= 1e-6);
+  assert.throws(() => scaledLogitGradients(farLog, farOneHot, 2, c, 3), /groupSize 3 does not divide 2 rows/);
 });
 
 test('estimators reject inputs whose length does not match the stated sizes', () => {

@@ -25,14 +25,15 @@
 // spread over sequences and positions, with distinct (character, next character) pairs where the
 // probe batch has enough (see probeTokens).
 // Per Switch layer s: x_i = the LayerNorm'd input of the layer at token i, u_i = g_i/‖g_i‖ with g_i
-// = ∂L/∂(Switch FFN output at token i), L the summed cross-entropy of the probe sequences (u_i = 0
-// if ‖g_i‖ ≤ 1e-12). Then s_i = Σ_s u_iᵀ·expert_e^s(x_i^s), so K_e = Σ_s (the two-layer closed-form
-// kernel of expert e in layer s), and μ, L_f, κ from its float64 eigen-solve. The regularizer
+// = ∂L/∂(Switch FFN output at token i), L the summed cross-entropy of the probe sequences, back-
+// propagated from underflow-free logit pulls (scaledLogitGradients; u_i = 0 only without any
+// pull). Then s_i = Σ_s u_iᵀ·expert_e^s(x_i^s), so K_e = Σ_s (the two-layer closed-form kernel of
+// expert e in layer s), and μ, L_f, κ from its float64 eigen-solve. The regularizer
 // rebuilds K_e with tangentKernelTf from the last measurement's x and u, held constant, and
 // differentiates κ along the held eigenvectors (Hellmann–Feynman), exactly as moe-mlp does.
 import type * as TF from '@tensorflow/tfjs';
 import type { ExpertStats, TrainingConfig } from '../../protocol';
-import { conditioning, dampedKappa, kappaSurrogateTf, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelTf } from '../pl';
+import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
 import { meanKappaOf, regularizerWeights, restoreGroups, saveGroups, weightedKappaOf } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
@@ -309,15 +310,28 @@ export class SwitchTransformerLm implements PlModel {
 
   /**
    * g = ∂L/∂(Switch FFN output) at every token, per Switch layer [b·T, dModel], L the summed
-   * cross-entropy of the batch, with the layers' inputs and routing from the same pass.
+   * cross-entropy of the batch, with the layers' inputs and routing from the same pass. With
+   * `scaled`, each sequence's g is divided by one positive factor (its largest per-token
+   * ‖∂L/∂logits‖) and computed without underflow (`scaledLogitGradients`): the same directions, and
+   * still defined when every prediction is confident, where float32's softmax − y rounds to 0.
    */
-  outputGradients(x: TF.Tensor, y: TF.Tensor, pruned: ReadonlySet<number> = new Set()): { gradients: Float32Array[]; layers: SwitchLayerTrace[] } {
+  outputGradients(x: TF.Tensor, y: TF.Tensor, pruned: ReadonlySet<number> = new Set(), o: { scaled?: boolean } = {}): { gradients: Float32Array[]; layers: SwitchLayerTrace[] } {
     const tf = this.tf;
     const N = x.shape[0] * (x.shape[1] as number);
+    const V = this.vocabulary;
     const trace: SwitchLayerTrace[] = [];
     const grads = tf.tidy(() => {
       const offsets = this.switchBlocks.map(() => tf.zeros([N, this.dModel]));
-      return tf.grads((...offs: TF.Tensor[]) => tf.mul(this.crossEntropy(this.forward(x, pruned, { offsets: offs, trace }).logits, y), N) as TF.Scalar)(offsets);
+      return tf.grads((...offs: TF.Tensor[]) => {
+        const logits = this.forward(x, pruned, { offsets: offs, trace }).logits;
+        if (!o.scaled) return tf.mul(this.crossEntropy(logits, y), N) as TF.Scalar;
+        // ⟨constant pulls, logits⟩: its gradient at the logits is exactly the pulls.
+        const labels = y.dataSync();
+        const oneHot = new Float32Array(N * V);
+        for (let i = 0; i < N; i++) oneHot[i * V + labels[i]] = 1;
+        const pulls = scaledLogitGradients(tf.logSoftmax(logits).dataSync(), oneHot, N, V, x.shape[1] as number);
+        return tf.sum(tf.mul(tf.tensor2d(Float32Array.from(pulls), [N, V]), logits)) as TF.Scalar;
+      })(offsets);
     });
     const gradients = grads.map((g) => g.dataSync() as Float32Array);
     tf.dispose(grads);
@@ -454,7 +468,7 @@ export class SwitchTransformerLm implements PlModel {
     const D = this.dModel;
     const tokens = this.probeTokens();
     const n = tokens.length;
-    const { gradients, layers } = this.outputGradients(this.probeX, this.probeY, pruned);
+    const { gradients, layers } = this.outputGradients(this.probeX, this.probeY, pruned, { scaled: true });
     tf.dispose([...this.probeInputs, ...this.probeDirs]);
     this.probeInputs = [];
     this.probeDirs = [];
@@ -467,7 +481,8 @@ export class SwitchTransformerLm implements PlModel {
         let norm = 0;
         for (let k = 0; k < D; k++) norm += g[k] * g[k];
         norm = Math.sqrt(norm);
-        // A token the loss does not pull on (‖g‖ ≈ 0) gets u = 0, as in outputDirections.
+        // A token the loss does not pull on gets u = 0. g is scaled to a largest per-token logit pull
+        // of 1, so only a token whose pull vanishes relative to the others' lands here.
         if (norm > 1e-12) for (let k = 0; k < D; k++) u[i * D + k] = g[k] / norm;
       });
       this.probeInputs.push(tf.tensor2d(x, [n, D]));

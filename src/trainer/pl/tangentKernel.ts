@@ -89,40 +89,87 @@ export function outputDirections(logProbs: ArrayLike<number>, oneHot: ArrayLike<
   expectLength('oneHot', oneHot, n * c);
   const u = new Float64Array(n * c);
   for (let i = 0; i < n; i++) {
-    const row = i * c;
-    let label = -1;
-    let ones = 0;
-    for (let o = 0; o < c; o++) {
-      if (oneHot[row + o] === 1) label = o;
-      if (oneHot[row + o] !== 0) ones++;
-    }
+    const row = u.subarray(i * c, (i + 1) * c);
+    if (pullRow(logProbs, oneHot, i, c, row) === -Infinity) continue;
     let norm = 0;
-    if (ones === 1 && label >= 0) {
-      let top = -Infinity;
-      for (let o = 0; o < c; o++) if (o !== label) top = Math.max(top, logProbs[row + o]);
-      if (!Number.isFinite(top)) continue; // every other class at probability 0: no pull left
-      let rest = 0;
-      for (let o = 0; o < c; o++) {
-        if (o === label) continue;
-        const q = Math.exp(logProbs[row + o] - top);
-        u[row + o] = q;
-        rest += q;
-        norm += q * q;
-      }
-      u[row + label] = -rest;
-      norm += rest * rest;
-    } else {
-      for (let o = 0; o < c; o++) {
-        const g = Math.exp(logProbs[row + o]) - oneHot[row + o];
-        u[row + o] = g;
-        norm += g * g;
-      }
-      if (!(norm > 1e-24)) norm = Infinity; // a soft-label example already fitted: no pull
-    }
+    for (let o = 0; o < c; o++) norm += row[o] * row[o];
     norm = Math.sqrt(norm);
-    for (let o = 0; o < c; o++) u[row + o] /= norm;
+    for (let o = 0; o < c; o++) row[o] /= norm;
   }
   return u;
+}
+
+/**
+ * The per-example cross-entropy gradients w.r.t. the logits, g_i = softmax(z_i) − y_i, divided by
+ * one positive factor per group of `groupSize` consecutive rows (the group's largest ‖g_i‖; a language
+ * model's group is one sequence, whose positions only influence each other), computed like
+ * `outputDirections` so that none underflows. Back-propagated, they give the loss gradient at any token
+ * up to its sequence's factor: the per-token directions a language model's kernel needs when its
+ * predictions are confident. A row pulling less than e^−20 of its group's strongest is raised to that:
+ * next to a stronger pull it is below float32's rounding either way, and a token that only such rows
+ * reach (where the plain gradient is under 1e-9 of the strongest, often exactly 0) still gets a
+ * direction, with those rows weighted alike.
+ */
+export function scaledLogitGradients(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, n: number, c: number, groupSize = n): Float64Array {
+  expectLength('logProbs', logProbs, n * c);
+  expectLength('oneHot', oneHot, n * c);
+  if (!(groupSize >= 1) || n % groupSize !== 0) throw new RangeError(`groupSize ${groupSize} does not divide ${n} rows`);
+  const g = new Float64Array(n * c);
+  const logSize = new Float64Array(n); // log ‖g_i‖
+  for (let i = 0; i < n; i++) {
+    const row = g.subarray(i * c, (i + 1) * c);
+    const logScale = pullRow(logProbs, oneHot, i, c, row);
+    let norm = 0;
+    for (let o = 0; o < c; o++) norm += row[o] * row[o];
+    logSize[i] = logScale === -Infinity ? -Infinity : logScale + 0.5 * Math.log(norm);
+    // Keep the unit direction for now; the group's scale comes next.
+    if (logScale !== -Infinity) for (let o = 0; o < c; o++) row[o] /= Math.sqrt(norm);
+  }
+  for (let start = 0; start < n; start += groupSize) {
+    let top = -Infinity;
+    for (let i = start; i < start + groupSize; i++) top = Math.max(top, logSize[i]);
+    for (let i = start; i < start + groupSize; i++) {
+      const f = logSize[i] === -Infinity ? 0 : Math.exp(Math.max(logSize[i] - top, -20));
+      for (let o = 0; o < c; o++) g[i * c + o] *= f;
+    }
+  }
+  return g;
+}
+
+/**
+ * Example i's pull q (written to `out`) and log s with g_i = s·q, or −Infinity for no pull (g_i = 0).
+ * One-hot label t: q_j = p_j/max_{j≠t} p_j (j ≠ t), q_t = −Σ_{j≠t} q_j, exact since Σ p = 1, and free
+ * of underflow. Soft labels: q = p − y, s = 1.
+ */
+function pullRow(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, i: number, c: number, out: Float64Array): number {
+  const row = i * c;
+  let label = -1;
+  let nonzero = 0;
+  for (let o = 0; o < c; o++) {
+    if (oneHot[row + o] === 1) label = o;
+    if (oneHot[row + o] !== 0) nonzero++;
+  }
+  if (nonzero === 1 && label >= 0) {
+    let top = -Infinity;
+    for (let o = 0; o < c; o++) if (o !== label) top = Math.max(top, logProbs[row + o]);
+    if (!Number.isFinite(top)) return -Infinity; // every other class at probability 0: no pull left
+    let rest = 0;
+    for (let o = 0; o < c; o++) {
+      if (o === label) continue;
+      out[o] = Math.exp(logProbs[row + o] - top);
+      rest += out[o];
+    }
+    out[label] = -rest;
+    return top;
+  }
+  let norm = 0;
+  for (let o = 0; o < c; o++) {
+    out[o] = Math.exp(logProbs[row + o]) - oneHot[row + o];
+    norm += out[o] * out[o];
+  }
+  if (norm > 1e-24) return 0;
+  out.fill(0); // a soft-label example already fitted: no pull
+  return -Infinity;
 }
 
 export interface Conditioning {
