@@ -105,6 +105,7 @@ export class PanelView {
     const message = this.runMessageFor(m);
     this.runMessage.hidden = message === undefined;
     setText(this.runMessage, message?.text ?? '');
+    this.runMessage.title = message?.text ?? '';
     this.runMessage.dataset.level = message?.level ?? '';
     this.compare.hidden = m.compare === null;
     setText(this.compareLabel, m.compare?.runId ?? '');

@@ -212,6 +212,23 @@ test('a κ at the run\'s damping floor 1/δ is marked, with the reason; κ just 
   }
 });
 
+test('a long trainer warning shows on one line with the whole text as its tooltip: the panel below moves by that line at most', async () => {
+  const p = await openPanel();
+  const f = syntheticRun();
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('kappa-0'), /\d/);
+  const before = await p.byTestId('expert-rows').boundingBox();
+  const message = `expert 2 at step 240: λ_min ≤ δ·λ_max on the probe (μ 0.00, L_f 7.26), so κ sits at the damping floor 1/δ = 1.00e+6; ${'the regularizer passes it no gradient. '.repeat(8)}`;
+  await p.send({ type: 'events', runId: f.runId, events: [{ type: 'log', seq: f.events.at(-1)!.seq + 1, level: 'warn', message, time: 0 }] });
+  await expectText(p.byTestId('run-message'), /^expert 2 at step 240: /);
+  assert.equal(await p.byTestId('run-message').getAttribute('title'), message);
+  const box = await p.byTestId('run-message').boundingBox();
+  const lineHeight = await p.byTestId('run-message').evaluate((el) => parseFloat(getComputedStyle(el).lineHeight) || 1.4 * parseFloat(getComputedStyle(el).fontSize));
+  assert.ok(box && box.height <= lineHeight + 16, `one line: ${box?.height} px for a line of ${lineHeight} px`);
+  const after = await p.byTestId('expert-rows').boundingBox();
+  assert.ok(before && after && Math.abs(after.y - before.y) <= box!.height + 16, `the table moved by ${after!.y - before!.y} px`);
+});
+
 test('the κ chart has a logarithmic y axis, one line per expert, and is really drawn', async () => {
   const p = await openPanel();
   const f = syntheticRun();
