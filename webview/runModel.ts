@@ -133,7 +133,8 @@ export class RunModel {
   latestMetrics: MetricsEvent | undefined;
   /** Step of the latest per-expert measurement. */
   lastMonitorStep: number | undefined;
-  lastProblem: { level: 'warn' | 'error'; message: string } | undefined;
+  /** The newest warning or error, until a later message on its topic says it has ended. */
+  lastProblem: { level: 'warn' | 'error'; message: string; topic?: string } | undefined;
   readonly experts = new Map<number, ExpertRow>();
   readonly series = new Map<string, Series>();
   /** Units the pruning gate reported (0 when the run does not prune), and the family diagnostics' names in first-seen order. */
@@ -373,7 +374,10 @@ export class RunModel {
       }
       case 'log': {
         if (e.level !== 'info') {
-          this.lastProblem = { level: e.level, message: e.message };
+          this.lastProblem = { level: e.level, message: e.message, ...(e.topic ? { topic: e.topic } : {}) };
+          dirty.header = true;
+        } else if (e.topic !== undefined && this.lastProblem?.topic === e.topic) {
+          this.lastProblem = undefined; // the condition it warned about has ended
           dirty.header = true;
         }
         return;

@@ -164,6 +164,11 @@ export const LogEventSchema = z
     level: z.enum(['info', 'warn', 'error']),
     message: z.string(),
     time: z.number(),
+    /**
+     * What the message is about (e.g. `damping-floor/2`). A later message on the same topic supersedes
+     * it: an `info` one says the condition a warning reported has ended.
+     */
+    topic: z.string().max(200).optional(),
   })
   .strict();
 

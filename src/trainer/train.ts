@@ -61,9 +61,9 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     announce.update({ state: s, step, ...(reason ? { reason } : {}) });
     if (events.lastSeq >= 0) events.emit({ type: 'state', state: s, step, time: Date.now(), ...(reason ? { reason } : {}) });
   };
-  const log = (level: 'info' | 'warn' | 'error', message: string) => {
+  const log = (level: 'info' | 'warn' | 'error', message: string, topic?: string) => {
     progress.log(message);
-    if (events.lastSeq >= 0) events.emit({ type: 'log', level, message, time: Date.now() });
+    if (events.lastSeq >= 0) events.emit({ type: 'log', level, message, time: Date.now(), ...(topic ? { topic } : {}) });
   };
   const server = new TrainerServer(token, { events, onCommand: (id, command) => steering.enqueue(id, command), log: (m) => log('warn', m) });
 
@@ -146,11 +146,12 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
           'warn',
           `${unitName} ${e.id} at step ${step}: λ_min ≤ δ·λ_max on the probe (μ ${e.mu.toPrecision(3)}, L_f ${e.lf.toPrecision(3)}), so κ sits at the damping floor 1/δ = ${floor.toPrecision(3)}; the regularizer passes it no gradient${share}. ` +
             `Usually ${article} ${unitName} the gate abandoned: freeze or prune it to take it out of the regularizer.`,
+          `damping-floor/${e.id}`,
         );
       }
       for (const e of left) {
         const why = e.frozen || e.pruned ? `${e.frozen ? 'frozen' : 'pruned'}: out of the regularizer` : `off the damping floor, κ ${e.kappa.toPrecision(4)}`;
-        log('info', `${unitName} ${e.id} at step ${step}: ${why}`);
+        log('info', `${unitName} ${e.id} at step ${step}: ${why}`, `damping-floor/${e.id}`);
       }
     };
 

@@ -121,8 +121,9 @@ test('a unit at the damping floor is reported once per episode, with its share o
   for (const e of events) {
     const enter = /^expert (\d+) at step (\d+): λ_min ≤ δ·λ_max on the probe \(μ [\d.e+-]+, L_f [\d.e+-]+\), so κ sits at the damping floor 1\/δ = 50\.0; the regularizer passes it no gradient and adds α\/\(δ·3\) = 0\.167 to the loss\. Usually an expert the gate abandoned: freeze or prune it/.exec(e.message);
     const leave = /^expert (\d+) at step (\d+): off the damping floor, κ [\d.]+$/.exec(e.message);
-    if (enter) (assert.equal(e.level, 'warn'), reported.push(`enter ${enter[1]}@${enter[2]}`));
-    if (leave) (assert.equal(e.level, 'info'), reported.push(`leave ${leave[1]}@${leave[2]}`));
+    // Both carry the topic that lets the panel drop the warning once it has ended.
+    if (enter) (assert.equal(e.level, 'warn'), assert.equal(e.topic, `damping-floor/${enter[1]}`), reported.push(`enter ${enter[1]}@${enter[2]}`));
+    if (leave) (assert.equal(e.level, 'info'), assert.equal(e.topic, `damping-floor/${leave[1]}`), reported.push(`leave ${leave[1]}@${leave[2]}`));
   }
   assert.deepEqual(reported, expected);
   assert.match(r.stdout, /expert \d+ at step \d+: λ_min ≤ δ·λ_max/, 'the CLI prints it too');

@@ -364,3 +364,23 @@ test('pruning gate and model diagnostics: series per unit and per name, in the C
   assert.equal(m.gateUnits, 0);
   assert.deepEqual(m.extraNames, []);
 });
+
+test('RunModel: a warning stays until a later message on its topic ends it; other messages leave it', () => {
+  const f = syntheticRun({ steps: 20 });
+  const m = new RunModel();
+  m.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: f.commands });
+  let seq = f.events.at(-1)!.seq;
+  const log = (level: 'info' | 'warn' | 'error', message: string, topic?: string) =>
+    m.apply({ type: 'events', runId: f.runId, events: [{ type: 'log', seq: ++seq, level, message, time: 0, ...(topic ? { topic } : {}) }] });
+  log('warn', 'expert 2 at the damping floor', 'damping-floor/2');
+  assert.deepEqual(m.lastProblem, { level: 'warn', message: 'expert 2 at the damping floor', topic: 'damping-floor/2' });
+  log('info', 'expert 1 off the damping floor', 'damping-floor/1');
+  log('info', 'a message without a topic');
+  assert.equal(m.lastProblem?.topic, 'damping-floor/2', 'other topics and plain info leave it');
+  const d = log('info', 'expert 2 off the damping floor', 'damping-floor/2');
+  assert.equal(m.lastProblem, undefined);
+  assert.equal(d.header, true, 'the header redraws');
+  log('error', 'something without a topic');
+  log('info', 'unrelated', 'damping-floor/2');
+  assert.equal(m.lastProblem?.message, 'something without a topic', 'a problem without a topic is never ended by one');
+});
