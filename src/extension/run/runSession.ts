@@ -137,10 +137,6 @@ export class RunSession {
     this.flush();
   }
 
-  /**
-   * The trainer vanished without a final state event (kill -9, OOM, crash): mark the run ended
-   * without inventing an event, so the seq space stays the trainer's alone (a resume continues it).
-   */
   /** A resumed trainer is starting in this run's directory: no longer ended (its `hello` follows). */
   markResuming(): void {
     this.state = 'starting';
@@ -148,6 +144,10 @@ export class RunSession {
     this.onDidChange.fire();
   }
 
+  /**
+   * The trainer vanished without a final state event (kill -9, OOM, crash): mark the run ended
+   * without inventing an event, so the seq space stays the trainer's alone (a resume continues it).
+   */
   markEnded(state: RunState, reason: string): void {
     this.state = state;
     this.stateReason = reason;
