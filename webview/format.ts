@@ -14,6 +14,11 @@ export function formatNumber(x: number): string {
   return String(Number(x.toPrecision(4)));
 }
 
+/** Why a κ at the damping floor matters and what to do (tooltip in the panel and the sidebar). */
+export function describeDampingFloor(unitName: string, damping: number): string {
+  return `κ at the damping floor 1/δ = ${formatNumber(1 / damping)}: this ${unitName}'s kernel is singular on the probe, so the regularizer passes it no gradient and it adds a constant to the loss. Usually a unit the gate abandoned: freeze or prune it to take it out of the regularizer.`;
+}
+
 /** `wasm · CPU`, `tensorflow-gpu · GPU`. */
 export function formatBackend(b: BackendInfo): string {
   return `${b.name} · ${b.gpu ? 'GPU' : 'CPU'}`;

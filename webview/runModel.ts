@@ -12,6 +12,7 @@ import type {
   SteeringCommand,
   TrainerEvent,
 } from '../src/protocol';
+import { runDamping } from '../src/protocol';
 import type { CommandPhase } from './format';
 import { EXPERT_METRICS, type ExpertMetric } from './settings';
 import { MAX_POINTS_PER_SERIES, Series } from './series';
@@ -178,10 +179,9 @@ export class RunModel {
     return this.run?.connected ?? false;
   }
 
-  /** δ of κ's damping floor 1/δ for this run (`monitor.damping` of the resolved config; the default before `hello`). */
+  /** δ of κ's damping floor 1/δ for this run. */
   get damping(): number {
-    const monitor = this.hello?.config.monitor as { damping?: unknown } | undefined;
-    return typeof monitor?.damping === 'number' && monitor.damping > 0 ? monitor.damping : 1e-6;
+    return runDamping(this.hello?.config);
   }
 
   /** Expert ids in ascending order. */

@@ -1,7 +1,7 @@
 // Renders the run model into the static skeleton from html.ts: header, steering controls, expert
 // table and command log. Text goes in through textContent only; nothing from a message becomes markup.
 import { kappaAtDampingFloor } from '../src/protocol';
-import { describeCommand, describeStatus, formatBackend, formatNumber, formatRate, formatTaskMetric } from './format';
+import { describeCommand, describeDampingFloor, describeStatus, formatBackend, formatNumber, formatRate, formatTaskMetric } from './format';
 import type { CommandEntry, ControlState, RunModel } from './runModel';
 
 function byTestId<T extends Element = HTMLElement>(root: ParentNode, id: string): T {
@@ -167,9 +167,7 @@ export class PanelView {
       setText(els.kappa, e.kappa === undefined ? '—' : formatNumber(e.kappa));
       const atFloor = e.kappa !== undefined && kappaAtDampingFloor(e.kappa, m.damping);
       els.kappa.dataset.floor = String(atFloor);
-      els.kappa.title = atFloor
-        ? `κ at the damping floor 1/δ = ${formatNumber(1 / m.damping)}: this ${m.unitName}'s kernel is singular on the probe, so the regularizer passes it no gradient and it adds a constant to the loss. Usually a unit the gate abandoned: freeze or prune it to take it out of the regularizer.`
-        : '';
+      els.kappa.title = atFloor ? describeDampingFloor(m.unitName, m.damping) : '';
       setText(els.mu, e.mu === undefined ? '—' : formatNumber(e.mu));
       setText(els.lf, e.lf === undefined ? '—' : formatNumber(e.lf));
       setText(els.frozen, e.frozen ? 'yes' : 'no');

@@ -2,8 +2,8 @@
 // with inline freeze/unfreeze; below it the runs recorded in the workspace.
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { ExpertStats, kappaAtDampingFloor } from '../protocol';
-import { formatNumber as formatPanelNumber } from '../../webview/format';
+import { ExpertStats, kappaAtDampingFloor, runDamping } from '../protocol';
+import { describeDampingFloor, formatNumber as formatPanelNumber } from '../../webview/format';
 import { RunManager } from './runManager';
 import { listRunDirs } from './run/runDirectory';
 import { RunSession } from './run/runSession';
@@ -92,15 +92,13 @@ export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>
       case 'expert': {
         const e = node.expert;
         const item = new vscode.TreeItem(`${node.session.unitName} ${e.id}`);
-        const damping = (node.session.hello?.config.monitor as { damping?: number } | undefined)?.damping ?? 1e-6;
+        const damping = runDamping(node.session.hello?.config);
         const atFloor = kappaAtDampingFloor(e.kappa, damping);
         const flags = [e.frozen ? 'frozen' : '', e.pruned ? 'pruned' : '', atFloor ? 'at the damping floor' : ''].filter(Boolean).join(', ');
         const keep = node.session.gate?.[e.id];
         item.description = `κ ${formatNumber(e.kappa)} · μ ${formatNumber(e.mu)} · L ${formatNumber(e.lf)}${keep !== undefined && !e.pruned ? ` · keep ${keep.toFixed(2)}` : ''}${flags ? ` · ${flags}` : ''}`;
         item.iconPath = new vscode.ThemeIcon(e.frozen ? 'lock' : e.pruned ? 'circle-slash' : atFloor ? 'warning' : 'circle-outline');
-        if (atFloor) {
-          item.tooltip = `κ at the damping floor 1/δ = ${formatNumber(1 / damping)}: this ${node.session.unitName}'s kernel is singular on the probe, so the regularizer passes it no gradient and it adds a constant to the loss. Usually a unit the gate abandoned: freeze or prune it to take it out of the regularizer.`;
-        }
+        if (atFloor) item.tooltip = describeDampingFloor(node.session.unitName, damping);
         // Drives the inline freeze/unfreeze action (package.json menus view/item/context).
         item.contextValue = e.pruned ? 'expert.pruned' : e.frozen ? 'expert.frozen' : 'expert.trainable';
         item.id = `expert-${node.session.runId}-${e.id}`;

@@ -56,11 +56,14 @@ export const DataConfigSchema = z
   })
   .strict();
 
+/** δ when a config names none (`monitor.damping`). */
+export const DEFAULT_DAMPING = 1e-6;
+
 export const MonitorConfigSchema = z
   .object({
     every: positiveInt(1_000_000).default(10).describe('Measure μ, L_f and κ per expert every this many steps.'),
     probeSize: z.number().int().min(2).max(256).default(16).describe('Probe batch size n for the n×n tangent kernel (must stay well below each expert\'s parameter count).'),
-    damping: z.number().positive().max(1).default(1e-6).describe('Relative damping δ: κ = λ_max / max(λ_min, δ·λ_max), so a singular kernel gives a finite κ = 1/δ.'),
+    damping: z.number().positive().max(1).default(DEFAULT_DAMPING).describe('Relative damping δ: κ = λ_max / max(λ_min, δ·λ_max), so a singular kernel gives a finite κ = 1/δ.'),
     lipschitz: z
       .enum(['tangent-kernel', 'spectral-norm', 'hessian-trace'])
       .default('tangent-kernel')

@@ -2,7 +2,7 @@
 // Every frame crossing a process or webview boundary is validated against these schemas on receipt.
 // docs/protocol.md describes the same contract in prose; keep the two in step.
 import { z } from 'zod';
-import { BACKEND_NAMES } from './config';
+import { BACKEND_NAMES, DEFAULT_DAMPING } from './config';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -71,6 +71,12 @@ export type ExpertStats = z.infer<typeof ExpertStatsSchema>;
  */
 export function kappaAtDampingFloor(kappa: number, damping: number): boolean {
   return kappa >= (1 - 1e-9) / damping;
+}
+
+/** δ of a run, from the resolved config its `hello` carries (the default before there is one). */
+export function runDamping(config: Record<string, unknown> | undefined): number {
+  const damping = (config?.monitor as { damping?: unknown } | undefined)?.damping;
+  return typeof damping === 'number' && damping > 0 ? damping : DEFAULT_DAMPING;
 }
 
 export const HelloEventSchema = z

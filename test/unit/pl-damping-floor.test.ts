@@ -2,16 +2,17 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { ExpertStats } from '../../src/protocol';
+import { kappaAtDampingFloor } from '../../src/protocol';
 import { DampingFloorWatch, dampedKappa } from '../../src/trainer/pl';
 
 const unit = (id: number, kappa: number, flags: Partial<ExpertStats> = {}): ExpertStats => ({ id, mu: 1, lf: kappa, kappa, frozen: false, pruned: false, ...flags });
 
 test('the floor is exactly what dampedKappa gives a singular kernel, and nothing below it', () => {
-  const w = new DampingFloorWatch(1e-6);
-  assert.ok(w.isAtFloor(dampedKappa(5.7, 0, 1e-6)), 'λ_min = 0');
-  assert.ok(w.isAtFloor(dampedKappa(5.7, 1e-9, 1e-6)), 'λ_min below δ·λ_max');
-  assert.ok(!w.isAtFloor(dampedKappa(5.7, 1.001 * 5.7e-6, 1e-6)), 'λ_min just above δ·λ_max: κ ≈ 0.999/δ');
-  assert.ok(!w.isAtFloor(dampedKappa(5.7, 1, 1e-6)));
+  const atFloor = (kappa: number) => kappaAtDampingFloor(kappa, 1e-6);
+  assert.ok(atFloor(dampedKappa(5.7, 0, 1e-6)), 'λ_min = 0');
+  assert.ok(atFloor(dampedKappa(5.7, 1e-9, 1e-6)), 'λ_min below δ·λ_max');
+  assert.ok(!atFloor(dampedKappa(5.7, 1.001 * 5.7e-6, 1e-6)), 'λ_min just above δ·λ_max: κ ≈ 0.999/δ');
+  assert.ok(!atFloor(dampedKappa(5.7, 1, 1e-6)));
 });
 
 test('one entry per episode; leaving by recovery, freeze or prune is reported once; frozen or pruned units never enter', () => {

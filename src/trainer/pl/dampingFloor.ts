@@ -17,15 +17,11 @@ export class DampingFloorWatch {
 
   constructor(private readonly damping: number) {}
 
-  isAtFloor(kappa: number): boolean {
-    return kappaAtDampingFloor(kappa, this.damping);
-  }
-
   observe(stats: readonly ExpertStats[]): FloorChanges {
     const entered: ExpertStats[] = [];
     const left: ExpertStats[] = [];
     for (const s of stats) {
-      const counts = !s.frozen && !s.pruned && this.isAtFloor(s.kappa);
+      const counts = !s.frozen && !s.pruned && kappaAtDampingFloor(s.kappa, this.damping);
       if (counts && !this.atFloor.has(s.id)) {
         this.atFloor.add(s.id);
         entered.push(s);
