@@ -88,14 +88,7 @@ export function outputDirections(logProbs: ArrayLike<number>, oneHot: ArrayLike<
   expectLength('logProbs', logProbs, n * c);
   expectLength('oneHot', oneHot, n * c);
   const u = new Float64Array(n * c);
-  for (let i = 0; i < n; i++) {
-    const row = u.subarray(i * c, (i + 1) * c);
-    if (pullRow(logProbs, oneHot, i, c, row) === -Infinity) continue;
-    let norm = 0;
-    for (let o = 0; o < c; o++) norm += row[o] * row[o];
-    norm = Math.sqrt(norm);
-    for (let o = 0; o < c; o++) row[o] /= norm;
-  }
+  for (let i = 0; i < n; i++) unitPullRow(logProbs, oneHot, i, c, u.subarray(i * c, (i + 1) * c));
   return u;
 }
 
@@ -115,16 +108,8 @@ export function scaledLogitGradients(logProbs: ArrayLike<number>, oneHot: ArrayL
   expectLength('oneHot', oneHot, n * c);
   if (!(groupSize >= 1) || n % groupSize !== 0) throw new RangeError(`groupSize ${groupSize} does not divide ${n} rows`);
   const g = new Float64Array(n * c);
-  const logSize = new Float64Array(n); // log ‖g_i‖
-  for (let i = 0; i < n; i++) {
-    const row = g.subarray(i * c, (i + 1) * c);
-    const logScale = pullRow(logProbs, oneHot, i, c, row);
-    let norm = 0;
-    for (let o = 0; o < c; o++) norm += row[o] * row[o];
-    logSize[i] = logScale === -Infinity ? -Infinity : logScale + 0.5 * Math.log(norm);
-    // Keep the unit direction for now; the group's scale comes next.
-    if (logScale !== -Infinity) for (let o = 0; o < c; o++) row[o] /= Math.sqrt(norm);
-  }
+  // Unit directions first, with log ‖g_i‖; the group's scale comes next.
+  const logSize = Float64Array.from({ length: n }, (_, i) => unitPullRow(logProbs, oneHot, i, c, g.subarray(i * c, (i + 1) * c)));
   for (let start = 0; start < n; start += groupSize) {
     let top = -Infinity;
     for (let i = start; i < start + groupSize; i++) top = Math.max(top, logSize[i]);
@@ -134,6 +119,17 @@ export function scaledLogitGradients(logProbs: ArrayLike<number>, oneHot: ArrayL
     }
   }
   return g;
+}
+
+/** Example i's direction g_i/‖g_i‖ (written to `out`) and log ‖g_i‖, or −Infinity (and 0s) for no pull. */
+function unitPullRow(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, i: number, c: number, out: Float64Array): number {
+  const logScale = pullRow(logProbs, oneHot, i, c, out);
+  if (logScale === -Infinity) return -Infinity;
+  let norm = 0;
+  for (let o = 0; o < c; o++) norm += out[o] * out[o];
+  norm = Math.sqrt(norm);
+  for (let o = 0; o < c; o++) out[o] /= norm;
+  return logScale + Math.log(norm);
 }
 
 /**
