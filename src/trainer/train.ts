@@ -6,7 +6,7 @@ import { LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, RunState, TrainingConfig
 import { selectBackend } from './backend';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint';
 import { EventLog } from './events';
-import { createModel, loadTaskData, type PlModel } from './models';
+import { createModel, loadTaskData, probeBatch, type PlModel } from './models';
 import { DampingFloorWatch, type FloorChanges } from './pl/dampingFloor';
 import { GatingPruner } from './pl/pruner';
 import { Progress } from './progress';
@@ -97,8 +97,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     model = createModel(tf, config, data);
     progress.log(`model: ${config.model.family}, ${model.units} ${unitName}s${config.pruning.enabled ? `, pruning up to ${Math.floor(config.pruning.budget * model.units + 1e-9)} after step ${config.pruning.warmup}` : ''}`);
     if (checkpoint) await model.setState(checkpoint.state);
-    const probeN = Math.min(config.monitor.probeSize, data.trainSize);
-    model.setProbe(data.batch(tf, 'train', Int32Array.from({ length: probeN }, (_, i) => i)));
+    model.setProbe(probeBatch(tf, config, data));
     const pruner = config.pruning.enabled ? new GatingPruner(model.units, config.pruning, config.seed) : undefined;
     if (pruner && checkpoint?.progress.pruner) pruner.setState(checkpoint.progress.pruner);
 

@@ -11,7 +11,7 @@ import type * as TF from '@tensorflow/tfjs';
 import { MetricsEventSchema, parseTrainingConfig, type TrainingConfig } from '../../src/protocol';
 import { selectBackend } from '../../src/trainer/backend';
 import { loadCheckpoint } from '../../src/trainer/checkpoint';
-import { createModel, loadTaskData } from '../../src/trainer/models';
+import { createModel, loadTaskData, probeBatch } from '../../src/trainer/models';
 
 const root = path.resolve(__dirname, '..', '..');
 const cli = path.join(root, 'bin', 'pltrain.js');
@@ -31,8 +31,7 @@ async function kappaOfCheckpoint(runDir: string, config: TrainingConfig): Promis
   const data = loadTaskData(config, tmp);
   const model = createModel(tf, config, data);
   await model.setState(cp.state);
-  const probeN = Math.min(config.monitor.probeSize, data.trainSize);
-  model.setProbe(data.batch(tf, 'train', Int32Array.from({ length: probeN }, (_, i) => i)));
+  model.setProbe(probeBatch(tf, config, data)); // the probe the trainer measured on
   const kappa = model.measure(new Set(cp.progress.frozen), new Set(cp.progress.pruned)).map((e) => e.kappa);
   model.dispose();
   return kappa;
