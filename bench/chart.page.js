@@ -21,7 +21,7 @@
       runId,
       snapshot() {
         const config = { name: 'bench', steps: totalSteps, frozenExperts: [], model: { family: 'moe-mlp', experts, hiddenUnits: 32 }, monitor: { every: 1 } };
-        const hello = { type: 'hello', seq: seq++, protocol: 1, runId, pid: 1, backend: { name: 'wasm', gpu: false, detail: 'benchmark' }, startedAt: start, totalSteps, experts, unitName: 'expert', alpha: 0.01, taskMetric: 'accuracy', config };
+        const hello = { type: 'hello', seq: seq++, protocol: 2, runId, pid: 1, backend: { name: 'wasm', gpu: false, detail: 'benchmark' }, startedAt: start, totalSteps, unitCount: experts, unitName: 'expert', alpha: 0.01, taskMetric: 'accuracy', config };
         const running = { type: 'state', seq: seq++, state: 'running', step: 0, time: start };
         return { type: 'snapshot', run: summary(0), events: [hello, running], commands: [] };
       },
@@ -44,7 +44,7 @@
           const regularizer = sum / experts;
           out[k] = {
             type: 'metrics', seq: seq++, step, time: start + step * 5, loss: taskLoss + 0.01 * regularizer, taskLoss, regularizer, alpha: 0.01,
-            taskMetric: Math.min(0.99, 0.1 + 0.8 * (1 - Math.exp(-step / 3000))), stepsPerSec: 200, plRatio: 1 + random(), experts: stats,
+            taskMetric: Math.min(0.99, 0.1 + 0.8 * (1 - Math.exp(-step / 3000))), stepsPerSec: 200, plRatio: 1 + random(), units: stats,
           };
         }
         return out;
@@ -146,7 +146,7 @@
       for (const s of model.series.values()) points += s.raw.length + s.smoothed.length;
       const expertChart = global.__plTrainer.charts.expert.chart;
       return {
-        step: model.step,
+        step: model.view.step,
         series: model.series.size,
         perSeries: kappa0.length,
         pointObjects: points,

@@ -18,6 +18,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { PROTOCOL_VERSION, TrainingConfigSchema, type HostToWebview } from '../src/protocol';
+import { PanelRelay } from '../src/extension/panelRelay';
 import { RunSession } from '../src/extension/run/runSession';
 import { TrainerConnection } from '../src/extension/run/trainerConnection';
 import { EventLog } from '../src/trainer/events';
@@ -54,7 +55,7 @@ async function trainerRole(): Promise<void> {
   const config = TrainingConfigSchema.parse({ name: 'bench-latency', steps: Math.ceil(rate * seconds), model: { experts }, monitor: { every: monitorEvery } });
   events.emit({
     type: 'hello', protocol: PROTOCOL_VERSION, runId, pid: process.pid, backend: { name: 'wasm', gpu: false, detail: 'latency benchmark (paced events, no training)' },
-    startedAt: Date.now(), totalSteps: config.steps, experts, unitName: 'expert', alpha: config.alpha, taskMetric: 'accuracy', config: config as unknown as Record<string, unknown>,
+    startedAt: Date.now(), totalSteps: config.steps, unitCount: experts, unitName: 'expert', alpha: config.alpha, taskMetric: 'accuracy', config: config as unknown as Record<string, unknown>,
   });
   events.emit({ type: 'state', state: 'running', step: 0, time: Date.now() });
   const send = (m: TrainerMessage) => process.send!(m);
@@ -76,7 +77,7 @@ async function trainerRole(): Promise<void> {
       events.emit({
         type: 'metrics', step, time: clock(), loss: 0.5 + 1 / step, taskLoss: 0.4 + 1 / step, regularizer: 50, alpha: config.alpha, taskMetric: Math.min(0.95, step / total), stepsPerSec: rate,
         ...(step > 1 ? { plRatio: 1.5 } : {}),
-        ...(step % monitorEvery === 0 ? { experts: kappa.map((k, id) => ({ id, mu: 30 / k, lf: 30, kappa: k, frozen: false, pruned: false })) } : {}),
+        ...(step % monitorEvery === 0 ? { units: kappa.map((k, id) => ({ id, mu: 30 / k, lf: 30, kappa: k, frozen: false, pruned: false })) } : {}),
       });
     }
     await new Promise((r) => setTimeout(r, Math.max(0, t0 + step * periodMs - clock())));
@@ -102,12 +103,12 @@ async function hostRole(): Promise<void> {
   try {
     const listening = await fromTrainer('listening');
     await installPageScript(panel.page, 'latency.page.js');
-    // The extension host's real run model and connection; the panel's relay is reproduced below.
-    const session = new RunSession(listening.runId, listening.runDir, undefined, (m) => log(`session: ${m}`));
+    // The extension host's real run model, connection and relay to the panel (MetricsPanel's).
+    const session = new RunSession(listening.runId, listening.runDir, undefined, { log: (m) => log(`session: ${m}`) });
     const connection = new TrainerConnection({ port: listening.port, token: listening.token, lastSeq: () => session.seq, shouldReconnect: () => false, log: (m) => log(`connection: ${m}`) });
     const atHost: number[] = [];
     connection.onEvent.on((e) => e.type === 'metrics' && atHost.push(clock() - e.time));
-    // As MetricsPanel does: events and summaries to the webview (DevTools calls are pipelined, delivered in order).
+    // DevTools calls are pipelined, delivered in order.
     const pending = new Set<Promise<void>>();
     let closing = false;
     const post = (message: HostToWebview) => {
@@ -118,13 +119,13 @@ async function hostRole(): Promise<void> {
       void p.finally(() => pending.delete(p));
       return p;
     };
-    session.onEvents.on((events) => post({ type: 'events', runId: session.runId, events }));
-    session.onDidChange.on(() => post({ type: 'run', run: session.summary() }));
+    const relay = new PanelRelay((message) => void post(message));
+    relay.follow(session);
     session.attach(connection);
     const connected = new Promise<void>((resolve) => connection.onConnectedChange.on((c) => c && resolve()));
     await connected;
     // The webview said `ready` on load: the host answers with a snapshot, then streams.
-    await post({ type: 'snapshot', run: session.summary(), events: [...session.events], commands: [] });
+    relay.webviewReady();
     const done = fromTrainer('done');
     trainer.send('go');
     log(`${rate} metrics/s for ${seconds} s`);
@@ -137,6 +138,7 @@ async function hostRole(): Promise<void> {
       page = await panel.page.evaluate(() => (window as any).__benchLatency.results());
     }
     closing = true;
+    relay.dispose();
     session.dispose();
     await Promise.all(pending);
     trainer.send('exit');

@@ -79,8 +79,8 @@ function runOne(family: string, variant: Variant, seed: number): Promise<RunResu
     child.on('close', (code) => {
       if (code !== 0) return reject(new Error(`${config.name} exited ${code}:\n${out.slice(-2000)}`));
       const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l)));
-      const last = [...metrics].reverse().find((m) => m.experts)!;
-      const live = last.experts!.filter((e) => !e.pruned);
+      const last = [...metrics].reverse().find((m) => m.units)!;
+      const live = last.units!.filter((e) => !e.pruned);
       const acc = /test accuracy ([\d.]+)%/.exec(out);
       const ppl = /test perplexity ([\d.]+)/.exec(out);
       let ema = metrics[0].taskLoss;

@@ -1,6 +1,7 @@
 // The training config (`*.pltrain.json`): one schema, used by the trainer to run it and by the
 // extension to put diagnostics on the offending line before anything starts.
 import { z } from 'zod';
+import { AlphaSchema, MAX_UNITS, MIN_UNITS } from './limits';
 
 export const BACKEND_NAMES = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
@@ -10,11 +11,14 @@ const positiveInt = (max: number) => z.number().int().min(1).max(max);
 export const MODEL_FAMILIES = ['moe-mlp', 'switch-transformer', 'bert-encoder', 'vgg'] as const;
 export type ModelFamily = (typeof MODEL_FAMILIES)[number];
 
-/** What a family's prunable unit is called, for messages and the UI. */
+/**
+ * What a family's prunable unit is called, singular and lower case, as a person reads it ("head 2");
+ * the plural adds "s". The trainer announces it in `hello.unitName`; every UI takes it from there.
+ */
 export const UNIT_NAMES: Record<ModelFamily, string> = {
   'moe-mlp': 'expert',
   'switch-transformer': 'expert',
-  'bert-encoder': 'attention head',
+  'bert-encoder': 'head',
   vgg: 'channel group',
 };
 
@@ -29,8 +33,8 @@ export const ModelConfigSchema = z
     experts: z
       .number()
       .int()
-      .min(2)
-      .max(64)
+      .min(MIN_UNITS)
+      .max(MAX_UNITS)
       .default(4)
       .describe('Number of prunable units: experts (`moe-mlp`, `switch-transformer`), attention heads per layer (`bert-encoder`), channel groups per conv layer (`vgg`). The PL method needs at least two to compare.'),
     hiddenUnits: positiveInt(4096)
@@ -93,7 +97,7 @@ export const TrainingConfigSchema = z
     batchSize: positiveInt(65536).default(64).describe('Examples per training step.'),
     learningRate: z.number().positive().max(10).default(0.003).describe('Adam learning rate.'),
     seed: z.number().int().min(0).max(2 ** 31 - 1).default(1).describe('Seed for initialization, data order and the probe batch: the same seed gives the same run.'),
-    alpha: z.number().min(0).max(1e6).default(0.01).describe('Weight of the condition-number regularizer in L_S(w) + α·κ̄. Changeable live.'),
+    alpha: AlphaSchema.default(0.01).describe('Weight of the condition-number regularizer in L_S(w) + α·κ̄. Changeable live.'),
     monitor: MonitorConfigSchema.default({}),
     pruning: PruningConfigSchema.default({}),
     frozenExperts: z.array(z.number().int().min(0)).default([]).describe('Experts frozen from the start (no updates, never pruned, still measured).'),

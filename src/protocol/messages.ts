@@ -3,8 +3,14 @@
 // docs/protocol.md describes the same contract in prose; keep the two in step.
 import { z } from 'zod';
 import { BACKEND_NAMES, DEFAULT_DAMPING } from './config';
+import { AlphaSchema, UnitIdSchema } from './limits';
 
-export const PROTOCOL_VERSION = 1;
+/**
+ * 2: units named for what they hold (`hello.unitCount`, `metrics.units`, `freeze {unit}`), `unitName`
+ * required, bounded steering values, the backend's engine and device. Protocol-1 run directories stay
+ * readable: `upgradeRecord` (upgrade.ts) turns their records into protocol 2 on read.
+ */
+export const PROTOCOL_VERSION = 2;
 
 /** Largest frame either side accepts; commands are tiny, so anything bigger is hostile or a bug. */
 export const MAX_FRAME_BYTES = 64 * 1024;
@@ -15,15 +21,27 @@ const step = z.number().int().min(0);
 // ---------------------------------------------------------------------------------------------
 // Steering commands (extension → trainer; webview → extension)
 
-export const SteeringCommandSchema = z.discriminatedUnion('kind', [
-  z.object({ kind: z.literal('pause') }).strict(),
-  z.object({ kind: z.literal('resume') }).strict(),
-  z.object({ kind: z.literal('stop') }).strict(),
-  z.object({ kind: z.literal('setAlpha'), alpha: z.number() }).strict(),
-  z.object({ kind: z.literal('freeze'), expert: z.number().int() }).strict(),
-  z.object({ kind: z.literal('unfreeze'), expert: z.number().int() }).strict(),
-]);
+const steeringCommand = (alpha: z.ZodNumber, unit: z.ZodNumber) =>
+  z.discriminatedUnion('kind', [
+    z.object({ kind: z.literal('pause') }).strict(),
+    z.object({ kind: z.literal('resume') }).strict(),
+    z.object({ kind: z.literal('stop') }).strict(),
+    z.object({ kind: z.literal('setAlpha'), alpha }).strict(),
+    z.object({ kind: z.literal('freeze'), unit }).strict(),
+    z.object({ kind: z.literal('unfreeze'), unit }).strict(),
+  ]);
+
+/**
+ * A command as issued (client frames, the panel's posts). Its bounds (limits.ts) are part of the
+ * contract: a value outside them is refused before anything is applied.
+ */
+export const SteeringCommandSchema = steeringCommand(AlphaSchema, UnitIdSchema);
 export type SteeringCommand = z.infer<typeof SteeringCommandSchema>;
+/**
+ * A command as recorded (in an ack, in a command's status): the same shapes with any number, because a
+ * rejection records what was asked (an older trainer acknowledged an α < 0 as rejected).
+ */
+export const RecordedCommandSchema = steeringCommand(z.number(), z.number().int());
 export type SteeringKind = SteeringCommand['kind'];
 
 /** Command ids are chosen by whoever issues the command (webview or extension) and echoed in the ack. */
@@ -39,19 +57,25 @@ export const TERMINAL_STATES: readonly RunState[] = ['completed', 'stopped', 'fa
 
 export const BackendInfoSchema = z
   .object({
-    name: z.enum(BACKEND_NAMES),
+    /** The TF.js backend in use, or `pytorch` for the PyTorch engine. */
+    name: z.enum([...BACKEND_NAMES, 'pytorch']),
     /** True when tensors live on a GPU. */
     gpu: z.boolean(),
     /** Human-readable detail, e.g. why faster backends were skipped. */
     detail: z.string(),
+    /** Which trainer engine runs the model (absent: `tfjs`). */
+    engine: z.enum(['tfjs', 'pytorch']).optional(),
+    /** The device tensors live on, as the engine names it (`cuda:0 NVIDIA H200`, `cpu`). */
+    device: z.string().max(200).optional(),
   })
   .strict();
 export type BackendInfo = z.infer<typeof BackendInfoSchema>;
 
-export const ExpertStatsSchema = z
+/** One prunable unit (an expert, a head, a channel group) as measured on a monitor step. */
+export const UnitStatsSchema = z
   .object({
     id: z.number().int().min(0),
-    /** PL constant estimate: λ_min of the expert's tangent kernel on the probe batch. */
+    /** PL constant estimate: λ_min of the unit's tangent kernel on the probe batch. */
     mu: finite,
     /** Smoothness (Lipschitz) estimate: λ_max of the same kernel. */
     lf: finite,
@@ -61,7 +85,12 @@ export const ExpertStatsSchema = z
     pruned: z.boolean(),
   })
   .strict();
-export type ExpertStats = z.infer<typeof ExpertStatsSchema>;
+export type UnitStats = z.infer<typeof UnitStatsSchema>;
+/**
+ * @deprecated the protocol-1 name of UnitStats, kept only for the model families (src/trainer/models,
+ * src/trainer/pl) until their rewrite lands; new code says UnitStats.
+ */
+export type ExpertStats = UnitStats;
 
 /**
  * Whether a reported κ sits at the damping floor 1/δ (δ = `monitor.damping`): damped κ is
@@ -89,9 +118,10 @@ export const HelloEventSchema = z
     backend: BackendInfoSchema,
     startedAt: z.number(),
     totalSteps: step,
-    experts: z.number().int().min(1),
-    /** What a unit is in this model family: `expert`, `attention head`, `channel group`. */
-    unitName: z.string().optional(),
+    /** How many prunable units the model has; `metrics.units` lists them by id 0…unitCount−1. */
+    unitCount: z.number().int().min(1),
+    /** What a unit is, singular and lower case as a person reads it: `expert`, `head`, `channel group` (UNIT_NAMES). */
+    unitName: z.string().min(1).max(40),
     alpha: finite,
     taskMetric: z.enum(['accuracy', 'perplexity']),
     /** The resolved config the run uses (after defaults). */
@@ -111,7 +141,7 @@ export const MetricsEventSchema = z
     loss: finite,
     /** The task loss L_S alone (loss = taskLoss + alpha·regularizer). */
     taskLoss: finite,
-    /** Mean κ over kept experts, the regularizer term before α. */
+    /** κ̄: mean κ over the trainable units (neither frozen nor pruned), the regularizer term before α. */
     regularizer: finite,
     alpha: finite,
     /** Accuracy (0…1) for classifiers, perplexity for language models: see hello.taskMetric. */
@@ -119,11 +149,11 @@ export const MetricsEventSchema = z
     stepsPerSec: finite,
     /**
      * PL* check: ½‖∇f‖² / (f − f*) for the objective f of this step (f* = the run's lowest f so far).
-     * PL* says it stays ≥ μ; compare with the experts' μ (docs/method.md).
+     * PL* says it stays ≥ μ; compare with the units' μ (docs/method.md).
      */
     plRatio: finite.optional(),
-    /** Present on monitor steps only; measured, like the loss, on the weights this step started from. */
-    experts: z.array(ExpertStatsSchema).optional(),
+    /** Every unit, on monitor steps only; measured, like the loss, on the weights this step started from. */
+    units: z.array(UnitStatsSchema).optional(),
     /** Keep-probability per unit from the pruning gate (present on monitor steps while pruning is enabled). */
     gate: z.array(z.number().min(0).max(1)).optional(),
     /**
@@ -140,7 +170,7 @@ export const AckEventSchema = z
     type: z.literal('ack'),
     seq: step,
     commandId: CommandIdSchema,
-    command: SteeringCommandSchema,
+    command: RecordedCommandSchema,
     /** `applied`: took effect after step `step` completed (step+1 is the first step under it). */
     status: z.enum(['applied', 'rejected']),
     step: step,
@@ -210,11 +240,16 @@ export type ClientFrame = z.infer<typeof ClientFrameSchema>;
 // ---------------------------------------------------------------------------------------------
 // Extension host ⇄ webview (postMessage)
 
-/** Lifecycle of a command as the UI shows it; never optimistic: `applied` only after the trainer's ack. */
+/**
+ * Lifecycle of a command as the UI shows it; never optimistic: `applied` only after the trainer's ack.
+ * `pending` (sent to the trainer), `failed` (could not be delivered: not connected, run ended) and a
+ * `rejected` that never left the host (outside the protocol's bounds) are facts only the host knows;
+ * `applied` and the trainer's `rejected` come from `ack` events.
+ */
 export const CommandStatusSchema = z
   .object({
     id: CommandIdSchema,
-    command: SteeringCommandSchema,
+    command: RecordedCommandSchema,
     status: z.enum(['pending', 'applied', 'rejected', 'failed']),
     step: step.optional(),
     reason: z.string().optional(),
@@ -222,15 +257,30 @@ export const CommandStatusSchema = z
   .strict();
 export type CommandStatus = z.infer<typeof CommandStatusSchema>;
 
+/**
+ * What the host knows about a run that no trainer event says: the link's state, a command it sent
+ * or could not send, and a run state it concluded itself (the trainer vanished without a word, a
+ * resume is starting, run.json of a recorded run). The host applies each fact to its own RunView and
+ * relays it, so the panel folds exactly the same inputs (runView.ts).
+ */
+export const RunFactSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('connection'), connected: z.boolean() }).strict(),
+  z.object({ type: z.literal('command'), status: CommandStatusSchema }).strict(),
+  z
+    .object({ type: z.literal('state'), state: RunStateSchema, reason: z.string().optional(), step: step.optional(), totalSteps: step.optional() })
+    .strict(),
+]);
+export type RunFact = z.infer<typeof RunFactSchema>;
+
+/** Who the current run is, and the host's reading of its state when a snapshot is taken. */
 export const RunSummarySchema = z
   .object({
     runId: z.string(),
     runDir: z.string(),
     state: RunStateSchema,
-    backend: BackendInfoSchema.optional(),
+    reason: z.string().optional(),
     step: step,
     totalSteps: step,
-    alpha: finite.optional(),
     /** False while the host is (re)connecting to the trainer. */
     connected: z.boolean(),
   })
@@ -238,12 +288,15 @@ export const RunSummarySchema = z
 export type RunSummary = z.infer<typeof RunSummarySchema>;
 
 export const HostToWebviewSchema = z.discriminatedUnion('type', [
-  /** Full state: sent on `ready` and whenever the webview may have missed data. Replaces everything. */
+  /**
+   * Everything about the current run (sent on `ready`, after a resume rewrote the history, when the
+   * current run changes): the host's history, its command table and its summary. Replaces all state.
+   */
   z.object({ type: z.literal('snapshot'), run: RunSummarySchema.nullable(), events: z.array(TrainerEventSchema), commands: z.array(CommandStatusSchema) }).strict(),
-  /** New events for the current run, in seq order. */
+  /** New trainer events of the current run, in seq order; each reaches the panel once. */
   z.object({ type: z.literal('events'), runId: z.string(), events: z.array(TrainerEventSchema) }).strict(),
-  z.object({ type: z.literal('run'), run: RunSummarySchema.nullable() }).strict(),
-  z.object({ type: z.literal('commandStatus'), status: CommandStatusSchema }).strict(),
+  /** One host fact about the current run (see RunFactSchema). */
+  z.object({ type: z.literal('fact'), runId: z.string(), fact: RunFactSchema }).strict(),
   /**
    * A second, recorded run to overlay on the charts (dashed lines), or null to clear it. Its events
    * come from its run directory (metrics.jsonl); it is never steered.

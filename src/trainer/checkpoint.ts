@@ -3,10 +3,9 @@
 // Written to a fresh folder and swapped in by rename: a crash mid-write leaves the previous one intact.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CHECKPOINT_DIR, CHECKPOINT_DIRS, CHECKPOINT_MANIFEST } from '../protocol';
 import type { ModelState, SavedTensor } from './models/types';
 import type { PrunerState } from './pl/pruner';
-
-export const CHECKPOINT_DIR = 'checkpoint';
 
 export interface RunProgress {
   step: number;
@@ -47,7 +46,7 @@ export function saveCheckpoint(runDir: string, progress: RunProgress, state: Mod
   fs.fsyncSync(fd);
   fs.closeSync(fd);
   const manifest: Manifest = { format: 'pl-trainer-checkpoint', version: 1, ...progress, tensors };
-  fs.writeFileSync(path.join(fresh, 'manifest.json'), JSON.stringify(manifest));
+  fs.writeFileSync(path.join(fresh, CHECKPOINT_MANIFEST), JSON.stringify(manifest));
   fs.rmSync(old, { recursive: true, force: true });
   if (fs.existsSync(final)) fs.renameSync(final, old);
   fs.renameSync(fresh, final);
@@ -56,11 +55,11 @@ export function saveCheckpoint(runDir: string, progress: RunProgress, state: Mod
 
 /** The newest complete checkpoint (also one left as `.old` by a crash between the two renames). */
 export function loadCheckpoint(runDir: string): { progress: RunProgress; state: ModelState } | undefined {
-  for (const dir of [CHECKPOINT_DIR, `${CHECKPOINT_DIR}.old`].map((d) => path.join(runDir, d))) {
+  for (const dir of CHECKPOINT_DIRS.map((d) => path.join(runDir, d))) {
     let manifest: Manifest;
     let bin: Buffer;
     try {
-      manifest = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
+      manifest = JSON.parse(fs.readFileSync(path.join(dir, CHECKPOINT_MANIFEST), 'utf8'));
       bin = fs.readFileSync(path.join(dir, 'tensors.bin'));
     } catch {
       continue;
@@ -78,8 +77,4 @@ export function loadCheckpoint(runDir: string): { progress: RunProgress; state: 
     return { progress: { step, seq, alpha, frozen, pruned, time, ...(pruner ? { pruner } : {}) }, state };
   }
   return undefined;
-}
-
-export function hasCheckpoint(runDir: string): boolean {
-  return [CHECKPOINT_DIR, `${CHECKPOINT_DIR}.old`].some((d) => fs.existsSync(path.join(runDir, d, 'manifest.json')));
 }

@@ -2,7 +2,7 @@
 // A client that subscribes from seq k gets every later event in order, then the live stream.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { RUN_FILES, TrainerEvent } from '../protocol';
+import { RUN_FILES, TrainerEvent, upgradeRecord } from '../protocol';
 import { forEachLine } from '../protocol/jsonlFile';
 
 type Unseq<T> = T extends unknown ? Omit<T, 'seq'> : never;
@@ -21,6 +21,7 @@ export class EventLog {
   /**
    * Continues a run's history after a crash: events up to `lastSeq` (the checkpoint's) stay; later
    * ones describe steps that will be redone, so they move to `*.discarded.jsonl` (kept, not lost).
+   * Kept records of a protocol-1 run are rewritten in protocol 2, so a replay speaks one protocol.
    */
   static resume(runDir: string, lastSeq: number, capacity = RING_CAPACITY): EventLog {
     const log = new EventLog(runDir, capacity);
@@ -36,11 +37,13 @@ export class EventLog {
       const read = forEachLine(full, (line) => {
         if (!line.trim()) return;
         try {
-          const e = JSON.parse(line) as TrainerEvent;
+          const recorded: unknown = JSON.parse(line);
+          const e = upgradeRecord(recorded) as TrainerEvent;
           maxSeq = Math.max(maxSeq, e.seq);
           // hello/state/log stay: they record what happened (a crash included), not a step's result.
           const stays = e.seq <= lastSeq || file === RUN_FILES.events;
-          (stays ? keep : drop).write(line);
+          if (stays) keep.write(e === recorded ? line : JSON.stringify(e));
+          else drop.write(line);
           if (stays) {
             kept.push(e);
             // Only the newest `capacity` (by seq) can end up in the ring; trim in chunks, not per event.
@@ -99,7 +102,7 @@ export class EventLog {
     for (const file of [RUN_FILES.metrics, RUN_FILES.commands, RUN_FILES.events]) {
       forEachLine(path.join(this.runDir, file), (line) => {
         try {
-          const e = JSON.parse(line) as TrainerEvent;
+          const e = upgradeRecord(JSON.parse(line)) as TrainerEvent;
           if (e.seq > after && e.seq < before) out.push(e);
         } catch {
           /* truncated line */

@@ -2,15 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PROTOCOL_VERSION, RUN_FILES, RunInfo, TOKEN_ENV, TrainingConfig } from '../protocol';
-
-/** `20261123-004512`: run directory names sort by start time. */
-export function runStamp(now = new Date()): string {
-  const pad = (n: number) => String(n).padStart(2, '0');
-  return `${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
-}
-
-export const safeRunName = (name: string) => name.replace(/[^A-Za-z0-9_.-]+/g, '-').slice(0, 60) || 'run';
+import { PROTOCOL_VERSION, RUN_FILES, RunInfo, TOKEN_ENV, TrainingConfig, runStamp, safeRunName } from '../protocol';
 
 export function defaultRunDir(config: TrainingConfig, cwd: string, now = new Date()): string {
   return path.join(cwd, '.pltrain', 'runs', `${safeRunName(config.name)}-${runStamp(now)}`);

@@ -1,5 +1,5 @@
 // Steering rules, applied only between steps. Pure (no tf, no I/O) so every rule is unit-tested.
-import type { SteeringCommand } from '../protocol';
+import { alphaProblem, type SteeringCommand } from '../protocol';
 
 export interface Decision {
   commandId: string;
@@ -7,8 +7,6 @@ export interface Decision {
   status: 'applied' | 'rejected';
   reason?: string;
 }
-
-export const MAX_ALPHA = 1e6;
 
 export class SteeringState {
   paused = false;
@@ -19,7 +17,8 @@ export class SteeringState {
   private readonly seenIds = new Set<string>();
   private waiter: (() => void) | undefined;
 
-  constructor(readonly experts: number, public alpha: number, frozen: Iterable<number> = []) {
+  /** `unitName`: what the family calls a unit (hello.unitName), for the reasons a rejection gives. */
+  constructor(readonly experts: number, public alpha: number, frozen: Iterable<number> = [], readonly unitName = 'unit') {
     this.frozen = new Set(frozen);
   }
 
@@ -71,33 +70,35 @@ export class SteeringState {
         this.stopRequested = true;
         this.paused = false;
         break;
-      case 'setAlpha':
-        if (!Number.isFinite(c.alpha) || c.alpha < 0) return reject(`α must be a finite number ≥ 0 (got ${c.alpha})`);
-        if (c.alpha > MAX_ALPHA) return reject(`α must be ≤ ${MAX_ALPHA}`);
+      case 'setAlpha': {
+        // The protocol's bound (limits.ts); a client frame outside it never gets here, a direct call may.
+        const bad = alphaProblem(c.alpha);
+        if (bad) return reject(`${bad} (got ${c.alpha})`);
         this.alpha = c.alpha;
         break;
+      }
       case 'freeze': {
-        const bad = this.checkExpert(c.expert);
+        const bad = this.checkUnit(c.unit);
         if (bad) return reject(bad);
-        if (this.pruned.has(c.expert)) return reject(`expert ${c.expert} is pruned`);
-        if (this.frozen.has(c.expert)) return reject(`expert ${c.expert} is already frozen`);
-        if (this.trainableExperts().length <= 1) return reject('cannot freeze every expert: at least one must stay trainable');
-        this.frozen.add(c.expert);
+        if (this.pruned.has(c.unit)) return reject(`${this.unitName} ${c.unit} is pruned`);
+        if (this.frozen.has(c.unit)) return reject(`${this.unitName} ${c.unit} is already frozen`);
+        if (this.trainableExperts().length <= 1) return reject(`cannot freeze every ${this.unitName}: at least one must stay trainable`);
+        this.frozen.add(c.unit);
         break;
       }
       case 'unfreeze': {
-        const bad = this.checkExpert(c.expert);
+        const bad = this.checkUnit(c.unit);
         if (bad) return reject(bad);
-        if (!this.frozen.has(c.expert)) return reject(`expert ${c.expert} is not frozen`);
-        this.frozen.delete(c.expert);
+        if (!this.frozen.has(c.unit)) return reject(`${this.unitName} ${c.unit} is not frozen`);
+        this.frozen.delete(c.unit);
         break;
       }
     }
     return { status: 'applied' };
   }
 
-  private checkExpert(e: number): string | undefined {
-    if (!Number.isInteger(e) || e < 0 || e >= this.experts) return `expert ${e} does not exist (the model has ${this.experts}: 0…${this.experts - 1})`;
+  private checkUnit(e: number): string | undefined {
+    if (!Number.isInteger(e) || e < 0 || e >= this.experts) return `${this.unitName} ${e} does not exist (the model has ${this.experts}: 0…${this.experts - 1})`;
     return undefined;
   }
 }

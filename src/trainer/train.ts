@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as TF from '@tensorflow/tfjs';
-import { LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, RunState, TrainingConfig, UNIT_NAMES } from '../protocol';
+import { LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, RunState, TrainingConfig, UNIT_NAMES, describeCommand } from '../protocol';
 import { selectBackend } from './backend';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint';
 import { EventLog } from './events';
@@ -48,9 +48,10 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
   if (!o.resume) writeJsonAtomic(path.join(runDir, RUN_FILES.config), config);
   const runId = path.basename(runDir);
   const events = checkpoint ? EventLog.resume(runDir, checkpoint.progress.seq) : new EventLog(runDir);
+  const unitName = UNIT_NAMES[config.model.family];
   const steering = checkpoint
-    ? new SteeringState(config.model.experts, checkpoint.progress.alpha, checkpoint.progress.frozen)
-    : new SteeringState(config.model.experts, config.alpha, config.frozenExperts);
+    ? new SteeringState(config.model.experts, checkpoint.progress.alpha, checkpoint.progress.frozen, unitName)
+    : new SteeringState(config.model.experts, config.alpha, config.frozenExperts, unitName);
   for (const p of checkpoint?.progress.pruned ?? []) steering.pruned.add(p);
   const announce = new RunAnnouncement(runDir, runId, config.steps);
   const token = establishToken(runDir);
@@ -88,7 +89,6 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     announce.update({ backend: backend.info });
     progress.log(`backend: ${backend.info.name} (${backend.info.gpu ? 'GPU' : 'CPU'}) — ${backend.info.detail}`);
     const data = loadTaskData(config, o.configDir);
-    const unitName = UNIT_NAMES[config.model.family];
     progress.log(
       data.kind === 'text'
         ? `data: ${data.name}: ${data.trainSize} train / ${data.testSize} test sequences, vocabulary ${data.classes}`
@@ -109,7 +109,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       backend: backend.info,
       startedAt: announce.info.startedAt,
       totalSteps: config.steps,
-      experts: config.model.experts,
+      unitCount: config.model.experts,
       unitName,
       alpha: steering.alpha,
       taskMetric: data.taskMetric,
@@ -158,7 +158,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       const decisions = steering.drain();
       for (const d of decisions) {
         events.emit({ type: 'ack', commandId: d.commandId, command: d.command, status: d.status, step, time: Date.now(), ...(d.reason ? { reason: d.reason } : {}) });
-        progress.log(`command ${d.commandId}: ${d.command.kind}${d.command.kind === 'setAlpha' ? ` ${d.command.alpha}` : ''}${'expert' in d.command ? ` ${d.command.expert}` : ''} → ${d.status === 'applied' ? `applied at step ${step}` : `rejected: ${d.reason}`}`);
+        progress.log(`command ${d.commandId}: ${describeCommand(d.command, unitName)} → ${d.status === 'applied' ? `applied at step ${step}` : `rejected: ${d.reason}`}`);
       }
       // An applied command changes what a resume must restore (α, frozen experts): checkpoint it.
       if (decisions.some((d) => d.status === 'applied') && config.checkpointEvery > 0) await save();
@@ -235,7 +235,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
           taskMetric: result.taskMetric,
           stepsPerSec: emaRate,
           ...(plRatio !== undefined && Number.isFinite(plRatio) ? { plRatio } : {}),
-          ...(monitorStep || prunedNow.length ? { experts } : {}),
+          ...(monitorStep || prunedNow.length ? { units: experts } : {}),
           ...((monitorStep || prunedNow.length) && pruner ? { gate: pruner.gate.map((g) => Math.min(1, Math.max(0, g))) } : {}),
           ...(extra && Object.keys(extra).length ? { extra } : {}),
         });

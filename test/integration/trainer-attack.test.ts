@@ -132,7 +132,7 @@ function* fuzzFrames(seed: number, count: number): Generator<string> {
       { type: 'subscribe', sinceSeq: Math.floor(rnd() * 100) },
       { type: 'command', id: 'c' + Math.floor(rnd() * 1e9), command: { kind: 'pause' } },
       { type: 'command', id: 'c' + Math.floor(rnd() * 1e9), command: { kind: 'setAlpha', alpha: rnd() } },
-      { type: 'command', id: 'c' + Math.floor(rnd() * 1e9), command: { kind: 'freeze', expert: 0 } },
+      { type: 'command', id: 'c' + Math.floor(rnd() * 1e9), command: { kind: 'freeze', unit: 0 } },
     ]);
   for (let i = 0; i < count; i++) {
     const r = rnd();

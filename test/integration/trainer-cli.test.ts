@@ -22,7 +22,7 @@ test('an invalid config exits 2, names each problem, and starts nothing', () => 
   const runDir = path.join(tmp, 'never');
   const r = spawnSync(process.execPath, [cli, '--config', config('bad', { alpha: -1, model: { experts: 1 } }), '--run-dir', runDir], { encoding: 'utf8' });
   assert.equal(r.status, 2);
-  assert.match(r.stderr, /alpha: Number must be greater than or equal to 0/);
+  assert.match(r.stderr, /alpha: α must be ≥ 0/);
   assert.match(r.stderr, /model\.experts: /);
   assert.equal(fs.existsSync(runDir), false);
   const missing = spawnSync(process.execPath, [cli], { encoding: 'utf8' });
@@ -54,9 +54,9 @@ test('a real run, piped: plain log lines, a complete run directory, κ per exper
   assert.equal(info.totalSteps, 40);
   const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l)));
   assert.deepEqual(metrics.map((m) => m.step), Array.from({ length: 40 }, (_, i) => i + 1));
-  const monitored = metrics.filter((m) => m.experts);
+  const monitored = metrics.filter((m) => m.units);
   assert.deepEqual(monitored.map((m) => m.step), [5, 10, 15, 20, 25, 30, 35, 40]);
-  for (const m of monitored) assert.equal(m.experts!.length, 3);
+  for (const m of monitored) assert.equal(m.units!.length, 3);
   assert.equal(JSON.parse(fs.readFileSync(path.join(runDir, 'config.json'), 'utf8')).steps, 40, 'the snapshot has the override');
 });
 
@@ -79,9 +79,9 @@ test('pruning in a real run: gate values streamed, decisions logged on schedule,
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /model: moe-mlp, 4 experts, pruning up to 2 after step 20/);
   const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l)));
-  const monitored = metrics.filter((m) => m.experts);
+  const monitored = metrics.filter((m) => m.units);
   assert.ok(monitored.every((m) => m.gate?.length === 4), 'the gate rides on every monitor step');
-  const prunedAtEnd = monitored.at(-1)!.experts!.filter((e) => e.pruned).map((e) => e.id);
+  const prunedAtEnd = monitored.at(-1)!.units!.filter((e) => e.pruned).map((e) => e.id);
   assert.ok(prunedAtEnd.length >= 1 && prunedAtEnd.length <= 2, `pruned ${prunedAtEnd}`);
   assert.ok(!prunedAtEnd.includes(0), 'the frozen expert is never pruned');
   const logged = [...r.stdout.matchAll(/pruned expert (\d) at step (\d+)/g)].map((m) => ({ expert: Number(m[1]), step: Number(m[2]) }));
@@ -89,8 +89,8 @@ test('pruning in a real run: gate values streamed, decisions logged on schedule,
   for (const l of logged) {
     assert.ok(l.step >= 20 && (l.step - 20) % 10 === 0, `decision at step ${l.step} is on the schedule`);
     // Before its decision the expert is live; from then on it is reported pruned, with gate 0 later.
-    assert.ok(monitored.filter((m) => m.step < l.step).every((m) => !m.experts![l.expert].pruned));
-    assert.ok(monitored.filter((m) => m.step >= l.step).every((m) => m.experts![l.expert].pruned));
+    assert.ok(monitored.filter((m) => m.step < l.step).every((m) => !m.units![l.expert].pruned));
+    assert.ok(monitored.filter((m) => m.step >= l.step).every((m) => m.units![l.expert].pruned));
     assert.ok(monitored.filter((m) => m.step > l.step).every((m) => m.gate![l.expert] === 0));
   }
   const manifest = JSON.parse(fs.readFileSync(path.join(runDir, 'checkpoint', 'manifest.json'), 'utf8'));
@@ -104,12 +104,12 @@ test('a unit at the damping floor is reported once per episode, with its share o
   const body = { steps: 100, alpha: 0.01, model: { experts: 3, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 8, damping: 0.02 } };
   const r = spawnSync(process.execPath, [cli, '--config', config('floor', body), '--run-dir', runDir], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
-  const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l))).filter((m) => m.experts);
+  const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l))).filter((m) => m.units);
   // Expected from the recorded κ alone: an entry where κ reaches 50 after a monitor step below it.
   const expected: string[] = [];
   const atFloor = new Set<number>();
   for (const m of metrics) {
-    for (const e of m.experts!) {
+    for (const e of m.units!) {
       const floor = e.kappa >= 50 * (1 - 1e-9);
       if (floor && !atFloor.has(e.id)) (atFloor.add(e.id), expected.push(`enter ${e.id}@${m.step}`));
       else if (!floor && atFloor.delete(e.id)) expected.push(`leave ${e.id}@${m.step}`);
@@ -134,7 +134,7 @@ test('OPT in a real run: hyperspherical energy and ‖QᵀQ − I‖ streamed pe
   const body = { steps: 30, model: { experts: 2, hiddenUnits: 8, opt: true }, monitor: { every: 10, probeSize: 8 } };
   const r = spawnSync(process.execPath, [cli, '--config', config('opt', body), '--run-dir', runDir], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
-  const monitored = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l))).filter((m) => m.experts);
+  const monitored = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l))).filter((m) => m.units);
   assert.deepEqual(monitored.map((m) => m.step), [10, 20, 30]);
   for (const e of [0, 1]) {
     const energies = monitored.map((m) => m.extra![`energy/expert${e}`]);
@@ -146,7 +146,7 @@ test('OPT in a real run: hyperspherical energy and ‖QᵀQ − I‖ streamed pe
 test('every model family runs end to end through pltrain: units named, measured, the right metric', () => {
   const cases = [
     { family: 'switch-transformer', unit: 'expert', metric: 'perplexity', body: { model: { family: 'switch-transformer', experts: 3, dModel: 16, layers: 2, contextLength: 16, hiddenUnits: 16 }, data: { source: 'text' }, batchSize: 8 } },
-    { family: 'bert-encoder', unit: 'attention head', metric: 'accuracy', body: { model: { family: 'bert-encoder', experts: 2, dModel: 8, layers: 1, hiddenUnits: 8 }, batchSize: 16 } },
+    { family: 'bert-encoder', unit: 'head', metric: 'accuracy', body: { model: { family: 'bert-encoder', experts: 2, dModel: 8, layers: 1, hiddenUnits: 8 }, batchSize: 16 } },
     { family: 'vgg', unit: 'channel group', metric: 'accuracy', body: { model: { family: 'vgg', experts: 2, hiddenUnits: 2, layers: 2 }, batchSize: 16 } },
   ];
   for (const c of cases) {
@@ -157,13 +157,14 @@ test('every model family runs end to end through pltrain: units named, measured,
     const events = fs.readFileSync(path.join(runDir, 'events.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     const hello = events.find((e) => e.type === 'hello');
     assert.equal(hello.unitName, c.unit, c.family);
+    assert.equal(hello.unitCount, (c.body.model as { experts: number }).experts, c.family);
     assert.equal(hello.taskMetric, c.metric, c.family);
-    const monitored = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l))).filter((m) => m.experts);
+    const monitored = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l))).filter((m) => m.units);
     assert.deepEqual(monitored.map((m) => m.step), [4, 8, 12], c.family);
     for (const m of monitored) {
-      assert.equal(m.experts!.length, (c.body.model as { experts: number }).experts, c.family);
-      assert.ok(m.experts!.every((e) => e.kappa >= 1 && e.lf >= e.mu), c.family);
-      assert.ok(m.experts![1].frozen, `${c.family}: the frozen unit is reported frozen`);
+      assert.equal(m.units!.length, (c.body.model as { experts: number }).experts, c.family);
+      assert.ok(m.units!.every((e) => e.kappa >= 1 && e.lf >= e.mu), c.family);
+      assert.ok(m.units![1].frozen, `${c.family}: the frozen unit is reported frozen`);
     }
     assert.match(r.stdout, c.metric === 'accuracy' ? /test accuracy [\d.]+% after 12 steps/ : /test perplexity [\d.]+ after 12 steps/);
     if (c.family === 'switch-transformer') assert.ok(monitored.every((m) => m.extra && 'load/0' in m.extra), 'routing load streamed');

@@ -59,7 +59,7 @@ for (const alpha of [0, 0.01]) {
     const nine = run(name, body, 9);
     const ten = run(name, body, 10);
     const metrics = fs.readFileSync(path.join(ten, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l)));
-    const reported = metrics.find((m) => m.step === 10)?.experts?.map((e) => e.kappa);
+    const reported = metrics.find((m) => m.step === 10)?.units?.map((e) => e.kappa);
     assert.ok(reported && reported.length === 3, 'step 10 carries κ of 3 experts');
 
     const before = await kappaOfCheckpoint(nine, config); // weights after 9 steps

@@ -137,14 +137,14 @@ test('a live session: hello, κ per expert, pause, resume, α, freeze, bad frame
   // hello names the backend, then metrics carry κ for every expert on monitor steps.
   const hello = await until('hello', () => a.events().find((e): e is HelloEvent => e.type === 'hello'));
   assert.ok(['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'].includes(hello.backend.name));
-  assert.equal(hello.experts, EXPERTS);
+  assert.equal(hello.unitCount, EXPERTS);
   assert.equal(hello.alpha, START_ALPHA);
   assert.equal(hello.taskMetric, 'accuracy');
   assert.equal(hello.pid, child.pid);
-  const monitored = await until('a monitor step', () => metricsOf(a).find((m) => m.experts));
+  const monitored = await until('a monitor step', () => metricsOf(a).find((m) => m.units));
   assert.equal(monitored.step % 5, 0);
-  assert.deepEqual(monitored.experts!.map((e) => e.id), [0, 1, 2]);
-  for (const e of monitored.experts!) {
+  assert.deepEqual(monitored.units!.map((e) => e.id), [0, 1, 2]);
+  for (const e of monitored.units!) {
     assert.ok(e.mu >= 0 && e.lf > e.mu, `expert ${e.id}: 0 ≤ μ < L_f (μ ${e.mu}, L_f ${e.lf})`);
     // κ = L_f / max(μ, δ·L_f) with the default damping δ = 1e-6 (docs/method.md).
     const expected = e.lf / Math.max(e.mu, 1e-6 * e.lf);
@@ -163,10 +163,12 @@ test('a live session: hello, κ per expert, pause, resume, α, freeze, bad frame
   const dup = await command(a, 'pause-1', { kind: 'resume' });
   assert.equal(dup.status, 'rejected', 'a reused command id');
   assert.match(dup.reason ?? '', /duplicate/);
-  const negative = await command(a, 'alpha-neg', { kind: 'setAlpha', alpha: -1 });
-  assert.equal(negative.status, 'rejected');
-  assert.ok(negative.reason);
-  const unknown = await command(a, 'freeze-9', { kind: 'freeze', expert: 9 });
+  // Outside setAlpha's bounds (limits.ts): the frame is refused with the bound, nothing is applied or acked.
+  const refusedBefore = a.frames.filter((f) => f.type === 'error').length;
+  a.ws.send(JSON.stringify({ type: 'command', id: 'alpha-neg', command: { kind: 'setAlpha', alpha: -1 } }));
+  const refused = await until('an error frame', () => a.frames.filter((f) => f.type === 'error')[refusedBefore]);
+  assert.match(refused.type === 'error' ? refused.message : '', /command\.alpha: α must be ≥ 0/);
+  const unknown = await command(a, 'freeze-9', { kind: 'freeze', unit: 9 });
   assert.equal(unknown.status, 'rejected');
   assert.match(unknown.reason ?? '', /does not exist/);
 
@@ -181,7 +183,7 @@ test('a live session: hello, κ per expert, pause, resume, α, freeze, bad frame
   a.ws.send(JSON.stringify({ type: 'command', id: 'no-alpha', command: { kind: 'setAlpha' } }));
   a.ws.send(JSON.stringify({ type: 'launchMissiles' }));
   await until('three error frames', () => a.frames.filter((f) => f.type === 'error').length === errorsBefore + 3);
-  assert.ok(!a.events().some((e) => e.type === 'ack' && e.commandId === 'no-alpha'), 'an invalid command is not acked');
+  assert.ok(!a.events().some((e) => e.type === 'ack' && (e.commandId === 'no-alpha' || e.commandId === 'alpha-neg')), 'an invalid command is not acked');
   const afterErrors = lastStep(a);
   await until('training continues after bad frames', () => lastStep(a) >= afterErrors + 3);
 
@@ -192,13 +194,13 @@ test('a live session: hello, κ per expert, pause, resume, α, freeze, bad frame
   for (const m of metricsOf(a)) assert.equal(m.alpha, m.step <= alpha.step ? START_ALPHA : 0.5, `α in the metrics of step ${m.step}`);
 
   // freeze 1: later monitor steps report it frozen, earlier ones not.
-  const freeze = await command(a, 'freeze-1', { kind: 'freeze', expert: 1 });
+  const freeze = await command(a, 'freeze-1', { kind: 'freeze', unit: 1 });
   assert.equal(freeze.status, 'applied');
-  await until('a monitor step after freeze', () => metricsOf(a).some((m) => m.experts && m.step > freeze.step));
+  await until('a monitor step after freeze', () => metricsOf(a).some((m) => m.units && m.step > freeze.step));
   for (const m of metricsOf(a)) {
-    if (!m.experts) continue;
-    assert.equal(m.experts[1].frozen, m.step > freeze.step, `expert 1 frozen at step ${m.step}`);
-    assert.equal(m.experts[0].frozen, false);
+    if (!m.units) continue;
+    assert.equal(m.units[1].frozen, m.step > freeze.step, `expert 1 frozen at step ${m.step}`);
+    assert.equal(m.units[0].frozen, false);
   }
 
   // A second client replaying from seq k gets exactly the events after k, in order, then live ones.
@@ -227,12 +229,12 @@ test('a live session: hello, κ per expert, pause, resume, α, freeze, bad frame
   assert.deepEqual(onDisk.map((m) => m.step), onDisk.map((_, i) => i + 1), 'one metrics line per step');
   assert.deepEqual(onDisk, metricsOf(a), 'metrics.jsonl holds what was streamed');
   for (const m of onDisk.filter((m) => m.step % 5 === 0)) {
-    assert.equal(m.experts?.length, EXPERTS, `κ for every expert at monitor step ${m.step}`);
-    for (const e of m.experts!) assert.ok(Number.isFinite(e.kappa) && e.kappa >= 1);
+    assert.equal(m.units?.length, EXPERTS, `κ for every expert at monitor step ${m.step}`);
+    for (const e of m.units!) assert.ok(Number.isFinite(e.kappa) && e.kappa >= 1);
   }
   const acksOnDisk = fs.readFileSync(path.join(runDir, 'commands.jsonl'), 'utf8').trim().split('\n').map((l) => AckEventSchema.parse(JSON.parse(l)));
   assert.deepEqual(acksOnDisk, a.events().filter((e) => e.type === 'ack'), 'commands.jsonl has every ack');
-  assert.deepEqual(acksOnDisk.map((x) => x.commandId), ['pause-1', 'pause-1', 'alpha-neg', 'freeze-9', 'resume-1', 'alpha-1', 'freeze-1', 'stop-1']);
+  assert.deepEqual(acksOnDisk.map((x) => x.commandId), ['pause-1', 'pause-1', 'freeze-9', 'resume-1', 'alpha-1', 'freeze-1', 'stop-1']);
   const info = RunInfoSchema.parse(JSON.parse(fs.readFileSync(path.join(runDir, 'run.json'), 'utf8')));
   assert.equal(info.state, 'stopped');
   assert.equal(info.step, stop.step);

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { ALPHA_MAX } from '../../src/protocol';
 import { SteeringState } from '../../src/trainer/steering';
 
 test('commands wait for the step boundary and are decided in arrival order', () => {
@@ -28,32 +29,36 @@ test('pause/resume are rejected when they would do nothing', () => {
   assert.match(d[2].reason!, /already paused/);
 });
 
-test('α must be finite and ≥ 0', () => {
+test('α must be finite and within the protocol\'s bounds (limits.ts), each refusal saying which', () => {
   const s = new SteeringState(2, 0.1);
   for (const [i, alpha] of [-1, NaN, Infinity, -Infinity, 2e6].entries()) s.enqueue(`x${i}`, { kind: 'setAlpha', alpha });
   s.enqueue('ok', { kind: 'setAlpha', alpha: 0 });
+  s.enqueue('max', { kind: 'setAlpha', alpha: ALPHA_MAX });
   const d = s.drain();
-  assert.deepEqual(d.map((x) => x.status), ['rejected', 'rejected', 'rejected', 'rejected', 'rejected', 'applied']);
-  assert.ok(d.slice(0, 4).every((x) => /α must be a finite number ≥ 0/.test(x.reason!)));
-  assert.equal(s.alpha, 0);
+  assert.deepEqual(d.map((x) => x.status), ['rejected', 'rejected', 'rejected', 'rejected', 'rejected', 'applied', 'applied']);
+  assert.deepEqual(
+    d.slice(0, 5).map((x) => x.reason!.replace(/ \(got .*\)$/, '')),
+    ['α must be ≥ 0', 'α must be a number', 'α must be a finite number', 'α must be a finite number', 'α must be ≤ 1e+6'],
+  );
+  assert.equal(s.alpha, ALPHA_MAX);
 });
 
-test('freeze: unknown expert, already frozen, and the last trainable expert are refused', () => {
-  const s = new SteeringState(3, 0, [0]);
-  s.enqueue('a', { kind: 'freeze', expert: 3 });
-  s.enqueue('b', { kind: 'freeze', expert: -1 });
-  s.enqueue('c', { kind: 'freeze', expert: 0 });
-  s.enqueue('d', { kind: 'freeze', expert: 1 });
-  s.enqueue('e', { kind: 'freeze', expert: 2 });
-  s.enqueue('f', { kind: 'unfreeze', expert: 2 });
-  s.enqueue('g', { kind: 'unfreeze', expert: 0 });
+test('freeze: unknown unit, already frozen, and the last trainable unit are refused, in the family\'s words', () => {
+  const s = new SteeringState(3, 0, [0], 'head');
+  s.enqueue('a', { kind: 'freeze', unit: 3 });
+  s.enqueue('b', { kind: 'freeze', unit: -1 });
+  s.enqueue('c', { kind: 'freeze', unit: 0 });
+  s.enqueue('d', { kind: 'freeze', unit: 1 });
+  s.enqueue('e', { kind: 'freeze', unit: 2 });
+  s.enqueue('f', { kind: 'unfreeze', unit: 2 });
+  s.enqueue('g', { kind: 'unfreeze', unit: 0 });
   const d = s.drain();
-  assert.match(d[0].reason!, /expert 3 does not exist/);
-  assert.match(d[1].reason!, /expert -1 does not exist/);
-  assert.match(d[2].reason!, /already frozen/);
+  assert.equal(d[0].reason, 'head 3 does not exist (the model has 3: 0…2)');
+  assert.match(d[1].reason!, /^head -1 does not exist/);
+  assert.equal(d[2].reason, 'head 0 is already frozen');
   assert.equal(d[3].status, 'applied');
-  assert.match(d[4].reason!, /at least one must stay trainable/);
-  assert.match(d[5].reason!, /not frozen/);
+  assert.equal(d[4].reason, 'cannot freeze every head: at least one must stay trainable');
+  assert.equal(d[5].reason, 'head 2 is not frozen');
   assert.equal(d[6].status, 'applied');
   assert.deepEqual([...s.frozen], [1]);
   assert.deepEqual(s.trainableExperts(), [0, 2]);
@@ -62,7 +67,7 @@ test('freeze: unknown expert, already frozen, and the last trainable expert are 
 test('a pruned expert cannot be frozen', () => {
   const s = new SteeringState(3, 0);
   s.pruned.add(2);
-  s.enqueue('a', { kind: 'freeze', expert: 2 });
+  s.enqueue('a', { kind: 'freeze', unit: 2 });
   assert.match(s.drain()[0].reason!, /pruned/);
 });
 
