@@ -31,6 +31,6 @@
     }
   });
   window.__benchLatency = {
-    results: () => ({ received, drawn, step: window.__plTrainer.model.step }),
+    results: () => ({ received, drawn, step: window.__plTrainer.model.view.step }),
   };
 })();

@@ -1,15 +1,17 @@
-// The metrics panel as the benchmarks drive it: the real bundle from dist/webview (scripts/build.mjs)
+// The metrics panel as the benchmarks drive it: the production panel bundled from the browser
+// tests' entry (test/webview-harness/entry.ts, which also exposes its model and charts to the page),
 // in headless Chromium, served by the browser-test harness (renderPanelHtml's document and CSP, a
 // stand-in for VS Code's `acquireVsCodeApi`). Host messages reach it as `message` events on its
 // window, as in VS Code; here they are posted through the DevTools protocol.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { chromium, type Browser, type CDPSession, type Page } from 'playwright-core';
-import { startHarnessServer, type HarnessServer } from '../test/webview-harness/server';
+import * as os from 'node:os';
+import { buildWebview, startHarnessServer, type HarnessServer } from '../test/webview-harness/server';
 
 export const REPO_ROOT = path.resolve(__dirname, '..');
-/** PLTRAIN_BENCH_WEBVIEW_DIR: another build of the panel (e.g. from an older commit) to compare against. */
-const BUNDLE_DIR = process.env.PLTRAIN_BENCH_WEBVIEW_DIR ? path.resolve(process.env.PLTRAIN_BENCH_WEBVIEW_DIR) : path.join(REPO_ROOT, 'dist', 'webview');
+/** PLTRAIN_BENCH_WEBVIEW_DIR: another build of the harness's panel (e.g. from an older commit) to compare against. */
+const OTHER_BUNDLE_DIR = process.env.PLTRAIN_BENCH_WEBVIEW_DIR ? path.resolve(process.env.PLTRAIN_BENCH_WEBVIEW_DIR) : undefined;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
 
@@ -25,18 +27,25 @@ export interface PanelPage {
   close(): Promise<void>;
 }
 
-export function bundleMissing(): string | undefined {
-  return fs.existsSync(path.join(BUNDLE_DIR, 'main.js')) ? undefined : `no webview bundle in ${BUNDLE_DIR}: run node scripts/build.mjs`;
+/** The panel bundle to load: PLTRAIN_BENCH_WEBVIEW_DIR's, or this checkout's, bundled now into a private folder. */
+async function panelBundle(): Promise<{ dir: string; built: boolean }> {
+  if (OTHER_BUNDLE_DIR) {
+    if (!fs.existsSync(path.join(OTHER_BUNDLE_DIR, 'main.js'))) throw new Error(`no panel bundle (main.js) in ${OTHER_BUNDLE_DIR}`);
+    return { dir: OTHER_BUNDLE_DIR, built: false };
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-bench-panel-'));
+  await buildWebview(dir);
+  return { dir, built: true };
 }
 
 export async function openPanelPage(viewport = { width: 1400, height: 1000 }): Promise<PanelPage> {
-  const missing = bundleMissing();
-  if (missing) throw new Error(missing);
   if (!fs.existsSync(CHROMIUM)) throw new Error(`Chromium not found at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM=)`);
   let server: HarnessServer | undefined;
   let browser: Browser | undefined;
+  const bundle = await panelBundle();
+  const removeBundle = () => bundle.built && fs.rmSync(bundle.dir, { recursive: true, force: true });
   try {
-    server = await startHarnessServer(BUNDLE_DIR);
+    server = await startHarnessServer(bundle.dir);
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
     const page = await browser.newPage({ viewport });
     const problems: string[] = [];
@@ -66,11 +75,13 @@ export async function openPanelPage(viewport = { width: 1400, height: 1000 }): P
       close: async () => {
         await openBrowser.close();
         await openServer.close();
+        removeBundle();
       },
     };
   } catch (e) {
     await browser?.close();
     await server?.close();
+    removeBundle();
     throw e;
   }
 }

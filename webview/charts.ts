@@ -21,7 +21,7 @@ import {
 } from 'chart.js';
 import zoomPlugin from 'chartjs-plugin-zoom';
 import { lowerBoundX, upperBoundX, type MinMaxPyramid } from './decimate';
-import { formatNumber } from './format';
+import { formatNumber } from '../src/protocol';
 import type { Point, Series } from './series';
 import { rgba, type ChartTheme, type Rgb } from './theme';
 

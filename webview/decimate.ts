@@ -1,5 +1,5 @@
-// Thinning of the stored chart history (no DOM). Drawing is decimated separately, per frame, by
-// chart.js's min/max decimation; this bounds what is kept at all, however long the run.
+// Bounds on what the charts hold and draw (no DOM): `minMaxThinByX` thins the stored history, however
+// long the run; `MinMaxPyramid` decimates what is drawn, per frame, in time independent of its length.
 import type { Point } from './series';
 
 /**

@@ -1,18 +1,18 @@
-// The metrics panel's script. It only talks to the extension host (postMessage), never to the
+// The metrics panel's controller. It only talks to the extension host (postMessage), never to the
 // trainer: host messages are validated, folded into a RunModel, and drawn at most once per frame.
+// main.ts starts it in VS Code; the browser tests start it through their own entry point.
 import '@vscode-elements/elements/dist/vscode-button/index.js';
 import '@vscode-elements/elements/dist/vscode-checkbox/index.js';
 import '@vscode-elements/elements/dist/vscode-progress-bar/index.js';
 import './style.css';
-import { HostToWebviewSchema, type SteeringCommand, type WebviewToHost } from '../src/protocol';
+import { HostToWebviewSchema, formatNumber, newCommandId, unitLabel, type SteeringCommand, type WebviewToHost } from '../src/protocol';
+import { CHART_CARDS, OPTIONAL_CHARTS, hasLogToggle, type ChartId } from '../src/protocol/panelDocument';
 import { MetricChart, type ChartLine } from './charts';
-import { newCommandId, parseAlphaInput } from './commands';
+import { parseAlphaInput } from './commands';
 import { exportFileName, toCsv, toJson } from './export';
-import { CHART_CARDS, OPTIONAL_CHARTS, hasLogToggle, type ChartId } from './html';
-import { RunModel, cleanDirty, decodeMaskLevel, expertSeriesKey, extraSeriesKey, gateSeriesKey, maskSeriesKey, mergeDirty, type Dirty } from './runModel';
+import { RunModel, cleanDirty, decodeMaskLevel, extraSeriesKey, gateSeriesKey, maskSeriesKey, mergeDirty, unitSeriesKey, type Dirty } from './runModel';
 import { MAX_SMOOTHING } from './series';
 import { EXPERT_METRICS, fromPersisted, toPersisted, type ExpertMetric, type UiSettings } from './settings';
-import { formatNumber } from './format';
 import { readChartTheme, rgba, seriesColor, type ChartTheme } from './theme';
 import { PanelView } from './view';
 
@@ -26,10 +26,11 @@ declare function acquireVsCodeApi(): VsCodeApi;
 
 const EXPERT_METRIC_LABELS: Record<ExpertMetric, string> = { kappa: 'κ', mu: 'μ', lf: 'L_f' };
 
-class PanelController {
-  private readonly model: RunModel;
+export class PanelController {
+  /** What the panel knows (read by the browser tests and benchmarks through their own entry point). */
+  readonly model: RunModel;
+  readonly charts = {} as Record<ChartId, MetricChart>;
   private readonly view: PanelView;
-  private readonly charts = {} as Record<ChartId, MetricChart>;
   private settings: UiSettings;
   private theme: ChartTheme;
   private dirty: Dirty = cleanDirty();
@@ -40,15 +41,15 @@ class PanelController {
   constructor(private readonly vscode: VsCodeApi) {
     this.settings = fromPersisted(vscode.getState());
     this.model = new RunModel(this.settings.smoothing);
-    this.view = new PanelView((expert) => this.toggleExpert(expert));
+    this.view = new PanelView((unit) => this.toggleUnit(unit));
     this.theme = readChartTheme();
     for (const card of CHART_CARDS) {
       const canvas = document.getElementById(`chart-${card.id}`) as HTMLCanvasElement;
       const resetButton = document.querySelector<HTMLButtonElement>(`[data-testid="zoom-reset-${card.id}"]`)!;
       const chart = new MetricChart(canvas, this.theme, {
-        formatY: card.id === 'metric' ? (y) => this.formatTaskMetricTick(y) : card.id === 'mask' ? (y) => maskLaneTick(y, this.model.expertIds.length) : undefined,
+        formatY: card.id === 'metric' ? (y) => this.formatTaskMetricTick(y) : card.id === 'mask' ? (y) => maskLaneTick(y, this.model.unitIds.length, this.model.view.unitName) : undefined,
         formatTooltipY: card.id === 'mask' ? (y) => decodeMaskLevel(y)?.status ?? formatNumber(y) : undefined,
-        yTicks: card.id === 'mask' ? () => this.model.expertIds.map((id) => id + MASK_LANE_LABEL) : undefined,
+        yTicks: card.id === 'mask' ? () => this.model.unitIds.map((id) => id + MASK_LANE_LABEL) : undefined,
         onToggleSeries: (key) => this.toggleSeries(key),
         onZoomChange: (zoomed) => (resetButton.hidden = !zoomed),
       });
@@ -61,7 +62,7 @@ class PanelController {
     this.bindControls();
     this.applySettingsToControls();
     this.watchTheme();
-    this.invalidate({ header: true, charts: true, experts: true, commands: true, structure: true });
+    this.invalidate({ header: true, charts: true, units: true, commands: true, structure: true });
   }
 
   /** Entry point for everything the host posts. */
@@ -75,26 +76,20 @@ class PanelController {
     this.invalidate(this.model.apply(parsed.data));
   }
 
-  /** Exposed to the browser test harness only. */
-  get debug() {
-    return { model: this.model, charts: this.charts, settings: () => this.settings };
-  }
-
   private post(message: WebviewToHost): void {
     this.vscode.postMessage(message);
   }
 
   private issue(command: SteeringCommand): void {
-    const id = newCommandId();
-    this.model.recordSent(id, command);
+    const id = newCommandId('wv');
+    this.invalidate(this.model.recordSent(id, command));
     this.post({ type: 'command', id, command });
-    this.invalidate({ ...cleanDirty(), commands: true, experts: true });
   }
 
-  private toggleExpert(expert: number): void {
-    const row = this.model.experts.get(expert);
-    if (!row || !this.model.controls().expertToggle) return;
-    this.issue({ kind: row.frozen ? 'unfreeze' : 'freeze', expert });
+  private toggleUnit(unit: number): void {
+    const row = this.model.view.unit(unit);
+    if (!row || !this.model.controls().unitToggle) return;
+    this.issue({ kind: row.frozen ? 'unfreeze' : 'freeze', unit });
   }
 
   private submitAlpha(): void {
@@ -187,14 +182,14 @@ class PanelController {
       this.theme = readChartTheme();
       for (const chart of Object.values(this.charts)) chart.applyTheme(this.theme);
       this.linesDirty = true;
-      this.invalidate({ ...cleanDirty(), charts: true, experts: true });
+      this.invalidate({ ...cleanDirty(), charts: true, units: true });
     });
     observer.observe(document.documentElement, { attributes: true, attributeFilter: ['style', 'class'] });
     observer.observe(document.body, { attributes: true, attributeFilter: ['class'] });
   }
 
   private formatTaskMetricTick(y: number): string {
-    return this.model.taskMetric === 'accuracy' ? `${Number((y * 100).toFixed(1))}%` : String(Number(y.toPrecision(4)));
+    return this.model.view.taskMetric === 'accuracy' ? `${Number((y * 100).toFixed(1))}%` : String(Number(y.toPrecision(4)));
   }
 
   /** The current run's lines of chart `id`, then the compared run's counterparts of them. */
@@ -221,12 +216,12 @@ class PanelController {
           { key: 'taskLoss', label: 'task loss L_S', color: color(1), series: m.seriesFor('taskLoss'), smoothable: true },
         ];
       case 'metric':
-        return [{ key: 'taskMetric', label: m.taskMetric, color: color(2), series: m.seriesFor('taskMetric'), smoothable: true }];
+        return [{ key: 'taskMetric', label: m.view.taskMetric, color: color(2), series: m.seriesFor('taskMetric'), smoothable: true }];
       case 'expert': {
         const metric = this.settings.expertMetric;
-        return m.expertIds.map((expert) => {
-          const key = expertSeriesKey(metric, expert);
-          return { key, label: `${EXPERT_METRIC_LABELS[metric]} expert ${expert}`, color: color(expert), series: m.seriesFor(key), smoothable: true };
+        return m.unitIds.map((unit) => {
+          const key = unitSeriesKey(metric, unit);
+          return { key, label: `${EXPERT_METRIC_LABELS[metric]} ${unitLabel(m.view.unitName, unit)}`, color: color(unit), series: m.seriesFor(key), smoothable: true };
         });
       }
       case 'pl':
@@ -237,9 +232,9 @@ class PanelController {
       case 'alpha':
         return [{ key: 'alpha', label: 'α', color: color(3), series: m.seriesFor('alpha'), smoothable: false, stepped: true }];
       case 'mask':
-        return m.expertIds.map((expert) => ({ key: maskSeriesKey(expert), label: `expert ${expert}`, color: color(expert), series: m.seriesFor(maskSeriesKey(expert)), smoothable: false, stepped: true }));
+        return m.unitIds.map((unit) => ({ key: maskSeriesKey(unit), label: unitLabel(m.view.unitName, unit), color: color(unit), series: m.seriesFor(maskSeriesKey(unit)), smoothable: false, stepped: true }));
       case 'gate':
-        return Array.from({ length: m.gateUnits }, (_, unit) => ({ key: gateSeriesKey(unit), label: `keep p ${m.unitName} ${unit}`, color: color(unit), series: m.seriesFor(gateSeriesKey(unit)), smoothable: false }));
+        return Array.from({ length: m.gateUnits }, (_, unit) => ({ key: gateSeriesKey(unit), label: `keep p ${unitLabel(m.view.unitName, unit)}`, color: color(unit), series: m.seriesFor(gateSeriesKey(unit)), smoothable: false }));
       case 'extra':
         return m.extraNames.map((name, i) => ({ key: extraSeriesKey(name), label: name, color: color(i), series: m.seriesFor(extraSeriesKey(name)), smoothable: false }));
     }
@@ -259,10 +254,10 @@ class PanelController {
     const hasData = m.series.get('loss')?.raw.length ? true : false;
     if (d.header) {
       this.view.renderHeader(m);
-      document.getElementById('title-metric')!.textContent = m.taskMetric === 'accuracy' ? 'Accuracy' : 'Perplexity';
+      document.getElementById('title-metric')!.textContent = m.view.taskMetric === 'accuracy' ? 'Accuracy' : 'Perplexity';
     }
     this.view.renderControls(m.controls(), hasData);
-    if (d.experts || d.structure) this.view.renderExperts(m, (expert) => rgba(seriesColor(this.theme, expert)));
+    if (d.units || d.structure) this.view.renderUnits(m, (unit) => rgba(seriesColor(this.theme, unit)));
     if (d.commands) this.view.renderCommands(m);
     const rebuild = this.linesDirty || d.structure;
     if (rebuild || d.charts) {
@@ -273,8 +268,8 @@ class PanelController {
             smoothing: this.settings.smoothing,
             hidden: new Set(this.settings.hidden),
             logScale: hasLogToggle(card.id) && this.settings.logScale[card.id],
-            // One lane per expert, with room above the top line.
-            yRange: card.id === 'mask' ? { min: 0, max: Math.max(1, m.expertIds.length) } : undefined,
+            // One lane per unit, with room above the top line.
+            yRange: card.id === 'mask' ? { min: 0, max: Math.max(1, m.unitIds.length) } : undefined,
           });
         }
         chart.draw();
@@ -287,25 +282,21 @@ class PanelController {
   }
 }
 
-/** Where in its lane an expert's name sits on the mask chart's axis: mid-lane, between its levels. */
+/** Where in its lane a unit's name sits on the mask chart's axis: mid-lane, between its levels. */
 const MASK_LANE_LABEL = 0.5;
 
-function maskLaneTick(y: number, experts: number): string {
-  const expert = Math.round(y - MASK_LANE_LABEL);
-  return expert >= 0 && expert < experts && Math.abs(y - expert - MASK_LANE_LABEL) < 1e-9 ? `expert ${expert}` : '';
+function maskLaneTick(y: number, units: number, unitName: string): string {
+  const unit = Math.round(y - MASK_LANE_LABEL);
+  return unit >= 0 && unit < units && Math.abs(y - unit - MASK_LANE_LABEL) < 1e-9 ? unitLabel(unitName, unit) : '';
 }
 
-/** Saves `content` through an `<a download>` with a blob URL (allowed: CSP does not govern downloads). */
-function start(): void {
+/** Starts the panel in its webview: the controller, the host's messages, and `ready`. */
+export function startPanel(): PanelController {
   // The API object stays in this closure: page scripts (none here, but defence in depth) cannot post as us.
   const vscode = acquireVsCodeApi();
   const controller = new PanelController(vscode);
   window.addEventListener('message', (event: MessageEvent) => controller.receive(event.data));
-  if ((window as { __PL_TRAINER_HARNESS__?: boolean }).__PL_TRAINER_HARNESS__) {
-    (window as unknown as { __plTrainer: unknown }).__plTrainer = controller.debug;
-  }
   // The host answers with a snapshot; anything it sent before this was dropped by design.
   vscode.postMessage({ type: 'ready' } satisfies WebviewToHost);
+  return controller;
 }
-
-start();

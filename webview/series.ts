@@ -31,36 +31,6 @@ export class Ema {
   }
 }
 
-/**
- * Indices to keep when thinning `points` to at most `maxPoints`: the first and last point, and the
- * minimum and maximum of each of `(maxPoints − 2) / 2` equal buckets in between, in x order. Unlike
- * striding, this keeps every spike (a diverging κ must not disappear from the history). Buckets of
- * equal point counts: `Series` thins by x instead (`minMaxThinByX`), which stays uniform over a run.
- */
-export function minMaxThinIndices(points: readonly Point[], maxPoints: number): number[] {
-  const n = points.length;
-  if (n <= maxPoints) return points.map((_, i) => i);
-  if (maxPoints < 4) throw new RangeError('maxPoints must be at least 4');
-  const buckets = Math.floor((maxPoints - 2) / 2);
-  const interior = n - 2;
-  const keep: number[] = [0];
-  for (let b = 0; b < buckets; b++) {
-    const start = 1 + Math.floor((b * interior) / buckets);
-    const end = 1 + Math.floor(((b + 1) * interior) / buckets);
-    if (start >= end) continue;
-    let lo = start;
-    let hi = start;
-    for (let i = start + 1; i < end; i++) {
-      if (points[i].y < points[lo].y) lo = i;
-      if (points[i].y > points[hi].y) hi = i;
-    }
-    if (lo === hi) keep.push(lo);
-    else keep.push(Math.min(lo, hi), Math.max(lo, hi));
-  }
-  keep.push(n - 1);
-  return keep;
-}
-
 /** Keeps only `indices` (sorted) of `arr`, in place, so references held by charts stay valid. */
 function compactInPlace<T>(arr: T[], indices: readonly number[]): void {
   for (let k = 0; k < indices.length; k++) arr[k] = arr[indices[k]];

@@ -1,9 +1,10 @@
 // View settings the user changes in the panel, persisted through the webview's getState/setState so
 // they survive the panel being hidden (VS Code drops the document then) and window reloads.
 import { z } from 'zod';
-import type { ChartId } from './html';
+import type { ChartId } from '../src/protocol/panelDocument';
 import { MAX_SMOOTHING } from './series';
 
+/** The per-unit quantities (κ, μ, L_f). `expert` in these names is the persisted settings' key, kept so saved settings load. */
 export const EXPERT_METRICS = ['kappa', 'mu', 'lf'] as const;
 export type ExpertMetric = (typeof EXPERT_METRICS)[number];
 
@@ -14,7 +15,7 @@ export interface UiSettings {
   logScale: Record<ChartId, boolean>;
   /** Series hidden through the legend, by series key (`loss`, `kappa:2`, …). */
   hidden: string[];
-  /** Which per-expert quantity the per-expert chart shows. */
+  /** Which per-unit quantity the per-unit chart shows. */
   expertMetric: ExpertMetric;
 }
 

@@ -43,7 +43,7 @@ export function parseRgb(text: string): Rgb | undefined {
   return { r: Math.round(+m[1]), g: Math.round(+m[2]), b: Math.round(+m[3]), a: alpha };
 }
 
-/** Extra, well-separated hues for runs with more experts than the theme has chart colours. */
+/** Extra, well-separated hues for runs with more units than the theme has chart colours. */
 export function extraColor(index: number): Rgb {
   const h = (index * 137.508) % 360; // golden angle
   const s = 0.55;
@@ -96,7 +96,7 @@ function fallbackRgb(hex: string): string {
   return `rgb(${(n >> 16) & 255}, ${(n >> 8) & 255}, ${n & 255})`;
 }
 
-/** Colour of the i-th series (experts keep their colour across charts and reloads). */
+/** Colour of the i-th series (units keep their colour across charts and reloads). */
 export function seriesColor(theme: ChartTheme, index: number): Rgb {
   return index < theme.palette.length ? theme.palette[index] : extraColor(index);
 }

@@ -1,8 +1,22 @@
-// Renders the run model into the static skeleton from html.ts: header, steering controls, expert
-// table and command log. Text goes in through textContent only; nothing from a message becomes markup.
-import { kappaAtDampingFloor } from '../src/protocol';
-import { describeCommand, describeDampingFloor, describeStatus, formatBackend, formatNumber, formatRate, formatTaskMetric } from './format';
-import type { CommandEntry, ControlState, RunModel } from './runModel';
+// Renders the run model into the static skeleton from src/protocol/panelDocument.ts: header, steering
+// controls, unit table and command log. Text goes in through textContent only; nothing from a message
+// becomes markup.
+import {
+  backendLabel,
+  capitalize,
+  describeCommand,
+  describeDampingFloor,
+  describeStatus,
+  formatNumber,
+  formatRate,
+  formatTaskMetric,
+  pluralUnit,
+  unitLabel,
+  type CommandEntry,
+  type ControlState,
+} from '../src/protocol';
+import { unitChartTitle } from '../src/protocol/panelDocument';
+import type { RunModel } from './runModel';
 
 function byTestId<T extends Element = HTMLElement>(root: ParentNode, id: string): T {
   const el = root.querySelector<T & Element>(`[data-testid="${id}"]`);
@@ -23,7 +37,7 @@ export function setEnabled(el: HTMLElement, enabled: boolean): void {
   el.setAttribute('aria-disabled', String(!enabled));
 }
 
-interface ExpertRowElements {
+interface UnitRowElements {
   row: HTMLTableRowElement;
   kappa: HTMLElement;
   mu: HTMLElement;
@@ -35,12 +49,12 @@ interface ExpertRowElements {
   label: HTMLElement;
 }
 
-function placeholderRow(): HTMLTableRowElement {
+function placeholderRow(unitName: string): HTMLTableRowElement {
   const tr = document.createElement('tr');
   tr.className = 'placeholder';
   const td = document.createElement('td');
   td.colSpan = 7;
-  td.textContent = 'No experts yet';
+  td.textContent = `No ${pluralUnit(unitName)} yet`;
   tr.appendChild(td);
   return tr;
 }
@@ -72,36 +86,45 @@ export class PanelView {
   readonly expertRows = byTestId<HTMLTableSectionElement>(document, 'expert-rows');
   readonly expertsMeasured = byTestId(document, 'experts-measured');
   readonly commandLog = byTestId<HTMLOListElement>(document, 'command-log');
+  readonly unitsTitle = byTestId(document, 'units-title');
+  readonly unitColumn = byTestId(document, 'unit-column');
+  readonly unitChartTitle = document.getElementById('title-expert')!;
   readonly compare = byTestId(document, 'compare');
   readonly compareLabel = byTestId(document, 'compare-label');
   readonly compareClear = byTestId<HTMLButtonElement>(document, 'compare-clear');
-  private readonly expertElements = new Map<number, ExpertRowElements>();
+  private readonly unitElements = new Map<number, UnitRowElements>();
   private readonly commandElements = new Map<string, { item: HTMLLIElement; status: HTMLElement }>();
 
-  constructor(private readonly onToggleExpert: (expert: number) => void) {}
+  constructor(private readonly onToggleUnit: (unit: number) => void) {}
 
   renderHeader(m: RunModel): void {
+    const v = m.view;
     setText(this.runId, m.runId ?? 'No run');
     this.runId.title = m.run?.runDir ?? '';
-    const state = m.state ?? (m.runId ? 'unknown' : 'no run');
+    const state = v.state ?? (m.runId ? 'unknown' : 'no run');
     setText(this.runState, state);
-    this.runState.dataset.state = m.state ?? 'none';
-    const connection = !m.run ? '—' : m.connected ? 'connected' : 'reconnecting…';
-    setText(this.connection, connection);
-    this.connection.dataset.connected = String(m.connected);
-    setText(this.step, m.runId ? `${m.step} / ${m.totalSteps}` : '—');
-    const backend = m.backend;
-    setText(this.backend, backend ? formatBackend(backend) : '—');
+    this.runState.dataset.state = v.state ?? 'none';
+    // An ended run has nothing to reconnect to: it never reads "reconnecting".
+    const linked = v.connected || !v.active;
+    setText(this.connection, !m.run ? '—' : linked ? 'connected' : 'reconnecting…');
+    this.connection.dataset.connected = String(m.run !== null && linked);
+    setText(this.step, m.runId ? `${v.step} / ${v.totalSteps}` : '—');
+    const backend = v.backend;
+    setText(this.backend, backend ? backendLabel(backend) : '—');
     this.backend.title = backend?.detail ?? '';
-    setText(this.alpha, m.alpha === undefined ? '—' : formatNumber(m.alpha));
-    const latest = m.latestMetrics;
+    setText(this.alpha, v.alpha === undefined ? '—' : formatNumber(v.alpha));
+    const latest = v.latestMetrics;
     setText(this.latestLoss, latest ? formatNumber(latest.loss) : '—');
-    setText(this.latestMetricLabel, m.taskMetric === 'accuracy' ? 'Accuracy' : 'Perplexity');
-    setText(this.latestMetric, latest ? formatTaskMetric(latest.taskMetric, m.taskMetric) : '—');
+    setText(this.latestMetricLabel, v.taskMetric === 'accuracy' ? 'Accuracy' : 'Perplexity');
+    setText(this.latestMetric, latest ? formatTaskMetric(latest.taskMetric, v.taskMetric) : '—');
     setText(this.speed, latest ? formatRate(latest.stepsPerSec) : '—');
+    // The family's own word for a unit: "Heads", "Channel groups", "Experts".
+    setText(this.unitsTitle, capitalize(pluralUnit(v.unitName)));
+    setText(this.unitColumn, capitalize(v.unitName));
+    setText(this.unitChartTitle, unitChartTitle(v.unitName));
     // Indeterminate while the trainer starts up (loading data, picking a backend).
-    this.progress.max = Math.max(1, m.totalSteps);
-    this.progress.value = m.state === 'starting' ? undefined : Math.min(m.step, m.totalSteps);
+    this.progress.max = Math.max(1, v.totalSteps);
+    this.progress.value = v.state === 'starting' ? undefined : Math.min(v.step, v.totalSteps);
     const message = this.runMessageFor(m);
     this.runMessage.hidden = message === undefined;
     setText(this.runMessage, message?.text ?? '');
@@ -112,9 +135,10 @@ export class PanelView {
   }
 
   private runMessageFor(m: RunModel): { text: string; level: 'info' | 'warn' | 'error' } | undefined {
-    if (m.state === 'failed') return { text: `Training failed${m.stateReason ? `: ${m.stateReason}` : ''}`, level: 'error' };
-    if (m.state === 'stopped' && m.stateReason) return { text: `Stopped: ${m.stateReason}`, level: 'info' };
-    if (m.lastProblem) return { text: m.lastProblem.message, level: m.lastProblem.level };
+    const v = m.view;
+    if (v.state === 'failed') return { text: `Training failed${v.stateReason ? `: ${v.stateReason}` : ''}`, level: 'error' };
+    if (v.state === 'stopped' && v.stateReason) return { text: `Stopped: ${v.stateReason}`, level: 'info' };
+    if (v.problem) return { text: v.problem.message, level: v.problem.level };
     return undefined;
   }
 
@@ -134,56 +158,57 @@ export class PanelView {
     this.alphaInput.setAttribute('aria-invalid', String(message !== undefined));
   }
 
-  /** `colorOf(id)`: the expert's line colour, so the table doubles as the per-expert chart's legend. */
-  renderExperts(m: RunModel, colorOf: (expert: number) => string): void {
-    const ids = m.expertIds;
-    for (const [id, els] of this.expertElements) {
-      if (!m.experts.has(id)) {
+  /** `colorOf(id)`: the unit's line colour, so the table doubles as the per-unit chart's legend. */
+  renderUnits(m: RunModel, colorOf: (unit: number) => string): void {
+    const v = m.view;
+    const units = v.units;
+    for (const [id, els] of this.unitElements) {
+      if (!v.unit(id)) {
         els.row.remove();
-        this.expertElements.delete(id);
+        this.unitElements.delete(id);
       }
     }
     const placeholder = this.expertRows.querySelector('tr.placeholder');
-    if (ids.length && placeholder) placeholder.remove();
-    if (!ids.length && !placeholder) this.expertRows.appendChild(placeholderRow());
-    const steerable = m.controls().expertToggle;
+    if (units.length && placeholder) placeholder.remove();
+    if (!units.length && !placeholder) this.expertRows.appendChild(placeholderRow(v.unitName));
+    const steerable = m.controls().unitToggle;
     let previous: HTMLTableRowElement | undefined;
-    for (const id of ids) {
-      const e = m.experts.get(id)!;
-      let els = this.expertElements.get(id);
+    for (const e of units) {
+      const id = e.id;
+      let els = this.unitElements.get(id);
       if (!els) {
-        els = this.createExpertRow(id);
-        this.expertElements.set(id, els);
+        els = this.createUnitRow(id);
+        this.unitElements.set(id, els);
       }
-      // Rows stay in id order even when an expert first shows up late.
+      // Rows stay in id order even when a unit first shows up late.
       if (!els.row.isConnected || els.row.previousElementSibling !== (previous ?? null)) {
         if (previous) previous.after(els.row);
         else this.expertRows.prepend(els.row);
       }
       previous = els.row;
       els.swatch.style.backgroundColor = colorOf(id);
-      // The unit is an expert, an attention head or a channel group, by model family.
-      setText(els.label, `${m.unitName[0].toUpperCase()}${m.unitName.slice(1)} ${id}`);
-      setText(els.kappa, e.kappa === undefined ? '—' : formatNumber(e.kappa));
-      const atFloor = e.kappa !== undefined && kappaAtDampingFloor(e.kappa, m.damping);
+      // The unit is an expert, a head or a channel group, by model family.
+      setText(els.label, capitalize(unitLabel(v.unitName, id)));
+      setText(els.kappa, formatNumber(e.kappa));
+      const atFloor = v.atDampingFloor(e);
       els.kappa.dataset.floor = String(atFloor);
-      els.kappa.title = atFloor ? describeDampingFloor(m.unitName, m.damping) : '';
-      setText(els.mu, e.mu === undefined ? '—' : formatNumber(e.mu));
-      setText(els.lf, e.lf === undefined ? '—' : formatNumber(e.lf));
+      els.kappa.title = atFloor ? describeDampingFloor(v.unitName, v.damping) : '';
+      setText(els.mu, formatNumber(e.mu));
+      setText(els.lf, formatNumber(e.lf));
       setText(els.frozen, e.frozen ? 'yes' : 'no');
       setText(els.pruned, e.pruned ? 'yes' : 'no');
       els.row.dataset.frozen = String(e.frozen);
       els.row.dataset.pruned = String(e.pruned);
-      const pending = m.expertCommandPending(id);
+      const pending = v.unitCommandPending(id);
       setText(els.toggle, pending ? (e.frozen ? 'Unfreezing…' : 'Freezing…') : e.frozen ? 'Unfreeze' : 'Freeze');
       els.toggle.dataset.action = e.frozen ? 'unfreeze' : 'freeze';
-      els.toggle.title = e.pruned ? `Pruned ${m.unitName}s cannot be frozen or unfrozen` : '';
+      els.toggle.title = e.pruned ? `Pruned ${pluralUnit(v.unitName)} cannot be frozen or unfrozen` : '';
       setEnabled(els.toggle, steerable && !pending && !e.pruned);
     }
-    setText(this.expertsMeasured, m.lastMonitorStep === undefined ? 'not measured yet' : `measured at step ${m.lastMonitorStep}`);
+    setText(this.expertsMeasured, v.lastMonitorStep === undefined ? 'not measured yet' : `measured at step ${v.lastMonitorStep}`);
   }
 
-  private createExpertRow(id: number): ExpertRowElements {
+  private createUnitRow(id: number): UnitRowElements {
     const row = document.createElement('tr');
     row.dataset.testid = `expert-${id}`;
     const cell = (testId: string, className = ''): HTMLElement => {
@@ -198,7 +223,6 @@ export class PanelView {
     swatch.className = 'swatch';
     swatch.setAttribute('aria-hidden', 'true');
     const label = document.createElement('span');
-    label.textContent = `Expert ${id}`;
     name.append(swatch, label);
     const kappa = cell(`kappa-${id}`, 'num');
     const mu = cell(`mu-${id}`, 'num');
@@ -210,7 +234,7 @@ export class PanelView {
     toggle.setAttribute('secondary', '');
     toggle.dataset.testid = `freeze-${id}`;
     toggle.addEventListener('click', () => {
-      if (!toggle.hasAttribute('disabled')) this.onToggleExpert(id);
+      if (!toggle.hasAttribute('disabled')) this.onToggleUnit(id);
     });
     actionCell.appendChild(toggle);
     return { row, kappa, mu, lf, frozen, pruned, toggle, swatch, label };
@@ -219,24 +243,25 @@ export class PanelView {
   /** Newest command first; entries are keyed by id and updated in place. */
   renderCommands(m: RunModel): void {
     const placeholder = this.commandLog.querySelector('li.placeholder');
-    if (m.commands.size && placeholder) placeholder.remove();
+    if (m.view.commands.size && placeholder) placeholder.remove();
     for (const [id, els] of this.commandElements) {
-      if (!m.commands.has(id)) {
+      if (!m.view.commands.has(id)) {
         els.item.remove();
         this.commandElements.delete(id);
       }
     }
-    for (const c of m.commands.values()) {
+    const commands = m.view.commands;
+    for (const c of commands.values()) {
       let els = this.commandElements.get(c.id);
       if (!els) {
-        els = this.createCommandItem(c);
+        els = this.createCommandItem(c, m.view.unitName);
         this.commandElements.set(c.id, els);
         this.commandLog.prepend(els.item);
       }
       setText(els.status, describeStatus(c));
       els.item.dataset.status = c.status;
     }
-    if (!m.commands.size && !this.commandLog.querySelector('li.placeholder')) {
+    if (!commands.size && !this.commandLog.querySelector('li.placeholder')) {
       const li = document.createElement('li');
       li.className = 'placeholder';
       li.textContent = 'No commands yet';
@@ -244,12 +269,12 @@ export class PanelView {
     }
   }
 
-  private createCommandItem(c: CommandEntry): { item: HTMLLIElement; status: HTMLElement } {
+  private createCommandItem(c: CommandEntry, unitName: string): { item: HTMLLIElement; status: HTMLElement } {
     const item = document.createElement('li');
     item.dataset.testid = `command-${c.id}`;
     const what = document.createElement('span');
     what.className = 'command-what';
-    what.textContent = describeCommand(c.command);
+    what.textContent = describeCommand(c.command, unitName);
     const status = document.createElement('span');
     status.className = 'command-status';
     item.title = `command id ${c.id}`;

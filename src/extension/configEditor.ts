@@ -1,10 +1,10 @@
 // Editor integration for `*.pltrain.json`: diagnostics on the exact line, and code lenses that
-// start the run, steer it (pause/resume/stop), apply the file's α live, and freeze experts.
+// start the run, steer it (pause/resume/stop), apply the file's α live, and freeze units.
 import * as path from 'node:path';
 import * as vscode from 'vscode';
+import { formatNumber, unitLabel } from '../protocol';
 import { analyzeConfigText } from './config/configAnalysis';
 import { RunManager } from './runManager';
-import { formatNumber } from './sidebar';
 
 export const CONFIG_SELECTOR: vscode.DocumentSelector = { pattern: '**/*.pltrain.json' };
 
@@ -66,21 +66,25 @@ export class ConfigCodeLensProvider implements vscode.CodeLensProvider, vscode.D
       return lenses;
     }
     const target = [run.runDir];
-    if (run.state === 'paused') lenses.push(new vscode.CodeLens(top, { title: '▶ Resume', command: 'plTrainer.resume', arguments: target }));
+    const v = run.view;
+    if (v.state === 'paused') lenses.push(new vscode.CodeLens(top, { title: '▶ Resume', command: 'plTrainer.resume', arguments: target }));
     else lenses.push(new vscode.CodeLens(top, { title: '⏸ Pause', command: 'plTrainer.pause', arguments: target }));
     lenses.push(new vscode.CodeLens(top, { title: '■ Stop', command: 'plTrainer.stop', arguments: target }));
-    lenses.push(new vscode.CodeLens(top, { title: `${run.state} · step ${run.step}/${run.totalSteps}`, command: 'plTrainer.showPanel' }));
+    lenses.push(new vscode.CodeLens(top, { title: `${v.state ?? 'starting'} · step ${v.step}/${v.totalSteps}`, command: 'plTrainer.showPanel' }));
     if (analysis.keyOffsets.alpha !== undefined) {
       const at = doc.positionAt(analysis.keyOffsets.alpha);
       const fileAlpha = analysis.config?.alpha;
-      const title = fileAlpha !== undefined && fileAlpha !== run.alpha ? `α = ${formatNumber(run.alpha)} · apply ${formatNumber(fileAlpha)} to the running training` : `α = ${formatNumber(run.alpha)} (live)`;
-      lenses.push(new vscode.CodeLens(new vscode.Range(at, at), fileAlpha !== undefined && fileAlpha !== run.alpha ? { title, command: 'plTrainer.setAlpha', arguments: [fileAlpha, run.runDir] } : { title, command: '' }));
+      // The file's α passed the config schema, whose bounds are setAlpha's (limits.ts).
+      const differs = fileAlpha !== undefined && fileAlpha !== v.alpha;
+      const title = differs ? `α = ${formatNumber(v.alpha)} · apply ${formatNumber(fileAlpha)} to the running training` : `α = ${formatNumber(v.alpha)} (live)`;
+      lenses.push(new vscode.CodeLens(new vscode.Range(at, at), differs ? { title, command: 'plTrainer.setAlpha', arguments: [fileAlpha, run.runDir] } : { title, command: '' }));
     }
     if (analysis.keyOffsets.experts !== undefined) {
       const at = doc.positionAt(analysis.keyOffsets.experts);
-      for (const e of run.experts) {
-        const verb = e.frozen ? 'unfreeze' : 'freeze';
-        lenses.push(new vscode.CodeLens(new vscode.Range(at, at), { title: `${e.frozen ? '🔒' : ''}#${e.id} κ ${formatNumber(e.kappa)} · ${verb}`, command: e.frozen ? 'plTrainer.unfreezeExpert' : 'plTrainer.freezeExpert', arguments: [e.id, run.runDir] }));
+      for (const u of v.units) {
+        if (u.pruned) continue; // a pruned unit can be neither frozen nor unfrozen
+        const verb = u.frozen ? 'unfreeze' : 'freeze';
+        lenses.push(new vscode.CodeLens(new vscode.Range(at, at), { title: `${u.frozen ? '🔒 ' : ''}${unitLabel(v.unitName, u.id)} κ ${formatNumber(u.kappa)} · ${verb}`, command: u.frozen ? 'plTrainer.unfreezeExpert' : 'plTrainer.freezeExpert', arguments: [u.id, run.runDir] }));
       }
     }
     return lenses;

@@ -2,17 +2,18 @@
 // webview and the webview's steering commands back to the run. The webview never opens a socket.
 import { randomBytes } from 'node:crypto';
 import * as vscode from 'vscode';
-import { HostToWebview, TrainerEvent, WebviewToHostSchema } from '../protocol';
-import { renderPanelHtml } from '../../webview/html';
+import { HostToWebview, TrainerEvent, WebviewToHostSchema, describeCommand } from '../protocol';
+import { renderPanelHtml } from '../protocol/panelDocument';
+import { PanelRelay } from './panelRelay';
 import { RunManager } from './runManager';
-import { RunSession, describeCommand } from './run/runSession';
+import { flash, notify } from './vscode/ui';
 
 export const PANEL_VIEW_TYPE = 'plTrainer.panel';
 
 export class MetricsPanel implements vscode.Disposable {
   private static instance: MetricsPanel | undefined;
   private readonly disposables: vscode.Disposable[] = [];
-  private sessionSubs: { dispose(): void }[] = [];
+  private readonly relay = new PanelRelay((message) => void this.panel.webview.postMessage(message));
   private ready = false;
   /** A recorded run overlaid on the charts (re-sent whenever the webview reloads). */
   private compare: { runId: string; events: TrainerEvent[] } | null = null;
@@ -82,36 +83,18 @@ export class MetricsPanel implements vscode.Disposable {
       panel.onDidDispose(() => this.dispose()),
       // A hidden webview misses messages; on becoming visible it reloads and says `ready` again.
       panel.onDidChangeViewState(() => {
-        if (!panel.visible) this.ready = false;
+        if (!panel.visible) {
+          this.ready = false;
+          this.relay.webviewGone();
+        }
       }),
-      runs.onDidChangeCurrent((s) => this.follow(s)),
+      runs.onDidChangeCurrent((s) => {
+        this.panel.title = s ? `PL Training · ${s.runId}` : 'PL Training';
+        this.relay.follow(s);
+      }),
     );
-    this.follow(runs.current);
-  }
-
-  private follow(session: RunSession | undefined): void {
-    for (const s of this.sessionSubs) s.dispose();
-    this.sessionSubs = [];
-    this.panel.title = session ? `PL Training · ${session.runId}` : 'PL Training';
-    if (session) {
-      this.sessionSubs.push(
-        session.onEvents.on((events) => this.post({ type: 'events', runId: session.runId, events: events as TrainerEvent[] })),
-        session.onCommandStatus.on((status) => this.post({ type: 'commandStatus', status })),
-        session.onDidChange.on(() => this.post({ type: 'run', run: session.summary() })),
-        session.onReset.on(() => this.ready && this.sendSnapshot()),
-      );
-    }
-    this.sendSnapshot();
-  }
-
-  private sendSnapshot(): void {
-    const s = this.runs.current;
-    void this.panel.webview.postMessage({
-      type: 'snapshot',
-      run: s ? s.summary() : null,
-      events: s ? s.events : [],
-      commands: s ? [...s.commands.values()] : [],
-    } satisfies HostToWebview);
+    this.panel.title = runs.current ? `PL Training · ${runs.current.runId}` : 'PL Training';
+    this.relay.follow(runs.current);
   }
 
   private post(message: HostToWebview): void {
@@ -125,7 +108,7 @@ export class MetricsPanel implements vscode.Disposable {
     const m = r.data;
     if (m.type === 'ready') {
       this.ready = true;
-      this.sendSnapshot();
+      this.relay.webviewReady();
       if (this.compare) this.post({ type: 'compare', run: this.compare });
       return;
     }
@@ -135,11 +118,13 @@ export class MetricsPanel implements vscode.Disposable {
     }
     const session = this.runs.current;
     if (!session) {
-      void this.panel.webview.postMessage({ type: 'commandStatus', status: { id: m.id, command: m.command, status: 'failed', reason: 'no run is active' } } satisfies HostToWebview);
+      // The panel's `sent` entry needs an answer; with no run there is no run id to address a fact to.
+      void this.panel.webview.postMessage({ type: 'snapshot', run: null, events: [], commands: [] } satisfies HostToWebview);
+      notify('warn', `PL training: ${describeCommand(m.command, 'unit')} failed: no run is active`);
       return;
     }
     const status = session.issue(m.command, m.id);
-    if (status.status === 'failed') void vscode.window.showWarningMessage(`PL training: ${describeCommand(m.command)} failed: ${status.reason}`);
+    if (status.status !== 'pending') notify('warn', `PL training: ${describeCommand(m.command, session.view.unitName)} ${status.status}: ${status.reason}`);
   }
 
   /** Export from the panel: ask where, default next to the run's own files. */
@@ -152,12 +137,12 @@ export class MetricsPanel implements vscode.Disposable {
     });
     if (!target) return;
     await vscode.workspace.fs.writeFile(target, Buffer.from(content, 'utf8'));
-    vscode.window.setStatusBarMessage(`Exported ${fileName}`, 4000);
+    flash(`Exported ${fileName}`, 4000);
   }
 
   dispose(): void {
     if (MetricsPanel.instance === this) MetricsPanel.instance = undefined;
-    for (const s of this.sessionSubs) s.dispose();
+    this.relay.dispose();
     for (const d of this.disposables) d.dispose();
     this.panel.dispose();
   }

@@ -1,24 +1,20 @@
-// The sidebar "Metrics" view: run state, step and throughput, backend, α, and a per-expert table
-// with inline freeze/unfreeze; below it the runs recorded in the workspace.
+// The sidebar "Metrics" view: run state, step and throughput, backend, α, loss and the task metric,
+// and a per-unit table (experts, heads or channel groups) with inline freeze/unfreeze; below it the
+// runs recorded in the workspace. Everything it shows is the run's RunView, as the panel shows it.
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { ExpertStats, kappaAtDampingFloor, runDamping } from '../protocol';
-import { describeDampingFloor, formatNumber as formatPanelNumber } from '../../webview/format';
+import { backendLabel, capitalize, describeDampingFloor, describeTaskMetric, formatNumber, pluralUnit, unitLabel, type UnitView } from '../protocol';
 import { RunManager } from './runManager';
 import { listRunDirs } from './run/runDirectory';
 import { RunSession } from './run/runSession';
+import { STATE_ICONS } from './stateIcons';
 
 export type MetricsNode =
   | { kind: 'info'; label: string; description?: string; icon: string; tooltip?: string }
-  | { kind: 'experts'; session: RunSession }
-  | { kind: 'expert'; session: RunSession; expert: ExpertStats }
+  | { kind: 'units'; session: RunSession }
+  | { kind: 'unit'; session: RunSession; unit: UnitView }
   | { kind: 'runs' }
   | { kind: 'run'; dir: string; label: string; description: string };
-
-/** Numbers read the same in the sidebar, the code lenses, the status bar and the panel. */
-export function formatNumber(v: number | undefined): string {
-  return v === undefined || !Number.isFinite(v) ? '–' : formatPanelNumber(v);
-}
 
 export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>, vscode.Disposable {
   private readonly _onDidChangeTreeData = new vscode.EventEmitter<MetricsNode | undefined>();
@@ -43,21 +39,23 @@ export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>
     if (!node) {
       const out: MetricsNode[] = [];
       if (s) {
-        const m = s.lastMetrics;
+        const v = s.view;
+        const m = v.latestMetrics;
+        const state = v.state ?? 'starting';
         out.push(
-          { kind: 'info', label: `Run ${s.runId}`, description: `${s.state}${s.connected || !s.active ? '' : ' · reconnecting…'}`, icon: stateIcon(s.state), tooltip: s.stateReason ?? s.runDir },
-          { kind: 'info', label: 'Step', description: `${s.step} / ${s.totalSteps}${m ? ` · ${m.stepsPerSec.toFixed(1)} steps/s` : ''}`, icon: 'pulse' },
-          { kind: 'info', label: 'Backend', description: s.backend ? `${s.backend.name} (${s.backend.gpu ? 'GPU' : 'CPU'})` : '–', icon: s.backend?.gpu ? 'circuit-board' : 'server-process', tooltip: s.backend?.detail },
-          { kind: 'info', label: 'α', description: formatNumber(s.alpha), icon: 'symbol-constant' },
-          { kind: 'info', label: 'Loss', description: m ? `${formatNumber(m.loss)} (task ${formatNumber(m.taskLoss)}, acc ${(m.taskMetric * 100).toFixed(1)}%)` : '–', icon: 'graph-line' },
-          { kind: 'experts', session: s },
+          { kind: 'info', label: `Run ${s.runId}`, description: `${state}${v.connected || !v.active ? '' : ' · reconnecting…'}`, icon: STATE_ICONS[state], tooltip: v.stateReason ?? s.runDir },
+          { kind: 'info', label: 'Step', description: `${v.step} / ${v.totalSteps}${m ? ` · ${m.stepsPerSec.toFixed(1)} steps/s` : ''}`, icon: 'pulse' },
+          { kind: 'info', label: 'Backend', description: v.backend ? backendLabel(v.backend) : '—', icon: v.backend?.gpu ? 'circuit-board' : 'server-process', tooltip: v.backend?.detail },
+          { kind: 'info', label: 'α', description: formatNumber(v.alpha), icon: 'symbol-constant' },
+          { kind: 'info', label: 'Loss', description: m ? `${formatNumber(m.loss)} (task ${formatNumber(m.taskLoss)}, ${describeTaskMetric(m.taskMetric, v.taskMetric)})` : '—', icon: 'graph-line' },
+          { kind: 'units', session: s },
         );
       }
       // With no run at all, an empty tree lets VS Code show the welcome content (package.json viewsWelcome).
       if (s || this.recordedRuns().length) out.push({ kind: 'runs' });
       return out;
     }
-    if (node.kind === 'experts') return node.session.experts.map((expert) => ({ kind: 'expert', session: node.session, expert }));
+    if (node.kind === 'units') return node.session.view.units.map((unit) => ({ kind: 'unit', session: node.session, unit }));
     if (node.kind === 'runs') return this.recordedRuns();
     return [];
   }
@@ -65,7 +63,7 @@ export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>
   private recordedRuns(): MetricsNode[] {
     const out: MetricsNode[] = [];
     for (const folder of vscode.workspace.workspaceFolders ?? []) {
-      for (const { dir, info } of listRunDirs(this.runs.runsRoot(folder)).slice(0, 50)) {
+      for (const { dir, info } of listRunDirs(this.runs.runsRoot(folder.uri.fsPath)).slice(0, 50)) {
         out.push({ kind: 'run', dir, label: path.basename(dir), description: info ? `${info.state} · step ${info.step}/${info.totalSteps}` : 'no run.json' });
       }
     }
@@ -81,27 +79,29 @@ export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>
         item.tooltip = node.tooltip;
         return item;
       }
-      case 'experts': {
-        const unit = node.session.unitName;
-        const item = new vscode.TreeItem(`${unit[0].toUpperCase()}${unit.slice(1)}s`, vscode.TreeItemCollapsibleState.Expanded);
-        const ks = node.session.experts.filter((e) => !e.pruned).map((e) => e.kappa);
-        item.description = ks.length ? `mean κ ${formatNumber(ks.reduce((a, b) => a + b, 0) / ks.length)}` : 'waiting for the first measurement';
+      case 'units': {
+        const v = node.session.view;
+        const item = new vscode.TreeItem(capitalize(pluralUnit(v.unitName)), vscode.TreeItemCollapsibleState.Expanded);
+        // κ̄ as the panel's regularizer chart names it: the trainer's mean κ over the trainable units.
+        const regularizer = v.latestMetrics?.regularizer;
+        item.description = v.lastMonitorStep === undefined || regularizer === undefined ? 'waiting for the first measurement' : `κ̄ ${formatNumber(regularizer)} (regularizer)`;
+        item.tooltip = 'κ̄: the mean κ of the trainable units (neither frozen nor pruned), the term α multiplies in the loss';
         item.iconPath = new vscode.ThemeIcon('layers');
         return item;
       }
-      case 'expert': {
-        const e = node.expert;
-        const item = new vscode.TreeItem(`${node.session.unitName} ${e.id}`);
-        const damping = runDamping(node.session.hello?.config);
-        const atFloor = kappaAtDampingFloor(e.kappa, damping);
+      case 'unit': {
+        const e = node.unit;
+        const v = node.session.view;
+        const item = new vscode.TreeItem(unitLabel(v.unitName, e.id));
+        const atFloor = v.atDampingFloor(e);
         const flags = [e.frozen ? 'frozen' : '', e.pruned ? 'pruned' : '', atFloor ? 'at the damping floor' : ''].filter(Boolean).join(', ');
-        const keep = node.session.gate?.[e.id];
+        const keep = v.gate?.[e.id];
         item.description = `κ ${formatNumber(e.kappa)} · μ ${formatNumber(e.mu)} · L ${formatNumber(e.lf)}${keep !== undefined && !e.pruned ? ` · keep ${keep.toFixed(2)}` : ''}${flags ? ` · ${flags}` : ''}`;
         item.iconPath = new vscode.ThemeIcon(e.frozen ? 'lock' : e.pruned ? 'circle-slash' : atFloor ? 'warning' : 'circle-outline');
-        if (atFloor) item.tooltip = describeDampingFloor(node.session.unitName, damping);
+        if (atFloor) item.tooltip = describeDampingFloor(v.unitName, v.damping);
         // Drives the inline freeze/unfreeze action (package.json menus view/item/context).
-        item.contextValue = e.pruned ? 'expert.pruned' : e.frozen ? 'expert.frozen' : 'expert.trainable';
-        item.id = `expert-${node.session.runId}-${e.id}`;
+        item.contextValue = e.pruned ? 'unit.pruned' : e.frozen ? 'unit.frozen' : 'unit.trainable';
+        item.id = `unit-${node.session.runId}-${e.id}`;
         return item;
       }
       case 'runs': {
@@ -125,8 +125,4 @@ export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>
     for (const s of this.subs) s.dispose();
     this._onDidChangeTreeData.dispose();
   }
-}
-
-function stateIcon(state: string): string {
-  return ({ starting: 'loading~spin', running: 'play-circle', paused: 'debug-pause', completed: 'pass', stopped: 'debug-stop', failed: 'error' } as Record<string, string>)[state] ?? 'circle';
 }

@@ -1,7 +1,8 @@
 // Status bar item: the current run's step and loss; click opens the panel.
 import * as vscode from 'vscode';
+import { backendLabel, formatNumber } from '../protocol';
 import { RunManager } from './runManager';
-import { formatNumber } from './sidebar';
+import { STATE_ICONS } from './stateIcons';
 
 export class RunStatusBar implements vscode.Disposable {
   private readonly item = vscode.window.createStatusBarItem('plTrainer.status', vscode.StatusBarAlignment.Left, 50);
@@ -22,10 +23,11 @@ export class RunStatusBar implements vscode.Disposable {
       this.item.hide();
       return;
     }
-    const icon = { starting: '$(loading~spin)', running: '$(pulse)', paused: '$(debug-pause)', completed: '$(pass)', stopped: '$(debug-stop)', failed: '$(error)' }[s.state];
-    const loss = s.lastMetrics ? ` · loss ${formatNumber(s.lastMetrics.loss)}` : '';
-    this.item.text = `${icon} PL ${s.step}/${s.totalSteps}${loss}`;
-    this.item.tooltip = `PL training ${s.runId}: ${s.state}${s.backend ? ` on ${s.backend.name} (${s.backend.gpu ? 'GPU' : 'CPU'})` : ''}${s.connected || !s.active ? '' : ' — reconnecting'}\nClick to open the metrics panel`;
+    const v = s.view;
+    const state = v.state ?? 'starting';
+    const loss = v.latestMetrics ? ` · loss ${formatNumber(v.latestMetrics.loss)}` : '';
+    this.item.text = `$(${STATE_ICONS[state]}) PL ${v.step}/${v.totalSteps}${loss}`;
+    this.item.tooltip = `PL training ${s.runId}: ${state}${v.backend ? ` on ${backendLabel(v.backend)}` : ''}${v.connected || !v.active ? '' : ' — reconnecting'}\nClick to open the metrics panel`;
     this.item.show();
   }
 

@@ -1,12 +1,14 @@
-// Text formatting shared by the panel and its tests. No DOM.
-import type { BackendInfo, CommandStatus, SteeringCommand } from '../src/protocol';
+// How numbers, units, backends and commands read, wherever a person reads them: the panel, the
+// sidebar, the status bar, the code lenses, notifications and the output channel. No DOM, no Node.
+import type { BackendInfo, CommandStatus, SteeringCommand } from './messages';
 
 /**
  * Compact number for tables and headers: 4 significant digits in the readable range
  * (`12.34`, `0.0005`, `1235`), exponent notation with 3 significant digits outside it (`1.23e+5`),
- * because κ and μ routinely span many orders of magnitude.
+ * because κ and μ routinely span many orders of magnitude. Absent (not measured, not measurable) is `—`.
  */
-export function formatNumber(x: number): string {
+export function formatNumber(x: number | undefined): string {
+  if (x === undefined) return '—';
   if (!Number.isFinite(x)) return String(x);
   if (x === 0) return '0';
   const abs = Math.abs(x);
@@ -14,18 +16,38 @@ export function formatNumber(x: number): string {
   return String(Number(x.toPrecision(4)));
 }
 
+/** `head` → `Head` (table headers, the start of a sentence). */
+export function capitalize(text: string): string {
+  return text ? `${text[0].toUpperCase()}${text.slice(1)}` : text;
+}
+
+/** `head` → `heads`, `channel group` → `channel groups`: every unit name in UNIT_NAMES takes an "s". */
+export function pluralUnit(unitName: string): string {
+  return `${unitName}s`;
+}
+
+/** `head 2`, `channel group 3`, `expert 1`. */
+export function unitLabel(unitName: string, id: number): string {
+  return `${unitName} ${id}`;
+}
+
 /** Why a κ at the damping floor matters and what to do (tooltip in the panel and the sidebar). */
 export function describeDampingFloor(unitName: string, damping: number): string {
   return `κ at the damping floor 1/δ = ${formatNumber(1 / damping)}: this ${unitName}'s kernel is singular on the probe, so the regularizer passes it no gradient and it adds a constant to the loss. Usually a unit the gate abandoned: freeze or prune it to take it out of the regularizer.`;
 }
 
-/** `wasm · CPU`, `tensorflow-gpu · GPU`. */
-export function formatBackend(b: BackendInfo): string {
-  return `${b.name} · ${b.gpu ? 'GPU' : 'CPU'}`;
+/**
+ * What runs the model, in one label for every UI: the device for PyTorch (`PyTorch · cuda:0 NVIDIA
+ * H200`), the backend for TF.js (`wasm · CPU`, `tensorflow-gpu · GPU`).
+ */
+export function backendLabel(b: BackendInfo): string {
+  const where = b.gpu ? 'GPU' : 'CPU';
+  if (b.engine === 'pytorch' || b.name === 'pytorch') return `PyTorch · ${b.device ?? where}`;
+  return `${b.name} · ${where}`;
 }
 
-/** What a command does, as the command log shows it. */
-export function describeCommand(c: SteeringCommand): string {
+/** What a command does, as the command log, notifications and the output channel say it. */
+export function describeCommand(c: SteeringCommand, unitName: string): string {
   switch (c.kind) {
     case 'pause':
       return 'Pause';
@@ -36,13 +58,13 @@ export function describeCommand(c: SteeringCommand): string {
     case 'setAlpha':
       return `Set α = ${formatNumber(c.alpha)}`;
     case 'freeze':
-      return `Freeze expert ${c.expert}`;
+      return `Freeze ${unitLabel(unitName, c.unit)}`;
     case 'unfreeze':
-      return `Unfreeze expert ${c.expert}`;
+      return `Unfreeze ${unitLabel(unitName, c.unit)}`;
   }
 }
 
-/** A command's lifecycle as the log shows it; `sent` is the webview's own state before the host answers. */
+/** A command's lifecycle as the log shows it; `sent` is the panel's own state before the host answers. */
 export type CommandPhase = CommandStatus['status'] | 'sent';
 
 export function describeStatus(s: { status: CommandPhase; step?: number; reason?: string }): string {
@@ -68,4 +90,15 @@ export function formatRate(stepsPerSec: number): string {
 /** Accuracy is a fraction; perplexity is shown as is. */
 export function formatTaskMetric(value: number, metric: 'accuracy' | 'perplexity'): string {
   return metric === 'accuracy' ? `${(value * 100).toFixed(1)}%` : formatNumber(value);
+}
+
+/** `accuracy 84.3%`, `perplexity 5.12`: the task metric with its name, for one-line summaries. */
+export function describeTaskMetric(value: number, metric: 'accuracy' | 'perplexity'): string {
+  return `${metric} ${formatTaskMetric(value, metric)}`;
+}
+
+/** A fresh command id that satisfies the protocol (`[A-Za-z0-9_-]`, at most 64), in Node and in the browser. */
+export function newCommandId(prefix = 'c'): string {
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(12));
+  return `${prefix}${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
 }

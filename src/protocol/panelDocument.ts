@@ -1,8 +1,10 @@
-// The panel's HTML document. Plain string building, no DOM: the extension host (Node) imports this
-// to fill `webview.html`, and the browser test harness serves exactly the same document.
+// The panel's HTML document: part of the contract between the extension host, which serves it
+// (`webview.html`), and the panel's script (webview/main.ts), which fills it in. Plain string
+// building, no DOM and no Node, so the host and the browser test harness serve exactly this document.
 //
-// The static skeleton lives here so the panel paints its layout before the script runs; `main.ts`
-// fills it in. Every `data-testid` is part of the contract with the end-to-end tests.
+// The static skeleton lives here so the panel paints its layout before the script runs. Every
+// `data-testid` is part of the contract with the end-to-end tests; the chart ids are also the keys of
+// the panel's persisted settings, so they keep their names.
 
 export interface PanelHtmlOptions {
   /** `webview.cspSource`: the origin the panel's own resources are served from. */
@@ -45,14 +47,19 @@ function withSymbols(text: string): string {
 export const CHART_CARDS = [
   { id: 'loss', title: 'Loss', hint: 'Total loss L_S + α·κ̄ and the task loss L_S alone' },
   { id: 'metric', title: 'Task metric', hint: 'Task metric reported by the trainer (accuracy for classifiers)' },
-  { id: 'expert', title: 'Per expert', hint: 'Per expert, on monitor steps: condition number κ = L_f/μ, PL constant μ (λ_min of the tangent kernel) or smoothness L_f (λ_max)' },
-  { id: 'pl', title: 'Regularizer and PL* check', hint: 'κ̄ (mean κ of the trainable experts, the term α multiplies) and the PL* ratio ½‖∇f‖²/(f − f*), which PL* theory keeps above μ' },
+  { id: 'expert', title: 'Per unit', hint: 'Per unit (expert, head or channel group), on monitor steps: condition number κ = L_f/μ, PL constant μ (λ_min of the tangent kernel) or smoothness L_f (λ_max)' },
+  { id: 'pl', title: 'Regularizer and PL* check', hint: 'κ̄ (mean κ of the trainable units, the term α multiplies) and the PL* ratio ½‖∇f‖²/(f − f*), which PL* theory keeps above μ' },
   { id: 'alpha', title: 'α over steps', hint: 'Regularizer weight α as acknowledged by the trainer' },
-  { id: 'mask', title: 'Pruning mask', hint: 'Per expert, on monitor steps: high = trainable, middle = frozen, floor of its lane = pruned (pruned experts are frozen too)' },
+  { id: 'mask', title: 'Pruning mask', hint: 'Per unit, on monitor steps: high = trainable, middle = frozen, floor of its lane = pruned (pruned units are frozen too)' },
   { id: 'gate', title: 'Pruning gate', hint: "Per unit, on monitor steps: the gating network's keep-probability. At each pruning decision the units with the lowest probability go, within the budget (runs with pruning enabled)" },
   { id: 'extra', title: 'Model diagnostics', hint: "Scalars the model family reports on monitor steps: under OPT each expert's hyperspherical energy and orthogonality error ‖QᵀQ − I‖; for the Switch transformer each expert's share of the tokens (load)" },
 ] as const;
 export type ChartId = (typeof CHART_CARDS)[number]['id'];
+
+/** The per-unit chart's title for a run's unit name (`Per head`); the document says `Per unit` until the run's hello. */
+export function unitChartTitle(unitName: string): string {
+  return `Per ${unitName}`;
+}
 
 /** Charts shown only for runs that report their data (the rest say "No data yet" until they have some). */
 export const OPTIONAL_CHARTS: readonly ChartId[] = ['gate', 'extra'];
@@ -63,10 +70,10 @@ export function hasLogToggle(id: ChartId): boolean {
 }
 
 function chartCard(card: (typeof CHART_CARDS)[number]): string {
-  // The per-expert card gets a κ / μ / L_f switch; every card gets its own log-scale toggle.
+  // The per-unit card gets a κ / μ / L_f switch; every card gets its own log-scale toggle.
   const metricSwitch =
     card.id === 'expert'
-      ? `<div class="segmented" role="radiogroup" aria-label="Per-expert quantity" data-testid="expert-metric">
+      ? `<div class="segmented" role="radiogroup" aria-label="Per-unit quantity" data-testid="expert-metric">
           <button type="button" role="radio" data-metric="kappa" data-testid="expert-metric-kappa">κ</button>
           <button type="button" role="radio" data-metric="mu" data-testid="expert-metric-mu">μ</button>
           <button type="button" role="radio" data-metric="lf" data-testid="expert-metric-lf">L<sub>f</sub></button>
@@ -151,11 +158,11 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
 
     <div class="lower">
       <section class="card experts" aria-labelledby="experts-title">
-        <header class="card-head"><h2 id="experts-title">Experts</h2><span class="muted" data-testid="experts-measured"></span></header>
+        <header class="card-head"><h2 id="experts-title" data-testid="units-title">Units</h2><span class="muted" data-testid="experts-measured"></span></header>
         <div class="table-wrap">
           <table class="expert-table" data-testid="expert-table">
-            <thead><tr><th scope="col">Expert</th><th scope="col" class="num"><span class="sym">κ</span></th><th scope="col" class="num"><span class="sym">μ</span></th><th scope="col" class="num">L<sub>f</sub></th><th scope="col">Frozen</th><th scope="col">Pruned</th><th scope="col"><span class="visually-hidden">Action</span></th></tr></thead>
-            <tbody data-testid="expert-rows"><tr class="placeholder"><td colspan="7">No experts yet</td></tr></tbody>
+            <thead><tr><th scope="col" data-testid="unit-column">Unit</th><th scope="col" class="num"><span class="sym">κ</span></th><th scope="col" class="num"><span class="sym">μ</span></th><th scope="col" class="num">L<sub>f</sub></th><th scope="col">Frozen</th><th scope="col">Pruned</th><th scope="col"><span class="visually-hidden">Action</span></th></tr></thead>
+            <tbody data-testid="expert-rows"><tr class="placeholder"><td colspan="7">No units yet</td></tr></tbody>
           </table>
         </div>
       </section>

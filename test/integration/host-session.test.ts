@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, test } from 'node:test';
 import { launchTrainer } from '../../src/extension/run/launcher';
-import { isLiveRun, processAlive, readRecordedHistory, readRunInfo, readToken } from '../../src/extension/run/runDirectory';
+import { isLiveRun, processAlive, readRecordedEvents, readRecordedHistory, readRunDirectory, readRunInfo, readToken } from '../../src/extension/run/runDirectory';
 import { RunSession } from '../../src/extension/run/runSession';
 import { TrainerConnection } from '../../src/extension/run/trainerConnection';
 import type { MetricsEvent, RunInfo } from '../../src/protocol';
@@ -53,7 +53,7 @@ test('the launcher announces a live run with an owner-only token file', () => {
 test('commands go pending → applied with the step; bad ones are rejected with a reason', async () => {
   const s = attach();
   try {
-    await until('κ', () => metricsOf(s).find((m) => m.experts));
+    await until('κ', () => metricsOf(s).find((m) => m.units));
     const seen: string[] = [];
     s.onCommandStatus.on((c) => seen.push(`${c.id}:${c.status}`));
     const p = s.issue({ kind: 'pause' }, 'pause1');
@@ -62,17 +62,21 @@ test('commands go pending → applied with the step; bad ones are rejected with 
     assert.equal(done.status, 'applied');
     assert.equal(typeof done.step, 'number');
     assert.deepEqual(seen, ['pause1:pending', 'pause1:applied']);
-    await until('paused', () => s.state === 'paused');
+    await until('paused', () => s.view.state === 'paused');
 
-    const bad = await s.waitForCommand(s.issue({ kind: 'freeze', expert: 7 }).id);
+    const bad = await s.waitForCommand(s.issue({ kind: 'freeze', unit: 7 }).id);
     assert.equal(bad.status, 'rejected');
-    assert.match(bad.reason ?? '', /expert/);
+    assert.equal(bad.reason, 'expert 7 does not exist (the model has 2: 0…1)');
     const dup = s.issue({ kind: 'resume' }, 'pause1');
     assert.equal(dup.status, 'failed');
+    assert.equal(s.view.commands.get('pause1')?.status, 'applied', 'a duplicate id leaves the first command\'s entry alone');
+    // Outside setAlpha's bounds: refused by the host with the bound's reason, nothing sent.
+    const tooBig = s.issue({ kind: 'setAlpha', alpha: 2e6 });
+    assert.deepEqual([tooBig.status, tooBig.reason], ['rejected', 'α must be ≤ 1e+6']);
 
     const a = await s.waitForCommand(s.issue({ kind: 'setAlpha', alpha: 0.5 }).id);
     assert.equal(a.status, 'applied');
-    assert.equal(s.alpha, 0.5);
+    assert.equal(s.view.alpha, 0.5);
     const r = await s.waitForCommand(s.issue({ kind: 'resume' }).id);
     assert.equal(r.status, 'applied');
     await until('steps after resume', () => metricsOf(s).some((m) => m.step > a.step! + 1));
@@ -101,10 +105,10 @@ test('a client that reconnects replays from its last seq: no gap, no duplicate',
 
 test('stop ends the run; the recorded history on disk matches what was streamed', async () => {
   const s = attach();
-  await until('caught up', () => s.hello);
+  await until('caught up', () => s.view.hello);
   const st = await s.waitForCommand(s.issue({ kind: 'stop' }).id);
   assert.equal(st.status, 'applied');
-  await until('stopped', () => s.state === 'stopped');
+  await until('stopped', () => s.view.state === 'stopped');
   await until('exit', () => !processAlive(pid), 15_000);
   const recorded = readRecordedHistory(runDir);
   const streamed = metricsOf(s);
@@ -127,10 +131,10 @@ test('a recorded run whose run.json still says running but whose trainer is gone
   const info = { ...readRunInfo(runDir)!, pid: dead, state: 'running' as const, reason: undefined };
   fs.writeFileSync(path.join(dir, 'run.json'), JSON.stringify(info));
   const s = new RunSession(info.runId, dir, undefined);
-  s.loadFromDisk();
-  assert.equal(s.state, 'failed');
-  assert.match(s.stateReason ?? '', /exited unexpectedly/);
-  assert.ok(s.hello, 'hello (backend, config) comes back from events.jsonl');
-  assert.equal(s.backend?.name, readRunInfo(runDir)!.backend!.name);
+  s.loadRecorded(readRunDirectory(dir), readRecordedEvents(dir));
+  assert.equal(s.view.state, 'failed');
+  assert.match(s.view.stateReason ?? '', /exited unexpectedly/);
+  assert.ok(s.view.hello, 'hello (backend, config) comes back from events.jsonl');
+  assert.equal(s.view.backend?.name, readRunInfo(runDir)!.backend!.name);
   s.dispose();
 });

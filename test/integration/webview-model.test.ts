@@ -1,14 +1,13 @@
-// The panel's DOM-free logic in Node: number formatting, history thinning, EMA, the run model's
-// message handling, α validation, persisted settings, CSV export and the HTML/CSP it is served in.
+// The panel's DOM-free logic in Node: number formatting, EMA, the run model's message handling (over
+// the shared reducer), α validation, persisted settings, CSV export and the HTML/CSP it is served in.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CommandIdSchema, type HostToWebview, type MetricsEvent, type RunState, type SteeringCommand } from '../../src/protocol';
-import { ALPHA_MAX, newCommandId, parseAlphaInput } from '../../webview/commands';
+import { ALPHA_MAX, CommandIdSchema, backendLabel, describeCommand, describeStatus, formatNumber, newCommandId, type HostToWebview, type MetricsEvent, type RunState, type SteeringCommand } from '../../src/protocol';
+import { CHART_CARDS, OPTIONAL_CHARTS, contentSecurityPolicy, renderPanelHtml } from '../../src/protocol/panelDocument';
+import { parseAlphaInput } from '../../webview/commands';
 import { toCsv, toJson } from '../../webview/export';
-import { describeStatus, formatNumber } from '../../webview/format';
-import { CHART_CARDS, OPTIONAL_CHARTS, contentSecurityPolicy, renderPanelHtml } from '../../webview/html';
 import { MASK_LEVEL, RunModel, decodeMaskLevel, extraSeriesKey, gateSeriesKey, maskSeriesKey, maskStatus } from '../../webview/runModel';
-import { Ema, Series, minMaxThinIndices, type Point } from '../../webview/series';
+import { Ema, Series } from '../../webview/series';
 import { defaultSettings, fromPersisted, toPersisted } from '../../webview/settings';
 import { syntheticRun } from '../webview-harness/fixtures';
 
@@ -31,45 +30,18 @@ test('formatNumber: 4 significant digits in range, 3-digit exponent form outside
   }
 });
 
-test('describeStatus spells out each phase of a command', () => {
+test('describeStatus spells out each phase of a command; describeCommand and backendLabel read the same everywhere', () => {
+  assert.equal(describeCommand({ kind: 'freeze', unit: 2 }, 'head'), 'Freeze head 2');
+  assert.equal(describeCommand({ kind: 'unfreeze', unit: 0 }, 'channel group'), 'Unfreeze channel group 0');
+  assert.equal(describeCommand({ kind: 'setAlpha', alpha: 0.00001 }, 'expert'), 'Set α = 1.00e-5');
+  assert.equal(backendLabel({ name: 'wasm', gpu: false, detail: '' }), 'wasm · CPU');
+  assert.equal(backendLabel({ name: 'tensorflow-gpu', gpu: true, detail: '' }), 'tensorflow-gpu · GPU');
+  assert.equal(backendLabel({ name: 'pytorch', engine: 'pytorch', gpu: true, device: 'cuda:0 NVIDIA H200', detail: '' }), 'PyTorch · cuda:0 NVIDIA H200');
+  assert.equal(backendLabel({ name: 'pytorch', engine: 'pytorch', gpu: false, detail: '' }), 'PyTorch · CPU', 'no device named: where the tensors live');
   assert.equal(describeStatus({ status: 'pending' }), 'pending');
   assert.equal(describeStatus({ status: 'applied', step: 12 }), 'applied at step 12');
   assert.equal(describeStatus({ status: 'rejected', reason: 'run is paused' }), 'rejected: run is paused');
   assert.equal(describeStatus({ status: 'failed', reason: 'not connected' }), 'failed: not connected');
-});
-
-function randomWalk(n: number, seed: number): Point[] {
-  let s = seed;
-  let y = 0;
-  return Array.from({ length: n }, (_, i) => {
-    s = (s * 1103515245 + 12345) % 2 ** 31;
-    y += s / 2 ** 31 - 0.5;
-    return { x: i * 3, y };
-  });
-}
-
-test('min/max thinning keeps the ends, every bucket extreme and the global extremes', () => {
-  const pts = randomWalk(10_001, 3);
-  pts[4321].y = 1e9; // a spike
-  pts[777].y = -1e9;
-  const keep = minMaxThinIndices(pts, 1000);
-  assert.ok(keep.length <= 1000 && keep.length > 900, `kept ${keep.length}`);
-  assert.equal(keep[0], 0);
-  assert.equal(keep.at(-1), pts.length - 1);
-  assert.ok(keep.every((k, i) => i === 0 || k > keep[i - 1]), 'strictly increasing indices');
-  assert.ok(keep.includes(4321) && keep.includes(777));
-  // Each kept pair is the min and max of its bucket: recompute with a brute-force scan.
-  const buckets = Math.floor((1000 - 2) / 2);
-  const interior = pts.length - 2;
-  for (let b = 0; b < buckets; b++) {
-    const start = 1 + Math.floor((b * interior) / buckets);
-    const end = 1 + Math.floor(((b + 1) * interior) / buckets);
-    const slice = pts.slice(start, end).map((p) => p.y);
-    const inBucket = keep.filter((k) => k >= start && k < end).map((k) => pts[k].y);
-    assert.equal(Math.min(...inBucket), Math.min(...slice));
-    assert.equal(Math.max(...inBucket), Math.max(...slice));
-  }
-  assert.deepEqual(minMaxThinIndices(pts.slice(0, 5), 10), [0, 1, 2, 3, 4], 'short series untouched');
 });
 
 test('Series: incremental EMA equals the closed form, history is capped, arrays keep their identity', () => {
@@ -117,51 +89,55 @@ test('RunModel: snapshot, append without duplicates, other runs ignored', () => 
   assert.ok(d.structure && d.charts);
   assert.equal(m.runId, f.runId);
   assert.equal(m.series.get('loss')!.raw.length, 30);
-  assert.deepEqual(m.expertIds, [0, 1, 2, 3]);
+  assert.deepEqual(m.unitIds, [0, 1, 2, 3]);
   const more = f.more(10);
   m.apply({ type: 'events', runId: f.runId, events: [...f.events.slice(5, 15), ...more] });
   assert.equal(m.series.get('loss')!.raw.length, 40);
-  assert.equal(m.step, 40);
+  assert.equal(m.view.step, 40);
   assert.equal(m.series.get('kappa:2')!.raw.length, 4);
   const ignored = m.apply({ type: 'events', runId: 'other', events: syntheticRun({ runId: 'other', steps: 80 }).events });
   assert.deepEqual(Object.values(ignored), [false, false, false, false, false]);
-  assert.equal(m.step, 40);
+  assert.equal(m.view.step, 40);
   // A new snapshot replaces everything.
   m.apply({ type: 'snapshot', run: null, events: [], commands: [] });
   assert.equal(m.runId, undefined);
   assert.equal(m.series.size, 0);
-  assert.equal(m.experts.size, 0);
+  assert.equal(m.view.units.length, 0);
 });
 
-test('RunModel: α, frozen flags and command outcomes only change on acknowledgements', () => {
+test('RunModel: α, frozen flags and command outcomes only change on acknowledgements, each arriving once as an event', () => {
   const f = syntheticRun({ steps: 20, alpha: 0.01 });
   const m = new RunModel();
   m.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: [] });
-  assert.equal(m.alpha, 0.01);
+  assert.equal(m.view.alpha, 0.01);
   m.recordSent('c1', { kind: 'setAlpha', alpha: 0.3 });
-  assert.equal(m.alpha, 0.01, 'sending is not applying');
+  assert.equal(m.view.alpha, 0.01, 'sending is not applying');
   let seq = f.events.at(-1)!.seq;
   const ack = (commandId: string, command: SteeringCommand, status: 'applied' | 'rejected'): HostToWebview => ({
     type: 'events',
     runId: f.runId,
     events: [{ type: 'ack', seq: ++seq, commandId, command, status, step: 20, time: 0, ...(status === 'rejected' ? { reason: 'no' } : {}) }],
   });
+  const pending = (id: string, command: SteeringCommand): HostToWebview => ({ type: 'fact', runId: f.runId, fact: { type: 'command', status: { id, command, status: 'pending' } } });
   m.apply(ack('c1', { kind: 'setAlpha', alpha: 0.3 }, 'rejected'));
-  assert.equal(m.alpha, 0.01);
-  assert.equal(m.commands.get('c1')!.status, 'rejected');
+  assert.equal(m.view.alpha, 0.01);
+  assert.equal(m.view.commands.get('c1')!.status, 'rejected');
   m.apply(ack('c2', { kind: 'setAlpha', alpha: 0.2 }, 'applied'));
-  assert.equal(m.alpha, 0.2);
-  m.recordSent('c3', { kind: 'freeze', expert: 1 });
-  assert.equal(m.expertCommandPending(1), true);
-  assert.equal(m.experts.get(1)!.frozen, false);
-  m.apply({ type: 'commandStatus', status: { id: 'c3', command: { kind: 'freeze', expert: 1 }, status: 'pending' } });
-  m.apply(ack('c3', { kind: 'freeze', expert: 1 }, 'applied'));
-  assert.equal(m.experts.get(1)!.frozen, true);
-  assert.equal(m.expertCommandPending(1), false);
+  assert.equal(m.view.alpha, 0.2);
+  m.recordSent('c3', { kind: 'freeze', unit: 1 });
+  assert.equal(m.view.unitCommandPending(1), true);
+  assert.equal(m.view.unit(1)!.frozen, false);
+  m.apply(pending('c3', { kind: 'freeze', unit: 1 }));
+  m.apply(ack('c3', { kind: 'freeze', unit: 1 }, 'applied'));
+  assert.equal(m.view.unit(1)!.frozen, true);
+  assert.equal(m.view.unitCommandPending(1), false);
   // A stale pending after the outcome never steps back.
-  m.apply({ type: 'commandStatus', status: { id: 'c3', command: { kind: 'freeze', expert: 1 }, status: 'pending' } });
-  assert.equal(m.commands.get('c3')!.status, 'applied');
-  assert.deepEqual([...m.commands.keys()], ['c1', 'c2', 'c3']);
+  m.apply(pending('c3', { kind: 'freeze', unit: 1 }));
+  assert.equal(m.view.commands.get('c3')!.status, 'applied');
+  // The same ack again (a replay's overlap) is a duplicate seq: nothing changes.
+  const again = m.apply({ type: 'events', runId: f.runId, events: [{ type: 'ack', seq, commandId: 'c3', command: { kind: 'freeze', unit: 1 }, status: 'applied', step: 20, time: 0 }] });
+  assert.deepEqual(Object.values(again), [false, false, false, false, false]);
+  assert.deepEqual([...m.view.commands.keys()], ['c1', 'c2', 'c3']);
 });
 
 test('RunModel: controls follow the acknowledged run state and the connection', () => {
@@ -170,22 +146,23 @@ test('RunModel: controls follow the acknowledged run state and the connection', 
   m.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: [] });
   const table: [RunState, boolean, string][] = [
     ['starting', true, 'stop'],
-    ['running', true, 'pause stop setAlpha expertToggle'],
-    ['paused', true, 'resume stop setAlpha expertToggle'],
+    ['running', true, 'pause stop setAlpha unitToggle'],
+    ['paused', true, 'resume stop setAlpha unitToggle'],
     ['completed', true, ''],
     ['stopped', true, ''],
     ['failed', true, ''],
     ['running', false, ''],
   ];
   for (const [state, connected, enabled] of table) {
-    m.apply({ type: 'run', run: { ...f.summary, state, connected } });
+    m.apply({ type: 'fact', runId: f.runId, fact: { type: 'state', state } });
+    m.apply({ type: 'fact', runId: f.runId, fact: { type: 'connection', connected } });
     const c = m.controls();
     const on = Object.entries(c).filter(([, v]) => v).map(([k]) => k).join(' ');
     assert.equal(on, enabled, `${state}, connected=${connected}`);
   }
 });
 
-test('α input: only finite numbers inside the config schema bounds', () => {
+test('α input: only finite numbers inside setAlpha\'s bounds, the config schema\'s too', () => {
   assert.deepEqual(parseAlphaInput(' 0.05 '), { ok: true, alpha: 0.05 });
   assert.deepEqual(parseAlphaInput('1e-3'), { ok: true, alpha: 0.001 });
   assert.deepEqual(parseAlphaInput('0'), { ok: true, alpha: 0 });
@@ -218,7 +195,7 @@ test('CSV export: one row per step, empty cells where experts were not measured'
   assert.equal(lines.length, 13);
   const metrics = f.events.filter((e): e is MetricsEvent => e.type === 'metrics');
   const row5 = lines[5].split(',');
-  assert.equal(Number(row5[8]), metrics[4].experts![0].kappa);
+  assert.equal(Number(row5[8]), metrics[4].units![0].kappa);
   assert.equal(lines[4].split(',')[8], '');
   assert.equal(lines[1].split(',')[7], '', 'no PL* ratio on the first step');
   assert.equal(Number(row5[7]), metrics[4].plRatio);
@@ -246,19 +223,19 @@ test('compare: the recorded run gets series of its own and never touches the cur
   const m = new RunModel(0.5);
   m.apply({ type: 'snapshot', run: current.summary, events: current.events, commands: current.commands });
   const now = new Date(0);
-  const before = { csv: toCsv(m), json: toJson(m, now), alpha: m.alpha, state: m.state, step: m.step, runId: m.runId, experts: JSON.stringify([...m.experts.values()]), keys: [...m.series.keys()] };
+  const before = { csv: toCsv(m), json: toJson(m, now), alpha: m.view.alpha, state: m.view.state, step: m.view.step, runId: m.runId, units: JSON.stringify(m.view.units), keys: [...m.series.keys()] };
 
   const dirty = m.apply({ type: 'compare', run: { runId: other.runId, events: other.events } });
-  assert.deepEqual(dirty, { header: true, charts: true, experts: false, commands: false, structure: true });
+  assert.deepEqual(dirty, { header: true, charts: true, units: false, commands: false, structure: true });
   assert.equal(m.compare?.runId, 'baseline-run');
   const cm = m.compare!.model;
   assert.deepEqual(cm.seriesFor('loss').raw, metricsIn(other.events).map((e) => ({ x: e.step, y: e.loss })));
-  assert.deepEqual(cm.expertIds, [0, 1, 2]);
+  assert.deepEqual(cm.unitIds, [0, 1, 2]);
   assert.equal(cm.seriesFor('loss').smoothing, 0.5, 'the overlay is smoothed like the current run');
   // The current run is exactly as before: exports, α, state, experts, the set of series.
-  const after = { csv: toCsv(m), json: toJson(m, now), alpha: m.alpha, state: m.state, step: m.step, runId: m.runId, experts: JSON.stringify([...m.experts.values()]), keys: [...m.series.keys()] };
+  const after = { csv: toCsv(m), json: toJson(m, now), alpha: m.view.alpha, state: m.view.state, step: m.view.step, runId: m.runId, units: JSON.stringify(m.view.units), keys: [...m.series.keys()] };
   assert.deepEqual(after, before);
-  assert.equal(m.alpha, 0.003);
+  assert.equal(m.view.alpha, 0.003);
   assert.ok(!toCsv(m).includes(String(metricsIn(other.events)[5].loss)), 'no overlay value in the CSV');
 
   m.setSmoothing(0.9);
@@ -271,7 +248,7 @@ test('compare: the recorded run gets series of its own and never touches the cur
   assert.equal(cm.seriesFor('loss').raw.length, 120);
   assert.equal(m.seriesFor('loss').raw.length, 85);
   // null clears it; so does the local ✕ (clearCompare), which reports nothing to redo when there is nothing.
-  assert.deepEqual(m.apply({ type: 'compare', run: null }), { header: true, charts: true, experts: false, commands: false, structure: true });
+  assert.deepEqual(m.apply({ type: 'compare', run: null }), { header: true, charts: true, units: false, commands: false, structure: true });
   assert.equal(m.compare, null);
   m.apply({ type: 'compare', run: { runId: other.runId, events: other.events } });
   assert.equal(m.clearCompare().structure, true);
@@ -290,7 +267,7 @@ test('mask series: one point per monitor step and expert, at exactly the status 
   // Pruned on hand-picked (step, expert) pairs only, plus a freeze: the series must reflect exactly those.
   const f = syntheticRun({ steps: 100, experts: 4, monitorEvery: 10, freezeAt: { step: 35, expert: 3 } });
   const prunedAt = new Set(['20:1', '30:1', '90:1', '50:2', '100:0']);
-  for (const e of metricsIn(f.events)) for (const x of e.experts ?? []) x.pruned = prunedAt.has(`${e.step}:${x.id}`);
+  for (const e of metricsIn(f.events)) for (const x of e.units ?? []) x.pruned = prunedAt.has(`${e.step}:${x.id}`);
   const model = new RunModel();
   model.apply({ type: 'snapshot', run: f.summary, events: f.events, commands: f.commands });
   for (const id of [0, 1, 2, 3]) {
@@ -298,7 +275,7 @@ test('mask series: one point per monitor step and expert, at exactly the status 
     assert.deepEqual(points.map((p) => p.x), [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
     for (const p of points) {
       const want = prunedAt.has(`${p.x}:${id}`) ? 'pruned' : id === 3 && p.x > 35 ? 'frozen' : 'trainable';
-      assert.deepEqual(decodeMaskLevel(p.y), { expert: id, status: want }, `expert ${id} at step ${p.x}`);
+      assert.deepEqual(decodeMaskLevel(p.y), { unit: id, status: want }, `unit ${id} at step ${p.x}`);
     }
   }
   assert.equal(maskStatus({ frozen: true, pruned: true }), 'pruned', 'pruning wins over freezing');
@@ -331,7 +308,7 @@ test('pruning gate and model diagnostics: series per unit and per name, in the C
   // What a pruning run under OPT streams on monitor steps: keep-probabilities and diagnostics by name.
   const gateAt = (step: number) => [1 - step / 100, step / 100];
   const extraAt = (step: number) => ({ 'energy/expert0': 3 + step / 1000, 'orthogonality/expert0': 1e-7 * step, 'load,odd "name"': 0.5 });
-  const events = f.events.map((e) => (e.type === 'metrics' && e.experts ? { ...e, gate: gateAt(e.step), extra: extraAt(e.step) } : e));
+  const events = f.events.map((e) => (e.type === 'metrics' && e.units ? { ...e, gate: gateAt(e.step), extra: extraAt(e.step) } : e));
   const m = new RunModel();
   const dirty = m.apply({ type: 'snapshot', run: f.summary, events, commands: [] });
   assert.ok(dirty.structure, 'new series: the charts rebuild their lines');
@@ -373,12 +350,12 @@ test('RunModel: a warning stays until a later message on its topic ends it; othe
   const log = (level: 'info' | 'warn' | 'error', message: string, topic?: string) =>
     m.apply({ type: 'events', runId: f.runId, events: [{ type: 'log', seq: ++seq, level, message, time: 0, ...(topic ? { topic } : {}) }] });
   log('warn', 'expert 2 at the damping floor', 'damping-floor/2');
-  assert.deepEqual(m.lastProblem, { level: 'warn', message: 'expert 2 at the damping floor', topic: 'damping-floor/2' });
+  assert.deepEqual(m.view.problem, { level: 'warn', message: 'expert 2 at the damping floor', topic: 'damping-floor/2' });
   log('info', 'expert 1 off the damping floor', 'damping-floor/1');
   log('info', 'a message without a topic');
-  assert.equal(m.lastProblem?.topic, 'damping-floor/2', 'other topics and plain info leave it');
+  assert.equal(m.view.problem?.topic, 'damping-floor/2', 'other topics and plain info leave it');
   const d = log('info', 'expert 2 off the damping floor', 'damping-floor/2');
-  const problem = () => m.lastProblem; // read afresh (an assertion would narrow the field for good)
+  const problem = () => m.view.problem; // read afresh (an assertion would narrow the field for good)
   assert.equal(problem(), undefined);
   assert.equal(d.header, true, 'the header redraws');
   log('error', 'something without a topic');

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { after, afterEach, before, test } from 'node:test';
 import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
 import { WebviewToHostSchema, type HostToWebview, type MetricsEvent, type TrainerEvent, type WebviewToHost } from '../../src/protocol';
-import { formatNumber } from '../../webview/format';
+import { formatNumber } from '../../src/protocol';
 import { MAX_POINTS_PER_SERIES } from '../../webview/series';
 import { syntheticRun, type Fixture } from '../webview-harness/fixtures';
 import { buildWebview, startHarnessServer, type HarnessServer } from '../webview-harness/server';
@@ -117,7 +117,7 @@ function snapshotOf(f: Fixture): HostToWebview {
 }
 
 const metricsOf = (events: readonly TrainerEvent[]) => events.filter((e): e is MetricsEvent => e.type === 'metrics');
-const lastExperts = (events: readonly TrainerEvent[]) => metricsOf(events).filter((m) => m.experts).at(-1)!.experts!;
+const lastExperts = (events: readonly TrainerEvent[]) => metricsOf(events).filter((m) => m.units).at(-1)!.units!;
 
 interface ChartInfo {
   optionType: string;
@@ -212,6 +212,36 @@ test('a κ at the run\'s damping floor 1/δ is marked, with the reason; κ just 
   }
 });
 
+test('units are named by family, from the hello: a BERT run says "head" in the table, the charts, the mask lanes and the command log', async () => {
+  const p = await openPanel();
+  // Before the first measurement the heads are listed from the hello, their values "—", never NaN.
+  await p.send(snapshotOf(syntheticRun({ steps: 5, experts: 3, unitName: 'head' })));
+  await expectText(p.byTestId('units-title'), 'Heads');
+  await expectText(p.byTestId('unit-column'), 'Head');
+  await expectText(p.byTestId('expert-name-2'), 'Head 2');
+  for (const id of ['kappa-2', 'mu-2', 'lf-2']) await expectText(p.byTestId(id), '—');
+  await expectText(p.byTestId('experts-measured'), 'not measured yet');
+  const f = syntheticRun({ steps: 60, experts: 3, unitName: 'head', freezeAt: { step: 40, expert: 1 } });
+  const last = lastExperts(f.events);
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('expert-name-0'), 'Head 0');
+  assert.equal(await p.page.locator('#title-expert').textContent(), 'Per head');
+  await expectText(p.byTestId('kappa-1'), formatNumber(last[1].kappa));
+  await expectText(p.byTestId(`command-${f.commands[0].id}`), /^Freeze head 1.*applied at step 40$/);
+  await nextFrames(p.page);
+  assert.deepEqual((await chartInfo(p.page, 'expert')).datasets.map((d) => d.label), ['κ head 0', 'κ head 1', 'κ head 2']);
+  const mask = await p.page.evaluate(() => {
+    const chart = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts.mask.chart;
+    return { labels: chart.data.datasets.map((d: any) => d.label), ticks: chart.scales.y.ticks.map((t: any) => t.label) };
+  });
+  assert.deepEqual(mask, { labels: ['head 0', 'head 1', 'head 2'], ticks: ['head 0', 'head 1', 'head 2'] });
+  // A pruned head's toggle explains itself in the family's word.
+  const pruned = syntheticRun({ steps: 30, experts: 2, unitName: 'channel group', pruneAt: { step: 5, expert: 1 } });
+  await p.send(snapshotOf(pruned));
+  await expectText(p.byTestId('units-title'), 'Channel groups');
+  assert.equal(await p.byTestId('freeze-1').getAttribute('title'), 'Pruned channel groups cannot be frozen or unfrozen');
+});
+
 test('a long trainer warning shows on one line with the whole text as its tooltip: the panel below moves by that line at most', async () => {
   const p = await openPanel();
   const f = syntheticRun();
@@ -238,7 +268,7 @@ test('the κ chart has a logarithmic y axis, one line per expert, and is really 
   const info = await chartInfo(p.page, 'expert');
   assert.equal(info.optionType, 'logarithmic');
   assert.equal(info.builtType, 'logarithmic');
-  const monitorSteps = metricsOf(f.events).filter((m) => m.experts).length;
+  const monitorSteps = metricsOf(f.events).filter((m) => m.units).length;
   assert.deepEqual(
     info.datasets.map((d) => [d.key, d.length]),
     [0, 1, 2, 3].map((id) => [`kappa:${id}`, monitorSteps]),
@@ -317,28 +347,31 @@ test('Pause posts a valid command, and the log follows its lifecycle pending →
   assert.match(parsed.id, /^[A-Za-z0-9_-]{1,64}$/);
   const entry = p.byTestId(`command-${parsed.id}`);
   await expectText(entry, /^Pause.*sent$/);
-  await p.send({ type: 'commandStatus', status: { id: parsed.id, command: parsed.command, status: 'pending' } });
+  // The host's fact: it sent the command to the trainer.
+  const pending = { type: 'fact', runId: f.runId, fact: { type: 'command', status: { id: parsed.id, command: parsed.command, status: 'pending' } } } as const;
+  await p.send(pending);
   await expectText(entry, /pending$/);
   // Nothing optimistic: the run is still "running" until the trainer says otherwise.
   await expectText(p.byTestId('run-state'), 'running');
-  await p.send({ type: 'commandStatus', status: { id: parsed.id, command: parsed.command, status: 'applied', step: 241 } });
+  let seq = f.events.at(-1)!.seq;
+  // The outcome is the trainer's ack, relayed once as an event; then its state event.
+  await p.send({ type: 'events', runId: f.runId, events: [{ type: 'ack', seq: ++seq, commandId: parsed.id, command: parsed.command, status: 'applied', step: 241, time: 0 }] });
   await expectText(entry, /applied at step 241$/);
-  // A late `pending` (messages crossing) must not undo the outcome.
-  await p.send({ type: 'commandStatus', status: { id: parsed.id, command: parsed.command, status: 'pending' } });
+  // A late `pending` (a fact crossing the ack) must not undo the outcome.
+  await p.send(pending);
   await nextFrames(p.page);
   await expectText(entry, /applied at step 241$/);
-  // The state change arrives as a run summary: now Resume is the way forward.
-  await p.send({ type: 'run', run: { ...f.summary, state: 'paused', step: 241 } });
+  await p.send({ type: 'events', runId: f.runId, events: [{ type: 'state', seq: ++seq, state: 'paused', step: 241, time: 0 }] });
   await expectText(p.byTestId('run-state'), 'paused');
   await expectAttr(p.byTestId('btn-resume'), 'aria-disabled', 'false');
   await expectAttr(p.byTestId('btn-pause'), 'aria-disabled', 'true');
   await p.byTestId('btn-resume').click();
   const resume = WebviewToHostSchema.parse((await p.posted())[2]);
   assert.ok(resume.type === 'command' && resume.command.kind === 'resume');
-  await p.send({ type: 'commandStatus', status: { id: resume.id, command: resume.command, status: 'rejected', reason: 'run is stopping' } });
+  await p.send({ type: 'events', runId: f.runId, events: [{ type: 'ack', seq: ++seq, commandId: resume.id, command: resume.command, status: 'rejected', reason: 'run is stopping', step: 241, time: 0 }] });
   await expectText(p.byTestId(`command-${resume.id}`), /rejected: run is stopping$/);
-  // Lost connection: nothing can be steered.
-  await p.send({ type: 'run', run: { ...f.summary, state: 'paused', connected: false } });
+  // Lost connection (the host's fact): nothing can be steered.
+  await p.send({ type: 'fact', runId: f.runId, fact: { type: 'connection', connected: false } });
   await expectText(p.byTestId('connection'), 'reconnecting…');
   for (const id of ['btn-pause', 'btn-resume', 'btn-stop', 'btn-set-alpha', 'freeze-0']) await expectAttr(p.byTestId(id), 'aria-disabled', 'true');
 });
@@ -351,11 +384,11 @@ test('Set α posts the typed number; invalid input posts nothing and explains wh
   const input = p.byTestId('alpha-input');
   const error = p.byTestId('alpha-error');
   for (const [text, message] of [
-    ['-1', /between 0 and 1e\+6/],
+    ['-1', /^α must be ≥ 0\.$/],
     ['NaN', /not a number/],
     ['abc', /not a number/],
     ['0x10', /not a number/],
-    ['2e6', /between 0 and 1e\+6/],
+    ['2e6', /^α must be ≤ 1e\+6\.$/],
     ['', /Enter a value/],
   ] as const) {
     await input.fill(text);
@@ -396,7 +429,7 @@ test('the freeze toggle posts freeze/unfreeze and shows the result only once ack
   await p.byTestId('freeze-1').click();
   const cmd = WebviewToHostSchema.parse((await p.posted())[1]);
   assert.ok(cmd.type === 'command');
-  assert.deepEqual(cmd.command, { kind: 'freeze', expert: 1 });
+  assert.deepEqual(cmd.command, { kind: 'freeze', unit: 1 });
   await expectText(p.byTestId('freeze-1'), 'Freezing…');
   await expectAttr(p.byTestId('freeze-1'), 'aria-disabled', 'true');
   await expectText(p.byTestId('frozen-1'), 'no');
@@ -407,7 +440,7 @@ test('the freeze toggle posts freeze/unfreeze and shows the result only once ack
   await p.byTestId('freeze-1').click();
   const undo = WebviewToHostSchema.parse((await p.posted())[2]);
   assert.ok(undo.type === 'command');
-  assert.deepEqual(undo.command, { kind: 'unfreeze', expert: 1 });
+  assert.deepEqual(undo.command, { kind: 'unfreeze', unit: 1 });
 });
 
 test('view settings persist through setState and come back after a reload', async () => {
@@ -509,7 +542,7 @@ test('CSV and JSON exports hold every series exactly', async () => {
     assert.equal(Number(row[0]), m.step);
     assert.equal(Number(row[1]), m.loss);
     assert.equal(Number(row[3]), m.taskMetric);
-    const e2 = m.experts?.[2];
+    const e2 = m.units?.[2];
     assert.equal(row[8 + 2 * 3], e2 ? String(e2.kappa) : '', `kappa_2 at step ${m.step}`);
     assert.equal(row[7], m.plRatio === undefined ? '' : String(m.plRatio), `plRatio at step ${m.step}`);
   }
@@ -520,8 +553,9 @@ test('CSV and JSON exports hold every series exactly', async () => {
   assert.equal(json.runId, f.runId);
   assert.equal(json.thinned, false);
   assert.deepEqual(json.series.loss, metrics.map((m) => [m.step, m.loss]));
-  const monitored = metrics.filter((m) => m.experts);
-  assert.deepEqual(json.experts['3'].mu, monitored.map((m) => [m.step, m.experts![3].mu]));
+  const monitored = metrics.filter((m) => m.units);
+  assert.equal(json.unitName, 'expert');
+  assert.deepEqual(json.units['3'].mu, monitored.map((m) => [m.step, m.units![3].mu]));
   assert.deepEqual(json.commands.map((c: { status: string }) => c.status), ['applied']);
 });
 
@@ -575,8 +609,8 @@ test('screenshot of the panel with a realistic run (test-results/webview-panel.p
   await p.byTestId('btn-pause').click();
   const pause = WebviewToHostSchema.parse((await p.posted())[1]);
   assert.ok(pause.type === 'command');
-  await p.send({ type: 'commandStatus', status: { id: pause.id, command: pause.command, status: 'pending' } });
-  await p.send({ type: 'commandStatus', status: { id: 'cli-7f3a', command: { kind: 'setAlpha', alpha: -2 }, status: 'rejected', reason: 'α must be ≥ 0' } });
+  await p.send({ type: 'fact', runId: f.runId, fact: { type: 'command', status: { id: pause.id, command: pause.command, status: 'pending' } } });
+  await p.send({ type: 'fact', runId: f.runId, fact: { type: 'command', status: { id: 'cli-7f3a', command: { kind: 'setAlpha', alpha: 2e6 }, status: 'rejected', reason: 'α must be ≤ 1e+6' } } });
   await expectText(p.byTestId(`command-${pause.id}`), /pending$/);
   await p.byTestId('alpha-input').fill('0.001');
   await nextFrames(p.page);
@@ -640,7 +674,7 @@ test('compare overlay: dashed lines of the recorded run on loss, metric, PL and 
     { key: 'compare:plRatio', label: 'PL* ratio ½‖∇f‖²/(f − f*) (baseline-alpha0)', values: points((m) => m.plRatio) },
   ], ['regularizer', 'plRatio']);
   const expertOverlay = (metric: 'kappa' | 'mu', symbol: string) =>
-    [0, 1, 2].map((id) => ({ key: `compare:${metric}:${id}`, label: `${symbol} expert ${id} (baseline-alpha0)`, values: points((m) => m.experts?.[id][metric]) }));
+    [0, 1, 2].map((id) => ({ key: `compare:${metric}:${id}`, label: `${symbol} expert ${id} (baseline-alpha0)`, values: points((m) => m.units?.[id][metric]) }));
   await expectOverlay('expert', expertOverlay('kappa', 'κ'), ['kappa:0', 'kappa:1', 'kappa:2', 'kappa:3']);
   // The overlay follows the selected per-expert quantity.
   await p.byTestId('expert-metric-mu').click();
@@ -659,7 +693,7 @@ test('compare overlay: dashed lines of the recorded run on loss, metric, PL and 
   const json = JSON.parse(saved.content);
   assert.equal(json.runId, f.runId);
   assert.deepEqual(json.series.loss, ownMetrics.map((m) => [m.step, m.loss]));
-  assert.deepEqual(Object.keys(json.experts), ['0', '1', '2', '3']);
+  assert.deepEqual(Object.keys(json.units), ['0', '1', '2', '3']);
 
   // A new snapshot of the current run keeps the overlay.
   await p.send(snapshotOf(f));
@@ -699,7 +733,7 @@ test('pruning mask chart: one stepped lane per expert, at exactly the reported s
   // Pruned on hand-picked monitor steps (and expert 2 frozen from step 25 on).
   const f = syntheticRun({ steps: 80, experts: 4, monitorEvery: 10, freezeAt: { step: 25, expert: 2 } });
   const prunedAt = new Set(['30:1', '40:1', '80:1', '60:3', '10:0']);
-  for (const m of metricsOf(f.events)) for (const e of m.experts ?? []) e.pruned = prunedAt.has(`${m.step}:${e.id}`);
+  for (const m of metricsOf(f.events)) for (const e of m.units ?? []) e.pruned = prunedAt.has(`${m.step}:${e.id}`);
   await p.send(snapshotOf(f));
   await expectText(p.byTestId('step'), '80 / 300');
   await nextFrames(p.page);
@@ -738,7 +772,7 @@ test('pruning gate and model diagnostics: cards only for runs that report them, 
   const f = syntheticRun({ runId: 'opt-pruning', steps: 40, experts: 3, monitorEvery: 10 });
   const gateAt = (step: number, unit: number) => Math.round((1 - (unit * step) / 200) * 1000) / 1000;
   const events = f.events.map((e) =>
-    e.type === 'metrics' && e.experts ? { ...e, gate: [0, 1, 2].map((u) => gateAt(e.step, u)), extra: { 'energy/expert0': 2.5, 'orthogonality/expert0': 1e-7 * e.step } } : e,
+    e.type === 'metrics' && e.units ? { ...e, gate: [0, 1, 2].map((u) => gateAt(e.step, u)), extra: { 'energy/expert0': 2.5, 'orthogonality/expert0': 1e-7 * e.step } } : e,
   );
   await p.send({ type: 'snapshot', run: f.summary, events, commands: f.commands });
   await expectText(p.byTestId('step'), '40 / 300');

@@ -6,11 +6,11 @@ import {
   RunSummarySchema,
   TrainerEventSchema,
   type CommandStatus,
-  type ExpertStats,
   type MetricsEvent,
   type RunSummary,
   type SteeringCommand,
   type TrainerEvent,
+  type UnitStats,
 } from '../../src/protocol';
 import { mulberry32 as rng } from '../support/prng';
 
@@ -20,6 +20,8 @@ export interface FixtureOptions {
   /** Steps already done. */
   steps?: number;
   experts?: number;
+  /** What a unit is (hello.unitName); `expert` by default. */
+  unitName?: string;
   monitorEvery?: number;
   alpha?: number;
   seed?: number;
@@ -66,7 +68,7 @@ export function syntheticRun(o: FixtureOptions = {}): Fixture {
   push({
     type: 'hello', seq: seq++, protocol: PROTOCOL_VERSION, runId, pid: 4242,
     backend: { name: 'wasm', gpu: false, detail: 'tensorflow-gpu and tensorflow not installed; wasm with SIMD' },
-    startedAt: time, totalSteps, experts: expertCount, alpha, taskMetric: 'accuracy',
+    startedAt: time, totalSteps, unitCount: expertCount, unitName: o.unitName ?? 'expert', alpha, taskMetric: 'accuracy',
     config: { name: 'fmnist-moe', steps: totalSteps, frozenExperts: [], model: { family: 'moe-mlp', experts: expertCount, hiddenUnits: 32 } },
   });
   push({ type: 'state', seq: seq++, state: 'running', step: 0, time });
@@ -79,7 +81,7 @@ export function syntheticRun(o: FixtureOptions = {}): Fixture {
 
   const metricsFor = (s: number): MetricsEvent => {
     const progress = s / totalSteps;
-    const experts: ExpertStats[] | undefined =
+    const experts: UnitStats[] | undefined =
       s % monitorEvery === 0
         ? Array.from({ length: expertCount }, (_, i) => {
             const decay = Math.exp(-s / (60 + 30 * i));
@@ -95,7 +97,7 @@ export function syntheticRun(o: FixtureOptions = {}): Fixture {
     const accuracy = Math.min(0.99, 0.1 + 0.78 * (1 - Math.exp(-s / 60)) + 0.02 * gauss());
     return {
       type: 'metrics', seq: seq++, step: s, time: (time += 180), loss: taskLoss + alpha * regularizer, taskLoss, regularizer, alpha,
-      taskMetric: Math.max(0, accuracy), stepsPerSec: 5.2 + 0.4 * gauss(), ...(step > 1 ? { plRatio: 2 + Math.abs(gauss()) } : {}), ...(experts ? { experts } : {}),
+      taskMetric: Math.max(0, accuracy), stepsPerSec: 5.2 + 0.4 * gauss(), ...(step > 1 ? { plRatio: 2 + Math.abs(gauss()) } : {}), ...(experts ? { units: experts } : {}),
     };
   };
 
@@ -111,17 +113,13 @@ export function syntheticRun(o: FixtureOptions = {}): Fixture {
       }
       if (o.freezeAt?.step === step) {
         frozen.add(o.freezeAt.expert);
-        ack({ kind: 'freeze', expert: o.freezeAt.expert }, step);
+        ack({ kind: 'freeze', unit: o.freezeAt.expert }, step);
       }
     }
     return events.slice(start);
   };
 
   advance(o.steps ?? 240);
-  const summary = RunSummarySchema.parse({
-    runId, runDir: `/workspace/.pltrain/runs/${runId}`, state: 'running',
-    backend: { name: 'wasm', gpu: false, detail: 'tensorflow-gpu and tensorflow not installed; wasm with SIMD' },
-    step, totalSteps, alpha, connected: true,
-  });
+  const summary = RunSummarySchema.parse({ runId, runDir: `/workspace/.pltrain/runs/${runId}`, state: 'running', step, totalSteps, connected: true });
   return { runId, events, summary, commands, more: advance };
 }

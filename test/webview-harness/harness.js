@@ -8,7 +8,6 @@
   let acquired = false;
   window.__posted = [];
   window.__cspViolations = [];
-  window.__PL_TRAINER_HARNESS__ = true;
   document.addEventListener('securitypolicyviolation', (e) => {
     window.__cspViolations.push({ directive: e.violatedDirective, blockedURI: e.blockedURI, sample: e.sample, source: e.sourceFile });
   });

@@ -8,7 +8,7 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import * as esbuild from 'esbuild';
-import { renderPanelHtml } from '../../webview/html';
+import { renderPanelHtml } from '../../src/protocol/panelDocument';
 
 const harnessDir = __dirname;
 const repoRoot = path.resolve(__dirname, '..', '..');
@@ -21,13 +21,14 @@ const CONTENT_TYPES: Record<string, string> = {
 };
 
 /**
- * Bundles webview/main.ts with the options scripts/build.mjs uses for the webview, into `outDir`.
+ * Bundles the panel with the options scripts/build.mjs uses for the webview, into `outDir`, from the
+ * harness's entry (entry.ts: the production panel, its model and charts readable by the tests).
  * (A private output folder: other test files may be running the trainer from dist/ meanwhile.)
  */
 export async function buildWebview(outDir: string): Promise<void> {
   await esbuild.build({
     absWorkingDir: repoRoot,
-    entryPoints: { main: 'webview/main.ts' },
+    entryPoints: { main: 'test/webview-harness/entry.ts' },
     outdir: outDir,
     bundle: true,
     sourcemap: true,

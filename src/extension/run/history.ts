@@ -1,10 +1,12 @@
-// The extension host's bound on a run's history. A metrics event costs the host about 300 bytes
+// The extension host's bounds on a run's history. A metrics event costs the host about 300 bytes
 // (4 experts measured every 10 steps), so a million-step run would hold ~300 MB in the extension host,
 // which every extension shares, and hand the panel a snapshot of a million events. Past a capacity,
 // the older history is thinned the way the panel thins its series: by equal step widths, each bucket
 // keeping its extremes. The newest quarter of the capacity is never touched, and everything stays on
-// disk (metrics.jsonl) at full resolution.
-import type { ExpertStats, MetricsEvent, TrainerEvent } from '../../protocol';
+// disk (metrics.jsonl) at full resolution. Every other kind of event is bounded too (a token holder,
+// or a trainer in a loop, can produce any number of logs, acks and states): past its own capacity the
+// oldest go, and they too stay on disk (events.jsonl, commands.jsonl).
+import type { MetricsEvent, TrainerEvent, UnitStats } from '../../protocol';
 
 /**
  * Metrics events the host keeps per run. At least twice the panel's points per series
@@ -13,21 +15,33 @@ import type { ExpertStats, MetricsEvent, TrainerEvent } from '../../protocol';
  */
 export const HOST_HISTORY_CAPACITY = 200_000;
 
+/**
+ * Hello, state, ack and log events the host keeps per run. A real run has a handful (plus one log
+ * line per damping-floor episode or pruning decision); this is far above that and far below what
+ * would weigh on the extension host or the panel's snapshot.
+ */
+export const HOST_OTHER_EVENTS_CAPACITY = 10_000;
+
 /** A metrics event that carries a measurement (monitor steps, pruning decisions): κ lines and the mask come from these. */
 function isMeasured(e: MetricsEvent): boolean {
-  return e.experts !== undefined || e.gate !== undefined || e.extra !== undefined;
+  return e.units !== undefined || e.gate !== undefined || e.extra !== undefined;
 }
 
-function meanKappa(experts: readonly ExpertStats[] | undefined): number {
-  if (!experts?.length) return NaN;
+/** Mean κ of a measurement's units that have one (NaN when none has). */
+function meanKappa(units: readonly Partial<UnitStats>[] | undefined): number {
   let s = 0;
-  for (const x of experts) s += x.kappa;
-  return s / experts.length;
+  let n = 0;
+  for (const x of units ?? []) {
+    if (x.kappa === undefined) continue;
+    s += x.kappa;
+    n++;
+  }
+  return n ? s / n : NaN;
 }
 
 /** Frozen/pruned flags of a measurement, as one comparable string: a change is a mask transition. */
 function maskOf(e: MetricsEvent): string {
-  return e.experts ? e.experts.map((x) => (x.pruned ? 'p' : x.frozen ? 'f' : 't')).join('') : '';
+  return e.units ? e.units.map((x) => (x.pruned ? 'p' : x.frozen ? 'f' : 't')).join('') : '';
 }
 
 /**
@@ -62,7 +76,7 @@ export function thinHistory(events: TrainerEvent[], capacity = HOST_HISTORY_CAPA
       lastMask = mask;
     }
     const others = measured.filter((i) => !transitions.has(i));
-    thinByWidth(others, Math.max(2, measuredBudget - transitions.size), step, (i) => meanKappa((events[i] as MetricsEvent).experts) || (events[i] as MetricsEvent).loss, drop);
+    thinByWidth(others, Math.max(2, measuredBudget - transitions.size), step, (i) => meanKappa((events[i] as MetricsEvent).units) || (events[i] as MetricsEvent).loss, drop);
   }
   if (plain.length > plainBudget) thinByWidth(plain, Math.max(2, plainBudget), step, (i) => (events[i] as MetricsEvent).loss, drop);
   if (!drop.size) return 0;
@@ -70,6 +84,29 @@ export function thinHistory(events: TrainerEvent[], capacity = HOST_HISTORY_CAPA
   for (let r = 0; r < events.length; r++) if (!drop.has(r)) events[w++] = events[r];
   events.length = w;
   return drop.size;
+}
+
+/**
+ * Drops the oldest events other than metrics when `events` holds more than `capacity` of them, down to
+ * 3/4 of it, never one in `keep` (the run's current hello: what the run is). Order is unchanged.
+ * Returns how many were dropped.
+ */
+export function boundOtherEvents(events: TrainerEvent[], capacity: number, keep: ReadonlySet<TrainerEvent>): number {
+  let others = 0;
+  for (const e of events) if (e.type !== 'metrics') others++;
+  if (others <= capacity) return 0;
+  let excess = others - Math.floor((3 * capacity) / 4);
+  let w = 0;
+  for (const e of events) {
+    if (excess > 0 && e.type !== 'metrics' && !keep.has(e)) {
+      excess--;
+      continue;
+    }
+    events[w++] = e;
+  }
+  const dropped = events.length - w;
+  events.length = w;
+  return dropped;
 }
 
 /**

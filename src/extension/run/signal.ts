@@ -1,4 +1,4 @@
-// A minimal typed event, so the run model stays free of the `vscode` module and unit-testable in Node.
+// A minimal typed event, so the run lifecycle stays free of the `vscode` module and unit-testable in Node.
 export type Listener<T> = (value: T) => void;
 
 export class Signal<T> {
@@ -8,6 +8,9 @@ export class Signal<T> {
     this.listeners.add(listener);
     return { dispose: () => this.listeners.delete(listener) };
   }
+
+  /** `on` as a function value, shaped like vscode's `Event<T>` (`signal.event(listener)` subscribes). */
+  readonly event = (listener: Listener<T>): { dispose(): void } => this.on(listener);
 
   fire(value: T): void {
     for (const l of [...this.listeners]) l(value);

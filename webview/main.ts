@@ -1,0 +1,4 @@
+// The metrics panel's script in VS Code: starts the panel (panel.ts) and nothing else.
+import { startPanel } from './panel';
+
+startPanel();
