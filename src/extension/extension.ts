@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { SteeringCommand } from '../protocol';
+import { ALPHA_MAX, ALPHA_MIN, SteeringCommand, alphaProblem, formatNumber, unitLabel } from '../protocol';
 import { ConfigCodeLensProvider, ConfigDiagnostics, CONFIG_SELECTOR, isConfigDocument } from './configEditor';
 import { installGpuBackend } from './gpuBackend';
 import { MetricsPanel } from './panel';
@@ -11,6 +11,8 @@ import { RunManager } from './runManager';
 import { listRunDirs } from './run/runDirectory';
 import { MetricsNode, MetricsTreeProvider } from './sidebar';
 import { RunStatusBar } from './statusBar';
+import { vscodeRunHost } from './vscode/runHost';
+import { askValid, confirm, notify, pickOne } from './vscode/ui';
 
 /** When this module's body started (its imports already loaded): `activationMs` counts from here. */
 const loadedAt = performance.now();
@@ -29,7 +31,7 @@ export interface PlTrainerApi {
 
 export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   const log = vscode.window.createOutputChannel('PL Trainer', { log: true });
-  const runs = new RunManager(context, log);
+  const runs = new RunManager(vscodeRunHost(context.extensionUri, log));
   const diagnostics = new ConfigDiagnostics();
   const tree = new MetricsTreeProvider(runs);
   const lenses = new ConfigCodeLensProvider(runs);
@@ -47,7 +49,7 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
 
   const updateContext = () => {
     const s = runs.current;
-    void vscode.commands.executeCommand('setContext', 'plTrainer.runState', s?.state ?? 'none');
+    void vscode.commands.executeCommand('setContext', 'plTrainer.runState', s ? (s.view.state ?? 'starting') : 'none');
     void vscode.commands.executeCommand('setContext', 'plTrainer.runActive', !!s?.active);
   };
   context.subscriptions.push(runs.onDidChange(updateContext), runs.onDidChangeCurrent(updateContext));
@@ -58,7 +60,7 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   register('plTrainer.start', async (uri?: vscode.Uri) => {
     const target = uri instanceof vscode.Uri ? uri : await pickConfig();
     if (!target) return undefined;
-    const session = await runs.start(target);
+    const session = await runs.start(target.fsPath);
     if (session) MetricsPanel.show(context, runs, true);
     return session?.runDir;
   });
@@ -68,31 +70,37 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   register('plTrainer.setAlpha', async (value?: unknown, runDir?: string) => {
     let alpha = typeof value === 'number' ? value : undefined;
     if (alpha === undefined) {
-      const text = await vscode.window.showInputBox({
-        title: 'Set α (weight of the condition-number regularizer)',
-        value: runs.current?.alpha?.toString() ?? '',
-        validateInput: (t) => (t.trim() !== '' && Number.isFinite(Number(t)) && Number(t) >= 0 ? undefined : 'α must be a finite number ≥ 0'),
-      });
+      // The bounds are setAlpha's own (limits.ts): what this box accepts, the trainer applies.
+      const text = await askValid(
+        'Set α (weight of the condition-number regularizer)',
+        runs.current?.view.alpha?.toString() ?? '',
+        (t) => (t.trim() === '' || !Number.isFinite(Number(t)) ? 'α must be a number' : alphaProblem(Number(t))),
+        `between ${ALPHA_MIN} and ${formatNumber(ALPHA_MAX)}`,
+      );
       if (text === undefined) return undefined;
       alpha = Number(text);
     }
     return steer({ kind: 'setAlpha', alpha }, runDir);
   });
-  const expertCommand = (kind: 'freeze' | 'unfreeze') => async (arg?: unknown, runDir?: string) => {
-    let expert = typeof arg === 'number' ? arg : (arg as Extract<MetricsNode, { kind: 'expert' }> | undefined)?.expert?.id;
-    if (expert === undefined) {
-      const candidates = (runs.current?.experts ?? []).filter((e) => (kind === 'freeze' ? !e.frozen && !e.pruned : e.frozen));
-      const pick = await vscode.window.showQuickPick(
-        candidates.map((e) => ({ label: `${runs.current?.unitName ?? 'expert'} ${e.id}`, description: `κ ${e.kappa.toPrecision(4)}`, id: e.id })),
-        { title: `${kind === 'freeze' ? 'Freeze' : 'Unfreeze'} which ${runs.current?.unitName ?? 'expert'}?` },
+  const unitCommand = (kind: 'freeze' | 'unfreeze') => async (arg?: unknown, runDir?: string) => {
+    let unit = typeof arg === 'number' ? arg : (arg as Extract<MetricsNode, { kind: 'unit' }> | undefined)?.unit?.id;
+    if (unit === undefined) {
+      const v = (typeof runDir === 'string' ? runs.all.find((s) => s.runDir === runDir) : runs.current)?.view;
+      if (!v) {
+        notify('warn', 'No PL training run is active.');
+        return undefined;
+      }
+      const candidates = v.units.filter((e) => (kind === 'freeze' ? !e.frozen && !e.pruned : e.frozen));
+      unit = await pickOne(
+        `${kind === 'freeze' ? 'Freeze' : 'Unfreeze'} which ${v.unitName}?`,
+        candidates.map((e) => ({ label: unitLabel(v.unitName, e.id), description: `κ ${formatNumber(e.kappa)}`, value: e.id })),
       );
-      if (!pick) return undefined;
-      expert = pick.id;
+      if (unit === undefined) return undefined;
     }
-    return steer({ kind, expert }, runDir);
+    return steer({ kind, unit }, runDir);
   };
-  register('plTrainer.freezeExpert', expertCommand('freeze'));
-  register('plTrainer.unfreezeExpert', expertCommand('unfreeze'));
+  register('plTrainer.freezeExpert', unitCommand('freeze'));
+  register('plTrainer.unfreezeExpert', unitCommand('unfreeze'));
   register('plTrainer.showPanel', () => MetricsPanel.show(context, runs));
   register('plTrainer.resumeRun', async (arg?: unknown) => {
     const dir = typeof arg === 'string' ? arg : (arg as { dir?: string } | undefined)?.dir ?? runs.current?.runDir;
@@ -104,12 +112,11 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   register('plTrainer.compareRun', async (arg?: unknown) => {
     let dir = typeof arg === 'string' ? arg : (arg as { dir?: string } | undefined)?.dir;
     if (!dir) {
-      const choices = vscode.workspace.workspaceFolders?.flatMap((f) => listRunDirs(runs.runsRoot(f))).filter((r) => r.dir !== runs.current?.runDir) ?? [];
-      const pick = await vscode.window.showQuickPick(
-        choices.map((r) => ({ label: path.basename(r.dir), description: r.info ? `${r.info.state} · step ${r.info.step}/${r.info.totalSteps}` : '', dir: r.dir })),
-        { title: 'Overlay which run on the charts?' },
+      const choices = vscode.workspace.workspaceFolders?.flatMap((f) => listRunDirs(runs.runsRoot(f.uri.fsPath))).filter((r) => r.dir !== runs.current?.runDir) ?? [];
+      dir = await pickOne(
+        'Overlay which run on the charts?',
+        choices.map((r) => ({ label: path.basename(r.dir), description: r.info ? `${r.info.state} · step ${r.info.step}/${r.info.totalSteps}` : '', value: r.dir })),
       );
-      dir = pick?.dir;
     }
     if (!dir) return undefined;
     const panel = MetricsPanel.show(context, runs);
@@ -122,7 +129,7 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   register('plTrainer.newConfig', async () => {
     const folder = vscode.workspace.workspaceFolders?.[0];
     if (!folder) {
-      void vscode.window.showErrorMessage('Open a folder first: the config and its runs live in the workspace.');
+      notify('error', 'Open a folder first: the config and its runs live in the workspace.');
       return undefined;
     }
     let uri = vscode.Uri.joinPath(folder.uri, 'training.pltrain.json');
@@ -134,10 +141,9 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   register('plTrainer.deleteRun', async (arg?: unknown) => {
     const dir = typeof arg === 'string' ? arg : (arg as { dir?: string } | undefined)?.dir;
     if (!dir) return false;
-    const ok = await vscode.window.showWarningMessage(`Delete run ${path.basename(dir)} and all its recorded data?`, { modal: true }, 'Delete');
-    if (ok !== 'Delete') return false;
+    if (!(await confirm(`Delete run ${path.basename(dir)} and all its recorded data?`, 'Delete'))) return false;
     if (!runs.deleteRun(dir)) {
-      void vscode.window.showErrorMessage('That run is still training; stop it first.');
+      notify('error', 'That run is still training; stop it first.');
       return false;
     }
     tree.refreshSoon();
@@ -161,11 +167,10 @@ async function pickConfig(): Promise<vscode.Uri | undefined> {
   const found = await vscode.workspace.findFiles('**/*.pltrain.json', '**/{node_modules,.pltrain}/**', 50);
   if (found.length === 1) return found[0];
   if (!found.length) {
-    void vscode.window.showErrorMessage('No *.pltrain.json config in this workspace. Create one (see examples/default.pltrain.json).');
+    notify('error', 'No *.pltrain.json config in this workspace. Create one (see examples/default.pltrain.json).');
     return undefined;
   }
-  const pick = await vscode.window.showQuickPick(found.map((u) => ({ label: vscode.workspace.asRelativePath(u), uri: u })), { title: 'Start PL training with which config?' });
-  return pick?.uri;
+  return pickOne('Start PL training with which config?', found.map((u) => ({ label: vscode.workspace.asRelativePath(u), value: u })));
 }
 
 /** The shipped example, pointed at the schema inside the extension so IntelliSense works anywhere. */

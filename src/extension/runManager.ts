@@ -1,37 +1,36 @@
 // Owns the runs the extension knows about: starts trainers, re-attaches to live ones found in run
-// directories (after a reload or a dropped Remote-SSH link), and routes steering commands.
+// directories (after a reload or a dropped Remote-SSH link), resumes ended ones, and routes steering
+// commands. Free of the `vscode` module: what it says to the user goes through RunHost.ui
+// (src/extension/vscode/ supplies it), so the lifecycle is tested in plain Node.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as vscode from 'vscode';
-import { RUN_FILES, SteeringCommand, TERMINAL_STATES, TrainerEvent } from '../protocol';
+import { RUN_FILES, TERMINAL_STATES, describeCommand, type CommandStatus, type SteeringCommand, type TrainerEvent } from '../protocol';
 import { analyzeConfigText, lineOf } from './config/configAnalysis';
-import { LAUNCH_FILE, launchTrainer, makeRunDirName } from './run/launcher';
-import { isLiveRun, listRunDirs, processAlive, readRecordedEvents, readRunInfo, readToken, tailLog } from './run/runDirectory';
-import { RunSession, describeCommand } from './run/runSession';
-import { TrainerConnection } from './run/trainerConnection';
+import { launchTrainer, makeRunDirName, type LaunchedTrainer } from './run/launcher';
 import { LogTail } from './run/logTail';
-import { hasCheckpoint } from '../trainer/checkpoint';
+import type { RunHost } from './run/runHost';
+import { isLiveRun, listRunDirs, processAlive, readRecordedEvents, readRunDirectory, readRunInfo, readToken, tailLog, type RunDirectory } from './run/runDirectory';
+import { RunSession } from './run/runSession';
+import { Signal } from './run/signal';
+import { TrainerConnection } from './run/trainerConnection';
 
-export class RunManager implements vscode.Disposable {
+export class RunManager {
   private readonly sessions = new Map<string, RunSession>();
   private readonly tails = new Map<string, LogTail>();
   /** Runs whose end was already announced (a resumed run can end again). */
   private readonly announcedEnd = new Set<string>();
   private _current: RunSession | undefined;
-  private readonly _onDidChangeCurrent = new vscode.EventEmitter<RunSession | undefined>();
+  private readonly currentChanged = new Signal<RunSession | undefined>();
+  private readonly changed = new Signal<RunSession>();
+  private readonly endAnnounced = new Signal<RunSession>();
   /** The current run changed (another run became current). */
-  readonly onDidChangeCurrent = this._onDidChangeCurrent.event;
-  private readonly _onDidChange = new vscode.EventEmitter<RunSession>();
-  /** Something a view shows changed in some run (state, step, α, experts, connection). */
-  readonly onDidChange = this._onDidChange.event;
-  private readonly _onDidAnnounceEnd = new vscode.EventEmitter<RunSession>();
+  readonly onDidChangeCurrent = this.currentChanged.event;
+  /** Something a view shows changed in some run (state, step, α, units, connection). */
+  readonly onDidChange = this.changed.event;
   /** A run's end (completed, stopped, failed) was announced to the user: once per end. */
-  readonly onDidAnnounceEnd = this._onDidAnnounceEnd.event;
+  readonly onDidAnnounceEnd = this.endAnnounced.event;
 
-  constructor(
-    private readonly context: vscode.ExtensionContext,
-    private readonly log: vscode.LogOutputChannel,
-  ) {}
+  constructor(private readonly host: RunHost) {}
 
   get current(): RunSession | undefined {
     return this._current;
@@ -49,112 +48,85 @@ export class RunManager implements vscode.Disposable {
   setCurrent(s: RunSession | undefined): void {
     if (this._current === s) return;
     this._current = s;
-    this._onDidChangeCurrent.fire(s);
+    this.currentChanged.fire(s);
   }
 
-  runsRoot(folder: vscode.WorkspaceFolder): string {
-    const rel = vscode.workspace.getConfiguration('plTrainer', folder.uri).get<string>('runsDirectory') || '.pltrain/runs';
-    return path.resolve(folder.uri.fsPath, rel);
+  runsRoot(folder: string): string {
+    return this.host.runsRoot(folder);
   }
 
   /** Validates the config, starts a detached trainer and attaches to it. */
-  async start(configUri: vscode.Uri): Promise<RunSession | undefined> {
-    if (!vscode.workspace.isTrusted) {
-      void vscode.window.showErrorMessage('PL Trainer does not start training in an untrusted workspace.');
+  async start(configPath: string): Promise<RunSession | undefined> {
+    const { ui, log } = this.host;
+    if (!this.host.isTrusted()) {
+      ui.notify('error', 'PL Trainer does not start training in an untrusted workspace.');
       return undefined;
     }
-    const doc = await vscode.workspace.openTextDocument(configUri);
-    const analysis = analyzeConfigText(doc.getText(), path.dirname(configUri.fsPath));
+    const text = await this.host.readConfig(configPath);
+    const analysis = analyzeConfigText(text, path.dirname(configPath));
     if (!analysis.config) {
       const first = analysis.problems[0];
-      const line = first ? lineOf(doc.getText(), first.range.start) : 1;
+      const line = first ? lineOf(text, first.range.start) : 1;
       const more = analysis.problems.length > 1 ? ` (and ${analysis.problems.length - 1} more)` : '';
-      const msg = `Cannot start: ${path.basename(configUri.fsPath)} line ${line}: ${first?.message ?? 'invalid config'}${more}`;
-      this.log.error(msg);
-      void vscode.window.showErrorMessage(msg, 'Show config').then((a) => {
-        if (a && first) {
-          const pos = doc.positionAt(first.range.start);
-          void vscode.window.showTextDocument(doc, { selection: new vscode.Range(pos, doc.positionAt(first.range.end)) });
-        }
-      });
+      const msg = `Cannot start: ${path.basename(configPath)} line ${line}: ${first?.message ?? 'invalid config'}${more}`;
+      log.error(msg);
+      ui.notify('error', msg, { actions: first ? [{ title: 'Show config', run: () => ui.reveal(configPath, first.range.start, first.range.end) }] : [] });
       return undefined;
     }
-    const existing = this.activeRunFor(configUri.fsPath);
+    const existing = this.activeRunFor(configPath);
     if (existing) {
       this.setCurrent(existing);
-      void vscode.window.showInformationMessage(`A run of ${path.basename(configUri.fsPath)} is already ${existing.state}.`);
+      ui.notify('info', `A run of ${path.basename(configPath)} is already ${existing.view.state ?? 'starting'}.`);
       return existing;
     }
-    const folder = vscode.workspace.getWorkspaceFolder(configUri) ?? vscode.workspace.workspaceFolders?.[0];
-    const root = folder ? this.runsRoot(folder) : path.join(path.dirname(configUri.fsPath), '.pltrain', 'runs');
+    const folder = this.folderOf(configPath) ?? this.host.workspaceFolders()[0];
+    const root = folder ? this.runsRoot(folder) : path.join(path.dirname(configPath), '.pltrain', 'runs');
     const runDir = path.join(root, makeRunDirName(analysis.config.name));
-    const nodePath = vscode.workspace.getConfiguration('plTrainer').get<string>('nodePath') || process.execPath;
-    const trainerScript = vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'trainer.js').fsPath;
-    this.log.info(`starting trainer: ${nodePath} ${trainerScript} --config ${configUri.fsPath} --run-dir ${runDir}`);
-
-    return vscode.window.withProgress(
-      { location: vscode.ProgressLocation.Notification, title: `PL training: ${analysis.config.name}`, cancellable: true },
-      async (progress, cancel) => {
-        progress.report({ message: 'starting the trainer and loading the TensorFlow.js backend…' });
-        const launched = launchTrainer({ nodePath, trainerScript, configPath: configUri.fsPath, runDir, cwd: path.dirname(configUri.fsPath) });
-        cancel.onCancellationRequested(() => {
-          try {
-            process.kill(launched.pid, 'SIGTERM');
-          } catch {
-            /* already gone */
-          }
-        });
-        let info;
-        try {
-          info = await launched.announced;
-        } catch (e) {
-          const message = (e as Error).message;
-          this.log.error(`trainer failed to start: ${message}`);
-          void vscode.window.showErrorMessage(`PL training failed to start: ${message.split('\n')[0]}`, { detail: message, modal: false }, 'Show log').then((a) => {
-            if (a) this.log.show(true);
-          });
-          return undefined;
-        }
-        progress.report({ message: `backend ${info.backend?.name ?? '?'} ready, connecting…` });
-        const session = this.track(info.runId, runDir, configUri.fsPath);
+    const nodePath = this.host.nodePath();
+    log.info(`starting trainer: ${nodePath} ${this.host.trainerScript} --config ${configPath} --run-dir ${runDir}`);
+    let launched: LaunchedTrainer | undefined;
+    const cancel = () => {
+      try {
+        if (launched) process.kill(launched.pid, 'SIGTERM');
+      } catch {
+        /* already gone */
+      }
+    };
+    return ui.progress(
+      `PL training: ${analysis.config.name}`,
+      async (report) => {
+        report('starting the trainer and loading the TensorFlow.js backend…');
+        launched = launchTrainer({ nodePath, trainerScript: this.host.trainerScript, configPath, runDir, cwd: path.dirname(configPath) });
+        const info = await this.announced(launched, (m) => `PL training failed to start: ${m}`);
+        if (!info) return undefined;
+        report(`backend ${info.backend?.name ?? '?'} ready, connecting…`);
+        const session = this.track(info.runId, runDir, configPath, true);
         this.connect(session, info.port, launched.token, launched.pid);
         this.setCurrent(session);
-        await new Promise<void>((resolve) => {
-          if (session.hello) return resolve();
-          const sub = session.onDidChange.on(() => {
-            if (session.hello || !session.active) {
-              sub.dispose();
-              resolve();
-            }
-          });
-          setTimeout(() => {
-            sub.dispose();
-            resolve();
-          }, 20_000);
-        });
-        this.log.info(`run ${info.runId}: backend ${info.backend?.name} (${info.backend?.gpu ? 'GPU' : 'CPU'}) — ${info.backend?.detail ?? ''}`);
+        await this.helloOrEnd(session, 20_000);
+        log.info(`run ${info.runId}: backend ${info.backend?.name} (${info.backend?.gpu ? 'GPU' : 'CPU'}) — ${info.backend?.detail ?? ''}`);
         return session;
       },
+      cancel,
     );
   }
 
   /** Finds trainers still running in the workspace's run directories and re-attaches to them. */
   reattachAll(): RunSession[] {
     const attached: RunSession[] = [];
-    for (const folder of vscode.workspace.workspaceFolders ?? []) {
-      for (const { dir, info } of listRunDirs(this.runsRoot(folder))) {
-        if (!isLiveRun(info) || this.sessions.has(dir)) continue;
-        const token = readToken(dir);
+    for (const folder of this.host.workspaceFolders()) {
+      for (const run of listRunDirs(this.runsRoot(folder))) {
+        if (!run.alive || !run.info || this.sessions.has(run.dir)) continue;
+        const info = run.info;
+        const token = readToken(run.dir);
         if (!token) {
-          this.log.warn(`run ${info.runId} is alive but its token file is unreadable; not re-attaching`);
+          this.host.log.warn(`run ${info.runId} is alive but its token file is unreadable; not re-attaching`);
           continue;
         }
-        const configPath = this.configPathOf(dir);
-        const session = this.track(info.runId, dir, configPath);
-        session.state = info.state;
-        session.totalSteps = info.totalSteps;
+        const session = this.track(info.runId, run.dir, run.configPath, true);
+        session.applyFact({ type: 'state', state: info.state, step: info.step, totalSteps: info.totalSteps });
         this.connect(session, info.port, token, info.pid);
-        this.log.info(`re-attached to run ${info.runId} (pid ${info.pid}, port ${info.port})`);
+        this.host.log.info(`re-attached to run ${info.runId} (pid ${info.pid}, port ${info.port})`);
         attached.push(session);
       }
     }
@@ -162,58 +134,45 @@ export class RunManager implements vscode.Disposable {
     return attached;
   }
 
-  /** Opens a finished run from its directory (history from metrics.jsonl and commands.jsonl). */
+  /** Opens a finished run from its directory (history from metrics.jsonl, commands.jsonl and events.jsonl). */
   openRecorded(runDir: string): RunSession {
     const known = this.sessions.get(runDir);
     if (known) {
       this.setCurrent(known);
       return known;
     }
-    const info = readRunInfo(runDir);
-    const session = this.track(info?.runId ?? path.basename(runDir), runDir, this.configPathOf(runDir));
-    session.loadFromDisk();
+    const session = this.trackRecorded(readRunDirectory(runDir), true);
     this.setCurrent(session);
     return session;
   }
 
   /**
    * Continues a run that is no longer training (killed, failed, stopped) from its last checkpoint, in
-   * the same run directory and with the same step numbering; the panel keeps the history.
+   * the same run directory and with the same step numbering; the panel keeps the history. The run
+   * directory is read once, here, and what was read is passed on.
    */
   async resumeRun(runDir: string): Promise<RunSession | undefined> {
-    if (isLiveRun(readRunInfo(runDir))) {
-      void vscode.window.showInformationMessage('That run is still training.');
+    const { ui, log } = this.host;
+    const run = readRunDirectory(runDir);
+    if (run.alive) {
+      ui.notify('info', 'That run is still training.');
       return this.sessions.get(runDir);
     }
-    if (!hasCheckpoint(runDir)) {
-      void vscode.window.showErrorMessage(`Run ${path.basename(runDir)} has no checkpoint to resume from.`);
+    if (!run.resumable) {
+      ui.notify('error', `Run ${path.basename(runDir)} has no checkpoint to resume from.`);
       return undefined;
     }
-    const nodePath = vscode.workspace.getConfiguration('plTrainer').get<string>('nodePath') || process.execPath;
-    const trainerScript = vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'trainer.js').fsPath;
-    const launched = launchTrainer({ nodePath, trainerScript, configPath: this.configPathOf(runDir) ?? '', runDir, cwd: runDir, resume: true });
-    let info;
-    try {
-      info = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Resuming ${path.basename(runDir)} from its checkpoint…` }, () => launched.announced);
-    } catch (e) {
-      const message = (e as Error).message;
-      this.log.error(`resume failed: ${message}`);
-      void vscode.window.showErrorMessage(`Could not resume: ${message.split('\n')[0]}`, 'Show log').then((a) => a && this.log.show(true));
-      return undefined;
-    }
-    let session = this.sessions.get(runDir);
-    if (!session) {
-      session = this.track(info.runId, runDir, this.configPathOf(runDir));
-      session.loadFromDisk();
-    } else if (!this.tails.has(runDir)) {
-      this.tails.set(runDir, new LogTail(path.join(runDir, RUN_FILES.log), (lines) => lines.forEach((l) => this.log.info(`[${info.runId} trainer] ${l}`)), false));
-    }
+    const launched = launchTrainer({ nodePath: this.host.nodePath(), trainerScript: this.host.trainerScript, configPath: run.configPath ?? '', runDir, cwd: runDir, resume: true });
+    const info = await ui.progress(`Resuming ${path.basename(runDir)} from its checkpoint…`, () => this.announced(launched, (m) => `Could not resume: ${m}`));
+    if (!info) return undefined;
+    const session = this.sessions.get(runDir) ?? this.trackRecorded(run, false);
+    if (!this.tails.has(runDir)) this.tails.set(runDir, this.tailFrom(runDir, info.runId, false));
     // The session still says how the run ended; it is starting again (and may end again, announced anew).
     session.markResuming();
     this.announcedEnd.delete(runDir);
     this.connect(session, info.port, launched.token, launched.pid);
     this.setCurrent(session);
-    this.log.info(`resumed run ${info.runId} (pid ${info.pid})`);
+    log.info(`resumed run ${info.runId} (pid ${info.pid})`);
     return session;
   }
 
@@ -234,19 +193,18 @@ export class RunManager implements vscode.Disposable {
   }
 
   /** Sends a command to a run (default: the current one) and returns its final status. */
-  async issue(command: SteeringCommand, runDir?: string) {
+  async issue(command: SteeringCommand, runDir?: string): Promise<CommandStatus | undefined> {
+    const { ui } = this.host;
     const s = runDir ? this.sessions.get(runDir) : this._current;
     if (!s) {
-      void vscode.window.showWarningMessage('No PL training run is active.');
+      ui.notify('warn', 'No PL training run is active.');
       return undefined;
     }
     const status = s.issue(command);
     const final = status.status === 'pending' ? await s.waitForCommand(status.id) : status;
-    if (final.status === 'rejected' || final.status === 'failed') {
-      void vscode.window.showWarningMessage(`PL training: ${describeCommand(command)} ${final.status}: ${final.reason ?? ''}`);
-    } else {
-      vscode.window.setStatusBarMessage(`PL training: ${describeCommand(command)} applied at step ${final.step}`, 5000);
-    }
+    const what = describeCommand(command, s.view.unitName);
+    if (final.status === 'rejected' || final.status === 'failed') ui.notify('warn', `PL training: ${what} ${final.status}: ${final.reason ?? ''}`);
+    else ui.flash(`PL training: ${what} applied at step ${final.step}`, 5000);
     return final;
   }
 
@@ -256,33 +214,67 @@ export class RunManager implements vscode.Disposable {
     for (const t of this.tails.values()) t.dispose();
     this.sessions.clear();
     this.tails.clear();
-    this._onDidChange.dispose();
-    this._onDidChangeCurrent.dispose();
-    this._onDidAnnounceEnd.dispose();
+    this.changed.clear();
+    this.currentChanged.clear();
+    this.endAnnounced.clear();
   }
 
-  private configPathOf(runDir: string): string | undefined {
+  private folderOf(file: string): string | undefined {
+    const resolved = path.resolve(file);
+    return this.host.workspaceFolders().find((f) => {
+      const rel = path.relative(f, resolved);
+      return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel);
+    });
+  }
+
+  /** The launched trainer's announcement, or undefined after telling the user why there is none. */
+  private async announced(launched: LaunchedTrainer, headline: (message: string) => string) {
     try {
-      const launch = JSON.parse(fs.readFileSync(path.join(runDir, LAUNCH_FILE), 'utf8')) as { configPath?: unknown };
-      return typeof launch.configPath === 'string' ? launch.configPath : undefined;
-    } catch {
+      return await launched.announced;
+    } catch (e) {
+      const message = (e as Error).message;
+      this.host.log.error(headline(message));
+      this.host.ui.notify('error', headline(message.split('\n')[0]), { detail: message, actions: [{ title: 'Show log', run: () => this.host.log.show() }] });
       return undefined;
     }
   }
 
-  private track(runId: string, runDir: string, configPath: string | undefined): RunSession {
-    const session = new RunSession(runId, runDir, configPath, (m) => this.log.info(`[${runId}] ${m}`));
-    this.sessions.set(runDir, session);
-    if (session.active) {
-      // Mirror the trainer's own output (backend loading, progress lines, stack traces) into the channel.
-      const tail = new LogTail(path.join(runDir, RUN_FILES.log), (lines) => {
-        for (const l of lines) this.log.info(`[${runId} trainer] ${l}`);
+  /** Resolves once the trainer said hello, the run ended, or `timeoutMs` passed. */
+  private helloOrEnd(session: RunSession, timeoutMs: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (session.view.hello) return resolve();
+      const sub = session.onDidChange.on(() => {
+        if (session.view.hello || !session.active) done();
       });
-      this.tails.set(runDir, tail);
-    }
+      const timer = setTimeout(() => done(), timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        sub.dispose();
+        resolve();
+      };
+    });
+  }
+
+  /**
+   * A run known from its directory, its history folded in. An end its run.json records is old news and
+   * is not announced again; a run.json left saying "running" by a trainer that died is announced, once,
+   * when `announceDeath` (opening it), not when it is about to be resumed anyway.
+   */
+  private trackRecorded(run: RunDirectory, announceDeath: boolean): RunSession {
+    const session = this.track(run.info?.runId ?? path.basename(run.dir), run.dir, run.configPath, false);
+    if (!announceDeath || (run.info && TERMINAL_STATES.includes(run.info.state))) this.announcedEnd.add(run.dir);
+    session.loadRecorded(run, readRecordedEvents(run.dir));
+    return session;
+  }
+
+  private track(runId: string, runDir: string, configPath: string | undefined, live: boolean): RunSession {
+    const session = new RunSession(runId, runDir, configPath, { log: (m) => this.host.log.info(`[${runId}] ${m}`) });
+    this.sessions.set(runDir, session);
+    // Mirror the trainer's own output (backend loading, progress lines, stack traces) into the channel.
+    if (live) this.tails.set(runDir, this.tailFrom(runDir, runId, true));
     session.onDidChange.on(() => {
-      this._onDidChange.fire(session);
-      if (!this.announcedEnd.has(runDir) && TERMINAL_STATES.includes(session.state)) {
+      this.changed.fire(session);
+      if (!this.announcedEnd.has(runDir) && !session.active) {
         this.announcedEnd.add(runDir);
         this.tails.get(runDir)?.dispose();
         this.tails.delete(runDir);
@@ -292,13 +284,17 @@ export class RunManager implements vscode.Disposable {
     return session;
   }
 
+  private tailFrom(runDir: string, runId: string, fromStart: boolean): LogTail {
+    return new LogTail(path.join(runDir, RUN_FILES.log), (lines) => lines.forEach((l) => this.host.log.info(`[${runId} trainer] ${l}`)), fromStart);
+  }
+
   private connect(session: RunSession, port: number, token: string, pid: number): void {
     const connection = new TrainerConnection({
       port,
       token,
       lastSeq: () => session.seq,
       shouldReconnect: () => session.active && processAlive(pid),
-      log: (m) => this.log.debug(`[${session.runId}] ${m}`),
+      log: (m) => this.host.log.debug(`[${session.runId}] ${m}`),
     });
     connection.onConnectedChange.on((up) => {
       if (up || !session.active) return;
@@ -306,8 +302,8 @@ export class RunManager implements vscode.Disposable {
       setTimeout(() => {
         if (session.active && !processAlive(pid)) {
           const info = readRunInfo(session.runDir);
-          const ended = info && TERMINAL_STATES.includes(info.state);
-          session.markEnded(ended ? info.state : 'failed', info?.reason ?? 'the trainer process exited unexpectedly (killed, out of memory, or crashed); its data and last checkpoint are kept');
+          const ended = info && TERMINAL_STATES.includes(info.state) ? (info.state as 'completed' | 'stopped' | 'failed') : undefined;
+          session.markEnded(ended ?? 'failed', info?.reason ?? 'the trainer process exited unexpectedly (killed, out of memory, or crashed); its data and last checkpoint are kept');
         }
       }, 500);
     });
@@ -315,17 +311,17 @@ export class RunManager implements vscode.Disposable {
   }
 
   private announceEnd(session: RunSession): void {
-    this._onDidAnnounceEnd.fire(session);
-    const what = `PL training ${session.runId} ${session.state} at step ${session.step}`;
-    if (session.state === 'failed') {
+    const { ui, log } = this.host;
+    this.endAnnounced.fire(session);
+    const v = session.view;
+    const what = `PL training ${session.runId} ${v.state} at step ${v.step}`;
+    if (v.state === 'failed') {
       const tail = tailLog(session.runDir, 10);
-      this.log.error(`${what}: ${session.stateReason ?? ''}\n${tail}`);
-      void vscode.window.showErrorMessage(`${what}: ${session.stateReason ?? 'unknown cause'}`, { detail: tail }, 'Show log').then((a) => {
-        if (a) this.log.show(true);
-      });
+      log.error(`${what}: ${v.stateReason ?? ''}\n${tail}`);
+      ui.notify('error', `${what}: ${v.stateReason ?? 'unknown cause'}`, { detail: tail, actions: [{ title: 'Show log', run: () => log.show() }] });
     } else {
-      this.log.info(`${what}${session.stateReason ? ` (${session.stateReason})` : ''}`);
-      void vscode.window.showInformationMessage(`${what}.`);
+      log.info(`${what}${v.stateReason ? ` (${v.stateReason})` : ''}`);
+      ui.notify('info', `${what}.`);
     }
   }
 }

@@ -5,12 +5,8 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { RUN_FILES, RunInfo, TOKEN_ENV } from '../../protocol';
-import { readRunInfo, tailLog } from './runDirectory';
-import { runStamp, safeRunName } from '../../trainer/runDir';
-
-/** Written by the extension (not the trainer) into the run directory. */
-export const LAUNCH_FILE = 'launch.json';
+import { RUN_FILES, RunInfo, TOKEN_ENV, runStamp, safeRunName } from '../../protocol';
+import { LAUNCH_FILE, readRunInfo, tailLog } from './runDirectory';
 
 export interface LaunchOptions {
   /** Node executable; VS Code's own runtime works when ELECTRON_RUN_AS_NODE is set. */

@@ -1,14 +1,50 @@
 // Reading a run directory written by the trainer: announcement (run.json), token, and history on disk.
-// Used to re-attach after a window reload and to show finished runs.
+// Used to re-attach after a window reload, to resume, and to show finished runs. Records of a
+// protocol-1 run are upgraded on read (upgradeRecord), so old runs open like new ones.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { AckEvent, MetricsEvent, RUN_FILES, RunInfo, RunInfoSchema, TERMINAL_STATES, TrainerEvent, TrainerEventSchema } from '../../protocol';
+import { AckEvent, MetricsEvent, RUN_FILES, RunInfo, RunInfoSchema, TERMINAL_STATES, TrainerEvent, TrainerEventSchema, upgradeRecord } from '../../protocol';
 import { forEachLine } from '../../protocol/jsonlFile';
+import { hasCheckpoint } from '../../protocol/runDirectory';
+
+/** Written by the extension (not the trainer) into the run directory: which config started the run. */
+export const LAUNCH_FILE = 'launch.json';
+
+/**
+ * A run directory as read once: its announcement, whether its trainer was alive at that moment, the
+ * config file that started it and whether it can be resumed. The resume, re-attach and open paths
+ * pass this on instead of reading the directory again.
+ */
+export interface RunDirectory {
+  dir: string;
+  /** run.json, when present and valid. */
+  info: RunInfo | undefined;
+  /** Its trainer was alive and had announced a port when the directory was read (isLiveRun). */
+  alive: boolean;
+  /** The config file that started it (launch.json), for code lenses and resumes. */
+  configPath: string | undefined;
+  /** It holds a complete checkpoint. */
+  resumable: boolean;
+}
+
+export function readRunDirectory(dir: string): RunDirectory {
+  const info = readRunInfo(dir);
+  return { dir, info, alive: isLiveRun(info), configPath: readLaunchConfigPath(dir), resumable: hasCheckpoint(dir) };
+}
 
 export function readRunInfo(runDir: string): RunInfo | undefined {
   try {
-    const r = RunInfoSchema.safeParse(JSON.parse(fs.readFileSync(path.join(runDir, RUN_FILES.runInfo), 'utf8')));
+    const r = RunInfoSchema.safeParse(upgradeRecord(JSON.parse(fs.readFileSync(path.join(runDir, RUN_FILES.runInfo), 'utf8'))));
     return r.success ? r.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function readLaunchConfigPath(runDir: string): string | undefined {
+  try {
+    const launch = JSON.parse(fs.readFileSync(path.join(runDir, LAUNCH_FILE), 'utf8')) as { configPath?: unknown };
+    return typeof launch.configPath === 'string' ? launch.configPath : undefined;
   } catch {
     return undefined;
   }
@@ -56,10 +92,10 @@ export function readJsonl<T>(file: string, parse: (v: unknown) => T | undefined)
   return out;
 }
 
-/** A run's whole recorded history (metrics, acks, and hello/state/log events), in seq order. */
+/** A run's whole recorded history (metrics, acks, and hello/state/log events), in seq order, in protocol 2. */
 export function readRecordedEvents(runDir: string): TrainerEvent[] {
   const parse = (v: unknown) => {
-    const r = TrainerEventSchema.safeParse(v);
+    const r = TrainerEventSchema.safeParse(upgradeRecord(v));
     return r.success ? r.data : undefined;
   };
   return [RUN_FILES.metrics, RUN_FILES.commands, RUN_FILES.events]
@@ -72,8 +108,8 @@ export function readRecordedHistory(runDir: string): { metrics: MetricsEvent[]; 
   return { metrics: events.filter((e): e is MetricsEvent => e.type === 'metrics'), acks: events.filter((e): e is AckEvent => e.type === 'ack') };
 }
 
-/** Run directories under `root`, newest first (by run.json startedAt, else mtime). */
-export function listRunDirs(root: string): { dir: string; info?: RunInfo }[] {
+/** Run directories under `root`, newest first (by run.json startedAt, else mtime), each read once. */
+export function listRunDirs(root: string): RunDirectory[] {
   let names: string[];
   try {
     names = fs.readdirSync(root);
@@ -89,9 +125,9 @@ export function listRunDirs(root: string): { dir: string; info?: RunInfo }[] {
         return false;
       }
     })
-    .map((dir) => ({ dir, info: readRunInfo(dir), mtime: fs.statSync(dir).mtimeMs }));
-  runs.sort((a, b) => (b.info?.startedAt ?? b.mtime) - (a.info?.startedAt ?? a.mtime));
-  return runs.map(({ dir, info }) => ({ dir, info }));
+    .map((dir) => ({ run: readRunDirectory(dir), mtime: fs.statSync(dir).mtimeMs }));
+  runs.sort((a, b) => (b.run.info?.startedAt ?? b.mtime) - (a.run.info?.startedAt ?? a.mtime));
+  return runs.map(({ run }) => run);
 }
 
 /** Last `maxLines` lines of the trainer's log, for error messages. */

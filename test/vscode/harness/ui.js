@@ -130,6 +130,13 @@ const TITLE = 'PL Training: Start PL training';
     await freezeEntry.getByText(/applied at step \d+/).waitFor({ timeout: 30000 });
     await panel2.locator('[data-testid="frozen-1"]').getByText('yes').waitFor({ timeout: 10000 });
     check('freezing expert 1 from the panel shows it frozen once acknowledged', true, (await freezeEntry.locator('.command-status').textContent()).trim());
+    // The palette's Freeze prompt names the unit as the run's hello does, and offers only the trainable ones.
+    check('"PL Training: Freeze unit…" is in the command palette', await runCommand('PL Training: Freeze unit…'));
+    const prompt = page.locator('.quick-input-widget .quick-input-title');
+    await prompt.getByText('Freeze which expert?').waitFor({ timeout: 10000 });
+    const offered = (await page.locator('.quick-input-list .monaco-list-row .label-name').allTextContents()).map((t) => t.trim());
+    check('the Freeze prompt asks for an expert and lists the trainable ones', offered.join(',') === 'expert 0,expert 2,expert 3', offered.join(', '));
+    await page.keyboard.press('Escape');
     await panel2.locator('[data-testid="btn-stop"]:not([disabled])').click();
     await panel2.locator('[data-testid="run-state"]').getByText(/stopped/i).waitFor({ timeout: 30000 });
     check('stop ends the run', true);
@@ -157,8 +164,8 @@ const TITLE = 'PL Training: Start PL training';
     const recorded = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
     check('the exported loss series equals metrics.jsonl, step for step', same(exported.series.loss, recorded.map((m) => [m.step, m.loss])), `${recorded.length} steps`);
-    const kappa0 = recorded.filter((m) => m.experts).map((m) => [m.step, m.experts[0].kappa]);
-    check('the exported κ of expert 0 equals metrics.jsonl', same(exported.experts['0'].kappa, kappa0), `${kappa0.length} measurements`);
+    const kappa0 = recorded.filter((m) => m.units).map((m) => [m.step, m.units[0].kappa]);
+    check('the exported κ of expert 0 equals metrics.jsonl', same(exported.units['0'].kappa, kappa0), `${kappa0.length} measurements`);
   } catch (e) {
     failed = true;
     console.error(`UI test failed: ${e.message.split('\n')[0]}`);

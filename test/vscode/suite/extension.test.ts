@@ -7,7 +7,8 @@ import * as vscode from 'vscode';
 import type { PlTrainerApi } from '../../../src/extension/extension';
 import { RunManager } from '../../../src/extension/runManager';
 import type { RunSession } from '../../../src/extension/run/runSession';
-import type { MetricsEvent } from '../../../src/protocol';
+import { vscodeRunHost } from '../../../src/extension/vscode/runHost';
+import { formatNumber, type MetricsEvent } from '../../../src/protocol';
 import { until } from '../../support/until';
 
 const EXTENSION_ID = 'pl-trainer.pl-trainer';
@@ -93,10 +94,10 @@ describe('PL Trainer in a real VS Code', function () {
     });
 
     it('reports the backend and streams per-expert κ', async () => {
-      await until('hello', () => session.hello);
-      assert.ok(['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'].includes(session.backend!.name));
-      const withExperts = await until('a κ measurement', () => metricsOf(session).find((m) => m.experts?.length === 3));
-      for (const e of withExperts.experts!) {
+      await until('hello', () => session.view.hello);
+      assert.ok(['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'].includes(session.view.backend!.name));
+      const withExperts = await until('a κ measurement', () => metricsOf(session).find((m) => m.units?.length === 3));
+      for (const e of withExperts.units!) {
         assert.ok(Number.isFinite(e.kappa) && e.kappa >= 1, `κ ≥ 1, got ${e.kappa}`);
         assert.ok(e.lf >= e.mu, 'L_f ≥ μ');
       }
@@ -107,7 +108,7 @@ describe('PL Trainer in a real VS Code', function () {
     it('pauses at a step boundary and acknowledges that step', async () => {
       const status = await vscode.commands.executeCommand<{ status: string; step: number }>('plTrainer.pause', session.runDir);
       assert.equal(status.status, 'applied');
-      await until('paused state', () => session.state === 'paused');
+      await until('paused state', () => session.view.state === 'paused');
       await new Promise((r) => setTimeout(r, 1000));
       const last = metricsOf(session).at(-1)!;
       assert.ok(last.step <= status.step, `no step after ${status.step} while paused (saw ${last.step})`);
@@ -120,7 +121,7 @@ describe('PL Trainer in a real VS Code', function () {
       assert.ok(titles.includes('■ Stop'));
       assert.ok(titles.some((t) => t.startsWith('α = 0.01')), titles.join(' | '));
       // Above the experts block: one lens per expert with its live κ and the freeze action.
-      const expertLenses = list.filter((l) => /^#\d κ [\d.e+]+ · freeze$/.test(l.command?.title ?? ''));
+      const expertLenses = list.filter((l) => /^expert \d κ [\d.e+]+ · freeze$/.test(l.command?.title ?? ''));
       assert.equal(expertLenses.length, 3, titles.join(' | '));
       assert.deepEqual(expertLenses.map((l) => l.command!.arguments![0]), [0, 1, 2]);
       assert.equal(expertLenses[0].command!.command, 'plTrainer.freezeExpert');
@@ -147,9 +148,9 @@ describe('PL Trainer in a real VS Code', function () {
     it('freezes and unfreezes an expert, acknowledged with the step', async () => {
       const frozen = await vscode.commands.executeCommand<{ status: string; step: number }>('plTrainer.freezeExpert', 1, session.runDir);
       assert.equal(frozen.status, 'applied');
-      const m = await until('a measurement after the freeze', () => metricsOf(session).find((x) => x.step > frozen.step && x.experts));
-      assert.equal(m.experts![1].frozen, true);
-      assert.equal(m.experts![0].frozen, false);
+      const m = await until('a measurement after the freeze', () => metricsOf(session).find((x) => x.step > frozen.step && x.units));
+      assert.equal(m.units![1].frozen, true);
+      assert.equal(m.units![0].frozen, false);
       const un = await vscode.commands.executeCommand<{ status: string }>('plTrainer.unfreezeExpert', 1, session.runDir);
       assert.equal(un.status, 'applied');
     });
@@ -164,18 +165,27 @@ describe('PL Trainer in a real VS Code', function () {
         return sidebar.getTreeItem(node);
       };
       assert.match(String(item(`Run ${session.runId}`).description), /running|paused/);
-      assert.match(String(item('Backend').description), /^(wasm|cpu|tensorflow|tensorflow-gpu) \((CPU|GPU)\)$/);
+      assert.match(String(item('Backend').description), /^(wasm|cpu|tensorflow|tensorflow-gpu) · (CPU|GPU)$/);
       assert.equal(item('α').description, '0.25');
-      const expertsNode = root.find((n) => n.kind === 'experts')!;
+      assert.match(String(item('Loss').description), /^[\d.e+-]+ \(task [\d.e+-]+, accuracy [\d.]+%\)$/);
+      const expertsNode = root.find((n) => n.kind === 'units')!;
+      const group = sidebar.getTreeItem(expertsNode);
+      assert.equal(group.label, 'Experts');
+      // The same κ̄ as the panel's regularizer line: the trainer's mean over trainable units, not the sidebar's own.
+      assert.match(String(group.description), /^κ̄ [\d.e+]+ \(regularizer\)$/);
       const rows = sidebar.getChildren(expertsNode);
       assert.equal(rows.length, 3);
       const row2 = sidebar.getTreeItem(rows[2]);
+      assert.equal(row2.label, 'expert 2');
       assert.match(String(row2.description), /^κ [\d.e+]+ · μ [\d.e+-]+ · L [\d.e+]+$/);
-      assert.equal(row2.contextValue, 'expert.trainable', 'offers the inline freeze action');
+      assert.equal(row2.contextValue, 'unit.trainable', 'offers the inline freeze action');
       // The inline action passes the tree node itself.
       const status = await vscode.commands.executeCommand<{ status: string; step: number }>('plTrainer.freezeExpert', rows[2]);
       assert.equal(status.status, 'applied');
-      await until('the frozen flag in the tree', () => sidebar.getTreeItem(sidebar.getChildren(expertsNode)[2]).contextValue === 'expert.frozen', 10_000);
+      await until('the frozen flag in the tree', () => sidebar.getTreeItem(sidebar.getChildren(expertsNode)[2]).contextValue === 'unit.frozen', 10_000);
+      // κ̄ leaves the frozen expert out, as the regularizer does: the sidebar shows the trainer's number.
+      await until('κ̄ after the freeze', () => session.view.latestMetrics!.step > status.step + 5);
+      assert.equal(sidebar.getTreeItem(expertsNode).description, `κ̄ ${formatNumber(session.view.latestMetrics!.regularizer)} (regularizer)`);
       const back = await vscode.commands.executeCommand<{ status: string }>('plTrainer.unfreezeExpert', sidebar.getChildren(expertsNode)[2]);
       assert.equal(back.status, 'applied');
     });
@@ -184,7 +194,7 @@ describe('PL Trainer in a real VS Code', function () {
       // A second manager stands in for the extension after a window reload.
       const ext = vscode.extensions.getExtension(EXTENSION_ID)!;
       const log = vscode.window.createOutputChannel('PL Trainer (re-attach test)', { log: true });
-      const fresh = new RunManager({ extensionUri: ext.extensionUri } as vscode.ExtensionContext, log);
+      const fresh = new RunManager(vscodeRunHost(ext.extensionUri, log));
       try {
         const [again] = fresh.reattachAll().filter((s) => s.runDir === session.runDir);
         assert.ok(again, 'found the live run');
@@ -193,7 +203,7 @@ describe('PL Trainer in a real VS Code', function () {
         const seqs = again.events.map((e) => e.seq);
         assert.deepEqual(seqs, seqs.map((_, i) => i), 'seq 0…n with no gap or duplicate');
         assert.deepEqual(again.events.slice(0, session.events.length).map((e) => JSON.stringify(e)), session.events.slice(0, again.events.length).map((e) => JSON.stringify(e)));
-        assert.equal(again.hello?.runId, session.runId);
+        assert.equal(again.view.hello?.runId, session.runId);
       } finally {
         fresh.dispose();
         log.dispose();
@@ -203,8 +213,8 @@ describe('PL Trainer in a real VS Code', function () {
     it('stops: acknowledged, state stopped, the process exits', async () => {
       const status = await vscode.commands.executeCommand<{ status: string }>('plTrainer.stop', session.runDir);
       assert.equal(status.status, 'applied');
-      await until('stopped state', () => session.state === 'stopped');
-      const pid = session.hello!.pid;
+      await until('stopped state', () => session.view.state === 'stopped');
+      const pid = session.view.hello!.pid;
       await until('process exit', () => {
         try {
           process.kill(pid, 0);
@@ -219,6 +229,32 @@ describe('PL Trainer in a real VS Code', function () {
   });
 });
 
+describe('units named by family', function () {
+  this.timeout(120_000);
+
+  it('a BERT run says "head" in the sidebar, the code lenses and the trainer\'s refusals', async () => {
+    const { runs, sidebar } = await api();
+    const uri = writeConfig('heads.pltrain.json', { name: 'heads', steps: 100000, batchSize: 8, model: { family: 'bert-encoder', experts: 2, dModel: 8, layers: 1, hiddenUnits: 8 }, monitor: { every: 2, probeSize: 4 } });
+    const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
+    const session = runs.all.find((s) => s.runDir === runDir)!;
+    try {
+      await until('a measurement', () => session.view.lastMonitorStep);
+      assert.equal(session.view.hello?.unitName, 'head');
+      assert.equal(runs.current, session);
+      const group = sidebar.getChildren().find((n) => n.kind === 'units')!;
+      assert.equal(sidebar.getTreeItem(group).label, 'Heads');
+      assert.deepEqual(sidebar.getChildren(group).map((n) => sidebar.getTreeItem(n).label), ['head 0', 'head 1']);
+      await vscode.workspace.openTextDocument(uri);
+      const titles = (await vscode.commands.executeCommand<vscode.CodeLens[]>('vscode.executeCodeLensProvider', uri)).map((l) => l.command?.title ?? '');
+      assert.equal(titles.filter((t) => /^head [01] κ [\d.e+]+ · freeze$/.test(t)).length, 2, titles.join(' | '));
+      const refused = await vscode.commands.executeCommand<{ status: string; reason?: string }>('plTrainer.freezeExpert', 7, runDir);
+      assert.deepEqual([refused.status, refused.reason], ['rejected', 'head 7 does not exist (the model has 2: 0…1)']);
+    } finally {
+      await vscode.commands.executeCommand('plTrainer.stop', runDir);
+    }
+  });
+});
+
 describe('a unit at the damping floor', function () {
   this.timeout(120_000);
 
@@ -228,9 +264,9 @@ describe('a unit at the damping floor', function () {
     const uri = writeConfig('floor.pltrain.json', { name: 'floor', steps: 20, alpha: 0.01, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4, damping: 0.5 } });
     const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
     const session = runs.all.find((s) => s.runDir === runDir)!;
-    await until('a measurement', () => session.experts.length === 2 && session.experts.some((e) => e.kappa >= 2 * (1 - 1e-9)));
+    await until('a measurement', () => session.view.units.length === 2 && session.view.units.some((e) => (e.kappa ?? 0) >= 2 * (1 - 1e-9)));
     assert.equal(runs.current, session);
-    const expertsNode = sidebar.getChildren().find((n) => n.kind === 'experts')!;
+    const expertsNode = sidebar.getChildren().find((n) => n.kind === 'units')!;
     const rows = sidebar.getChildren(expertsNode).map((n) => sidebar.getTreeItem(n));
     const floor = rows.filter((r) => /at the damping floor/.test(String(r.description)));
     assert.ok(floor.length >= 1, `rows: ${rows.map((r) => r.description).join(' | ')}`);
@@ -266,14 +302,14 @@ describe('starter config and run housekeeping', function () {
     const uri = writeConfig('del.pltrain.json', { name: 'del', steps: 100000, model: { experts: 2, hiddenUnits: 8 } });
     const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
     const session = runs.all.find((s) => s.runDir === runDir)!;
-    await until('running', () => session.step > 3);
+    await until('running', () => session.view.step > 3);
     assert.equal(runs.deleteRun(runDir), false, 'refused while training');
     assert.ok(fs.existsSync(runDir));
     await vscode.commands.executeCommand('plTrainer.stop', runDir);
-    await until('stopped', () => session.state === 'stopped');
+    await until('stopped', () => session.view.state === 'stopped');
     await until('exit', () => {
       try {
-        process.kill(session.hello!.pid, 0);
+        process.kill(session.view.hello!.pid, 0);
         return false;
       } catch {
         return true;
@@ -292,8 +328,8 @@ describe('a trainer that dies', function () {
     const uri = writeConfig('gpu.pltrain.json', { name: 'gpu', steps: 50, backend: 'tensorflow-gpu' });
     const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
     const session = runs.all.find((s) => s.runDir === runDir)!;
-    await until('failed state', () => session.state === 'failed', 30_000);
-    assert.match(session.stateReason ?? '', /backend "tensorflow-gpu" could not be loaded/);
+    await until('failed state', () => session.view.state === 'failed', 30_000);
+    assert.match(session.view.stateReason ?? '', /backend "tensorflow-gpu" could not be loaded/);
     assert.match(fs.readFileSync(path.join(runDir, 'trainer.log'), 'utf8'), /could not be loaded/);
   });
 
@@ -308,8 +344,8 @@ describe('a trainer that dies', function () {
       delete process.env.PLTRAIN_TEST_NAN_AT_STEP;
     }
     const session = runs.all.find((s) => s.runDir === runDir)!;
-    await until('failed state', () => session.state === 'failed', 30_000);
-    assert.match(session.stateReason ?? '', /loss became NaN or infinite at step 12/);
+    await until('failed state', () => session.view.state === 'failed', 30_000);
+    assert.match(session.view.stateReason ?? '', /loss became NaN or infinite at step 12/);
     assert.equal(metricsOf(session).at(-1)!.step, 11, 'steps 1–11 recorded, the bad step not');
     assert.equal(fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').length, 11);
 
@@ -333,20 +369,20 @@ describe('a trainer that dies', function () {
     const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
     const session = runs.all.find((s) => s.runDir === runDir)!;
     const announced: string[] = [];
-    const announcements = runs.onDidAnnounceEnd((s) => s.runDir === runDir && announced.push(s.state));
-    await until('25 steps', () => session.step >= 25);
-    const pid = session.hello!.pid;
+    const announcements = runs.onDidAnnounceEnd((s) => s.runDir === runDir && announced.push(s.view.state!));
+    await until('25 steps', () => session.view.step >= 25);
+    const pid = session.view.hello!.pid;
     process.kill(pid, 'SIGKILL');
-    await until('failed state', () => session.state === 'failed', 15_000);
-    assert.match(session.stateReason ?? '', /exited unexpectedly/);
+    await until('failed state', () => session.view.state === 'failed', 15_000);
+    assert.match(session.view.stateReason ?? '', /exited unexpectedly/);
     const recorded = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').length;
     assert.ok(recorded >= 25, 'the recorded metrics are kept');
 
     const resumed = await vscode.commands.executeCommand<string>('plTrainer.resumeRun', runDir);
     assert.equal(resumed, runDir);
-    const hello = await until('resumed hello', () => (session.hello?.resumedFromStep !== undefined && session.hello.pid !== pid ? session.hello : undefined));
-    assert.equal(session.state, 'running');
-    await until('steps after the resume', () => session.step > hello.resumedFromStep! + 5);
+    const hello = await until('resumed hello', () => (session.view.hello?.resumedFromStep !== undefined && session.view.hello.pid !== pid ? session.view.hello : undefined));
+    assert.equal(session.view.state, 'running');
+    await until('steps after the resume', () => session.view.step > hello.resumedFromStep! + 5);
     const steps = metricsOf(session).map((m) => m.step);
     assert.deepEqual(steps, steps.map((_, i) => i + 1), 'one record per step in the host, no gap, no duplicate');
     const stopped = await vscode.commands.executeCommand<{ status: string }>('plTrainer.stop', runDir);

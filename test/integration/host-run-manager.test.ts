@@ -1,0 +1,108 @@
+// The run lifecycle (RunManager) in plain Node, against the real trainer: it no longer needs the
+// `vscode` module, so what it tells the user is read from a recording RunHost instead of a screen.
+// Start, steer, a kill -9 announced once, resume from the checkpoint with the same step numbering,
+// the stop announced once; the refusals of resume; a protocol-1 run opened from its directory.
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after, test } from 'node:test';
+import { RunManager } from '../../src/extension/runManager';
+import type { RunHost } from '../../src/extension/run/runHost';
+import { processAlive } from '../../src/extension/run/runDirectory';
+import type { MetricsEvent } from '../../src/protocol';
+import { until } from '../support/until';
+
+const root = path.resolve(__dirname, '..', '..');
+const workspace = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-manager-'));
+const notices: { level: string; message: string; detail?: string; actions: string[] }[] = [];
+const host: RunHost = {
+  trainerScript: path.join(root, 'dist', 'trainer.js'),
+  nodePath: () => process.execPath,
+  workspaceFolders: () => [workspace],
+  runsRoot: (folder) => path.join(folder, '.pltrain', 'runs'),
+  isTrusted: () => true,
+  readConfig: async (file) => fs.readFileSync(file, 'utf8'),
+  ui: {
+    notify: (level, message, options) => notices.push({ level, message, detail: options?.detail, actions: (options?.actions ?? []).map((a) => a.title) }),
+    flash: () => undefined,
+    progress: (_title, work) => work(() => undefined),
+    reveal: () => undefined,
+  },
+  log: { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined, show: () => undefined },
+};
+const runs = new RunManager(host);
+const pids: number[] = [];
+const metricsOf = (events: readonly { type: string }[]) => events.filter((e): e is MetricsEvent => e.type === 'metrics');
+
+after(() => {
+  runs.dispose();
+  for (const pid of pids) if (processAlive(pid)) process.kill(pid, 'SIGKILL');
+});
+
+test('start, a kill -9 announced once, resume with the same step numbering, the stop announced once', async () => {
+  assert.ok(fs.existsSync(host.trainerScript), 'run `npm run build` first');
+  const config = path.join(workspace, 'crash.pltrain.json');
+  fs.writeFileSync(config, JSON.stringify({ name: 'crash', steps: 100000, batchSize: 16, checkpointEvery: 10, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4 } }));
+  const announced: string[] = [];
+  runs.onDidAnnounceEnd((s) => announced.push(`${s.view.state}`));
+  const session = (await runs.start(config))!;
+  assert.ok(session, 'started');
+  assert.equal(runs.current, session);
+  assert.equal(session.view.hello?.unitName, 'expert', 'start waits for the hello');
+  pids.push(session.view.hello!.pid);
+  const alpha = await runs.issue({ kind: 'setAlpha', alpha: 0.2 });
+  assert.equal(alpha?.status, 'applied');
+  await until('25 steps', () => session.view.step >= 25);
+  process.kill(session.view.hello!.pid, 'SIGKILL');
+  await until('failed', () => session.view.state === 'failed', 15_000);
+  assert.deepEqual(announced, ['failed']);
+  const failure = notices.find((n) => n.level === 'error' && /crash.* failed at step/.test(n.message));
+  assert.ok(failure, JSON.stringify(notices));
+  assert.deepEqual(failure.actions, ['Show log']);
+
+  // A resume while it still trains is refused; this one is not training any more.
+  const resumed = await runs.resumeRun(session.runDir);
+  assert.equal(resumed, session, 'the same session continues');
+  const hello = await until('the resumed hello', () => (session.view.hello?.resumedFromStep !== undefined ? session.view.hello : undefined), 60_000);
+  pids.push(hello.pid);
+  assert.equal(session.view.alpha, 0.2, 'α restored from the checkpoint');
+  await until('steps after the resume', () => session.view.step > hello.resumedFromStep! + 5);
+  const steps = metricsOf(session.events).map((m) => m.step);
+  assert.deepEqual(steps, steps.map((_, i) => i + 1), 'one record per step in the host, no gap, no duplicate');
+  notices.length = 0;
+  assert.equal(await runs.resumeRun(session.runDir), session);
+  assert.deepEqual(notices.map((n) => n.message), ['That run is still training.']);
+  const stopped = await runs.issue({ kind: 'stop' });
+  assert.equal(stopped?.status, 'applied');
+  await until('the stop announced', () => announced.length === 2, 15_000);
+  assert.deepEqual(announced, ['failed', 'stopped'], 'the old failure is not announced again');
+});
+
+test('resume refuses a run without a checkpoint, naming it; opening a protocol-1 run that died announces it once, as failed', async () => {
+  const empty = path.join(workspace, '.pltrain', 'runs', 'no-checkpoint');
+  fs.mkdirSync(empty, { recursive: true });
+  notices.length = 0;
+  assert.equal(await runs.resumeRun(empty), undefined);
+  assert.deepEqual(notices.map((n) => [n.level, n.message]), [['error', 'Run no-checkpoint has no checkpoint to resume from.']]);
+
+  // A recorded run whose run.json says "running" for a pid that is certainly not a trainer now.
+  const killed = path.join(workspace, '.pltrain', 'runs', 'killed');
+  fs.cpSync(path.join(root, 'test', 'fixtures', 'v1-runs', 'killed'), killed, { recursive: true });
+  const info = JSON.parse(fs.readFileSync(path.join(killed, 'run.json'), 'utf8'));
+  const { spawnSync } = await import('node:child_process');
+  fs.writeFileSync(path.join(killed, 'run.json'), JSON.stringify({ ...info, pid: spawnSync(process.execPath, ['-e', '0']).pid }));
+  notices.length = 0;
+  const opened = runs.openRecorded(killed);
+  assert.equal(runs.current, opened);
+  assert.equal(opened.view.state, 'failed');
+  assert.equal(opened.view.unitName, 'expert');
+  assert.deepEqual(notices.map((n) => n.level), ['error']);
+  assert.match(notices[0].message, /^PL training killed failed at step 13: the trainer process exited unexpectedly$/);
+  // A finished run's recorded end is old news: opening it says nothing.
+  notices.length = 0;
+  const stopped = path.join(workspace, '.pltrain', 'runs', 'moe');
+  fs.cpSync(path.join(root, 'test', 'fixtures', 'v1-runs', 'moe'), stopped, { recursive: true });
+  assert.equal(runs.openRecorded(stopped).view.state, 'stopped');
+  assert.deepEqual(notices, []);
+});
