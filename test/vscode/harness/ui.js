@@ -132,10 +132,19 @@ const TITLE = 'PL Training: Start PL training';
     check('freezing expert 1 from the panel shows it frozen once acknowledged', true, (await freezeEntry.locator('.command-status').textContent()).trim());
     // The palette's Freeze prompt names the unit as the run's hello does, and offers only the trainable ones.
     check('"PL Training: Freeze unit…" is in the command palette', await runCommand('PL Training: Freeze unit…'));
-    const prompt = page.locator('.quick-input-widget .quick-input-title');
-    await prompt.getByText('Freeze which expert?').waitFor({ timeout: 10000 });
-    const offered = (await page.locator('.quick-input-list .monaco-list-row .label-name').allTextContents()).map((t) => t.trim());
-    check('the Freeze prompt asks for an expert and lists the trainable ones', offered.join(',') === 'expert 0,expert 2,expert 3', offered.join(', '));
+    // Read from the workbench's DOM directly: the quick input's title and its rows' accessible names.
+    const readPrompt = () =>
+      page.evaluate(() => ({
+        title: [...document.querySelectorAll('.quick-input-widget .quick-input-title')].map((e) => e.textContent.trim()).find((t) => t) ?? '',
+        rows: [...document.querySelectorAll('.quick-input-widget .quick-input-list .monaco-list-row')].map((r) => r.getAttribute('aria-label') ?? r.textContent),
+      }));
+    let prompt = await readPrompt();
+    for (let i = 0; i < 100 && !(prompt.title && prompt.rows.length); i++) {
+      await page.waitForTimeout(100);
+      prompt = await readPrompt();
+    }
+    const offered = prompt.rows.map((r) => (r.match(/expert \d+/) || [r])[0]);
+    check('the Freeze prompt asks which expert, and lists the trainable ones', prompt.title === 'Freeze which expert?' && offered.join(',') === 'expert 0,expert 2,expert 3', `"${prompt.title}": ${prompt.rows.join(' | ')}`);
     await page.keyboard.press('Escape');
     await panel2.locator('[data-testid="btn-stop"]:not([disabled])').click();
     await panel2.locator('[data-testid="run-state"]').getByText(/stopped/i).waitFor({ timeout: 30000 });
