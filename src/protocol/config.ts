@@ -65,8 +65,8 @@ export const DEFAULT_DAMPING = 1e-6;
 
 export const MonitorConfigSchema = z
   .object({
-    every: positiveInt(1_000_000).default(10).describe('Measure μ, L_f and κ per expert every this many steps.'),
-    probeSize: z.number().int().min(2).max(256).default(16).describe('Probe batch size n for the n×n tangent kernel (must stay well below each expert\'s parameter count).'),
+    every: positiveInt(1_000_000).default(10).describe('Measure μ, L_f and κ per unit (expert, head or channel group) every this many steps.'),
+    probeSize: z.number().int().min(2).max(256).default(16).describe('Probe batch size n for the n×n tangent kernel (must stay well below each unit\'s parameter count).'),
     damping: z.number().positive().max(1).default(DEFAULT_DAMPING).describe('Relative damping δ: κ = λ_max / max(λ_min, δ·λ_max), so a singular kernel gives a finite κ = 1/δ.'),
     lipschitz: z
       .enum(['tangent-kernel', 'spectral-norm', 'hessian-trace'])
@@ -100,9 +100,9 @@ export const TrainingConfigSchema = z
     alpha: AlphaSchema.default(0.01).describe('Weight of the condition-number regularizer in L_S(w) + α·κ̄. Changeable live.'),
     monitor: MonitorConfigSchema.default({}),
     pruning: PruningConfigSchema.default({}),
-    frozenExperts: z.array(z.number().int().min(0)).default([]).describe('Experts frozen from the start (no updates, never pruned, still measured).'),
+    frozenExperts: z.array(z.number().int().min(0)).default([]).describe('Units frozen from the start, by index (experts, heads or channel groups, as `model.experts` counts them): no updates, never pruned, still measured.'),
     backend: z.enum(['auto', ...BACKEND_NAMES]).default('auto').describe('`auto` picks the first that loads: tensorflow-gpu → tensorflow → wasm → cpu.'),
-    checkpointEvery: z.number().int().min(0).max(10_000_000).default(200).describe('Save a checkpoint (weights, optimizer state, step, α, frozen experts) every this many steps, and after every applied command; 0 = only at the end. A killed run resumes from the last one.'),
+    checkpointEvery: z.number().int().min(0).max(10_000_000).default(200).describe('Save a checkpoint (weights, optimizer state, step, α, frozen units) every this many steps, and after every applied command; 0 = only at the end. A killed run resumes from the last one.'),
     logEvery: positiveInt(1_000_000).default(1).describe('Emit a metrics event every this many steps (κ rides along on monitor steps).'),
   })
   .strict()
