@@ -73,6 +73,8 @@ test('commands go pending → applied with the step; bad ones are rejected with 
     // Outside setAlpha's bounds: refused by the host with the bound's reason, nothing sent.
     const tooBig = s.issue({ kind: 'setAlpha', alpha: 2e6 });
     assert.deepEqual([tooBig.status, tooBig.reason], ['rejected', 'α must be ≤ 1e+6']);
+    const noSuchIndex = s.issue({ kind: 'freeze', unit: 64 });
+    assert.deepEqual([noSuchIndex.status, noSuchIndex.reason], ['rejected', 'a unit index is < 64'], 'answered at once, not left pending on a refused frame');
 
     const a = await s.waitForCommand(s.issue({ kind: 'setAlpha', alpha: 0.5 }).id);
     assert.equal(a.status, 'applied');

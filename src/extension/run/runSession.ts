@@ -5,8 +5,8 @@
 // facts through the same reducer, so both show the same thing, and only what the trainer acknowledged.
 import {
   RunView,
+  SteeringCommandSchema,
   TERMINAL_STATES,
-  alphaProblem,
   describeCommand,
   newCommandId,
   type CommandEntry,
@@ -217,7 +217,8 @@ export class RunSession {
    */
   issue(command: SteeringCommand, id: string = newCommandId()): CommandStatus {
     let status: CommandStatus = { id, command, status: 'pending' };
-    const outOfBounds = command.kind === 'setAlpha' ? alphaProblem(command.alpha) : undefined;
+    const checked = SteeringCommandSchema.safeParse(command);
+    const outOfBounds = checked.success ? undefined : checked.error.issues[0].message;
     if (this.view.commands.has(id)) {
       status = { ...status, status: 'failed', reason: 'duplicate command id' };
     } else if (outOfBounds) {
