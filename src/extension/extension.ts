@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { ALPHA_MAX, ALPHA_MIN, SteeringCommand, alphaProblem, formatNumber, unitLabel } from '../protocol';
+import { ALPHA_MAX, ALPHA_MIN, SteeringCommand, alphaProblem, formatNumber } from '../protocol';
 import { ConfigCodeLensProvider, ConfigDiagnostics, CONFIG_SELECTOR, isConfigDocument } from './configEditor';
 import { installGpuBackend } from './gpuBackend';
 import { MetricsPanel } from './panel';
@@ -11,6 +11,7 @@ import { RunManager } from './runManager';
 import { listRunDirs } from './run/runDirectory';
 import { MetricsNode, MetricsTreeProvider } from './sidebar';
 import { RunStatusBar } from './statusBar';
+import { unitPrompt } from './unitPrompt';
 import { vscodeRunHost } from './vscode/runHost';
 import { askValid, confirm, notify, pickOne } from './vscode/ui';
 
@@ -90,11 +91,8 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
         notify('warn', 'No PL training run is active.');
         return undefined;
       }
-      const candidates = v.units.filter((e) => (kind === 'freeze' ? !e.frozen && !e.pruned : e.frozen));
-      unit = await pickOne(
-        `${kind === 'freeze' ? 'Freeze' : 'Unfreeze'} which ${v.unitName}?`,
-        candidates.map((e) => ({ label: unitLabel(v.unitName, e.id), description: `κ ${formatNumber(e.kappa)}`, value: e.id })),
-      );
+      const prompt = unitPrompt(v, kind);
+      unit = await pickOne(prompt.title, prompt.items);
       if (unit === undefined) return undefined;
     }
     return steer({ kind, unit }, runDir);

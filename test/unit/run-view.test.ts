@@ -15,6 +15,7 @@ import {
   type UnitStats,
 } from '../../src/protocol';
 import { PanelRelay } from '../../src/extension/panelRelay';
+import { unitPrompt } from '../../src/extension/unitPrompt';
 import { RunSession } from '../../src/extension/run/runSession';
 import { RunModel } from '../../webview/runModel';
 
@@ -246,4 +247,12 @@ test('host and panel: the same events and facts give the same reading, each even
   relay.dispose();
   relay2.dispose();
   session.dispose();
+});
+
+test('the Freeze/Unfreeze prompt asks in the family\'s word and offers only the units the command applies to', () => {
+  const v = new RunView();
+  v.applyEvent(hello(0)); // a BERT run: heads, head 2 frozen from the config
+  v.applyEvent(metrics(1, 10, [unit(0, 5), unit(1, 6, { pruned: true }), unit(2, 7, { frozen: true })]));
+  assert.deepEqual(unitPrompt(v, 'freeze'), { title: 'Freeze which head?', items: [{ label: 'head 0', description: 'κ 5', value: 0 }] });
+  assert.deepEqual(unitPrompt(v, 'unfreeze'), { title: 'Unfreeze which head?', items: [{ label: 'head 2', description: 'κ 7', value: 2 }] });
 });
