@@ -16,7 +16,7 @@
     const start = 1735732800000;
     const lf = Array.from({ length: experts }, (_, i) => 20 + 5 * i);
     const logKappa = Array.from({ length: experts }, (_, i) => Math.log(1e3 * (1 + i)));
-    const summary = (s) => ({ runId, runDir: '/bench/.pltrain/runs/' + runId, state: 'running', backend: { name: 'wasm', gpu: false, detail: 'benchmark' }, step: s, totalSteps, alpha: 0.01, connected: true });
+    const summary = (s) => ({ runId, runDir: '/bench/.pltrain/runs/' + runId, state: 'running', step: s, totalSteps, connected: true });
     return {
       runId,
       snapshot() {
