@@ -95,3 +95,22 @@ test('a data folder that does not exist is a diagnostic, before anything starts'
 test('the committed JSON schema matches the zod schema (run scripts/gen-schema.ts to refresh)', () => {
   assert.equal(fs.readFileSync(SCHEMA_FILE, 'utf8'), generateConfigJsonSchema());
 });
+
+test('engine and device: defaults, the PyTorch engine\'s device values, and the rules that tie them', () => {
+  const d = parseTrainingConfig({});
+  assert.ok(d.ok && d.config.engine === 'tfjs' && d.config.device === 'auto');
+  for (const device of ['auto', 'cpu', 'cuda', 'cuda:0', 'cuda:12']) {
+    const r = parseTrainingConfig({ engine: 'pytorch', device });
+    assert.ok(r.ok, device);
+  }
+  for (const device of ['gpu', 'cuda:', 'cuda:x', 'CUDA', 'cuda:123']) assert.equal(parseTrainingConfig({ engine: 'pytorch', device }).ok, false, device);
+  // Each rule lands on its own line.
+  const text = '{\n  "engine": "pytorch",\n  "backend": "wasm",\n  "model": {\n    "opt": true\n  },\n  "monitor": {\n    "lipschitz": "spectral-norm"\n  }\n}\n';
+  const p = problemsAt(text);
+  assert.ok(p.some((x) => x.line === 3 && /TensorFlow\.js backend/.test(x.message)), JSON.stringify(p));
+  assert.ok(p.some((x) => x.line === 5 && /OPT mode .* tfjs engine only/.test(x.message)), JSON.stringify(p));
+  assert.ok(p.some((x) => x.line === 8 && /spectral-norm L_f .* tfjs engine only/.test(x.message)), JSON.stringify(p));
+  const tfjsDevice = problemsAt('{\n  "device": "cuda:0"\n}\n');
+  assert.deepEqual(tfjsDevice.map((x) => x.line), [2]);
+  assert.match(tfjsDevice[0].message, /device is a setting of the PyTorch engine/);
+});
