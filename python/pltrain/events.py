@@ -2,6 +2,7 @@
 durable JSONL on disk (metrics, acks, and the rest), one write() per line."""
 import json
 import os
+import threading
 
 from .protocol import RUN_FILES, dumps
 
@@ -16,6 +17,10 @@ def _file_of(event):
 class EventLog:
     def __init__(self, run_dir):
         self.run_dir = run_dir
+        # Events are emitted on the training thread (and by the server); listeners run on the event
+        # loop's thread (call_soon_threadsafe), so a slow client never holds a step up.
+        self._lock = threading.Lock()
+        self.loop = None
         self.next = 0
         self.history = []
         self.listeners = set()
@@ -66,19 +71,31 @@ class EventLog:
         return self.next - 1
 
     def emit(self, partial):
-        event = dict(partial)
-        event["seq"] = self.next
-        self.next += 1
-        line = (dumps(event) + "\n").encode("utf-8")
-        name = _file_of(event)
-        fd = self._fds.get(name)
-        if fd is None:
-            fd = self._fds[name] = os.open(os.path.join(self.run_dir, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(fd, line)
-        self.history.append(event)
-        for listener in list(self.listeners):
-            listener(event)
+        with self._lock:
+            event = dict(partial)
+            event["seq"] = self.next
+            self.next += 1
+            line = (dumps(event) + "\n").encode("utf-8")
+            name = _file_of(event)
+            fd = self._fds.get(name)
+            if fd is None:
+                fd = self._fds[name] = os.open(os.path.join(self.run_dir, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(fd, line)
+            self.history.append(event)
+            listeners = list(self.listeners)
+        for listener in listeners:
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(listener, event)
+            else:
+                listener(event)
         return event
+
+    def subscribe_since(self, since_seq, listener):
+        """Attaches `listener` and returns every event with seq > since_seq, atomically: each later
+        event reaches the listener (one emitted meanwhile may reach it too; callers skip by seq)."""
+        with self._lock:
+            self.listeners.add(listener)
+            return self.since(since_seq), lambda: self.listeners.discard(listener)
 
     def since(self, since_seq):
         """Every event with seq > since_seq, in order."""

@@ -114,8 +114,7 @@ class _Client:
                 self.ws.transport.abort()
 
         # The listener and the history snapshot in one synchronous section: nothing emitted between.
-        self.unsubscribe = self.server.events.subscribe(listener)
-        history = self.server.events.since(since_seq)
+        history, self.unsubscribe = self.server.events.subscribe_since(since_seq, listener)
         self.task = asyncio.ensure_future(self._write(history, queue, wake, queued, since_seq))
 
     async def _write(self, history, queue, wake, queued, sent):

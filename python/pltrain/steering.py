@@ -1,5 +1,5 @@
 """Steering rules, applied only between steps (src/trainer/steering.ts, the same rules and reasons)."""
-import asyncio
+import threading
 
 from .protocol import alpha_problem
 
@@ -13,24 +13,26 @@ class SteeringState:
         self.pruned = set()
         self._queue = []
         self._seen = set()
-        self._arrived = asyncio.Event()
+        # Commands arrive on the server's thread; the training thread drains them between steps.
+        self._arrived = threading.Condition()
 
     def enqueue(self, command_id, command):
-        """Queues a command; it takes effect at the next step boundary (drain)."""
-        self._queue.append((command_id, command))
-        self._arrived.set()
+        """Queues a command (any thread); it takes effect at the next step boundary (drain)."""
+        with self._arrived:
+            self._queue.append((command_id, command))
+            self._arrived.notify_all()
 
-    async def next_command(self):
-        """Returns when a command is queued (used while paused)."""
-        while not self._queue:
-            self._arrived.clear()
-            await self._arrived.wait()
+    def wait_for_command(self, timeout=None):
+        """Blocks until a command is queued (used while paused)."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: self._queue, timeout)
 
     def drain(self):
         """Applies every queued command in arrival order; one decision (id, command, status, reason) each."""
+        with self._arrived:
+            queued, self._queue = self._queue, []
         out = []
-        while self._queue:
-            cid, c = self._queue.pop(0)
+        for cid, c in queued:
             status, reason = self._apply(cid, c)
             out.append((cid, c, status, reason))
         return out

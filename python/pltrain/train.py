@@ -165,184 +165,189 @@ class Trainer:
                 steering.enqueue(f"signal-{sig.name}-{now_ms()}", {"kind": "stop"})
             loop.add_signal_handler(sig, on_signal)
 
-        try:
-            device, backend = select_device(config["device"])
-            announce.update(backend=backend)
-            progress.log(f"backend: {backend['name']} ({'GPU' if backend['gpu'] else 'CPU'}) — {backend['device']}, {backend['detail']}")
-            data = load_dataset(config, self.config_dir)
-            progress.log(f"data: {data.name}: {data.train_x.shape[0]} train / {data.test_x.shape[0]} test, {data.features} features, {data.classes} classes")
-            model = create_model(config, data, device)
-            pr = config["pruning"]
-            progress.log(f"model: {config['model']['family']}, {model.units} {unit_name}s" + (f", pruning up to {math.floor(pr['budget'] * model.units + 1e-9)} after step {pr['warmup']}" if pr["enabled"] else ""))
-            optimizers = {g: torch.optim.Adam(ps, lr=config["learningRate"], eps=1e-7) for g, ps in model.groups()}
-            if checkpoint:
-                self._restore(model, optimizers, checkpoint[1], device)
-            n_probe = min(config["monitor"]["probeSize"], data.train_x.shape[0])
-            probe_x = torch.from_numpy(data.train_x[:n_probe]).to(device)
-            measurer = Measurer(model, probe_x, torch.from_numpy(data.train_y[:n_probe]), config["monitor"]["damping"])
-            pruner = GatingPruner(model.units, pr, config["seed"]) if pr["enabled"] else None
-            if pruner and checkpoint and "pruner" in checkpoint[0]:
-                pruner.set_state(checkpoint[0]["pruner"])
-            train_x = torch.from_numpy(data.train_x).to(device)
-            train_y = torch.from_numpy(data.train_y).to(device)
+        # Training runs on its own thread, so the socket is served during a step (a long GPU step
+        # holds up no client, heartbeat or command) and commands still act only between steps.
+        def body():
+            nonlocal step
+            try:
+                device, backend = select_device(config["device"])
+                announce.update(backend=backend)
+                progress.log(f"backend: {backend['name']} ({'GPU' if backend['gpu'] else 'CPU'}) — {backend['device']}, {backend['detail']}")
+                data = load_dataset(config, self.config_dir)
+                progress.log(f"data: {data.name}: {data.train_x.shape[0]} train / {data.test_x.shape[0]} test, {data.features} features, {data.classes} classes")
+                model = create_model(config, data, device)
+                pr = config["pruning"]
+                progress.log(f"model: {config['model']['family']}, {model.units} {unit_name}s" + (f", pruning up to {math.floor(pr['budget'] * model.units + 1e-9)} after step {pr['warmup']}" if pr["enabled"] else ""))
+                optimizers = {g: torch.optim.Adam(ps, lr=config["learningRate"], eps=1e-7) for g, ps in model.groups()}
+                if checkpoint:
+                    self._restore(model, optimizers, checkpoint[1], device)
+                n_probe = min(config["monitor"]["probeSize"], data.train_x.shape[0])
+                probe_x = torch.from_numpy(data.train_x[:n_probe]).to(device)
+                measurer = Measurer(model, probe_x, torch.from_numpy(data.train_y[:n_probe]), config["monitor"]["damping"])
+                pruner = GatingPruner(model.units, pr, config["seed"]) if pr["enabled"] else None
+                if pruner and checkpoint and "pruner" in checkpoint[0]:
+                    pruner.set_state(checkpoint[0]["pruner"])
+                train_x = torch.from_numpy(data.train_x).to(device)
+                train_y = torch.from_numpy(data.train_y).to(device)
 
-            events.emit({
-                "type": "hello", "protocol": PROTOCOL_VERSION, "runId": run_id, "pid": os.getpid(), "backend": backend,
-                "startedAt": announce.info["startedAt"], "totalSteps": config["steps"], "unitCount": units, "unitName": unit_name,
-                "alpha": steering.alpha, "taskMetric": model.task_metric, "config": config,
-                **({"resumedFromStep": step} if checkpoint else {}),
-            })
-            set_state("running", f"resumed from the checkpoint at step {step}" if checkpoint else None)
-            if checkpoint:
-                progress.log(f"resumed from the checkpoint at step {step} (α {steering.alpha}, frozen [{', '.join(str(f) for f in sorted(steering.frozen))}])")
+                events.emit({
+                    "type": "hello", "protocol": PROTOCOL_VERSION, "runId": run_id, "pid": os.getpid(), "backend": backend,
+                    "startedAt": announce.info["startedAt"], "totalSteps": config["steps"], "unitCount": units, "unitName": unit_name,
+                    "alpha": steering.alpha, "taskMetric": model.task_metric, "config": config,
+                    **({"resumedFromStep": step} if checkpoint else {}),
+                })
+                set_state("running", f"resumed from the checkpoint at step {step}" if checkpoint else None)
+                if checkpoint:
+                    progress.log(f"resumed from the checkpoint at step {step} (α {steering.alpha}, frozen [{', '.join(str(f) for f in sorted(steering.frozen))}])")
 
-            def save():
-                progress_rec = {"step": step, "seq": events.last_seq, "alpha": steering.alpha, "frozen": sorted(steering.frozen), "pruned": sorted(steering.pruned), "time": now_ms()}
-                if pruner:
-                    progress_rec["pruner"] = pruner.get_state()
-                save_checkpoint(run_dir, progress_rec, self._tensors(model, optimizers))
-
-            stats = measurer.measure(steering.frozen, steering.pruned)
-            floor_watch = DampingFloorWatch(config["monitor"]["damping"])
-            n_train = data.train_x.shape[0]
-            order = batches(n_train, min(config["batchSize"], n_train), config["seed"] + step)
-            ema_rate = 0.0
-            lowest = math.inf
-            last_announce = time.monotonic()
-            last = time.perf_counter()
-            inject_nan_at = int(os.environ.get("PLTRAIN_TEST_NAN_AT_STEP") or -1)
-            damping = config["monitor"]["damping"]
-
-            def report_floor(entered, left, alpha, trainable):
-                floor = 1 / damping
-                for e in entered:
-                    share = f" and adds α/(δ·{trainable}) = {to_precision(alpha * floor / trainable, 3)} to the loss" if alpha > 0 and trainable > 0 else ""
-                    article = "an" if unit_name[0] in "aeiou" else "a"
-                    log("warn", f"{unit_name} {e['id']} at step {step}: λ_min ≤ δ·λ_max on the probe (μ {to_precision(e['mu'], 3)}, L_f {to_precision(e['lf'], 3)}), so κ sits at the damping floor 1/δ = {to_precision(floor, 3)}; the regularizer passes it no gradient{share}. "
-                        f"Usually {article} {unit_name} the gate abandoned: freeze or prune it to take it out of the regularizer.", f"damping-floor/{e['id']}")
-                for e in left:
-                    why = f"{'frozen' if e['frozen'] else 'pruned'}: out of the regularizer" if e["frozen"] or e["pruned"] else f"off the damping floor, κ {to_precision(e['kappa'], 4)}"
-                    log("info", f"{unit_name} {e['id']} at step {step}: {why}", f"damping-floor/{e['id']}")
-
-            def apply_commands():
-                decisions = steering.drain()
-                for cid, c, status, reason in decisions:
-                    events.emit({"type": "ack", "commandId": cid, "command": c, "status": status, "step": step, "time": now_ms(), **({"reason": reason} if reason else {})})
-                    progress.log(f"command {cid}: {describe_command(c, unit_name)} → {'applied at step ' + str(step) if status == 'applied' else 'rejected: ' + reason}")
-                # An applied command changes what a resume must restore (α, frozen units).
-                if any(d[2] == "applied" for d in decisions) and config["checkpointEvery"] > 0:
-                    save()
-
-            while step < config["steps"]:
-                apply_commands()
-                if steering.paused and not steering.stop_requested:
-                    set_state("paused")
-                    while steering.paused and not steering.stop_requested:
-                        await steering.next_command()
-                        apply_commands()
-                    if not steering.stop_requested:
-                        set_state("running")
-                    last = time.perf_counter()
-                if steering.stop_requested:
-                    break
-
-                idx = torch.from_numpy(next(order)).to(device)
-                x, y = train_x[idx], train_y[idx]
-                alpha = steering.alpha
-                monitor_step = (step + 1) % config["monitor"]["every"] == 0 or step + 1 == config["steps"]
-                trainable = steering.trainable()
-                pruned = frozenset(steering.pruned)
-                for o in optimizers.values():
-                    o.zero_grad(set_to_none=True)
-                logits = model(x, pruned)
-                task_loss = F.cross_entropy(logits, y)
-                measured = None
-                if alpha > 0 and trainable:
-                    # κ for the weights this step starts from; the regularizer differentiates the
-                    # surrogate along these eigenvectors (Hellmann–Feynman).
-                    kernels = measurer.kernels(pruned, True)
-                    cond = measurer.condition(kernels, steering.frozen, pruned)
-                    measured = [c[0] for c in cond]
-                    kappas = estimators.kappa_surrogates(kernels[trainable], [cond[i][1] for i in trainable], [cond[i][2] for i in trainable], damping)
-                    reg = kappas.mean()
-                    total = task_loss + alpha * reg
-                else:
-                    if monitor_step:
-                        measured = measurer.measure(steering.frozen, pruned)
-                    reg = None
-                    total = task_loss
-                total.backward()
-                updated = [p for g, ps in model.groups() if g == "gate" or int(g[len("expert"):]) in trainable for p in ps]
-                with torch.no_grad():
-                    grad_norm_sq = sum(float((p.grad * p.grad).sum()) for p in updated if p.grad is not None)
-                    accuracy = float((logits.argmax(dim=1) == y).float().mean())
-                optimizers["gate"].step()
-                for e in trainable:
-                    optimizers[f"expert{e}"].step()
-                loss_value, task_value = float(total), float(task_loss)
-                reg_value = float(reg) if reg is not None else _mean_kappa(measurer.last, trainable)
-                step += 1
-                if step == inject_nan_at:
-                    loss_value = math.nan
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLoss(step)
-
-                gap = loss_value - lowest
-                pl_ratio = 0.5 * grad_norm_sq / gap if gap > 1e-12 else None
-                lowest = min(lowest, loss_value)
-                now = time.perf_counter()
-                rate = 1 / max(1e-6, now - last)
-                last = now
-                ema_rate = 0.9 * ema_rate + 0.1 * rate if ema_rate else rate
-                if monitor_step:
-                    stats = measured
+                def save():
+                    progress_rec = {"step": step, "seq": events.last_seq, "alpha": steering.alpha, "frozen": sorted(steering.frozen), "pruned": sorted(steering.pruned), "time": now_ms()}
                     if pruner:
-                        pruner.observe(stats, steering.frozen, steering.pruned)
-                    entered, left = floor_watch.observe(stats)
-                    report_floor(entered, left, alpha, len(steering.trainable()))
-                pruned_now = []
-                if pruner and pruner.is_decision_step(step):
-                    pruned_now = pruner.decide(steering.frozen, steering.pruned)
-                    for u in pruned_now:
-                        steering.pruned.add(u)
-                        k = stats[u]["kappa"] if stats else None
-                        log("info", f"pruned {unit_name} {u} at step {step}: keep-probability {pruner.gate[u]:.3f}, κ {'?' if k is None else to_precision(k, 4)}")
-                    if pruned_now:
-                        stats = [dict(s, pruned=s["id"] in steering.pruned) for s in stats]
-                if step % config["logEvery"] == 0 or monitor_step:
-                    m = {"type": "metrics", "step": step, "time": now_ms(), "loss": loss_value, "taskLoss": task_value, "regularizer": reg_value, "alpha": alpha, "taskMetric": accuracy, "stepsPerSec": ema_rate}
-                    if pl_ratio is not None and math.isfinite(pl_ratio):
-                        m["plRatio"] = pl_ratio
-                    if monitor_step or pruned_now:
-                        m["units"] = stats
-                        if pruner:
-                            m["gate"] = [min(1.0, max(0.0, g)) for g in pruner.gate]
-                    events.emit(m)
-                progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, "accuracy": accuracy})
-                if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):
-                    save()
-                if time.monotonic() - last_announce > 2:
-                    last_announce = time.monotonic()
-                    announce.update(step=step)
-                # Serve the socket (commands, subscriptions) between steps.
-                await asyncio.sleep(0)
-            apply_commands()
-            save()
-            with torch.no_grad():
-                correct = 0
-                for i in range(0, data.test_x.shape[0], 500):
-                    xt = torch.from_numpy(data.test_x[i:i + 500]).to(device)
-                    correct += int((model(xt, frozenset(steering.pruned)).argmax(dim=1).cpu() == torch.from_numpy(data.test_y[i:i + 500])).sum())
-            log("info", f"test accuracy {correct / data.test_x.shape[0] * 100:.2f}% after {step} steps")
-            set_state("stopped" if steering.stop_requested else "completed", f"stopped by {stop_signal['name']}" if stop_signal["name"] else None)
-        except Exception as e:  # noqa: BLE001 — every failure ends the run as `failed`, with its reason
-            reason = str(e)
-            log("error", f"training failed: {reason}")
-            if not isinstance(e, NonFiniteLoss):
-                import traceback
+                        progress_rec["pruner"] = pruner.get_state()
+                    save_checkpoint(run_dir, progress_rec, self._tensors(model, optimizers))
 
-                traceback.print_exc()
-            set_state("failed", reason)
+                stats = measurer.measure(steering.frozen, steering.pruned)
+                floor_watch = DampingFloorWatch(config["monitor"]["damping"])
+                n_train = data.train_x.shape[0]
+                order = batches(n_train, min(config["batchSize"], n_train), config["seed"] + step)
+                ema_rate = 0.0
+                lowest = math.inf
+                last_announce = time.monotonic()
+                last = time.perf_counter()
+                inject_nan_at = int(os.environ.get("PLTRAIN_TEST_NAN_AT_STEP") or -1)
+                damping = config["monitor"]["damping"]
+
+                def report_floor(entered, left, alpha, trainable):
+                    floor = 1 / damping
+                    for e in entered:
+                        share = f" and adds α/(δ·{trainable}) = {to_precision(alpha * floor / trainable, 3)} to the loss" if alpha > 0 and trainable > 0 else ""
+                        article = "an" if unit_name[0] in "aeiou" else "a"
+                        log("warn", f"{unit_name} {e['id']} at step {step}: λ_min ≤ δ·λ_max on the probe (μ {to_precision(e['mu'], 3)}, L_f {to_precision(e['lf'], 3)}), so κ sits at the damping floor 1/δ = {to_precision(floor, 3)}; the regularizer passes it no gradient{share}. "
+                            f"Usually {article} {unit_name} the gate abandoned: freeze or prune it to take it out of the regularizer.", f"damping-floor/{e['id']}")
+                    for e in left:
+                        why = f"{'frozen' if e['frozen'] else 'pruned'}: out of the regularizer" if e["frozen"] or e["pruned"] else f"off the damping floor, κ {to_precision(e['kappa'], 4)}"
+                        log("info", f"{unit_name} {e['id']} at step {step}: {why}", f"damping-floor/{e['id']}")
+
+                def apply_commands():
+                    decisions = steering.drain()
+                    for cid, c, status, reason in decisions:
+                        events.emit({"type": "ack", "commandId": cid, "command": c, "status": status, "step": step, "time": now_ms(), **({"reason": reason} if reason else {})})
+                        progress.log(f"command {cid}: {describe_command(c, unit_name)} → {'applied at step ' + str(step) if status == 'applied' else 'rejected: ' + reason}")
+                    # An applied command changes what a resume must restore (α, frozen units).
+                    if any(d[2] == "applied" for d in decisions) and config["checkpointEvery"] > 0:
+                        save()
+
+                while step < config["steps"]:
+                    apply_commands()
+                    if steering.paused and not steering.stop_requested:
+                        set_state("paused")
+                        while steering.paused and not steering.stop_requested:
+                            steering.wait_for_command()
+                            apply_commands()
+                        if not steering.stop_requested:
+                            set_state("running")
+                        last = time.perf_counter()
+                    if steering.stop_requested:
+                        break
+
+                    idx = torch.from_numpy(next(order)).to(device)
+                    x, y = train_x[idx], train_y[idx]
+                    alpha = steering.alpha
+                    monitor_step = (step + 1) % config["monitor"]["every"] == 0 or step + 1 == config["steps"]
+                    trainable = steering.trainable()
+                    pruned = frozenset(steering.pruned)
+                    for o in optimizers.values():
+                        o.zero_grad(set_to_none=True)
+                    logits = model(x, pruned)
+                    task_loss = F.cross_entropy(logits, y)
+                    measured = None
+                    if alpha > 0 and trainable:
+                        # κ for the weights this step starts from; the regularizer differentiates the
+                        # surrogate along these eigenvectors (Hellmann–Feynman).
+                        kernels = measurer.kernels(pruned, True)
+                        cond = measurer.condition(kernels, steering.frozen, pruned)
+                        measured = [c[0] for c in cond]
+                        kappas = estimators.kappa_surrogates(kernels[trainable], [cond[i][1] for i in trainable], [cond[i][2] for i in trainable], damping)
+                        reg = kappas.mean()
+                        total = task_loss + alpha * reg
+                    else:
+                        if monitor_step:
+                            measured = measurer.measure(steering.frozen, pruned)
+                        reg = None
+                        total = task_loss
+                    total.backward()
+                    updated = [p for g, ps in model.groups() if g == "gate" or int(g[len("expert"):]) in trainable for p in ps]
+                    with torch.no_grad():
+                        grad_norm_sq = sum(float((p.grad * p.grad).sum()) for p in updated if p.grad is not None)
+                        accuracy = float((logits.argmax(dim=1) == y).float().mean())
+                    optimizers["gate"].step()
+                    for e in trainable:
+                        optimizers[f"expert{e}"].step()
+                    loss_value, task_value = float(total), float(task_loss)
+                    reg_value = float(reg) if reg is not None else _mean_kappa(measurer.last, trainable)
+                    step += 1
+                    if step == inject_nan_at:
+                        loss_value = math.nan
+                    if not math.isfinite(loss_value):
+                        raise NonFiniteLoss(step)
+
+                    gap = loss_value - lowest
+                    pl_ratio = 0.5 * grad_norm_sq / gap if gap > 1e-12 else None
+                    lowest = min(lowest, loss_value)
+                    now = time.perf_counter()
+                    rate = 1 / max(1e-6, now - last)
+                    last = now
+                    ema_rate = 0.9 * ema_rate + 0.1 * rate if ema_rate else rate
+                    if monitor_step:
+                        stats = measured
+                        if pruner:
+                            pruner.observe(stats, steering.frozen, steering.pruned)
+                        entered, left = floor_watch.observe(stats)
+                        report_floor(entered, left, alpha, len(steering.trainable()))
+                    pruned_now = []
+                    if pruner and pruner.is_decision_step(step):
+                        pruned_now = pruner.decide(steering.frozen, steering.pruned)
+                        for u in pruned_now:
+                            steering.pruned.add(u)
+                            k = stats[u]["kappa"] if stats else None
+                            log("info", f"pruned {unit_name} {u} at step {step}: keep-probability {pruner.gate[u]:.3f}, κ {'?' if k is None else to_precision(k, 4)}")
+                        if pruned_now:
+                            stats = [dict(s, pruned=s["id"] in steering.pruned) for s in stats]
+                    if step % config["logEvery"] == 0 or monitor_step:
+                        m = {"type": "metrics", "step": step, "time": now_ms(), "loss": loss_value, "taskLoss": task_value, "regularizer": reg_value, "alpha": alpha, "taskMetric": accuracy, "stepsPerSec": ema_rate}
+                        if pl_ratio is not None and math.isfinite(pl_ratio):
+                            m["plRatio"] = pl_ratio
+                        if monitor_step or pruned_now:
+                            m["units"] = stats
+                            if pruner:
+                                m["gate"] = [min(1.0, max(0.0, g)) for g in pruner.gate]
+                        events.emit(m)
+                    progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, "accuracy": accuracy})
+                    if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):
+                        save()
+                    if time.monotonic() - last_announce > 2:
+                        last_announce = time.monotonic()
+                        announce.update(step=step)
+                apply_commands()
+                save()
+                with torch.no_grad():
+                    correct = 0
+                    for i in range(0, data.test_x.shape[0], 500):
+                        xt = torch.from_numpy(data.test_x[i:i + 500]).to(device)
+                        correct += int((model(xt, frozenset(steering.pruned)).argmax(dim=1).cpu() == torch.from_numpy(data.test_y[i:i + 500])).sum())
+                log("info", f"test accuracy {correct / data.test_x.shape[0] * 100:.2f}% after {step} steps")
+                set_state("stopped" if steering.stop_requested else "completed", f"stopped by {stop_signal['name']}" if stop_signal["name"] else None)
+            except Exception as e:  # noqa: BLE001 — every failure ends the run as `failed`, with its reason
+                reason = str(e)
+                log("error", f"training failed: {reason}")
+                if not isinstance(e, NonFiniteLoss):
+                    import traceback
+
+                    traceback.print_exc()
+                set_state("failed", reason)
+        events.loop = loop
+        try:
+            await loop.run_in_executor(None, body)
         finally:
             await asyncio.sleep(0.2)
             await server.close()
