@@ -1,7 +1,7 @@
 // Finding and checking the interpreter of the PyTorch engine (python/pltrain). Node-only: the CLI
 // (src/trainer/cli.ts) and the extension host both ask it; the webview never imports it (it is not
 // re-exported from the protocol index).
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -46,7 +46,33 @@ print(json.dumps(out))
 
 /** Runs the interpreter once and says whether it can run the engine, and if not, what to install. */
 export function checkPython(python: string, timeoutMs = 60_000): PythonCheck {
-  const r = spawnSync(python, ['-c', PROBE], { encoding: 'utf8', timeout: timeoutMs });
+  return judgeProbe(python, spawnSync(python, ['-c', PROBE], { encoding: 'utf8', timeout: timeoutMs }));
+}
+
+/** checkPython without blocking (the extension host must not stall while torch imports). */
+export function checkPythonAsync(python: string, timeoutMs = 60_000): Promise<PythonCheck> {
+  return new Promise((resolve) => {
+    execFile(python, ['-c', PROBE], { encoding: 'utf8', timeout: timeoutMs }, (error, stdout, stderr) => {
+      const code = error && typeof (error as { code?: unknown }).code === 'number' ? ((error as { code: number }).code) : error ? null : 0;
+      const spawnError = error && typeof (error as { code?: unknown }).code === 'string' ? error : undefined;
+      resolve(judgeProbe(python, { error: spawnError, status: code, stdout, stderr }));
+    });
+  });
+}
+
+/** findPython without blocking. */
+export async function findPythonAsync(env: NodeJS.ProcessEnv = process.env): Promise<PythonCheck> {
+  if (env[PYTHON_ENV]) return checkPythonAsync(env[PYTHON_ENV]!);
+  const candidates = fs.existsSync(SYSTEM_PYTHON) ? [SYSTEM_PYTHON, 'python3'] : ['python3'];
+  let last: PythonCheck | undefined;
+  for (const c of candidates) {
+    last = await checkPythonAsync(c);
+    if (last.ok) return last;
+  }
+  return last!;
+}
+
+function judgeProbe(python: string, r: { error?: Error; status: number | null; stdout: string; stderr: string }): PythonCheck {
   if (r.error || r.status !== 0) {
     const why = r.error ? (r.error as NodeJS.ErrnoException).code === 'ENOENT' ? 'not found' : r.error.message : `exited ${r.status}: ${r.stderr.trim().split('\n').at(-1) ?? ''}`;
     return { python, ok: false, problem: { kind: 'no-python', message: `the PyTorch engine needs Python 3, and "${python}" could not run (${why}); install Python 3 or name one (PLTRAIN_PYTHON, or the setting plTrainer.pythonPath)` } };
