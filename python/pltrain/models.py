@@ -45,6 +45,24 @@ class MoeMlp(nn.Module):
             z = z + mask
         return torch.softmax(z, dim=1)
 
+    def unit_kernels(self, x, u, pruned):
+        """Every expert's tangent kernel of s_i = u_iᵀ z(x_i), z the gated mixture, in closed form from
+        forward quantities (tangentKernel.ts twoLayerTangentKernel with u_i scaled by the gate g_e(x_i),
+        since ∂s_i/∂θ_e = g_e(x_i)·∂(u_iᵀ o_e(x_i))/∂θ_e): E×n×n, differentiable w.r.t. every weight. The
+        same numbers as the autograd Jacobians (estimators.unit_kernels; tests/test_estimators.py), at a
+        fraction of the cost: no per-example backward passes."""
+        g = self.gate(x, pruned)  # n×E
+        gram1 = x @ x.T + 1
+        out = []
+        for e in range(self.units):
+            ue = u * g[:, e:e + 1]
+            pre = x @ self.w1[e] + self.b1[e]
+            hid = torch.relu(pre)
+            back = (pre > 0).to(x.dtype) * (ue @ self.w2[e].T)
+            uu = ue @ ue.T
+            out.append((hid @ hid.T) * uu + uu + gram1 * (back @ back.T))
+        return torch.stack(out)
+
     def forward(self, x, pruned=frozenset()):
         if len(pruned) == self.units:
             return torch.zeros(x.shape[0], self.c, device=x.device, dtype=x.dtype)

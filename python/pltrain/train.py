@@ -60,6 +60,10 @@ class Measurer:
         logits = self.model(self.probe_x, pruned)
         log_probs = torch.log_softmax(logits.detach().double(), dim=1).cpu().numpy()
         u = torch.as_tensor(estimators.output_directions(log_probs, self.one_hot), dtype=logits.dtype, device=logits.device)
+        if hasattr(self.model, "unit_kernels"):
+            # A closed form from forward quantities (moe-mlp): differentiable as it stands.
+            kernels = self.model.unit_kernels(self.probe_x, u, pruned)
+            return kernels if create_graph else kernels.detach()
         s = (u * logits).sum(dim=1)
         return estimators.unit_kernels(s, [self.model.unit_params(e) for e in range(self.model.units)], create_graph)
 
@@ -90,17 +94,17 @@ class Trainer:
         self.config, self.config_dir, self.run_dir, self.resume = config, config_dir, run_dir, resume
         self.progress = progress or Progress()
 
-    def _tensors(self, model, optimizers):
+    def _tensors(self, model, optimizer):
         out = [(f"var:{name}", p.detach().cpu().numpy()) for name, p in model.named_parameters()]
         for group, params in model.groups():
-            st = optimizers[group].state
+            st = optimizer.state
             for j, p in enumerate(params):
                 if p in st and "exp_avg" in st[p]:
                     s = st[p]
                     out += [(f"opt:{group}:{3 * j}", np.asarray(float(s["step"]), dtype=np.float32)), (f"opt:{group}:{3 * j + 1}", s["exp_avg"].cpu().numpy()), (f"opt:{group}:{3 * j + 2}", s["exp_avg_sq"].cpu().numpy())]
         return out
 
-    def _restore(self, model, optimizers, tensors, device):
+    def _restore(self, model, optimizer, tensors, device):
         with torch.no_grad():
             for name, p in model.named_parameters():
                 key = f"var:{name}"
@@ -111,7 +115,7 @@ class Trainer:
             for j, p in enumerate(params):
                 k = f"opt:{group}:{3 * j}"
                 if k in tensors:
-                    optimizers[group].state[p] = {
+                    optimizer.state[p] = {
                         "step": torch.tensor(float(tensors[k].reshape(-1)[0])),
                         "exp_avg": torch.from_numpy(tensors[f"opt:{group}:{3 * j + 1}"]).to(device).reshape(p.shape),
                         "exp_avg_sq": torch.from_numpy(tensors[f"opt:{group}:{3 * j + 2}"]).to(device).reshape(p.shape),
@@ -178,9 +182,11 @@ class Trainer:
                 model = create_model(config, data, device)
                 pr = config["pruning"]
                 progress.log(f"model: {config['model']['family']}, {model.units} {unit_name}s" + (f", pruning up to {math.floor(pr['budget'] * model.units + 1e-9)} after step {pr['warmup']}" if pr["enabled"] else ""))
-                optimizers = {g: torch.optim.Adam(ps, lr=config["learningRate"], eps=1e-7) for g, ps in model.groups()}
+                # One Adam (epsilon as TF.js's): a unit out of this step's update (frozen, pruned) has its
+                # gradient set to None before the step, which Adam skips entirely (moments untouched).
+                optimizer = torch.optim.Adam(model.parameters(), lr=config["learningRate"], eps=1e-7)
                 if checkpoint:
-                    self._restore(model, optimizers, checkpoint[1], device)
+                    self._restore(model, optimizer, checkpoint[1], device)
                 n_probe = min(config["monitor"]["probeSize"], data.train_x.shape[0])
                 probe_x = torch.from_numpy(data.train_x[:n_probe]).to(device)
                 measurer = Measurer(model, probe_x, torch.from_numpy(data.train_y[:n_probe]), config["monitor"]["damping"])
@@ -204,7 +210,7 @@ class Trainer:
                     progress_rec = {"step": step, "seq": events.last_seq, "alpha": steering.alpha, "frozen": sorted(steering.frozen), "pruned": sorted(steering.pruned), "time": now_ms()}
                     if pruner:
                         progress_rec["pruner"] = pruner.get_state()
-                    save_checkpoint(run_dir, progress_rec, self._tensors(model, optimizers))
+                    save_checkpoint(run_dir, progress_rec, self._tensors(model, optimizer))
 
                 stats = measurer.measure(steering.frozen, steering.pruned)
                 floor_watch = DampingFloorWatch(config["monitor"]["damping"])
@@ -256,8 +262,7 @@ class Trainer:
                     monitor_step = (step + 1) % config["monitor"]["every"] == 0 or step + 1 == config["steps"]
                     trainable = steering.trainable()
                     pruned = frozenset(steering.pruned)
-                    for o in optimizers.values():
-                        o.zero_grad(set_to_none=True)
+                    optimizer.zero_grad(set_to_none=True)
                     logits = model(x, pruned)
                     task_loss = F.cross_entropy(logits, y)
                     measured = None
@@ -276,15 +281,20 @@ class Trainer:
                         reg = None
                         total = task_loss
                     total.backward()
-                    updated = [p for g, ps in model.groups() if g == "gate" or int(g[len("expert"):]) in trainable for p in ps]
+                    for e in range(model.units):
+                        if e not in trainable:
+                            for p in model.unit_params(e):
+                                p.grad = None
                     with torch.no_grad():
-                        grad_norm_sq = sum(float((p.grad * p.grad).sum()) for p in updated if p.grad is not None)
-                        accuracy = float((logits.argmax(dim=1) == y).float().mean())
-                    optimizers["gate"].step()
-                    for e in trainable:
-                        optimizers[f"expert{e}"].step()
-                    loss_value, task_value = float(total), float(task_loss)
-                    reg_value = float(reg) if reg is not None else _mean_kappa(measurer.last, trainable)
+                        grads = [p.grad for p in model.parameters() if p.grad is not None]
+                        grad_norm_sq = torch.stack([(g * g).sum() for g in grads]).sum()
+                        accuracy = (logits.argmax(dim=1) == y).float().mean()
+                        # One device → host transfer per step for everything reported.
+                        reported = torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else total.new_zeros(()), accuracy, grad_norm_sq]).tolist()
+                    optimizer.step()
+                    loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported
+                    if reg is None:
+                        reg_value = _mean_kappa(measurer.last, trainable)
                     step += 1
                     if step == inject_nan_at:
                         loss_value = math.nan

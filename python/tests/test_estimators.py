@@ -89,6 +89,29 @@ def test_unit_kernels_of_the_moe_are_the_gated_closed_form(device):
         np.testing.assert_allclose(kernels[e], expected, rtol=2e-5, atol=2e-6 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_moe_closed_form_kernels_equal_the_autograd_jacobians_and_their_gradients(device):
+    """MoeMlp.unit_kernels (what the engine uses) against J_e J_eᵀ by autograd, values and the gradient
+    of a function of them (the regularizer differentiates through it), in float64."""
+    model = MoeMlp(6, 3, {"model": {"experts": 3, "hiddenUnits": 4}}, torch.Generator().manual_seed(11)).double().to(device)
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(12)).to(device)
+    u = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(13)).to(device)
+    for pruned in (frozenset(), frozenset({1})):
+        closed = model.unit_kernels(x, u, pruned)
+        s = (u * model(x, pruned)).sum(1)
+        auto = estimators.unit_kernels(s, [model.unit_params(e) for e in range(3)], True)
+        np.testing.assert_allclose(closed.detach().cpu().numpy(), auto.detach().cpu().numpy(), rtol=1e-10, atol=1e-12)
+        w = torch.randn(3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(14)).to(device)
+        params = list(model.parameters())
+        g_closed = torch.autograd.grad((closed * w).sum(), params, allow_unused=True)
+        g_auto = torch.autograd.grad((auto * w).sum(), params, allow_unused=True)
+        for a, b in zip(g_closed, g_auto):
+            if a is None or b is None:
+                assert (a is None or not a.abs().max()) and (b is None or not b.abs().max())
+                continue
+            np.testing.assert_allclose(a.cpu().numpy(), b.cpu().numpy(), rtol=1e-9, atol=1e-11)
+
+
 def test_linear_unit_kernel_is_the_gram_matrix():
     """A linear unit F = X·w has J = X, so K = X·Xᵀ exactly."""
     x = torch.randn(5, 3, dtype=torch.float64)
