@@ -84,6 +84,36 @@ class Measurer:
         return [o[0] for o in self.condition(self.kernels(pruned, False), frozen, pruned)]
 
 
+def participation(shares):
+    """1/Σ share²: how many units the model effectively uses (1…E)."""
+    s = sum(x * x for x in shares)
+    return 1 / s if s > 0 else 0.0
+
+
+class Activity:
+    """The share EMA per unit (share on the first record, then 0.95·ema + 0.05·share) and whether it is
+    below 1/(10·E): `active: false` (docs/method.md, "Inactive"). `changes()` lists the units whose
+    flag flipped since the last call (a unit starts active)."""
+
+    def __init__(self, units):
+        self.threshold = 1 / (10 * max(1, units))
+        self.ema = [None] * units
+        self.flag = [True] * units
+        self._changed = []
+
+    def observe(self, e, share):
+        self.ema[e] = share if self.ema[e] is None else 0.95 * self.ema[e] + 0.05 * share
+        active = self.ema[e] >= self.threshold
+        if active != self.flag[e]:
+            self.flag[e] = active
+            self._changed.append((e, active, self.ema[e]))
+        return active
+
+    def changes(self):
+        out, self._changed = self._changed, []
+        return out
+
+
 def _mean_kappa(stats, ids):
     ks = [stats[i]["kappa"] for i in ids] if stats else []
     return sum(ks) / len(ks) if ks else 0.0
@@ -213,6 +243,14 @@ class Trainer:
                     save_checkpoint(run_dir, progress_rec, self._tensors(model, optimizer))
 
                 stats = measurer.measure(steering.frozen, steering.pruned)
+                activity = Activity(units)
+
+                def report_activity(changes):
+                    for e, active, ema in changes:
+                        if active:
+                            log("info", f"{unit_name} {e} at step {step}: active again (share EMA {to_precision(ema, 3)})", f"inactive/{e}")
+                        else:
+                            log("warn", f"{unit_name} {e} at step {step}: inactive — its share EMA {to_precision(ema, 3)} is below 1/(10·{units}) = {to_precision(activity.threshold, 3)}: the model barely uses it, so its κ says little about the model", f"inactive/{e}")
                 floor_watch = DampingFloorWatch(config["monitor"]["damping"])
                 n_train = data.train_x.shape[0]
                 order = batches(n_train, min(config["batchSize"], n_train), config["seed"] + step)
@@ -290,9 +328,12 @@ class Trainer:
                         grad_norm_sq = torch.stack([(g * g).sum() for g in grads]).sum()
                         accuracy = (logits.argmax(dim=1) == y).float().mean()
                         # One device → host transfer per step for everything reported.
-                        reported = torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else total.new_zeros(()), accuracy, grad_norm_sq]).tolist()
+                        # share_e: the step's mean routing mass through unit e (docs/method.md, "Share").
+                        share = model.gate(x, pruned).mean(dim=0)
+                        reported = torch.cat([torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else total.new_zeros(()), accuracy, grad_norm_sq]), share]).tolist()
                     optimizer.step()
-                    loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported
+                    loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported[:5]
+                    shares = reported[5:]
                     if reg is None:
                         reg_value = _mean_kappa(measurer.last, trainable)
                     step += 1
@@ -309,7 +350,8 @@ class Trainer:
                     last = now
                     ema_rate = 0.9 * ema_rate + 0.1 * rate if ema_rate else rate
                     if monitor_step:
-                        stats = measured
+                        stats = [dict(s, share=min(1.0, max(0.0, shares[s["id"]])), active=activity.observe(s["id"], shares[s["id"]])) for s in measured]
+                        report_activity(activity.changes())
                         if pruner:
                             pruner.observe(stats, steering.frozen, steering.pruned)
                         entered, left = floor_watch.observe(stats)
@@ -329,6 +371,7 @@ class Trainer:
                             m["plRatio"] = pl_ratio
                         if monitor_step or pruned_now:
                             m["units"] = stats
+                            m["participation"] = participation(shares)
                             if pruner:
                                 m["gate"] = [min(1.0, max(0.0, g)) for g in pruner.gate]
                         events.emit(m)

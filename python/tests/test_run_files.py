@@ -113,3 +113,23 @@ def test_damping_floor_watch_reports_each_episode_once():
     assert [len(x) for x in w.observe(floor(10.0))] == [0, 1]
     assert [len(x) for x in w.observe(floor(50.0))] == [1, 0]
     assert [len(x) for x in w.observe(floor(50.0, frozen=True))] == [0, 1]
+
+
+def test_share_ema_flags_an_inactive_unit_and_its_recovery_once_each():
+    from pltrain.train import Activity, participation
+
+    assert participation([0.25] * 4) == pytest.approx(4.0)
+    assert participation([1.0, 0, 0]) == pytest.approx(1.0)
+    a = Activity(4)  # threshold 1/40
+    assert a.observe(0, 0.01) is False  # the first record sets the EMA
+    assert a.changes() == [(0, False, 0.01)]
+    for _ in range(5):
+        a.observe(0, 0.01)
+    assert a.changes() == []
+    flips = []
+    for k in range(100):
+        a.observe(0, 0.5)
+        flips += a.changes()
+    assert len(flips) == 1 and flips[0][1] is True and flips[0][2] >= 0.025
+    # 0.95^k·0.01 + (1 − 0.95^k)·0.5 ≥ 1/40 from the first update on
+    assert a.ema[0] == pytest.approx(0.5, rel=0.01)
