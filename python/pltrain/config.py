@@ -24,7 +24,7 @@ DEFAULTS = {
     "logEvery": 1,
 }
 # The families this engine trains so far; the others run in the tfjs engine.
-FAMILIES = ("moe-mlp",)
+FAMILIES = ("moe-mlp", "vgg", "bert-encoder")
 
 
 class ConfigError(Exception):

@@ -4,6 +4,7 @@ apart (`groups`: a frozen unit's group is simply not stepped)."""
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -76,11 +77,133 @@ class MoeMlp(nn.Module):
         return out
 
 
+def _grid(features):
+    side = int(round(math.sqrt(features)))
+    return (side, side) if side * side == features else (1, features)
+
+
+class Vgg(nn.Module):
+    """`vgg`: blocks of 3×3 'same' conv + ReLU + 2×2 max-pool, then a dense classifier
+    (src/trainer/models/vgg.ts). Unit g is channel group g: in every conv layer its own `hiddenUnits`
+    filters (reading all input channels) and biases; a pruned group's channels are exactly zero."""
+
+    unit_name = "channel group"
+    task_metric = "accuracy"
+
+    def __init__(self, features, classes, config, generator):
+        super().__init__()
+        groups, c, layers = config["model"]["experts"], config["model"]["hiddenUnits"], config["model"]["layers"]
+        self.units, self.c, self.per_group = groups, classes, c
+        self.rows, self.cols = _grid(features)
+        h, w = self.rows, self.cols
+        for _ in range(layers):
+            h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"{layers} conv blocks pool a {self.rows}×{self.cols} image away to nothing: use fewer layers")
+        normal = lambda *shape, std: nn.Parameter(torch.randn(*shape, generator=generator) * std)
+        self.w = nn.ModuleList()
+        self.b = nn.ModuleList()
+        for l in range(layers):
+            cin = 1 if l == 0 else groups * c
+            self.w.append(nn.ParameterList([normal(c, cin, 3, 3, std=math.sqrt(2 / (9 * cin))) for _ in range(groups)]))
+            self.b.append(nn.ParameterList([nn.Parameter(torch.zeros(c)) for _ in range(groups)]))
+        flat = h * w * groups * c
+        self.dense_w = normal(flat, classes, std=math.sqrt(1 / flat))
+        self.dense_b = nn.Parameter(torch.zeros(classes))
+
+    def unit_params(self, g):
+        return [p for l in range(len(self.w)) for p in (self.w[l][g], self.b[l][g])]
+
+    def groups(self):
+        return [("dense", [self.dense_w, self.dense_b])] + [(f"group{g}", self.unit_params(g)) for g in range(self.units)]
+
+    def forward(self, x, pruned=frozenset()):
+        h = x.reshape(x.shape[0], 1, self.rows, self.cols)
+        for ws, bs in zip(self.w, self.b):
+            weight = torch.cat([torch.zeros_like(w) if g in pruned else w for g, w in enumerate(ws)])
+            bias = torch.cat([torch.zeros_like(b) if g in pruned else b for g, b in enumerate(bs)])
+            h = F.max_pool2d(torch.relu(F.conv2d(h, weight, bias, padding=1)), 2)
+        return h.reshape(h.shape[0], -1) @ self.dense_w + self.dense_b
+
+
+class BertEncoder(nn.Module):
+    """`bert-encoder` (src/trainer/models/bertEncoder.ts): each image row is a token, a learned [CLS]
+    token first; Linear(cols→dModel) + positions, LayerNorm; `layers` post-LN blocks (attention, then a
+    tanh-GELU FFN); the class from the final [CLS] state. Unit h is attention head h of every layer: its
+    W_q, b_q, W_k, W_v, b_v and its rows of W_o; a pruned head's are zeros in the forward pass."""
+
+    unit_name = "head"
+    task_metric = "accuracy"
+
+    def __init__(self, features, classes, config, generator):
+        super().__init__()
+        m = config["model"]
+        H, D, layers, Fh = m["experts"], m["dModel"], m["layers"], m["hiddenUnits"]
+        if D % H:
+            raise ValueError(f"dModel {D} must be a multiple of the {H} attention heads")
+        self.units, self.c, self.D, self.dh = H, classes, D, D // H
+        self.rows, self.cols = _grid(features)
+        normal = lambda *shape, std: nn.Parameter(torch.randn(*shape, generator=generator) * std)
+        zeros = lambda *shape: nn.Parameter(torch.zeros(*shape))
+        ones = lambda *shape: nn.Parameter(torch.ones(*shape))
+        self.tok_w, self.tok_b = normal(self.cols, D, std=math.sqrt(1 / self.cols)), zeros(D)
+        self.cls, self.pos = normal(D, std=1.0), normal(self.rows + 1, D, std=0.1)
+        self.ln_g, self.ln_b = ones(D), zeros(D)
+        self.out_w, self.out_b = normal(D, classes, std=math.sqrt(1 / D)), zeros(classes)
+        self.heads = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            layer = nn.ModuleList()
+            for _ in range(H):
+                head = nn.Module()
+                head.wq, head.bq = normal(D, self.dh, std=math.sqrt(1 / D)), zeros(self.dh)
+                head.wk = normal(D, self.dh, std=math.sqrt(1 / D))
+                head.wv, head.bv = normal(D, self.dh, std=math.sqrt(1 / D)), zeros(self.dh)
+                head.wo = normal(self.dh, D, std=math.sqrt(1 / D))
+                layer.append(head)
+            self.heads.append(layer)
+            blk = nn.Module()
+            blk.bo, blk.ln1g, blk.ln1b = zeros(D), ones(D), zeros(D)
+            blk.ff1w, blk.ff1b = normal(D, Fh, std=math.sqrt(2 / D)), zeros(Fh)
+            blk.ff2w, blk.ff2b = normal(Fh, D, std=math.sqrt(1 / Fh)), zeros(D)
+            blk.ln2g, blk.ln2b = ones(D), zeros(D)
+            self.blocks.append(blk)
+
+    def unit_params(self, h):
+        return [p for layer in self.heads for p in (layer[h].wq, layer[h].bq, layer[h].wk, layer[h].wv, layer[h].bv, layer[h].wo)]
+
+    def groups(self):
+        head_ids = {id(p) for h in range(self.units) for p in self.unit_params(h)}
+        return [("shared", [p for p in self.parameters() if id(p) not in head_ids])] + [(f"head{h}", self.unit_params(h)) for h in range(self.units)]
+
+    def forward(self, x, pruned=frozenset()):
+        b, T, D, H, dh = x.shape[0], self.rows + 1, self.D, self.units, self.dh
+        ln = lambda t, g, bb: F.layer_norm(t, (D,), g, bb, 1e-5)
+        tokens = x.reshape(b, self.rows, self.cols) @ self.tok_w + self.tok_b
+        h = ln(torch.cat([self.cls.expand(b, 1, D), tokens], dim=1) + self.pos, self.ln_g, self.ln_b)
+        for layer, blk in zip(self.heads, self.blocks):
+            side = lambda name, dim: torch.cat([torch.zeros_like(getattr(hd, name)) if k in pruned else getattr(hd, name) for k, hd in enumerate(layer)], dim=dim)
+            split = lambda t: t.reshape(b, T, H, dh).transpose(1, 2)
+            q = split(h @ side("wq", 1) + side("bq", 0))
+            k = split(h @ side("wk", 1))
+            v = split(h @ side("wv", 1) + side("bv", 0))
+            attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), dim=-1)
+            merged = (attention @ v).transpose(1, 2).reshape(b, T, H * dh)
+            h = ln(h + merged @ side("wo", 0) + blk.bo, blk.ln1g, blk.ln1b)
+            ff = F.gelu(h @ blk.ff1w + blk.ff1b, approximate="tanh") @ blk.ff2w + blk.ff2b
+            h = ln(h + ff, blk.ln2g, blk.ln2b)
+        return h[:, 0] @ self.out_w + self.out_b
+
+
 def create_model(config, data, device):
     generator = torch.Generator().manual_seed(config["seed"])
     family = config["model"]["family"]
     if family == "moe-mlp":
         model = MoeMlp(data.features, data.classes, config, generator)
+    elif family == "vgg":
+        model = Vgg(data.features, data.classes, config, generator)
+    elif family == "bert-encoder":
+        model = BertEncoder(data.features, data.classes, config, generator)
     else:
         raise ValueError(f"model.family {family} is not in the pytorch engine yet")
     return model.to(device)

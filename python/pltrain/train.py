@@ -64,11 +64,23 @@ class Measurer:
             # A closed form from forward quantities (moe-mlp): differentiable as it stands.
             kernels = self.model.unit_kernels(self.probe_x, u, pruned)
             return kernels if create_graph else kernels.detach()
+        # Per-sample gradients of the model's output: every live unit in one batched backward; a pruned
+        # unit is measured with itself restored (the rest as they are), as it would act.
+        E = self.model.units
+        live = [e for e in range(E) if e not in pruned]
         s = (u * logits).sum(dim=1)
-        return estimators.unit_kernels(s, [self.model.unit_params(e) for e in range(self.model.units)], create_graph)
+        kernels = [None] * E
+        if live:
+            for e, k in zip(live, estimators.unit_kernels(s, [self.model.unit_params(e) for e in live], create_graph)):
+                kernels[e] = k
+        for e in sorted(pruned):
+            restored = (u * self.model(self.probe_x, frozenset(pruned) - {e})).sum(dim=1)
+            kernels[e] = estimators.unit_kernels(restored, [self.model.unit_params(e)], False)[0].detach()
+        return torch.stack(kernels)
 
     def condition(self, kernels, frozen, pruned):
         k64 = kernels.detach().double().cpu().numpy()
+        self.traces = [float(np.trace(k)) for k in k64]
         out = []
         for e in range(k64.shape[0]):
             c = estimators.conditioning(k64[e], self.damping)
@@ -328,8 +340,9 @@ class Trainer:
                         grad_norm_sq = torch.stack([(g * g).sum() for g in grads]).sum()
                         accuracy = (logits.argmax(dim=1) == y).float().mean()
                         # One device → host transfer per step for everything reported.
-                        # share_e: the step's mean routing mass through unit e (docs/method.md, "Share").
-                        share = model.gate(x, pruned).mean(dim=0)
+                        # share_e: the step's mean routing mass through unit e (docs/method.md, "Share");
+                        # a family without a router takes it from the kernels on monitor steps (below).
+                        share = model.gate(x, pruned).mean(dim=0) if hasattr(model, "gate") else total.new_zeros(0)
                         reported = torch.cat([torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else total.new_zeros(()), accuracy, grad_norm_sq]), share]).tolist()
                     optimizer.step()
                     loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported[:5]
@@ -350,6 +363,10 @@ class Trainer:
                     last = now
                     ema_rate = 0.9 * ema_rate + 0.1 * rate if ema_rate else rate
                     if monitor_step:
+                        if not hasattr(model, "gate"):
+                            # tr(K_e)/Σ tr(K_e'): the unit's fraction of the output-gradient energy, pruned 0.
+                            live = [0.0 if e in pruned else measurer.traces[e] for e in range(units)]
+                            shares = [t / sum(live) for t in live] if sum(live) > 0 else [0.0] * units
                         stats = [dict(s, share=min(1.0, max(0.0, shares[s["id"]])), active=activity.observe(s["id"], shares[s["id"]])) for s in measured]
                         report_activity(activity.changes())
                         if pruner:

@@ -11,7 +11,7 @@ export const ENGINES = ['tfjs', 'pytorch'] as const;
 export type Engine = (typeof ENGINES)[number];
 
 /** The families the PyTorch engine trains so far (python/pltrain/models.py); the rest run in tfjs. */
-export const PYTORCH_FAMILIES: readonly string[] = ['moe-mlp'];
+export const PYTORCH_FAMILIES: readonly string[] = ['moe-mlp', 'vgg', 'bert-encoder'];
 
 /** `device` values of the PyTorch engine: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`. */
 export const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d{1,2})$/;
