@@ -1,6 +1,7 @@
 // The extension host's run model against the real trainer, without VS Code: the detached launcher,
 // the authenticated WebSocket client, command lifecycles, and replay after a reconnect.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -139,4 +140,17 @@ test('a recorded run whose run.json still says running but whose trainer is gone
   assert.ok(s.view.hello, 'hello (backend, config) comes back from events.jsonl');
   assert.equal(s.view.backend?.name, readRunInfo(runDir)!.backend!.name);
   s.dispose();
+});
+
+test('a run.json naming a pid that answers EPERM (another user\'s process, e.g. pid 1) is not live: no reconnect loop, Delete/Resume allowed', () => {
+  // Asked by a process that may not signal pid 1: as root, that is a child running as `nobody`.
+  const code = `const m = require('./src/extension/run/runDirectory.ts');
+    const info = { protocol: 2, runId: 'x', pid: 1, host: '127.0.0.1', port: 1234, state: 'running', startedAt: 0, updatedAt: 0, step: 0, totalSteps: 1 };
+    let eperm = false;
+    try { process.kill(1, 0); } catch (e) { eperm = e.code === 'EPERM'; }
+    console.log(JSON.stringify({ eperm, alive: m.processAlive(1), live: m.isLiveRun(info) }));`;
+  const asNobody = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', code], { cwd: root, encoding: 'utf8', ...asNobody });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { eperm: true, alive: false, live: false });
 });

@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RUN_FILES, RunInfo, TOKEN_ENV, runStamp, safeRunName } from '../../protocol';
+import { ensurePrivateDir, openPrivate, writePrivateAtomic } from '../../protocol/privateFile';
 import { LAUNCH_FILE, readRunInfo, tailLog } from './runDirectory';
 
 export interface LaunchOptions {
@@ -33,11 +34,12 @@ export function makeRunDirName(configName: string, now = new Date()): string {
 }
 
 export function launchTrainer(o: LaunchOptions, announceTimeoutMs = 180_000): LaunchedTrainer {
-  fs.mkdirSync(o.runDir, { recursive: true });
+  // Owner-only, and no planted symlink followed (privateFile.ts), like every file the trainer writes there.
+  ensurePrivateDir(o.runDir);
   // Which config started the run: lets code lenses and re-attach map a run back to its file.
-  if (!o.resume) fs.writeFileSync(path.join(o.runDir, LAUNCH_FILE), JSON.stringify({ configPath: o.configPath, launchedAt: Date.now() }) + '\n');
+  if (!o.resume) writePrivateAtomic(path.join(o.runDir, LAUNCH_FILE), JSON.stringify({ configPath: o.configPath, launchedAt: Date.now() }) + '\n');
   const token = randomBytes(32).toString('hex');
-  const logFd = fs.openSync(path.join(o.runDir, RUN_FILES.log), 'a');
+  const logFd = openPrivate(path.join(o.runDir, RUN_FILES.log), 'append');
   const args = o.resume ? ['--resume', o.runDir] : ['--config', o.configPath, '--run-dir', o.runDir];
   const child = spawn(o.nodePath, [o.trainerScript, ...args], {
     cwd: o.cwd,

@@ -58,13 +58,18 @@ export function readToken(runDir: string): string | undefined {
   }
 }
 
-/** True when a process with this pid exists (signal 0 probes without killing). */
+/**
+ * True when a process with this pid exists and is ours (signal 0 probes without killing). EPERM means
+ * the pid belongs to another user (pid 1, or a pid reused after the trainer died): not our trainer,
+ * so the run is not live (no endless reconnects, and Delete/Resume stay possible).
+ */
 export function processAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
     process.kill(pid, 0);
     return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  } catch {
+    return false;
   }
 }
 
