@@ -128,7 +128,8 @@ export class RunAnnouncement {
 
   constructor(private readonly runDir: string, runId: string, totalSteps: number) {
     const now = Date.now();
-    this.info = { protocol: PROTOCOL_VERSION, runId, pid: process.pid, host: '127.0.0.1', port: 0, state: 'starting', startedAt: now, updatedAt: now, step: 0, totalSteps };
+    // Where it listens (socket, or host + port) is added once it does.
+    this.info = { protocol: PROTOCOL_VERSION, runId, pid: process.pid, state: 'starting', startedAt: now, updatedAt: now, step: 0, totalSteps };
     try {
       this.reserveFd = fs.openSync(process.platform === 'win32' ? 'NUL' : '/dev/null', 'r');
     } catch {

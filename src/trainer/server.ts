@@ -1,14 +1,19 @@
-// The trainer's WebSocket endpoint. Only the holder of the run token gets in: 127.0.0.1 only, token
+// The trainer's WebSocket endpoint: a Unix socket in the owner-only run directory on Linux and macOS
+// (no TCP port exists, so nothing lists or forwards it, and only the owner can even connect), loopback
+// TCP on Windows (docs/security.md, "Transport"). Only the holder of the run token gets in: token
 // checked in constant time during the HTTP upgrade (before any WebSocket frame), browsers refused by
 // their Origin header, DNS rebinding refused by the Host header, frames capped and schema-checked.
 // Nobody without the token can hurt the run either: connections and unfinished handshakes are bounded
 // (the oldest unfinished one makes room), a handshake has HANDSHAKE_MS to finish, and refusals are
 // counted and logged at most about twice per REFUSAL_WINDOW_MS, never one event each.
 import { createHash, timingSafeEqual } from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer } from 'ws';
-import { ClientFrame, ClientFrameSchema, MAX_FRAME_BYTES, TOKEN_HEADER, TrainerEvent, parseFrame } from '../protocol';
+import { ClientFrame, ClientFrameSchema, MAX_FRAME_BYTES, TOKEN_HEADER, TRANSPORT_ENV, TrainerEndpoint, TrainerEvent, parseFrame } from '../protocol';
 import type { EventLog } from './events';
 
 export interface ServerHooks {
@@ -90,6 +95,21 @@ export class RefusalLog {
   }
 }
 
+/**
+ * Longest Unix socket path we bind (sockaddr_un holds 108 bytes on Linux, 104 on macOS, with the NUL).
+ * A run directory deeper than that gets its socket in a fresh owner-only folder under the temp dir.
+ */
+export const MAX_SOCKET_PATH = 100;
+
+/** Where the trainer of `runDir` listens: its socket path, or TCP where Unix sockets are not used. */
+export function chooseTransport(runDir: string, socketName: string, env = process.env, platform = process.platform): { socket: string } | { tcp: true } {
+  if (platform === 'win32' || env[TRANSPORT_ENV] === 'tcp') return { tcp: true };
+  const inRunDir = path.join(runDir, socketName);
+  if (Buffer.byteLength(inRunDir) <= MAX_SOCKET_PATH) return { socket: inRunDir };
+  // mkdtemp creates the folder 0700: the socket stays the owner's alone.
+  return { socket: path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pltrain-')), socketName) };
+}
+
 /** Digests first, so the comparison is constant-time whatever the presented token's length. */
 export function tokenMatches(presented: string | string[] | undefined, token: string): boolean {
   if (typeof presented !== 'string') return false;
@@ -110,6 +130,8 @@ export class TrainerServer {
   private readonly pending = new Map<Duplex, NodeJS.Timeout>();
   readonly refusals: RefusalLog;
   port = 0;
+  /** The Unix socket's path, when listening on one. */
+  socketPath: string | undefined;
 
   constructor(private readonly token: string, private readonly hooks: ServerHooks) {
     this.refusals = new RefusalLog((m) => hooks.log(m));
@@ -151,15 +173,35 @@ export class TrainerServer {
     this.pending.delete(socket);
   }
 
-  listen(): Promise<number> {
+  /** Listens on a Unix socket at `at.socket` (owner-only), or on an ephemeral loopback TCP port. */
+  listen(at: { socket: string } | { tcp: true } = { tcp: true }): Promise<TrainerEndpoint> {
     return new Promise((resolve, reject) => {
       this.http.once('error', reject);
-      this.http.listen(0, '127.0.0.1', () => {
-        this.port = (this.http.address() as { port: number }).port;
+      const started = () => {
         this.heartbeat = setInterval(() => this.ping(), HEARTBEAT_MS);
         this.heartbeat.unref();
-        resolve(this.port);
-      });
+      };
+      if ('socket' in at) {
+        removeStaleSocket(at.socket);
+        // Bound owner-only (the umask while Node binds it, synchronously), in an owner-only directory.
+        const umask = process.umask(0o177);
+        try {
+          this.http.listen(at.socket, () => {
+            fs.chmodSync(at.socket, 0o600);
+            this.socketPath = at.socket;
+            started();
+            resolve({ socket: at.socket });
+          });
+        } finally {
+          process.umask(umask);
+        }
+      } else {
+        this.http.listen(0, '127.0.0.1', () => {
+          this.port = (this.http.address() as { port: number }).port;
+          started();
+          resolve({ port: this.port });
+        });
+      }
     });
   }
 
@@ -173,7 +215,13 @@ export class TrainerServer {
     for (const c of this.wss.clients) c.close(1001, 'run ended');
     return new Promise((resolve) => {
       this.wss.close();
-      this.http.close(() => resolve());
+      this.http.close(() => {
+        // Node removes its socket file on close; a temp folder made for it goes too.
+        if (this.socketPath && path.basename(path.dirname(this.socketPath)).startsWith('pltrain-') && path.dirname(path.dirname(this.socketPath)) === os.tmpdir()) {
+          fs.rmSync(path.dirname(this.socketPath), { recursive: true, force: true });
+        }
+        resolve();
+      });
       this.http.closeAllConnections?.();
     });
   }
@@ -189,8 +237,10 @@ export class TrainerServer {
     if (!tokenMatches(req.headers[TOKEN_HEADER], this.token)) return refuse(401, 'missing or wrong token');
     // Browsers always send Origin on WebSocket upgrades; our only client (Node in the extension host) sends none.
     if (req.headers.origin !== undefined) return refuse(403, 'browser origin', req.headers.origin);
+    // DNS rebinding needs a TCP port; a Unix socket's clients (Node's http) say `localhost`.
     const host = req.headers.host;
-    if (host !== `127.0.0.1:${this.port}` && host !== `localhost:${this.port}`) return refuse(403, 'foreign Host header', host);
+    const hostOk = this.socketPath ? host === 'localhost' : host === `127.0.0.1:${this.port}` || host === `localhost:${this.port}`;
+    if (!hostOk) return refuse(403, 'foreign Host header', host);
     if (this.wss.clients.size >= MAX_CLIENTS) return refuse(503, `more than ${MAX_CLIENTS} clients`);
     this.wss.handleUpgrade(req, socket, head, (ws) => this.wss.emit('connection', ws, req));
   }
@@ -291,4 +341,19 @@ export class TrainerServer {
       ws.ping();
     }
   }
+}
+
+/**
+ * A socket file left by a killed trainer blocks listen (EADDRINUSE): remove it, but only a socket (a
+ * planted file or link of another kind is refused, never removed through).
+ */
+function removeStaleSocket(file: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(file);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`${file} exists and is not a socket; refusing to replace it`);
+  fs.rmSync(file);
 }

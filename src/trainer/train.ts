@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as TF from '@tensorflow/tfjs';
-import { AckEvent, LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, RunState, TrainingConfig, UNIT_NAMES, describeCommand } from '../protocol';
+import { AckEvent, LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, RunState, TrainerEndpoint, TrainingConfig, UNIT_NAMES, describeCommand } from '../protocol';
 import { selectBackend } from './backend';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint';
 import { EventLog } from './events';
@@ -11,7 +11,7 @@ import { DampingFloorWatch, type FloorChanges } from './pl/dampingFloor';
 import { GatingPruner } from './pl/pruner';
 import { Progress } from './progress';
 import { RunAnnouncement, RunDirLock, establishToken, prepareRunDir, writeJsonAtomic } from './runDir';
-import { TrainerServer } from './server';
+import { TrainerServer, chooseTransport } from './server';
 import { DURABLE_KINDS, SteeringState } from './steering';
 
 export interface RunOptions {
@@ -122,16 +122,16 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
   process.on('uncaughtException', onUncaught);
 
   // Announce first: backend loading (and GPU warm-up) can take long, and the extension shows progress.
-  let port: number;
+  let endpoint: TrainerEndpoint;
   try {
-    port = await server.listen();
-    announce.update({ port, state: 'starting' });
+    endpoint = await server.listen(chooseTransport(runDir, RUN_FILES.socket));
+    announce.update({ ...('socket' in endpoint ? { socket: endpoint.socket } : { host: '127.0.0.1', port: endpoint.port }), state: 'starting' });
   } catch (e) {
     fail(`could not serve the run's socket: ${(e as Error).message}`);
     lock.release();
     return state;
   }
-  process.stdout.write(`${LISTENING_PREFIX}${JSON.stringify({ port, runDir, runId, pid: process.pid })}\n`);
+  process.stdout.write(`${LISTENING_PREFIX}${JSON.stringify({ ...endpoint, runDir, runId, pid: process.pid })}\n`);
 
   let stopSignal = '';
   const onSignal = (sig: string) => {

@@ -10,7 +10,7 @@ import { launchTrainer } from '../../src/extension/run/launcher';
 import { isLiveRun, processAlive, readRecordedEvents, readRecordedHistory, readRunDirectory, readRunInfo, readToken } from '../../src/extension/run/runDirectory';
 import { RunSession } from '../../src/extension/run/runSession';
 import { TrainerConnection } from '../../src/extension/run/trainerConnection';
-import type { MetricsEvent, RunInfo } from '../../src/protocol';
+import { runEndpoint, type MetricsEvent, type RunInfo } from '../../src/protocol';
 import { until } from '../support/until';
 
 const root = path.resolve(__dirname, '..', '..');
@@ -25,7 +25,7 @@ let token = '';
 
 function attach(): RunSession {
   const s = new RunSession(info.runId, runDir, configPath);
-  s.attach(new TrainerConnection({ port: info.port, token, lastSeq: () => s.seq, shouldReconnect: () => s.active && processAlive(pid) }));
+  s.attach(new TrainerConnection({ endpoint: runEndpoint(info)!, token, lastSeq: () => s.seq, shouldReconnect: () => s.active && processAlive(pid) }));
   return s;
 }
 const metricsOf = (s: RunSession) => s.events.filter((e): e is MetricsEvent => e.type === 'metrics');
@@ -45,7 +45,11 @@ after(() => {
 
 test('the launcher announces a live run with an owner-only token file', () => {
   assert.equal(info.pid, pid);
-  assert.ok(info.port > 0);
+  // Linux: a Unix socket in the owner-only run directory, and no TCP port at all (docs/security.md).
+  assert.equal(info.socket, path.join(runDir, 'trainer.sock'));
+  assert.equal(info.port, undefined);
+  assert.ok(fs.lstatSync(info.socket).isSocket());
+  assert.equal(fs.statSync(info.socket).mode & 0o777, 0o600);
   assert.ok(isLiveRun(readRunInfo(runDir)));
   assert.equal(readToken(runDir), token, 'the token handed over in the environment is the one on disk');
   assert.equal(fs.statSync(path.join(runDir, 'token')).mode & 0o777, 0o600);

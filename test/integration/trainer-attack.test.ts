@@ -10,7 +10,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
-import { ClientFrameSchema, LISTENING_PREFIX, MetricsEventSchema, TOKEN_ENV, TOKEN_HEADER, TrainerFrameSchema } from '../../src/protocol';
+import { ClientFrameSchema, MetricsEventSchema, TOKEN_ENV, TOKEN_HEADER, TrainerFrameSchema } from '../../src/protocol';
+import { TrainerEndpoint, endpointOf, endpointUrl, hostHeader, httpTarget, listeningEndpoint, rawConnect, tcpListenPorts } from '../support/endpoint';
 import { mulberry32 } from '../support/prng';
 import { until } from '../support/until';
 
@@ -19,9 +20,10 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-attack-'));
 const runDir = path.join(tmp, 'run');
 const TOKEN = 'a'.repeat(64);
 let child: ChildProcess;
-let port = 0;
+/** The main trainer's endpoint: its Unix socket (the transport on Linux). */
+let endpoint: TrainerEndpoint;
 
-async function startTrainer(dir: string, env: Record<string, string> = {}, o: { maxFds?: number; args?: string[] } = {}): Promise<{ child: ChildProcess; port: number }> {
+async function startTrainer(dir: string, env: Record<string, string> = {}, o: { maxFds?: number; args?: string[] } = {}): Promise<{ child: ChildProcess; endpoint: TrainerEndpoint }> {
   const config = path.join(tmp, 'attack.pltrain.json');
   fs.writeFileSync(config, JSON.stringify({ name: 'attack', steps: 1_000_000, batchSize: 16, checkpointEvery: 0, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4 } }));
   const args = [path.join(root, 'dist', 'trainer.js'), ...(o.args ?? ['--config', config, '--run-dir', dir])];
@@ -32,29 +34,29 @@ async function startTrainer(dir: string, env: Record<string, string> = {}, o: { 
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   others.push(c);
-  const p = await new Promise<number>((resolve, reject) => {
+  const e = await new Promise<TrainerEndpoint>((resolve, reject) => {
     let buf = '';
     c.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
-      const line = buf.split('\n').find((l) => l.startsWith(LISTENING_PREFIX));
-      if (line) resolve(JSON.parse(line.slice(LISTENING_PREFIX.length)).port);
+      const listening = listeningEndpoint(buf);
+      if (listening) resolve(endpointOf(listening));
     });
     c.on('exit', (code) => reject(new Error(`trainer exited ${code}`)));
   });
-  return { child: c, port: p };
+  return { child: c, endpoint: e };
 }
 const others: ChildProcess[] = [];
 
 before(async () => {
-  ({ child, port } = await startTrainer(runDir));
+  ({ child, endpoint } = await startTrainer(runDir));
 });
 
 after(() => others.forEach((c) => c.kill('SIGKILL')));
 
 /** A raw upgrade request, so we see exactly what the server answers before any WebSocket frame. */
-function upgrade(headers: Record<string, string>, to = port): Promise<number> {
+function upgrade(headers: Record<string, string>, to = endpoint): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: to, path: '/', headers: { Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==', ...headers } });
+    const req = http.request({ ...httpTarget(to), path: '/', headers: { Host: hostHeader(to), Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==', ...headers } });
     req.on('upgrade', (res, socket) => {
       socket.destroy();
       resolve(res.statusCode ?? 0);
@@ -68,16 +70,16 @@ function upgrade(headers: Record<string, string>, to = port): Promise<number> {
   });
 }
 
-function connect(to = port): Promise<WebSocket> {
+function connect(to = endpoint): Promise<WebSocket> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${to}/`, { headers: { [TOKEN_HEADER]: TOKEN }, maxPayload: 64 * 1024 * 1024 });
+    const ws = new WebSocket(endpointUrl(to), { headers: { [TOKEN_HEADER]: TOKEN }, maxPayload: 64 * 1024 * 1024 });
     ws.once('open', () => resolve(ws));
     ws.once('error', reject);
   });
 }
 
 /** The latest completed step, read through a fresh authenticated subscription. */
-async function latestStep(to = port): Promise<number> {
+async function latestStep(to = endpoint): Promise<number> {
   const ws = await connect(to);
   try {
     // Replay everything, then read the newest step after a short while (metrics stream continuously).
@@ -94,21 +96,48 @@ async function latestStep(to = port): Promise<number> {
   }
 }
 
-test('the upgrade is refused without the token, with a wrong one, from a browser Origin, or for a foreign Host', async () => {
-  const host = `127.0.0.1:${port}`;
-  assert.equal(await upgrade({ Host: host }), 401, 'no token');
-  assert.equal(await upgrade({ Host: host, [TOKEN_HEADER]: 'b'.repeat(64) }), 401, 'wrong token');
-  assert.equal(await upgrade({ Host: host, [TOKEN_HEADER]: TOKEN.slice(1) }), 401, 'token of another length');
-  assert.equal(await upgrade({ Host: host, [TOKEN_HEADER]: TOKEN, Origin: 'https://evil.example' }), 403, 'browser Origin');
-  assert.equal(await upgrade({ Host: host, [TOKEN_HEADER]: TOKEN, Origin: 'null' }), 403, 'opaque Origin');
-  assert.equal(await upgrade({ Host: `evil.example:${port}`, [TOKEN_HEADER]: TOKEN }), 403, 'DNS-rebinding Host');
-  assert.equal(await upgrade({ Host: '127.0.0.1:1', [TOKEN_HEADER]: TOKEN }), 403, 'wrong port in Host');
-  assert.equal(await upgrade({ Host: host, [TOKEN_HEADER]: TOKEN }), 101, 'the owner gets in');
-  assert.equal(await upgrade({ Host: `localhost:${port}`, [TOKEN_HEADER]: TOKEN }), 101, 'localhost is loopback too');
+/** The upgrade checks, on either transport: token, browser Origin, Host. */
+async function upgradeChecks(to: TrainerEndpoint): Promise<void> {
+  const host = hostHeader(to);
+  assert.equal(await upgrade({ Host: host }, to), 401, 'no token');
+  assert.equal(await upgrade({ Host: host, [TOKEN_HEADER]: 'b'.repeat(64) }, to), 401, 'wrong token');
+  assert.equal(await upgrade({ Host: host, [TOKEN_HEADER]: TOKEN.slice(1) }, to), 401, 'token of another length');
+  assert.equal(await upgrade({ Host: host, [TOKEN_HEADER]: TOKEN, Origin: 'https://evil.example' }, to), 403, 'browser Origin');
+  assert.equal(await upgrade({ Host: host, [TOKEN_HEADER]: TOKEN, Origin: 'null' }, to), 403, 'opaque Origin');
+  assert.equal(await upgrade({ Host: 'evil.example', [TOKEN_HEADER]: TOKEN }, to), 403, 'DNS-rebinding Host');
+  assert.equal(await upgrade({ Host: '127.0.0.1:1', [TOKEN_HEADER]: TOKEN }, to), 403, 'wrong port in Host');
+  assert.equal(await upgrade({ Host: host, [TOKEN_HEADER]: TOKEN }, to), 101, 'the owner gets in');
+}
+
+test('the upgrade is refused without the token, with a wrong one, from a browser Origin, or for a foreign Host (Unix socket)', async () => {
+  await upgradeChecks(endpoint);
+});
+
+test('the same on loopback TCP (the Windows transport, PLTRAIN_TRANSPORT=tcp), where localhost is loopback too', async () => {
+  const t = await startTrainer(path.join(tmp, 'tcp'), { PLTRAIN_TRANSPORT: 'tcp' });
+  assert.ok('port' in t.endpoint && t.endpoint.port > 0);
+  await upgradeChecks(t.endpoint);
+  const port = (t.endpoint as { port: number }).port;
+  assert.equal(await upgrade({ Host: `localhost:${port}`, [TOKEN_HEADER]: TOKEN }, t.endpoint), 101, 'localhost is loopback too');
+  assert.equal(await upgrade({ Host: `evil.example:${port}`, [TOKEN_HEADER]: TOKEN }, t.endpoint), 403, 'DNS-rebinding Host with the port');
+  assert.deepEqual(tcpListenPorts(t.child.pid!), [port], 'the TCP transport does listen on its port (the check below can see one)');
+  t.child.kill('SIGKILL');
+});
+
+test('Linux: the trainer listens on a Unix socket in its owner-only run directory and on no TCP port at all (nothing for the Ports view to list)', () => {
+  assert.ok('socket' in endpoint, JSON.stringify(endpoint));
+  assert.equal(endpoint.socket, path.join(runDir, 'trainer.sock'));
+  assert.ok(fs.lstatSync(endpoint.socket).isSocket());
+  assert.equal(fs.statSync(endpoint.socket).mode & 0o777, 0o600);
+  assert.equal(fs.statSync(runDir).mode & 0o777, 0o700);
+  const info = JSON.parse(fs.readFileSync(path.join(runDir, 'run.json'), 'utf8'));
+  assert.equal(info.socket, endpoint.socket, 'run.json names the socket');
+  assert.equal('port' in info, false, 'and no port');
+  assert.deepEqual(tcpListenPorts(child.pid!), [], 'no TCP listening socket in the trainer process');
 });
 
 test('plain HTTP gets nothing', async () => {
-  const status = await new Promise<number>((resolve) => http.get({ host: '127.0.0.1', port, path: '/' }, (r) => (r.resume(), resolve(r.statusCode ?? 0))));
+  const status = await new Promise<number>((resolve) => http.get({ ...httpTarget(endpoint), path: '/' }, (r) => (r.resume(), resolve(r.statusCode ?? 0))));
   assert.ok(status >= 400, `status ${status}`);
 });
 
@@ -209,8 +238,8 @@ test('100k random and mutated frames are all refused; the trainer keeps training
 
 test('a peer that stops reading (no pongs) is dropped, and training goes on', async () => {
   // A trainer of its own with a short heartbeat, so the test takes a second, not twenty.
-  const main = port;
-  ({ port } = await startTrainer(path.join(tmp, 'heartbeat'), { PLTRAIN_HEARTBEAT_MS: '400' }));
+  const main = endpoint;
+  ({ endpoint } = await startTrainer(path.join(tmp, 'heartbeat'), { PLTRAIN_HEARTBEAT_MS: '400' }));
   const before = await latestStep();
   const ws = await connect();
   ws.send(JSON.stringify({ type: 'subscribe', sinceSeq: -1 }));
@@ -226,7 +255,7 @@ test('a peer that stops reading (no pongs) is dropped, and training goes on', as
   socket.resume();
   assert.ok(await closed, 'the server dropped the silent peer');
   assert.ok((await latestStep()) > before, 'training went on');
-  port = main;
+  endpoint = main;
 });
 
 /** Every frame a client receives, parsed, until it is closed. */
@@ -242,48 +271,58 @@ const eventLines = (dir: string) =>
 const ackLines = (dir: string) =>
   fs.existsSync(path.join(dir, 'commands.jsonl')) ? fs.readFileSync(path.join(dir, 'commands.jsonl'), 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
 
-test('320 idle connections to a trainer limited to 300 descriptors: it keeps training, the owner still gets in, nothing fails', { timeout: 120_000 }, async () => {
-  const dir = path.join(tmp, 'flood');
-  const t = await startTrainer(dir, { PLTRAIN_HANDSHAKE_MS: '1000' }, { maxFds: 300 });
-  const before = await latestStep(t.port);
-  const sockets: net.Socket[] = [];
-  for (let i = 0; i < 320; i++) {
-    const sock = net.connect(t.port, '127.0.0.1');
-    sock.on('error', () => undefined);
-    sock.resume();
-    sockets.push(sock);
-  }
-  await new Promise((r) => setTimeout(r, 1500));
-  // A second wave, while the first is still held open by the attacker.
-  for (let i = 0; i < 320; i++) {
-    const sock = net.connect(t.port, '127.0.0.1');
-    sock.on('error', () => undefined);
-    sock.resume();
-    sockets.push(sock);
-  }
-  await new Promise((r) => setTimeout(r, 500));
-  try {
-    assert.equal(t.child.exitCode, null, 'the trainer is alive');
-    const after = await latestStep(t.port);
-    assert.ok(after > before, `training went on through the flood: step ${before} → ${after}`);
-    assert.equal(readRunJson(dir).state, 'running');
-    const closed = sockets.filter((x) => x.destroyed || x.readableEnded).length;
-    assert.ok(closed >= 600, `unfinished handshakes were closed by the trainer (${closed} of ${sockets.length})`);
-  } finally {
-    sockets.forEach((x) => x.destroy());
-  }
-  const refusals = eventLines(dir).filter((e) => e.type === 'log' && /^refused/.test(e.message));
-  assert.ok(refusals.length <= 4, `refusals logged at a bounded rate, not one each: ${refusals.length} lines`);
-});
+for (const transport of ['unix', 'tcp'] as const) {
+  test(`640 idle connections (${transport}) to a trainer limited to 300 descriptors: it keeps training, holds few of them, and the owner gets in once they stop`, { timeout: 120_000 }, async () => {
+    const dir = path.join(tmp, `flood-${transport}`);
+    const t = await startTrainer(dir, { PLTRAIN_HANDSHAKE_MS: '1000', ...(transport === 'tcp' ? { PLTRAIN_TRANSPORT: 'tcp' } : {}) }, { maxFds: 300 });
+    await latestStep(t.endpoint);
+    const stepsOnDisk = () => fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').length;
+    const before = stepsOnDisk();
+    const sockets: net.Socket[] = [];
+    let mostFds = 0;
+    const fdCount = () => (mostFds = Math.max(mostFds, fs.readdirSync(`/proc/${t.child.pid}/fd`).length));
+    // Two waves, the first still held open by the attacker when the second comes.
+    for (let wave = 0; wave < 2; wave++) {
+      for (let i = 0; i < 320; i++) {
+        const sock = rawConnect(t.endpoint);
+        sock.on('error', () => undefined); // a full backlog (EAGAIN, dropped SYNs) is the kernel's, not the trainer's
+        sock.resume();
+        sockets.push(sock);
+      }
+      for (let k = 0; k < 10; k++) {
+        await new Promise((r) => setTimeout(r, 100));
+        fdCount();
+      }
+    }
+    try {
+      assert.equal(t.child.exitCode, null, 'the trainer is alive');
+      assert.ok(stepsOnDisk() > before, `training went on through the flood: ${before} → ${stepsOnDisk()} steps`);
+      assert.ok(mostFds < 100, `the trainer held at most ${mostFds} descriptors (unfinished handshakes are bounded)`);
+      assert.equal(readRunJson(dir).state, 'running');
+    } finally {
+      sockets.forEach((x) => x.destroy());
+    }
+    // The flood over, the owner gets in and finds training going on.
+    let after: number | undefined;
+    for (let tries = 0; after === undefined; tries++) {
+      after = await latestStep(t.endpoint).catch((e) => (tries < 30 ? undefined : Promise.reject(e)));
+      if (after === undefined) await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.ok(after > 0, 'the owner reads the live stream');
+    const refusals = eventLines(dir).filter((e) => e.type === 'log' && /^refused/.test(e.message));
+    assert.ok(refusals.length <= 6, `refusals logged at a bounded rate, not one each: ${refusals.length} lines`);
+    t.child.kill('SIGKILL');
+  });
+}
 
 test('refused upgrades are counted and logged at a bounded rate, never one event each', { timeout: 120_000 }, async () => {
   const dir = path.join(tmp, 'refusals');
   const WINDOW_MS = 1500;
   const t = await startTrainer(dir, { PLTRAIN_REFUSAL_WINDOW_MS: String(WINDOW_MS) });
-  await latestStep(t.port); // training started: logs are events from here on
+  await latestStep(t.endpoint); // training started: logs are events from here on
   const t0 = Date.now();
-  for (let i = 0; i < 300; i++) assert.equal(await upgrade({ Host: `127.0.0.1:${t.port}`, [TOKEN_HEADER]: `wrong-${i}` }, t.port), 401);
-  for (let i = 0; i < 20; i++) assert.equal(await upgrade({ Host: `127.0.0.1:${t.port}`, [TOKEN_HEADER]: TOKEN, Origin: 'https://evil.example' }, t.port), 403);
+  for (let i = 0; i < 300; i++) assert.equal(await upgrade({ [TOKEN_HEADER]: `wrong-${i}` }, t.endpoint), 401);
+  for (let i = 0; i < 20; i++) assert.equal(await upgrade({ [TOKEN_HEADER]: TOKEN, Origin: 'https://evil.example' }, t.endpoint), 403);
   const windows = Math.ceil((Date.now() - t0) / WINDOW_MS);
   const refusalLines = () => eventLines(dir).filter((e) => e.type === 'log' && /^refused/.test(e.message)).map((e) => e.message as string);
   const counted = (lines: string[], kind: RegExp) => lines.reduce((n, l) => n + Number(kind.exec(l)?.[1] ?? 0), 0);
@@ -330,18 +369,18 @@ test('the run directory is owner-only: the directory 0700, every file in it 0600
 test('multi-client policy: up to 8 token holders, all equal (each sees every ack), a ninth is refused with 503', async () => {
   const dir = path.join(tmp, 'clients');
   const t = await startTrainer(dir);
-  const clients = await Promise.all(Array.from({ length: 8 }, () => connect(t.port)));
+  const clients = await Promise.all(Array.from({ length: 8 }, () => connect(t.endpoint)));
   const seen = clients.map((ws) => {
     const frames = collect(ws);
     ws.send(JSON.stringify({ type: 'subscribe', sinceSeq: -1 }));
     return frames;
   });
-  assert.equal(await upgrade({ Host: `127.0.0.1:${t.port}`, [TOKEN_HEADER]: TOKEN }, t.port), 503, 'a ninth client');
+  assert.equal(await upgrade({ [TOKEN_HEADER]: TOKEN }, t.endpoint), 503, 'a ninth client');
   clients[3].send(JSON.stringify({ type: 'command', id: 'fromThree', command: { kind: 'setAlpha', alpha: 0.25 } }));
   for (const [i, frames] of seen.entries()) await until(`client ${i} sees the ack`, () => frames.find((f) => f.type === 'ack' && f.commandId === 'fromThree'), 20_000);
   clients[0].close();
   await new Promise((r) => setTimeout(r, 300));
-  assert.equal(await upgrade({ Host: `127.0.0.1:${t.port}`, [TOKEN_HEADER]: TOKEN }, t.port), 101, 'a slot freed by a closed client');
+  assert.equal(await upgrade({ [TOKEN_HEADER]: TOKEN }, t.endpoint), 101, 'a slot freed by a closed client');
   clients.forEach((ws) => ws.close());
   t.child.kill('SIGKILL');
 });

@@ -7,8 +7,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, test } from 'node:test';
 import WebSocket from 'ws';
-import { LISTENING_PREFIX, MetricsEvent, MetricsEventSchema, TOKEN_HEADER, TrainerEvent } from '../../src/protocol';
+import { MetricsEvent, MetricsEventSchema, TOKEN_HEADER, TrainerEvent } from '../../src/protocol';
 import { loadCheckpoint } from '../../src/trainer/checkpoint';
+import { TrainerEndpoint, endpointOf, endpointUrl, listeningEndpoint } from '../support/endpoint';
 import { mulberry32 } from '../support/prng';
 import { until } from '../support/until';
 
@@ -18,23 +19,23 @@ const runDir = path.join(tmp, 'run');
 const children: ChildProcess[] = [];
 after(() => children.forEach((c) => c.kill('SIGKILL')));
 
-function start(args: string[]): Promise<{ child: ChildProcess; port: number }> {
+function start(args: string[]): Promise<{ child: ChildProcess; port: TrainerEndpoint }> {
   const child = spawn(process.execPath, [path.join(root, 'dist', 'trainer.js'), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   return new Promise((resolve, reject) => {
     let buf = '';
     child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
-      const line = buf.split('\n').find((l) => l.startsWith(LISTENING_PREFIX));
-      if (line) resolve({ child, port: JSON.parse(line.slice(LISTENING_PREFIX.length)).port });
+      const listening = listeningEndpoint(buf);
+      if (listening) resolve({ child, port: endpointOf(listening) });
     });
     child.on('exit', (c) => reject(new Error(`trainer exited ${c}`)));
   });
 }
 
-function client(port: number): Promise<{ ws: WebSocket; events: TrainerEvent[] }> {
+function client(port: TrainerEndpoint): Promise<{ ws: WebSocket; events: TrainerEvent[] }> {
   const token = fs.readFileSync(path.join(runDir, 'token'), 'utf8').trim();
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { headers: { [TOKEN_HEADER]: token } });
+  const ws = new WebSocket(endpointUrl(port), { headers: { [TOKEN_HEADER]: token } });
   const events: TrainerEvent[] = [];
   ws.on('message', (d) => {
     const f = JSON.parse(d.toString());
@@ -105,9 +106,9 @@ const exited = (c: ChildProcess) => new Promise<number | null>((r) => (c.exitCod
 const acksIn = (dir: string) =>
   fs.existsSync(path.join(dir, 'commands.jsonl')) ? fs.readFileSync(path.join(dir, 'commands.jsonl'), 'utf8').split('\n').filter((l) => l.trim()).flatMap((l) => { try { return [JSON.parse(l)]; } catch { return []; } }) : [];
 
-function clientOf(dir: string, port: number): Promise<{ ws: WebSocket; events: TrainerEvent[] }> {
+function clientOf(dir: string, port: TrainerEndpoint): Promise<{ ws: WebSocket; events: TrainerEvent[] }> {
   const token = fs.readFileSync(path.join(dir, 'token'), 'utf8').trim();
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { headers: { [TOKEN_HEADER]: token } });
+  const ws = new WebSocket(endpointUrl(port), { headers: { [TOKEN_HEADER]: token } });
   const events: TrainerEvent[] = [];
   ws.on('message', (d) => {
     const f = JSON.parse(d.toString());
