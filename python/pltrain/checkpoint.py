@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 
+from .private import PRIVATE_DIR_MODE, fsync_dir, open_private
 from .protocol import CHECKPOINT_DIR, CHECKPOINT_DIRS, CHECKPOINT_MANIFEST
 
 
@@ -15,24 +16,34 @@ def save_checkpoint(run_dir, progress, tensors):
     final = os.path.join(run_dir, CHECKPOINT_DIR)
     fresh, old = final + ".new", final + ".old"
     shutil.rmtree(fresh, ignore_errors=True)
-    os.mkdir(fresh)
-    entries, offset = [], 0
-    with open(os.path.join(fresh, "tensors.bin"), "wb") as f:
-        for key, a in tensors:
-            a = np.ascontiguousarray(a, dtype=np.float32)
-            entries.append({"key": key, "shape": list(a.shape), "offset": offset, "length": int(a.size)})
-            f.write(a.tobytes())
-            offset += int(a.size)
-        f.flush()
-        os.fsync(f.fileno())
+    os.mkdir(fresh, PRIVATE_DIR_MODE)
+
+    def write(name, pieces):
+        fd = open_private(os.path.join(fresh, name), "create")
+        try:
+            for piece in pieces:
+                os.write(fd, piece)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    entries, offset, parts = [], 0, []
+    for key, a in tensors:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        entries.append({"key": key, "shape": list(a.shape), "offset": offset, "length": int(a.size)})
+        parts.append(a.tobytes())
+        offset += int(a.size)
+    write("tensors.bin", parts)
     manifest = {"format": "pl-trainer-checkpoint", "version": 1, **progress, "tensors": entries}
-    with open(os.path.join(fresh, CHECKPOINT_MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f)
+    write(CHECKPOINT_MANIFEST, [json.dumps(manifest).encode("utf-8")])
+    fsync_dir(fresh)
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(final):
         os.rename(final, old)
     os.rename(fresh, final)
     shutil.rmtree(old, ignore_errors=True)
+    # Durable before anything that relies on it (an ack) is written.
+    fsync_dir(run_dir)
 
 
 def load_checkpoint(run_dir):
@@ -48,7 +59,8 @@ def load_checkpoint(run_dir):
             continue
         tensors = {t["key"]: floats[t["offset"]:t["offset"] + t["length"]].reshape(t["shape"]).copy() for t in manifest["tensors"]}
         progress = {k: manifest[k] for k in ("step", "seq", "alpha", "frozen", "pruned", "time")}
-        if "pruner" in manifest:
-            progress["pruner"] = manifest["pruner"]
+        for optional in ("pruner", "acks", "commandIds"):
+            if optional in manifest:
+                progress[optional] = manifest[optional]
         return progress, tensors
     return None

@@ -8,7 +8,8 @@ import sys
 import time
 
 from . import config as cfg
-from .train import Trainer
+from .rundir import RunDirRefused
+from .train import Trainer, _reason
 
 USAGE = """usage: pltrain --config FILE [--steps N] [--run-dir DIR]
        pltrain --resume RUN_DIR        continue a killed or failed run from its last checkpoint"""
@@ -52,5 +53,14 @@ def main(argv):
     except (OSError, ValueError) as e:
         print(f"{args.config or args.resume}: {e}", file=sys.stderr)
         return 2
-    state = asyncio.run(trainer.run())
+    try:
+        state = asyncio.run(trainer.run())
+    except RunDirRefused as e:
+        # A run directory in use or already used: said in one line (exit 2, like a bad config).
+        print(str(e), file=sys.stderr)
+        return 2
+    except OSError as e:
+        # Before the run could record anything (a planted link where it must write, say): one line.
+        print(f"pltrain: {_reason(e)}", file=sys.stderr)
+        return 1
     return 1 if state == "failed" else 0

@@ -4,6 +4,7 @@ import json
 import os
 import threading
 
+from .private import open_private
 from .protocol import RUN_FILES, dumps
 
 FILES = (RUN_FILES["metrics"], RUN_FILES["commands"], RUN_FILES["events"])
@@ -19,7 +20,7 @@ class EventLog:
         self.run_dir = run_dir
         # Events are emitted on the training thread (and by the server); listeners run on the event
         # loop's thread (call_soon_threadsafe), so a slow client never holds a step up.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.loop = None
         self.next = 0
         self.history = []
@@ -27,12 +28,13 @@ class EventLog:
         self._fds = {}
 
     @classmethod
-    def resume(cls, run_dir, last_seq):
+    def resume(cls, run_dir, last_seq, checkpoint_acks=()):
         """Continues a run after a crash: events up to last_seq (the checkpoint's) stay; later metrics
         and acks describe steps that will be redone and move to *.discarded.jsonl (kept, not lost).
         hello/state/log stay. Seqs are never reused."""
         log = cls(run_dir)
         kept = []
+        kept_ack_seqs = set()
         max_seq = last_seq
         for name in FILES:
             full = os.path.join(run_dir, name)
@@ -53,15 +55,35 @@ class EventLog:
                     if e["seq"] <= last_seq or name == RUN_FILES["events"]:
                         keep_lines.append(line)
                         kept.append(e)
+                        if e.get("type") == "ack":
+                            kept_ack_seqs.add(e["seq"])
                     else:
                         drop_lines.append(line)
             tmp = f"{full}.resume-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(l + "\n" for l in keep_lines))
+            fd = open_private(tmp, "truncate")
+            try:
+                os.write(fd, "".join(l + "\n" for l in keep_lines).encode("utf-8"))
+            finally:
+                os.close(fd)
             os.replace(tmp, full)
             if drop_lines:
-                with open(full[: -len(".jsonl")] + ".discarded.jsonl", "a", encoding="utf-8") as f:
-                    f.write("".join(l + "\n" for l in drop_lines))
+                fd = open_private(full[: -len(".jsonl")] + ".discarded.jsonl", "append")
+                try:
+                    os.write(fd, "".join(l + "\n" for l in drop_lines).encode("utf-8"))
+                finally:
+                    os.close(fd)
+        # Acks the checkpoint holds but a kill kept off the disk (between the checkpoint and the
+        # append): the command's effect was saved, so its ack is recorded now, once.
+        for ack in checkpoint_acks:
+            if ack["seq"] > last_seq or ack["seq"] in kept_ack_seqs:
+                continue
+            fd = open_private(os.path.join(run_dir, RUN_FILES["commands"]), "append")
+            try:
+                os.write(fd, (dumps(ack) + "\n").encode("utf-8"))
+            finally:
+                os.close(fd)
+            kept.append(ack)
+            max_seq = max(max_seq, ack["seq"])
         log.history = sorted(kept, key=lambda e: e["seq"])
         log.next = max_seq + 1
         return log
@@ -79,7 +101,8 @@ class EventLog:
             name = _file_of(event)
             fd = self._fds.get(name)
             if fd is None:
-                fd = self._fds[name] = os.open(os.path.join(self.run_dir, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                # Opened owner-only without following a planted symlink, and kept: no descriptor per event.
+                fd = self._fds[name] = open_private(os.path.join(self.run_dir, name), "append")
             os.write(fd, line)
             self.history.append(event)
             listeners = list(self.listeners)
@@ -89,6 +112,15 @@ class EventLog:
             else:
                 listener(event)
         return event
+
+    def emit_acks(self, partials, before):
+        """Emits `partials` (acks) with consecutive seqs, first calling before(acks_with_seqs) with the
+        seqs they will take, all under the log's lock: nothing else can take those seqs in between
+        (a durable checkpoint holding the acks is written in `before`)."""
+        with self._lock:
+            first = self.next
+            before([dict(p, seq=first + i) for i, p in enumerate(partials)])
+            return [self.emit(p) for p in partials]
 
     def subscribe_since(self, since_seq, listener):
         """Attaches `listener` and returns every event with seq > since_seq, atomically: each later

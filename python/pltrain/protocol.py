@@ -20,6 +20,7 @@ RUN_FILES = {
     "commands": "commands.jsonl",
     "events": "events.jsonl",
     "log": "trainer.log",
+    "socket": "trainer.sock",
 }
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_DIRS = [CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"]

@@ -4,6 +4,13 @@ import threading
 from .protocol import alpha_problem
 
 
+# Commands whose applied effect a resume restores (α, frozen units): their ack goes out only once a
+# checkpoint holds the effect. Pause, resume and stop are not restored (a resumed run runs).
+DURABLE_KINDS = {"setAlpha", "freeze", "unfreeze"}
+# How many decided command ids a checkpoint keeps for duplicate detection across a resume.
+RECENT_IDS_KEPT = 1000
+
+
 class SteeringState:
     def __init__(self, units, alpha, frozen=(), unit_name="unit"):
         self.units, self.alpha, self.unit_name = units, alpha, unit_name
@@ -12,7 +19,7 @@ class SteeringState:
         self.frozen = set(frozen)
         self.pruned = set()
         self._queue = []
-        self._seen = set()
+        self._seen = {}  # insertion-ordered: the latest ids are the last
         # Commands arrive on the server's thread; the training thread drains them between steps.
         self._arrived = threading.Condition()
 
@@ -37,6 +44,14 @@ class SteeringState:
             out.append((cid, c, status, reason))
         return out
 
+    def remember(self, ids):
+        """Command ids decided before a resume: one resent gets "duplicate", not a second application."""
+        for cid in ids:
+            self._seen[cid] = None
+
+    def recent_ids(self, limit=RECENT_IDS_KEPT):
+        return list(self._seen)[-limit:]
+
     def trainable(self):
         return [i for i in range(self.units) if i not in self.frozen and i not in self.pruned]
 
@@ -48,7 +63,7 @@ class SteeringState:
     def _apply(self, cid, c):
         if cid in self._seen:
             return "rejected", f"duplicate command id {cid}"
-        self._seen.add(cid)
+        self._seen[cid] = None
         if self.stop_requested:
             return "rejected", "the run is stopping"
         k = c["kind"]

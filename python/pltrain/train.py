@@ -1,6 +1,7 @@
 """The training run (src/trainer/train.ts, step for step): device, data, model, the step loop with
 steering at step boundaries, events, checkpoints, and the WebSocket served between steps."""
 import asyncio
+import errno
 import math
 import os
 import signal
@@ -19,9 +20,28 @@ from .models import create_model
 from .progress import Progress
 from .protocol import LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, UNIT_NAMES, describe_command, dumps, to_precision
 from .pruning import DampingFloorWatch, GatingPruner
-from .rundir import RunAnnouncement, establish_token, now_ms, write_json_atomic
-from .server import TrainerServer
-from .steering import SteeringState
+from .rundir import RunAnnouncement, RunDirLock, establish_token, now_ms, prepare_run_dir, write_json_atomic
+from .server import TrainerServer, choose_transport
+from .steering import DURABLE_KINDS, SteeringState
+
+
+def _reason(e):
+    """What went wrong, in one line; an OS error as Node words it (`EMFILE: too many open files, open '…'`)."""
+    if isinstance(e, OSError) and e.errno in errno.errorcode:
+        where = f", open '{e.filename}'" if e.filename else ""
+        return f"{errno.errorcode[e.errno]}: {(e.strerror or '').lower()}{where}"
+    return str(e) or type(e).__name__
+
+
+def _exhaust_file_descriptors():
+    """Fault injection: takes every free file descriptor, as a flood of connections would."""
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    return held
 
 
 class NonFiniteLoss(Exception):
@@ -165,19 +185,23 @@ class Trainer:
 
     async def run(self):
         config, run_dir = self.config, self.run_dir
-        os.makedirs(run_dir, exist_ok=True)
+        # Owner-only, fresh for a new run, and ours alone (RunDirRefused otherwise) before anything is read or written.
+        prepare_run_dir(run_dir, self.resume)
+        lock = RunDirLock.acquire(run_dir)
         checkpoint = load_checkpoint(run_dir) if self.resume else None
         if self.resume and checkpoint is None:
+            lock.release()
             raise RuntimeError(f"no checkpoint to resume from in {run_dir}")
         if not self.resume:
             write_json_atomic(os.path.join(run_dir, RUN_FILES["config"]), config)
         run_id = os.path.basename(os.path.normpath(run_dir))
-        events = EventLog.resume(run_dir, checkpoint[0]["seq"]) if checkpoint else EventLog(run_dir)
+        events = EventLog.resume(run_dir, checkpoint[0]["seq"], checkpoint[0].get("acks", [])) if checkpoint else EventLog(run_dir)
         unit_name = UNIT_NAMES[config["model"]["family"]]
         units = config["model"]["experts"]
         if checkpoint:
             steering = SteeringState(units, checkpoint[0]["alpha"], checkpoint[0]["frozen"], unit_name)
             steering.pruned.update(checkpoint[0]["pruned"])
+            steering.remember(checkpoint[0].get("commandIds", []))
         else:
             steering = SteeringState(units, config["alpha"], config["frozenExperts"], unit_name)
         announce = RunAnnouncement(run_dir, run_id, config["steps"])
@@ -197,10 +221,37 @@ class Trainer:
             if events.last_seq >= 0:
                 events.emit({"type": "log", "level": level, "message": message, "time": now_ms(), **({"topic": topic} if topic else {})})
 
-        server = TrainerServer(token, events, steering.enqueue, lambda m: log("warn", m))
-        port = await server.listen()
-        announce.update(port=port, state="starting")
-        sys.stdout.write(LISTENING_PREFIX + dumps({"port": port, "runDir": run_dir, "runId": run_id, "pid": os.getpid()}) + "\n")
+        def fail(reason):
+            """A fatal error's last word: run.json says `failed` and why (first, with the descriptor held in
+            reserve), then the log and state events if they can still be written."""
+            state["value"] = "failed"
+            try:
+                announce.final(state="failed", step=step, reason=reason)
+            except OSError as e:
+                sys.stderr.write(f"could not record the failure in run.json: {e}\n")
+            try:
+                log("error", f"training failed: {reason}")
+                if events.last_seq >= 0:
+                    events.emit({"type": "state", "state": "failed", "step": step, "time": now_ms(), "reason": reason})
+            except OSError as e:
+                sys.stderr.write(f"training failed: {reason} (events not recorded: {e})\n")
+
+        def server_log(message):
+            # A connection's story must never end the run: if it cannot be recorded, it goes to stderr only.
+            try:
+                log("warn", message)
+            except OSError as e:
+                sys.stderr.write(f"{message} (not recorded: {e})\n")
+
+        server = TrainerServer(token, events, steering.enqueue, server_log)
+        try:
+            endpoint = await server.listen(choose_transport(run_dir, RUN_FILES["socket"]))
+            announce.update(**(endpoint if "socket" in endpoint else {"host": "127.0.0.1", "port": endpoint["port"]}), state="starting")
+        except OSError as e:
+            fail(f"could not serve the run's socket: {_reason(e)}")
+            lock.release()
+            return state["value"]
+        sys.stdout.write(LISTENING_PREFIX + dumps({**endpoint, "runDir": run_dir, "runId": run_id, "pid": os.getpid()}) + "\n")
         sys.stdout.flush()
 
         stop_signal = {"name": ""}
@@ -248,11 +299,17 @@ class Trainer:
                 if checkpoint:
                     progress.log(f"resumed from the checkpoint at step {step} (α {steering.alpha}, frozen [{', '.join(str(f) for f in sorted(steering.frozen))}])")
 
-                def save():
-                    progress_rec = {"step": step, "seq": events.last_seq, "alpha": steering.alpha, "frozen": sorted(steering.frozen), "pruned": sorted(steering.pruned), "time": now_ms()}
+                def progress_now(seq, acks=None):
+                    rec = {"step": step, "seq": seq, "alpha": steering.alpha, "frozen": sorted(steering.frozen), "pruned": sorted(steering.pruned), "time": now_ms()}
                     if pruner:
-                        progress_rec["pruner"] = pruner.get_state()
-                    save_checkpoint(run_dir, progress_rec, self._tensors(model, optimizer))
+                        rec["pruner"] = pruner.get_state()
+                    if acks:
+                        rec["acks"] = acks
+                    rec["commandIds"] = steering.recent_ids()
+                    return rec
+
+                def save():
+                    save_checkpoint(run_dir, progress_now(events.last_seq), self._tensors(model, optimizer))
 
                 stats = measurer.measure(steering.frozen, steering.pruned)
                 activity = Activity(units)
@@ -271,6 +328,7 @@ class Trainer:
                 last_announce = time.monotonic()
                 last = time.perf_counter()
                 inject_nan_at = int(os.environ.get("PLTRAIN_TEST_NAN_AT_STEP") or -1)
+                inject_fds_at = int(os.environ.get("PLTRAIN_TEST_EXHAUST_FDS_AT_STEP") or -1)
                 damping = config["monitor"]["damping"]
 
                 def report_floor(entered, left, alpha, trainable):
@@ -286,12 +344,22 @@ class Trainer:
 
                 def apply_commands():
                     decisions = steering.drain()
+                    if not decisions:
+                        return
+                    # "Applied" means saved: when a command changed what a resume restores (α, frozen
+                    # units), a checkpoint holding it, and the acks with the seqs they are about to take,
+                    # is written and fsynced before any ack is appended or sent (train.ts applyCommands).
+                    durable = any(status == "applied" and c["kind"] in DURABLE_KINDS for _, c, status, _ in decisions)
+                    t = now_ms()
+                    acks = [{"type": "ack", "commandId": cid, "command": c, "status": status, "step": step, "time": t, **({"reason": reason} if reason else {})} for cid, c, status, reason in decisions]
+
+                    def before(with_seqs):
+                        if durable:
+                            save_checkpoint(run_dir, progress_now(with_seqs[-1]["seq"], with_seqs), self._tensors(model, optimizer))
+
+                    events.emit_acks(acks, before)
                     for cid, c, status, reason in decisions:
-                        events.emit({"type": "ack", "commandId": cid, "command": c, "status": status, "step": step, "time": now_ms(), **({"reason": reason} if reason else {})})
                         progress.log(f"command {cid}: {describe_command(c, unit_name)} → {'applied at step ' + str(step) if status == 'applied' else 'rejected: ' + reason}")
-                    # An applied command changes what a resume must restore (α, frozen units).
-                    if any(d[2] == "applied" for d in decisions) and config["checkpointEvery"] > 0:
-                        save()
 
                 while step < config["steps"]:
                     apply_commands()
@@ -352,6 +420,8 @@ class Trainer:
                     step += 1
                     if step == inject_nan_at:
                         loss_value = math.nan
+                    if step == inject_fds_at:
+                        _exhaust_file_descriptors()
                     if not math.isfinite(loss_value):
                         raise NonFiniteLoss(step)
 
@@ -408,13 +478,11 @@ class Trainer:
                 log("info", f"test accuracy {correct / data.test_x.shape[0] * 100:.2f}% after {step} steps")
                 set_state("stopped" if steering.stop_requested else "completed", f"stopped by {stop_signal['name']}" if stop_signal["name"] else None)
             except Exception as e:  # noqa: BLE001 — every failure ends the run as `failed`, with its reason
-                reason = str(e)
-                log("error", f"training failed: {reason}")
+                fail(_reason(e))
                 if not isinstance(e, NonFiniteLoss):
                     import traceback
 
                     traceback.print_exc()
-                set_state("failed", reason)
         events.loop = loop
         try:
             await loop.run_in_executor(None, body)
@@ -422,4 +490,5 @@ class Trainer:
             await asyncio.sleep(0.2)
             await server.close()
             events.close()
+            lock.release()
         return state["value"]

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { BACKEND_NAMES, TrainingConfig, formatProblem, parseTrainingConfig } from '../protocol';
 import { findPython, pythonPackageDir } from '../protocol/pythonEngine';
 import { packageRoot } from './data';
-import { defaultRunDir } from './runDir';
+import { RunDirRefused, defaultRunDir } from './runDir';
 import { runTraining } from './train';
 
 /**
@@ -96,6 +96,11 @@ async function main(): Promise<number> {
 main().then(
   (code) => process.exit(code),
   (e) => {
+    // A run directory in use or already used: the user's mistake, said in one line (exit 2, like a bad config).
+    if (e instanceof RunDirRefused) {
+      console.error(e.message);
+      process.exit(2);
+    }
     console.error(e);
     process.exit(1);
   },

@@ -49,7 +49,7 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
     const r = spawnSync(process.execPath, [cli, '--config', config('ok', { steps: 1000, model: { experts: 3, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 8 } }), '--steps', '40', '--run-dir', runDir], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     const lines = r.stdout.trim().split('\n');
-    assert.match(lines[0], /^PLTRAIN_LISTENING \{"port":\d+/);
+    assert.match(lines[0], /^PLTRAIN_LISTENING \{"socket":"[^"]+trainer\.sock"/);
     assert.ok(!r.stdout.includes('\r'), 'no carriage returns in a log');
     assert.match(r.stdout, engine === 'tfjs' ? /backend: (wasm|cpu|tensorflow)/ : /backend: pytorch \((CPU|GPU)\) — (cpu|cuda:\d+ .+), torch /);
     assert.match(r.stdout, /step 40\/40 {2}loss \d+\.\d+ {2}acc [\d.]+% {2}mean κ [\d.e+]+ {2}[\d.]+ steps\/s {2}ETA 0s/);

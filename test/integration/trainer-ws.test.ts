@@ -2,7 +2,7 @@
 // boundaries (pause/resume, α, freeze), bad frames answered without harm, replay from a seq with no
 // gap or duplicate, stop → exit 0, and the run directory's JSONL agreeing with what was streamed.
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
@@ -13,16 +13,17 @@ import {
   AckEvent,
   AckEventSchema,
   HelloEvent,
-  LISTENING_PREFIX,
   MetricsEvent,
   MetricsEventSchema,
   RunInfoSchema,
+  runEndpoint,
   SteeringCommand,
   TOKEN_HEADER,
   TrainerEvent,
   TrainerFrame,
   TrainerFrameSchema,
 } from '../../src/protocol';
+import { TrainerEndpoint, endpointOf, endpointUrl, hostHeader, httpTarget, listeningEndpoint } from '../support/endpoint';
 import { until } from '../support/until';
 
 import { ENGINES, backendMatches, forEngine, spawnTrainer } from '../support/engines';
@@ -35,7 +36,7 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
 
   let child: ChildProcess;
   let exitCode: Promise<number | null>;
-  let listening: { port: number; runDir: string; runId: string; pid: number };
+  let listening: TrainerEndpoint & { runDir: string; runId: string; pid: number };
   let token = '';
 
   before(async () => {
@@ -51,8 +52,8 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
       let buf = '';
       child.stdout!.on('data', (d: Buffer) => {
         buf += d.toString();
-        const line = buf.split('\n').find((l) => l.startsWith(LISTENING_PREFIX));
-        if (line) resolve(JSON.parse(line.slice(LISTENING_PREFIX.length)));
+        const e = listeningEndpoint(buf);
+        if (e) resolve(e);
       });
       child.once('exit', (c) => reject(new Error(`trainer exited ${c} before listening`)));
     });
@@ -73,7 +74,7 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
   }
 
   function connect(): Promise<Client> {
-    const ws = new WebSocket(`ws://127.0.0.1:${listening.port}/`, { headers: { [TOKEN_HEADER]: token } });
+    const ws = new WebSocket(endpointUrl(listening), { headers: { [TOKEN_HEADER]: token } });
     const frames: TrainerFrame[] = [];
     ws.on('message', (d) => frames.push(TrainerFrameSchema.parse(JSON.parse(d.toString()))));
     return new Promise((resolve, reject) => {
@@ -98,8 +99,7 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
   function upgradeStatus(headers: Record<string, string>): Promise<number> {
     return new Promise((resolve, reject) => {
       const req = http.request({
-        host: '127.0.0.1',
-        port: listening.port,
+        ...httpTarget(listening),
         headers: { Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==', ...headers },
       });
       req.on('upgrade', (res, socket) => (socket.destroy(), resolve(res.statusCode ?? 0)));
@@ -109,26 +109,25 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
     });
   }
 
-  test('the LISTENING line names this process, its run dir and port; run.json agrees', () => {
+  test('the LISTENING line names this process, its run dir and socket; run.json agrees', () => {
     assert.equal(listening.pid, child.pid);
     assert.equal(path.resolve(listening.runDir), path.resolve(runDir));
     assert.equal(listening.runId, path.basename(runDir));
-    assert.ok(listening.port > 0);
+    assert.ok('socket' in listening && listening.socket === path.join(runDir, 'trainer.sock'), JSON.stringify(listening));
     const info = RunInfoSchema.parse(JSON.parse(fs.readFileSync(path.join(runDir, 'run.json'), 'utf8')));
-    assert.equal(info.port, listening.port);
+    assert.deepEqual(runEndpoint(info), endpointOf(listening), 'run.json names where the trainer listens');
     assert.equal(info.pid, child.pid);
-    assert.equal(info.host, '127.0.0.1');
     assert.equal(fs.statSync(path.join(runDir, 'token')).mode & 0o777, 0o600);
   });
 
   test('only the token holder, without Origin and with a loopback Host, gets in', async () => {
-    const host = `127.0.0.1:${listening.port}`;
+    const host = hostHeader(listening);
     assert.equal(await upgradeStatus({ Host: host }), 401, 'no token');
     assert.equal(await upgradeStatus({ Host: host, [TOKEN_HEADER]: token.replace(/.$/, (c) => (c === '0' ? '1' : '0')) }), 401, 'token off by one character');
     assert.equal(await upgradeStatus({ Host: host, [TOKEN_HEADER]: token, Origin: 'http://localhost:3000' }), 403, 'Origin header');
-    assert.equal(await upgradeStatus({ Host: `attacker.example:${listening.port}`, [TOKEN_HEADER]: token }), 403, 'wrong Host');
+    assert.equal(await upgradeStatus({ Host: 'attacker.example', [TOKEN_HEADER]: token }), 403, 'wrong Host');
     assert.equal(await upgradeStatus({ Host: host, [TOKEN_HEADER]: token }), 101, 'the token holder');
-    const plain = await new Promise<number>((resolve) => http.get({ host: '127.0.0.1', port: listening.port, path: '/' }, (r) => (r.resume(), resolve(r.statusCode ?? 0))));
+    const plain = await new Promise<number>((resolve) => http.get({ ...httpTarget(listening), path: '/' }, (r) => (r.resume(), resolve(r.statusCode ?? 0))));
     assert.equal(plain, 404, 'plain HTTP learns nothing');
   });
 

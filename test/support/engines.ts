@@ -2,7 +2,7 @@
 // TensorFlow.js trainer always, the PyTorch engine (python/pltrain) where an interpreter imports torch
 // and websockets (PLTRAIN_PYTHON, else /usr/bin/python3, else python3; CI installs Debian's
 // python3-torch). Each suite is the same tests for both: `for (const engine of ENGINES)`.
-import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess, type SpawnOptions, type SpawnSyncOptionsWithStringEncoding, type SpawnSyncReturns } from 'node:child_process';
 import * as path from 'node:path';
 import { findPython, pythonPackageDir } from '../../src/protocol/pythonEngine';
 
@@ -39,4 +39,16 @@ export function spawnTrainer(engine: EngineName, args: string[], options: SpawnO
 export function backendMatches(engine: EngineName, backend: { name: string; engine?: string; device?: string }): boolean {
   if (engine === 'tfjs') return ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'].includes(backend.name);
   return backend.name === 'pytorch' && backend.engine === 'pytorch' && /^(cpu|cuda:\d+ .+)$/.test(backend.device ?? '');
+}
+
+/** The command that runs `engine`'s trainer process, with the environment it needs (for `bash -c … exec`). */
+export function trainerCommand(engine: EngineName): { command: string; args: string[]; env: Record<string, string> } {
+  if (engine === 'tfjs') return { command: process.execPath, args: [path.join(root, 'dist', 'trainer.js')], env: {} };
+  return { command: PYTHON!, args: ['-m', 'pltrain'], env: { PYTHONPATH: engineEnv().PYTHONPATH! } };
+}
+
+/** spawnSync of the trainer process itself (a refused start, say). */
+export function spawnTrainerSync(engine: EngineName, args: string[], options: SpawnSyncOptionsWithStringEncoding): SpawnSyncReturns<string> {
+  const t = trainerCommand(engine);
+  return spawnSync(t.command, [...t.args, ...args], { ...options, env: { ...(options.env ?? process.env), ...t.env } });
 }
