@@ -28,9 +28,11 @@ export class ConfigDiagnostics implements vscode.Disposable {
   update(doc: vscode.TextDocument): void {
     if (!isConfigDocument(doc)) return;
     const analysis = analyzeConfigText(doc.getText(), path.dirname(doc.uri.fsPath));
+    // JSON syntax errors are marked by VS Code's JSON language service already; one mark per error.
+    // Schema problems are ours alone: the contributed schema carries descriptions, not constraints.
     this.collection.set(
       doc.uri,
-      analysis.problems.map((p) => {
+      analysis.problems.filter((p) => !p.syntax).map((p) => {
         const d = new vscode.Diagnostic(new vscode.Range(doc.positionAt(p.range.start), doc.positionAt(p.range.end)), p.message, vscode.DiagnosticSeverity.Error);
         d.source = 'PL Trainer';
         return d;
@@ -41,6 +43,28 @@ export class ConfigDiagnostics implements vscode.Disposable {
   dispose(): void {
     for (const s of this.subs) s.dispose();
     this.collection.dispose();
+  }
+}
+
+/** Quick fix for a misspelled field: put the known field's name in its place. */
+export class ConfigQuickFixes implements vscode.CodeActionProvider {
+  static readonly kinds = [vscode.CodeActionKind.QuickFix];
+
+  provideCodeActions(doc: vscode.TextDocument, range: vscode.Range, context: vscode.CodeActionContext): vscode.CodeAction[] {
+    if (!isConfigDocument(doc)) return [];
+    const out: vscode.CodeAction[] = [];
+    for (const p of analyzeConfigText(doc.getText(), path.dirname(doc.uri.fsPath)).problems) {
+      if (!p.suggestion) continue;
+      const keyRange = new vscode.Range(doc.positionAt(p.range.start), doc.positionAt(p.range.end));
+      if (!keyRange.intersection(range)) continue;
+      const action = new vscode.CodeAction(`Change to "${p.suggestion}"`, vscode.CodeActionKind.QuickFix);
+      action.edit = new vscode.WorkspaceEdit();
+      action.edit.replace(doc.uri, keyRange, JSON.stringify(p.suggestion));
+      action.diagnostics = context.diagnostics.filter((d) => d.source === 'PL Trainer' && d.range.isEqual(keyRange));
+      action.isPreferred = true;
+      out.push(action);
+    }
+    return out;
   }
 }
 

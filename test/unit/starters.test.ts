@@ -1,0 +1,36 @@
+import assert from 'node:assert/strict';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { analyzeConfigText } from '../../src/extension/config/configAnalysis';
+import { FAMILY_STARTERS, describeStarter, expectedDuration, freeConfigPath, starterConfig, starterSteps } from '../../src/extension/config/starters';
+import { MODEL_FAMILIES } from '../../src/protocol';
+
+const examples = path.join(__dirname, '..', '..', 'examples');
+
+test('one starter per model family, each a valid config of that family with the chosen name and no $schema', () => {
+  assert.deepEqual(FAMILY_STARTERS.map((s) => s.family), [...MODEL_FAMILIES]);
+  for (const s of FAMILY_STARTERS) {
+    const config = starterConfig(examples, s.family, 'my run');
+    assert.equal(config.name, 'my run');
+    assert.equal((config.model as { family: string }).family, s.family);
+    assert.ok(!('$schema' in config), `${s.family}: no $schema`);
+    const analysis = analyzeConfigText(JSON.stringify(config, null, 2), os.tmpdir());
+    assert.deepEqual(analysis.problems.map((p) => p.message), [], s.family);
+  }
+  // The VGG example reads Debian's Fashion-MNIST files; the starter runs anywhere on the built-in images.
+  assert.deepEqual(starterConfig(examples, 'vgg', 'v').data, { source: 'builtin' });
+});
+
+test('expected durations: closed forms at the range ends', () => {
+  assert.equal(expectedDuration(2000, [300, 400]), '5–7 s');
+  assert.equal(expectedDuration(400, [1.5, 3]), '2–4 min');
+  assert.equal(expectedDuration(10, [100, 200]), '~1 s');
+  assert.match(describeStarter(FAMILY_STARTERS[2], starterSteps(examples, 'bert-encoder')), /^~1\.5–3 steps\/s on a CPU: 400 steps take 2–4 min; heads are the units$/);
+});
+
+test('a new config never overwrites one that exists', () => {
+  const taken = new Set(['/w/heads.pltrain.json', '/w/heads-2.pltrain.json']);
+  assert.equal(freeConfigPath('/w', 'heads', (f) => taken.has(f)), '/w/heads-3.pltrain.json');
+  assert.equal(freeConfigPath('/w', 'my run!', () => false), '/w/my-run-.pltrain.json');
+});
