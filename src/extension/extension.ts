@@ -55,7 +55,7 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
     void vscode.commands.executeCommand('setContext', 'plTrainer.runState', s ? (s.view.state ?? 'starting') : 'none');
     void vscode.commands.executeCommand('setContext', 'plTrainer.runActive', !!s?.active);
   };
-  context.subscriptions.push(runs.onDidChange(updateContext), runs.onDidChangeCurrent(updateContext));
+  context.subscriptions.push(runs.onDidChange(updateContext), runs.onDidChangeCurrent(updateContext), runs.onDidRequestShow(() => MetricsPanel.show(context, runs)));
 
   const steer = (command: SteeringCommand, runDir?: unknown) => runs.issue(command, typeof runDir === 'string' ? runDir : undefined);
   const register = (id: string, fn: (...args: any[]) => unknown) => context.subscriptions.push(vscode.commands.registerCommand(id, fn));
@@ -86,7 +86,7 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
     return steer({ kind: 'setAlpha', alpha }, runDir);
   });
   const unitCommand = (kind: 'freeze' | 'unfreeze') => async (arg?: unknown, runDir?: string) => {
-    let unit = typeof arg === 'number' ? arg : (arg as Extract<MetricsNode, { kind: 'unit' }> | undefined)?.unit?.id;
+    let unit = typeof arg === 'number' ? arg : (arg as Extract<MetricsNode, { kind: 'unit' }> | undefined)?.unitId;
     if (unit === undefined) {
       const v = (typeof runDir === 'string' ? runs.all.find((s) => s.runDir === runDir) : runs.current)?.view;
       if (!v) {
@@ -135,7 +135,7 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
       notify('error', 'That run is still training; stop it first.');
       return false;
     }
-    tree.refreshSoon();
+    tree.refreshRuns();
     return true;
   });
   register('plTrainer.openRun', (dir: string) => {

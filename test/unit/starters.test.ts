@@ -34,3 +34,16 @@ test('a new config never overwrites one that exists', () => {
   assert.equal(freeConfigPath('/w', 'heads', (f) => taken.has(f)), '/w/heads-3.pltrain.json');
   assert.equal(freeConfigPath('/w', 'my run!', () => false), '/w/my-run-.pltrain.json');
 });
+
+test('runs are told apart by config name and a short start time', async () => {
+  const { runLabel, shortTime, stampOf } = await import('../../src/extension/run/runLabel');
+  const now = new Date(2026, 11, 6, 14, 0, 0);
+  assert.equal(shortTime(new Date(2026, 11, 6, 9, 5), now), '09:05');
+  assert.equal(shortTime(new Date(2026, 11, 4, 15, 2), now), 'Dec 4 15:02');
+  assert.equal(shortTime(new Date(2025, 0, 31, 23, 59), now), '2025 Jan 31 23:59');
+  assert.deepEqual(stampOf('default-20261204-150233-ab12'), new Date(2026, 11, 4, 15, 2, 33));
+  assert.equal(stampOf('no-stamp'), undefined);
+  assert.equal(runLabel('/r/default-20261204-150233-ab12', 'default', undefined, now), 'default · Dec 4 15:02');
+  assert.equal(runLabel('/r/x-20261206-100000', 'my run', new Date(2026, 11, 6, 13, 30).getTime(), now), 'my run · 13:30');
+  assert.equal(runLabel('/r/odd', undefined, undefined, now), 'odd');
+});
