@@ -10,6 +10,7 @@ import { installGpuBackend } from './gpuBackend';
 import { MetricsPanel } from './panel';
 import { RunManager } from './runManager';
 import { listRunDirs } from './run/runDirectory';
+import { runLabel } from './run/runLabel';
 import { MetricsNode, MetricsTreeProvider } from './sidebar';
 import { RunStatusBar } from './statusBar';
 import { unitPrompt } from './unitPrompt';
@@ -54,8 +55,9 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
     const s = runs.current;
     void vscode.commands.executeCommand('setContext', 'plTrainer.runState', s ? (s.view.state ?? 'starting') : 'none');
     void vscode.commands.executeCommand('setContext', 'plTrainer.runActive', !!s?.active);
+    void vscode.commands.executeCommand('setContext', 'plTrainer.runCount', runs.all.length);
   };
-  context.subscriptions.push(runs.onDidChange(updateContext), runs.onDidChangeCurrent(updateContext), runs.onDidRequestShow(() => MetricsPanel.show(context, runs)));
+  context.subscriptions.push(runs.onDidChange(updateContext), runs.onDidChangeCurrent(updateContext), runs.onDidTrack(updateContext), runs.onDidRequestShow(() => MetricsPanel.show(context, runs)));
 
   const steer = (command: SteeringCommand, runDir?: unknown) => runs.issue(command, typeof runDir === 'string' ? runDir : undefined);
   const register = (id: string, fn: (...args: any[]) => unknown) => context.subscriptions.push(vscode.commands.registerCommand(id, fn));
@@ -102,6 +104,26 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
   register('plTrainer.freezeExpert', unitCommand('freeze'));
   register('plTrainer.unfreezeExpert', unitCommand('unfreeze'));
   register('plTrainer.showPanel', () => MetricsPanel.show(context, runs));
+  register('plTrainer.openWalkthrough', () => vscode.commands.executeCommand('workbench.action.openWalkthrough', `${context.extension.id}#firstRun`, false));
+  // Several runs: the panel, the sidebar and the status bar follow one of them, the one picked here.
+  register('plTrainer.selectRun', async (runDir?: unknown) => {
+    const choices = [...runs.live, ...runs.all.filter((s) => !s.active)];
+    const chosen =
+      typeof runDir === 'string'
+        ? runs.all.find((s) => s.runDir === runDir)
+        : await pickOne(
+            'Show which run in the panel, sidebar and status bar?',
+            choices.map((s) => ({
+              label: `${s === runs.current ? '$(eye) ' : ''}${runLabel(s.runDir, typeof s.view.hello?.config.name === 'string' ? s.view.hello.config.name : undefined, s.view.hello?.startedAt)}`,
+              description: `${s.view.state ?? 'starting'} · step ${s.view.step}/${s.view.totalSteps}`,
+              detail: s.runId,
+              value: s,
+            })),
+          );
+    if (!chosen) return undefined;
+    runs.show(chosen);
+    return chosen.runDir;
+  });
   register('plTrainer.resumeRun', async (arg?: unknown) => {
     const dir = typeof arg === 'string' ? arg : (arg as { dir?: string } | undefined)?.dir ?? runs.current?.runDir;
     if (!dir) return undefined;

@@ -6,7 +6,7 @@ import { HostToWebview, TrainerEvent, WebviewToHostSchema, describeCommand } fro
 import { renderPanelHtml } from '../protocol/panelDocument';
 import { PanelRelay } from './panelRelay';
 import { RunManager } from './runManager';
-import { flash, notify } from './vscode/ui';
+import { notify } from './vscode/ui';
 
 export const PANEL_VIEW_TYPE = 'plTrainer.panel';
 
@@ -127,18 +127,28 @@ export class MetricsPanel implements vscode.Disposable {
     if (status.status !== 'pending') notify('warn', `PL training: ${describeCommand(m.command, session.view.unitName)} ${status.status}: ${status.reason}`);
   }
 
-  /** Export from the panel: ask where, default next to the run's own files. */
-  private async saveExport(fileName: string, content: string): Promise<void> {
-    const dir = this.runs.current?.runDir;
+  /** Export from the panel: ask where (the workspace folder, not the hidden run directory), then say where it went. */
+  private async saveExport(fileName: string, content: string): Promise<vscode.Uri | undefined> {
+    const folder = vscode.workspace.workspaceFolders?.[0]?.uri;
     const target = await vscode.window.showSaveDialog({
-      defaultUri: dir ? vscode.Uri.file(`${dir}/${fileName}`) : undefined,
+      defaultUri: folder ? vscode.Uri.joinPath(folder, fileName) : undefined,
       filters: fileName.endsWith('.csv') ? { CSV: ['csv'] } : { JSON: ['json'] },
       title: 'Export PL training metrics',
     });
-    if (!target) return;
+    if (!target) return undefined;
     await vscode.workspace.fs.writeFile(target, Buffer.from(content, 'utf8'));
-    flash(`Exported ${fileName}`, 4000);
+    this.lastExport = target;
+    notify('info', `Exported ${vscode.workspace.asRelativePath(target)}`, {
+      actions: [
+        { title: 'Open', run: () => void vscode.window.showTextDocument(target) },
+        { title: 'Reveal', run: () => void vscode.commands.executeCommand('revealInExplorer', target) },
+      ],
+    });
+    return target;
   }
+
+  /** Where the last export from this panel went (tests read it). */
+  lastExport: vscode.Uri | undefined;
 
   dispose(): void {
     if (MetricsPanel.instance === this) MetricsPanel.instance = undefined;

@@ -120,7 +120,14 @@ export class RunManager {
         report(`backend ${info.backend?.name ?? '?'} ready, connecting…`);
         const session = this.track(info.runId, runDir, configPath, true);
         this.connect(session, info.port, launched.token, launched.pid);
+        const previous = this._current?.active ? this._current : undefined;
         this.setCurrent(session);
+        // Not silently: the views now follow the new run, and the one they showed keeps training.
+        if (previous) {
+          ui.notify('info', `${info.runId} started; the panel, sidebar and status bar show it now. ${previous.runId} keeps training.`, {
+            actions: [{ title: `Show ${previous.runId}`, run: () => this.show(previous) }],
+          });
+        }
         await this.helloOrEnd(session, 20_000);
         log.info(`run ${info.runId}: backend ${info.backend?.name} (${info.backend?.gpu ? 'GPU' : 'CPU'}) — ${info.backend?.detail ?? ''}`);
         return session;

@@ -161,8 +161,8 @@ const TITLE = 'PL Training: Start PL training';
     // Export from the panel through VS Code's save dialog; the file must hold metrics.jsonl's numbers.
     const runsDir = path.join(folder, '.pltrain', 'runs');
     const runDir = path.join(runsDir, fs.readdirSync(runsDir)[0]);
-    // The host proposes <runDir>/<runId>-metrics.json; accept it with the dialog's OK.
-    const target = path.join(runDir, `${path.basename(runDir)}-metrics.json`);
+    // The host proposes <workspace folder>/<runId>-metrics.json (not the hidden run directory); accept it with the dialog's OK.
+    const target = path.join(folder, `${path.basename(runDir)}-metrics.json`);
     await page.waitForTimeout(500); // the stop's final events reach the panel
     await panel2.locator('[data-testid="btn-export-json"]').click();
     const ok = page.locator('.quick-input-widget .monaco-button', { hasText: 'OK' }).first();
@@ -178,6 +178,12 @@ const TITLE = 'PL Training: Start PL training';
       }
     }
     if (exported === undefined) throw new Error(`no complete export at ${target} after 15 s`);
+    // Confirmed where the user looks, with the next steps as buttons.
+    const toast = page.locator('.notifications-toasts .notification-list-item', { hasText: `Exported ${path.basename(target)}` }).first();
+    await toast.waitFor({ timeout: 15000 });
+    const buttons = (await toast.locator('.monaco-button').allTextContents()).map((t) => t.trim());
+    check('the export is confirmed with Open and Reveal', buttons.includes('Open') && buttons.includes('Reveal'), buttons.join(', '));
+    fs.rmSync(target);
     const recorded = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
     check('the exported loss series equals metrics.jsonl, step for step', same(exported.series.loss, recorded.map((m) => [m.step, m.loss])), `${recorded.length} steps`);
