@@ -60,6 +60,29 @@ const TITLE = 'PL Training: Start PL training';
     await page.goto(workbenchUrl({ folder, devPath }));
     await page.locator('.monaco-workbench .part.statusbar').waitFor({ timeout: 90000 });
     lap('workbench rendered');
+    // Before any run the status bar says where the extension is; its entry opens the first-run walkthrough.
+    const entry = page.locator('.part.statusbar .statusbar-item', { hasText: 'PL Trainer' }).first();
+    await entry.waitFor({ timeout: 60000 });
+    await entry.click();
+    const walkthrough = page.locator('.gettingStartedContainer', { hasText: 'Get to a first PL training run' }).first();
+    await walkthrough.waitFor({ timeout: 30000 });
+    const steps = await walkthrough.locator('.getting-started-step .step-title').allTextContents();
+    check('the status-bar entry opens the walkthrough: config, start, steer, compare', ['Create a training config', 'Start training', 'Steer it live', 'Compare runs'].every((t) => steps.some((x) => x.includes(t))), steps.join(' | '));
+    await page.waitForTimeout(800);
+    await page.screenshot({ path: shot.replace(/panel\.png$/, 'walkthrough.png') });
+    check('"View: Close All Editors" runs', await runCommand('View: Close All Editors'));
+    // New training config asks the family first, each with its speed on a CPU.
+    check('"PL Training: New training config" is in the command palette', await runCommand('PL Training: New training config'));
+    const familyRows = page.locator('.quick-input-widget .quick-input-list .monaco-list-row');
+    await familyRows.first().waitFor({ timeout: 15000 });
+    let families = [];
+    for (let i = 0; i < 50 && families.length < 4; i++) {
+      families = await familyRows.evaluateAll((rows) => rows.map((r) => r.getAttribute('aria-label') ?? r.textContent));
+      if (families.length < 4) await page.waitForTimeout(100);
+    }
+    families.sort((a, b) => ['moe-mlp', 'switch-transformer', 'bert-encoder', 'vgg'].findIndex((f) => a.startsWith(f)) - ['moe-mlp', 'switch-transformer', 'bert-encoder', 'vgg'].findIndex((f) => b.startsWith(f)));
+    check('the family picker offers every family with its speed on a CPU', families.length === 4 && ['moe-mlp', 'switch-transformer', 'bert-encoder', 'vgg'].every((f, i) => families[i].includes(f)) && families.every((f) => /steps\/s on a CPU/.test(f)), families.join(' | '));
+    await page.keyboard.press('Escape');
     const found = await runCommand('Start PL training');
     check(`"${TITLE}" is in the command palette`, found);
     lap('command run');
@@ -138,6 +161,29 @@ const TITLE = 'PL Training: Start PL training';
     await restored.locator('[data-testid="btn-resume"]:not([disabled])').click();
     await restored.locator('[data-testid="run-state"]').getByText(/running/i).waitFor({ timeout: 30000 });
     check('resume from the restored panel is acknowledged', true);
+    // After the reload the sidebar keeps moving: its Step row advances while the run trains.
+    const stepRow = page.locator('.pane-body .monaco-list-row', { hasText: 'Step' }).first();
+    const readStep = async () => Number(((await stepRow.textContent()) ?? '').match(/Step\s*(\d+)/)?.[1] ?? NaN);
+    const firstStep = await readStep();
+    let laterStep = firstStep;
+    for (let i = 0; i < 40 && !(laterStep > firstStep); i++) {
+      await page.waitForTimeout(250);
+      laterStep = await readStep();
+    }
+    check('after the reload the sidebar\'s Step row advances', laterStep > firstStep, `${firstStep} → ${laterStep}`);
+    const logs = process.env.PLTRAIN_UI_LOGS;
+    if (logs) {
+      const refused = [];
+      const walk = (dir) => {
+        for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+          const file = path.join(dir, e.name);
+          if (e.isDirectory()) walk(file);
+          else if (/Unable to refresh tree view plTrainer\.metrics/.test(fs.readFileSync(file, 'utf8'))) refused.push(file);
+        }
+      };
+      if (fs.existsSync(logs)) walk(logs);
+      check('VS Code never refused to refresh the Metrics view', refused.length === 0, refused.join(', '));
+    }
     const panel2 = restored;
 
     // Steer α and an expert from the panel; the panel shows the acknowledged values only.
@@ -179,8 +225,15 @@ const TITLE = 'PL Training: Start PL training';
     }
     if (exported === undefined) throw new Error(`no complete export at ${target} after 15 s`);
     // Confirmed where the user looks, with the next steps as buttons.
-    const toast = page.locator('.notifications-toasts .notification-list-item', { hasText: `Exported ${path.basename(target)}` }).first();
-    await toast.waitFor({ timeout: 15000 });
+    // A toast, or (hidden by then, or never shown while the webview held focus) the notification center.
+    let toast = page.locator('.notifications-toasts .notification-list-item', { hasText: `Exported ${path.basename(target)}` }).first();
+    try {
+      await toast.waitFor({ timeout: 5000 });
+    } catch {
+      check('"Notifications: Show Notifications" runs', await runCommand('Notifications: Show Notifications'));
+      toast = page.locator('.notifications-center .notification-list-item', { hasText: `Exported ${path.basename(target)}` }).first();
+      await toast.waitFor({ timeout: 10000 });
+    }
     const buttons = (await toast.locator('.monaco-button').allTextContents()).map((t) => t.trim());
     check('the export is confirmed with Open and Reveal', buttons.includes('Open') && buttons.includes('Reveal'), buttons.join(', '));
     fs.rmSync(target);
