@@ -47,6 +47,8 @@ interface UnitRowElements {
   toggle: HTMLElement;
   swatch: HTMLElement;
   label: HTMLElement;
+  /** "frozen" / "pruned" next to the name, shown where the Frozen and Pruned columns give way (narrow panels). */
+  flags: HTMLElement;
 }
 
 function placeholderRow(unitName: string): HTMLTableRowElement {
@@ -197,6 +199,7 @@ export class PanelView {
       setText(els.lf, formatNumber(e.lf));
       setText(els.frozen, e.frozen ? 'yes' : 'no');
       setText(els.pruned, e.pruned ? 'yes' : 'no');
+      setText(els.flags, e.pruned ? 'pruned' : e.frozen ? 'frozen' : '');
       els.row.dataset.frozen = String(e.frozen);
       els.row.dataset.pruned = String(e.pruned);
       const pending = v.unitCommandPending(id);
@@ -223,7 +226,10 @@ export class PanelView {
     swatch.className = 'swatch';
     swatch.setAttribute('aria-hidden', 'true');
     const label = document.createElement('span');
-    name.append(swatch, label);
+    const flags = document.createElement('span');
+    flags.className = 'unit-flags';
+    flags.dataset.testid = `flags-${id}`;
+    name.append(swatch, label, flags);
     const kappa = cell(`kappa-${id}`, 'num');
     const mu = cell(`mu-${id}`, 'num');
     const lf = cell(`lf-${id}`, 'num');
@@ -237,7 +243,7 @@ export class PanelView {
       if (!toggle.hasAttribute('disabled')) this.onToggleUnit(id);
     });
     actionCell.appendChild(toggle);
-    return { row, kappa, mu, lf, frozen, pruned, toggle, swatch, label };
+    return { row, kappa, mu, lf, frozen, pruned, toggle, swatch, label, flags };
   }
 
   /** Newest command first; entries are keyed by id and updated in place. */

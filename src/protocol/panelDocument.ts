@@ -161,7 +161,7 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
         <header class="card-head"><h2 id="experts-title" data-testid="units-title">Units</h2><span class="muted" data-testid="experts-measured"></span></header>
         <div class="table-wrap">
           <table class="expert-table" data-testid="expert-table">
-            <thead><tr><th scope="col" data-testid="unit-column">Unit</th><th scope="col" class="num"><span class="sym">κ</span></th><th scope="col" class="num"><span class="sym">μ</span></th><th scope="col" class="num">L<sub>f</sub></th><th scope="col">Frozen</th><th scope="col">Pruned</th><th scope="col"><span class="visually-hidden">Action</span></th></tr></thead>
+            <thead><tr><th scope="col" data-testid="unit-column">Unit</th><th scope="col" class="num"><span class="sym">κ</span></th><th scope="col" class="num"><span class="sym">μ</span></th><th scope="col" class="num">L<sub>f</sub></th><th scope="col" class="flag">Frozen</th><th scope="col" class="flag">Pruned</th><th scope="col"><span class="visually-hidden">Action</span></th></tr></thead>
             <tbody data-testid="expert-rows"><tr class="placeholder"><td colspan="7">No units yet</td></tr></tbody>
           </table>
         </div>

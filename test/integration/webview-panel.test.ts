@@ -193,6 +193,39 @@ test('a snapshot renders the header, the expert table and κ exactly as in the d
   await expectAttr(p.byTestId('btn-resume'), 'aria-disabled', 'true');
 });
 
+test('a narrow panel (900 px window, sidebar open): every Freeze button in view without sideways scrolling, frozen said next to the name', async () => {
+  const page = await browser.newPage({ viewport: { width: 540, height: 900 } });
+  const p = await openPanel(page);
+  const f = syntheticRun({ freezeAt: { step: 200, expert: 2 }, pruneAt: { step: 220, expert: 3 } });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('freeze-2'), 'Unfreeze');
+  // A string, not a function: the test transpiler would name the inner arrows with a helper the page lacks.
+  const layout = (await page.evaluate(`(() => {
+    const wrap = document.querySelector('.table-wrap');
+    const shown = (id) => getComputedStyle(document.querySelector('[data-testid="' + id + '"]')).display !== 'none';
+    return {
+      scroll: wrap.scrollWidth - wrap.clientWidth,
+      right: wrap.getBoundingClientRect().right,
+      buttons: [...document.querySelectorAll('[data-testid^="freeze-"]')].map((b) => ({ id: b.dataset.testid, right: b.getBoundingClientRect().right, width: b.getBoundingClientRect().width })),
+      frozenColumn: shown('frozen-2'),
+      flags: [0, 1, 2, 3].map((i) => (shown('flags-' + i) ? document.querySelector('[data-testid="flags-' + i + '"]').textContent : null)),
+    };
+  })()`)) as { scroll: number; right: number; buttons: { id: string; right: number; width: number }[]; frozenColumn: boolean; flags: (string | null)[] };
+  assert.equal(layout.scroll, 0, 'no sideways scrolling');
+  assert.equal(layout.buttons.length, 4);
+  for (const b of layout.buttons) {
+    assert.ok(b.right <= layout.right + 0.5, `${b.id} ends at ${b.right}, the table at ${layout.right}`);
+    assert.ok(b.width > 30, `${b.id} is ${b.width}px wide`);
+  }
+  assert.equal(layout.frozenColumn, false, 'the Frozen column gives way');
+  assert.deepEqual(layout.flags, ['', '', 'frozen', 'pruned']);
+  // Wide: the columns are back and the words next to the names are not shown.
+  await page.setViewportSize({ width: 1400, height: 900 });
+  await expectText(p.byTestId('frozen-2'), 'yes');
+  assert.equal(await p.byTestId('flags-2').isVisible(), false);
+  assert.equal(await p.byTestId('frozen-2').isVisible(), true);
+});
+
 test('a κ at the run\'s damping floor 1/δ is marked, with the reason; κ just below it is not', async () => {
   const p = await openPanel();
   const f = syntheticRun();
