@@ -10,7 +10,7 @@ import { installGpuBackend } from './gpuBackend';
 import { MetricsPanel } from './panel';
 import { RunManager } from './runManager';
 import { listRunDirs } from './run/runDirectory';
-import { runLabel } from './run/runLabel';
+import { recordedName, runLabel } from './run/runLabel';
 import { MetricsNode, MetricsTreeProvider } from './sidebar';
 import { RunStatusBar } from './statusBar';
 import { unitPrompt } from './unitPrompt';
@@ -137,13 +137,13 @@ export function activate(context: vscode.ExtensionContext): PlTrainerApi {
       const choices = vscode.workspace.workspaceFolders?.flatMap((f) => listRunDirs(runs.runsRoot(f.uri.fsPath))).filter((r) => r.dir !== runs.current?.runDir) ?? [];
       dir = await pickOne(
         'Overlay which run on the charts?',
-        choices.map((r) => ({ label: path.basename(r.dir), description: r.info ? `${r.info.state} · step ${r.info.step}/${r.info.totalSteps}` : '', value: r.dir })),
+        choices.map((r) => ({ label: runLabel(r.dir, recordedName(r.dir), r.info?.startedAt), description: r.info ? `${r.info.state} · step ${r.info.step}/${r.info.totalSteps}` : '', detail: path.basename(r.dir), value: r.dir })),
       );
     }
     if (!dir) return undefined;
     const panel = MetricsPanel.show(context, runs);
     const recorded = runs.recordedEvents(dir);
-    panel.setCompare(recorded);
+    panel.setCompare(recorded, dir);
     return recorded.runId;
   });
   register('plTrainer.clearCompare', () => MetricsPanel.current?.setCompare(null));

@@ -1,6 +1,7 @@
 // The metrics panel (a WebviewPanel): relays the current run's history and live events to the
 // webview and the webview's steering commands back to the run. The webview never opens a socket.
 import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
 import * as vscode from 'vscode';
 import { HostToWebview, TrainerEvent, WebviewToHostSchema, describeCommand } from '../protocol';
 import { renderPanelHtml } from '../protocol/panelDocument';
@@ -9,6 +10,8 @@ import { RunManager } from './runManager';
 import { notify } from './vscode/ui';
 
 export const PANEL_VIEW_TYPE = 'plTrainer.panel';
+/** workspaceState key: the run directory overlaid on the charts. */
+const COMPARE_STATE_KEY = 'plTrainer.compareRunDir';
 
 export class MetricsPanel implements vscode.Disposable {
   private static instance: MetricsPanel | undefined;
@@ -22,9 +25,13 @@ export class MetricsPanel implements vscode.Disposable {
     return this.compare?.runId;
   }
 
-  /** Overlays a recorded run on the charts, or clears the overlay with null. */
-  setCompare(run: { runId: string; events: TrainerEvent[] } | null): void {
+  /**
+   * Overlays a recorded run on the charts, or clears the overlay with null. The run directory is kept in
+   * the workspace state: a window reload brings the overlay back.
+   */
+  setCompare(run: { runId: string; events: TrainerEvent[] } | null, runDir?: string): void {
     this.compare = run;
+    void this.context.workspaceState.update(COMPARE_STATE_KEY, run && runDir ? runDir : undefined);
     this.post({ type: 'compare', run });
   }
 
@@ -95,6 +102,9 @@ export class MetricsPanel implements vscode.Disposable {
     );
     this.panel.title = runs.current ? `PL Training · ${runs.current.runId}` : 'PL Training';
     this.relay.follow(runs.current);
+    // The overlay chosen before a reload, if its run directory is still there.
+    const compareDir = context.workspaceState.get<string>(COMPARE_STATE_KEY);
+    if (compareDir && fs.existsSync(compareDir)) this.compare = runs.recordedEvents(compareDir);
   }
 
   private post(message: HostToWebview): void {
@@ -110,6 +120,11 @@ export class MetricsPanel implements vscode.Disposable {
       this.ready = true;
       this.relay.webviewReady();
       if (this.compare) this.post({ type: 'compare', run: this.compare });
+      return;
+    }
+    if (m.type === 'clearCompare') {
+      this.compare = null;
+      void this.context.workspaceState.update(COMPARE_STATE_KEY, undefined);
       return;
     }
     if (m.type === 'saveFile') {

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RUN_FILES, TERMINAL_STATES, describeCommand, type CommandStatus, type SteeringCommand, type TrainerEvent } from '../protocol';
 import { analyzeConfigText, lineOf } from './config/configAnalysis';
+import { slowFamilyNotice } from './config/starters';
 import { launchTrainer, makeRunDirName, type LaunchedTrainer } from './run/launcher';
 import { LogTail } from './run/logTail';
 import type { RunHost } from './run/runHost';
@@ -110,8 +111,10 @@ export class RunManager {
         /* already gone */
       }
     };
+    // Slow families say so before anything moves (a BERT run on a CPU takes minutes).
+    const slow = slowFamilyNotice(analysis.config.model.family, analysis.config.steps);
     return ui.progress(
-      `PL training: ${analysis.config.name}`,
+      `PL training: ${analysis.config.name}${slow ? ` (${slow})` : ''}`,
       async (report) => {
         report('starting the trainer and loading the TensorFlow.js backend…');
         launched = launchTrainer({ nodePath, trainerScript: this.host.trainerScript, configPath, runDir, cwd: path.dirname(configPath) });

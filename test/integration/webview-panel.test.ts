@@ -226,6 +226,27 @@ test('a narrow panel (900 px window, sidebar open): every Freeze button in view 
   assert.equal(await p.byTestId('frozen-2').isVisible(), true);
 });
 
+test('before the first measurement the per-unit chart says when it comes; no mask card without pruning; a constant α is drawn from 0', async () => {
+  const p = await openPanel();
+  const early = syntheticRun({ steps: 5, monitorEvery: 25, pruning: false, alpha: 0.01 });
+  await p.send(snapshotOf(early));
+  await expectText(p.byTestId('step'), '5 / 300');
+  await nextFrames(p.page);
+  await expectText(p.byTestId('empty-expert'), 'First measurement at step 25');
+  assert.equal(await p.byTestId('empty-loss').isVisible(), false, 'the loss chart has data');
+  assert.equal(await p.page.locator('section[data-chart="mask"]').isVisible(), false, 'pruning is off: no mask card');
+  const alphaAxis = (await p.page.evaluate(`(() => { const y = window.__plTrainer.charts.alpha.chart.scales.y; return { min: y.min, max: y.max }; })()`)) as { min: number; max: number };
+  assert.equal(alphaAxis.min, 0, 'α from 0');
+  assert.ok(alphaAxis.max >= 0.01, `α = 0.01 within the axis (max ${alphaAxis.max})`);
+  // Once measured the chart draws; a run with pruning has its mask card.
+  const later = syntheticRun({ steps: 60, monitorEvery: 25, pruning: true });
+  await p.send(snapshotOf(later));
+  await expectText(p.byTestId('step'), '60 / 300');
+  await nextFrames(p.page);
+  assert.equal(await p.byTestId('empty-expert').isVisible(), false);
+  assert.equal(await p.page.locator('section[data-chart="mask"]').isVisible(), true);
+});
+
 test('a κ at the run\'s damping floor 1/δ is marked, with the reason; κ just below it is not', async () => {
   const p = await openPanel();
   const f = syntheticRun();
@@ -749,6 +770,25 @@ test('compare overlay: dashed lines of the recorded run on loss, metric, PL and 
   assert.equal(await p.byTestId('compare').isVisible(), false);
   for (const id of ['loss', 'metric', 'pl', 'expert']) assert.ok((await datasetsOf(p.page, id)).every((d) => d.role !== 'compare'), id);
   assert.equal((await p.posted()).length, postedBefore);
+});
+
+test('a compared run has one legend entry per chart (its lines are named in the tooltip), which shows or hides all of them', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 120 });
+  const other = syntheticRun({ runId: 'baseline-alpha0', steps: 200, seed: 11, experts: 3, alpha: 0 });
+  await p.send(snapshotOf(f));
+  await p.send({ type: 'compare', run: { runId: other.runId, events: other.events } });
+  await expectText(p.byTestId('compare-label'), other.runId);
+  await nextFrames(p.page);
+  const legend = (id: string) => p.page.evaluate(`window.__plTrainer.charts[${JSON.stringify(id)}].chart.legend.legendItems.map((i) => i.text)`) as Promise<string[]>;
+  assert.deepEqual(await legend('expert'), ['κ expert 0', 'κ expert 1', 'κ expert 2', 'κ expert 3', 'baseline-alpha0 (dashed)']);
+  assert.deepEqual(await legend('loss'), ['loss', 'task loss L_S', 'baseline-alpha0 (dashed)']);
+  // Its entry hides every line of the compared run, and only those.
+  await p.page.evaluate(`(() => { const c = window.__plTrainer.charts.expert.chart; const item = c.legend.legendItems.find((i) => i.text.endsWith('(dashed)')); c.options.plugins.legend.onClick({}, item, c.legend); })()`);
+  await nextFrames(p.page);
+  const ds = (await chartInfo(p.page, 'expert')).datasets;
+  assert.deepEqual(ds.filter((d) => d.role === 'compare').map((d) => d.hidden), [true, true, true]);
+  assert.ok(ds.filter((d) => d.role !== 'compare').every((d) => !d.hidden));
 });
 
 test('pruning mask chart: one stepped lane per expert, at exactly the reported status of each monitor step', async () => {

@@ -47,3 +47,11 @@ test('runs are told apart by config name and a short start time', async () => {
   assert.equal(runLabel('/r/x-20261206-100000', 'my run', new Date(2026, 11, 6, 13, 30).getTime(), now), 'my run · 13:30');
   assert.equal(runLabel('/r/odd', undefined, undefined, now), 'odd');
 });
+
+test('slow families say what to expect before starting; fast ones say nothing', async () => {
+  const { slowFamilyNotice } = await import('../../src/extension/config/starters');
+  assert.equal(slowFamilyNotice('bert-encoder', 400), 'bert-encoder trains at ~1.5–3 steps/s on a CPU: 400 steps take 2–4 min');
+  assert.equal(slowFamilyNotice('vgg', 60), 'vgg trains at ~1.5–3 steps/s on a CPU: 60 steps take 20–40 s');
+  assert.equal(slowFamilyNotice('moe-mlp', 2000), undefined);
+  assert.equal(slowFamilyNotice('switch-transformer', 600), undefined);
+});

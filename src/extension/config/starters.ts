@@ -72,3 +72,13 @@ export function freeConfigPath(folder: string, name: string, exists: (file: stri
   for (let i = 2; exists(file); i++) file = path.join(folder, `${base}-${i}.pltrain.json`);
   return file;
 }
+
+/**
+ * What to expect before a run starts, for families that are slow on a CPU (a few steps per second):
+ * "bert-encoder trains at ~1.5–3 steps/s on a CPU: 400 steps take 2–4 min". Undefined for fast ones.
+ */
+export function slowFamilyNotice(family: ModelFamily, steps: number, gpu = false): string | undefined {
+  const s = starterFor(family);
+  if (gpu || s.cpuStepsPerSec[1] >= 10) return undefined;
+  return `${family} trains at ~${s.cpuStepsPerSec[0]}–${s.cpuStepsPerSec[1]} steps/s on a CPU: ${steps} steps take ${expectedDuration(steps, s.cpuStepsPerSec)}`;
+}

@@ -107,6 +107,18 @@ const TITLE = 'PL Training: Start PL training';
     check('pause is acknowledged with its step', !!applied, applied && applied[0]);
     await panel.locator('[data-testid="run-state"]').getByText(/paused/i).waitFor({ timeout: 15000 });
     check('the run state shows paused', true);
+    // Compare from the sidebar's Runs list: the row's inline button overlays that run, asking nothing
+    // (here the run itself: the workspace has no other), and the overlay survives the reload below.
+    const runsRow = page.locator('.pane-body .monaco-list-row', { hasText: /^Runs$/ }).first();
+    await runsRow.click();
+    const runRow = page.locator('.pane-body .monaco-list-row', { hasText: /^ui · \d\d:\d\d/ }).first();
+    await runRow.waitFor({ timeout: 15000 });
+    await runRow.hover();
+    await runRow.locator('.action-label[aria-label^="Compare with run"]').click();
+    await panel.locator('[data-testid="compare"]').waitFor({ state: 'visible', timeout: 15000 });
+    const comparedId = (await panel.locator('[data-testid="compare-label"]').textContent()).trim();
+    const quickInputOpen = await page.locator('.quick-input-widget').isVisible();
+    check('the Runs row\'s Compare button overlays that run without asking', /^ui-\d{8}-\d{6}/.test(comparedId) && !quickInputOpen, comparedId);
     await page.waitForTimeout(600); // let the charts draw the last points
     await page.screenshot({ path: shot });
     lap(`screenshot ${shot}`);
@@ -127,6 +139,9 @@ const TITLE = 'PL Training: Start PL training';
     check('after a reload the panel is back, re-attached, still paused at the same step', stepText.startsWith(`${pausedAt} `) || stepText.startsWith(`${pausedAt}/`), stepText);
     const kappaAgain = Number((await restored.locator('[data-testid="kappa-0"]').textContent()).trim());
     check('the restored panel has the history (κ)', kappaAgain > 0, `κ₀ = ${kappaAgain}`);
+    await restored.locator('[data-testid="compare"]').waitFor({ state: 'visible', timeout: 15000 });
+    check('the comparison is still there after the reload', (await restored.locator('[data-testid="compare-label"]').textContent()).trim() === comparedId);
+    await restored.locator('[data-testid="compare-clear"]').click();
     // The sidebar: the PL Trainer view container in the activity bar, with its Metrics view.
     // The view was open before the reload: VS Code restores it and asks for its rows while the extension
     // activates and the trainer replays. Open it only if it is not showing (a click would close it).
