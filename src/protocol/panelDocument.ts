@@ -127,7 +127,11 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
         <div class="fact"><dt>Speed</dt><dd data-testid="speed">—</dd></div>
       </dl>
       <vscode-progress-bar class="progress" data-testid="progress" aria-label="Training progress" max="1" value="0"></vscode-progress-bar>
-      <p class="run-message" data-testid="run-message" role="status" hidden></p>
+      <div class="run-message" data-testid="run-message-box" role="status" hidden>
+        <p class="run-message-text" data-testid="run-message"></p>
+        <button type="button" class="run-message-more" data-testid="run-message-more" aria-expanded="false" hidden>More</button>
+        <vscode-button secondary data-testid="run-message-remedy" hidden></vscode-button>
+      </div>
     </header>
 
     <section class="toolbar" aria-label="Steering">

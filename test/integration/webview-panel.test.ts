@@ -306,11 +306,41 @@ test('a long trainer warning shows on one line with the whole text as its toolti
   await p.send({ type: 'events', runId: f.runId, events: [{ type: 'log', seq: f.events.at(-1)!.seq + 1, level: 'warn', message, time: 0 }] });
   await expectText(p.byTestId('run-message'), /^expert 2 at step 240: /);
   assert.equal(await p.byTestId('run-message').getAttribute('title'), message);
-  const box = await p.byTestId('run-message').boundingBox();
+  const box = await p.byTestId('run-message-box').boundingBox();
   const lineHeight = await p.byTestId('run-message').evaluate((el) => parseFloat(getComputedStyle(el).lineHeight) || 1.4 * parseFloat(getComputedStyle(el).fontSize));
   assert.ok(box && box.height <= lineHeight + 16, `one line: ${box?.height} px for a line of ${lineHeight} px`);
   const after = await p.byTestId('expert-rows').boundingBox();
   assert.ok(before && after && Math.abs(after.y - before.y) <= box!.height + 16, `the table moved by ${after!.y - before!.y} px`);
+});
+
+test('a damping-floor warning: More shows the whole text, its remedy is a button that freezes that unit, and the banner goes once it is frozen', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 60 });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('kappa-0'), /\d/);
+  const message = `expert 2 at step 60: λ_min ≤ δ·λ_max on the probe (μ 0.00, L_f 7.26), so κ sits at the damping floor 1/δ = 1.00e+6; the regularizer passes it no gradient. Usually an expert the gate abandoned: freeze or prune it to take it out of the regularizer.`;
+  let seq = f.events.at(-1)!.seq + 1;
+  await p.send({ type: 'events', runId: f.runId, events: [{ type: 'log', seq: seq++, level: 'warn', message, time: 0, topic: 'damping-floor/2' }] });
+  await expectText(p.byTestId('run-message'), /^expert 2 at step 60: /);
+  await expectText(p.byTestId('run-message-remedy'), 'Freeze expert 2');
+  const oneLine = (await p.byTestId('run-message').boundingBox())!.height;
+  await expectText(p.byTestId('run-message-more'), 'More');
+  await p.byTestId('run-message-more').click();
+  await expectText(p.byTestId('run-message-more'), 'Less');
+  const whole = (await p.byTestId('run-message').boundingBox())!.height;
+  assert.ok(whole > oneLine * 1.5, `the whole text: ${whole} px against one line of ${oneLine} px`);
+  await p.byTestId('run-message-remedy').click();
+  const cmd = WebviewToHostSchema.parse((await p.posted()).at(-1));
+  assert.ok(cmd.type === 'command');
+  assert.deepEqual(cmd.command, { kind: 'freeze', unit: 2 });
+  await expectAttr(p.byTestId('run-message-remedy'), 'aria-disabled', 'true');
+  // The trainer acknowledges, and says on the same topic that the unit left the floor's concern.
+  await p.send({ type: 'events', runId: f.runId, events: [
+    { type: 'ack', seq: seq++, commandId: cmd.id, command: cmd.command, status: 'applied', step: 60, time: 0 },
+    { type: 'log', seq: seq++, level: 'info', message: 'expert 2 at step 60: frozen: out of the regularizer', time: 0, topic: 'damping-floor/2' },
+  ] });
+  await expectText(p.byTestId('frozen-2'), 'yes');
+  assert.equal(await p.byTestId('run-message-box').isVisible(), false);
 });
 
 test('the κ chart has a logarithmic y axis, one line per expert, and is really drawn', async () => {
@@ -759,7 +789,7 @@ test('compare overlay: dashed lines of the recorded run on loss, metric, PL and 
   await nextFrames(p.page);
   for (const id of ['loss', 'metric', 'pl', 'expert']) assert.ok((await datasetsOf(p.page, id)).every((d) => d.role !== 'compare'), id);
   assert.equal(await p.byTestId('compare').isVisible(), false);
-  // And so does the ✕, locally (nothing is posted).
+  // And so does the ✕.
   const postedBefore = (await p.posted()).length;
   await p.send({ type: 'compare', run: { runId: 'second-baseline', events: other.events } });
   await expectText(p.byTestId('compare-label'), 'second-baseline');
@@ -769,7 +799,8 @@ test('compare overlay: dashed lines of the recorded run on loss, metric, PL and 
   await nextFrames(p.page);
   assert.equal(await p.byTestId('compare').isVisible(), false);
   for (const id of ['loss', 'metric', 'pl', 'expert']) assert.ok((await datasetsOf(p.page, id)).every((d) => d.role !== 'compare'), id);
-  assert.equal((await p.posted()).length, postedBefore);
+  // The host is told, so that a reload does not bring the overlay back; nothing else is posted.
+  assert.deepEqual((await p.posted()).slice(postedBefore), [{ type: 'clearCompare' }]);
 });
 
 test('a compared run has one legend entry per chart (its lines are named in the tooltip), which shows or hides all of them', async () => {
