@@ -143,13 +143,13 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
         const article = /^[aeiou]/.test(unitName) ? 'an' : 'a';
         log(
           'warn',
-          `${unitName} ${e.id} at step ${step}: λ_min ≤ δ·λ_max on the probe (μ ${e.mu.toPrecision(3)}, L_f ${e.lf.toPrecision(3)}), so κ sits at the damping floor 1/δ = ${floor.toPrecision(3)}; the regularizer passes it no gradient${share}. ` +
+          `${unitName} ${e.id} at step ${step}: λ_min ≤ δ·λ_max on the probe (μ ${e.mu?.toPrecision(3)}, L_f ${e.lf?.toPrecision(3)}), so κ sits at the damping floor 1/δ = ${floor.toPrecision(3)}; the regularizer passes it no gradient${share}. ` +
             `Usually ${article} ${unitName} the gate abandoned: freeze or prune it to take it out of the regularizer.`,
           `damping-floor/${e.id}`,
         );
       }
       for (const e of left) {
-        const why = e.frozen || e.pruned ? `${e.frozen ? 'frozen' : 'pruned'}: out of the regularizer` : `off the damping floor, κ ${e.kappa.toPrecision(4)}`;
+        const why = e.frozen || e.pruned ? `${e.frozen ? 'frozen' : 'pruned'}: out of the regularizer` : `off the damping floor, ${e.kappa === null ? 'κ not measurable' : `κ ${e.kappa.toPrecision(4)}`}`;
         log('info', `${unitName} ${e.id} at step ${step}: ${why}`, `damping-floor/${e.id}`);
       }
     };
@@ -218,7 +218,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
         for (const u of prunedNow) {
           steering.pruned.add(u);
           const k = experts.find((e) => e.id === u)?.kappa;
-          log('info', `pruned ${unitName} ${u} at step ${step}: keep-probability ${pruner.gate[u].toFixed(3)}, κ ${k === undefined ? '?' : k.toPrecision(4)}`);
+          log('info', `pruned ${unitName} ${u} at step ${step}: keep-probability ${pruner.gate[u].toFixed(3)}, ${k === undefined ? 'κ ?' : k === null ? 'κ not measurable' : `κ ${k.toPrecision(4)}`}`);
         }
         if (prunedNow.length) experts = experts.map((e) => ({ ...e, pruned: steering.pruned.has(e.id) }));
       }

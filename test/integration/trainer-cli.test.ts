@@ -110,7 +110,7 @@ test('a unit at the damping floor is reported once per episode, with its share o
   const atFloor = new Set<number>();
   for (const m of metrics) {
     for (const e of m.units!) {
-      const floor = e.kappa >= 50 * (1 - 1e-9);
+      const floor = e.kappa! >= 50 * (1 - 1e-9);
       if (floor && !atFloor.has(e.id)) (atFloor.add(e.id), expected.push(`enter ${e.id}@${m.step}`));
       else if (!floor && atFloor.delete(e.id)) expected.push(`leave ${e.id}@${m.step}`);
     }
@@ -163,7 +163,7 @@ test('every model family runs end to end through pltrain: units named, measured,
     assert.deepEqual(monitored.map((m) => m.step), [4, 8, 12], c.family);
     for (const m of monitored) {
       assert.equal(m.units!.length, (c.body.model as { experts: number }).experts, c.family);
-      assert.ok(m.units!.every((e) => e.kappa >= 1 && e.lf >= e.mu), c.family);
+      assert.ok(m.units!.every((e) => e.kappa! >= 1 && e.lf! >= e.mu!), c.family);
       assert.ok(m.units![1].frozen, `${c.family}: the frozen unit is reported frozen`);
     }
     assert.match(r.stdout, c.metric === 'accuracy' ? /test accuracy [\d.]+% after 12 steps/ : /test perplexity [\d.]+ after 12 steps/);

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { parseTrainingConfig, type ExpertStats, type TrainingConfig } from '../../src/protocol';
+import { parseTrainingConfig, type UnitStats, type TrainingConfig } from '../../src/protocol';
 import { imageTaskData, loadBuiltin, type Dataset } from '../../src/trainer/data';
 import { MoeMlp } from '../../src/trainer/models/moeMlp';
 import { GatingPruner, type PrunerSettings } from '../../src/trainer/pl/pruner';
@@ -12,7 +12,7 @@ import { mulberry32 } from '../support/prng';
 const settings = (over: Partial<PrunerSettings> = {}): PrunerSettings => ({ enabled: true, warmup: 0, every: 1, budget: 0.5, threshold: 0.5, gateLearningRate: 0.05, kappaFactor: 10, ...over });
 
 /** Stats with healthy κ around 20 (±40%) and the listed units ill-conditioned (κ ≈ 1e5). */
-function stats(units: number, ill: number[], rnd: () => number, frozen: number[] = []): ExpertStats[] {
+function stats(units: number, ill: number[], rnd: () => number, frozen: number[] = []): UnitStats[] {
   return Array.from({ length: units }, (_, id) => {
     const kappa = ill.includes(id) ? 1e5 * (1 + rnd()) : 20 * (0.6 + 0.8 * rnd());
     const lf = 5 * (0.8 + 0.4 * rnd());
@@ -124,9 +124,9 @@ test('planted problem: training with the gate prunes exactly the ill-conditioned
     }
     if (pruner.isDecisionStep(step)) for (const u of pruner.decide(frozen, pruned)) pruned.add(u);
   }
-  const kappas = stats.map((s) => s.kappa.toPrecision(3)).join(', ');
+  const kappas = stats.map((s) => s.kappa!.toPrecision(3)).join(', ');
   assert.deepEqual([...pruned].sort(), [1, 4], `pruned ${[...pruned]}; κ ${kappas}; gate ${pruner.gate.map((g) => g.toFixed(2))}`);
-  assert.ok(stats[5].kappa > 1e5 && !pruned.has(5), 'the frozen planted expert is ill-conditioned and still kept');
-  assert.ok(stats.filter((s) => ![1, 4, 5].includes(s.id)).every((s) => s.kappa < 1e4), `healthy experts stay healthy: ${kappas}`);
+  assert.ok(stats[5].kappa! > 1e5 && !pruned.has(5), 'the frozen planted expert is ill-conditioned and still kept');
+  assert.ok(stats.filter((s) => ![1, 4, 5].includes(s.id)).every((s) => s.kappa! < 1e4), `healthy experts stay healthy: ${kappas}`);
   m.dispose();
 });

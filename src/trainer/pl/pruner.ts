@@ -10,7 +10,7 @@
 // warm-up, every `every` steps, units with g < threshold are pruned, most ill-conditioned first,
 // never a frozen one, never beyond the budget, never the last trainable unit.
 // Plain float64 JS: the network has a few dozen weights, so tfjs would only add overhead.
-import type { ExpertStats } from '../../protocol';
+import type { UnitStats } from '../../protocol';
 
 export interface PrunerSettings {
   enabled: boolean;
@@ -65,16 +65,24 @@ export class GatingPruner {
    * A new measurement: recompute features and train the gate on it. Pruned units are out of the
    * game (gate 0); frozen units are measured and shown but excluded from training and decisions.
    */
-  observe(stats: ExpertStats[], frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): void {
+  observe(stats: UnitStats[], frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): void {
     const live = stats.filter((s) => !pruned.has(s.id));
     if (!live.length) return;
-    const logs = (f: (s: ExpertStats) => number) => live.map((s) => Math.log(Math.max(f(s), 1e-300)));
+    // A unit without a κ (too few served examples: null) is left out of the medians; its features read
+    // as the median (0 after centring), so it is neither favoured nor condemned by a number it lacks.
+    const measured = live.filter((s) => s.kappa !== null && s.mu !== null && s.lf !== null);
+    const logs = (f: (s: UnitStats) => number | null) => measured.map((s) => Math.log(Math.max(f(s) ?? 0, 1e-300)));
     const medK = median(logs((s) => s.kappa));
     const medMu = median(logs((s) => s.mu));
     const medL = median(logs((s) => s.lf));
     this.features = new Array(this.units);
     this.logKappa = new Array(this.units).fill(0);
     for (const s of stats) {
+      if (s.kappa === null || s.mu === null || s.lf === null) {
+        this.features[s.id] = Float64Array.from([0, 0, 0, 0]);
+        this.logKappa[s.id] = -Math.log(this.settings.kappaFactor);
+        continue;
+      }
       const lk = Math.log(Math.max(s.kappa, 1e-300));
       const last = this.lastLogKappa[s.id];
       this.features[s.id] = Float64Array.from([lk - medK, Math.log(Math.max(s.mu, 1e-300)) - medMu, Math.log(Math.max(s.lf, 1e-300)) - medL, last === null ? 0 : lk - last]);

@@ -180,8 +180,8 @@ describe('PL Trainer in a real VS Code', function () {
       assert.ok(['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'].includes(session.view.backend!.name));
       const withExperts = await until('a κ measurement', () => metricsOf(session).find((m) => m.units?.length === 3));
       for (const e of withExperts.units!) {
-        assert.ok(Number.isFinite(e.kappa) && e.kappa >= 1, `κ ≥ 1, got ${e.kappa}`);
-        assert.ok(e.lf >= e.mu, 'L_f ≥ μ');
+        assert.ok(Number.isFinite(e.kappa) && e.kappa! >= 1, `κ ≥ 1, got ${e.kappa}`);
+        assert.ok(e.lf! >= e.mu!, 'L_f ≥ μ');
       }
       const files = fs.readdirSync(session.runDir);
       for (const f of ['run.json', 'token', 'config.json', 'metrics.jsonl', 'launch.json']) assert.ok(files.includes(f), `${f} written`);
