@@ -11,7 +11,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseTrainingConfig, type TrainingConfig, type TrainingConfigInput } from '../src/protocol';
 import { selectBackend } from '../src/trainer/backend';
-import { createModel, loadTaskData, probeBatch, type PlModel, type TaskData } from '../src/trainer/models';
+import type * as TF from '@tensorflow/tfjs';
+import { createModel, loadTaskData, probeBatch, type Batch, type PlModel, type TaskData } from '../src/trainer/models';
+import { MoeMlp } from '../src/trainer/models/moeMlp';
 import { GatingPruner, unitWeightNorms, type UnitMeasurement } from '../src/trainer/pl/pruner';
 
 const root = path.resolve(__dirname, '..');
@@ -72,8 +74,10 @@ function* batches(n: number, size: number, seed: number): Generator<Int32Array> 
 }
 
 /** Each unit's routing share: the measurement's `share` where the protocol carries it, else the family's own routing read-out. */
-function shares(model: PlModel, measured: UnitMeasurement[]): (number | null)[] {
+function shares(tf: typeof import('@tensorflow/tfjs'), model: PlModel, probe: Batch, measured: UnitMeasurement[]): (number | null)[] {
   if (measured.every((s) => typeof s.share === 'number')) return measured.map((s) => s.share!);
+  // moe-mlp: the gate's mean probability on the probe batch.
+  if (model instanceof MoeMlp) return Array.from(tf.tidy(() => tf.mean(tf.softmax(tf.add(tf.matMul(probe.x as TF.Tensor2D, model.gateW as unknown as TF.Tensor2D), model.gateB)), 0).dataSync()));
   const extra = model.extraMetrics?.() ?? {};
   const load = measured.map((s) => extra[`load/${s.id}`]);
   if (load.every((x) => typeof x === 'number')) return load;
@@ -87,6 +91,7 @@ async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, 
   const units = (f.config.model?.experts as number) ?? 4;
   const config = parse({ ...f.config, seed, alpha: f.alpha, monitor: { every: MONITOR_EVERY, probeSize: 16 }, pruning: { enabled: true, warmup: 0, anneal: select, budget: PRUNED / units, exact: true } });
   const data: TaskData = loadTaskData(config, root);
+  const probe = probeBatch(tf, config, data);
   const build = () => {
     const m = createModel(tf, config, data);
     m.setProbe(probeBatch(tf, config, data));
@@ -125,7 +130,7 @@ async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, 
     let haveShare = true;
     const gate = method === 'gate' ? new GatingPruner(tf, units, config.pruning, seed) : undefined;
     const observe = (s: UnitMeasurement[]) => {
-      const sh = shares(m, s);
+      const sh = shares(tf, m, probe, s);
       if (sh.some((x) => x === null)) haveShare = false;
       else {
         sh.forEach((x, i) => (shareSum[i] += x!));
@@ -201,6 +206,13 @@ function table(rows: Row[], meta: { scale: number; backend: string; commit: stri
 }
 
 async function main(): Promise<void> {
+  // The commit the code was loaded from (read now: later commits do not change what runs).
+  let commit = '?';
+  try {
+    commit = execSync('git rev-parse --short HEAD', { cwd: root }).toString().trim() + (execSync('git status --porcelain -- src scripts', { cwd: root }).toString().trim() ? ' (with uncommitted changes)' : '');
+  } catch {
+    /* not a git checkout */
+  }
   const backend = await selectBackend('auto');
   const tf = backend.tf as typeof import('@tensorflow/tfjs');
   console.log(`backend: ${backend.info.name} — ${backend.info.detail}`);
@@ -213,12 +225,6 @@ async function main(): Promise<void> {
       // Written after every seed: a run cut short keeps what it measured.
       fs.writeFileSync(outFile, JSON.stringify({ scale, backend: backend.info.name, rows }, null, 2) + '\n');
     }
-  }
-  let commit = '?';
-  try {
-    commit = execSync('git rev-parse --short HEAD', { cwd: root }).toString().trim() + (execSync('git status --porcelain -- src scripts', { cwd: root }).toString().trim() ? ' (with uncommitted changes)' : '');
-  } catch {
-    /* not a git checkout */
   }
   const md = table(rows, { scale, backend: backend.info.name, commit });
   console.log(md);
