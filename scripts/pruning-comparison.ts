@@ -25,7 +25,11 @@ const flag = (name: string) => {
 const quick = args.includes('--quick');
 const scale = Number(flag('scale') ?? (quick ? 0.1 : 1));
 
-/** Each family small enough for a 2-core CPU; 4 units, 2 of them pruned (budget 0.5). */
+/**
+ * Each family small enough for a 2-core CPU; 4 units, 2 of them pruned (budget 0.5). bert-encoder and
+ * vgg train at α = 0 here: their regularized step measures before every step (double backprop),
+ * about 10× the cost, which the shared machine could not afford for 3 seeds × 4 methods.
+ */
 const FAMILIES: Record<string, { pretrain: number; select: number; finetune: number; alpha: number; config: TrainingConfigInput }> = {
   'moe-mlp': { pretrain: 600, select: 150, finetune: 150, alpha: 0.01, config: { model: { family: 'moe-mlp', experts: 4, hiddenUnits: 32 }, batchSize: 64 } },
   'switch-transformer': {
@@ -35,8 +39,8 @@ const FAMILIES: Record<string, { pretrain: number; select: number; finetune: num
     alpha: 0.001,
     config: { model: { family: 'switch-transformer', experts: 4, hiddenUnits: 32, dModel: 32, layers: 2, contextLength: 32 }, data: { source: 'text' }, batchSize: 16 },
   },
-  'bert-encoder': { pretrain: 200, select: 60, finetune: 60, alpha: 0.001, config: { model: { family: 'bert-encoder', experts: 4, dModel: 16, layers: 1, hiddenUnits: 32 }, batchSize: 32, learningRate: 0.005 } },
-  vgg: { pretrain: 200, select: 60, finetune: 60, alpha: 0.001, config: { model: { family: 'vgg', experts: 4, hiddenUnits: 4, layers: 2 }, batchSize: 32, learningRate: 0.01 } },
+  'bert-encoder': { pretrain: 400, select: 100, finetune: 100, alpha: 0, config: { model: { family: 'bert-encoder', experts: 4, dModel: 16, layers: 1, hiddenUnits: 32 }, batchSize: 32, learningRate: 0.005 } },
+  vgg: { pretrain: 400, select: 100, finetune: 100, alpha: 0, config: { model: { family: 'vgg', experts: 4, hiddenUnits: 4, layers: 2 }, batchSize: 32, learningRate: 0.01 } },
 };
 const METHODS = ['gate', 'random', 'magnitude', 'lowest-share'] as const;
 type Method = (typeof METHODS)[number];
@@ -51,7 +55,7 @@ interface Row {
   method: Method;
   seed: number;
   pruned: number[];
-  /** Routing share of each pruned unit, mean over the selection phase (null where the family reports none). */
+  /** Routing share of each pruned unit in the pretrained model (null where the family reports none). */
   prunedShare: (number | null)[];
   before: number;
   afterPrune: number;
@@ -115,6 +119,9 @@ async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, 
   train(base, pretrain, batches(data.trainSize, config.batchSize, seed), new Set());
   const state = await base.getState();
   const before = base.evaluate(data, 'test', new Set());
+  // The routing share of every unit in the pretrained model, the common reference for all methods
+  // (a method's own selection phase changes it: the gate's masks take routing away from what it closes).
+  const referenceShare = shares(tf, base, probe, base.measure(new Set(), new Set()));
   base.dispose();
   console.log(`${family} seed ${seed}: pretrained ${pretrain} steps in ${((performance.now() - t0) / 1000).toFixed(0)} s, test ${before.toFixed(4)}`);
 
@@ -127,12 +134,11 @@ async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, 
     const order = batches(data.trainSize, config.batchSize, seed * 7919 + 1);
     const shareSum = new Array(units).fill(0);
     let shareCount = 0;
-    let haveShare = true;
     const gate = method === 'gate' ? new GatingPruner(tf, units, config.pruning, seed) : undefined;
     const observe = (s: UnitMeasurement[]) => {
       const sh = shares(tf, m, probe, s);
-      if (sh.some((x) => x === null)) haveShare = false;
-      else {
+      // (switch-transformer reports its routing only after a step: the first measurement has none)
+      if (sh.every((x) => x !== null)) {
         sh.forEach((x, i) => (shareSum[i] += x!));
         shareCount++;
       }
@@ -144,7 +150,8 @@ async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, 
       after: (_, g) => g && gate?.update(g, none, none),
       measured: observe,
     });
-    const meanShare = shareSum.map((x) => (haveShare && shareCount ? x / shareCount : null));
+    const haveShare = shareCount > 0;
+    const meanShare = shareSum.map((x) => (haveShare ? x / shareCount : null));
     let pruned: number[];
     if (gate) pruned = gate.decide(none, none);
     else if (method === 'random') {
@@ -167,7 +174,7 @@ async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, 
     train(m, finetune, order, prunedSet);
     const afterFinetune = m.evaluate(data, 'test', prunedSet);
     m.dispose();
-    const row: Row = { family, method, seed, pruned: pruned.sort(), prunedShare: pruned.map((u) => meanShare[u]), before, afterPrune, afterFinetune, taskMetric: data.taskMetric, seconds: (performance.now() - t1) / 1000 };
+    const row: Row = { family, method, seed, pruned: pruned.sort(), prunedShare: pruned.map((u) => referenceShare[u]), before, afterPrune, afterFinetune, taskMetric: data.taskMetric, seconds: (performance.now() - t1) / 1000 };
     console.log(`  ${method}: pruned [${row.pruned}] (share ${row.prunedShare.map((x) => (x === null ? '–' : x.toFixed(3))).join(', ')}), test ${afterPrune.toFixed(4)} → ${afterFinetune.toFixed(4)} after fine-tuning (${row.seconds.toFixed(0)} s)`);
     rows.push(row);
   }
@@ -188,7 +195,7 @@ function table(rows: Row[], meta: { scale: number; backend: string; commit: stri
     const pm = (xs: number[]) => `${show(mean(xs))} ± ${show(sd(xs))}`;
     out.push(`**${family}** (4 units, 2 pruned; ${p} steps of training, ${s} steps of selection, ${t} of fine-tuning; α ${f.alpha}; ${new Set(fr.map((r) => r.seed)).size} seeds). ${metric}, mean ± sd over seeds; before pruning: ${pm(fr.filter((r) => r.method === 'gate').map((r) => r.before))}.`);
     out.push('');
-    out.push(`| method | right after pruning | after fine-tuning | routing share pruned (mean per seed) | pruned units per seed |`);
+    out.push(`| method | right after pruning | after fine-tuning | pretrained routing share of the pruned units, per seed | pruned units per seed |`);
     out.push('|---|---|---|---|---|');
     for (const method of METHODS) {
       const mr = fr.filter((r) => r.method === method);

@@ -84,7 +84,7 @@ export const PruningConfigSchema = z
     exact: z.boolean().default(false).describe('Prune exactly ⌊budget·units⌋ units (the lowest keep-probabilities) instead of at most that many: for comparisons at matched sparsity.'),
     kappaFactor: z.number().gt(1).max(1e12).default(10).describe('A unit counts as ill-conditioned when its κ exceeds the median unit\'s κ by more than this factor: keeping it costs the gate the log of the excess (see docs/method.md).'),
     keepCost: z.number().min(0).max(100).default(0.05).describe('What keeping a unit costs the gate, in task loss per unit of keep-probability: a unit whose mask moves the task loss less than this is pruned (within the budget).'),
-    gateLearningRate: z.number().positive().max(10).default(0.05).describe('Learning rate (Adam) of the gating network.'),
+    gateLearningRate: z.number().positive().max(10).default(0.02).describe('Learning rate (Adam) of the gating network.'),
   })
   .strict();
 

@@ -67,10 +67,13 @@ const FEATURES = FEATURE_NAMES.length;
 const HIDDEN = 8;
 const BUDGET_WEIGHT = 10;
 const LOGIT_DECAY = 1e-3;
+const WEIGHT_DECAY = 1e-2;
 /** EMA rate of the gate's ∂L/∂m (about the last 10 steps). */
 const MASK_GRAD_RATE = 0.1;
 /** Adam steps of the gate per training step (the network is tiny; the model's step dominates). */
 const GATE_STEPS_PER_UPDATE = 4;
+/** The decisions average the keep-logits from this fraction of the anneal on. */
+const DECISION_WINDOW_START = 0.75;
 const TAU_START = 1;
 const TAU_END = 0.05;
 /** EMA rate of the trend features: trend = value − EMA(value). */
@@ -92,6 +95,8 @@ export interface PrunerState {
   features: number[][] | null;
   excess: number[];
   maskGradMean: number[];
+  logitSum: number[];
+  logitCount: number;
 }
 
 export class GatingPruner {
@@ -109,6 +114,9 @@ export class GatingPruner {
   private features: number[][] | null = null;
   /** max(0, log κ − median − log F) per unit, from the last measurement. */
   private excess: number[];
+  /** Sum and count of the keep-logits over the anneal's last quarter (the decisions' average). */
+  private logitSum: number[];
+  private logitCount = 0;
   /** Running mean of ∂L_task/∂m_e over the anneal's steps. */
   private maskGradMean: number[];
   /** The logistic noise and temperature of the last sampled mask, for its gate update. */
@@ -133,6 +141,7 @@ export class GatingPruner {
     this.ema = Array.from({ length: units }, () => [null, null, null]);
     this.excess = new Array(units).fill(0);
     this.maskGradMean = new Array(units).fill(0);
+    this.logitSum = new Array(units).fill(0);
   }
 
   /** The number of units the budget allows to prune in total. */
@@ -221,6 +230,12 @@ export class GatingPruner {
     });
     this.lastSample = { noise, tau };
     const logits = this.logits();
+    // The final decisions read the keep-logits averaged over the anneal's last quarter: one step's
+    // logits swing with the features (refreshed each monitor step) and the noisy task slope.
+    if (completed - this.settings.warmup >= DECISION_WINDOW_START * this.settings.anneal) {
+      logits.forEach((a, i) => (this.logitSum[i] += a));
+      this.logitCount++;
+    }
     return logits.map((a, i) => (pruned.has(i) ? 0 : frozen.has(i) ? 1 : Math.max(MASK_FLOOR, sigmoid((a + noise[i]) / tau))));
   }
 
@@ -268,7 +283,11 @@ export class GatingPruner {
       // A small decay on the logits keeps them out of σ's flat tails, where the keep cost and the
       // budget would lose their gradient and a unit could stay kept on a stale push.
       const decay = tf.mul(tf.sum(tf.mul(tf.square(a), tr)), LOGIT_DECAY / E);
-      return tf.addN([task, keepCost, budget, decay]) as TF.Scalar;
+      // Weight decay on the shared network's weights (not its biases, not the unit offsets): with a
+      // handful of units it could otherwise fit a noise feature (a κ trend) that separates them today
+      // and swaps them after the next measurement.
+      const shared = tf.mul(tf.add(tf.sum(tf.square(tf.slice(wt, [0], [FEATURES * HIDDEN]))), tf.sum(tf.square(tf.slice(wt, [FEATURES * HIDDEN + HIDDEN], [HIDDEN])))), WEIGHT_DECAY);
+      return tf.addN([task, keepCost, budget, decay, shared]) as TF.Scalar;
     };
     const vg = tf.tidy(() => {
       const r = tf.valueAndGrad(f)(w);
@@ -294,7 +313,7 @@ export class GatingPruner {
     const trainable = Array.from({ length: this.units }, (_, i) => i).filter((i) => !pruned.has(i) && !frozen.has(i));
     const room = Math.min(this.allowed - pruned.size, trainable.length - 1);
     if (room <= 0) return [];
-    const a = this.logits();
+    const a = this.logitCount ? this.logitSum.map((x) => x / this.logitCount) : this.logits();
     return trainable
       .filter((i) => this.settings.exact || a[i] < 0)
       .sort((x, y) => a[x] - a[y] || x - y)
@@ -312,6 +331,8 @@ export class GatingPruner {
       features: this.features ? this.features.map((r) => [...r]) : null,
       excess: [...this.excess],
       maskGradMean: [...this.maskGradMean],
+      logitSum: [...this.logitSum],
+      logitCount: this.logitCount,
     };
   }
 
@@ -326,6 +347,8 @@ export class GatingPruner {
     this.features = s.features ? s.features.map((r) => [...r]) : null;
     this.excess = [...s.excess];
     this.maskGradMean = s.maskGradMean?.length === this.units ? [...s.maskGradMean] : new Array(this.units).fill(0);
+    this.logitSum = s.logitSum?.length === this.units ? [...s.logitSum] : new Array(this.units).fill(0);
+    this.logitCount = s.logitCount ?? 0;
   }
 
   /** The index of the network's output bias b2 among the weights (tests saturate the gate with it). */
