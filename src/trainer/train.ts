@@ -220,7 +220,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       // Pruning decisions on the schedule; a pruned unit is masked from the next step on, for good.
       let prunedNow: number[] = [];
       if (pruner?.isDecisionStep(step)) {
-        const keep = pruner.keepProbabilities(steering.frozen, steering.pruned);
+        const keep = pruner.decisionKeepProbabilities(steering.frozen, steering.pruned);
         prunedNow = pruner.decide(steering.frozen, steering.pruned);
         for (const u of prunedNow) {
           steering.pruned.add(u);

@@ -313,11 +313,21 @@ export class GatingPruner {
     const trainable = Array.from({ length: this.units }, (_, i) => i).filter((i) => !pruned.has(i) && !frozen.has(i));
     const room = Math.min(this.allowed - pruned.size, trainable.length - 1);
     if (room <= 0) return [];
-    const a = this.logitCount ? this.logitSum.map((x) => x / this.logitCount) : this.logits();
+    const a = this.decisionLogits();
     return trainable
       .filter((i) => this.settings.exact || a[i] < 0)
       .sort((x, y) => a[x] - a[y] || x - y)
       .slice(0, room);
+  }
+
+  /** The keep-probabilities the decisions read: σ of the logits averaged over the anneal's last quarter. */
+  decisionKeepProbabilities(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): number[] {
+    if (!this.features) return this.keepProbabilities(frozen, pruned);
+    return this.decisionLogits().map((a, i) => (pruned.has(i) ? 0 : frozen.has(i) ? 1 : sigmoid(a)));
+  }
+
+  private decisionLogits(): number[] {
+    return this.logitCount ? this.logitSum.map((x) => x / this.logitCount) : this.logits();
   }
 
   getState(): PrunerState {
