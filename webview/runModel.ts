@@ -222,7 +222,7 @@ export class RunModel {
       for (const metric of EXPERT_METRICS) {
         // A quantity the trainer could not measure on this step is a gap in its line, never a number.
         const v = (u as Partial<UnitStats>)[metric];
-        if (v !== undefined) this.seriesFor(unitSeriesKey(metric, u.id)).append(e.step, v);
+        if (v !== undefined && v !== null) this.seriesFor(unitSeriesKey(metric, u.id)).append(e.step, v);
       }
       this.seriesFor(maskSeriesKey(u.id)).append(e.step, u.id + MASK_LEVEL[maskStatus(u)]);
     }

@@ -6,7 +6,10 @@ import {
   capitalize,
   describeCommand,
   describeDampingFloor,
+  describeInactive,
+  describeNotMeasurable,
   describeStatus,
+  MIN_SERVED,
   formatNumber,
   formatRate,
   formatTaskMetric,
@@ -47,6 +50,8 @@ interface UnitRowElements {
   toggle: HTMLElement;
   swatch: HTMLElement;
   label: HTMLElement;
+  /** "inactive" badge next to the name: the model barely routes through the unit (shown whatever its κ). */
+  inactive: HTMLElement;
 }
 
 function placeholderRow(unitName: string): HTMLTableRowElement {
@@ -189,10 +194,16 @@ export class PanelView {
       els.swatch.style.backgroundColor = colorOf(id);
       // The unit is an expert, a head or a channel group, by model family.
       setText(els.label, capitalize(unitLabel(v.unitName, id)));
+      // null: the unit serves too few probe examples for a κ; it reads "—" with the reason, never a number.
       setText(els.kappa, formatNumber(e.kappa));
       const atFloor = v.atDampingFloor(e);
       els.kappa.dataset.floor = String(atFloor);
-      els.kappa.title = atFloor ? describeDampingFloor(v.unitName, v.damping) : '';
+      els.kappa.dataset.measurable = String(e.kappa !== null);
+      els.kappa.title = e.kappa === null ? describeNotMeasurable(v.unitName, e.served, MIN_SERVED) : atFloor ? describeDampingFloor(v.unitName, v.damping) : '';
+      const inactive = v.inactive(e);
+      els.row.dataset.inactive = String(inactive);
+      els.inactive.hidden = !inactive;
+      els.inactive.title = inactive ? describeInactive(v.unitName, e.share) : '';
       setText(els.mu, formatNumber(e.mu));
       setText(els.lf, formatNumber(e.lf));
       setText(els.frozen, e.frozen ? 'yes' : 'no');
@@ -223,7 +234,12 @@ export class PanelView {
     swatch.className = 'swatch';
     swatch.setAttribute('aria-hidden', 'true');
     const label = document.createElement('span');
-    name.append(swatch, label);
+    const inactive = document.createElement('span');
+    inactive.className = 'badge-inactive';
+    inactive.dataset.testid = `inactive-${id}`;
+    inactive.textContent = 'inactive';
+    inactive.hidden = true;
+    name.append(swatch, label, inactive);
     const kappa = cell(`kappa-${id}`, 'num');
     const mu = cell(`mu-${id}`, 'num');
     const lf = cell(`lf-${id}`, 'num');
@@ -237,7 +253,7 @@ export class PanelView {
       if (!toggle.hasAttribute('disabled')) this.onToggleUnit(id);
     });
     actionCell.appendChild(toggle);
-    return { row, kappa, mu, lf, frozen, pruned, toggle, swatch, label };
+    return { row, kappa, mu, lf, frozen, pruned, toggle, swatch, label, inactive };
   }
 
   /** Newest command first; entries are keyed by id and updated in place. */

@@ -2,7 +2,7 @@
 // start the run, steer it (pause/resume/stop), apply the file's α live, and freeze units.
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { formatNumber, unitLabel } from '../protocol';
+import { describeKappa, formatNumber, unitLabel } from '../protocol';
 import { analyzeConfigText } from './config/configAnalysis';
 import { RunManager } from './runManager';
 
@@ -84,7 +84,7 @@ export class ConfigCodeLensProvider implements vscode.CodeLensProvider, vscode.D
       for (const u of v.units) {
         if (u.pruned) continue; // a pruned unit can be neither frozen nor unfrozen
         const verb = u.frozen ? 'unfreeze' : 'freeze';
-        lenses.push(new vscode.CodeLens(new vscode.Range(at, at), { title: `${u.frozen ? '🔒 ' : ''}${unitLabel(v.unitName, u.id)} κ ${formatNumber(u.kappa)} · ${verb}`, command: u.frozen ? 'plTrainer.unfreezeExpert' : 'plTrainer.freezeExpert', arguments: [u.id, run.runDir] }));
+        lenses.push(new vscode.CodeLens(new vscode.Range(at, at), { title: `${u.frozen ? '🔒 ' : ''}${unitLabel(v.unitName, u.id)} ${describeKappa(u.kappa)}${v.inactive(u) ? ' · inactive' : ''} · ${verb}`, command: u.frozen ? 'plTrainer.unfreezeExpert' : 'plTrainer.freezeExpert', arguments: [u.id, run.runDir] }));
       }
     }
     return lenses;

@@ -4,7 +4,7 @@
 // (src/extension/vscode/ supplies it), so the lifecycle is tested in plain Node.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { RUN_FILES, TERMINAL_STATES, describeCommand, type CommandStatus, type SteeringCommand, type TrainerEvent } from '../protocol';
+import { RUN_FILES, TERMINAL_STATES, describeCommand, describeEndpoint, runEndpoint, type CommandStatus, type SteeringCommand, type TrainerEndpoint, type TrainerEvent } from '../protocol';
 import { analyzeConfigText, lineOf } from './config/configAnalysis';
 import { launchTrainer, makeRunDirName, type LaunchedTrainer } from './run/launcher';
 import { LogTail } from './run/logTail';
@@ -101,7 +101,7 @@ export class RunManager {
         if (!info) return undefined;
         report(`backend ${info.backend?.name ?? '?'} ready, connecting…`);
         const session = this.track(info.runId, runDir, configPath, true);
-        this.connect(session, info.port, launched.token, launched.pid);
+        this.connect(session, runEndpoint(info)!, launched.token, launched.pid);
         this.setCurrent(session);
         await this.helloOrEnd(session, 20_000);
         log.info(`run ${info.runId}: backend ${info.backend?.name} (${info.backend?.gpu ? 'GPU' : 'CPU'}) — ${info.backend?.detail ?? ''}`);
@@ -125,8 +125,8 @@ export class RunManager {
         }
         const session = this.track(info.runId, run.dir, run.configPath, true);
         session.applyFact({ type: 'state', state: info.state, step: info.step, totalSteps: info.totalSteps });
-        this.connect(session, info.port, token, info.pid);
-        this.host.log.info(`re-attached to run ${info.runId} (pid ${info.pid}, port ${info.port})`);
+        this.connect(session, runEndpoint(info)!, token, info.pid);
+        this.host.log.info(`re-attached to run ${info.runId} (pid ${info.pid}, ${describeEndpoint(runEndpoint(info)!)})`);
         attached.push(session);
       }
     }
@@ -170,7 +170,7 @@ export class RunManager {
     // The session still says how the run ended; it is starting again (and may end again, announced anew).
     session.markResuming();
     this.announcedEnd.delete(runDir);
-    this.connect(session, info.port, launched.token, launched.pid);
+    this.connect(session, runEndpoint(info)!, launched.token, launched.pid);
     this.setCurrent(session);
     log.info(`resumed run ${info.runId} (pid ${info.pid})`);
     return session;
@@ -288,9 +288,9 @@ export class RunManager {
     return new LogTail(path.join(runDir, RUN_FILES.log), (lines) => lines.forEach((l) => this.host.log.info(`[${runId} trainer] ${l}`)), fromStart);
   }
 
-  private connect(session: RunSession, port: number, token: string, pid: number): void {
+  private connect(session: RunSession, endpoint: TrainerEndpoint, token: string, pid: number): void {
     const connection = new TrainerConnection({
-      port,
+      endpoint,
       token,
       lastSeq: () => session.seq,
       shouldReconnect: () => session.active && processAlive(pid),

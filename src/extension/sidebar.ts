@@ -3,7 +3,7 @@
 // runs recorded in the workspace. Everything it shows is the run's RunView, as the panel shows it.
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { backendLabel, capitalize, describeDampingFloor, describeTaskMetric, formatNumber, pluralUnit, unitLabel, type UnitView } from '../protocol';
+import { backendLabel, capitalize, describeDampingFloor, describeInactive, describeKappa, describeNotMeasurable, describeTaskMetric, formatNumber, MIN_SERVED, pluralUnit, unitLabel, type UnitView } from '../protocol';
 import { RunManager } from './runManager';
 import { listRunDirs } from './run/runDirectory';
 import { RunSession } from './run/runSession';
@@ -82,10 +82,10 @@ export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>
       case 'units': {
         const v = node.session.view;
         const item = new vscode.TreeItem(capitalize(pluralUnit(v.unitName)), vscode.TreeItemCollapsibleState.Expanded);
-        // κ̄ as the panel's regularizer chart names it: the trainer's mean κ over the trainable units.
+        // κ̄ as the panel's regularizer chart names it: the κ of the model's kernel, the regularizer.
         const regularizer = v.latestMetrics?.regularizer;
         item.description = v.lastMonitorStep === undefined || regularizer === undefined ? 'waiting for the first measurement' : `κ̄ ${formatNumber(regularizer)} (regularizer)`;
-        item.tooltip = 'κ̄: the mean κ of the trainable units (neither frozen nor pruned), the term α multiplies in the loss';
+        item.tooltip = "κ̄: the condition number of the model's tangent kernel on the probe (the trainable units' kernels as the model uses them), the term α multiplies in the loss";
         item.iconPath = new vscode.ThemeIcon('layers');
         return item;
       }
@@ -94,11 +94,15 @@ export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>
         const v = node.session.view;
         const item = new vscode.TreeItem(unitLabel(v.unitName, e.id));
         const atFloor = v.atDampingFloor(e);
-        const flags = [e.frozen ? 'frozen' : '', e.pruned ? 'pruned' : '', atFloor ? 'at the damping floor' : ''].filter(Boolean).join(', ');
+        const inactive = v.inactive(e);
+        const flags = [inactive ? 'inactive' : '', e.frozen ? 'frozen' : '', e.pruned ? 'pruned' : '', atFloor ? 'at the damping floor' : ''].filter(Boolean).join(', ');
         const keep = v.gate?.[e.id];
-        item.description = `κ ${formatNumber(e.kappa)} · μ ${formatNumber(e.mu)} · L ${formatNumber(e.lf)}${keep !== undefined && !e.pruned ? ` · keep ${keep.toFixed(2)}` : ''}${flags ? ` · ${flags}` : ''}`;
-        item.iconPath = new vscode.ThemeIcon(e.frozen ? 'lock' : e.pruned ? 'circle-slash' : atFloor ? 'warning' : 'circle-outline');
-        if (atFloor) item.tooltip = describeDampingFloor(v.unitName, v.damping);
+        // A null κ (too few served examples) reads "κ not measurable", and then μ and L_f are left out.
+        const measures = e.kappa === null ? describeKappa(null) : `${describeKappa(e.kappa)} · μ ${formatNumber(e.mu)} · L ${formatNumber(e.lf)}`;
+        item.description = `${measures}${keep !== undefined && !e.pruned ? ` · keep ${keep.toFixed(2)}` : ''}${flags ? ` · ${flags}` : ''}`;
+        item.iconPath = new vscode.ThemeIcon(e.frozen ? 'lock' : e.pruned ? 'circle-slash' : atFloor || inactive ? 'warning' : 'circle-outline');
+        const why = [inactive ? describeInactive(v.unitName, e.share) : '', e.kappa === null ? describeNotMeasurable(v.unitName, e.served, MIN_SERVED) : '', atFloor ? describeDampingFloor(v.unitName, v.damping) : ''].filter(Boolean);
+        if (why.length) item.tooltip = why.join('\n\n');
         // Drives the inline freeze/unfreeze action (package.json menus view/item/context).
         item.contextValue = e.pruned ? 'unit.pruned' : e.frozen ? 'unit.frozen' : 'unit.trainable';
         item.id = `unit-${node.session.runId}-${e.id}`;

@@ -1,7 +1,7 @@
 // The training config (`*.pltrain.json`): one schema, used by the trainer to run it and by the
 // extension to put diagnostics on the offending line before anything starts.
 import { z } from 'zod';
-import { AlphaSchema, MAX_UNITS, MIN_UNITS } from './limits';
+import { AlphaSchema, MAX_DATA_FILE_BYTES, MAX_UNITS, MIN_UNITS } from './limits';
 
 export const BACKEND_NAMES = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
@@ -55,7 +55,12 @@ export const DataConfigSchema = z
       .enum(['builtin', 'fashion-mnist', 'text'])
       .default('builtin')
       .describe('`builtin`: the Fashion-MNIST subset shipped with the extension (14×14, works offline anywhere). `fashion-mnist`: the full IDX files, e.g. Debian\'s `dataset-fashion-mnist` in /usr/share/datasets/fashion-mnist. `text`: a UTF-8 text file for the `switch-transformer` language model (character level; the built-in corpus when `path` is not given).'),
-    path: z.string().min(1).optional().describe('Folder with the IDX files when source is `fashion-mnist`; the UTF-8 text file when source is `text`.'),
+    path: z
+      .string()
+      .min(1)
+      .max(4096)
+      .optional()
+      .describe(`Folder with the IDX files when source is \`fashion-mnist\`; the UTF-8 text file when source is \`text\`. Data files must be regular files (not a device, pipe or folder) of at most ${MAX_DATA_FILE_BYTES / (1024 * 1024)} MiB each.`),
     maxTrainExamples: z.number().int().min(0).default(0).describe('Use at most this many training examples (0 = all).'),
   })
   .strict();

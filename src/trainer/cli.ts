@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { BACKEND_NAMES, formatProblem, parseTrainingConfig } from '../protocol';
-import { defaultRunDir } from './runDir';
+import { RunDirRefused, defaultRunDir } from './runDir';
 import { runTraining } from './train';
 
 const USAGE = `usage: pltrain --config FILE [--steps N] [--run-dir DIR] [--backend ${['auto', ...BACKEND_NAMES].join('|')}]
@@ -66,6 +66,11 @@ async function main(): Promise<number> {
 main().then(
   (code) => process.exit(code),
   (e) => {
+    // A run directory in use or already used: the user's mistake, said in one line (exit 2, like a bad config).
+    if (e instanceof RunDirRefused) {
+      console.error(e.message);
+      process.exit(2);
+    }
     console.error(e);
     process.exit(1);
   },

@@ -42,7 +42,7 @@ test('a real run, piped: plain log lines, a complete run directory, κ per exper
   const r = spawnSync(process.execPath, [cli, '--config', config('ok', { steps: 1000, model: { experts: 3, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 8 } }), '--steps', '40', '--run-dir', runDir], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   const lines = r.stdout.trim().split('\n');
-  assert.match(lines[0], /^PLTRAIN_LISTENING \{"port":\d+/);
+  assert.match(lines[0], /^PLTRAIN_LISTENING \{"socket":"[^"]+trainer\.sock"/);
   assert.ok(!r.stdout.includes('\r'), 'no carriage returns in a log');
   assert.match(r.stdout, /backend: (wasm|cpu|tensorflow)/);
   assert.match(r.stdout, /step 40\/40 {2}loss \d+\.\d+ {2}acc [\d.]+% {2}mean κ [\d.e+]+ {2}[\d.]+ steps\/s {2}ETA 0s/);
@@ -114,7 +114,7 @@ test('a unit at the damping floor is reported once per episode, with its share o
   const atFloor = new Set<number>();
   for (const m of metrics) {
     for (const e of m.units!) {
-      const floor = e.kappa >= 50 * (1 - 1e-9);
+      const floor = e.kappa! >= 50 * (1 - 1e-9);
       if (floor && !atFloor.has(e.id)) (atFloor.add(e.id), expected.push(`enter ${e.id}@${m.step}`));
       else if (!floor && atFloor.delete(e.id)) expected.push(`leave ${e.id}@${m.step}`);
     }
@@ -167,7 +167,7 @@ test('every model family runs end to end through pltrain: units named, measured,
     assert.deepEqual(monitored.map((m) => m.step), [4, 8, 12], c.family);
     for (const m of monitored) {
       assert.equal(m.units!.length, (c.body.model as { experts: number }).experts, c.family);
-      assert.ok(m.units!.every((e) => e.kappa >= 1 && e.lf >= e.mu), c.family);
+      assert.ok(m.units!.every((e) => e.kappa! >= 1 && e.lf! >= e.mu!), c.family);
       assert.ok(m.units![1].frozen, `${c.family}: the frozen unit is reported frozen`);
     }
     assert.match(r.stdout, c.metric === 'accuracy' ? /test accuracy [\d.]+% after 12 steps/ : /test perplexity [\d.]+ after 12 steps/);

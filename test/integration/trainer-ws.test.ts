@@ -13,16 +13,17 @@ import {
   AckEvent,
   AckEventSchema,
   HelloEvent,
-  LISTENING_PREFIX,
   MetricsEvent,
   MetricsEventSchema,
   RunInfoSchema,
+  runEndpoint,
   SteeringCommand,
   TOKEN_HEADER,
   TrainerEvent,
   TrainerFrame,
   TrainerFrameSchema,
 } from '../../src/protocol';
+import { TrainerEndpoint, endpointOf, endpointUrl, hostHeader, httpTarget, listeningEndpoint } from '../support/endpoint';
 import { until } from '../support/until';
 
 const root = path.resolve(__dirname, '..', '..');
@@ -33,7 +34,7 @@ const START_ALPHA = 0.01;
 
 let child: ChildProcess;
 let exitCode: Promise<number | null>;
-let listening: { port: number; runDir: string; runId: string; pid: number };
+let listening: TrainerEndpoint & { runDir: string; runId: string; pid: number };
 let token = '';
 
 before(async () => {
@@ -49,8 +50,8 @@ before(async () => {
     let buf = '';
     child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
-      const line = buf.split('\n').find((l) => l.startsWith(LISTENING_PREFIX));
-      if (line) resolve(JSON.parse(line.slice(LISTENING_PREFIX.length)));
+      const e = listeningEndpoint(buf);
+      if (e) resolve(e);
     });
     child.once('exit', (c) => reject(new Error(`trainer exited ${c} before listening`)));
   });
@@ -71,7 +72,7 @@ interface Client {
 }
 
 function connect(): Promise<Client> {
-  const ws = new WebSocket(`ws://127.0.0.1:${listening.port}/`, { headers: { [TOKEN_HEADER]: token } });
+  const ws = new WebSocket(endpointUrl(listening), { headers: { [TOKEN_HEADER]: token } });
   const frames: TrainerFrame[] = [];
   ws.on('message', (d) => frames.push(TrainerFrameSchema.parse(JSON.parse(d.toString()))));
   return new Promise((resolve, reject) => {
@@ -96,8 +97,7 @@ async function command(c: Client, id: string, cmd: SteeringCommand): Promise<Ack
 function upgradeStatus(headers: Record<string, string>): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = http.request({
-      host: '127.0.0.1',
-      port: listening.port,
+      ...httpTarget(listening),
       headers: { Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==', ...headers },
     });
     req.on('upgrade', (res, socket) => (socket.destroy(), resolve(res.statusCode ?? 0)));
@@ -107,26 +107,25 @@ function upgradeStatus(headers: Record<string, string>): Promise<number> {
   });
 }
 
-test('the LISTENING line names this process, its run dir and port; run.json agrees', () => {
+test('the LISTENING line names this process, its run dir and socket; run.json agrees', () => {
   assert.equal(listening.pid, child.pid);
   assert.equal(path.resolve(listening.runDir), path.resolve(runDir));
   assert.equal(listening.runId, path.basename(runDir));
-  assert.ok(listening.port > 0);
+  assert.ok('socket' in listening && listening.socket === path.join(runDir, 'trainer.sock'), JSON.stringify(listening));
   const info = RunInfoSchema.parse(JSON.parse(fs.readFileSync(path.join(runDir, 'run.json'), 'utf8')));
-  assert.equal(info.port, listening.port);
+  assert.deepEqual(runEndpoint(info), endpointOf(listening), 'run.json names where the trainer listens');
   assert.equal(info.pid, child.pid);
-  assert.equal(info.host, '127.0.0.1');
   assert.equal(fs.statSync(path.join(runDir, 'token')).mode & 0o777, 0o600);
 });
 
 test('only the token holder, without Origin and with a loopback Host, gets in', async () => {
-  const host = `127.0.0.1:${listening.port}`;
+  const host = hostHeader(listening);
   assert.equal(await upgradeStatus({ Host: host }), 401, 'no token');
   assert.equal(await upgradeStatus({ Host: host, [TOKEN_HEADER]: token.replace(/.$/, (c) => (c === '0' ? '1' : '0')) }), 401, 'token off by one character');
   assert.equal(await upgradeStatus({ Host: host, [TOKEN_HEADER]: token, Origin: 'http://localhost:3000' }), 403, 'Origin header');
-  assert.equal(await upgradeStatus({ Host: `attacker.example:${listening.port}`, [TOKEN_HEADER]: token }), 403, 'wrong Host');
+  assert.equal(await upgradeStatus({ Host: 'attacker.example', [TOKEN_HEADER]: token }), 403, 'wrong Host');
   assert.equal(await upgradeStatus({ Host: host, [TOKEN_HEADER]: token }), 101, 'the token holder');
-  const plain = await new Promise<number>((resolve) => http.get({ host: '127.0.0.1', port: listening.port, path: '/' }, (r) => (r.resume(), resolve(r.statusCode ?? 0))));
+  const plain = await new Promise<number>((resolve) => http.get({ ...httpTarget(listening), path: '/' }, (r) => (r.resume(), resolve(r.statusCode ?? 0))));
   assert.equal(plain, 404, 'plain HTTP learns nothing');
 });
 
@@ -145,10 +144,10 @@ test('a live session: hello, κ per expert, pause, resume, α, freeze, bad frame
   assert.equal(monitored.step % 5, 0);
   assert.deepEqual(monitored.units!.map((e) => e.id), [0, 1, 2]);
   for (const e of monitored.units!) {
-    assert.ok(e.mu >= 0 && e.lf > e.mu, `expert ${e.id}: 0 ≤ μ < L_f (μ ${e.mu}, L_f ${e.lf})`);
+    assert.ok(e.mu! >= 0 && e.lf! > e.mu!, `expert ${e.id}: 0 ≤ μ < L_f (μ ${e.mu}, L_f ${e.lf})`);
     // κ = L_f / max(μ, δ·L_f) with the default damping δ = 1e-6 (docs/method.md).
-    const expected = e.lf / Math.max(e.mu, 1e-6 * e.lf);
-    assert.ok(Math.abs(e.kappa - expected) <= 1e-9 * expected, `κ of expert ${e.id}: ${e.kappa} vs ${expected}`);
+    const expected = e.lf! / Math.max(e.mu!, 1e-6 * e.lf!);
+    assert.ok(Math.abs(e.kappa! - expected) <= 1e-9 * expected, `κ of expert ${e.id}: ${e.kappa} vs ${expected}`);
   }
 
   // pause: applied at a step boundary N, after which the step stops advancing.
@@ -230,7 +229,7 @@ test('a live session: hello, κ per expert, pause, resume, α, freeze, bad frame
   assert.deepEqual(onDisk, metricsOf(a), 'metrics.jsonl holds what was streamed');
   for (const m of onDisk.filter((m) => m.step % 5 === 0)) {
     assert.equal(m.units?.length, EXPERTS, `κ for every expert at monitor step ${m.step}`);
-    for (const e of m.units!) assert.ok(Number.isFinite(e.kappa) && e.kappa >= 1);
+    for (const e of m.units!) assert.ok(Number.isFinite(e.kappa) && e.kappa! >= 1);
   }
   const acksOnDisk = fs.readFileSync(path.join(runDir, 'commands.jsonl'), 'utf8').trim().split('\n').map((l) => AckEventSchema.parse(JSON.parse(l)));
   assert.deepEqual(acksOnDisk, a.events().filter((e) => e.type === 'ack'), 'commands.jsonl has every ack');

@@ -175,7 +175,7 @@ test('a snapshot renders the header, the expert table and κ exactly as in the d
   assert.equal(experts.length, 4);
   for (const e of experts) {
     const text = await expectText(p.byTestId(`kappa-${e.id}`), formatNumber(e.kappa));
-    assert.ok(Math.abs(Number(text) - e.kappa) / e.kappa < 5e-3, `κ ${text} vs ${e.kappa}`);
+    assert.ok(Math.abs(Number(text) - e.kappa!) / e.kappa! < 5e-3, `κ ${text} vs ${e.kappa}`);
     await expectText(p.byTestId(`mu-${e.id}`), formatNumber(e.mu));
     await expectText(p.byTestId(`lf-${e.id}`), formatNumber(e.lf));
     await expectText(p.byTestId(`frozen-${e.id}`), e.frozen ? 'yes' : 'no');
@@ -205,7 +205,7 @@ test('a κ at the run\'s damping floor 1/δ is marked, with the reason; κ just 
   await expectText(p.byTestId('kappa-1'), formatNumber(1e5));
   await expectAttr(p.byTestId('kappa-1'), 'data-floor', 'true');
   assert.match((await p.byTestId('kappa-1').getAttribute('title')) ?? '', /damping floor 1\/δ = .*singular on the probe.*no gradient.*freeze or prune/);
-  assert.ok(last[0].kappa < 1e5 && last[3].kappa < 1e5, 'the others are below the floor');
+  assert.ok(last[0].kappa! < 1e5 && last[3].kappa! < 1e5, 'the others are below the floor');
   for (const id of [0, 2, 3]) {
     await expectAttr(p.byTestId(`kappa-${id}`), 'data-floor', 'false');
     assert.equal(await p.byTestId(`kappa-${id}`).getAttribute('title'), '');
@@ -674,7 +674,7 @@ test('compare overlay: dashed lines of the recorded run on loss, metric, PL and 
     { key: 'compare:plRatio', label: 'PL* ratio ½‖∇f‖²/(f − f*) (baseline-alpha0)', values: points((m) => m.plRatio) },
   ], ['regularizer', 'plRatio']);
   const expertOverlay = (metric: 'kappa' | 'mu', symbol: string) =>
-    [0, 1, 2].map((id) => ({ key: `compare:${metric}:${id}`, label: `${symbol} expert ${id} (baseline-alpha0)`, values: points((m) => m.units?.[id][metric]) }));
+    [0, 1, 2].map((id) => ({ key: `compare:${metric}:${id}`, label: `${symbol} expert ${id} (baseline-alpha0)`, values: points((m) => m.units?.[id][metric] ?? undefined) }));
   await expectOverlay('expert', expertOverlay('kappa', 'κ'), ['kappa:0', 'kappa:1', 'kappa:2', 'kappa:3']);
   // The overlay follows the selected per-expert quantity.
   await p.byTestId('expert-metric-mu').click();

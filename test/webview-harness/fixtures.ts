@@ -92,7 +92,7 @@ export function syntheticRun(o: FixtureOptions = {}): Fixture {
         : undefined;
     // κ̄ is re-measured on monitor steps and carried between them.
     const kept = experts?.filter((e) => !e.pruned) ?? [];
-    if (kept.length) regularizer = kept.reduce((a, e) => a + e.kappa, 0) / kept.length;
+    if (kept.length) regularizer = kept.reduce((a, e) => a + e.kappa!, 0) / kept.length;
     const taskLoss = 0.32 + 2.0 * Math.exp(-s / 70) + 0.05 * Math.abs(gauss()) * (1 - progress * 0.5);
     const accuracy = Math.min(0.99, 0.1 + 0.78 * (1 - Math.exp(-s / 60)) + 0.02 * gauss());
     return {

@@ -19,7 +19,7 @@
 // norm from mean/sqrt/div, reshape/transpose/concat/tile) differentiates twice as is. Checked against
 // float64 finite differences in test/unit/model-bert-encoder.test.ts.
 import type * as TF from '@tensorflow/tfjs';
-import type { ExpertStats, TrainingConfig } from '../../protocol';
+import type { UnitStats, TrainingConfig } from '../../protocol';
 import { classifierUnitKernels, conditioning, dampedKappa, outputDirections, singularVectors, spectralNormProduct, SpectralNormState } from '../pl';
 import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, SoftMask, weightedKappaOf } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
@@ -94,7 +94,7 @@ export interface EmbeddingVars {
 }
 
 interface Measurement {
-  stats: ExpertStats;
+  stats: UnitStats;
   vMin: Float64Array;
   vMax: Float64Array;
   /** Per layer, (u, v) with A v = σ u for W_v and for W_o, behind a spectral-norm L_f. */
@@ -356,7 +356,7 @@ export class BertEncoder implements PlModel {
   }
 
   /** μ, L_f, κ of every head on the probe batch (float64 eigen-solve), refreshing the regularizer's vectors. */
-  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): ExpertStats[] {
+  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): UnitStats[] {
     const tf = this.tf;
     if (!this.probeX || !this.probeY) throw new Error('setProbe first');
     const n = this.probeX.shape[0];

@@ -1,7 +1,7 @@
 // The `moe-mlp` model: a dense, soft-gated mixture of two-layer experts, with each expert's variables
 // kept apart so freezing an expert is just leaving its variables out of the optimizer's list.
 import type * as TF from '@tensorflow/tfjs';
-import type { ExpertStats, TrainingConfig } from '../../protocol';
+import type { UnitStats, TrainingConfig } from '../../protocol';
 import { createAdam } from '../engine/adam';
 import { type MoeForward, moeForward, moeLogits } from '../engine/moeForward';
 import { sumOfSquares } from '../engine/sumOfSquares';
@@ -21,7 +21,7 @@ export interface ExpertVars {
 
 /** The latest measurement of one expert, with the eigenvectors the regularizer differentiates along. */
 interface Measurement {
-  stats: ExpertStats;
+  stats: UnitStats;
   vMin: Float64Array;
   vMax: Float64Array;
   /** A Hessian-trace L_f, held constant by the regularizer (no cheap derivative of it). */
@@ -283,7 +283,7 @@ export class MoeMlp implements PlModel {
    * Measures μ, L_f, κ of every expert on the probe batch from its closed-form tangent kernel
    * (float64; see docs/method.md), and refreshes the eigenvectors the regularizer uses.
    */
-  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): ExpertStats[] {
+  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): UnitStats[] {
     const tf = this.tf;
     if (!this.probeX || !this.probeY) throw new Error('setProbe first');
     const damping = this.config.monitor.damping;
@@ -312,14 +312,14 @@ export class MoeMlp implements PlModel {
       const e = this.experts[id];
       if (this.config.monitor.lipschitz === 'hessian-trace') {
         const lf = Math.max(0, this.hessianTrace(id, pruned));
-        return { ...m, stats: { ...m.stats, lf, kappa: dampedKappa(lf, mu, damping) }, lfConstant: lf };
+        return { ...m, stats: { ...m.stats, lf, kappa: mu === null ? null : dampedKappa(lf, mu, damping) }, lfConstant: lf };
       }
       if (spectral) {
         const [w1d, w2] = [w1s[id].dataSync(), e.w2.dataSync()];
         const s1 = spectralNormProduct([{ key: `expert${id}/w1`, matrix: { data: w1d, rows: this.d, cols: h } }], this.spectral);
         const s2 = spectralNormProduct([{ key: `expert${id}/w2`, matrix: { data: w2, rows: h, cols: this.c } }], this.spectral);
         const lf = s1 * s2;
-        return { ...m, stats: { ...m.stats, lf, kappa: dampedKappa(lf, mu, damping) }, singular: [this.singularVectors(`expert${id}/w1`, w1d, this.d, h, s1), this.singularVectors(`expert${id}/w2`, w2, h, this.c, s2)] };
+        return { ...m, stats: { ...m.stats, lf, kappa: mu === null ? null : dampedKappa(lf, mu, damping) }, singular: [this.singularVectors(`expert${id}/w1`, w1d, this.d, h, s1), this.singularVectors(`expert${id}/w2`, w2, h, this.c, s2)] };
       }
       return m;
     });

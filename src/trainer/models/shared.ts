@@ -1,7 +1,7 @@
 // Pieces every model family shares: checkpointing variables with their optimizer slots, group by
 // group, the mean κ of the last measurement, and a classifier's accuracy over a whole split.
 import type * as TF from '@tensorflow/tfjs';
-import type { ExpertStats } from '../../protocol';
+import type { UnitStats } from '../../protocol';
 import type { ModelState, SavedTensor, TaskData } from './types';
 
 /** A set of variables with the optimizer that updates them (one per unit, one for shared variables). */
@@ -42,8 +42,8 @@ export async function restoreGroups(tf: typeof TF, prefix: string, groups: Varia
 }
 
 /** Mean κ of the last measurement over these units (0 before the first). */
-export function meanKappaOf(stats: readonly (ExpertStats | undefined)[], ids: number[]): number {
-  const ks = ids.map((i) => stats[i]?.kappa).filter((k): k is number => k !== undefined);
+export function meanKappaOf(stats: readonly (UnitStats | undefined)[], ids: number[]): number {
+  const ks = ids.map((i) => stats[i]?.kappa).filter((k): k is number => typeof k === 'number');
   return ks.length ? ks.reduce((a, b) => a + b, 0) / ks.length : 0;
 }
 
@@ -72,7 +72,7 @@ export function regularizerWeights(units: number, trainable: number[], given: Ar
 }
 
 /** The weighted mean κ of the last measurement over trainable units (the plain mean when no weight is positive). */
-export function weightedKappaOf(stats: readonly (ExpertStats | undefined)[], trainable: number[], weights: UnitWeights): number {
+export function weightedKappaOf(stats: readonly (UnitStats | undefined)[], trainable: number[], weights: UnitWeights): number {
   if (!(weights.total > 0)) return meanKappaOf(stats, trainable);
   let s = 0;
   for (const i of trainable) s += (weights.w[i] * (stats[i]?.kappa ?? 0)) / weights.total;

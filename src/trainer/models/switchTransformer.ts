@@ -32,7 +32,7 @@
 // rebuilds K_e with tangentKernelTf from the last measurement's x and u, held constant, and
 // differentiates κ along the held eigenvectors (Hellmann–Feynman), exactly as moe-mlp does.
 import type * as TF from '@tensorflow/tfjs';
-import type { ExpertStats, TrainingConfig } from '../../protocol';
+import type { UnitStats, TrainingConfig } from '../../protocol';
 import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
 import { meanKappaOf, regularizerWeights, restoreGroups, saveGroups, SoftMask, weightedKappaOf } from './shared';
@@ -84,7 +84,7 @@ export interface SwitchLayerTrace {
 }
 
 interface Measurement {
-  stats: ExpertStats;
+  stats: UnitStats;
   /** The n×n kernel the stats came from (float64 copy of the float32 backend kernel, symmetrized). */
   kernel: Float64Array;
   vMin: Float64Array;
@@ -474,7 +474,7 @@ export class SwitchTransformerLm implements PlModel {
    * eigenvectors the regularizer holds. Frozen and pruned experts are measured too: an expert is
    * measured as a function of its own input, whether or not the router currently sends it tokens.
    */
-  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): ExpertStats[] {
+  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): UnitStats[] {
     const tf = this.tf;
     if (!this.probeX || !this.probeY) throw new Error('setProbe first');
     const D = this.dModel;

@@ -11,7 +11,7 @@
 // again (Conv2D kernel only), the pool's is a mask multiply. (An im2col conv from built-in slice/concat/
 // matMul also differentiates twice, but was 2.5× slower per step on wasm.)
 import type * as TF from '@tensorflow/tfjs';
-import type { ExpertStats, TrainingConfig } from '../../protocol';
+import type { UnitStats, TrainingConfig } from '../../protocol';
 import { classifierUnitKernels, conditioning, dampedKappa, outputDirections, singularVectors, spectralNormProduct, SpectralNormState } from '../pl';
 import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, SoftMask, weightedKappaOf } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
@@ -98,7 +98,7 @@ interface GroupLayer {
 }
 
 interface Measurement {
-  stats: ExpertStats;
+  stats: UnitStats;
   vMin: Float64Array;
   vMax: Float64Array;
   /** Per conv layer, (u, v) with W v = σ u for the reshaped kernel, behind a spectral-norm L_f. */
@@ -294,7 +294,7 @@ export class VggNet implements PlModel {
   }
 
   /** μ, L_f, κ of every group on the probe batch (float64 eigen-solve), refreshing the regularizer's vectors. */
-  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): ExpertStats[] {
+  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): UnitStats[] {
     const tf = this.tf;
     if (!this.probeX || !this.probeY) throw new Error('setProbe first');
     const n = this.probeX.shape[0];
