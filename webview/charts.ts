@@ -51,6 +51,8 @@ export interface LineChartView {
   logScale: boolean;
   /** Fixed y range (the mask chart's lanes); otherwise the axis fits the data. */
   yRange?: { min: number; max: number };
+  /** A linear axis that includes 0 (α). */
+  beginAtZero?: boolean;
 }
 
 type Role = 'raw' | 'smoothed' | 'plain' | 'compare';
@@ -125,6 +127,8 @@ export interface MetricChartOptions {
   yTicks?: () => number[];
   /** The user clicked a legend entry. */
   onToggleSeries: (key: string) => void;
+  /** The legend text of a compared run's lines (one entry for all of them). */
+  overlayLegend?: () => string;
   /** The x axis was zoomed or reset (by the user or through `resetZoom`). */
   onZoomChange?: (zoomed: boolean) => void;
 }
@@ -184,12 +188,29 @@ export class MetricChart {
             labels: {
               boxWidth: 12,
               boxHeight: 2,
-              // The faint raw twin of a smoothed line has no legend entry of its own.
-              filter: (item: LegendItem, data) => (data.datasets[item.datasetIndex ?? 0] as LineDataset).role !== 'raw',
+              // The faint raw twin of a smoothed line has no legend entry of its own, and a compared run
+              // has one entry for all its lines (their own names are in the tooltip).
+              filter: (item: LegendItem, data) => {
+                const ds = data.datasets[item.datasetIndex ?? 0] as LineDataset;
+                if (ds.role === 'raw') return false;
+                return ds.role !== 'compare' || data.datasets.findIndex((d) => (d as LineDataset).role === 'compare') === item.datasetIndex;
+              },
+              generateLabels: (chart) => {
+                const items = Chart.defaults.plugins.legend.labels.generateLabels(chart);
+                for (const item of items) {
+                  if ((chart.data.datasets[item.datasetIndex ?? 0] as LineDataset).role !== 'compare') continue;
+                  item.text = options.overlayLegend?.() ?? item.text;
+                  item.lineDash = OVERLAY_DASH;
+                }
+                return items;
+              },
             },
             onClick: (_e, item) => {
               const ds = this.chart.data.datasets[item.datasetIndex ?? 0] as LineDataset | undefined;
-              if (ds) options.onToggleSeries(ds.seriesKey);
+              if (!ds) return;
+              // The compared run's one entry shows or hides all of its lines.
+              const keys = ds.role === 'compare' ? (this.chart.data.datasets as LineDataset[]).filter((d) => d.role === 'compare').map((d) => d.seriesKey) : [ds.seriesKey];
+              for (const key of keys) options.onToggleSeries(key);
             },
           },
           tooltip: {
@@ -254,6 +275,7 @@ export class MetricChart {
       y.type = view.logScale ? 'logarithmic' : 'linear';
       y.min = view.yRange?.min;
       y.max = view.yRange?.max;
+      (y as { beginAtZero?: boolean }).beginAtZero = !view.logScale && view.beginAtZero === true;
     }
   }
 

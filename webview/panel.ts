@@ -51,6 +51,7 @@ export class PanelController {
         formatTooltipY: card.id === 'mask' ? (y) => decodeMaskLevel(y)?.status ?? formatNumber(y) : undefined,
         yTicks: card.id === 'mask' ? () => this.model.unitIds.map((id) => id + MASK_LANE_LABEL) : undefined,
         onToggleSeries: (key) => this.toggleSeries(key),
+        overlayLegend: () => `${this.model.compare?.runId ?? 'compared run'} (dashed)`,
         onZoomChange: (zoomed) => (resetButton.hidden = !zoomed),
       });
       resetButton.addEventListener('click', () => {
@@ -119,7 +120,10 @@ export class PanelController {
     v.alphaInput.addEventListener('input', () => v.showAlphaError(undefined));
     onClick(v.exportCsv, () => this.post({ type: 'saveFile', fileName: exportFileName(this.model, 'csv'), content: toCsv(this.model) }));
     onClick(v.exportJson, () => this.post({ type: 'saveFile', fileName: exportFileName(this.model, 'json'), content: toJson(this.model) }));
-    v.compareClear.addEventListener('click', () => this.invalidate(this.model.clearCompare()));
+    v.compareClear.addEventListener('click', () => {
+      this.invalidate(this.model.clearCompare());
+      this.post({ type: 'clearCompare' });
+    });
 
     v.smoothing.max = String(MAX_SMOOTHING);
     v.smoothing.addEventListener('input', () => {
@@ -270,16 +274,43 @@ export class PanelController {
             logScale: hasLogToggle(card.id) && this.settings.logScale[card.id],
             // One lane per unit, with room above the top line.
             yRange: card.id === 'mask' ? { min: 0, max: Math.max(1, m.unitIds.length) } : undefined,
+            // α is a weight ≥ 0 that is set, not learned: from 0, so a constant α is not drawn as noise on a 1 % axis.
+            beginAtZero: card.id === 'alpha',
           });
         }
         chart.draw();
-        document.querySelector<HTMLElement>(`[data-testid="empty-${card.id}"]`)!.hidden = chart.hasData;
-        // A run without a gate or diagnostics does not get an empty card for them.
-        if (OPTIONAL_CHARTS.includes(card.id)) document.querySelector<HTMLElement>(`section[data-chart="${card.id}"]`)!.hidden = !chart.hasData;
+        const empty = document.querySelector<HTMLElement>(`[data-testid="empty-${card.id}"]`)!;
+        empty.hidden = chart.hasData;
+        if (!chart.hasData) empty.textContent = emptyChartText(card.id, m);
+        // A run without a gate or diagnostics does not get an empty card for them, nor a mask without pruning.
+        const section = document.querySelector<HTMLElement>(`section[data-chart="${card.id}"]`)!;
+        if (OPTIONAL_CHARTS.includes(card.id)) section.hidden = !chart.hasData;
+        else if (card.id === 'mask') section.hidden = !pruningEnabled(m);
       }
       this.linesDirty = false;
     }
   }
+}
+
+/** The run's resolved config, as its hello carries it (the trainer's, after defaults). */
+function helloConfig(m: RunModel): { monitor?: { every?: unknown }; pruning?: { enabled?: unknown } } | undefined {
+  return m.view.hello?.config as { monitor?: { every?: unknown }; pruning?: { enabled?: unknown } } | undefined;
+}
+
+/** Pruning is on for this run (the mask chart is about pruning decisions). */
+function pruningEnabled(m: RunModel): boolean {
+  return helloConfig(m)?.pruning?.enabled === true;
+}
+
+/** Charts fed on monitor steps only: until the first one, they say when it comes. */
+const MONITOR_CHARTS: readonly ChartId[] = ['expert', 'mask', 'gate', 'extra'];
+
+/** What an empty chart says: when the first measurement comes, if the run has said how often it measures. */
+export function emptyChartText(id: ChartId, m: RunModel): string {
+  const every = helloConfig(m)?.monitor?.every;
+  if (!MONITOR_CHARTS.includes(id) || typeof every !== 'number' || m.view.lastMonitorStep !== undefined) return 'No data yet';
+  const first = Math.min(every, m.view.totalSteps || every);
+  return m.view.step < first ? `First measurement at step ${first}` : 'No data yet';
 }
 
 /** Where in its lane a unit's name sits on the mask chart's axis: mid-lane, between its levels. */

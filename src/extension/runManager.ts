@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RUN_FILES, TERMINAL_STATES, describeCommand, describeEndpoint, runEndpoint, type CommandStatus, type SteeringCommand, type TrainerEndpoint, type TrainerEvent } from '../protocol';
 import { analyzeConfigText, lineOf } from './config/configAnalysis';
+import { slowFamilyNotice } from './config/starters';
 import { launchTrainer, makeRunDirName, type LaunchedTrainer } from './run/launcher';
 import { LogTail } from './run/logTail';
 import type { RunHost } from './run/runHost';
@@ -23,12 +24,18 @@ export class RunManager {
   private readonly currentChanged = new Signal<RunSession | undefined>();
   private readonly changed = new Signal<RunSession>();
   private readonly endAnnounced = new Signal<RunSession>();
+  private readonly tracked = new Signal<RunSession>();
+  private readonly showRequested = new Signal<RunSession>();
   /** The current run changed (another run became current). */
   readonly onDidChangeCurrent = this.currentChanged.event;
   /** Something a view shows changed in some run (state, step, α, units, connection). */
   readonly onDidChange = this.changed.event;
   /** A run's end (completed, stopped, failed) was announced to the user: once per end. */
   readonly onDidAnnounceEnd = this.endAnnounced.event;
+  /** A run became known (started, resumed, re-attached or opened from its directory). */
+  readonly onDidTrack = this.tracked.event;
+  /** The user asked to see a run (a notification's "Show run"): the panel should show it. */
+  readonly onDidRequestShow = this.showRequested.event;
 
   constructor(private readonly host: RunHost) {}
 
@@ -38,6 +45,17 @@ export class RunManager {
 
   get all(): RunSession[] {
     return [...this.sessions.values()];
+  }
+
+  /** Runs still training (or starting, or paused). */
+  get live(): RunSession[] {
+    return this.all.filter((s) => s.active);
+  }
+
+  /** Makes `s` the run the views show and asks for the panel (the extension opens it). */
+  show(s: RunSession): void {
+    this.setCurrent(s);
+    this.showRequested.fire(s);
   }
 
   /** The run started from this config file, if it is still active. */
@@ -75,8 +93,9 @@ export class RunManager {
     }
     const existing = this.activeRunFor(configPath);
     if (existing) {
-      this.setCurrent(existing);
-      ui.notify('info', `A run of ${path.basename(configPath)} is already ${existing.view.state ?? 'starting'}.`);
+      ui.notify('info', `A run of ${path.basename(configPath)} is already ${existing.view.state ?? 'starting'} (${existing.runId}).`, {
+        actions: [{ title: 'Show run', run: () => this.show(existing) }],
+      });
       return existing;
     }
     const folder = this.folderOf(configPath) ?? this.host.workspaceFolders()[0];
@@ -92,8 +111,10 @@ export class RunManager {
         /* already gone */
       }
     };
+    // Slow families say so before anything moves (a BERT run on a CPU takes minutes).
+    const slow = slowFamilyNotice(analysis.config.model.family, analysis.config.steps);
     return ui.progress(
-      `PL training: ${analysis.config.name}`,
+      `PL training: ${analysis.config.name}${slow ? ` (${slow})` : ''}`,
       async (report) => {
         report('starting the trainer and loading the TensorFlow.js backend…');
         launched = launchTrainer({ nodePath, trainerScript: this.host.trainerScript, configPath, runDir, cwd: path.dirname(configPath) });
@@ -102,7 +123,14 @@ export class RunManager {
         report(`backend ${info.backend?.name ?? '?'} ready, connecting…`);
         const session = this.track(info.runId, runDir, configPath, true);
         this.connect(session, runEndpoint(info)!, launched.token, launched.pid);
+        const previous = this._current?.active ? this._current : undefined;
         this.setCurrent(session);
+        // Not silently: the views now follow the new run, and the one they showed keeps training.
+        if (previous) {
+          ui.notify('info', `${info.runId} started; the panel, sidebar and status bar show it now. ${previous.runId} keeps training.`, {
+            actions: [{ title: `Show ${previous.runId}`, run: () => this.show(previous) }],
+          });
+        }
         await this.helloOrEnd(session, 20_000);
         log.info(`run ${info.runId}: backend ${info.backend?.name} (${info.backend?.gpu ? 'GPU' : 'CPU'}) — ${info.backend?.detail ?? ''}`);
         return session;
@@ -125,6 +153,10 @@ export class RunManager {
         }
         const session = this.track(info.runId, run.dir, run.configPath, true);
         session.applyFact({ type: 'state', state: info.state, step: info.step, totalSteps: info.totalSteps });
+        // The last known state at once (step, backend, α, units), from what the trainer recorded; the
+        // trainer then replays only what came after it, instead of every view waiting for the replay.
+        for (const e of recordedPrefix(readRecordedEvents(run.dir))) session.ingest(e);
+        session.flush();
         this.connect(session, runEndpoint(info)!, token, info.pid);
         this.host.log.info(`re-attached to run ${info.runId} (pid ${info.pid}, ${describeEndpoint(runEndpoint(info)!)})`);
         attached.push(session);
@@ -217,6 +249,8 @@ export class RunManager {
     this.changed.clear();
     this.currentChanged.clear();
     this.endAnnounced.clear();
+    this.tracked.clear();
+    this.showRequested.clear();
   }
 
   private folderOf(file: string): string | undefined {
@@ -281,6 +315,7 @@ export class RunManager {
         this.announceEnd(session);
       }
     });
+    this.tracked.fire(session);
     return session;
   }
 
@@ -324,4 +359,15 @@ export class RunManager {
       ui.notify('info', `${what}.`);
     }
   }
+}
+
+/**
+ * The recorded events from seq 0 up to the first gap (a line being written, or a resume's rewound
+ * steps): the trainer's replay fills in the rest, and nothing after a gap is taken on trust, since the
+ * reducer never takes an event at or below the last seq it holds.
+ */
+export function recordedPrefix(events: readonly TrainerEvent[]): TrainerEvent[] {
+  let n = 0;
+  while (n < events.length && events[n].seq === n) n++;
+  return events.slice(0, n);
 }

@@ -147,6 +147,48 @@ export const DEFAULT_FASHION_MNIST_PATH = '/usr/share/datasets/fashion-mnist';
 export interface ConfigProblem {
   path: (string | number)[];
   message: string;
+  /** For an unknown field: the known field it most likely misspells (offered as a quick fix). */
+  suggestion?: string;
+}
+
+/** The fields each object of the config accepts, by the object's path ('' for the top level). */
+export const CONFIG_FIELDS: Record<string, readonly string[]> = {
+  '': Object.keys(TrainingConfigSchema.innerType().shape),
+  model: Object.keys(ModelConfigSchema.innerType().shape),
+  data: Object.keys(DataConfigSchema.shape),
+  monitor: Object.keys(MonitorConfigSchema.shape),
+  pruning: Object.keys(PruningConfigSchema.shape),
+};
+
+/** Edit distance between two strings (insertions, deletions, substitutions, adjacent swaps). */
+export function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/**
+ * The known field an unknown one most likely misspells: the same letters in another case, or the
+ * closest by edit distance when at most a third of the name (at least 1, at most 3 edits) differs.
+ */
+export function suggestField(unknown: string, known: readonly string[]): string | undefined {
+  const lower = unknown.toLowerCase();
+  const sameLetters = known.find((k) => k.toLowerCase() === lower);
+  if (sameLetters) return sameLetters;
+  const limit = Math.min(3, Math.max(1, Math.floor(unknown.length / 3)));
+  let best: { key: string; distance: number } | undefined;
+  for (const k of known) {
+    if (k === '$schema') continue;
+    const distance = editDistance(lower, k.toLowerCase());
+    if (distance <= limit && (!best || distance < best.distance)) best = { key: k, distance };
+  }
+  return best?.key;
 }
 
 export type ConfigParseResult =
@@ -161,7 +203,11 @@ export function parseTrainingConfig(value: unknown): ConfigParseResult {
   for (const i of r.error.issues) {
     // Point unknown keys at the key itself, so the diagnostic lands on the exact line.
     if (i.code === z.ZodIssueCode.unrecognized_keys) {
-      for (const k of i.keys) problems.push({ path: [...i.path, k], message: `unknown field "${k}"` });
+      const known = CONFIG_FIELDS[i.path.join('.')] ?? [];
+      for (const k of i.keys) {
+        const suggestion = suggestField(k, known);
+        problems.push({ path: [...i.path, k], message: `unknown field "${k}"${suggestion ? ` (did you mean "${suggestion}"?)` : ''}`, ...(suggestion ? { suggestion } : {}) });
+      }
     } else {
       problems.push({ path: i.path, message: i.message });
     }

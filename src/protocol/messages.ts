@@ -349,6 +349,8 @@ export const WebviewToHostSchema = z.discriminatedUnion('type', [
    * and `<a download>` is not reliably honoured inside VS Code's webview sandbox).
    */
   z.object({ type: z.literal('saveFile'), fileName: z.string().min(1).max(200).regex(/^[A-Za-z0-9._-]+$/), content: z.string().max(512 * 1024 * 1024) }).strict(),
+  /** The user closed the compare overlay (✕): the host forgets it, so a reload does not bring it back. */
+  z.object({ type: z.literal('clearCompare') }).strict(),
 ]);
 export type WebviewToHost = z.infer<typeof WebviewToHostSchema>;
 

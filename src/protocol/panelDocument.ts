@@ -127,7 +127,11 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
         <div class="fact"><dt>Speed</dt><dd data-testid="speed">—</dd></div>
       </dl>
       <vscode-progress-bar class="progress" data-testid="progress" aria-label="Training progress" max="1" value="0"></vscode-progress-bar>
-      <p class="run-message" data-testid="run-message" role="status" hidden></p>
+      <div class="run-message" data-testid="run-message-box" role="status" hidden>
+        <p class="run-message-text" data-testid="run-message"></p>
+        <button type="button" class="run-message-more" data-testid="run-message-more" aria-expanded="false" hidden>More</button>
+        <vscode-button secondary data-testid="run-message-remedy" hidden></vscode-button>
+      </div>
     </header>
 
     <section class="toolbar" aria-label="Steering">
@@ -161,7 +165,7 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
         <header class="card-head"><h2 id="experts-title" data-testid="units-title">Units</h2><span class="muted" data-testid="experts-measured"></span></header>
         <div class="table-wrap">
           <table class="expert-table" data-testid="expert-table">
-            <thead><tr><th scope="col" data-testid="unit-column">Unit</th><th scope="col" class="num"><span class="sym">κ</span></th><th scope="col" class="num"><span class="sym">μ</span></th><th scope="col" class="num">L<sub>f</sub></th><th scope="col">Frozen</th><th scope="col">Pruned</th><th scope="col"><span class="visually-hidden">Action</span></th></tr></thead>
+            <thead><tr><th scope="col" data-testid="unit-column">Unit</th><th scope="col" class="num"><span class="sym">κ</span></th><th scope="col" class="num"><span class="sym">μ</span></th><th scope="col" class="num">L<sub>f</sub></th><th scope="col" class="flag">Frozen</th><th scope="col" class="flag">Pruned</th><th scope="col"><span class="visually-hidden">Action</span></th></tr></thead>
             <tbody data-testid="expert-rows"><tr class="placeholder"><td colspan="7">No units yet</td></tr></tbody>
           </table>
         </div>

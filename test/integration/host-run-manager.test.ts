@@ -106,3 +106,55 @@ test('resume refuses a run without a checkpoint, naming it; opening a protocol-1
   assert.equal(runs.openRecorded(stopped).view.state, 'stopped');
   assert.deepEqual(notices, []);
 });
+
+test('a reload re-attaches with the last known state at once, then the replay adds only what came after; a second Start of the same config offers "Show run"', async () => {
+  const config = path.join(workspace, 'reattach.pltrain.json');
+  fs.writeFileSync(config, JSON.stringify({ name: 'reattach', steps: 100000, batchSize: 16, alpha: 0.02, model: { experts: 3, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4 } }));
+  const session = (await runs.start(config))!;
+  pids.push(session.view.hello!.pid);
+  await until('a κ measurement', () => session.view.lastMonitorStep);
+  const paused = await runs.issue({ kind: 'pause' }, session.runDir);
+  assert.equal(paused?.status, 'applied');
+  await until('paused', () => session.view.state === 'paused');
+  await until('the pause is recorded', () => fs.readFileSync(path.join(session.runDir, 'commands.jsonl'), 'utf8').includes('"pause"'));
+
+  notices.length = 0;
+  assert.equal(await runs.start(config), session, 'the same config again: the run that is live');
+  assert.deepEqual(notices.map((n) => [n.level, n.actions]), [['info', ['Show run']]]);
+  assert.match(notices[0].message, /already paused/);
+  const shown: string[] = [];
+  runs.onDidRequestShow((s) => shown.push(s.runId));
+
+  // A second manager stands in for the extension after a window reload.
+  const fresh = new RunManager(host);
+  try {
+    const [again] = fresh.reattachAll().filter((s) => s.runDir === session.runDir);
+    assert.ok(again, 'found the live run');
+    // Before any frame from the trainer: what the views show right after the reload.
+    assert.equal(again.view.connected, false);
+    assert.equal(again.view.state, 'paused');
+    assert.equal(again.view.step, session.view.step, 'the step, not 0');
+    assert.equal(again.view.alpha, 0.02);
+    assert.equal(again.view.backend?.name, session.view.backend?.name);
+    assert.equal(again.view.units.length, 3);
+    assert.equal(again.view.lastMonitorStep, session.view.lastMonitorStep);
+    const target = session.seq;
+    await until('connected and replayed', () => again.view.connected && again.seq >= target);
+    const seqs = again.events.map((e) => e.seq);
+    assert.deepEqual(seqs, seqs.map((_, i) => i), 'seq 0…n with no gap or duplicate');
+  } finally {
+    fresh.dispose();
+  }
+  assert.equal(shown.length, 0);
+  assert.equal(runs.live.includes(session), true);
+  assert.equal((await runs.issue({ kind: 'stop' }, session.runDir))?.status, 'applied');
+});
+
+test('recordedPrefix keeps the events from seq 0 up to the first gap or repeat', async () => {
+  const { recordedPrefix } = await import('../../src/extension/runManager');
+  const ev = (seq: number) => ({ type: 'log', seq, level: 'info', message: '' }) as never;
+  assert.deepEqual(recordedPrefix([ev(0), ev(1), ev(2)]).map((e: { seq: number }) => e.seq), [0, 1, 2]);
+  assert.deepEqual(recordedPrefix([ev(0), ev(1), ev(3), ev(4)]).map((e: { seq: number }) => e.seq), [0, 1]);
+  assert.deepEqual(recordedPrefix([ev(0), ev(1), ev(1), ev(2)]).map((e: { seq: number }) => e.seq), [0, 1]);
+  assert.deepEqual(recordedPrefix([ev(1), ev(2)]), []);
+});

@@ -84,7 +84,7 @@ if [[ " $SUITES " == *" exthost "* ]]; then
 fi
 if [[ " $SUITES " == *" ui "* ]]; then
   t "UI test (command palette → webview)"
-  node "$ROOT/test/vscode/harness/ui.js" "$ROOT" "$RUN/ws-ui" "$ROOT/test-results/vscode-panel.png" 2>&1 | tee "$RUN/ui.log" || true
+  PLTRAIN_UI_LOGS="$RUN/ud/logs" node "$ROOT/test/vscode/harness/ui.js" "$ROOT" "$RUN/ws-ui" "$ROOT/test-results/vscode-panel.png" 2>&1 | tee "$RUN/ui.log" || true
   tally ui "$RUN/ui.log"
 fi
 t "done"

@@ -32,6 +32,8 @@ export interface FixtureOptions {
   freezeAt?: { step: number; expert: number };
   /** Expert the trainer prunes from this step on. */
   pruneAt?: { step: number; expert: number };
+  /** config.pruning.enabled in the hello (default true: the mask chart shows). */
+  pruning?: boolean;
 }
 
 export interface Fixture {
@@ -69,7 +71,7 @@ export function syntheticRun(o: FixtureOptions = {}): Fixture {
     type: 'hello', seq: seq++, protocol: PROTOCOL_VERSION, runId, pid: 4242,
     backend: { name: 'wasm', gpu: false, detail: 'tensorflow-gpu and tensorflow not installed; wasm with SIMD' },
     startedAt: time, totalSteps, unitCount: expertCount, unitName: o.unitName ?? 'expert', alpha, taskMetric: 'accuracy',
-    config: { name: 'fmnist-moe', steps: totalSteps, frozenExperts: [], model: { family: 'moe-mlp', experts: expertCount, hiddenUnits: 32 } },
+    config: { name: 'fmnist-moe', steps: totalSteps, frozenExperts: [], model: { family: 'moe-mlp', experts: expertCount, hiddenUnits: 32 }, monitor: { every: monitorEvery }, pruning: { enabled: o.pruning ?? true } },
   });
   push({ type: 'state', seq: seq++, state: 'running', step: 0, time });
 
