@@ -92,13 +92,14 @@ export const MonitorConfigSchema = z
 
 export const PruningConfigSchema = z
   .object({
-    enabled: z.boolean().default(false).describe('Let the gating network prune units whose condition number marks them as poorly behaved (frozen units are never pruned).'),
-    warmup: z.number().int().min(0).max(10_000_000).default(100).describe('Steps before the first pruning decision (the estimates need time to settle).'),
-    every: positiveInt(1_000_000).default(50).describe('Steps between pruning decisions after the warm-up.'),
-    budget: z.number().min(0).max(0.95).default(0.5).describe('Largest fraction of units that may be pruned in total.'),
-    kappaFactor: z.number().gt(1).max(1e12).default(10).describe('A unit counts as poorly behaved when its κ exceeds the median unit\'s κ by more than this factor: the gating network is trained to close exactly those (see docs/method.md).'),
-    threshold: z.number().gt(0).lt(1).default(0.5).describe('A unit is pruned when its keep-probability from the gating network falls below this.'),
-    gateLearningRate: z.number().positive().max(10).default(0.05).describe('Learning rate of the gating network.'),
+    enabled: z.boolean().default(false).describe('Train a gating network inside the objective that prunes units: soft masks on each unit\'s contribution during the anneal, hard and final decisions at its end (frozen units are never pruned). See docs/method.md, "Pruning: the gating network".'),
+    warmup: z.number().int().min(0).max(10_000_000).default(100).describe('Steps of plain training before the anneal starts (the estimates need time to settle).'),
+    anneal: positiveInt(10_000_000).default(200).describe('Steps of soft-masked training while the relaxation\'s temperature falls from 1 to 0.05; the hard, final pruning decisions fall at step warmup + anneal.'),
+    budget: z.number().min(0).max(0.95).default(0.5).describe('Largest fraction of units that may be pruned in total (⌊budget·units⌋ units).'),
+    exact: z.boolean().default(false).describe('Prune exactly ⌊budget·units⌋ units (the lowest keep-probabilities) instead of at most that many: for comparisons at matched sparsity.'),
+    kappaFactor: z.number().gt(1).max(1e12).default(10).describe('A unit counts as ill-conditioned when its κ exceeds the median unit\'s κ by more than this factor: keeping it costs the gate the log of the excess (see docs/method.md).'),
+    keepCost: z.number().min(0).max(100).default(0.05).describe('What keeping a unit costs the gate, in task loss per unit of keep-probability: a unit whose mask moves the task loss less than this is pruned (within the budget).'),
+    gateLearningRate: z.number().positive().max(10).default(0.02).describe('Learning rate (Adam) of the gating network.'),
   })
   .strict();
 
