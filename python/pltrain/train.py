@@ -19,7 +19,7 @@ from .events import EventLog
 from .models import create_model
 from .progress import Progress
 from .protocol import LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, UNIT_NAMES, describe_command, dumps, to_precision
-from .pruning import DampingFloorWatch, GatingPruner
+from .pruning import DampingFloorWatch, GatingPruner, unit_weight_norms
 from .rundir import RunAnnouncement, RunDirLock, establish_token, now_ms, prepare_run_dir, write_json_atomic
 from .server import TrainerServer, choose_transport
 from .steering import DURABLE_KINDS, SteeringState
@@ -76,13 +76,13 @@ class Measurer:
         self.one_hot = F.one_hot(probe_y, model.c).double().cpu().numpy()
         self.last = None  # [stats]
 
-    def kernels(self, pruned, create_graph):
-        logits = self.model(self.probe_x, pruned)
+    def kernels(self, pruned, create_graph, mask=None):
+        logits = self.model(self.probe_x, pruned, mask)
         log_probs = torch.log_softmax(logits.detach().double(), dim=1).cpu().numpy()
         u = torch.as_tensor(estimators.output_directions(log_probs, self.one_hot), dtype=logits.dtype, device=logits.device)
         if hasattr(self.model, "unit_kernels"):
             # A closed form from forward quantities (moe-mlp): differentiable as it stands.
-            kernels = self.model.unit_kernels(self.probe_x, u, pruned)
+            kernels = self.model.unit_kernels(self.probe_x, u, pruned, mask)
             return kernels if create_graph else kernels.detach()
         # Per-sample gradients of the model's output: every live unit in one batched backward; a pruned
         # unit is measured with itself restored (the rest as they are), as it would act.
@@ -274,7 +274,7 @@ class Trainer:
                 progress.log(f"data: {data.name}: {data.train_x.shape[0]} train / {data.test_x.shape[0]} test, {data.features} features, {data.classes} classes")
                 model = create_model(config, data, device)
                 pr = config["pruning"]
-                progress.log(f"model: {config['model']['family']}, {model.units} {unit_name}s" + (f", pruning up to {math.floor(pr['budget'] * model.units + 1e-9)} after step {pr['warmup']}" if pr["enabled"] else ""))
+                progress.log(f"model: {config['model']['family']}, {model.units} {unit_name}s" + (f", pruning {'exactly' if pr['exact'] else 'up to'} {math.floor(pr['budget'] * model.units + 1e-9)}: soft masks from step {pr['warmup']}, final at step {pr['warmup'] + pr['anneal']}" if pr["enabled"] else ""))
                 # One Adam (epsilon as TF.js's): a unit out of this step's update (frozen, pruned) has its
                 # gradient set to None before the step, which Adam skips entirely (moments untouched).
                 optimizer = torch.optim.Adam(model.parameters(), lr=config["learningRate"], eps=1e-7)
@@ -381,13 +381,17 @@ class Trainer:
                     trainable = steering.trainable()
                     pruned = frozenset(steering.pruned)
                     optimizer.zero_grad(set_to_none=True)
-                    logits = model(x, pruned)
+                    # During the pruning anneal the gate's soft mask multiplies each unit's contribution,
+                    # and the gate learns from the step's ∂L/∂mask (docs/method.md, "Pruning: the gating network").
+                    soft = pruner.sample_mask(step, steering.frozen, steering.pruned) if pruner else None
+                    mask_t = torch.tensor(soft, dtype=torch.float32, device=device, requires_grad=True) if soft is not None else None
+                    logits = model(x, pruned, mask_t)
                     task_loss = F.cross_entropy(logits, y)
                     measured = None
                     if alpha > 0 and trainable:
                         # κ for the weights this step starts from; the regularizer differentiates the
                         # surrogate along these eigenvectors (Hellmann–Feynman).
-                        kernels = measurer.kernels(pruned, True)
+                        kernels = measurer.kernels(pruned, True, mask_t)
                         cond = measurer.condition(kernels, steering.frozen, pruned)
                         measured = [c[0] for c in cond]
                         kappas = estimators.kappa_surrogates(kernels[trainable], [cond[i][1] for i in trainable], [cond[i][2] for i in trainable], damping)
@@ -413,6 +417,8 @@ class Trainer:
                         share = model.gate(x, pruned).mean(dim=0) if hasattr(model, "gate") else total.new_zeros(0)
                         reported = torch.cat([torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else total.new_zeros(()), accuracy, grad_norm_sq]), share]).tolist()
                     optimizer.step()
+                    if mask_t is not None:
+                        pruner.update(mask_t.grad.tolist() if mask_t.grad is not None else [0.0] * units, steering.frozen, steering.pruned)
                     loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported[:5]
                     shares = reported[5:]
                     if reg is None:
@@ -440,16 +446,19 @@ class Trainer:
                         stats = [dict(s, share=min(1.0, max(0.0, shares[s["id"]])), active=activity.observe(s["id"], shares[s["id"]])) for s in measured]
                         report_activity(activity.changes())
                         if pruner:
-                            pruner.observe(stats, steering.frozen, steering.pruned)
+                            pruner.observe(stats, unit_weight_norms(model), steering.pruned)
                         entered, left = floor_watch.observe(stats)
                         report_floor(entered, left, alpha, len(steering.trainable()))
                     pruned_now = []
                     if pruner and pruner.is_decision_step(step):
+                        keep = pruner.decision_keep_probabilities(steering.frozen, steering.pruned)
                         pruned_now = pruner.decide(steering.frozen, steering.pruned)
                         for u in pruned_now:
                             steering.pruned.add(u)
                             k = stats[u]["kappa"] if stats else None
-                            log("info", f"pruned {unit_name} {u} at step {step}: keep-probability {pruner.gate[u]:.3f}, κ {'?' if k is None else to_precision(k, 4)}")
+                            log("info", f"pruned {unit_name} {u} at step {step}: keep-probability {keep[u]:.3f}, {'κ not measurable' if k is None else 'κ ' + to_precision(k, 4)}")
+                        if not pruned_now:
+                            log("info", f"pruning at step {step}: the gate keeps every {unit_name} (keep-probabilities {', '.join(f'{g:.2f}' for g in keep)})")
                         if pruned_now:
                             stats = [dict(s, pruned=s["id"] in steering.pruned) for s in stats]
                     if step % config["logEvery"] == 0 or monitor_step:
@@ -460,7 +469,7 @@ class Trainer:
                             m["units"] = stats
                             m["participation"] = participation(shares)
                             if pruner:
-                                m["gate"] = [min(1.0, max(0.0, g)) for g in pruner.gate]
+                                m["gate"] = pruner.keep_probabilities(steering.frozen, steering.pruned)
                         events.emit(m)
                     progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, "accuracy": accuracy})
                     if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):
