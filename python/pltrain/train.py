@@ -116,33 +116,62 @@ class Measurer:
         return [o[0] for o in self.condition(self.kernels(pruned, False), frozen, pruned)]
 
 
+SHARE_EMA_WEIGHT = 0.05  # weight of a new share in the EMA (time constant 20 records)
+
+
 def participation(shares):
-    """1/Σ share²: how many units the model effectively uses (1…E)."""
-    s = sum(x * x for x in shares)
-    return 1 / s if s > 0 else 0.0
+    """1/Σ share² of the normalized shares: how many units the model effectively uses (1…E)."""
+    total = sum(shares)
+    if not total > 0:
+        return 1.0
+    return 1 / sum((x / total) ** 2 for x in shares)
 
 
-class Activity:
-    """The share EMA per unit (share on the first record, then 0.95·ema + 0.05·share) and whether it is
-    below 1/(10·E): `active: false` (docs/method.md, "Inactive"). `changes()` lists the units whose
-    flag flipped since the last call (a unit starts active)."""
+class ShareWatch:
+    """Routing shares and the inactive flag (docs/method.md, contract 9–10; src/trainer/pl/share.ts):
+    shares normalized to sum 1, their EMA (share on the first record, then 0.95·ema + 0.05·share), a
+    unit active while its EMA ≥ 1/(10·E) (a pruned unit is not flagged), one change per episode."""
 
     def __init__(self, units):
+        self.units = units
         self.threshold = 1 / (10 * max(1, units))
-        self.ema = [None] * units
-        self.flag = [True] * units
-        self._changed = []
+        self.ema = None
+        self.latest = None
+        self.pending = None
+        self.flagged = set()
 
-    def observe(self, e, share):
-        self.ema[e] = share if self.ema[e] is None else 0.95 * self.ema[e] + 0.05 * share
-        active = self.ema[e] >= self.threshold
-        if active != self.flag[e]:
-            self.flag[e] = active
-            self._changed.append((e, active, self.ema[e]))
-        return active
+    def observe(self, shares):
+        total = sum(shares)
+        if not total > 0 or len(shares) != self.units:
+            return
+        s = [min(1.0, max(0.0, x / total)) for x in shares]
+        self.latest = s
+        self.pending = participation(s)
+        self.ema = s[:] if self.ema is None else [(1 - SHARE_EMA_WEIGHT) * e + SHARE_EMA_WEIGHT * x for e, x in zip(self.ema, s)]
 
-    def changes(self):
-        out, self._changed = self._changed, []
+    def take_participation(self):
+        p, self.pending = self.pending, None
+        return p
+
+    def annotate(self, stats, pruned):
+        out = []
+        for u in stats:
+            share = self.latest[u["id"]] if self.latest else u.get("share")
+            ema = self.ema[u["id"]] if self.ema else None
+            active = True if (u["id"] in pruned or ema is None) else ema >= self.threshold
+            out.append(dict(u, **({"share": share} if share is not None else {}), active=active))
+        return out
+
+    def changes(self, stats):
+        out = []
+        for u in stats:
+            ema = self.ema[u["id"]] if self.ema else 0.0
+            if u.get("active") is False and u["id"] not in self.flagged:
+                self.flagged.add(u["id"])
+                out.append((u["id"], False, ema))
+            elif u.get("active") is not False and u["id"] in self.flagged:
+                self.flagged.discard(u["id"])
+                out.append((u["id"], True, ema))
         return out
 
 
@@ -312,14 +341,14 @@ class Trainer:
                     save_checkpoint(run_dir, progress_now(events.last_seq), self._tensors(model, optimizer))
 
                 stats = measurer.measure(steering.frozen, steering.pruned)
-                activity = Activity(units)
+                share_watch = ShareWatch(units)
 
                 def report_activity(changes):
                     for e, active, ema in changes:
                         if active:
-                            log("info", f"{unit_name} {e} at step {step}: active again (share EMA {to_precision(ema, 3)})", f"inactive/{e}")
+                            log("info", f"{unit_name} {e} at step {step}: active again (share EMA {ema * 100:.1f}%)", f"inactive/{e}")
                         else:
-                            log("warn", f"{unit_name} {e} at step {step}: inactive — its share EMA {to_precision(ema, 3)} is below 1/(10·{units}) = {to_precision(activity.threshold, 3)}: the model barely uses it, so its κ says little about the model", f"inactive/{e}")
+                            log("warn", f"{unit_name} {e} at step {step}: inactive — the model routes {ema * 100:.2f}% of its mass through it (EMA; below 1/(10·{units})). Its κ does not describe the model; it is not \"well conditioned\".", f"inactive/{e}")
                 floor_watch = DampingFloorWatch(config["monitor"]["damping"])
                 n_train = data.train_x.shape[0]
                 order = batches(n_train, min(config["batchSize"], n_train), config["seed"] + step)
@@ -421,6 +450,9 @@ class Trainer:
                         pruner.update(mask_t.grad.tolist() if mask_t.grad is not None else [0.0] * units, steering.frozen, steering.pruned)
                     loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported[:5]
                     shares = reported[5:]
+                    # Routing shares of this step's batch (families with a router); the others report them on measurement.
+                    if shares:
+                        share_watch.observe(shares)
                     if reg is None:
                         reg_value = _mean_kappa(measurer.last, trainable)
                     step += 1
@@ -442,9 +474,9 @@ class Trainer:
                         if not hasattr(model, "gate"):
                             # tr(K_e)/Σ tr(K_e'): the unit's fraction of the output-gradient energy, pruned 0.
                             live = [0.0 if e in pruned else measurer.traces[e] for e in range(units)]
-                            shares = [t / sum(live) for t in live] if sum(live) > 0 else [0.0] * units
-                        stats = [dict(s, share=min(1.0, max(0.0, shares[s["id"]])), active=activity.observe(s["id"], shares[s["id"]])) for s in measured]
-                        report_activity(activity.changes())
+                            share_watch.observe([t / sum(live) for t in live] if sum(live) > 0 else [0.0] * units)
+                        stats = share_watch.annotate(measured, steering.pruned)
+                        report_activity(share_watch.changes(stats))
                         if pruner:
                             pruner.observe(stats, unit_weight_norms(model), steering.pruned)
                         entered, left = floor_watch.observe(stats)
@@ -465,9 +497,11 @@ class Trainer:
                         m = {"type": "metrics", "step": step, "time": now_ms(), "loss": loss_value, "taskLoss": task_value, "regularizer": reg_value, "alpha": alpha, "taskMetric": accuracy, "stepsPerSec": ema_rate}
                         if pl_ratio is not None and math.isfinite(pl_ratio):
                             m["plRatio"] = pl_ratio
+                        part = share_watch.take_participation()
+                        if part is not None:
+                            m["participation"] = part
                         if monitor_step or pruned_now:
                             m["units"] = stats
-                            m["participation"] = participation(shares)
                             if pruner:
                                 m["gate"] = pruner.keep_probabilities(steering.frozen, steering.pruned)
                         events.emit(m)

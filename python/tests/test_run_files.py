@@ -125,21 +125,22 @@ def test_damping_floor_watch_reports_each_episode_once():
     assert [len(x) for x in w.observe(floor(50.0, frozen=True))] == [0, 1]
 
 
-def test_share_ema_flags_an_inactive_unit_and_its_recovery_once_each():
-    from pltrain.train import Activity, participation
+def test_share_watch_normalizes_flags_an_inactive_unit_once_and_its_recovery():
+    from pltrain.train import ShareWatch, participation
 
     assert participation([0.25] * 4) == pytest.approx(4.0)
-    assert participation([1.0, 0, 0]) == pytest.approx(1.0)
-    a = Activity(4)  # threshold 1/40
-    assert a.observe(0, 0.01) is False  # the first record sets the EMA
-    assert a.changes() == [(0, False, 0.01)]
-    for _ in range(5):
-        a.observe(0, 0.01)
-    assert a.changes() == []
+    assert participation([2.0, 0, 0]) == pytest.approx(1.0)
+    w = ShareWatch(4)  # threshold 1/40
+    w.observe([0.01, 0.33, 0.33, 0.33])
+    assert w.take_participation() == pytest.approx(1 / (0.01 ** 2 + 3 * 0.33 ** 2)) and w.take_participation() is None
+    units = [{"id": i, "kappa": 2.0} for i in range(4)]
+    stats = w.annotate(units, set())
+    assert [u["active"] for u in stats] == [False, True, True, True] and stats[0]["share"] == pytest.approx(0.01)
+    assert w.changes(stats) == [(0, False, pytest.approx(0.01))]
+    assert w.changes(w.annotate(units, set())) == []
+    assert w.annotate(units, {0})[0]["active"] is True  # a pruned unit is not flagged
     flips = []
-    for k in range(100):
-        a.observe(0, 0.5)
-        flips += a.changes()
-    assert len(flips) == 1 and flips[0][1] is True and flips[0][2] >= 0.025
-    # 0.95^k·0.01 + (1 − 0.95^k)·0.5 ≥ 1/40 from the first update on
-    assert a.ema[0] == pytest.approx(0.5, rel=0.01)
+    for _ in range(100):
+        w.observe([0.25] * 4)
+        flips += w.changes(w.annotate(units, set()))
+    assert len(flips) == 1 and flips[0][:2] == (0, True)
