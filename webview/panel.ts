@@ -5,12 +5,12 @@ import '@vscode-elements/elements/dist/vscode-button/index.js';
 import '@vscode-elements/elements/dist/vscode-checkbox/index.js';
 import '@vscode-elements/elements/dist/vscode-progress-bar/index.js';
 import './style.css';
-import { HostToWebviewSchema, formatNumber, newCommandId, unitLabel, type SteeringCommand, type WebviewToHost } from '../src/protocol';
+import { HostToWebviewSchema, formatNumber, newCommandId, pluralUnit, unitLabel, type SteeringCommand, type WebviewToHost } from '../src/protocol';
 import { CHART_CARDS, OPTIONAL_CHARTS, hasLogToggle, type ChartId } from '../src/protocol/panelDocument';
 import { MetricChart, type ChartLine } from './charts';
 import { parseAlphaInput } from './commands';
 import { exportFileName, toCsv, toJson } from './export';
-import { RunModel, cleanDirty, decodeMaskLevel, extraSeriesKey, gateSeriesKey, maskSeriesKey, mergeDirty, unitSeriesKey, type Dirty } from './runModel';
+import { RunModel, cleanDirty, decodeMaskLevel, extraSeriesKey, gateSeriesKey, maskSeriesKey, mergeDirty, shareSeriesKey, unitSeriesKey, type Dirty } from './runModel';
 import { MAX_SMOOTHING } from './series';
 import { EXPERT_METRICS, fromPersisted, toPersisted, type ExpertMetric, type UiSettings } from './settings';
 import { readChartTheme, rgba, seriesColor, type ChartTheme } from './theme';
@@ -201,7 +201,7 @@ export class PanelController {
     const lines = this.runLinesFor(this.model, id);
     const compare = this.model.compare;
     // α is steered, not learned, and the mask, the gate and the diagnostics are per run: none is compared.
-    if (!compare || id === 'alpha' || id === 'mask' || id === 'gate' || id === 'extra') return lines;
+    if (!compare || id === 'alpha' || id === 'mask' || id === 'gate' || id === 'extra' || id === 'share' || id === 'participation') return lines;
     const overlay = this.runLinesFor(compare.model, id).map((line) => ({
       ...line,
       key: `compare:${line.key}`,
@@ -233,6 +233,10 @@ export class PanelController {
           { key: 'regularizer', label: 'κ̄ (regularizer)', color: color(4), series: m.seriesFor('regularizer'), smoothable: true },
           { key: 'plRatio', label: 'PL* ratio ½‖∇f‖²/(f − f*)', color: color(5), series: m.seriesFor('plRatio'), smoothable: true },
         ];
+      case 'share':
+        return m.unitIds.map((unit) => ({ key: shareSeriesKey(unit), label: `share ${unitLabel(m.view.unitName, unit)}`, color: color(unit), series: m.seriesFor(shareSeriesKey(unit)), smoothable: true }));
+      case 'participation':
+        return [{ key: 'participation', label: `participation ratio (of ${m.unitIds.length} ${pluralUnit(m.view.unitName)})`, color: color(2), series: m.seriesFor('participation'), smoothable: true }];
       case 'alpha':
         return [{ key: 'alpha', label: 'α', color: color(3), series: m.seriesFor('alpha'), smoothable: false, stepped: true }];
       case 'mask':
@@ -272,8 +276,8 @@ export class PanelController {
             smoothing: this.settings.smoothing,
             hidden: new Set(this.settings.hidden),
             logScale: hasLogToggle(card.id) && this.settings.logScale[card.id],
-            // One lane per unit, with room above the top line.
-            yRange: card.id === 'mask' ? { min: 0, max: Math.max(1, m.unitIds.length) } : undefined,
+            // One lane per unit, with room above the top line; shares are fractions; participation runs 1…units.
+            yRange: card.id === 'mask' ? { min: 0, max: Math.max(1, m.unitIds.length) } : card.id === 'share' ? { min: 0, max: 1 } : card.id === 'participation' ? { min: 1, max: Math.max(2, m.unitIds.length) } : undefined,
             // α is a weight ≥ 0 that is set, not learned: from 0, so a constant α is not drawn as noise on a 1 % axis.
             beginAtZero: card.id === 'alpha',
           });
@@ -303,7 +307,7 @@ function pruningEnabled(m: RunModel): boolean {
 }
 
 /** Charts fed on monitor steps only: until the first one, they say when it comes. */
-const MONITOR_CHARTS: readonly ChartId[] = ['expert', 'mask', 'gate', 'extra'];
+const MONITOR_CHARTS: readonly ChartId[] = ['expert', 'share', 'mask', 'gate', 'extra'];
 
 /** What an empty chart says: when the first measurement comes, if the run has said how often it measures. */
 export function emptyChartText(id: ChartId, m: RunModel): string {

@@ -284,3 +284,13 @@ test('records without share/served/active (protocol 1, early protocol 2) read ac
   const bad = HostToWebviewSchema.safeParse({ type: 'events', runId: 'r', events: [metrics(2, 20, [unit(0, 5, { share: 1.5 })])] });
   assert.ok(!bad.success, 'a share above 1 is refused');
 });
+
+test('formatShare: a routing share as a percentage that can be compared (closed forms)', async () => {
+  const { formatShare } = await import('../../src/protocol');
+  assert.equal(formatShare(0.3125), '31%');
+  assert.equal(formatShare(0.1), '10%');
+  assert.equal(formatShare(0.042), '4.2%');
+  assert.equal(formatShare(0.0005), '0.05%');
+  assert.equal(formatShare(0), '0%');
+  assert.equal(formatShare(1), '100%');
+});
