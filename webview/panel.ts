@@ -36,6 +36,8 @@ export class PanelController {
   private dirty: Dirty = cleanDirty();
   /** Chart datasets must be rebuilt (settings, theme or the set of series changed). */
   private linesDirty = true;
+  /** The loss chart draws the task loss against its own axis (the loss is more than LOSS_SPLIT × it). */
+  private taskLossOwnAxis = false;
   private frame = 0;
 
   constructor(private readonly vscode: VsCodeApi) {
@@ -217,7 +219,8 @@ export class PanelController {
       case 'loss':
         return [
           { key: 'loss', label: 'loss', color: color(0), series: m.seriesFor('loss'), smoothable: true },
-          { key: 'taskLoss', label: 'task loss L_S', color: color(1), series: m.seriesFor('taskLoss'), smoothable: true },
+          // On its own axis when α·κ̄ dwarfs it: on the loss's axis it would be a flat line at the bottom.
+          { key: 'taskLoss', label: 'task loss L_S', color: color(1), series: m.seriesFor('taskLoss'), smoothable: true, rightAxis: m === this.model && this.taskLossOwnAxis },
         ];
       case 'metric':
         return [{ key: 'taskMetric', label: m.view.taskMetric, color: color(2), series: m.seriesFor('taskMetric'), smoothable: true }];
@@ -267,6 +270,12 @@ export class PanelController {
     this.view.renderControls(m.controls(), hasData);
     if (d.units || d.structure) this.view.renderUnits(m, (unit) => rgba(seriesColor(this.theme, unit)));
     if (d.commands) this.view.renderCommands(m);
+    const latest = m.view.latestMetrics;
+    const split = latest !== undefined && latest.taskLoss > 0 && latest.loss > LOSS_SPLIT * latest.taskLoss;
+    if (split !== this.taskLossOwnAxis) {
+      this.taskLossOwnAxis = split;
+      this.linesDirty = true;
+    }
     const rebuild = this.linesDirty || d.structure;
     if (rebuild || d.charts) {
       for (const card of CHART_CARDS) {
@@ -316,6 +325,9 @@ export function emptyChartText(id: ChartId, m: RunModel): string {
   const first = Math.min(every, m.view.totalSteps || every);
   return m.view.step < first ? `First measurement at step ${first}` : 'No data yet';
 }
+
+/** Above this ratio of the loss to the task loss, the task loss gets its own axis. */
+export const LOSS_SPLIT = 3;
 
 /** Where in its lane a unit's name sits on the mask chart's axis: mid-lane, between its levels. */
 const MASK_LANE_LABEL = 0.5;

@@ -276,6 +276,30 @@ test('routing: one share line per unit (0…1) and the participation ratio (1…
   assert.equal(await p.byTestId('inactive-0').isVisible(), false);
 });
 
+test('when α·κ̄ dwarfs the task loss, the task loss is drawn against its own axis; otherwise both share one', async () => {
+  const p = await openPanel();
+  const axisOf = async () => (await p.page.evaluate(`(() => { const c = window.__plTrainer.charts.loss.chart; return { ids: c.data.datasets.map((d) => d.seriesKey + ':' + d.yAxisID), right: c.scales.y1 ? [c.scales.y1.min, c.scales.y1.max] : null, left: [c.scales.y.min, c.scales.y.max] }; })()`)) as { ids: string[]; right: number[] | null; left: number[] };
+  const close = syntheticRun({ steps: 200, alpha: 0.00001 });
+  const last = metricsOf(close.events).at(-1)!;
+  assert.ok(last.loss < 3 * last.taskLoss, `fixture: loss ${last.loss}, task loss ${last.taskLoss}`);
+  await p.send(snapshotOf(close));
+  await expectText(p.byTestId('step'), '200 / 300');
+  await nextFrames(p.page);
+  assert.deepEqual((await axisOf()).ids, ['loss:y', 'taskLoss:y']);
+  const dwarfed = syntheticRun({ steps: 200, alpha: 0.5 });
+  const end = metricsOf(dwarfed.events).at(-1)!;
+  assert.ok(end.loss > 3 * end.taskLoss, `fixture: loss ${end.loss}, task loss ${end.taskLoss}`);
+  await p.send(snapshotOf(dwarfed));
+  await nextFrames(p.page);
+  await nextFrames(p.page);
+  const split = await axisOf();
+  assert.deepEqual(split.ids, ['loss:y', 'taskLoss:y1']);
+  // The right axis spans the task loss, not the loss: its top is below the smallest loss.
+  const taskMax = Math.max(...metricsOf(dwarfed.events).map((m) => m.taskLoss));
+  const lossMin = Math.min(...metricsOf(dwarfed.events).map((m) => m.loss));
+  assert.ok(split.right && split.right[1] >= taskMax && split.right[1] < lossMin, `right axis ${split.right}, task loss ≤ ${taskMax}, loss ≥ ${lossMin}`);
+});
+
 test('a κ at the run\'s damping floor 1/δ is marked, with the reason; κ just below it is not', async () => {
   const p = await openPanel();
   const f = syntheticRun();
