@@ -1,5 +1,6 @@
 // `npm test`: every layer, in order, streamed live; ends with one line "N passed, M failed".
 //   build → typecheck → unit (node --test) → integration (real trainer, WebSocket, Chromium) → real VS Code
+//   → the packaged VSIX installed in it
 // A phase that fails to run, or runs zero tests, counts as a failure.
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
@@ -15,6 +16,8 @@ const phases = [
   { name: 'unit', needsFiles: 'test/unit', cmd: 'node', args: ['--import', 'tsx', '--test', '--test-reporter=spec', ...files('test/unit')], counts: 'node' },
   { name: 'integration', needsFiles: 'test/integration', cmd: 'node', args: ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=300000', '--test-reporter=spec', ...files('test/integration')], counts: 'node' },
   { name: 'vscode', cmd: 'bash', args: ['test/vscode/run.sh'], counts: 'vscode' },
+  // The packaged VSIX, installed into code-server, under the same UI test.
+  { name: 'vsix', cmd: 'bash', args: ['scripts/test-vsix.sh'], counts: 'vscode' },
 ];
 
 function run(phase) {
