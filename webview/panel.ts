@@ -247,7 +247,11 @@ export class PanelController {
       case 'gate':
         return Array.from({ length: m.gateUnits }, (_, unit) => ({ key: gateSeriesKey(unit), label: `keep p ${unitLabel(m.view.unitName, unit)}`, color: color(unit), series: m.seriesFor(gateSeriesKey(unit)), smoothable: false }));
       case 'extra':
-        return m.extraNames.map((name, i) => ({ key: extraSeriesKey(name), label: name, color: color(i), series: m.seriesFor(extraSeriesKey(name)), smoothable: false }));
+        // Named for a person ("energy expert 0", not `energy/expert0`), coloured by unit like the other per-unit charts.
+        return m.extraNames.map((name, i) => {
+          const d = describeDiagnostic(name, m.view.unitName);
+          return { key: extraSeriesKey(name), label: d.label, color: color(d.unit ?? m.unitIds.length + i), series: m.seriesFor(extraSeriesKey(name)), smoothable: false };
+        });
     }
   }
 
@@ -324,6 +328,17 @@ export function emptyChartText(id: ChartId, m: RunModel): string {
   if (!MONITOR_CHARTS.includes(id) || typeof every !== 'number' || m.view.lastMonitorStep !== undefined) return 'No data yet';
   const first = Math.min(every, m.view.totalSteps || every);
   return m.view.step < first ? `First measurement at step ${first}` : 'No data yet';
+}
+
+/** What the model families' diagnostics are called (`energy/expert0` → hyperspherical energy of expert 0). */
+const DIAGNOSTIC_NAMES: Record<string, string> = { energy: 'energy', orthogonality: '‖QᵀQ − I‖', load: 'load' };
+
+/** A diagnostic's legend label and the unit it belongs to: `energy/expert0` → "energy expert 0", unit 0. */
+export function describeDiagnostic(name: string, unitName: string): { label: string; unit?: number } {
+  const m = /^([A-Za-z]+)\/(?:[a-z ]*?)(\d+)$/.exec(name);
+  if (!m) return { label: name };
+  const unit = Number(m[2]);
+  return { label: `${DIAGNOSTIC_NAMES[m[1]] ?? m[1]} ${unitLabel(unitName, unit)}`, unit };
 }
 
 /** Above this ratio of the loss to the task loss, the task loss gets its own axis. */

@@ -941,6 +941,8 @@ test('pruning gate and model diagnostics: cards only for runs that report them, 
   for (const [u, d] of gate.entries()) assert.deepEqual(d.data, [10, 20, 30, 40].map((x) => ({ x, y: gateAt(x, u) })), `unit ${u}`);
   const extra = await datasetsOf(p.page, 'extra');
   assert.deepEqual(extra.map((d) => d.key), ['extra:energy/expert0', 'extra:orthogonality/expert0']);
+  // The legend names them for a person, not by their keys.
+  assert.deepEqual(extra.map((d) => d.label), ['energy expert 0', '‖QᵀQ − I‖ expert 0']);
   assert.deepEqual(extra[1].data, [10, 20, 30, 40].map((x) => ({ x, y: 1e-7 * x })));
   assert.equal((await chartInfo(p.page, 'extra')).builtType, 'logarithmic', 'an energy and a 1e-7 error share the axis');
   assert.equal((await chartInfo(p.page, 'gate')).builtType, 'linear');
