@@ -1,5 +1,6 @@
 // `npm test`: every layer, in order, streamed live; ends with one line "N passed, M failed".
 //   build → typecheck → unit (node --test) → integration (real trainer, WebSocket, Chromium) → real VS Code
+//   → the packaged VSIX installed in it
 // A phase that fails to run, or runs zero tests, counts as a failure.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
@@ -23,6 +24,8 @@ const phases = [
   { name: 'python', cmd: python, args: ['-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'python/tests'], counts: 'pytest', unavailable: pythonMissing },
   { name: 'integration', needsFiles: 'test/integration', cmd: 'node', args: ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=300000', '--test-reporter=spec', ...files('test/integration')], counts: 'node' },
   { name: 'vscode', cmd: 'bash', args: ['test/vscode/run.sh'], counts: 'vscode' },
+  // The packaged VSIX, installed into code-server, under the same UI test.
+  { name: 'vsix', cmd: 'bash', args: ['scripts/test-vsix.sh'], counts: 'vscode' },
 ];
 
 function run(phase) {

@@ -122,3 +122,9 @@ export function newCommandId(prefix = 'c'): string {
   const bytes = globalThis.crypto.getRandomValues(new Uint8Array(12));
   return `${prefix}${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
 }
+
+/** A routing share (0…1) as a percentage a person can compare: "31%", "4.2%", "0.05%". */
+export function formatShare(share: number): string {
+  const pct = share * 100;
+  return `${pct >= 10 ? pct.toFixed(0) : pct === 0 ? '0' : Number(pct.toPrecision(2))}%`;
+}

@@ -301,3 +301,13 @@ test('a command the host never answered says so (still sent, with the reason), a
   assert.equal(v.recordUnanswered('x', 'late').commands.length, 0);
   assert.deepEqual(v.commands.get('x'), { id: 'x', command: { kind: 'pause' }, status: 'applied', step: 3 });
 });
+
+test('formatShare: a routing share as a percentage that can be compared (closed forms)', async () => {
+  const { formatShare } = await import('../../src/protocol');
+  assert.equal(formatShare(0.3125), '31%');
+  assert.equal(formatShare(0.1), '10%');
+  assert.equal(formatShare(0.042), '4.2%');
+  assert.equal(formatShare(0.0005), '0.05%');
+  assert.equal(formatShare(0), '0%');
+  assert.equal(formatShare(1), '100%');
+});
