@@ -9,6 +9,7 @@ import { EventLog } from './events';
 import { createModel, loadTaskData, probeBatch, type PlModel } from './models';
 import { DampingFloorWatch, type FloorChanges } from './pl/dampingFloor';
 import { GatingPruner } from './pl/pruner';
+import { ShareWatch } from './pl/share';
 import { Progress } from './progress';
 import { RunAnnouncement, establishToken, writeJsonAtomic } from './runDir';
 import { TrainerServer } from './server';
@@ -132,7 +133,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     // A resumed run reshuffles from a seed derived from its step (not the exact batch sequence).
     const order = batches(data.trainSize, Math.min(config.batchSize, data.trainSize), config.seed + step);
     let emaRate = 0;
-    let lowestLoss = Infinity; // f*, for the PL* ratio
+    const shareWatch = new ShareWatch(model.units);
     let lastAnnounce = Date.now();
     let last = performance.now();
 
@@ -196,18 +197,30 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       if (step === injectNanAt) result.loss = NaN;
       if (!Number.isFinite(result.loss)) throw new NonFiniteLoss(step);
 
-      // PL* check: ½‖∇f‖² / (f − f*). The first step has no gap yet (f = f*).
-      const gap = result.loss - lowestLoss;
-      const plRatio = gap > 1e-12 ? (0.5 * result.gradNormSq) / gap : undefined;
-      lowestLoss = Math.min(lowestLoss, result.loss);
+      // PL* check: ½‖∇f‖² / (f − f*) with f* = 0, a lower bound of f (cross-entropy and κ are ≥ 0),
+      // exact under interpolation; so the ratio is a lower bound of PL*'s (docs/method.md, contract 11).
+      const plRatio = result.loss > 1e-12 ? (0.5 * result.gradNormSq) / result.loss : undefined;
+      // Routing shares of this step's batch (families with a router); the others report them on measurement.
+      if (result.shares) shareWatch.observe(result.shares);
       const now = performance.now();
       const rate = 1000 / Math.max(1e-3, now - last);
       last = now;
       emaRate = emaRate ? 0.9 * emaRate + 0.1 * rate : rate;
       if (monitorStep) {
-        const measured = result.measured ?? measuredBefore;
-        if (!measured) throw new Error(`step ${step}: the model measured nothing on a monitor step`);
+        const raw = result.measured ?? measuredBefore;
+        if (!raw) throw new Error(`step ${step}: the model measured nothing on a monitor step`);
+        if (!result.shares && raw.every((u) => u.share !== undefined)) shareWatch.observe(raw.map((u) => u.share!));
+        const measured = shareWatch.annotate(raw, steering.pruned);
         experts = measured;
+        for (const c of shareWatch.changes(measured)) {
+          log(
+            c.active ? 'info' : 'warn',
+            c.active
+              ? `${unitName} ${c.id} at step ${step}: active again (share EMA ${(c.ema * 100).toFixed(1)}%)`
+              : `${unitName} ${c.id} at step ${step}: inactive — the model routes ${(c.ema * 100).toFixed(2)}% of its mass through it (EMA; below 1/(10·${model.units})). Its κ does not describe the model; it is not "well conditioned".`,
+            `inactive/${c.id}`,
+          );
+        }
         pruner?.observe(measured, steering.frozen, steering.pruned);
         reportDampingFloor(floorWatch.observe(measured), alpha, steering.trainableExperts().length);
       }
@@ -223,6 +236,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
         if (prunedNow.length) experts = experts.map((e) => ({ ...e, pruned: steering.pruned.has(e.id) }));
       }
       const extra = monitorStep ? model.extraMetrics?.() : undefined;
+      const participation = shareWatch.participation;
       if (step % config.logEvery === 0 || monitorStep) {
         events.emit({
           type: 'metrics',
@@ -235,6 +249,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
           taskMetric: result.taskMetric,
           stepsPerSec: emaRate,
           ...(plRatio !== undefined && Number.isFinite(plRatio) ? { plRatio } : {}),
+          ...(participation !== undefined ? { participation } : {}),
           ...(monitorStep || prunedNow.length ? { units: experts } : {}),
           ...((monitorStep || prunedNow.length) && pruner ? { gate: pruner.gate.map((g) => Math.min(1, Math.max(0, g))) } : {}),
           ...(extra && Object.keys(extra).length ? { extra } : {}),

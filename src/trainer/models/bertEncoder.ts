@@ -333,7 +333,7 @@ export class BertEncoder implements PlModel {
       } else {
         lf = this.rayleighTf(h, m.vMax, pruned);
       }
-      return tf.div(lf, tf.maximum(mu, tf.mul(lf, damping))) as TF.Scalar;
+      return tf.div(lf, tf.add(tf.relu(mu), tf.mul(lf, damping))) as TF.Scalar;
     });
   }
 

@@ -78,3 +78,30 @@ export function weightedKappaOf(stats: readonly (UnitStats | undefined)[], train
   for (const i of trainable) s += (weights.w[i] * (stats[i]?.kappa ?? 0)) / weights.total;
   return s;
 }
+
+/**
+ * Each unit's factor in the model's kernel Σ_e w_e·K_e (docs/method.md, contract 4): its regularizer
+ * weight scaled so the largest is 1 (uniform weights over the trainable units give 1 each, 0 elsewhere).
+ */
+export function kernelWeights(weights: readonly number[]): Float32Array {
+  const top = Math.max(0, ...weights);
+  return Float32Array.from(weights, (w) => (top > 0 ? Math.max(0, w) / top : 0));
+}
+
+/** K[S, S] of an n×n row-major kernel, for the index set S. */
+export function principalSubmatrix(k: ArrayLike<number>, n: number, rows: readonly number[]): Float64Array {
+  const m = rows.length;
+  const out = new Float64Array(m * m);
+  for (let a = 0; a < m; a++) for (let b = 0; b < m; b++) out[a * m + b] = k[rows[a] * n + rows[b]];
+  return out;
+}
+
+/**
+ * top_i = max_{j≠label} log p_j per row (−∞ when no other class has probability): the row scales of
+ * outputDirectionsTf, from read-back log-probabilities and one-hot labels.
+ */
+export function rowScales(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, n: number, c: number): Float64Array {
+  const top = new Float64Array(n).fill(-Infinity);
+  for (let i = 0; i < n; i++) for (let j = 0; j < c; j++) if (oneHot[i * c + j] !== 1) top[i] = Math.max(top[i], logProbs[i * c + j]);
+  return top;
+}

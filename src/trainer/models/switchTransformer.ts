@@ -453,7 +453,7 @@ export class SwitchTransformerLm implements PlModel {
       const lf = tf.addN(this.switchBlocks.map((l, s) => tf.mul(sigma(this.blocks[l].experts![e].w1, m.singular![s][0]), sigma(this.blocks[l].experts![e].w2, m.singular![s][1]))));
       const column = tf.tensor2d(Float32Array.from(m.vMin), [m.vMin.length, 1]);
       const mu = tf.sum(tf.mul(column, tf.matMul(K, column)));
-      return tf.div(lf, tf.maximum(mu, tf.mul(lf, damping))) as TF.Scalar;
+      return tf.div(lf, tf.add(tf.relu(mu), tf.mul(lf, damping))) as TF.Scalar;
     });
   }
 

@@ -270,7 +270,7 @@ export class VggNet implements PlModel {
       } else {
         lf = this.rayleighTf(g, m.vMax, pruned);
       }
-      return tf.div(lf, tf.maximum(mu, tf.mul(lf, damping))) as TF.Scalar;
+      return tf.div(lf, tf.add(tf.relu(mu), tf.mul(lf, damping))) as TF.Scalar;
     });
   }
 

@@ -68,8 +68,9 @@ export class GatingPruner {
   observe(stats: UnitStats[], frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): void {
     const live = stats.filter((s) => !pruned.has(s.id));
     if (!live.length) return;
-    // A unit without a κ (too few served examples: null) is left out of the medians; its features read
-    // as the median (0 after centring), so it is neither favoured nor condemned by a number it lacks.
+    // A unit without a κ (null: it serves fewer than MIN_SERVED probe examples, so the model barely
+    // uses it) is left out of the medians and reads as a unit 100× past the keep threshold: a pruning
+    // candidate, never one the gate keeps for a κ it does not have.
     const measured = live.filter((s) => s.kappa !== null && s.mu !== null && s.lf !== null);
     const logs = (f: (s: UnitStats) => number | null) => measured.map((s) => Math.log(Math.max(f(s) ?? 0, 1e-300)));
     const medK = median(logs((s) => s.kappa));
@@ -79,8 +80,9 @@ export class GatingPruner {
     this.logKappa = new Array(this.units).fill(0);
     for (const s of stats) {
       if (s.kappa === null || s.mu === null || s.lf === null) {
-        this.features[s.id] = Float64Array.from([0, 0, 0, 0]);
-        this.logKappa[s.id] = -Math.log(this.settings.kappaFactor);
+        const unused = Math.log(this.settings.kappaFactor) + Math.log(100);
+        this.features[s.id] = Float64Array.from([unused, 0, 0, 0]);
+        this.logKappa[s.id] = unused - Math.log(this.settings.kappaFactor);
         continue;
       }
       const lk = Math.log(Math.max(s.kappa, 1e-300));
