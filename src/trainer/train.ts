@@ -137,20 +137,18 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     let lastAnnounce = Date.now();
     let last = performance.now();
 
-    const reportDampingFloor = ({ entered, left }: FloorChanges, alpha: number, trainable: number) => {
+    const reportDampingFloor = ({ entered, left }: FloorChanges) => {
       const floor = 1 / config.monitor.damping;
       for (const e of entered) {
-        const share = alpha > 0 && trainable > 0 ? ` and adds α/(δ·${trainable}) = ${((alpha * floor) / trainable).toPrecision(3)} to the loss` : '';
-        const article = /^[aeiou]/.test(unitName) ? 'an' : 'a';
         log(
           'warn',
-          `${unitName} ${e.id} at step ${step}: λ_min ≤ δ·λ_max on the probe (μ ${e.mu?.toPrecision(3)}, L_f ${e.lf?.toPrecision(3)}), so κ sits at the damping floor 1/δ = ${floor.toPrecision(3)}; the regularizer passes it no gradient${share}. ` +
-            `Usually ${article} ${unitName} the gate abandoned: freeze or prune it to take it out of the regularizer.`,
+          `${unitName} ${e.id} at step ${step}: λ_min ≤ δ·λ_max on the ${e.served ?? ''} probe examples it serves (μ ${e.mu?.toPrecision(3)}, L_f ${e.lf?.toPrecision(3)}), so its κ ${e.kappa?.toPrecision(3)} is near the damping floor 1/δ = ${floor.toPrecision(3)}: its kernel is (nearly) singular there, and its κ says little more. ` +
+            `Check its share; freeze or prune it if it stays there.`,
           `damping-floor/${e.id}`,
         );
       }
       for (const e of left) {
-        const why = e.frozen || e.pruned ? `${e.frozen ? 'frozen' : 'pruned'}: out of the regularizer` : `off the damping floor, ${e.kappa === null ? 'κ not measurable' : `κ ${e.kappa.toPrecision(4)}`}`;
+        const why = e.frozen || e.pruned ? `${e.frozen ? 'frozen' : 'pruned'}` : `off the damping floor, ${e.kappa === null ? 'κ not measurable' : `κ ${e.kappa.toPrecision(4)}`}`;
         log('info', `${unitName} ${e.id} at step ${step}: ${why}`, `damping-floor/${e.id}`);
       }
     };
@@ -222,7 +220,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
           );
         }
         pruner?.observe(measured, steering.frozen, steering.pruned);
-        reportDampingFloor(floorWatch.observe(measured), alpha, steering.trainableExperts().length);
+        reportDampingFloor(floorWatch.observe(measured));
       }
       // Pruning decisions on the schedule; a pruned unit is masked from the next step on, for good.
       let prunedNow: number[] = [];
