@@ -70,6 +70,22 @@ class MoeMlp(nn.Module):
             out.append((hid @ hid.T) * uu + uu + gram1 * (back @ back.T))
         return torch.stack(out)
 
+    def kernel_rest(self, x, u, pruned, mask=None):
+        """The gate's kernel K_gate = (X·Xᵀ + 1) ⊙ (R·Rᵀ), R_ie = p_e(x_i)·(u_iᵀo_e(x_i) − s_i) (∂s_i/∂ gate
+        logit e; docs/method.md, contract 4): the part of the model's kernel outside the experts."""
+        g = self.gate(x, pruned, mask)
+        outs = torch.stack([torch.relu(x @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e] for e in range(self.units)], dim=1)  # n×E×c
+        m = (outs * u.unsqueeze(1)).sum(dim=2)  # n×E: u_iᵀo_e(x_i)
+        s = (g * m).sum(dim=1, keepdim=True)
+        r = g * (m - s)
+        return (x @ x.T + 1) * (r @ r.T)
+
+    def served(self, x, pruned, mask=None):
+        """Per expert, the probe rows it serves: p_e(x_i) ≥ 1/(2E) (contract 8); none for a pruned one."""
+        with torch.no_grad():
+            g = self.gate(x, pruned, mask).cpu()
+        return [[] if e in pruned else [i for i in range(x.shape[0]) if float(g[i, e]) >= 1 / (2 * self.units)] for e in range(self.units)]
+
     def forward(self, x, pruned=frozenset(), mask=None):
         if len(pruned) == self.units:
             return torch.zeros(x.shape[0], self.c, device=x.device, dtype=x.dtype)

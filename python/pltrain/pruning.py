@@ -28,7 +28,8 @@ def _sigmoid(z):
 
 
 def kappa_at_damping_floor(kappa, damping):
-    return isinstance(kappa, (int, float)) and kappa >= (1 - 1e-9) / damping
+    """λ_min ≤ δ·λ_max, i.e. κ ≥ 1/(2δ) under smooth damping (messages.ts kappaAtDampingFloor); null is not."""
+    return isinstance(kappa, (int, float)) and kappa >= (1 - 1e-9) / (2 * damping)
 
 
 def unit_weight_norms(model):

@@ -68,52 +68,69 @@ def select_device(requested):
 
 
 class Measurer:
-    """κ per unit on the fixed probe batch: K_e of the model's scalarized output s_i = u_iᵀ z(x_i) w.r.t.
-    unit e's parameters (autograd), eigen-solved in float64 (docs/method.md)."""
+    """κ on the fixed probe batch (docs/method.md, "Definitions (contract)"): each unit's kernel K_e of the
+    model's scalarized output s_i = u_iᵀ z(x_i) w.r.t. its parameters (gates and routing inside), its own
+    κ over the probe examples it serves (null below MIN_SERVED), the model's kernel
+    K = Σ_{e trainable} K_e + K_rest whose κ is the regularizer; eigen-solves in float64."""
 
     def __init__(self, model, probe_x, probe_y, damping):
         self.model, self.probe_x, self.damping = model, probe_x, damping
-        self.one_hot = F.one_hot(probe_y, model.c).double().cpu().numpy()
-        self.last = None  # [stats]
+        self.one_hot = F.one_hot(probe_y, model.c).to(device=probe_x.device, dtype=probe_x.dtype)
+        self.last = None  # the units' stats of the last measurement
+        self.model_kappa = 0.0  # κ of the model's kernel at the last measurement
+        self.traces = [0.0] * model.units
 
     def kernels(self, pruned, create_graph, mask=None):
+        """(unit kernels E×n×n, the rest of the model's kernel n×n, the probe rows each unit serves)."""
+        n, E = self.probe_x.shape[0], self.model.units
         logits = self.model(self.probe_x, pruned, mask)
-        log_probs = torch.log_softmax(logits.detach().double(), dim=1).cpu().numpy()
-        u = torch.as_tensor(estimators.output_directions(log_probs, self.one_hot), dtype=logits.dtype, device=logits.device)
         if hasattr(self.model, "unit_kernels"):
-            # A closed form from forward quantities (moe-mlp): differentiable as it stands.
-            kernels = self.model.unit_kernels(self.probe_x, u, pruned, mask)
-            return kernels if create_graph else kernels.detach()
-        # Per-sample gradients of the model's output: every live unit in one batched backward; a pruned
-        # unit is measured with itself restored (the rest as they are), as it would act.
-        E = self.model.units
-        live = [e for e in range(E) if e not in pruned]
-        s = (u * logits).sum(dim=1)
-        kernels = [None] * E
-        if live:
-            for e, k in zip(live, estimators.unit_kernels(s, [self.model.unit_params(e) for e in live], create_graph)):
-                kernels[e] = k
-        for e in sorted(pruned):
-            restored = (u * self.model(self.probe_x, frozenset(pruned) - {e})).sum(dim=1)
-            kernels[e] = estimators.unit_kernels(restored, [self.model.unit_params(e)], False)[0].detach()
-        return torch.stack(kernels)
+            # Closed forms from forward quantities (moe-mlp), differentiable in every weight, u included
+            # (contract 7: the regularizer's gradient follows u's dependence on the weights).
+            u = estimators.output_directions_torch(logits if create_graph else logits.detach(), self.one_hot)
+            units = self.model.unit_kernels(self.probe_x, u, pruned, mask)
+            rest = self.model.kernel_rest(self.probe_x, u, pruned, mask)
+            served = self.model.served(self.probe_x, pruned, mask)
+        else:
+            # Per-sample gradients of the model's output, every live unit in one batched backward, u held
+            # fixed (its own dependence on the weights is not differentiated here); the output bias's
+            # kernel U·Uᵀ is the rest. A pruned unit serves nothing.
+            u = estimators.output_directions_torch(logits.detach(), self.one_hot)
+            live = [e for e in range(E) if e not in pruned]
+            s = (u * logits).sum(dim=1)
+            units = [torch.zeros(n, n, dtype=logits.dtype, device=logits.device)] * E
+            if live:
+                for e, k in zip(live, estimators.unit_kernels(s, [self.model.unit_params(e) for e in live], create_graph)):
+                    units[e] = k
+            units = torch.stack(units)
+            rest = u @ u.T
+            served = [[] if e in pruned else list(range(n)) for e in range(E)]
+        if not create_graph:
+            units, rest = units.detach(), rest.detach()
+        return units, rest, served
 
-    def condition(self, kernels, frozen, pruned):
-        k64 = kernels.detach().double().cpu().numpy()
-        self.traces = [float(np.trace(k)) for k in k64]
-        out = []
+    def condition(self, units, rest, served, frozen, pruned, trainable):
+        """The units' stats and the model's kernel (differentiable when `units` is) with its extreme
+        eigenvectors, from one float64 read-back."""
+        k64 = units.detach().double().cpu().numpy()
+        self.traces = [0.0 if e in pruned else float(np.trace(k)) for e, k in enumerate(k64)]
+        stats = []
         for e in range(k64.shape[0]):
-            c = estimators.conditioning(k64[e], self.damping)
-            out.append((
-                {"id": e, "mu": c["mu"], "lf": c["lf"], "kappa": c["kappa"], "frozen": e in frozen, "pruned": e in pruned},
-                c["vMin"],
-                c["vMax"],
-            ))
-        self.last = [o[0] for o in out]
-        return out
+            rows = served[e]
+            base = {"id": e, "served": len(rows), "frozen": e in frozen, "pruned": e in pruned}
+            if e in pruned or len(rows) < estimators.MIN_SERVED:
+                stats.append(dict(base, mu=None, lf=None, kappa=None))
+                continue
+            c = estimators.conditioning(k64[e][np.ix_(rows, rows)], self.damping)
+            stats.append(dict(base, mu=c["mu"], lf=c["lf"], kappa=c["kappa"]))
+        model_kernel = rest + (units[trainable].sum(dim=0) if trainable else torch.zeros_like(rest))
+        c = estimators.conditioning(model_kernel.detach().double().cpu().numpy(), self.damping)
+        self.last, self.model_kappa = stats, c["kappa"]
+        return stats, model_kernel, c["vMin"], c["vMax"]
 
-    def measure(self, frozen, pruned):
-        return [o[0] for o in self.condition(self.kernels(pruned, False), frozen, pruned)]
+    def measure(self, frozen, pruned, trainable, mask=None):
+        units, rest, served = self.kernels(pruned, False, mask)
+        return self.condition(units, rest, served, frozen, pruned, trainable)[0]
 
 
 SHARE_EMA_WEIGHT = 0.05  # weight of a new share in the EMA (time constant 20 records)
@@ -176,7 +193,8 @@ class ShareWatch:
 
 
 def _mean_kappa(stats, ids):
-    ks = [stats[i]["kappa"] for i in ids] if stats else []
+    """Mean κ of the measurable units among `ids` (for the progress line)."""
+    ks = [stats[i]["kappa"] for i in ids if stats[i]["kappa"] is not None] if stats else []
     return sum(ks) / len(ks) if ks else 0.0
 
 
@@ -340,7 +358,7 @@ class Trainer:
                 def save():
                     save_checkpoint(run_dir, progress_now(events.last_seq), self._tensors(model, optimizer))
 
-                stats = measurer.measure(steering.frozen, steering.pruned)
+                stats = measurer.measure(steering.frozen, steering.pruned, steering.trainable())
                 share_watch = ShareWatch(units)
 
                 def report_activity(changes):
@@ -353,22 +371,19 @@ class Trainer:
                 n_train = data.train_x.shape[0]
                 order = batches(n_train, min(config["batchSize"], n_train), config["seed"] + step)
                 ema_rate = 0.0
-                lowest = math.inf
                 last_announce = time.monotonic()
                 last = time.perf_counter()
                 inject_nan_at = int(os.environ.get("PLTRAIN_TEST_NAN_AT_STEP") or -1)
                 inject_fds_at = int(os.environ.get("PLTRAIN_TEST_EXHAUST_FDS_AT_STEP") or -1)
                 damping = config["monitor"]["damping"]
 
-                def report_floor(entered, left, alpha, trainable):
+                def report_floor(entered, left):
                     floor = 1 / damping
                     for e in entered:
-                        share = f" and adds α/(δ·{trainable}) = {to_precision(alpha * floor / trainable, 3)} to the loss" if alpha > 0 and trainable > 0 else ""
-                        article = "an" if unit_name[0] in "aeiou" else "a"
-                        log("warn", f"{unit_name} {e['id']} at step {step}: λ_min ≤ δ·λ_max on the probe (μ {to_precision(e['mu'], 3)}, L_f {to_precision(e['lf'], 3)}), so κ sits at the damping floor 1/δ = {to_precision(floor, 3)}; the regularizer passes it no gradient{share}. "
-                            f"Usually {article} {unit_name} the gate abandoned: freeze or prune it to take it out of the regularizer.", f"damping-floor/{e['id']}")
+                        log("warn", f"{unit_name} {e['id']} at step {step}: λ_min ≤ δ·λ_max on the {e.get('served', '')} probe examples it serves (μ {to_precision(e['mu'], 3)}, L_f {to_precision(e['lf'], 3)}), so its κ {to_precision(e['kappa'], 3)} is near the damping floor 1/δ = {to_precision(floor, 3)}: its kernel is (nearly) singular there, and its κ says little more. "
+                            "Check its share; freeze or prune it if it stays there.", f"damping-floor/{e['id']}")
                     for e in left:
-                        why = f"{'frozen' if e['frozen'] else 'pruned'}: out of the regularizer" if e["frozen"] or e["pruned"] else f"off the damping floor, κ {to_precision(e['kappa'], 4)}"
+                        why = ("frozen" if e["frozen"] else "pruned") if e["frozen"] or e["pruned"] else f"off the damping floor, {'κ not measurable' if e['kappa'] is None else 'κ ' + to_precision(e['kappa'], 4)}"
                         log("info", f"{unit_name} {e['id']} at step {step}: {why}", f"damping-floor/{e['id']}")
 
                 def apply_commands():
@@ -420,15 +435,14 @@ class Trainer:
                     if alpha > 0 and trainable:
                         # κ for the weights this step starts from; the regularizer differentiates the
                         # surrogate along these eigenvectors (Hellmann–Feynman).
-                        kernels = measurer.kernels(pruned, True, mask_t)
-                        cond = measurer.condition(kernels, steering.frozen, pruned)
-                        measured = [c[0] for c in cond]
-                        kappas = estimators.kappa_surrogates(kernels[trainable], [cond[i][1] for i in trainable], [cond[i][2] for i in trainable], damping)
-                        reg = kappas.mean()
+                        units_k, rest_k, served = measurer.kernels(pruned, True, mask_t)
+                        measured, model_kernel, v_min, v_max = measurer.condition(units_k, rest_k, served, steering.frozen, pruned, trainable)
+                        # The regularizer is κ of the model's kernel (contract 6–7), along its eigenvectors.
+                        reg = estimators.kappa_surrogates(model_kernel.unsqueeze(0), [v_min], [v_max], damping)[0]
                         total = task_loss + alpha * reg
                     else:
                         if monitor_step:
-                            measured = measurer.measure(steering.frozen, pruned)
+                            measured = measurer.measure(steering.frozen, pruned, trainable, mask_t.detach() if mask_t is not None else None)
                         reg = None
                         total = task_loss
                     total.backward()
@@ -454,7 +468,7 @@ class Trainer:
                     if shares:
                         share_watch.observe(shares)
                     if reg is None:
-                        reg_value = _mean_kappa(measurer.last, trainable)
+                        reg_value = measurer.model_kappa
                     step += 1
                     if step == inject_nan_at:
                         loss_value = math.nan
@@ -463,9 +477,8 @@ class Trainer:
                     if not math.isfinite(loss_value):
                         raise NonFiniteLoss(step)
 
-                    gap = loss_value - lowest
-                    pl_ratio = 0.5 * grad_norm_sq / gap if gap > 1e-12 else None
-                    lowest = min(lowest, loss_value)
+                    # PL* check ½‖∇f‖²/(f − f*) with f* = 0, a lower bound of f (contract 11).
+                    pl_ratio = 0.5 * grad_norm_sq / loss_value if loss_value > 1e-12 else None
                     now = time.perf_counter()
                     rate = 1 / max(1e-6, now - last)
                     last = now
@@ -480,7 +493,7 @@ class Trainer:
                         if pruner:
                             pruner.observe(stats, unit_weight_norms(model), steering.pruned)
                         entered, left = floor_watch.observe(stats)
-                        report_floor(entered, left, alpha, len(steering.trainable()))
+                        report_floor(entered, left)
                     pruned_now = []
                     if pruner and pruner.is_decision_step(step):
                         keep = pruner.decision_keep_probabilities(steering.frozen, steering.pruned)
