@@ -64,7 +64,7 @@ function runOne(family: string, variant: Variant, seed: number): Promise<RunResu
     alpha: variant === 'baseline' ? 0 : f.alpha,
     monitor: { every: 10, probeSize: 16 },
     checkpointEvery: 0,
-    pruning: variant === 'pl+pruning' ? { enabled: true, warmup: Math.round(steps / 5), every: Math.max(10, Math.round(steps / 10)), budget: 0.5, kappaFactor: 2 } : { enabled: false },
+    pruning: variant === 'pl+pruning' ? { enabled: true, warmup: Math.round(steps / 5), anneal: Math.max(10, Math.round(steps / 5)), budget: 0.5, kappaFactor: 2 } : { enabled: false },
   };
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-exp-'));
   const file = path.join(dir, 'exp.pltrain.json');
@@ -81,6 +81,7 @@ function runOne(family: string, variant: Variant, seed: number): Promise<RunResu
       const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l)));
       const last = [...metrics].reverse().find((m) => m.units)!;
       const live = last.units!.filter((e) => !e.pruned);
+      const liveKappas = live.map((e) => e.kappa).filter((k): k is number => k !== null); // null: not measurable
       const acc = /test accuracy ([\d.]+)%/.exec(out);
       const ppl = /test perplexity ([\d.]+)/.exec(out);
       let ema = metrics[0].taskLoss;
@@ -92,8 +93,8 @@ function runOne(family: string, variant: Variant, seed: number): Promise<RunResu
         steps,
         testMetric: acc ? Number(acc[1]) / 100 : Number(ppl![1]),
         taskMetric: acc ? 'accuracy' : 'perplexity',
-        meanKappa: live.reduce((a, e) => a + e.kappa, 0) / live.length,
-        maxKappa: Math.max(...live.map((e) => e.kappa)),
+        meanKappa: liveKappas.reduce((a, k) => a + k, 0) / liveKappas.length,
+        maxKappa: Math.max(...liveKappas),
         unitsKept: live.length,
         units,
         smoothedLoss,

@@ -5,15 +5,35 @@ import type { BackendInfo, CommandStatus, SteeringCommand } from './messages';
 /**
  * Compact number for tables and headers: 4 significant digits in the readable range
  * (`12.34`, `0.0005`, `1235`), exponent notation with 3 significant digits outside it (`1.23e+5`),
- * because κ and μ routinely span many orders of magnitude. Absent (not measured, not measurable) is `—`.
+ * because κ and μ routinely span many orders of magnitude. Absent (not measured yet) and null (not
+ * measurable: a unit serving fewer than MIN_SERVED probe examples) are `—`, never a number.
  */
-export function formatNumber(x: number | undefined): string {
-  if (x === undefined) return '—';
+export function formatNumber(x: number | null | undefined): string {
+  if (x === undefined || x === null) return '—';
   if (!Number.isFinite(x)) return String(x);
   if (x === 0) return '0';
   const abs = Math.abs(x);
   if (abs >= 1e4 || abs < 1e-4) return x.toExponential(2);
   return String(Number(x.toPrecision(4)));
+}
+
+/**
+ * A unit's κ in a sentence (sidebar, code lenses, the Freeze prompt): `κ 12.3`, `κ not measurable`
+ * (null: too few served examples), `κ —` (not measured yet).
+ */
+export function describeKappa(kappa: number | null | undefined): string {
+  return kappa === null ? 'κ not measurable' : `κ ${formatNumber(kappa)}`;
+}
+
+/** Why a unit has no κ (tooltip): it serves fewer than `minServed` probe examples. */
+export function describeNotMeasurable(unitName: string, served: number | undefined, minServed: number): string {
+  return `not measurable: this ${unitName} serves ${served ?? 'too few'} probe example(s), fewer than ${minServed}, so its κ is not given a number`;
+}
+
+/** Why a unit is flagged inactive (tooltip, sidebar, code lenses). */
+export function describeInactive(unitName: string, share: number | undefined): string {
+  const pct = share === undefined ? '' : ` (share ${(share * 100).toFixed(1)}%)`;
+  return `inactive: the model routes almost nothing through this ${unitName}${pct}; its κ does not describe the model and it is not "well conditioned"`;
 }
 
 /** `head` → `Head` (table headers, the start of a sentence). */
@@ -101,4 +121,10 @@ export function describeTaskMetric(value: number, metric: 'accuracy' | 'perplexi
 export function newCommandId(prefix = 'c'): string {
   const bytes = globalThis.crypto.getRandomValues(new Uint8Array(12));
   return `${prefix}${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
+/** A routing share (0…1) as a percentage a person can compare: "31%", "4.2%", "0.05%". */
+export function formatShare(share: number): string {
+  const pct = share * 100;
+  return `${pct >= 10 ? pct.toFixed(0) : pct === 0 ? '0' : Number(pct.toPrecision(2))}%`;
 }

@@ -71,35 +71,63 @@ export const BackendInfoSchema = z
   .strict();
 export type BackendInfo = z.infer<typeof BackendInfoSchema>;
 
-/** One prunable unit (an expert, a head, a channel group) as measured on a monitor step. */
+/**
+ * Fewest examples (tokens for Switch routing) a unit must serve on the probe for its own κ to be
+ * measured; below it the unit's μ, L_f and κ are null ("not measurable"), never a number.
+ */
+export const MIN_SERVED = 4;
+
+/**
+ * A unit whose share EMA falls below 1/(INACTIVE_SHARE_DIVISOR · unitCount) is flagged inactive: the
+ * model barely routes through it, so its κ says nothing about the model (docs/method.md, "Share").
+ */
+export const INACTIVE_SHARE_DIVISOR = 10;
+
+/** The share EMA below which a unit of a model with `unitCount` units reads inactive. */
+export function inactiveShareThreshold(unitCount: number): number {
+  return 1 / (INACTIVE_SHARE_DIVISOR * Math.max(1, unitCount));
+}
+
+/**
+ * One prunable unit (an expert, a head, a channel group) as measured on a monitor step. μ, L_f and κ
+ * describe the unit's kernel as the model uses it, over the probe examples the unit serves
+ * (docs/method.md, "Definitions"); null when it serves fewer than MIN_SERVED of them.
+ */
 export const UnitStatsSchema = z
   .object({
     id: z.number().int().min(0),
-    /** PL constant estimate: λ_min of the unit's tangent kernel on the probe batch. */
-    mu: finite,
-    /** Smoothness (Lipschitz) estimate: λ_max of the same kernel. */
-    lf: finite,
-    /** Condition number L_f/μ (damped, see docs/method.md). */
-    kappa: finite,
+    /** PL constant estimate: λ_min of the unit's kernel over the examples it serves; null: not measurable. */
+    mu: finite.nullable(),
+    /** Smoothness (Lipschitz) estimate: λ_max of the same kernel; null: not measurable. */
+    lf: finite.nullable(),
+    /** Condition number, smoothly damped: λ_max/(λ_min + δ·λ_max) (docs/method.md, "Damping"); null: not measurable. */
+    kappa: finite.nullable(),
+    /**
+     * Fraction (0…1) of the model's routing mass through the unit on the step's batch; the shares of all
+     * units sum to 1 (docs/method.md, "Share"). Absent in records written before shares were streamed.
+     */
+    share: z.number().min(0).max(1).optional(),
+    /** Probe examples (tokens for Switch routing) the unit's κ is measured over. Absent: as for `share`. */
+    served: z.number().int().min(0).optional(),
+    /**
+     * False when the unit's share EMA is below inactiveShareThreshold(unitCount): flagged inactive,
+     * whatever its κ. Absent: as for `share` (not known, shown as active).
+     */
+    active: z.boolean().optional(),
     frozen: z.boolean(),
     pruned: z.boolean(),
   })
   .strict();
 export type UnitStats = z.infer<typeof UnitStatsSchema>;
-/**
- * @deprecated the protocol-1 name of UnitStats, kept only for the model families (src/trainer/models,
- * src/trainer/pl) until their rewrite lands; new code says UnitStats.
- */
-export type ExpertStats = UnitStats;
 
 /**
  * Whether a reported κ sits at the damping floor 1/δ (δ = `monitor.damping`): damped κ is
  * λ_max / max(λ_min, δ·λ_max), exactly 1/δ when the unit's kernel is singular on the probe, and then
- * the regularizer passes it no gradient (docs/method.md, "Damping"). One definition for the trainer's
- * warning, the panel and the sidebar.
+ * the regularizer passes it no gradient (docs/method.md, "Damping"). A null κ (not measurable) is not
+ * at the floor. One definition for the trainer's warning, the panel and the sidebar.
  */
-export function kappaAtDampingFloor(kappa: number, damping: number): boolean {
-  return kappa >= (1 - 1e-9) / damping;
+export function kappaAtDampingFloor(kappa: number | null | undefined, damping: number): boolean {
+  return typeof kappa === 'number' && kappa >= (1 - 1e-9) / damping;
 }
 
 /** δ of a run, from the resolved config its `hello` carries (the default before there is one). */
@@ -141,7 +169,10 @@ export const MetricsEventSchema = z
     loss: finite,
     /** The task loss L_S alone (loss = taskLoss + alpha·regularizer). */
     taskLoss: finite,
-    /** κ̄: mean κ over the trainable units (neither frozen nor pruned), the regularizer term before α. */
+    /**
+     * κ̄: the condition number of the model's tangent kernel on the probe (the sum of the trainable units'
+     * kernels as the model uses them, plus the documented rest), damped like a unit's; the term α multiplies.
+     */
     regularizer: finite,
     alpha: finite,
     /** Accuracy (0…1) for classifiers, perplexity for language models: see hello.taskMetric. */
@@ -152,6 +183,11 @@ export const MetricsEventSchema = z
      * PL* says it stays ≥ μ; compare with the units' μ (docs/method.md).
      */
     plRatio: finite.optional(),
+    /**
+     * Participation ratio of the routing, 1/Σ share² over the units (1…unitCount: how many units the
+     * model effectively uses). Absent in records written before shares were streamed.
+     */
+    participation: finite.min(1 - 1e-9).optional(),
     /** Every unit, on monitor steps only; measured, like the loss, on the weights this step started from. */
     units: z.array(UnitStatsSchema).optional(),
     /** Keep-probability per unit from the pruning gate (present on monitor steps while pruning is enabled). */
@@ -313,6 +349,8 @@ export const WebviewToHostSchema = z.discriminatedUnion('type', [
    * and `<a download>` is not reliably honoured inside VS Code's webview sandbox).
    */
   z.object({ type: z.literal('saveFile'), fileName: z.string().min(1).max(200).regex(/^[A-Za-z0-9._-]+$/), content: z.string().max(512 * 1024 * 1024) }).strict(),
+  /** The user closed the compare overlay (✕): the host forgets it, so a reload does not bring it back. */
+  z.object({ type: z.literal('clearCompare') }).strict(),
 ]);
 export type WebviewToHost = z.infer<typeof WebviewToHostSchema>;
 

@@ -135,9 +135,18 @@ export class RunView {
     return this.state === undefined || !TERMINAL_STATES.includes(this.state);
   }
 
-  /** Whether a unit's reported κ sits at the damping floor 1/δ (false while it has no κ). */
+  /** Whether a unit's reported κ sits at the damping floor (false while it has no κ, or a null one). */
   atDampingFloor(unit: UnitView): boolean {
     return unit.kappa !== undefined && kappaAtDampingFloor(unit.kappa, this.damping);
+  }
+
+  /**
+   * Whether the trainer flagged the unit inactive (its share EMA below inactiveShareThreshold): the model
+   * barely routes through it, so whatever its κ reads it is not "well conditioned". Unknown (records
+   * before shares were streamed) reads active.
+   */
+  inactive(unit: UnitView): boolean {
+    return unit.active === false && !unit.pruned;
   }
 
   /** True while a freeze/unfreeze of `unit` awaits its outcome. */

@@ -8,7 +8,7 @@ import { loadCheckpoint, saveCheckpoint } from './checkpoint';
 import { EventLog } from './events';
 import { createModel, loadTaskData, probeBatch, type PlModel } from './models';
 import { DampingFloorWatch, type FloorChanges } from './pl/dampingFloor';
-import { GatingPruner } from './pl/pruner';
+import { GatingPruner, unitWeightNorms } from './pl/pruner';
 import { Progress } from './progress';
 import { RunAnnouncement, RunDirLock, establishToken, prepareRunDir, writeJsonAtomic } from './runDir';
 import { TrainerServer, chooseTransport } from './server';
@@ -155,10 +155,11 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
         : `data: ${data.name}: ${data.trainSize} train / ${data.testSize} test, ${data.features} features, ${data.classes} classes`,
     );
     model = createModel(tf, config, data);
-    progress.log(`model: ${config.model.family}, ${model.units} ${unitName}s${config.pruning.enabled ? `, pruning up to ${Math.floor(config.pruning.budget * model.units + 1e-9)} after step ${config.pruning.warmup}` : ''}`);
+    const p = config.pruning;
+    progress.log(`model: ${config.model.family}, ${model.units} ${unitName}s${p.enabled ? `, pruning ${p.exact ? 'exactly' : 'up to'} ${Math.floor(p.budget * model.units + 1e-9)}: soft masks from step ${p.warmup}, final at step ${p.warmup + p.anneal}` : ''}`);
     if (checkpoint) await model.setState(checkpoint.state);
     model.setProbe(probeBatch(tf, config, data));
-    const pruner = config.pruning.enabled ? new GatingPruner(model.units, config.pruning, config.seed) : undefined;
+    const pruner = config.pruning.enabled ? new GatingPruner(tf, model.units, config.pruning, config.seed) : undefined;
     if (pruner && checkpoint?.progress.pruner) pruner.setState(checkpoint.progress.pruner);
 
     events.emit({
@@ -211,13 +212,13 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
         const article = /^[aeiou]/.test(unitName) ? 'an' : 'a';
         log(
           'warn',
-          `${unitName} ${e.id} at step ${step}: λ_min ≤ δ·λ_max on the probe (μ ${e.mu.toPrecision(3)}, L_f ${e.lf.toPrecision(3)}), so κ sits at the damping floor 1/δ = ${floor.toPrecision(3)}; the regularizer passes it no gradient${share}. ` +
+          `${unitName} ${e.id} at step ${step}: λ_min ≤ δ·λ_max on the probe (μ ${e.mu?.toPrecision(3)}, L_f ${e.lf?.toPrecision(3)}), so κ sits at the damping floor 1/δ = ${floor.toPrecision(3)}; the regularizer passes it no gradient${share}. ` +
             `Usually ${article} ${unitName} the gate abandoned: freeze or prune it to take it out of the regularizer.`,
           `damping-floor/${e.id}`,
         );
       }
       for (const e of left) {
-        const why = e.frozen || e.pruned ? `${e.frozen ? 'frozen' : 'pruned'}: out of the regularizer` : `off the damping floor, κ ${e.kappa.toPrecision(4)}`;
+        const why = e.frozen || e.pruned ? `${e.frozen ? 'frozen' : 'pruned'}: out of the regularizer` : `off the damping floor, ${e.kappa === null ? 'κ not measurable' : `κ ${e.kappa.toPrecision(4)}`}`;
         log('info', `${unitName} ${e.id} at step ${step}: ${why}`, `damping-floor/${e.id}`);
       }
     };
@@ -268,7 +269,11 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       const measuredBefore = !measuredInStep && (monitorStep || alpha > 0) ? model.measure(steering.frozen, steering.pruned) : undefined;
       // The regularizer stays uniform over trainable units: a unit the gate would close but the budget
       // keeps is still in the model and must stay regularized (docs/method.md, "Pruning").
-      const result = model.trainStep(batch, { alpha, trainable: steering.trainableExperts(), pruned: steering.pruned });
+      // During the pruning anneal the gate's soft mask multiplies each unit's contribution, and the
+      // gate learns from the step's ∂L/∂mask (docs/method.md, "Pruning: the gating network").
+      const softMask = pruner?.sampleMask(step, steering.frozen, steering.pruned);
+      const result = model.trainStep(batch, { alpha, trainable: steering.trainableExperts(), pruned: steering.pruned, ...(softMask ? { softMask } : {}) });
+      if (softMask && result.maskGrad) pruner!.update(result.maskGrad, steering.frozen, steering.pruned);
       tf.dispose([batch.x, batch.y]);
       step++;
       // Fault injection for the failure-path tests (docs/reliability.md); never set in normal use.
@@ -288,18 +293,21 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
         const measured = result.measured ?? measuredBefore;
         if (!measured) throw new Error(`step ${step}: the model measured nothing on a monitor step`);
         experts = measured;
-        pruner?.observe(measured, steering.frozen, steering.pruned);
+        const m = model;
+        pruner?.observe(measured, unitWeightNorms(m.units, (i) => m.unitWeights(i)), steering.pruned);
         reportDampingFloor(floorWatch.observe(measured), alpha, steering.trainableExperts().length);
       }
       // Pruning decisions on the schedule; a pruned unit is masked from the next step on, for good.
       let prunedNow: number[] = [];
       if (pruner?.isDecisionStep(step)) {
+        const keep = pruner.decisionKeepProbabilities(steering.frozen, steering.pruned);
         prunedNow = pruner.decide(steering.frozen, steering.pruned);
         for (const u of prunedNow) {
           steering.pruned.add(u);
           const k = experts.find((e) => e.id === u)?.kappa;
-          log('info', `pruned ${unitName} ${u} at step ${step}: keep-probability ${pruner.gate[u].toFixed(3)}, κ ${k === undefined ? '?' : k.toPrecision(4)}`);
+          log('info', `pruned ${unitName} ${u} at step ${step}: keep-probability ${keep[u].toFixed(3)}, ${k === undefined ? 'κ ?' : k === null ? 'κ not measurable' : `κ ${k.toPrecision(4)}`}`);
         }
+        if (!prunedNow.length) log('info', `pruning at step ${step}: the gate keeps every ${unitName} (keep-probabilities ${keep.map((g) => g.toFixed(2)).join(', ')})`);
         if (prunedNow.length) experts = experts.map((e) => ({ ...e, pruned: steering.pruned.has(e.id) }));
       }
       const extra = monitorStep ? model.extraMetrics?.() : undefined;
@@ -316,7 +324,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
           stepsPerSec: emaRate,
           ...(plRatio !== undefined && Number.isFinite(plRatio) ? { plRatio } : {}),
           ...(monitorStep || prunedNow.length ? { units: experts } : {}),
-          ...((monitorStep || prunedNow.length) && pruner ? { gate: pruner.gate.map((g) => Math.min(1, Math.max(0, g))) } : {}),
+          ...((monitorStep || prunedNow.length) && pruner ? { gate: pruner.keepProbabilities(steering.frozen, steering.pruned) } : {}),
           ...(extra && Object.keys(extra).length ? { extra } : {}),
         });
       }

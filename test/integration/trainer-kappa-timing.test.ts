@@ -32,7 +32,7 @@ async function kappaOfCheckpoint(runDir: string, config: TrainingConfig): Promis
   const model = createModel(tf, config, data);
   await model.setState(cp.state);
   model.setProbe(probeBatch(tf, config, data)); // the probe the trainer measured on
-  const kappa = model.measure(new Set(cp.progress.frozen), new Set(cp.progress.pruned)).map((e) => e.kappa);
+  const kappa = model.measure(new Set(cp.progress.frozen), new Set(cp.progress.pruned)).map((e) => e.kappa!);
   model.dispose();
   return kappa;
 }
@@ -69,7 +69,7 @@ for (const alpha of [0, 0.01]) {
       assert.deepEqual(reported, before, 'reported κ = κ measured on the weights after step 9');
     } else {
       // Measured inside the regularized step's graph (batched kernels): float32 round-off apart.
-      for (let i = 0; i < 3; i++) assert.ok(relative(reported[i], before[i]) <= 1e-5, `expert ${i}: reported κ ${reported[i]} vs measured before step 10 ${before[i]}`);
+      for (let i = 0; i < 3; i++) assert.ok(relative(reported[i]!, before[i]) <= 1e-5, `expert ${i}: reported κ ${reported[i]} vs measured before step 10 ${before[i]}`);
     }
     // The test can tell the two apart: one step moves κ far more than the agreement above.
     const moved = Math.max(...after.map((k, i) => relative(k, before[i])));

@@ -46,7 +46,7 @@ test('a long run in the host: metrics held stay within the capacity, recent hist
   assert.deepEqual(recent, Array.from({ length: capacity / 4 }, (_, k) => steps - capacity / 4 + 1 + k));
   // Spikes in the loss survive however old; so does a κ spike at a monitor step.
   for (const [step, loss] of spikes) assert.ok(metrics.some((m) => m.step === step && m.loss === loss), `loss spike at ${step}`);
-  assert.ok(metrics.some((m) => m.step === 4_000 && m.units![1].kappa > 1e6), 'κ spike of expert 1 at step 4,000');
+  assert.ok(metrics.some((m) => m.step === 4_000 && m.units![1].kappa! > 1e6), 'κ spike of expert 1 at step 4,000');
   // The pruning mask's transition and every non-metrics event.
   assert.ok(metrics.some((m) => m.step === 50_000), 'the first measurement with expert 2 pruned');
   assert.deepEqual(session.events.filter((e) => e.type !== 'metrics').map((e) => e.seq), [...stream(steps, spikes)].filter((e) => e.type !== 'metrics').map((e) => e.seq));

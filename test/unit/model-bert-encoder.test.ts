@@ -346,8 +346,8 @@ test('per-head tangent kernels (perSampleKernels) equal J·Jᵀ of a float64 fin
     worst = Math.max(worst, err);
     assert.ok(err <= 1e-4, `head ${h}: relative error ${err}`);
     const { values } = symmetricEigen(K, n);
-    assert.ok(Math.abs(stats[h].lf - values[n - 1]) <= 1e-4 * values[n - 1], `head ${h}: L_f ${stats[h].lf} vs ${values[n - 1]}`);
-    assert.ok(Math.abs(stats[h].mu - values[0]) <= 1e-3 * values[0], `head ${h}: μ ${stats[h].mu} vs ${values[0]}`);
+    assert.ok(Math.abs(stats[h].lf! - values[n - 1]) <= 1e-4 * values[n - 1], `head ${h}: L_f ${stats[h].lf} vs ${values[n - 1]}`);
+    assert.ok(Math.abs(stats[h].mu! - values[0]) <= 1e-3 * values[0], `head ${h}: μ ${stats[h].mu} vs ${values[0]}`);
   }
   console.log(`bert kernel vs float64 finite differences: worst relative Frobenius error ${worst.toExponential(2)}`);
   assert.deepEqual(stats.map((s) => s.pruned), [false, true, false]);
@@ -374,7 +374,7 @@ test('the regularizer\'s gradient: ∇κ̃_h by nested tf gradients matches floa
   const { values } = symmetricEigen(kernel(), n);
   assert.ok(values[1] > 1.1 * values[0] && values[n - 1] > 1.1 * values[n - 2], `simple extreme eigenvalues: ${Array.from(values)}`);
   assert.ok(at.kappa < 1e5, `κ ${at.kappa} is below the damping floor`);
-  assert.ok(Math.abs(stats[h].kappa - at.kappa) <= 1e-3 * at.kappa, `measured κ ${stats[h].kappa} vs float64 ${at.kappa}`);
+  assert.ok(Math.abs(stats[h].kappa! - at.kappa) <= 1e-3 * at.kappa, `measured κ ${stats[h].kappa} vs float64 ${at.kappa}`);
   // The model: κ̃_h (eigenvectors of the last measurement held constant) and its gradient w.r.t. everything.
   const vars = [...m.headVars(0), ...m.headVars(1), ...m.sharedVars()];
   // Head 0 everywhere (two coordinates of each of its variables); a sample of the other head's and the shared ones.
@@ -429,7 +429,7 @@ test('the reported regularizer is the unit-weighted κ̃, equal to the measured 
   const b = trainBatch(builtin, 5, 16);
   // unitWeights: head 1 only, so the regularizer is κ̃_1 alone.
   const r = m.trainStep(b, { alpha: 1e-3, trainable: [0, 1, 2], pruned: new Set(), unitWeights: [0, 1, 0] });
-  assert.ok(Math.abs(r.regularizer - stats[1].kappa) <= 1e-3 * stats[1].kappa, `κ̃ ${r.regularizer} vs κ ${stats[1].kappa}`);
+  assert.ok(Math.abs(r.regularizer - stats[1].kappa!) <= 1e-3 * stats[1].kappa!, `κ̃ ${r.regularizer} vs κ ${stats[1].kappa}`);
   assert.ok(Math.abs(r.loss - (r.taskLoss + 1e-3 * r.regularizer)) <= 1e-5 * r.loss);
   // Same start, α = 0 vs α > 0: different weights after one step.
   const twin = (alpha: number) => {
@@ -460,9 +460,9 @@ test('spectral-norm L_f is Π_l ‖W_v‖·‖W_o‖ of the head, and its regula
     m.heads.reduce((prod, _, l) => prod * sigma(head(l).wv, m.dModel, m.dHead) * sigma(head(l).wo, m.dHead, m.dModel), 1);
   for (let h = 0; h < m.units; h++) {
     const expected = lfOf((l) => ({ wv: m.heads[l][h].wv.dataSync(), wo: m.heads[l][h].wo.dataSync() }));
-    assert.ok(Math.abs(stats[h].lf - expected) <= 1e-6 * expected, `head ${h}: ${stats[h].lf} vs ${expected}`);
-    const kappa = stats[h].mu > 1e-6 * stats[h].lf ? stats[h].lf / stats[h].mu : 1e6;
-    assert.ok(Math.abs(stats[h].kappa - kappa) <= 1e-9 * kappa);
+    assert.ok(Math.abs(stats[h].lf! - expected) <= 1e-6 * expected, `head ${h}: ${stats[h].lf} vs ${expected}`);
+    const kappa = stats[h].mu! > 1e-6 * stats[h].lf! ? stats[h].lf! / stats[h].mu! : 1e6;
+    assert.ok(Math.abs(stats[h].kappa! - kappa) <= 1e-9 * kappa);
   }
   // ∇κ̃ at the stored singular vectors and eigenvector vs differences of the float64 L_f/μ.
   const probe = builtin.batch(tf, 'train', range(0, 4));
@@ -475,7 +475,7 @@ test('spectral-norm L_f is Π_l ‖W_v‖·‖W_o‖ of the head, and its regula
     return lfOf((l) => net.heads[l][h]) / mu;
   };
   const { value, grads } = tf.variableGrads(() => m.kappaTf(h, new Set()), [...m.headVars(h), ...m.sharedVars()]);
-  assert.ok(Math.abs(value.dataSync()[0] - stats[h].kappa) <= 1e-3 * stats[h].kappa);
+  assert.ok(Math.abs(value.dataSync()[0] - stats[h].kappa!) <= 1e-3 * stats[h].kappa!);
   let worst = 0;
   for (const v of [m.heads[0][h].wv, m.heads[1][h].wo, m.heads[0][h].wq, m.blocks[0].ff1w, m.embedding.tokW]) {
     const arr = net.of(v);
@@ -498,7 +498,7 @@ test('spectral-norm L_f is Π_l ‖W_v‖·‖W_o‖ of the head, and its regula
   // The regularized step runs with the singular vectors held constant, and reports the same κ.
   const b = trainBatch(builtin, 3, 16);
   const r = m.trainStep(b, { alpha: 1e-3, trainable: [0, 1], pruned: new Set() });
-  const mean = (stats[0].kappa + stats[1].kappa) / 2;
+  const mean = (stats[0].kappa! + stats[1].kappa!) / 2;
   assert.ok(Math.abs(r.regularizer - mean) <= 1e-3 * mean, `κ̃ ${r.regularizer} vs κ ${mean}`);
   tf.dispose([value, ...Object.values(grads), b.x, b.y, probe.x, probe.y]);
   m.dispose();
@@ -540,7 +540,7 @@ test('28×28 Fashion-MNIST (Debian dataset-fashion-mnist): 28 row tokens + [CLS]
   assert.deepEqual(m.embedding.pos.shape, [29, 8]);
   const losses = steps(m, data, 40, { batch: 32 });
   const stats = m.measure(new Set(), new Set());
-  assert.ok(stats.every((s) => s.lf >= s.mu && s.mu >= 0 && s.kappa >= 1));
+  assert.ok(stats.every((s) => s.lf! >= s.mu! && s.mu! >= 0 && s.kappa! >= 1));
   const accuracy = m.evaluate(data, 'test', new Set());
   console.log(`bert 28×28 H=2 d=8 L=1, 40 steps of 32: loss ${losses[0].toFixed(3)} → ${losses.at(-1)!.toFixed(3)}, test accuracy ${accuracy}`);
   assert.ok(accuracy > 0.3, `accuracy ${accuracy}`);

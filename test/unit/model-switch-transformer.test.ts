@@ -236,10 +236,10 @@ test('kernels: the measured K_e equals the Gram of per-sample gradients (tf) and
     assert.ok(relativeFrobenius(measured, perSample) <= 1e-4, `expert ${e}: vs per-sample gradients ${relativeFrobenius(measured, perSample)}`);
     assert.ok(relativeFrobenius(measured, closed) <= 1e-4, `expert ${e}: vs float64 closed form ${relativeFrobenius(measured, closed)}`);
     const c = conditioning(closed, n, 1e-6);
-    assert.ok(relative(stats[e].lf, c.lf) <= 1e-4, `expert ${e}: L_f`);
+    assert.ok(relative(stats[e].lf!, c.lf) <= 1e-4, `expert ${e}: L_f`);
     if (c.kappa < 1e3) {
-      assert.ok(relative(stats[e].mu, c.mu) <= 1e-3, `expert ${e}: μ ${stats[e].mu} vs ${c.mu}`);
-      assert.ok(relative(stats[e].kappa, c.kappa) <= 1e-3, `expert ${e}: κ`);
+      assert.ok(relative(stats[e].mu!, c.mu) <= 1e-3, `expert ${e}: μ ${stats[e].mu} vs ${c.mu}`);
+      assert.ok(relative(stats[e].kappa!, c.kappa) <= 1e-3, `expert ${e}: κ`);
     }
   }
   tf.dispose([...xs, ...us, probe.x, probe.y]);
@@ -252,13 +252,13 @@ test('regularizer: κ̃ = κ at fresh eigenvectors, weighted by unitWeights; fro
   const stats = m.measure(new Set(), new Set());
   for (let e = 0; e < m.units; e++) {
     const k = tf.tidy(() => m.kappaTf(e).dataSync()[0]);
-    assert.ok(relative(k, stats[e].kappa) <= 1e-4, `expert ${e}: κ̃ ${k} vs κ ${stats[e].kappa}`);
+    assert.ok(relative(k, stats[e].kappa!) <= 1e-4, `expert ${e}: κ̃ ${k} vs κ ${stats[e].kappa}`);
   }
   // Expert 1 frozen; the regularizer is the unitWeights-weighted mean κ of the trainable ones.
   const unitWeights = [1, 5, 3, 0.5];
   const trainable = [0, 2, 3];
   const [first] = steps(m, 1, { alpha: 0.05, trainable, unitWeights, from: 10 });
-  const weighted = (1 * stats[0].kappa + 3 * stats[2].kappa + 0.5 * stats[3].kappa) / 4.5;
+  const weighted = (1 * stats[0].kappa! + 3 * stats[2].kappa! + 0.5 * stats[3].kappa!) / 4.5;
   assert.ok(relative(first.regularizer, weighted) <= 1e-4, `${first.regularizer} vs ${weighted}`);
   // loss = task + 0.01·(load balancing, E·Σ f_e·P_e ∈ (0, E]) + α·κ̄.
   const balance = (first.loss - first.taskLoss - 0.05 * first.regularizer) / LOAD_BALANCE_COEFFICIENT;
@@ -299,7 +299,7 @@ test('pruning: a pruned expert gets no tokens (load 0), no update even with α >
   assert.ok([0, 1, 3].some((e, k) => maxAbs(m.unitWeights(e)[0], others[k][0]) > 0), 'the live experts train');
   const stats = m.measure(new Set(), pruned);
   assert.ok(stats[2].pruned && !stats[0].pruned);
-  assert.ok(Number.isFinite(stats[2].kappa) && stats[2].lf > 0, 'a pruned expert is measured as a function of its own input');
+  assert.ok(Number.isFinite(stats[2].kappa) && stats[2].lf! > 0, 'a pruned expert is measured as a function of its own input');
   m.dispose();
 });
 
@@ -318,11 +318,11 @@ test('spectral-norm L_f: Σ over Switch layers of σ(W1)·σ(W2) (float64 SVD), 
   for (let e = 0; e < m.units; e++) {
     const v = m.blocks[1].experts![e];
     const exact = sigmaMax(v.w1) * sigmaMax(v.w2);
-    assert.ok(relative(stats[e].lf, exact) <= 1e-4, `expert ${e}: L_f ${stats[e].lf} vs ${exact}`);
+    assert.ok(relative(stats[e].lf!, exact) <= 1e-4, `expert ${e}: L_f ${stats[e].lf} vs ${exact}`);
     const mu = conditioning(m.lastKernel(e), 8, 1e-6).mu;
-    assert.ok(mu > 1e-6 * stats[e].lf, 'not saturated');
-    assert.ok(relative(stats[e].kappa, stats[e].lf / mu) <= 1e-9);
-    assert.ok(relative(tf.tidy(() => m.kappaTf(e).dataSync()[0]), stats[e].kappa) <= 1e-4, `expert ${e}: κ̃ = κ`);
+    assert.ok(mu > 1e-6 * stats[e].lf!, 'not saturated');
+    assert.ok(relative(stats[e].kappa!, stats[e].lf! / mu) <= 1e-9);
+    assert.ok(relative(tf.tidy(() => m.kappaTf(e).dataSync()[0]), stats[e].kappa!) <= 1e-4, `expert ${e}: κ̃ = κ`);
   }
   const [r] = steps(m, 1, { alpha: 0.01 });
   assert.ok(Number.isFinite(r.loss) && relative(r.regularizer, m.meanKappa(all(m))) <= 1e-4);
@@ -444,7 +444,7 @@ test('a probe the model predicts with huge margins keeps a finite κ (directions
   // …the measurement still has a direction at every token, and a finite κ for every expert.
   const floor = 1 / c.monitor.damping;
   const stats = m.measure(new Set(), new Set());
-  for (const s of stats) assert.ok(s.mu > 0 && s.kappa < floor / 10, `expert ${s.id}: μ ${s.mu}, κ ${s.kappa}`);
+  for (const s of stats) assert.ok(s.mu! > 0 && s.kappa! < floor / 10, `expert ${s.id}: μ ${s.mu}, κ ${s.kappa}`);
   const { u } = m.probeQuantities();
   for (const layer of u) for (let i = 0; i < m.probeTokens().length; i++) assert.ok(Math.abs(Math.hypot(...layer.subarray(i * D, (i + 1) * D)) - 1) < 1e-5, `token ${i}: unit direction`);
   m.dispose();

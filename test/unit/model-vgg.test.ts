@@ -378,7 +378,7 @@ test('per-group tangent kernels equal J·Jᵀ of a float64 finite-difference Jac
     worst = Math.max(worst, err);
     assert.ok(err <= 1e-3, `group ${g}: relative error ${err}`);
     const { values } = symmetricEigen(K, n);
-    assert.ok(Math.abs(stats[g].lf - values[n - 1]) <= 1e-3 * values[n - 1], `group ${g}: L_f ${stats[g].lf} vs ${values[n - 1]}`);
+    assert.ok(Math.abs(stats[g].lf! - values[n - 1]) <= 1e-3 * values[n - 1], `group ${g}: L_f ${stats[g].lf} vs ${values[n - 1]}`);
     assert.ok(p > n, 'more parameters than probe examples');
   }
   console.log(`vgg kernel vs float64 finite differences: worst relative Frobenius error ${worst.toExponential(2)}`);
@@ -452,7 +452,7 @@ test('the reported regularizer is the unit-weighted κ̃, equal to the measured 
   const b = trainBatch(builtin, 5, 16);
   // unitWeights: group 1 only, so the regularizer is κ̃_1 alone.
   const r = m.trainStep(b, { alpha: 1e-3, trainable: [0, 1, 2], pruned: new Set(), unitWeights: [0, 1, 0] });
-  assert.ok(Math.abs(r.regularizer - stats[1].kappa) <= 1e-3 * stats[1].kappa, `κ̃ ${r.regularizer} vs κ ${stats[1].kappa}`);
+  assert.ok(Math.abs(r.regularizer - stats[1].kappa!) <= 1e-3 * stats[1].kappa!, `κ̃ ${r.regularizer} vs κ ${stats[1].kappa}`);
   assert.ok(Math.abs(r.loss - (r.taskLoss + 1e-3 * r.regularizer)) <= 1e-5 * r.loss);
   tf.dispose([b.x, b.y]);
   m.dispose();
@@ -490,14 +490,14 @@ test('spectral-norm L_f is the product of the reshaped conv kernels\' largest si
       for (let a = 0; a < cols; a++) for (let b = 0; b < cols; b++) for (let r = 0; r < rows; r++) wtw[a * cols + b] += w[r * cols + a] * w[r * cols + b];
       return prod * Math.sqrt(symmetricEigen(wtw, cols).values[cols - 1]);
     }, 1);
-    assert.ok(Math.abs(stats[g].lf - expected) <= 1e-6 * expected, `group ${g}: ${stats[g].lf} vs ${expected}`);
-    const kappa = stats[g].mu > 1e-6 * stats[g].lf ? stats[g].lf / stats[g].mu : 1e6;
-    assert.ok(Math.abs(stats[g].kappa - kappa) <= 1e-9 * kappa);
+    assert.ok(Math.abs(stats[g].lf! - expected) <= 1e-6 * expected, `group ${g}: ${stats[g].lf} vs ${expected}`);
+    const kappa = stats[g].mu! > 1e-6 * stats[g].lf! ? stats[g].lf! / stats[g].mu! : 1e6;
+    assert.ok(Math.abs(stats[g].kappa! - kappa) <= 1e-9 * kappa);
   }
   // The regularized step runs with the singular vectors held constant, and reports the same κ.
   const b = trainBatch(builtin, 3, 16);
   const r = m.trainStep(b, { alpha: 1e-3, trainable: [0, 1], pruned: new Set() });
-  const mean = (stats[0].kappa + stats[1].kappa) / 2;
+  const mean = (stats[0].kappa! + stats[1].kappa!) / 2;
   assert.ok(Math.abs(r.regularizer - mean) <= 1e-3 * mean, `κ̃ ${r.regularizer} vs κ ${mean}`);
   tf.dispose([b.x, b.y]);
   m.dispose();
@@ -532,7 +532,7 @@ test('28×28 Fashion-MNIST (Debian dataset-fashion-mnist): trains, measures, eva
   assert.deepEqual(m.denseW.shape, [7 * 7 * 4, 10]);
   const losses = steps(m, data, 25, { batch: 32 });
   const stats = m.measure(new Set(), new Set());
-  assert.ok(stats.every((s) => s.lf >= s.mu && s.mu >= 0 && s.kappa >= 1));
+  assert.ok(stats.every((s) => s.lf! >= s.mu! && s.mu! >= 0 && s.kappa! >= 1));
   const accuracy = m.evaluate(data, 'test', new Set());
   console.log(`vgg 28×28 G=2 c=2, 25 steps of 32: loss ${losses[0].toFixed(3)} → ${losses.at(-1)!.toFixed(3)}, test accuracy ${accuracy}`);
   assert.ok(accuracy > 0.3, `accuracy ${accuracy}`);

@@ -1,11 +1,11 @@
 // DampingFloorWatch: one warning per episode at κ = 1/δ, a note when the unit leaves the floor.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { ExpertStats } from '../../src/protocol';
+import type { UnitStats } from '../../src/protocol';
 import { kappaAtDampingFloor } from '../../src/protocol';
 import { DampingFloorWatch, dampedKappa } from '../../src/trainer/pl';
 
-const unit = (id: number, kappa: number, flags: Partial<ExpertStats> = {}): ExpertStats => ({ id, mu: 1, lf: kappa, kappa, frozen: false, pruned: false, ...flags });
+const unit = (id: number, kappa: number, flags: Partial<UnitStats> = {}): UnitStats => ({ id, mu: 1, lf: kappa, kappa, frozen: false, pruned: false, ...flags });
 
 test('the floor is exactly what dampedKappa gives a singular kernel, and nothing below it', () => {
   const atFloor = (kappa: number) => kappaAtDampingFloor(kappa, 1e-6);

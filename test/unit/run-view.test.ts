@@ -86,7 +86,7 @@ test('units: named by the hello, rows from its count (frozen from the config), e
 test('a unit without a measured κ, μ or L_f (not measured yet, or not measurable) reads "—", never NaN, and is never at the floor', () => {
   const v = new RunView();
   v.applyEvent(hello(0));
-  const unmeasured = { id: 1, frozen: false, pruned: false } as UnitStats; // what a trainer sends for "not measurable"
+  const unmeasured: UnitStats = { id: 1, mu: null, lf: null, kappa: null, frozen: false, pruned: false }; // what a trainer sends for "not measurable"
   v.applyEvent(metrics(1, 10, [unit(0, 5), unmeasured, unit(2, 7)]));
   const u1 = v.unit(1)!;
   assert.deepEqual([formatNumber(u1.kappa), formatNumber(u1.mu), formatNumber(u1.lf)], ['—', '—', '—']);
@@ -258,6 +258,34 @@ test('the Freeze/Unfreeze prompt asks in the family\'s word and offers only the 
   assert.deepEqual(unitPrompt(v, 'unfreeze'), { title: 'Unfreeze which head?', items: [{ label: 'head 2', description: 'κ 7', value: 2 }] });
 });
 
+test('a unit with too few served examples has a null κ: it reads "not measurable" / "—", never a number, and is not at the floor', () => {
+  const v = new RunView();
+  v.applyEvent(hello(0));
+  const silent: UnitStats = { id: 1, mu: null, lf: null, kappa: null, share: 0.001, served: 2, active: false, frozen: false, pruned: false };
+  v.applyEvent(metrics(1, 10, [unit(0, 5, { share: 0.6, served: 16, active: true }), silent, unit(2, 1e9, { frozen: true, share: 0.399, served: 14, active: true })], { participation: 1.93 }));
+  const u1 = v.unit(1)!;
+  assert.equal(u1.kappa, null);
+  assert.equal(formatNumber(u1.kappa), '—');
+  assert.equal(v.atDampingFloor(u1), false, 'null is not at the floor');
+  assert.equal(v.inactive(u1), true, 'flagged inactive by the trainer');
+  assert.equal(v.inactive(v.unit(0)!), false);
+  assert.deepEqual(unitPrompt(v, 'freeze').items.map((i) => i.description), ['κ 5', 'κ not measurable · inactive']);
+  // The panel's series: a null measurement is a gap, not a point.
+  const m = new RunModel();
+  m.apply({ type: 'snapshot', run: null, events: [hello(0), metrics(1, 10, [unit(0, 5), silent])], commands: [] });
+  assert.equal(m.series.get('kappa:1'), undefined);
+  assert.equal(m.seriesFor('kappa:0').raw.length, 1);
+});
+
+test('records without share/served/active (protocol 1, early protocol 2) read active, and parse', () => {
+  const v = new RunView();
+  v.applyEvent(hello(0));
+  v.applyEvent(metrics(1, 10, [unit(0, 5), unit(1, 7)]));
+  assert.equal(v.inactive(v.unit(0)!), false);
+  const bad = HostToWebviewSchema.safeParse({ type: 'events', runId: 'r', events: [metrics(2, 20, [unit(0, 5, { share: 1.5 })])] });
+  assert.ok(!bad.success, 'a share above 1 is refused');
+});
+
 test('a command the host never answered says so (still sent, with the reason), and a late answer still settles it once', () => {
   const v = new RunView();
   v.applyEvent(hello(0));
@@ -272,4 +300,14 @@ test('a command the host never answered says so (still sent, with the reason), a
   // A late timer changes nothing once the host has answered.
   assert.equal(v.recordUnanswered('x', 'late').commands.length, 0);
   assert.deepEqual(v.commands.get('x'), { id: 'x', command: { kind: 'pause' }, status: 'applied', step: 3 });
+});
+
+test('formatShare: a routing share as a percentage that can be compared (closed forms)', async () => {
+  const { formatShare } = await import('../../src/protocol');
+  assert.equal(formatShare(0.3125), '31%');
+  assert.equal(formatShare(0.1), '10%');
+  assert.equal(formatShare(0.042), '4.2%');
+  assert.equal(formatShare(0.0005), '0.05%');
+  assert.equal(formatShare(0), '0%');
+  assert.equal(formatShare(1), '100%');
 });

@@ -91,8 +91,8 @@ test('measurements are consistent: L_f ≥ μ ≥ 0, κ = L_f/μ, frozen/pruned 
   const stats = m.measure(new Set([2]), new Set([1]));
   assert.equal(stats.length, 3);
   for (const s of stats) {
-    assert.ok(s.lf >= s.mu && s.mu >= 0);
-    if (s.mu > 1e-6 * s.lf) assert.ok(Math.abs(s.kappa - s.lf / s.mu) <= 1e-9 * s.kappa);
+    assert.ok(s.lf! >= s.mu! && s.mu! >= 0);
+    if (s.mu! > 1e-6 * s.lf!) assert.ok(Math.abs(s.kappa! - s.lf! / s.mu!) <= 1e-9 * s.kappa!);
   }
   assert.deepEqual(stats.map((s) => [s.frozen, s.pruned]), [[false, false], [false, true], [true, false]]);
   m.dispose();
@@ -162,7 +162,7 @@ test('measure() (float32 kernels from the backend) agrees with the float64 close
     const [w1, b1, w2, b2] = m.unitWeights(e);
     const ref = conditioning(twoLayerTangentKernel({ d: 196, h: 16, c: 10, w1, b1, w2, b2 }, probe.x.dataSync(), u, 8), 8, c.monitor.damping);
     for (const k of ['mu', 'lf', 'kappa'] as const) {
-      assert.ok(Math.abs(stats[e][k] - ref[k]) <= 1e-4 * Math.abs(ref[k]), `expert ${e} ${k}: ${stats[e][k]} vs float64 ${ref[k]}`);
+      assert.ok(Math.abs(stats[e][k]! - ref[k]) <= 1e-4 * Math.abs(ref[k]), `expert ${e} ${k}: ${stats[e][k]} vs float64 ${ref[k]}`);
     }
   }
   tf.dispose([probe.x, probe.y]);
@@ -182,8 +182,8 @@ test('spectral-norm L_f: σ(W1)·σ(W2) of each expert (vs explicit SVD), and it
     const [w1, , w2] = m.unitWeights(e);
     const exact = sigma(w1, 196, 16) * sigma(w2, 16, 10);
     // Random Gaussian weights have close top singular values, so power iteration converges slowly: 1e-4.
-    assert.ok(Math.abs(stats[e].lf - exact) <= 1e-4 * exact, `expert ${e}: ${stats[e].lf} vs ${exact}`);
-    assert.ok(Math.abs(stats[e].kappa - stats[e].lf / stats[e].mu) <= 1e-9 * stats[e].kappa);
+    assert.ok(Math.abs(stats[e].lf! - exact) <= 1e-4 * exact, `expert ${e}: ${stats[e].lf} vs ${exact}`);
+    assert.ok(Math.abs(stats[e].kappa! - stats[e].lf! / stats[e].mu!) <= 1e-9 * stats[e].kappa!);
   }
   m.dispose();
   // The regularizer differentiates σ̃ = uᵀWv with the singular vectors held: with α > 0 the mean
@@ -245,8 +245,8 @@ test('hessian-trace L_f: measured without disturbing the weights, κ = L_f/μ, a
   const stats = m.measure(new Set(), new Set());
   [0, 1, 2].forEach((e) => m.unitWeights(e).forEach((w, k) => assert.deepEqual(w, before[e][k], 'weights restored bit for bit')));
   for (const s of stats) {
-    assert.ok(s.lf > 0 && Number.isFinite(s.lf), `L_f ${s.lf}`);
-    if (s.mu > 1e-6 * s.lf) assert.ok(Math.abs(s.kappa - s.lf / s.mu) <= 1e-9 * s.kappa);
+    assert.ok(s.lf! > 0 && Number.isFinite(s.lf), `L_f ${s.lf}`);
+    if (s.mu! > 1e-6 * s.lf!) assert.ok(Math.abs(s.kappa! - s.lf! / s.mu!) <= 1e-9 * s.kappa!);
   }
   const { x, y } = batch(9);
   const r = m.trainStep({ x, y, size: 32 }, { alpha: 0.01, trainable: [0, 1, 2], pruned: new Set() });
@@ -262,7 +262,7 @@ test('a regularized step measures in its own graph: its κ̄ is what measure() f
   const measured = m.measure(new Set(), new Set());
   const { x, y } = batch(3);
   const r = m.trainStep({ x, y, size: x.shape[0] }, { alpha: 0.05, trainable: [0, 1, 2], pruned: new Set() });
-  const want = (measured[0].kappa + measured[1].kappa + measured[2].kappa) / 3;
+  const want = (measured[0].kappa! + measured[1].kappa! + measured[2].kappa!) / 3;
   assert.ok(Math.abs(r.regularizer - want) <= 1e-4 * want, `in-step κ̄ ${r.regularizer} vs measure() before the step ${want}`);
   assert.ok(Math.abs(m.meanKappa([0, 1, 2]) - want) <= 1e-4 * want);
   assert.ok(typeof r.monitorMs === 'number' && r.monitorMs >= 0, 'the step reports what its measurement cost');
@@ -323,12 +323,12 @@ test('a probe the model fits with huge margins keeps a finite κ (directions fro
   m.setProbe({ x, y, size: 8 });
   const floor = 1 / c.monitor.damping;
   const stats = m.measure(new Set(), new Set());
-  for (const s of stats) assert.ok(s.mu > 0 && s.kappa < floor / 10, `expert ${s.id}: μ ${s.mu}, κ ${s.kappa} (floor ${floor})`);
+  for (const s of stats) assert.ok(s.mu! > 0 && s.kappa! < floor / 10, `expert ${s.id}: μ ${s.mu}, κ ${s.kappa} (floor ${floor})`);
   // The regularized step measures the same way in its own graph.
   const b = batch(3);
   const r = m.trainStep({ ...b, size: 32 }, { alpha: 0.01, trainable: [0, 1, 2], pruned: new Set() });
   tf.dispose([b.x, b.y]);
-  for (const s of r.measured ?? []) assert.ok(s.kappa < floor / 10, `in-step: expert ${s.id}: κ ${s.kappa}`);
+  for (const s of r.measured ?? []) assert.ok(s.kappa! < floor / 10, `in-step: expert ${s.id}: κ ${s.kappa}`);
   assert.equal(r.measured?.length, 3);
   m.dispose();
 });

@@ -50,6 +50,17 @@ node -e '
   const c = require(process.argv[1]); c.name = "remote"; c.steps = 200000; delete c.$schema;
   require("fs").writeFileSync(process.argv[2], JSON.stringify(c, null, 2));' "$ROOT/examples/default.pltrain.json" "$RUN/ws-remote/remote.pltrain.json"
 
+# PLTRAIN_VSIX=<file.vsix>: the UI test runs against that packaged extension, installed into this
+# code-server as a user would install it, instead of the development folder (npm run test:vsix).
+DEV_PATH="$ROOT"
+if [ -n "${PLTRAIN_VSIX:-}" ]; then
+  t "installing $PLTRAIN_VSIX"
+  PATH="$NODE24_BIN:$PATH" "$CACHE/cs/node_modules/.bin/code-server" --user-data-dir "$RUN/ud" --extensions-dir "$RUN/exts" \
+    --install-extension "$PLTRAIN_VSIX" > "$RUN/install.log" 2>&1 || { cat "$RUN/install.log"; exit 1; }
+  ls -d "$RUN"/exts/pl-trainer.pl-trainer-* >/dev/null || { echo "the VSIX did not install"; cat "$RUN/install.log"; exit 1; }
+  DEV_PATH=""
+fi
+
 PORT="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
 t "starting code-server on 127.0.0.1:$PORT (logs: $RUN)"
 PATH="$NODE24_BIN:$PATH" "$CACHE/cs/node_modules/.bin/code-server" --bind-addr "127.0.0.1:$PORT" --auth none \
@@ -89,7 +100,7 @@ if [[ " $SUITES " == *" exthost "* ]]; then
 fi
 if [[ " $SUITES " == *" ui "* ]]; then
   t "UI test (command palette → webview)"
-  node "$ROOT/test/vscode/harness/ui.js" "$ROOT" "$RUN/ws-ui" "$ROOT/test-results/vscode-panel.png" 2>&1 | tee "$RUN/ui.log" || true
+  PLTRAIN_UI_LOGS="$RUN/ud/logs" node "$ROOT/test/vscode/harness/ui.js" "$DEV_PATH" "$RUN/ws-ui" "$ROOT/test-results/vscode-panel.png" 2>&1 | tee "$RUN/ui.log" || true
   tally ui "$RUN/ui.log"
 fi
 if [[ " $SUITES " == *" remote "* ]]; then

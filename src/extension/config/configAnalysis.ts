@@ -18,6 +18,10 @@ export interface LocatedProblem {
   range: TextRange;
   /** The JSON path (empty for syntax errors). */
   path: (string | number)[];
+  /** A JSON syntax error (VS Code's JSON language service marks these itself). */
+  syntax?: boolean;
+  /** For a misspelled field: the field name to put in its place (the range is the key). */
+  suggestion?: string;
 }
 
 export interface ConfigAnalysis {
@@ -52,6 +56,7 @@ export function analyzeConfigText(text: string, configDir: string): ConfigAnalys
     message: `JSON syntax error: ${printParseErrorCode(e.error)}`,
     range: { start: e.offset, end: e.offset + Math.max(1, e.length) },
     path: [],
+    syntax: true,
   }));
   const keyOffsets: ConfigAnalysis['keyOffsets'] = {
     root: root?.offset,
@@ -72,7 +77,7 @@ export function analyzeConfigText(text: string, configDir: string): ConfigAnalys
 
 function place(root: Node, pr: ConfigProblem): LocatedProblem {
   const unknownKey = pr.message.startsWith('unknown field');
-  return { message: formatProblem(pr), range: locate(root, pr.path, unknownKey), path: pr.path };
+  return { message: formatProblem(pr), range: locate(root, pr.path, unknownKey), path: pr.path, ...(pr.suggestion ? { suggestion: pr.suggestion } : {}) };
 }
 
 /** Checks that need the disk: the trainer would fail on these only after starting. */

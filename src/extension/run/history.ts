@@ -32,7 +32,7 @@ function meanKappa(units: readonly Partial<UnitStats>[] | undefined): number {
   let s = 0;
   let n = 0;
   for (const x of units ?? []) {
-    if (x.kappa === undefined) continue;
+    if (x.kappa === undefined || x.kappa === null) continue;
     s += x.kappa;
     n++;
   }

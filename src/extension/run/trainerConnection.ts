@@ -68,7 +68,8 @@ export class TrainerConnection {
       if (r.value.type === 'error') this.onProtocolError.fire(r.value);
       else this.onEvent.fire(r.value);
     });
-    ws.on('error', (e) => this.opts.log?.(`trainer connection: ${e.message}`));
+    // A socket closed by dispose() still reports its error: the log it would go to may be gone too.
+    ws.on('error', (e) => !this.disposed && this.opts.log?.(`trainer connection: ${e.message}`));
     ws.on('close', () => {
       if (this.ws !== ws) return;
       this.ws = undefined;

@@ -3,7 +3,7 @@
 // "units" by index. Every family keeps each unit's variables apart so freezing a unit is leaving its
 // variables out of the update, and pruning is masking its contribution in the forward pass.
 import type * as TF from '@tensorflow/tfjs';
-import type { ExpertStats } from '../../protocol';
+import type { UnitStats } from '../../protocol';
 
 /** One batch ready for a model: family-specific tensors. The caller disposes them. */
 export interface Batch {
@@ -48,8 +48,13 @@ export interface StepResult {
    * on the weights the step started from, and the time spent on that alone (read-backs and float64
    * eigen-solves), for the benchmark's overhead figure.
    */
-  measured?: ExpertStats[];
+  measured?: UnitStats[];
   monitorMs?: number;
+  /**
+   * ∂(the step's objective)/∂mask_e per unit, when the step ran under a soft mask (StepOptions.softMask):
+   * the task loss's, plus α·κ̄'s where a family's regularizer reads the mask.
+   */
+  maskGrad?: number[];
 }
 
 /** A saved parameter or optimizer slot. */
@@ -76,6 +81,12 @@ export interface StepOptions {
    * over `trainable` when absent.
    */
   unitWeights?: ArrayLike<number>;
+  /**
+   * The pruning gate's soft mask for this step, one value in [0, 1] per unit (1 = untouched, 0 =
+   * as if pruned), multiplying each unit's contribution in the forward pass (docs/method.md,
+   * "Pruning: the gating network"). The step then reports ∂(its objective)/∂mask in `maskGrad`.
+   */
+  softMask?: ArrayLike<number>;
 }
 
 export interface PlModel {
@@ -91,7 +102,7 @@ export interface PlModel {
    */
   readonly measuresInStep?: boolean;
   /** μ, L_f and κ of every unit on the probe batch (float64 eigen-solve); frozen and pruned are measured too. */
-  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): ExpertStats[];
+  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): UnitStats[];
   /** Mean κ of the last measurement over these units. */
   meanKappa(ids: number[]): number;
   /** The task metric on a whole split (accuracy, or perplexity). */

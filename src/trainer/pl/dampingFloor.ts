@@ -3,13 +3,13 @@
 // long runs this is what becomes of a unit the gate abandoned (no active unit on most probe examples),
 // and the loss chart jumps by thousands with no other sign. This watch turns it into one warning per
 // episode, and one note when the unit comes back.
-import { kappaAtDampingFloor, type ExpertStats } from '../../protocol';
+import { kappaAtDampingFloor, type UnitStats } from '../../protocol';
 
 export interface FloorChanges {
   /** Trainable units that reached the floor on this measurement. */
-  entered: ExpertStats[];
+  entered: UnitStats[];
   /** Units that were at the floor and are no longer (recovered, frozen or pruned). */
-  left: ExpertStats[];
+  left: UnitStats[];
 }
 
 export class DampingFloorWatch {
@@ -17,9 +17,9 @@ export class DampingFloorWatch {
 
   constructor(private readonly damping: number) {}
 
-  observe(stats: readonly ExpertStats[]): FloorChanges {
-    const entered: ExpertStats[] = [];
-    const left: ExpertStats[] = [];
+  observe(stats: readonly UnitStats[]): FloorChanges {
+    const entered: UnitStats[] = [];
+    const left: UnitStats[] = [];
     for (const s of stats) {
       const counts = !s.frozen && !s.pruned && kappaAtDampingFloor(s.kappa, this.damping);
       if (counts && !this.atFloor.has(s.id)) {
