@@ -26,6 +26,11 @@ declare function acquireVsCodeApi(): VsCodeApi;
 
 const EXPERT_METRIC_LABELS: Record<ExpertMetric, string> = { kappa: 'κ', mu: 'μ', lf: 'L_f' };
 
+
+/** How long the panel waits for the host to take a command before it says it has had no answer. */
+const UNANSWERED_AFTER_MS = 5000;
+const UNANSWERED_REASON = 'the extension host has not received it (is the window disconnected from the remote?); it is applied at most once if it gets through — reload the window if the link stays down';
+
 export class PanelController {
   /** What the panel knows (read by the browser tests and benchmarks through their own entry point). */
   readonly model: RunModel;
@@ -87,6 +92,10 @@ export class PanelController {
     const id = newCommandId('wv');
     this.invalidate(this.model.recordSent(id, command));
     this.post({ type: 'command', id, command });
+    // The host answers at once (pending, or a refusal). No answer means the window's link to the
+    // extension host is down (a cut Remote-SSH tunnel): say so instead of a silent `sent`. The
+    // command keeps its id, so if it gets through later it is applied at most once.
+    setTimeout(() => this.invalidate(this.model.recordUnanswered(id, UNANSWERED_REASON)), UNANSWERED_AFTER_MS);
   }
 
   private toggleUnit(unit: number): void {

@@ -190,6 +190,10 @@ export class RunModel {
     return dirtyOf(this.view.recordSent(id, command), cleanDirty());
   }
 
+  recordUnanswered(id: string, reason: string): Dirty {
+    return dirtyOf(this.view.recordUnanswered(id, reason), cleanDirty());
+  }
+
   /** Which steering controls make sense: the reducer's, and none without a run. */
   controls(): ControlState {
     const c = this.view.controls();

@@ -90,7 +90,7 @@ export type CommandPhase = CommandStatus['status'] | 'sent';
 export function describeStatus(s: { status: CommandPhase; step?: number; reason?: string }): string {
   switch (s.status) {
     case 'sent':
-      return 'sent';
+      return s.reason ? `sent, no answer yet: ${s.reason}` : 'sent';
     case 'pending':
       return 'pending';
     case 'applied':

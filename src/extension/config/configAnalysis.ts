@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Node, ParseError, findNodeAtLocation, getNodeValue, parseTree, printParseErrorCode } from 'jsonc-parser';
 import { ConfigProblem, DEFAULT_FASHION_MNIST_PATH, TrainingConfig, formatProblem, parseTrainingConfig } from '../../protocol';
+import { dataFileProblem } from '../../protocol/dataFile';
 
 export interface TextRange {
   /** 0-based offsets into the document text. */
@@ -89,9 +90,21 @@ export function fileSystemProblems(config: TrainingConfig, configDir: string): C
       out.push({ path: where, message: `data folder ${dir} does not exist${config.data.path ? '' : ' (install Debian\'s dataset-fashion-mnist, or set data.path)'}` });
     } else if (!fs.existsSync(path.join(dir, 'train-images-idx3-ubyte.gz')) && !fs.existsSync(path.join(dir, 'train-images-idx3-ubyte'))) {
       out.push({ path: where, message: `no Fashion-MNIST files (train-images-idx3-ubyte[.gz]) in ${dir}` });
+    } else {
+      // The same refusal the trainer makes (dataFile.ts), on the data.path line, before Start.
+      for (const f of ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']) {
+        const file = [path.join(dir, f), path.join(dir, `${f}.gz`)].find((c) => fs.existsSync(c));
+        const bad = file && dataFileProblem(file);
+        if (bad) out.push({ path: where, message: bad });
+      }
+    }
+  } else if (config.data.source === 'text') {
+    if (config.data.path) {
+      const bad = dataFileProblem(path.resolve(configDir, config.data.path));
+      if (bad) out.push({ path: ['data', 'path'], message: bad });
     }
   } else if (config.data.path) {
-    out.push({ path: ['data', 'path'], message: 'data.path is only used with source "fashion-mnist"' });
+    out.push({ path: ['data', 'path'], message: 'data.path is only used with source "fashion-mnist" or "text"' });
   }
   return out;
 }

@@ -8,7 +8,7 @@ import { sumOfSquares } from '../engine/sumOfSquares';
 import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
 import { conditioning, dampedKappa, kappaSurrogatesTf, kappaSurrogateTf, outputDirections, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelsTf, tangentKernelTf } from '../pl';
-import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, weightedKappaOf } from './shared';
+import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, SoftMask, weightedKappaOf } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 export interface ExpertVars {
@@ -63,6 +63,7 @@ export class MoeMlp implements PlModel {
   private readonly optLayers: OrthogonalLayer[] | undefined;
   private lastEnergy: Record<string, number> = {};
   private readonly spectral: SpectralNormState;
+  private readonly softMask: SoftMask;
 
   constructor(
     private readonly tf: typeof TF,
@@ -91,6 +92,7 @@ export class MoeMlp implements PlModel {
     this.gateW = normal('gate/w', [d, experts], 0.01);
     this.gateB = zeros('gate/b', [experts]);
     this.spectral = new SpectralNormState(config.seed);
+    this.softMask = new SoftMask(tf, name('pruningMask'), experts);
     this.measuresInStep = config.monitor.lipschitz === 'tangent-kernel';
     this.gateOptimizer = createAdam(tf, config.learningRate);
     this.expertOptimizers = this.experts.map(() => createAdam(tf, config.learningRate));
@@ -121,9 +123,9 @@ export class MoeMlp implements PlModel {
   }
 
   /** Mixture logits; pruned experts get no gate mass (the engine computes them: engine/moeForward.ts). */
-  logits(x: TF.Tensor2D, pruned: ReadonlySet<number> = new Set(), w1s: TF.Tensor2D[] = this.firstLayers()): TF.Tensor2D {
+  logits(x: TF.Tensor2D, pruned: ReadonlySet<number> = new Set(), w1s: TF.Tensor2D[] = this.firstLayers(), softMask?: TF.Tensor1D): TF.Tensor2D {
     const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
-    return moeLogits(this.tf, x, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned);
+    return moeLogits(this.tf, x, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned, softMask);
   }
 
   /**
@@ -141,6 +143,9 @@ export class MoeMlp implements PlModel {
     let monitorMs = 0;
     const varList: TF.Variable[] = [this.gateW, this.gateB];
     for (const i of trainable) varList.push(...this.expertVars(i));
+    const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
+    if (mask) varList.push(mask as unknown as TF.Variable);
+    let maskGrad: number[] | undefined;
     const reported = tf.tidy(() => {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
@@ -149,18 +154,19 @@ export class MoeMlp implements PlModel {
         // Under OPT each W1 = Q·V costs a Cayley solve: build them once per step for the loss and κ.
         const w1s = this.firstLayers();
         if (inStep) {
-          const r = this.measuredRegularizerStep(x, yOneHot, pruned, w1s, trainable, weights);
+          const r = this.measuredRegularizerStep(x, yOneHot, pruned, w1s, trainable, weights, mask);
           [logitsT, taskLossT, regT] = [tf.keep(r.logits), tf.keep(r.taskLoss), tf.keep(r.kappaMean)];
           monitorMs = r.monitorMs;
           return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
         }
-        logitsT = tf.keep(this.logits(x, pruned, w1s));
+        logitsT = tf.keep(this.logits(x, pruned, w1s, mask));
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
         const kappas = trainable.filter((i) => weights.w[i] > 0).map((i) => tf.mul(this.kappaTf(i, w1s[i]), weights.w[i] / weights.total));
         regT = tf.keep(tf.addN(kappas) as TF.Scalar);
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
+      if (mask) maskGrad = this.softMask.take(grads);
       const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
       this.gateOptimizer.applyGradients(group([this.gateW, this.gateB]));
       for (const i of trainable) this.expertOptimizers[i].applyGradients(group(this.expertVars(i)));
@@ -173,7 +179,7 @@ export class MoeMlp implements PlModel {
     // One device→host transfer per step for everything reported.
     const values = reported.dataSync();
     reported.dispose();
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(inStep ? { measured: this.measurements.map((m) => m.stats), monitorMs } : {}) };
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(inStep ? { measured: this.measurements.map((m) => m.stats), monitorMs } : {}), ...(maskGrad ? { maskGrad } : {}) };
   }
 
   /**
@@ -191,11 +197,12 @@ export class MoeMlp implements PlModel {
     w1s: TF.Tensor2D[],
     trainable: number[],
     weights: { w: number[]; total: number },
+    softMask?: TF.Tensor1D,
   ): { logits: TF.Tensor2D; taskLoss: TF.Scalar; kappaMean: TF.Scalar; monitorMs: number } {
     const tf = this.tf;
     const [b, c] = [x.shape[0], this.c];
     const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
-    const forward = moeForward(tf, tf.concat([x, this.probeX!]), { gateW: this.gateW, gateB: this.gateB, experts }, c, pruned);
+    const forward = moeForward(tf, tf.concat([x, this.probeX!]), { gateW: this.gateW, gateB: this.gateB, experts }, c, pruned, softMask);
     const logits = tf.slice(forward.logits, [0, 0], [b, c]) as TF.Tensor2D;
     const taskLoss = tf.losses.softmaxCrossEntropy(yOneHot, logits) as TF.Scalar;
     const probe = this.probeKernels(forward, b, w1s, pruned);
@@ -398,6 +405,7 @@ export class MoeMlp implements PlModel {
 
   dispose(): void {
     this.tf.dispose([...this.experts.flatMap((e) => Object.values(e)), this.gateW, this.gateB, ...(this.optLayers ?? []).map((l) => l.v)]);
+    this.softMask.dispose();
     this.probeX?.dispose();
     this.probeY?.dispose();
     this.probeU?.dispose();

@@ -9,6 +9,7 @@ import { RunManager } from '../../../src/extension/runManager';
 import type { RunSession } from '../../../src/extension/run/runSession';
 import { vscodeRunHost } from '../../../src/extension/vscode/runHost';
 import { formatNumber, type MetricsEvent } from '../../../src/protocol';
+import { tcpListenPorts } from '../../support/endpoint';
 import { until } from '../../support/until';
 
 const EXTENSION_ID = 'pl-trainer.pl-trainer';
@@ -184,7 +185,13 @@ describe('PL Trainer in a real VS Code', function () {
         assert.ok(e.lf! >= e.mu!, 'L_f ≥ μ');
       }
       const files = fs.readdirSync(session.runDir);
-      for (const f of ['run.json', 'token', 'config.json', 'metrics.jsonl', 'launch.json']) assert.ok(files.includes(f), `${f} written`);
+      for (const f of ['run.json', 'token', 'config.json', 'metrics.jsonl', 'launch.json', 'trainer.sock']) assert.ok(files.includes(f), `${f} written`);
+      // The transport: a Unix socket in the run directory, no TCP port, so code-server's port
+      // detection (it reads /proc/net/tcp) has nothing to list in the Ports view or forward.
+      const info = JSON.parse(fs.readFileSync(path.join(session.runDir, 'run.json'), 'utf8'));
+      assert.equal(info.socket, path.join(session.runDir, 'trainer.sock'));
+      assert.equal(info.port, undefined);
+      assert.deepEqual(tcpListenPorts(info.pid), [], 'the trainer listens on no TCP port');
     });
 
     it('pauses at a step boundary and acknowledges that step', async () => {
