@@ -875,6 +875,33 @@ test('a compared run has one legend entry per chart (its lines are named in the 
   assert.ok(ds.filter((d) => d.role !== 'compare').every((d) => !d.hidden));
 });
 
+test('a longer compared run is cut at this run\'s planned steps (not squeezing it into the left of the axis); "all steps" shows the whole of it', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 120, totalSteps: 300 });
+  const long = syntheticRun({ runId: 'long-baseline', steps: 1500, totalSteps: 2000, seed: 3 });
+  await p.send(snapshotOf(f));
+  await p.send({ type: 'compare', run: { runId: long.runId, events: long.events } });
+  await expectText(p.byTestId('compare-label'), long.runId);
+  await nextFrames(p.page);
+  const lossOverlay = async () => (await datasetsOf(p.page, 'loss')).filter((d) => d.role === 'compare')[0].data;
+  const cut = await lossOverlay();
+  assert.deepEqual(cut, metricsOf(long.events).filter((m) => m.step <= 300).map((m) => ({ x: m.step, y: m.loss })), 'the compared loss up to step 300, exactly');
+  assert.ok((await xRange(p.page, 'loss')).max <= 300, 'the axis spans this run\'s steps');
+  await expectText(p.byTestId('compare-range'), 'all steps');
+  await p.byTestId('compare-range').click();
+  await nextFrames(p.page);
+  assert.equal((await lossOverlay()).length, 1500);
+  assert.ok((await xRange(p.page, 'loss')).max >= 1500);
+  await expectText(p.byTestId('compare-range'), 'first 300 steps');
+  // A shorter compared run is never cut, and the button is not offered.
+  const short = syntheticRun({ runId: 'short', steps: 80, seed: 4 });
+  await p.send({ type: 'compare', run: { runId: short.runId, events: short.events } });
+  await expectText(p.byTestId('compare-label'), 'short');
+  await nextFrames(p.page);
+  assert.equal((await lossOverlay()).length, 80);
+  assert.equal(await p.byTestId('compare-range').isVisible(), false);
+});
+
 test('pruning mask chart: one stepped lane per expert, at exactly the reported status of each monitor step', async () => {
   const p = await openPanel();
   // Today's trainer: nothing pruned, so every point sits at its lane's top.
