@@ -53,7 +53,7 @@ export function unitLabel(unitName: string, id: number): string {
 
 /** Why a κ at the damping floor matters and what to do (tooltip in the panel and the sidebar). */
 export function describeDampingFloor(unitName: string, damping: number): string {
-  return `κ at the damping floor 1/δ = ${formatNumber(1 / damping)}: this ${unitName}'s kernel is singular on the probe, so the regularizer passes it no gradient and it adds a constant to the loss. Usually a unit the gate abandoned: freeze or prune it to take it out of the regularizer.`;
+  return `κ near the damping floor 1/δ = ${formatNumber(1 / damping)}: this ${unitName}'s kernel is (nearly) singular on the examples it serves (λ_min ≤ δ·λ_max), so its κ says little beyond "singular". Check its share: a unit the model no longer uses is flagged inactive; freeze or prune it if it stays there.`;
 }
 
 /**

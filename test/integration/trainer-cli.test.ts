@@ -110,7 +110,7 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
   });
 
   test('a unit at the damping floor is reported once per episode, with its share of the loss, exactly where metrics.jsonl shows it', () => {
-    // δ = 0.02 puts the floor at κ = 50, which young experts cross both ways within a hundred steps.
+    // δ = 0.02 puts the floor (λ_min ≤ δ·λ_max, κ ≥ 1/(2δ)) at κ = 25, which young experts cross both ways within a hundred steps.
     const runDir = path.join(tmp, 'floor');
     // The seed is one whose run crosses the floor both ways (the engines draw different initial weights).
     const body = { steps: 100, alpha: 0.01, seed: engine === 'tfjs' ? 1 : 3, model: { experts: 3, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 8, damping: 0.02 } };
@@ -122,7 +122,7 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
     const atFloor = new Set<number>();
     for (const m of metrics) {
       for (const e of m.units!) {
-        const floor = e.kappa! >= 50 * (1 - 1e-9);
+        const floor = e.kappa !== null && e.kappa >= 25 * (1 - 1e-9);
         if (floor && !atFloor.has(e.id)) (atFloor.add(e.id), expected.push(`enter ${e.id}@${m.step}`));
         else if (!floor && atFloor.delete(e.id)) expected.push(`leave ${e.id}@${m.step}`);
       }
@@ -131,8 +131,8 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
     const events = fs.readFileSync(path.join(runDir, 'events.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.type === 'log');
     const reported: string[] = [];
     for (const e of events) {
-      const enter = /^expert (\d+) at step (\d+): λ_min ≤ δ·λ_max on the probe \(μ [\d.e+-]+, L_f [\d.e+-]+\), so κ sits at the damping floor 1\/δ = 50\.0; the regularizer passes it no gradient and adds α\/\(δ·3\) = 0\.167 to the loss\. Usually an expert the gate abandoned: freeze or prune it/.exec(e.message);
-      const leave = /^expert (\d+) at step (\d+): off the damping floor, κ [\d.]+$/.exec(e.message);
+      const enter = /^expert (\d+) at step (\d+): λ_min ≤ δ·λ_max on the \d+ probe examples it serves \(μ [\d.e+-]+, L_f [\d.e+-]+\), so its κ [\d.e+-]+ is near the damping floor 1\/δ = 50\.0: its kernel is \(nearly\) singular there/.exec(e.message);
+      const leave = /^expert (\d+) at step (\d+): off the damping floor, (κ [\d.]+|κ not measurable)$/.exec(e.message);
       // Both carry the topic that lets the panel drop the warning once it has ended.
       if (enter) (assert.equal(e.level, 'warn'), assert.equal(e.topic, `damping-floor/${enter[1]}`), reported.push(`enter ${enter[1]}@${enter[2]}`));
       if (leave) (assert.equal(e.level, 'info'), assert.equal(e.topic, `damping-floor/${leave[1]}`), reported.push(`leave ${leave[1]}@${leave[2]}`));
@@ -189,7 +189,9 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
       assert.deepEqual(monitored.map((m) => m.step), [4, 8, 12], c.family);
       for (const m of monitored) {
         assert.equal(m.units!.length, (c.body.model as { experts: number }).experts, c.family);
-        assert.ok(m.units!.every((e) => e.kappa! >= 1 && e.lf! >= e.mu!), c.family);
+        assert.ok(m.units!.every((e) => e.kappa === null || (e.kappa >= 1 / (1 + 1e-6) && e.lf! >= e.mu!)), c.family);
+        assert.ok(m.units!.every((e) => e.served !== undefined && e.active !== undefined && e.share !== undefined), `${c.family}: served, share, active on every unit`);
+        assert.ok(Math.abs(m.units!.reduce((a, e) => a + e.share!, 0) - 1) <= 1e-5, `${c.family}: shares sum to 1`);
         assert.ok(m.units![1].frozen, `${c.family}: the frozen unit is reported frozen`);
       }
       assert.match(r.stdout, c.metric === 'accuracy' ? /test accuracy [\d.]+% after 12 steps/ : /test perplexity [\d.]+ after 12 steps/);

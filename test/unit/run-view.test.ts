@@ -75,11 +75,11 @@ test('units: named by the hello, rows from its count (frozen from the config), e
   ]);
   // A field this reducer does not know (a later trainer's per-unit `share`) is carried, not dropped.
   const withShare = { ...unit(0, 5), share: 0.25 } as UnitStats;
-  v.applyEvent(metrics(1, 10, [withShare, unit(1, 50), unit(2, 100, { frozen: true })]));
+  v.applyEvent(metrics(1, 10, [withShare, unit(1, 49), unit(2, 100, { frozen: true })]));
   assert.equal((v.unit(0) as unknown as { share: number }).share, 0.25);
   assert.equal(v.lastMonitorStep, 10);
-  assert.equal(v.unit(1)!.kappa, 50);
-  // κ at the damping floor 1/δ (δ = 0.01 from the hello's config): unit 2 only.
+  assert.equal(v.unit(1)!.kappa, 49);
+  // At the damping floor: κ ≥ 1/(2δ) = 50 (δ = 0.01 from the hello's config): unit 2 only.
   assert.deepEqual(v.units.map((u) => v.atDampingFloor(u)), [false, false, true]);
 });
 
@@ -286,16 +286,6 @@ test('records without share/served/active (protocol 1, early protocol 2) read ac
   assert.ok(!bad.success, 'a share above 1 is refused');
 });
 
-test('formatShare: a routing share as a percentage that can be compared (closed forms)', async () => {
-  const { formatShare } = await import('../../src/protocol');
-  assert.equal(formatShare(0.3125), '31%');
-  assert.equal(formatShare(0.1), '10%');
-  assert.equal(formatShare(0.042), '4.2%');
-  assert.equal(formatShare(0.0005), '0.05%');
-  assert.equal(formatShare(0), '0%');
-  assert.equal(formatShare(1), '100%');
-});
-
 test('a command the host never answered says so (still sent, with the reason), and a late answer still settles it once', () => {
   const v = new RunView();
   v.applyEvent(hello(0));
@@ -310,4 +300,14 @@ test('a command the host never answered says so (still sent, with the reason), a
   // A late timer changes nothing once the host has answered.
   assert.equal(v.recordUnanswered('x', 'late').commands.length, 0);
   assert.deepEqual(v.commands.get('x'), { id: 'x', command: { kind: 'pause' }, status: 'applied', step: 3 });
+});
+
+test('formatShare: a routing share as a percentage that can be compared (closed forms)', async () => {
+  const { formatShare } = await import('../../src/protocol');
+  assert.equal(formatShare(0.3125), '31%');
+  assert.equal(formatShare(0.1), '10%');
+  assert.equal(formatShare(0.042), '4.2%');
+  assert.equal(formatShare(0.0005), '0.05%');
+  assert.equal(formatShare(0), '0%');
+  assert.equal(formatShare(1), '100%');
 });
