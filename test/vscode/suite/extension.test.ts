@@ -356,11 +356,11 @@ describe('a unit at the damping floor', function () {
 
   it('is flagged in the sidebar with a warning icon and the reason', async () => {
     const { runs, sidebar } = await api();
-    // δ = 0.5 puts the floor at κ = 2, below any young expert's κ: every unit starts on it.
+    // δ = 0.5: smooth damping caps κ at 1/δ = 2 and flags it from 1/(2δ) = 1, so every unit is on it.
     const uri = writeConfig('floor.pltrain.json', { name: 'floor', steps: 20, alpha: 0.01, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4, damping: 0.5 } });
     const runDir = await vscode.commands.executeCommand<string>('plTrainer.start', uri);
     const session = runs.all.find((s) => s.runDir === runDir)!;
-    await until('a measurement', () => session.view.units.length === 2 && session.view.units.some((e) => (e.kappa ?? 0) >= 2 * (1 - 1e-9)));
+    await until('a measurement', () => session.view.units.length === 2 && session.view.units.some((e) => session.view.atDampingFloor(e)));
     assert.equal(runs.current, session);
     const expertsNode = sidebar.getChildren().find((n) => n.kind === 'units')!;
     const rows = sidebar.getChildren(expertsNode).map((n) => sidebar.getTreeItem(n));
@@ -368,7 +368,7 @@ describe('a unit at the damping floor', function () {
     assert.ok(floor.length >= 1, `rows: ${rows.map((r) => r.description).join(' | ')}`);
     for (const r of floor) {
       assert.equal((r.iconPath as vscode.ThemeIcon).id, 'warning');
-      assert.match(String(r.tooltip), /damping floor 1\/δ = 2.*singular on the probe.*freeze or prune/);
+      assert.match(String(r.tooltip), /damping floor 1\/δ = 2.*singular on the examples it serves.*freeze or prune/);
     }
     await until('the run ends', () => !session.active, 60_000);
   });
