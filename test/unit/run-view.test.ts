@@ -74,11 +74,11 @@ test('units: named by the hello, rows from its count (frozen from the config), e
   ]);
   // A field this reducer does not know (a later trainer's per-unit `share`) is carried, not dropped.
   const withShare = { ...unit(0, 5), share: 0.25 } as UnitStats;
-  v.applyEvent(metrics(1, 10, [withShare, unit(1, 50), unit(2, 100, { frozen: true })]));
+  v.applyEvent(metrics(1, 10, [withShare, unit(1, 49), unit(2, 100, { frozen: true })]));
   assert.equal((v.unit(0) as unknown as { share: number }).share, 0.25);
   assert.equal(v.lastMonitorStep, 10);
-  assert.equal(v.unit(1)!.kappa, 50);
-  // κ at the damping floor 1/δ (δ = 0.01 from the hello's config): unit 2 only.
+  assert.equal(v.unit(1)!.kappa, 49);
+  // At the damping floor: κ ≥ 1/(2δ) = 50 (δ = 0.01 from the hello's config): unit 2 only.
   assert.deepEqual(v.units.map((u) => v.atDampingFloor(u)), [false, false, true]);
 });
 
