@@ -203,6 +203,7 @@ export class PanelView {
       const inactive = v.inactive(e);
       els.row.dataset.inactive = String(inactive);
       els.inactive.hidden = !inactive;
+      setText(els.inactive, inactive ? 'inactive' : ''); // empty while hidden: the name cell reads just the name
       els.inactive.title = inactive ? describeInactive(v.unitName, e.share) : '';
       setText(els.mu, formatNumber(e.mu));
       setText(els.lf, formatNumber(e.lf));
@@ -237,7 +238,6 @@ export class PanelView {
     const inactive = document.createElement('span');
     inactive.className = 'badge-inactive';
     inactive.dataset.testid = `inactive-${id}`;
-    inactive.textContent = 'inactive';
     inactive.hidden = true;
     name.append(swatch, label, inactive);
     const kappa = cell(`kappa-${id}`, 'num');
