@@ -17,13 +17,13 @@ import { fork } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { PROTOCOL_VERSION, TrainingConfigSchema, type HostToWebview } from '../src/protocol';
+import { PROTOCOL_VERSION, RUN_FILES, TrainingConfigSchema, type HostToWebview, type TrainerEndpoint } from '../src/protocol';
 import { PanelRelay } from '../src/extension/panelRelay';
 import { RunSession } from '../src/extension/run/runSession';
 import { TrainerConnection } from '../src/extension/run/trainerConnection';
 import { EventLog } from '../src/trainer/events';
 import { establishToken } from '../src/trainer/runDir';
-import { TrainerServer } from '../src/trainer/server';
+import { TrainerServer, chooseTransport } from '../src/trainer/server';
 import { argValue, emitResult, installPageScript, openPanelPage, quantiles, round } from './panel-page';
 
 const rate = argValue('rate', 200);
@@ -41,7 +41,7 @@ function makeClock(): () => number {
   return () => performance.timeOrigin + performance.now() + correction;
 }
 
-type TrainerMessage = { type: 'listening'; port: number; token: string; runId: string; runDir: string } | { type: 'done'; sent: number; seconds: number; lateMs: number[] };
+type TrainerMessage = { type: 'listening'; endpoint: TrainerEndpoint; token: string; runId: string; runDir: string } | { type: 'done'; sent: number; seconds: number; lateMs: number[] };
 
 /** The trainer side, in its own process: the real event log and WebSocket server, metrics at a fixed rate. */
 async function trainerRole(): Promise<void> {
@@ -51,7 +51,8 @@ async function trainerRole(): Promise<void> {
   const events = new EventLog(runDir);
   const token = establishToken(runDir, {});
   const server = new TrainerServer(token, { events, onCommand: () => undefined, log: (m) => process.stderr.write(`[latency trainer] ${m}\n`) });
-  const port = await server.listen();
+  // The trainer's own transport (a Unix socket on Linux and macOS).
+  const endpoint = await server.listen(chooseTransport(runDir, RUN_FILES.socket));
   const config = TrainingConfigSchema.parse({ name: 'bench-latency', steps: Math.ceil(rate * seconds), model: { experts }, monitor: { every: monitorEvery } });
   events.emit({
     type: 'hello', protocol: PROTOCOL_VERSION, runId, pid: process.pid, backend: { name: 'wasm', gpu: false, detail: 'latency benchmark (paced events, no training)' },
@@ -59,7 +60,7 @@ async function trainerRole(): Promise<void> {
   });
   events.emit({ type: 'state', state: 'running', step: 0, time: Date.now() });
   const send = (m: TrainerMessage) => process.send!(m);
-  send({ type: 'listening', port, token, runId, runDir });
+  send({ type: 'listening', endpoint, token, runId, runDir });
   await new Promise<void>((resolve) => process.once('message', () => resolve()));
 
   const total = Math.ceil(rate * seconds);
@@ -105,7 +106,7 @@ async function hostRole(): Promise<void> {
     await installPageScript(panel.page, 'latency.page.js');
     // The extension host's real run model, connection and relay to the panel (MetricsPanel's).
     const session = new RunSession(listening.runId, listening.runDir, undefined, { log: (m) => log(`session: ${m}`) });
-    const connection = new TrainerConnection({ port: listening.port, token: listening.token, lastSeq: () => session.seq, shouldReconnect: () => false, log: (m) => log(`connection: ${m}`) });
+    const connection = new TrainerConnection({ endpoint: listening.endpoint, token: listening.token, lastSeq: () => session.seq, shouldReconnect: () => false, log: (m) => log(`connection: ${m}`) });
     const atHost: number[] = [];
     connection.onEvent.on((e) => e.type === 'metrics' && atHost.push(clock() - e.time));
     // DevTools calls are pipelined, delivered in order.

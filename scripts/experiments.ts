@@ -64,7 +64,7 @@ function runOne(family: string, variant: Variant, seed: number): Promise<RunResu
     alpha: variant === 'baseline' ? 0 : f.alpha,
     monitor: { every: 10, probeSize: 16 },
     checkpointEvery: 0,
-    pruning: variant === 'pl+pruning' ? { enabled: true, warmup: Math.round(steps / 5), every: Math.max(10, Math.round(steps / 10)), budget: 0.5, kappaFactor: 2 } : { enabled: false },
+    pruning: variant === 'pl+pruning' ? { enabled: true, warmup: Math.round(steps / 5), anneal: Math.max(10, Math.round(steps / 5)), budget: 0.5, kappaFactor: 2 } : { enabled: false },
   };
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-exp-'));
   const file = path.join(dir, 'exp.pltrain.json');

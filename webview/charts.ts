@@ -40,6 +40,8 @@ export interface ChartLine {
   stepped?: boolean;
   /** A line of the compared (recorded) run: dashed and fainter, and only its smoothed form when smoothing is on. */
   overlay?: boolean;
+  /** Drawn against a second y axis on the right (a quantity another line would flatten). */
+  rightAxis?: boolean;
 }
 
 /** Dash pattern of compared-run lines (px on, px off). */
@@ -51,6 +53,8 @@ export interface LineChartView {
   logScale: boolean;
   /** Fixed y range (the mask chart's lanes); otherwise the axis fits the data. */
   yRange?: { min: number; max: number };
+  /** A linear axis that includes 0 (α). */
+  beginAtZero?: boolean;
 }
 
 type Role = 'raw' | 'smoothed' | 'plain' | 'compare';
@@ -125,6 +129,8 @@ export interface MetricChartOptions {
   yTicks?: () => number[];
   /** The user clicked a legend entry. */
   onToggleSeries: (key: string) => void;
+  /** The legend text of a compared run's lines (one entry for all of them). */
+  overlayLegend?: () => string;
   /** The x axis was zoomed or reset (by the user or through `resetZoom`). */
   onZoomChange?: (zoomed: boolean) => void;
 }
@@ -163,6 +169,21 @@ export class MetricChart {
             title: { display: true, text: 'step' },
             ticks: { precision: 0, maxRotation: 0, minRotation: 0, sampleSize: 8 },
           },
+          // Only shown when a line is drawn against it (the task loss when α·κ̄ dwarfs it).
+          y1: {
+            type: 'linear',
+            position: 'right',
+            display: 'auto',
+            grid: { drawOnChartArea: false },
+            title: { display: true, text: '' },
+            ticks: {
+              sampleSize: 8,
+              callback(this: Scale, value) {
+                const v = Number(value);
+                return this.type === 'logarithmic' ? logTick(v) : formatY(v);
+              },
+            },
+          },
           y: {
             type: 'linear',
             afterBuildTicks: (scale) => {
@@ -184,12 +205,29 @@ export class MetricChart {
             labels: {
               boxWidth: 12,
               boxHeight: 2,
-              // The faint raw twin of a smoothed line has no legend entry of its own.
-              filter: (item: LegendItem, data) => (data.datasets[item.datasetIndex ?? 0] as LineDataset).role !== 'raw',
+              // The faint raw twin of a smoothed line has no legend entry of its own, and a compared run
+              // has one entry for all its lines (their own names are in the tooltip).
+              filter: (item: LegendItem, data) => {
+                const ds = data.datasets[item.datasetIndex ?? 0] as LineDataset;
+                if (ds.role === 'raw') return false;
+                return ds.role !== 'compare' || data.datasets.findIndex((d) => (d as LineDataset).role === 'compare') === item.datasetIndex;
+              },
+              generateLabels: (chart) => {
+                const items = Chart.defaults.plugins.legend.labels.generateLabels(chart);
+                for (const item of items) {
+                  if ((chart.data.datasets[item.datasetIndex ?? 0] as LineDataset).role !== 'compare') continue;
+                  item.text = options.overlayLegend?.() ?? item.text;
+                  item.lineDash = OVERLAY_DASH;
+                }
+                return items;
+              },
             },
             onClick: (_e, item) => {
               const ds = this.chart.data.datasets[item.datasetIndex ?? 0] as LineDataset | undefined;
-              if (ds) options.onToggleSeries(ds.seriesKey);
+              if (!ds) return;
+              // The compared run's one entry shows or hides all of its lines.
+              const keys = ds.role === 'compare' ? (this.chart.data.datasets as LineDataset[]).filter((d) => d.role === 'compare').map((d) => d.seriesKey) : [ds.seriesKey];
+              for (const key of keys) options.onToggleSeries(key);
             },
           },
           tooltip: {
@@ -234,7 +272,7 @@ export class MetricChart {
     const datasets: LineDataset[] = [];
     for (const line of lines) {
       const hidden = view.hidden.has(line.key);
-      const common = { seriesKey: line.key, hidden, stepped: line.stepped ? ('after' as const) : false, pointHoverBackgroundColor: rgba(line.color), pointBackgroundColor: rgba(line.color) };
+      const common = { seriesKey: line.key, hidden, yAxisID: line.rightAxis ? 'y1' : 'y', stepped: line.stepped ? ('after' as const) : false, pointHoverBackgroundColor: rgba(line.color), pointBackgroundColor: rgba(line.color) };
       if (line.overlay) {
         // Behind the current run's lines, same hue so the pairs read together.
         const smoothed = view.smoothing > 0 && line.smoothable;
@@ -254,6 +292,18 @@ export class MetricChart {
       y.type = view.logScale ? 'logarithmic' : 'linear';
       y.min = view.yRange?.min;
       y.max = view.yRange?.max;
+      (y as { beginAtZero?: boolean }).beginAtZero = !view.logScale && view.beginAtZero === true;
+    }
+    const y1 = this.chart.options.scales?.y1;
+    if (y1) {
+      y1.type = view.logScale ? 'logarithmic' : 'linear';
+      const right = lines.find((l) => l.rightAxis && !l.overlay);
+      // Set in place: the options are chart.js's resolver proxies, which a spread copy breaks.
+      const title = (y1 as { title?: { display: boolean; text: string } }).title;
+      if (title) {
+        title.display = right !== undefined;
+        title.text = right ? `${right.label} →` : '';
+      }
     }
   }
 
@@ -266,7 +316,7 @@ export class MetricChart {
     const o = this.chart.options;
     o.color = theme.text;
     o.font = { family: theme.fontFamily, size: Math.max(10, theme.fontSize - 2) };
-    for (const axis of ['x', 'y'] as const) {
+    for (const axis of ['x', 'y', 'y1'] as const) {
       const scale = o.scales?.[axis];
       if (!scale) continue;
       scale.grid = { ...scale.grid, color: theme.grid };

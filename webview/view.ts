@@ -50,6 +50,8 @@ interface UnitRowElements {
   toggle: HTMLElement;
   swatch: HTMLElement;
   label: HTMLElement;
+  /** "frozen" / "pruned" next to the name, shown where the Frozen and Pruned columns give way (narrow panels). */
+  flags: HTMLElement;
   /** "inactive" badge next to the name: the model barely routes through the unit (shown whatever its κ). */
   inactive: HTMLElement;
 }
@@ -77,6 +79,11 @@ export class PanelView {
   readonly speed = byTestId(document, 'speed');
   readonly progress = byTestId<HTMLElement & { value?: number; max: number }>(document, 'progress');
   readonly runMessage = byTestId(document, 'run-message');
+  readonly runMessageBox = byTestId(document, 'run-message-box');
+  readonly runMessageMore = byTestId<HTMLButtonElement>(document, 'run-message-more');
+  readonly runMessageRemedy = byTestId(document, 'run-message-remedy');
+  /** The unit the banner's remedy button freezes (a damping-floor warning's unit). */
+  private remedyUnit: number | undefined;
   readonly pause = byTestId(document, 'btn-pause');
   readonly resume = byTestId(document, 'btn-resume');
   readonly stop = byTestId(document, 'btn-stop');
@@ -100,7 +107,16 @@ export class PanelView {
   private readonly unitElements = new Map<number, UnitRowElements>();
   private readonly commandElements = new Map<string, { item: HTMLLIElement; status: HTMLElement }>();
 
-  constructor(private readonly onToggleUnit: (unit: number) => void) {}
+  constructor(private readonly onToggleUnit: (unit: number) => void) {
+    this.runMessageMore.addEventListener('click', () => {
+      const expanded = this.runMessageBox.classList.toggle('expanded');
+      this.runMessageMore.setAttribute('aria-expanded', String(expanded));
+      setText(this.runMessageMore, expanded ? 'Less' : 'More');
+    });
+    this.runMessageRemedy.addEventListener('click', () => {
+      if (this.remedyUnit !== undefined && !this.runMessageRemedy.hasAttribute('disabled')) this.onToggleUnit(this.remedyUnit);
+    });
+  }
 
   renderHeader(m: RunModel): void {
     const v = m.view;
@@ -131,19 +147,36 @@ export class PanelView {
     this.progress.max = Math.max(1, v.totalSteps);
     this.progress.value = v.state === 'starting' ? undefined : Math.min(v.step, v.totalSteps);
     const message = this.runMessageFor(m);
-    this.runMessage.hidden = message === undefined;
+    const changed = this.runMessage.textContent !== (message?.text ?? '');
+    this.runMessageBox.hidden = message === undefined;
     setText(this.runMessage, message?.text ?? '');
     this.runMessage.title = message?.text ?? '';
-    this.runMessage.dataset.level = message?.level ?? '';
+    this.runMessageBox.dataset.level = message?.level ?? '';
+    if (changed) {
+      // A new message starts on one line; More is offered when it does not fit.
+      this.runMessageBox.classList.remove('expanded');
+      setText(this.runMessageMore, 'More');
+      this.runMessageMore.setAttribute('aria-expanded', 'false');
+    }
+    this.runMessageMore.hidden = !message || (!this.runMessageBox.classList.contains('expanded') && this.runMessage.scrollWidth <= this.runMessage.clientWidth);
+    // A unit at the damping floor: the remedy the message names, as a button.
+    const floor = /^damping-floor\/(\d+)$/.exec(message?.topic ?? '');
+    const unit = floor ? v.unit(Number(floor[1])) : undefined;
+    this.remedyUnit = unit && !unit.frozen && !unit.pruned ? unit.id : undefined;
+    this.runMessageRemedy.hidden = this.remedyUnit === undefined;
+    if (this.remedyUnit !== undefined) {
+      setText(this.runMessageRemedy, `Freeze ${unitLabel(v.unitName, this.remedyUnit)}`);
+      setEnabled(this.runMessageRemedy, m.controls().unitToggle && !v.unitCommandPending(this.remedyUnit));
+    }
     this.compare.hidden = m.compare === null;
     setText(this.compareLabel, m.compare?.runId ?? '');
   }
 
-  private runMessageFor(m: RunModel): { text: string; level: 'info' | 'warn' | 'error' } | undefined {
+  private runMessageFor(m: RunModel): { text: string; level: 'info' | 'warn' | 'error'; topic?: string } | undefined {
     const v = m.view;
     if (v.state === 'failed') return { text: `Training failed${v.stateReason ? `: ${v.stateReason}` : ''}`, level: 'error' };
     if (v.state === 'stopped' && v.stateReason) return { text: `Stopped: ${v.stateReason}`, level: 'info' };
-    if (v.problem) return { text: v.problem.message, level: v.problem.level };
+    if (v.problem) return { text: v.problem.message, level: v.problem.level, topic: v.active ? v.problem.topic : undefined };
     return undefined;
   }
 
@@ -203,12 +236,14 @@ export class PanelView {
       const inactive = v.inactive(e);
       els.row.dataset.inactive = String(inactive);
       els.inactive.hidden = !inactive;
-      setText(els.inactive, inactive ? 'inactive' : ''); // empty while hidden: the name cell reads just the name
+      // Text only while shown: a hidden badge must not read as part of the unit's name.
+      setText(els.inactive, inactive ? 'inactive' : '');
       els.inactive.title = inactive ? describeInactive(v.unitName, e.share) : '';
       setText(els.mu, formatNumber(e.mu));
       setText(els.lf, formatNumber(e.lf));
       setText(els.frozen, e.frozen ? 'yes' : 'no');
       setText(els.pruned, e.pruned ? 'yes' : 'no');
+      setText(els.flags, e.pruned ? 'pruned' : e.frozen ? 'frozen' : '');
       els.row.dataset.frozen = String(e.frozen);
       els.row.dataset.pruned = String(e.pruned);
       const pending = v.unitCommandPending(id);
@@ -235,11 +270,14 @@ export class PanelView {
     swatch.className = 'swatch';
     swatch.setAttribute('aria-hidden', 'true');
     const label = document.createElement('span');
+    const flags = document.createElement('span');
+    flags.className = 'unit-flags';
+    flags.dataset.testid = `flags-${id}`;
     const inactive = document.createElement('span');
     inactive.className = 'badge-inactive';
     inactive.dataset.testid = `inactive-${id}`;
     inactive.hidden = true;
-    name.append(swatch, label, inactive);
+    name.append(swatch, label, inactive, flags);
     const kappa = cell(`kappa-${id}`, 'num');
     const mu = cell(`mu-${id}`, 'num');
     const lf = cell(`lf-${id}`, 'num');
@@ -253,7 +291,7 @@ export class PanelView {
       if (!toggle.hasAttribute('disabled')) this.onToggleUnit(id);
     });
     actionCell.appendChild(toggle);
-    return { row, kappa, mu, lf, frozen, pruned, toggle, swatch, label, inactive };
+    return { row, kappa, mu, lf, frozen, pruned, toggle, swatch, label, flags, inactive };
   }
 
   /** Newest command first; entries are keyed by id and updated in place. */

@@ -1,5 +1,5 @@
 // Editor integration for `*.pltrain.json`: diagnostics on the exact line, and code lenses that
-// start the run, steer it (pause/resume/stop), apply the file's α live, and freeze units.
+// start the run, steer it (pause/resume/stop; codicons, not emoji, which some fonts lack), apply the file's α live, and freeze units.
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { describeKappa, formatNumber, unitLabel } from '../protocol';
@@ -28,9 +28,11 @@ export class ConfigDiagnostics implements vscode.Disposable {
   update(doc: vscode.TextDocument): void {
     if (!isConfigDocument(doc)) return;
     const analysis = analyzeConfigText(doc.getText(), path.dirname(doc.uri.fsPath));
+    // JSON syntax errors are marked by VS Code's JSON language service already; one mark per error.
+    // Schema problems are ours alone: the contributed schema carries descriptions, not constraints.
     this.collection.set(
       doc.uri,
-      analysis.problems.map((p) => {
+      analysis.problems.filter((p) => !p.syntax).map((p) => {
         const d = new vscode.Diagnostic(new vscode.Range(doc.positionAt(p.range.start), doc.positionAt(p.range.end)), p.message, vscode.DiagnosticSeverity.Error);
         d.source = 'PL Trainer';
         return d;
@@ -41,6 +43,28 @@ export class ConfigDiagnostics implements vscode.Disposable {
   dispose(): void {
     for (const s of this.subs) s.dispose();
     this.collection.dispose();
+  }
+}
+
+/** Quick fix for a misspelled field: put the known field's name in its place. */
+export class ConfigQuickFixes implements vscode.CodeActionProvider {
+  static readonly kinds = [vscode.CodeActionKind.QuickFix];
+
+  provideCodeActions(doc: vscode.TextDocument, range: vscode.Range, context: vscode.CodeActionContext): vscode.CodeAction[] {
+    if (!isConfigDocument(doc)) return [];
+    const out: vscode.CodeAction[] = [];
+    for (const p of analyzeConfigText(doc.getText(), path.dirname(doc.uri.fsPath)).problems) {
+      if (!p.suggestion) continue;
+      const keyRange = new vscode.Range(doc.positionAt(p.range.start), doc.positionAt(p.range.end));
+      if (!keyRange.intersection(range)) continue;
+      const action = new vscode.CodeAction(`Change to "${p.suggestion}"`, vscode.CodeActionKind.QuickFix);
+      action.edit = new vscode.WorkspaceEdit();
+      action.edit.replace(doc.uri, keyRange, JSON.stringify(p.suggestion));
+      action.diagnostics = context.diagnostics.filter((d) => d.source === 'PL Trainer' && d.range.isEqual(keyRange));
+      action.isPreferred = true;
+      out.push(action);
+    }
+    return out;
   }
 }
 
@@ -62,15 +86,17 @@ export class ConfigCodeLensProvider implements vscode.CodeLensProvider, vscode.D
     const run = this.runs.activeRunFor(doc.uri.fsPath);
     const lenses: vscode.CodeLens[] = [];
     if (!run) {
-      lenses.push(new vscode.CodeLens(top, { title: '▶ Start PL training', command: 'plTrainer.start', arguments: [doc.uri] }));
+      lenses.push(new vscode.CodeLens(top, { title: '$(play) Start PL training', command: 'plTrainer.start', arguments: [doc.uri] }));
       return lenses;
     }
     const target = [run.runDir];
     const v = run.view;
-    if (v.state === 'paused') lenses.push(new vscode.CodeLens(top, { title: '▶ Resume', command: 'plTrainer.resume', arguments: target }));
-    else lenses.push(new vscode.CodeLens(top, { title: '⏸ Pause', command: 'plTrainer.pause', arguments: target }));
-    lenses.push(new vscode.CodeLens(top, { title: '■ Stop', command: 'plTrainer.stop', arguments: target }));
-    lenses.push(new vscode.CodeLens(top, { title: `${v.state ?? 'starting'} · step ${v.step}/${v.totalSteps}`, command: 'plTrainer.showPanel' }));
+    if (v.state === 'paused') lenses.push(new vscode.CodeLens(top, { title: '$(debug-continue) Resume', command: 'plTrainer.resume', arguments: target }));
+    else lenses.push(new vscode.CodeLens(top, { title: '$(debug-pause) Pause', command: 'plTrainer.pause', arguments: target }));
+    lenses.push(new vscode.CodeLens(top, { title: '$(debug-stop) Stop', command: 'plTrainer.stop', arguments: target }));
+    // Until the trainer's hello there is no step count to show (it would read "step 0/0").
+    const progress = v.hello ? `${v.state ?? 'starting'} · step ${v.step}/${v.totalSteps}` : 'starting…';
+    lenses.push(new vscode.CodeLens(top, { title: progress, command: 'plTrainer.showPanel' }));
     if (analysis.keyOffsets.alpha !== undefined) {
       const at = doc.positionAt(analysis.keyOffsets.alpha);
       const fileAlpha = analysis.config?.alpha;
@@ -84,7 +110,7 @@ export class ConfigCodeLensProvider implements vscode.CodeLensProvider, vscode.D
       for (const u of v.units) {
         if (u.pruned) continue; // a pruned unit can be neither frozen nor unfrozen
         const verb = u.frozen ? 'unfreeze' : 'freeze';
-        lenses.push(new vscode.CodeLens(new vscode.Range(at, at), { title: `${u.frozen ? '🔒 ' : ''}${unitLabel(v.unitName, u.id)} ${describeKappa(u.kappa)}${v.inactive(u) ? ' · inactive' : ''} · ${verb}`, command: u.frozen ? 'plTrainer.unfreezeExpert' : 'plTrainer.freezeExpert', arguments: [u.id, run.runDir] }));
+        lenses.push(new vscode.CodeLens(new vscode.Range(at, at), { title: `${u.frozen ? '$(lock) ' : ''}${unitLabel(v.unitName, u.id)} ${describeKappa(u.kappa)}${v.inactive(u) ? ' · inactive' : ''} · ${verb}`, command: u.frozen ? 'plTrainer.unfreezeExpert' : 'plTrainer.freezeExpert', arguments: [u.id, run.runDir] }));
       }
     }
     return lenses;

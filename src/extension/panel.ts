@@ -1,14 +1,17 @@
 // The metrics panel (a WebviewPanel): relays the current run's history and live events to the
 // webview and the webview's steering commands back to the run. The webview never opens a socket.
 import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
 import * as vscode from 'vscode';
 import { HostToWebview, TrainerEvent, WebviewToHostSchema, describeCommand } from '../protocol';
 import { renderPanelHtml } from '../protocol/panelDocument';
 import { PanelRelay } from './panelRelay';
 import { RunManager } from './runManager';
-import { flash, notify } from './vscode/ui';
+import { notify } from './vscode/ui';
 
 export const PANEL_VIEW_TYPE = 'plTrainer.panel';
+/** workspaceState key: the run directory overlaid on the charts. */
+const COMPARE_STATE_KEY = 'plTrainer.compareRunDir';
 
 export class MetricsPanel implements vscode.Disposable {
   private static instance: MetricsPanel | undefined;
@@ -22,9 +25,13 @@ export class MetricsPanel implements vscode.Disposable {
     return this.compare?.runId;
   }
 
-  /** Overlays a recorded run on the charts, or clears the overlay with null. */
-  setCompare(run: { runId: string; events: TrainerEvent[] } | null): void {
+  /**
+   * Overlays a recorded run on the charts, or clears the overlay with null. The run directory is kept in
+   * the workspace state: a window reload brings the overlay back.
+   */
+  setCompare(run: { runId: string; events: TrainerEvent[] } | null, runDir?: string): void {
     this.compare = run;
+    void this.context.workspaceState.update(COMPARE_STATE_KEY, run && runDir ? runDir : undefined);
     this.post({ type: 'compare', run });
   }
 
@@ -95,6 +102,9 @@ export class MetricsPanel implements vscode.Disposable {
     );
     this.panel.title = runs.current ? `PL Training · ${runs.current.runId}` : 'PL Training';
     this.relay.follow(runs.current);
+    // The overlay chosen before a reload, if its run directory is still there.
+    const compareDir = context.workspaceState.get<string>(COMPARE_STATE_KEY);
+    if (compareDir && fs.existsSync(compareDir)) this.compare = runs.recordedEvents(compareDir);
   }
 
   private post(message: HostToWebview): void {
@@ -112,6 +122,11 @@ export class MetricsPanel implements vscode.Disposable {
       if (this.compare) this.post({ type: 'compare', run: this.compare });
       return;
     }
+    if (m.type === 'clearCompare') {
+      this.compare = null;
+      void this.context.workspaceState.update(COMPARE_STATE_KEY, undefined);
+      return;
+    }
     if (m.type === 'saveFile') {
       void this.saveExport(m.fileName, m.content);
       return;
@@ -127,18 +142,28 @@ export class MetricsPanel implements vscode.Disposable {
     if (status.status !== 'pending') notify('warn', `PL training: ${describeCommand(m.command, session.view.unitName)} ${status.status}: ${status.reason}`);
   }
 
-  /** Export from the panel: ask where, default next to the run's own files. */
-  private async saveExport(fileName: string, content: string): Promise<void> {
-    const dir = this.runs.current?.runDir;
+  /** Export from the panel: ask where (the workspace folder, not the hidden run directory), then say where it went. */
+  private async saveExport(fileName: string, content: string): Promise<vscode.Uri | undefined> {
+    const folder = vscode.workspace.workspaceFolders?.[0]?.uri;
     const target = await vscode.window.showSaveDialog({
-      defaultUri: dir ? vscode.Uri.file(`${dir}/${fileName}`) : undefined,
+      defaultUri: folder ? vscode.Uri.joinPath(folder, fileName) : undefined,
       filters: fileName.endsWith('.csv') ? { CSV: ['csv'] } : { JSON: ['json'] },
       title: 'Export PL training metrics',
     });
-    if (!target) return;
+    if (!target) return undefined;
     await vscode.workspace.fs.writeFile(target, Buffer.from(content, 'utf8'));
-    flash(`Exported ${fileName}`, 4000);
+    this.lastExport = target;
+    notify('info', `Exported ${vscode.workspace.asRelativePath(target)}`, {
+      actions: [
+        { title: 'Open', run: () => void vscode.window.showTextDocument(target) },
+        { title: 'Reveal', run: () => void vscode.commands.executeCommand('revealInExplorer', target) },
+      ],
+    });
+    return target;
   }
+
+  /** Where the last export from this panel went (tests read it). */
+  lastExport: vscode.Uri | undefined;
 
   dispose(): void {
     if (MetricsPanel.instance === this) MetricsPanel.instance = undefined;

@@ -4,9 +4,11 @@
 // (src/extension/vscode/ supplies it), so the lifecycle is tested in plain Node.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { RUN_FILES, TERMINAL_STATES, describeCommand, type CommandStatus, type SteeringCommand, type TrainerEvent } from '../protocol';
+import { RUN_FILES, TERMINAL_STATES, backendLabel, describeCommand, describeEndpoint, runEndpoint, type CommandStatus, type SteeringCommand, type TrainerEndpoint, type TrainerEvent } from '../protocol';
 import { analyzeConfigText, lineOf } from './config/configAnalysis';
+import { slowFamilyNotice } from './config/starters';
 import { launchTrainer, makeRunDirName, type LaunchedTrainer } from './run/launcher';
+import { checkPythonAsync, findPythonAsync, pythonPackageDir } from '../protocol/pythonEngine';
 import { LogTail } from './run/logTail';
 import type { RunHost } from './run/runHost';
 import { isLiveRun, listRunDirs, processAlive, readRecordedEvents, readRunDirectory, readRunInfo, readToken, tailLog, type RunDirectory } from './run/runDirectory';
@@ -23,12 +25,18 @@ export class RunManager {
   private readonly currentChanged = new Signal<RunSession | undefined>();
   private readonly changed = new Signal<RunSession>();
   private readonly endAnnounced = new Signal<RunSession>();
+  private readonly tracked = new Signal<RunSession>();
+  private readonly showRequested = new Signal<RunSession>();
   /** The current run changed (another run became current). */
   readonly onDidChangeCurrent = this.currentChanged.event;
   /** Something a view shows changed in some run (state, step, α, units, connection). */
   readonly onDidChange = this.changed.event;
   /** A run's end (completed, stopped, failed) was announced to the user: once per end. */
   readonly onDidAnnounceEnd = this.endAnnounced.event;
+  /** A run became known (started, resumed, re-attached or opened from its directory). */
+  readonly onDidTrack = this.tracked.event;
+  /** The user asked to see a run (a notification's "Show run"): the panel should show it. */
+  readonly onDidRequestShow = this.showRequested.event;
 
   constructor(private readonly host: RunHost) {}
 
@@ -38,6 +46,17 @@ export class RunManager {
 
   get all(): RunSession[] {
     return [...this.sessions.values()];
+  }
+
+  /** Runs still training (or starting, or paused). */
+  get live(): RunSession[] {
+    return this.all.filter((s) => s.active);
+  }
+
+  /** Makes `s` the run the views show and asks for the panel (the extension opens it). */
+  show(s: RunSession): void {
+    this.setCurrent(s);
+    this.showRequested.fire(s);
   }
 
   /** The run started from this config file, if it is still active. */
@@ -75,15 +94,21 @@ export class RunManager {
     }
     const existing = this.activeRunFor(configPath);
     if (existing) {
-      this.setCurrent(existing);
-      ui.notify('info', `A run of ${path.basename(configPath)} is already ${existing.view.state ?? 'starting'}.`);
+      ui.notify('info', `A run of ${path.basename(configPath)} is already ${existing.view.state ?? 'starting'} (${existing.runId}).`, {
+        actions: [{ title: 'Show run', run: () => this.show(existing) }],
+      });
       return existing;
     }
     const folder = this.folderOf(configPath) ?? this.host.workspaceFolders()[0];
     const root = folder ? this.runsRoot(folder) : path.join(path.dirname(configPath), '.pltrain', 'runs');
     const runDir = path.join(root, makeRunDirName(analysis.config.name));
     const nodePath = this.host.nodePath();
-    log.info(`starting trainer: ${nodePath} ${this.host.trainerScript} --config ${configPath} --run-dir ${runDir}`);
+    let python: { interpreter: string; packageDir: string } | undefined;
+    if (analysis.config.engine === 'pytorch') {
+      python = await this.pythonFor(configPath, text);
+      if (!python) return undefined;
+    }
+    log.info(`starting trainer: ${python ? `${python.interpreter} -m pltrain` : `${nodePath} ${this.host.trainerScript}`} --config ${configPath} --run-dir ${runDir}`);
     let launched: LaunchedTrainer | undefined;
     const cancel = () => {
       try {
@@ -92,23 +117,52 @@ export class RunManager {
         /* already gone */
       }
     };
+    // Slow families say so before anything moves (a BERT run on a CPU takes minutes).
+    const slow = slowFamilyNotice(analysis.config.model.family, analysis.config.steps);
     return ui.progress(
-      `PL training: ${analysis.config.name}`,
+      `PL training: ${analysis.config.name}${slow ? ` (${slow})` : ''}`,
       async (report) => {
-        report('starting the trainer and loading the TensorFlow.js backend…');
-        launched = launchTrainer({ nodePath, trainerScript: this.host.trainerScript, configPath, runDir, cwd: path.dirname(configPath) });
+        report(python ? 'starting the PyTorch trainer…' : 'starting the trainer and loading the TensorFlow.js backend…');
+        launched = launchTrainer({ nodePath, trainerScript: this.host.trainerScript, configPath, runDir, cwd: path.dirname(configPath), python });
         const info = await this.announced(launched, (m) => `PL training failed to start: ${m}`);
         if (!info) return undefined;
-        report(`backend ${info.backend?.name ?? '?'} ready, connecting…`);
+        report(`backend ${info.backend ? backendLabel(info.backend) : '?'} ready, connecting…`);
         const session = this.track(info.runId, runDir, configPath, true);
-        this.connect(session, info.port, launched.token, launched.pid);
+        this.connect(session, runEndpoint(info)!, launched.token, launched.pid);
+        const previous = this._current?.active ? this._current : undefined;
         this.setCurrent(session);
+        // Not silently: the views now follow the new run, and the one they showed keeps training.
+        if (previous) {
+          ui.notify('info', `${info.runId} started; the panel, sidebar and status bar show it now. ${previous.runId} keeps training.`, {
+            actions: [{ title: `Show ${previous.runId}`, run: () => this.show(previous) }],
+          });
+        }
         await this.helloOrEnd(session, 20_000);
-        log.info(`run ${info.runId}: backend ${info.backend?.name} (${info.backend?.gpu ? 'GPU' : 'CPU'}) — ${info.backend?.detail ?? ''}`);
+        log.info(`run ${info.runId}: backend ${info.backend ? backendLabel(info.backend) : '?'} — ${info.backend?.detail ?? ''}`);
         return session;
       },
       cancel,
     );
+  }
+
+  /**
+   * The interpreter for a PyTorch run, checked before anything starts: the setting, the Python
+   * extension's choice, else findPython's. When it cannot run the engine (no Python, no torch, no
+   * websockets), a notification says what is missing, with the config's `engine` line to show.
+   */
+  private async pythonFor(configPath: string | undefined, text: string | undefined): Promise<{ interpreter: string; packageDir: string } | undefined> {
+    const { ui, log } = this.host;
+    const chosen = await this.host.pythonPath?.();
+    const check = chosen ? await checkPythonAsync(chosen) : await findPythonAsync();
+    if (check.ok) {
+      log.info(`PyTorch engine: ${check.python} (${check.detail})`);
+      return { interpreter: check.python, packageDir: this.host.pythonPackageDir ?? pythonPackageDir(path.resolve(path.dirname(this.host.trainerScript), '..')) };
+    }
+    const msg = `Cannot start the PyTorch engine: ${check.problem!.message}.`;
+    log.error(msg);
+    const at = text?.indexOf('"engine"') ?? -1;
+    ui.notify('error', msg, { actions: configPath && text && at >= 0 ? [{ title: 'Show config', run: () => ui.reveal(configPath, at, at + '"engine"'.length) }] : [] });
+    return undefined;
   }
 
   /** Finds trainers still running in the workspace's run directories and re-attaches to them. */
@@ -125,8 +179,12 @@ export class RunManager {
         }
         const session = this.track(info.runId, run.dir, run.configPath, true);
         session.applyFact({ type: 'state', state: info.state, step: info.step, totalSteps: info.totalSteps });
-        this.connect(session, info.port, token, info.pid);
-        this.host.log.info(`re-attached to run ${info.runId} (pid ${info.pid}, port ${info.port})`);
+        // The last known state at once (step, backend, α, units), from what the trainer recorded; the
+        // trainer then replays only what came after it, instead of every view waiting for the replay.
+        for (const e of recordedPrefix(readRecordedEvents(run.dir))) session.ingest(e);
+        session.flush();
+        this.connect(session, runEndpoint(info)!, token, info.pid);
+        this.host.log.info(`re-attached to run ${info.runId} (pid ${info.pid}, ${describeEndpoint(runEndpoint(info)!)})`);
         attached.push(session);
       }
     }
@@ -162,7 +220,13 @@ export class RunManager {
       ui.notify('error', `Run ${path.basename(runDir)} has no checkpoint to resume from.`);
       return undefined;
     }
-    const launched = launchTrainer({ nodePath: this.host.nodePath(), trainerScript: this.host.trainerScript, configPath: run.configPath ?? '', runDir, cwd: runDir, resume: true });
+    // A run of the PyTorch engine resumes in it (its config snapshot says which engine ran it).
+    let python: { interpreter: string; packageDir: string } | undefined;
+    if (engineOfRun(runDir) === 'pytorch') {
+      python = await this.pythonFor(run.configPath, undefined);
+      if (!python) return undefined;
+    }
+    const launched = launchTrainer({ nodePath: this.host.nodePath(), trainerScript: this.host.trainerScript, configPath: run.configPath ?? '', runDir, cwd: runDir, resume: true, python });
     const info = await ui.progress(`Resuming ${path.basename(runDir)} from its checkpoint…`, () => this.announced(launched, (m) => `Could not resume: ${m}`));
     if (!info) return undefined;
     const session = this.sessions.get(runDir) ?? this.trackRecorded(run, false);
@@ -170,7 +234,7 @@ export class RunManager {
     // The session still says how the run ended; it is starting again (and may end again, announced anew).
     session.markResuming();
     this.announcedEnd.delete(runDir);
-    this.connect(session, info.port, launched.token, launched.pid);
+    this.connect(session, runEndpoint(info)!, launched.token, launched.pid);
     this.setCurrent(session);
     log.info(`resumed run ${info.runId} (pid ${info.pid})`);
     return session;
@@ -217,6 +281,8 @@ export class RunManager {
     this.changed.clear();
     this.currentChanged.clear();
     this.endAnnounced.clear();
+    this.tracked.clear();
+    this.showRequested.clear();
   }
 
   private folderOf(file: string): string | undefined {
@@ -281,6 +347,7 @@ export class RunManager {
         this.announceEnd(session);
       }
     });
+    this.tracked.fire(session);
     return session;
   }
 
@@ -288,9 +355,9 @@ export class RunManager {
     return new LogTail(path.join(runDir, RUN_FILES.log), (lines) => lines.forEach((l) => this.host.log.info(`[${runId} trainer] ${l}`)), fromStart);
   }
 
-  private connect(session: RunSession, port: number, token: string, pid: number): void {
+  private connect(session: RunSession, endpoint: TrainerEndpoint, token: string, pid: number): void {
     const connection = new TrainerConnection({
-      port,
+      endpoint,
       token,
       lastSeq: () => session.seq,
       shouldReconnect: () => session.active && processAlive(pid),
@@ -324,4 +391,24 @@ export class RunManager {
       ui.notify('info', `${what}.`);
     }
   }
+}
+
+/** The engine a recorded run was started with (its config snapshot), `tfjs` when it does not say. */
+function engineOfRun(runDir: string): 'tfjs' | 'pytorch' {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(runDir, RUN_FILES.config), 'utf8')).engine === 'pytorch' ? 'pytorch' : 'tfjs';
+  } catch {
+    return 'tfjs';
+  }
+}
+
+/**
+ * The recorded events from seq 0 up to the first gap (a line being written, or a resume's rewound
+ * steps): the trainer's replay fills in the rest, and nothing after a gap is taken on trust, since the
+ * reducer never takes an event at or below the last seq it holds.
+ */
+export function recordedPrefix(events: readonly TrainerEvent[]): TrainerEvent[] {
+  let n = 0;
+  while (n < events.length && events[n].seq === n) n++;
+  return events.slice(0, n);
 }

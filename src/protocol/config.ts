@@ -1,10 +1,20 @@
 // The training config (`*.pltrain.json`): one schema, used by the trainer to run it and by the
 // extension to put diagnostics on the offending line before anything starts.
 import { z } from 'zod';
-import { AlphaSchema, MAX_UNITS, MIN_UNITS } from './limits';
+import { AlphaSchema, MAX_DATA_FILE_BYTES, MAX_UNITS, MIN_UNITS } from './limits';
 
 export const BACKEND_NAMES = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
+
+/** Which trainer runs a config: the embedded TensorFlow.js one, or the Python package python/pltrain. */
+export const ENGINES = ['tfjs', 'pytorch'] as const;
+export type Engine = (typeof ENGINES)[number];
+
+/** The families the PyTorch engine trains so far (python/pltrain/models.py); the rest run in tfjs. */
+export const PYTORCH_FAMILIES: readonly string[] = ['moe-mlp', 'vgg', 'bert-encoder'];
+
+/** `device` values of the PyTorch engine: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`. */
+export const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d{1,2})$/;
 
 const positiveInt = (max: number) => z.number().int().min(1).max(max);
 
@@ -55,7 +65,12 @@ export const DataConfigSchema = z
       .enum(['builtin', 'fashion-mnist', 'text'])
       .default('builtin')
       .describe('`builtin`: the Fashion-MNIST subset shipped with the extension (14×14, works offline anywhere). `fashion-mnist`: the full IDX files, e.g. Debian\'s `dataset-fashion-mnist` in /usr/share/datasets/fashion-mnist. `text`: a UTF-8 text file for the `switch-transformer` language model (character level; the built-in corpus when `path` is not given).'),
-    path: z.string().min(1).optional().describe('Folder with the IDX files when source is `fashion-mnist`; the UTF-8 text file when source is `text`.'),
+    path: z
+      .string()
+      .min(1)
+      .max(4096)
+      .optional()
+      .describe(`Folder with the IDX files when source is \`fashion-mnist\`; the UTF-8 text file when source is \`text\`. Data files must be regular files (not a device, pipe or folder) of at most ${MAX_DATA_FILE_BYTES / (1024 * 1024)} MiB each.`),
     maxTrainExamples: z.number().int().min(0).default(0).describe('Use at most this many training examples (0 = all).'),
   })
   .strict();
@@ -77,13 +92,14 @@ export const MonitorConfigSchema = z
 
 export const PruningConfigSchema = z
   .object({
-    enabled: z.boolean().default(false).describe('Let the gating network prune units whose condition number marks them as poorly behaved (frozen units are never pruned).'),
-    warmup: z.number().int().min(0).max(10_000_000).default(100).describe('Steps before the first pruning decision (the estimates need time to settle).'),
-    every: positiveInt(1_000_000).default(50).describe('Steps between pruning decisions after the warm-up.'),
-    budget: z.number().min(0).max(0.95).default(0.5).describe('Largest fraction of units that may be pruned in total.'),
-    kappaFactor: z.number().gt(1).max(1e12).default(10).describe('A unit counts as poorly behaved when its κ exceeds the median unit\'s κ by more than this factor: the gating network is trained to close exactly those (see docs/method.md).'),
-    threshold: z.number().gt(0).lt(1).default(0.5).describe('A unit is pruned when its keep-probability from the gating network falls below this.'),
-    gateLearningRate: z.number().positive().max(10).default(0.05).describe('Learning rate of the gating network.'),
+    enabled: z.boolean().default(false).describe('Train a gating network inside the objective that prunes units: soft masks on each unit\'s contribution during the anneal, hard and final decisions at its end (frozen units are never pruned). See docs/method.md, "Pruning: the gating network".'),
+    warmup: z.number().int().min(0).max(10_000_000).default(100).describe('Steps of plain training before the anneal starts (the estimates need time to settle).'),
+    anneal: positiveInt(10_000_000).default(200).describe('Steps of soft-masked training while the relaxation\'s temperature falls from 1 to 0.05; the hard, final pruning decisions fall at step warmup + anneal.'),
+    budget: z.number().min(0).max(0.95).default(0.5).describe('Largest fraction of units that may be pruned in total (⌊budget·units⌋ units).'),
+    exact: z.boolean().default(false).describe('Prune exactly ⌊budget·units⌋ units (the lowest keep-probabilities) instead of at most that many: for comparisons at matched sparsity.'),
+    kappaFactor: z.number().gt(1).max(1e12).default(10).describe('A unit counts as ill-conditioned when its κ exceeds the median unit\'s κ by more than this factor: keeping it costs the gate the log of the excess (see docs/method.md).'),
+    keepCost: z.number().min(0).max(100).default(0.05).describe('What keeping a unit costs the gate, in task loss per unit of keep-probability: a unit whose mask moves the task loss less than this is pruned (within the budget).'),
+    gateLearningRate: z.number().positive().max(10).default(0.02).describe('Learning rate (Adam) of the gating network.'),
   })
   .strict();
 
@@ -101,7 +117,16 @@ export const TrainingConfigSchema = z
     monitor: MonitorConfigSchema.default({}),
     pruning: PruningConfigSchema.default({}),
     frozenExperts: z.array(z.number().int().min(0)).default([]).describe('Units frozen from the start, by index (experts, heads or channel groups, as `model.experts` counts them): no updates, never pruned, still measured.'),
-    backend: z.enum(['auto', ...BACKEND_NAMES]).default('auto').describe('`auto` picks the first that loads: tensorflow-gpu → tensorflow → wasm → cpu.'),
+    backend: z.enum(['auto', ...BACKEND_NAMES]).default('auto').describe('TensorFlow.js backend (engine `tfjs`). `auto` picks the first that loads: tensorflow-gpu → tensorflow → wasm → cpu.'),
+    engine: z
+      .enum(ENGINES)
+      .default('tfjs')
+      .describe('Which trainer runs the config. `tfjs`: the embedded TensorFlow.js trainer (needs nothing else). `pytorch`: the PyTorch engine (python/pltrain; needs Python 3 with `torch` and `websockets`), for CUDA GPUs; the interpreter is `PLTRAIN_PYTHON`, else the setting `plTrainer.pythonPath`, else `python3`.'),
+    device: z
+      .string()
+      .regex(DEVICE_PATTERN, 'device must be "auto", "cpu", "cuda" or "cuda:N"')
+      .default('auto')
+      .describe('Where the PyTorch engine puts its tensors: `auto` (the first CUDA GPU when one is usable, else the CPU), `cpu`, `cuda`, `cuda:N`. Engine `pytorch` only.'),
     checkpointEvery: z.number().int().min(0).max(10_000_000).default(200).describe('Save a checkpoint (weights, optimizer state, step, α, frozen units) every this many steps, and after every applied command; 0 = only at the end. A killed run resumes from the last one.'),
     logEvery: positiveInt(1_000_000).default(1).describe('Emit a metrics event every this many steps (κ rides along on monitor steps).'),
   })
@@ -127,6 +152,16 @@ export const TrainingConfigSchema = z
     if (c.model.opt && c.model.family !== 'moe-mlp') {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'opt'], message: `OPT mode is implemented for moe-mlp only, not ${c.model.family}` });
     }
+    if (c.engine === 'tfjs' && c.device !== 'auto') {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['device'], message: 'device is a setting of the PyTorch engine: set "engine": "pytorch", or choose a TensorFlow.js backend with "backend"' });
+    }
+    if (c.engine === 'pytorch') {
+      if (c.backend !== 'auto') ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['backend'], message: `backend "${c.backend}" is a TensorFlow.js backend; the PyTorch engine picks its device with "device"` });
+      // Not (yet) in the PyTorch engine: refused on the config line rather than silently ignored.
+      if (!PYTORCH_FAMILIES.includes(c.model.family)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'family'], message: `${c.model.family} is not in the pytorch engine yet (it trains ${PYTORCH_FAMILIES.join(', ')}); use "engine": "tfjs"` });
+      if (c.model.opt) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'opt'], message: 'OPT mode is implemented in the tfjs engine only, not the pytorch engine' });
+      if (c.monitor.lipschitz !== 'tangent-kernel') ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['monitor', 'lipschitz'], message: `the ${c.monitor.lipschitz} L_f is implemented in the tfjs engine only; the pytorch engine uses tangent-kernel` });
+    }
     if (new Set(c.frozenExperts.filter((e) => e < c.model.experts)).size >= c.model.experts) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['frozenExperts'], message: `at least one ${UNIT_NAMES[c.model.family]} must stay trainable` });
     }
@@ -141,6 +176,48 @@ export const DEFAULT_FASHION_MNIST_PATH = '/usr/share/datasets/fashion-mnist';
 export interface ConfigProblem {
   path: (string | number)[];
   message: string;
+  /** For an unknown field: the known field it most likely misspells (offered as a quick fix). */
+  suggestion?: string;
+}
+
+/** The fields each object of the config accepts, by the object's path ('' for the top level). */
+export const CONFIG_FIELDS: Record<string, readonly string[]> = {
+  '': Object.keys(TrainingConfigSchema.innerType().shape),
+  model: Object.keys(ModelConfigSchema.innerType().shape),
+  data: Object.keys(DataConfigSchema.shape),
+  monitor: Object.keys(MonitorConfigSchema.shape),
+  pruning: Object.keys(PruningConfigSchema.shape),
+};
+
+/** Edit distance between two strings (insertions, deletions, substitutions, adjacent swaps). */
+export function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/**
+ * The known field an unknown one most likely misspells: the same letters in another case, or the
+ * closest by edit distance when at most a third of the name (at least 1, at most 3 edits) differs.
+ */
+export function suggestField(unknown: string, known: readonly string[]): string | undefined {
+  const lower = unknown.toLowerCase();
+  const sameLetters = known.find((k) => k.toLowerCase() === lower);
+  if (sameLetters) return sameLetters;
+  const limit = Math.min(3, Math.max(1, Math.floor(unknown.length / 3)));
+  let best: { key: string; distance: number } | undefined;
+  for (const k of known) {
+    if (k === '$schema') continue;
+    const distance = editDistance(lower, k.toLowerCase());
+    if (distance <= limit && (!best || distance < best.distance)) best = { key: k, distance };
+  }
+  return best?.key;
 }
 
 export type ConfigParseResult =
@@ -155,7 +232,11 @@ export function parseTrainingConfig(value: unknown): ConfigParseResult {
   for (const i of r.error.issues) {
     // Point unknown keys at the key itself, so the diagnostic lands on the exact line.
     if (i.code === z.ZodIssueCode.unrecognized_keys) {
-      for (const k of i.keys) problems.push({ path: [...i.path, k], message: `unknown field "${k}"` });
+      const known = CONFIG_FIELDS[i.path.join('.')] ?? [];
+      for (const k of i.keys) {
+        const suggestion = suggestField(k, known);
+        problems.push({ path: [...i.path, k], message: `unknown field "${k}"${suggestion ? ` (did you mean "${suggestion}"?)` : ''}`, ...(suggestion ? { suggestion } : {}) });
+      }
     } else {
       problems.push({ path: i.path, message: i.message });
     }

@@ -90,7 +90,7 @@ export type CommandPhase = CommandStatus['status'] | 'sent';
 export function describeStatus(s: { status: CommandPhase; step?: number; reason?: string }): string {
   switch (s.status) {
     case 'sent':
-      return 'sent';
+      return s.reason ? `sent, no answer yet: ${s.reason}` : 'sent';
     case 'pending':
       return 'pending';
     case 'applied':
@@ -121,4 +121,10 @@ export function describeTaskMetric(value: number, metric: 'accuracy' | 'perplexi
 export function newCommandId(prefix = 'c'): string {
   const bytes = globalThis.crypto.getRandomValues(new Uint8Array(12));
   return `${prefix}${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
+/** A routing share (0…1) as a percentage a person can compare: "31%", "4.2%", "0.05%". */
+export function formatShare(share: number): string {
+  const pct = share * 100;
+  return `${pct >= 10 ? pct.toFixed(0) : pct === 0 ? '0' : Number(pct.toPrecision(2))}%`;
 }

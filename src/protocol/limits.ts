@@ -29,3 +29,9 @@ export function alphaProblem(value: number): string | undefined {
   const r = AlphaSchema.safeParse(value);
   return r.success ? undefined : r.error.issues[0].message;
 }
+
+/**
+ * The largest data file the trainer reads (a text corpus, one IDX file once unzipped): it is read
+ * whole into memory, so a bound keeps a wrong `data.path` (a disk image, /dev/zero) from taking it all.
+ */
+export const MAX_DATA_FILE_BYTES = 256 * 1024 * 1024;

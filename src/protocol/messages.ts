@@ -349,6 +349,8 @@ export const WebviewToHostSchema = z.discriminatedUnion('type', [
    * and `<a download>` is not reliably honoured inside VS Code's webview sandbox).
    */
   z.object({ type: z.literal('saveFile'), fileName: z.string().min(1).max(200).regex(/^[A-Za-z0-9._-]+$/), content: z.string().max(512 * 1024 * 1024) }).strict(),
+  /** The user closed the compare overlay (✕): the host forgets it, so a reload does not bring it back. */
+  z.object({ type: z.literal('clearCompare') }).strict(),
 ]);
 export type WebviewToHost = z.infer<typeof WebviewToHostSchema>;
 
@@ -367,15 +369,23 @@ export const RUN_FILES = {
   events: 'events.jsonl',
   /** Trainer stdout+stderr when spawned by the extension. */
   log: 'trainer.log',
+  /** The trainer's Unix socket (Linux, macOS), when its path is short enough (see RunInfo.socket). */
+  socket: 'trainer.sock',
 } as const;
 
+/**
+ * run.json. Where the trainer listens, once it does: `socket`, the absolute path of a Unix socket
+ * (Linux, macOS: no TCP port at all), or `host` + `port`, loopback TCP (Windows). Neither while it
+ * starts. A protocol-1 run.json has `port` (0 until listening).
+ */
 export const RunInfoSchema = z
   .object({
     protocol: z.literal(PROTOCOL_VERSION),
     runId: z.string(),
     pid: z.number().int(),
-    host: z.literal('127.0.0.1'),
-    port: z.number().int().min(0).max(65535),
+    socket: z.string().min(1).optional(),
+    host: z.literal('127.0.0.1').optional(),
+    port: z.number().int().min(0).max(65535).optional(),
     state: RunStateSchema,
     startedAt: z.number(),
     updatedAt: z.number(),
@@ -386,6 +396,27 @@ export const RunInfoSchema = z
   })
   .strict();
 export type RunInfo = z.infer<typeof RunInfoSchema>;
+
+/** How to reach a trainer: its Unix socket, or a loopback TCP port. */
+export type TrainerEndpoint = { socket: string } | { port: number };
+
+/** Where a run's trainer listens, from its run.json; undefined while it starts (or never listened). */
+export function runEndpoint(info: Pick<RunInfo, 'socket' | 'port'> | undefined): TrainerEndpoint | undefined {
+  if (info?.socket) return { socket: info.socket };
+  if (info?.port) return { port: info.port };
+  return undefined;
+}
+
+/** An endpoint in words, for logs ("socket /…/trainer.sock", "port 41234"). */
+export function describeEndpoint(e: TrainerEndpoint): string {
+  return 'socket' in e ? `socket ${e.socket}` : `port ${e.port}`;
+}
+
+/**
+ * The transport the trainer serves, when set in its environment: `tcp` forces loopback TCP where it
+ * would use a Unix socket (tests of the TCP path, and a platform where Unix sockets misbehave).
+ */
+export const TRANSPORT_ENV = 'PLTRAIN_TRANSPORT';
 
 /** The line the trainer prints on stdout once its WebSocket listens (machine-readable; one line). */
 export const LISTENING_PREFIX = 'PLTRAIN_LISTENING ';

@@ -49,6 +49,8 @@ export const CHART_CARDS = [
   { id: 'metric', title: 'Task metric', hint: 'Task metric reported by the trainer (accuracy for classifiers)' },
   { id: 'expert', title: 'Per unit', hint: 'Per unit (expert, head or channel group), on monitor steps: condition number κ = L_f/μ, PL constant μ (λ_min of the tangent kernel) or smoothness L_f (λ_max)' },
   { id: 'pl', title: 'Regularizer and PL* check', hint: 'κ̄ (mean κ of the trainable units, the term α multiplies) and the PL* ratio ½‖∇f‖²/(f − f*), which PL* theory keeps above μ' },
+  { id: 'share', title: 'Routing share', hint: "Per unit, on monitor steps: the unit's share of the model's routing mass on the batch (the shares sum to 1). A unit whose share stays near 0 is flagged inactive, whatever its κ" },
+  { id: 'participation', title: 'Participation ratio', hint: 'How many units the model effectively uses: 1/Σ share², between 1 (one unit takes everything) and the number of units (an even split)' },
   { id: 'alpha', title: 'α over steps', hint: 'Regularizer weight α as acknowledged by the trainer' },
   { id: 'mask', title: 'Pruning mask', hint: 'Per unit, on monitor steps: high = trainable, middle = frozen, floor of its lane = pruned (pruned units are frozen too)' },
   { id: 'gate', title: 'Pruning gate', hint: "Per unit, on monitor steps: the gating network's keep-probability. At each pruning decision the units with the lowest probability go, within the budget (runs with pruning enabled)" },
@@ -62,11 +64,12 @@ export function unitChartTitle(unitName: string): string {
 }
 
 /** Charts shown only for runs that report their data (the rest say "No data yet" until they have some). */
-export const OPTIONAL_CHARTS: readonly ChartId[] = ['gate', 'extra'];
+export const OPTIONAL_CHARTS: readonly ChartId[] = ['gate', 'extra', 'share', 'participation'];
 
 /** Charts whose y axis may be switched to logarithmic (the mask chart's lane levels have no scale to log). */
 export function hasLogToggle(id: ChartId): boolean {
-  return id !== 'mask';
+  // Lanes have no scale to log; shares (0…1) and the participation ratio (1…units) have fixed ranges.
+  return id !== 'mask' && id !== 'share' && id !== 'participation';
 }
 
 function chartCard(card: (typeof CHART_CARDS)[number]): string {
@@ -127,7 +130,11 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
         <div class="fact"><dt>Speed</dt><dd data-testid="speed">—</dd></div>
       </dl>
       <vscode-progress-bar class="progress" data-testid="progress" aria-label="Training progress" max="1" value="0"></vscode-progress-bar>
-      <p class="run-message" data-testid="run-message" role="status" hidden></p>
+      <div class="run-message" data-testid="run-message-box" role="status" hidden>
+        <p class="run-message-text" data-testid="run-message"></p>
+        <button type="button" class="run-message-more" data-testid="run-message-more" aria-expanded="false" hidden>More</button>
+        <vscode-button secondary data-testid="run-message-remedy" hidden></vscode-button>
+      </div>
     </header>
 
     <section class="toolbar" aria-label="Steering">
@@ -161,7 +168,7 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
         <header class="card-head"><h2 id="experts-title" data-testid="units-title">Units</h2><span class="muted" data-testid="experts-measured"></span></header>
         <div class="table-wrap">
           <table class="expert-table" data-testid="expert-table">
-            <thead><tr><th scope="col" data-testid="unit-column">Unit</th><th scope="col" class="num"><span class="sym">κ</span></th><th scope="col" class="num"><span class="sym">μ</span></th><th scope="col" class="num">L<sub>f</sub></th><th scope="col">Frozen</th><th scope="col">Pruned</th><th scope="col"><span class="visually-hidden">Action</span></th></tr></thead>
+            <thead><tr><th scope="col" data-testid="unit-column">Unit</th><th scope="col" class="num"><span class="sym">κ</span></th><th scope="col" class="num"><span class="sym">μ</span></th><th scope="col" class="num">L<sub>f</sub></th><th scope="col" class="flag">Frozen</th><th scope="col" class="flag">Pruned</th><th scope="col"><span class="visually-hidden">Action</span></th></tr></thead>
             <tbody data-testid="expert-rows"><tr class="placeholder"><td colspan="7">No units yet</td></tr></tbody>
           </table>
         </div>

@@ -3,7 +3,8 @@
 // Written to a fresh folder and swapped in by rename: a crash mid-write leaves the previous one intact.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CHECKPOINT_DIR, CHECKPOINT_DIRS, CHECKPOINT_MANIFEST } from '../protocol';
+import { AckEvent, CHECKPOINT_DIR, CHECKPOINT_DIRS, CHECKPOINT_MANIFEST } from '../protocol';
+import { PRIVATE_DIR_MODE, fsyncDir, openPrivate } from '../protocol/privateFile';
 import type { ModelState, SavedTensor } from './models/types';
 import type { PrunerState } from './pl/pruner';
 
@@ -17,6 +18,14 @@ export interface RunProgress {
   time: number;
   /** The gating network's weights and optimizer state, when pruning is enabled. */
   pruner?: PrunerState;
+  /**
+   * The acks of the commands whose effect this checkpoint holds, written before they are appended
+   * and sent ("applied" means saved): a kill between the two leaves them here, and a resume records
+   * them (EventLog.resume). Their seqs are ≤ `seq`.
+   */
+  acks?: AckEvent[];
+  /** Ids of the latest commands decided, so a command resent after a resume is refused as a duplicate. */
+  commandIds?: string[];
 }
 
 interface Manifest extends RunProgress {
@@ -30,7 +39,7 @@ export function saveCheckpoint(runDir: string, progress: RunProgress, state: Mod
   const fresh = `${final}.new`;
   const old = `${final}.old`;
   fs.rmSync(fresh, { recursive: true, force: true });
-  fs.mkdirSync(fresh);
+  fs.mkdirSync(fresh, { mode: PRIVATE_DIR_MODE });
   const tensors: Manifest['tensors'] = [];
   const parts: Buffer[] = [];
   let offset = 0;
@@ -41,15 +50,24 @@ export function saveCheckpoint(runDir: string, progress: RunProgress, state: Mod
   };
   for (const [k, t] of Object.entries(state.variables)) add(`var:${k}`, t);
   for (const [group, slots] of Object.entries(state.optimizers)) slots.forEach((t, i) => add(`opt:${group}:${i}`, t));
-  const fd = fs.openSync(path.join(fresh, 'tensors.bin'), 'w');
-  for (const p of parts) fs.writeSync(fd, p);
-  fs.fsyncSync(fd);
-  fs.closeSync(fd);
+  const write = (file: string, pieces: Buffer[]) => {
+    const fd = openPrivate(path.join(fresh, file), 'create');
+    try {
+      for (const p of pieces) fs.writeSync(fd, p);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+  write('tensors.bin', parts);
   const manifest: Manifest = { format: 'pl-trainer-checkpoint', version: 1, ...progress, tensors };
-  fs.writeFileSync(path.join(fresh, CHECKPOINT_MANIFEST), JSON.stringify(manifest));
+  write(CHECKPOINT_MANIFEST, [Buffer.from(JSON.stringify(manifest))]);
+  fsyncDir(fresh);
   fs.rmSync(old, { recursive: true, force: true });
   if (fs.existsSync(final)) fs.renameSync(final, old);
   fs.renameSync(fresh, final);
+  // Durable before anything that relies on it (an ack) is written.
+  fsyncDir(runDir);
   fs.rmSync(old, { recursive: true, force: true });
 }
 
@@ -73,8 +91,8 @@ export function loadCheckpoint(runDir: string): { progress: RunProgress; state: 
       if (kind === 'var') state.variables[a] = saved;
       else (state.optimizers[a] ??= [])[Number(b)] = saved;
     }
-    const { step, seq, alpha, frozen, pruned, time, pruner } = manifest;
-    return { progress: { step, seq, alpha, frozen, pruned, time, ...(pruner ? { pruner } : {}) }, state };
+    const { step, seq, alpha, frozen, pruned, time, pruner, acks, commandIds } = manifest;
+    return { progress: { step, seq, alpha, frozen, pruned, time, ...(pruner ? { pruner } : {}), ...(acks ? { acks } : {}), ...(commandIds ? { commandIds } : {}) }, state };
   }
   return undefined;
 }

@@ -3,7 +3,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { DEFAULT_FASHION_MNIST_PATH, TrainingConfig } from '../protocol';
+import { DEFAULT_FASHION_MNIST_PATH, MAX_DATA_FILE_BYTES, TrainingConfig } from '../protocol';
+import { readDataFile } from '../protocol/dataFile';
 import type { TaskData } from './models/types';
 
 export interface Split {
@@ -59,8 +60,14 @@ export function loadBuiltin(file = BUILTIN_FILE()): Dataset {
 export function readIdx(file: string, limit = Infinity): { shape: number[]; data: Uint8Array } {
   const candidates = [file, `${file}.gz`].filter((f) => fs.existsSync(f));
   if (!candidates.length) throw new Error(`missing Fashion-MNIST file ${file}[.gz]`);
-  const raw = fs.readFileSync(candidates[0]);
-  const b = candidates[0].endsWith('.gz') ? gunzipSync(raw) : raw;
+  // Regular files only, and bounded, unzipped too (readDataFile; a wrong data.path can name anything).
+  const raw = readDataFile(candidates[0]);
+  let b: Buffer;
+  try {
+    b = candidates[0].endsWith('.gz') ? gunzipSync(raw, { maxOutputLength: MAX_DATA_FILE_BYTES }) : raw;
+  } catch (e) {
+    throw new Error(`${candidates[0]}: cannot unzip (${(e as Error).message}; at most ${MAX_DATA_FILE_BYTES / 1024 / 1024} MiB once unzipped)`);
+  }
   if (b[0] !== 0 || b[1] !== 0 || b[2] !== 0x08) throw new Error(`${candidates[0]} is not an unsigned-byte IDX file`);
   const dims = b[3];
   const shape = Array.from({ length: dims }, (_, i) => b.readUInt32BE(4 + 4 * i));

@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RUN_FILES, TrainerEvent, upgradeRecord } from '../protocol';
 import { forEachLine } from '../protocol/jsonlFile';
+import { appendPrivate, openPrivate } from '../protocol/privateFile';
 
 type Unseq<T> = T extends unknown ? Omit<T, 'seq'> : never;
 export type NewEvent = Unseq<TrainerEvent>;
@@ -23,9 +24,10 @@ export class EventLog {
    * ones describe steps that will be redone, so they move to `*.discarded.jsonl` (kept, not lost).
    * Kept records of a protocol-1 run are rewritten in protocol 2, so a replay speaks one protocol.
    */
-  static resume(runDir: string, lastSeq: number, capacity = RING_CAPACITY): EventLog {
+  static resume(runDir: string, lastSeq: number, capacity = RING_CAPACITY, checkpointAcks: readonly TrainerEvent[] = []): EventLog {
     const log = new EventLog(runDir, capacity);
     const kept: TrainerEvent[] = [];
+    const keptAckSeqs = new Set<number>();
     let maxSeq = lastSeq;
     for (const file of [RUN_FILES.metrics, RUN_FILES.commands, RUN_FILES.events]) {
       const full = path.join(runDir, file);
@@ -45,6 +47,7 @@ export class EventLog {
           if (stays) keep.write(e === recorded ? line : JSON.stringify(e));
           else drop.write(line);
           if (stays) {
+            if (e.type === 'ack') keptAckSeqs.add(e.seq);
             kept.push(e);
             // Only the newest `capacity` (by seq) can end up in the ring; trim in chunks, not per event.
             if (kept.length > 2 * capacity) kept.sort((a, b) => a.seq - b.seq).splice(0, kept.length - capacity);
@@ -57,6 +60,14 @@ export class EventLog {
       drop.close();
       if (read) fs.renameSync(next, full);
       else fs.rmSync(next, { force: true });
+    }
+    // Acks the checkpoint holds but a kill kept off the disk (it came between the checkpoint and the
+    // append): the command's effect was saved, so its ack is recorded now, once.
+    for (const ack of checkpointAcks) {
+      if (ack.seq > lastSeq || keptAckSeqs.has(ack.seq)) continue;
+      appendPrivate(path.join(runDir, RUN_FILES.commands), JSON.stringify(ack) + '\n');
+      kept.push(ack);
+      maxSeq = Math.max(maxSeq, ack.seq);
     }
     kept.sort((a, b) => a.seq - b.seq);
     log.ring = kept.slice(-capacity);
@@ -76,11 +87,15 @@ export class EventLog {
     // copy the whole array each step.
     if (this.ring.length > this.capacity * 1.25) this.ring.splice(0, this.ring.length - this.capacity);
     // One write() per line, flushed by the OS on return: a kill -9 leaves at most a truncated last line.
-    if (event.type === 'metrics') fs.appendFileSync(path.join(this.runDir, RUN_FILES.metrics), JSON.stringify(event) + '\n');
-    else if (event.type === 'ack') fs.appendFileSync(path.join(this.runDir, RUN_FILES.commands), JSON.stringify(event) + '\n');
-    else fs.appendFileSync(path.join(this.runDir, RUN_FILES.events), JSON.stringify(event) + '\n');
+    // Opened owner-only without following a planted symlink (privateFile.ts).
+    appendPrivate(path.join(this.runDir, EventLog.fileOf(event)), JSON.stringify(event) + '\n');
     for (const l of this.listeners) l(event);
     return event;
+  }
+
+  /** The run file an event is recorded in. */
+  static fileOf(e: Pick<TrainerEvent, 'type'>): string {
+    return e.type === 'metrics' ? RUN_FILES.metrics : e.type === 'ack' ? RUN_FILES.commands : RUN_FILES.events;
   }
 
   /** Every event with seq > sinceSeq, in order (those older than the ring are read back from disk). */
@@ -140,7 +155,7 @@ class LineWriter {
   }
 
   private flush(): void {
-    this.fd ??= fs.openSync(this.file, this.flags);
+    this.fd ??= openPrivate(this.file, this.flags === 'w' ? 'truncate' : 'append');
     if (this.parts.length) fs.writeSync(this.fd, this.parts.join(''));
     this.parts = [];
     this.size = 0;

@@ -8,6 +8,15 @@ export interface Decision {
   reason?: string;
 }
 
+/** How many decided command ids a checkpoint keeps for duplicate detection across a resume. */
+export const RECENT_IDS_KEPT = 1000;
+
+/**
+ * Commands whose applied effect a resume restores (α, frozen units): their ack is sent only once a
+ * checkpoint holds the effect. Pause, resume and stop are not restored (a resumed run runs).
+ */
+export const DURABLE_KINDS: ReadonlySet<SteeringCommand['kind']> = new Set(['setAlpha', 'freeze', 'unfreeze']);
+
 export class SteeringState {
   paused = false;
   stopRequested = false;
@@ -20,6 +29,17 @@ export class SteeringState {
   /** `unitName`: what the family calls a unit (hello.unitName), for the reasons a rejection gives. */
   constructor(readonly experts: number, public alpha: number, frozen: Iterable<number> = [], readonly unitName = 'unit') {
     this.frozen = new Set(frozen);
+  }
+
+  /** Command ids decided before a resume: a client resending one gets "duplicate", not a second application. */
+  remember(ids: Iterable<string>): void {
+    for (const id of ids) this.seenIds.add(id);
+  }
+
+  /** The latest `max` command ids decided (a checkpoint keeps them; see remember). */
+  recentIds(max = RECENT_IDS_KEPT): string[] {
+    const all = [...this.seenIds];
+    return all.slice(Math.max(0, all.length - max));
   }
 
   /** Queues a command; it takes effect at the next step boundary (`drain`). */

@@ -14,7 +14,8 @@
 //   (for the built-in corpus, a title page of blank lines).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { TrainingConfig } from '../protocol';
+import { MAX_DATA_FILE_BYTES, type TrainingConfig } from '../protocol';
+import { readDataFile } from '../protocol/dataFile';
 import { packageRoot } from './data';
 import type { TaskData } from './models/types';
 
@@ -47,23 +48,28 @@ export function loadTextData(config: TrainingConfig, configDir: string): TextTas
   return textTaskData(text, name, config.model.contextLength, config.data.maxTrainExamples, file);
 }
 
-/** Reads a whole file as UTF-8, with errors that say what is wrong with it. */
-export function readUtf8(file: string): string {
+/**
+ * Reads a whole file as UTF-8, with errors that say what is wrong with it. Only a regular file under
+ * MAX_DATA_FILE_BYTES is read (readDataFile): a device, a FIFO or a huge file is refused up front.
+ */
+export function readUtf8(file: string, maxBytes = MAX_DATA_FILE_BYTES): string {
   let bytes: Buffer;
   try {
-    bytes = fs.readFileSync(file);
+    bytes = readDataFile(file, maxBytes);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new Error(`text corpus not found: ${file}`);
-    if (code === 'EISDIR') throw new Error(`text corpus ${file} is a folder, not a file`);
-    throw new Error(`cannot read text corpus ${file}: ${(e as Error).message}`);
+    if (!fs.existsSync(file)) throw new Error(`text corpus not found: ${file}`);
+    if (fs.statSync(file).isDirectory()) throw new Error(`text corpus ${file} is a folder, not a file`);
+    throw new Error(`text corpus: ${(e as Error).message}`);
   }
   if (bytes.length === 0) throw new Error(`text corpus ${file} is empty`);
+  let decodeError: unknown;
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
-  } catch {
-    throw new Error(`text corpus ${file} is not valid UTF-8 (first invalid byte at offset ${firstInvalidUtf8(bytes)})`);
+  } catch (e) {
+    decodeError = e;
   }
+  const at = firstInvalidUtf8(bytes);
+  throw new Error(at >= 0 ? `text corpus ${file} is not valid UTF-8 (first invalid byte at offset ${at})` : `text corpus ${file} could not be decoded: ${(decodeError as Error).message}`);
 }
 
 /** Builds the task from a text already in memory (`where` names it in errors). */

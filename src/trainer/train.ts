@@ -2,18 +2,18 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as TF from '@tensorflow/tfjs';
-import { LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, RunState, TrainingConfig, UNIT_NAMES, describeCommand } from '../protocol';
+import { AckEvent, LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, RunState, TrainerEndpoint, TrainingConfig, UNIT_NAMES, describeCommand } from '../protocol';
 import { selectBackend } from './backend';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint';
 import { EventLog } from './events';
 import { createModel, loadTaskData, probeBatch, type PlModel } from './models';
 import { DampingFloorWatch, type FloorChanges } from './pl/dampingFloor';
-import { GatingPruner } from './pl/pruner';
+import { GatingPruner, unitWeightNorms } from './pl/pruner';
 import { ShareWatch } from './pl/share';
 import { Progress } from './progress';
-import { RunAnnouncement, establishToken, writeJsonAtomic } from './runDir';
-import { TrainerServer } from './server';
-import { SteeringState } from './steering';
+import { RunAnnouncement, RunDirLock, establishToken, prepareRunDir, writeJsonAtomic } from './runDir';
+import { TrainerServer, chooseTransport } from './server';
+import { DURABLE_KINDS, SteeringState } from './steering';
 
 export interface RunOptions {
   config: TrainingConfig;
@@ -39,21 +39,37 @@ function* batches(n: number, batchSize: number, seed: number): Generator<Int32Ar
 }
 
 const injectNanAt = Number(process.env.PLTRAIN_TEST_NAN_AT_STEP) || -1;
+const injectFdExhaustionAt = Number(process.env.PLTRAIN_TEST_EXHAUST_FDS_AT_STEP) || -1;
+
+/** Fault injection: takes every free file descriptor, as a flood of connections would (docs/reliability.md). */
+function exhaustFileDescriptors(): void {
+  try {
+    for (;;) fs.openSync(process.platform === 'win32' ? 'NUL' : '/dev/null', 'r');
+  } catch {
+    /* EMFILE: none left */
+  }
+}
 
 export async function runTraining(o: RunOptions): Promise<RunState> {
   const { config, runDir } = o;
   const progress = o.progress ?? new Progress();
-  fs.mkdirSync(runDir, { recursive: true });
+  // Owner-only, fresh for a new run, and ours alone (RunDirRefused otherwise) before anything is read or written.
+  prepareRunDir(runDir, !!o.resume);
+  const lock = RunDirLock.acquire(runDir);
   const checkpoint = o.resume ? loadCheckpoint(runDir) : undefined;
-  if (o.resume && !checkpoint) throw new Error(`no checkpoint to resume from in ${runDir}`);
+  if (o.resume && !checkpoint) {
+    lock.release();
+    throw new Error(`no checkpoint to resume from in ${runDir}`);
+  }
   if (!o.resume) writeJsonAtomic(path.join(runDir, RUN_FILES.config), config);
   const runId = path.basename(runDir);
-  const events = checkpoint ? EventLog.resume(runDir, checkpoint.progress.seq) : new EventLog(runDir);
+  const events = checkpoint ? EventLog.resume(runDir, checkpoint.progress.seq, undefined, checkpoint.progress.acks) : new EventLog(runDir);
   const unitName = UNIT_NAMES[config.model.family];
   const steering = checkpoint
     ? new SteeringState(config.model.experts, checkpoint.progress.alpha, checkpoint.progress.frozen, unitName)
     : new SteeringState(config.model.experts, config.alpha, config.frozenExperts, unitName);
   for (const p of checkpoint?.progress.pruned ?? []) steering.pruned.add(p);
+  steering.remember(checkpoint?.progress.commandIds ?? []);
   const announce = new RunAnnouncement(runDir, runId, config.steps);
   const token = establishToken(runDir);
   let step = checkpoint?.progress.step ?? 0;
@@ -67,12 +83,56 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     progress.log(message);
     if (events.lastSeq >= 0) events.emit({ type: 'log', level, message, time: Date.now(), ...(topic ? { topic } : {}) });
   };
-  const server = new TrainerServer(token, { events, onCommand: (id, command) => steering.enqueue(id, command), log: (m) => log('warn', m) });
+  const server = new TrainerServer(token, {
+    events,
+    onCommand: (id, command) => steering.enqueue(id, command),
+    log: (m) => {
+      // A connection's story must never end the run: if it cannot be recorded, it goes to stderr only.
+      try {
+        log('warn', m);
+      } catch (e) {
+        process.stderr.write(`${m} (not recorded: ${(e as Error).message})\n`);
+      }
+    },
+  });
+  /**
+   * A fatal error's last word: run.json says `failed` and why (written first, with the descriptor held
+   * in reserve, so a run out of descriptors still says it), then the log and state events if they can
+   * still be written.
+   */
+  const fail = (reason: string) => {
+    state = 'failed';
+    try {
+      announce.final({ state: 'failed', step, reason });
+    } catch (e) {
+      process.stderr.write(`could not record the failure in run.json: ${(e as Error).message}\n`);
+    }
+    try {
+      log('error', `training failed: ${reason}`);
+      if (events.lastSeq >= 0) events.emit({ type: 'state', state: 'failed', step, time: Date.now(), reason });
+    } catch (e) {
+      process.stderr.write(`training failed: ${reason} (events not recorded: ${(e as Error).message})\n`);
+    }
+  };
+  const onUncaught = (e: Error) => {
+    fail(`${e.message ?? e}`);
+    process.stderr.write(`${e.stack ?? e}\n`);
+    lock.release();
+    process.exit(1);
+  };
+  process.on('uncaughtException', onUncaught);
 
   // Announce first: backend loading (and GPU warm-up) can take long, and the extension shows progress.
-  const port = await server.listen();
-  announce.update({ port, state: 'starting' });
-  process.stdout.write(`${LISTENING_PREFIX}${JSON.stringify({ port, runDir, runId, pid: process.pid })}\n`);
+  let endpoint: TrainerEndpoint;
+  try {
+    endpoint = await server.listen(chooseTransport(runDir, RUN_FILES.socket));
+    announce.update({ ...('socket' in endpoint ? { socket: endpoint.socket } : { host: '127.0.0.1', port: endpoint.port }), state: 'starting' });
+  } catch (e) {
+    fail(`could not serve the run's socket: ${(e as Error).message}`);
+    lock.release();
+    return state;
+  }
+  process.stdout.write(`${LISTENING_PREFIX}${JSON.stringify({ ...endpoint, runDir, runId, pid: process.pid })}\n`);
 
   let stopSignal = '';
   const onSignal = (sig: string) => {
@@ -96,10 +156,11 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
         : `data: ${data.name}: ${data.trainSize} train / ${data.testSize} test, ${data.features} features, ${data.classes} classes`,
     );
     model = createModel(tf, config, data);
-    progress.log(`model: ${config.model.family}, ${model.units} ${unitName}s${config.pruning.enabled ? `, pruning up to ${Math.floor(config.pruning.budget * model.units + 1e-9)} after step ${config.pruning.warmup}` : ''}`);
+    const p = config.pruning;
+    progress.log(`model: ${config.model.family}, ${model.units} ${unitName}s${p.enabled ? `, pruning ${p.exact ? 'exactly' : 'up to'} ${Math.floor(p.budget * model.units + 1e-9)}: soft masks from step ${p.warmup}, final at step ${p.warmup + p.anneal}` : ''}`);
     if (checkpoint) await model.setState(checkpoint.state);
     model.setProbe(probeBatch(tf, config, data));
-    const pruner = config.pruning.enabled ? new GatingPruner(model.units, config.pruning, config.seed) : undefined;
+    const pruner = config.pruning.enabled ? new GatingPruner(tf, model.units, config.pruning, config.seed) : undefined;
     if (pruner && checkpoint?.progress.pruner) pruner.setState(checkpoint.progress.pruner);
 
     events.emit({
@@ -120,12 +181,20 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     setState('running', checkpoint ? `resumed from the checkpoint at step ${step}` : undefined);
     if (checkpoint) progress.log(`resumed from the checkpoint at step ${step} (α ${steering.alpha}, frozen [${[...steering.frozen].join(', ')}])`);
     const m = model;
+    const progressNow = (seq: number, acks?: AckEvent[]) => ({
+      step,
+      seq,
+      alpha: steering.alpha,
+      frozen: [...steering.frozen],
+      pruned: [...steering.pruned],
+      time: Date.now(),
+      ...(pruner ? { pruner: pruner.getState() } : {}),
+      ...(acks ? { acks } : {}),
+      commandIds: steering.recentIds(),
+    });
     const save = async () => {
-      saveCheckpoint(
-        runDir,
-        { step, seq: events.lastSeq, alpha: steering.alpha, frozen: [...steering.frozen], pruned: [...steering.pruned], time: Date.now(), ...(pruner ? { pruner: pruner.getState() } : {}) },
-        await m.getState(),
-      );
+      const seq = events.lastSeq;
+      saveCheckpoint(runDir, progressNow(seq), await m.getState());
     };
 
     let experts = model.measure(steering.frozen, steering.pruned);
@@ -155,12 +224,23 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
 
     const applyCommands = async () => {
       const decisions = steering.drain();
-      for (const d of decisions) {
-        events.emit({ type: 'ack', commandId: d.commandId, command: d.command, status: d.status, step, time: Date.now(), ...(d.reason ? { reason: d.reason } : {}) });
-        progress.log(`command ${d.commandId}: ${describeCommand(d.command, unitName)} → ${d.status === 'applied' ? `applied at step ${step}` : `rejected: ${d.reason}`}`);
+      if (!decisions.length) return;
+      // "Applied" means saved: when a command changed what a resume restores (α, frozen units), a
+      // checkpoint holding it — and the acks themselves, with the seqs they are about to take — is
+      // written and fsynced before any ack is appended or sent. A kill in between loses nothing:
+      // the resume restores the effect and records the acks (EventLog.resume).
+      const durable = decisions.some((d) => d.status === 'applied' && DURABLE_KINDS.has(d.command.kind));
+      const modelState = durable ? await m.getState() : undefined;
+      // From here on synchronous: no other event can take the seqs reserved for the acks.
+      const time = Date.now();
+      const first = events.lastSeq + 1;
+      const acks: AckEvent[] = decisions.map((d, i) => ({ type: 'ack', seq: first + i, commandId: d.commandId, command: d.command, status: d.status, step, time, ...(d.reason ? { reason: d.reason } : {}) }));
+      if (modelState) saveCheckpoint(runDir, progressNow(first + acks.length - 1, acks), modelState);
+      for (const { seq, ...ack } of acks) {
+        const recorded = events.emit(ack);
+        if (recorded.seq !== seq) throw new Error(`ack ${ack.commandId} took seq ${recorded.seq}, not the ${seq} its checkpoint holds`);
       }
-      // An applied command changes what a resume must restore (α, frozen experts): checkpoint it.
-      if (decisions.some((d) => d.status === 'applied') && config.checkpointEvery > 0) await save();
+      for (const d of decisions) progress.log(`command ${d.commandId}: ${describeCommand(d.command, unitName)} → ${d.status === 'applied' ? `applied at step ${step}` : `rejected: ${d.reason}`}`);
     };
 
     while (step < config.steps) {
@@ -188,11 +268,16 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       const measuredBefore = !measuredInStep && (monitorStep || alpha > 0) ? model.measure(steering.frozen, steering.pruned) : undefined;
       // The regularizer stays uniform over trainable units: a unit the gate would close but the budget
       // keeps is still in the model and must stay regularized (docs/method.md, "Pruning").
-      const result = model.trainStep(batch, { alpha, trainable: steering.trainableExperts(), pruned: steering.pruned });
+      // During the pruning anneal the gate's soft mask multiplies each unit's contribution, and the
+      // gate learns from the step's ∂L/∂mask (docs/method.md, "Pruning: the gating network").
+      const softMask = pruner?.sampleMask(step, steering.frozen, steering.pruned);
+      const result = model.trainStep(batch, { alpha, trainable: steering.trainableExperts(), pruned: steering.pruned, ...(softMask ? { softMask } : {}) });
+      if (softMask && result.maskGrad) pruner!.update(result.maskGrad, steering.frozen, steering.pruned);
       tf.dispose([batch.x, batch.y]);
       step++;
       // Fault injection for the failure-path tests (docs/reliability.md); never set in normal use.
       if (step === injectNanAt) result.loss = NaN;
+      if (step === injectFdExhaustionAt) exhaustFileDescriptors();
       if (!Number.isFinite(result.loss)) throw new NonFiniteLoss(step);
 
       // PL* check: ½‖∇f‖² / (f − f*) with f* = 0, a lower bound of f (cross-entropy and κ are ≥ 0),
@@ -219,18 +304,21 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
             `inactive/${c.id}`,
           );
         }
-        pruner?.observe(measured, steering.frozen, steering.pruned);
+        const m = model;
+        pruner?.observe(measured, unitWeightNorms(m.units, (i) => m.unitWeights(i)), steering.pruned);
         reportDampingFloor(floorWatch.observe(measured));
       }
       // Pruning decisions on the schedule; a pruned unit is masked from the next step on, for good.
       let prunedNow: number[] = [];
       if (pruner?.isDecisionStep(step)) {
+        const keep = pruner.decisionKeepProbabilities(steering.frozen, steering.pruned);
         prunedNow = pruner.decide(steering.frozen, steering.pruned);
         for (const u of prunedNow) {
           steering.pruned.add(u);
           const k = experts.find((e) => e.id === u)?.kappa;
-          log('info', `pruned ${unitName} ${u} at step ${step}: keep-probability ${pruner.gate[u].toFixed(3)}, ${k === undefined ? 'κ ?' : k === null ? 'κ not measurable' : `κ ${k.toPrecision(4)}`}`);
+          log('info', `pruned ${unitName} ${u} at step ${step}: keep-probability ${keep[u].toFixed(3)}, ${k === undefined ? 'κ ?' : k === null ? 'κ not measurable' : `κ ${k.toPrecision(4)}`}`);
         }
+        if (!prunedNow.length) log('info', `pruning at step ${step}: the gate keeps every ${unitName} (keep-probabilities ${keep.map((g) => g.toFixed(2)).join(', ')})`);
         if (prunedNow.length) experts = experts.map((e) => ({ ...e, pruned: steering.pruned.has(e.id) }));
       }
       const extra = monitorStep ? model.extraMetrics?.() : undefined;
@@ -249,7 +337,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
           ...(plRatio !== undefined && Number.isFinite(plRatio) ? { plRatio } : {}),
           ...(participation !== undefined ? { participation } : {}),
           ...(monitorStep || prunedNow.length ? { units: experts } : {}),
-          ...((monitorStep || prunedNow.length) && pruner ? { gate: pruner.gate.map((g) => Math.min(1, Math.max(0, g))) } : {}),
+          ...((monitorStep || prunedNow.length) && pruner ? { gate: pruner.keepProbabilities(steering.frozen, steering.pruned) } : {}),
           ...(extra && Object.keys(extra).length ? { extra } : {}),
         });
       }
@@ -277,14 +365,15 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     setState(steering.stopRequested ? 'stopped' : 'completed', stopSignal ? `stopped by ${stopSignal}` : undefined);
   } catch (e) {
     const reason = e instanceof NonFiniteLoss ? e.message : `${(e as Error).message ?? e}`;
-    log('error', `training failed: ${reason}`);
+    fail(reason);
     if (!(e instanceof NonFiniteLoss) && (e as Error).stack) process.stderr.write(`${(e as Error).stack}\n`);
-    setState('failed', reason);
   } finally {
     model?.dispose();
     // Give subscribers a moment to receive the final events before the socket closes.
     await new Promise((r) => setTimeout(r, 200));
     await server.close();
+    process.off('uncaughtException', onUncaught);
+    lock.release();
   }
   return state;
 }

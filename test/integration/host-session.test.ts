@@ -1,6 +1,7 @@
 // The extension host's run model against the real trainer, without VS Code: the detached launcher,
 // the authenticated WebSocket client, command lifecycles, and replay after a reconnect.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -9,7 +10,7 @@ import { launchTrainer } from '../../src/extension/run/launcher';
 import { isLiveRun, processAlive, readRecordedEvents, readRecordedHistory, readRunDirectory, readRunInfo, readToken } from '../../src/extension/run/runDirectory';
 import { RunSession } from '../../src/extension/run/runSession';
 import { TrainerConnection } from '../../src/extension/run/trainerConnection';
-import type { MetricsEvent, RunInfo } from '../../src/protocol';
+import { runEndpoint, type MetricsEvent, type RunInfo } from '../../src/protocol';
 import { until } from '../support/until';
 
 const root = path.resolve(__dirname, '..', '..');
@@ -24,7 +25,7 @@ let token = '';
 
 function attach(): RunSession {
   const s = new RunSession(info.runId, runDir, configPath);
-  s.attach(new TrainerConnection({ port: info.port, token, lastSeq: () => s.seq, shouldReconnect: () => s.active && processAlive(pid) }));
+  s.attach(new TrainerConnection({ endpoint: runEndpoint(info)!, token, lastSeq: () => s.seq, shouldReconnect: () => s.active && processAlive(pid) }));
   return s;
 }
 const metricsOf = (s: RunSession) => s.events.filter((e): e is MetricsEvent => e.type === 'metrics');
@@ -44,7 +45,11 @@ after(() => {
 
 test('the launcher announces a live run with an owner-only token file', () => {
   assert.equal(info.pid, pid);
-  assert.ok(info.port > 0);
+  // Linux: a Unix socket in the owner-only run directory, and no TCP port at all (docs/security.md).
+  assert.equal(info.socket, path.join(runDir, 'trainer.sock'));
+  assert.equal(info.port, undefined);
+  assert.ok(fs.lstatSync(info.socket).isSocket());
+  assert.equal(fs.statSync(info.socket).mode & 0o777, 0o600);
   assert.ok(isLiveRun(readRunInfo(runDir)));
   assert.equal(readToken(runDir), token, 'the token handed over in the environment is the one on disk');
   assert.equal(fs.statSync(path.join(runDir, 'token')).mode & 0o777, 0o600);
@@ -139,4 +144,17 @@ test('a recorded run whose run.json still says running but whose trainer is gone
   assert.ok(s.view.hello, 'hello (backend, config) comes back from events.jsonl');
   assert.equal(s.view.backend?.name, readRunInfo(runDir)!.backend!.name);
   s.dispose();
+});
+
+test('a run.json naming a pid that answers EPERM (another user\'s process, e.g. pid 1) is not live: no reconnect loop, Delete/Resume allowed', () => {
+  // Asked by a process that may not signal pid 1: as root, that is a child running as `nobody`.
+  const code = `const m = require('./src/extension/run/runDirectory.ts');
+    const info = { protocol: 2, runId: 'x', pid: 1, host: '127.0.0.1', port: 1234, state: 'running', startedAt: 0, updatedAt: 0, step: 0, totalSteps: 1 };
+    let eperm = false;
+    try { process.kill(1, 0); } catch (e) { eperm = e.code === 'EPERM'; }
+    console.log(JSON.stringify({ eperm, alive: m.processAlive(1), live: m.isLiveRun(info) }));`;
+  const asNobody = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', code], { cwd: root, encoding: 'utf8', ...asNobody });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { eperm: true, alive: false, live: false });
 });

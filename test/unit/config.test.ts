@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { analyzeConfigText, lineOf } from '../../src/extension/config/configAnalysis';
-import { parseTrainingConfig } from '../../src/protocol';
-import { SCHEMA_FILE, generateConfigJsonSchema } from '../../scripts/gen-schema';
+import { MAX_DATA_FILE_BYTES, TrainingConfigSchema, parseTrainingConfig } from '../../src/protocol';
+import { readUtf8 } from '../../src/trainer/textData';
+import { SCHEMA_FILE, VALIDATION_KEYWORDS, generateConfigJsonSchema } from '../../scripts/gen-schema';
+import { CONFIG_FIELDS, editDistance, suggestField } from '../../src/protocol/config';
 
 const here = os.tmpdir();
 
@@ -94,4 +97,104 @@ test('a data folder that does not exist is a diagnostic, before anything starts'
 
 test('the committed JSON schema matches the zod schema (run scripts/gen-schema.ts to refresh)', () => {
   assert.equal(fs.readFileSync(SCHEMA_FILE, 'utf8'), generateConfigJsonSchema());
+});
+
+test('engine and device: defaults, the PyTorch engine\'s device values, and the rules that tie them', () => {
+  const d = parseTrainingConfig({});
+  assert.ok(d.ok && d.config.engine === 'tfjs' && d.config.device === 'auto');
+  for (const device of ['auto', 'cpu', 'cuda', 'cuda:0', 'cuda:12']) {
+    const r = parseTrainingConfig({ engine: 'pytorch', device });
+    assert.ok(r.ok, device);
+  }
+  for (const device of ['gpu', 'cuda:', 'cuda:x', 'CUDA', 'cuda:123']) assert.equal(parseTrainingConfig({ engine: 'pytorch', device }).ok, false, device);
+  // Each rule lands on its own line.
+  const text = '{\n  "engine": "pytorch",\n  "backend": "wasm",\n  "model": {\n    "opt": true\n  },\n  "monitor": {\n    "lipschitz": "spectral-norm"\n  }\n}\n';
+  const p = problemsAt(text);
+  assert.ok(p.some((x) => x.line === 3 && /TensorFlow\.js backend/.test(x.message)), JSON.stringify(p));
+  assert.ok(p.some((x) => x.line === 5 && /OPT mode .* tfjs engine only/.test(x.message)), JSON.stringify(p));
+  assert.ok(p.some((x) => x.line === 8 && /spectral-norm L_f .* tfjs engine only/.test(x.message)), JSON.stringify(p));
+  const family = problemsAt('{\n  "engine": "pytorch",\n  "model": { "family": "switch-transformer" },\n  "data": { "source": "text" }\n}\n');
+  assert.ok(family.some((x) => x.line === 3 && /switch-transformer is not in the pytorch engine yet/.test(x.message)), JSON.stringify(family));
+  for (const f of ['moe-mlp', 'vgg', 'bert-encoder']) assert.ok(parseTrainingConfig({ engine: 'pytorch', model: { family: f, experts: 2, dModel: 8 } }).ok, f);
+  const tfjsDevice = problemsAt('{\n  "device": "cuda:0"\n}\n');
+  assert.deepEqual(tfjsDevice.map((x) => x.line), [2]);
+  assert.match(tfjsDevice[0].message, /device is a setting of the PyTorch engine/);
+});
+
+test('data.path must be a regular file under the size bound: a device, a FIFO, a folder or a huge file is a diagnostic on its line', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-data-'));
+  const fifo = path.join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  const huge = path.join(dir, 'huge.txt');
+  fs.writeFileSync(huge, '');
+  fs.truncateSync(huge, MAX_DATA_FILE_BYTES + 1); // sparse: no disk used
+  const ok = path.join(dir, 'ok.txt');
+  fs.writeFileSync(ok, 'some text to learn\n'.repeat(50));
+  const at = (file: string) => problemsAt(`{\n  "model": {"family": "switch-transformer"},\n  "data": {\n    "source": "text",\n    "path": ${JSON.stringify(file)}\n  }\n}`);
+  const expect = (file: string, message: RegExp) => {
+    const p = at(file);
+    assert.equal(p.length, 1, `${file}: ${JSON.stringify(p)}`);
+    assert.equal(p[0].line, 5, 'on the data.path line');
+    assert.match(p[0].message, message);
+  };
+  expect('/dev/zero', /character device: data files must be regular files/);
+  expect(fifo, /named pipe \(FIFO\)/);
+  expect(dir, /is a folder/);
+  expect(huge, /more than the 256 MiB a data file may have/);
+  expect(path.join(dir, 'missing.txt'), /does not exist/);
+  assert.deepEqual(at(ok), [], 'a small regular text file is fine');
+  // The trainer refuses the same files with a bounded read (never hangs on the FIFO, never reads /dev/zero).
+  assert.throws(() => readUtf8('/dev/zero'), /character device/);
+  assert.throws(() => readUtf8(fifo), /named pipe/);
+  assert.throws(() => readUtf8(huge), /more than the 256 MiB/);
+  assert.throws(() => readUtf8(ok, 100), /more than the 100 bytes/);
+  assert.match(readUtf8(ok), /^some text/);
+});
+
+test('a misspelled field gets one "did you mean", with the key range to replace; a made-up one gets none', () => {
+  const text = ['{', '  "learningrate": 0.1,', '  "model": { "expert": 3, "colour": 1 },', '  "monitor": { "evry": 5 }', '}'].join('\n');
+  const a = analyzeConfigText(text, here);
+  const byKey = new Map(a.problems.map((p) => [text.slice(p.range.start, p.range.end), p]));
+  assert.equal(byKey.get('"learningrate"')?.suggestion, 'learningRate');
+  assert.match(byKey.get('"learningrate"')!.message, /^learningrate: unknown field "learningrate" \(did you mean "learningRate"\?\)$/);
+  assert.equal(byKey.get('"expert"')?.suggestion, 'experts');
+  assert.equal(byKey.get('"evry"')?.suggestion, 'every');
+  assert.equal(byKey.get('"colour"')?.suggestion, undefined);
+  assert.doesNotMatch(byKey.get('"colour"')!.message, /did you mean/);
+});
+
+test('edit distance: closed forms (empty, identical, swap, substitution)', () => {
+  assert.equal(editDistance('', 'abc'), 3);
+  assert.equal(editDistance('alpha', 'alpha'), 0);
+  assert.equal(editDistance('aplha', 'alpha'), 1);
+  assert.equal(editDistance('steps', 'stops'), 1);
+  assert.equal(editDistance('kitten', 'sitting'), 3);
+  // A short name gets one edit at most: "ab" is not "name".
+  assert.equal(suggestField('ab', CONFIG_FIELDS['']), undefined);
+  assert.equal(suggestField('BATCHSIZE', CONFIG_FIELDS['']), 'batchSize');
+});
+
+test('CONFIG_FIELDS lists exactly what the schema accepts at each level', () => {
+  for (const [where, keys] of Object.entries(CONFIG_FIELDS)) {
+    for (const k of keys) {
+      const value = where ? { [where]: { [k]: null } } : { [k]: null };
+      const r = parseTrainingConfig(value);
+      assert.ok(!r.ok, 'null is no valid value anywhere');
+      if (!r.ok) assert.ok(!r.problems.some((p) => /unknown field/.test(p.message)), `${where}.${k} is a known field`);
+    }
+  }
+  assert.deepEqual(CONFIG_FIELDS[''], Object.keys(TrainingConfigSchema.innerType().shape));
+});
+
+test('the contributed schema only describes and completes: no keyword the JSON service would report', () => {
+  const schema = JSON.parse(generateConfigJsonSchema());
+  const walk = (node: Record<string, unknown>, where: string) => {
+    for (const k of VALIDATION_KEYWORDS) assert.ok(!(k in node), `${where} has "${k}"`);
+    for (const [k, v] of Object.entries((node.properties ?? {}) as Record<string, Record<string, unknown>>)) walk(v, `${where}.${k}`);
+  };
+  const root = schema.definitions.PlTrainConfig;
+  walk(root, 'config');
+  assert.match(root.properties.learningRate.description, /Adam learning rate/);
+  assert.deepEqual(root.properties.model.properties.family.examples, ['moe-mlp', 'switch-transformer', 'bert-encoder', 'vgg']);
+  assert.deepEqual(root.properties.pruning.properties.enabled.examples, [true, false]);
 });

@@ -83,7 +83,7 @@ test('a subscriber to a long history gets all of it, paced by its socket (never 
   const log = EventLog.resume(dir, N - 1, 1000);
   const logged: string[] = [];
   const server = new TrainerServer('secret', { events: log, onCommand: () => undefined, log: (m) => logged.push(m) });
-  const port = await server.listen();
+  const { port } = (await server.listen({ tcp: true })) as { port: number };
   const ws = new WebSocket(`ws://127.0.0.1:${port}`, { headers: { [TOKEN_HEADER]: 'secret' } });
   const seqs: number[] = [];
   let closed = false;

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Node, ParseError, findNodeAtLocation, getNodeValue, parseTree, printParseErrorCode } from 'jsonc-parser';
 import { ConfigProblem, DEFAULT_FASHION_MNIST_PATH, TrainingConfig, formatProblem, parseTrainingConfig } from '../../protocol';
+import { dataFileProblem } from '../../protocol/dataFile';
 
 export interface TextRange {
   /** 0-based offsets into the document text. */
@@ -17,6 +18,10 @@ export interface LocatedProblem {
   range: TextRange;
   /** The JSON path (empty for syntax errors). */
   path: (string | number)[];
+  /** A JSON syntax error (VS Code's JSON language service marks these itself). */
+  syntax?: boolean;
+  /** For a misspelled field: the field name to put in its place (the range is the key). */
+  suggestion?: string;
 }
 
 export interface ConfigAnalysis {
@@ -51,6 +56,7 @@ export function analyzeConfigText(text: string, configDir: string): ConfigAnalys
     message: `JSON syntax error: ${printParseErrorCode(e.error)}`,
     range: { start: e.offset, end: e.offset + Math.max(1, e.length) },
     path: [],
+    syntax: true,
   }));
   const keyOffsets: ConfigAnalysis['keyOffsets'] = {
     root: root?.offset,
@@ -71,7 +77,7 @@ export function analyzeConfigText(text: string, configDir: string): ConfigAnalys
 
 function place(root: Node, pr: ConfigProblem): LocatedProblem {
   const unknownKey = pr.message.startsWith('unknown field');
-  return { message: formatProblem(pr), range: locate(root, pr.path, unknownKey), path: pr.path };
+  return { message: formatProblem(pr), range: locate(root, pr.path, unknownKey), path: pr.path, ...(pr.suggestion ? { suggestion: pr.suggestion } : {}) };
 }
 
 /** Checks that need the disk: the trainer would fail on these only after starting. */
@@ -84,9 +90,21 @@ export function fileSystemProblems(config: TrainingConfig, configDir: string): C
       out.push({ path: where, message: `data folder ${dir} does not exist${config.data.path ? '' : ' (install Debian\'s dataset-fashion-mnist, or set data.path)'}` });
     } else if (!fs.existsSync(path.join(dir, 'train-images-idx3-ubyte.gz')) && !fs.existsSync(path.join(dir, 'train-images-idx3-ubyte'))) {
       out.push({ path: where, message: `no Fashion-MNIST files (train-images-idx3-ubyte[.gz]) in ${dir}` });
+    } else {
+      // The same refusal the trainer makes (dataFile.ts), on the data.path line, before Start.
+      for (const f of ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']) {
+        const file = [path.join(dir, f), path.join(dir, `${f}.gz`)].find((c) => fs.existsSync(c));
+        const bad = file && dataFileProblem(file);
+        if (bad) out.push({ path: where, message: bad });
+      }
+    }
+  } else if (config.data.source === 'text') {
+    if (config.data.path) {
+      const bad = dataFileProblem(path.resolve(configDir, config.data.path));
+      if (bad) out.push({ path: ['data', 'path'], message: bad });
     }
   } else if (config.data.path) {
-    out.push({ path: ['data', 'path'], message: 'data.path is only used with source "fashion-mnist"' });
+    out.push({ path: ['data', 'path'], message: 'data.path is only used with source "fashion-mnist" or "text"' });
   }
   return out;
 }

@@ -5,7 +5,8 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { RUN_FILES, RunInfo, TOKEN_ENV, runStamp, safeRunName } from '../../protocol';
+import { RUN_FILES, RunInfo, TOKEN_ENV, runEndpoint, runStamp, safeRunName } from '../../protocol';
+import { ensurePrivateDir, openPrivate, writePrivateAtomic } from '../../protocol/privateFile';
 import { LAUNCH_FILE, readRunInfo, tailLog } from './runDirectory';
 
 export interface LaunchOptions {
@@ -17,13 +18,18 @@ export interface LaunchOptions {
   cwd: string;
   /** Continue the run in runDir from its last checkpoint instead of starting afresh. */
   resume?: boolean;
+  /**
+   * Engine `pytorch`: the interpreter (checked beforehand: checkPython) and the folder holding the
+   * `pltrain` package; the trainer is then `python -m pltrain` with the same arguments.
+   */
+  python?: { interpreter: string; packageDir: string };
 }
 
 export interface LaunchedTrainer {
   pid: number;
   token: string;
   runDir: string;
-  /** Resolves once run.json announces the port; rejects with the log tail if the trainer dies first. */
+  /** Resolves once run.json announces where it listens; rejects with the log tail if the trainer dies first. */
   announced: Promise<RunInfo>;
 }
 
@@ -33,17 +39,21 @@ export function makeRunDirName(configName: string, now = new Date()): string {
 }
 
 export function launchTrainer(o: LaunchOptions, announceTimeoutMs = 180_000): LaunchedTrainer {
-  fs.mkdirSync(o.runDir, { recursive: true });
+  // Owner-only, and no planted symlink followed (privateFile.ts), like every file the trainer writes there.
+  ensurePrivateDir(o.runDir);
   // Which config started the run: lets code lenses and re-attach map a run back to its file.
-  if (!o.resume) fs.writeFileSync(path.join(o.runDir, LAUNCH_FILE), JSON.stringify({ configPath: o.configPath, launchedAt: Date.now() }) + '\n');
+  if (!o.resume) writePrivateAtomic(path.join(o.runDir, LAUNCH_FILE), JSON.stringify({ configPath: o.configPath, launchedAt: Date.now() }) + '\n');
   const token = randomBytes(32).toString('hex');
-  const logFd = fs.openSync(path.join(o.runDir, RUN_FILES.log), 'a');
+  const logFd = openPrivate(path.join(o.runDir, RUN_FILES.log), 'append');
   const args = o.resume ? ['--resume', o.runDir] : ['--config', o.configPath, '--run-dir', o.runDir];
-  const child = spawn(o.nodePath, [o.trainerScript, ...args], {
+  const [command, commandArgs, extraEnv] = o.python
+    ? [o.python.interpreter, ['-m', 'pltrain', ...args], { PYTHONPATH: [o.python.packageDir, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter) }]
+    : [o.nodePath, [o.trainerScript, ...args], { ELECTRON_RUN_AS_NODE: '1' }];
+  const child = spawn(command, commandArgs, {
     cwd: o.cwd,
     detached: true,
     stdio: ['ignore', logFd, logFd],
-    env: { ...process.env, ELECTRON_RUN_AS_NODE: '1', [TOKEN_ENV]: token },
+    env: { ...process.env, ...extraEnv, [TOKEN_ENV]: token },
   });
   fs.closeSync(logFd);
   let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
@@ -56,19 +66,19 @@ export function launchTrainer(o: LaunchOptions, announceTimeoutMs = 180_000): La
     const started = Date.now();
     const poll = setInterval(() => {
       const info = readRunInfo(o.runDir);
-      if (info && info.port > 0 && info.pid === child.pid) {
+      if (info && runEndpoint(info) && info.pid === child.pid) {
         clearInterval(poll);
         resolve(info);
       } else if (spawnError || exited) {
         clearInterval(poll);
         const why = spawnError
-          ? `could not start ${o.nodePath}: ${spawnError.message}`
+          ? `could not start ${command}: ${spawnError.message}`
           : `the trainer exited (${exited!.signal ?? `code ${exited!.code}`}) before it was ready`;
         const tail = tailLog(o.runDir);
         reject(new Error(tail ? `${why}\n${tail}` : why));
       } else if (Date.now() - started > announceTimeoutMs) {
         clearInterval(poll);
-        reject(new Error(`the trainer did not announce its port within ${Math.round(announceTimeoutMs / 1000)} s\n${tailLog(o.runDir)}`));
+        reject(new Error(`the trainer did not announce its socket within ${Math.round(announceTimeoutMs / 1000)} s\n${tailLog(o.runDir)}`));
       }
     }, 100);
   });

@@ -3,7 +3,7 @@
 // protocol-1 run are upgraded on read (upgradeRecord), so old runs open like new ones.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { AckEvent, MetricsEvent, RUN_FILES, RunInfo, RunInfoSchema, TERMINAL_STATES, TrainerEvent, TrainerEventSchema, upgradeRecord } from '../../protocol';
+import { AckEvent, MetricsEvent, RUN_FILES, RunInfo, RunInfoSchema, TERMINAL_STATES, TrainerEvent, TrainerEventSchema, runEndpoint, upgradeRecord } from '../../protocol';
 import { forEachLine } from '../../protocol/jsonlFile';
 import { hasCheckpoint } from '../../protocol/runDirectory';
 
@@ -19,7 +19,7 @@ export interface RunDirectory {
   dir: string;
   /** run.json, when present and valid. */
   info: RunInfo | undefined;
-  /** Its trainer was alive and had announced a port when the directory was read (isLiveRun). */
+  /** Its trainer was alive and had announced its socket (or port) when the directory was read (isLiveRun). */
   alive: boolean;
   /** The config file that started it (launch.json), for code lenses and resumes. */
   configPath: string | undefined;
@@ -58,19 +58,24 @@ export function readToken(runDir: string): string | undefined {
   }
 }
 
-/** True when a process with this pid exists (signal 0 probes without killing). */
+/**
+ * True when a process with this pid exists and is ours (signal 0 probes without killing). EPERM means
+ * the pid belongs to another user (pid 1, or a pid reused after the trainer died): not our trainer,
+ * so the run is not live (no endless reconnects, and Delete/Resume stay possible).
+ */
 export function processAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
     process.kill(pid, 0);
     return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  } catch {
+    return false;
   }
 }
 
-/** A run whose trainer is still alive and announced a port: worth re-attaching to. */
+/** A run whose trainer is still alive and announced where it listens: worth re-attaching to. */
 export function isLiveRun(info: RunInfo | undefined): info is RunInfo {
-  return !!info && info.port > 0 && !TERMINAL_STATES.includes(info.state) && processAlive(info.pid);
+  return !!info && runEndpoint(info) !== undefined && !TERMINAL_STATES.includes(info.state) && processAlive(info.pid);
 }
 
 /**

@@ -1,12 +1,13 @@
-// The extension host's WebSocket client to one trainer: authenticates with the run token,
-// subscribes from the last seq it holds (so a reconnect replays without gap or duplicate),
-// and reconnects with backoff while the trainer process lives.
+// The extension host's WebSocket client to one trainer (its Unix socket, or loopback TCP on Windows):
+// authenticates with the run token, subscribes from the last seq it holds (so a reconnect replays
+// without gap or duplicate), and reconnects with backoff while the trainer process lives.
 import WebSocket from 'ws';
 import {
   ClientFrame,
   MAX_FRAME_BYTES,
   ProtocolError,
   TOKEN_HEADER,
+  TrainerEndpoint,
   TrainerEvent,
   TrainerFrameSchema,
   parseFrame,
@@ -14,13 +15,19 @@ import {
 import { Signal } from './signal';
 
 export interface ConnectionOptions {
-  port: number;
+  /** The trainer's Unix socket (Linux, macOS) or loopback TCP port (Windows), from run.json. */
+  endpoint: TrainerEndpoint;
   token: string;
   /** Seq of the last event already held; the trainer replays everything after it. */
   lastSeq: () => number;
   /** Whether reconnecting still makes sense (e.g. the trainer pid is alive). */
   shouldReconnect: () => boolean;
   log?: (message: string) => void;
+}
+
+/** The WebSocket URL of an endpoint: `ws+unix:` (ws's form for a Unix socket) or loopback `ws:`. */
+export function endpointUrl(e: TrainerEndpoint): string {
+  return 'socket' in e ? `ws+unix:${e.socket}:/` : `ws://127.0.0.1:${e.port}/`;
 }
 
 export class TrainerConnection {
@@ -41,7 +48,7 @@ export class TrainerConnection {
 
   connect(): void {
     if (this.disposed) return;
-    const ws = new WebSocket(`ws://127.0.0.1:${this.opts.port}/`, {
+    const ws = new WebSocket(endpointUrl(this.opts.endpoint), {
       headers: { [TOKEN_HEADER]: this.opts.token },
       maxPayload: 16 * 1024 * 1024, // inbound replay frames can be large; outbound commands are tiny
       handshakeTimeout: 10_000,
@@ -61,7 +68,8 @@ export class TrainerConnection {
       if (r.value.type === 'error') this.onProtocolError.fire(r.value);
       else this.onEvent.fire(r.value);
     });
-    ws.on('error', (e) => this.opts.log?.(`trainer connection: ${e.message}`));
+    // A socket closed by dispose() still reports its error: the log it would go to may be gone too.
+    ws.on('error', (e) => !this.disposed && this.opts.log?.(`trainer connection: ${e.message}`));
     ws.on('close', () => {
       if (this.ws !== ws) return;
       this.ws = undefined;

@@ -40,10 +40,10 @@ export async function reveal(file: string, start: number, end: number): Promise<
 }
 
 /** One item from a list, or undefined when dismissed. */
-export async function pickOne<T>(title: string, items: readonly { label: string; description?: string; value: T }[]): Promise<T | undefined> {
+export async function pickOne<T>(title: string, items: readonly { label: string; description?: string; detail?: string; value: T }[], placeHolder?: string): Promise<T | undefined> {
   const pick = await vscode.window.showQuickPick(
-    items.map((i) => ({ label: i.label, description: i.description, value: i.value })),
-    { title },
+    items.map((i) => ({ label: i.label, description: i.description, detail: i.detail, value: i.value })),
+    { title, placeHolder, matchOnDescription: true },
   );
   return pick?.value;
 }

@@ -25,8 +25,8 @@ export interface MoeWeights {
 }
 
 /** Mixture logits Σ_e softmax(gate(x))_e · o_e(x); pruned experts get no gate mass and are not computed. */
-export function moeLogits(tf: typeof TF, x: TF.Tensor2D, m: MoeWeights, classes: number, pruned: ReadonlySet<number>): TF.Tensor2D {
-  return tf.tidy(() => moeForward(tf, x, m, classes, pruned).logits); // the pre-activations are disposed
+export function moeLogits(tf: typeof TF, x: TF.Tensor2D, m: MoeWeights, classes: number, pruned: ReadonlySet<number>, softMask?: TF.Tensor1D): TF.Tensor2D {
+  return tf.tidy(() => moeForward(tf, x, m, classes, pruned, softMask).logits); // the pre-activations are disposed
 }
 
 export interface MoeForward {
@@ -43,7 +43,7 @@ export interface MoeForward {
  * moeLogits, also handing back every expert's pre-activations, so a caller that appends rows to x
  * (the κ regularizer appends the probe batch) can reuse them instead of a second first-layer product.
  */
-export function moeForward(tf: typeof TF, x: TF.Tensor2D, m: MoeWeights, classes: number, pruned: ReadonlySet<number>): MoeForward {
+export function moeForward(tf: typeof TF, x: TF.Tensor2D, m: MoeWeights, classes: number, pruned: ReadonlySet<number>, softMask?: TF.Tensor1D): MoeForward {
   // tidy keeps every tensor of the returned object (its walk skips the nulls; its type does not allow them).
   return tf.tidy((): TF.TensorContainer => {
     if (m.experts.every((_, i) => pruned.has(i))) {
@@ -55,7 +55,13 @@ export function moeForward(tf: typeof TF, x: TF.Tensor2D, m: MoeWeights, classes
       const mask = tf.tensor1d(m.experts.map((_, i) => (pruned.has(i) ? -1e9 : 0)));
       gateLogits = tf.add(gateLogits, mask);
     }
-    const gate = tf.softmax(gateLogits); // B×E
+    let gate = tf.softmax(gateLogits); // B×E
+    // The pruning gate's soft mask scales each expert's routing weight, renormalized: p_e ∝ m_e·e^{z_e},
+    // so m_e = 0 is exactly a pruned expert and the mass it loses goes to the others.
+    if (softMask) {
+      const weighted = tf.mul(gate, softMask);
+      gate = tf.div(weighted, tf.add(tf.sum(weighted, 1, true), 1e-12));
+    }
     // A pruned expert is not computed: its slot holds zeros, which its zero gate mass multiplies (no
     // gather: its gradient needs UnsortedSegmentSum, which the wasm backend lacks).
     const preActivations = m.experts.map((e, i) => (pruned.has(i) ? null : (tf.add(tf.matMul(x, e.w1 as TF.Tensor2D), e.b1) as TF.Tensor2D)));

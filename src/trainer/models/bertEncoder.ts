@@ -21,7 +21,7 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
 import { classifierUnitKernels, outputDirections, smoothKappaTf, spectralNormProduct, SpectralNormState } from '../pl';
-import { biasRayleigh, classifierAccuracy, regularizerWeights, restoreGroups, routerlessMeasurement, saveGroups, type ModelConditioning } from './shared';
+import { biasRayleigh, classifierAccuracy, regularizerWeights, restoreGroups, routerlessMeasurement, saveGroups, SoftMask, type ModelConditioning } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -116,6 +116,7 @@ export class BertEncoder implements PlModel {
   private readonly headOptimizers: TF.Optimizer[];
   private readonly prefix = `bert${modelCount++}`;
   private readonly spectral: SpectralNormState;
+  private readonly softMask: SoftMask;
   private readonly activations: TwiceDifferentiableActivations;
   private probeX: T2 | undefined;
   private probeY: T2 | undefined;
@@ -185,6 +186,7 @@ export class BertEncoder implements PlModel {
     }
     this.activations = twiceDifferentiableActivations(tf);
     this.spectral = new SpectralNormState(config.seed);
+    this.softMask = new SoftMask(tf, name('pruningMask'), this.units);
     this.sharedOptimizer = tf.train.adam(config.learningRate);
     this.headOptimizers = Array.from({ length: heads }, () => tf.train.adam(config.learningRate));
   }
@@ -212,7 +214,7 @@ export class BertEncoder implements PlModel {
   }
 
   /** Logits [b, classes] of images x [b, rows·cols]; a pruned head's variables are replaced by zeros in every layer. */
-  logits(x: TF.Tensor, pruned: ReadonlySet<number> = new Set()): T2 {
+  logits(x: TF.Tensor, pruned: ReadonlySet<number> = new Set(), softMask?: TF.Tensor1D): T2 {
     const tf = this.tf;
     const [b, T, D, H, dh] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead];
     return tf.tidy(() => {
@@ -230,7 +232,9 @@ export class BertEncoder implements PlModel {
         const v = split(tf.add(tf.matMul(h, side((v) => v.wv, 1) as T2), side((v) => v.bv, 0)));
         const attention = this.activations.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
         const merged = tf.reshape(tf.transpose(tf.matMul(attention, v), [0, 2, 1, 3]), [b * T, H * dh]) as T2;
-        const attended = tf.add(tf.matMul(merged, side((v) => v.wo, 0) as T2), blk.bo) as T2;
+        // The pruning gate's soft mask scales head k's rows of W_o: its output before the merge.
+        const wo = softMask ? tf.concat(heads.map((v, k) => tf.mul(pruned.has(k) ? tf.zerosLike(v.wo) : v.wo, tf.slice(softMask, [k], [1]))), 0) : side((v) => v.wo, 0);
+        const attended = tf.add(tf.matMul(merged, wo as T2), blk.bo) as T2;
         h = this.layerNorm(tf.add(h, attended) as T2, blk.ln1g, blk.ln1b);
         const ff = tf.add(tf.matMul(this.gelu(tf.add(tf.matMul(h, blk.ff1w as unknown as T2), blk.ff1b) as T2), blk.ff2w as unknown as T2), blk.ff2b) as T2;
         h = this.layerNorm(tf.add(h, ff) as T2, blk.ln2g, blk.ln2b);
@@ -255,17 +259,21 @@ export class BertEncoder implements PlModel {
     const shared = this.sharedVars();
     const varList: TF.Variable[] = [...shared];
     for (const h of trainable) varList.push(...this.headVars(h));
+    const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
+    if (mask) varList.push(mask as unknown as TF.Variable);
+    let maskGrad: number[] | undefined;
     const reported = tf.tidy(() => {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
       let logitsT: T2 | undefined;
       const { value: total, grads } = tf.variableGrads(() => {
-        logitsT = tf.keep(this.logits(batch.x, pruned));
+        logitsT = tf.keep(this.logits(batch.x, pruned, mask));
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
         regT = tf.keep(this.modelKappaTf(trainable.filter((h) => weights.w[h] > 0), pruned));
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
+      if (mask) maskGrad = this.softMask.take(grads);
       const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
       this.sharedOptimizer.applyGradients(group(shared));
       for (const h of trainable) this.headOptimizers[h].applyGradients(group(this.headVars(h)));
@@ -278,7 +286,7 @@ export class BertEncoder implements PlModel {
     // One device→host transfer per step for everything reported.
     const values = reported.dataSync();
     reported.dispose();
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4] };
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(maskGrad ? { maskGrad } : {}) };
   }
 
   /**
@@ -408,5 +416,6 @@ export class BertEncoder implements PlModel {
     this.probeY?.dispose();
     this.sharedOptimizer.dispose();
     for (const o of this.headOptimizers) o.dispose();
+    this.softMask.dispose();
   }
 }

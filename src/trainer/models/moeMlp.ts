@@ -8,7 +8,7 @@ import { sumOfSquares } from '../engine/sumOfSquares';
 import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
 import { conditioning, dampedKappa, kappaSurrogateTf, moeKernelsTf, outputDirectionsTf, SpectralNormState, spectralNormProduct } from '../pl';
-import { classifierAccuracy, kernelWeights, principalSubmatrix, regularizerWeights, restoreGroups, rowScales, saveGroups } from './shared';
+import { classifierAccuracy, kernelWeights, principalSubmatrix, regularizerWeights, restoreGroups, rowScales, saveGroups, SoftMask } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 export interface ExpertVars {
@@ -76,6 +76,7 @@ export class MoeMlp implements PlModel {
   private readonly optLayers: OrthogonalLayer[] | undefined;
   private lastEnergy: Record<string, number> = {};
   private readonly spectral: SpectralNormState;
+  private readonly softMask: SoftMask;
 
   constructor(
     private readonly tf: typeof TF,
@@ -104,6 +105,7 @@ export class MoeMlp implements PlModel {
     this.gateW = normal('gate/w', [d, experts], 0.01);
     this.gateB = zeros('gate/b', [experts]);
     this.spectral = new SpectralNormState(config.seed);
+    this.softMask = new SoftMask(tf, name('pruningMask'), experts);
     this.measuresInStep = config.monitor.lipschitz === 'tangent-kernel';
     this.gateOptimizer = createAdam(tf, config.learningRate);
     this.expertOptimizers = this.experts.map(() => createAdam(tf, config.learningRate));
@@ -134,9 +136,9 @@ export class MoeMlp implements PlModel {
   }
 
   /** Mixture logits; pruned experts get no gate mass (the engine computes them: engine/moeForward.ts). */
-  logits(x: TF.Tensor2D, pruned: ReadonlySet<number> = new Set(), w1s: TF.Tensor2D[] = this.firstLayers()): TF.Tensor2D {
+  logits(x: TF.Tensor2D, pruned: ReadonlySet<number> = new Set(), w1s: TF.Tensor2D[] = this.firstLayers(), softMask?: TF.Tensor1D): TF.Tensor2D {
     const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
-    return moeLogits(this.tf, x, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned);
+    return moeLogits(this.tf, x, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned, softMask);
   }
 
   /**
@@ -154,6 +156,9 @@ export class MoeMlp implements PlModel {
     let monitorMs = 0;
     const varList: TF.Variable[] = [this.gateW, this.gateB];
     for (const i of trainable) varList.push(...this.expertVars(i));
+    const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
+    if (mask) varList.push(mask as unknown as TF.Variable);
+    let maskGrad: number[] | undefined;
     const reported = tf.tidy(() => {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
@@ -166,7 +171,7 @@ export class MoeMlp implements PlModel {
         const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
         // The probe rides along as extra rows of a regularized step's batch: its products come out of
         // the matmuls the step runs anyway.
-        const forward = moeForward(tf, regularized ? tf.concat([x, this.probeX!]) : x, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned);
+        const forward = moeForward(tf, regularized ? tf.concat([x, this.probeX!]) : x, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned, mask);
         logitsT = tf.keep(regularized ? (tf.slice(forward.logits, [0, 0], [b, this.c]) as TF.Tensor2D) : forward.logits);
         sharesT = tf.keep(tf.mean(regularized ? tf.slice(forward.gate, [0, 0], [b, this.experts.length]) : forward.gate, 0) as TF.Tensor1D);
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
@@ -176,6 +181,7 @@ export class MoeMlp implements PlModel {
         monitorMs = r.monitorMs;
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
+      if (mask) maskGrad = this.softMask.take(grads);
       const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
       this.gateOptimizer.applyGradients(group([this.gateW, this.gateB]));
       for (const i of trainable) this.expertOptimizers[i].applyGradients(group(this.expertVars(i)));
@@ -190,7 +196,7 @@ export class MoeMlp implements PlModel {
     reported.dispose();
     const shares = Array.from(values.subarray(5), (v) => Math.min(1, Math.max(0, v)));
     const inStep = regularized && this.measuresInStep;
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], shares, ...(inStep ? { measured: this.unitStats, monitorMs } : {}) };
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], shares, ...(inStep ? { measured: this.unitStats, monitorMs } : {}), ...(maskGrad ? { maskGrad } : {}) };
   }
 
   /**
@@ -425,6 +431,7 @@ export class MoeMlp implements PlModel {
 
   dispose(): void {
     this.tf.dispose([...this.experts.flatMap((e) => Object.values(e)), this.gateW, this.gateB, ...(this.optLayers ?? []).map((l) => l.v)]);
+    this.softMask.dispose();
     this.probeX?.dispose();
     this.probeY?.dispose();
     this.probeGram?.dispose();

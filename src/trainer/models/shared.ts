@@ -153,3 +153,51 @@ export function biasRayleigh(probeU: ArrayLike<number>, v: ArrayLike<number>, c:
   for (let i = 0; i < v.length; i++) for (let k = 0; k < c; k++) s[k] += v[i] * probeU[i * c + k];
   return s.reduce((a, x) => a + x * x, 0);
 }
+
+/**
+ * The pruning gate's soft mask as a variable of the model, so a step can differentiate its task loss
+ * with respect to it (tf.variableGrads differentiates variables only). No optimizer owns it and no
+ * checkpoint saves it: the gate sets it before every masked step and reads its gradient after.
+ */
+export class SoftMask {
+  private variable: TF.Variable | undefined;
+  constructor(
+    private readonly tf: typeof TF,
+    private readonly name: string,
+    private readonly units: number,
+  ) {}
+
+  /** The mask variable holding `values` for this step, or undefined when the step is unmasked. */
+  bind(values: ArrayLike<number> | undefined): TF.Variable | undefined {
+    if (!values) return undefined;
+    if (values.length !== this.units) throw new RangeError(`soft mask has ${values.length} values for ${this.units} units`);
+    const t = this.tf.tensor1d(Array.from(values, (v) => Math.min(1, Math.max(0, Number(v)))));
+    if (!this.variable) this.variable = this.tf.variable(t, true, this.name);
+    else this.variable.assign(t);
+    t.dispose();
+    return this.variable;
+  }
+
+  /**
+   * Takes the mask's gradient out of `grads` (no optimizer step and no gradient norm sees it) and
+   * reads it back; zeros where the mask did not reach the loss.
+   */
+  take(grads: TF.NamedTensorMap): number[] {
+    const g = this.variable ? grads[this.variable.name] : undefined;
+    if (!g) return new Array(this.units).fill(0);
+    delete grads[this.variable!.name];
+    const values = Array.from(g.dataSync());
+    g.dispose();
+    return values;
+  }
+
+  /** Unit i's mask as a [1] tensor (broadcasts against anything). */
+  unit(mask: TF.Tensor1D, i: number): TF.Tensor1D {
+    return this.tf.slice(mask, [i], [1]);
+  }
+
+  dispose(): void {
+    this.variable?.dispose();
+    this.variable = undefined;
+  }
+}

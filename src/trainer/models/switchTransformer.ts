@@ -35,7 +35,7 @@ import type * as TF from '@tensorflow/tfjs';
 import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
 import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
-import { principalSubmatrix, regularizerWeights, restoreGroups, saveGroups } from './shared';
+import { principalSubmatrix, regularizerWeights, restoreGroups, saveGroups, SoftMask } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -108,6 +108,7 @@ export class SwitchTransformerLm implements PlModel {
   private readonly expertOptimizers: TF.Optimizer[];
   private readonly prefix = `switch${modelCount++}`;
   private readonly spectral: SpectralNormState;
+  private readonly softMask: SoftMask;
   private probeX: T2 | undefined;
   private probeY: T2 | undefined;
   private probeTokenIds: Int32Array | undefined;
@@ -180,6 +181,7 @@ export class SwitchTransformerLm implements PlModel {
       b: zeros('output/b', [this.vocabulary]),
     };
     this.spectral = new SpectralNormState(config.seed);
+    this.softMask = new SoftMask(tf, name('pruningMask'), this.units);
     this.sharedOptimizer = tf.train.adam(config.learningRate);
     this.expertOptimizers = Array.from({ length: experts }, () => tf.train.adam(config.learningRate));
   }
@@ -210,7 +212,7 @@ export class SwitchTransformerLm implements PlModel {
    * Call inside a tidy or a gradient scope. `offsets[s]` [b·T, dModel] is added to Switch layer s's
    * output (zeros: the gradient with respect to it is ∂L/∂output); `trace` collects host copies.
    */
-  forward(x: TF.Tensor, pruned: ReadonlySet<number>, o: { offsets?: TF.Tensor[]; trace?: SwitchLayerTrace[] } = {}): { logits: T2; aux: TF.Scalar; routed: number[] } {
+  forward(x: TF.Tensor, pruned: ReadonlySet<number>, o: { offsets?: TF.Tensor[]; trace?: SwitchLayerTrace[]; softMask?: TF.Tensor1D } = {}): { logits: T2; aux: TF.Scalar; routed: number[] } {
     const tf = this.tf;
     const [b, T] = x.shape as [number, number];
     if (T > this.contextLength) throw new RangeError(`sequences of ${T} tokens are longer than contextLength ${this.contextLength}`);
@@ -243,7 +245,13 @@ export class SwitchTransformerLm implements PlModel {
         return;
       }
       const logits = tf.add(tf.matMul(f, blk.router!.w as unknown as T2), blk.router!.b);
-      const probs = tf.softmax(prunedMask ? tf.add(logits, prunedMask) : logits) as T2;
+      let probs = tf.softmax(prunedMask ? tf.add(logits, prunedMask) : logits) as T2;
+      // The pruning gate's soft mask scales each expert's router probability, renormalized (m_e = 0 is
+      // a pruned expert): it moves the top-1 choice and, through p_top, the routed output.
+      if (o.softMask) {
+        const weighted = tf.mul(probs, o.softMask);
+        probs = tf.div(weighted, tf.add(tf.sum(weighted, 1, true), 1e-12)) as T2;
+      }
       // Top-1 routing. The decisions come to the host: dispatch sizes are data-dependent.
       const expertOf = tf.argMax(probs, 1).dataSync() as Int32Array;
       const members: number[][] = Array.from({ length: E }, () => []);
@@ -428,12 +436,15 @@ export class SwitchTransformerLm implements PlModel {
     const shared = this.sharedVars();
     const varList: TF.Variable[] = [...shared];
     for (const e of trainable) varList.push(...this.expertVars(e));
+    const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
+    if (mask) varList.push(mask as unknown as TF.Variable);
+    let maskGrad: number[] | undefined;
     let routed: number[] = [];
     const reported = tf.tidy(() => {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
       const { value: total, grads } = tf.variableGrads(() => {
-        const out = this.forward(batch.x, pruned);
+        const out = this.forward(batch.x, pruned, { softMask: mask });
         routed = out.routed;
         taskLossT = tf.keep(this.crossEntropy(out.logits, batch.y));
         let objective = tf.add(taskLossT, tf.mul(out.aux, LOAD_BALANCE_COEFFICIENT)) as TF.Scalar;
@@ -443,6 +454,7 @@ export class SwitchTransformerLm implements PlModel {
         }
         return objective;
       }, varList);
+      if (mask) maskGrad = this.softMask.take(grads);
       const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
       this.sharedOptimizer.applyGradients(group(shared));
       for (const e of trainable) {
@@ -460,7 +472,7 @@ export class SwitchTransformerLm implements PlModel {
     const dispatched = routed.reduce((a, c) => a + c, 0);
     this.lastLoad = routed.map((c) => (dispatched ? c / dispatched : 0));
     // The routing shares of this batch: the fraction of its tokens dispatched to each expert (all Switch layers).
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: Math.exp(values[1]), gradNormSq: values[3], ...(dispatched ? { shares: [...this.lastLoad] } : {}) };
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: Math.exp(values[1]), gradNormSq: values[3], ...(dispatched ? { shares: [...this.lastLoad] } : {}), ...(maskGrad ? { maskGrad } : {}) };
   }
 
   /**
@@ -613,5 +625,6 @@ export class SwitchTransformerLm implements PlModel {
     this.probeY?.dispose();
     this.sharedOptimizer.dispose();
     for (const o of this.expertOptimizers) o.dispose();
+    this.softMask.dispose();
   }
 }

@@ -51,6 +51,11 @@ export interface StepResult {
   measured?: UnitStats[];
   monitorMs?: number;
   /**
+   * ∂(the step's objective)/∂mask_e per unit, when the step ran under a soft mask (StepOptions.softMask):
+   * the task loss's, plus α·κ̄'s where a family's regularizer reads the mask.
+   */
+  maskGrad?: number[];
+  /**
    * The fraction of the model's routing mass through each unit on this step's batch (sums to 1;
    * docs/method.md, contract 9), where the family routes (moe-mlp, switch-transformer). Families
    * without a router report shares in measure() instead.
@@ -82,6 +87,12 @@ export interface StepOptions {
    * over `trainable` when absent.
    */
   unitWeights?: ArrayLike<number>;
+  /**
+   * The pruning gate's soft mask for this step, one value in [0, 1] per unit (1 = untouched, 0 =
+   * as if pruned), multiplying each unit's contribution in the forward pass (docs/method.md,
+   * "Pruning: the gating network"). The step then reports ∂(its objective)/∂mask in `maskGrad`.
+   */
+  softMask?: ArrayLike<number>;
 }
 
 export interface PlModel {

@@ -13,7 +13,7 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
 import { classifierUnitKernels, outputDirections, smoothKappaTf, spectralNormProduct, SpectralNormState } from '../pl';
-import { biasRayleigh, classifierAccuracy, regularizerWeights, restoreGroups, routerlessMeasurement, saveGroups, type ModelConditioning } from './shared';
+import { biasRayleigh, classifierAccuracy, regularizerWeights, restoreGroups, routerlessMeasurement, saveGroups, SoftMask, type ModelConditioning } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type Tensor4D = TF.Tensor4D;
@@ -115,6 +115,7 @@ export class VggNet implements PlModel {
   private readonly ops: TwiceDifferentiableOps;
   private readonly prefix = `vgg${modelCount++}`;
   private readonly spectral: SpectralNormState;
+  private readonly softMask: SoftMask;
   private probeX: TF.Tensor2D | undefined;
   private probeY: TF.Tensor2D | undefined;
   private probeU: Float64Array | undefined;
@@ -152,6 +153,7 @@ export class VggNet implements PlModel {
     this.denseW = normal('dense/w', [flat, this.classes], Math.sqrt(1 / flat));
     this.denseB = zeros('dense/b', [this.classes]);
     this.spectral = new SpectralNormState(config.seed);
+    this.softMask = new SoftMask(tf, name('pruningMask'), groups);
     this.sharedOptimizer = tf.train.adam(config.learningRate);
     this.groupOptimizers = Array.from({ length: groups }, () => tf.train.adam(config.learningRate));
   }
@@ -164,7 +166,7 @@ export class VggNet implements PlModel {
   }
 
   /** Logits [b, classes] of images x [b, rows·cols]; a pruned group's channels are exactly zero in every layer. */
-  logits(x: TF.Tensor, pruned: ReadonlySet<number> = new Set()): TF.Tensor2D {
+  logits(x: TF.Tensor, pruned: ReadonlySet<number> = new Set(), softMask?: TF.Tensor1D): TF.Tensor2D {
     const tf = this.tf;
     return tf.tidy(() => {
       let h = tf.reshape(x, [x.shape[0], this.rows, this.cols, 1]) as Tensor4D;
@@ -176,6 +178,8 @@ export class VggNet implements PlModel {
         const f = tf.concat(filters, 3) as Tensor4D;
         const conv = l === 0 ? this.ops.convSameOfInput(h, f) : this.ops.convSame(h, f);
         h = this.ops.maxPool2(tf.relu(tf.add(conv, tf.concat(biases))) as Tensor4D);
+        // The pruning gate's soft mask scales group g's channels (pooling commutes with a scale ≥ 0).
+        if (softMask) h = tf.mul(h, tf.concat(groups.map((_, g) => tf.tile(tf.slice(softMask, [g], [1]), [this.channelsPerGroup])))) as Tensor4D;
       });
       return tf.add(tf.matMul(tf.reshape(h, [h.shape[0], -1]) as TF.Tensor2D, this.denseW as unknown as TF.Tensor2D), this.denseB) as TF.Tensor2D;
     });
@@ -195,17 +199,21 @@ export class VggNet implements PlModel {
     const regularized = alpha > 0 && this.probeU !== undefined && this.modelConditioning !== undefined;
     const varList: TF.Variable[] = [this.denseW, this.denseB];
     for (const g of trainable) varList.push(...this.groupVars(g));
+    const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
+    if (mask) varList.push(mask as unknown as TF.Variable);
+    let maskGrad: number[] | undefined;
     const reported = tf.tidy(() => {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
       let logitsT: TF.Tensor2D | undefined;
       const { value: total, grads } = tf.variableGrads(() => {
-        logitsT = tf.keep(this.logits(batch.x, pruned));
+        logitsT = tf.keep(this.logits(batch.x, pruned, mask));
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
         regT = tf.keep(this.modelKappaTf(trainable.filter((g) => weights.w[g] > 0), pruned));
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
+      if (mask) maskGrad = this.softMask.take(grads);
       const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
       this.sharedOptimizer.applyGradients(group([this.denseW, this.denseB]));
       for (const g of trainable) this.groupOptimizers[g].applyGradients(group(this.groupVars(g)));
@@ -218,7 +226,7 @@ export class VggNet implements PlModel {
     // One device→host transfer per step for everything reported.
     const values = reported.dataSync();
     reported.dispose();
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4] };
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(maskGrad ? { maskGrad } : {}) };
   }
 
   /**
@@ -337,5 +345,6 @@ export class VggNet implements PlModel {
     this.probeY?.dispose();
     this.sharedOptimizer.dispose();
     for (const o of this.groupOptimizers) o.dispose();
+    this.softMask.dispose();
   }
 }

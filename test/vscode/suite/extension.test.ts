@@ -9,6 +9,7 @@ import { RunManager } from '../../../src/extension/runManager';
 import type { RunSession } from '../../../src/extension/run/runSession';
 import { vscodeRunHost } from '../../../src/extension/vscode/runHost';
 import { formatNumber, type MetricsEvent } from '../../../src/protocol';
+import { tcpListenPorts } from '../../support/endpoint';
 import { until } from '../../support/until';
 
 const EXTENSION_ID = 'pl-trainer.pl-trainer';
@@ -33,6 +34,88 @@ function writeConfig(name: string, body: object): vscode.Uri {
 }
 
 const metricsOf = (s: RunSession) => s.events.filter((e): e is MetricsEvent => e.type === 'metrics');
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls an async condition (a command's answer) until it holds. */
+async function untilAsync<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+const hoverText = async (uri: vscode.Uri, at: vscode.Position) =>
+  ((await vscode.commands.executeCommand<vscode.Hover[]>('vscode.executeHoverProvider', uri, at)) ?? [])
+    .flatMap((h) => h.contents)
+    .map((c) => (typeof c === 'string' ? c : c.value))
+    .join('\n');
+
+// First in the file: the workspace holds no config yet.
+describe('the first hour', function () {
+  this.timeout(120_000);
+
+  it('Start with no config offers the New-config picker (no toast); it writes the family\'s starter with no $schema and opens it', async () => {
+    await api();
+    assert.equal((await vscode.workspace.findFiles('**/*.pltrain.json')).length, 0, 'an empty workspace');
+    let done = false;
+    const started = Promise.resolve(vscode.commands.executeCommand('plTrainer.start')).finally(() => (done = true));
+    // The picker's first entry (moe-mlp), then the proposed name: Enter, as a user would.
+    for (let i = 0; i < 60 && !done; i++) {
+      await sleep(300);
+      await vscode.commands.executeCommand('workbench.action.acceptSelectedQuickOpenItem');
+    }
+    assert.equal(await started, undefined, 'nothing starts before the user has seen the config');
+    const created = await vscode.workspace.findFiles('**/*.pltrain.json');
+    assert.deepEqual(created.map((u) => path.basename(u.fsPath)), ['default.pltrain.json']);
+    assert.equal(vscode.window.activeTextEditor?.document.uri.fsPath, created[0].fsPath, 'opened');
+    const config = JSON.parse(fs.readFileSync(created[0].fsPath, 'utf8'));
+    assert.deepEqual([config.name, config.model.family, '$schema' in config], ['default', 'moe-mlp', false]);
+    // IntelliSense without a $schema line: the contributed schema describes the fields.
+    const doc = vscode.window.activeTextEditor!.document;
+    const at = doc.positionAt(doc.getText().indexOf('"learningRate"') + 2);
+    assert.match(await untilAsync('a hover from the contributed schema', async () => ((await hoverText(doc.uri, at)).includes('Adam learning rate') ? 'yes' : undefined)), /yes/);
+    await vscode.commands.executeCommand('workbench.action.closeAllEditors');
+    fs.rmSync(created[0].fsPath);
+  });
+
+  it('a config problem is reported once, by the extension, with "did you mean" and a quick fix; a syntax error once, by the JSON service', async () => {
+    const { diagnostics } = await api();
+    const uri = vscode.Uri.file(path.join(workspaceDir(), 'typo.pltrain.json'));
+    fs.writeFileSync(uri.fsPath, '{\n  "name": "typo",\n  "learningrate": 0.01,\n  "steps": "many"\n}\n');
+    const doc = await vscode.workspace.openTextDocument(uri);
+    await vscode.window.showTextDocument(doc);
+    // The JSON service has loaded the contributed schema once it answers a hover from it.
+    await untilAsync('the JSON service reads the schema', async () => (await hoverText(uri, new vscode.Position(1, 4))).includes('Run name'));
+    await until('our diagnostics', () => (diagnostics.get(uri)?.length === 2 ? true : undefined), 10_000);
+    await sleep(2500); // the JSON service validates after a short delay: give it time to add its own
+    const all = vscode.languages.getDiagnostics(uri);
+    assert.deepEqual(all.map((d) => [d.source, d.range.start.line + 1]).sort(), [['PL Trainer', 3], ['PL Trainer', 4]], all.map((d) => `${d.source}: ${d.message}`).join(' | '));
+    const typo = all.find((d) => d.range.start.line === 2)!;
+    assert.equal(typo.message, 'learningrate: unknown field "learningrate" (did you mean "learningRate"?)');
+    const actions = await vscode.commands.executeCommand<vscode.CodeAction[]>('vscode.executeCodeActionProvider', uri, typo.range);
+    const fix = actions.find((a) => a.title === 'Change to "learningRate"');
+    assert.ok(fix?.edit, actions.map((a) => a.title).join(' | '));
+    assert.ok(await vscode.workspace.applyEdit(fix.edit));
+    assert.match(doc.getText(), /"learningRate": 0.01/);
+    await until('the typo diagnostic gone', () => (diagnostics.get(uri)?.length === 1 ? true : undefined), 10_000);
+
+    const broken = vscode.Uri.file(path.join(workspaceDir(), 'comma.pltrain.json'));
+    fs.writeFileSync(broken.fsPath, '{\n  "name": "comma",\n}\n');
+    await vscode.window.showTextDocument(await vscode.workspace.openTextDocument(broken));
+    const syntax = await until('the JSON service marks the trailing comma', () => (vscode.languages.getDiagnostics(broken).length ? vscode.languages.getDiagnostics(broken) : undefined), 20_000);
+    await sleep(1000);
+    assert.equal(vscode.languages.getDiagnostics(broken).length, 1, syntax.map((d) => `${d.source}: ${d.message}`).join(' | '));
+    assert.notEqual(vscode.languages.getDiagnostics(broken)[0].source, 'PL Trainer');
+    assert.equal(await vscode.commands.executeCommand('plTrainer.start', broken), undefined, 'Start still refuses it');
+    await vscode.commands.executeCommand('workbench.action.closeAllEditors');
+    fs.rmSync(uri.fsPath);
+    fs.rmSync(broken.fsPath);
+  });
+});
 
 describe('PL Trainer in a real VS Code', function () {
   this.timeout(180_000);
@@ -61,11 +144,11 @@ describe('PL Trainer in a real VS Code', function () {
     await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
   });
 
-  it('offers "▶ Start PL training" as a code lens on a config', async () => {
+  it('offers "$(play) Start PL training" as a code lens on a config (a codicon, not a glyph the font may lack)', async () => {
     const uri = writeConfig('lens.pltrain.json', { name: 'lens', steps: 10 });
     await vscode.workspace.openTextDocument(uri);
     const lenses = await vscode.commands.executeCommand<vscode.CodeLens[]>('vscode.executeCodeLensProvider', uri);
-    assert.ok(lenses.some((l) => l.command?.title === '▶ Start PL training' && l.command.command === 'plTrainer.start'));
+    assert.ok(lenses.some((l) => l.command?.title === '$(play) Start PL training' && l.command.command === 'plTrainer.start'));
   });
 
   describe('a real training run', () => {
@@ -103,7 +186,13 @@ describe('PL Trainer in a real VS Code', function () {
         if (e.kappa !== null) assert.ok(e.lf! >= e.mu!, 'L_f ≥ μ');
       }
       const files = fs.readdirSync(session.runDir);
-      for (const f of ['run.json', 'token', 'config.json', 'metrics.jsonl', 'launch.json']) assert.ok(files.includes(f), `${f} written`);
+      for (const f of ['run.json', 'token', 'config.json', 'metrics.jsonl', 'launch.json', 'trainer.sock']) assert.ok(files.includes(f), `${f} written`);
+      // The transport: a Unix socket in the run directory, no TCP port, so code-server's port
+      // detection (it reads /proc/net/tcp) has nothing to list in the Ports view or forward.
+      const info = JSON.parse(fs.readFileSync(path.join(session.runDir, 'run.json'), 'utf8'));
+      assert.equal(info.socket, path.join(session.runDir, 'trainer.sock'));
+      assert.equal(info.port, undefined);
+      assert.deepEqual(tcpListenPorts(info.pid), [], 'the trainer listens on no TCP port');
     });
 
     it('pauses at a step boundary and acknowledges that step', async () => {
@@ -118,8 +207,10 @@ describe('PL Trainer in a real VS Code', function () {
     it('shows Resume/Stop lenses and the live α while paused', async () => {
       const list = await vscode.commands.executeCommand<vscode.CodeLens[]>('vscode.executeCodeLensProvider', configUri);
       const titles = list.map((l) => l.command?.title ?? '');
-      assert.ok(titles.includes('▶ Resume'), titles.join(' | '));
-      assert.ok(titles.includes('■ Stop'));
+      assert.ok(titles.includes('$(debug-continue) Resume'), titles.join(' | '));
+      assert.ok(titles.includes('$(debug-stop) Stop'));
+      assert.ok(titles.some((t) => /^paused · step \d+\/100000$/.test(t)), titles.join(' | '));
+      assert.ok(!titles.some((t) => /[▶⏸■🔒]/u.test(t)), 'no emoji or geometric glyphs');
       assert.ok(titles.some((t) => t.startsWith('α = 0.01')), titles.join(' | '));
       // Above the experts block: one lens per expert with its live κ and the freeze action.
       const expertLenses = list.filter((l) => /^expert \d κ [\d.e+]+ · freeze$/.test(l.command?.title ?? ''));
@@ -165,7 +256,10 @@ describe('PL Trainer in a real VS Code', function () {
         assert.ok(node, `a "${label}" row`);
         return sidebar.getTreeItem(node);
       };
-      assert.match(String(item(`Run ${session.runId}`).description), /running|paused/);
+      const runRow = sidebar.getTreeItem(root.find((n) => n.kind === 'info' && n.row === 'run')!);
+      assert.match(String(runRow.label), /^Run steer · \d\d:\d\d$/, 'config name and a short time');
+      assert.match(String(runRow.tooltip), new RegExp(`^${session.runId}\n`), 'the full id in the tooltip');
+      assert.match(String(runRow.description), /running|paused/);
       assert.match(String(item('Backend').description), /^(wasm|cpu|tensorflow|tensorflow-gpu) · (CPU|GPU)$/);
       assert.equal(item('α').description, '0.25');
       assert.match(String(item('Loss').description), /^[\d.e+-]+ \(task [\d.e+-]+, accuracy [\d.]+%\)$/);
@@ -178,7 +272,8 @@ describe('PL Trainer in a real VS Code', function () {
       assert.equal(rows.length, 3);
       const row2 = sidebar.getTreeItem(rows[2]);
       assert.equal(row2.label, 'expert 2');
-      assert.match(String(row2.description), /^κ [\d.e+]+ · μ [\d.e+-]+ · L [\d.e+]+$/);
+      // The routing share sits next to κ once the trainer streams it.
+      assert.match(String(row2.description), /^κ [\d.e+]+( · share [\d.]+%)? · μ [\d.e+-]+ · L [\d.e+]+$/);
       assert.equal(row2.contextValue, 'unit.trainable', 'offers the inline freeze action');
       // The inline action passes the tree node itself.
       const status = await vscode.commands.executeCommand<{ status: string; step: number }>('plTrainer.freezeExpert', rows[2]);
@@ -199,8 +294,9 @@ describe('PL Trainer in a real VS Code', function () {
       try {
         const [again] = fresh.reattachAll().filter((s) => s.runDir === session.runDir);
         assert.ok(again, 'found the live run');
+        // The recorded history is there at once; the replay over the connection brings the rest.
         const target = session.seq;
-        await until('replayed history', () => again.seq >= target);
+        await until('connected and replayed', () => again.view.connected && again.seq >= target);
         const seqs = again.events.map((e) => e.seq);
         assert.deepEqual(seqs, seqs.map((_, i) => i), 'seq 0…n with no gap or duplicate');
         assert.deepEqual(again.events.slice(0, session.events.length).map((e) => JSON.stringify(e)), session.events.slice(0, again.events.length).map((e) => JSON.stringify(e)));
@@ -284,15 +380,17 @@ describe('starter config and run housekeeping', function () {
 
   it('"New training config" writes a valid config and opens it', async () => {
     const { diagnostics } = await api();
-    const uri = await vscode.commands.executeCommand<vscode.Uri>('plTrainer.newConfig');
-    assert.ok(uri && uri.fsPath.endsWith('.pltrain.json'));
+    const uri = await vscode.commands.executeCommand<vscode.Uri>('plTrainer.newConfig', { family: 'moe-mlp', name: 'training' });
+    assert.ok(uri && uri.fsPath.endsWith('training.pltrain.json'));
     assert.equal(vscode.window.activeTextEditor?.document.uri.fsPath, uri.fsPath);
     const config = JSON.parse(fs.readFileSync(uri.fsPath, 'utf8'));
     assert.equal(config.model.experts, 4);
     await new Promise((r) => setTimeout(r, 500));
     assert.equal(diagnostics.get(uri)?.length ?? 0, 0, 'no problems in the starter');
-    const second = await vscode.commands.executeCommand<vscode.Uri>('plTrainer.newConfig');
+    const second = await vscode.commands.executeCommand<vscode.Uri>('plTrainer.newConfig', { family: 'bert-encoder', name: 'training' });
     assert.notEqual(second.fsPath, uri.fsPath, 'never overwrites an existing config');
+    const heads = JSON.parse(fs.readFileSync(second.fsPath, 'utf8'));
+    assert.deepEqual([heads.name, heads.model.family, '$schema' in heads], ['training', 'bert-encoder', false], 'the family\'s defaults, the chosen name, no $schema');
     await vscode.commands.executeCommand('workbench.action.closeAllEditors');
     fs.rmSync(uri.fsPath);
     fs.rmSync(second.fsPath);
@@ -318,6 +416,30 @@ describe('starter config and run housekeeping', function () {
     }, 15_000);
     assert.equal(runs.deleteRun(runDir), true);
     assert.equal(fs.existsSync(runDir), false);
+  });
+});
+
+describe('several runs at once', function () {
+  this.timeout(120_000);
+
+  it('a second config starts alongside; the views follow it, and "Show another run" brings the first back to the panel', async () => {
+    const { runs, panel } = await api();
+    const a = writeConfig('first.pltrain.json', { name: 'first', steps: 100000, model: { experts: 2, hiddenUnits: 8 } });
+    const b = writeConfig('second.pltrain.json', { name: 'second', steps: 100000, model: { experts: 2, hiddenUnits: 8 } });
+    const dirA = await vscode.commands.executeCommand<string>('plTrainer.start', a);
+    const dirB = await vscode.commands.executeCommand<string>('plTrainer.start', b);
+    try {
+      assert.notEqual(dirA, dirB);
+      assert.equal(runs.current?.runDir, dirB, 'the new run is the one the views show');
+      assert.deepEqual(runs.live.map((s) => s.runDir).filter((d) => d === dirA || d === dirB).sort(), [dirA, dirB].sort(), 'both train');
+      assert.equal(await vscode.commands.executeCommand('plTrainer.selectRun', dirA), dirA);
+      assert.equal(runs.current?.runDir, dirA);
+      const shown = await until('the panel shows the first run', () => (panel()?.panel.title.includes(path.basename(dirA)) ? panel()!.panel.title : undefined), 10_000);
+      assert.match(shown, /first-/);
+    } finally {
+      await vscode.commands.executeCommand('plTrainer.stop', dirA);
+      await vscode.commands.executeCommand('plTrainer.stop', dirB);
+    }
   });
 });
 

@@ -1,0 +1,250 @@
+// `npm run experiments:pruning`: the gating pruner against random, magnitude and lowest-share pruning
+// at matched sparsity (issue 11, items 4 and 6). For each family and seed, one model is trained for
+// `pretrain` steps; then every method starts from that same state and runs `select` more steps (the
+// gate: its soft-masked anneal, in `exact` mode; the others: plain steps, measuring the same way),
+// prunes exactly k units, is evaluated on the test split, fine-tuned for `finetune` steps with the
+// units masked, and evaluated again. Writes experiments/pruning-comparison.json and the table into
+// docs/results.md between its own markers.
+//   node --import tsx scripts/pruning-comparison.ts [--families moe-mlp,vgg] [--seeds 3] [--scale 1] [--quick]
+import { execSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseTrainingConfig, type TrainingConfig, type TrainingConfigInput } from '../src/protocol';
+import { selectBackend } from '../src/trainer/backend';
+import type * as TF from '@tensorflow/tfjs';
+import { createModel, loadTaskData, probeBatch, type Batch, type PlModel, type TaskData } from '../src/trainer/models';
+import { MoeMlp } from '../src/trainer/models/moeMlp';
+import { GatingPruner, unitWeightNorms, type UnitMeasurement } from '../src/trainer/pl/pruner';
+
+const root = path.resolve(__dirname, '..');
+const args = process.argv.slice(2);
+const flag = (name: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const quick = args.includes('--quick');
+const scale = Number(flag('scale') ?? (quick ? 0.1 : 1));
+
+/**
+ * Each family small enough for a 2-core CPU; 4 units, 2 of them pruned (budget 0.5). bert-encoder and
+ * vgg train at α = 0 here: their regularized step measures before every step (double backprop),
+ * about 10× the cost, which the shared machine could not afford for 3 seeds × 4 methods.
+ */
+const FAMILIES: Record<string, { pretrain: number; select: number; finetune: number; alpha: number; config: TrainingConfigInput }> = {
+  'moe-mlp': { pretrain: 600, select: 150, finetune: 150, alpha: 0.01, config: { model: { family: 'moe-mlp', experts: 4, hiddenUnits: 32 }, batchSize: 64 } },
+  'switch-transformer': {
+    pretrain: 200,
+    select: 60,
+    finetune: 60,
+    alpha: 0.001,
+    config: { model: { family: 'switch-transformer', experts: 4, hiddenUnits: 32, dModel: 32, layers: 2, contextLength: 32 }, data: { source: 'text' }, batchSize: 16 },
+  },
+  'bert-encoder': { pretrain: 400, select: 100, finetune: 100, alpha: 0, config: { model: { family: 'bert-encoder', experts: 4, dModel: 16, layers: 1, hiddenUnits: 32 }, batchSize: 32, learningRate: 0.005 } },
+  vgg: { pretrain: 400, select: 100, finetune: 100, alpha: 0, config: { model: { family: 'vgg', experts: 4, hiddenUnits: 4, layers: 2 }, batchSize: 32, learningRate: 0.01 } },
+};
+const METHODS = ['gate', 'random', 'magnitude', 'lowest-share'] as const;
+type Method = (typeof METHODS)[number];
+const PRUNED = 2;
+const MONITOR_EVERY = 10;
+
+const families = (flag('families') ?? Object.keys(FAMILIES).join(',')).split(',');
+const seeds = Number(flag('seeds') ?? (quick ? 1 : 3));
+
+interface Row {
+  family: string;
+  method: Method;
+  seed: number;
+  pruned: number[];
+  /** Routing share of each pruned unit in the pretrained model (null where the family reports none). */
+  prunedShare: (number | null)[];
+  before: number;
+  afterPrune: number;
+  afterFinetune: number;
+  taskMetric: 'accuracy' | 'perplexity';
+  seconds: number;
+}
+
+function parse(input: TrainingConfigInput): TrainingConfig {
+  const r = parseTrainingConfig(input);
+  if (!r.ok) throw new Error(JSON.stringify(r.problems));
+  return r.config;
+}
+
+/** A seeded stream of training batches, the same for every method. */
+function* batches(n: number, size: number, seed: number): Generator<Int32Array> {
+  let s = seed >>> 0 || 1;
+  const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
+  for (;;) yield Int32Array.from({ length: size }, () => Math.floor(rnd() * n));
+}
+
+/** Each unit's routing share: the measurement's `share` where the protocol carries it, else the family's own routing read-out. */
+function shares(tf: typeof import('@tensorflow/tfjs'), model: PlModel, probe: Batch, measured: UnitMeasurement[]): (number | null)[] {
+  if (measured.every((s) => typeof s.share === 'number')) return measured.map((s) => s.share!);
+  // moe-mlp: the gate's mean probability on the probe batch.
+  if (model instanceof MoeMlp) return Array.from(tf.tidy(() => tf.mean(tf.softmax(tf.add(tf.matMul(probe.x as TF.Tensor2D, model.gateW as unknown as TF.Tensor2D), model.gateB)), 0).dataSync()));
+  const extra = model.extraMetrics?.() ?? {};
+  const load = measured.map((s) => extra[`load/${s.id}`]);
+  if (load.every((x) => typeof x === 'number')) return load;
+  return measured.map(() => null);
+}
+
+async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, seed: number): Promise<Row[]> {
+  const f = FAMILIES[family];
+  const steps = (n: number) => Math.max(MONITOR_EVERY, Math.round(n * scale));
+  const [pretrain, select, finetune] = [steps(f.pretrain), steps(f.select), steps(f.finetune)];
+  const units = (f.config.model?.experts as number) ?? 4;
+  const config = parse({ ...f.config, seed, alpha: f.alpha, monitor: { every: MONITOR_EVERY, probeSize: 16 }, pruning: { enabled: true, warmup: 0, anneal: select, budget: PRUNED / units, exact: true } });
+  const data: TaskData = loadTaskData(config, root);
+  const probe = probeBatch(tf, config, data);
+  const build = () => {
+    const m = createModel(tf, config, data);
+    m.setProbe(probeBatch(tf, config, data));
+    return m;
+  };
+  const all = Array.from({ length: units }, (_, i) => i);
+  const train = (m: PlModel, n: number, order: Generator<Int32Array>, pruned: Set<number>, hooks: { before?: (step: number) => number[] | undefined; after?: (step: number, maskGrad?: number[]) => void; measured?: (s: UnitMeasurement[]) => void } = {}) => {
+    for (let step = 0; step < n; step++) {
+      const b = data.batch(tf, 'train', order.next().value as Int32Array);
+      const trainable = all.filter((i) => !pruned.has(i));
+      const softMask = hooks.before?.(step);
+      if (config.alpha > 0 && !m.measuresInStep) m.measure(new Set(), pruned);
+      const r = m.trainStep(b, { alpha: config.alpha, trainable, pruned, ...(softMask ? { softMask } : {}) });
+      tf.dispose([b.x, b.y]);
+      hooks.after?.(step, r.maskGrad);
+      if (hooks.measured && (step + 1) % MONITOR_EVERY === 0) hooks.measured(r.measured ?? m.measure(new Set(), pruned));
+    }
+  };
+  const t0 = performance.now();
+  const base = build();
+  train(base, pretrain, batches(data.trainSize, config.batchSize, seed), new Set());
+  const state = await base.getState();
+  const before = base.evaluate(data, 'test', new Set());
+  // The routing share of every unit in the pretrained model, the common reference for all methods
+  // (a method's own selection phase changes it: the gate's masks take routing away from what it closes).
+  const referenceShare = shares(tf, base, probe, base.measure(new Set(), new Set()));
+  base.dispose();
+  console.log(`${family} seed ${seed}: pretrained ${pretrain} steps in ${((performance.now() - t0) / 1000).toFixed(0)} s, test ${before.toFixed(4)}`);
+
+  const rows: Row[] = [];
+  for (const method of METHODS) {
+    const t1 = performance.now();
+    const m = build();
+    await m.setState(state);
+    const none = new Set<number>();
+    const order = batches(data.trainSize, config.batchSize, seed * 7919 + 1);
+    const shareSum = new Array(units).fill(0);
+    let shareCount = 0;
+    const gate = method === 'gate' ? new GatingPruner(tf, units, config.pruning, seed) : undefined;
+    const observe = (s: UnitMeasurement[]) => {
+      const sh = shares(tf, m, probe, s);
+      // (switch-transformer reports its routing only after a step: the first measurement has none)
+      if (sh.every((x) => x !== null)) {
+        sh.forEach((x, i) => (shareSum[i] += x!));
+        shareCount++;
+      }
+      gate?.observe(s.map((u, i) => ({ ...u, ...(sh[i] !== null ? { share: sh[i]! } : {}) })), unitWeightNorms(units, (i) => m.unitWeights(i)), none);
+    };
+    observe(m.measure(none, none));
+    train(m, select, order, none, {
+      before: (step) => gate?.sampleMask(step, none, none),
+      after: (_, g) => g && gate?.update(g, none, none),
+      measured: observe,
+    });
+    const haveShare = shareCount > 0;
+    const meanShare = shareSum.map((x) => (haveShare ? x / shareCount : null));
+    let pruned: number[];
+    if (gate) pruned = gate.decide(none, none);
+    else if (method === 'random') {
+      let s = (seed * 104729 + 3) >>> 0;
+      const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
+      pruned = [...all].sort(() => rnd() - 0.5).slice(0, PRUNED);
+    } else if (method === 'magnitude') {
+      const norms = unitWeightNorms(units, (i) => m.unitWeights(i));
+      pruned = [...all].sort((a, b) => norms[a] - norms[b]).slice(0, PRUNED);
+    } else {
+      if (!haveShare) {
+        m.dispose();
+        continue; // the family reports no routing share: no lowest-share baseline
+      }
+      pruned = [...all].sort((a, b) => meanShare[a]! - meanShare[b]!).slice(0, PRUNED);
+    }
+    if (pruned.length !== PRUNED) throw new Error(`${method} pruned ${pruned.length}, not ${PRUNED}`);
+    const prunedSet = new Set(pruned);
+    const afterPrune = m.evaluate(data, 'test', prunedSet);
+    train(m, finetune, order, prunedSet);
+    const afterFinetune = m.evaluate(data, 'test', prunedSet);
+    m.dispose();
+    const row: Row = { family, method, seed, pruned: pruned.sort(), prunedShare: pruned.map((u) => referenceShare[u]), before, afterPrune, afterFinetune, taskMetric: data.taskMetric, seconds: (performance.now() - t1) / 1000 };
+    console.log(`  ${method}: pruned [${row.pruned}] (share ${row.prunedShare.map((x) => (x === null ? '–' : x.toFixed(3))).join(', ')}), test ${afterPrune.toFixed(4)} → ${afterFinetune.toFixed(4)} after fine-tuning (${row.seconds.toFixed(0)} s)`);
+    rows.push(row);
+  }
+  return rows;
+}
+
+function table(rows: Row[], meta: { scale: number; backend: string; commit: string }): string {
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const sd = (xs: number[]) => (xs.length > 1 ? Math.sqrt(xs.reduce((a, x) => a + (x - mean(xs)) ** 2, 0) / (xs.length - 1)) : 0);
+  const out: string[] = [];
+  for (const family of Object.keys(FAMILIES)) {
+    const fr = rows.filter((r) => r.family === family);
+    if (!fr.length) continue;
+    const f = FAMILIES[family];
+    const [p, s, t] = [f.pretrain, f.select, f.finetune].map((n) => Math.max(MONITOR_EVERY, Math.round(n * meta.scale)));
+    const metric = fr[0].taskMetric === 'accuracy' ? 'test accuracy (%)' : 'test perplexity';
+    const show = (x: number) => (fr[0].taskMetric === 'accuracy' ? (100 * x).toFixed(1) : x.toFixed(2));
+    const pm = (xs: number[]) => `${show(mean(xs))} ± ${show(sd(xs))}`;
+    out.push(`**${family}** (4 units, 2 pruned; ${p} steps of training, ${s} steps of selection, ${t} of fine-tuning; α ${f.alpha}; ${new Set(fr.map((r) => r.seed)).size} seeds). ${metric}, mean ± sd over seeds; before pruning: ${pm(fr.filter((r) => r.method === 'gate').map((r) => r.before))}.`);
+    out.push('');
+    out.push(`| method | right after pruning | after fine-tuning | pretrained routing share of the pruned units, per seed | pruned units per seed |`);
+    out.push('|---|---|---|---|---|');
+    for (const method of METHODS) {
+      const mr = fr.filter((r) => r.method === method);
+      if (!mr.length) {
+        out.push(`| ${method} | n/a: the family reports no routing share | | | |`);
+        continue;
+      }
+      const share = mr.every((r) => r.prunedShare.every((x) => x !== null)) ? mr.map((r) => r.prunedShare.reduce((a, b) => a! + b!, 0)!.toFixed(3)).join(', ') : '–';
+      out.push(`| ${method} | ${pm(mr.map((r) => r.afterPrune))} | ${pm(mr.map((r) => r.afterFinetune))} | ${share} | ${mr.map((r) => `[${r.pruned.join(',')}]`).join(' ')} |`);
+    }
+    out.push('');
+  }
+  out.push(`Backend ${meta.backend}; code at commit ${meta.commit}; \`npm run experiments:pruning\`${meta.scale !== 1 ? ` with --scale ${meta.scale}` : ''}.`);
+  return out.join('\n');
+}
+
+async function main(): Promise<void> {
+  // The commit the code was loaded from (read now: later commits do not change what runs).
+  let commit = '?';
+  try {
+    commit = execSync('git rev-parse --short HEAD', { cwd: root }).toString().trim() + (execSync('git status --porcelain -- src scripts', { cwd: root }).toString().trim() ? ' (with uncommitted changes)' : '');
+  } catch {
+    /* not a git checkout */
+  }
+  const backend = await selectBackend('auto');
+  const tf = backend.tf as typeof import('@tensorflow/tfjs');
+  console.log(`backend: ${backend.info.name} — ${backend.info.detail}`);
+  const rows: Row[] = [];
+  const outFile = path.join(root, 'experiments', 'pruning-comparison.json');
+  for (const family of families) {
+    if (!FAMILIES[family]) throw new Error(`unknown family ${family}`);
+    for (let seed = 1; seed <= seeds; seed++) {
+      rows.push(...(await runFamily(tf, family, seed)));
+      // Written after every seed: a run cut short keeps what it measured.
+      fs.writeFileSync(outFile, JSON.stringify({ scale, backend: backend.info.name, rows }, null, 2) + '\n');
+    }
+  }
+  const md = table(rows, { scale, backend: backend.info.name, commit });
+  console.log(md);
+  if (quick) return console.log('(--quick: docs/results.md left as it is)');
+  const doc = path.join(root, 'docs', 'results.md');
+  const text = fs.readFileSync(doc, 'utf8');
+  const begin = '<!-- pruning-comparison:begin -->', end = '<!-- pruning-comparison:end -->';
+  const block = `${begin}\n${md}\n${end}`;
+  fs.writeFileSync(doc, text.includes(begin) ? text.slice(0, text.indexOf(begin)) + block + text.slice(text.indexOf(end) + end.length) : `${text.trimEnd()}\n\n## Pruning at matched sparsity\n\n${block}\n`);
+  console.log(`wrote ${doc}`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
