@@ -300,23 +300,30 @@ test('when α·κ̄ dwarfs the task loss, the task loss is drawn against its own
   assert.ok(split.right && split.right[1] >= taskMax && split.right[1] < lossMin, `right axis ${split.right}, task loss ≤ ${taskMax}, loss ≥ ${lossMin}`);
 });
 
-test('a κ at the run\'s damping floor 1/δ is marked, with the reason; κ just below it is not', async () => {
+test('a κ at the run\'s damping floor (λ_min ≤ δ·λ_max, κ ≥ 1/(2δ)) is marked, with the reason; κ below it is not; a null κ reads "—" with why, and an inactive unit is badged', async () => {
   const p = await openPanel();
   const f = syntheticRun();
   const hello = f.events[0] as Extract<TrainerEvent, { type: 'hello' }>;
-  hello.config = { ...hello.config, monitor: { damping: 1e-5 } }; // floor 1e5, above the fixture's κ
+  hello.config = { ...hello.config, monitor: { damping: 1e-5 } }; // floor 1/(2δ) = 5e4, above the fixture's κ
   const last = lastExperts(f.events);
   Object.assign(last[1], { kappa: 1e5, mu: 0 }); // singular: exactly 1/δ
-  Object.assign(last[2], { kappa: 0.999 * 0.5e5 }); // just below the flag at 1/(2δ): conditioned badly, but measured
+  Object.assign(last[2], { kappa: 0.99 * 5e4 }); // conditioned badly, but the damping does not dominate
+  Object.assign(last[3], { kappa: null, mu: null, lf: null, served: 2, share: 0.001, active: false }); // an unused unit
   await p.send(snapshotOf(f));
   await expectText(p.byTestId('kappa-1'), formatNumber(1e5));
   await expectAttr(p.byTestId('kappa-1'), 'data-floor', 'true');
-  assert.match((await p.byTestId('kappa-1').getAttribute('title')) ?? '', /damping floor 1\/δ = .*singular on the examples it serves.*freeze or prune/);
-  assert.ok(last[0].kappa! < 1e5 && last[3].kappa! < 1e5, 'the others are below the floor');
-  for (const id of [0, 2, 3]) {
+  assert.match((await p.byTestId('kappa-1').getAttribute('title')) ?? '', /damping floor 1\/δ = .*singular.*freeze or prune/);
+  assert.ok(last[0].kappa! < 5e4, 'expert 0 is below the floor');
+  for (const id of [0, 2]) {
     await expectAttr(p.byTestId(`kappa-${id}`), 'data-floor', 'false');
     assert.equal(await p.byTestId(`kappa-${id}`).getAttribute('title'), '');
   }
+  await expectText(p.byTestId('kappa-3'), '—');
+  await expectAttr(p.byTestId('kappa-3'), 'data-floor', 'false');
+  assert.match((await p.byTestId('kappa-3').getAttribute('title')) ?? '', /not measurable: this expert serves 2 probe example\(s\), fewer than 4/);
+  assert.equal(await p.byTestId('inactive-3').isVisible(), true, 'the inactive badge shows');
+  assert.equal(await p.byTestId('inactive-0').isVisible(), false);
+  await expectAttr(p.byTestId('expert-3'), 'data-inactive', 'true');
 });
 
 test('units are named by family, from the hello: a BERT run says "head" in the table, the charts, the mask lanes and the command log', async () => {
