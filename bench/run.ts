@@ -14,18 +14,18 @@ const RESULTS_DIR = path.join(__dirname, 'results');
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
 const onlyArg = argv.includes('--only') ? argv[argv.indexOf('--only') + 1] : undefined;
-const PARTS = ['moe', 'pytorch', 'latency', 'chart', 'activation'] as const;
+const PARTS = ['moe', 'pytorch', 'engine', 'latency', 'chart', 'activation'] as const;
 type Part = (typeof PARTS)[number];
 const only = new Set<Part>(onlyArg ? (onlyArg.split(',') as Part[]) : PARTS);
 for (const p of only) if (!PARTS.includes(p)) throw new Error(`--only: unknown part ${p} (parts: ${PARTS.join(', ')})`);
 
 /** Sizes per mode. --quick must finish within 5 minutes on the 2-core CI machine. */
 const PLAN = quick
-  ? { moe: { wasm: [10, 3], cpu: [3, 1], tensorflow: [20, 5], 'tensorflow-gpu': [20, 5] }, torchSteps: 10, latencySeconds: 10, chartPoints: 100_000, chartFrames: 60, activationSamples: 1 }
-  : { moe: { wasm: [50, 10], cpu: [10, 2], tensorflow: [100, 10], 'tensorflow-gpu': [200, 20] }, torchSteps: 50, latencySeconds: 30, chartPoints: 1_000_000, chartFrames: 180, activationSamples: 5 };
+  ? { moe: { wasm: [10, 3], cpu: [3, 1], tensorflow: [20, 5], 'tensorflow-gpu': [20, 5] }, torchSteps: 10, engineSteps: 60, latencySeconds: 10, chartPoints: 100_000, chartFrames: 60, activationSamples: 1 }
+  : { moe: { wasm: [50, 10], cpu: [10, 2], tensorflow: [100, 10], 'tensorflow-gpu': [200, 20] }, torchSteps: 50, engineSteps: 300, latencySeconds: 30, chartPoints: 1_000_000, chartFrames: 180, activationSamples: 5 };
 const BACKENDS = ['wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const;
 /** Past these, a part is stopped and reported as failed. */
-const LIMIT_S = quick ? { build: 120, moe: 120, pytorch: 120, latency: 120, chart: 180, activation: 150 } : { build: 300, moe: 900, pytorch: 600, latency: 300, chart: 1800, activation: 600 };
+const LIMIT_S = quick ? { build: 120, moe: 120, pytorch: 120, engine: 240, latency: 120, chart: 180, activation: 150 } : { build: 300, moe: 900, pytorch: 600, engine: 900, latency: 300, chart: 1800, activation: 600 };
 
 interface ChildResult {
   code: number | null;
@@ -229,6 +229,30 @@ async function main(): Promise<void> {
   const peer = best && torch.filter((t) => t.moeStepMs && t.device === (best.backend === 'tensorflow-gpu' ? 'cuda' : 'cpu')).sort((a, b) => a.moeStepMs - b.moeStepMs)[0];
   const ratio = best && peer ? best.msPerStep!.median / peer.moeStepMs : undefined;
   out.moeStep = { ours, pytorch: torch, best: best ? { backend: best.backend, native: best.native, msPerStep: best.msPerStep!.median } : null, peer: peer ? { device: peer.device, threads: peer.threads, msPerStep: peer.moeStepMs } : null, ratio: ratio ?? null };
+
+  // 1b. The PyTorch engine (python/pltrain) against a plain PyTorch loop of the same model, in one run
+  // (bench/engine_torch.py; on CUDA when an NVIDIA device exists, else the CPU at 1 thread).
+  if (only.has('engine')) {
+    const python = process.env.PLTRAIN_PYTHON || '/usr/bin/python3';
+    const device = fs.existsSync('/dev/nvidia0') || fs.existsSync('/dev/nvidiactl') ? 'cuda' : 'cpu';
+    say('');
+    say(`PyTorch engine vs a plain PyTorch loop of the same model (8 × (256 → 10), 196 inputs, batch 128, Adam) on ${device}, ${PLAN.engineSteps} steps each`);
+    const r = await run(python, [path.join('bench', 'engine_torch.py'), '--device', device, '--steps', String(PLAN.engineSteps), ...(device === 'cpu' ? ['--threads', '1'] : [])], LIMIT_S.engine);
+    const v = r.code === 0 ? lastJson(r) : undefined;
+    if (v?.plainMsPerStep) {
+      out.pytorchEngine = v;
+      say(`  plain loop ${fmt(v.plainMsPerStep)} ms/step; engine at α = 0, unmonitored ${fmt(v.engineMsPerStep)} ms → instrumentation ${pct(v.instrumentationFraction)} (goal ≤ 5 %)`);
+      say(`  default monitoring (every 10 steps, probe 16) ${fmt(v.monitoredMsPerStep)} ms → κ monitoring ${pct(v.monitoringFraction)} (goal ≤ 5 %); default α ${fmt(v.regularizedMsPerStep)} ms (${fmt(v.regularizedCost)}× unregularized)`);
+      if (v.kappaCpuVsCuda) say(`  κ on CUDA vs the CPU, same weights: largest relative difference ${fmt(v.kappaCpuVsCuda.maxRelativeDifference)}`);
+    } else if (/No module named '(torch|websockets)'|not found|ENOENT/.test(r.stderr)) {
+      out.pytorchEngine = { skipped: reason(r) };
+      say(`  skipped: ${reason(r)} (pip install torch websockets)`);
+    } else {
+      out.pytorchEngine = { failed: reason(r) };
+      failures.push(`pytorch engine: ${reason(r)}`);
+      say(`  FAILED: ${reason(r)}`);
+    }
+  }
 
   // 2. κ monitoring overhead at default settings, from the same runs.
   if (measuredOurs.length) {

@@ -40,6 +40,8 @@ export interface ChartLine {
   stepped?: boolean;
   /** A line of the compared (recorded) run: dashed and fainter, and only its smoothed form when smoothing is on. */
   overlay?: boolean;
+  /** Drawn against a second y axis on the right (a quantity another line would flatten). */
+  rightAxis?: boolean;
 }
 
 /** Dash pattern of compared-run lines (px on, px off). */
@@ -167,6 +169,21 @@ export class MetricChart {
             title: { display: true, text: 'step' },
             ticks: { precision: 0, maxRotation: 0, minRotation: 0, sampleSize: 8 },
           },
+          // Only shown when a line is drawn against it (the task loss when α·κ̄ dwarfs it).
+          y1: {
+            type: 'linear',
+            position: 'right',
+            display: 'auto',
+            grid: { drawOnChartArea: false },
+            title: { display: true, text: '' },
+            ticks: {
+              sampleSize: 8,
+              callback(this: Scale, value) {
+                const v = Number(value);
+                return this.type === 'logarithmic' ? logTick(v) : formatY(v);
+              },
+            },
+          },
           y: {
             type: 'linear',
             afterBuildTicks: (scale) => {
@@ -255,7 +272,7 @@ export class MetricChart {
     const datasets: LineDataset[] = [];
     for (const line of lines) {
       const hidden = view.hidden.has(line.key);
-      const common = { seriesKey: line.key, hidden, stepped: line.stepped ? ('after' as const) : false, pointHoverBackgroundColor: rgba(line.color), pointBackgroundColor: rgba(line.color) };
+      const common = { seriesKey: line.key, hidden, yAxisID: line.rightAxis ? 'y1' : 'y', stepped: line.stepped ? ('after' as const) : false, pointHoverBackgroundColor: rgba(line.color), pointBackgroundColor: rgba(line.color) };
       if (line.overlay) {
         // Behind the current run's lines, same hue so the pairs read together.
         const smoothed = view.smoothing > 0 && line.smoothable;
@@ -277,6 +294,17 @@ export class MetricChart {
       y.max = view.yRange?.max;
       (y as { beginAtZero?: boolean }).beginAtZero = !view.logScale && view.beginAtZero === true;
     }
+    const y1 = this.chart.options.scales?.y1;
+    if (y1) {
+      y1.type = view.logScale ? 'logarithmic' : 'linear';
+      const right = lines.find((l) => l.rightAxis && !l.overlay);
+      // Set in place: the options are chart.js's resolver proxies, which a spread copy breaks.
+      const title = (y1 as { title?: { display: boolean; text: string } }).title;
+      if (title) {
+        title.display = right !== undefined;
+        title.text = right ? `${right.label} →` : '';
+      }
+    }
   }
 
   /** True if any visible line has a point. */
@@ -288,7 +316,7 @@ export class MetricChart {
     const o = this.chart.options;
     o.color = theme.text;
     o.font = { family: theme.fontFamily, size: Math.max(10, theme.fontSize - 2) };
-    for (const axis of ['x', 'y'] as const) {
+    for (const axis of ['x', 'y', 'y1'] as const) {
       const scale = o.scales?.[axis];
       if (!scale) continue;
       scale.grid = { ...scale.grid, color: theme.grid };

@@ -5,12 +5,12 @@ import '@vscode-elements/elements/dist/vscode-button/index.js';
 import '@vscode-elements/elements/dist/vscode-checkbox/index.js';
 import '@vscode-elements/elements/dist/vscode-progress-bar/index.js';
 import './style.css';
-import { HostToWebviewSchema, formatNumber, newCommandId, unitLabel, type SteeringCommand, type WebviewToHost } from '../src/protocol';
+import { HostToWebviewSchema, formatNumber, newCommandId, pluralUnit, unitLabel, type SteeringCommand, type WebviewToHost } from '../src/protocol';
 import { CHART_CARDS, OPTIONAL_CHARTS, hasLogToggle, type ChartId } from '../src/protocol/panelDocument';
 import { MetricChart, type ChartLine } from './charts';
 import { parseAlphaInput } from './commands';
 import { exportFileName, toCsv, toJson } from './export';
-import { RunModel, cleanDirty, decodeMaskLevel, extraSeriesKey, gateSeriesKey, maskSeriesKey, mergeDirty, unitSeriesKey, type Dirty } from './runModel';
+import { RunModel, cleanDirty, decodeMaskLevel, extraSeriesKey, gateSeriesKey, maskSeriesKey, mergeDirty, shareSeriesKey, unitSeriesKey, type Dirty } from './runModel';
 import { MAX_SMOOTHING } from './series';
 import { EXPERT_METRICS, fromPersisted, toPersisted, type ExpertMetric, type UiSettings } from './settings';
 import { readChartTheme, rgba, seriesColor, type ChartTheme } from './theme';
@@ -26,6 +26,11 @@ declare function acquireVsCodeApi(): VsCodeApi;
 
 const EXPERT_METRIC_LABELS: Record<ExpertMetric, string> = { kappa: 'κ', mu: 'μ', lf: 'L_f' };
 
+
+/** How long the panel waits for the host to take a command before it says it has had no answer. */
+const UNANSWERED_AFTER_MS = 5000;
+const UNANSWERED_REASON = 'the extension host has not received it (is the window disconnected from the remote?); it is applied at most once if it gets through — reload the window if the link stays down';
+
 export class PanelController {
   /** What the panel knows (read by the browser tests and benchmarks through their own entry point). */
   readonly model: RunModel;
@@ -36,6 +41,8 @@ export class PanelController {
   private dirty: Dirty = cleanDirty();
   /** Chart datasets must be rebuilt (settings, theme or the set of series changed). */
   private linesDirty = true;
+  /** The loss chart draws the task loss against its own axis (the loss is more than LOSS_SPLIT × it). */
+  private taskLossOwnAxis = false;
   private frame = 0;
 
   constructor(private readonly vscode: VsCodeApi) {
@@ -85,6 +92,10 @@ export class PanelController {
     const id = newCommandId('wv');
     this.invalidate(this.model.recordSent(id, command));
     this.post({ type: 'command', id, command });
+    // The host answers at once (pending, or a refusal). No answer means the window's link to the
+    // extension host is down (a cut Remote-SSH tunnel): say so instead of a silent `sent`. The
+    // command keeps its id, so if it gets through later it is applied at most once.
+    setTimeout(() => this.invalidate(this.model.recordUnanswered(id, UNANSWERED_REASON)), UNANSWERED_AFTER_MS);
   }
 
   private toggleUnit(unit: number): void {
@@ -201,7 +212,7 @@ export class PanelController {
     const lines = this.runLinesFor(this.model, id);
     const compare = this.model.compare;
     // α is steered, not learned, and the mask, the gate and the diagnostics are per run: none is compared.
-    if (!compare || id === 'alpha' || id === 'mask' || id === 'gate' || id === 'extra') return lines;
+    if (!compare || id === 'alpha' || id === 'mask' || id === 'gate' || id === 'extra' || id === 'share' || id === 'participation') return lines;
     const overlay = this.runLinesFor(compare.model, id).map((line) => ({
       ...line,
       key: `compare:${line.key}`,
@@ -217,7 +228,8 @@ export class PanelController {
       case 'loss':
         return [
           { key: 'loss', label: 'loss', color: color(0), series: m.seriesFor('loss'), smoothable: true },
-          { key: 'taskLoss', label: 'task loss L_S', color: color(1), series: m.seriesFor('taskLoss'), smoothable: true },
+          // On its own axis when α·κ̄ dwarfs it: on the loss's axis it would be a flat line at the bottom.
+          { key: 'taskLoss', label: 'task loss L_S', color: color(1), series: m.seriesFor('taskLoss'), smoothable: true, rightAxis: m === this.model && this.taskLossOwnAxis },
         ];
       case 'metric':
         return [{ key: 'taskMetric', label: m.view.taskMetric, color: color(2), series: m.seriesFor('taskMetric'), smoothable: true }];
@@ -233,6 +245,10 @@ export class PanelController {
           { key: 'regularizer', label: 'κ̄ (regularizer)', color: color(4), series: m.seriesFor('regularizer'), smoothable: true },
           { key: 'plRatio', label: 'PL* ratio ½‖∇f‖²/(f − f*)', color: color(5), series: m.seriesFor('plRatio'), smoothable: true },
         ];
+      case 'share':
+        return m.unitIds.map((unit) => ({ key: shareSeriesKey(unit), label: `share ${unitLabel(m.view.unitName, unit)}`, color: color(unit), series: m.seriesFor(shareSeriesKey(unit)), smoothable: true }));
+      case 'participation':
+        return [{ key: 'participation', label: `participation ratio (of ${m.unitIds.length} ${pluralUnit(m.view.unitName)})`, color: color(2), series: m.seriesFor('participation'), smoothable: true }];
       case 'alpha':
         return [{ key: 'alpha', label: 'α', color: color(3), series: m.seriesFor('alpha'), smoothable: false, stepped: true }];
       case 'mask':
@@ -240,7 +256,11 @@ export class PanelController {
       case 'gate':
         return Array.from({ length: m.gateUnits }, (_, unit) => ({ key: gateSeriesKey(unit), label: `keep p ${unitLabel(m.view.unitName, unit)}`, color: color(unit), series: m.seriesFor(gateSeriesKey(unit)), smoothable: false }));
       case 'extra':
-        return m.extraNames.map((name, i) => ({ key: extraSeriesKey(name), label: name, color: color(i), series: m.seriesFor(extraSeriesKey(name)), smoothable: false }));
+        // Named for a person ("energy expert 0", not `energy/expert0`), coloured by unit like the other per-unit charts.
+        return m.extraNames.map((name, i) => {
+          const d = describeDiagnostic(name, m.view.unitName);
+          return { key: extraSeriesKey(name), label: d.label, color: color(d.unit ?? m.unitIds.length + i), series: m.seriesFor(extraSeriesKey(name)), smoothable: false };
+        });
     }
   }
 
@@ -263,6 +283,12 @@ export class PanelController {
     this.view.renderControls(m.controls(), hasData);
     if (d.units || d.structure) this.view.renderUnits(m, (unit) => rgba(seriesColor(this.theme, unit)));
     if (d.commands) this.view.renderCommands(m);
+    const latest = m.view.latestMetrics;
+    const split = latest !== undefined && latest.taskLoss > 0 && latest.loss > LOSS_SPLIT * latest.taskLoss;
+    if (split !== this.taskLossOwnAxis) {
+      this.taskLossOwnAxis = split;
+      this.linesDirty = true;
+    }
     const rebuild = this.linesDirty || d.structure;
     if (rebuild || d.charts) {
       for (const card of CHART_CARDS) {
@@ -272,8 +298,8 @@ export class PanelController {
             smoothing: this.settings.smoothing,
             hidden: new Set(this.settings.hidden),
             logScale: hasLogToggle(card.id) && this.settings.logScale[card.id],
-            // One lane per unit, with room above the top line.
-            yRange: card.id === 'mask' ? { min: 0, max: Math.max(1, m.unitIds.length) } : undefined,
+            // One lane per unit, with room above the top line; shares are fractions; participation runs 1…units.
+            yRange: card.id === 'mask' ? { min: 0, max: Math.max(1, m.unitIds.length) } : card.id === 'share' ? { min: 0, max: 1 } : card.id === 'participation' ? { min: 1, max: Math.max(2, m.unitIds.length) } : undefined,
             // α is a weight ≥ 0 that is set, not learned: from 0, so a constant α is not drawn as noise on a 1 % axis.
             beginAtZero: card.id === 'alpha',
           });
@@ -303,7 +329,7 @@ function pruningEnabled(m: RunModel): boolean {
 }
 
 /** Charts fed on monitor steps only: until the first one, they say when it comes. */
-const MONITOR_CHARTS: readonly ChartId[] = ['expert', 'mask', 'gate', 'extra'];
+const MONITOR_CHARTS: readonly ChartId[] = ['expert', 'share', 'mask', 'gate', 'extra'];
 
 /** What an empty chart says: when the first measurement comes, if the run has said how often it measures. */
 export function emptyChartText(id: ChartId, m: RunModel): string {
@@ -312,6 +338,20 @@ export function emptyChartText(id: ChartId, m: RunModel): string {
   const first = Math.min(every, m.view.totalSteps || every);
   return m.view.step < first ? `First measurement at step ${first}` : 'No data yet';
 }
+
+/** What the model families' diagnostics are called (`energy/expert0` → hyperspherical energy of expert 0). */
+const DIAGNOSTIC_NAMES: Record<string, string> = { energy: 'energy', orthogonality: '‖QᵀQ − I‖', load: 'load' };
+
+/** A diagnostic's legend label and the unit it belongs to: `energy/expert0` → "energy expert 0", unit 0. */
+export function describeDiagnostic(name: string, unitName: string): { label: string; unit?: number } {
+  const m = /^([A-Za-z]+)\/(?:[a-z ]*?)(\d+)$/.exec(name);
+  if (!m) return { label: name };
+  const unit = Number(m[2]);
+  return { label: `${DIAGNOSTIC_NAMES[m[1]] ?? m[1]} ${unitLabel(unitName, unit)}`, unit };
+}
+
+/** Above this ratio of the loss to the task loss, the task loss gets its own axis. */
+export const LOSS_SPLIT = 3;
 
 /** Where in its lane a unit's name sits on the mask chart's axis: mid-lane, between its levels. */
 const MASK_LANE_LABEL = 0.5;

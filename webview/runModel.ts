@@ -10,6 +10,11 @@ import { MAX_POINTS_PER_SERIES, Series } from './series';
 export const SCALAR_SERIES = ['loss', 'taskLoss', 'taskMetric', 'alpha', 'regularizer', 'stepsPerSec', 'plRatio'] as const;
 export type ScalarSeries = (typeof SCALAR_SERIES)[number];
 
+/** Key of a unit's routing-share series, e.g. `share:2`. */
+export function shareSeriesKey(unit: number): string {
+  return `share:${unit}`;
+}
+
 /** Key of a per-unit series, e.g. `kappa:2`. */
 export function unitSeriesKey(metric: ExpertMetric, unit: number): string {
   return `${metric}:${unit}`;
@@ -185,6 +190,10 @@ export class RunModel {
     return dirtyOf(this.view.recordSent(id, command), cleanDirty());
   }
 
+  recordUnanswered(id: string, reason: string): Dirty {
+    return dirtyOf(this.view.recordUnanswered(id, reason), cleanDirty());
+  }
+
   /** Which steering controls make sense: the reducer's, and none without a run. */
   controls(): ControlState {
     const c = this.view.controls();
@@ -218,6 +227,8 @@ export class RunModel {
       const v = e[key];
       if (v !== undefined) this.seriesFor(key).append(e.step, v); // plRatio is absent on some steps
     }
+    // Charted, not exported (the export's columns are the protocol-1 set plus units).
+    if (e.participation !== undefined) this.seriesFor('participation').append(e.step, e.participation);
     for (const u of e.units ?? []) {
       for (const metric of EXPERT_METRICS) {
         // A quantity the trainer could not measure on this step is a gap in its line, never a number.
@@ -225,6 +236,7 @@ export class RunModel {
         if (v !== undefined && v !== null) this.seriesFor(unitSeriesKey(metric, u.id)).append(e.step, v);
       }
       this.seriesFor(maskSeriesKey(u.id)).append(e.step, u.id + MASK_LEVEL[maskStatus(u)]);
+      if (u.share !== undefined) this.seriesFor(shareSeriesKey(u.id)).append(e.step, u.share);
     }
     if (e.gate) {
       if (e.gate.length > this.gateUnits) {

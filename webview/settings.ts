@@ -23,7 +23,7 @@ export function defaultSettings(): UiSettings {
   // κ and the PL* ratio span orders of magnitude, so their charts start logarithmic. The mask chart
   // draws fixed lane levels, where a log axis means nothing: its card offers no toggle, the key is
   // here so every chart has one.
-  return { smoothing: 0, logScale: { loss: false, metric: false, expert: true, pl: true, alpha: false, mask: false, gate: false, extra: true }, hidden: [], expertMetric: 'kappa' };
+  return { smoothing: 0, logScale: { loss: false, metric: false, expert: true, pl: true, share: false, participation: false, alpha: false, mask: false, gate: false, extra: true }, hidden: [], expertMetric: 'kappa' };
 }
 
 const defaults = defaultSettings();
@@ -38,6 +38,8 @@ const PersistedSchema = z.object({
       metric: z.boolean().catch(defaults.logScale.metric),
       expert: z.boolean().catch(defaults.logScale.expert),
       pl: z.boolean().catch(defaults.logScale.pl),
+      share: z.boolean().catch(defaults.logScale.share),
+      participation: z.boolean().catch(defaults.logScale.participation),
       alpha: z.boolean().catch(defaults.logScale.alpha),
       // Absent from states saved before the mask chart existed: `.catch` fills it in.
       mask: z.boolean().catch(defaults.logScale.mask),

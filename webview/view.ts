@@ -236,6 +236,8 @@ export class PanelView {
       const inactive = v.inactive(e);
       els.row.dataset.inactive = String(inactive);
       els.inactive.hidden = !inactive;
+      // Text only while shown: a hidden badge must not read as part of the unit's name.
+      setText(els.inactive, inactive ? 'inactive' : '');
       els.inactive.title = inactive ? describeInactive(v.unitName, e.share) : '';
       setText(els.mu, formatNumber(e.mu));
       setText(els.lf, formatNumber(e.lf));
@@ -274,7 +276,6 @@ export class PanelView {
     const inactive = document.createElement('span');
     inactive.className = 'badge-inactive';
     inactive.dataset.testid = `inactive-${id}`;
-    inactive.textContent = 'inactive';
     inactive.hidden = true;
     name.append(swatch, label, inactive, flags);
     const kappa = cell(`kappa-${id}`, 'num');

@@ -4,10 +4,11 @@
 // (src/extension/vscode/ supplies it), so the lifecycle is tested in plain Node.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { RUN_FILES, TERMINAL_STATES, describeCommand, describeEndpoint, runEndpoint, type CommandStatus, type SteeringCommand, type TrainerEndpoint, type TrainerEvent } from '../protocol';
+import { RUN_FILES, TERMINAL_STATES, backendLabel, describeCommand, describeEndpoint, runEndpoint, type CommandStatus, type SteeringCommand, type TrainerEndpoint, type TrainerEvent } from '../protocol';
 import { analyzeConfigText, lineOf } from './config/configAnalysis';
 import { slowFamilyNotice } from './config/starters';
 import { launchTrainer, makeRunDirName, type LaunchedTrainer } from './run/launcher';
+import { checkPythonAsync, findPythonAsync, pythonPackageDir } from '../protocol/pythonEngine';
 import { LogTail } from './run/logTail';
 import type { RunHost } from './run/runHost';
 import { isLiveRun, listRunDirs, processAlive, readRecordedEvents, readRunDirectory, readRunInfo, readToken, tailLog, type RunDirectory } from './run/runDirectory';
@@ -102,7 +103,12 @@ export class RunManager {
     const root = folder ? this.runsRoot(folder) : path.join(path.dirname(configPath), '.pltrain', 'runs');
     const runDir = path.join(root, makeRunDirName(analysis.config.name));
     const nodePath = this.host.nodePath();
-    log.info(`starting trainer: ${nodePath} ${this.host.trainerScript} --config ${configPath} --run-dir ${runDir}`);
+    let python: { interpreter: string; packageDir: string } | undefined;
+    if (analysis.config.engine === 'pytorch') {
+      python = await this.pythonFor(configPath, text);
+      if (!python) return undefined;
+    }
+    log.info(`starting trainer: ${python ? `${python.interpreter} -m pltrain` : `${nodePath} ${this.host.trainerScript}`} --config ${configPath} --run-dir ${runDir}`);
     let launched: LaunchedTrainer | undefined;
     const cancel = () => {
       try {
@@ -116,11 +122,11 @@ export class RunManager {
     return ui.progress(
       `PL training: ${analysis.config.name}${slow ? ` (${slow})` : ''}`,
       async (report) => {
-        report('starting the trainer and loading the TensorFlow.js backend…');
-        launched = launchTrainer({ nodePath, trainerScript: this.host.trainerScript, configPath, runDir, cwd: path.dirname(configPath) });
+        report(python ? 'starting the PyTorch trainer…' : 'starting the trainer and loading the TensorFlow.js backend…');
+        launched = launchTrainer({ nodePath, trainerScript: this.host.trainerScript, configPath, runDir, cwd: path.dirname(configPath), python });
         const info = await this.announced(launched, (m) => `PL training failed to start: ${m}`);
         if (!info) return undefined;
-        report(`backend ${info.backend?.name ?? '?'} ready, connecting…`);
+        report(`backend ${info.backend ? backendLabel(info.backend) : '?'} ready, connecting…`);
         const session = this.track(info.runId, runDir, configPath, true);
         this.connect(session, runEndpoint(info)!, launched.token, launched.pid);
         const previous = this._current?.active ? this._current : undefined;
@@ -132,11 +138,31 @@ export class RunManager {
           });
         }
         await this.helloOrEnd(session, 20_000);
-        log.info(`run ${info.runId}: backend ${info.backend?.name} (${info.backend?.gpu ? 'GPU' : 'CPU'}) — ${info.backend?.detail ?? ''}`);
+        log.info(`run ${info.runId}: backend ${info.backend ? backendLabel(info.backend) : '?'} — ${info.backend?.detail ?? ''}`);
         return session;
       },
       cancel,
     );
+  }
+
+  /**
+   * The interpreter for a PyTorch run, checked before anything starts: the setting, the Python
+   * extension's choice, else findPython's. When it cannot run the engine (no Python, no torch, no
+   * websockets), a notification says what is missing, with the config's `engine` line to show.
+   */
+  private async pythonFor(configPath: string | undefined, text: string | undefined): Promise<{ interpreter: string; packageDir: string } | undefined> {
+    const { ui, log } = this.host;
+    const chosen = await this.host.pythonPath?.();
+    const check = chosen ? await checkPythonAsync(chosen) : await findPythonAsync();
+    if (check.ok) {
+      log.info(`PyTorch engine: ${check.python} (${check.detail})`);
+      return { interpreter: check.python, packageDir: this.host.pythonPackageDir ?? pythonPackageDir(path.resolve(path.dirname(this.host.trainerScript), '..')) };
+    }
+    const msg = `Cannot start the PyTorch engine: ${check.problem!.message}.`;
+    log.error(msg);
+    const at = text?.indexOf('"engine"') ?? -1;
+    ui.notify('error', msg, { actions: configPath && text && at >= 0 ? [{ title: 'Show config', run: () => ui.reveal(configPath, at, at + '"engine"'.length) }] : [] });
+    return undefined;
   }
 
   /** Finds trainers still running in the workspace's run directories and re-attaches to them. */
@@ -194,7 +220,13 @@ export class RunManager {
       ui.notify('error', `Run ${path.basename(runDir)} has no checkpoint to resume from.`);
       return undefined;
     }
-    const launched = launchTrainer({ nodePath: this.host.nodePath(), trainerScript: this.host.trainerScript, configPath: run.configPath ?? '', runDir, cwd: runDir, resume: true });
+    // A run of the PyTorch engine resumes in it (its config snapshot says which engine ran it).
+    let python: { interpreter: string; packageDir: string } | undefined;
+    if (engineOfRun(runDir) === 'pytorch') {
+      python = await this.pythonFor(run.configPath, undefined);
+      if (!python) return undefined;
+    }
+    const launched = launchTrainer({ nodePath: this.host.nodePath(), trainerScript: this.host.trainerScript, configPath: run.configPath ?? '', runDir, cwd: runDir, resume: true, python });
     const info = await ui.progress(`Resuming ${path.basename(runDir)} from its checkpoint…`, () => this.announced(launched, (m) => `Could not resume: ${m}`));
     if (!info) return undefined;
     const session = this.sessions.get(runDir) ?? this.trackRecorded(run, false);
@@ -358,6 +390,15 @@ export class RunManager {
       log.info(`${what}${v.stateReason ? ` (${v.stateReason})` : ''}`);
       ui.notify('info', `${what}.`);
     }
+  }
+}
+
+/** The engine a recorded run was started with (its config snapshot), `tfjs` when it does not say. */
+function engineOfRun(runDir: string): 'tfjs' | 'pytorch' {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(runDir, RUN_FILES.config), 'utf8')).engine === 'pytorch' ? 'pytorch' : 'tfjs';
+  } catch {
+    return 'tfjs';
   }
 }
 

@@ -8,7 +8,7 @@
 // trainer's replay and the restored panel load it): "Unable to refresh tree view … Canceled", and
 // the Step row stopped moving. The whole tree is refreshed only when its shape changes.
 import * as vscode from 'vscode';
-import { backendLabel, capitalize, describeDampingFloor, describeInactive, describeKappa, describeNotMeasurable, describeTaskMetric, formatNumber, MIN_SERVED, pluralUnit, unitLabel } from '../protocol';
+import { backendLabel, capitalize, describeDampingFloor, describeInactive, describeKappa, describeNotMeasurable, describeTaskMetric, formatNumber, formatShare, MIN_SERVED, pluralUnit, unitLabel } from '../protocol';
 import { RunManager } from './runManager';
 import { listRunDirs } from './run/runDirectory';
 import { recordedName, runLabel } from './run/runLabel';
@@ -177,7 +177,9 @@ export class MetricsTreeProvider implements vscode.TreeDataProvider<MetricsNode>
         const flags = [inactive ? 'inactive' : '', e.frozen ? 'frozen' : '', e.pruned ? 'pruned' : '', atFloor ? 'at the damping floor' : ''].filter(Boolean).join(', ');
         const keep = v.gate?.[e.id];
         // A null κ (too few served examples) reads "κ not measurable", and then μ and L_f are left out.
-        const measures = e.kappa === null ? describeKappa(null) : `${describeKappa(e.kappa)} · μ ${formatNumber(e.mu)} · L ${formatNumber(e.lf)}`;
+        // The unit's routing share next to κ: a well-conditioned unit the model does not use is no good unit.
+        const share = e.share !== undefined ? ` · share ${formatShare(e.share)}` : '';
+        const measures = e.kappa === null ? `${describeKappa(null)}${share}` : `${describeKappa(e.kappa)}${share} · μ ${formatNumber(e.mu)} · L ${formatNumber(e.lf)}`;
         item.description = `${measures}${keep !== undefined && !e.pruned ? ` · keep ${keep.toFixed(2)}` : ''}${flags ? ` · ${flags}` : ''}`;
         item.iconPath = new vscode.ThemeIcon(e.frozen ? 'lock' : e.pruned ? 'circle-slash' : atFloor || inactive ? 'warning' : 'circle-outline');
         const why = [inactive ? describeInactive(v.unitName, e.share) : '', e.kappa === null ? describeNotMeasurable(v.unitName, e.served, MIN_SERVED) : '', atFloor ? describeDampingFloor(v.unitName, v.damping) : ''].filter(Boolean);

@@ -6,6 +6,16 @@ import { AlphaSchema, MAX_DATA_FILE_BYTES, MAX_UNITS, MIN_UNITS } from './limits
 export const BACKEND_NAMES = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
 
+/** Which trainer runs a config: the embedded TensorFlow.js one, or the Python package python/pltrain. */
+export const ENGINES = ['tfjs', 'pytorch'] as const;
+export type Engine = (typeof ENGINES)[number];
+
+/** The families the PyTorch engine trains so far (python/pltrain/models.py); the rest run in tfjs. */
+export const PYTORCH_FAMILIES: readonly string[] = ['moe-mlp', 'vgg', 'bert-encoder'];
+
+/** `device` values of the PyTorch engine: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`. */
+export const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d{1,2})$/;
+
 const positiveInt = (max: number) => z.number().int().min(1).max(max);
 
 export const MODEL_FAMILIES = ['moe-mlp', 'switch-transformer', 'bert-encoder', 'vgg'] as const;
@@ -107,7 +117,16 @@ export const TrainingConfigSchema = z
     monitor: MonitorConfigSchema.default({}),
     pruning: PruningConfigSchema.default({}),
     frozenExperts: z.array(z.number().int().min(0)).default([]).describe('Units frozen from the start, by index (experts, heads or channel groups, as `model.experts` counts them): no updates, never pruned, still measured.'),
-    backend: z.enum(['auto', ...BACKEND_NAMES]).default('auto').describe('`auto` picks the first that loads: tensorflow-gpu → tensorflow → wasm → cpu.'),
+    backend: z.enum(['auto', ...BACKEND_NAMES]).default('auto').describe('TensorFlow.js backend (engine `tfjs`). `auto` picks the first that loads: tensorflow-gpu → tensorflow → wasm → cpu.'),
+    engine: z
+      .enum(ENGINES)
+      .default('tfjs')
+      .describe('Which trainer runs the config. `tfjs`: the embedded TensorFlow.js trainer (needs nothing else). `pytorch`: the PyTorch engine (python/pltrain; needs Python 3 with `torch` and `websockets`), for CUDA GPUs; the interpreter is `PLTRAIN_PYTHON`, else the setting `plTrainer.pythonPath`, else `python3`.'),
+    device: z
+      .string()
+      .regex(DEVICE_PATTERN, 'device must be "auto", "cpu", "cuda" or "cuda:N"')
+      .default('auto')
+      .describe('Where the PyTorch engine puts its tensors: `auto` (the first CUDA GPU when one is usable, else the CPU), `cpu`, `cuda`, `cuda:N`. Engine `pytorch` only.'),
     checkpointEvery: z.number().int().min(0).max(10_000_000).default(200).describe('Save a checkpoint (weights, optimizer state, step, α, frozen units) every this many steps, and after every applied command; 0 = only at the end. A killed run resumes from the last one.'),
     logEvery: positiveInt(1_000_000).default(1).describe('Emit a metrics event every this many steps (κ rides along on monitor steps).'),
   })
@@ -132,6 +151,16 @@ export const TrainingConfigSchema = z
     }
     if (c.model.opt && c.model.family !== 'moe-mlp') {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'opt'], message: `OPT mode is implemented for moe-mlp only, not ${c.model.family}` });
+    }
+    if (c.engine === 'tfjs' && c.device !== 'auto') {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['device'], message: 'device is a setting of the PyTorch engine: set "engine": "pytorch", or choose a TensorFlow.js backend with "backend"' });
+    }
+    if (c.engine === 'pytorch') {
+      if (c.backend !== 'auto') ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['backend'], message: `backend "${c.backend}" is a TensorFlow.js backend; the PyTorch engine picks its device with "device"` });
+      // Not (yet) in the PyTorch engine: refused on the config line rather than silently ignored.
+      if (!PYTORCH_FAMILIES.includes(c.model.family)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'family'], message: `${c.model.family} is not in the pytorch engine yet (it trains ${PYTORCH_FAMILIES.join(', ')}); use "engine": "tfjs"` });
+      if (c.model.opt) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'opt'], message: 'OPT mode is implemented in the tfjs engine only, not the pytorch engine' });
+      if (c.monitor.lipschitz !== 'tangent-kernel') ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['monitor', 'lipschitz'], message: `the ${c.monitor.lipschitz} L_f is implemented in the tfjs engine only; the pytorch engine uses tangent-kernel` });
     }
     if (new Set(c.frozenExperts.filter((e) => e < c.model.experts)).size >= c.model.experts) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['frozenExperts'], message: `at least one ${UNIT_NAMES[c.model.family]} must stay trainable` });

@@ -53,7 +53,7 @@ export function unitLabel(unitName: string, id: number): string {
 
 /** Why a κ at the damping floor matters and what to do (tooltip in the panel and the sidebar). */
 export function describeDampingFloor(unitName: string, damping: number): string {
-  return `κ at the damping floor 1/δ = ${formatNumber(1 / damping)}: this ${unitName}'s kernel is singular on the probe, so the regularizer passes it no gradient and it adds a constant to the loss. Usually a unit the gate abandoned: freeze or prune it to take it out of the regularizer.`;
+  return `κ near the damping floor 1/δ = ${formatNumber(1 / damping)}: this ${unitName}'s kernel is (nearly) singular on the examples it serves (λ_min ≤ δ·λ_max), so its κ says little beyond "singular". Check its share: a unit the model no longer uses is flagged inactive; freeze or prune it if it stays there.`;
 }
 
 /**
@@ -90,7 +90,7 @@ export type CommandPhase = CommandStatus['status'] | 'sent';
 export function describeStatus(s: { status: CommandPhase; step?: number; reason?: string }): string {
   switch (s.status) {
     case 'sent':
-      return 'sent';
+      return s.reason ? `sent, no answer yet: ${s.reason}` : 'sent';
     case 'pending':
       return 'pending';
     case 'applied':
@@ -121,4 +121,10 @@ export function describeTaskMetric(value: number, metric: 'accuracy' | 'perplexi
 export function newCommandId(prefix = 'c'): string {
   const bytes = globalThis.crypto.getRandomValues(new Uint8Array(12));
   return `${prefix}${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
+/** A routing share (0…1) as a percentage a person can compare: "31%", "4.2%", "0.05%". */
+export function formatShare(share: number): string {
+  const pct = share * 100;
+  return `${pct >= 10 ? pct.toFixed(0) : pct === 0 ? '0' : Number(pct.toPrecision(2))}%`;
 }

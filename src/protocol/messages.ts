@@ -121,13 +121,13 @@ export const UnitStatsSchema = z
 export type UnitStats = z.infer<typeof UnitStatsSchema>;
 
 /**
- * Whether a reported κ sits at the damping floor 1/δ (δ = `monitor.damping`): damped κ is
- * λ_max / max(λ_min, δ·λ_max), exactly 1/δ when the unit's kernel is singular on the probe, and then
- * the regularizer passes it no gradient (docs/method.md, "Damping"). A null κ (not measurable) is not
- * at the floor. One definition for the trainer's warning, the panel and the sidebar.
+ * Whether a reported κ sits at the damping floor (δ = `monitor.damping`): κ = λ_max/(λ_min + δ·λ_max) ≤ 1/δ
+ * (smooth damping, docs/method.md "Damping"), and "at the floor" means the damping dominates,
+ * λ_min ≤ δ·λ_max, i.e. κ ≥ 1/(2δ). A null κ (not measurable) is not at the floor. One definition for
+ * the trainer's warning, the panel and the sidebar.
  */
 export function kappaAtDampingFloor(kappa: number | null | undefined, damping: number): boolean {
-  return typeof kappa === 'number' && kappa >= (1 - 1e-9) / damping;
+  return typeof kappa === 'number' && kappa >= (1 - 1e-9) / (2 * damping);
 }
 
 /** δ of a run, from the resolved config its `hello` carries (the default before there is one). */

@@ -49,6 +49,8 @@ export const CHART_CARDS = [
   { id: 'metric', title: 'Task metric', hint: 'Task metric reported by the trainer (accuracy for classifiers)' },
   { id: 'expert', title: 'Per unit', hint: 'Per unit (expert, head or channel group), on monitor steps: condition number κ = L_f/μ, PL constant μ (λ_min of the tangent kernel) or smoothness L_f (λ_max)' },
   { id: 'pl', title: 'Regularizer and PL* check', hint: 'κ̄ (mean κ of the trainable units, the term α multiplies) and the PL* ratio ½‖∇f‖²/(f − f*), which PL* theory keeps above μ' },
+  { id: 'share', title: 'Routing share', hint: "Per unit, on monitor steps: the unit's share of the model's routing mass on the batch (the shares sum to 1). A unit whose share stays near 0 is flagged inactive, whatever its κ" },
+  { id: 'participation', title: 'Participation ratio', hint: 'How many units the model effectively uses: 1/Σ share², between 1 (one unit takes everything) and the number of units (an even split)' },
   { id: 'alpha', title: 'α over steps', hint: 'Regularizer weight α as acknowledged by the trainer' },
   { id: 'mask', title: 'Pruning mask', hint: 'Per unit, on monitor steps: high = trainable, middle = frozen, floor of its lane = pruned (pruned units are frozen too)' },
   { id: 'gate', title: 'Pruning gate', hint: "Per unit, on monitor steps: the gating network's keep-probability. At each pruning decision the units with the lowest probability go, within the budget (runs with pruning enabled)" },
@@ -62,11 +64,12 @@ export function unitChartTitle(unitName: string): string {
 }
 
 /** Charts shown only for runs that report their data (the rest say "No data yet" until they have some). */
-export const OPTIONAL_CHARTS: readonly ChartId[] = ['gate', 'extra'];
+export const OPTIONAL_CHARTS: readonly ChartId[] = ['gate', 'extra', 'share', 'participation'];
 
 /** Charts whose y axis may be switched to logarithmic (the mask chart's lane levels have no scale to log). */
 export function hasLogToggle(id: ChartId): boolean {
-  return id !== 'mask';
+  // Lanes have no scale to log; shares (0…1) and the participation ratio (1…units) have fixed ranges.
+  return id !== 'mask' && id !== 'share' && id !== 'participation';
 }
 
 function chartCard(card: (typeof CHART_CARDS)[number]): string {

@@ -256,6 +256,17 @@ export class RunView {
     return change;
   }
 
+  /**
+   * A command the panel posted that the host has not answered after a while (the panel's own fact):
+   * it stays `sent`, with the reason shown, until the host answers. Never a guess at the outcome.
+   */
+  recordUnanswered(id: string, reason: string): RunChange {
+    const change = noChange();
+    const c = this.commands.get(id);
+    if (c && c.status === 'sent') this.upsertCommand({ ...c, reason }, change);
+    return change;
+  }
+
   /** Replaces the command table with the host's (a snapshot: the host's table is the complete one). */
   replaceCommands(statuses: readonly CommandStatus[]): void {
     this.commands.clear();

@@ -3,9 +3,35 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { BACKEND_NAMES, formatProblem, parseTrainingConfig } from '../protocol';
+import { spawn } from 'node:child_process';
+import { BACKEND_NAMES, TrainingConfig, formatProblem, parseTrainingConfig } from '../protocol';
+import { findPython, pythonPackageDir } from '../protocol/pythonEngine';
+import { packageRoot } from './data';
 import { RunDirRefused, defaultRunDir } from './runDir';
 import { runTraining } from './train';
+
+/**
+ * Engine `pytorch`: the same command line, run by the Python package (python/pltrain) under the
+ * interpreter findPython picks; its exit code is ours, and a signal to us is passed on to it.
+ */
+async function runPython(args: string[]): Promise<number> {
+  const check = findPython();
+  if (!check.ok) {
+    console.error(`pltrain: engine "pytorch": ${check.problem!.message}`);
+    return 1;
+  }
+  const env = { ...process.env, PYTHONPATH: [pythonPackageDir(packageRoot()), process.env.PYTHONPATH].filter(Boolean).join(path.delimiter) };
+  const child = spawn(check.python, ['-m', 'pltrain', ...args], { stdio: 'inherit', env });
+  const forward = (sig: NodeJS.Signals) => () => child.kill(sig);
+  process.on('SIGTERM', forward('SIGTERM'));
+  process.on('SIGINT', forward('SIGINT'));
+  return new Promise((resolve) => {
+    child.once('error', (e) => (console.error(`pltrain: could not start ${check.python}: ${e.message}`), resolve(1)));
+    child.once('exit', (code, signal) => resolve(code ?? (signal === 'SIGKILL' ? 137 : 1)));
+  });
+}
+
+const engineOf = (c: TrainingConfig) => c.engine;
 
 const USAGE = `usage: pltrain --config FILE [--steps N] [--run-dir DIR] [--backend ${['auto', ...BACKEND_NAMES].join('|')}]
        pltrain --resume RUN_DIR        continue a killed or failed run from its last checkpoint`;
@@ -32,6 +58,7 @@ async function main(): Promise<number> {
       console.error(`${runDir}/config.json: ${parsed.problems.map(formatProblem).join('; ')}`);
       return 2;
     }
+    if (engineOf(parsed.config) === 'pytorch') return runPython(['--resume', runDir]);
     const state = await runTraining({ config: parsed.config, configDir: runDir, runDir, resume: true });
     return state === 'failed' ? 1 : 0;
   }
@@ -59,6 +86,9 @@ async function main(): Promise<number> {
     return 2;
   }
   const runDir = path.resolve(args['run-dir'] ?? defaultRunDir(parsed.config, process.cwd()));
+  if (engineOf(parsed.config) === 'pytorch') {
+    return runPython(['--config', configPath, '--run-dir', runDir, ...(args.steps !== undefined ? ['--steps', String(parsed.config.steps)] : [])]);
+  }
   const state = await runTraining({ config: parsed.config, configDir: path.dirname(configPath), runDir });
   return state === 'failed' ? 1 : 0;
 }

@@ -9,6 +9,7 @@ import { EventLog } from './events';
 import { createModel, loadTaskData, probeBatch, type PlModel } from './models';
 import { DampingFloorWatch, type FloorChanges } from './pl/dampingFloor';
 import { GatingPruner, unitWeightNorms } from './pl/pruner';
+import { ShareWatch } from './pl/share';
 import { Progress } from './progress';
 import { RunAnnouncement, RunDirLock, establishToken, prepareRunDir, writeJsonAtomic } from './runDir';
 import { TrainerServer, chooseTransport } from './server';
@@ -201,24 +202,22 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
     // A resumed run reshuffles from a seed derived from its step (not the exact batch sequence).
     const order = batches(data.trainSize, Math.min(config.batchSize, data.trainSize), config.seed + step);
     let emaRate = 0;
-    let lowestLoss = Infinity; // f*, for the PL* ratio
+    const shareWatch = new ShareWatch(model.units);
     let lastAnnounce = Date.now();
     let last = performance.now();
 
-    const reportDampingFloor = ({ entered, left }: FloorChanges, alpha: number, trainable: number) => {
+    const reportDampingFloor = ({ entered, left }: FloorChanges) => {
       const floor = 1 / config.monitor.damping;
       for (const e of entered) {
-        const share = alpha > 0 && trainable > 0 ? ` and adds α/(δ·${trainable}) = ${((alpha * floor) / trainable).toPrecision(3)} to the loss` : '';
-        const article = /^[aeiou]/.test(unitName) ? 'an' : 'a';
         log(
           'warn',
-          `${unitName} ${e.id} at step ${step}: λ_min ≤ δ·λ_max on the probe (μ ${e.mu?.toPrecision(3)}, L_f ${e.lf?.toPrecision(3)}), so κ sits at the damping floor 1/δ = ${floor.toPrecision(3)}; the regularizer passes it no gradient${share}. ` +
-            `Usually ${article} ${unitName} the gate abandoned: freeze or prune it to take it out of the regularizer.`,
+          `${unitName} ${e.id} at step ${step}: λ_min ≤ δ·λ_max on the ${e.served ?? ''} probe examples it serves (μ ${e.mu?.toPrecision(3)}, L_f ${e.lf?.toPrecision(3)}), so its κ ${e.kappa?.toPrecision(3)} is near the damping floor 1/δ = ${floor.toPrecision(3)}: its kernel is (nearly) singular there, and its κ says little more. ` +
+            `Check its share; freeze or prune it if it stays there.`,
           `damping-floor/${e.id}`,
         );
       }
       for (const e of left) {
-        const why = e.frozen || e.pruned ? `${e.frozen ? 'frozen' : 'pruned'}: out of the regularizer` : `off the damping floor, ${e.kappa === null ? 'κ not measurable' : `κ ${e.kappa.toPrecision(4)}`}`;
+        const why = e.frozen || e.pruned ? `${e.frozen ? 'frozen' : 'pruned'}` : `off the damping floor, ${e.kappa === null ? 'κ not measurable' : `κ ${e.kappa.toPrecision(4)}`}`;
         log('info', `${unitName} ${e.id} at step ${step}: ${why}`, `damping-floor/${e.id}`);
       }
     };
@@ -281,21 +280,33 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       if (step === injectFdExhaustionAt) exhaustFileDescriptors();
       if (!Number.isFinite(result.loss)) throw new NonFiniteLoss(step);
 
-      // PL* check: ½‖∇f‖² / (f − f*). The first step has no gap yet (f = f*).
-      const gap = result.loss - lowestLoss;
-      const plRatio = gap > 1e-12 ? (0.5 * result.gradNormSq) / gap : undefined;
-      lowestLoss = Math.min(lowestLoss, result.loss);
+      // PL* check: ½‖∇f‖² / (f − f*) with f* = 0, a lower bound of f (cross-entropy and κ are ≥ 0),
+      // exact under interpolation; so the ratio is a lower bound of PL*'s (docs/method.md, contract 11).
+      const plRatio = result.loss > 1e-12 ? (0.5 * result.gradNormSq) / result.loss : undefined;
+      // Routing shares of this step's batch (families with a router); the others report them on measurement.
+      if (result.shares) shareWatch.observe(result.shares);
       const now = performance.now();
       const rate = 1000 / Math.max(1e-3, now - last);
       last = now;
       emaRate = emaRate ? 0.9 * emaRate + 0.1 * rate : rate;
       if (monitorStep) {
-        const measured = result.measured ?? measuredBefore;
-        if (!measured) throw new Error(`step ${step}: the model measured nothing on a monitor step`);
+        const raw = result.measured ?? measuredBefore;
+        if (!raw) throw new Error(`step ${step}: the model measured nothing on a monitor step`);
+        if (!result.shares && raw.every((u) => u.share !== undefined)) shareWatch.observe(raw.map((u) => u.share!));
+        const measured = shareWatch.annotate(raw, steering.pruned);
         experts = measured;
+        for (const c of shareWatch.changes(measured)) {
+          log(
+            c.active ? 'info' : 'warn',
+            c.active
+              ? `${unitName} ${c.id} at step ${step}: active again (share EMA ${(c.ema * 100).toFixed(1)}%)`
+              : `${unitName} ${c.id} at step ${step}: inactive — the model routes ${(c.ema * 100).toFixed(2)}% of its mass through it (EMA; below 1/(10·${model.units})). Its κ does not describe the model; it is not "well conditioned".`,
+            `inactive/${c.id}`,
+          );
+        }
         const m = model;
         pruner?.observe(measured, unitWeightNorms(m.units, (i) => m.unitWeights(i)), steering.pruned);
-        reportDampingFloor(floorWatch.observe(measured), alpha, steering.trainableExperts().length);
+        reportDampingFloor(floorWatch.observe(measured));
       }
       // Pruning decisions on the schedule; a pruned unit is masked from the next step on, for good.
       let prunedNow: number[] = [];
@@ -311,6 +322,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
         if (prunedNow.length) experts = experts.map((e) => ({ ...e, pruned: steering.pruned.has(e.id) }));
       }
       const extra = monitorStep ? model.extraMetrics?.() : undefined;
+      const participation = shareWatch.participation;
       if (step % config.logEvery === 0 || monitorStep) {
         events.emit({
           type: 'metrics',
@@ -323,6 +335,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
           taskMetric: result.taskMetric,
           stepsPerSec: emaRate,
           ...(plRatio !== undefined && Number.isFinite(plRatio) ? { plRatio } : {}),
+          ...(participation !== undefined ? { participation } : {}),
           ...(monitorStep || prunedNow.length ? { units: experts } : {}),
           ...((monitorStep || prunedNow.length) && pruner ? { gate: pruner.keepProbabilities(steering.frozen, steering.pruned) } : {}),
           ...(extra && Object.keys(extra).length ? { extra } : {}),

@@ -11,6 +11,7 @@ import { RunManager } from '../../src/extension/runManager';
 import type { RunHost } from '../../src/extension/run/runHost';
 import { processAlive } from '../../src/extension/run/runDirectory';
 import type { MetricsEvent } from '../../src/protocol';
+import { ENGINES, PYTHON, forEngine, type EngineName } from '../support/engines';
 import { until } from '../support/until';
 
 const root = path.resolve(__dirname, '..', '..');
@@ -32,24 +33,34 @@ const host: RunHost = {
   log: { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined, show: () => undefined },
 };
 const runs = new RunManager(host);
+// The PyTorch engine's runs: its own workspace and manager, the interpreter from the host (as the
+// pythonPath setting or the Python extension would give it).
+const pyWorkspace = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-manager-py-'));
+const pyHost: RunHost = { ...host, workspaceFolders: () => [pyWorkspace], pythonPath: async () => PYTHON, pythonPackageDir: path.join(root, 'python') };
+const managers: Record<EngineName, { runs: RunManager; workspace: string }> = { tfjs: { runs, workspace }, pytorch: { runs: PYTHON ? new RunManager(pyHost) : runs, workspace: pyWorkspace } };
 const pids: number[] = [];
 const metricsOf = (events: readonly { type: string }[]) => events.filter((e): e is MetricsEvent => e.type === 'metrics');
 
 after(() => {
   runs.dispose();
+  managers.pytorch.runs.dispose();
   for (const pid of pids) if (processAlive(pid)) process.kill(pid, 'SIGKILL');
 });
 
-test('start, a kill -9 announced once, resume with the same step numbering, the stop announced once', async () => {
+for (const engine of ENGINES) {
+  test(`${engine}: start, a kill -9 announced once, resume with the same step numbering, the stop announced once`, async () => {
+  const { runs, workspace } = managers[engine];
+  notices.length = 0;
   assert.ok(fs.existsSync(host.trainerScript), 'run `npm run build` first');
   const config = path.join(workspace, 'crash.pltrain.json');
-  fs.writeFileSync(config, JSON.stringify({ name: 'crash', steps: 100000, batchSize: 16, checkpointEvery: 10, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4 } }));
+  fs.writeFileSync(config, JSON.stringify(forEngine(engine, { name: 'crash', steps: 100000, batchSize: 16, checkpointEvery: 10, model: { experts: 2, hiddenUnits: 8 }, monitor: { every: 5, probeSize: 4 } })));
   const announced: string[] = [];
   runs.onDidAnnounceEnd((s) => announced.push(`${s.view.state}`));
   const session = (await runs.start(config))!;
   assert.ok(session, 'started');
   assert.equal(runs.current, session);
   assert.equal(session.view.hello?.unitName, 'expert', 'start waits for the hello');
+  assert.equal(session.view.hello?.backend.engine ?? 'tfjs', engine, 'the engine the config names');
   pids.push(session.view.hello!.pid);
   const alpha = await runs.issue({ kind: 'setAlpha', alpha: 0.2 });
   assert.equal(alpha?.status, 'applied');
@@ -77,6 +88,28 @@ test('start, a kill -9 announced once, resume with the same step numbering, the 
   assert.equal(stopped?.status, 'applied');
   await until('the stop announced', () => announced.length === 2, 15_000);
   assert.deepEqual(announced, ['failed', 'stopped'], 'the old failure is not announced again');
+  });
+}
+
+test('engine pytorch with an interpreter that cannot run it: nothing starts, the notification says what is missing and shows the engine line', async () => {
+  const badHost: RunHost = { ...host, pythonPath: async () => path.join(workspace, 'no-such-python3') };
+  const bad = new RunManager(badHost);
+  const config = path.join(workspace, 'py.pltrain.json');
+  const text = JSON.stringify({ name: 'py', engine: 'pytorch', steps: 5 }, null, 2);
+  fs.writeFileSync(config, text);
+  const revealed: number[][] = [];
+  const actions: (() => void)[] = [];
+  badHost.ui = { ...host.ui, notify: (level, message, options) => (notices.push({ level, message, actions: (options?.actions ?? []).map((a) => a.title) }), actions.push(...(options?.actions ?? []).map((a) => a.run))), reveal: (_f, start, end) => revealed.push([start, end]) };
+  notices.length = 0;
+  assert.equal(await bad.start(config), undefined, 'nothing started');
+  assert.equal(notices.length, 1);
+  assert.equal(notices[0].level, 'error');
+  assert.match(notices[0].message, /^Cannot start the PyTorch engine: the PyTorch engine needs Python 3, and ".*no-such-python3" could not run \(not found\)/);
+  assert.deepEqual(notices[0].actions, ['Show config']);
+  actions[0]();
+  assert.deepEqual(revealed, [[text.indexOf('"engine"'), text.indexOf('"engine"') + '"engine"'.length]]);
+  assert.equal(fs.existsSync(path.join(workspace, '.pltrain', 'runs')) && fs.readdirSync(path.join(workspace, '.pltrain', 'runs')).some((d) => d.startsWith('py-')), false, 'no run directory');
+  bad.dispose();
 });
 
 test('resume refuses a run without a checkpoint, naming it; opening a protocol-1 run that died announces it once, as failed', async () => {

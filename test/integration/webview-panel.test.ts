@@ -247,6 +247,59 @@ test('before the first measurement the per-unit chart says when it comes; no mas
   assert.equal(await p.page.locator('section[data-chart="mask"]').isVisible(), true);
 });
 
+test('routing: one share line per unit (0…1) and the participation ratio (1…units), exactly as reported; the starved unit is flagged inactive; no cards for runs without shares', async () => {
+  const p = await openPanel();
+  const plain = syntheticRun({ steps: 40 });
+  await p.send(snapshotOf(plain));
+  await expectText(p.byTestId('step'), '40 / 300');
+  await nextFrames(p.page);
+  for (const id of ['share', 'participation']) assert.equal(await p.page.locator(`section[data-chart="${id}"]`).isVisible(), false, `${id}: no card without data`);
+  const f = syntheticRun({ steps: 60, shares: true });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), '60 / 300');
+  await nextFrames(p.page);
+  const monitored = metricsOf(f.events).filter((m) => m.units);
+  const share = await datasetsOf(p.page, 'share');
+  assert.deepEqual(share.map((d) => d.key), ['share:0', 'share:1', 'share:2', 'share:3']);
+  for (const [i, d] of share.entries()) assert.deepEqual(d.data, monitored.map((m) => ({ x: m.step, y: m.units![i].share! })), `share of expert ${i}`);
+  // Closed form at one step: the participation ratio 1/Σ share² of that step's shares.
+  const last = monitored.at(-1)!;
+  const ratio = 1 / last.units!.reduce((a, u) => a + u.share! ** 2, 0);
+  const participation = await datasetsOf(p.page, 'participation');
+  assert.equal(participation.length, 1);
+  assert.ok(Math.abs(participation[0].data.at(-1)!.y - ratio) < 1e-12, `${participation[0].data.at(-1)!.y} vs ${ratio}`);
+  assert.ok(ratio > 1 && ratio < 4);
+  const axes = (await p.page.evaluate(`(() => { const c = window.__plTrainer.charts; return [c.share.chart.scales.y.min, c.share.chart.scales.y.max, c.participation.chart.scales.y.min, c.participation.chart.scales.y.max]; })()`)) as number[];
+  assert.deepEqual(axes, [0, 1, 1, 4]);
+  assert.equal(last.units![3].active, false, 'the fixture starves expert 3');
+  assert.equal(await p.byTestId('inactive-3').isVisible(), true);
+  assert.equal(await p.byTestId('inactive-0').isVisible(), false);
+});
+
+test('when α·κ̄ dwarfs the task loss, the task loss is drawn against its own axis; otherwise both share one', async () => {
+  const p = await openPanel();
+  const axisOf = async () => (await p.page.evaluate(`(() => { const c = window.__plTrainer.charts.loss.chart; return { ids: c.data.datasets.map((d) => d.seriesKey + ':' + d.yAxisID), right: c.scales.y1 ? [c.scales.y1.min, c.scales.y1.max] : null, left: [c.scales.y.min, c.scales.y.max] }; })()`)) as { ids: string[]; right: number[] | null; left: number[] };
+  const close = syntheticRun({ steps: 200, alpha: 0.00001 });
+  const last = metricsOf(close.events).at(-1)!;
+  assert.ok(last.loss < 3 * last.taskLoss, `fixture: loss ${last.loss}, task loss ${last.taskLoss}`);
+  await p.send(snapshotOf(close));
+  await expectText(p.byTestId('step'), '200 / 300');
+  await nextFrames(p.page);
+  assert.deepEqual((await axisOf()).ids, ['loss:y', 'taskLoss:y']);
+  const dwarfed = syntheticRun({ steps: 200, alpha: 0.5 });
+  const end = metricsOf(dwarfed.events).at(-1)!;
+  assert.ok(end.loss > 3 * end.taskLoss, `fixture: loss ${end.loss}, task loss ${end.taskLoss}`);
+  await p.send(snapshotOf(dwarfed));
+  await nextFrames(p.page);
+  await nextFrames(p.page);
+  const split = await axisOf();
+  assert.deepEqual(split.ids, ['loss:y', 'taskLoss:y1']);
+  // The right axis spans the task loss, not the loss: its top is below the smallest loss.
+  const taskMax = Math.max(...metricsOf(dwarfed.events).map((m) => m.taskLoss));
+  const lossMin = Math.min(...metricsOf(dwarfed.events).map((m) => m.loss));
+  assert.ok(split.right && split.right[1] >= taskMax && split.right[1] < lossMin, `right axis ${split.right}, task loss ≤ ${taskMax}, loss ≥ ${lossMin}`);
+});
+
 test('a κ at the run\'s damping floor 1/δ is marked, with the reason; κ just below it is not', async () => {
   const p = await openPanel();
   const f = syntheticRun();
@@ -547,7 +600,7 @@ test('view settings persist through setState and come back after a reload', asyn
     return { x: rect.left + box.left + box.width / 2, y: rect.top + box.top + box.height / 2 };
   });
   await p.page.mouse.click(legendPoint.x, legendPoint.y);
-  const expected = { v: 1, smoothing: 0.6, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false, mask: false, gate: false, extra: true }, hidden: ['taskLoss'], expertMetric: 'mu' };
+  const expected = { v: 1, smoothing: 0.6, logScale: { loss: true, metric: false, expert: true, pl: true, share: false, participation: false, alpha: false, mask: false, gate: false, extra: true }, hidden: ['taskLoss'], expertMetric: 'mu' };
   await p.page.waitForFunction((want) => sessionStorage.getItem('pl-trainer-harness-state') === JSON.stringify(want), expected);
   const before = await chartInfo(p.page, 'loss');
   assert.equal(before.optionType, 'logarithmic');
@@ -888,6 +941,8 @@ test('pruning gate and model diagnostics: cards only for runs that report them, 
   for (const [u, d] of gate.entries()) assert.deepEqual(d.data, [10, 20, 30, 40].map((x) => ({ x, y: gateAt(x, u) })), `unit ${u}`);
   const extra = await datasetsOf(p.page, 'extra');
   assert.deepEqual(extra.map((d) => d.key), ['extra:energy/expert0', 'extra:orthogonality/expert0']);
+  // The legend names them for a person, not by their keys.
+  assert.deepEqual(extra.map((d) => d.label), ['energy expert 0', '‖QᵀQ − I‖ expert 0']);
   assert.deepEqual(extra[1].data, [10, 20, 30, 40].map((x) => ({ x, y: 1e-7 * x })));
   assert.equal((await chartInfo(p.page, 'extra')).builtType, 'logarithmic', 'an energy and a 1e-7 error share the axis');
   assert.equal((await chartInfo(p.page, 'gate')).builtType, 'linear');

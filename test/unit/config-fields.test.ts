@@ -17,6 +17,8 @@ const valid = {
   monitor: { every: 5, probeSize: 4, damping: 1e-6 },
   frozenExperts: [],
   backend: 'auto',
+  engine: 'tfjs',
+  device: 'auto',
   checkpointEvery: 10,
   logEvery: 1,
 };
@@ -39,6 +41,9 @@ const cases: [string[], unknown, unknown][] = [
   [['monitor', 'damping'], 'tiny', 0],
   [['frozenExperts'], 0, [-1]],
   [['backend'], 1, 'tpu'],
+  [['engine'], true, 'jax'],
+  // The tfjs engine has no device setting: any other value than auto is refused on its line.
+  [['device'], 0, 'cuda'],
   [['checkpointEvery'], '100', -5],
   [['logEvery'], {}, 0],
 ];

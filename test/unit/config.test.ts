@@ -99,6 +99,28 @@ test('the committed JSON schema matches the zod schema (run scripts/gen-schema.t
   assert.equal(fs.readFileSync(SCHEMA_FILE, 'utf8'), generateConfigJsonSchema());
 });
 
+test('engine and device: defaults, the PyTorch engine\'s device values, and the rules that tie them', () => {
+  const d = parseTrainingConfig({});
+  assert.ok(d.ok && d.config.engine === 'tfjs' && d.config.device === 'auto');
+  for (const device of ['auto', 'cpu', 'cuda', 'cuda:0', 'cuda:12']) {
+    const r = parseTrainingConfig({ engine: 'pytorch', device });
+    assert.ok(r.ok, device);
+  }
+  for (const device of ['gpu', 'cuda:', 'cuda:x', 'CUDA', 'cuda:123']) assert.equal(parseTrainingConfig({ engine: 'pytorch', device }).ok, false, device);
+  // Each rule lands on its own line.
+  const text = '{\n  "engine": "pytorch",\n  "backend": "wasm",\n  "model": {\n    "opt": true\n  },\n  "monitor": {\n    "lipschitz": "spectral-norm"\n  }\n}\n';
+  const p = problemsAt(text);
+  assert.ok(p.some((x) => x.line === 3 && /TensorFlow\.js backend/.test(x.message)), JSON.stringify(p));
+  assert.ok(p.some((x) => x.line === 5 && /OPT mode .* tfjs engine only/.test(x.message)), JSON.stringify(p));
+  assert.ok(p.some((x) => x.line === 8 && /spectral-norm L_f .* tfjs engine only/.test(x.message)), JSON.stringify(p));
+  const family = problemsAt('{\n  "engine": "pytorch",\n  "model": { "family": "switch-transformer" },\n  "data": { "source": "text" }\n}\n');
+  assert.ok(family.some((x) => x.line === 3 && /switch-transformer is not in the pytorch engine yet/.test(x.message)), JSON.stringify(family));
+  for (const f of ['moe-mlp', 'vgg', 'bert-encoder']) assert.ok(parseTrainingConfig({ engine: 'pytorch', model: { family: f, experts: 2, dModel: 8 } }).ok, f);
+  const tfjsDevice = problemsAt('{\n  "device": "cuda:0"\n}\n');
+  assert.deepEqual(tfjsDevice.map((x) => x.line), [2]);
+  assert.match(tfjsDevice[0].message, /device is a setting of the PyTorch engine/);
+});
+
 test('data.path must be a regular file under the size bound: a device, a FIFO, a folder or a huge file is a diagnostic on its line', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-data-'));
   const fifo = path.join(dir, 'fifo');

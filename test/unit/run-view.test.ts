@@ -8,6 +8,7 @@ import {
   MAX_COMMANDS_KEPT,
   PROTOCOL_VERSION,
   RunView,
+  describeStatus,
   formatNumber,
   type HostToWebview,
   type MetricsEvent,
@@ -74,11 +75,11 @@ test('units: named by the hello, rows from its count (frozen from the config), e
   ]);
   // A field this reducer does not know (a later trainer's per-unit `share`) is carried, not dropped.
   const withShare = { ...unit(0, 5), share: 0.25 } as UnitStats;
-  v.applyEvent(metrics(1, 10, [withShare, unit(1, 50), unit(2, 100, { frozen: true })]));
+  v.applyEvent(metrics(1, 10, [withShare, unit(1, 49), unit(2, 100, { frozen: true })]));
   assert.equal((v.unit(0) as unknown as { share: number }).share, 0.25);
   assert.equal(v.lastMonitorStep, 10);
-  assert.equal(v.unit(1)!.kappa, 50);
-  // κ at the damping floor 1/δ (δ = 0.01 from the hello's config): unit 2 only.
+  assert.equal(v.unit(1)!.kappa, 49);
+  // At the damping floor: κ ≥ 1/(2δ) = 50 (δ = 0.01 from the hello's config): unit 2 only.
   assert.deepEqual(v.units.map((u) => v.atDampingFloor(u)), [false, false, true]);
 });
 
@@ -283,4 +284,30 @@ test('records without share/served/active (protocol 1, early protocol 2) read ac
   assert.equal(v.inactive(v.unit(0)!), false);
   const bad = HostToWebviewSchema.safeParse({ type: 'events', runId: 'r', events: [metrics(2, 20, [unit(0, 5, { share: 1.5 })])] });
   assert.ok(!bad.success, 'a share above 1 is refused');
+});
+
+test('a command the host never answered says so (still sent, with the reason), and a late answer still settles it once', () => {
+  const v = new RunView();
+  v.applyEvent(hello(0));
+  v.recordSent('x', { kind: 'pause' });
+  const c = v.recordUnanswered('x', 'the extension host has not received it');
+  assert.deepEqual(c.commands.map((e) => [e.id, e.status, e.reason]), [['x', 'sent', 'the extension host has not received it']]);
+  assert.equal(describeStatus(v.commands.get('x')!), 'sent, no answer yet: the extension host has not received it');
+  // The link comes back: the host takes it, the trainer applies it; the note goes.
+  v.applyFact({ type: 'command', status: { id: 'x', command: { kind: 'pause' }, status: 'pending' } });
+  assert.equal(v.commands.get('x')!.reason, undefined);
+  v.applyEvent({ type: 'ack', seq: 1, commandId: 'x', command: { kind: 'pause' }, status: 'applied', step: 3, time: 0 });
+  // A late timer changes nothing once the host has answered.
+  assert.equal(v.recordUnanswered('x', 'late').commands.length, 0);
+  assert.deepEqual(v.commands.get('x'), { id: 'x', command: { kind: 'pause' }, status: 'applied', step: 3 });
+});
+
+test('formatShare: a routing share as a percentage that can be compared (closed forms)', async () => {
+  const { formatShare } = await import('../../src/protocol');
+  assert.equal(formatShare(0.3125), '31%');
+  assert.equal(formatShare(0.1), '10%');
+  assert.equal(formatShare(0.042), '4.2%');
+  assert.equal(formatShare(0.0005), '0.05%');
+  assert.equal(formatShare(0), '0%');
+  assert.equal(formatShare(1), '100%');
 });

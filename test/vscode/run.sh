@@ -3,6 +3,8 @@
 # host, from npm) driven by Debian's Chromium through playwright-core. See test/README.md.
 #   1. the extension-host mocha suite (test/vscode/suite, bundled to dist/test/suite)
 #   2. a UI test through the command palette and the webview (test/vscode/harness/ui.js)
+#   3. the remote test: code-server as a remote box in its own network namespace, reached only through
+#      an SSH tunnel (test/vscode/harness/remote.js; needs root, openssh-server, openssh-client, netcat-openbsd)
 # Ends with one line: "vscode: N passed, M failed".
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -33,7 +35,7 @@ command -v "${CHROMIUM:-/usr/bin/chromium}" >/dev/null || { echo "Chromium is mi
 [ -f "$ROOT/dist/extension.js" ] && [ -f "$ROOT/dist/test/suite/index.js" ] || (cd "$ROOT" && npm run -s build)
 
 RUN="$(mktemp -d /tmp/pltrain-vscode.XXXXXX)"
-mkdir -p "$RUN/ud/User" "$RUN/ws-exthost" "$RUN/ws-ui" "$ROOT/test-results"
+mkdir -p "$RUN/ud/User" "$RUN/ws-exthost" "$RUN/ws-ui" "$RUN/ws-remote" "$ROOT/test-results"
 cat > "$RUN/ud/User/settings.json" <<'JSON'
 { "workbench.startupEditor": "none", "telemetry.telemetryLevel": "off", "extensions.autoCheckUpdates": false,
   "extensions.autoUpdate": false, "chat.disableAIFeatures": true, "workbench.tips.enabled": false,
@@ -44,6 +46,20 @@ JSON
 node -e '
   const c = require(process.argv[1]); c.name = "ui"; c.steps = 200000; delete c.$schema;
   require("fs").writeFileSync(process.argv[2], JSON.stringify(c, null, 2));' "$ROOT/examples/default.pltrain.json" "$RUN/ws-ui/ui.pltrain.json"
+node -e '
+  const c = require(process.argv[1]); c.name = "remote"; c.steps = 200000; delete c.$schema;
+  require("fs").writeFileSync(process.argv[2], JSON.stringify(c, null, 2));' "$ROOT/examples/default.pltrain.json" "$RUN/ws-remote/remote.pltrain.json"
+
+# PLTRAIN_VSIX=<file.vsix>: the UI test runs against that packaged extension, installed into this
+# code-server as a user would install it, instead of the development folder (npm run test:vsix).
+DEV_PATH="$ROOT"
+if [ -n "${PLTRAIN_VSIX:-}" ]; then
+  t "installing $PLTRAIN_VSIX"
+  PATH="$NODE24_BIN:$PATH" "$CACHE/cs/node_modules/.bin/code-server" --user-data-dir "$RUN/ud" --extensions-dir "$RUN/exts" \
+    --install-extension "$PLTRAIN_VSIX" > "$RUN/install.log" 2>&1 || { cat "$RUN/install.log"; exit 1; }
+  ls -d "$RUN"/exts/pl-trainer.pl-trainer-* >/dev/null || { echo "the VSIX did not install"; cat "$RUN/install.log"; exit 1; }
+  DEV_PATH=""
+fi
 
 PORT="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
 t "starting code-server on 127.0.0.1:$PORT (logs: $RUN)"
@@ -75,8 +91,8 @@ tally() { # reads "<label>: N passed, M failed" from a log
     passed=$((passed + $(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$line"))); failed=$((failed + $(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")))
   else failed=$((failed + 1)); fi
 }
-# PLTRAIN_VSCODE_SUITES picks suites when chasing one of them (default: both).
-SUITES="${PLTRAIN_VSCODE_SUITES:-exthost ui}"
+# PLTRAIN_VSCODE_SUITES picks suites when chasing one of them (default: all three).
+SUITES="${PLTRAIN_VSCODE_SUITES:-exthost ui remote}"
 if [[ " $SUITES " == *" exthost "* ]]; then
   t "extension-host tests (mocha inside the real VS Code extension host)"
   node "$ROOT/test/vscode/harness/exthost.js" "$ROOT" "$ROOT/dist/test/suite/index.js" "$RUN/ws-exthost" 2>&1 | tee "$RUN/exthost.log" || true
@@ -84,8 +100,14 @@ if [[ " $SUITES " == *" exthost "* ]]; then
 fi
 if [[ " $SUITES " == *" ui "* ]]; then
   t "UI test (command palette → webview)"
-  PLTRAIN_UI_LOGS="$RUN/ud/logs" node "$ROOT/test/vscode/harness/ui.js" "$ROOT" "$RUN/ws-ui" "$ROOT/test-results/vscode-panel.png" 2>&1 | tee "$RUN/ui.log" || true
+  PLTRAIN_UI_LOGS="$RUN/ud/logs" node "$ROOT/test/vscode/harness/ui.js" "$DEV_PATH" "$RUN/ws-ui" "$ROOT/test-results/vscode-panel.png" 2>&1 | tee "$RUN/ui.log" || true
   tally ui "$RUN/ui.log"
+fi
+if [[ " $SUITES " == *" remote "* ]]; then
+  t "remote test (code-server in a network namespace, reached through an SSH tunnel)"
+  CS_BIN="$CACHE/cs/node_modules/.bin/code-server" NODE24_BIN="$NODE24_BIN" \
+    node "$ROOT/test/vscode/harness/remote.js" "$ROOT" "$RUN/ws-remote" 2>&1 | tee "$RUN/remote.log" || true
+  tally remote "$RUN/remote.log"
 fi
 t "done"
 echo "vscode: $passed passed, $failed failed"

@@ -3,6 +3,7 @@
 // fixture cannot drift from the contract. Deterministic (seeded) so failures reproduce.
 import {
   PROTOCOL_VERSION,
+  inactiveShareThreshold,
   RunSummarySchema,
   TrainerEventSchema,
   type CommandStatus,
@@ -34,6 +35,15 @@ export interface FixtureOptions {
   pruneAt?: { step: number; expert: number };
   /** config.pruning.enabled in the hello (default true: the mask chart shows). */
   pruning?: boolean;
+  /** Routing shares on monitor steps (the last unit starved: inactive), and the participation ratio. */
+  shares?: boolean;
+}
+
+/** The shares of `n` units at progress `p` (0…1): the last unit starves, the others split the rest unevenly. */
+export function fixtureShares(n: number, p: number): number[] {
+  const w = Array.from({ length: n }, (_, i) => (i === n - 1 ? 0.001 : 1 + i * (0.5 + p)));
+  const sum = w.reduce((a, b) => a + b, 0);
+  return w.map((x) => x / sum);
 }
 
 export interface Fixture {
@@ -89,9 +99,12 @@ export function syntheticRun(o: FixtureOptions = {}): Fixture {
             const decay = Math.exp(-s / (60 + 30 * i));
             const kappa = (kappaEnd[i] + (kappaStart[i] - kappaEnd[i]) * decay) * Math.exp(0.08 * gauss());
             const lf = lfLevel[i] * (1 + 0.05 * gauss());
-            return { id: i, mu: lf / kappa, lf, kappa, frozen: frozen.has(i), pruned: pruned.has(i) };
+            const routing = o.shares ? fixtureShares(expertCount, progress) : undefined;
+            const share = routing ? { share: routing[i], served: Math.round(routing[i] * 64), active: routing[i] >= inactiveShareThreshold(expertCount) } : {};
+            return { id: i, mu: lf / kappa, lf, kappa, frozen: frozen.has(i), pruned: pruned.has(i), ...share };
           })
         : undefined;
+    const participation = experts && o.shares ? { participation: 1 / fixtureShares(expertCount, progress).reduce((a, x) => a + x * x, 0) } : {};
     // κ̄ is re-measured on monitor steps and carried between them.
     const kept = experts?.filter((e) => !e.pruned) ?? [];
     if (kept.length) regularizer = kept.reduce((a, e) => a + e.kappa!, 0) / kept.length;
@@ -99,7 +112,7 @@ export function syntheticRun(o: FixtureOptions = {}): Fixture {
     const accuracy = Math.min(0.99, 0.1 + 0.78 * (1 - Math.exp(-s / 60)) + 0.02 * gauss());
     return {
       type: 'metrics', seq: seq++, step: s, time: (time += 180), loss: taskLoss + alpha * regularizer, taskLoss, regularizer, alpha,
-      taskMetric: Math.max(0, accuracy), stepsPerSec: 5.2 + 0.4 * gauss(), ...(step > 1 ? { plRatio: 2 + Math.abs(gauss()) } : {}), ...(experts ? { units: experts } : {}),
+      taskMetric: Math.max(0, accuracy), stepsPerSec: 5.2 + 0.4 * gauss(), ...(step > 1 ? { plRatio: 2 + Math.abs(gauss()) } : {}), ...(experts ? { units: experts } : {}), ...participation,
     };
   };
 

@@ -18,6 +18,11 @@ export interface LaunchOptions {
   cwd: string;
   /** Continue the run in runDir from its last checkpoint instead of starting afresh. */
   resume?: boolean;
+  /**
+   * Engine `pytorch`: the interpreter (checked beforehand: checkPython) and the folder holding the
+   * `pltrain` package; the trainer is then `python -m pltrain` with the same arguments.
+   */
+  python?: { interpreter: string; packageDir: string };
 }
 
 export interface LaunchedTrainer {
@@ -41,11 +46,14 @@ export function launchTrainer(o: LaunchOptions, announceTimeoutMs = 180_000): La
   const token = randomBytes(32).toString('hex');
   const logFd = openPrivate(path.join(o.runDir, RUN_FILES.log), 'append');
   const args = o.resume ? ['--resume', o.runDir] : ['--config', o.configPath, '--run-dir', o.runDir];
-  const child = spawn(o.nodePath, [o.trainerScript, ...args], {
+  const [command, commandArgs, extraEnv] = o.python
+    ? [o.python.interpreter, ['-m', 'pltrain', ...args], { PYTHONPATH: [o.python.packageDir, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter) }]
+    : [o.nodePath, [o.trainerScript, ...args], { ELECTRON_RUN_AS_NODE: '1' }];
+  const child = spawn(command, commandArgs, {
     cwd: o.cwd,
     detached: true,
     stdio: ['ignore', logFd, logFd],
-    env: { ...process.env, ELECTRON_RUN_AS_NODE: '1', [TOKEN_ENV]: token },
+    env: { ...process.env, ...extraEnv, [TOKEN_ENV]: token },
   });
   fs.closeSync(logFd);
   let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
@@ -64,7 +72,7 @@ export function launchTrainer(o: LaunchOptions, announceTimeoutMs = 180_000): La
       } else if (spawnError || exited) {
         clearInterval(poll);
         const why = spawnError
-          ? `could not start ${o.nodePath}: ${spawnError.message}`
+          ? `could not start ${command}: ${spawnError.message}`
           : `the trainer exited (${exited!.signal ?? `code ${exited!.code}`}) before it was ready`;
         const tail = tailLog(o.runDir);
         reject(new Error(tail ? `${why}\n${tail}` : why));

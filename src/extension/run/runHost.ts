@@ -35,6 +35,14 @@ export interface RunHost {
   trainerScript: string;
   /** The Node executable that runs the trainer (setting, else the extension host's own runtime). */
   nodePath(): string;
+  /**
+   * The Python interpreter of the PyTorch engine as the user chose it: the `pythonPath` setting, else
+   * the Python extension's selected interpreter; undefined for none (then PLTRAIN_PYTHON,
+   * /usr/bin/python3 with torch, python3: findPython).
+   */
+  pythonPath?(): Promise<string | undefined>;
+  /** The folder holding the `pltrain` Python package (python/ of this extension). */
+  pythonPackageDir?: string;
   /** Workspace folder paths, in order. */
   workspaceFolders(): string[];
   /** Where a folder's run directories go (the `runsDirectory` setting, resolved). */

@@ -12,6 +12,8 @@ export function vscodeRunHost(extensionUri: vscode.Uri, log: vscode.LogOutputCha
   return {
     trainerScript: vscode.Uri.joinPath(extensionUri, 'dist', 'trainer.js').fsPath,
     nodePath: () => vscode.workspace.getConfiguration('plTrainer').get<string>('nodePath') || process.execPath,
+    pythonPath: async () => vscode.workspace.getConfiguration('plTrainer').get<string>('pythonPath') || (await pythonExtensionInterpreter()),
+    pythonPackageDir: vscode.Uri.joinPath(extensionUri, 'python').fsPath,
     workspaceFolders: () => (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath),
     runsRoot: (folder) => path.resolve(folder, vscode.workspace.getConfiguration('plTrainer', vscode.Uri.file(folder)).get<string>('runsDirectory') || DEFAULT_RUNS_DIRECTORY),
     isTrusted: () => vscode.workspace.isTrusted,
@@ -19,4 +21,25 @@ export function vscodeRunHost(extensionUri: vscode.Uri, log: vscode.LogOutputCha
     ui: { notify, flash, progress, reveal: (file, start, end) => void reveal(file, start, end) },
     log: { info: (m) => log.info(m), warn: (m) => log.warn(m), error: (m) => log.error(m), debug: (m) => log.debug(m), show: () => log.show(true) },
   };
+}
+
+/** The Python extension's exports we read (ms-python.python; both its current and its older API). */
+interface PythonExtensionApi {
+  environments?: { getActiveEnvironmentPath(resource?: vscode.Uri): { path: string } | undefined };
+  settings?: { getExecutionDetails(resource?: vscode.Uri): { execCommand?: string[] } | undefined };
+}
+
+/** The interpreter selected in the Python extension, when it is installed; undefined otherwise. */
+async function pythonExtensionInterpreter(): Promise<string | undefined> {
+  const ext = vscode.extensions.getExtension<PythonExtensionApi>('ms-python.python');
+  if (!ext) return undefined;
+  try {
+    const api = ext.isActive ? ext.exports : await ext.activate();
+    const resource = vscode.workspace.workspaceFolders?.[0]?.uri;
+    const active = api?.environments?.getActiveEnvironmentPath(resource)?.path;
+    if (active && active !== 'python') return active;
+    return api?.settings?.getExecutionDetails(resource)?.execCommand?.[0];
+  } catch {
+    return undefined; // an extension that fails to activate chooses nothing
+  }
 }

@@ -33,6 +33,10 @@ export interface MoeForward {
   logits: TF.Tensor2D;
   /** Each expert's first-layer pre-activation x·W1 + b1 (B×h), null for a pruned expert (not computed). */
   preActivations: (TF.Tensor2D | null)[];
+  /** The gate's probabilities p_e(x) (B×E; a pruned expert's column is 0). */
+  gate: TF.Tensor2D;
+  /** Every expert's own output o_e(x) (B×E×c; zeros for a pruned expert). */
+  outputs: TF.Tensor3D;
 }
 
 /**
@@ -42,7 +46,10 @@ export interface MoeForward {
 export function moeForward(tf: typeof TF, x: TF.Tensor2D, m: MoeWeights, classes: number, pruned: ReadonlySet<number>, softMask?: TF.Tensor1D): MoeForward {
   // tidy keeps every tensor of the returned object (its walk skips the nulls; its type does not allow them).
   return tf.tidy((): TF.TensorContainer => {
-    if (m.experts.every((_, i) => pruned.has(i))) return { logits: tf.zeros([x.shape[0], classes]), preActivations: m.experts.map(() => null) as unknown as TF.Tensor[] };
+    if (m.experts.every((_, i) => pruned.has(i))) {
+      const [b, experts] = [x.shape[0], m.experts.length];
+      return { logits: tf.zeros([b, classes]), preActivations: m.experts.map(() => null) as unknown as TF.Tensor[], gate: tf.zeros([b, experts]), outputs: tf.zeros([b, experts, classes]) };
+    }
     let gateLogits: TF.Tensor = tf.add(tf.matMul(x, m.gateW as TF.Tensor2D), m.gateB);
     if (pruned.size) {
       const mask = tf.tensor1d(m.experts.map((_, i) => (pruned.has(i) ? -1e9 : 0)));
@@ -64,6 +71,6 @@ export function moeForward(tf: typeof TF, x: TF.Tensor2D, m: MoeWeights, classes
       return tf.fused.matMul({ a: tf.relu(pre), b: e.w2 as TF.Tensor2D, bias: e.b2 }); // B×c
     });
     const stacked = tf.stack(outputs, 1); // B×E×c
-    return { logits: tf.sum(tf.mul(stacked, tf.expandDims(gate, 2)), 1), preActivations: preActivations as TF.Tensor[] };
+    return { logits: tf.sum(tf.mul(stacked, tf.expandDims(gate, 2)), 1), preActivations: preActivations as TF.Tensor[], gate, outputs: stacked };
   }) as unknown as MoeForward;
 }

@@ -20,8 +20,8 @@
 // float64 finite differences in test/unit/model-bert-encoder.test.ts.
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
-import { classifierUnitKernels, conditioning, dampedKappa, outputDirections, singularVectors, spectralNormProduct, SpectralNormState } from '../pl';
-import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, SoftMask, weightedKappaOf } from './shared';
+import { classifierUnitKernels, outputDirections, smoothKappaTf, spectralNormProduct, SpectralNormState } from '../pl';
+import { biasRayleigh, classifierAccuracy, regularizerWeights, restoreGroups, routerlessMeasurement, saveGroups, SoftMask, type ModelConditioning } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -93,13 +93,6 @@ export interface EmbeddingVars {
   outB: TF.Variable; // classes
 }
 
-interface Measurement {
-  stats: UnitStats;
-  vMin: Float64Array;
-  vMax: Float64Array;
-  /** Per layer, (u, v) with A v = σ u for W_v and for W_o, behind a spectral-norm L_f. */
-  singular?: { u: Float64Array; v: Float64Array }[];
-}
 
 const LN_EPSILON = 1e-5;
 const GELU_C = Math.sqrt(2 / Math.PI);
@@ -128,7 +121,9 @@ export class BertEncoder implements PlModel {
   private probeX: T2 | undefined;
   private probeY: T2 | undefined;
   private probeU: Float64Array | undefined;
-  private measurements: Measurement[] = [];
+  private unitStats: UnitStats[] = [];
+  /** κ of the model's kernel at the last measurement (the regularizer), with its eigenvectors. */
+  private modelConditioning: ModelConditioning | undefined;
 
   constructor(
     private readonly tf: typeof TF,
@@ -260,7 +255,7 @@ export class BertEncoder implements PlModel {
     const trainable = o.trainable.filter((h) => !pruned.has(h));
     const yOneHot = batch.y as T2;
     const weights = regularizerWeights(this.units, trainable, o.unitWeights);
-    const regularized = alpha > 0 && this.probeU !== undefined && this.measurements.length === this.units && weights.total > 0;
+    const regularized = alpha > 0 && this.probeU !== undefined && this.modelConditioning !== undefined;
     const shared = this.sharedVars();
     const varList: TF.Variable[] = [...shared];
     for (const h of trainable) varList.push(...this.headVars(h));
@@ -275,8 +270,7 @@ export class BertEncoder implements PlModel {
         logitsT = tf.keep(this.logits(batch.x, pruned, mask));
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
-        const kappas = trainable.filter((h) => weights.w[h] > 0).map((h) => tf.mul(this.kappaTf(h, pruned), weights.w[h] / weights.total));
-        regT = tf.keep(tf.addN(kappas) as TF.Scalar);
+        regT = tf.keep(this.modelKappaTf(trainable.filter((h) => weights.w[h] > 0), pruned));
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
@@ -285,7 +279,7 @@ export class BertEncoder implements PlModel {
       for (const h of trainable) this.headOptimizers[h].applyGradients(group(this.headVars(h)));
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(weightedKappaOf(this.measurements.map((m) => m?.stats), trainable, weights)), accuracy, gradNormSq]);
+      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
       tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
@@ -296,52 +290,42 @@ export class BertEncoder implements PlModel {
   }
 
   /**
-   * vᵀ K_h v as a differentiable function of the weights: K_h = J_h·J_hᵀ, so vᵀK_h v = ‖∇_{θ_h} Σ_i v_i s_i‖²
-   * with s_i = u_iᵀ logits(x_i): one probe forward and backward per Rayleigh quotient, differentiated
-   * again by the caller's tf.variableGrads (a gradient of a gradient).
+   * vᵀ(Σ_{h∈units} K_h)v as a differentiable function of the weights: K_h = J_h·J_hᵀ, so the sum is
+   * ‖∇_{θ_units} Σ_i v_i s_i‖² with s_i = u_iᵀ logits(x_i): one probe forward and backward per Rayleigh
+   * quotient, differentiated again by the caller's tf.variableGrads (a gradient of a gradient). u is
+   * held at the last measurement's.
    */
-  rayleighTf(h: number, v: Float64Array, pruned: ReadonlySet<number>): TF.Scalar {
+  rayleighTf(units: number | number[], v: Float64Array, pruned: ReadonlySet<number>): TF.Scalar {
     const tf = this.tf;
     const n = this.probeX!.shape[0];
     const u = this.probeU!;
     const c = this.classes;
     const weighted = new Float32Array(n * c);
     for (let i = 0; i < n; i++) for (let k = 0; k < c; k++) weighted[i * c + k] = v[i] * u[i * c + k];
+    const vars = (Array.isArray(units) ? units : [units]).flatMap((h) => this.headVars(h));
     return tf.tidy(() => {
+      if (!vars.length) return tf.scalar(0);
       const vu = tf.tensor2d(weighted, [n, c]);
-      const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(this.logits(this.probeX!, pruned), vu)) as TF.Scalar, this.headVars(h));
+      const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(this.logits(this.probeX!, pruned), vu)) as TF.Scalar, vars);
       value.dispose();
       return tf.addN(Object.values(grads).map((d) => tf.sum(tf.square(d)))) as TF.Scalar;
     });
   }
 
   /**
-   * Head h's κ̃ with the last measurement's eigenvectors (and singular vectors, for the spectral-norm
-   * L_f) held constant: Hellmann–Feynman. Its gradient reaches every trainable variable, since K_h
-   * depends on the whole network, not on θ_h alone. Public for the gradient test.
+   * κ̃ of the model's kernel Σ_{h∈trainable} K_h + U·Uᵀ with the last measurement's eigenvectors (and u)
+   * held: Hellmann–Feynman. vᵀU·Uᵀv = ‖Σ_i v_i u_i‖² is a constant here. Its gradient reaches every
+   * trainable variable, since each K_h depends on the whole network. Public for the gradient test.
    */
-  kappaTf(h: number, pruned: ReadonlySet<number>): TF.Scalar {
+  modelKappaTf(trainable: number[], pruned: ReadonlySet<number>): TF.Scalar {
     const tf = this.tf;
-    const m = this.measurements[h];
-    if (!m || !this.probeU) throw new Error('kappaTf needs a measurement first');
-    const damping = this.config.monitor.damping;
+    const m = this.modelConditioning;
+    if (!m || !this.probeU) throw new Error('modelKappaTf needs a measurement first');
+    const bias = (v: Float64Array) => biasRayleigh(this.probeU!, v, this.classes);
     return tf.tidy(() => {
-      const mu = this.rayleighTf(h, m.vMin, pruned);
-      let lf: TF.Scalar;
-      if (m.singular) {
-        // σ(W) = uᵀ W v at the stored singular vectors (dσ = uᵀ dW v), for W_v and W_o of every layer.
-        lf = tf.scalar(1);
-        this.heads.forEach((layer, l) => {
-          [layer[h].wv, layer[h].wo].forEach((w, k) => {
-            const { u, v } = m.singular![2 * l + k];
-            const outer = tf.matMul(tf.tensor2d(Float32Array.from(u), [u.length, 1]), tf.tensor2d(Float32Array.from(v), [1, v.length]));
-            lf = tf.mul(lf, tf.sum(tf.mul(w, outer)));
-          });
-        });
-      } else {
-        lf = this.rayleighTf(h, m.vMax, pruned);
-      }
-      return tf.div(lf, tf.maximum(mu, tf.mul(lf, damping))) as TF.Scalar;
+      const lMax = tf.add(this.rayleighTf(trainable, m.vMax, pruned), bias(m.vMax));
+      const lMin = tf.add(this.rayleighTf(trainable, m.vMin, pruned), bias(m.vMin));
+      return smoothKappaTf(lMax, lMin, this.config.monitor.damping) as TF.Scalar;
     });
   }
 
@@ -364,36 +348,30 @@ export class BertEncoder implements PlModel {
     this.probeU = outputDirections(logProbs, this.probeY.dataSync(), n, this.classes);
     const damping = this.config.monitor.damping;
     const kernels = this.headKernels(pruned);
-    this.measurements = kernels.map((K, id) => {
-      const cond = conditioning(K, n, damping);
-      let { lf, kappa } = cond;
-      let singular: Measurement['singular'];
-      if (this.config.monitor.lipschitz === 'spectral-norm') {
-        // Π_l ‖W_v^l‖·‖W_o^l‖: for fixed attention weights the head's path x ↦ A·x·W_v·W_o is linear in
-        // its input, and A is row-stochastic; the query/key path only reweights. An estimate, not a
-        // bound: it leaves out ‖A‖, the residual stream and the layer norms.
-        const mats = this.heads.flatMap((layer, l) =>
-          [layer[id].wv, layer[id].wo].map((w, k) => ({
-            key: `head${id}/layer${l}/${k ? 'wo' : 'wv'}`,
-            matrix: { data: w.dataSync(), rows: w.shape[0], cols: w.shape[1] as number },
-          })),
-        );
-        const sigmas = mats.map((m) => spectralNormProduct([m], this.spectral));
-        lf = sigmas.reduce((a, s) => a * s, 1);
-        kappa = dampedKappa(lf, cond.mu, damping);
-        singular = mats.map((m, k) => this.singularVectors(m.key, m.matrix.data, m.matrix.rows, m.matrix.cols, sigmas[k]));
-      }
-      return { stats: { id, mu: cond.mu, lf, kappa, frozen: frozen.has(id), pruned: pruned.has(id) }, vMin: cond.vMin, vMax: cond.vMax, singular };
-    });
-    return this.measurements.map((m) => m.stats);
+    // Π_l ‖W_v^l‖·‖W_o^l‖: for fixed attention weights the head's path x ↦ A·x·W_v·W_o is linear in its
+    // input, and A is row-stochastic; the query/key path only reweights. An estimate, not a bound: it
+    // leaves out ‖A‖, the residual stream and the layer norms.
+    const spectralLf = (id: number) =>
+      this.heads.reduce(
+        (a, layer, l) =>
+          a *
+          [layer[id].wv, layer[id].wo].reduce((b, w, k) => b * spectralNormProduct([{ key: `head${id}/layer${l}/${k ? 'wo' : 'wv'}`, matrix: { data: w.dataSync(), rows: w.shape[0], cols: w.shape[1] as number } }], this.spectral), 1),
+        1,
+      );
+    const r = routerlessMeasurement(kernels, this.probeU, n, this.classes, frozen, pruned, damping, this.config.monitor.lipschitz === 'spectral-norm' ? spectralLf : undefined);
+    this.unitStats = r.stats;
+    this.modelConditioning = r.model;
+    return this.unitStats;
   }
 
-  private singularVectors(key: string, a: ArrayLike<number>, rows: number, cols: number, sigma: number): { u: Float64Array; v: Float64Array } {
-    return singularVectors(this.spectral, key, a, rows, cols, sigma);
+  /** κ of the model's kernel at the last measurement (the headline κ̄). */
+  modelKappa(): number | undefined {
+    return this.modelConditioning?.kappa;
   }
 
   meanKappa(ids: number[]): number {
-    return meanKappaOf(this.measurements.map((m) => m?.stats), ids);
+    void ids; // κ of the model's kernel: it sums the trainable heads
+    return this.modelConditioning?.kappa ?? 0;
   }
 
   /** Accuracy on a whole split, in batches. */

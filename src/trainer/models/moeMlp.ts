@@ -1,14 +1,14 @@
 // The `moe-mlp` model: a dense, soft-gated mixture of two-layer experts, with each expert's variables
 // kept apart so freezing an expert is just leaving its variables out of the optimizer's list.
 import type * as TF from '@tensorflow/tfjs';
-import type { UnitStats, TrainingConfig } from '../../protocol';
+import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
 import { createAdam } from '../engine/adam';
 import { type MoeForward, moeForward, moeLogits } from '../engine/moeForward';
 import { sumOfSquares } from '../engine/sumOfSquares';
 import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
-import { conditioning, dampedKappa, kappaSurrogatesTf, kappaSurrogateTf, outputDirections, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelsTf, tangentKernelTf } from '../pl';
-import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, SoftMask, weightedKappaOf } from './shared';
+import { conditioning, dampedKappa, kappaSurrogateTf, moeKernelsTf, outputDirectionsTf, SpectralNormState, spectralNormProduct } from '../pl';
+import { classifierAccuracy, kernelWeights, principalSubmatrix, regularizerWeights, restoreGroups, rowScales, saveGroups, SoftMask } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 export interface ExpertVars {
@@ -19,15 +19,25 @@ export interface ExpertVars {
   b2: TF.Variable; // c
 }
 
-/** The latest measurement of one expert, with the eigenvectors the regularizer differentiates along. */
-interface Measurement {
-  stats: UnitStats;
+/** A measurement of the model's kernel (the regularizer): its damped κ and the eigenvectors it is differentiated along. */
+export interface ModelConditioning {
+  mu: number;
+  lf: number;
+  kappa: number;
   vMin: Float64Array;
   vMax: Float64Array;
-  /** A Hessian-trace L_f, held constant by the regularizer (no cheap derivative of it). */
-  lfConstant?: number;
-  /** Singular vector pairs (W1, W2) behind a spectral-norm L_f. */
-  singular?: [{ u: Float64Array; v: Float64Array }, { u: Float64Array; v: Float64Array }];
+}
+
+/** The probe kernels of the last measurement, in float64 (tests hold them to explicit Jacobians). */
+export interface MoeProbeKernels {
+  /** n×n each: K_e = (p_e p_eᵀ) ⊙ K_e^alone, expert e as the model uses it. */
+  units: Float64Array[];
+  /** n×n: the gate's kernel. */
+  gate: Float64Array;
+  /** n×n: Σ_{e∈T} K_e + K_gate, the model's kernel. */
+  model: Float64Array;
+  /** n×E: the gate's probabilities on the probe (pruned experts 0). */
+  gateProbs: Float64Array;
 }
 
 /** The eigen-solver's relative tolerance for the trainer's kernels: √ε (see conditionKernels). */
@@ -49,7 +59,6 @@ export class MoeMlp implements PlModel {
   private readonly prefix = `moe${modelCount++}`;
   private probeX: TF.Tensor2D | undefined;
   private probeY: TF.Tensor2D | undefined;
-  private probeU: TF.Tensor2D | undefined;
   /** X·Xᵀ + 1 of the probe batch and its one-hot labels on the host: constants of the run. */
   private probeGram: TF.Tensor2D | undefined;
   private probeLabels: Float32Array | undefined;
@@ -59,7 +68,11 @@ export class MoeMlp implements PlModel {
    * between steps. The spectral-norm and Hessian-trace L_f need the separate measure().
    */
   readonly measuresInStep: boolean;
-  private measurements: Measurement[] = [];
+  private unitStats: UnitStats[] = [];
+  /** The model's kernel at the last measurement: the regularizer's value at α = 0 and the headline κ̄. */
+  private modelConditioning: ModelConditioning | undefined;
+  /** The float64 probe kernels of the last measurement (tests). */
+  lastKernels: MoeProbeKernels | undefined;
   private readonly optLayers: OrthogonalLayer[] | undefined;
   private lastEnergy: Record<string, number> = {};
   private readonly spectral: SpectralNormState;
@@ -129,8 +142,9 @@ export class MoeMlp implements PlModel {
   }
 
   /**
-   * One optimizer step on L_S + α·κ̄, κ̄ the (gate-weighted) mean κ over trainable experts. Frozen
-   * experts are left out of the variable list (no update at all); α = 0 skips the regularizer graph.
+   * One optimizer step on L_S + α·κ(K), K the model's kernel on the probe (docs/method.md, "Definitions
+   * (contract)"). Frozen experts are left out of the variable list (no update at all) and out of K;
+   * α = 0 skips the regularizer graph. The step's routing shares come back with the loss.
    */
   trainStep(batch: Batch, o: StepOptions): StepResult {
     const tf = this.tf;
@@ -138,8 +152,7 @@ export class MoeMlp implements PlModel {
     const x = batch.x as TF.Tensor2D;
     const yOneHot = batch.y as TF.Tensor2D;
     const weights = regularizerWeights(this.experts.length, trainable, o.unitWeights);
-    const inStep = alpha > 0 && this.measuresInStep && this.probeX !== undefined && weights.total > 0;
-    const regularized = inStep || (alpha > 0 && this.probeU !== undefined && this.measurements.length === this.experts.length && weights.total > 0);
+    const regularized = alpha > 0 && this.probeX !== undefined;
     let monitorMs = 0;
     const varList: TF.Variable[] = [this.gateW, this.gateB];
     for (const i of trainable) varList.push(...this.expertVars(i));
@@ -150,20 +163,22 @@ export class MoeMlp implements PlModel {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
       let logitsT: TF.Tensor2D | undefined;
+      let sharesT: TF.Tensor1D | undefined;
       const { value: total, grads } = tf.variableGrads(() => {
         // Under OPT each W1 = Q·V costs a Cayley solve: build them once per step for the loss and κ.
         const w1s = this.firstLayers();
-        if (inStep) {
-          const r = this.measuredRegularizerStep(x, yOneHot, pruned, w1s, trainable, weights, mask);
-          [logitsT, taskLossT, regT] = [tf.keep(r.logits), tf.keep(r.taskLoss), tf.keep(r.kappaMean)];
-          monitorMs = r.monitorMs;
-          return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
-        }
-        logitsT = tf.keep(this.logits(x, pruned, w1s, mask));
+        const b = x.shape[0];
+        const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
+        // The probe rides along as extra rows of a regularized step's batch: its products come out of
+        // the matmuls the step runs anyway.
+        const forward = moeForward(tf, regularized ? tf.concat([x, this.probeX!]) : x, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned, mask);
+        logitsT = tf.keep(regularized ? (tf.slice(forward.logits, [0, 0], [b, this.c]) as TF.Tensor2D) : forward.logits);
+        sharesT = tf.keep(tf.mean(regularized ? tf.slice(forward.gate, [0, 0], [b, this.experts.length]) : forward.gate, 0) as TF.Tensor1D);
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
-        const kappas = trainable.filter((i) => weights.w[i] > 0).map((i) => tf.mul(this.kappaTf(i, w1s[i]), weights.w[i] / weights.total));
-        regT = tf.keep(tf.addN(kappas) as TF.Scalar);
+        const r = this.regularizerInStep(forward, b, w1s, pruned, trainable, weights.w);
+        regT = tf.keep(r.kappa);
+        monitorMs = r.monitorMs;
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
@@ -172,163 +187,177 @@ export class MoeMlp implements PlModel {
       for (const i of trainable) this.expertOptimizers[i].applyGradients(group(this.expertVars(i)));
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = sumOfSquares(tf, Object.values(grads));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(weightedKappaOf(this.measurements.map((m) => m?.stats), trainable, weights)), accuracy, gradNormSq]);
-      tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
+      const stacked = tf.concat([tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]), sharesT!]);
+      tf.dispose([logitsT!, taskLossT!, sharesT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
     // One device→host transfer per step for everything reported.
     const values = reported.dataSync();
     reported.dispose();
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(inStep ? { measured: this.measurements.map((m) => m.stats), monitorMs } : {}), ...(maskGrad ? { maskGrad } : {}) };
+    const shares = Array.from(values.subarray(5), (v) => Math.min(1, Math.max(0, v)));
+    const inStep = regularized && this.measuresInStep;
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], shares, ...(inStep ? { measured: this.unitStats, monitorMs } : {}), ...(maskGrad ? { maskGrad } : {}) };
   }
 
   /**
-   * The forward pass of a regularized step with its κ measurement folded in. The probe batch rides
-   * along as extra rows of the batch, so its first-layer products come out of the matmuls the step
-   * runs anyway; every expert's probe kernel is built once, in batched ops, and read back for the
-   * float64 eigen-solve; the regularizer then differentiates along those eigenvectors, exact ones of
-   * the weights this step starts from (Hellmann–Feynman). The separate measure() after every step
-   * that this replaces built each kernel a second time. Must run inside the step's variableGrads.
+   * κ(K) of the model's probe kernel as a differentiable function of every weight, inside the step's
+   * variableGrads: K is built from the step's own forward pass over the probe rows (from `offset` on),
+   * read back once and eigen-solved in float64, then differentiated along those eigenvectors
+   * (Hellmann–Feynman: exact for simple extreme eigenvalues of the weights this step starts from). u,
+   * the gate and the output biases are inside K, so the gradient follows them too. The same read-back
+   * gives every expert's own κ (measured in step; docs/method.md, contract 8).
    */
-  private measuredRegularizerStep(
-    x: TF.Tensor2D,
-    yOneHot: TF.Tensor2D,
-    pruned: ReadonlySet<number>,
-    w1s: TF.Tensor2D[],
-    trainable: number[],
-    weights: { w: number[]; total: number },
-    softMask?: TF.Tensor1D,
-  ): { logits: TF.Tensor2D; taskLoss: TF.Scalar; kappaMean: TF.Scalar; monitorMs: number } {
+  private regularizerInStep(forward: MoeForward, offset: number, w1s: TF.Tensor2D[], pruned: ReadonlySet<number>, trainable: number[], weights: number[]): { kappa: TF.Scalar; monitorMs: number } {
     const tf = this.tf;
-    const [b, c] = [x.shape[0], this.c];
-    const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
-    const forward = moeForward(tf, tf.concat([x, this.probeX!]), { gateW: this.gateW, gateB: this.gateB, experts }, c, pruned, softMask);
-    const logits = tf.slice(forward.logits, [0, 0], [b, c]) as TF.Tensor2D;
-    const taskLoss = tf.losses.softmaxCrossEntropy(yOneHot, logits) as TF.Scalar;
-    const probe = this.probeKernels(forward, b, w1s, pruned);
+    const probe = this.probeKernels(forward, offset, w1s, pruned, weights);
     const t0 = performance.now();
-    this.measurements = this.conditionKernels(probe.kernels.dataSync() as Float32Array, (id) => !trainable.includes(id) && !pruned.has(id), pruned);
+    this.condition(probe.flat.dataSync() as Float32Array, (id) => !trainable.includes(id) && !pruned.has(id), pruned, weights);
     const monitorMs = probe.readMs + performance.now() - t0;
-    const kernels = probe.kernels;
-    const kappas = kappaSurrogatesTf(kernels, this.measurements.map((m) => m.vMin), this.measurements.map((m) => m.vMax), this.config.monitor.damping);
-    const share = tf.tensor1d(weights.w.map((w) => w / weights.total));
-    return { logits, taskLoss, kappaMean: tf.sum(tf.mul(kappas, share)) as TF.Scalar, monitorMs };
+    const m = this.modelConditioning!;
+    return { kappa: kappaSurrogateTf(probe.model, m.vMin, m.vMax, this.config.monitor.damping), monitorMs };
   }
 
   /**
-   * Every expert's probe kernel (E×n×n, batched ops) from a forward pass whose rows from `offset` on
-   * are the probe batch: the output directions come from those rows' softmax (one read-back, timed
-   * in readMs), the pre-activations are cut from the pass. Differentiable w.r.t. W1, b1, W2.
+   * The probe's kernels (docs/method.md, contract 3–4) from a forward pass whose rows from `offset` on
+   * are the probe batch, differentiable w.r.t. every weight: the log-probabilities are read back once
+   * (timed in readMs) for the direction's row scales; u is then built from the pass's own logits.
+   * `flat` holds the experts' kernels, the gate's kernel and the gate's probabilities for one read-back.
    */
-  private probeKernels(forward: MoeForward, offset: number, w1s: TF.Tensor2D[], pruned: ReadonlySet<number>): { kernels: TF.Tensor3D; u: TF.Tensor2D; readMs: number } {
+  private probeKernels(forward: MoeForward, offset: number, w1s: TF.Tensor2D[], pruned: ReadonlySet<number>, weights: number[]): { model: TF.Tensor2D; flat: TF.Tensor1D; readMs: number } {
     const tf = this.tf;
     const probeX = this.probeX!;
-    const [n, h, c] = [probeX.shape[0], this.config.model.hiddenUnits, this.c];
+    const [n, h, c, experts] = [probeX.shape[0], this.config.model.hiddenUnits, this.c, this.experts.length];
+    const probeLogits = offset === 0 ? forward.logits : (tf.slice(forward.logits, [offset, 0], [n, c]) as TF.Tensor2D);
+    const logProbs = tf.logSoftmax(probeLogits) as TF.Tensor2D;
     const t0 = performance.now();
-    const logProbs = tf.tidy(() => tf.logSoftmax(tf.slice(forward.logits, [offset, 0], [n, c])).dataSync());
-    const u = tf.tensor2d(Float32Array.from(outputDirections(logProbs, this.probeLabels!, n, c)), [n, c]);
+    const top = rowScales(logProbs.dataSync() as Float32Array, this.probeLabels!, n, c);
     const readMs = performance.now() - t0;
-    // A pruned expert has no rows in the forward pass; it is still measured, from its own product.
+    const u = outputDirectionsTf(logProbs, this.probeY!, top);
+    // A pruned expert has no rows in the forward pass (and gate 0): its kernel is 0 whatever its product.
     const pre = this.experts.map((e, i) => {
       const p = forward.preActivations[i];
       return p ? (offset === 0 ? p : tf.slice(p, [offset, 0], [n, h])) : (tf.add(tf.matMul(probeX, w1s[i]), e.b1) as TF.Tensor2D);
     });
-    const kernels = tangentKernelsTf(tf.stack(pre) as TF.Tensor3D, u, tf.stack(this.experts.map((e) => e.w2)) as TF.Tensor3D, this.probeGram!);
-    return { kernels, u, readMs };
+    const gate = offset === 0 ? forward.gate : (tf.slice(forward.gate, [offset, 0], [n, experts]) as TF.Tensor2D);
+    const outputs = offset === 0 ? forward.outputs : (tf.slice(forward.outputs, [offset, 0, 0], [n, experts, c]) as TF.Tensor3D);
+    const kernels = moeKernelsTf(tf.stack(pre) as TF.Tensor3D, u, tf.stack(this.experts.map((e) => e.w2)) as TF.Tensor3D, this.probeGram!, gate, outputs);
+    const scale = kernelWeights(weights);
+    const model = tf.add(tf.sum(tf.mul(kernels.units, tf.tensor3d(scale, [experts, 1, 1])), 0), kernels.gate) as TF.Tensor2D;
+    const flat = tf.concat([tf.reshape(kernels.units, [-1]), tf.reshape(kernels.gate, [-1]), tf.reshape(gate, [-1])]) as TF.Tensor1D;
+    return { model, flat, readMs };
   }
 
   /**
-   * μ, L_f (λ_max), κ and eigenvectors of every expert's kernel, read back as one E·n·n float32 array
-   * and eigen-solved in float64 (which symmetrizes it) to a √ε tolerance (docs/method.md, "Probe size
-   * and cost": the float32 kernel, not the solver, limits the accuracy).
+   * From one read-back of the experts' kernels, the gate's kernel and the gate's probabilities: every
+   * expert's own μ, L_f, κ over the probe examples it serves (p_e ≥ 1/(2E); null below MIN_SERVED), and
+   * the model's kernel Σ_e w_e·K_e + K_gate with its κ and eigenvectors. Eigen-solves in float64 to a √ε
+   * tolerance (docs/method.md, "Probe size and cost").
    */
-  private conditionKernels(kernels: Float32Array, isFrozen: (id: number) => boolean, pruned: ReadonlySet<number>): Measurement[] {
+  private condition(flat: Float32Array, isFrozen: (id: number) => boolean, pruned: ReadonlySet<number>, weights: number[]): void {
     const n = this.probeX!.shape[0];
-    return this.experts.map((_, id) => {
-      const K = kernels.subarray(id * n * n, (id + 1) * n * n);
-      const { mu, lf, kappa, vMin, vMax } = conditioning(K, n, this.config.monitor.damping, { tolerance: EIGEN_TOLERANCE });
-      return { stats: { id, mu, lf, kappa, frozen: isFrozen(id), pruned: pruned.has(id) }, vMin, vMax };
+    const experts = this.experts.length;
+    const damping = this.config.monitor.damping;
+    const units = Array.from({ length: experts }, (_, e) => Float64Array.from(flat.subarray(e * n * n, (e + 1) * n * n)));
+    const gate = Float64Array.from(flat.subarray(experts * n * n, (experts + 1) * n * n));
+    const gateProbs = Float64Array.from(flat.subarray((experts + 1) * n * n));
+    const scale = kernelWeights(weights);
+    const model = Float64Array.from(gate);
+    units.forEach((K, e) => {
+      if (scale[e] > 0) for (let k = 0; k < n * n; k++) model[k] += scale[e] * K[k];
+    });
+    this.lastKernels = { units, gate, model, gateProbs };
+    const { mu, lf, kappa, vMin, vMax } = conditioning(model, n, damping, { tolerance: EIGEN_TOLERANCE });
+    this.modelConditioning = { mu, lf, kappa, vMin, vMax };
+    this.unitStats = units.map((K, id) => {
+      const served = servedExamples(gateProbs, n, experts, id);
+      const measured = served.length >= MIN_SERVED ? conditioning(principalSubmatrix(K, n, served), served.length, damping, { tolerance: EIGEN_TOLERANCE }) : undefined;
+      return { id, mu: measured?.mu ?? null, lf: measured?.lf ?? null, kappa: measured?.kappa ?? null, served: served.length, frozen: isFrozen(id), pruned: pruned.has(id) };
     });
   }
 
   /**
-   * Expert i's κ as a differentiable function of its weights, with the last measurement's
-   * eigenvectors (and singular vectors, for the spectral-norm L_f) held constant: Hellmann–Feynman.
-   */
-  private kappaTf(i: number, w1: TF.Tensor2D): TF.Scalar {
-    const tf = this.tf;
-    const e = this.experts[i];
-    const m = this.measurements[i];
-    const K = tangentKernelTf(this.probeX!, this.probeU!, w1, e.b1 as unknown as TF.Tensor1D, e.w2 as unknown as TF.Tensor2D);
-    if (m.lfConstant !== undefined) {
-      return tf.tidy(() => {
-        const column = tf.tensor2d(Float32Array.from(m.vMin), [m.vMin.length, 1]);
-        const mu = tf.sum(tf.mul(column, tf.matMul(K, column)));
-        return tf.div(m.lfConstant!, tf.maximum(mu, m.lfConstant! * this.config.monitor.damping)) as TF.Scalar;
-      });
-    }
-    if (!m.singular) return kappaSurrogateTf(K, m.vMin, m.vMax, this.config.monitor.damping);
-    // L_f = σ(W1)·σ(W2), each σ = uᵀ W v at the stored singular vectors (dσ = uᵀ dW v).
-    return tf.tidy(() => {
-      const sigma = (w: TF.Tensor, sv: { u: Float64Array; v: Float64Array }) =>
-        tf.sum(tf.mul(tf.tensor2d(Float32Array.from(sv.u), [sv.u.length, 1]), tf.matMul(w as TF.Tensor2D, tf.tensor2d(Float32Array.from(sv.v), [sv.v.length, 1]))));
-      const lf = tf.mul(sigma(w1, m.singular![0]), sigma(e.w2, m.singular![1]));
-      const column = tf.tensor2d(Float32Array.from(m.vMin), [m.vMin.length, 1]);
-      const mu = tf.sum(tf.mul(column, tf.matMul(K, column)));
-      return tf.div(lf, tf.maximum(mu, tf.mul(lf, this.config.monitor.damping))) as TF.Scalar;
-    });
-  }
-
-  /**
-   * Measures μ, L_f, κ of every expert on the probe batch from its closed-form tangent kernel
-   * (float64; see docs/method.md), and refreshes the eigenvectors the regularizer uses.
+   * Measures every expert's μ, L_f, κ over the probe examples it serves and the model's κ (the
+   * regularizer) from the same kernels as a regularized step's (float32 kernels, float64 eigen-solves).
    */
   measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): UnitStats[] {
     const tf = this.tf;
     if (!this.probeX || !this.probeY) throw new Error('setProbe first');
     const damping = this.config.monitor.damping;
     const h = this.config.model.hiddenUnits;
-    // The same batched kernels as the regularized step's, from the probe's own forward pass (float32,
-    // see docs/method.md "Probe size and cost"); the eigen-solve runs in float64.
+    const trainable = this.experts.map((_, i) => i).filter((i) => !frozen.has(i) && !pruned.has(i));
+    const weights = regularizerWeights(this.experts.length, trainable, undefined).w;
     const w1s = this.firstLayers();
     const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
-    const kernels = tf.tidy(() => {
-      const probe = this.probeKernels(moeForward(tf, this.probeX!, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned), 0, w1s, pruned);
-      this.probeU?.dispose();
-      this.probeU = tf.keep(probe.u); // for the regularizer of the spectral-norm and Hessian-trace L_f
-      return probe.kernels.dataSync() as Float32Array;
-    });
+    const flat = tf.tidy(() => this.probeKernels(moeForward(tf, this.probeX!, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned), 0, w1s, pruned, weights).flat.dataSync() as Float32Array);
+    this.condition(flat, (id) => frozen.has(id), pruned, weights);
     const spectral = this.config.monitor.lipschitz === 'spectral-norm';
     // OPT's promise is that the neurons' hyperspherical energy never moves: stream it, with ‖QᵀQ − I‖.
-    if (this.optLayers) {
-      this.lastEnergy = {};
-      this.optLayers.forEach((layer, i) => {
-        this.lastEnergy[`energy/expert${i}`] = hypersphericalEnergy(w1s[i].dataSync() as Float32Array, this.d, h);
-        this.lastEnergy[`orthogonality/expert${i}`] = layer.orthogonalityError();
+    if (this.optLayers) this.measureOpt(w1s);
+    // Another L_f than λ_max: the unit's κ uses it with the served kernel's μ (the regularizer stays κ(K)).
+    if (spectral || this.config.monitor.lipschitz === 'hessian-trace') {
+      this.unitStats = this.unitStats.map((st) => {
+        const id = st.id;
+        let lf: number;
+        if (spectral) {
+          const [w1d, w2] = [w1s[id].dataSync(), this.experts[id].w2.dataSync()];
+          lf = spectralNormProduct([{ key: `expert${id}/w1`, matrix: { data: w1d, rows: this.d, cols: h } }], this.spectral) * spectralNormProduct([{ key: `expert${id}/w2`, matrix: { data: w2, rows: h, cols: this.c } }], this.spectral);
+        } else lf = Math.max(0, this.hessianTrace(id, pruned));
+        return { ...st, lf: st.mu === null ? null : lf, kappa: st.mu === null ? null : dampedKappa(lf, st.mu, damping) };
       });
     }
-    this.measurements = this.conditionKernels(kernels, (id) => frozen.has(id), pruned).map((m) => {
-      const { id, mu } = m.stats;
-      const e = this.experts[id];
-      if (this.config.monitor.lipschitz === 'hessian-trace') {
-        const lf = Math.max(0, this.hessianTrace(id, pruned));
-        return { ...m, stats: { ...m.stats, lf, kappa: mu === null ? null : dampedKappa(lf, mu, damping) }, lfConstant: lf };
-      }
-      if (spectral) {
-        const [w1d, w2] = [w1s[id].dataSync(), e.w2.dataSync()];
-        const s1 = spectralNormProduct([{ key: `expert${id}/w1`, matrix: { data: w1d, rows: this.d, cols: h } }], this.spectral);
-        const s2 = spectralNormProduct([{ key: `expert${id}/w2`, matrix: { data: w2, rows: h, cols: this.c } }], this.spectral);
-        const lf = s1 * s2;
-        return { ...m, stats: { ...m.stats, lf, kappa: mu === null ? null : dampedKappa(lf, mu, damping) }, singular: [this.singularVectors(`expert${id}/w1`, w1d, this.d, h, s1), this.singularVectors(`expert${id}/w2`, w2, h, this.c, s2)] };
-      }
-      return m;
-    });
     if (this.optLayers) tf.dispose(w1s);
-    return this.measurements.map((m) => m.stats);
+    return this.unitStats;
   }
 
-  /** Hyperspherical energy and orthogonality error per expert under OPT (from the last measurement). */
+  /**
+   * κ̃ of the model's probe kernel (with fresh eigenvectors) and its gradient w.r.t. every variable, the
+   * frozen experts' included, without an update: what a regularized step adds to the task gradient per
+   * unit of α (tests hold it to finite differences of the float64 κ).
+   */
+  regularizerGradients(trainable: number[], pruned: ReadonlySet<number>): { value: number; grads: Record<string, Float32Array> } {
+    const tf = this.tf;
+    if (!this.probeX) throw new Error('setProbe first');
+    const weights = regularizerWeights(this.experts.length, trainable, undefined).w;
+    const vars = [this.gateW, this.gateB, ...this.experts.flatMap((_, i) => this.expertVars(i))];
+    return tf.tidy(() => {
+      const { value, grads } = tf.variableGrads(() => {
+        const w1s = this.firstLayers();
+        const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
+        const forward = moeForward(tf, this.probeX!, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned);
+        return this.regularizerInStep(forward, 0, w1s, pruned, trainable, weights).kappa;
+      }, vars);
+      const out: Record<string, Float32Array> = {};
+      for (const v of vars) out[v.name.slice(this.prefix.length + 1)] = grads[v.name] ? Float32Array.from(grads[v.name].dataSync()) : new Float32Array(v.size);
+      return { value: value.dataSync()[0], grads: out };
+    });
+  }
+
+  /** OPT's hyperspherical energy and orthogonality error per expert (docs/method.md, "OPT mode"). */
+  private measureOpt(w1s: TF.Tensor2D[]): void {
+    const h = this.config.model.hiddenUnits;
+    this.lastEnergy = {};
+    this.optLayers!.forEach((layer, i) => {
+      this.lastEnergy[`energy/expert${i}`] = hypersphericalEnergy(w1s[i].dataSync() as Float32Array, this.d, h);
+      this.lastEnergy[`orthogonality/expert${i}`] = layer.orthogonalityError();
+    });
+  }
+
+  /** The headline κ̄ of the last measurement: κ of the model's kernel (docs/method.md, contract 6). */
+  modelKappa(): number | undefined {
+    return this.modelConditioning?.kappa;
+  }
+
+  /**
+   * Hyperspherical energy and orthogonality error per expert under OPT, measured afresh on every call
+   * (the loop asks on every monitor step, whatever α: a regularized step measures κ in its own graph and
+   * never calls measure(), which once left these at their values from before step 1).
+   */
   extraMetrics(): Record<string, number> {
+    if (this.optLayers) {
+      const w1s = this.firstLayers();
+      this.measureOpt(w1s);
+      this.tf.dispose(w1s);
+    }
     return { ...this.lastEnergy };
   }
 
@@ -366,12 +395,9 @@ export class MoeMlp implements PlModel {
   }
   private hutchinsonCalls = 0;
 
-  private singularVectors(key: string, a: ArrayLike<number>, rows: number, cols: number, sigma: number): { u: Float64Array; v: Float64Array } {
-    return singularVectors(this.spectral, key, a, rows, cols, sigma);
-  }
-
-  meanKappa(ids: number[]): number {
-    return meanKappaOf(this.measurements.map((m) => m?.stats), ids);
+  /** The headline κ̄ of the last measurement, κ of the model's kernel (whatever `ids`: K sums the trainable units). */
+  meanKappa(_ids: number[]): number {
+    return this.modelConditioning?.kappa ?? 0;
   }
 
   /** Accuracy on a whole split, in batches. */
@@ -408,11 +434,22 @@ export class MoeMlp implements PlModel {
     this.softMask.dispose();
     this.probeX?.dispose();
     this.probeY?.dispose();
-    this.probeU?.dispose();
     this.probeGram?.dispose();
     this.gateOptimizer.dispose();
     for (const o of this.expertOptimizers) o.dispose();
   }
+}
+
+/**
+ * The probe examples expert `id` serves: gate probability ≥ 1/(2E), half the uniform share (docs/method.md,
+ * contract 8). Inside that set the gate factors of K_e differ by at most 2E, so κ describes the expert
+ * and not the gate's dynamic range over inputs it does not handle.
+ */
+export function servedExamples(gateProbs: ArrayLike<number>, n: number, experts: number, id: number): number[] {
+  const threshold = 1 / (2 * experts);
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) if (gateProbs[i * experts + id] >= threshold) out.push(i);
+  return out;
 }
 
 /** Block size for OPT's block-diagonal Q: the largest divisor of d up to 256 (a dense 784×784 Cayley solve per step is too slow on a CPU). */

@@ -3,6 +3,7 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats } from '../../protocol';
 import type { ModelState, SavedTensor, TaskData } from './types';
+import { conditioning, dampedKappa } from '../pl/tangentKernel';
 
 /** A set of variables with the optimizer that updates them (one per unit, one for shared variables). */
 export type VariableGroup = [name: string, vars: TF.Variable[], optimizer: TF.Optimizer];
@@ -41,12 +42,6 @@ export async function restoreGroups(tf: typeof TF, prefix: string, groups: Varia
   extra.forEach(assign);
 }
 
-/** Mean κ of the last measurement over these units (0 before the first). */
-export function meanKappaOf(stats: readonly (UnitStats | undefined)[], ids: number[]): number {
-  const ks = ids.map((i) => stats[i]?.kappa).filter((k): k is number => typeof k === 'number');
-  return ks.length ? ks.reduce((a, b) => a + b, 0) / ks.length : 0;
-}
-
 /** Accuracy (0…1) of a classifier over a whole split, in batches of `batch` examples (one read-back each). */
 export function classifierAccuracy(tf: typeof TF, data: TaskData, split: 'train' | 'test', logits: (x: TF.Tensor) => TF.Tensor2D, batch: number): number {
   const n = split === 'train' ? data.trainSize : data.testSize;
@@ -71,12 +66,92 @@ export function regularizerWeights(units: number, trainable: number[], given: Ar
   return { w, total: w.reduce((a, b) => a + b, 0) };
 }
 
-/** The weighted mean κ of the last measurement over trainable units (the plain mean when no weight is positive). */
-export function weightedKappaOf(stats: readonly (UnitStats | undefined)[], trainable: number[], weights: UnitWeights): number {
-  if (!(weights.total > 0)) return meanKappaOf(stats, trainable);
-  let s = 0;
-  for (const i of trainable) s += (weights.w[i] * (stats[i]?.kappa ?? 0)) / weights.total;
-  return s;
+
+/**
+ * Each unit's factor in the model's kernel Σ_e w_e·K_e (docs/method.md, contract 4): its regularizer
+ * weight scaled so the largest is 1 (uniform weights over the trainable units give 1 each, 0 elsewhere).
+ */
+export function kernelWeights(weights: readonly number[]): Float32Array {
+  const top = Math.max(0, ...weights);
+  return Float32Array.from(weights, (w) => (top > 0 ? Math.max(0, w) / top : 0));
+}
+
+/** K[S, S] of an n×n row-major kernel, for the index set S. */
+export function principalSubmatrix(k: ArrayLike<number>, n: number, rows: readonly number[]): Float64Array {
+  const m = rows.length;
+  const out = new Float64Array(m * m);
+  for (let a = 0; a < m; a++) for (let b = 0; b < m; b++) out[a * m + b] = k[rows[a] * n + rows[b]];
+  return out;
+}
+
+/**
+ * top_i = max_{j≠label} log p_j per row (−∞ when no other class has probability): the row scales of
+ * outputDirectionsTf, from read-back log-probabilities and one-hot labels.
+ */
+export function rowScales(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, n: number, c: number): Float64Array {
+  const top = new Float64Array(n).fill(-Infinity);
+  for (let i = 0; i < n; i++) for (let j = 0; j < c; j++) if (oneHot[i * c + j] !== 1) top[i] = Math.max(top[i], logProbs[i * c + j]);
+  return top;
+}
+
+/** κ of a model's kernel with the eigenvectors its regularizer is differentiated along. */
+export interface ModelConditioning {
+  mu: number;
+  lf: number;
+  kappa: number;
+  vMin: Float64Array;
+  vMax: Float64Array;
+}
+
+/**
+ * Families without a router (heads, channel groups; docs/method.md, contract 3–9): every unpruned unit
+ * serves every probe example, its share is its fraction tr(K_g)/Σ tr(K_g') of the model's output-gradient
+ * energy on the probe, a pruned unit serves nothing (null κ, share 0). The model's kernel is
+ * Σ_{g∈T} K_g + U·Uᵀ, U·Uᵀ the output layer's bias (∂s_i/∂b = u_i). `lfOf` replaces λ_max as a unit's
+ * L_f (spectral norm); the model's κ always uses its own kernel.
+ */
+export function routerlessMeasurement(
+  kernels: readonly Float64Array[],
+  probeU: ArrayLike<number>,
+  n: number,
+  c: number,
+  frozen: ReadonlySet<number>,
+  pruned: ReadonlySet<number>,
+  damping: number,
+  lfOf?: (id: number) => number,
+): { stats: UnitStats[]; model: ModelConditioning } {
+  const trace = (K: Float64Array) => {
+    let t = 0;
+    for (let i = 0; i < n; i++) t += K[i * n + i];
+    return t;
+  };
+  const energy = kernels.map((K, id) => (pruned.has(id) ? 0 : trace(K)));
+  const total = energy.reduce((a, b) => a + b, 0);
+  const model = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) {
+      let uu = 0;
+      for (let k = 0; k < c; k++) uu += probeU[i * c + k] * probeU[j * c + k];
+      model[i * n + j] = uu;
+    }
+  }
+  const stats = kernels.map((K, id): UnitStats => {
+    const share = total > 0 ? energy[id] / total : 0;
+    if (pruned.has(id)) return { id, mu: null, lf: null, kappa: null, share: 0, served: 0, frozen: frozen.has(id), pruned: true };
+    if (!frozen.has(id)) for (let k = 0; k < n * n; k++) model[k] += K[k];
+    const cond = conditioning(K, n, damping);
+    const lf = lfOf ? lfOf(id) : cond.lf;
+    return { id, mu: cond.mu, lf, kappa: lfOf ? dampedKappa(lf, cond.mu, damping) : cond.kappa, share, served: n, frozen: frozen.has(id), pruned: false };
+  });
+  const { mu, lf, kappa, vMin, vMax } = conditioning(model, n, damping);
+  return { stats, model: { mu, lf, kappa, vMin, vMax } };
+}
+
+/** vᵀ(U·Uᵀ)v = ‖Σ_i v_i u_i‖²: the output bias's part of a Rayleigh quotient of the model's kernel. */
+export function biasRayleigh(probeU: ArrayLike<number>, v: ArrayLike<number>, c: number): number {
+  const s = new Float64Array(c);
+  for (let i = 0; i < v.length; i++) for (let k = 0; k < c; k++) s[k] += v[i] * probeU[i * c + k];
+  return s.reduce((a, x) => a + x * x, 0);
 }
 
 /**

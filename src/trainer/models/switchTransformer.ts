@@ -32,10 +32,10 @@
 // rebuilds K_e with tangentKernelTf from the last measurement's x and u, held constant, and
 // differentiates κ along the held eigenvectors (Hellmann–Feynman), exactly as moe-mlp does.
 import type * as TF from '@tensorflow/tfjs';
-import type { UnitStats, TrainingConfig } from '../../protocol';
-import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, SpectralNormState, singularVectors, spectralNormProduct, tangentKernelTf } from '../pl';
+import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
+import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
-import { meanKappaOf, regularizerWeights, restoreGroups, saveGroups, SoftMask, weightedKappaOf } from './shared';
+import { principalSubmatrix, regularizerWeights, restoreGroups, saveGroups, SoftMask } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -85,12 +85,8 @@ export interface SwitchLayerTrace {
 
 interface Measurement {
   stats: UnitStats;
-  /** The n×n kernel the stats came from (float64 copy of the float32 backend kernel, symmetrized). */
+  /** The n×n kernel as the model uses the expert (float64 copy of the float32 backend kernel, symmetrized). */
   kernel: Float64Array;
-  vMin: Float64Array;
-  vMax: Float64Array;
-  /** Per Switch layer, (u, v) with W v = σ u for W1 and W2, behind a spectral-norm L_f. */
-  singular?: { u: Float64Array; v: Float64Array }[][];
 }
 
 let modelCount = 0;
@@ -119,7 +115,14 @@ export class SwitchTransformerLm implements PlModel {
   /** Per Switch layer, the probe tokens' inputs x and directions u of the last measurement (float32, n×dModel). */
   private probeInputs: T2[] = [];
   private probeDirs: T2[] = [];
+  /**
+   * Per Switch layer, n×E: the router probability p_top of each probe token at the expert it is
+   * dispatched to, 0 at every other expert: how the model uses each expert on each token.
+   */
+  private probeRouting: T2[] = [];
   private measurements: Measurement[] = [];
+  /** κ of the model's kernel Σ_{e∈T} K_e at the last measurement, with the eigenvectors it is differentiated along. */
+  private modelConditioning: { mu: number; lf: number; kappa: number; vMin: Float64Array; vMax: Float64Array } | undefined;
   private lastLoad: number[] = [];
 
   constructor(
@@ -377,21 +380,46 @@ export class SwitchTransformerLm implements PlModel {
     return Int32Array.from([...chosen, ...passed.slice(0, n - chosen.length)]);
   }
 
-  /** The last measurement's probe inputs x and directions u per Switch layer (tests). */
-  probeQuantities(): { x: Float32Array[]; u: Float32Array[] } {
-    return { x: this.probeInputs.map((t) => t.dataSync() as Float32Array), u: this.probeDirs.map((t) => t.dataSync() as Float32Array) };
+  /** The last measurement's probe inputs x, directions u and routing (n×E: p_top at the dispatched expert) per Switch layer (tests). */
+  probeQuantities(): { x: Float32Array[]; u: Float32Array[]; routing: Float32Array[] } {
+    const read = (ts: T2[]) => ts.map((t) => t.dataSync() as Float32Array);
+    return { x: read(this.probeInputs), u: read(this.probeDirs), routing: read(this.probeRouting) };
   }
 
-  /** Expert e's kernel K_e = Σ_s (closed form of layer s) from the held probe quantities, as tf ops (float32). */
+  /**
+   * Expert e's kernel as the model uses it, K_e = Σ_s (r_s r_sᵀ) ⊙ K_{e,s}^alone, r_s the routing column
+   * (p_top where the token is dispatched to e, else 0), K_{e,s}^alone the closed form of layer s, from the
+   * held probe quantities, as tf ops (float32).
+   */
   private kernelTf(e: number): T2 {
     const tf = this.tf;
     return tf.tidy(() => {
       const parts = this.switchBlocks.map((l, s) => {
         const v = this.blocks[l].experts![e];
-        return tangentKernelTf(this.probeInputs[s], this.probeDirs[s], v.w1 as unknown as T2, v.b1 as unknown as TF.Tensor1D, v.w2 as unknown as T2);
+        const alone = tangentKernelTf(this.probeInputs[s], this.probeDirs[s], v.w1 as unknown as T2, v.b1 as unknown as TF.Tensor1D, v.w2 as unknown as T2);
+        const r = tf.slice(this.probeRouting[s], [0, e], [-1, 1]); // n×1
+        return tf.mul(alone, tf.matMul(r, r, false, true));
       });
       return (parts.length === 1 ? parts[0] : tf.addN(parts)) as T2;
     });
+  }
+
+  /** The model's kernel Σ_{e∈trainable} K_e (the routers are left out: docs/method.md, contract 4). */
+  private modelKernelTf(trainable: number[]): T2 {
+    const tf = this.tf;
+    return tf.tidy(() => (trainable.length ? tf.addN(trainable.map((e) => this.kernelTf(e))) : tf.zeros([this.probeInputs[0].shape[0], this.probeInputs[0].shape[0]])) as T2);
+  }
+
+  /** κ̃ of the model's kernel with the last measurement's eigenvectors held (Hellmann–Feynman); tests. */
+  modelKappaTf(trainable: number[]): TF.Scalar {
+    const m = this.modelConditioning;
+    if (!m || !this.probeInputs.length) throw new Error('modelKappaTf needs a measurement first');
+    return kappaSurrogateTf(this.modelKernelTf(trainable), m.vMin, m.vMax, this.config.monitor.damping);
+  }
+
+  /** κ of the model's kernel at the last measurement (the headline κ̄). */
+  modelKappa(): number | undefined {
+    return this.modelConditioning?.kappa;
   }
 
   /**
@@ -404,7 +432,7 @@ export class SwitchTransformerLm implements PlModel {
     const { alpha, pruned } = o;
     const trainable = o.trainable.filter((e) => !pruned.has(e));
     const weights = regularizerWeights(this.units, trainable, o.unitWeights);
-    const regularized = alpha > 0 && this.probeInputs.length > 0 && this.measurements.length === this.units && weights.total > 0;
+    const regularized = alpha > 0 && this.probeInputs.length > 0 && this.modelConditioning !== undefined;
     const shared = this.sharedVars();
     const varList: TF.Variable[] = [...shared];
     for (const e of trainable) varList.push(...this.expertVars(e));
@@ -421,8 +449,7 @@ export class SwitchTransformerLm implements PlModel {
         taskLossT = tf.keep(this.crossEntropy(out.logits, batch.y));
         let objective = tf.add(taskLossT, tf.mul(out.aux, LOAD_BALANCE_COEFFICIENT)) as TF.Scalar;
         if (regularized) {
-          const kappas = trainable.filter((e) => weights.w[e] > 0).map((e) => tf.mul(this.kappaTf(e), weights.w[e] / weights.total));
-          regT = tf.keep(tf.addN(kappas) as TF.Scalar);
+          regT = tf.keep(this.modelKappaTf(trainable.filter((e) => weights.w[e] > 0)));
           objective = tf.add(objective, tf.mul(regT, alpha)) as TF.Scalar;
         }
         return objective;
@@ -435,7 +462,7 @@ export class SwitchTransformerLm implements PlModel {
         if (g.some((x) => x.tensor)) this.expertOptimizers[e].applyGradients(g);
       }
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(weightedKappaOf(this.measurements.map((m) => m?.stats), trainable, weights)), gradNormSq]);
+      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), gradNormSq]);
       tf.dispose([taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
@@ -444,29 +471,8 @@ export class SwitchTransformerLm implements PlModel {
     reported.dispose();
     const dispatched = routed.reduce((a, c) => a + c, 0);
     this.lastLoad = routed.map((c) => (dispatched ? c / dispatched : 0));
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: Math.exp(values[1]), gradNormSq: values[3], ...(maskGrad ? { maskGrad } : {}) };
-  }
-
-  /**
-   * Expert e's κ̃ as a differentiable function of its weights, with the last measurement's x, u,
-   * eigenvectors (and singular vectors, for the spectral-norm L_f) held constant: Hellmann–Feynman.
-   */
-  kappaTf(e: number): TF.Scalar {
-    const tf = this.tf;
-    const m = this.measurements[e];
-    if (!m || !this.probeInputs.length) throw new Error('kappaTf needs a measurement first');
-    const damping = this.config.monitor.damping;
-    const K = this.kernelTf(e);
-    if (!m.singular) return kappaSurrogateTf(K, m.vMin, m.vMax, damping);
-    return tf.tidy(() => {
-      // L_f = Σ_s σ(W1)·σ(W2), each σ = uᵀ W v at the stored singular vectors (dσ = uᵀ dW v).
-      const sigma = (w: TF.Variable, sv: { u: Float64Array; v: Float64Array }) =>
-        tf.sum(tf.mul(tf.tensor2d(Float32Array.from(sv.u), [sv.u.length, 1]), tf.matMul(w as unknown as T2, tf.tensor2d(Float32Array.from(sv.v), [sv.v.length, 1]))));
-      const lf = tf.addN(this.switchBlocks.map((l, s) => tf.mul(sigma(this.blocks[l].experts![e].w1, m.singular![s][0]), sigma(this.blocks[l].experts![e].w2, m.singular![s][1]))));
-      const column = tf.tensor2d(Float32Array.from(m.vMin), [m.vMin.length, 1]);
-      const mu = tf.sum(tf.mul(column, tf.matMul(K, column)));
-      return tf.div(lf, tf.maximum(mu, tf.mul(lf, damping))) as TF.Scalar;
-    });
+    // The routing shares of this batch: the fraction of its tokens dispatched to each expert (all Switch layers).
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: Math.exp(values[1]), gradNormSq: values[3], ...(dispatched ? { shares: [...this.lastLoad] } : {}), ...(maskGrad ? { maskGrad } : {}) };
   }
 
   /**
@@ -481,9 +487,12 @@ export class SwitchTransformerLm implements PlModel {
     const tokens = this.probeTokens();
     const n = tokens.length;
     const { gradients, layers } = this.outputGradients(this.probeX, this.probeY, pruned, { scaled: true });
-    tf.dispose([...this.probeInputs, ...this.probeDirs]);
+    tf.dispose([...this.probeInputs, ...this.probeDirs, ...this.probeRouting]);
     this.probeInputs = [];
     this.probeDirs = [];
+    this.probeRouting = [];
+    const E = this.units;
+    const served = Array.from({ length: E }, () => new Set<number>());
     layers.forEach((layer, s) => {
       const x = new Float32Array(n * D);
       const u = new Float32Array(n * D);
@@ -499,34 +508,42 @@ export class SwitchTransformerLm implements PlModel {
       });
       this.probeInputs.push(tf.tensor2d(x, [n, D]));
       this.probeDirs.push(tf.tensor2d(u, [n, D]));
+      const routing = new Float32Array(n * E);
+      tokens.forEach((t, i) => {
+        const e = layer.expertOf[t];
+        routing[i * E + e] = layer.probs[t * E + e];
+        served[e].add(i);
+      });
+      this.probeRouting.push(tf.tensor2d(routing, [n, E]));
     });
     const damping = this.config.monitor.damping;
     const experts = Array.from({ length: this.units }, (_, e) => e);
     // Every expert's n×n kernel from backend matmuls in one read-back; the eigen-solve runs in float64.
     const kernels = tf.tidy(() => tf.stack(experts.map((e) => this.kernelTf(e))).dataSync());
+    const trainable = experts.filter((e) => !frozen.has(e) && !pruned.has(e));
+    const model = new Float64Array(n * n);
     this.measurements = experts.map((id) => {
       const K = Float64Array.from(kernels.subarray(id * n * n, (id + 1) * n * n));
       // Symmetrize: float32 round-off can leave K(i,j) and K(j,i) a few ulps apart.
       for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) K[i * n + j] = K[j * n + i] = (K[i * n + j] + K[j * n + i]) / 2;
-      const cond = conditioning(K, n, damping);
-      let { lf, kappa } = cond;
-      let singular: Measurement['singular'];
-      if (this.config.monitor.lipschitz === 'spectral-norm') {
+      if (trainable.includes(id)) for (let k = 0; k < n * n; k++) model[k] += K[k];
+      // The expert's own κ over the probe tokens routed to it (in any Switch layer); too few: null.
+      const rows = [...served[id]].sort((a, b) => a - b);
+      const cond = rows.length >= MIN_SERVED ? conditioning(principalSubmatrix(K, n, rows), rows.length, damping) : undefined;
+      let lf = cond?.lf ?? null;
+      if (cond && this.config.monitor.lipschitz === 'spectral-norm') {
         lf = 0;
-        singular = this.switchBlocks.map((l) => {
+        for (const l of this.switchBlocks) {
           const v = this.blocks[l].experts![id];
-          const mats = [v.w1, v.w2].map((w, k) => ({
-            key: `expert${id}/layer${l}/${k ? 'w2' : 'w1'}`,
-            matrix: { data: w.dataSync(), rows: w.shape[0], cols: w.shape[1] as number },
-          }));
-          const sigmas = mats.map((m) => spectralNormProduct([m], this.spectral));
+          const sigmas = [v.w1, v.w2].map((w, k) => spectralNormProduct([{ key: `expert${id}/layer${l}/${k ? 'w2' : 'w1'}`, matrix: { data: w.dataSync(), rows: w.shape[0], cols: w.shape[1] as number } }], this.spectral));
           lf += sigmas[0] * sigmas[1];
-          return mats.map((m, k) => this.singularVectors(m.key, m.matrix.data, m.matrix.rows, m.matrix.cols, sigmas[k]));
-        });
-        kappa = dampedKappa(lf, cond.mu, damping);
+        }
       }
-      return { stats: { id, mu: cond.mu, lf, kappa, frozen: frozen.has(id), pruned: pruned.has(id) }, kernel: K, vMin: cond.vMin, vMax: cond.vMax, singular };
+      const kappa = cond && lf !== null ? dampedKappa(lf, cond.mu, damping) : null;
+      return { stats: { id, mu: cond?.mu ?? null, lf, kappa, served: rows.length, frozen: frozen.has(id), pruned: pruned.has(id) }, kernel: K };
     });
+    const { mu, lf, kappa, vMin, vMax } = conditioning(model, n, damping);
+    this.modelConditioning = { mu, lf, kappa, vMin, vMax };
     return this.measurements.map((m) => m.stats);
   }
 
@@ -537,12 +554,10 @@ export class SwitchTransformerLm implements PlModel {
     return Float64Array.from(m.kernel);
   }
 
-  private singularVectors(key: string, a: ArrayLike<number>, rows: number, cols: number, sigma: number): { u: Float64Array; v: Float64Array } {
-    return singularVectors(this.spectral, key, a, rows, cols, sigma);
-  }
 
   meanKappa(ids: number[]): number {
-    return meanKappaOf(this.measurements.map((m) => m?.stats), ids);
+    void ids; // κ of the model's kernel: it sums the trainable experts
+    return this.modelConditioning?.kappa ?? 0;
   }
 
   /** Perplexity exp(mean cross-entropy over every position of every window) of a split. */
@@ -605,7 +620,7 @@ export class SwitchTransformerLm implements PlModel {
 
   dispose(): void {
     this.tf.dispose([...this.sharedVars(), ...Array.from({ length: this.units }, (_, e) => this.expertVars(e)).flat()]);
-    this.tf.dispose([...this.probeInputs, ...this.probeDirs]);
+    this.tf.dispose([...this.probeInputs, ...this.probeDirs, ...this.probeRouting]);
     this.probeX?.dispose();
     this.probeY?.dispose();
     this.sharedOptimizer.dispose();

@@ -37,7 +37,7 @@ export interface StepResult {
   /** The optimized objective: task loss + α·(regularizer). */
   loss: number;
   taskLoss: number;
-  /** Weighted mean κ over the units it ran over (the gate's keep-probabilities are the weights). */
+  /** κ̄: the κ of the model's kernel on the probe (docs/method.md, contract 6), the term α multiplies. */
   regularizer: number;
   /** Accuracy (0…1) of this batch, or perplexity exp(taskLoss) for a language model. */
   taskMetric: number;
@@ -55,6 +55,12 @@ export interface StepResult {
    * the task loss's, plus α·κ̄'s where a family's regularizer reads the mask.
    */
   maskGrad?: number[];
+  /**
+   * The fraction of the model's routing mass through each unit on this step's batch (sums to 1;
+   * docs/method.md, contract 9), where the family routes (moe-mlp, switch-transformer). Families
+   * without a router report shares in measure() instead.
+   */
+  shares?: number[];
 }
 
 /** A saved parameter or optimizer slot. */

@@ -12,8 +12,8 @@
 // matMul also differentiates twice, but was 2.5× slower per step on wasm.)
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
-import { classifierUnitKernels, conditioning, dampedKappa, outputDirections, singularVectors, spectralNormProduct, SpectralNormState } from '../pl';
-import { classifierAccuracy, meanKappaOf, regularizerWeights, restoreGroups, saveGroups, SoftMask, weightedKappaOf } from './shared';
+import { classifierUnitKernels, outputDirections, smoothKappaTf, spectralNormProduct, SpectralNormState } from '../pl';
+import { biasRayleigh, classifierAccuracy, regularizerWeights, restoreGroups, routerlessMeasurement, saveGroups, SoftMask, type ModelConditioning } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type Tensor4D = TF.Tensor4D;
@@ -97,14 +97,6 @@ interface GroupLayer {
   b: TF.Variable; // [channelsPerGroup]
 }
 
-interface Measurement {
-  stats: UnitStats;
-  vMin: Float64Array;
-  vMax: Float64Array;
-  /** Per conv layer, (u, v) with W v = σ u for the reshaped kernel, behind a spectral-norm L_f. */
-  singular?: { u: Float64Array; v: Float64Array }[];
-}
-
 let modelCount = 0;
 
 export class VggNet implements PlModel {
@@ -127,7 +119,9 @@ export class VggNet implements PlModel {
   private probeX: TF.Tensor2D | undefined;
   private probeY: TF.Tensor2D | undefined;
   private probeU: Float64Array | undefined;
-  private measurements: Measurement[] = [];
+  private unitStats: UnitStats[] = [];
+  /** κ of the model's kernel at the last measurement (the regularizer), with its eigenvectors. */
+  private modelConditioning: ModelConditioning | undefined;
 
   constructor(
     private readonly tf: typeof TF,
@@ -202,7 +196,7 @@ export class VggNet implements PlModel {
     const trainable = o.trainable.filter((g) => !pruned.has(g));
     const yOneHot = batch.y as TF.Tensor2D;
     const weights = regularizerWeights(this.units, trainable, o.unitWeights);
-    const regularized = alpha > 0 && this.probeU !== undefined && this.measurements.length === this.units && weights.total > 0;
+    const regularized = alpha > 0 && this.probeU !== undefined && this.modelConditioning !== undefined;
     const varList: TF.Variable[] = [this.denseW, this.denseB];
     for (const g of trainable) varList.push(...this.groupVars(g));
     const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
@@ -216,8 +210,7 @@ export class VggNet implements PlModel {
         logitsT = tf.keep(this.logits(batch.x, pruned, mask));
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
-        const kappas = trainable.filter((g) => weights.w[g] > 0).map((g) => tf.mul(this.kappaTf(g, pruned), weights.w[g] / weights.total));
-        regT = tf.keep(tf.addN(kappas) as TF.Scalar);
+        regT = tf.keep(this.modelKappaTf(trainable.filter((g) => weights.w[g] > 0), pruned));
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
@@ -226,7 +219,7 @@ export class VggNet implements PlModel {
       for (const g of trainable) this.groupOptimizers[g].applyGradients(group(this.groupVars(g)));
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(weightedKappaOf(this.measurements.map((m) => m?.stats), trainable, weights)), accuracy, gradNormSq]);
+      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
       tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
@@ -237,48 +230,41 @@ export class VggNet implements PlModel {
   }
 
   /**
-   * v·ᵀ K_g v· as a differentiable function of the weights: K_g = J_g·J_gᵀ, so vᵀK_g v = ‖∇_{θ_g} Σ_i v_i s_i‖²
-   * with s_i = u_iᵀ logits(x_i): one probe forward and backward per Rayleigh quotient, differentiated
-   * again by the caller's tf.variableGrads (the custom conv/pool make that possible).
+   * vᵀ(Σ_{g∈units} K_g)v as a differentiable function of the weights: K_g = J_g·J_gᵀ, so the sum is
+   * ‖∇_{θ_units} Σ_i v_i s_i‖² with s_i = u_iᵀ logits(x_i): one probe forward and backward per Rayleigh
+   * quotient, differentiated again by the caller's tf.variableGrads (the custom conv/pool make that
+   * possible). u is held at the last measurement's.
    */
-  rayleighTf(g: number, v: Float64Array, pruned: ReadonlySet<number>): TF.Scalar {
+  rayleighTf(units: number | number[], v: Float64Array, pruned: ReadonlySet<number>): TF.Scalar {
     const tf = this.tf;
     const n = this.probeX!.shape[0];
     const u = this.probeU!;
     const weighted = new Float32Array(n * this.classes);
     for (let i = 0; i < n; i++) for (let k = 0; k < this.classes; k++) weighted[i * this.classes + k] = v[i] * u[i * this.classes + k];
+    const vars = (Array.isArray(units) ? units : [units]).flatMap((g) => this.groupVars(g));
     return tf.tidy(() => {
+      if (!vars.length) return tf.scalar(0);
       const vu = tf.tensor2d(weighted, [n, this.classes]);
-      const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(this.logits(this.probeX!, pruned), vu)) as TF.Scalar, this.groupVars(g));
+      const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(this.logits(this.probeX!, pruned), vu)) as TF.Scalar, vars);
       value.dispose();
       return tf.addN(Object.values(grads).map((d) => tf.sum(tf.square(d)))) as TF.Scalar;
     });
   }
 
   /**
-   * Group g's κ with the last measurement's eigenvectors (and singular vectors, for the spectral-norm
-   * L_f) held constant: Hellmann–Feynman. Its gradient reaches every trainable variable, since K_g
-   * depends on the whole network, not on θ_g alone.
+   * κ̃ of the model's kernel Σ_{g∈trainable} K_g + U·Uᵀ with the last measurement's eigenvectors (and u)
+   * held: Hellmann–Feynman. vᵀU·Uᵀv = ‖Σ_i v_i u_i‖² is a constant here. Its gradient reaches every
+   * trainable variable, since each K_g depends on the whole network.
    */
-  private kappaTf(g: number, pruned: ReadonlySet<number>): TF.Scalar {
+  modelKappaTf(trainable: number[], pruned: ReadonlySet<number>): TF.Scalar {
     const tf = this.tf;
-    const m = this.measurements[g];
-    const damping = this.config.monitor.damping;
+    const m = this.modelConditioning;
+    if (!m || !this.probeU) throw new Error('modelKappaTf needs a measurement first');
+    const bias = (v: Float64Array) => biasRayleigh(this.probeU!, v, this.classes);
     return tf.tidy(() => {
-      const mu = this.rayleighTf(g, m.vMin, pruned);
-      let lf: TF.Scalar;
-      if (m.singular) {
-        // σ(W) = uᵀ W v at the stored singular vectors (dσ = uᵀ dW v), W the reshaped (9·cin × c) kernel.
-        lf = tf.scalar(1);
-        this.layers.forEach((layer, l) => {
-          const { u, v } = m.singular![l];
-          const outer = tf.matMul(tf.tensor2d(Float32Array.from(u), [u.length, 1]), tf.tensor2d(Float32Array.from(v), [1, v.length]));
-          lf = tf.mul(lf, tf.sum(tf.mul(tf.reshape(layer[g].w, outer.shape), outer)));
-        });
-      } else {
-        lf = this.rayleighTf(g, m.vMax, pruned);
-      }
-      return tf.div(lf, tf.maximum(mu, tf.mul(lf, damping))) as TF.Scalar;
+      const lMax = tf.add(this.rayleighTf(trainable, m.vMax, pruned), bias(m.vMax));
+      const lMin = tf.add(this.rayleighTf(trainable, m.vMin, pruned), bias(m.vMin));
+      return smoothKappaTf(lMax, lMin, this.config.monitor.damping) as TF.Scalar;
     });
   }
 
@@ -302,33 +288,28 @@ export class VggNet implements PlModel {
     this.probeU = outputDirections(logProbs, this.probeY.dataSync(), n, this.classes);
     const damping = this.config.monitor.damping;
     const kernels = this.groupKernels(pruned);
-    this.measurements = kernels.map((K, id) => {
-      const cond = conditioning(K, n, damping);
-      let { lf, kappa } = cond;
-      let singular: Measurement['singular'];
-      if (this.config.monitor.lipschitz === 'spectral-norm') {
-        // The standard reshaped-kernel estimate (as in spectral normalization): σ_max of each layer's
-        // (9·cin × c) filter matrix. Not the conv operator norm, which lies anywhere up to 3σ (a pixel enters at most 9 patches): an estimate, not a bound.
-        const mats = this.layers.map((layer, l) => {
-          const w = layer[id].w;
-          return { key: `group${id}/conv${l}`, matrix: { data: w.dataSync(), rows: w.size / this.channelsPerGroup, cols: this.channelsPerGroup } };
-        });
-        const sigmas = mats.map((m) => spectralNormProduct([m], this.spectral));
-        lf = sigmas.reduce((a, s) => a * s, 1);
-        kappa = dampedKappa(lf, cond.mu, damping);
-        singular = mats.map((m, l) => this.singularVectors(m.key, m.matrix.data, m.matrix.rows, m.matrix.cols, sigmas[l]));
-      }
-      return { stats: { id, mu: cond.mu, lf, kappa, frozen: frozen.has(id), pruned: pruned.has(id) }, vMin: cond.vMin, vMax: cond.vMax, singular };
-    });
-    return this.measurements.map((m) => m.stats);
+    // The standard reshaped-kernel estimate (as in spectral normalization): σ_max of each layer's
+    // (9·cin × c) filter matrix. Not the conv operator norm, which lies anywhere up to 3σ (a pixel enters
+    // at most 9 patches): an estimate, not a bound.
+    const spectralLf = (id: number) =>
+      this.layers.reduce((a, layer, l) => {
+        const w = layer[id].w;
+        return a * spectralNormProduct([{ key: `group${id}/conv${l}`, matrix: { data: w.dataSync(), rows: w.size / this.channelsPerGroup, cols: this.channelsPerGroup } }], this.spectral);
+      }, 1);
+    const r = routerlessMeasurement(kernels, this.probeU, n, this.classes, frozen, pruned, damping, this.config.monitor.lipschitz === 'spectral-norm' ? spectralLf : undefined);
+    this.unitStats = r.stats;
+    this.modelConditioning = r.model;
+    return this.unitStats;
   }
 
-  private singularVectors(key: string, a: ArrayLike<number>, rows: number, cols: number, sigma: number): { u: Float64Array; v: Float64Array } {
-    return singularVectors(this.spectral, key, a, rows, cols, sigma);
+  /** κ of the model's kernel at the last measurement (the headline κ̄). */
+  modelKappa(): number | undefined {
+    return this.modelConditioning?.kappa;
   }
 
   meanKappa(ids: number[]): number {
-    return meanKappaOf(this.measurements.map((m) => m?.stats), ids);
+    void ids; // κ of the model's kernel: it sums the trainable groups
+    return this.modelConditioning?.kappa ?? 0;
   }
 
   /** Accuracy on a whole split, in batches. */

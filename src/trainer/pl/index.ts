@@ -8,3 +8,4 @@ export * from './pruner';
 export * from './opt';
 export * from './hessianTrace';
 export * from './dampingFloor';
+export * from './share';

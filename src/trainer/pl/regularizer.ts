@@ -23,7 +23,7 @@ export function tangentKernelTf(x: tf.Tensor2D, u: tf.Tensor2D, w1: tf.Tensor2D,
 }
 
 /**
- * κ̃ = (v_maxᵀ K v_max) / max(v_minᵀ K v_min, δ·v_maxᵀ K v_max) with the eigenvectors held constant.
+ * κ̃ = (v_maxᵀ K v_max) / (v_minᵀ K v_min + δ·v_maxᵀ K v_max) (smooth damping) with the eigenvectors held constant.
  * At exact eigenvectors of K this equals κ, and since dλ = vᵀ dK v for a simple eigenvalue
  * (Hellmann–Feynman), its gradient equals ∇κ as well. With stale vectors both Rayleigh quotients move
  * inwards (v_maxᵀKv_max ≤ λ_max, v_minᵀKv_min ≥ λ_min), so κ̃ underestimates κ.
@@ -40,7 +40,7 @@ export function kappaSurrogateTf(k: tf.Tensor2D, vMin: Float64Array, vMax: Float
     };
     const lMax = rayleigh(vMax);
     const lMin = rayleigh(vMin);
-    return tf.div(lMax, tf.maximum(lMin, tf.mul(lMax, damping))) as tf.Scalar;
+    return smoothKappaTf(lMax, lMin, damping) as tf.Scalar;
   });
 }
 
@@ -87,6 +87,59 @@ export function kappaSurrogatesTf(k: tf.Tensor3D, vMin: Float64Array[], vMax: Fl
     const rayleigh = (v: tf.Tensor3D) => tf.reshape(tf.sum(tf.mul(v, tf.matMul(k, v)), [1, 2]), [experts]);
     const lMax = rayleigh(columns(vMax));
     const lMin = rayleigh(columns(vMin));
-    return tf.div(lMax, tf.maximum(tf.maximum(lMin, tf.mul(lMax, damping)), 1e-30)) as tf.Tensor1D;
+    return smoothKappaTf(lMax, lMin, damping) as tf.Tensor1D;
+  });
+}
+
+/**
+ * λ_max/(λ_min + δ·λ_max) of Rayleigh quotients (docs/method.md, "Damping"): differentiable in λ_min at
+ * 0, so a singular but live kernel still gets a gradient. λ_min's float32 round-off below 0 is clipped;
+ * a zero kernel gives 0 instead of 0/0.
+ */
+export function smoothKappaTf(lMax: tf.Tensor, lMin: tf.Tensor, damping: number): tf.Tensor {
+  return tf.div(lMax, tf.maximum(tf.add(tf.relu(lMin), tf.mul(lMax, damping)), 1e-30));
+}
+
+/**
+ * outputDirections (tangentKernel.ts) as a differentiable function of the logits: u_i = g_i/‖g_i‖,
+ * g_i = softmax(z_i) − y_i, built from the log-probabilities scaled by a per-row constant e^(−top_i)
+ * (top_i = max_{j≠label} log p_j, read back by the caller): u is invariant to that scale, so holding it
+ * constant changes neither u nor its gradient, and no pull underflows. One-hot labels only. A row with
+ * no pull left (top_i = −∞: every other class at probability 0) gets u_i = 0, as in outputDirections.
+ * The regularizer's gradient then follows u's dependence on every weight (docs/method.md, contract 7).
+ */
+export function outputDirectionsTf(logProbs: tf.Tensor2D, oneHot: tf.Tensor2D, top: ArrayLike<number>): tf.Tensor2D {
+  const n = logProbs.shape[0];
+  if (top.length !== n) throw new RangeError(`${top.length} row scales for ${n} rows`);
+  return tf.tidy(() => {
+    const alive = Float32Array.from({ length: n }, (_, i) => (Number.isFinite(top[i]) ? 1 : 0));
+    const shift = tf.tensor2d(Float32Array.from({ length: n }, (_, i) => (Number.isFinite(top[i]) ? top[i] : 0)), [n, 1]);
+    const notLabel = tf.sub(1, oneHot);
+    // p_j/e^top for j ≠ label (≤ 1), 0 at the label (clipped first: e^(log p_t − top) overflows at large margins)
+    const q = tf.mul(tf.exp(tf.minimum(tf.sub(logProbs, shift), 0)), notLabel);
+    const g = tf.sub(q, tf.mul(oneHot, tf.sum(q, 1, true))); // the label's entry: −Σ_{j≠t} q_j
+    const norm = tf.sqrt(tf.maximum(tf.sum(tf.square(g), 1, true), 1e-30));
+    return tf.mul(tf.div(g, norm), tf.tensor2d(alive, [n, 1])) as tf.Tensor2D;
+  });
+}
+
+/**
+ * The soft mixture's kernels as the model uses them (docs/method.md, contract 3–4), differentiable in
+ * every input: for expert e, K_e = (p_e p_eᵀ) ⊙ K_e^alone, K_e^alone = tangentKernelsTf of u_iᵀo_e; the
+ * gate's kernel K_gate = (X·Xᵀ + 1) ⊙ (R·Rᵀ), R_ie = p_e(x_i)·(u_iᵀo_e(x_i) − s_i), s_i = Σ_e p_e(x_i)u_iᵀo_e(x_i)
+ * (∂s_i/∂ gate logit e). Inputs: pre-activations (E×n×h), u (n×c), W2 stacked (E×h×c), X·Xᵀ + 1 (n×n),
+ * gate probabilities p (n×E), expert outputs o (n×E×c).
+ */
+export function moeKernelsTf(pre: tf.Tensor3D, u: tf.Tensor2D, w2: tf.Tensor3D, gramPlusOne: tf.Tensor2D, gate: tf.Tensor2D, outputs: tf.Tensor3D): { units: tf.Tensor3D; gate: tf.Tensor2D } {
+  return tf.tidy(() => {
+    const alone = tangentKernelsTf(pre, u, w2, gramPlusOne); // E×n×n
+    const pt = tf.transpose(gate); // E×n
+    const outer = tf.mul(tf.expandDims(pt, 2), tf.expandDims(pt, 1)); // E×n×n
+    const units = tf.mul(alone, outer) as tf.Tensor3D;
+    const m = tf.sum(tf.mul(outputs, tf.expandDims(u, 1)), 2); // n×E: u_iᵀ o_e(x_i)
+    const s = tf.sum(tf.mul(gate, m), 1, true); // n×1
+    const r = tf.mul(gate, tf.sub(m, s)) as tf.Tensor2D; // n×E
+    const gateKernel = tf.mul(gramPlusOne, tf.matMul(r, r, false, true)) as tf.Tensor2D;
+    return { units, gate: gateKernel };
   });
 }

@@ -179,9 +179,9 @@ export interface Conditioning {
 }
 
 /**
- * κ = λ_max / max(λ_min, δ·λ_max), so 1 ≤ κ ≤ 1/δ always and a singular kernel gives κ = 1/δ (a dead
- * expert, every ReLU off on the probe, has K = U·Uᵀ of rank ≤ c < n). A zero kernel (every u_i = 0:
- * the probe is fitted perfectly) gives μ = L = 0 and κ = 1/δ, never NaN. Eigenvalues that round-off
+ * κ = λ_max / (λ_min + δ·λ_max) (smooth damping), so κ < 1/δ always, and a singular kernel gives κ = 1/δ
+ * (a dead expert, every ReLU off on the probe, has K = U·Uᵀ of rank ≤ c < n). A zero kernel (every
+ * u_i = 0: the probe is fitted perfectly) gives μ = L = 0 and κ = 1/δ, never NaN. Eigenvalues that round-off
  * pushed below zero (K is PSD) are reported as 0. vMin and vMax are the unit eigenvectors of λ_min and
  * λ_max, the ones the regularizer holds constant. K may be float32 with round-off asymmetry: the
  * eigen-solver reads (K + Kᵀ)/2 in float64.
@@ -201,9 +201,15 @@ export function conditioning(k: ArrayLike<number>, n: number, damping: number, e
   return { mu, lf, kappa, vMin: column(0), vMax: column(n - 1) };
 }
 
-/** κ = L_f / max(μ, δ·L_f), written out so the saturated case is exactly 1/δ (L_f/(δ·L_f) would round). */
+/**
+ * Smoothly damped κ = L_f / (μ + δ·L_f) (docs/method.md, "Definitions (contract)" 5): below 1/δ, equal to
+ * it for a singular kernel (μ = 0, written out so it is exactly 1/δ), and differentiable in μ there, so
+ * the regularizer still pulls a singular but live unit. A zero kernel (L_f = 0) reads 1/δ, never NaN.
+ */
 export function dampedKappa(lf: number, mu: number, damping: number): number {
-  return lf > 0 && mu > damping * lf ? lf / mu : 1 / damping;
+  if (!(lf > 0)) return 1 / damping;
+  const m = Math.max(mu, 0);
+  return m === 0 ? 1 / damping : lf / (m + damping * lf);
 }
 
 function expectLength(name: string, a: ArrayLike<number>, length: number): void {

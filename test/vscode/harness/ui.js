@@ -4,6 +4,7 @@
 const fs = require('fs');
 const path = require('path');
 const { workbenchUrl, launch } = require('./common');
+// An empty extensionDir: the extension installed in code-server (a packaged VSIX) is the one tested.
 const [devPath, folder, shot] = process.argv.slice(2);
 const TITLE = 'PL Training: Start PL training';
 
@@ -68,7 +69,8 @@ const TITLE = 'PL Training: Start PL training';
     await walkthrough.waitFor({ timeout: 30000 });
     const steps = await walkthrough.locator('.getting-started-step .step-title').allTextContents();
     check('the status-bar entry opens the walkthrough: config, start, steer, compare', ['Create a training config', 'Start training', 'Steer it live', 'Compare runs'].every((t) => steps.some((x) => x.includes(t))), steps.join(' | '));
-    await page.waitForTimeout(800);
+    // The step's Markdown renders in its own frame, after the list.
+    await page.waitForTimeout(2500);
     await page.screenshot({ path: shot.replace(/panel\.png$/, 'walkthrough.png') });
     check('"View: Close All Editors" runs', await runCommand('View: Close All Editors'));
     // New training config asks the family first, each with its speed on a CPU.
@@ -260,6 +262,18 @@ const TITLE = 'PL Training: Start PL training';
     check('the exported loss series equals metrics.jsonl, step for step', same(exported.series.loss, recorded.map((m) => [m.step, m.loss])), `${recorded.length} steps`);
     const kappa0 = recorded.filter((m) => m.units).map((m) => [m.step, m.units[0].kappa]);
     check('the exported κ of expert 0 equals metrics.jsonl', same(exported.units['0'].kappa, kappa0), `${kappa0.length} measurements`);
+
+    // The dark theme, wide and at 900 px: screenshots for the README, and the unit table still fits.
+    await page.keyboard.press('Escape');
+    check('"Preferences: Toggle between Light/Dark Themes" runs', await runCommand('Preferences: Toggle between Light/Dark Themes'));
+    await page.locator('.monaco-workbench.vs-dark').waitFor({ timeout: 15000 });
+    await page.waitForTimeout(1500); // the webview rereads the theme variables and redraws
+    await page.screenshot({ path: shot.replace(/panel\.png$/, 'panel-dark.png') });
+    await page.setViewportSize({ width: 900, height: 950 });
+    await page.waitForTimeout(1500);
+    const fit = await panel2.locator('.table-wrap').evaluate((w) => ({ overflow: w.scrollWidth - w.clientWidth, right: w.getBoundingClientRect().right, buttons: [...w.querySelectorAll('[data-testid^="freeze-"]')].map((b) => b.getBoundingClientRect().right) }));
+    check('at 900 px the unit table needs no sideways scrolling and every Freeze button is inside it', fit.overflow <= 0 && fit.buttons.length === 4 && fit.buttons.every((r) => r <= fit.right + 0.5), JSON.stringify(fit));
+    await page.screenshot({ path: shot.replace(/panel\.png$/, 'panel-dark-900.png') });
   } catch (e) {
     failed = true;
     console.error(`UI test failed: ${e.message.split('\n')[0]}`);

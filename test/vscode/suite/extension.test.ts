@@ -271,7 +271,8 @@ describe('PL Trainer in a real VS Code', function () {
       assert.equal(rows.length, 3);
       const row2 = sidebar.getTreeItem(rows[2]);
       assert.equal(row2.label, 'expert 2');
-      assert.match(String(row2.description), /^κ [\d.e+]+ · μ [\d.e+-]+ · L [\d.e+]+$/);
+      // The routing share sits next to κ once the trainer streams it.
+      assert.match(String(row2.description), /^κ [\d.e+]+( · share [\d.]+%)? · μ [\d.e+-]+ · L [\d.e+]+$/);
       assert.equal(row2.contextValue, 'unit.trainable', 'offers the inline freeze action');
       // The inline action passes the tree node itself.
       const status = await vscode.commands.executeCommand<{ status: string; step: number }>('plTrainer.freezeExpert', rows[2]);

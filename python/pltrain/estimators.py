@@ -1,0 +1,93 @@
+"""The PL estimators (docs/method.md): output directions that scalarize a classifier, per-unit tangent
+kernels K_e = J_e J_eᵀ by autograd, their float64 eigen-solve, damped κ, and the Hellmann–Feynman
+surrogate the regularizer differentiates. Mirrors src/trainer/pl/tangentKernel.ts and regularizer.ts."""
+import math
+
+import numpy as np
+import torch
+
+
+def damped_kappa(lf, mu, damping):
+    """κ = L_f / max(μ, δ·L_f), exactly 1/δ at the floor (L_f/(δ·L_f) would round)."""
+    return lf / mu if lf > 0 and mu > damping * lf else 1 / damping
+
+
+def _pull_row(log_probs, one_hot):
+    """Example's pull q and log s with g = s·q (tangentKernel.ts pullRow), or (zeros, -inf)."""
+    c = log_probs.shape[0]
+    out = np.zeros(c)
+    nonzero = np.count_nonzero(one_hot)
+    labels = np.nonzero(one_hot == 1)[0]
+    if nonzero == 1 and len(labels) == 1:
+        t = labels[0]
+        others = np.delete(np.arange(c), t)
+        top = log_probs[others].max()
+        if not math.isfinite(top):
+            return out, -math.inf
+        out[others] = np.exp(log_probs[others] - top)
+        out[t] = -out[others].sum()
+        return out, top
+    out = np.exp(log_probs) - one_hot
+    if (out * out).sum() > 1e-24:
+        return out, 0.0
+    return np.zeros(c), -math.inf
+
+
+def output_directions(log_probs, one_hot):
+    """u_i = g_i/‖g_i‖, g_i = softmax(z_i) − y_i, free of underflow (tangentKernel.ts outputDirections)."""
+    lp = np.asarray(log_probs, dtype=np.float64)
+    y = np.asarray(one_hot, dtype=np.float64)
+    u = np.zeros_like(lp)
+    for i in range(lp.shape[0]):
+        q, log_scale = _pull_row(lp[i], y[i])
+        if log_scale == -math.inf:
+            continue
+        u[i] = q / np.sqrt((q * q).sum())
+    return u
+
+
+def conditioning(kernel, damping):
+    """μ = λ_min, L_f = λ_max (clamped at 0), damped κ and the two unit eigenvectors, in float64.
+    Reads (K + Kᵀ)/2, so float32 round-off asymmetry is accepted; a non-finite entry is an error."""
+    k = np.asarray(kernel, dtype=np.float64)
+    n = k.shape[0]
+    if k.shape != (n, n) or n < 1:
+        raise ValueError(f"kernel of shape {k.shape} is not square")
+    if not (0 < damping <= 1):
+        raise ValueError(f"damping must be in (0, 1], got {damping}")
+    if not np.isfinite(k).all():
+        raise ValueError("kernel has a non-finite entry")
+    values, vectors = np.linalg.eigh((k + k.T) / 2)
+    mu = max(float(values[0]), 0.0)
+    lf = max(float(values[-1]), 0.0)
+    return {"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping), "vMin": vectors[:, 0].copy(), "vMax": vectors[:, -1].copy()}
+
+
+def unit_kernels(scalar_outputs, unit_params, create_graph):
+    """K_e = J_e J_eᵀ for every unit e, J_e the Jacobian of the n scalar outputs w.r.t. the unit's
+    parameters. One batched backward (is_grads_batched) gives all n rows for every parameter at once.
+    `unit_params`: a list (one per unit) of parameter lists. With create_graph the kernels stay
+    differentiable w.r.t. the weights (for the regularizer)."""
+    n = scalar_outputs.shape[0]
+    flat = [p for ps in unit_params for p in ps]
+    eye = torch.eye(n, dtype=scalar_outputs.dtype, device=scalar_outputs.device)
+    grads = torch.autograd.grad(scalar_outputs, flat, grad_outputs=eye, is_grads_batched=True, create_graph=create_graph, allow_unused=True)
+    kernels = []
+    at = 0
+    for ps in unit_params:
+        rows = [grads[at + j].reshape(n, -1) if grads[at + j] is not None else torch.zeros(n, 0, dtype=scalar_outputs.dtype, device=scalar_outputs.device) for j in range(len(ps))]
+        at += len(ps)
+        j = torch.cat(rows, dim=1)
+        kernels.append(j @ j.T)
+    return torch.stack(kernels)
+
+
+def kappa_surrogates(kernels, v_min, v_max, damping):
+    """κ̃_e = (v_maxᵀ K v_max) / max(v_minᵀ K v_min, δ·v_maxᵀ K v_max) with the eigenvectors held
+    constant: equal to κ at exact eigenvectors, with the same gradient (Hellmann–Feynman). A zero
+    kernel gives 0 instead of 0/0 (regularizer.ts kappaSurrogatesTf)."""
+    vmin = torch.as_tensor(np.stack(v_min), dtype=kernels.dtype, device=kernels.device).unsqueeze(2)
+    vmax = torch.as_tensor(np.stack(v_max), dtype=kernels.dtype, device=kernels.device).unsqueeze(2)
+    l_max = (vmax * (kernels @ vmax)).sum(dim=(1, 2))
+    l_min = (vmin * (kernels @ vmin)).sum(dim=(1, 2))
+    return l_max / torch.clamp(torch.maximum(l_min, l_max * damping), min=1e-30)

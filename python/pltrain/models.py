@@ -1,0 +1,209 @@
+"""The model families in PyTorch, from the same config fields as src/trainer/models. Each model names
+its prunable units and the parameters of each (`unit_params`), and the groups its optimizers keep
+apart (`groups`: a frozen unit's group is simply not stepped)."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MoeMlp(nn.Module):
+    """`moe-mlp`: a dense soft-gated mixture of two-layer experts, o(x) = Σ_e softmax(gate(x))_e·o_e(x),
+    o_e(x) = W2_eᵀ relu(W1_eᵀx + b1_e) + b2_e (src/trainer/models/moeMlp.ts). Pruned experts get no
+    gate mass."""
+
+    unit_name = "expert"
+    task_metric = "accuracy"
+
+    def __init__(self, d, c, config, generator):
+        super().__init__()
+        experts, h = config["model"]["experts"], config["model"]["hiddenUnits"]
+        self.d, self.c, self.h, self.units = d, c, h, experts
+
+        def normal(*shape, std):
+            return nn.Parameter(torch.randn(*shape, generator=generator) * std)
+
+        # He initialization for the ReLU layer, as the TF.js model (seeded, not the same numbers).
+        self.w1 = nn.ParameterList([normal(d, h, std=math.sqrt(2 / d)) for _ in range(experts)])
+        self.b1 = nn.ParameterList([nn.Parameter(torch.zeros(h)) for _ in range(experts)])
+        self.w2 = nn.ParameterList([normal(h, c, std=math.sqrt(1 / h)) for _ in range(experts)])
+        self.b2 = nn.ParameterList([nn.Parameter(torch.zeros(c)) for _ in range(experts)])
+        self.gate_w = normal(d, experts, std=0.01)
+        self.gate_b = nn.Parameter(torch.zeros(experts))
+
+    def unit_params(self, e):
+        return [self.w1[e], self.b1[e], self.w2[e], self.b2[e]]
+
+    def groups(self):
+        return [("gate", [self.gate_w, self.gate_b])] + [(f"expert{e}", self.unit_params(e)) for e in range(self.units)]
+
+    def gate(self, x, pruned):
+        z = x @ self.gate_w + self.gate_b
+        if pruned:
+            mask = torch.zeros(self.units, device=x.device, dtype=x.dtype)
+            mask[list(pruned)] = -1e9
+            z = z + mask
+        return torch.softmax(z, dim=1)
+
+    def unit_kernels(self, x, u, pruned):
+        """Every expert's tangent kernel of s_i = u_iᵀ z(x_i), z the gated mixture, in closed form from
+        forward quantities (tangentKernel.ts twoLayerTangentKernel with u_i scaled by the gate g_e(x_i),
+        since ∂s_i/∂θ_e = g_e(x_i)·∂(u_iᵀ o_e(x_i))/∂θ_e): E×n×n, differentiable w.r.t. every weight. The
+        same numbers as the autograd Jacobians (estimators.unit_kernels; tests/test_estimators.py), at a
+        fraction of the cost: no per-example backward passes."""
+        g = self.gate(x, pruned)  # n×E
+        gram1 = x @ x.T + 1
+        out = []
+        for e in range(self.units):
+            ue = u * g[:, e:e + 1]
+            pre = x @ self.w1[e] + self.b1[e]
+            hid = torch.relu(pre)
+            back = (pre > 0).to(x.dtype) * (ue @ self.w2[e].T)
+            uu = ue @ ue.T
+            out.append((hid @ hid.T) * uu + uu + gram1 * (back @ back.T))
+        return torch.stack(out)
+
+    def forward(self, x, pruned=frozenset()):
+        if len(pruned) == self.units:
+            return torch.zeros(x.shape[0], self.c, device=x.device, dtype=x.dtype)
+        g = self.gate(x, pruned)
+        out = 0
+        for e in range(self.units):
+            if e in pruned:
+                continue  # no gate mass: not computed
+            o = torch.relu(x @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
+            out = out + g[:, e:e + 1] * o
+        return out
+
+
+def _grid(features):
+    side = int(round(math.sqrt(features)))
+    return (side, side) if side * side == features else (1, features)
+
+
+class Vgg(nn.Module):
+    """`vgg`: blocks of 3×3 'same' conv + ReLU + 2×2 max-pool, then a dense classifier
+    (src/trainer/models/vgg.ts). Unit g is channel group g: in every conv layer its own `hiddenUnits`
+    filters (reading all input channels) and biases; a pruned group's channels are exactly zero."""
+
+    unit_name = "channel group"
+    task_metric = "accuracy"
+
+    def __init__(self, features, classes, config, generator):
+        super().__init__()
+        groups, c, layers = config["model"]["experts"], config["model"]["hiddenUnits"], config["model"]["layers"]
+        self.units, self.c, self.per_group = groups, classes, c
+        self.rows, self.cols = _grid(features)
+        h, w = self.rows, self.cols
+        for _ in range(layers):
+            h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"{layers} conv blocks pool a {self.rows}×{self.cols} image away to nothing: use fewer layers")
+        normal = lambda *shape, std: nn.Parameter(torch.randn(*shape, generator=generator) * std)
+        self.w = nn.ModuleList()
+        self.b = nn.ModuleList()
+        for l in range(layers):
+            cin = 1 if l == 0 else groups * c
+            self.w.append(nn.ParameterList([normal(c, cin, 3, 3, std=math.sqrt(2 / (9 * cin))) for _ in range(groups)]))
+            self.b.append(nn.ParameterList([nn.Parameter(torch.zeros(c)) for _ in range(groups)]))
+        flat = h * w * groups * c
+        self.dense_w = normal(flat, classes, std=math.sqrt(1 / flat))
+        self.dense_b = nn.Parameter(torch.zeros(classes))
+
+    def unit_params(self, g):
+        return [p for l in range(len(self.w)) for p in (self.w[l][g], self.b[l][g])]
+
+    def groups(self):
+        return [("dense", [self.dense_w, self.dense_b])] + [(f"group{g}", self.unit_params(g)) for g in range(self.units)]
+
+    def forward(self, x, pruned=frozenset()):
+        h = x.reshape(x.shape[0], 1, self.rows, self.cols)
+        for ws, bs in zip(self.w, self.b):
+            weight = torch.cat([torch.zeros_like(w) if g in pruned else w for g, w in enumerate(ws)])
+            bias = torch.cat([torch.zeros_like(b) if g in pruned else b for g, b in enumerate(bs)])
+            h = F.max_pool2d(torch.relu(F.conv2d(h, weight, bias, padding=1)), 2)
+        return h.reshape(h.shape[0], -1) @ self.dense_w + self.dense_b
+
+
+class BertEncoder(nn.Module):
+    """`bert-encoder` (src/trainer/models/bertEncoder.ts): each image row is a token, a learned [CLS]
+    token first; Linear(cols→dModel) + positions, LayerNorm; `layers` post-LN blocks (attention, then a
+    tanh-GELU FFN); the class from the final [CLS] state. Unit h is attention head h of every layer: its
+    W_q, b_q, W_k, W_v, b_v and its rows of W_o; a pruned head's are zeros in the forward pass."""
+
+    unit_name = "head"
+    task_metric = "accuracy"
+
+    def __init__(self, features, classes, config, generator):
+        super().__init__()
+        m = config["model"]
+        H, D, layers, Fh = m["experts"], m["dModel"], m["layers"], m["hiddenUnits"]
+        if D % H:
+            raise ValueError(f"dModel {D} must be a multiple of the {H} attention heads")
+        self.units, self.c, self.D, self.dh = H, classes, D, D // H
+        self.rows, self.cols = _grid(features)
+        normal = lambda *shape, std: nn.Parameter(torch.randn(*shape, generator=generator) * std)
+        zeros = lambda *shape: nn.Parameter(torch.zeros(*shape))
+        ones = lambda *shape: nn.Parameter(torch.ones(*shape))
+        self.tok_w, self.tok_b = normal(self.cols, D, std=math.sqrt(1 / self.cols)), zeros(D)
+        self.cls, self.pos = normal(D, std=1.0), normal(self.rows + 1, D, std=0.1)
+        self.ln_g, self.ln_b = ones(D), zeros(D)
+        self.out_w, self.out_b = normal(D, classes, std=math.sqrt(1 / D)), zeros(classes)
+        self.heads = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            layer = nn.ModuleList()
+            for _ in range(H):
+                head = nn.Module()
+                head.wq, head.bq = normal(D, self.dh, std=math.sqrt(1 / D)), zeros(self.dh)
+                head.wk = normal(D, self.dh, std=math.sqrt(1 / D))
+                head.wv, head.bv = normal(D, self.dh, std=math.sqrt(1 / D)), zeros(self.dh)
+                head.wo = normal(self.dh, D, std=math.sqrt(1 / D))
+                layer.append(head)
+            self.heads.append(layer)
+            blk = nn.Module()
+            blk.bo, blk.ln1g, blk.ln1b = zeros(D), ones(D), zeros(D)
+            blk.ff1w, blk.ff1b = normal(D, Fh, std=math.sqrt(2 / D)), zeros(Fh)
+            blk.ff2w, blk.ff2b = normal(Fh, D, std=math.sqrt(1 / Fh)), zeros(D)
+            blk.ln2g, blk.ln2b = ones(D), zeros(D)
+            self.blocks.append(blk)
+
+    def unit_params(self, h):
+        return [p for layer in self.heads for p in (layer[h].wq, layer[h].bq, layer[h].wk, layer[h].wv, layer[h].bv, layer[h].wo)]
+
+    def groups(self):
+        head_ids = {id(p) for h in range(self.units) for p in self.unit_params(h)}
+        return [("shared", [p for p in self.parameters() if id(p) not in head_ids])] + [(f"head{h}", self.unit_params(h)) for h in range(self.units)]
+
+    def forward(self, x, pruned=frozenset()):
+        b, T, D, H, dh = x.shape[0], self.rows + 1, self.D, self.units, self.dh
+        ln = lambda t, g, bb: F.layer_norm(t, (D,), g, bb, 1e-5)
+        tokens = x.reshape(b, self.rows, self.cols) @ self.tok_w + self.tok_b
+        h = ln(torch.cat([self.cls.expand(b, 1, D), tokens], dim=1) + self.pos, self.ln_g, self.ln_b)
+        for layer, blk in zip(self.heads, self.blocks):
+            side = lambda name, dim: torch.cat([torch.zeros_like(getattr(hd, name)) if k in pruned else getattr(hd, name) for k, hd in enumerate(layer)], dim=dim)
+            split = lambda t: t.reshape(b, T, H, dh).transpose(1, 2)
+            q = split(h @ side("wq", 1) + side("bq", 0))
+            k = split(h @ side("wk", 1))
+            v = split(h @ side("wv", 1) + side("bv", 0))
+            attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), dim=-1)
+            merged = (attention @ v).transpose(1, 2).reshape(b, T, H * dh)
+            h = ln(h + merged @ side("wo", 0) + blk.bo, blk.ln1g, blk.ln1b)
+            ff = F.gelu(h @ blk.ff1w + blk.ff1b, approximate="tanh") @ blk.ff2w + blk.ff2b
+            h = ln(h + ff, blk.ln2g, blk.ln2b)
+        return h[:, 0] @ self.out_w + self.out_b
+
+
+def create_model(config, data, device):
+    generator = torch.Generator().manual_seed(config["seed"])
+    family = config["model"]["family"]
+    if family == "moe-mlp":
+        model = MoeMlp(data.features, data.classes, config, generator)
+    elif family == "vgg":
+        model = Vgg(data.features, data.classes, config, generator)
+    elif family == "bert-encoder":
+        model = BertEncoder(data.features, data.classes, config, generator)
+    else:
+        raise ValueError(f"model.family {family} is not in the pytorch engine yet")
+    return model.to(device)

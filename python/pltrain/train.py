@@ -1,0 +1,494 @@
+"""The training run (src/trainer/train.ts, step for step): device, data, model, the step loop with
+steering at step boundaries, events, checkpoints, and the WebSocket served between steps."""
+import asyncio
+import errno
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import estimators
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import batches, load_dataset
+from .events import EventLog
+from .models import create_model
+from .progress import Progress
+from .protocol import LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, UNIT_NAMES, describe_command, dumps, to_precision
+from .pruning import DampingFloorWatch, GatingPruner
+from .rundir import RunAnnouncement, RunDirLock, establish_token, now_ms, prepare_run_dir, write_json_atomic
+from .server import TrainerServer, choose_transport
+from .steering import DURABLE_KINDS, SteeringState
+
+
+def _reason(e):
+    """What went wrong, in one line; an OS error as Node words it (`EMFILE: too many open files, open '…'`)."""
+    if isinstance(e, OSError) and e.errno in errno.errorcode:
+        where = f", open '{e.filename}'" if e.filename else ""
+        return f"{errno.errorcode[e.errno]}: {(e.strerror or '').lower()}{where}"
+    return str(e) or type(e).__name__
+
+
+def _exhaust_file_descriptors():
+    """Fault injection: takes every free file descriptor, as a flood of connections would."""
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    return held
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step):
+        super().__init__(f"loss became NaN or infinite at step {step}")
+
+
+def select_device(requested):
+    """The torch device and the backend info hello and run.json carry ("cuda:0 NVIDIA H200" or "cpu")."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f'device "{requested}" is not available: torch {torch.__version__} sees no CUDA GPU')
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            raise RuntimeError(f'device "{requested}" is not available: {torch.cuda.device_count()} CUDA GPU(s)')
+        device = torch.device("cuda", index)
+        label = f"cuda:{index} {torch.cuda.get_device_name(index)}"
+        info = {"name": "pytorch", "gpu": True, "detail": f"torch {torch.__version__}, CUDA {torch.version.cuda}", "engine": "pytorch", "device": label}
+        return device, info
+    threads = torch.get_num_threads()
+    return torch.device("cpu"), {"name": "pytorch", "gpu": False, "detail": f"torch {torch.__version__}, {threads} CPU thread{'s' if threads != 1 else ''}", "engine": "pytorch", "device": "cpu"}
+
+
+class Measurer:
+    """κ per unit on the fixed probe batch: K_e of the model's scalarized output s_i = u_iᵀ z(x_i) w.r.t.
+    unit e's parameters (autograd), eigen-solved in float64 (docs/method.md)."""
+
+    def __init__(self, model, probe_x, probe_y, damping):
+        self.model, self.probe_x, self.damping = model, probe_x, damping
+        self.one_hot = F.one_hot(probe_y, model.c).double().cpu().numpy()
+        self.last = None  # [stats]
+
+    def kernels(self, pruned, create_graph):
+        logits = self.model(self.probe_x, pruned)
+        log_probs = torch.log_softmax(logits.detach().double(), dim=1).cpu().numpy()
+        u = torch.as_tensor(estimators.output_directions(log_probs, self.one_hot), dtype=logits.dtype, device=logits.device)
+        if hasattr(self.model, "unit_kernels"):
+            # A closed form from forward quantities (moe-mlp): differentiable as it stands.
+            kernels = self.model.unit_kernels(self.probe_x, u, pruned)
+            return kernels if create_graph else kernels.detach()
+        # Per-sample gradients of the model's output: every live unit in one batched backward; a pruned
+        # unit is measured with itself restored (the rest as they are), as it would act.
+        E = self.model.units
+        live = [e for e in range(E) if e not in pruned]
+        s = (u * logits).sum(dim=1)
+        kernels = [None] * E
+        if live:
+            for e, k in zip(live, estimators.unit_kernels(s, [self.model.unit_params(e) for e in live], create_graph)):
+                kernels[e] = k
+        for e in sorted(pruned):
+            restored = (u * self.model(self.probe_x, frozenset(pruned) - {e})).sum(dim=1)
+            kernels[e] = estimators.unit_kernels(restored, [self.model.unit_params(e)], False)[0].detach()
+        return torch.stack(kernels)
+
+    def condition(self, kernels, frozen, pruned):
+        k64 = kernels.detach().double().cpu().numpy()
+        self.traces = [float(np.trace(k)) for k in k64]
+        out = []
+        for e in range(k64.shape[0]):
+            c = estimators.conditioning(k64[e], self.damping)
+            out.append((
+                {"id": e, "mu": c["mu"], "lf": c["lf"], "kappa": c["kappa"], "frozen": e in frozen, "pruned": e in pruned},
+                c["vMin"],
+                c["vMax"],
+            ))
+        self.last = [o[0] for o in out]
+        return out
+
+    def measure(self, frozen, pruned):
+        return [o[0] for o in self.condition(self.kernels(pruned, False), frozen, pruned)]
+
+
+def participation(shares):
+    """1/Σ share²: how many units the model effectively uses (1…E)."""
+    s = sum(x * x for x in shares)
+    return 1 / s if s > 0 else 0.0
+
+
+class Activity:
+    """The share EMA per unit (share on the first record, then 0.95·ema + 0.05·share) and whether it is
+    below 1/(10·E): `active: false` (docs/method.md, "Inactive"). `changes()` lists the units whose
+    flag flipped since the last call (a unit starts active)."""
+
+    def __init__(self, units):
+        self.threshold = 1 / (10 * max(1, units))
+        self.ema = [None] * units
+        self.flag = [True] * units
+        self._changed = []
+
+    def observe(self, e, share):
+        self.ema[e] = share if self.ema[e] is None else 0.95 * self.ema[e] + 0.05 * share
+        active = self.ema[e] >= self.threshold
+        if active != self.flag[e]:
+            self.flag[e] = active
+            self._changed.append((e, active, self.ema[e]))
+        return active
+
+    def changes(self):
+        out, self._changed = self._changed, []
+        return out
+
+
+def _mean_kappa(stats, ids):
+    ks = [stats[i]["kappa"] for i in ids] if stats else []
+    return sum(ks) / len(ks) if ks else 0.0
+
+
+class Trainer:
+    def __init__(self, config, config_dir, run_dir, resume=False, progress=None):
+        self.config, self.config_dir, self.run_dir, self.resume = config, config_dir, run_dir, resume
+        self.progress = progress or Progress()
+
+    def _tensors(self, model, optimizer):
+        out = [(f"var:{name}", p.detach().cpu().numpy()) for name, p in model.named_parameters()]
+        for group, params in model.groups():
+            st = optimizer.state
+            for j, p in enumerate(params):
+                if p in st and "exp_avg" in st[p]:
+                    s = st[p]
+                    out += [(f"opt:{group}:{3 * j}", np.asarray(float(s["step"]), dtype=np.float32)), (f"opt:{group}:{3 * j + 1}", s["exp_avg"].cpu().numpy()), (f"opt:{group}:{3 * j + 2}", s["exp_avg_sq"].cpu().numpy())]
+        return out
+
+    def _restore(self, model, optimizer, tensors, device):
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                key = f"var:{name}"
+                if key not in tensors:
+                    raise ValueError(f"the checkpoint has no {name}: it belongs to another model")
+                p.copy_(torch.from_numpy(tensors[key]).reshape(p.shape))
+        for group, params in model.groups():
+            for j, p in enumerate(params):
+                k = f"opt:{group}:{3 * j}"
+                if k in tensors:
+                    optimizer.state[p] = {
+                        "step": torch.tensor(float(tensors[k].reshape(-1)[0])),
+                        "exp_avg": torch.from_numpy(tensors[f"opt:{group}:{3 * j + 1}"]).to(device).reshape(p.shape),
+                        "exp_avg_sq": torch.from_numpy(tensors[f"opt:{group}:{3 * j + 2}"]).to(device).reshape(p.shape),
+                    }
+
+    async def run(self):
+        config, run_dir = self.config, self.run_dir
+        # Owner-only, fresh for a new run, and ours alone (RunDirRefused otherwise) before anything is read or written.
+        prepare_run_dir(run_dir, self.resume)
+        lock = RunDirLock.acquire(run_dir)
+        checkpoint = load_checkpoint(run_dir) if self.resume else None
+        if self.resume and checkpoint is None:
+            lock.release()
+            raise RuntimeError(f"no checkpoint to resume from in {run_dir}")
+        if not self.resume:
+            write_json_atomic(os.path.join(run_dir, RUN_FILES["config"]), config)
+        run_id = os.path.basename(os.path.normpath(run_dir))
+        events = EventLog.resume(run_dir, checkpoint[0]["seq"], checkpoint[0].get("acks", [])) if checkpoint else EventLog(run_dir)
+        unit_name = UNIT_NAMES[config["model"]["family"]]
+        units = config["model"]["experts"]
+        if checkpoint:
+            steering = SteeringState(units, checkpoint[0]["alpha"], checkpoint[0]["frozen"], unit_name)
+            steering.pruned.update(checkpoint[0]["pruned"])
+            steering.remember(checkpoint[0].get("commandIds", []))
+        else:
+            steering = SteeringState(units, config["alpha"], config["frozenExperts"], unit_name)
+        announce = RunAnnouncement(run_dir, run_id, config["steps"])
+        token = establish_token(run_dir)
+        step = checkpoint[0]["step"] if checkpoint else 0
+        progress = self.progress
+        state = {"value": "starting"}
+
+        def set_state(s, reason=None):
+            state["value"] = s
+            announce.update(state=s, step=step, **({"reason": reason} if reason else {}))
+            if events.last_seq >= 0:
+                events.emit({"type": "state", "state": s, "step": step, "time": now_ms(), **({"reason": reason} if reason else {})})
+
+        def log(level, message, topic=None):
+            progress.log(message)
+            if events.last_seq >= 0:
+                events.emit({"type": "log", "level": level, "message": message, "time": now_ms(), **({"topic": topic} if topic else {})})
+
+        def fail(reason):
+            """A fatal error's last word: run.json says `failed` and why (first, with the descriptor held in
+            reserve), then the log and state events if they can still be written."""
+            state["value"] = "failed"
+            try:
+                announce.final(state="failed", step=step, reason=reason)
+            except OSError as e:
+                sys.stderr.write(f"could not record the failure in run.json: {e}\n")
+            try:
+                log("error", f"training failed: {reason}")
+                if events.last_seq >= 0:
+                    events.emit({"type": "state", "state": "failed", "step": step, "time": now_ms(), "reason": reason})
+            except OSError as e:
+                sys.stderr.write(f"training failed: {reason} (events not recorded: {e})\n")
+
+        def server_log(message):
+            # A connection's story must never end the run: if it cannot be recorded, it goes to stderr only.
+            try:
+                log("warn", message)
+            except OSError as e:
+                sys.stderr.write(f"{message} (not recorded: {e})\n")
+
+        server = TrainerServer(token, events, steering.enqueue, server_log)
+        try:
+            endpoint = await server.listen(choose_transport(run_dir, RUN_FILES["socket"]))
+            announce.update(**(endpoint if "socket" in endpoint else {"host": "127.0.0.1", "port": endpoint["port"]}), state="starting")
+        except OSError as e:
+            fail(f"could not serve the run's socket: {_reason(e)}")
+            lock.release()
+            return state["value"]
+        sys.stdout.write(LISTENING_PREFIX + dumps({**endpoint, "runDir": run_dir, "runId": run_id, "pid": os.getpid()}) + "\n")
+        sys.stdout.flush()
+
+        stop_signal = {"name": ""}
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            def on_signal(sig=sig):
+                stop_signal["name"] = sig.name
+                steering.enqueue(f"signal-{sig.name}-{now_ms()}", {"kind": "stop"})
+            loop.add_signal_handler(sig, on_signal)
+
+        # Training runs on its own thread, so the socket is served during a step (a long GPU step
+        # holds up no client, heartbeat or command) and commands still act only between steps.
+        def body():
+            nonlocal step
+            try:
+                device, backend = select_device(config["device"])
+                announce.update(backend=backend)
+                progress.log(f"backend: {backend['name']} ({'GPU' if backend['gpu'] else 'CPU'}) — {backend['device']}, {backend['detail']}")
+                data = load_dataset(config, self.config_dir)
+                progress.log(f"data: {data.name}: {data.train_x.shape[0]} train / {data.test_x.shape[0]} test, {data.features} features, {data.classes} classes")
+                model = create_model(config, data, device)
+                pr = config["pruning"]
+                progress.log(f"model: {config['model']['family']}, {model.units} {unit_name}s" + (f", pruning up to {math.floor(pr['budget'] * model.units + 1e-9)} after step {pr['warmup']}" if pr["enabled"] else ""))
+                # One Adam (epsilon as TF.js's): a unit out of this step's update (frozen, pruned) has its
+                # gradient set to None before the step, which Adam skips entirely (moments untouched).
+                optimizer = torch.optim.Adam(model.parameters(), lr=config["learningRate"], eps=1e-7)
+                if checkpoint:
+                    self._restore(model, optimizer, checkpoint[1], device)
+                n_probe = min(config["monitor"]["probeSize"], data.train_x.shape[0])
+                probe_x = torch.from_numpy(data.train_x[:n_probe]).to(device)
+                measurer = Measurer(model, probe_x, torch.from_numpy(data.train_y[:n_probe]), config["monitor"]["damping"])
+                pruner = GatingPruner(model.units, pr, config["seed"]) if pr["enabled"] else None
+                if pruner and checkpoint and "pruner" in checkpoint[0]:
+                    pruner.set_state(checkpoint[0]["pruner"])
+                train_x = torch.from_numpy(data.train_x).to(device)
+                train_y = torch.from_numpy(data.train_y).to(device)
+
+                events.emit({
+                    "type": "hello", "protocol": PROTOCOL_VERSION, "runId": run_id, "pid": os.getpid(), "backend": backend,
+                    "startedAt": announce.info["startedAt"], "totalSteps": config["steps"], "unitCount": units, "unitName": unit_name,
+                    "alpha": steering.alpha, "taskMetric": model.task_metric, "config": config,
+                    **({"resumedFromStep": step} if checkpoint else {}),
+                })
+                set_state("running", f"resumed from the checkpoint at step {step}" if checkpoint else None)
+                if checkpoint:
+                    progress.log(f"resumed from the checkpoint at step {step} (α {steering.alpha}, frozen [{', '.join(str(f) for f in sorted(steering.frozen))}])")
+
+                def progress_now(seq, acks=None):
+                    rec = {"step": step, "seq": seq, "alpha": steering.alpha, "frozen": sorted(steering.frozen), "pruned": sorted(steering.pruned), "time": now_ms()}
+                    if pruner:
+                        rec["pruner"] = pruner.get_state()
+                    if acks:
+                        rec["acks"] = acks
+                    rec["commandIds"] = steering.recent_ids()
+                    return rec
+
+                def save():
+                    save_checkpoint(run_dir, progress_now(events.last_seq), self._tensors(model, optimizer))
+
+                stats = measurer.measure(steering.frozen, steering.pruned)
+                activity = Activity(units)
+
+                def report_activity(changes):
+                    for e, active, ema in changes:
+                        if active:
+                            log("info", f"{unit_name} {e} at step {step}: active again (share EMA {to_precision(ema, 3)})", f"inactive/{e}")
+                        else:
+                            log("warn", f"{unit_name} {e} at step {step}: inactive — its share EMA {to_precision(ema, 3)} is below 1/(10·{units}) = {to_precision(activity.threshold, 3)}: the model barely uses it, so its κ says little about the model", f"inactive/{e}")
+                floor_watch = DampingFloorWatch(config["monitor"]["damping"])
+                n_train = data.train_x.shape[0]
+                order = batches(n_train, min(config["batchSize"], n_train), config["seed"] + step)
+                ema_rate = 0.0
+                lowest = math.inf
+                last_announce = time.monotonic()
+                last = time.perf_counter()
+                inject_nan_at = int(os.environ.get("PLTRAIN_TEST_NAN_AT_STEP") or -1)
+                inject_fds_at = int(os.environ.get("PLTRAIN_TEST_EXHAUST_FDS_AT_STEP") or -1)
+                damping = config["monitor"]["damping"]
+
+                def report_floor(entered, left, alpha, trainable):
+                    floor = 1 / damping
+                    for e in entered:
+                        share = f" and adds α/(δ·{trainable}) = {to_precision(alpha * floor / trainable, 3)} to the loss" if alpha > 0 and trainable > 0 else ""
+                        article = "an" if unit_name[0] in "aeiou" else "a"
+                        log("warn", f"{unit_name} {e['id']} at step {step}: λ_min ≤ δ·λ_max on the probe (μ {to_precision(e['mu'], 3)}, L_f {to_precision(e['lf'], 3)}), so κ sits at the damping floor 1/δ = {to_precision(floor, 3)}; the regularizer passes it no gradient{share}. "
+                            f"Usually {article} {unit_name} the gate abandoned: freeze or prune it to take it out of the regularizer.", f"damping-floor/{e['id']}")
+                    for e in left:
+                        why = f"{'frozen' if e['frozen'] else 'pruned'}: out of the regularizer" if e["frozen"] or e["pruned"] else f"off the damping floor, κ {to_precision(e['kappa'], 4)}"
+                        log("info", f"{unit_name} {e['id']} at step {step}: {why}", f"damping-floor/{e['id']}")
+
+                def apply_commands():
+                    decisions = steering.drain()
+                    if not decisions:
+                        return
+                    # "Applied" means saved: when a command changed what a resume restores (α, frozen
+                    # units), a checkpoint holding it, and the acks with the seqs they are about to take,
+                    # is written and fsynced before any ack is appended or sent (train.ts applyCommands).
+                    durable = any(status == "applied" and c["kind"] in DURABLE_KINDS for _, c, status, _ in decisions)
+                    t = now_ms()
+                    acks = [{"type": "ack", "commandId": cid, "command": c, "status": status, "step": step, "time": t, **({"reason": reason} if reason else {})} for cid, c, status, reason in decisions]
+
+                    def before(with_seqs):
+                        if durable:
+                            save_checkpoint(run_dir, progress_now(with_seqs[-1]["seq"], with_seqs), self._tensors(model, optimizer))
+
+                    events.emit_acks(acks, before)
+                    for cid, c, status, reason in decisions:
+                        progress.log(f"command {cid}: {describe_command(c, unit_name)} → {'applied at step ' + str(step) if status == 'applied' else 'rejected: ' + reason}")
+
+                while step < config["steps"]:
+                    apply_commands()
+                    if steering.paused and not steering.stop_requested:
+                        set_state("paused")
+                        while steering.paused and not steering.stop_requested:
+                            steering.wait_for_command()
+                            apply_commands()
+                        if not steering.stop_requested:
+                            set_state("running")
+                        last = time.perf_counter()
+                    if steering.stop_requested:
+                        break
+
+                    idx = torch.from_numpy(next(order)).to(device)
+                    x, y = train_x[idx], train_y[idx]
+                    alpha = steering.alpha
+                    monitor_step = (step + 1) % config["monitor"]["every"] == 0 or step + 1 == config["steps"]
+                    trainable = steering.trainable()
+                    pruned = frozenset(steering.pruned)
+                    optimizer.zero_grad(set_to_none=True)
+                    logits = model(x, pruned)
+                    task_loss = F.cross_entropy(logits, y)
+                    measured = None
+                    if alpha > 0 and trainable:
+                        # κ for the weights this step starts from; the regularizer differentiates the
+                        # surrogate along these eigenvectors (Hellmann–Feynman).
+                        kernels = measurer.kernels(pruned, True)
+                        cond = measurer.condition(kernels, steering.frozen, pruned)
+                        measured = [c[0] for c in cond]
+                        kappas = estimators.kappa_surrogates(kernels[trainable], [cond[i][1] for i in trainable], [cond[i][2] for i in trainable], damping)
+                        reg = kappas.mean()
+                        total = task_loss + alpha * reg
+                    else:
+                        if monitor_step:
+                            measured = measurer.measure(steering.frozen, pruned)
+                        reg = None
+                        total = task_loss
+                    total.backward()
+                    for e in range(model.units):
+                        if e not in trainable:
+                            for p in model.unit_params(e):
+                                p.grad = None
+                    with torch.no_grad():
+                        grads = [p.grad for p in model.parameters() if p.grad is not None]
+                        grad_norm_sq = torch.stack([(g * g).sum() for g in grads]).sum()
+                        accuracy = (logits.argmax(dim=1) == y).float().mean()
+                        # One device → host transfer per step for everything reported.
+                        # share_e: the step's mean routing mass through unit e (docs/method.md, "Share");
+                        # a family without a router takes it from the kernels on monitor steps (below).
+                        share = model.gate(x, pruned).mean(dim=0) if hasattr(model, "gate") else total.new_zeros(0)
+                        reported = torch.cat([torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else total.new_zeros(()), accuracy, grad_norm_sq]), share]).tolist()
+                    optimizer.step()
+                    loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported[:5]
+                    shares = reported[5:]
+                    if reg is None:
+                        reg_value = _mean_kappa(measurer.last, trainable)
+                    step += 1
+                    if step == inject_nan_at:
+                        loss_value = math.nan
+                    if step == inject_fds_at:
+                        _exhaust_file_descriptors()
+                    if not math.isfinite(loss_value):
+                        raise NonFiniteLoss(step)
+
+                    gap = loss_value - lowest
+                    pl_ratio = 0.5 * grad_norm_sq / gap if gap > 1e-12 else None
+                    lowest = min(lowest, loss_value)
+                    now = time.perf_counter()
+                    rate = 1 / max(1e-6, now - last)
+                    last = now
+                    ema_rate = 0.9 * ema_rate + 0.1 * rate if ema_rate else rate
+                    if monitor_step:
+                        if not hasattr(model, "gate"):
+                            # tr(K_e)/Σ tr(K_e'): the unit's fraction of the output-gradient energy, pruned 0.
+                            live = [0.0 if e in pruned else measurer.traces[e] for e in range(units)]
+                            shares = [t / sum(live) for t in live] if sum(live) > 0 else [0.0] * units
+                        stats = [dict(s, share=min(1.0, max(0.0, shares[s["id"]])), active=activity.observe(s["id"], shares[s["id"]])) for s in measured]
+                        report_activity(activity.changes())
+                        if pruner:
+                            pruner.observe(stats, steering.frozen, steering.pruned)
+                        entered, left = floor_watch.observe(stats)
+                        report_floor(entered, left, alpha, len(steering.trainable()))
+                    pruned_now = []
+                    if pruner and pruner.is_decision_step(step):
+                        pruned_now = pruner.decide(steering.frozen, steering.pruned)
+                        for u in pruned_now:
+                            steering.pruned.add(u)
+                            k = stats[u]["kappa"] if stats else None
+                            log("info", f"pruned {unit_name} {u} at step {step}: keep-probability {pruner.gate[u]:.3f}, κ {'?' if k is None else to_precision(k, 4)}")
+                        if pruned_now:
+                            stats = [dict(s, pruned=s["id"] in steering.pruned) for s in stats]
+                    if step % config["logEvery"] == 0 or monitor_step:
+                        m = {"type": "metrics", "step": step, "time": now_ms(), "loss": loss_value, "taskLoss": task_value, "regularizer": reg_value, "alpha": alpha, "taskMetric": accuracy, "stepsPerSec": ema_rate}
+                        if pl_ratio is not None and math.isfinite(pl_ratio):
+                            m["plRatio"] = pl_ratio
+                        if monitor_step or pruned_now:
+                            m["units"] = stats
+                            m["participation"] = participation(shares)
+                            if pruner:
+                                m["gate"] = [min(1.0, max(0.0, g)) for g in pruner.gate]
+                        events.emit(m)
+                    progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, "accuracy": accuracy})
+                    if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):
+                        save()
+                    if time.monotonic() - last_announce > 2:
+                        last_announce = time.monotonic()
+                        announce.update(step=step)
+                apply_commands()
+                save()
+                with torch.no_grad():
+                    correct = 0
+                    for i in range(0, data.test_x.shape[0], 500):
+                        xt = torch.from_numpy(data.test_x[i:i + 500]).to(device)
+                        correct += int((model(xt, frozenset(steering.pruned)).argmax(dim=1).cpu() == torch.from_numpy(data.test_y[i:i + 500])).sum())
+                log("info", f"test accuracy {correct / data.test_x.shape[0] * 100:.2f}% after {step} steps")
+                set_state("stopped" if steering.stop_requested else "completed", f"stopped by {stop_signal['name']}" if stop_signal["name"] else None)
+            except Exception as e:  # noqa: BLE001 — every failure ends the run as `failed`, with its reason
+                fail(_reason(e))
+                if not isinstance(e, NonFiniteLoss):
+                    import traceback
+
+                    traceback.print_exc()
+        events.loop = loop
+        try:
+            await loop.run_in_executor(None, body)
+        finally:
+            await asyncio.sleep(0.2)
+            await server.close()
+            events.close()
+            lock.release()
+        return state["value"]

@@ -1,0 +1,63 @@
+"""Inbound frames are judged as the zod schemas judge them (src/protocol/messages.ts), and numbers are
+written as JavaScript writes them."""
+import json
+
+import pytest
+
+from pltrain.protocol import MAX_FRAME_BYTES, FrameError, describe_command, format_number, parse_client_frame, to_exponential, to_precision
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": "subscribe", "sinceSeq": -1},
+    {"type": "subscribe", "sinceSeq": 12},
+    {"type": "command", "id": "a-1_B", "command": {"kind": "pause"}},
+    {"type": "command", "id": "x", "command": {"kind": "setAlpha", "alpha": 0}},
+    {"type": "command", "id": "x", "command": {"kind": "setAlpha", "alpha": 1e6}},
+    {"type": "command", "id": "x", "command": {"kind": "freeze", "unit": 63}},
+    {"type": "command", "id": "x" * 64, "command": {"kind": "unfreeze", "unit": 2.0}},
+])
+def test_valid_frames_pass(frame):
+    assert parse_client_frame(json.dumps(frame))["type"] == frame["type"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "frame is not valid JSON"),
+    ('{"type": "subscribe", "sinceSeq": NaN}', "frame is not valid JSON"),
+    ("[]", "invalid frame: (root): Expected object, received array"),
+    ('{"type": "launchMissiles"}', "invalid frame: type: Invalid discriminator value"),
+    ('{"type": "subscribe", "sinceSeq": -2}', "invalid frame: sinceSeq:"),
+    ('{"type": "subscribe", "sinceSeq": 1.5}', "invalid frame: sinceSeq:"),
+    ('{"type": "subscribe", "sinceSeq": true}', "invalid frame: sinceSeq: Expected number, received boolean"),
+    ('{"type": "subscribe", "sinceSeq": 1, "x": 1}', "Unrecognized key(s) in object: 'x'"),
+    ('{"type": "command", "id": "a", "command": {"kind": "setAlpha", "alpha": -1}}', "invalid frame: command.alpha: α must be ≥ 0"),
+    ('{"type": "command", "id": "a", "command": {"kind": "setAlpha", "alpha": 1e400}}', "invalid frame: command.alpha: α must be a finite number"),
+    ('{"type": "command", "id": "a", "command": {"kind": "setAlpha"}}', "invalid frame: command.alpha: Required"),
+    ('{"type": "command", "id": "a", "command": {"kind": "freeze", "unit": 64}}', "invalid frame: command.unit: a unit index is < 64"),
+    ('{"type": "command", "id": "a", "command": {"kind": "freeze", "unit": 0.5}}', "command.unit: a unit is named by its integer index"),
+    ('{"type": "command", "id": "a b", "command": {"kind": "stop"}}', "invalid frame: id: Invalid"),
+    ('{"type": "command", "id": "", "command": {"kind": "stop"}}', "invalid frame: id: String must contain at least 1"),
+    ('{"type": "command", "id": "a", "command": {"kind": "stop", "now": true}}', "Unrecognized key(s)"),
+    ('{"type": "command", "id": "a", "command": {"kind": "exec"}}', "invalid frame: command.kind: Invalid discriminator value"),
+])
+def test_invalid_frames_are_refused_with_a_reason(text, message):
+    with pytest.raises(FrameError) as e:
+        parse_client_frame(text)
+    assert message in str(e.value)
+
+
+def test_oversized_frame():
+    with pytest.raises(FrameError, match=f"exceeds {MAX_FRAME_BYTES}"):
+        parse_client_frame('"' + "x" * MAX_FRAME_BYTES + '"')
+
+
+def test_numbers_as_javascript_writes_them():
+    assert to_precision(50, 3) == "50.0"
+    assert to_precision(1 / 6, 3) == "0.167"
+    assert to_precision(9.996, 3) == "10.0"
+    assert to_precision(1234567, 3) == "1.23e+6"
+    assert to_precision(1e-7, 3) == "1.00e-7"
+    assert to_precision(0.000123456, 3) == "0.000123"
+    assert to_exponential(12345.0, 2) == "1.23e+4"
+    assert format_number(0.5) == "0.5" and format_number(1e6) == "1.00e+6" and format_number(0.12345) == "0.1235"
+    assert describe_command({"kind": "setAlpha", "alpha": 0.5}, "expert") == "Set α = 0.5"
+    assert describe_command({"kind": "freeze", "unit": 2}, "head") == "Freeze head 2"
