@@ -8,6 +8,7 @@
 //   node --import tsx scripts/pruning-comparison.ts [--families moe-mlp,vgg] [--seeds 3] [--scale 1] [--quick]
 import { execSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseTrainingConfig, type TrainingConfig, type TrainingConfigInput } from '../src/protocol';
 import { selectBackend } from '../src/trainer/backend';
@@ -232,7 +233,8 @@ async function main(): Promise<void> {
   const tf = backend.tf as typeof import('@tensorflow/tfjs');
   console.log(`backend: ${backend.info.name} — ${backend.info.detail}`);
   const rows: Row[] = [];
-  const outFile = path.join(root, 'experiments', 'pruning-comparison.json');
+  // --quick leaves the committed figures alone.
+  const outFile = quick ? path.join(os.tmpdir(), 'pruning-comparison.quick.json') : path.join(root, 'experiments', 'pruning-comparison.json');
   for (const family of families) {
     if (!FAMILIES[family]) throw new Error(`unknown family ${family}`);
     for (let seed = 1; seed <= seeds; seed++) {
