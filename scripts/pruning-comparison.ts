@@ -8,12 +8,14 @@
 //   node --import tsx scripts/pruning-comparison.ts [--families moe-mlp,vgg] [--seeds 3] [--scale 1] [--quick]
 import { execSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseTrainingConfig, type TrainingConfig, type TrainingConfigInput } from '../src/protocol';
 import { selectBackend } from '../src/trainer/backend';
 import type * as TF from '@tensorflow/tfjs';
 import { createModel, loadTaskData, probeBatch, type Batch, type PlModel, type TaskData } from '../src/trainer/models';
 import { MoeMlp } from '../src/trainer/models/moeMlp';
+import { SwitchTransformerLm } from '../src/trainer/models/switchTransformer';
 import { GatingPruner, unitWeightNorms, type UnitMeasurement } from '../src/trainer/pl/pruner';
 
 const root = path.resolve(__dirname, '..');
@@ -31,16 +33,16 @@ const scale = Number(flag('scale') ?? (quick ? 0.1 : 1));
  * about 10× the cost, which the shared machine could not afford for 3 seeds × 4 methods.
  */
 const FAMILIES: Record<string, { pretrain: number; select: number; finetune: number; alpha: number; config: TrainingConfigInput }> = {
-  'moe-mlp': { pretrain: 600, select: 150, finetune: 150, alpha: 0.01, config: { model: { family: 'moe-mlp', experts: 4, hiddenUnits: 32 }, batchSize: 64 } },
+  'moe-mlp': { pretrain: 600, select: 200, finetune: 150, alpha: 0.01, config: { model: { family: 'moe-mlp', experts: 4, hiddenUnits: 32 }, batchSize: 64 } },
   'switch-transformer': {
     pretrain: 200,
-    select: 60,
+    select: 150,
     finetune: 60,
     alpha: 0.001,
     config: { model: { family: 'switch-transformer', experts: 4, hiddenUnits: 32, dModel: 32, layers: 2, contextLength: 32 }, data: { source: 'text' }, batchSize: 16 },
   },
-  'bert-encoder': { pretrain: 400, select: 100, finetune: 100, alpha: 0, config: { model: { family: 'bert-encoder', experts: 4, dModel: 16, layers: 1, hiddenUnits: 32 }, batchSize: 32, learningRate: 0.005 } },
-  vgg: { pretrain: 400, select: 100, finetune: 100, alpha: 0, config: { model: { family: 'vgg', experts: 4, hiddenUnits: 4, layers: 2 }, batchSize: 32, learningRate: 0.01 } },
+  'bert-encoder': { pretrain: 400, select: 200, finetune: 100, alpha: 0, config: { model: { family: 'bert-encoder', experts: 4, dModel: 16, layers: 1, hiddenUnits: 32 }, batchSize: 32, learningRate: 0.005 } },
+  vgg: { pretrain: 400, select: 200, finetune: 100, alpha: 0, config: { model: { family: 'vgg', experts: 4, hiddenUnits: 4, layers: 2 }, batchSize: 32, learningRate: 0.01 } },
 };
 const METHODS = ['gate', 'random', 'magnitude', 'lowest-share'] as const;
 type Method = (typeof METHODS)[number];
@@ -82,9 +84,14 @@ function shares(tf: typeof import('@tensorflow/tfjs'), model: PlModel, probe: Ba
   if (measured.every((s) => typeof s.share === 'number')) return measured.map((s) => s.share!);
   // moe-mlp: the gate's mean probability on the probe batch.
   if (model instanceof MoeMlp) return Array.from(tf.tidy(() => tf.mean(tf.softmax(tf.add(tf.matMul(probe.x as TF.Tensor2D, model.gateW as unknown as TF.Tensor2D), model.gateB)), 0).dataSync()));
-  const extra = model.extraMetrics?.() ?? {};
-  const load = measured.map((s) => extra[`load/${s.id}`]);
-  if (load.every((x) => typeof x === 'number')) return load;
+  // switch-transformer: the fraction of the probe's tokens routed to each expert, over its Switch
+  // layers, unmasked (the last step's load would carry the gate's own masks).
+  if (model instanceof SwitchTransformerLm) {
+    const counts = new Array(model.units).fill(0);
+    for (const layer of model.inspect(probe.x).layers) for (const e of layer.expertOf) counts[e]++;
+    const total = counts.reduce((a, b) => a + b, 0);
+    return counts.map((c) => c / total);
+  }
   return measured.map(() => null);
 }
 
@@ -137,7 +144,6 @@ async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, 
     const gate = method === 'gate' ? new GatingPruner(tf, units, config.pruning, seed) : undefined;
     const observe = (s: UnitMeasurement[]) => {
       const sh = shares(tf, m, probe, s);
-      // (switch-transformer reports its routing only after a step: the first measurement has none)
       if (sh.every((x) => x !== null)) {
         sh.forEach((x, i) => (shareSum[i] += x!));
         shareCount++;
@@ -153,7 +159,10 @@ async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, 
     const haveShare = shareCount > 0;
     const meanShare = shareSum.map((x) => (haveShare ? x / shareCount : null));
     let pruned: number[];
-    if (gate) pruned = gate.decide(none, none);
+    if (gate) {
+      pruned = gate.decide(none, none);
+      if (args.includes('--verbose')) console.log(`  gate: keep ${gate.decisionKeepProbabilities(none, none).map((x) => x.toFixed(2))}, ∂L/∂m ${gate.taskSlope.map((x) => x.toFixed(4))}, share during selection ${meanShare.map((x) => (x === null ? '–' : x.toFixed(3)))}`);
+    }
     else if (method === 'random') {
       let s = (seed * 104729 + 3) >>> 0;
       const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
@@ -224,7 +233,8 @@ async function main(): Promise<void> {
   const tf = backend.tf as typeof import('@tensorflow/tfjs');
   console.log(`backend: ${backend.info.name} — ${backend.info.detail}`);
   const rows: Row[] = [];
-  const outFile = path.join(root, 'experiments', 'pruning-comparison.json');
+  // --quick leaves the committed figures alone.
+  const outFile = quick ? path.join(os.tmpdir(), 'pruning-comparison.quick.json') : path.join(root, 'experiments', 'pruning-comparison.json');
   for (const family of families) {
     if (!FAMILIES[family]) throw new Error(`unknown family ${family}`);
     for (let seed = 1; seed <= seeds; seed++) {

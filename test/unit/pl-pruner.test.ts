@@ -46,7 +46,7 @@ function anneal(p: GatingPruner, meas: UnitMeasurement[], taskGrad: (mask: numbe
 const shareGrad = (share: number[], scale = 1) => () => share.map((s) => -scale * s);
 
 /** The gate loss recomputed in float64 from the flattened weights (independent of TF.js). */
-function gateLoss64(w: number[], phi: number[][], ghat: number[], noise: number[], tau: number, cost: number[], trainable: boolean[], fixedKept: number, target: number, exact: boolean): number {
+function gateLoss64(w: number[], phi: number[][], ghat: number[], cost: number[], trainable: boolean[], fixedKept: number, target: number, exact: boolean): number {
   const F = FEATURE_NAMES.length;
   const E = phi.length;
   const H = (w.length - 1 - E) / (F + 2);
@@ -59,9 +59,8 @@ function gateLoss64(w: number[], phi: number[][], ghat: number[], noise: number[
       a += Math.tanh(z) * w[F * H + H + j];
     }
     if (!trainable[e]) continue;
-    const m = Math.max(1e-3, 1 / (1 + Math.exp(-(a + noise[e]) / tau)));
     const p = 1 / (1 + Math.exp(-a));
-    task += ghat[e] * m;
+    task += ghat[e] * p;
     keepCost += cost[e] * p;
     kept += p;
     decay += (1e-3 * a * a) / E;
@@ -83,12 +82,11 @@ test('the gate loss gradient (TF.js autodiff) matches central differences of a f
     const state = p.getState();
     const frozen = new Set([3]);
     const ghat = [-0.3, 0.1, -0.05, 0.7, 0.02];
-    const sample = { noise: [0.3, -1.2, 0.5, 2, -0.1], tau: 0.7 };
-    const { loss, grad } = p.lossAndGradient(ghat, frozen, none, sample);
+    const { loss, grad } = p.lossAndGradient(ghat, frozen, none);
     const trainable = [true, true, true, false, true];
     const cost = state.excess.map((x) => (x + 0.05) / 5);
     assert.ok(state.excess[2] > 0 && state.excess[0] === 0, `excess ${state.excess}`);
-    const f = (w: number[]) => gateLoss64(w, state.features!, ghat, sample.noise, sample.tau, cost, trainable, 1, 1 - 2 / 5, exact);
+    const f = (w: number[]) => gateLoss64(w, state.features!, ghat, cost, trainable, 1, 1 - 2 / 5, exact);
     assert.ok(Math.abs(f(state.weights) - loss) < 1e-5 * (1 + Math.abs(loss)), `loss ${loss} vs float64 ${f(state.weights)}`);
     for (let k = 0; k < p.weightCount; k++) {
       const h = 1e-6;

@@ -119,8 +119,8 @@ export class GatingPruner {
   private logitCount = 0;
   /** Running mean of ∂L_task/∂m_e over the anneal's steps. */
   private maskGradMean: number[];
-  /** The logistic noise and temperature of the last sampled mask, for its gate update. */
-  private lastSample: { noise: number[]; tau: number } | undefined;
+  /** Whether a mask was sampled since the last update (the update learns from that step's slope). */
+  private sampled = false;
 
   constructor(
     private readonly tf: typeof TF,
@@ -228,7 +228,7 @@ export class GatingPruner {
       const u = Math.min(1 - 1e-7, Math.max(1e-7, this.uniform()));
       return Math.log(u) - Math.log(1 - u);
     });
-    this.lastSample = { noise, tau };
+    this.sampled = true;
     const logits = this.logits();
     // The final decisions read the keep-logits averaged over the anneal's last quarter: one step's
     // logits swing with the features (refreshed each monitor step) and the noisy task slope.
@@ -244,27 +244,26 @@ export class GatingPruner {
    * it. Frozen and pruned units take no part (their mask is fixed).
    */
   update(maskGrad: ArrayLike<number>, frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): void {
-    if (!this.lastSample || !this.features) return;
+    if (!this.sampled || !this.features) return;
     if (!Array.from({ length: this.units }, (_, i) => !frozen.has(i) && !pruned.has(i)).some((x) => x)) return;
     // One batch's ∂L/∂m is noisy (its sign flips from batch to batch for a used unit) and, for a
     // unit that carries routing while its mask sits near 0, huge (the renormalization's 1/Σ): the
     // gate learns from its running mean, each step's value clipped to ±1.
     this.maskGradMean = this.maskGradMean.map((g, i) => g + MASK_GRAD_RATE * (Math.max(-1, Math.min(1, Number(maskGrad[i]) || 0)) - g));
-    for (let k = 0; k < GATE_STEPS_PER_UPDATE; k++) this.adamStep(this.lossAndGradient(this.maskGradMean, frozen, pruned, this.lastSample).grad);
-    this.lastSample = undefined;
+    for (let k = 0; k < GATE_STEPS_PER_UPDATE; k++) this.adamStep(this.lossAndGradient(this.maskGradMean, frozen, pruned).grad);
+    this.sampled = false;
   }
 
   /**
-   * The gate loss (its linearized task term Σ ĝ_e·m_e, the keep costs, the budget) and its
+   * The gate loss (its linearized task term Σ ĝ_e·p_e, the keep costs, the budget, the decays) and its
    * gradient w.r.t. the gate's weights, by TF.js autodiff (exposed for the finite-difference test).
    */
-  lossAndGradient(maskGrad: ArrayLike<number>, frozen: ReadonlySet<number>, pruned: ReadonlySet<number>, sample: { noise: number[]; tau: number }): { loss: number; grad: Float64Array } {
+  lossAndGradient(maskGrad: ArrayLike<number>, frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): { loss: number; grad: Float64Array } {
     const tf = this.tf;
     const E = this.units;
     const trainable = Array.from({ length: E }, (_, i) => !frozen.has(i) && !pruned.has(i));
     const phi = tf.tensor2d(this.features!.flat(), [E, FEATURES]);
     const ghat = tf.tensor1d(Array.from({ length: E }, (_, i) => (trainable[i] ? Number(maskGrad[i]) || 0 : 0)));
-    const noise = tf.tensor1d(sample.noise);
     const tr = tf.tensor1d(trainable.map((x) => (x ? 1 : 0)));
     const cost = tf.tensor1d(this.excess.map((x) => (x + this.settings.keepCost) / E));
     // Units outside the game still count in the kept fraction: frozen ones are kept, pruned ones not.
@@ -273,9 +272,11 @@ export class GatingPruner {
     const w = tf.tensor1d(Array.from(this.weights));
     const f = (wt: TF.Tensor1D): TF.Scalar => {
       const a = this.logitsOf(wt, phi);
-      const mask = tf.maximum(tf.sigmoid(tf.div(tf.add(a, noise), sample.tau)), MASK_FLOOR);
       const p = tf.sigmoid(a);
-      const task = tf.sum(tf.mul(tf.mul(ghat, mask), tr));
+      // The expected task loss, linearized: Σ ĝ_e·E[m_e], with E[m_e] = p_e (exact in the hard limit
+      // the anneal ends in). Through p, not the sample: a saturated sample (m ≈ 0 or 1, most of them
+      // at a low temperature) passes the sample's gradient almost nothing.
+      const task = tf.sum(tf.mul(tf.mul(ghat, p), tr));
       const keepCost = tf.sum(tf.mul(tf.mul(cost, p), tr));
       const kept = tf.div(tf.add(tf.sum(tf.mul(p, tr)), fixedKept), E);
       const gap = tf.sub(target, kept);
@@ -294,7 +295,7 @@ export class GatingPruner {
       return { value: r.value, grad: r.grad };
     });
     const out = { loss: vg.value.dataSync()[0], grad: Float64Array.from(vg.grad.dataSync()) };
-    tf.dispose([phi, ghat, noise, tr, cost, w, vg.value, vg.grad]);
+    tf.dispose([phi, ghat, tr, cost, w, vg.value, vg.grad]);
     return out;
   }
 
@@ -318,6 +319,11 @@ export class GatingPruner {
       .filter((i) => this.settings.exact || a[i] < 0)
       .sort((x, y) => a[x] - a[y] || x - y)
       .slice(0, room);
+  }
+
+  /** The running mean of ∂L/∂m_e the gate learns from (negative: the unit lowers the loss). */
+  get taskSlope(): readonly number[] {
+    return this.maskGradMean;
   }
 
   /** The keep-probabilities the decisions read: σ of the logits averaged over the anneal's last quarter. */
