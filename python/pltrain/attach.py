@@ -8,6 +8,7 @@ import asyncio
 import atexit
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -192,6 +193,10 @@ class Run:
                           "startedAt": self.announce.info["startedAt"], "totalSteps": self.config["steps"], "unitCount": self.E, "unitName": self.unit_name,
                           "alpha": self.steering.alpha, "taskMetric": "accuracy", "config": self.config})
         self._set_state("running")
+        # The extension's Cancel sends SIGTERM: stop at the next step boundary, as the engine does
+        # (only where the script has not taken the signal itself).
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, lambda *_: self.steering.enqueue(f"signal-SIGTERM-{now_ms()}", {"kind": "stop"}))
 
     def _set_state(self, s, reason=None):
         extra = {"reason": reason} if reason else {}
