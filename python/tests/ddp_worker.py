@@ -1,7 +1,9 @@
 """One rank of the DDP test (test_ddp.py): a two-head MLP under DistributedDataParallel (gloo, CPU),
 steered through pltrain.attach. Rank r trains on its own batches; after every step it records α, the
 frozen set and a digest of every parameter; at the end it writes them to <out>/rank<r>.json."""
+import faulthandler
 import hashlib
+import signal
 import json
 import os
 import sys
@@ -30,6 +32,7 @@ def digest(t):
 
 
 def main():
+    faulthandler.register(signal.SIGUSR1)
     out, run_dir = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -61,6 +64,10 @@ def main():
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(records, f)
     dist.destroy_process_group()
+    sys.stdout.flush()
+    # The records are written; skip interpreter teardown, where torch 1.13's gloo threads were seen to
+    # hang (no Python frame left, faulthandler) once in a few runs.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,12 @@ def test_two_ranks_apply_every_command_at_the_same_step(tmp_path):
 
         acks, events = asyncio.run(asyncio.wait_for(steer(), 240))
         for p in procs:
-            assert p.wait(120) == 0
+            try:
+                assert p.wait(60) == 0
+            except subprocess.TimeoutExpired:
+                p.send_signal(10)
+                import time; time.sleep(2)
+                raise
     finally:
         for p in procs:
             if p.poll() is None:
