@@ -6,10 +6,14 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
+import { RunManager } from '../../src/extension/runManager';
 import { launchTrainer } from '../../src/extension/run/launcher';
+import type { RunHost } from '../../src/extension/run/runHost';
+import { processAlive } from '../../src/extension/run/runDirectory';
 import { pythonPackageDir } from '../../src/protocol/pythonEngine';
 import { PYTHON, PYTHON_PROBLEM, root } from '../support/engines';
+import { until as poll } from '../support/until';
 
 function readJsonl(file: string): Record<string, unknown>[] {
   if (!fs.existsSync(file)) return [];
@@ -59,4 +63,56 @@ test('a script cannot be resumed and needs the interpreter', () => {
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-attach-'));
   assert.throws(() => launchTrainer({ nodePath: process.execPath, trainerScript: '', configPath: 'x', runDir, cwd: runDir, script: 'train.py' }), /needs the PyTorch engine's interpreter/);
   assert.throws(() => launchTrainer({ nodePath: process.execPath, trainerScript: '', configPath: 'x', runDir, cwd: runDir, resume: true, python: { interpreter: 'python3', packageDir: 'p' }, script: 'train.py' }), /cannot be resumed/);
+});
+
+// Start from the palette or the code lens is RunManager.start(config); the panel's buttons are
+// RunManager.issue. The example script, steered as a user would: pause, α and a freeze while paused,
+// resume, stop.
+const workspace = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-attach-ws-'));
+const notices: string[] = [];
+const host: RunHost = {
+  trainerScript: path.join(root, 'dist', 'trainer.js'),
+  nodePath: () => process.execPath,
+  workspaceFolders: () => [workspace],
+  runsRoot: (folder) => path.join(folder, '.pltrain', 'runs'),
+  isTrusted: () => true,
+  readConfig: async (file) => fs.readFileSync(file, 'utf8'),
+  pythonPath: async () => PYTHON,
+  pythonPackageDir: path.join(root, 'python'),
+  ui: {
+    notify: (level, message) => notices.push(`${level}: ${message}`),
+    flash: () => undefined,
+    progress: (_title, work) => work(() => undefined),
+    reveal: () => undefined,
+  },
+  log: { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined, show: () => undefined },
+};
+const runs = new RunManager(host);
+const pids: number[] = [];
+after(() => {
+  runs.dispose();
+  for (const pid of pids) if (processAlive(pid)) process.kill(pid, 'SIGKILL');
+});
+
+if (PYTHON) test('the example script started from its config and steered as the panel does: pause, α, freeze, resume, stop', async () => {
+  const config = path.join(workspace, 'attach.pltrain.json');
+  fs.writeFileSync(config, JSON.stringify({ name: 'attach', engine: 'pytorch', script: path.join(root, 'examples', 'train_attach.py') }));
+  const session = (await runs.start(config))!;
+  assert.ok(session, `started (${notices.join(' | ')})`);
+  pids.push(session.view.hello!.pid);
+  assert.equal(session.view.hello?.unitName, 'expert');
+  assert.equal(session.view.units.length, 4);
+  await poll('2 steps', () => session.view.step >= 2);
+  assert.equal((await runs.issue({ kind: 'pause' }))?.status, 'applied');
+  await poll('paused', () => session.view.state === 'paused');
+  const pausedAt = session.view.step;
+  assert.equal((await runs.issue({ kind: 'setAlpha', alpha: 0.05 }))?.status, 'applied');
+  assert.equal((await runs.issue({ kind: 'freeze', unit: 1 }))?.status, 'applied');
+  assert.equal(session.view.step, pausedAt, 'no step while paused');
+  assert.equal(session.view.alpha, 0.05);
+  assert.equal(session.view.units[1].frozen, true);
+  assert.equal((await runs.issue({ kind: 'resume' }))?.status, 'applied');
+  await poll('a monitor step after the resume', () => session.view.step >= pausedAt + 10 && session.view.units[1].kappa !== undefined);
+  assert.equal((await runs.issue({ kind: 'stop' }))?.status, 'applied');
+  await poll('stopped', () => session.view.state === 'stopped', 30_000);
 });
