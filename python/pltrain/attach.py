@@ -316,17 +316,25 @@ class Run:
         to `extra`); `inputs`: the step's batch, for a router's share."""
         if self._stopped_seen:
             raise StopTraining(f"the run was stopped at step {self.step_count}; run.step() returned False then: end the loop")
+        grad_sq = self._grad_norm_sq()
         self._restore_frozen()
         self.step_count += 1
         if self.rank == 0:
-            self._record(loss, metrics or {}, inputs)
+            self._record(loss, metrics or {}, inputs, grad_sq)
         self._boundary()
         if self.steering.stop_requested:
             self._stopped_seen = True
             return False
         return True
 
-    def _record(self, loss, metrics, inputs):
+    def _grad_norm_sq(self):
+        """‖∇f‖² of the step just taken (the gradients optimizer.step() used: all-reduced under DDP,
+        zero for frozen units), or None when the loop cleared them before run.step()."""
+        with torch.no_grad():
+            sq = [(p.grad.double() ** 2).sum() for p in _unwrap(self.model).parameters() if p.grad is not None]
+            return float(torch.stack(sq).sum()) if sq else None
+
+    def _record(self, loss, metrics, inputs, grad_sq=None):
         loss_value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         now = time.perf_counter()
         rate = 1 / max(1e-6, now - self._last_time)
@@ -351,6 +359,9 @@ class Run:
         extra = {k: float(v) for k, v in metrics.items() if k not in ("taskLoss", "accuracy", "taskMetric") and math.isfinite(float(v))}
         if extra:
             m["extra"] = extra
+        # docs/method.md item 11: ½‖∇f‖² / f with f* = 0 (cross-entropy and κ are ≥ 0).
+        if grad_sq is not None and loss_value > 0 and math.isfinite(0.5 * grad_sq / loss_value):
+            m["plRatio"] = 0.5 * grad_sq / loss_value
         self._reg_value = None
         if not math.isfinite(loss_value):
             self._log("error", f"loss became NaN or infinite at step {self.step_count}")
