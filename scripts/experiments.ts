@@ -3,11 +3,12 @@
 // docs/results.md (between the markers, leaving the prose around them) and every figure into
 // experiments/results.json.
 //   node --import tsx scripts/experiments.ts [--families moe-mlp,vgg] [--seeds 3] [--steps N] [--quick]
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { MetricsEventSchema, type TrainingConfigInput } from '../src/protocol';
+import { summarize } from './collapse';
 
 const root = path.resolve(__dirname, '..');
 const args = process.argv.slice(2);
@@ -34,6 +35,16 @@ type Variant = (typeof VARIANTS)[number];
 const families = (flag('families') ?? Object.keys(FAMILIES).join(',')).split(',');
 const seeds = Number(flag('seeds') ?? (quick ? 1 : 3));
 const stepsOverride = flag('steps') ? Number(flag('steps')) : quick ? 100 : undefined;
+/** The code the runs measure: HEAD, marked when the work tree differs from it (src/, scripts/ or bin/). */
+const commit = (() => {
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src', 'scripts', 'bin', 'webview'], { cwd: root, encoding: 'utf8' }).trim();
+    return dirty ? `${head}+uncommitted` : head;
+  } catch {
+    return '?';
+  }
+})();
 
 interface RunResult {
   family: string;
@@ -46,6 +57,16 @@ interface RunResult {
   maxKappa: number;
   unitsKept: number;
   units: number;
+  /** κ of the model's kernel (the streamed regularizer) at the last monitor step. */
+  modelKappa: number;
+  /** Routing shares at the end (mean over the last 10 % of monitor records, normalized; scripts/collapse.ts). */
+  shares: number[];
+  /** Smallest end share over the kept (unpruned) units. */
+  minShare: number;
+  /** 1/Σ share² of the end shares. */
+  participation: number;
+  /** Commit of the code that ran (see `commit`). */
+  commit: string;
   /** Smoothed task loss per step (EMA 0.05), for steps-to-target. */
   smoothedLoss: number[];
   seconds: number;
@@ -81,6 +102,7 @@ function runOne(family: string, variant: Variant, seed: number): Promise<RunResu
       const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l)));
       const last = [...metrics].reverse().find((m) => m.units)!;
       const live = last.units!.filter((e) => !e.pruned);
+      const routing = summarize(metrics);
       const liveKappas = live.map((e) => e.kappa).filter((k): k is number => k !== null); // null: not measurable
       const acc = /test accuracy ([\d.]+)%/.exec(out);
       const ppl = /test perplexity ([\d.]+)/.exec(out);
@@ -97,6 +119,11 @@ function runOne(family: string, variant: Variant, seed: number): Promise<RunResu
         maxKappa: Math.max(...liveKappas),
         unitsKept: live.length,
         units,
+        modelKappa: routing.modelKappa,
+        shares: routing.shares,
+        minShare: Math.min(...routing.shares.filter((_, e) => !last.units![e].pruned)),
+        participation: routing.participation,
+        commit,
         smoothedLoss,
         seconds: (Date.now() - t0) / 1000,
         backend: /backend: (\S+)/.exec(out)?.[1] ?? '?',
@@ -126,53 +153,65 @@ function table(family: string, results: RunResult[]): string {
   const lines = [
     `### ${family}`,
     '',
-    `${rs[0].steps} steps, ${new Set(rs.map((r) => r.seed)).size} seeds, backend ${rs[0].backend}; target smoothed task loss ${fmt(target)}.`,
+    `${rs[0].steps} steps, ${new Set(rs.map((r) => r.seed)).size} seeds, backend ${rs[0].backend}, code at commit ${[...new Set(rs.map((r) => r.commit ?? '?'))].join(', ')}; target smoothed task loss ${fmt(target)}.`,
     '',
-    `| variant | test ${metric} | mean κ (end) | max κ (end) | steps to target | ${rs[0].units > 0 ? 'units kept' : ''} | s/run |`,
-    '|---|---|---|---|---|---|---|',
+    `| variant | test ${metric} | model κ (end) | mean unit κ (end) | max unit κ (end) | min share (end) | participation (end) | steps to target | units kept | s/run |`,
+    '|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const v of VARIANTS) {
     const g = rs.filter((r) => r.variant === v);
     if (!g.length) continue;
     const s = g.map(stepsTo);
     lines.push(
-      `| ${v} | ${metric === 'accuracy' ? `${pm(g.map((r) => r.testMetric), 100, 3)} %` : pm(g.map((r) => r.testMetric))} | ${pm(g.map((r) => r.meanKappa))} | ${pm(g.map((r) => r.maxKappa))} | ${s.some(Number.isNaN) ? `${s.filter((x) => !Number.isNaN(x)).length}/${s.length} reached; ` : ''}${s.some((x) => !Number.isNaN(x)) ? pm(s.filter((x) => !Number.isNaN(x)), 1, 3) : '–'} | ${g.map((r) => r.unitsKept).join(', ')} of ${g[0].units} | ${fmt(mean(g.map((r) => r.seconds)), 2)} |`,
+      `| ${v} | ${metric === 'accuracy' ? `${pm(g.map((r) => r.testMetric), 100, 3)} %` : pm(g.map((r) => r.testMetric))} | ${pm(g.map((r) => r.modelKappa))} | ${pm(g.map((r) => r.meanKappa))} | ${pm(g.map((r) => r.maxKappa))} | ${g.map((r) => `${(r.minShare * 100).toFixed(1)} %`).join(', ')} | ${pm(g.map((r) => r.participation))} | ${s.some(Number.isNaN) ? `${s.filter((x) => !Number.isNaN(x)).length}/${s.length} reached; ` : ''}${s.some((x) => !Number.isNaN(x)) ? pm(s.filter((x) => !Number.isNaN(x)), 1, 3) : '–'} | ${g.map((r) => r.unitsKept).join(', ')} of ${g[0].units} | ${fmt(mean(g.map((r) => r.seconds)), 2)} |`,
     );
   }
   return lines.join('\n');
 }
 
 async function main(): Promise<void> {
-  const outJson = path.join(root, 'experiments', 'results.json');
-  // Earlier families' runs are kept (re-running one family leaves the others' figures in place).
-  const previous: RunResult[] = fs.existsSync(outJson) ? JSON.parse(fs.readFileSync(outJson, 'utf8')).runs.map((r: RunResult) => ({ ...r, smoothedLoss: expand(r.smoothedLoss) })) : [];
-  const results: RunResult[] = previous.filter((r) => !families.includes(r.family));
+  const results: RunResult[] = [];
   for (const family of families) {
     if (!FAMILIES[family]) throw new Error(`unknown family ${family} (known: ${Object.keys(FAMILIES).join(', ')})`);
     for (let seed = 1; seed <= seeds; seed++) {
       for (const variant of VARIANTS) {
         const r = await runOne(family, variant, seed);
         results.push(r);
-        console.log(`${family} ${variant} seed ${seed}: test ${r.taskMetric} ${fmt(r.testMetric, 4)}, κ mean ${fmt(r.meanKappa)} max ${fmt(r.maxKappa)}, kept ${r.unitsKept}/${r.units}, ${r.seconds.toFixed(0)} s`);
+        console.log(`${family} ${variant} seed ${seed}: test ${r.taskMetric} ${fmt(r.testMetric, 4)}, model κ ${fmt(r.modelKappa)}, unit κ mean ${fmt(r.meanKappa)} max ${fmt(r.maxKappa)}, min share ${(r.minShare * 100).toFixed(1)} %, PR ${fmt(r.participation)}, kept ${r.unitsKept}/${r.units}, ${r.seconds.toFixed(0)} s`);
       }
+      // Written after every seed, so a long family leaves complete seeds behind if it is stopped.
+      writeOut(results);
     }
   }
-  fs.mkdirSync(path.dirname(outJson), { recursive: true });
-  fs.writeFileSync(outJson, `${JSON.stringify({ date: new Date().toISOString(), quick, runs: results.map(({ smoothedLoss, ...r }) => ({ ...r, finalSmoothedLoss: smoothedLoss.at(-1), smoothedLoss: smoothedLoss.filter((_, i) => i % 10 === 9) })) }, null, 1)}\n`);
+}
+
+/**
+ * Merges this process's runs into experiments/results.json and rewrites the tables in docs/results.md.
+ * The file is read again just before writing, so one process per family can run side by side. Runs
+ * without a `commit` predate the current estimators and are dropped: no table row is older than the
+ * code it describes.
+ */
+function writeOut(results: RunResult[]): void {
+  const outJson = path.join(root, 'experiments', 'results.json');
+  const mine = new Set(results.map((r) => r.family));
+  const previous: RunResult[] = fs.existsSync(outJson) ? JSON.parse(fs.readFileSync(outJson, 'utf8')).runs.map((r: RunResult) => ({ ...r, smoothedLoss: expand(r.smoothedLoss) })) : [];
+  const all = [...previous.filter((r) => r.commit && !mine.has(r.family)), ...results];
   const tables = Object.keys(FAMILIES)
-    .map((f) => table(f, results))
+    .map((f) => table(f, all))
     .filter(Boolean)
     .join('\n\n');
+  if (quick) {
+    console.log(tables);
+    console.log('(--quick: docs/results.md and experiments/results.json left as they are)');
+    return;
+  }
+  fs.mkdirSync(path.dirname(outJson), { recursive: true });
+  fs.writeFileSync(outJson, `${JSON.stringify({ date: new Date().toISOString(), runs: all.map(({ smoothedLoss, ...r }) => ({ ...r, finalSmoothedLoss: smoothedLoss.at(-1), smoothedLoss: smoothedLoss.filter((_, i) => i % 10 === 9) })) }, null, 1)}\n`);
   const doc = path.join(root, 'docs', 'results.md');
   const text = fs.existsSync(doc) ? fs.readFileSync(doc, 'utf8') : '<!-- results:begin -->\n<!-- results:end -->\n';
   const begin = '<!-- results:begin -->', end = '<!-- results:end -->';
-  if (!quick) {
-    fs.writeFileSync(doc, `${text.slice(0, text.indexOf(begin) + begin.length)}\n${tables}\n${text.slice(text.indexOf(end))}`);
-    console.log(`wrote ${path.relative(root, doc)} and ${path.relative(root, outJson)}`);
-  } else {
-    console.log(tables);
-    console.log('(--quick: docs/results.md left as it is)');
-  }
+  fs.writeFileSync(doc, `${text.slice(0, text.indexOf(begin) + begin.length)}\n${tables}\n${text.slice(text.indexOf(end))}`);
+  console.log(`wrote ${path.relative(root, doc)} and ${path.relative(root, outJson)}`);
 }
 
 /** results.json keeps every 10th smoothed loss (steps 10, 20, …); steps-to-target from it is exact to 10 steps. */
