@@ -90,16 +90,21 @@ def engine(steps, alpha, every):
 
 
 def kappa_cpu_vs_cuda():
-    """κ per expert of the same weights and probe, measured on the CPU and on CUDA: largest relative difference."""
+    """κ per expert (where measurable) and the model's κ of the same weights and probe, on the CPU and on CUDA: the largest relative difference."""
     data = load_builtin()
     config = cfg.resolve({"engine": "pytorch", "model": MODEL})
     out = {}
     for dev in ("cpu", "cuda"):
         model = MoeMlp(data.features, data.classes, config, torch.Generator().manual_seed(7)).to(dev)
         m = Measurer(model, torch.from_numpy(data.train_x[:16]).to(dev), torch.from_numpy(data.train_y[:16]), 1e-6)
-        out[dev] = m.measure(set(), set())
-    rel = max(abs(c[k] - g[k]) / abs(c[k]) for c, g in zip(out["cpu"], out["cuda"]) for k in ("mu", "lf", "kappa"))
-    return {"maxRelativeDifference": rel, "cpuKappa": [s["kappa"] for s in out["cpu"]], "cudaKappa": [s["kappa"] for s in out["cuda"]]}
+        units = m.measure(set(), set(), list(range(MODEL["experts"])))
+        out[dev] = {"units": units, "model": m.model_kappa}
+    pairs = [(c[k], g[k]) for c, g in zip(out["cpu"]["units"], out["cuda"]["units"]) for k in ("mu", "lf", "kappa") if c[k] is not None or g[k] is not None]
+    if any(a is None or b is None for a, b in pairs):
+        raise RuntimeError("a unit is measurable on one device and not on the other")
+    pairs.append((out["cpu"]["model"], out["cuda"]["model"]))
+    rel = max(abs(a - b) / abs(a) for a, b in pairs)
+    return {"maxRelativeDifference": rel, "cpuKappa": [s["kappa"] for s in out["cpu"]["units"]], "cudaKappa": [s["kappa"] for s in out["cuda"]["units"]], "cpuModelKappa": out["cpu"]["model"], "cudaModelKappa": out["cuda"]["model"]}
 
 
 result = {"device": a.device, "steps": a.steps, "model": dict(MODEL, inputs=196, batch=BATCH), "torch": torch.__version__}

@@ -2,7 +2,7 @@
 # The extension as a user gets it: package the VSIX, check what it carries (what runs, nothing else),
 # install it into code-server and run the UI test against the installed extension, not the
 # development folder. Ends with run.sh's line "vscode: N passed, M failed".
-# Needs @vscode/vsce (fetched by npx from the npm registry, or npx's cache).
+# Uses the devDependency @vscode/vsce (npm ci installs it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$(mktemp -d /tmp/pltrain-vsix.XXXXXX)"
@@ -10,7 +10,7 @@ trap 'rm -rf "$OUT"' EXIT
 cd "$ROOT"
 [ -f dist/extension.js ] && [ -f dist/trainer.js ] || npm run -s build
 VSIX="$OUT/pl-trainer.vsix"
-npx --yes @vscode/vsce@4.1.0 package --allow-missing-repository --no-rewrite-relative-links -o "$VSIX" > "$OUT/package.log" 2>&1 || { tail -30 "$OUT/package.log"; exit 1; }
+npx vsce package --allow-missing-repository --no-rewrite-relative-links -o "$VSIX" > "$OUT/package.log" 2>&1 || { tail -30 "$OUT/package.log"; exit 1; }
 python3 - "$VSIX" <<'PY'
 import sys, zipfile
 names = [n for n in zipfile.ZipFile(sys.argv[1]).namelist() if n.startswith('extension/')]

@@ -11,7 +11,7 @@ import { MetricChart, type ChartLine } from './charts';
 import { parseAlphaInput } from './commands';
 import { exportFileName, toCsv, toJson } from './export';
 import { RunModel, cleanDirty, decodeMaskLevel, extraSeriesKey, gateSeriesKey, maskSeriesKey, mergeDirty, shareSeriesKey, unitSeriesKey, type Dirty } from './runModel';
-import { MAX_SMOOTHING } from './series';
+import { MAX_SMOOTHING, Series } from './series';
 import { EXPERT_METRICS, fromPersisted, toPersisted, type ExpertMetric, type UiSettings } from './settings';
 import { readChartTheme, rgba, seriesColor, type ChartTheme } from './theme';
 import { PanelView } from './view';
@@ -41,6 +41,8 @@ export class PanelController {
   private dirty: Dirty = cleanDirty();
   /** Chart datasets must be rebuilt (settings, theme or the set of series changed). */
   private linesDirty = true;
+  /** The compared run is drawn over all of its steps, not cut at this run's length. */
+  private compareAllSteps = false;
   /** The loss chart draws the task loss against its own axis (the loss is more than LOSS_SPLIT × it). */
   private taskLossOwnAxis = false;
   private frame = 0;
@@ -131,6 +133,11 @@ export class PanelController {
     v.alphaInput.addEventListener('input', () => v.showAlphaError(undefined));
     onClick(v.exportCsv, () => this.post({ type: 'saveFile', fileName: exportFileName(this.model, 'csv'), content: toCsv(this.model) }));
     onClick(v.exportJson, () => this.post({ type: 'saveFile', fileName: exportFileName(this.model, 'json'), content: toJson(this.model) }));
+    v.compareRange.addEventListener('click', () => {
+      this.compareAllSteps = !this.compareAllSteps;
+      this.linesDirty = true;
+      this.invalidate({ ...cleanDirty(), header: true, charts: true });
+    });
     v.compareClear.addEventListener('click', () => {
       this.invalidate(this.model.clearCompare());
       this.post({ type: 'clearCompare' });
@@ -203,6 +210,14 @@ export class PanelController {
     observer.observe(document.body, { attributes: true, attributeFilter: ['class'] });
   }
 
+  /** Where the compared run is cut: this run's planned steps, when the compared run goes beyond them. */
+  private compareLimit(): number | undefined {
+    const compare = this.model.compare;
+    const planned = this.model.view.totalSteps;
+    if (!compare || !(planned > 0)) return undefined;
+    return compare.model.view.step > planned ? planned : undefined;
+  }
+
   private formatTaskMetricTick(y: number): string {
     return this.model.view.taskMetric === 'accuracy' ? `${Number((y * 100).toFixed(1))}%` : String(Number(y.toPrecision(4)));
   }
@@ -213,8 +228,12 @@ export class PanelController {
     const compare = this.model.compare;
     // α is steered, not learned, and the mask, the gate and the diagnostics are per run: none is compared.
     if (!compare || id === 'alpha' || id === 'mask' || id === 'gate' || id === 'extra' || id === 'share' || id === 'participation') return lines;
+    // Aligned on this run's steps: a longer compared run is cut at this run's planned length, so this
+    // run is not squeezed into the left of a long axis ("all steps" shows the whole of it).
+    const limit = this.compareAllSteps ? undefined : this.compareLimit();
     const overlay = this.runLinesFor(compare.model, id).map((line) => ({
       ...line,
+      series: limit === undefined ? line.series : clipSeries(line.series, limit, this.settings.smoothing),
       key: `compare:${line.key}`,
       label: `${line.label} (${compare.runId})`,
       overlay: true,
@@ -278,6 +297,9 @@ export class PanelController {
     const hasData = m.series.get('loss')?.raw.length ? true : false;
     if (d.header) {
       this.view.renderHeader(m);
+      const limit = this.compareLimit();
+      this.view.compareRange.hidden = limit === undefined;
+      this.view.compareRange.textContent = this.compareAllSteps ? `first ${limit ?? ''} steps` : 'all steps';
       document.getElementById('title-metric')!.textContent = m.view.taskMetric === 'accuracy' ? 'Accuracy' : 'Perplexity';
     }
     this.view.renderControls(m.controls(), hasData);
@@ -337,6 +359,16 @@ export function emptyChartText(id: ChartId, m: RunModel): string {
   if (!MONITOR_CHARTS.includes(id) || typeof every !== 'number' || m.view.lastMonitorStep !== undefined) return 'No data yet';
   const first = Math.min(every, m.view.totalSteps || every);
   return m.view.step < first ? `First measurement at step ${first}` : 'No data yet';
+}
+
+/** A copy of `series` up to step `limit` (the compared run, cut at this run's length). */
+function clipSeries(series: Series, limit: number, smoothing: number): Series {
+  const out = new Series(smoothing);
+  for (const p of series.raw) {
+    if (p.x > limit) break;
+    out.append(p.x, p.y);
+  }
+  return out;
 }
 
 /** What the model families' diagnostics are called (`energy/expert0` → hyperspherical energy of expert 0). */

@@ -104,6 +104,7 @@ export class PanelView {
   readonly compare = byTestId(document, 'compare');
   readonly compareLabel = byTestId(document, 'compare-label');
   readonly compareClear = byTestId<HTMLButtonElement>(document, 'compare-clear');
+  readonly compareRange = byTestId<HTMLButtonElement>(document, 'compare-range');
   private readonly unitElements = new Map<number, UnitRowElements>();
   private readonly commandElements = new Map<string, { item: HTMLLIElement; status: HTMLElement }>();
 

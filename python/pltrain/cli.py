@@ -35,7 +35,12 @@ def main(argv):
         if args.resume:
             run_dir = os.path.abspath(args.resume)
             with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-                config = cfg.resolve(json.load(f))
+                snapshot = json.load(f)
+            # A snapshot from before the annealed pruner (upgrade.ts upgradeConfigSnapshot): its
+            # pruning.every/threshold have no meaning now and are dropped; the rest is kept.
+            if isinstance(snapshot, dict) and isinstance(snapshot.get("pruning"), dict):
+                snapshot["pruning"] = {k: v for k, v in snapshot["pruning"].items() if k not in ("every", "threshold")}
+            config = cfg.resolve(snapshot)
             trainer = Trainer(config, run_dir, run_dir, resume=True)
         elif args.config:
             path = os.path.abspath(args.config)

@@ -15,7 +15,7 @@ DEFAULTS = {
     "seed": 1,
     "alpha": 0.01,
     "monitor": {"every": 10, "probeSize": 16, "damping": 1e-6, "lipschitz": "tangent-kernel"},
-    "pruning": {"enabled": False, "warmup": 100, "every": 50, "budget": 0.5, "kappaFactor": 10, "threshold": 0.5, "gateLearningRate": 0.05},
+    "pruning": {"enabled": False, "warmup": 100, "anneal": 200, "budget": 0.5, "exact": False, "kappaFactor": 10, "keepCost": 0.05, "gateLearningRate": 0.02},
     "frozenExperts": [],
     "backend": "auto",
     "engine": "tfjs",

@@ -7,9 +7,16 @@ import numpy as np
 import torch
 
 
+MIN_SERVED = 4  # fewest probe examples a unit must serve for its own κ to be measured
+
+
 def damped_kappa(lf, mu, damping):
-    """κ = L_f / max(μ, δ·L_f), exactly 1/δ at the floor (L_f/(δ·L_f) would round)."""
-    return lf / mu if lf > 0 and mu > damping * lf else 1 / damping
+    """Smoothly damped κ = L_f / (μ + δ·L_f) (docs/method.md, contract 5): below 1/δ, exactly 1/δ for a
+    singular kernel (μ = 0) and for a zero one (L_f = 0), never NaN."""
+    if not lf > 0:
+        return 1 / damping
+    m = max(mu, 0.0)
+    return 1 / damping if m == 0 else lf / (m + damping * lf)
 
 
 def _pull_row(log_probs, one_hot):
@@ -90,4 +97,22 @@ def kappa_surrogates(kernels, v_min, v_max, damping):
     vmax = torch.as_tensor(np.stack(v_max), dtype=kernels.dtype, device=kernels.device).unsqueeze(2)
     l_max = (vmax * (kernels @ vmax)).sum(dim=(1, 2))
     l_min = (vmin * (kernels @ vmin)).sum(dim=(1, 2))
-    return l_max / torch.clamp(torch.maximum(l_min, l_max * damping), min=1e-30)
+    # Smooth damping: differentiable in λ_min at 0, so a singular but live kernel still gets a gradient;
+    # float32 round-off below 0 clipped.
+    return l_max / torch.clamp(torch.relu(l_min) + l_max * damping, min=1e-30)
+
+
+def output_directions_torch(logits, one_hot):
+    """output_directions as a differentiable function of the logits (regularizer.ts outputDirectionsTf):
+    u_i = g_i/‖g_i‖ from the log-probabilities scaled by a per-row constant e^(−top_i), top_i the largest
+    non-label log-probability (u is invariant to it, and nothing underflows). One-hot labels only; a row
+    with no pull left gets u_i = 0."""
+    log_probs = torch.log_softmax(logits, dim=1)
+    not_label = 1 - one_hot
+    top = torch.where(not_label > 0, log_probs.detach(), torch.full_like(log_probs, -math.inf)).max(dim=1, keepdim=True).values
+    alive = torch.isfinite(top).to(logits.dtype)
+    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    q = torch.exp(torch.clamp(log_probs - shift, max=0)) * not_label
+    g = q - one_hot * q.sum(dim=1, keepdim=True)
+    norm = torch.sqrt(torch.clamp((g * g).sum(dim=1, keepdim=True), min=1e-30))
+    return g / norm * alive

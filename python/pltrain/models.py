@@ -38,21 +38,27 @@ class MoeMlp(nn.Module):
     def groups(self):
         return [("gate", [self.gate_w, self.gate_b])] + [(f"expert{e}", self.unit_params(e)) for e in range(self.units)]
 
-    def gate(self, x, pruned):
+    def gate(self, x, pruned, mask=None):
         z = x @ self.gate_w + self.gate_b
         if pruned:
-            mask = torch.zeros(self.units, device=x.device, dtype=x.dtype)
-            mask[list(pruned)] = -1e9
-            z = z + mask
-        return torch.softmax(z, dim=1)
+            off = torch.zeros(self.units, device=x.device, dtype=x.dtype)
+            off[list(pruned)] = -1e9
+            z = z + off
+        g = torch.softmax(z, dim=1)
+        if mask is not None:
+            # The pruning gate's soft mask scales each expert's routing weight, renormalized:
+            # p_e ∝ m_e·e^{z_e}, so m_e = 0 is exactly a pruned expert (moeForward.ts).
+            weighted = g * mask
+            g = weighted / (weighted.sum(dim=1, keepdim=True) + 1e-12)
+        return g
 
-    def unit_kernels(self, x, u, pruned):
+    def unit_kernels(self, x, u, pruned, mask=None):
         """Every expert's tangent kernel of s_i = u_iᵀ z(x_i), z the gated mixture, in closed form from
         forward quantities (tangentKernel.ts twoLayerTangentKernel with u_i scaled by the gate g_e(x_i),
         since ∂s_i/∂θ_e = g_e(x_i)·∂(u_iᵀ o_e(x_i))/∂θ_e): E×n×n, differentiable w.r.t. every weight. The
         same numbers as the autograd Jacobians (estimators.unit_kernels; tests/test_estimators.py), at a
         fraction of the cost: no per-example backward passes."""
-        g = self.gate(x, pruned)  # n×E
+        g = self.gate(x, pruned, mask)  # n×E
         gram1 = x @ x.T + 1
         out = []
         for e in range(self.units):
@@ -64,10 +70,26 @@ class MoeMlp(nn.Module):
             out.append((hid @ hid.T) * uu + uu + gram1 * (back @ back.T))
         return torch.stack(out)
 
-    def forward(self, x, pruned=frozenset()):
+    def kernel_rest(self, x, u, pruned, mask=None):
+        """The gate's kernel K_gate = (X·Xᵀ + 1) ⊙ (R·Rᵀ), R_ie = p_e(x_i)·(u_iᵀo_e(x_i) − s_i) (∂s_i/∂ gate
+        logit e; docs/method.md, contract 4): the part of the model's kernel outside the experts."""
+        g = self.gate(x, pruned, mask)
+        outs = torch.stack([torch.relu(x @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e] for e in range(self.units)], dim=1)  # n×E×c
+        m = (outs * u.unsqueeze(1)).sum(dim=2)  # n×E: u_iᵀo_e(x_i)
+        s = (g * m).sum(dim=1, keepdim=True)
+        r = g * (m - s)
+        return (x @ x.T + 1) * (r @ r.T)
+
+    def served(self, x, pruned, mask=None):
+        """Per expert, the probe rows it serves: p_e(x_i) ≥ 1/(2E) (contract 8); none for a pruned one."""
+        with torch.no_grad():
+            g = self.gate(x, pruned, mask).cpu()
+        return [[] if e in pruned else [i for i in range(x.shape[0]) if float(g[i, e]) >= 1 / (2 * self.units)] for e in range(self.units)]
+
+    def forward(self, x, pruned=frozenset(), mask=None):
         if len(pruned) == self.units:
             return torch.zeros(x.shape[0], self.c, device=x.device, dtype=x.dtype)
-        g = self.gate(x, pruned)
+        g = self.gate(x, pruned, mask)
         out = 0
         for e in range(self.units):
             if e in pruned:
@@ -117,12 +139,15 @@ class Vgg(nn.Module):
     def groups(self):
         return [("dense", [self.dense_w, self.dense_b])] + [(f"group{g}", self.unit_params(g)) for g in range(self.units)]
 
-    def forward(self, x, pruned=frozenset()):
+    def forward(self, x, pruned=frozenset(), mask=None):
         h = x.reshape(x.shape[0], 1, self.rows, self.cols)
         for ws, bs in zip(self.w, self.b):
             weight = torch.cat([torch.zeros_like(w) if g in pruned else w for g, w in enumerate(ws)])
             bias = torch.cat([torch.zeros_like(b) if g in pruned else b for g, b in enumerate(bs)])
             h = F.max_pool2d(torch.relu(F.conv2d(h, weight, bias, padding=1)), 2)
+            if mask is not None:
+                # The pruning gate's soft mask scales group g's channels (pooling commutes with a scale ≥ 0).
+                h = h * mask.repeat_interleave(self.per_group).reshape(1, -1, 1, 1)
         return h.reshape(h.shape[0], -1) @ self.dense_w + self.dense_b
 
 
@@ -176,7 +201,7 @@ class BertEncoder(nn.Module):
         head_ids = {id(p) for h in range(self.units) for p in self.unit_params(h)}
         return [("shared", [p for p in self.parameters() if id(p) not in head_ids])] + [(f"head{h}", self.unit_params(h)) for h in range(self.units)]
 
-    def forward(self, x, pruned=frozenset()):
+    def forward(self, x, pruned=frozenset(), mask=None):
         b, T, D, H, dh = x.shape[0], self.rows + 1, self.D, self.units, self.dh
         ln = lambda t, g, bb: F.layer_norm(t, (D,), g, bb, 1e-5)
         tokens = x.reshape(b, self.rows, self.cols) @ self.tok_w + self.tok_b
@@ -189,7 +214,11 @@ class BertEncoder(nn.Module):
             v = split(h @ side("wv", 1) + side("bv", 0))
             attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), dim=-1)
             merged = (attention @ v).transpose(1, 2).reshape(b, T, H * dh)
-            h = ln(h + merged @ side("wo", 0) + blk.bo, blk.ln1g, blk.ln1b)
+            wo = side("wo", 0)
+            if mask is not None:
+                # The pruning gate's soft mask scales head k's rows of W_o: its output before the merge.
+                wo = wo * mask.repeat_interleave(dh).reshape(-1, 1)
+            h = ln(h + merged @ wo + blk.bo, blk.ln1g, blk.ln1b)
             ff = F.gelu(h @ blk.ff1w + blk.ff1b, approximate="tanh") @ blk.ff2w + blk.ff2b
             h = ln(h + ff, blk.ln2g, blk.ln2b)
         return h[:, 0] @ self.out_w + self.out_b

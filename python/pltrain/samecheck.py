@@ -1,5 +1,5 @@
-"""Same-weights check: `python -m pltrain.samecheck FIXTURE.json` measures μ, L_f, κ per expert of a
-moe-mlp whose weights, probe batch and damping the fixture gives, and prints them as one JSON line.
+"""Same-weights check: `python -m pltrain.samecheck FIXTURE.json` measures μ, L_f, κ per expert (over the probe examples
+it serves) and κ of the model's kernel of a moe-mlp whose weights, probe batch and damping the fixture gives, and prints them as one JSON line.
 test/unit/pytorch-same-weights.test.ts writes the fixture, runs this, and compares with the
 TypeScript estimators on the same weights."""
 import json
@@ -25,7 +25,8 @@ def measure(fixture):
         model.gate_b.copy_(torch.tensor(fixture["gateB"], dtype=dtype))
     x = torch.tensor(fixture["x"], dtype=dtype).reshape(-1, d)
     measurer = Measurer(model, x, torch.tensor(fixture["labels"]), fixture["damping"])
-    return measurer.measure(set(), set())
+    units = measurer.measure(set(), set(), list(range(E)))
+    return {"units": units, "modelKappa": measurer.model_kappa}
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from .events import EventLog
 from .models import create_model
 from .progress import Progress
 from .protocol import LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, UNIT_NAMES, describe_command, dumps, to_precision
-from .pruning import DampingFloorWatch, GatingPruner
+from .pruning import DampingFloorWatch, GatingPruner, unit_weight_norms
 from .rundir import RunAnnouncement, RunDirLock, establish_token, now_ms, prepare_run_dir, write_json_atomic
 from .server import TrainerServer, choose_transport
 from .steering import DURABLE_KINDS, SteeringState
@@ -68,86 +68,133 @@ def select_device(requested):
 
 
 class Measurer:
-    """κ per unit on the fixed probe batch: K_e of the model's scalarized output s_i = u_iᵀ z(x_i) w.r.t.
-    unit e's parameters (autograd), eigen-solved in float64 (docs/method.md)."""
+    """κ on the fixed probe batch (docs/method.md, "Definitions (contract)"): each unit's kernel K_e of the
+    model's scalarized output s_i = u_iᵀ z(x_i) w.r.t. its parameters (gates and routing inside), its own
+    κ over the probe examples it serves (null below MIN_SERVED), the model's kernel
+    K = Σ_{e trainable} K_e + K_rest whose κ is the regularizer; eigen-solves in float64."""
 
     def __init__(self, model, probe_x, probe_y, damping):
         self.model, self.probe_x, self.damping = model, probe_x, damping
-        self.one_hot = F.one_hot(probe_y, model.c).double().cpu().numpy()
-        self.last = None  # [stats]
+        self.one_hot = F.one_hot(probe_y, model.c).to(device=probe_x.device, dtype=probe_x.dtype)
+        self.last = None  # the units' stats of the last measurement
+        self.model_kappa = 0.0  # κ of the model's kernel at the last measurement
+        self.traces = [0.0] * model.units
 
-    def kernels(self, pruned, create_graph):
-        logits = self.model(self.probe_x, pruned)
-        log_probs = torch.log_softmax(logits.detach().double(), dim=1).cpu().numpy()
-        u = torch.as_tensor(estimators.output_directions(log_probs, self.one_hot), dtype=logits.dtype, device=logits.device)
+    def kernels(self, pruned, create_graph, mask=None):
+        """(unit kernels E×n×n, the rest of the model's kernel n×n, the probe rows each unit serves)."""
+        n, E = self.probe_x.shape[0], self.model.units
+        logits = self.model(self.probe_x, pruned, mask)
         if hasattr(self.model, "unit_kernels"):
-            # A closed form from forward quantities (moe-mlp): differentiable as it stands.
-            kernels = self.model.unit_kernels(self.probe_x, u, pruned)
-            return kernels if create_graph else kernels.detach()
-        # Per-sample gradients of the model's output: every live unit in one batched backward; a pruned
-        # unit is measured with itself restored (the rest as they are), as it would act.
-        E = self.model.units
-        live = [e for e in range(E) if e not in pruned]
-        s = (u * logits).sum(dim=1)
-        kernels = [None] * E
-        if live:
-            for e, k in zip(live, estimators.unit_kernels(s, [self.model.unit_params(e) for e in live], create_graph)):
-                kernels[e] = k
-        for e in sorted(pruned):
-            restored = (u * self.model(self.probe_x, frozenset(pruned) - {e})).sum(dim=1)
-            kernels[e] = estimators.unit_kernels(restored, [self.model.unit_params(e)], False)[0].detach()
-        return torch.stack(kernels)
+            # Closed forms from forward quantities (moe-mlp), differentiable in every weight, u included
+            # (contract 7: the regularizer's gradient follows u's dependence on the weights).
+            u = estimators.output_directions_torch(logits if create_graph else logits.detach(), self.one_hot)
+            units = self.model.unit_kernels(self.probe_x, u, pruned, mask)
+            rest = self.model.kernel_rest(self.probe_x, u, pruned, mask)
+            served = self.model.served(self.probe_x, pruned, mask)
+        else:
+            # Per-sample gradients of the model's output, every live unit in one batched backward, u held
+            # fixed (its own dependence on the weights is not differentiated here); the output bias's
+            # kernel U·Uᵀ is the rest. A pruned unit serves nothing.
+            u = estimators.output_directions_torch(logits.detach(), self.one_hot)
+            live = [e for e in range(E) if e not in pruned]
+            s = (u * logits).sum(dim=1)
+            units = [torch.zeros(n, n, dtype=logits.dtype, device=logits.device)] * E
+            if live:
+                for e, k in zip(live, estimators.unit_kernels(s, [self.model.unit_params(e) for e in live], create_graph)):
+                    units[e] = k
+            units = torch.stack(units)
+            rest = u @ u.T
+            served = [[] if e in pruned else list(range(n)) for e in range(E)]
+        if not create_graph:
+            units, rest = units.detach(), rest.detach()
+        return units, rest, served
 
-    def condition(self, kernels, frozen, pruned):
-        k64 = kernels.detach().double().cpu().numpy()
-        self.traces = [float(np.trace(k)) for k in k64]
-        out = []
+    def condition(self, units, rest, served, frozen, pruned, trainable):
+        """The units' stats and the model's kernel (differentiable when `units` is) with its extreme
+        eigenvectors, from one float64 read-back."""
+        k64 = units.detach().double().cpu().numpy()
+        self.traces = [0.0 if e in pruned else float(np.trace(k)) for e, k in enumerate(k64)]
+        stats = []
         for e in range(k64.shape[0]):
-            c = estimators.conditioning(k64[e], self.damping)
-            out.append((
-                {"id": e, "mu": c["mu"], "lf": c["lf"], "kappa": c["kappa"], "frozen": e in frozen, "pruned": e in pruned},
-                c["vMin"],
-                c["vMax"],
-            ))
-        self.last = [o[0] for o in out]
-        return out
+            rows = served[e]
+            base = {"id": e, "served": len(rows), "frozen": e in frozen, "pruned": e in pruned}
+            if e in pruned or len(rows) < estimators.MIN_SERVED:
+                stats.append(dict(base, mu=None, lf=None, kappa=None))
+                continue
+            c = estimators.conditioning(k64[e][np.ix_(rows, rows)], self.damping)
+            stats.append(dict(base, mu=c["mu"], lf=c["lf"], kappa=c["kappa"]))
+        model_kernel = rest + (units[trainable].sum(dim=0) if trainable else torch.zeros_like(rest))
+        c = estimators.conditioning(model_kernel.detach().double().cpu().numpy(), self.damping)
+        self.last, self.model_kappa = stats, c["kappa"]
+        return stats, model_kernel, c["vMin"], c["vMax"]
 
-    def measure(self, frozen, pruned):
-        return [o[0] for o in self.condition(self.kernels(pruned, False), frozen, pruned)]
+    def measure(self, frozen, pruned, trainable, mask=None):
+        units, rest, served = self.kernels(pruned, False, mask)
+        return self.condition(units, rest, served, frozen, pruned, trainable)[0]
+
+
+SHARE_EMA_WEIGHT = 0.05  # weight of a new share in the EMA (time constant 20 records)
 
 
 def participation(shares):
-    """1/Σ share²: how many units the model effectively uses (1…E)."""
-    s = sum(x * x for x in shares)
-    return 1 / s if s > 0 else 0.0
+    """1/Σ share² of the normalized shares: how many units the model effectively uses (1…E)."""
+    total = sum(shares)
+    if not total > 0:
+        return 1.0
+    return 1 / sum((x / total) ** 2 for x in shares)
 
 
-class Activity:
-    """The share EMA per unit (share on the first record, then 0.95·ema + 0.05·share) and whether it is
-    below 1/(10·E): `active: false` (docs/method.md, "Inactive"). `changes()` lists the units whose
-    flag flipped since the last call (a unit starts active)."""
+class ShareWatch:
+    """Routing shares and the inactive flag (docs/method.md, contract 9–10; src/trainer/pl/share.ts):
+    shares normalized to sum 1, their EMA (share on the first record, then 0.95·ema + 0.05·share), a
+    unit active while its EMA ≥ 1/(10·E) (a pruned unit is not flagged), one change per episode."""
 
     def __init__(self, units):
+        self.units = units
         self.threshold = 1 / (10 * max(1, units))
-        self.ema = [None] * units
-        self.flag = [True] * units
-        self._changed = []
+        self.ema = None
+        self.latest = None
+        self.pending = None
+        self.flagged = set()
 
-    def observe(self, e, share):
-        self.ema[e] = share if self.ema[e] is None else 0.95 * self.ema[e] + 0.05 * share
-        active = self.ema[e] >= self.threshold
-        if active != self.flag[e]:
-            self.flag[e] = active
-            self._changed.append((e, active, self.ema[e]))
-        return active
+    def observe(self, shares):
+        total = sum(shares)
+        if not total > 0 or len(shares) != self.units:
+            return
+        s = [min(1.0, max(0.0, x / total)) for x in shares]
+        self.latest = s
+        self.pending = participation(s)
+        self.ema = s[:] if self.ema is None else [(1 - SHARE_EMA_WEIGHT) * e + SHARE_EMA_WEIGHT * x for e, x in zip(self.ema, s)]
 
-    def changes(self):
-        out, self._changed = self._changed, []
+    def take_participation(self):
+        p, self.pending = self.pending, None
+        return p
+
+    def annotate(self, stats, pruned):
+        out = []
+        for u in stats:
+            share = self.latest[u["id"]] if self.latest else u.get("share")
+            ema = self.ema[u["id"]] if self.ema else None
+            active = True if (u["id"] in pruned or ema is None) else ema >= self.threshold
+            out.append(dict(u, **({"share": share} if share is not None else {}), active=active))
+        return out
+
+    def changes(self, stats):
+        out = []
+        for u in stats:
+            ema = self.ema[u["id"]] if self.ema else 0.0
+            if u.get("active") is False and u["id"] not in self.flagged:
+                self.flagged.add(u["id"])
+                out.append((u["id"], False, ema))
+            elif u.get("active") is not False and u["id"] in self.flagged:
+                self.flagged.discard(u["id"])
+                out.append((u["id"], True, ema))
         return out
 
 
 def _mean_kappa(stats, ids):
-    ks = [stats[i]["kappa"] for i in ids] if stats else []
+    """Mean κ of the measurable units among `ids` (for the progress line)."""
+    ks = [stats[i]["kappa"] for i in ids if stats[i]["kappa"] is not None] if stats else []
     return sum(ks) / len(ks) if ks else 0.0
 
 
@@ -274,7 +321,7 @@ class Trainer:
                 progress.log(f"data: {data.name}: {data.train_x.shape[0]} train / {data.test_x.shape[0]} test, {data.features} features, {data.classes} classes")
                 model = create_model(config, data, device)
                 pr = config["pruning"]
-                progress.log(f"model: {config['model']['family']}, {model.units} {unit_name}s" + (f", pruning up to {math.floor(pr['budget'] * model.units + 1e-9)} after step {pr['warmup']}" if pr["enabled"] else ""))
+                progress.log(f"model: {config['model']['family']}, {model.units} {unit_name}s" + (f", pruning {'exactly' if pr['exact'] else 'up to'} {math.floor(pr['budget'] * model.units + 1e-9)}: soft masks from step {pr['warmup']}, final at step {pr['warmup'] + pr['anneal']}" if pr["enabled"] else ""))
                 # One Adam (epsilon as TF.js's): a unit out of this step's update (frozen, pruned) has its
                 # gradient set to None before the step, which Adam skips entirely (moments untouched).
                 optimizer = torch.optim.Adam(model.parameters(), lr=config["learningRate"], eps=1e-7)
@@ -311,35 +358,32 @@ class Trainer:
                 def save():
                     save_checkpoint(run_dir, progress_now(events.last_seq), self._tensors(model, optimizer))
 
-                stats = measurer.measure(steering.frozen, steering.pruned)
-                activity = Activity(units)
+                stats = measurer.measure(steering.frozen, steering.pruned, steering.trainable())
+                share_watch = ShareWatch(units)
 
                 def report_activity(changes):
                     for e, active, ema in changes:
                         if active:
-                            log("info", f"{unit_name} {e} at step {step}: active again (share EMA {to_precision(ema, 3)})", f"inactive/{e}")
+                            log("info", f"{unit_name} {e} at step {step}: active again (share EMA {ema * 100:.1f}%)", f"inactive/{e}")
                         else:
-                            log("warn", f"{unit_name} {e} at step {step}: inactive — its share EMA {to_precision(ema, 3)} is below 1/(10·{units}) = {to_precision(activity.threshold, 3)}: the model barely uses it, so its κ says little about the model", f"inactive/{e}")
+                            log("warn", f"{unit_name} {e} at step {step}: inactive — the model routes {ema * 100:.2f}% of its mass through it (EMA; below 1/(10·{units})). Its κ does not describe the model; it is not \"well conditioned\".", f"inactive/{e}")
                 floor_watch = DampingFloorWatch(config["monitor"]["damping"])
                 n_train = data.train_x.shape[0]
                 order = batches(n_train, min(config["batchSize"], n_train), config["seed"] + step)
                 ema_rate = 0.0
-                lowest = math.inf
                 last_announce = time.monotonic()
                 last = time.perf_counter()
                 inject_nan_at = int(os.environ.get("PLTRAIN_TEST_NAN_AT_STEP") or -1)
                 inject_fds_at = int(os.environ.get("PLTRAIN_TEST_EXHAUST_FDS_AT_STEP") or -1)
                 damping = config["monitor"]["damping"]
 
-                def report_floor(entered, left, alpha, trainable):
+                def report_floor(entered, left):
                     floor = 1 / damping
                     for e in entered:
-                        share = f" and adds α/(δ·{trainable}) = {to_precision(alpha * floor / trainable, 3)} to the loss" if alpha > 0 and trainable > 0 else ""
-                        article = "an" if unit_name[0] in "aeiou" else "a"
-                        log("warn", f"{unit_name} {e['id']} at step {step}: λ_min ≤ δ·λ_max on the probe (μ {to_precision(e['mu'], 3)}, L_f {to_precision(e['lf'], 3)}), so κ sits at the damping floor 1/δ = {to_precision(floor, 3)}; the regularizer passes it no gradient{share}. "
-                            f"Usually {article} {unit_name} the gate abandoned: freeze or prune it to take it out of the regularizer.", f"damping-floor/{e['id']}")
+                        log("warn", f"{unit_name} {e['id']} at step {step}: λ_min ≤ δ·λ_max on the {e.get('served', '')} probe examples it serves (μ {to_precision(e['mu'], 3)}, L_f {to_precision(e['lf'], 3)}), so its κ {to_precision(e['kappa'], 3)} is near the damping floor 1/δ = {to_precision(floor, 3)}: its kernel is (nearly) singular there, and its κ says little more. "
+                            "Check its share; freeze or prune it if it stays there.", f"damping-floor/{e['id']}")
                     for e in left:
-                        why = f"{'frozen' if e['frozen'] else 'pruned'}: out of the regularizer" if e["frozen"] or e["pruned"] else f"off the damping floor, κ {to_precision(e['kappa'], 4)}"
+                        why = ("frozen" if e["frozen"] else "pruned") if e["frozen"] or e["pruned"] else f"off the damping floor, {'κ not measurable' if e['kappa'] is None else 'κ ' + to_precision(e['kappa'], 4)}"
                         log("info", f"{unit_name} {e['id']} at step {step}: {why}", f"damping-floor/{e['id']}")
 
                 def apply_commands():
@@ -381,21 +425,24 @@ class Trainer:
                     trainable = steering.trainable()
                     pruned = frozenset(steering.pruned)
                     optimizer.zero_grad(set_to_none=True)
-                    logits = model(x, pruned)
+                    # During the pruning anneal the gate's soft mask multiplies each unit's contribution,
+                    # and the gate learns from the step's ∂L/∂mask (docs/method.md, "Pruning: the gating network").
+                    soft = pruner.sample_mask(step, steering.frozen, steering.pruned) if pruner else None
+                    mask_t = torch.tensor(soft, dtype=torch.float32, device=device, requires_grad=True) if soft is not None else None
+                    logits = model(x, pruned, mask_t)
                     task_loss = F.cross_entropy(logits, y)
                     measured = None
                     if alpha > 0 and trainable:
                         # κ for the weights this step starts from; the regularizer differentiates the
                         # surrogate along these eigenvectors (Hellmann–Feynman).
-                        kernels = measurer.kernels(pruned, True)
-                        cond = measurer.condition(kernels, steering.frozen, pruned)
-                        measured = [c[0] for c in cond]
-                        kappas = estimators.kappa_surrogates(kernels[trainable], [cond[i][1] for i in trainable], [cond[i][2] for i in trainable], damping)
-                        reg = kappas.mean()
+                        units_k, rest_k, served = measurer.kernels(pruned, True, mask_t)
+                        measured, model_kernel, v_min, v_max = measurer.condition(units_k, rest_k, served, steering.frozen, pruned, trainable)
+                        # The regularizer is κ of the model's kernel (contract 6–7), along its eigenvectors.
+                        reg = estimators.kappa_surrogates(model_kernel.unsqueeze(0), [v_min], [v_max], damping)[0]
                         total = task_loss + alpha * reg
                     else:
                         if monitor_step:
-                            measured = measurer.measure(steering.frozen, pruned)
+                            measured = measurer.measure(steering.frozen, pruned, trainable, mask_t.detach() if mask_t is not None else None)
                         reg = None
                         total = task_loss
                     total.backward()
@@ -413,10 +460,15 @@ class Trainer:
                         share = model.gate(x, pruned).mean(dim=0) if hasattr(model, "gate") else total.new_zeros(0)
                         reported = torch.cat([torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else total.new_zeros(()), accuracy, grad_norm_sq]), share]).tolist()
                     optimizer.step()
+                    if mask_t is not None:
+                        pruner.update(mask_t.grad.tolist() if mask_t.grad is not None else [0.0] * units, steering.frozen, steering.pruned)
                     loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported[:5]
                     shares = reported[5:]
+                    # Routing shares of this step's batch (families with a router); the others report them on measurement.
+                    if shares:
+                        share_watch.observe(shares)
                     if reg is None:
-                        reg_value = _mean_kappa(measurer.last, trainable)
+                        reg_value = measurer.model_kappa
                     step += 1
                     if step == inject_nan_at:
                         loss_value = math.nan
@@ -425,9 +477,8 @@ class Trainer:
                     if not math.isfinite(loss_value):
                         raise NonFiniteLoss(step)
 
-                    gap = loss_value - lowest
-                    pl_ratio = 0.5 * grad_norm_sq / gap if gap > 1e-12 else None
-                    lowest = min(lowest, loss_value)
+                    # PL* check ½‖∇f‖²/(f − f*) with f* = 0, a lower bound of f (contract 11).
+                    pl_ratio = 0.5 * grad_norm_sq / loss_value if loss_value > 1e-12 else None
                     now = time.perf_counter()
                     rate = 1 / max(1e-6, now - last)
                     last = now
@@ -436,31 +487,36 @@ class Trainer:
                         if not hasattr(model, "gate"):
                             # tr(K_e)/Σ tr(K_e'): the unit's fraction of the output-gradient energy, pruned 0.
                             live = [0.0 if e in pruned else measurer.traces[e] for e in range(units)]
-                            shares = [t / sum(live) for t in live] if sum(live) > 0 else [0.0] * units
-                        stats = [dict(s, share=min(1.0, max(0.0, shares[s["id"]])), active=activity.observe(s["id"], shares[s["id"]])) for s in measured]
-                        report_activity(activity.changes())
+                            share_watch.observe([t / sum(live) for t in live] if sum(live) > 0 else [0.0] * units)
+                        stats = share_watch.annotate(measured, steering.pruned)
+                        report_activity(share_watch.changes(stats))
                         if pruner:
-                            pruner.observe(stats, steering.frozen, steering.pruned)
+                            pruner.observe(stats, unit_weight_norms(model), steering.pruned)
                         entered, left = floor_watch.observe(stats)
-                        report_floor(entered, left, alpha, len(steering.trainable()))
+                        report_floor(entered, left)
                     pruned_now = []
                     if pruner and pruner.is_decision_step(step):
+                        keep = pruner.decision_keep_probabilities(steering.frozen, steering.pruned)
                         pruned_now = pruner.decide(steering.frozen, steering.pruned)
                         for u in pruned_now:
                             steering.pruned.add(u)
                             k = stats[u]["kappa"] if stats else None
-                            log("info", f"pruned {unit_name} {u} at step {step}: keep-probability {pruner.gate[u]:.3f}, κ {'?' if k is None else to_precision(k, 4)}")
+                            log("info", f"pruned {unit_name} {u} at step {step}: keep-probability {keep[u]:.3f}, {'κ not measurable' if k is None else 'κ ' + to_precision(k, 4)}")
+                        if not pruned_now:
+                            log("info", f"pruning at step {step}: the gate keeps every {unit_name} (keep-probabilities {', '.join(f'{g:.2f}' for g in keep)})")
                         if pruned_now:
                             stats = [dict(s, pruned=s["id"] in steering.pruned) for s in stats]
                     if step % config["logEvery"] == 0 or monitor_step:
                         m = {"type": "metrics", "step": step, "time": now_ms(), "loss": loss_value, "taskLoss": task_value, "regularizer": reg_value, "alpha": alpha, "taskMetric": accuracy, "stepsPerSec": ema_rate}
                         if pl_ratio is not None and math.isfinite(pl_ratio):
                             m["plRatio"] = pl_ratio
+                        part = share_watch.take_participation()
+                        if part is not None:
+                            m["participation"] = part
                         if monitor_step or pruned_now:
                             m["units"] = stats
-                            m["participation"] = participation(shares)
                             if pruner:
-                                m["gate"] = [min(1.0, max(0.0, g)) for g in pruner.gate]
+                                m["gate"] = pruner.keep_probabilities(steering.frozen, steering.pruned)
                         events.emit(m)
                     progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, "accuracy": accuracy})
                     if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):

@@ -12,11 +12,12 @@ from pltrain.models import MoeMlp
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def test_damped_kappa_is_exactly_the_floor_when_singular():
-    assert estimators.damped_kappa(2.0, 1.0, 1e-6) == 2.0
+def test_smooth_damping_is_exactly_the_floor_when_singular():
+    assert estimators.damped_kappa(2.0, 1.0, 1e-6) == pytest.approx(2.0 / (1.0 + 2e-6), rel=1e-15)
     assert estimators.damped_kappa(2.0, 0.0, 1e-6) == 1e6
-    assert estimators.damped_kappa(1.0, 1e-7, 1e-6) == 1e6  # μ below δ·L_f
+    assert estimators.damped_kappa(1.0, 1e-7, 1e-6) == pytest.approx(1 / 1.1e-6, rel=1e-12)  # μ below δ·L_f: near, under the floor
     assert estimators.damped_kappa(0.0, 0.0, 0.02) == 50.0  # zero kernel: 1/δ, never NaN
+    assert estimators.damped_kappa(1.0, -1e-9, 0.02) == 50.0  # round-off below 0 is 0
 
 
 def test_conditioning_of_a_known_spectrum():
@@ -26,7 +27,7 @@ def test_conditioning_of_a_known_spectrum():
     c = estimators.conditioning(k, 1e-6)
     assert c["mu"] == pytest.approx(0.5, rel=1e-12)
     assert c["lf"] == pytest.approx(8.0, rel=1e-12)
-    assert c["kappa"] == pytest.approx(16.0, rel=1e-12)
+    assert c["kappa"] == pytest.approx(8.0 / (0.5 + 8e-6), rel=1e-12)
     assert abs(abs(c["vMin"] @ q[:, 0]) - 1) < 1e-10
     assert abs(abs(c["vMax"] @ q[:, 4]) - 1) < 1e-10
 
@@ -154,3 +155,22 @@ def test_surrogate_of_a_zero_kernel_is_zero_not_nan():
     k = torch.zeros(1, 3, 3)
     v = np.eye(3)[0]
     assert float(estimators.kappa_surrogates(k, [v], [v], 1e-6)[0]) == 0.0
+
+
+def test_differentiable_directions_equal_the_float64_ones_and_survive_confident_rows():
+    logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 0.0], [200.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.eye(3, dtype=torch.float64)[[0, 2, 0]]
+    u = estimators.output_directions_torch(logits, y)
+    want = estimators.output_directions(torch.log_softmax(logits, 1).detach().numpy(), y.numpy())
+    np.testing.assert_allclose(u.detach().numpy(), want, rtol=1e-12, atol=1e-15)
+    # Differentiable: the gradient of a function of u through the logits is finite and matches differences.
+    (g,) = torch.autograd.grad((u * torch.tensor([[1.0, -2.0, 0.5]] * 3, dtype=torch.float64)).sum(), logits)
+    assert torch.isfinite(g).all()
+    h = 1e-6
+    base = logits.detach().clone()
+    for idx in [(0, 1), (1, 2)]:
+        plus, minus = base.clone(), base.clone()
+        plus[idx] += h
+        minus[idx] -= h
+        f = lambda z: float((estimators.output_directions_torch(z, y) * torch.tensor([[1.0, -2.0, 0.5]] * 3, dtype=torch.float64)).sum())
+        assert float(g[idx]) == pytest.approx((f(plus) - f(minus)) / (2 * h), rel=1e-5, abs=1e-9)

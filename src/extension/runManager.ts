@@ -108,7 +108,12 @@ export class RunManager {
       python = await this.pythonFor(configPath, text);
       if (!python) return undefined;
     }
-    log.info(`starting trainer: ${python ? `${python.interpreter} -m pltrain` : `${nodePath} ${this.host.trainerScript}`} --config ${configPath} --run-dir ${runDir}`);
+    log.info(
+      analysis.config.script !== undefined
+        ? `starting your script: ${python!.interpreter} ${analysis.config.script} (run directory ${runDir})`
+        : `starting trainer: ${python ? `${python.interpreter} -m pltrain` : `${nodePath} ${this.host.trainerScript}`} --config ${configPath} --run-dir ${runDir}`,
+    );
+    const script = analysis.config.script !== undefined ? path.resolve(path.dirname(configPath), analysis.config.script) : undefined;
     let launched: LaunchedTrainer | undefined;
     const cancel = () => {
       try {
@@ -123,7 +128,7 @@ export class RunManager {
       `PL training: ${analysis.config.name}${slow ? ` (${slow})` : ''}`,
       async (report) => {
         report(python ? 'starting the PyTorch trainer…' : 'starting the trainer and loading the TensorFlow.js backend…');
-        launched = launchTrainer({ nodePath, trainerScript: this.host.trainerScript, configPath, runDir, cwd: path.dirname(configPath), python });
+        launched = launchTrainer({ nodePath, trainerScript: this.host.trainerScript, configPath, runDir, cwd: path.dirname(configPath), python, script });
         const info = await this.announced(launched, (m) => `PL training failed to start: ${m}`);
         if (!info) return undefined;
         report(`backend ${info.backend ? backendLabel(info.backend) : '?'} ready, connecting…`);

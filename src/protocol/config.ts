@@ -127,6 +127,12 @@ export const TrainingConfigSchema = z
       .regex(DEVICE_PATTERN, 'device must be "auto", "cpu", "cuda" or "cuda:N"')
       .default('auto')
       .describe('Where the PyTorch engine puts its tensors: `auto` (the first CUDA GPU when one is usable, else the CPU), `cpu`, `cuda`, `cuda:N`. Engine `pytorch` only.'),
+    script: z
+      .string()
+      .min(1)
+      .max(1000)
+      .optional()
+      .describe('Your own PyTorch training script (path relative to this config), attached with `pltrain.attach` (docs/pytorch.md): Start runs it with the PyTorch engine\'s interpreter, `pltrain` on PYTHONPATH and the run directory in PLTRAIN_RUN_DIR. The script builds its own model and data; `engine` must be `pytorch`.'),
     checkpointEvery: z.number().int().min(0).max(10_000_000).default(200).describe('Save a checkpoint (weights, optimizer state, step, α, frozen units) every this many steps, and after every applied command; 0 = only at the end. A killed run resumes from the last one.'),
     logEvery: positiveInt(1_000_000).default(1).describe('Emit a metrics event every this many steps (κ rides along on monitor steps).'),
   })
@@ -155,10 +161,14 @@ export const TrainingConfigSchema = z
     if (c.engine === 'tfjs' && c.device !== 'auto') {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['device'], message: 'device is a setting of the PyTorch engine: set "engine": "pytorch", or choose a TensorFlow.js backend with "backend"' });
     }
+    if (c.script !== undefined && c.engine !== 'pytorch') {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['script'], message: 'script runs your own PyTorch loop: set "engine": "pytorch"' });
+    }
     if (c.engine === 'pytorch') {
       if (c.backend !== 'auto') ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['backend'], message: `backend "${c.backend}" is a TensorFlow.js backend; the PyTorch engine picks its device with "device"` });
       // Not (yet) in the PyTorch engine: refused on the config line rather than silently ignored.
-      if (!PYTORCH_FAMILIES.includes(c.model.family)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'family'], message: `${c.model.family} is not in the pytorch engine yet (it trains ${PYTORCH_FAMILIES.join(', ')}); use "engine": "tfjs"` });
+      // With a script, the model is the script's own: the built-in families do not apply.
+      if (c.script === undefined && !PYTORCH_FAMILIES.includes(c.model.family)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'family'], message: `${c.model.family} is not in the pytorch engine yet (it trains ${PYTORCH_FAMILIES.join(', ')}); use "engine": "tfjs"` });
       if (c.model.opt) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'opt'], message: 'OPT mode is implemented in the tfjs engine only, not the pytorch engine' });
       if (c.monitor.lipschitz !== 'tangent-kernel') ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['monitor', 'lipschitz'], message: `the ${c.monitor.lipschitz} L_f is implemented in the tfjs engine only; the pytorch engine uses tangent-kernel` });
     }

@@ -119,7 +119,7 @@ export function renderPanelHtml(o: PanelHtmlOptions): string {
         <h1 data-testid="run-id" class="run-id">No run</h1>
         <span class="state-pill" data-testid="run-state" data-state="none">no run</span>
         <span class="connection" data-testid="connection" data-connected="false">—</span>
-        <span class="compare-tag" data-testid="compare" hidden>comparing with <span class="compare-id" data-testid="compare-label"></span><button type="button" class="compare-clear" data-testid="compare-clear" title="Stop comparing" aria-label="Stop comparing">✕</button></span>
+        <span class="compare-tag" data-testid="compare" hidden>comparing with <span class="compare-id" data-testid="compare-label"></span><button type="button" class="tool-button" data-testid="compare-range" title="The compared run is drawn over this run's steps; show all of its steps" hidden>all steps</button><button type="button" class="compare-clear" data-testid="compare-clear" title="Stop comparing" aria-label="Stop comparing">✕</button></span>
       </div>
       <dl class="facts">
         <div class="fact"><dt>Step</dt><dd data-testid="step">—</dd></div>

@@ -58,3 +58,16 @@ export function upgradeRecord(record: unknown): unknown {
       return record;
   }
 }
+
+/**
+ * A run directory's config.json written before the gating pruner was trained inside the objective:
+ * its pruning schedule (`every`: a decision every N steps; `threshold`: the keep-probability below which
+ * a unit went) has no meaning for the annealed pruner, which decides once at warmup + anneal. Those two
+ * fields are dropped so the run resumes under the current pruner with its other settings (a copy; the
+ * input is left alone). Anything else comes back as the very same object.
+ */
+export function upgradeConfigSnapshot(config: unknown): unknown {
+  if (!isObject(config) || !isObject(config.pruning) || !('every' in config.pruning || 'threshold' in config.pruning)) return config;
+  const { every: _every, threshold: _threshold, ...pruning } = config.pruning;
+  return { ...config, pruning };
+}

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { spawn } from 'node:child_process';
-import { BACKEND_NAMES, TrainingConfig, formatProblem, parseTrainingConfig } from '../protocol';
+import { BACKEND_NAMES, TrainingConfig, formatProblem, parseTrainingConfig, upgradeConfigSnapshot } from '../protocol';
 import { findPython, pythonPackageDir } from '../protocol/pythonEngine';
 import { packageRoot } from './data';
 import { RunDirRefused, defaultRunDir } from './runDir';
@@ -53,7 +53,7 @@ async function main(): Promise<number> {
   if (args.resume) {
     // The run's own config snapshot is the config: a resumed run is the same run.
     const runDir = path.resolve(args.resume);
-    const parsed = parseTrainingConfig(JSON.parse(fs.readFileSync(path.join(runDir, 'config.json'), 'utf8')));
+    const parsed = parseTrainingConfig(upgradeConfigSnapshot(JSON.parse(fs.readFileSync(path.join(runDir, 'config.json'), 'utf8'))));
     if (!parsed.ok) {
       console.error(`${runDir}/config.json: ${parsed.problems.map(formatProblem).join('; ')}`);
       return 2;

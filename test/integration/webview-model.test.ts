@@ -183,7 +183,7 @@ test('persisted settings: round trip, and each damaged field falls back on its o
   assert.deepEqual(fromPersisted(undefined), defaultSettings());
   assert.deepEqual(fromPersisted('junk'), defaultSettings());
   const damaged = fromPersisted({ v: 1, smoothing: 5, logScale: { loss: true, metric: 'yes' }, hidden: 'x', expertMetric: 'mu' });
-  assert.deepEqual(damaged, { smoothing: 0, logScale: { loss: true, metric: false, expert: true, pl: true, alpha: false, mask: false, gate: false, extra: true }, hidden: [], expertMetric: 'mu' });
+  assert.deepEqual(damaged, { smoothing: 0, logScale: { loss: true, metric: false, expert: true, pl: true, share: false, participation: false, alpha: false, mask: false, gate: false, extra: true }, hidden: [], expertMetric: 'mu' });
 });
 
 test('CSV export: one row per step, empty cells where experts were not measured', () => {
@@ -284,9 +284,9 @@ test('mask series: one point per monitor step and expert, at exactly the status 
   assert.ok(!toCsv(model).split('\n')[0].includes('mask'));
 });
 
-test('persisted settings from before the mask, gate and diagnostics charts keep their values and get their defaults', () => {
+test('persisted settings from before the mask, gate, diagnostics, share and participation charts keep their values and get their defaults', () => {
   const old = { v: 1, smoothing: 0.3, logScale: { loss: true, metric: true, expert: false, pl: true, alpha: true }, hidden: ['loss'], expertMetric: 'lf' };
-  assert.deepEqual(fromPersisted(old), { smoothing: 0.3, logScale: { loss: true, metric: true, expert: false, pl: true, alpha: true, mask: false, gate: false, extra: true }, hidden: ['loss'], expertMetric: 'lf' });
+  assert.deepEqual(fromPersisted(old), { smoothing: 0.3, logScale: { loss: true, metric: true, expert: false, pl: true, share: false, participation: false, alpha: true, mask: false, gate: false, extra: true }, hidden: ['loss'], expertMetric: 'lf' });
   assert.equal(defaultSettings().logScale.mask, false);
   // Diagnostics mix magnitudes (an energy near 1, an orthogonality error near 1e-7): they start logarithmic.
   assert.equal(defaultSettings().logScale.extra, true);
@@ -298,9 +298,10 @@ test('renderPanelHtml: the mask card, a zoom reset per chart, the compare chip',
   for (const card of CHART_CARDS) {
     assert.ok(html.includes(`data-testid="chart-${card.id}"`), card.id);
     assert.match(html, new RegExp(`data-testid="zoom-reset-${card.id}"[^>]*hidden>Reset zoom`));
-    assert.equal(html.includes(`data-testid="log-${card.id}"`), card.id !== 'mask', `log toggle of ${card.id}`);
+    // Lanes (mask), shares (0…1) and the participation ratio (1…units) have fixed ranges: no log toggle.
+    assert.equal(html.includes(`data-testid="log-${card.id}"`), !['mask', 'share', 'participation'].includes(card.id), `log toggle of ${card.id}`);
   }
-  assert.match(html, /data-testid="compare" hidden>comparing with <span[^>]*data-testid="compare-label"><\/span><button[^>]*data-testid="compare-clear"/);
+  assert.match(html, /data-testid="compare" hidden>comparing with <span[^>]*data-testid="compare-label"><\/span><button[^>]*data-testid="compare-range"[^>]*hidden>all steps<\/button><button[^>]*data-testid="compare-clear"/);
 });
 
 test('pruning gate and model diagnostics: series per unit and per name, in the CSV and JSON exports; absent for runs without them', () => {
@@ -334,7 +335,7 @@ test('pruning gate and model diagnostics: series per unit and per name, in the C
   assert.deepEqual(plain.extraNames, []);
   assert.ok(!toCsv(plain).split('\n')[0].includes('gate'));
   assert.ok(!('gate' in JSON.parse(toJson(plain))) && !('extra' in JSON.parse(toJson(plain))));
-  assert.deepEqual([...OPTIONAL_CHARTS], ['gate', 'extra']);
+  assert.deepEqual([...OPTIONAL_CHARTS], ['gate', 'extra', 'share', 'participation']);
   assert.ok(OPTIONAL_CHARTS.every((id) => CHART_CARDS.some((c) => c.id === id)));
   // Switching the model to the plain run forgets the other run's gate and diagnostics.
   m.apply({ type: 'snapshot', run: { ...f.summary, runId: 'other' }, events: f.events, commands: [] });

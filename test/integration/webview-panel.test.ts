@@ -300,23 +300,30 @@ test('when α·κ̄ dwarfs the task loss, the task loss is drawn against its own
   assert.ok(split.right && split.right[1] >= taskMax && split.right[1] < lossMin, `right axis ${split.right}, task loss ≤ ${taskMax}, loss ≥ ${lossMin}`);
 });
 
-test('a κ at the run\'s damping floor 1/δ is marked, with the reason; κ just below it is not', async () => {
+test('a κ at the run\'s damping floor (λ_min ≤ δ·λ_max, κ ≥ 1/(2δ)) is marked, with the reason; κ below it is not; a null κ reads "—" with why, and an inactive unit is badged', async () => {
   const p = await openPanel();
   const f = syntheticRun();
   const hello = f.events[0] as Extract<TrainerEvent, { type: 'hello' }>;
-  hello.config = { ...hello.config, monitor: { damping: 1e-5 } }; // floor 1e5, above the fixture's κ
+  hello.config = { ...hello.config, monitor: { damping: 1e-5 } }; // floor 1/(2δ) = 5e4, above the fixture's κ
   const last = lastExperts(f.events);
   Object.assign(last[1], { kappa: 1e5, mu: 0 }); // singular: exactly 1/δ
-  Object.assign(last[2], { kappa: 0.999 * 1e5 }); // conditioned badly, but measured
+  Object.assign(last[2], { kappa: 0.99 * 5e4 }); // conditioned badly, but the damping does not dominate
+  Object.assign(last[3], { kappa: null, mu: null, lf: null, served: 2, share: 0.001, active: false }); // an unused unit
   await p.send(snapshotOf(f));
   await expectText(p.byTestId('kappa-1'), formatNumber(1e5));
   await expectAttr(p.byTestId('kappa-1'), 'data-floor', 'true');
-  assert.match((await p.byTestId('kappa-1').getAttribute('title')) ?? '', /damping floor 1\/δ = .*singular on the probe.*no gradient.*freeze or prune/);
-  assert.ok(last[0].kappa! < 1e5 && last[3].kappa! < 1e5, 'the others are below the floor');
-  for (const id of [0, 2, 3]) {
+  assert.match((await p.byTestId('kappa-1').getAttribute('title')) ?? '', /damping floor 1\/δ = .*singular.*freeze or prune/);
+  assert.ok(last[0].kappa! < 5e4, 'expert 0 is below the floor');
+  for (const id of [0, 2]) {
     await expectAttr(p.byTestId(`kappa-${id}`), 'data-floor', 'false');
     assert.equal(await p.byTestId(`kappa-${id}`).getAttribute('title'), '');
   }
+  await expectText(p.byTestId('kappa-3'), '—');
+  await expectAttr(p.byTestId('kappa-3'), 'data-floor', 'false');
+  assert.match((await p.byTestId('kappa-3').getAttribute('title')) ?? '', /not measurable: this expert serves 2 probe example\(s\), fewer than 4/);
+  assert.equal(await p.byTestId('inactive-3').isVisible(), true, 'the inactive badge shows');
+  assert.equal(await p.byTestId('inactive-0').isVisible(), false);
+  await expectAttr(p.byTestId('expert-3'), 'data-inactive', 'true');
 });
 
 test('units are named by family, from the hello: a BERT run says "head" in the table, the charts, the mask lanes and the command log', async () => {
@@ -873,6 +880,33 @@ test('a compared run has one legend entry per chart (its lines are named in the 
   const ds = (await chartInfo(p.page, 'expert')).datasets;
   assert.deepEqual(ds.filter((d) => d.role === 'compare').map((d) => d.hidden), [true, true, true]);
   assert.ok(ds.filter((d) => d.role !== 'compare').every((d) => !d.hidden));
+});
+
+test('a longer compared run is cut at this run\'s planned steps (not squeezing it into the left of the axis); "all steps" shows the whole of it', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 120, totalSteps: 300 });
+  const long = syntheticRun({ runId: 'long-baseline', steps: 1500, totalSteps: 2000, seed: 3 });
+  await p.send(snapshotOf(f));
+  await p.send({ type: 'compare', run: { runId: long.runId, events: long.events } });
+  await expectText(p.byTestId('compare-label'), long.runId);
+  await nextFrames(p.page);
+  const lossOverlay = async () => (await datasetsOf(p.page, 'loss')).filter((d) => d.role === 'compare')[0].data;
+  const cut = await lossOverlay();
+  assert.deepEqual(cut, metricsOf(long.events).filter((m) => m.step <= 300).map((m) => ({ x: m.step, y: m.loss })), 'the compared loss up to step 300, exactly');
+  assert.ok((await xRange(p.page, 'loss')).max <= 300, 'the axis spans this run\'s steps');
+  await expectText(p.byTestId('compare-range'), 'all steps');
+  await p.byTestId('compare-range').click();
+  await nextFrames(p.page);
+  assert.equal((await lossOverlay()).length, 1500);
+  assert.ok((await xRange(p.page, 'loss')).max >= 1500);
+  await expectText(p.byTestId('compare-range'), 'first 300 steps');
+  // A shorter compared run is never cut, and the button is not offered.
+  const short = syntheticRun({ runId: 'short', steps: 80, seed: 4 });
+  await p.send({ type: 'compare', run: { runId: short.runId, events: short.events } });
+  await expectText(p.byTestId('compare-label'), 'short');
+  await nextFrames(p.page);
+  assert.equal((await lossOverlay()).length, 80);
+  assert.equal(await p.byTestId('compare-range').isVisible(), false);
 });
 
 test('pruning mask chart: one stepped lane per expert, at exactly the reported status of each monitor step', async () => {

@@ -44,6 +44,8 @@ const cases: [string[], unknown, unknown][] = [
   [['engine'], true, 'jax'],
   // The tfjs engine has no device setting: any other value than auto is refused on its line.
   [['device'], 0, 'cuda'],
+  // A script needs the PyTorch engine (the reference config is tfjs), and a name.
+  [['script'], 5, ''],
   [['checkpointEvery'], '100', -5],
   [['logEvery'], {}, 0],
 ];

@@ -198,3 +198,20 @@ test('the contributed schema only describes and completes: no keyword the JSON s
   assert.deepEqual(root.properties.model.properties.family.examples, ['moe-mlp', 'switch-transformer', 'bert-encoder', 'vgg']);
   assert.deepEqual(root.properties.pruning.properties.enabled.examples, [true, false]);
 });
+
+test('script: needs the PyTorch engine and an existing file, each a diagnostic on its line; with a script the built-in families do not apply', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-script-'));
+  fs.writeFileSync(path.join(dir, 'train.py'), 'print(1)\n');
+  const at = (text: string) => analyzeConfigText(text, dir).problems.map((p) => ({ line: lineOf(text, p.range.start), message: p.message }));
+  const tfjs = at('{\n  "name": "s",\n  "script": "train.py"\n}\n');
+  assert.deepEqual(tfjs.map((p) => p.line), [3]);
+  assert.match(tfjs[0].message, /set "engine": "pytorch"/);
+  const missing = at('{\n  "engine": "pytorch",\n  "script": "nope.py"\n}\n');
+  assert.deepEqual(missing.map((p) => p.line), [3]);
+  assert.match(missing[0].message, /nope\.py does not exist/);
+  const folder = at('{\n  "engine": "pytorch",\n  "script": "."\n}\n');
+  assert.match(folder[0].message, /is not a file/);
+  const ok = analyzeConfigText('{"engine": "pytorch", "script": "train.py", "model": {"family": "switch-transformer"}, "data": {"source": "text"}}', dir);
+  assert.deepEqual(ok.problems, []);
+  assert.equal(ok.config?.script, 'train.py');
+});

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { PROTOCOL_VERSION, RunInfoSchema, TrainerEventSchema, upgradeRecord, type AckEvent, type HelloEvent, type MetricsEvent } from '../../src/protocol';
+import { PROTOCOL_VERSION, RunInfoSchema, TrainerEventSchema, parseTrainingConfig, upgradeConfigSnapshot, upgradeRecord, type AckEvent, type HelloEvent, type MetricsEvent } from '../../src/protocol';
 import { readRecordedEvents, readRunDirectory, readRunInfo } from '../../src/extension/run/runDirectory';
 import { RunSession } from '../../src/extension/run/runSession';
 
@@ -96,4 +96,21 @@ test('a protocol-1 run killed mid-run (run.json still "running", its trainer gon
   assert.deepEqual([...s.view.commands.values()].map((c) => `${c.id}:${c.status}`), ['alpha1:applied', 'freeze1:applied', 'unfreeze1:applied', 'freeze9:rejected']);
   assert.equal(readRunDirectory(dir).resumable, true);
   s.dispose();
+});
+
+test("a config snapshot from before the annealed pruner (pruning.every, pruning.threshold) parses once upgraded, its other settings kept", () => {
+  for (const dir of ['bert', 'killed', 'moe']) {
+    const raw = JSON.parse(fs.readFileSync(path.join(fixtures, dir, 'config.json'), 'utf8'));
+    assert.equal(parseTrainingConfig(raw).ok, false, `${dir}: the old pruning fields are refused as they are`);
+    const up = upgradeConfigSnapshot(raw) as { pruning: Record<string, unknown> };
+    const parsed = parseTrainingConfig(up);
+    assert.ok(parsed.ok, `${dir}: ${JSON.stringify(parsed)}`);
+    assert.equal('every' in up.pruning || 'threshold' in up.pruning, false);
+    assert.equal(parsed.config.pruning.warmup, raw.pruning.warmup);
+    assert.equal(parsed.config.pruning.budget, raw.pruning.budget);
+    assert.equal(parsed.config.alpha, raw.alpha);
+    assert.ok('every' in raw.pruning, 'the input is left alone');
+  }
+  const current = { pruning: { enabled: true, anneal: 50 } };
+  assert.equal(upgradeConfigSnapshot(current), current, 'a current config comes back as the same object');
 });

@@ -1,19 +1,21 @@
-// Same weights, same estimates: the PyTorch engine's κ per expert (autograd kernels, float64 eigh)
-// against the TypeScript float64 estimators (outputDirections, twoLayerTangentKernel, conditioning) on
-// one moe-mlp fixture, to 1e-5 relative. The expert's kernel of the gated mixture z = Σ_e g_e·o_e is
-// the expert kernel with each u_i scaled by g_e(x_i) (s_i = u_iᵀz_i is linear in u). Registered where an
-// interpreter imports torch (test/support/engines.ts); run in both of the engine's precisions.
+// Same weights, same estimates: the PyTorch engine's measurement of a moe-mlp (each expert's κ over the
+// probe examples it serves, κ of the model's kernel Σ_e K_e + K_gate; docs/method.md, "Definitions
+// (contract)") against the TypeScript float64 reference on one fixture (test/support/moeReference.ts:
+// closed-form kernels of the soft mixture, conditioning), to 1e-5 relative, in both of the engine's
+// precisions. Registered where an interpreter imports torch (test/support/engines.ts).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { conditioning, outputDirections, twoLayerTangentKernel } from '../../src/trainer/pl';
-import { PYTHON, engineEnv, root } from '../support/engines';
+import { MIN_SERVED } from '../../src/protocol';
+import { conditioning } from '../../src/trainer/pl';
+import { PYTHON, engineEnv } from '../support/engines';
+import { closedFormKernels, directions64, modelKappa64, type MoeParams } from '../support/moeReference';
 import { mulberry32 } from '../support/prng';
 
-const [E, d, c, h, n, damping] = [3, 12, 5, 6, 8, 1e-6];
+const [E, d, c, h, n, damping] = [3, 12, 5, 6, 10, 1e-6];
 
 function fixture() {
   const rnd = mulberry32(20261206);
@@ -24,56 +26,34 @@ function fixture() {
     b1: Array.from({ length: E }, () => normal(h, 0.1)),
     w2: Array.from({ length: E }, () => normal(h * c, Math.sqrt(1 / h))),
     b2: Array.from({ length: E }, () => normal(c, 0.1)),
-    // A gate far from uniform, so its weights matter.
-    gateW: normal(d * E, 1),
-    gateB: normal(E, 0.5),
+    // A gate away from uniform, so its weights and the served sets matter.
+    gateW: normal(d * E, 0.4),
+    gateB: normal(E, 0.3),
     x: Array.from({ length: n * d }, () => rnd()),
     labels: Array.from({ length: n }, (_, i) => i % c),
   };
 }
 
-/** The same measurement from the TypeScript estimators, in float64. */
+/** The same measurement from the TypeScript float64 reference. */
 function reference(f: ReturnType<typeof fixture>) {
-  const gate = new Float64Array(n * E);
-  const logits = new Float64Array(n * c);
-  for (let i = 0; i < n; i++) {
-    const z = Array.from({ length: E }, (_, e) => f.gateB[e] + Array.from({ length: d }, (_, a) => f.x[i * d + a] * f.gateW[a * E + e]).reduce((s, v) => s + v, 0));
-    const top = Math.max(...z);
-    const sum = z.reduce((s, v) => s + Math.exp(v - top), 0);
-    for (let e = 0; e < E; e++) {
-      gate[i * E + e] = Math.exp(z[e] - top) / sum;
-      for (let o = 0; o < c; o++) {
-        let out = f.b2[e][o];
-        for (let k = 0; k < h; k++) {
-          let pre = f.b1[e][k];
-          for (let a = 0; a < d; a++) pre += f.x[i * d + a] * f.w1[e][a * h + k];
-          out += Math.max(pre, 0) * f.w2[e][k * c + o];
-        }
-        logits[i * c + o] += gate[i * E + e] * out;
-      }
-    }
-  }
-  const logProbs = new Float64Array(n * c);
-  for (let i = 0; i < n; i++) {
-    const row = logits.subarray(i * c, (i + 1) * c);
-    const top = Math.max(...row);
-    const lse = top + Math.log(row.reduce((s, v) => s + Math.exp(v - top), 0));
-    for (let o = 0; o < c; o++) logProbs[i * c + o] = row[o] - lse;
-  }
-  const oneHot = Float64Array.from({ length: n * c }, (_, k) => (f.labels[Math.floor(k / c)] === k % c ? 1 : 0));
-  const u = outputDirections(logProbs, oneHot, n, c);
-  return Array.from({ length: E }, (_, e) => {
-    const scaled = u.map((v, k) => v * gate[Math.floor(k / c) * E + e]);
-    const K = twoLayerTangentKernel({ d, h, c, w1: f.w1[e], b1: f.b1[e], w2: f.w2[e], b2: f.b2[e] }, f.x, scaled, n);
-    const { mu, lf, kappa } = conditioning(K, n, damping);
-    return { mu, lf, kappa };
+  const m: MoeParams = { d, h, c, experts: E, gateW: Float64Array.from(f.gateW), gateB: Float64Array.from(f.gateB), w1: f.w1.map((a) => Float64Array.from(a)), b1: f.b1.map((a) => Float64Array.from(a)), w2: f.w2.map((a) => Float64Array.from(a)), b2: f.b2.map((a) => Float64Array.from(a)) };
+  const y = Float64Array.from({ length: n * c }, (_, k) => (f.labels[Math.floor(k / c)] === k % c ? 1 : 0));
+  const u = directions64(m, f.x, y, n);
+  const { units, p } = closedFormKernels(m, f.x, u, n);
+  const perUnit = units.map((K, e) => {
+    const rows = Array.from({ length: n }, (_, i) => i).filter((i) => p[i * E + e] >= 1 / (2 * E));
+    if (rows.length < MIN_SERVED) return { served: rows.length, mu: null, lf: null, kappa: null };
+    const sub = Float64Array.from({ length: rows.length ** 2 }, (_, k) => K[rows[Math.floor(k / rows.length)] * n + rows[k % rows.length]]);
+    const { mu, lf, kappa } = conditioning(sub, rows.length, damping);
+    return { served: rows.length, mu, lf, kappa };
   });
+  return { perUnit, modelKappa: modelKappa64(m, f.x, y, n, [0, 1, 2], damping).kappa };
 }
 
 if (!PYTHON) console.log('# pytorch same-weights check not run: no interpreter here imports torch and websockets');
 else {
   for (const dtype of ['float64', 'float32'] as const) {
-    test(`the PyTorch engine's μ, L_f, κ per expert equal the TypeScript estimators' on the same weights (${dtype}, 1e-5 relative)`, () => {
+    test(`the PyTorch engine's per-expert μ, L_f, κ and the model's κ equal the TypeScript reference on the same weights (${dtype}, 1e-5 relative)`, () => {
       const f = fixture();
       const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-same-'));
       const file = path.join(tmp, 'fixture.json');
@@ -81,16 +61,23 @@ else {
       const r = spawnSync(PYTHON!, ['-m', 'pltrain.samecheck', file], { encoding: 'utf8', env: engineEnv() });
       fs.rmSync(tmp, { recursive: true, force: true });
       assert.equal(r.status, 0, r.stderr);
-      const python = JSON.parse(r.stdout) as { id: number; mu: number; lf: number; kappa: number }[];
+      const python = JSON.parse(r.stdout) as { units: { id: number; served: number; mu: number | null; lf: number | null; kappa: number | null }[]; modelKappa: number };
       const ts = reference(f);
-      assert.equal(python.length, E);
+      assert.ok(ts.perUnit.some((u) => u.kappa !== null), 'at least one expert is measurable (else the test tests little)');
+      const close = (a: number, b: number, what: string) => {
+        const rel = Math.abs(a - b) / Math.abs(b);
+        assert.ok(rel <= 1e-5, `${what}: pytorch ${a} vs TypeScript ${b} (relative ${rel.toExponential(2)})`);
+      };
       for (let e = 0; e < E; e++) {
-        assert.ok(ts[e].kappa > 1 && ts[e].kappa < 1e4, `expert ${e}: a well-posed κ to compare (${ts[e].kappa})`);
-        for (const k of ['mu', 'lf', 'kappa'] as const) {
-          const rel = Math.abs(python[e][k] - ts[e][k]) / Math.abs(ts[e][k]);
-          assert.ok(rel <= 1e-5, `expert ${e} ${k}: pytorch ${python[e][k]} vs TypeScript ${ts[e][k]} (relative ${rel.toExponential(2)})`);
+        const [py, want] = [python.units[e], ts.perUnit[e]];
+        assert.equal(py.served, want.served, `expert ${e}: served`);
+        if (want.kappa === null) {
+          assert.deepEqual([py.mu, py.lf, py.kappa], [null, null, null], `expert ${e}: not measurable`);
+          continue;
         }
+        for (const k of ['mu', 'lf', 'kappa'] as const) close(py[k]!, want[k]!, `expert ${e} ${k}`);
       }
+      close(python.modelKappa, ts.modelKappa, "the model's κ");
     });
   }
 }

@@ -373,3 +373,27 @@ test('a probe the model fits with huge margins keeps a finite κ (directions fro
   assert.equal(r.measured?.length, 3);
   m.dispose();
 });
+
+test('OPT under α > 0: energy and orthogonality are measured afresh on every extraMetrics() call, not left at their values from before step 1', async () => {
+  const { hypersphericalEnergy } = await import('../../src/trainer/pl');
+  const c = config({ seed: 9, model: { experts: 3, hiddenUnits: 16, opt: true } });
+  const m = newModel(c);
+  m.measure(new Set(), new Set());
+  const e0 = m.extraMetrics();
+  // Regularized steps measure κ in their own graph: measure() is never called again.
+  for (let i = 0; i < 6; i++) {
+    const { x, y } = batch(i);
+    m.trainStep({ x, y, size: 32 }, { alpha: 0.01, trainable: [0, 1, 2], pruned: new Set() });
+    tf.dispose([x, y]);
+  }
+  const e1 = m.extraMetrics();
+  for (let i = 0; i < 3; i++) {
+    const w = m.firstLayer(i);
+    const now = hypersphericalEnergy(w.dataSync() as Float32Array, 196, 16);
+    w.dispose();
+    assert.equal(e1[`energy/expert${i}`], now, `expert ${i}: the energy of the current weights`);
+  }
+  // R moved off 0, so Q = Cayley(R) is no longer exactly I: a fresh ‖QᵀQ − I‖ differs from the first one.
+  assert.ok([0, 1, 2].some((i) => e1[`orthogonality/expert${i}`] !== e0[`orthogonality/expert${i}`]), 'orthogonality re-measured');
+  m.dispose();
+});

@@ -83,6 +83,12 @@ function place(root: Node, pr: ConfigProblem): LocatedProblem {
 /** Checks that need the disk: the trainer would fail on these only after starting. */
 export function fileSystemProblems(config: TrainingConfig, configDir: string): ConfigProblem[] {
   const out: ConfigProblem[] = [];
+  if (config.script !== undefined) {
+    const script = path.resolve(configDir, config.script);
+    const st = fs.statSync(script, { throwIfNoEntry: false });
+    if (!st) out.push({ path: ['script'], message: `script ${script} does not exist` });
+    else if (!st.isFile()) out.push({ path: ['script'], message: `script ${script} is not a file` });
+  }
   if (config.data.source === 'fashion-mnist') {
     const dir = config.data.path ? path.resolve(configDir, config.data.path) : DEFAULT_FASHION_MNIST_PATH;
     const where: (string | number)[] = config.data.path ? ['data', 'path'] : ['data', 'source'];

@@ -9,6 +9,9 @@ import { RUN_FILES, RunInfo, TOKEN_ENV, runEndpoint, runStamp, safeRunName } fro
 import { ensurePrivateDir, openPrivate, writePrivateAtomic } from '../../protocol/privateFile';
 import { LAUNCH_FILE, readRunInfo, tailLog } from './runDirectory';
 
+/** Where a script started from a config finds its run directory (python/pltrain/attach.py RUN_DIR_ENV). */
+export const RUN_DIR_ENV = 'PLTRAIN_RUN_DIR';
+
 export interface LaunchOptions {
   /** Node executable; VS Code's own runtime works when ELECTRON_RUN_AS_NODE is set. */
   nodePath: string;
@@ -23,6 +26,12 @@ export interface LaunchOptions {
    * `pltrain` package; the trainer is then `python -m pltrain` with the same arguments.
    */
   python?: { interpreter: string; packageDir: string };
+  /**
+   * The user's own script (config `script`, absolute), run by the `python` interpreter instead of
+   * `python -m pltrain`: it attaches with pltrain.attach, which takes the run directory from
+   * PLTRAIN_RUN_DIR and the token from the environment, like the engine.
+   */
+  script?: string;
 }
 
 export interface LaunchedTrainer {
@@ -46,8 +55,12 @@ export function launchTrainer(o: LaunchOptions, announceTimeoutMs = 180_000): La
   const token = randomBytes(32).toString('hex');
   const logFd = openPrivate(path.join(o.runDir, RUN_FILES.log), 'append');
   const args = o.resume ? ['--resume', o.runDir] : ['--config', o.configPath, '--run-dir', o.runDir];
-  const [command, commandArgs, extraEnv] = o.python
-    ? [o.python.interpreter, ['-m', 'pltrain', ...args], { PYTHONPATH: [o.python.packageDir, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter) }]
+  if (o.script && (!o.python || o.resume)) throw new Error(o.resume ? 'a script run cannot be resumed: it keeps no checkpoint of your model' : 'a script needs the PyTorch engine\'s interpreter');
+  const pythonPath = o.python ? { PYTHONPATH: [o.python.packageDir, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter) } : {};
+  const [command, commandArgs, extraEnv] = o.script
+    ? [o.python!.interpreter, [o.script], { ...pythonPath, [RUN_DIR_ENV]: o.runDir }]
+    : o.python
+    ? [o.python.interpreter, ['-m', 'pltrain', ...args], pythonPath]
     : [o.nodePath, [o.trainerScript, ...args], { ELECTRON_RUN_AS_NODE: '1' }];
   const child = spawn(command, commandArgs, {
     cwd: o.cwd,

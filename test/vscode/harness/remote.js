@@ -293,7 +293,8 @@ function cleanUp() {
       check(`after the reload the panel re-attaches to the run${restored ? ' (restored)' : ' (opened again)'}`, true);
     }
     const entry = (await log.textContent()).replace(/\s+/g, ' ');
-    const acks = fs.readFileSync(path.join(runDir, 'commands.jsonl'), 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    const acksFile = path.join(runDir, 'commands.jsonl');
+    const acks = fs.existsSync(acksFile) ? fs.readFileSync(acksFile, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
     const pauses = acks.filter((a) => a.command.kind === 'pause');
     const appliedOnce = pauses.length === 1 && pauses[0].status === 'applied';
     check(
