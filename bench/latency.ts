@@ -131,7 +131,7 @@ async function hostRole(): Promise<void> {
     trainer.send('go');
     log(`${rate} metrics/s for ${seconds} s`);
     const result = await done;
-    // Let the last batch (RunSession coalesces for 30 ms) and its frame arrive.
+    // Let the last batch (RunSession coalesces while busy, BUSY_INTERVAL_MS) and its frame arrive.
     const deadline = Date.now() + 5000;
     let page = await panel.page.evaluate(() => (window as any).__benchLatency.results());
     while (page.received.length < result.sent && Date.now() < deadline) {
