@@ -475,6 +475,49 @@ test('events append in seq order; duplicates and other runs are ignored; invalid
   assert.equal(p.console.filter((m) => /ignored an invalid message/.test(m.text)).length, 2);
 });
 
+test('a chart redraws only when a line it draws changed: the κ chart skips the frames between monitor steps, and redraws for a setting', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 100 });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), '100 / 300');
+  await nextFrames(p.page);
+  // Count chart.js updates per chart from here on (harness-only hook).
+  await p.page.evaluate(() => {
+    const dbg = (window as unknown as { __plTrainer: { charts: Record<string, { chart: { update: (mode?: string) => void } }> } }).__plTrainer;
+    const counts: Record<string, number> = {};
+    (window as unknown as { __updates: Record<string, number> }).__updates = counts;
+    for (const [id, c] of Object.entries(dbg.charts)) {
+      counts[id] = 0;
+      const original = c.chart.update.bind(c.chart);
+      c.chart.update = (mode?: string) => {
+        counts[id]++;
+        original(mode);
+      };
+    }
+  });
+  const updates = () => p.page.evaluate(() => ({ ...(window as unknown as { __updates: Record<string, number> }).__updates }));
+  // Steps 101…109: no monitor step (every 10), so the κ chart has nothing new; the loss chart has.
+  for (const e of f.more(9)) {
+    await p.send({ type: 'events', runId: f.runId, events: [e] });
+    await nextFrames(p.page);
+  }
+  await expectText(p.byTestId('step'), '109 / 300');
+  let u = await updates();
+  assert.equal(u.expert, 0, `κ chart redrawn without a new κ: ${JSON.stringify(u)}`);
+  assert.ok(u.loss >= 1, `the loss chart redraws for new steps: ${JSON.stringify(u)}`);
+  // Step 110 measures κ: the κ chart redraws, and draws the new point.
+  await p.send({ type: 'events', runId: f.runId, events: f.more(1) });
+  await expectText(p.byTestId('experts-measured'), 'measured at step 110');
+  await nextFrames(p.page);
+  u = await updates();
+  assert.equal(u.expert, 1, JSON.stringify(u));
+  assert.equal((await chartInfo(p.page, 'expert')).datasets[0].length, 11);
+  // A view setting (κ → μ) redraws it though no point came.
+  await p.byTestId('expert-metric-mu').click();
+  await nextFrames(p.page);
+  assert.equal((await updates()).expert, 2);
+});
+
 test('Pause posts a valid command, and the log follows its lifecycle pending → applied at step N', async () => {
   const p = await openPanel();
   const f = syntheticRun();
