@@ -79,11 +79,13 @@ class Measurer:
         self.last = None  # the units' stats of the last measurement
         self.model_kappa = 0.0  # κ of the model's kernel at the last measurement
         self.traces = [0.0] * model.units
+        self.direction_path = None  # (u, the leaf holding u in the kernel) of the last differentiable kernels
 
     def kernels(self, pruned, create_graph, mask=None):
         """(unit kernels E×n×n, the rest of the model's kernel n×n, the probe rows each unit serves)."""
         n, E = self.probe_x.shape[0], self.model.units
         logits = self.model(self.probe_x, pruned, mask)
+        self.direction_path = None
         if hasattr(self.model, "unit_kernels"):
             # Closed forms from forward quantities (moe-mlp), differentiable in every weight, u included
             # (contract 7: the regularizer's gradient follows u's dependence on the weights).
@@ -92,18 +94,21 @@ class Measurer:
             rest = self.model.kernel_rest(self.probe_x, u, pruned, mask)
             served = self.model.served(self.probe_x, pruned, mask)
         else:
-            # Per-sample gradients of the model's output, every live unit in one batched backward, u held
-            # fixed (its own dependence on the weights is not differentiated here); the output bias's
-            # kernel U·Uᵀ is the rest. A pruned unit serves nothing.
-            u = estimators.output_directions_torch(logits.detach(), self.one_hot)
+            # Per-sample gradients of the model's output, every live unit in one batched backward. The
+            # kernel holds u fixed inside the Jacobian (contract 2): `held` is a leaf standing for u there,
+            # and `regularizer` pulls ∂κ̃/∂held back through u(θ) (contract 7). The output bias's kernel
+            # U·Uᵀ is the rest. A pruned unit serves nothing.
+            u = estimators.output_directions_torch(logits if create_graph else logits.detach(), self.one_hot)
+            held = u.detach().clone().requires_grad_(create_graph)
+            self.direction_path = (u, held) if create_graph else None
             live = [e for e in range(E) if e not in pruned]
-            s = (u * logits).sum(dim=1)
+            s = (held * logits).sum(dim=1)
             units = [torch.zeros(n, n, dtype=logits.dtype, device=logits.device)] * E
             if live:
                 for e, k in zip(live, estimators.unit_kernels(s, [self.model.unit_params(e) for e in live], create_graph)):
                     units[e] = k
             units = torch.stack(units)
-            rest = u @ u.T
+            rest = held @ held.T
             served = [[] if e in pruned else list(range(n)) for e in range(E)]
         if not create_graph:
             units, rest = units.detach(), rest.detach()
@@ -127,6 +132,19 @@ class Measurer:
         c = estimators.conditioning(model_kernel.detach().double().cpu().numpy(), self.damping)
         self.last, self.model_kappa = stats, c["kappa"]
         return stats, model_kernel, c["vMin"], c["vMax"]
+
+    def regularizer(self, model_kernel, v_min, v_max):
+        """κ̃ of the model's kernel along its held eigenvectors (contract 7), from `kernels(…, True)`: the
+        gradient through every weight K depends on and, where the kernel held u in a leaf, through u's
+        own dependence on the weights (its value unchanged)."""
+        reg = estimators.kappa_surrogates(model_kernel.unsqueeze(0), [v_min], [v_max], self.damping)[0]
+        if self.direction_path is not None:
+            u, held = self.direction_path
+            (along_u,) = torch.autograd.grad(reg, held, retain_graph=True, allow_unused=True)
+            if along_u is not None:
+                pull = (u * along_u.detach()).sum()
+                reg = reg + (pull - pull.detach())
+        return reg
 
     def measure(self, frozen, pruned, trainable, mask=None):
         units, rest, served = self.kernels(pruned, False, mask)
@@ -438,7 +456,7 @@ class Trainer:
                         units_k, rest_k, served = measurer.kernels(pruned, True, mask_t)
                         measured, model_kernel, v_min, v_max = measurer.condition(units_k, rest_k, served, steering.frozen, pruned, trainable)
                         # The regularizer is κ of the model's kernel (contract 6–7), along its eigenvectors.
-                        reg = estimators.kappa_surrogates(model_kernel.unsqueeze(0), [v_min], [v_max], damping)[0]
+                        reg = measurer.regularizer(model_kernel, v_min, v_max)
                         total = task_loss + alpha * reg
                     else:
                         if monitor_step:
