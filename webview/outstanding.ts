@@ -26,6 +26,30 @@ export function outstandingFromPersisted(state: unknown): OutstandingCommand[] {
   return r.success ? r.data : [];
 }
 
+/**
+ * The copy kept in the webview's localStorage. VS Code keeps a webview's origin stable per extension
+ * and view type, so this copy reaches a panel that is opened anew rather than restored (after a lost
+ * remote link the workbench may not restore the panel, and then its getState is empty).
+ */
+export const OUTSTANDING_STORAGE_KEY = 'pl-trainer.outstanding';
+
+/**
+ * The list to store in localStorage: what is stored (another window's panel may share the origin)
+ * less the ids this document has resolved or holds, plus this document's. Bounded like the rest.
+ */
+export function mergeStored(stored: unknown, mine: readonly OutstandingCommand[], resolved: ReadonlySet<string>): OutstandingCommand[] {
+  const own = new Set(mine.map((c) => c.id));
+  const others = outstandingFromPersisted({ outstanding: stored }).filter((c) => !own.has(c.id) && !resolved.has(c.id));
+  return [...others, ...mine].slice(-MAX_OUTSTANDING);
+}
+
+/** Both copies, the webview state's first, each id once. */
+export function restoredFrom(state: unknown, stored: unknown): OutstandingCommand[] {
+  const out = new Map<string, OutstandingCommand>();
+  for (const c of [...outstandingFromPersisted(state), ...outstandingFromPersisted({ outstanding: stored })]) if (!out.has(c.id)) out.set(c.id, c);
+  return [...out.values()].slice(-MAX_OUTSTANDING);
+}
+
 /** What the panel now knows of the host's side (from the host's snapshot and facts). */
 export interface HostSide {
   /** The run the host shows; undefined with none (yet). */
@@ -95,6 +119,7 @@ export class OutstandingCommands {
       const oldest = this.entries.values().next().value as OutstandingCommand;
       this.entries.delete(oldest.id);
       this.restored.delete(oldest.id);
+      this.resolved.add(oldest.id);
       this.dropped.push(oldest);
     }
   }
@@ -104,9 +129,13 @@ export class OutstandingCommands {
     return this.dropped.splice(0);
   }
 
-  /** The host answered (pending, applied, rejected or failed): no longer outstanding. Returns whether it was. */
+  /** Ids this document has settled (answered, taken or refused): removed from the shared copy too. */
+  readonly resolved = new Set<string>();
+
+  /** The host answered (pending, applied, rejected or failed), or it was refused: no longer outstanding. Returns whether it was. */
   settle(id: string): boolean {
     this.restored.delete(id);
+    this.resolved.add(id);
     return this.entries.delete(id);
   }
 

@@ -10,7 +10,7 @@ import { CHART_CARDS, OPTIONAL_CHARTS, hasLogToggle, type ChartId } from '../src
 import { MetricChart, type ChartLine } from './charts';
 import { parseAlphaInput } from './commands';
 import { exportFileName, toCsv, toJson } from './export';
-import { OutstandingCommands, outstandingFromPersisted, resolveRestored } from './outstanding';
+import { OUTSTANDING_STORAGE_KEY, OutstandingCommands, mergeStored, resolveRestored, restoredFrom } from './outstanding';
 import { RunModel, cleanDirty, decodeMaskLevel, extraSeriesKey, gateSeriesKey, maskSeriesKey, mergeDirty, shareSeriesKey, unitSeriesKey, type Dirty } from './runModel';
 import { MAX_SMOOTHING, Series } from './series';
 import { EXPERT_METRICS, fromPersisted, toPersisted, type ExpertMetric, type UiSettings } from './settings';
@@ -55,7 +55,7 @@ export class PanelController {
   constructor(private readonly vscode: VsCodeApi) {
     const state = vscode.getState();
     this.settings = fromPersisted(state);
-    this.outstanding = new OutstandingCommands(outstandingFromPersisted(state));
+    this.outstanding = new OutstandingCommands(restoredFrom(state, readStored()));
     this.model = new RunModel(this.settings.smoothing);
     this.view = new PanelView((unit) => this.toggleUnit(unit));
     this.theme = readChartTheme();
@@ -131,6 +131,7 @@ export class PanelController {
     const outstanding = this.outstanding.toPersisted();
     const settings = toPersisted(this.settings) as object;
     this.vscode.setState(outstanding.length ? { ...settings, outstanding } : settings);
+    writeStored(mergeStored(readStored(), outstanding, this.outstanding.resolved));
   }
 
   private post(message: WebviewToHost): void {
@@ -396,6 +397,25 @@ export class PanelController {
       }
       this.linesDirty = false;
     }
+  }
+}
+
+/** The localStorage copy of the unanswered commands (see OUTSTANDING_STORAGE_KEY); none where storage is unavailable. */
+function readStored(): unknown {
+  try {
+    const raw = window.localStorage.getItem(OUTSTANDING_STORAGE_KEY);
+    return raw === null ? [] : JSON.parse(raw);
+  } catch {
+    return [];
+  }
+}
+
+function writeStored(list: readonly unknown[]): void {
+  try {
+    if (list.length) window.localStorage.setItem(OUTSTANDING_STORAGE_KEY, JSON.stringify(list));
+    else window.localStorage.removeItem(OUTSTANDING_STORAGE_KEY);
+  } catch {
+    // Storage off or full: the webview state still holds them.
   }
 }
 

@@ -3,7 +3,7 @@
 // mechanism (persisted state, reload, re-post) is test/integration/webview-panel.test.ts.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MAX_OUTSTANDING, OutstandingCommands, outstandingFromPersisted, resolveRestored, type HostSide, type OutstandingCommand } from '../../webview/outstanding';
+import { MAX_OUTSTANDING, OutstandingCommands, mergeStored, outstandingFromPersisted, resolveRestored, restoredFrom, type HostSide, type OutstandingCommand } from '../../webview/outstanding';
 import { fromPersisted } from '../../webview/settings';
 
 const pause: OutstandingCommand = { id: 'wv-1', runId: 'run-a', command: { kind: 'pause' } };
@@ -68,4 +68,23 @@ test('a damaged or foreign persisted state yields no commands (and never one out
   assert.deepEqual(outstandingFromPersisted({ outstanding: [{ id: 'bad id!', runId: 'r', command: { kind: 'pause' } }] }), []);
   assert.deepEqual(outstandingFromPersisted({ outstanding: [{ id: 'wv-1', runId: 'r', command: { kind: 'setAlpha', alpha: -1 } }] }), []);
   assert.deepEqual(outstandingFromPersisted({ outstanding: Array.from({ length: MAX_OUTSTANDING + 1 }, (_, i) => ({ id: `wv-${i}`, runId: 'r', command: { kind: 'pause' } })) }), []);
+});
+
+test('the localStorage copy reaches a panel opened anew; it keeps other documents\' commands and drops the ones this one resolved', () => {
+  const other: OutstandingCommand = { id: 'wv-9', runId: 'run-b', command: { kind: 'stop' } };
+  const alpha: OutstandingCommand = { id: 'wv-2', runId: 'run-a', command: { kind: 'setAlpha', alpha: 0.5 } };
+  // A restored panel has both copies: each id once, the webview state's first.
+  assert.deepEqual(restoredFrom({ v: 1, outstanding: [pause] }, [pause, other]), [pause, other]);
+  // A panel opened anew (no webview state) still gets them.
+  assert.deepEqual(restoredFrom(undefined, [pause]), [pause]);
+  assert.deepEqual(restoredFrom(undefined, 'garbage'), []);
+  const list = new OutstandingCommands([pause]);
+  list.add(alpha);
+  list.settle(pause.id);
+  assert.deepEqual(mergeStored([pause, other], list.toPersisted(), list.resolved), [other, alpha]);
+  assert.deepEqual(mergeStored(null, [], new Set()), []);
+  const many = Array.from({ length: MAX_OUTSTANDING }, (_, i) => ({ id: `x-${i}`, runId: 'run-b', command: { kind: 'pause' } as const }));
+  const merged = mergeStored(many, [alpha], new Set());
+  assert.equal(merged.length, MAX_OUTSTANDING);
+  assert.deepEqual(merged.at(-1), alpha);
 });
