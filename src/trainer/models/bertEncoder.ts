@@ -116,7 +116,7 @@ export class BertEncoder extends RouterlessClassifier {
     if (data.rows * data.cols !== data.features) throw new Error(`image grid ${data.rows}×${data.cols} does not match ${data.features} features`);
     const { experts: heads, dModel, layers, hiddenUnits } = config.model;
     if (dModel % heads !== 0) throw new Error(`dModel ${dModel} must be a multiple of the ${heads} attention heads`);
-    super(tf, config, `bert${modelCount++}`, heads, data.classes, { shared: 'shared', unit: (h) => `head${h}` }, 250);
+    super(tf, config, `bert${modelCount++}`, heads, data.classes, { sharedName: 'shared', unitName: (h) => `head${h}` }, 250);
     this.dModel = dModel;
     this.dHead = dModel / heads;
     this.ffn = hiddenUnits;

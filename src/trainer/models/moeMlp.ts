@@ -8,7 +8,7 @@ import { sumOfSquares } from '../engine/sumOfSquares';
 import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
 import { conditioning, dampedKappa, kappaSurrogateTf, moeKernelsTf, outputDirectionsTf, SpectralNormState, spectralNormProduct } from '../pl';
-import { classifierAccuracy, kernelWeights, principalSubmatrix, regularizerWeights, restoreGroups, rowScales, saveGroups, SoftMask } from './shared';
+import { classifierAccuracy, kernelWeights, ParameterGroups, principalSubmatrix, regularizerWeights, rowScales, SoftMask, type ModelConditioning } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 export interface ExpertVars {
@@ -17,15 +17,6 @@ export interface ExpertVars {
   b1: TF.Variable; // h
   w2: TF.Variable; // h×c
   b2: TF.Variable; // c
-}
-
-/** A measurement of the model's kernel (the regularizer): its damped κ and the eigenvectors it is differentiated along. */
-export interface ModelConditioning {
-  mu: number;
-  lf: number;
-  kappa: number;
-  vMin: Float64Array;
-  vMax: Float64Array;
 }
 
 /** The probe kernels of the last measurement, in float64 (tests hold them to explicit Jacobians). */
@@ -49,13 +40,8 @@ export class MoeMlp implements PlModel {
   readonly experts: ExpertVars[];
   readonly gateW: TF.Variable;
   readonly gateB: TF.Variable;
-  /**
-   * One Adam per expert and one for the gate: tfjs's Adam keys its moment estimates by the variable's
-   * position in the list it is given, so a single optimizer over a list that shrinks when an expert
-   * is frozen would hand the remaining experts each other's moments.
-   */
-  private readonly gateOptimizer: TF.Optimizer;
-  private readonly expertOptimizers: TF.Optimizer[];
+  /** The gate's group and one per expert, each with its own Adam (see ParameterGroups). */
+  private readonly parameters: ParameterGroups;
   private readonly prefix = `moe${modelCount++}`;
   private probeX: TF.Tensor2D | undefined;
   private probeY: TF.Tensor2D | undefined;
@@ -107,8 +93,14 @@ export class MoeMlp implements PlModel {
     this.spectral = new SpectralNormState(config.seed);
     this.softMask = new SoftMask(tf, name('pruningMask'), experts);
     this.measuresInStep = config.monitor.lipschitz === 'tangent-kernel';
-    this.gateOptimizer = createAdam(tf, config.learningRate);
-    this.expertOptimizers = this.experts.map(() => createAdam(tf, config.learningRate));
+    const optLayers = this.optLayers;
+    this.parameters = new ParameterGroups(
+      tf,
+      this.prefix,
+      experts,
+      { sharedName: 'gate', sharedVars: () => [this.gateW, this.gateB], unitName: (i) => `expert${i}`, unitVars: (i) => this.expertVars(i), extraVars: () => (optLayers ?? []).map((l) => l.v) },
+      () => createAdam(tf, config.learningRate),
+    );
   }
 
   get units(): number {
@@ -183,8 +175,8 @@ export class MoeMlp implements PlModel {
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
       const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
-      this.gateOptimizer.applyGradients(group([this.gateW, this.gateB]));
-      for (const i of trainable) this.expertOptimizers[i].applyGradients(group(this.expertVars(i)));
+      this.parameters.sharedOptimizer.applyGradients(group([this.gateW, this.gateB]));
+      for (const i of trainable) this.parameters.unitOptimizers[i].applyGradients(group(this.expertVars(i)));
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = sumOfSquares(tf, Object.values(grads));
       const stacked = tf.concat([tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]), sharesT!]);
@@ -410,33 +402,26 @@ export class MoeMlp implements PlModel {
     return [e.w1, e.b1, e.w2, e.b2];
   }
 
-  private groups(): [string, TF.Variable[], TF.Optimizer][] {
-    return [['gate', [this.gateW, this.gateB], this.gateOptimizer], ...this.experts.map((_, i): [string, TF.Variable[], TF.Optimizer] => [`expert${i}`, this.expertVars(i), this.expertOptimizers[i]])];
-  }
-
   /** Everything needed to continue training exactly where it stopped (for checkpoints). */
   getState(): Promise<ModelState> {
-    return saveGroups(this.prefix, this.groups(), (this.optLayers ?? []).map((l) => l.v));
+    return this.parameters.save();
   }
 
   setState(state: ModelState): Promise<void> {
-    return restoreGroups(this.tf, this.prefix, this.groups(), state, (this.optLayers ?? []).map((l) => l.v));
+    return this.parameters.restore(state);
   }
 
   /** Snapshot of an expert's weights (for tests: frozen means bit-identical). */
   unitWeights(i: number): Float32Array[] {
-    const e = this.experts[i];
-    return [e.w1, e.b1, e.w2, e.b2].map((v) => Float32Array.from(v.dataSync()));
+    return this.parameters.unitWeights(i);
   }
 
   dispose(): void {
-    this.tf.dispose([...this.experts.flatMap((e) => Object.values(e)), this.gateW, this.gateB, ...(this.optLayers ?? []).map((l) => l.v)]);
+    this.parameters.dispose();
     this.softMask.dispose();
     this.probeX?.dispose();
     this.probeY?.dispose();
     this.probeGram?.dispose();
-    this.gateOptimizer.dispose();
-    for (const o of this.expertOptimizers) o.dispose();
   }
 }
 

@@ -7,23 +7,15 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
 import { classifierUnitKernels, outputDirections, smoothKappaTf, SpectralNormState } from '../pl';
-import { biasRayleigh, classifierAccuracy, regularizerWeights, restoreGroups, routerlessMeasurement, saveGroups, SoftMask, type ModelConditioning, type VariableGroup } from './shared';
+import { biasRayleigh, classifierAccuracy, ParameterGroups, regularizerWeights, routerlessMeasurement, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
 
-/** How a family names its variable groups in checkpoints (`shared`, `head3`; `dense`, `group3`). */
-export interface GroupNames {
-  shared: string;
-  unit: (i: number) => string;
-}
-
 export abstract class RouterlessClassifier implements PlModel {
   readonly units: number;
   readonly classes: number;
-  /** One Adam per unit and one for the shared variables: tfjs's Adam keys its moments by list position. */
-  private readonly sharedOptimizer: TF.Optimizer;
-  private readonly unitOptimizers: TF.Optimizer[];
+  private readonly parameters: ParameterGroups;
   private readonly softMask: SoftMask;
   protected readonly spectral: SpectralNormState;
   private probeX: T2 | undefined;
@@ -40,15 +32,14 @@ export abstract class RouterlessClassifier implements PlModel {
     protected readonly prefix: string,
     units: number,
     classes: number,
-    private readonly groupNames: GroupNames,
+    groupNames: Pick<GroupLayout, 'sharedName' | 'unitName'>,
     private readonly evaluationBatch: number,
   ) {
     this.units = units;
     this.classes = classes;
     this.spectral = new SpectralNormState(config.seed);
     this.softMask = new SoftMask(tf, `${prefix}/pruningMask`, units);
-    this.sharedOptimizer = tf.train.adam(config.learningRate);
-    this.unitOptimizers = Array.from({ length: units }, () => tf.train.adam(config.learningRate));
+    this.parameters = new ParameterGroups(tf, prefix, units, { ...groupNames, sharedVars: () => this.sharedVars(), unitVars: (i) => this.unitVars(i) }, () => tf.train.adam(config.learningRate));
   }
 
   /** Logits [b, classes] of images x; a pruned unit's variables are replaced by zeros, `softMask` scales each unit's output. */
@@ -98,8 +89,8 @@ export abstract class RouterlessClassifier implements PlModel {
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
       const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
-      this.sharedOptimizer.applyGradients(group(shared));
-      for (const u of trainable) this.unitOptimizers[u].applyGradients(group(this.unitVars(u)));
+      this.parameters.sharedOptimizer.applyGradients(group(shared));
+      for (const u of trainable) this.parameters.unitOptimizers[u].applyGradients(group(this.unitVars(u)));
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
@@ -193,29 +184,23 @@ export abstract class RouterlessClassifier implements PlModel {
     return classifierAccuracy(this.tf, data, split, (x) => this.logits(x, pruned), batch);
   }
 
-  private groups(): VariableGroup[] {
-    return [[this.groupNames.shared, this.sharedVars(), this.sharedOptimizer], ...this.unitOptimizers.map((opt, i): VariableGroup => [this.groupNames.unit(i), this.unitVars(i), opt])];
-  }
-
   /** Everything needed to continue training exactly where it stopped (for checkpoints). */
   getState(): Promise<ModelState> {
-    return saveGroups(this.prefix, this.groups());
+    return this.parameters.save();
   }
 
   setState(state: ModelState): Promise<void> {
-    return restoreGroups(this.tf, this.prefix, this.groups(), state);
+    return this.parameters.restore(state);
   }
 
   unitWeights(i: number): Float32Array[] {
-    return this.unitVars(i).map((v) => Float32Array.from(v.dataSync()));
+    return this.parameters.unitWeights(i);
   }
 
   dispose(): void {
-    this.tf.dispose([...this.sharedVars(), ...Array.from({ length: this.units }, (_, i) => this.unitVars(i)).flat()]);
+    this.parameters.dispose();
     this.probeX?.dispose();
     this.probeY?.dispose();
-    this.sharedOptimizer.dispose();
-    for (const o of this.unitOptimizers) o.dispose();
     this.softMask.dispose();
   }
 }

@@ -201,3 +201,65 @@ export class SoftMask {
     this.variable = undefined;
   }
 }
+
+/**
+ * A family's trainable variables in groups, each with its own optimizer: one group for the variables
+ * no unit owns and one per unit (tfjs's Adam keys its moments by list position, so one optimizer over
+ * a list that shrinks when a unit is frozen would hand the other units each other's moments). It owns
+ * what every family does alike with them: checkpoint state, copies of a unit's weights, and disposal.
+ * The variable lists are read when needed, so a family may make its variables after this object.
+ */
+export interface GroupLayout {
+  /** The shared group's name in checkpoints (`gate`, `shared`, `dense`) and its variables. */
+  sharedName: string;
+  sharedVars: () => TF.Variable[];
+  /** Unit i's group name in checkpoints (`expert3`, `head3`, `group3`) and its variables. */
+  unitName: (i: number) => string;
+  unitVars: (i: number) => TF.Variable[];
+  /** Variables no optimizer owns but a checkpoint keeps (OPT's fixed neurons). */
+  extraVars?: () => TF.Variable[];
+}
+
+export class ParameterGroups {
+  readonly sharedOptimizer: TF.Optimizer;
+  readonly unitOptimizers: TF.Optimizer[];
+
+  constructor(
+    private readonly tf: typeof TF,
+    /** The tfjs name prefix of the model's variables, cut off in checkpoints. */
+    private readonly prefix: string,
+    readonly units: number,
+    private readonly layout: GroupLayout,
+    makeOptimizer: () => TF.Optimizer,
+  ) {
+    this.sharedOptimizer = makeOptimizer();
+    this.unitOptimizers = Array.from({ length: units }, () => makeOptimizer());
+  }
+
+  private groups(): VariableGroup[] {
+    const l = this.layout;
+    return [[l.sharedName, l.sharedVars(), this.sharedOptimizer], ...this.unitOptimizers.map((opt, i): VariableGroup => [l.unitName(i), l.unitVars(i), opt])];
+  }
+
+  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
+  save(): Promise<ModelState> {
+    return saveGroups(this.prefix, this.groups(), this.layout.extraVars?.());
+  }
+
+  restore(state: ModelState): Promise<void> {
+    return restoreGroups(this.tf, this.prefix, this.groups(), state, this.layout.extraVars?.());
+  }
+
+  /** A copy of unit i's weights. */
+  unitWeights(i: number): Float32Array[] {
+    return this.layout.unitVars(i).map((v) => Float32Array.from(v.dataSync()));
+  }
+
+  /** Disposes every variable of every group, the extra ones, and the optimizers. */
+  dispose(): void {
+    const l = this.layout;
+    this.tf.dispose([...l.sharedVars(), ...Array.from({ length: this.units }, (_, i) => l.unitVars(i)).flat(), ...(l.extraVars?.() ?? [])]);
+    this.sharedOptimizer.dispose();
+    for (const o of this.unitOptimizers) o.dispose();
+  }
+}

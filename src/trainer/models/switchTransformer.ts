@@ -35,7 +35,7 @@ import type * as TF from '@tensorflow/tfjs';
 import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
 import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
-import { principalSubmatrix, regularizerWeights, restoreGroups, saveGroups, SoftMask } from './shared';
+import { ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -104,8 +104,7 @@ export class SwitchTransformerLm implements PlModel {
   readonly blocks: BlockVars[];
   readonly head: { lnG: TF.Variable; lnB: TF.Variable; w: TF.Variable; b: TF.Variable };
   /** One Adam per expert and one for everything shared: tfjs's Adam keys its moments by list position. */
-  private readonly sharedOptimizer: TF.Optimizer;
-  private readonly expertOptimizers: TF.Optimizer[];
+  private readonly parameters: ParameterGroups;
   private readonly prefix = `switch${modelCount++}`;
   private readonly spectral: SpectralNormState;
   private readonly softMask: SoftMask;
@@ -182,8 +181,13 @@ export class SwitchTransformerLm implements PlModel {
     };
     this.spectral = new SpectralNormState(config.seed);
     this.softMask = new SoftMask(tf, name('pruningMask'), this.units);
-    this.sharedOptimizer = tf.train.adam(config.learningRate);
-    this.expertOptimizers = Array.from({ length: experts }, () => tf.train.adam(config.learningRate));
+    this.parameters = new ParameterGroups(
+      tf,
+      this.prefix,
+      experts,
+      { sharedName: 'shared', sharedVars: () => this.sharedVars(), unitName: (e) => `expert${e}`, unitVars: (e) => this.expertVars(e) },
+      () => tf.train.adam(config.learningRate),
+    );
   }
 
   setProbe(probe: Batch): void {
@@ -456,10 +460,10 @@ export class SwitchTransformerLm implements PlModel {
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
       const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
-      this.sharedOptimizer.applyGradients(group(shared));
+      this.parameters.sharedOptimizer.applyGradients(group(shared));
       for (const e of trainable) {
         const g = group(this.expertVars(e));
-        if (g.some((x) => x.tensor)) this.expertOptimizers[e].applyGradients(g);
+        if (g.some((x) => x.tensor)) this.parameters.unitOptimizers[e].applyGradients(g);
       }
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), gradNormSq]);
@@ -600,31 +604,24 @@ export class SwitchTransformerLm implements PlModel {
     return [this.embedding.tokens, this.embedding.positions, ...perBlock, this.head.lnG, this.head.lnB, this.head.w, this.head.b];
   }
 
-  private groups(): [string, TF.Variable[], TF.Optimizer][] {
-    const experts = this.expertOptimizers.map((opt, e): [string, TF.Variable[], TF.Optimizer] => [`expert${e}`, this.expertVars(e), opt]);
-    return [['shared', this.sharedVars(), this.sharedOptimizer], ...experts];
-  }
-
   /** Everything needed to continue training exactly where it stopped (for checkpoints). */
   getState(): Promise<ModelState> {
-    return saveGroups(this.prefix, this.groups());
+    return this.parameters.save();
   }
 
   setState(state: ModelState): Promise<void> {
-    return restoreGroups(this.tf, this.prefix, this.groups(), state);
+    return this.parameters.restore(state);
   }
 
   unitWeights(i: number): Float32Array[] {
-    return this.expertVars(i).map((v) => Float32Array.from(v.dataSync()));
+    return this.parameters.unitWeights(i);
   }
 
   dispose(): void {
-    this.tf.dispose([...this.sharedVars(), ...Array.from({ length: this.units }, (_, e) => this.expertVars(e)).flat()]);
+    this.parameters.dispose();
     this.tf.dispose([...this.probeInputs, ...this.probeDirs, ...this.probeRouting]);
     this.probeX?.dispose();
     this.probeY?.dispose();
-    this.sharedOptimizer.dispose();
-    for (const o of this.expertOptimizers) o.dispose();
     this.softMask.dispose();
   }
 }

@@ -116,7 +116,7 @@ export class VggNet extends RouterlessClassifier {
     let [h, w] = [data.rows, data.cols];
     for (let l = 0; l < layers; l++) [h, w] = [Math.floor(h / 2), Math.floor(w / 2)];
     if (h < 1 || w < 1) throw new Error(`${layers} conv blocks pool a ${data.rows}×${data.cols} image away to nothing: use fewer layers`);
-    super(tf, config, `vgg${modelCount++}`, groups, data.classes, { shared: 'dense', unit: (g) => `group${g}` }, 500);
+    super(tf, config, `vgg${modelCount++}`, groups, data.classes, { sharedName: 'dense', unitName: (g) => `group${g}` }, 500);
     this.channelsPerGroup = c;
     this.rows = data.rows;
     this.cols = data.cols;
