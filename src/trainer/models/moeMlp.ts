@@ -8,7 +8,7 @@ import { sumOfSquares } from '../engine/sumOfSquares';
 import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
 import { conditioning, dampedKappa, kappaSurrogateTf, moeKernelsTf, outputDirectionsTf, SpectralNormState, spectralNormProduct } from '../pl';
-import { classifierAccuracy, kernelWeights, ParameterGroups, principalSubmatrix, regularizerWeights, rowScales, SoftMask, type ModelConditioning } from './shared';
+import { classifierAccuracy, FamilyBase, kernelWeights, ParameterGroups, principalSubmatrix, regularizerWeights, rowScales, SoftMask, type ModelConditioning } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 export interface ExpertVars {
@@ -36,12 +36,12 @@ const EIGEN_TOLERANCE = Math.sqrt(Number.EPSILON);
 
 let modelCount = 0;
 
-export class MoeMlp implements PlModel {
+export class MoeMlp extends FamilyBase implements PlModel {
   readonly experts: ExpertVars[];
   readonly gateW: TF.Variable;
   readonly gateB: TF.Variable;
   /** The gate's group and one per expert, each with its own Adam (see ParameterGroups). */
-  private readonly parameters: ParameterGroups;
+  protected readonly parameters: ParameterGroups;
   private readonly prefix = `moe${modelCount++}`;
   private probeX: TF.Tensor2D | undefined;
   private probeY: TF.Tensor2D | undefined;
@@ -70,6 +70,7 @@ export class MoeMlp implements PlModel {
     readonly c: number,
     private readonly config: TrainingConfig,
   ) {
+    super();
     const { experts, hiddenUnits: h } = config.model;
     let seed = config.seed * 1000;
     // He initialization for ReLU layers; seeded so a config reproduces its run. Names are stable so
@@ -400,20 +401,6 @@ export class MoeMlp implements PlModel {
   private expertVars(i: number): TF.Variable[] {
     const e = this.experts[i];
     return [e.w1, e.b1, e.w2, e.b2];
-  }
-
-  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
-  getState(): Promise<ModelState> {
-    return this.parameters.save();
-  }
-
-  setState(state: ModelState): Promise<void> {
-    return this.parameters.restore(state);
-  }
-
-  /** Snapshot of an expert's weights (for tests: frozen means bit-identical). */
-  unitWeights(i: number): Float32Array[] {
-    return this.parameters.unitWeights(i);
   }
 
   dispose(): void {

@@ -7,15 +7,15 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
 import { classifierUnitKernels, outputDirections, smoothKappaTf, SpectralNormState } from '../pl';
-import { biasRayleigh, classifierAccuracy, ParameterGroups, regularizerWeights, routerlessMeasurement, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
+import { biasRayleigh, classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
 
-export abstract class RouterlessClassifier implements PlModel {
+export abstract class RouterlessClassifier extends FamilyBase implements PlModel {
   readonly units: number;
   readonly classes: number;
-  private readonly parameters: ParameterGroups;
+  protected readonly parameters: ParameterGroups;
   private readonly softMask: SoftMask;
   protected readonly spectral: SpectralNormState;
   private probeX: T2 | undefined;
@@ -35,6 +35,7 @@ export abstract class RouterlessClassifier implements PlModel {
     groupNames: Pick<GroupLayout, 'sharedName' | 'unitName'>,
     private readonly evaluationBatch: number,
   ) {
+    super();
     this.units = units;
     this.classes = classes;
     this.spectral = new SpectralNormState(config.seed);
@@ -182,19 +183,6 @@ export abstract class RouterlessClassifier implements PlModel {
   /** Accuracy on a whole split, in batches. */
   evaluate(data: TaskData, split: 'train' | 'test', pruned: ReadonlySet<number> = new Set(), batch = this.evaluationBatch): number {
     return classifierAccuracy(this.tf, data, split, (x) => this.logits(x, pruned), batch);
-  }
-
-  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
-  getState(): Promise<ModelState> {
-    return this.parameters.save();
-  }
-
-  setState(state: ModelState): Promise<void> {
-    return this.parameters.restore(state);
-  }
-
-  unitWeights(i: number): Float32Array[] {
-    return this.parameters.unitWeights(i);
   }
 
   dispose(): void {

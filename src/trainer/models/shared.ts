@@ -1,5 +1,7 @@
-// Pieces every model family shares: checkpointing variables with their optimizer slots, group by
-// group, the mean κ of the last measurement, and a classifier's accuracy over a whole split.
+// Pieces every model family shares: its variables in groups with their optimizers (checkpoint state,
+// weight copies, disposal: ParameterGroups, FamilyBase), the pruning gate's soft mask, the regularizer's
+// unit weights, the routerless measurement, and a classifier's accuracy over a whole split. What a new
+// family implements itself is listed in docs/method.md, "Units of the other families".
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats } from '../../protocol';
 import type { ModelState, SavedTensor, TaskData } from './types';
@@ -261,5 +263,26 @@ export class ParameterGroups {
     this.tf.dispose([...l.sharedVars(), ...Array.from({ length: this.units }, (_, i) => l.unitVars(i)).flat(), ...(l.extraVars?.() ?? [])]);
     this.sharedOptimizer.dispose();
     for (const o of this.unitOptimizers) o.dispose();
+  }
+}
+
+/**
+ * What PlModel asks of every family alike, answered from its ParameterGroups: checkpoint state and a
+ * unit's weight copies. A family extends it and sets `parameters` in its constructor.
+ */
+export abstract class FamilyBase {
+  protected abstract readonly parameters: ParameterGroups;
+
+  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
+  getState(): Promise<ModelState> {
+    return this.parameters.save();
+  }
+
+  setState(state: ModelState): Promise<void> {
+    return this.parameters.restore(state);
+  }
+
+  unitWeights(i: number): Float32Array[] {
+    return this.parameters.unitWeights(i);
   }
 }

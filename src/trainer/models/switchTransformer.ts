@@ -35,7 +35,7 @@ import type * as TF from '@tensorflow/tfjs';
 import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
 import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
-import { ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
+import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
 import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -91,7 +91,7 @@ interface Measurement {
 
 let modelCount = 0;
 
-export class SwitchTransformerLm implements PlModel {
+export class SwitchTransformerLm extends FamilyBase implements PlModel {
   readonly units: number;
   readonly dModel: number;
   readonly heads: number;
@@ -104,7 +104,7 @@ export class SwitchTransformerLm implements PlModel {
   readonly blocks: BlockVars[];
   readonly head: { lnG: TF.Variable; lnB: TF.Variable; w: TF.Variable; b: TF.Variable };
   /** One Adam per expert and one for everything shared: tfjs's Adam keys its moments by list position. */
-  private readonly parameters: ParameterGroups;
+  protected readonly parameters: ParameterGroups;
   private readonly prefix = `switch${modelCount++}`;
   private readonly spectral: SpectralNormState;
   private readonly softMask: SoftMask;
@@ -129,6 +129,7 @@ export class SwitchTransformerLm implements PlModel {
     private readonly config: TrainingConfig,
     data: TaskData,
   ) {
+    super();
     if (data.kind !== 'text') throw new Error(`the switch-transformer family is a language model: it needs text data, not ${data.kind}`);
     const { experts, dModel: D, layers, hiddenUnits: F, contextLength } = config.model;
     if (data.features > contextLength) throw new Error(`text windows of ${data.features} tokens are longer than contextLength ${contextLength}`);
@@ -602,19 +603,6 @@ export class SwitchTransformerLm implements PlModel {
       ...(b.router ? [b.router.w, b.router.b] : []),
     ]);
     return [this.embedding.tokens, this.embedding.positions, ...perBlock, this.head.lnG, this.head.lnB, this.head.w, this.head.b];
-  }
-
-  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
-  getState(): Promise<ModelState> {
-    return this.parameters.save();
-  }
-
-  setState(state: ModelState): Promise<void> {
-    return this.parameters.restore(state);
-  }
-
-  unitWeights(i: number): Float32Array[] {
-    return this.parameters.unitWeights(i);
   }
 
   dispose(): void {
