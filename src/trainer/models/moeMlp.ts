@@ -147,8 +147,7 @@ export class MoeMlp extends FamilyBase implements PlModel {
     const weights = regularizerWeights(this.experts.length, trainable, o.unitWeights);
     const regularized = alpha > 0 && this.probeX !== undefined;
     let monitorMs = 0;
-    const varList: TF.Variable[] = [this.gateW, this.gateB];
-    for (const i of trainable) varList.push(...this.expertVars(i));
+    const varList = this.parameters.stepVariables(trainable);
     const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
     if (mask) varList.push(mask as unknown as TF.Variable);
     let maskGrad: number[] | undefined;
@@ -175,9 +174,7 @@ export class MoeMlp extends FamilyBase implements PlModel {
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
-      const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
-      this.parameters.sharedOptimizer.applyGradients(group([this.gateW, this.gateB]));
-      for (const i of trainable) this.parameters.unitOptimizers[i].applyGradients(group(this.expertVars(i)));
+      this.parameters.applyGradients(grads, trainable);
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = sumOfSquares(tf, Object.values(grads));
       const stacked = tf.concat([tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]), sharesT!]);

@@ -71,9 +71,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     const yOneHot = batch.y as T2;
     const weights = regularizerWeights(this.units, trainable, o.unitWeights);
     const regularized = alpha > 0 && this.probeU !== undefined && this.modelConditioning !== undefined;
-    const shared = this.sharedVars();
-    const varList: TF.Variable[] = [...shared];
-    for (const u of trainable) varList.push(...this.unitVars(u));
+    const varList = this.parameters.stepVariables(trainable);
     const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
     if (mask) varList.push(mask as unknown as TF.Variable);
     let maskGrad: number[] | undefined;
@@ -89,9 +87,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
-      const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
-      this.parameters.sharedOptimizer.applyGradients(group(shared));
-      for (const u of trainable) this.parameters.unitOptimizers[u].applyGradients(group(this.unitVars(u)));
+      this.parameters.applyGradients(grads, trainable);
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);

@@ -223,8 +223,8 @@ export interface GroupLayout {
 }
 
 export class ParameterGroups {
-  readonly sharedOptimizer: TF.Optimizer;
-  readonly unitOptimizers: TF.Optimizer[];
+  private readonly sharedOptimizer: TF.Optimizer;
+  private readonly unitOptimizers: TF.Optimizer[];
 
   constructor(
     private readonly tf: typeof TF,
@@ -236,6 +236,27 @@ export class ParameterGroups {
   ) {
     this.sharedOptimizer = makeOptimizer();
     this.unitOptimizers = Array.from({ length: units }, () => makeOptimizer());
+  }
+
+  /** The variables a step differentiates, in this order: the shared group's, then each trainable unit's. */
+  stepVariables(trainable: readonly number[]): TF.Variable[] {
+    const vars = [...this.layout.sharedVars()];
+    for (const i of trainable) vars.push(...this.layout.unitVars(i));
+    return vars;
+  }
+
+  /**
+   * One optimizer step for the shared group and for each trainable unit, from a step's gradients. With
+   * `skipUnitsWithoutGradient`, a unit none of whose variables got a gradient (an expert no token was
+   * routed to) is not stepped at all, so its Adam's bias correction does not advance either.
+   */
+  applyGradients(grads: TF.NamedTensorMap, trainable: readonly number[], skipUnitsWithoutGradient = false): void {
+    const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
+    this.sharedOptimizer.applyGradients(group(this.layout.sharedVars()));
+    for (const i of trainable) {
+      const g = group(this.layout.unitVars(i));
+      if (!skipUnitsWithoutGradient || g.some((x) => x.tensor)) this.unitOptimizers[i].applyGradients(g);
+    }
   }
 
   private groups(): VariableGroup[] {

@@ -438,9 +438,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
     const trainable = o.trainable.filter((e) => !pruned.has(e));
     const weights = regularizerWeights(this.units, trainable, o.unitWeights);
     const regularized = alpha > 0 && this.probeInputs.length > 0 && this.modelConditioning !== undefined;
-    const shared = this.sharedVars();
-    const varList: TF.Variable[] = [...shared];
-    for (const e of trainable) varList.push(...this.expertVars(e));
+    const varList = this.parameters.stepVariables(trainable);
     const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
     if (mask) varList.push(mask as unknown as TF.Variable);
     let maskGrad: number[] | undefined;
@@ -460,12 +458,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
         return objective;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
-      const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
-      this.parameters.sharedOptimizer.applyGradients(group(shared));
-      for (const e of trainable) {
-        const g = group(this.expertVars(e));
-        if (g.some((x) => x.tensor)) this.parameters.unitOptimizers[e].applyGradients(g);
-      }
+      this.parameters.applyGradients(grads, trainable, true);
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), gradNormSq]);
       tf.dispose([taskLossT!, ...(regT ? [regT] : [])]);
