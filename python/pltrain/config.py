@@ -54,7 +54,7 @@ def resolve(raw):
     if c["engine"] != "pytorch":
         problems.append('engine: this is the PyTorch engine; the config says "engine": "%s"' % c["engine"])
     if m["family"] not in FAMILIES:
-        problems.append(f'model.family: {m["family"]} is not in the pytorch engine yet (it trains {", ".join(FAMILIES)}); use "engine": "tfjs"')
+        problems.append(f'model.family: {m["family"]} is not a model family (it trains {", ".join(FAMILIES)})')
     if (m["family"] == "switch-transformer") != (c["data"]["source"] == "text"):
         problems.append('data.source: the switch-transformer language model trains on text: set data.source to "text"' if m["family"] == "switch-transformer" else f'data.source: text data needs model.family "switch-transformer" ({m["family"]} classifies images)')
     if m.get("opt"):
