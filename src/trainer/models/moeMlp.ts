@@ -9,7 +9,7 @@ import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
 import { conditioning, dampedKappa, kappaSurrogateTf, moeKernelsTf, outputDirectionsTf, SpectralNormState, spectralNormProduct } from '../pl';
 import { classifierAccuracy, FamilyBase, kernelWeights, ParameterGroups, principalSubmatrix, regularizerWeights, rowScales, SoftMask, type ModelConditioning } from './shared';
-import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
+import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 export interface ExpertVars {
   /** d×h first layer; under OPT, the Cayley parameter R of its orthogonal transform (W1 = Q(R)·V). */

@@ -8,7 +8,7 @@ import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
 import { classifierUnitKernels, outputDirections, smoothKappaTf, SpectralNormState } from '../pl';
 import { biasRayleigh, classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
-import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
+import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
 

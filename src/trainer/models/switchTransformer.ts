@@ -36,7 +36,7 @@ import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol'
 import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
 import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
-import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
+import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
 
