@@ -177,7 +177,8 @@ export class MetricChart {
             grid: { drawOnChartArea: false },
             title: { display: true, text: '' },
             ticks: {
-              sampleSize: 8,
+              // Every label is measured (no sampleSize): a y axis has few labelled ticks, and a sampled
+              // measurement can miss the widest one and clip it.
               callback(this: Scale, value) {
                 const v = Number(value);
                 return this.type === 'logarithmic' ? logTick(v) : formatY(v);
@@ -190,7 +191,8 @@ export class MetricChart {
               if (options.yTicks) scale.ticks = options.yTicks().map((value) => ({ value }));
             },
             ticks: {
-              sampleSize: 8,
+              // Every label is measured (no sampleSize): a y axis has few labelled ticks, and a sampled
+              // measurement can miss the widest one and clip it.
               callback(this: Scale, value) {
                 const v = Number(value);
                 return this.type === 'logarithmic' ? logTick(v) : formatY(v);

@@ -1222,3 +1222,28 @@ test('screenshot with a compare overlay and the pruning mask (test-results/webvi
   await p.page.screenshot({ path: out, fullPage: true });
   assert.ok(fs.statSync(out).size > 20_000, 'a real screenshot');
 });
+
+test('every tick label of the per-unit log axis fits the axis: none clipped (issue 17, item 9: the top label read ".00")', async () => {
+  const p = await openPanel(await browser.newPage({ viewport: { width: 900, height: 1000 } }));
+  const f = syntheticRun({ steps: 60, experts: 4, monitorEvery: 5 });
+  // κ over eleven decades: long labels at both ends (0.002, 1e+8), short ones between (10, 100).
+  metricsOf(f.events).forEach((m, k) => m.units?.forEach((u, i) => (u.kappa = i === 3 ? 1.234e8 + k : 0.0021 + i)));
+  await p.send(snapshotOf(f));
+  await nextFrames(p.page);
+  const fit = await p.page.evaluate(() => {
+    const dbg = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer;
+    const chart = dbg.charts.expert.chart;
+    const y = chart.scales.y;
+    const ctx = chart.ctx as CanvasRenderingContext2D;
+    const font = y._resolveTickFontOptions ? y._resolveTickFontOptions(0).string : ctx.font;
+    ctx.save();
+    ctx.font = font;
+    const labels = y.ticks.map((t: { label: string | string[] }) => String(t.label)).filter((l: string) => l);
+    const widest = Math.max(...labels.map((l: string) => ctx.measureText(l).width));
+    ctx.restore();
+    return { type: y.type as string, labels, widest, axisWidth: y.width as number };
+  });
+  assert.equal(fit.type, 'logarithmic');
+  assert.ok(fit.labels.length >= 3, `labels ${fit.labels}`);
+  assert.ok(fit.widest <= fit.axisWidth, `widest tick label ${fit.widest.toFixed(1)} px in a ${fit.axisWidth.toFixed(1)} px axis: ${fit.labels.join(' | ')}`);
+});
