@@ -129,9 +129,24 @@ class Measurer:
             c = estimators.conditioning(k64[e][np.ix_(rows, rows)], self.damping)
             stats.append(dict(base, mu=c["mu"], lf=c["lf"], kappa=c["kappa"]))
         model_kernel = rest + (units[trainable].sum(dim=0) if trainable else torch.zeros_like(rest))
-        c = estimators.conditioning(model_kernel.detach().double().cpu().numpy(), self.damping)
+        k = model_kernel.detach().double().cpu().numpy()
+        rows = self.model_rows(served, trainable, k.shape[0])
+        if rows is not None and 0 < len(rows) < k.shape[0]:
+            # κ of the principal submatrix on `rows`, its eigenvectors embedded back (zeros elsewhere), so
+            # the surrogate's vᵀKv on the full kernel is that submatrix's Rayleigh quotient.
+            c = estimators.conditioning(k[np.ix_(rows, rows)], self.damping)
+            for key in ("vMin", "vMax"):
+                full = np.zeros(k.shape[0])
+                full[rows] = c[key]
+                c[key] = full
+        else:
+            c = estimators.conditioning(k, self.damping)
         self.last, self.model_kappa = stats, c["kappa"]
         return stats, model_kernel, c["vMin"], c["vMax"]
+
+    def model_rows(self, served, trainable, n):
+        """The probe rows the model's κ is taken over: all of them (None), unless a family says otherwise."""
+        return None
 
     def regularizer(self, model_kernel, v_min, v_max):
         """κ̃ of the model's kernel along its held eigenvectors (contract 7), from `kernels(…, True)`: the
@@ -217,6 +232,12 @@ class SwitchMeasurer(Measurer):
                 served[e].add(i)
             layers.append((layer["block"], layer["input"].detach()[tok], u, routing))
         return layers, [sorted(s) for s in served]
+
+    def model_rows(self, served, trainable, n):
+        """The probe tokens a trainable expert serves (switchTransformer.ts, measure): a token routed only to
+        frozen or pruned experts has a zero row in Σ_{e∈T} K_e (routers and shared layers are left out), which
+        would make the whole probe's kernel singular and pin κ at its cap 1/δ whenever an expert is frozen."""
+        return sorted({i for e in trainable for i in served[e]})
 
     def kernels(self, pruned, create_graph, mask=None):
         layers, served = self.probe_quantities(pruned)

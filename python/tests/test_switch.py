@@ -177,3 +177,29 @@ def test_text_windows_shift_by_one_and_cap_the_vocabulary():
     assert capped.classes == 256 and capped.vocabulary[-1] == "\ufffd"
     with pytest.raises(ValueError, match="needs at least 10"):
         text_dataset("abc", "short", 4)
+
+
+def test_model_kappa_is_taken_over_the_tokens_a_trainable_expert_serves():
+    """A frozen expert that alone serves some probe tokens leaves zero rows in Σ_{e∈T} K_e; the model's κ
+    is that kernel's principal submatrix on the other rows (switchTransformer.ts does the same), not the
+    cap 1/δ of the singular whole."""
+    model = build(layers=1, experts=3)
+    m = probe_measurer(model, n=12)
+    stats_all = m.measure(set(), frozenset(), [0, 1, 2])
+    busy = max(range(3), key=lambda e: stats_all[e]["served"])
+    trainable = [e for e in range(3) if e != busy]
+    units, rest, served = m.kernels(frozenset(), False)
+    stats, kernel, v_min, v_max = m.condition(units, rest, served, {busy}, frozenset(), trainable)
+    k = kernel.detach().double().numpy()
+    rows = [i for i in range(k.shape[0]) if k[i, i] > 0]
+    assert stats[busy]["served"] > 0 and len(rows) < k.shape[0], (stats[busy]["served"], rows)
+    whole = estimators.conditioning(k, m.damping)["kappa"]
+    sub = estimators.conditioning(k[np.ix_(rows, rows)], m.damping)["kappa"]
+    assert whole >= 0.5 / m.damping, whole
+    assert m.model_kappa == pytest.approx(sub, rel=1e-12) and sub < 0.5 / m.damping
+    # The embedded eigenvectors give the submatrix's extreme eigenvalues as Rayleigh quotients on the whole.
+    outside = [i for i in range(k.shape[0]) if i not in rows]
+    assert np.all(v_min[outside] == 0) and np.all(v_max[outside] == 0)
+    lam = np.linalg.eigvalsh(k[np.ix_(rows, rows)])
+    assert float(v_min @ k @ v_min) == pytest.approx(lam[0], rel=1e-9, abs=1e-12)
+    assert float(v_max @ k @ v_max) == pytest.approx(lam[-1], rel=1e-9)

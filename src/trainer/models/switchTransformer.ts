@@ -540,8 +540,13 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       const kappa = cond && lf !== null ? dampedKappa(lf, cond.mu, damping) : null;
       return { stats: { id, mu: cond?.mu ?? null, lf, kappa, served: rows.length, frozen: frozen.has(id), pruned: pruned.has(id) }, kernel: K };
     });
-    const { mu, lf, kappa, vMin, vMax } = conditioning(model, n, damping);
-    this.modelConditioning = { mu, lf, kappa, vMin, vMax };
+    // The model's κ over the probe tokens a trainable expert serves. A token routed only to frozen or
+    // pruned experts has a zero row in Σ_{trainable} K_e (the routers and shared layers are left out), so
+    // the whole probe's kernel is singular as soon as an expert is frozen: κ would sit at its cap 1/δ and
+    // add α/δ to the loss with no useful gradient. Its eigenvectors are embedded back (zeros at the other
+    // tokens), so the regularizer's vᵀKv on the full kernel is this submatrix's Rayleigh quotient.
+    const modelRows = [...new Set(trainable.flatMap((e) => [...served[e]]))].sort((a, b) => a - b);
+    this.modelConditioning = modelRows.length > 0 && modelRows.length < n ? embeddedConditioning(model, n, modelRows, damping) : conditioning(model, n, damping);
     return this.measurements.map((m) => m.stats);
   }
 
@@ -605,4 +610,15 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
     this.probeY?.dispose();
     this.softMask.dispose();
   }
+}
+
+/** κ of the principal submatrix of `k` (n×n) on `rows`, its eigenvectors embedded back into length n. */
+export function embeddedConditioning(k: ArrayLike<number>, n: number, rows: readonly number[], damping: number): { mu: number; lf: number; kappa: number; vMin: Float64Array; vMax: Float64Array } {
+  const c = conditioning(principalSubmatrix(k, n, rows), rows.length, damping);
+  const embed = (v: Float64Array) => {
+    const out = new Float64Array(n);
+    rows.forEach((r, i) => (out[r] = v[i]));
+    return out;
+  };
+  return { mu: c.mu, lf: c.lf, kappa: c.kappa, vMin: embed(c.vMin), vMax: embed(c.vMax) };
 }
