@@ -59,7 +59,7 @@ async function main(): Promise<void> {
             f();
             return performance.now() - t0;
           });
-        timed(() => m.trainStep(batch, plain), 2);
+        timed(() => m.trainStep(batch, plain), 4); // warm-up: the first steps of a model compile its kernels
         const stepMs = median(timed(() => m.trainStep(batch, plain), steps));
         m.measure(new Set(), new Set());
         const measureMs = median(timed(() => m.measure(new Set(), new Set()), measures));
