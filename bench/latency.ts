@@ -11,7 +11,7 @@
 // hop is the DevTools protocol (Playwright's evaluate → window.postMessage), where VS Code would use its
 // own IPC for `webview.postMessage`. One clock: every process reads performance.timeOrigin + now(),
 // corrected to Date.now() at a millisecond tick, so sender and receiver stamps compare directly.
-// usage: node --import tsx bench/latency.ts [--rate 200] [--seconds 10] [--experts 4] [--monitor-every 10]
+// usage: node --import tsx bench/latency.ts [--rate 200] [--seconds 10] [--experts 4] [--monitor-every 10] [--busy-ms 8]
 // Prints progress on stderr and one `BENCH_RESULT {json}` line on stdout.
 import { fork } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -30,6 +30,8 @@ const rate = argValue('rate', 200);
 const seconds = argValue('seconds', 10);
 const experts = argValue('experts', 4);
 const monitorEvery = argValue('monitor-every', 10);
+/** The host's busy interval (RunSession's BUSY_INTERVAL_MS unless given): A/B runs of the batching. */
+const busyMs = process.argv.includes('--busy-ms') ? argValue('busy-ms', 8) : undefined;
 const log = (m: string) => process.stderr.write(`[latency] ${m}\n`);
 
 /** Wall-clock ms with sub-ms resolution: the monotonic clock, pinned to Date.now() at one of its ticks. */
@@ -105,7 +107,7 @@ async function hostRole(): Promise<void> {
     const listening = await fromTrainer('listening');
     await installPageScript(panel.page, 'latency.page.js');
     // The extension host's real run model, connection and relay to the panel (MetricsPanel's).
-    const session = new RunSession(listening.runId, listening.runDir, undefined, { log: (m) => log(`session: ${m}`) });
+    const session = new RunSession(listening.runId, listening.runDir, undefined, { log: (m) => log(`session: ${m}`), ...(busyMs !== undefined ? { busyIntervalMs: busyMs } : {}) });
     const connection = new TrainerConnection({ endpoint: listening.endpoint, token: listening.token, lastSeq: () => session.seq, shouldReconnect: () => false, log: (m) => log(`connection: ${m}`) });
     const atHost: number[] = [];
     connection.onEvent.on((e) => e.type === 'metrics' && atHost.push(clock() - e.time));
@@ -131,7 +133,7 @@ async function hostRole(): Promise<void> {
     trainer.send('go');
     log(`${rate} metrics/s for ${seconds} s`);
     const result = await done;
-    // Let the last batch (RunSession coalesces for 30 ms) and its frame arrive.
+    // Let the last batch (RunSession coalesces while busy, BUSY_INTERVAL_MS) and its frame arrive.
     const deadline = Date.now() + 5000;
     let page = await panel.page.evaluate(() => (window as any).__benchLatency.results());
     while (page.received.length < result.sent && Date.now() < deadline) {

@@ -14,18 +14,18 @@ const RESULTS_DIR = path.join(__dirname, 'results');
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
 const onlyArg = argv.includes('--only') ? argv[argv.indexOf('--only') + 1] : undefined;
-const PARTS = ['moe', 'pytorch', 'engine', 'latency', 'chart', 'activation'] as const;
+const PARTS = ['moe', 'pytorch', 'engine', 'blas', 'monitoring', 'latency', 'chart', 'activation'] as const;
 type Part = (typeof PARTS)[number];
 const only = new Set<Part>(onlyArg ? (onlyArg.split(',') as Part[]) : PARTS);
 for (const p of only) if (!PARTS.includes(p)) throw new Error(`--only: unknown part ${p} (parts: ${PARTS.join(', ')})`);
 
 /** Sizes per mode. --quick must finish within 5 minutes on the 2-core CI machine. */
 const PLAN = quick
-  ? { moe: { wasm: [10, 3], cpu: [3, 1], tensorflow: [20, 5], 'tensorflow-gpu': [20, 5] }, torchSteps: 10, engineSteps: 60, latencySeconds: 10, chartPoints: 100_000, chartFrames: 60, activationSamples: 1 }
-  : { moe: { wasm: [50, 10], cpu: [10, 2], tensorflow: [100, 10], 'tensorflow-gpu': [200, 20] }, torchSteps: 50, engineSteps: 300, latencySeconds: 30, chartPoints: 1_000_000, chartFrames: 180, activationSamples: 5 };
+  ? { moe: { wasm: [10, 3], cpu: [3, 1], tensorflow: [20, 5], 'tensorflow-gpu': [20, 5] }, torchSteps: 10, engineSteps: 60, latencySeconds: 10, chartPoints: 100_000, chartFrames: 60, activationSamples: 1, blasRounds: 3, monitoring: ['3', '2'] }
+  : { moe: { wasm: [50, 10], cpu: [10, 2], tensorflow: [100, 10], 'tensorflow-gpu': [200, 20] }, torchSteps: 50, engineSteps: 300, latencySeconds: 30, chartPoints: 1_000_000, chartFrames: 180, activationSamples: 5, blasRounds: 9, monitoring: ['8', '3'] };
 const BACKENDS = ['wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const;
 /** Past these, a part is stopped and reported as failed. */
-const LIMIT_S = quick ? { build: 120, moe: 120, pytorch: 120, engine: 240, latency: 120, chart: 180, activation: 150 } : { build: 300, moe: 900, pytorch: 600, engine: 900, latency: 300, chart: 1800, activation: 600 };
+const LIMIT_S = quick ? { build: 120, moe: 120, pytorch: 120, engine: 240, latency: 120, chart: 180, activation: 150, blas: 120, monitoring: 600 } : { build: 300, moe: 900, pytorch: 600, engine: 900, latency: 300, chart: 1800, activation: 600, blas: 300, monitoring: 1800 };
 
 interface ChildResult {
   code: number | null;
@@ -282,6 +282,43 @@ async function main(): Promise<void> {
           return row;
         }),
     };
+  }
+
+  // OpenBLAS at 1 and 2 threads per product shape (the engine's choice by size).
+  if (only.has('blas')) {
+    say('');
+    const r = await tsx('blas-threads.ts', ['--rounds', String(PLAN.blasRounds)], LIMIT_S.blas);
+    const v = benchResult(r);
+    if (r.code === 0 && v?.skipped) {
+      out.blasThreads = v;
+      say(`OpenBLAS threads: skipped: ${v.skipped}`);
+    } else if (r.code === 0 && v) {
+      out.blasThreads = v;
+      say(`OpenBLAS sgemm, 1 vs 2 threads per product (median µs; the engine gives 2 threads from ${fmt(v.twoThreadsMinMacs / 1e6)} M multiply-adds; load ${v.loadAverage.join(' ')})`);
+      say(`  ${'product'.padEnd(34)} ${'M MAC'.padStart(8)} ${'1 thread'.padStart(9)} ${'2 threads'.padStart(10)} ${'speed-up'.padStart(9)}  chosen`);
+      for (const row of v.rows) say(`  ${row.shape.padEnd(34)} ${fmt(row.macs / 1e6).padStart(8)} ${fmt(row.us1Thread).padStart(9)} ${fmt(row.us2Threads).padStart(10)} ${`×${fmt(row.speedup2)}`.padStart(9)}  ${row.chosen}`);
+    } else {
+      failures.push(`blas: ${reason(r)}`);
+      out.blasThreads = { failed: reason(r) };
+      say(`OpenBLAS threads: FAILED: ${reason(r)}`);
+    }
+  }
+
+  // κ monitoring as models grow: units × probe size, two families.
+  if (only.has('monitoring')) {
+    say('');
+    const r = await tsx('monitoring.ts', ['--steps', PLAN.monitoring[0], '--measures', PLAN.monitoring[1]], LIMIT_S.monitoring);
+    const v = benchResult(r);
+    if (r.code === 0 && v) {
+      out.monitoringScaling = v;
+      say(`κ monitoring by units × probe (${v.backend}, batch ${v.batchSize}; fraction at α = 0 = measure / (10 × plain step); in-step = monitoring part of the regularized step (moe-mlp))`);
+      say(`  ${'family'.padEnd(13)} ${'units'.padStart(5)} ${'probe'.padStart(5)} ${'step ms'.padStart(8)} ${'measure ms'.padStart(11)} ${'α = 0'.padStart(7)} ${'in-step'.padStart(8)} ${'reg./plain'.padStart(10)}`);
+      for (const row of v.rows) say(`  ${row.family.padEnd(13)} ${String(row.units).padStart(5)} ${String(row.probe).padStart(5)} ${fmt(row.stepMs).padStart(8)} ${fmt(row.measureMs).padStart(11)} ${pct(row.fractionAlphaZero).padStart(7)} ${(row.fractionInStep === undefined ? '—' : pct(row.fractionInStep)).padStart(8)} ${(row.regularizerCost === undefined ? '—' : `×${fmt(row.regularizerCost)}`).padStart(10)}`);
+    } else {
+      failures.push(`monitoring: ${reason(r)}`);
+      out.monitoringScaling = { failed: reason(r) };
+      say(`κ monitoring by units × probe: FAILED: ${reason(r)}`);
+    }
   }
 
   // 3. Latency at 200 metrics/s.

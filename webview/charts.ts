@@ -177,7 +177,8 @@ export class MetricChart {
             grid: { drawOnChartArea: false },
             title: { display: true, text: '' },
             ticks: {
-              sampleSize: 8,
+              // Every label is measured (no sampleSize): a y axis has few labelled ticks, and a sampled
+              // measurement can miss the widest one and clip it.
               callback(this: Scale, value) {
                 const v = Number(value);
                 return this.type === 'logarithmic' ? logTick(v) : formatY(v);
@@ -190,7 +191,8 @@ export class MetricChart {
               if (options.yTicks) scale.ticks = options.yTicks().map((value) => ({ value }));
             },
             ticks: {
-              sampleSize: 8,
+              // Every label is measured (no sampleSize): a y axis has few labelled ticks, and a sampled
+              // measurement can miss the widest one and clip it.
               callback(this: Scale, value) {
                 const v = Number(value);
                 return this.type === 'logarithmic' ? logTick(v) : formatY(v);
@@ -269,6 +271,8 @@ export class MetricChart {
 
   /** Rebuilds the datasets (after the set of lines or a view setting changed). */
   setLines(lines: readonly ChartLine[], view: LineChartView): void {
+    this.lineSeries = lines.map((l) => l.series);
+    this.drawnVersions = undefined;
     const datasets: LineDataset[] = [];
     for (const line of lines) {
       const hidden = view.hidden.has(line.key);
@@ -313,6 +317,7 @@ export class MetricChart {
   }
 
   applyTheme(theme: ChartTheme): void {
+    this.drawnVersions = undefined;
     const o = this.chart.options;
     o.color = theme.text;
     o.font = { family: theme.fontFamily, size: Math.max(10, theme.fontSize - 2) };
@@ -330,9 +335,22 @@ export class MetricChart {
     if (legend) legend.color = theme.text;
   }
 
-  /** Redraws with the current data and options; no animation. */
-  draw(): void {
+  /** The series behind the current lines, and their versions when last drawn (undefined: must redraw). */
+  private lineSeries: Series[] = [];
+  private drawnVersions: number[] | undefined;
+
+  /**
+   * Redraws with the current data and options, no animation, unless nothing it draws changed since the
+   * last draw (no line got a point, same lines, theme and options): a chart fed on monitor steps only
+   * costs nothing on the frames between them. Returns whether it redrew.
+   */
+  draw(): boolean {
+    const versions = this.lineSeries.map((s) => s.version);
+    const previous = this.drawnVersions;
+    if (previous && previous.length === versions.length && previous.every((v, i) => v === versions[i])) return false;
     this.chart.update('none');
+    this.drawnVersions = versions;
+    return true;
   }
 
   destroy(): void {

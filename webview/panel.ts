@@ -10,6 +10,7 @@ import { CHART_CARDS, OPTIONAL_CHARTS, hasLogToggle, type ChartId } from '../src
 import { MetricChart, type ChartLine } from './charts';
 import { parseAlphaInput } from './commands';
 import { exportFileName, toCsv, toJson } from './export';
+import { OUTSTANDING_STORAGE_KEY, OutstandingCommands, mergeStored, resolveRestored, restoredFrom } from './outstanding';
 import { RunModel, cleanDirty, decodeMaskLevel, extraSeriesKey, gateSeriesKey, maskSeriesKey, mergeDirty, shareSeriesKey, unitSeriesKey, type Dirty } from './runModel';
 import { MAX_SMOOTHING, Series } from './series';
 import { EXPERT_METRICS, fromPersisted, toPersisted, type ExpertMetric, type UiSettings } from './settings';
@@ -29,7 +30,9 @@ const EXPERT_METRIC_LABELS: Record<ExpertMetric, string> = { kappa: 'κ', mu: '�
 
 /** How long the panel waits for the host to take a command before it says it has had no answer. */
 const UNANSWERED_AFTER_MS = 5000;
-const UNANSWERED_REASON = 'the extension host has not received it (is the window disconnected from the remote?); it is applied at most once if it gets through — reload the window if the link stays down';
+const UNANSWERED_REASON = 'the extension host has not received it (is the window disconnected from the remote?); it is applied at most once if it gets through — if the link stays down, reload the window: the panel sends it again then, with the same id';
+/** A command restored from before a window reload, waiting for the new extension host to re-attach to its run. */
+const RESTORED_WAITING_REASON = 'the window reloaded before the extension host took it; it is sent again, with the same id, once the extension host is connected to the run';
 
 export class PanelController {
   /** What the panel knows (read by the browser tests and benchmarks through their own entry point). */
@@ -46,9 +49,13 @@ export class PanelController {
   /** The loss chart draws the task loss against its own axis (the loss is more than LOSS_SPLIT × it). */
   private taskLossOwnAxis = false;
   private frame = 0;
+  /** Commands no host has answered yet, persisted with the settings so they survive a window reload. */
+  private readonly outstanding: OutstandingCommands;
 
   constructor(private readonly vscode: VsCodeApi) {
-    this.settings = fromPersisted(vscode.getState());
+    const state = vscode.getState();
+    this.settings = fromPersisted(state);
+    this.outstanding = new OutstandingCommands(restoredFrom(state, readStored()));
     this.model = new RunModel(this.settings.smoothing);
     this.view = new PanelView((unit) => this.toggleUnit(unit));
     this.theme = readChartTheme();
@@ -84,6 +91,47 @@ export class PanelController {
       return;
     }
     this.invalidate(this.model.apply(parsed.data));
+    if (this.outstanding.size) this.reconcileOutstanding();
+  }
+
+  /**
+   * Settles the commands the host has answered, and resolves those restored from before a reload:
+   * sent again with their original id once the host is connected to their run, or refused with the
+   * reason when they can no longer apply. Never dropped silently.
+   */
+  private reconcileOutstanding(): void {
+    const view = this.model.view;
+    const answered = (id: string) => {
+      const entry = view.commands.get(id);
+      return entry !== undefined && entry.status !== 'sent';
+    };
+    let changed = false;
+    for (const c of this.outstanding.ownCommands()) if (answered(c.id)) changed = this.outstanding.settle(c.id) || changed;
+    for (const c of this.outstanding.restoredCommands()) {
+      const runId = this.model.runId;
+      const r = resolveRestored(c, { runId, active: view.active, state: view.state, connected: view.connected, known: answered(c.id) });
+      if (r.kind === 'taken') changed = this.outstanding.settle(c.id) || changed;
+      else if (r.kind === 'refuse') {
+        changed = this.outstanding.settle(c.id) || changed;
+        this.invalidate(this.model.recordNotSent(c.id, c.command, r.reason));
+      } else if (r.kind === 'reissue') {
+        this.outstanding.markReissued(c.id);
+        this.send(c.id, c.command);
+      } else if (runId === c.runId && !view.commands.has(c.id)) {
+        // Shown while it waits (a snapshot replaces the table the panel draws).
+        this.invalidate(this.model.recordSent(c.id, c.command));
+        this.invalidate(this.model.recordUnanswered(c.id, RESTORED_WAITING_REASON));
+      }
+    }
+    if (changed) this.persist();
+  }
+
+  /** Settings and unanswered commands, in the webview's persisted state. */
+  private persist(): void {
+    const outstanding = this.outstanding.toPersisted();
+    const settings = toPersisted(this.settings) as object;
+    this.vscode.setState(outstanding.length ? { ...settings, outstanding } : settings);
+    writeStored(mergeStored(readStored(), outstanding, this.outstanding.resolved));
   }
 
   private post(message: WebviewToHost): void {
@@ -92,6 +140,18 @@ export class PanelController {
 
   private issue(command: SteeringCommand): void {
     const id = newCommandId('wv');
+    const runId = this.model.runId;
+    if (runId !== undefined) {
+      // Saved before it is posted: a reload right after still knows of it.
+      this.outstanding.add({ id, runId, command });
+      for (const old of this.outstanding.takeDropped()) this.invalidate(this.model.recordNotSent(old.id, old.command, 'no answer from the extension host, and too many commands were waiting: not sent again'));
+      this.persist();
+    }
+    this.send(id, command);
+  }
+
+  /** Posts a command (new, or restored with its original id) and says so if the host does not answer. */
+  private send(id: string, command: SteeringCommand): void {
     this.invalidate(this.model.recordSent(id, command));
     this.post({ type: 'command', id, command });
     // The host answers at once (pending, or a refusal). No answer means the window's link to the
@@ -177,7 +237,7 @@ export class PanelController {
 
   /** A view setting changed: persist it, reflect it in the controls, redraw. */
   private settingsChanged(): void {
-    this.vscode.setState(toPersisted(this.settings));
+    this.persist();
     this.applySettingsToControls();
     this.linesDirty = true;
     this.invalidate({ ...cleanDirty(), charts: true });
@@ -337,6 +397,25 @@ export class PanelController {
       }
       this.linesDirty = false;
     }
+  }
+}
+
+/** The localStorage copy of the unanswered commands (see OUTSTANDING_STORAGE_KEY); none where storage is unavailable. */
+function readStored(): unknown {
+  try {
+    const raw = window.localStorage.getItem(OUTSTANDING_STORAGE_KEY);
+    return raw === null ? [] : JSON.parse(raw);
+  } catch {
+    return [];
+  }
+}
+
+function writeStored(list: readonly unknown[]): void {
+  try {
+    if (list.length) window.localStorage.setItem(OUTSTANDING_STORAGE_KEY, JSON.stringify(list));
+    else window.localStorage.removeItem(OUTSTANDING_STORAGE_KEY);
+  } catch {
+    // Storage off or full: the webview state still holds them.
   }
 }
 

@@ -194,6 +194,11 @@ export class RunModel {
     return dirtyOf(this.view.recordUnanswered(id, reason), cleanDirty());
   }
 
+  /** Records a command of an earlier document of this panel that is refused without being sent. */
+  recordNotSent(id: string, command: SteeringCommand, reason: string): Dirty {
+    return dirtyOf(this.view.recordNotSent(id, command, reason), cleanDirty());
+  }
+
   /** Which steering controls make sense: the reducer's, and none without a run. */
   controls(): ControlState {
     const c = this.view.controls();

@@ -50,6 +50,8 @@ export class Series {
   private ema: Ema;
   /** True once old history has been thinned; exports say so. */
   thinned = false;
+  /** Bumped by every change to `raw` or `smoothed`: a chart whose lines' versions are unchanged need not redraw. */
+  version = 0;
 
   constructor(
     smoothing = 0,
@@ -77,6 +79,7 @@ export class Series {
   append(x: number, y: number): void {
     const last = this.last;
     if (last && x < last.x) return;
+    this.version++;
     if (last && x === last.x) {
       // Replace, then rebuild the smoothed tail from scratch: rare, so simplicity wins.
       last.y = y;
@@ -100,6 +103,7 @@ export class Series {
 
   /** Recomputes the smoothed line (from the stored, possibly thinned, history). */
   setSmoothing(weight: number): void {
+    this.version++;
     this.ema = new Ema(weight);
     // Refill the same array: charts hold a reference to it.
     this.smoothed.length = 0;
@@ -108,6 +112,7 @@ export class Series {
   }
 
   clear(): void {
+    this.version++;
     this.raw.length = 0;
     this.smoothed.length = 0;
     this.rawMinMax.invalidate();

@@ -23,8 +23,8 @@ DEFAULTS = {
     "checkpointEvery": 200,
     "logEvery": 1,
 }
-# The families this engine trains so far; the others run in the tfjs engine.
-FAMILIES = ("moe-mlp", "vgg", "bert-encoder")
+# The families this engine trains (all four).
+FAMILIES = ("moe-mlp", "vgg", "bert-encoder", "switch-transformer")
 
 
 class ConfigError(Exception):
@@ -54,7 +54,9 @@ def resolve(raw):
     if c["engine"] != "pytorch":
         problems.append('engine: this is the PyTorch engine; the config says "engine": "%s"' % c["engine"])
     if m["family"] not in FAMILIES:
-        problems.append(f'model.family: {m["family"]} is not in the pytorch engine yet (it trains {", ".join(FAMILIES)}); use "engine": "tfjs"')
+        problems.append(f'model.family: {m["family"]} is not a model family (it trains {", ".join(FAMILIES)})')
+    if (m["family"] == "switch-transformer") != (c["data"]["source"] == "text"):
+        problems.append('data.source: the switch-transformer language model trains on text: set data.source to "text"' if m["family"] == "switch-transformer" else f'data.source: text data needs model.family "switch-transformer" ({m["family"]} classifies images)')
     if m.get("opt"):
         problems.append("model.opt: OPT mode is implemented in the tfjs engine only, not the pytorch engine")
     if c["monitor"]["lipschitz"] != "tangent-kernel":

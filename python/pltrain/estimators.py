@@ -116,3 +116,29 @@ def output_directions_torch(logits, one_hot):
     g = q - one_hot * q.sum(dim=1, keepdim=True)
     norm = torch.sqrt(torch.clamp((g * g).sum(dim=1, keepdim=True), min=1e-30))
     return g / norm * alive
+
+
+def scaled_logit_gradients(log_probs, one_hot, group_size):
+    """The per-row cross-entropy gradients g_i = softmax(z_i) − y_i w.r.t. the logits, divided by one
+    positive factor per group of `group_size` consecutive rows (the group's largest ‖g_i‖: a language
+    model's sequence), free of underflow; a row pulling less than e^−20 of its group's strongest is
+    raised to that (tangentKernel.ts scaledLogitGradients). float64 n×c."""
+    lp = np.asarray(log_probs, dtype=np.float64)
+    y = np.asarray(one_hot, dtype=np.float64)
+    n = lp.shape[0]
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"group_size {group_size} does not divide {n} rows")
+    g = np.zeros_like(lp)
+    log_size = np.full(n, -math.inf)
+    for i in range(n):
+        q, log_scale = _pull_row(lp[i], y[i])
+        if log_scale == -math.inf:
+            continue
+        norm = np.sqrt((q * q).sum())
+        g[i] = q / norm
+        log_size[i] = log_scale + math.log(norm)
+    for start in range(0, n, group_size):
+        top = log_size[start:start + group_size].max()
+        for i in range(start, start + group_size):
+            g[i] *= 0.0 if log_size[i] == -math.inf else math.exp(max(log_size[i] - top, -20))
+    return g

@@ -224,6 +224,145 @@ class BertEncoder(nn.Module):
         return h[:, 0] @ self.out_w + self.out_b
 
 
+LOAD_BALANCE_COEFFICIENT = 0.01  # Switch's load-balancing weight (the paper's α = 10⁻²)
+MASKED_LOGIT = -1e9  # a pruned expert's router logit: its probability underflows to exactly 0
+
+
+class _Mlp(nn.Module):
+    """A two-layer ReLU MLP dModel → hidden → dModel (an expert or a dense FFN)."""
+
+    def __init__(self, d, hidden, normal):
+        super().__init__()
+        self.w1, self.b1 = normal(d, hidden, std=math.sqrt(2 / d)), nn.Parameter(torch.zeros(hidden))
+        self.w2, self.b2 = normal(hidden, d, std=math.sqrt(1 / hidden)), nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        return torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2
+
+
+class SwitchTransformer(nn.Module):
+    """`switch-transformer` (src/trainer/models/switchTransformer.ts): a character-level decoder-only LM.
+    Token + learned position embeddings; `layers` pre-LN blocks x += MHA(LN(x)) (causal; 4, 2 or 1
+    heads, not units), x += FFN(LN(x)); every other FFN counting back from the last block is a Switch
+    FFN: softmax router, top-1 dispatch (each token through its argmax expert only, scaled by that
+    probability p_top), Switch's load-balancing loss E_live·Σ_e f_e·P_e per Switch layer. Unit e = expert
+    e of every Switch layer; pruning e masks its router logit. Logits are token-major, [b·T, V]."""
+
+    unit_name = "expert"
+    task_metric = "perplexity"
+
+    def __init__(self, vocabulary, config, generator):
+        super().__init__()
+        m = config["model"]
+        E, D, layers, Fh, ctx = m["experts"], m["dModel"], m["layers"], m["hiddenUnits"], m["contextLength"]
+        self.units, self.c, self.D, self.context_length = E, vocabulary, D, ctx
+        self.heads = next(h for h in (4, 2, 1) if D % h == 0)
+        self.switch_blocks = [l for l in range(layers) if (layers - 1 - l) % 2 == 0]
+        normal = lambda *shape, std: nn.Parameter(torch.randn(*shape, generator=generator) * std)
+        zeros = lambda *shape: nn.Parameter(torch.zeros(*shape))
+        ones = lambda *shape: nn.Parameter(torch.ones(*shape))
+        self.tokens, self.positions = normal(vocabulary, D, std=1.0), normal(ctx, D, std=0.1)
+        self.blocks = nn.ModuleList()
+        for l in range(layers):
+            blk = nn.Module()
+            blk.ln1g, blk.ln1b = ones(D), zeros(D)
+            blk.wq, blk.wk, blk.wv, blk.wo = (normal(D, D, std=math.sqrt(1 / D)) for _ in range(4))
+            blk.bo, blk.ln2g, blk.ln2b = zeros(D), ones(D), zeros(D)
+            if l in self.switch_blocks:
+                # A small router start: routing begins near uniform.
+                blk.router_w, blk.router_b = normal(D, E, std=0.1 / math.sqrt(D)), zeros(E)
+                blk.experts = nn.ModuleList([_Mlp(D, Fh, normal) for _ in range(E)])
+            else:
+                blk.dense = _Mlp(D, Fh, normal)
+            self.blocks.append(blk)
+        self.ln_g, self.ln_b = ones(D), zeros(D)
+        self.out_w, self.out_b = normal(D, vocabulary, std=math.sqrt(1 / D)), zeros(vocabulary)
+        self.aux = None  # the last forward's load-balancing loss (summed over Switch layers)
+        self.routed = [0] * E  # the last forward's tokens per expert (summed over Switch layers)
+
+    def expert(self, l, e):
+        return self.blocks[l].experts[e]
+
+    def unit_params(self, e):
+        return [p for l in self.switch_blocks for p in self.expert(l, e).parameters()]
+
+    def groups(self):
+        expert_ids = {id(p) for e in range(self.units) for p in self.unit_params(e)}
+        return [("shared", [p for p in self.parameters() if id(p) not in expert_ids])] + [(f"expert{e}", self.unit_params(e)) for e in range(self.units)]
+
+    def routed_shares(self):
+        """The last forward's fraction of tokens dispatched to each expert (all Switch layers)."""
+        total = sum(self.routed)
+        return [r / total for r in self.routed] if total else None
+
+    def aux_loss(self):
+        return LOAD_BALANCE_COEFFICIENT * self.aux
+
+    def forward(self, x, pruned=frozenset(), mask=None, trace=None):
+        """x: token ids [b, T] → logits [b·T, V]. `trace` (a list) collects, per Switch layer, the
+        normalized input, router probabilities, dispatch and output tensors (still in the graph)."""
+        b, T = x.shape
+        if T > self.context_length:
+            raise ValueError(f"sequences of {T} tokens are longer than contextLength {self.context_length}")
+        D, H, E, N = self.D, self.heads, self.units, b * T
+        dh = D // H
+        ln = lambda t, g, bb: F.layer_norm(t, (D,), g, bb, 1e-5)
+        h = (self.tokens[x.reshape(-1)] + self.positions[:T].repeat(b, 1))  # [N, D]
+        causal = torch.triu(torch.full((T, T), MASKED_LOGIT, dtype=h.dtype, device=h.device), diagonal=1)
+        off = None
+        if pruned:
+            off = torch.zeros(E, dtype=h.dtype, device=h.device)
+            off[list(pruned)] = MASKED_LOGIT
+        live = E - len(pruned)
+        self.routed = [0] * E
+        aux = h.new_zeros(())
+        for l, blk in enumerate(self.blocks):
+            a = ln(h, blk.ln1g, blk.ln1b)
+            split = lambda t: t.reshape(b, T, H, dh).transpose(1, 2)
+            q, k, v = split(a @ blk.wq), split(a @ blk.wk), split(a @ blk.wv)
+            attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh) + causal, dim=-1)
+            merged = (attention @ v).transpose(1, 2).reshape(N, D)
+            h = h + merged @ blk.wo + blk.bo
+            f = ln(h, blk.ln2g, blk.ln2b)
+            if l not in self.switch_blocks:
+                h = h + blk.dense(f)
+                continue
+            z = f @ blk.router_w + blk.router_b
+            probs = torch.softmax(z + off if off is not None else z, dim=1)
+            if mask is not None:
+                # The pruning gate's soft mask scales each expert's router probability, renormalized.
+                weighted = probs * mask
+                probs = weighted / (weighted.sum(dim=1, keepdim=True) + 1e-12)
+            expert_of = probs.detach().argmax(dim=1)
+            out = torch.zeros_like(f)
+            counts = torch.bincount(expert_of, minlength=E).tolist()  # one host read per Switch layer
+            for e in range(E):
+                if counts[e]:
+                    rows = (expert_of == e).nonzero().squeeze(1)
+                    out = out.index_copy(0, rows, blk.experts[e](f[rows]))
+            p_top = probs.gather(1, expert_of.unsqueeze(1))
+            out = out * p_top
+            # Load balancing: E_live·Σ f_e·P_e (f from the hard decisions, constant; P carries the gradient).
+            fractions = torch.tensor(counts, dtype=h.dtype, device=h.device) / N
+            aux = aux + live * (probs.mean(dim=0) * fractions).sum()
+            self.routed = [r + c for r, c in zip(self.routed, counts)]
+            if trace is not None:
+                trace.append({"block": l, "input": f, "probs": probs, "expert_of": expert_of, "output": out})
+            h = h + out
+        self.aux = aux
+        return ln(h, self.ln_g, self.ln_b) @ self.out_w + self.out_b
+
+    def expert_kernel_alone(self, l, e, x, u):
+        """The two-layer closed-form tangent kernel of u_iᵀ·expert_e^l(x_i) w.r.t. the expert's own
+        parameters (tangentKernel.ts; moe-mlp's formula with the gate factor 1): n×n."""
+        ex = self.expert(l, e)
+        pre = x @ ex.w1 + ex.b1
+        hid = torch.relu(pre)
+        back = (pre > 0).to(x.dtype) * (u @ ex.w2.T)
+        uu = u @ u.T
+        return (hid @ hid.T) * uu + uu + (x @ x.T + 1) * (back @ back.T)
+
+
 def create_model(config, data, device):
     generator = torch.Generator().manual_seed(config["seed"])
     family = config["model"]["family"]
@@ -233,6 +372,10 @@ def create_model(config, data, device):
         model = Vgg(data.features, data.classes, config, generator)
     elif family == "bert-encoder":
         model = BertEncoder(data.features, data.classes, config, generator)
+    elif family == "switch-transformer":
+        if getattr(data, "kind", "image") != "text":
+            raise ValueError("the switch-transformer family is a language model: set data.source to \"text\"")
+        model = SwitchTransformer(data.classes, config, generator)
     else:
-        raise ValueError(f"model.family {family} is not in the pytorch engine yet")
+        raise ValueError(f"model.family {family} is not in the pytorch engine")
     return model.to(device)

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from . import estimators
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import batches, load_dataset
+from .data import batches, load_dataset, spreading_stride
 from .events import EventLog
-from .models import create_model
+from .models import SwitchTransformer, create_model
 from .progress import Progress
 from .protocol import LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, UNIT_NAMES, describe_command, dumps, to_precision
 from .pruning import DampingFloorWatch, GatingPruner, unit_weight_norms
@@ -79,11 +79,13 @@ class Measurer:
         self.last = None  # the units' stats of the last measurement
         self.model_kappa = 0.0  # κ of the model's kernel at the last measurement
         self.traces = [0.0] * model.units
+        self.direction_path = None  # (u, the leaf holding u in the kernel) of the last differentiable kernels
 
     def kernels(self, pruned, create_graph, mask=None):
         """(unit kernels E×n×n, the rest of the model's kernel n×n, the probe rows each unit serves)."""
         n, E = self.probe_x.shape[0], self.model.units
         logits = self.model(self.probe_x, pruned, mask)
+        self.direction_path = None
         if hasattr(self.model, "unit_kernels"):
             # Closed forms from forward quantities (moe-mlp), differentiable in every weight, u included
             # (contract 7: the regularizer's gradient follows u's dependence on the weights).
@@ -92,18 +94,21 @@ class Measurer:
             rest = self.model.kernel_rest(self.probe_x, u, pruned, mask)
             served = self.model.served(self.probe_x, pruned, mask)
         else:
-            # Per-sample gradients of the model's output, every live unit in one batched backward, u held
-            # fixed (its own dependence on the weights is not differentiated here); the output bias's
-            # kernel U·Uᵀ is the rest. A pruned unit serves nothing.
-            u = estimators.output_directions_torch(logits.detach(), self.one_hot)
+            # Per-sample gradients of the model's output, every live unit in one batched backward. The
+            # kernel holds u fixed inside the Jacobian (contract 2): `held` is a leaf standing for u there,
+            # and `regularizer` pulls ∂κ̃/∂held back through u(θ) (contract 7). The output bias's kernel
+            # U·Uᵀ is the rest. A pruned unit serves nothing.
+            u = estimators.output_directions_torch(logits if create_graph else logits.detach(), self.one_hot)
+            held = u.detach().clone().requires_grad_(create_graph)
+            self.direction_path = (u, held) if create_graph else None
             live = [e for e in range(E) if e not in pruned]
-            s = (u * logits).sum(dim=1)
+            s = (held * logits).sum(dim=1)
             units = [torch.zeros(n, n, dtype=logits.dtype, device=logits.device)] * E
             if live:
                 for e, k in zip(live, estimators.unit_kernels(s, [self.model.unit_params(e) for e in live], create_graph)):
                     units[e] = k
             units = torch.stack(units)
-            rest = u @ u.T
+            rest = held @ held.T
             served = [[] if e in pruned else list(range(n)) for e in range(E)]
         if not create_graph:
             units, rest = units.detach(), rest.detach()
@@ -124,13 +129,136 @@ class Measurer:
             c = estimators.conditioning(k64[e][np.ix_(rows, rows)], self.damping)
             stats.append(dict(base, mu=c["mu"], lf=c["lf"], kappa=c["kappa"]))
         model_kernel = rest + (units[trainable].sum(dim=0) if trainable else torch.zeros_like(rest))
-        c = estimators.conditioning(model_kernel.detach().double().cpu().numpy(), self.damping)
+        k = model_kernel.detach().double().cpu().numpy()
+        rows = self.model_rows(served, trainable, k.shape[0])
+        if rows is not None and 0 < len(rows) < k.shape[0]:
+            # κ of the principal submatrix on `rows`, its eigenvectors embedded back (zeros elsewhere), so
+            # the surrogate's vᵀKv on the full kernel is that submatrix's Rayleigh quotient.
+            c = estimators.conditioning(k[np.ix_(rows, rows)], self.damping)
+            for key in ("vMin", "vMax"):
+                full = np.zeros(k.shape[0])
+                full[rows] = c[key]
+                c[key] = full
+        else:
+            c = estimators.conditioning(k, self.damping)
         self.last, self.model_kappa = stats, c["kappa"]
         return stats, model_kernel, c["vMin"], c["vMax"]
+
+    def model_rows(self, served, trainable, n):
+        """The probe rows the model's κ is taken over: all of them (None), unless a family says otherwise."""
+        return None
+
+    def regularizer(self, model_kernel, v_min, v_max):
+        """κ̃ of the model's kernel along its held eigenvectors (contract 7), from `kernels(…, True)`: the
+        gradient through every weight K depends on and, where the kernel held u in a leaf, through u's
+        own dependence on the weights (its value unchanged)."""
+        reg = estimators.kappa_surrogates(model_kernel.unsqueeze(0), [v_min], [v_max], self.damping)[0]
+        if self.direction_path is not None:
+            u, held = self.direction_path
+            (along_u,) = torch.autograd.grad(reg, held, retain_graph=True, allow_unused=True)
+            if along_u is not None:
+                pull = (u * along_u.detach()).sum()
+                reg = reg + (pull - pull.detach())
+        return reg
 
     def measure(self, frozen, pruned, trainable, mask=None):
         units, rest, served = self.kernels(pruned, False, mask)
         return self.condition(units, rest, served, frozen, pruned, trainable)[0]
+
+
+def choose_probe_tokens(x, y, probe_size, vocabulary):
+    """The switch probe's n token positions (flat seq·T + pos), as switchTransformer.ts chooseProbeTokens:
+    round r over the sequences q, position T − 1 − ((q·s + r) mod T), s ≈ T/φ coprime to T; a repeated
+    (character, next character) pair is passed over while others remain (duplicates make every expert's
+    kernel nearly singular)."""
+    B, T = x.shape
+    n = min(probe_size, B * T)
+    s = spreading_stride(T)
+    xs, ys = x.reshape(-1), y.reshape(-1)
+    chosen, passed, pairs = [], [], set()
+    for c in range(B * T):
+        if len(chosen) >= n:
+            break
+        q, r = c % B, c // B
+        flat = q * T + (T - 1 - ((q * s + r) % T))
+        pair = int(xs[flat]) * vocabulary + int(ys[flat])
+        if pair in pairs:
+            passed.append(flat)
+        else:
+            pairs.add(pair)
+            chosen.append(flat)
+    return chosen + passed[:n - len(chosen)]
+
+
+class SwitchMeasurer(Measurer):
+    """κ of the switch-transformer's experts (docs/method.md, "switch-transformer"): on n probe tokens,
+    per Switch layer s the layer's normalized input x_i, u_i = g_i/‖g_i‖ with g_i = ∂L/∂(Switch output at
+    token i) back-propagated from the per-sequence scaled logit pulls, and the routing r_s,i = p_top at the
+    expert token i is dispatched to. K_e = Σ_s (r_s r_sᵀ) ⊙ K_{e,s}^alone (two-layer closed form), served =
+    the tokens routed to e in any Switch layer; the model's kernel is Σ_{e∈T} K_e (routers left out). The
+    regularizer holds x, u and the routing at the measurement and differentiates the experts' weights."""
+
+    def __init__(self, model, probe_x, probe_y, damping, probe_size):
+        self.model, self.probe_x, self.probe_y, self.damping = model, probe_x, probe_y, damping
+        self.tokens = choose_probe_tokens(probe_x.cpu().numpy(), probe_y.cpu().numpy(), probe_size, model.c)
+        self.last = None
+        self.model_kappa = 0.0
+        self.traces = [0.0] * model.units
+        self.direction_path = None
+
+    def probe_quantities(self, pruned):
+        """Per Switch layer (block, x n×D, u n×D, routing n×E), all held (no graph), and served per expert."""
+        model, (B, T) = self.model, self.probe_x.shape
+        trace = []
+        logits = model(self.probe_x, pruned, None, trace)
+        lp = torch.log_softmax(logits.detach().double(), dim=1).cpu().numpy()
+        y = np.eye(model.c)[self.probe_y.reshape(-1).cpu().numpy()]
+        pulls = torch.as_tensor(estimators.scaled_logit_gradients(lp, y, T), dtype=logits.dtype, device=logits.device)
+        # ⟨constant pulls, logits⟩: its gradient at the logits is exactly the pulls.
+        grads = torch.autograd.grad((pulls * logits).sum(), [layer["output"] for layer in trace])
+        tok = torch.tensor(self.tokens, device=logits.device)
+        n, E = len(self.tokens), model.units
+        layers, served = [], [set() for _ in range(E)]
+        for layer, g in zip(trace, grads):
+            gi = g[tok].detach()
+            norm = gi.norm(dim=1, keepdim=True)
+            # A token the loss does not pull on gets u = 0.
+            u = torch.where(norm > 1e-12, gi / norm.clamp(min=1e-30), torch.zeros_like(gi))
+            expert_of = layer["expert_of"][tok]
+            routing = torch.zeros(n, E, dtype=gi.dtype, device=gi.device)
+            rows = torch.arange(n, device=gi.device)
+            routing[rows, expert_of] = layer["probs"].detach()[tok, expert_of]
+            for i, e in enumerate(expert_of.tolist()):
+                served[e].add(i)
+            layers.append((layer["block"], layer["input"].detach()[tok], u, routing))
+        return layers, [sorted(s) for s in served]
+
+    def model_rows(self, served, trainable, n):
+        """The probe tokens a trainable expert serves (switchTransformer.ts, measure): a token routed only to
+        frozen or pruned experts has a zero row in Σ_{e∈T} K_e (routers and shared layers are left out), which
+        would make the whole probe's kernel singular and pin κ at its cap 1/δ whenever an expert is frozen."""
+        return sorted({i for e in trainable for i in served[e]})
+
+    def kernels(self, pruned, create_graph, mask=None):
+        layers, served = self.probe_quantities(pruned)
+        return self.kernels_from(layers, served, pruned, create_graph)
+
+    def kernels_from(self, layers, served, pruned, create_graph):
+        """(unit kernels E×n×n, the rest (zeros: routers left out), served) from held probe quantities."""
+        n, E = len(self.tokens), self.model.units
+        units = []
+        for e in range(E):
+            k = 0
+            for block, x, u, routing in layers:
+                r = routing[:, e:e + 1]
+                k = k + (r @ r.T) * self.model.expert_kernel_alone(block, e, x, u)
+            units.append(k)
+        units = torch.stack(units)
+        rest = torch.zeros(n, n, dtype=units.dtype, device=units.device)
+        if not create_graph:
+            units = units.detach()
+        self.direction_path = None
+        return units, rest, [[] if e in pruned else served[e] for e in range(E)]
 
 
 SHARE_EMA_WEIGHT = 0.05  # weight of a new share in the EMA (time constant 20 records)
@@ -329,7 +457,11 @@ class Trainer:
                     self._restore(model, optimizer, checkpoint[1], device)
                 n_probe = min(config["monitor"]["probeSize"], data.train_x.shape[0])
                 probe_x = torch.from_numpy(data.train_x[:n_probe]).to(device)
-                measurer = Measurer(model, probe_x, torch.from_numpy(data.train_y[:n_probe]), config["monitor"]["damping"])
+                probe_y = torch.from_numpy(data.train_y[:n_probe])
+                if isinstance(model, SwitchTransformer):
+                    measurer = SwitchMeasurer(model, probe_x, probe_y.to(device), config["monitor"]["damping"], config["monitor"]["probeSize"])
+                else:
+                    measurer = Measurer(model, probe_x, probe_y, config["monitor"]["damping"])
                 pruner = GatingPruner(model.units, pr, config["seed"]) if pr["enabled"] else None
                 if pruner and checkpoint and "pruner" in checkpoint[0]:
                     pruner.set_state(checkpoint[0]["pruner"])
@@ -430,7 +562,11 @@ class Trainer:
                     soft = pruner.sample_mask(step, steering.frozen, steering.pruned) if pruner else None
                     mask_t = torch.tensor(soft, dtype=torch.float32, device=device, requires_grad=True) if soft is not None else None
                     logits = model(x, pruned, mask_t)
-                    task_loss = F.cross_entropy(logits, y)
+                    task_loss = F.cross_entropy(logits, y.reshape(-1))  # a language model's logits are token-major
+                    # Switch: the load-balancing loss is optimized, not reported in the task loss; the
+                    # step's routing shares are read before the probe's forward pass replaces them.
+                    objective = task_loss + model.aux_loss() if hasattr(model, "aux_loss") else task_loss
+                    routed_shares = model.routed_shares() if hasattr(model, "routed_shares") else None
                     measured = None
                     if alpha > 0 and trainable:
                         # κ for the weights this step starts from; the regularizer differentiates the
@@ -438,13 +574,13 @@ class Trainer:
                         units_k, rest_k, served = measurer.kernels(pruned, True, mask_t)
                         measured, model_kernel, v_min, v_max = measurer.condition(units_k, rest_k, served, steering.frozen, pruned, trainable)
                         # The regularizer is κ of the model's kernel (contract 6–7), along its eigenvectors.
-                        reg = estimators.kappa_surrogates(model_kernel.unsqueeze(0), [v_min], [v_max], damping)[0]
-                        total = task_loss + alpha * reg
+                        reg = measurer.regularizer(model_kernel, v_min, v_max)
+                        total = objective + alpha * reg
                     else:
                         if monitor_step:
                             measured = measurer.measure(steering.frozen, pruned, trainable, mask_t.detach() if mask_t is not None else None)
                         reg = None
-                        total = task_loss
+                        total = objective
                     total.backward()
                     for e in range(model.units):
                         if e not in trainable:
@@ -453,7 +589,8 @@ class Trainer:
                     with torch.no_grad():
                         grads = [p.grad for p in model.parameters() if p.grad is not None]
                         grad_norm_sq = torch.stack([(g * g).sum() for g in grads]).sum()
-                        accuracy = (logits.argmax(dim=1) == y).float().mean()
+                        # The task metric: accuracy, or a language model's perplexity exp(mean CE).
+                        accuracy = task_loss.detach().exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).float().mean()
                         # One device → host transfer per step for everything reported.
                         # share_e: the step's mean routing mass through unit e (docs/method.md, "Share");
                         # a family without a router takes it from the kernels on monitor steps (below).
@@ -465,6 +602,8 @@ class Trainer:
                     loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported[:5]
                     shares = reported[5:]
                     # Routing shares of this step's batch (families with a router); the others report them on measurement.
+                    if routed_shares is not None:
+                        shares = routed_shares  # the fraction of the step's tokens dispatched to each expert
                     if shares:
                         share_watch.observe(shares)
                     if reg is None:
@@ -484,7 +623,7 @@ class Trainer:
                     last = now
                     ema_rate = 0.9 * ema_rate + 0.1 * rate if ema_rate else rate
                     if monitor_step:
-                        if not hasattr(model, "gate"):
+                        if not hasattr(model, "gate") and routed_shares is None:
                             # tr(K_e)/Σ tr(K_e'): the unit's fraction of the output-gradient energy, pruned 0.
                             live = [0.0 if e in pruned else measurer.traces[e] for e in range(units)]
                             share_watch.observe([t / sum(live) for t in live] if sum(live) > 0 else [0.0] * units)
@@ -510,6 +649,8 @@ class Trainer:
                         m = {"type": "metrics", "step": step, "time": now_ms(), "loss": loss_value, "taskLoss": task_value, "regularizer": reg_value, "alpha": alpha, "taskMetric": accuracy, "stepsPerSec": ema_rate}
                         if pl_ratio is not None and math.isfinite(pl_ratio):
                             m["plRatio"] = pl_ratio
+                        if routed_shares is not None:
+                            m["extra"] = {f"load/{e}": f for e, f in enumerate(routed_shares)}
                         part = share_watch.take_participation()
                         if part is not None:
                             m["participation"] = part
@@ -518,7 +659,7 @@ class Trainer:
                             if pruner:
                                 m["gate"] = pruner.keep_probabilities(steering.frozen, steering.pruned)
                         events.emit(m)
-                    progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, "accuracy": accuracy})
+                    progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, ("perplexity" if model.task_metric == "perplexity" else "accuracy"): accuracy})
                     if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):
                         save()
                     if time.monotonic() - last_announce > 2:
@@ -527,11 +668,20 @@ class Trainer:
                 apply_commands()
                 save()
                 with torch.no_grad():
-                    correct = 0
-                    for i in range(0, data.test_x.shape[0], 500):
-                        xt = torch.from_numpy(data.test_x[i:i + 500]).to(device)
-                        correct += int((model(xt, frozenset(steering.pruned)).argmax(dim=1).cpu() == torch.from_numpy(data.test_y[i:i + 500])).sum())
-                log("info", f"test accuracy {correct / data.test_x.shape[0] * 100:.2f}% after {step} steps")
+                    correct, ce_sum = 0, 0.0
+                    chunk = 500 if model.task_metric == "accuracy" else 32
+                    for i in range(0, data.test_x.shape[0], chunk):
+                        xt = torch.from_numpy(data.test_x[i:i + chunk]).to(device)
+                        yt = torch.from_numpy(data.test_y[i:i + chunk]).to(device).reshape(-1)
+                        out = model(xt, frozenset(steering.pruned))
+                        if model.task_metric == "accuracy":
+                            correct += int((out.argmax(dim=1) == yt).sum())
+                        else:
+                            ce_sum += float(F.cross_entropy(out, yt, reduction="sum"))
+                if model.task_metric == "accuracy":
+                    log("info", f"test accuracy {correct / data.test_x.shape[0] * 100:.2f}% after {step} steps")
+                else:
+                    log("info", f"test perplexity {math.exp(ce_sum / data.test_y.size):.3f} after {step} steps")
                 set_state("stopped" if steering.stop_requested else "completed", f"stopped by {stop_signal['name']}" if stop_signal["name"] else None)
             except Exception as e:  # noqa: BLE001 — every failure ends the run as `failed`, with its reason
                 fail(_reason(e))

@@ -55,3 +55,51 @@ def test_units_partition_their_parameters(name):
     assert len(owned) == len(set(owned))
     grouped = [id(p) for _, ps in model.groups() for p in ps]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_regularizer_gradient_follows_u_and_the_output_bias_by_finite_differences(name):
+    """Contract 7 in float64: ⟨∇κ̃, d⟩ from `Measurer.regularizer` equals the central difference of κ of
+    the model's kernel along a random direction d of every weight, u(θ) and the output bias included.
+    Holding u fixed gives a visibly different gradient (checked, so the test can fail)."""
+    from pltrain.train import Measurer
+
+    torch.manual_seed(0)
+    model = build(name)
+    n, gen = 6, torch.Generator().manual_seed(4)
+    probe_x = torch.rand(n, 64, dtype=torch.float64, generator=gen)
+    probe_y = torch.tensor([0, 1, 2, 3, 4, 1])
+    measurer = Measurer(model, probe_x, probe_y, 1e-3)
+    params = list(model.parameters())
+    direction = [torch.randn(p.shape, dtype=p.dtype, generator=gen) for p in params]
+    everything = list(range(model.units))
+
+    def kappa():
+        measurer.measure(set(), set(), everything)
+        return measurer.model_kappa
+
+    units_k, rest_k, served = measurer.kernels(frozenset(), True)
+    _, model_kernel, v_min, v_max = measurer.condition(units_k, rest_k, served, set(), frozenset(), everything)
+    reg = measurer.regularizer(model_kernel, v_min, v_max)
+    assert reg.item() == pytest.approx(measurer.model_kappa, rel=1e-9)  # the surrogate's value is κ
+    grads = torch.autograd.grad(reg, params, retain_graph=True, allow_unused=True)
+    analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction) if g is not None)
+    held = estimators.kappa_surrogates(model_kernel.unsqueeze(0), [v_min], [v_max], 1e-3)[0]
+    held_grads = torch.autograd.grad(held, params, allow_unused=True)
+    u_fixed = sum(float((g * d).sum()) for g, d in zip(held_grads, direction) if g is not None)
+
+    eps = 1e-6
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.add_(eps * d)
+    plus = kappa()
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.sub_(2 * eps * d)
+    minus = kappa()
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.add_(eps * d)
+    numeric = (plus - minus) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-9 * abs(measurer.model_kappa))
+    assert abs(u_fixed - numeric) > 1e-3 * abs(numeric)

@@ -10,9 +10,6 @@ export type BackendName = (typeof BACKEND_NAMES)[number];
 export const ENGINES = ['tfjs', 'pytorch'] as const;
 export type Engine = (typeof ENGINES)[number];
 
-/** The families the PyTorch engine trains so far (python/pltrain/models.py); the rest run in tfjs. */
-export const PYTORCH_FAMILIES: readonly string[] = ['moe-mlp', 'vgg', 'bert-encoder'];
-
 /** `device` values of the PyTorch engine: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`. */
 export const DEVICE_PATTERN = /^(auto|cpu|cuda|cuda:\d{1,2})$/;
 
@@ -166,9 +163,8 @@ export const TrainingConfigSchema = z
     }
     if (c.engine === 'pytorch') {
       if (c.backend !== 'auto') ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['backend'], message: `backend "${c.backend}" is a TensorFlow.js backend; the PyTorch engine picks its device with "device"` });
-      // Not (yet) in the PyTorch engine: refused on the config line rather than silently ignored.
-      // With a script, the model is the script's own: the built-in families do not apply.
-      if (c.script === undefined && !PYTORCH_FAMILIES.includes(c.model.family)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'family'], message: `${c.model.family} is not in the pytorch engine yet (it trains ${PYTORCH_FAMILIES.join(', ')}); use "engine": "tfjs"` });
+      // Not in the PyTorch engine: refused on the config line rather than silently ignored (it trains
+      // all four families; OPT mode and the spectral-norm L_f are tfjs-only).
       if (c.model.opt) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['model', 'opt'], message: 'OPT mode is implemented in the tfjs engine only, not the pytorch engine' });
       if (c.monitor.lipschitz !== 'tangent-kernel') ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['monitor', 'lipschitz'], message: `the ${c.monitor.lipschitz} L_f is implemented in the tfjs engine only; the pytorch engine uses tangent-kernel` });
     }

@@ -267,6 +267,16 @@ export class RunView {
     return change;
   }
 
+  /**
+   * A command the panel posted that never reached the host and will not be sent again (the panel's
+   * own fact, after a window reload): `failed` with the reason, so it is refused visibly, not lost.
+   */
+  recordNotSent(id: string, command: SteeringCommand, reason: string): RunChange {
+    const change = noChange();
+    this.upsertCommand({ id, command, status: 'failed', reason }, change);
+    return change;
+  }
+
   /** Replaces the command table with the host's (a snapshot: the host's table is the complete one). */
   replaceCommands(statuses: readonly CommandStatus[]): void {
     this.commands.clear();

@@ -279,7 +279,10 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
       const dir = path.join(tmp, `flood-${transport}`);
       const t = await startTrainer(dir, { PLTRAIN_HANDSHAKE_MS: '1000', ...(transport === 'tcp' ? { PLTRAIN_TRANSPORT: 'tcp' } : {}) }, { maxFds: 300 });
       await latestStep(t.endpoint);
-      const stepsOnDisk = () => fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').length;
+      const metricsFile = path.join(dir, 'metrics.jsonl');
+      const stepsOnDisk = () => (fs.existsSync(metricsFile) ? fs.readFileSync(metricsFile, 'utf8').trim().split('\n').filter(Boolean).length : 0);
+      // The stream can run ahead of the file (appends are batched): wait for the first line on disk.
+      for (let k = 0; k < 100 && stepsOnDisk() === 0; k++) await new Promise((r) => setTimeout(r, 100));
       const before = stepsOnDisk();
       const sockets: net.Socket[] = [];
       let mostFds = 0;

@@ -82,6 +82,30 @@ test('Series: incremental EMA equals the closed form, history is capped, arrays 
   assert.equal(new Ema(0).next(7), 7);
 });
 
+test('Series.version changes with every change to the points (append, replacement, thinning, smoothing, clear), not on a refused append', () => {
+  const s = new Series(0.5, 8);
+  const seen = [s.version];
+  const changed = (what: string) => {
+    assert.notEqual(s.version, seen.at(-1), what);
+    seen.push(s.version);
+  };
+  s.append(1, 1);
+  changed('append');
+  s.append(1, 2);
+  changed('replacement of the last step');
+  for (let x = 2; x <= 9; x++) s.append(x, x);
+  changed('appends up to thinning');
+  assert.equal(s.thinned, true);
+  const before = s.version;
+  s.append(3, 5); // behind the last step: refused
+  assert.equal(s.version, before, 'a refused append changes nothing');
+  assert.equal(s.last!.x, 9);
+  s.setSmoothing(0.9);
+  changed('smoothing');
+  s.clear();
+  changed('clear');
+});
+
 test('RunModel: snapshot, append without duplicates, other runs ignored', () => {
   const f = syntheticRun({ steps: 30 });
   const m = new RunModel();

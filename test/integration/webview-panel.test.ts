@@ -475,6 +475,49 @@ test('events append in seq order; duplicates and other runs are ignored; invalid
   assert.equal(p.console.filter((m) => /ignored an invalid message/.test(m.text)).length, 2);
 });
 
+test('a chart redraws only when a line it draws changed: the κ chart skips the frames between monitor steps, and redraws for a setting', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 100 });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), '100 / 300');
+  await nextFrames(p.page);
+  // Count chart.js updates per chart from here on (harness-only hook).
+  await p.page.evaluate(() => {
+    const dbg = (window as unknown as { __plTrainer: { charts: Record<string, { chart: { update: (mode?: string) => void } }> } }).__plTrainer;
+    const counts: Record<string, number> = {};
+    (window as unknown as { __updates: Record<string, number> }).__updates = counts;
+    for (const [id, c] of Object.entries(dbg.charts)) {
+      counts[id] = 0;
+      const original = c.chart.update.bind(c.chart);
+      c.chart.update = (mode?: string) => {
+        counts[id]++;
+        original(mode);
+      };
+    }
+  });
+  const updates = () => p.page.evaluate(() => ({ ...(window as unknown as { __updates: Record<string, number> }).__updates }));
+  // Steps 101…109: no monitor step (every 10), so the κ chart has nothing new; the loss chart has.
+  for (const e of f.more(9)) {
+    await p.send({ type: 'events', runId: f.runId, events: [e] });
+    await nextFrames(p.page);
+  }
+  await expectText(p.byTestId('step'), '109 / 300');
+  let u = await updates();
+  assert.equal(u.expert, 0, `κ chart redrawn without a new κ: ${JSON.stringify(u)}`);
+  assert.ok(u.loss >= 1, `the loss chart redraws for new steps: ${JSON.stringify(u)}`);
+  // Step 110 measures κ: the κ chart redraws, and draws the new point.
+  await p.send({ type: 'events', runId: f.runId, events: f.more(1) });
+  await expectText(p.byTestId('experts-measured'), 'measured at step 110');
+  await nextFrames(p.page);
+  u = await updates();
+  assert.equal(u.expert, 1, JSON.stringify(u));
+  assert.equal((await chartInfo(p.page, 'expert')).datasets[0].length, 11);
+  // A view setting (κ → μ) redraws it though no point came.
+  await p.byTestId('expert-metric-mu').click();
+  await nextFrames(p.page);
+  assert.equal((await updates()).expert, 2);
+});
+
 test('Pause posts a valid command, and the log follows its lifecycle pending → applied at step N', async () => {
   const p = await openPanel();
   const f = syntheticRun();
@@ -631,6 +674,95 @@ test('view settings persist through setState and come back after a reload', asyn
   );
   const expert = await chartInfo(p.page, 'expert');
   assert.deepEqual([...new Set(expert.datasets.map((d) => d.key))], ['mu:0', 'mu:1', 'mu:2', 'mu:3']);
+});
+
+/** The harness's persisted webview state (VS Code's getState/setState survive a window reload). */
+const persistedState = (page: Page) => page.evaluate(() => JSON.parse(sessionStorage.getItem('pl-trainer-harness-state') ?? 'null') as Record<string, unknown> | null);
+const postedTypes = async (p: Panel) => (await p.posted()).map((m) => m.type);
+
+test('a command no host answered survives a window reload: the restored panel sends it again, with its id, once the host is attached, and only once', async () => {
+  const p = await openPanel();
+  const f = syntheticRun();
+  await p.send(snapshotOf(f));
+  await expectAttr(p.byTestId('btn-pause'), 'aria-disabled', 'false');
+  await p.byTestId('btn-pause').click();
+  const first = WebviewToHostSchema.parse((await p.posted()).at(-1));
+  assert.ok(first.type === 'command');
+  // Saved before the host answers (the link is down: it never does).
+  assert.deepEqual((await persistedState(p.page))?.outstanding, [{ id: first.id, runId: f.runId, command: { kind: 'pause' } }]);
+
+  await p.page.reload();
+  await waitForReady(p.page);
+  // The new extension host shows the run but is not connected to the trainer yet: it could not send.
+  await p.send({ type: 'snapshot', run: { ...f.summary, connected: false }, events: f.events, commands: f.commands });
+  const entry = p.byTestId(`command-${first.id}`);
+  await expectText(entry, /^Pause.*sent, no answer yet: the window reloaded before the extension host took it; it is sent again, with the same id, once the extension host is connected to the run$/);
+  assert.deepEqual(await postedTypes(p), ['ready']);
+  // Connected: sent again, with the original id, exactly once.
+  await p.send({ type: 'fact', runId: f.runId, fact: { type: 'connection', connected: true } });
+  await p.page.waitForFunction(() => (window as unknown as { __posted: unknown[] }).__posted.length >= 2);
+  assert.deepEqual((await p.posted())[1], { type: 'command', id: first.id, command: { kind: 'pause' } });
+  await p.send(snapshotOf(f));
+  await p.send({ type: 'fact', runId: f.runId, fact: { type: 'connection', connected: true } });
+  await nextFrames(p.page);
+  assert.deepEqual(await postedTypes(p), ['ready', 'command']);
+  // The host's answer settles it: no longer kept, and a further reload sends nothing.
+  await p.send({ type: 'fact', runId: f.runId, fact: { type: 'command', status: { id: first.id, command: { kind: 'pause' }, status: 'pending' } } });
+  await expectText(entry, /pending$/);
+  await p.page.waitForFunction(() => !('outstanding' in (JSON.parse(sessionStorage.getItem('pl-trainer-harness-state') ?? '{}') as object)));
+  assert.equal(await p.page.evaluate(() => localStorage.getItem('pl-trainer.outstanding')), null);
+  await p.page.reload();
+  await waitForReady(p.page);
+  await p.send(snapshotOf(f));
+  await nextFrames(p.page);
+  assert.deepEqual(await postedTypes(p), ['ready']);
+});
+
+test('after a reload, a command the host already took is not sent again; one that can no longer apply is refused with the reason and not sent', async () => {
+  const p = await openPanel();
+  const f = syntheticRun();
+  await p.send(snapshotOf(f));
+  await expectAttr(p.byTestId('btn-pause'), 'aria-disabled', 'false');
+  await p.byTestId('btn-pause').click();
+  const pause = WebviewToHostSchema.parse((await p.posted()).at(-1));
+  assert.ok(pause.type === 'command');
+  // Taken: it got through before the reload, and the new host's table (from the trainer's acks) has it.
+  // The workbench did not restore the panel (no webview state): opened anew, it reads the localStorage copy.
+  await p.page.evaluate(() => sessionStorage.clear());
+  await p.page.reload();
+  await waitForReady(p.page);
+  await p.send({ ...snapshotOf(f), commands: [...f.commands, { id: pause.id, command: { kind: 'pause' }, status: 'applied', step: f.summary.step }] } as HostToWebview);
+  await expectText(p.byTestId(`command-${pause.id}`), /applied at step \d+$/);
+  await nextFrames(p.page);
+  assert.deepEqual(await postedTypes(p), ['ready']);
+  assert.equal((await persistedState(p.page))?.outstanding, undefined);
+  assert.equal(await p.page.evaluate(() => localStorage.getItem('pl-trainer.outstanding')), null);
+
+  // Ended: the run stopped while the window was away.
+  await p.send(snapshotOf(f));
+  await expectAttr(p.byTestId('btn-stop'), 'aria-disabled', 'false');
+  await p.byTestId('btn-stop').click();
+  const stop = WebviewToHostSchema.parse((await p.posted()).at(-1));
+  assert.ok(stop.type === 'command');
+  await p.page.reload();
+  await waitForReady(p.page);
+  await p.send({ ...snapshotOf(f), run: { ...f.summary, state: 'stopped', connected: false } });
+  await expectText(p.byTestId(`command-${stop.id}`), /^Stop.*failed: not applied: the window reloaded before the extension host took it, and the run has stopped$/);
+  assert.deepEqual(await postedTypes(p), ['ready']);
+  assert.equal((await persistedState(p.page))?.outstanding, undefined);
+
+  // Another run: never sent to it; refused, naming both runs.
+  await p.send(snapshotOf(f));
+  await expectAttr(p.byTestId('btn-pause'), 'aria-disabled', 'false');
+  await p.byTestId('btn-pause').click();
+  const second = WebviewToHostSchema.parse((await p.posted()).at(-1));
+  assert.ok(second.type === 'command');
+  await p.page.reload();
+  await waitForReady(p.page);
+  const other = syntheticRun({ runId: 'other-run-1' });
+  await p.send(snapshotOf(other));
+  await expectText(p.byTestId(`command-${second.id}`), new RegExp(`failed: not applied: the window reloaded before the extension host took it, and the panel now shows run other-run-1, not ${f.runId}$`));
+  assert.deepEqual(await postedTypes(p), ['ready']);
 });
 
 test('the smoothed line is the debiased EMA of the data (float64 closed form)', async () => {
@@ -1089,4 +1221,29 @@ test('screenshot with a compare overlay and the pruning mask (test-results/webvi
   fs.mkdirSync(path.dirname(out), { recursive: true });
   await p.page.screenshot({ path: out, fullPage: true });
   assert.ok(fs.statSync(out).size > 20_000, 'a real screenshot');
+});
+
+test('every tick label of the per-unit log axis fits the axis: none clipped (issue 17, item 9: the top label read ".00")', async () => {
+  const p = await openPanel(await browser.newPage({ viewport: { width: 900, height: 1000 } }));
+  const f = syntheticRun({ steps: 60, experts: 4, monitorEvery: 5 });
+  // κ over eleven decades: long labels at both ends (0.002, 1e+8), short ones between (10, 100).
+  metricsOf(f.events).forEach((m, k) => m.units?.forEach((u, i) => (u.kappa = i === 3 ? 1.234e8 + k : 0.0021 + i)));
+  await p.send(snapshotOf(f));
+  await nextFrames(p.page);
+  const fit = await p.page.evaluate(() => {
+    const dbg = (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer;
+    const chart = dbg.charts.expert.chart;
+    const y = chart.scales.y;
+    const ctx = chart.ctx as CanvasRenderingContext2D;
+    const font = y._resolveTickFontOptions ? y._resolveTickFontOptions(0).string : ctx.font;
+    ctx.save();
+    ctx.font = font;
+    const labels = y.ticks.map((t: { label: string | string[] }) => String(t.label)).filter((l: string) => l);
+    const widest = Math.max(...labels.map((l: string) => ctx.measureText(l).width));
+    ctx.restore();
+    return { type: y.type as string, labels, widest, axisWidth: y.width as number };
+  });
+  assert.equal(fit.type, 'logarithmic');
+  assert.ok(fit.labels.length >= 3, `labels ${fit.labels}`);
+  assert.ok(fit.widest <= fit.axisWidth, `widest tick label ${fit.widest.toFixed(1)} px in a ${fit.axisWidth.toFixed(1)} px axis: ${fit.labels.join(' | ')}`);
 });

@@ -331,7 +331,7 @@ test('per-head tangent kernels (perSampleKernels) equal J·Jᵀ of a float64 fin
   const probe = builtin.batch(tf, 'train', range(0, 5));
   const pruned = new Set([1]);
   const stats = m.measure(new Set(), pruned);
-  const kernels = m.headKernels(pruned);
+  const kernels = m.unitKernels(pruned);
   const { xs, u, n } = probeAndDirections(m, probe, pruned);
   const net = refOf(m);
   let worst = 0;

@@ -272,11 +272,20 @@ test('regularizer: κ̃ = κ of the model kernel Σ_{e∈T} K_e at fresh eigenve
   assert.ok(relative(m.modelKappa()!, sumOf([0, 1, 2, 3])) <= 1e-9);
   const k = tf.tidy(() => m.modelKappaTf([0, 1, 2, 3]).dataSync()[0]);
   assert.ok(relative(k, m.modelKappa()!) <= 1e-4, `κ̃ ${k} vs κ ${m.modelKappa()}`);
-  // Expert 1 frozen: the regularizer is κ of the kernel of the trainable ones.
+  // Expert 1 frozen: the regularizer is κ of the kernel of the trainable ones, over the probe tokens
+  // they serve. A token routed only to expert 1 has a zero row in Σ_{e∈T} K_e (exactly: its routing
+  // weight is 0 there), so over the whole probe that kernel is singular and κ would sit at its cap 1/δ.
   const trainable = [0, 2, 3];
-  m.measure(new Set([1]), new Set());
+  const stats = m.measure(new Set([1]), new Set());
   const expected = m.modelKappa()!;
-  assert.ok(relative(expected, sumOf(trainable)) <= 1e-9);
+  const KT = new Float64Array(64);
+  for (const e of trainable) m.lastKernel(e).forEach((k, i) => (KT[i] += k));
+  const rows = [0, 1, 2, 3, 4, 5, 6, 7].filter((i) => KT[i * 8 + i] > 0);
+  const sub = new Float64Array(rows.length * rows.length);
+  rows.forEach((r, a) => rows.forEach((c, b) => (sub[a * rows.length + b] = KT[r * 8 + c])));
+  assert.ok(relative(expected, conditioning(sub, rows.length, 1e-6).kappa) <= 1e-9, `${expected} vs the submatrix on rows ${rows}`);
+  assert.ok(stats[1].served! > 0 && rows.length < 8, `the planted case: expert 1 serves ${stats[1].served} probe tokens that no trainable expert serves (rows ${rows})`);
+  assert.ok(sumOf(trainable) >= 0.5e6 && expected < 1e4, `over the whole probe κ ${sumOf(trainable)} (at the cap); over the served tokens ${expected}`);
   const [first] = steps(m, 1, { alpha: 0.05, trainable, from: 10 });
   assert.ok(relative(first.regularizer, expected) <= 1e-4, `${first.regularizer} vs ${expected}`);
   assert.ok(first.shares && Math.abs(first.shares.reduce((a, b) => a + b, 0) - 1) <= 1e-9, 'the step reports its routing shares');

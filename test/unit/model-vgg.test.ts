@@ -354,7 +354,7 @@ test('per-group tangent kernels equal J·Jᵀ of a float64 finite-difference Jac
   const probe = builtin.batch(tf, 'train', range(0, 5));
   const pruned = new Set([1]);
   const stats = m.measure(new Set(), pruned);
-  const kernels = m.groupKernels(pruned);
+  const kernels = m.unitKernels(pruned);
   const { xs, u, n } = probeAndDirections(m, probe, pruned);
   const net = refOf(m);
   let worst = 0;
@@ -453,7 +453,7 @@ test('the reported regularizer is κ̃ of the model kernel Σ_g K_g + U·Uᵀ, e
   const m = newModel(config({ model: { experts: 3 }, monitor: { probeSize: 4 } }));
   steps(m, builtin, 2);
   const stats = m.measure(new Set(), new Set());
-  const kernels = m.groupKernels(new Set());
+  const kernels = m.unitKernels(new Set());
   const tr = kernels.map((K) => [0, 1, 2, 3].reduce((a, i) => a + K[i * 4 + i], 0));
   stats.forEach((st, g) => assert.ok(Math.abs(st.share! - tr[g] / (tr[0] + tr[1] + tr[2])) <= 1e-12, `group ${g} share`));
   const b = trainBatch(builtin, 5, 16);

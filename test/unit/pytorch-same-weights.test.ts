@@ -2,7 +2,9 @@
 // probe examples it serves, κ of the model's kernel Σ_e K_e + K_gate; docs/method.md, "Definitions
 // (contract)") against the TypeScript float64 reference on one fixture (test/support/moeReference.ts:
 // closed-form kernels of the soft mixture, conditioning), to 1e-5 relative, in both of the engine's
-// precisions. Registered where an interpreter imports torch (test/support/engines.ts).
+// precisions; and a switch-transformer (per-expert stats over the routed probe tokens, served, the
+// model's κ) against the TF.js model's own measurement on the same weights and probe.
+// Registered where an interpreter imports torch (test/support/engines.ts).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -70,6 +72,80 @@ else {
       };
       for (let e = 0; e < E; e++) {
         const [py, want] = [python.units[e], ts.perUnit[e]];
+        assert.equal(py.served, want.served, `expert ${e}: served`);
+        if (want.kappa === null) {
+          assert.deepEqual([py.mu, py.lf, py.kappa], [null, null, null], `expert ${e}: not measurable`);
+          continue;
+        }
+        for (const k of ['mu', 'lf', 'kappa'] as const) close(py[k]!, want[k]!, `expert ${e} ${k}`);
+      }
+      close(python.modelKappa, ts.modelKappa, "the model's κ");
+    });
+  }
+}
+
+// switch-transformer: the TF.js model's own measurement (float32 tfjs, float64 eigen-solves) against
+// the PyTorch engine's on the same weights, probe sequences and probe tokens.
+const SWITCH = { family: 'switch-transformer', experts: 3, dModel: 8, layers: 3, contextLength: 6, hiddenUnits: 5 };
+const SWITCH_PROBE = 12;
+
+async function switchFixture() {
+  const tf = await import('@tensorflow/tfjs');
+  await tf.setBackend('cpu');
+  const { parseTrainingConfig } = await import('../../src/protocol');
+  const { SwitchTransformerLm } = await import('../../src/trainer/models/switchTransformer');
+  const { textTaskData } = await import('../../src/trainer/textData');
+  const parsed = parseTrainingConfig({ model: SWITCH, data: { source: 'text' }, seed: 3, monitor: { probeSize: SWITCH_PROBE, damping } });
+  assert.ok(parsed.ok, JSON.stringify(parsed));
+  const config = (parsed as { ok: true; config: import('../../src/protocol').TrainingConfig }).config;
+  const rnd = mulberry32(7);
+  const text = Array.from({ length: 900 }, () => 'abcdefghij .,'[Math.floor(rnd() * 13)]).join('');
+  const data = textTaskData(text, 'fixture', SWITCH.contextLength);
+  const model = new SwitchTransformerLm(tf, config, data);
+  // A router far from uniform, so routing differs between tokens and no argmax is a near tie.
+  for (const l of model.switchBlocks) model.blocks[l].router!.w.assign(tf.mul(model.blocks[l].router!.w, 30));
+  const probe = data.batch(tf, 'train', Int32Array.from({ length: SWITCH_PROBE }, (_, i) => i));
+  const [x, y] = [Array.from(probe.x.dataSync()), Array.from(probe.y.dataSync())];
+  model.setProbe(probe);
+  const weights: Record<string, number[]> = {};
+  const put = (name: string, v: { dataSync(): ArrayLike<number> }) => (weights[name] = Array.from(v.dataSync()));
+  put('embed/tokens', model.embedding.tokens);
+  put('embed/positions', model.embedding.positions);
+  model.blocks.forEach((b, l) => {
+    for (const k of ['ln1g', 'ln1b', 'wq', 'wk', 'wv', 'wo', 'bo', 'ln2g', 'ln2b'] as const) put(`layer${l}/${k}`, b[k]);
+    const mlps = b.experts ? b.experts.map((v, e) => [`layer${l}/expert${e}`, v] as const) : [[`layer${l}/dense`, b.dense!] as const];
+    for (const [prefix, v] of mlps) for (const k of ['w1', 'b1', 'w2', 'b2'] as const) put(`${prefix}/${k}`, v[k]);
+    if (b.router) (put(`layer${l}/router/w`, b.router.w), put(`layer${l}/router/b`, b.router.b));
+  });
+  put('final/lnG', model.head.lnG);
+  put('final/lnB', model.head.lnB);
+  put('output/w', model.head.w);
+  put('output/b', model.head.b);
+  const stats = model.measure(new Set(), new Set());
+  const ts = { units: stats, modelKappa: model.modelKappa()!, tokens: Array.from(model.probeTokens()) };
+  model.dispose();
+  return { fixture: { family: 'switch-transformer', model: SWITCH, vocabulary: data.classes, probeSize: SWITCH_PROBE, damping, x, y, weights }, ts };
+}
+
+if (PYTHON) {
+  for (const dtype of ['float64', 'float32'] as const) {
+    test(`the PyTorch engine's switch-transformer expert μ, L_f, κ, served and the model's κ equal the TF.js model's on the same weights (${dtype}, 1e-5 relative)`, async () => {
+      const { fixture: f, ts } = await switchFixture();
+      const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-same-switch-'));
+      const file = path.join(tmp, 'fixture.json');
+      fs.writeFileSync(file, JSON.stringify({ ...f, dtype }));
+      const r = spawnSync(PYTHON!, ['-m', 'pltrain.samecheck', file], { encoding: 'utf8', env: engineEnv() });
+      fs.rmSync(tmp, { recursive: true, force: true });
+      assert.equal(r.status, 0, r.stderr);
+      const python = JSON.parse(r.stdout) as { units: { served: number; mu: number | null; lf: number | null; kappa: number | null }[]; modelKappa: number; tokens: number[] };
+      assert.deepEqual(python.tokens, ts.tokens, 'the same probe tokens');
+      assert.ok(ts.units.some((u) => u.kappa !== null), 'at least one expert is measurable');
+      const close = (a: number, b: number, what: string) => {
+        const rel = Math.abs(a - b) / Math.abs(b);
+        assert.ok(rel <= 1e-5, `${what}: pytorch ${a} vs TF.js ${b} (relative ${rel.toExponential(2)})`);
+      };
+      for (let e = 0; e < SWITCH.experts; e++) {
+        const [py, want] = [python.units[e], ts.units[e]];
         assert.equal(py.served, want.served, `expert ${e}: served`);
         if (want.kappa === null) {
           assert.deepEqual([py.mu, py.lf, py.kappa], [null, null, null], `expert ${e}: not measurable`);

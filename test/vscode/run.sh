@@ -3,7 +3,9 @@
 # host, from npm) driven by Debian's Chromium through playwright-core. See test/README.md.
 #   1. the extension-host mocha suite (test/vscode/suite, bundled to dist/test/suite)
 #   2. a UI test through the command palette and the webview (test/vscode/harness/ui.js)
-#   3. the remote test: code-server as a remote box in its own network namespace, reached only through
+#   3. the attach test: the user's own PyTorch script (examples/train_attach.py) started from its config
+#      through the palette and steered from the panel (test/vscode/harness/attach.js; needs /usr/bin/python3 with torch)
+#   4. the remote test: code-server as a remote box in its own network namespace, reached only through
 #      an SSH tunnel (test/vscode/harness/remote.js; needs root, openssh-server, openssh-client, netcat-openbsd)
 # Ends with one line: "vscode: N passed, M failed".
 set -euo pipefail
@@ -35,12 +37,12 @@ command -v "${CHROMIUM:-/usr/bin/chromium}" >/dev/null || { echo "Chromium is mi
 [ -f "$ROOT/dist/extension.js" ] && [ -f "$ROOT/dist/test/suite/index.js" ] || (cd "$ROOT" && npm run -s build)
 
 RUN="$(mktemp -d /tmp/pltrain-vscode.XXXXXX)"
-mkdir -p "$RUN/ud/User" "$RUN/ws-exthost" "$RUN/ws-ui" "$RUN/ws-remote" "$ROOT/test-results"
+mkdir -p "$RUN/ud/User" "$RUN/ws-exthost" "$RUN/ws-ui" "$RUN/ws-remote" "$RUN/ws-attach" "$ROOT/test-results"
 cat > "$RUN/ud/User/settings.json" <<'JSON'
 { "workbench.startupEditor": "none", "telemetry.telemetryLevel": "off", "extensions.autoCheckUpdates": false,
   "extensions.autoUpdate": false, "chat.disableAIFeatures": true, "workbench.tips.enabled": false,
   "security.workspace.trust.enabled": false, "window.commandCenter": false,
-  "workbench.secondarySideBar.defaultVisibility": "hidden" }
+  "workbench.secondarySideBar.defaultVisibility": "hidden", "plTrainer.pythonPath": "/usr/bin/python3" }
 JSON
 # The UI workspace holds exactly one config, so "Start PL training" needs no picker; long enough to pause.
 node -e '
@@ -49,6 +51,13 @@ node -e '
 node -e '
   const c = require(process.argv[1]); c.name = "remote"; c.steps = 200000; delete c.$schema;
   require("fs").writeFileSync(process.argv[2], JSON.stringify(c, null, 2));' "$ROOT/examples/default.pltrain.json" "$RUN/ws-remote/remote.pltrain.json"
+# The attach workspace: the example config and its script. The script takes its step count from its
+# command line (the config's launch passes none): the copy's default is raised so the run outlasts the steering.
+node -e '
+  const c = require(process.argv[1]); c.name = "attach"; delete c.$schema;
+  require("fs").writeFileSync(process.argv[2], JSON.stringify(c, null, 2));' "$ROOT/examples/attach.pltrain.json" "$RUN/ws-attach/attach.pltrain.json"
+sed 's/"--steps", type=int, default=300/"--steps", type=int, default=100000/' "$ROOT/examples/train_attach.py" > "$RUN/ws-attach/train_attach.py"
+grep -q 'default=100000' "$RUN/ws-attach/train_attach.py" || { echo "could not set the steps of the attach workspace's script copy"; exit 1; }
 
 # PLTRAIN_VSIX=<file.vsix>: the UI test runs against that packaged extension, installed into this
 # code-server as a user would install it, instead of the development folder (npm run test:vsix).
@@ -76,6 +85,8 @@ cleanup() {
   # its run.json yet, so match the command line, not the announced pid).
   local pids; pids="$(pgrep -f "dist/trainer\.js (--config|--resume) ${RUN//./\\.}/" || true)"
   [ -z "$pids" ] || kill $pids 2>/dev/null || true
+  pids="$(pgrep -f "python3 ${RUN//./\\.}/ws-attach/train_attach\.py" || true)"
+  [ -z "$pids" ] || kill $pids 2>/dev/null || true
   # Keep the logs and run folders only when something failed.
   if [ "$status" -eq 0 ]; then rm -rf "$RUN"; else echo "vscode test logs kept in $RUN"; fi
 }
@@ -91,8 +102,8 @@ tally() { # reads "<label>: N passed, M failed" from a log
     passed=$((passed + $(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$line"))); failed=$((failed + $(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")))
   else failed=$((failed + 1)); fi
 }
-# PLTRAIN_VSCODE_SUITES picks suites when chasing one of them (default: all three).
-SUITES="${PLTRAIN_VSCODE_SUITES:-exthost ui remote}"
+# PLTRAIN_VSCODE_SUITES picks suites when chasing one of them (default: all four).
+SUITES="${PLTRAIN_VSCODE_SUITES:-exthost ui attach remote}"
 if [[ " $SUITES " == *" exthost "* ]]; then
   t "extension-host tests (mocha inside the real VS Code extension host)"
   node "$ROOT/test/vscode/harness/exthost.js" "$ROOT" "$ROOT/dist/test/suite/index.js" "$RUN/ws-exthost" 2>&1 | tee "$RUN/exthost.log" || true
@@ -102,6 +113,11 @@ if [[ " $SUITES " == *" ui "* ]]; then
   t "UI test (command palette → webview)"
   PLTRAIN_UI_LOGS="$RUN/ud/logs" node "$ROOT/test/vscode/harness/ui.js" "$DEV_PATH" "$RUN/ws-ui" "$ROOT/test-results/vscode-panel.png" 2>&1 | tee "$RUN/ui.log" || true
   tally ui "$RUN/ui.log"
+fi
+if [[ " $SUITES " == *" attach "* ]]; then
+  t "attach test (your own PyTorch script from the palette, steered from the panel)"
+  node "$ROOT/test/vscode/harness/attach.js" "$DEV_PATH" "$RUN/ws-attach" "$ROOT/test-results/vscode-attach.png" 2>&1 | tee "$RUN/attach.log" || true
+  tally attach "$RUN/attach.log"
 fi
 if [[ " $SUITES " == *" remote "* ]]; then
   t "remote test (code-server in a network namespace, reached through an SSH tunnel)"

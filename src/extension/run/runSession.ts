@@ -31,7 +31,18 @@ export interface RunSessionOptions {
   otherEventsCapacity?: number;
   /** Budget for the trainer's lines in the output channel. */
   trainerLines?: { perWindow: number; windowMs: number; now?: () => number };
+  /** Shortest time between two deliveries of events while they keep coming (BUSY_INTERVAL_MS). */
+  busyIntervalMs?: number;
 }
+
+/**
+ * Adaptive batching. Idle (nothing delivered in the last BUSY_INTERVAL_MS), an event goes out at the end
+ * of the current turn of the event loop (setImmediate), together with whatever else that socket read
+ * carried: no fixed wait. Busy (a replay, hundreds of metrics/s), the events are coalesced until
+ * BUSY_INTERVAL_MS after the last delivery, so there are at most ~1000/BUSY_INTERVAL_MS deliveries a
+ * second whatever the rate. Half a frame: the panel coalesces per animation frame anyway.
+ */
+export const BUSY_INTERVAL_MS = 8;
 
 export class RunSession {
   /** New trainer events, coalesced per tick, each delivered once. */
@@ -62,7 +73,11 @@ export class RunSession {
   private readonly trainerLines: OutputBudget;
   private connection: TrainerConnection | undefined;
   private pendingBatch: TrainerEvent[] = [];
-  private batchTimer: NodeJS.Timeout | undefined;
+  /** The scheduled delivery of `pendingBatch`: right after this turn when idle, or at the end of the busy interval. */
+  private batchTimer: { immediate: NodeJS.Immediate } | { timeout: NodeJS.Timeout } | undefined;
+  /** When the last batch went out (performance.now()); -∞ before the first. */
+  private lastFlushAt = -Infinity;
+  private readonly busyIntervalMs: number;
   private changed = false;
   private resetPending = false;
 
@@ -78,6 +93,7 @@ export class RunSession {
     this.thinAt = this.historyCapacity;
     const budget = options.trainerLines;
     this.trainerLines = new OutputBudget(this.log, budget?.perWindow, budget?.windowMs, budget?.now);
+    this.busyIntervalMs = options.busyIntervalMs ?? BUSY_INTERVAL_MS;
   }
 
   /** Seq of the last event held: a reconnect asks the trainer for everything after it. */
@@ -176,9 +192,23 @@ export class RunSession {
       this.onCommandStatus.fire(c);
     }
     this.pendingBatch.push(e);
-    // Coalesce bursts (a replay, or hundreds of metrics/s) into one notification per tick.
-    this.batchTimer ??= setTimeout(() => this.flush(), 30);
     this.changed = true;
+    this.scheduleFlush();
+  }
+
+  /** Arms the next delivery (see BUSY_INTERVAL_MS); one is armed at a time. */
+  private scheduleFlush(): void {
+    if (this.batchTimer) return;
+    const wait = this.lastFlushAt + this.busyIntervalMs - performance.now();
+    this.batchTimer = wait > 0 ? { timeout: setTimeout(() => this.flush(), wait) } : { immediate: setImmediate(() => this.flush()) };
+  }
+
+  private cancelFlush(): void {
+    const t = this.batchTimer;
+    if (!t) return;
+    if ('timeout' in t) clearTimeout(t.timeout);
+    else clearImmediate(t.immediate);
+    this.batchTimer = undefined;
   }
 
   /** Applies a host fact, after delivering the events before it, so every view folds the same order. */
@@ -196,10 +226,10 @@ export class RunSession {
 
   /** Delivers the coalesced batch now. */
   flush(): void {
-    if (this.batchTimer) clearTimeout(this.batchTimer);
-    this.batchTimer = undefined;
+    this.cancelFlush();
     const batch = this.pendingBatch;
     this.pendingBatch = [];
+    if (batch.length) this.lastFlushAt = performance.now();
     if (this.resetPending) {
       this.resetPending = false;
       this.onReset.fire();
@@ -251,7 +281,7 @@ export class RunSession {
   }
 
   dispose(): void {
-    if (this.batchTimer) clearTimeout(this.batchTimer);
+    this.cancelFlush();
     this.trainerLines.reportSuppressed();
     this.connection?.dispose();
     this.onEvents.clear();

@@ -2,6 +2,7 @@
 // `npm run build:native`). It is optional in every sense: absent, unbuildable or failing to load, the
 // trainer runs on plain WebAssembly (or JavaScript) with no error, and the reason is kept for the logs.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 export interface NativeBlas {
@@ -76,8 +77,12 @@ function tryLoad(): NativeLoad {
     const blas = mod.exports;
     const complete = ['gemm', 'adam', 'sumSquares', 'setThreads', 'info'].every((f) => typeof (blas as unknown as Record<string, unknown>)[f] === 'function');
     if (!complete) return { note: `native addon at ${file} is not the expected one` };
-    configureThreads(blas);
-    return { blas, note: file };
+    const policy = threadPolicyFromEnv(process.env, availableCores());
+    if (policy.kind === 'fixed') {
+      if (policy.threads !== undefined) blas.setThreads(policy.threads);
+      return { blas, note: file };
+    }
+    return { blas: threadsBySize(blas, policy), note: `${file} (BLAS threads by size: ${policy.maxThreads} from ${policy.minMacs} multiply-adds per product)` };
   } catch (e) {
     const m = e instanceof Error ? e.message : String(e);
     return { note: `native addon failed to load: ${m.split('\n')[0].slice(0, 200)}` };
@@ -94,12 +99,63 @@ function findAddon(from: string): string | undefined {
 }
 
 /**
- * One BLAS thread unless told otherwise: the trainer's matrices are small (128×784×256), where a second
- * thread mostly adds synchronization, and the machine's other core is usually busy (the extension host,
- * another run). PLTRAIN_BLAS_THREADS, or OpenBLAS's own OPENBLAS_NUM_THREADS, override it.
+ * Products with at least this many multiply-adds (m·n·k) get a second OpenBLAS thread; smaller ones run
+ * on one, where a second mostly adds synchronization. Chosen from `bench/blas-threads.ts` (1 against 2
+ * threads at each of the trainer's shapes, docs/performance.md): the reference MoE's 128×784×256
+ * products (25.7 M) stay on one thread, so its step is unchanged; square products from 256³ up (16.8 M
+ * is below, 512³ = 134 M above) gain.
  */
-function configureThreads(blas: NativeBlas): void {
-  const wanted = Number(process.env.PLTRAIN_BLAS_THREADS);
-  if (Number.isInteger(wanted) && wanted >= 1) blas.setThreads(wanted);
-  else if (!process.env.OPENBLAS_NUM_THREADS && !process.env.OMP_NUM_THREADS) blas.setThreads(1);
+export const TWO_THREADS_MIN_MACS = 64 * 1024 * 1024;
+
+export type ThreadPolicy = { kind: 'fixed'; threads?: number } | { kind: 'bySize'; maxThreads: number; minMacs: number };
+
+function availableCores(): number {
+  return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+}
+
+/**
+ * How many BLAS threads: PLTRAIN_BLAS_THREADS=n fixes n; OpenBLAS's own OPENBLAS_NUM_THREADS or
+ * OMP_NUM_THREADS are left to OpenBLAS; otherwise one thread, and two for products of at least
+ * PLTRAIN_BLAS_TWO_THREADS_MACS (default TWO_THREADS_MIN_MACS) multiply-adds when there are two cores.
+ */
+export function threadPolicyFromEnv(env: NodeJS.ProcessEnv, cores: number): ThreadPolicy {
+  const wanted = Number(env.PLTRAIN_BLAS_THREADS);
+  if (env.PLTRAIN_BLAS_THREADS !== undefined && Number.isInteger(wanted) && wanted >= 1) return { kind: 'fixed', threads: wanted };
+  if (env.OPENBLAS_NUM_THREADS || env.OMP_NUM_THREADS) return { kind: 'fixed' };
+  if (cores < 2) return { kind: 'fixed', threads: 1 };
+  const minMacs = Number(env.PLTRAIN_BLAS_TWO_THREADS_MACS);
+  return { kind: 'bySize', maxThreads: 2, minMacs: Number.isFinite(minMacs) && minMacs > 0 ? minMacs : TWO_THREADS_MIN_MACS };
+}
+
+/** The thread count for one product of m·n·k multiply-adds under a by-size policy. */
+export function threadsForProduct(macs: number, policy: { maxThreads: number; minMacs: number }): number {
+  return macs >= policy.minMacs ? policy.maxThreads : 1;
+}
+
+/**
+ * `blas` with its thread count set before each gemm from the size of its products (not the batch:
+ * OpenBLAS threads one product at a time). setThreads is called only when the choice changes.
+ */
+export function threadsBySize(blas: NativeBlas, policy: { maxThreads: number; minMacs: number }): NativeBlas {
+  let current = 1;
+  blas.setThreads(1);
+  // A plain object: the addon's exports are read-only properties, and its functions ignore `this`.
+  const wrapped: NativeBlas = {
+    gemm(a, b, c, batch, m, n, k, transA, transB, strideA, strideB, bias, relu) {
+      const threads = threadsForProduct(m * n * k, policy);
+      if (threads !== current) {
+        blas.setThreads(threads);
+        current = threads;
+      }
+      blas.gemm(a, b, c, batch, m, n, k, transA, transB, strideA, strideB, bias, relu);
+    },
+    adam: (...args) => blas.adam(...args),
+    sumSquares: (arrays) => blas.sumSquares(arrays),
+    setThreads(n) {
+      blas.setThreads(n);
+      current = n;
+    },
+    info: () => blas.info(),
+  };
+  return wrapped;
 }

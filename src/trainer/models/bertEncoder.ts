@@ -19,10 +19,10 @@
 // norm from mean/sqrt/div, reshape/transpose/concat/tile) differentiates twice as is. Checked against
 // float64 finite differences in test/unit/model-bert-encoder.test.ts.
 import type * as TF from '@tensorflow/tfjs';
-import type { UnitStats, TrainingConfig } from '../../protocol';
-import { classifierUnitKernels, outputDirections, smoothKappaTf, spectralNormProduct, SpectralNormState } from '../pl';
-import { biasRayleigh, classifierAccuracy, regularizerWeights, restoreGroups, routerlessMeasurement, saveGroups, SoftMask, type ModelConditioning } from './shared';
-import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
+import type { TrainingConfig } from '../../protocol';
+import { spectralNormProduct } from '../pl';
+import { RouterlessClassifier } from './routerlessClassifier';
+import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
 
@@ -99,48 +99,29 @@ const GELU_C = Math.sqrt(2 / Math.PI);
 
 let modelCount = 0;
 
-export class BertEncoder implements PlModel {
-  readonly units: number;
+export class BertEncoder extends RouterlessClassifier {
   readonly dModel: number;
   readonly dHead: number;
   readonly ffn: number;
   readonly rows: number;
   readonly cols: number;
-  readonly classes: number;
   /** heads[l][h]: head h's variables in layer l. */
   readonly heads: HeadVars[][];
   readonly blocks: BlockVars[];
   readonly embedding: EmbeddingVars;
-  /** One Adam per head and one for the shared variables: tfjs's Adam keys its moments by list position. */
-  private readonly sharedOptimizer: TF.Optimizer;
-  private readonly headOptimizers: TF.Optimizer[];
-  private readonly prefix = `bert${modelCount++}`;
-  private readonly spectral: SpectralNormState;
-  private readonly softMask: SoftMask;
   private readonly activations: TwiceDifferentiableActivations;
-  private probeX: T2 | undefined;
-  private probeY: T2 | undefined;
-  private probeU: Float64Array | undefined;
-  private unitStats: UnitStats[] = [];
-  /** κ of the model's kernel at the last measurement (the regularizer), with its eigenvectors. */
-  private modelConditioning: ModelConditioning | undefined;
 
-  constructor(
-    private readonly tf: typeof TF,
-    private readonly config: TrainingConfig,
-    data: TaskData,
-  ) {
+  constructor(tf: typeof TF, config: TrainingConfig, data: TaskData) {
     if (data.kind !== 'images') throw new Error(`the bert-encoder family classifies images read row by row, not ${data.kind}`);
     if (data.rows * data.cols !== data.features) throw new Error(`image grid ${data.rows}×${data.cols} does not match ${data.features} features`);
     const { experts: heads, dModel, layers, hiddenUnits } = config.model;
     if (dModel % heads !== 0) throw new Error(`dModel ${dModel} must be a multiple of the ${heads} attention heads`);
-    this.units = heads;
+    super(tf, config, `bert${modelCount++}`, heads, data.classes, { sharedName: 'shared', unitName: (h) => `head${h}` }, 250);
     this.dModel = dModel;
     this.dHead = dModel / heads;
     this.ffn = hiddenUnits;
     this.rows = data.rows;
     this.cols = data.cols;
-    this.classes = data.classes;
     let seed = config.seed * 1000;
     const name = (n: string) => `${this.prefix}/${n}`;
     const normal = (n: string, shape: number[], std: number) => tf.variable(tf.randomNormal(shape, 0, std, 'float32', seed++), true, name(n));
@@ -185,17 +166,6 @@ export class BertEncoder implements PlModel {
       });
     }
     this.activations = twiceDifferentiableActivations(tf);
-    this.spectral = new SpectralNormState(config.seed);
-    this.softMask = new SoftMask(tf, name('pruningMask'), this.units);
-    this.sharedOptimizer = tf.train.adam(config.learningRate);
-    this.headOptimizers = Array.from({ length: heads }, () => tf.train.adam(config.learningRate));
-  }
-
-  setProbe(probe: Batch): void {
-    this.probeX?.dispose();
-    this.probeY?.dispose();
-    this.probeX = probe.x as T2;
-    this.probeY = probe.y as T2;
   }
 
   /** Layer norm over the last axis, from ops whose gradients are differentiable again. */
@@ -245,138 +215,17 @@ export class BertEncoder implements PlModel {
   }
 
   /**
-   * One optimizer step on L_S + α·κ̄, κ̄ the (unit-weighted) mean κ over trainable heads. Frozen heads
-   * are left out of the variable list; α = 0 skips the regularizer graph entirely.
+   * Π_l ‖W_v^l‖·‖W_o^l‖: for fixed attention weights the head's path x ↦ A·x·W_v·W_o is linear in its
+   * input, and A is row-stochastic; the query/key path only reweights. An estimate, not a bound: it
+   * leaves out ‖A‖, the residual stream and the layer norms.
    */
-  trainStep(batch: Batch, o: StepOptions): StepResult {
-    const tf = this.tf;
-    const { alpha, pruned } = o;
-    // A pruned head never reaches the logits: no gradient, so no optimizer step either.
-    const trainable = o.trainable.filter((h) => !pruned.has(h));
-    const yOneHot = batch.y as T2;
-    const weights = regularizerWeights(this.units, trainable, o.unitWeights);
-    const regularized = alpha > 0 && this.probeU !== undefined && this.modelConditioning !== undefined;
-    const shared = this.sharedVars();
-    const varList: TF.Variable[] = [...shared];
-    for (const h of trainable) varList.push(...this.headVars(h));
-    const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
-    if (mask) varList.push(mask as unknown as TF.Variable);
-    let maskGrad: number[] | undefined;
-    const reported = tf.tidy(() => {
-      let taskLossT: TF.Scalar | undefined;
-      let regT: TF.Scalar | undefined;
-      let logitsT: T2 | undefined;
-      const { value: total, grads } = tf.variableGrads(() => {
-        logitsT = tf.keep(this.logits(batch.x, pruned, mask));
-        taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
-        if (!regularized) return taskLossT;
-        regT = tf.keep(this.modelKappaTf(trainable.filter((h) => weights.w[h] > 0), pruned));
-        return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
-      }, varList);
-      if (mask) maskGrad = this.softMask.take(grads);
-      const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
-      this.sharedOptimizer.applyGradients(group(shared));
-      for (const h of trainable) this.headOptimizers[h].applyGradients(group(this.headVars(h)));
-      const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
-      const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
-      tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
-      return stacked;
-    });
-    // One device→host transfer per step for everything reported.
-    const values = reported.dataSync();
-    reported.dispose();
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(maskGrad ? { maskGrad } : {}) };
-  }
-
-  /**
-   * vᵀ(Σ_{h∈units} K_h)v as a differentiable function of the weights: K_h = J_h·J_hᵀ, so the sum is
-   * ‖∇_{θ_units} Σ_i v_i s_i‖² with s_i = u_iᵀ logits(x_i): one probe forward and backward per Rayleigh
-   * quotient, differentiated again by the caller's tf.variableGrads (a gradient of a gradient). u is
-   * held at the last measurement's.
-   */
-  rayleighTf(units: number | number[], v: Float64Array, pruned: ReadonlySet<number>): TF.Scalar {
-    const tf = this.tf;
-    const n = this.probeX!.shape[0];
-    const u = this.probeU!;
-    const c = this.classes;
-    const weighted = new Float32Array(n * c);
-    for (let i = 0; i < n; i++) for (let k = 0; k < c; k++) weighted[i * c + k] = v[i] * u[i * c + k];
-    const vars = (Array.isArray(units) ? units : [units]).flatMap((h) => this.headVars(h));
-    return tf.tidy(() => {
-      if (!vars.length) return tf.scalar(0);
-      const vu = tf.tensor2d(weighted, [n, c]);
-      const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(this.logits(this.probeX!, pruned), vu)) as TF.Scalar, vars);
-      value.dispose();
-      return tf.addN(Object.values(grads).map((d) => tf.sum(tf.square(d)))) as TF.Scalar;
-    });
-  }
-
-  /**
-   * κ̃ of the model's kernel Σ_{h∈trainable} K_h + U·Uᵀ with the last measurement's eigenvectors (and u)
-   * held: Hellmann–Feynman. vᵀU·Uᵀv = ‖Σ_i v_i u_i‖² is a constant here. Its gradient reaches every
-   * trainable variable, since each K_h depends on the whole network. Public for the gradient test.
-   */
-  modelKappaTf(trainable: number[], pruned: ReadonlySet<number>): TF.Scalar {
-    const tf = this.tf;
-    const m = this.modelConditioning;
-    if (!m || !this.probeU) throw new Error('modelKappaTf needs a measurement first');
-    const bias = (v: Float64Array) => biasRayleigh(this.probeU!, v, this.classes);
-    return tf.tidy(() => {
-      const lMax = tf.add(this.rayleighTf(trainable, m.vMax, pruned), bias(m.vMax));
-      const lMin = tf.add(this.rayleighTf(trainable, m.vMin, pruned), bias(m.vMin));
-      return smoothKappaTf(lMax, lMin, this.config.monitor.damping) as TF.Scalar;
-    });
-  }
-
-  /**
-   * The per-head tangent kernels of s_i = u_iᵀ logits(x_i) on the probe batch, row i of J_h = ∇_{θ_h} s_i
-   * (one backward pass per probe example for all heads). A pruned head's own kernel is taken with that
-   * head restored (the rest as they are): it is measured as it would act, like a gated-off expert.
-   */
-  headKernels(pruned: ReadonlySet<number>): Float64Array[] {
-    if (!this.probeX || !this.probeU) throw new Error('measure needs a probe batch and output directions');
-    return classifierUnitKernels(this.tf, { probeX: this.probeX, probeU: this.probeU, classes: this.classes, units: this.units, logits: (x, mask) => this.logits(x, mask), unitVars: (u) => this.headVars(u) }, pruned);
-  }
-
-  /** μ, L_f, κ of every head on the probe batch (float64 eigen-solve), refreshing the regularizer's vectors. */
-  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): UnitStats[] {
-    const tf = this.tf;
-    if (!this.probeX || !this.probeY) throw new Error('setProbe first');
-    const n = this.probeX.shape[0];
-    const logProbs = tf.tidy(() => tf.logSoftmax(this.logits(this.probeX!, pruned)).dataSync());
-    this.probeU = outputDirections(logProbs, this.probeY.dataSync(), n, this.classes);
-    const damping = this.config.monitor.damping;
-    const kernels = this.headKernels(pruned);
-    // Π_l ‖W_v^l‖·‖W_o^l‖: for fixed attention weights the head's path x ↦ A·x·W_v·W_o is linear in its
-    // input, and A is row-stochastic; the query/key path only reweights. An estimate, not a bound: it
-    // leaves out ‖A‖, the residual stream and the layer norms.
-    const spectralLf = (id: number) =>
-      this.heads.reduce(
-        (a, layer, l) =>
-          a *
-          [layer[id].wv, layer[id].wo].reduce((b, w, k) => b * spectralNormProduct([{ key: `head${id}/layer${l}/${k ? 'wo' : 'wv'}`, matrix: { data: w.dataSync(), rows: w.shape[0], cols: w.shape[1] as number } }], this.spectral), 1),
-        1,
-      );
-    const r = routerlessMeasurement(kernels, this.probeU, n, this.classes, frozen, pruned, damping, this.config.monitor.lipschitz === 'spectral-norm' ? spectralLf : undefined);
-    this.unitStats = r.stats;
-    this.modelConditioning = r.model;
-    return this.unitStats;
-  }
-
-  /** κ of the model's kernel at the last measurement (the headline κ̄). */
-  modelKappa(): number | undefined {
-    return this.modelConditioning?.kappa;
-  }
-
-  meanKappa(ids: number[]): number {
-    void ids; // κ of the model's kernel: it sums the trainable heads
-    return this.modelConditioning?.kappa ?? 0;
-  }
-
-  /** Accuracy on a whole split, in batches. */
-  evaluate(data: TaskData, split: 'train' | 'test', pruned: ReadonlySet<number> = new Set(), batch = 250): number {
-    return classifierAccuracy(this.tf, data, split, (x) => this.logits(x, pruned), batch);
+  protected spectralLipschitz(id: number): number {
+    return this.heads.reduce(
+      (a, layer, l) =>
+        a *
+        [layer[id].wv, layer[id].wo].reduce((b, w, k) => b * spectralNormProduct([{ key: `head${id}/layer${l}/${k ? 'wo' : 'wv'}`, matrix: { data: w.dataSync(), rows: w.shape[0], cols: w.shape[1] as number } }], this.spectral), 1),
+      1,
+    );
   }
 
   /** Head h's variables, layer by layer: [wq, bq, wk, wv, bv, wo] per layer. */
@@ -387,35 +236,12 @@ export class BertEncoder implements PlModel {
     });
   }
 
+  unitVars(h: number): TF.Variable[] {
+    return this.headVars(h);
+  }
+
   /** Everything that belongs to no head: embeddings, output bias, layer norms, FFNs, classifier. */
   sharedVars(): TF.Variable[] {
     return [...Object.values(this.embedding), ...this.blocks.flatMap((b) => Object.values(b) as TF.Variable[])];
-  }
-
-  private groups(): [string, TF.Variable[], TF.Optimizer][] {
-    const heads = this.headOptimizers.map((opt, h): [string, TF.Variable[], TF.Optimizer] => [`head${h}`, this.headVars(h), opt]);
-    return [['shared', this.sharedVars(), this.sharedOptimizer], ...heads];
-  }
-
-  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
-  getState(): Promise<ModelState> {
-    return saveGroups(this.prefix, this.groups());
-  }
-
-  setState(state: ModelState): Promise<void> {
-    return restoreGroups(this.tf, this.prefix, this.groups(), state);
-  }
-
-  unitWeights(i: number): Float32Array[] {
-    return this.headVars(i).map((v) => Float32Array.from(v.dataSync()));
-  }
-
-  dispose(): void {
-    this.tf.dispose([...this.sharedVars(), ...this.heads.flatMap((layer) => layer.flatMap((v) => Object.values(v) as TF.Variable[]))]);
-    this.probeX?.dispose();
-    this.probeY?.dispose();
-    this.sharedOptimizer.dispose();
-    for (const o of this.headOptimizers) o.dispose();
-    this.softMask.dispose();
   }
 }

@@ -8,8 +8,8 @@ import { sumOfSquares } from '../engine/sumOfSquares';
 import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
 import { conditioning, dampedKappa, kappaSurrogateTf, moeKernelsTf, outputDirectionsTf, SpectralNormState, spectralNormProduct } from '../pl';
-import { classifierAccuracy, kernelWeights, principalSubmatrix, regularizerWeights, restoreGroups, rowScales, saveGroups, SoftMask } from './shared';
-import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
+import { classifierAccuracy, FamilyBase, kernelWeights, ParameterGroups, principalSubmatrix, regularizerWeights, rowScales, SoftMask, type ModelConditioning } from './shared';
+import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 export interface ExpertVars {
   /** d×h first layer; under OPT, the Cayley parameter R of its orthogonal transform (W1 = Q(R)·V). */
@@ -17,15 +17,6 @@ export interface ExpertVars {
   b1: TF.Variable; // h
   w2: TF.Variable; // h×c
   b2: TF.Variable; // c
-}
-
-/** A measurement of the model's kernel (the regularizer): its damped κ and the eigenvectors it is differentiated along. */
-export interface ModelConditioning {
-  mu: number;
-  lf: number;
-  kappa: number;
-  vMin: Float64Array;
-  vMax: Float64Array;
 }
 
 /** The probe kernels of the last measurement, in float64 (tests hold them to explicit Jacobians). */
@@ -45,17 +36,12 @@ const EIGEN_TOLERANCE = Math.sqrt(Number.EPSILON);
 
 let modelCount = 0;
 
-export class MoeMlp implements PlModel {
+export class MoeMlp extends FamilyBase implements PlModel {
   readonly experts: ExpertVars[];
   readonly gateW: TF.Variable;
   readonly gateB: TF.Variable;
-  /**
-   * One Adam per expert and one for the gate: tfjs's Adam keys its moment estimates by the variable's
-   * position in the list it is given, so a single optimizer over a list that shrinks when an expert
-   * is frozen would hand the remaining experts each other's moments.
-   */
-  private readonly gateOptimizer: TF.Optimizer;
-  private readonly expertOptimizers: TF.Optimizer[];
+  /** The gate's group and one per expert, each with its own Adam (see ParameterGroups). */
+  protected readonly parameters: ParameterGroups;
   private readonly prefix = `moe${modelCount++}`;
   private probeX: TF.Tensor2D | undefined;
   private probeY: TF.Tensor2D | undefined;
@@ -84,6 +70,7 @@ export class MoeMlp implements PlModel {
     readonly c: number,
     private readonly config: TrainingConfig,
   ) {
+    super();
     const { experts, hiddenUnits: h } = config.model;
     let seed = config.seed * 1000;
     // He initialization for ReLU layers; seeded so a config reproduces its run. Names are stable so
@@ -107,8 +94,14 @@ export class MoeMlp implements PlModel {
     this.spectral = new SpectralNormState(config.seed);
     this.softMask = new SoftMask(tf, name('pruningMask'), experts);
     this.measuresInStep = config.monitor.lipschitz === 'tangent-kernel';
-    this.gateOptimizer = createAdam(tf, config.learningRate);
-    this.expertOptimizers = this.experts.map(() => createAdam(tf, config.learningRate));
+    const optLayers = this.optLayers;
+    this.parameters = new ParameterGroups(
+      tf,
+      this.prefix,
+      experts,
+      { sharedName: 'gate', sharedVars: () => [this.gateW, this.gateB], unitName: (i) => `expert${i}`, unitVars: (i) => this.expertVars(i), extraVars: () => (optLayers ?? []).map((l) => l.v) },
+      () => createAdam(tf, config.learningRate),
+    );
   }
 
   get units(): number {
@@ -154,8 +147,7 @@ export class MoeMlp implements PlModel {
     const weights = regularizerWeights(this.experts.length, trainable, o.unitWeights);
     const regularized = alpha > 0 && this.probeX !== undefined;
     let monitorMs = 0;
-    const varList: TF.Variable[] = [this.gateW, this.gateB];
-    for (const i of trainable) varList.push(...this.expertVars(i));
+    const varList = this.parameters.stepVariables(trainable);
     const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
     if (mask) varList.push(mask as unknown as TF.Variable);
     let maskGrad: number[] | undefined;
@@ -182,9 +174,7 @@ export class MoeMlp implements PlModel {
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
-      const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
-      this.gateOptimizer.applyGradients(group([this.gateW, this.gateB]));
-      for (const i of trainable) this.expertOptimizers[i].applyGradients(group(this.expertVars(i)));
+      this.parameters.applyGradients(grads, trainable);
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = sumOfSquares(tf, Object.values(grads));
       const stacked = tf.concat([tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]), sharesT!]);
@@ -410,33 +400,12 @@ export class MoeMlp implements PlModel {
     return [e.w1, e.b1, e.w2, e.b2];
   }
 
-  private groups(): [string, TF.Variable[], TF.Optimizer][] {
-    return [['gate', [this.gateW, this.gateB], this.gateOptimizer], ...this.experts.map((_, i): [string, TF.Variable[], TF.Optimizer] => [`expert${i}`, this.expertVars(i), this.expertOptimizers[i]])];
-  }
-
-  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
-  getState(): Promise<ModelState> {
-    return saveGroups(this.prefix, this.groups(), (this.optLayers ?? []).map((l) => l.v));
-  }
-
-  setState(state: ModelState): Promise<void> {
-    return restoreGroups(this.tf, this.prefix, this.groups(), state, (this.optLayers ?? []).map((l) => l.v));
-  }
-
-  /** Snapshot of an expert's weights (for tests: frozen means bit-identical). */
-  unitWeights(i: number): Float32Array[] {
-    const e = this.experts[i];
-    return [e.w1, e.b1, e.w2, e.b2].map((v) => Float32Array.from(v.dataSync()));
-  }
-
   dispose(): void {
-    this.tf.dispose([...this.experts.flatMap((e) => Object.values(e)), this.gateW, this.gateB, ...(this.optLayers ?? []).map((l) => l.v)]);
+    this.parameters.dispose();
     this.softMask.dispose();
     this.probeX?.dispose();
     this.probeY?.dispose();
     this.probeGram?.dispose();
-    this.gateOptimizer.dispose();
-    for (const o of this.expertOptimizers) o.dispose();
   }
 }
 

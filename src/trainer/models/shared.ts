@@ -1,5 +1,7 @@
-// Pieces every model family shares: checkpointing variables with their optimizer slots, group by
-// group, the mean κ of the last measurement, and a classifier's accuracy over a whole split.
+// Pieces every model family shares: its variables in groups with their optimizers (checkpoint state,
+// weight copies, disposal: ParameterGroups, FamilyBase), the pruning gate's soft mask, the regularizer's
+// unit weights, the routerless measurement, and a classifier's accuracy over a whole split. What a new
+// family implements itself is listed in docs/method.md, "Units of the other families".
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats } from '../../protocol';
 import type { ModelState, SavedTensor, TaskData } from './types';
@@ -199,5 +201,109 @@ export class SoftMask {
   dispose(): void {
     this.variable?.dispose();
     this.variable = undefined;
+  }
+}
+
+/**
+ * A family's trainable variables in groups, each with its own optimizer: one group for the variables
+ * no unit owns and one per unit (tfjs's Adam keys its moments by list position, so one optimizer over
+ * a list that shrinks when a unit is frozen would hand the other units each other's moments). It owns
+ * what every family does alike with them: checkpoint state, copies of a unit's weights, and disposal.
+ * The variable lists are read when needed, so a family may make its variables after this object.
+ */
+export interface GroupLayout {
+  /** The shared group's name in checkpoints (`gate`, `shared`, `dense`) and its variables. */
+  sharedName: string;
+  sharedVars: () => TF.Variable[];
+  /** Unit i's group name in checkpoints (`expert3`, `head3`, `group3`) and its variables. */
+  unitName: (i: number) => string;
+  unitVars: (i: number) => TF.Variable[];
+  /** Variables no optimizer owns but a checkpoint keeps (OPT's fixed neurons). */
+  extraVars?: () => TF.Variable[];
+}
+
+export class ParameterGroups {
+  private readonly sharedOptimizer: TF.Optimizer;
+  private readonly unitOptimizers: TF.Optimizer[];
+
+  constructor(
+    private readonly tf: typeof TF,
+    /** The tfjs name prefix of the model's variables, cut off in checkpoints. */
+    private readonly prefix: string,
+    readonly units: number,
+    private readonly layout: GroupLayout,
+    makeOptimizer: () => TF.Optimizer,
+  ) {
+    this.sharedOptimizer = makeOptimizer();
+    this.unitOptimizers = Array.from({ length: units }, () => makeOptimizer());
+  }
+
+  /** The variables a step differentiates, in this order: the shared group's, then each trainable unit's. */
+  stepVariables(trainable: readonly number[]): TF.Variable[] {
+    const vars = [...this.layout.sharedVars()];
+    for (const i of trainable) vars.push(...this.layout.unitVars(i));
+    return vars;
+  }
+
+  /**
+   * One optimizer step for the shared group and for each trainable unit, from a step's gradients. With
+   * `skipUnitsWithoutGradient`, a unit none of whose variables got a gradient (an expert no token was
+   * routed to) is not stepped at all, so its Adam's bias correction does not advance either.
+   */
+  applyGradients(grads: TF.NamedTensorMap, trainable: readonly number[], skipUnitsWithoutGradient = false): void {
+    const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
+    this.sharedOptimizer.applyGradients(group(this.layout.sharedVars()));
+    for (const i of trainable) {
+      const g = group(this.layout.unitVars(i));
+      if (!skipUnitsWithoutGradient || g.some((x) => x.tensor)) this.unitOptimizers[i].applyGradients(g);
+    }
+  }
+
+  private groups(): VariableGroup[] {
+    const l = this.layout;
+    return [[l.sharedName, l.sharedVars(), this.sharedOptimizer], ...this.unitOptimizers.map((opt, i): VariableGroup => [l.unitName(i), l.unitVars(i), opt])];
+  }
+
+  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
+  save(): Promise<ModelState> {
+    return saveGroups(this.prefix, this.groups(), this.layout.extraVars?.());
+  }
+
+  restore(state: ModelState): Promise<void> {
+    return restoreGroups(this.tf, this.prefix, this.groups(), state, this.layout.extraVars?.());
+  }
+
+  /** A copy of unit i's weights. */
+  unitWeights(i: number): Float32Array[] {
+    return this.layout.unitVars(i).map((v) => Float32Array.from(v.dataSync()));
+  }
+
+  /** Disposes every variable of every group, the extra ones, and the optimizers. */
+  dispose(): void {
+    const l = this.layout;
+    this.tf.dispose([...l.sharedVars(), ...Array.from({ length: this.units }, (_, i) => l.unitVars(i)).flat(), ...(l.extraVars?.() ?? [])]);
+    this.sharedOptimizer.dispose();
+    for (const o of this.unitOptimizers) o.dispose();
+  }
+}
+
+/**
+ * What PlModel asks of every family alike, answered from its ParameterGroups: checkpoint state and a
+ * unit's weight copies. A family extends it and sets `parameters` in its constructor.
+ */
+export abstract class FamilyBase {
+  protected abstract readonly parameters: ParameterGroups;
+
+  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
+  getState(): Promise<ModelState> {
+    return this.parameters.save();
+  }
+
+  setState(state: ModelState): Promise<void> {
+    return this.parameters.restore(state);
+  }
+
+  unitWeights(i: number): Float32Array[] {
+    return this.parameters.unitWeights(i);
   }
 }

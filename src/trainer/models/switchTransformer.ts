@@ -35,8 +35,8 @@ import type * as TF from '@tensorflow/tfjs';
 import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
 import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
-import { principalSubmatrix, regularizerWeights, restoreGroups, saveGroups, SoftMask } from './shared';
-import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
+import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
+import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
 
@@ -91,7 +91,7 @@ interface Measurement {
 
 let modelCount = 0;
 
-export class SwitchTransformerLm implements PlModel {
+export class SwitchTransformerLm extends FamilyBase implements PlModel {
   readonly units: number;
   readonly dModel: number;
   readonly heads: number;
@@ -104,8 +104,7 @@ export class SwitchTransformerLm implements PlModel {
   readonly blocks: BlockVars[];
   readonly head: { lnG: TF.Variable; lnB: TF.Variable; w: TF.Variable; b: TF.Variable };
   /** One Adam per expert and one for everything shared: tfjs's Adam keys its moments by list position. */
-  private readonly sharedOptimizer: TF.Optimizer;
-  private readonly expertOptimizers: TF.Optimizer[];
+  protected readonly parameters: ParameterGroups;
   private readonly prefix = `switch${modelCount++}`;
   private readonly spectral: SpectralNormState;
   private readonly softMask: SoftMask;
@@ -130,6 +129,7 @@ export class SwitchTransformerLm implements PlModel {
     private readonly config: TrainingConfig,
     data: TaskData,
   ) {
+    super();
     if (data.kind !== 'text') throw new Error(`the switch-transformer family is a language model: it needs text data, not ${data.kind}`);
     const { experts, dModel: D, layers, hiddenUnits: F, contextLength } = config.model;
     if (data.features > contextLength) throw new Error(`text windows of ${data.features} tokens are longer than contextLength ${contextLength}`);
@@ -182,8 +182,13 @@ export class SwitchTransformerLm implements PlModel {
     };
     this.spectral = new SpectralNormState(config.seed);
     this.softMask = new SoftMask(tf, name('pruningMask'), this.units);
-    this.sharedOptimizer = tf.train.adam(config.learningRate);
-    this.expertOptimizers = Array.from({ length: experts }, () => tf.train.adam(config.learningRate));
+    this.parameters = new ParameterGroups(
+      tf,
+      this.prefix,
+      experts,
+      { sharedName: 'shared', sharedVars: () => this.sharedVars(), unitName: (e) => `expert${e}`, unitVars: (e) => this.expertVars(e) },
+      () => tf.train.adam(config.learningRate),
+    );
   }
 
   setProbe(probe: Batch): void {
@@ -433,9 +438,7 @@ export class SwitchTransformerLm implements PlModel {
     const trainable = o.trainable.filter((e) => !pruned.has(e));
     const weights = regularizerWeights(this.units, trainable, o.unitWeights);
     const regularized = alpha > 0 && this.probeInputs.length > 0 && this.modelConditioning !== undefined;
-    const shared = this.sharedVars();
-    const varList: TF.Variable[] = [...shared];
-    for (const e of trainable) varList.push(...this.expertVars(e));
+    const varList = this.parameters.stepVariables(trainable);
     const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
     if (mask) varList.push(mask as unknown as TF.Variable);
     let maskGrad: number[] | undefined;
@@ -455,12 +458,7 @@ export class SwitchTransformerLm implements PlModel {
         return objective;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
-      const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
-      this.sharedOptimizer.applyGradients(group(shared));
-      for (const e of trainable) {
-        const g = group(this.expertVars(e));
-        if (g.some((x) => x.tensor)) this.expertOptimizers[e].applyGradients(g);
-      }
+      this.parameters.applyGradients(grads, trainable, true);
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), gradNormSq]);
       tf.dispose([taskLossT!, ...(regT ? [regT] : [])]);
@@ -542,8 +540,13 @@ export class SwitchTransformerLm implements PlModel {
       const kappa = cond && lf !== null ? dampedKappa(lf, cond.mu, damping) : null;
       return { stats: { id, mu: cond?.mu ?? null, lf, kappa, served: rows.length, frozen: frozen.has(id), pruned: pruned.has(id) }, kernel: K };
     });
-    const { mu, lf, kappa, vMin, vMax } = conditioning(model, n, damping);
-    this.modelConditioning = { mu, lf, kappa, vMin, vMax };
+    // The model's κ over the probe tokens a trainable expert serves. A token routed only to frozen or
+    // pruned experts has a zero row in Σ_{trainable} K_e (the routers and shared layers are left out), so
+    // the whole probe's kernel is singular as soon as an expert is frozen: κ would sit at its cap 1/δ and
+    // add α/δ to the loss with no useful gradient. Its eigenvectors are embedded back (zeros at the other
+    // tokens), so the regularizer's vᵀKv on the full kernel is this submatrix's Rayleigh quotient.
+    const modelRows = [...new Set(trainable.flatMap((e) => [...served[e]]))].sort((a, b) => a - b);
+    this.modelConditioning = modelRows.length > 0 && modelRows.length < n ? embeddedConditioning(model, n, modelRows, damping) : conditioning(model, n, damping);
     return this.measurements.map((m) => m.stats);
   }
 
@@ -600,31 +603,22 @@ export class SwitchTransformerLm implements PlModel {
     return [this.embedding.tokens, this.embedding.positions, ...perBlock, this.head.lnG, this.head.lnB, this.head.w, this.head.b];
   }
 
-  private groups(): [string, TF.Variable[], TF.Optimizer][] {
-    const experts = this.expertOptimizers.map((opt, e): [string, TF.Variable[], TF.Optimizer] => [`expert${e}`, this.expertVars(e), opt]);
-    return [['shared', this.sharedVars(), this.sharedOptimizer], ...experts];
-  }
-
-  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
-  getState(): Promise<ModelState> {
-    return saveGroups(this.prefix, this.groups());
-  }
-
-  setState(state: ModelState): Promise<void> {
-    return restoreGroups(this.tf, this.prefix, this.groups(), state);
-  }
-
-  unitWeights(i: number): Float32Array[] {
-    return this.expertVars(i).map((v) => Float32Array.from(v.dataSync()));
-  }
-
   dispose(): void {
-    this.tf.dispose([...this.sharedVars(), ...Array.from({ length: this.units }, (_, e) => this.expertVars(e)).flat()]);
+    this.parameters.dispose();
     this.tf.dispose([...this.probeInputs, ...this.probeDirs, ...this.probeRouting]);
     this.probeX?.dispose();
     this.probeY?.dispose();
-    this.sharedOptimizer.dispose();
-    for (const o of this.expertOptimizers) o.dispose();
     this.softMask.dispose();
   }
+}
+
+/** κ of the principal submatrix of `k` (n×n) on `rows`, its eigenvectors embedded back into length n. */
+export function embeddedConditioning(k: ArrayLike<number>, n: number, rows: readonly number[], damping: number): { mu: number; lf: number; kappa: number; vMin: Float64Array; vMax: Float64Array } {
+  const c = conditioning(principalSubmatrix(k, n, rows), rows.length, damping);
+  const embed = (v: Float64Array) => {
+    const out = new Float64Array(n);
+    rows.forEach((r, i) => (out[r] = v[i]));
+    return out;
+  };
+  return { mu: c.mu, lf: c.lf, kappa: c.kappa, vMin: embed(c.vMin), vMax: embed(c.vMax) };
 }

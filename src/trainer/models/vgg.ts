@@ -11,10 +11,10 @@
 // again (Conv2D kernel only), the pool's is a mask multiply. (An im2col conv from built-in slice/concat/
 // matMul also differentiates twice, but was 2.5× slower per step on wasm.)
 import type * as TF from '@tensorflow/tfjs';
-import type { UnitStats, TrainingConfig } from '../../protocol';
-import { classifierUnitKernels, outputDirections, smoothKappaTf, spectralNormProduct, SpectralNormState } from '../pl';
-import { biasRayleigh, classifierAccuracy, regularizerWeights, restoreGroups, routerlessMeasurement, saveGroups, SoftMask, type ModelConditioning } from './shared';
-import type { Batch, ModelState, PlModel, StepOptions, StepResult, TaskData } from './types';
+import type { TrainingConfig } from '../../protocol';
+import { spectralNormProduct } from '../pl';
+import { RouterlessClassifier } from './routerlessClassifier';
+import type { TaskData } from './types';
 
 type Tensor4D = TF.Tensor4D;
 
@@ -99,46 +99,27 @@ interface GroupLayer {
 
 let modelCount = 0;
 
-export class VggNet implements PlModel {
-  readonly units: number;
+export class VggNet extends RouterlessClassifier {
   readonly channelsPerGroup: number;
   readonly rows: number;
   readonly cols: number;
-  readonly classes: number;
   /** layers[l][g]: group g's filters in conv layer l. */
   readonly layers: GroupLayer[][];
   readonly denseW: TF.Variable;
   readonly denseB: TF.Variable;
-  /** One Adam per group and one for the classifier: tfjs's Adam keys its moments by list position. */
-  private readonly sharedOptimizer: TF.Optimizer;
-  private readonly groupOptimizers: TF.Optimizer[];
   private readonly ops: TwiceDifferentiableOps;
-  private readonly prefix = `vgg${modelCount++}`;
-  private readonly spectral: SpectralNormState;
-  private readonly softMask: SoftMask;
-  private probeX: TF.Tensor2D | undefined;
-  private probeY: TF.Tensor2D | undefined;
-  private probeU: Float64Array | undefined;
-  private unitStats: UnitStats[] = [];
-  /** κ of the model's kernel at the last measurement (the regularizer), with its eigenvectors. */
-  private modelConditioning: ModelConditioning | undefined;
 
-  constructor(
-    private readonly tf: typeof TF,
-    private readonly config: TrainingConfig,
-    data: TaskData,
-  ) {
+  constructor(tf: typeof TF, config: TrainingConfig, data: TaskData) {
     if (data.kind !== 'images') throw new Error(`the vgg family classifies images, not ${data.kind}`);
     if (data.rows * data.cols !== data.features) throw new Error(`image grid ${data.rows}×${data.cols} does not match ${data.features} features`);
     const { experts: groups, hiddenUnits: c, layers } = config.model;
-    this.units = groups;
-    this.channelsPerGroup = c;
-    this.rows = data.rows;
-    this.cols = data.cols;
-    this.classes = data.classes;
     let [h, w] = [data.rows, data.cols];
     for (let l = 0; l < layers; l++) [h, w] = [Math.floor(h / 2), Math.floor(w / 2)];
     if (h < 1 || w < 1) throw new Error(`${layers} conv blocks pool a ${data.rows}×${data.cols} image away to nothing: use fewer layers`);
+    super(tf, config, `vgg${modelCount++}`, groups, data.classes, { sharedName: 'dense', unitName: (g) => `group${g}` }, 500);
+    this.channelsPerGroup = c;
+    this.rows = data.rows;
+    this.cols = data.cols;
     this.ops = twiceDifferentiableOps(tf);
     let seed = config.seed * 1000;
     const name = (n: string) => `${this.prefix}/${n}`;
@@ -152,17 +133,6 @@ export class VggNet implements PlModel {
     const flat = h * w * groups * c;
     this.denseW = normal('dense/w', [flat, this.classes], Math.sqrt(1 / flat));
     this.denseB = zeros('dense/b', [this.classes]);
-    this.spectral = new SpectralNormState(config.seed);
-    this.softMask = new SoftMask(tf, name('pruningMask'), groups);
-    this.sharedOptimizer = tf.train.adam(config.learningRate);
-    this.groupOptimizers = Array.from({ length: groups }, () => tf.train.adam(config.learningRate));
-  }
-
-  setProbe(probe: Batch): void {
-    this.probeX?.dispose();
-    this.probeY?.dispose();
-    this.probeX = probe.x as TF.Tensor2D;
-    this.probeY = probe.y as TF.Tensor2D;
   }
 
   /** Logits [b, classes] of images x [b, rows·cols]; a pruned group's channels are exactly zero in every layer. */
@@ -186,135 +156,15 @@ export class VggNet implements PlModel {
   }
 
   /**
-   * One optimizer step on L_S + α·κ̄, κ̄ the (unit-weighted) mean κ over trainable groups. Frozen groups
-   * are left out of the variable list; α = 0 skips the regularizer graph entirely.
+   * The standard reshaped-kernel estimate (as in spectral normalization): σ_max of each layer's
+   * (9·cin × c) filter matrix. Not the conv operator norm, which lies anywhere up to 3σ (a pixel enters
+   * at most 9 patches): an estimate, not a bound.
    */
-  trainStep(batch: Batch, o: StepOptions): StepResult {
-    const tf = this.tf;
-    const { alpha, pruned } = o;
-    // A pruned group has no gradient (it never reaches the logits), so it takes no optimizer step either.
-    const trainable = o.trainable.filter((g) => !pruned.has(g));
-    const yOneHot = batch.y as TF.Tensor2D;
-    const weights = regularizerWeights(this.units, trainable, o.unitWeights);
-    const regularized = alpha > 0 && this.probeU !== undefined && this.modelConditioning !== undefined;
-    const varList: TF.Variable[] = [this.denseW, this.denseB];
-    for (const g of trainable) varList.push(...this.groupVars(g));
-    const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
-    if (mask) varList.push(mask as unknown as TF.Variable);
-    let maskGrad: number[] | undefined;
-    const reported = tf.tidy(() => {
-      let taskLossT: TF.Scalar | undefined;
-      let regT: TF.Scalar | undefined;
-      let logitsT: TF.Tensor2D | undefined;
-      const { value: total, grads } = tf.variableGrads(() => {
-        logitsT = tf.keep(this.logits(batch.x, pruned, mask));
-        taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
-        if (!regularized) return taskLossT;
-        regT = tf.keep(this.modelKappaTf(trainable.filter((g) => weights.w[g] > 0), pruned));
-        return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
-      }, varList);
-      if (mask) maskGrad = this.softMask.take(grads);
-      const group = (vars: TF.Variable[]) => vars.map((v) => ({ name: v.name, tensor: grads[v.name] }));
-      this.sharedOptimizer.applyGradients(group([this.denseW, this.denseB]));
-      for (const g of trainable) this.groupOptimizers[g].applyGradients(group(this.groupVars(g)));
-      const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
-      const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
-      tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
-      return stacked;
-    });
-    // One device→host transfer per step for everything reported.
-    const values = reported.dataSync();
-    reported.dispose();
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(maskGrad ? { maskGrad } : {}) };
-  }
-
-  /**
-   * vᵀ(Σ_{g∈units} K_g)v as a differentiable function of the weights: K_g = J_g·J_gᵀ, so the sum is
-   * ‖∇_{θ_units} Σ_i v_i s_i‖² with s_i = u_iᵀ logits(x_i): one probe forward and backward per Rayleigh
-   * quotient, differentiated again by the caller's tf.variableGrads (the custom conv/pool make that
-   * possible). u is held at the last measurement's.
-   */
-  rayleighTf(units: number | number[], v: Float64Array, pruned: ReadonlySet<number>): TF.Scalar {
-    const tf = this.tf;
-    const n = this.probeX!.shape[0];
-    const u = this.probeU!;
-    const weighted = new Float32Array(n * this.classes);
-    for (let i = 0; i < n; i++) for (let k = 0; k < this.classes; k++) weighted[i * this.classes + k] = v[i] * u[i * this.classes + k];
-    const vars = (Array.isArray(units) ? units : [units]).flatMap((g) => this.groupVars(g));
-    return tf.tidy(() => {
-      if (!vars.length) return tf.scalar(0);
-      const vu = tf.tensor2d(weighted, [n, this.classes]);
-      const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(this.logits(this.probeX!, pruned), vu)) as TF.Scalar, vars);
-      value.dispose();
-      return tf.addN(Object.values(grads).map((d) => tf.sum(tf.square(d)))) as TF.Scalar;
-    });
-  }
-
-  /**
-   * κ̃ of the model's kernel Σ_{g∈trainable} K_g + U·Uᵀ with the last measurement's eigenvectors (and u)
-   * held: Hellmann–Feynman. vᵀU·Uᵀv = ‖Σ_i v_i u_i‖² is a constant here. Its gradient reaches every
-   * trainable variable, since each K_g depends on the whole network.
-   */
-  modelKappaTf(trainable: number[], pruned: ReadonlySet<number>): TF.Scalar {
-    const tf = this.tf;
-    const m = this.modelConditioning;
-    if (!m || !this.probeU) throw new Error('modelKappaTf needs a measurement first');
-    const bias = (v: Float64Array) => biasRayleigh(this.probeU!, v, this.classes);
-    return tf.tidy(() => {
-      const lMax = tf.add(this.rayleighTf(trainable, m.vMax, pruned), bias(m.vMax));
-      const lMin = tf.add(this.rayleighTf(trainable, m.vMin, pruned), bias(m.vMin));
-      return smoothKappaTf(lMax, lMin, this.config.monitor.damping) as TF.Scalar;
-    });
-  }
-
-  /**
-   * The per-group tangent kernels of s_i = u_iᵀ logits(x_i) on the probe batch, row i of J_g = ∇_{θ_g} s_i
-   * (one backward pass per probe example for all groups). Pruned when `pruned` says so, except that a
-   * pruned group's own kernel is taken with that group restored (the rest as they are): the group is
-   * measured as it would act, the way a gated-off expert is.
-   */
-  groupKernels(pruned: ReadonlySet<number>): Float64Array[] {
-    if (!this.probeX || !this.probeU) throw new Error('measure needs a probe batch and output directions');
-    return classifierUnitKernels(this.tf, { probeX: this.probeX, probeU: this.probeU, classes: this.classes, units: this.units, logits: (x, mask) => this.logits(x, mask), unitVars: (u) => this.groupVars(u) }, pruned);
-  }
-
-  /** μ, L_f, κ of every group on the probe batch (float64 eigen-solve), refreshing the regularizer's vectors. */
-  measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): UnitStats[] {
-    const tf = this.tf;
-    if (!this.probeX || !this.probeY) throw new Error('setProbe first');
-    const n = this.probeX.shape[0];
-    const logProbs = tf.tidy(() => tf.logSoftmax(this.logits(this.probeX!, pruned)).dataSync());
-    this.probeU = outputDirections(logProbs, this.probeY.dataSync(), n, this.classes);
-    const damping = this.config.monitor.damping;
-    const kernels = this.groupKernels(pruned);
-    // The standard reshaped-kernel estimate (as in spectral normalization): σ_max of each layer's
-    // (9·cin × c) filter matrix. Not the conv operator norm, which lies anywhere up to 3σ (a pixel enters
-    // at most 9 patches): an estimate, not a bound.
-    const spectralLf = (id: number) =>
-      this.layers.reduce((a, layer, l) => {
-        const w = layer[id].w;
-        return a * spectralNormProduct([{ key: `group${id}/conv${l}`, matrix: { data: w.dataSync(), rows: w.size / this.channelsPerGroup, cols: this.channelsPerGroup } }], this.spectral);
-      }, 1);
-    const r = routerlessMeasurement(kernels, this.probeU, n, this.classes, frozen, pruned, damping, this.config.monitor.lipschitz === 'spectral-norm' ? spectralLf : undefined);
-    this.unitStats = r.stats;
-    this.modelConditioning = r.model;
-    return this.unitStats;
-  }
-
-  /** κ of the model's kernel at the last measurement (the headline κ̄). */
-  modelKappa(): number | undefined {
-    return this.modelConditioning?.kappa;
-  }
-
-  meanKappa(ids: number[]): number {
-    void ids; // κ of the model's kernel: it sums the trainable groups
-    return this.modelConditioning?.kappa ?? 0;
-  }
-
-  /** Accuracy on a whole split, in batches. */
-  evaluate(data: TaskData, split: 'train' | 'test', pruned: ReadonlySet<number> = new Set(), batch = 500): number {
-    return classifierAccuracy(this.tf, data, split, (x) => this.logits(x, pruned), batch);
+  protected spectralLipschitz(id: number): number {
+    return this.layers.reduce((a, layer, l) => {
+      const w = layer[id].w;
+      return a * spectralNormProduct([{ key: `group${id}/conv${l}`, matrix: { data: w.dataSync(), rows: w.size / this.channelsPerGroup, cols: this.channelsPerGroup } }], this.spectral);
+    }, 1);
   }
 
   /** Group g's variables, layer by layer: [w0, b0, w1, b1, …]. */
@@ -322,29 +172,12 @@ export class VggNet implements PlModel {
     return this.layers.flatMap((layer) => [layer[g].w, layer[g].b]);
   }
 
-  private groups(): [string, TF.Variable[], TF.Optimizer][] {
-    return [['dense', [this.denseW, this.denseB], this.sharedOptimizer], ...this.groupOptimizers.map((opt, g): [string, TF.Variable[], TF.Optimizer] => [`group${g}`, this.groupVars(g), opt])];
+  unitVars(g: number): TF.Variable[] {
+    return this.groupVars(g);
   }
 
-  /** Everything needed to continue training exactly where it stopped (for checkpoints). */
-  getState(): Promise<ModelState> {
-    return saveGroups(this.prefix, this.groups());
-  }
-
-  setState(state: ModelState): Promise<void> {
-    return restoreGroups(this.tf, this.prefix, this.groups(), state);
-  }
-
-  unitWeights(i: number): Float32Array[] {
-    return this.groupVars(i).map((v) => Float32Array.from(v.dataSync()));
-  }
-
-  dispose(): void {
-    this.tf.dispose([...this.layers.flat().flatMap((p) => [p.w, p.b]), this.denseW, this.denseB]);
-    this.probeX?.dispose();
-    this.probeY?.dispose();
-    this.sharedOptimizer.dispose();
-    for (const o of this.groupOptimizers) o.dispose();
-    this.softMask.dispose();
+  /** The dense classifier: the only variables no group owns. */
+  sharedVars(): TF.Variable[] {
+    return [this.denseW, this.denseB];
   }
 }

@@ -292,19 +292,24 @@ function cleanUp() {
       await panel.locator('[data-testid="run-state"]').getByText(/running|paused/i).waitFor({ timeout: 120_000 });
       check(`after the reload the panel re-attaches to the run${restored ? ' (restored)' : ' (opened again)'}`, true);
     }
+    // The panel kept the Pause in its persisted state; after a reload the restored panel sends it again
+    // with its original id once the new extension host is attached (docs/reliability.md): applied
+    // exactly once. Without a reload the workbench's own reconnection delivers it: applied once too.
+    await log.getByText(/applied at step \d+/).first().waitFor({ timeout: 60_000 }).catch(() => undefined);
     const entry = (await log.textContent()).replace(/\s+/g, ' ');
     const acksFile = path.join(runDir, 'commands.jsonl');
     const acks = fs.existsSync(acksFile) ? fs.readFileSync(acksFile, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
     const pauses = acks.filter((a) => a.command.kind === 'pause');
-    const appliedOnce = pauses.length === 1 && pauses[0].status === 'applied';
+    const applied = pauses.filter((a) => a.status === 'applied');
+    const appliedOnce = applied.length === 1 && pauses.every((a) => a.status === 'applied' || /duplicate command id/.test(a.reason ?? ''));
     check(
-      'the command issued while the link was down was applied exactly once, or never (and the panel said it had no answer)',
-      appliedOnce || (pauses.length === 0 && reloaded),
-      `pause acks on disk: ${pauses.length}; ${reloaded ? 'reloaded' : `panel: ${entry.slice(0, 120)}`}`,
+      'the command issued while the link was down was applied exactly once (any second delivery refused as a duplicate id)',
+      appliedOnce && /applied at step \d+/.test(entry),
+      `pause acks on disk: ${JSON.stringify(pauses.map((a) => [a.commandId, a.status, a.reason ?? '']))}; ${reloaded ? 'reloaded' : 'not reloaded'}; panel: ${entry.slice(0, 200)}`,
     );
-    if (appliedOnce) await panel.locator('[data-testid="run-state"]').getByText(/paused/i).waitFor({ timeout: 30_000 });
+    await panel.locator('[data-testid="run-state"]').getByText(/paused/i).waitFor({ timeout: 30_000 });
     // Resume and stop from the re-attached panel: it still steers.
-    if (appliedOnce) await panel.locator('[data-testid="btn-resume"]:not([disabled])').click({ timeout: 30_000 });
+    await panel.locator('[data-testid="btn-resume"]:not([disabled])').click({ timeout: 30_000 });
     const resumedAt = await stepNow();
     await waitFor('the panel to stream again', async () => (await stepNow()) > resumedAt, 60_000);
     check('the panel streams again after the reconnect', true);
