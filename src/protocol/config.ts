@@ -79,7 +79,7 @@ export const MonitorConfigSchema = z
   .object({
     every: positiveInt(1_000_000).default(10).describe('Measure μ, L_f and κ per unit (expert, head or channel group) every this many steps.'),
     probeSize: z.number().int().min(2).max(256).default(16).describe('Probe batch size n for the n×n tangent kernel (must stay well below each unit\'s parameter count).'),
-    damping: z.number().positive().max(1).default(DEFAULT_DAMPING).describe('Relative damping δ: κ = λ_max / max(λ_min, δ·λ_max), so a singular kernel gives a finite κ = 1/δ.'),
+    damping: z.number().positive().max(1).default(DEFAULT_DAMPING).describe('Relative damping δ: κ = λ_max / (λ_min + δ·λ_max) (smooth, so a singular but live unit still gets a gradient): at most 1/δ, reached by a singular kernel; a unit counts as at the damping floor from κ ≥ 1/(2δ).'),
     lipschitz: z
       .enum(['tangent-kernel', 'spectral-norm', 'hessian-trace'])
       .default('tangent-kernel')
