@@ -5,7 +5,7 @@
 // usage: node attach.js <extensionDir> <workspaceFolder> <screenshot.png>
 const fs = require('fs');
 const path = require('path');
-const { workbenchUrl, launch } = require('./common');
+const { workbenchUrl, launch, paletteCommand } = require('./common');
 const [devPath, folder, shot] = process.argv.slice(2);
 
 (async () => {
@@ -20,28 +20,7 @@ const [devPath, folder, shot] = process.argv.slice(2);
     if (!ok) throw new Error(`${name} ${detail}`);
   };
   let failed = false;
-  // Same palette driving as ui.js: entries appear once the extension host registered them.
-  async function runCommand(title) {
-    const input = page.locator('.quick-input-widget input');
-    const row = page.locator('.quick-input-list .monaco-list-row', { hasText: title }).first();
-    for (let i = 0; i < 40; i++) {
-      await page.keyboard.press('F1');
-      try {
-        await input.waitFor({ state: 'visible', timeout: 5000 });
-      } catch {
-        continue;
-      }
-      await input.fill('>' + title);
-      try {
-        await row.waitFor({ timeout: 2000 });
-        await page.keyboard.press('Enter');
-        return true;
-      } catch {
-        await page.keyboard.press('Escape');
-      }
-    }
-    return false;
-  }
+  const runCommand = (title) => paletteCommand(page, title);
   const runsDir = path.join(folder, '.pltrain', 'runs');
   const panel = page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
   const log = panel.locator('[data-testid="command-log"]');

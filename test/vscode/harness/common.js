@@ -46,4 +46,30 @@ function pipeConsole(page, filter = () => true) {
   });
 }
 
-module.exports = { BASE, workbenchUrl, launch, pipeConsole };
+/**
+ * Runs a command from the palette by its title. Entries appear once the extension host has registered
+ * them, and a loaded machine can drop the palette's first keystrokes, so it retries (up to 40 times).
+ */
+async function paletteCommand(page, title) {
+  const input = page.locator('.quick-input-widget input');
+  const row = page.locator('.quick-input-list .monaco-list-row', { hasText: title }).first();
+  for (let i = 0; i < 40; i++) {
+    await page.keyboard.press('F1');
+    try {
+      await input.waitFor({ state: 'visible', timeout: 5000 });
+    } catch {
+      continue;
+    }
+    await input.fill('>' + title);
+    try {
+      await row.waitFor({ timeout: 2000 });
+      await page.keyboard.press('Enter');
+      return true;
+    } catch {
+      await page.keyboard.press('Escape');
+    }
+  }
+  return false;
+}
+
+module.exports = { BASE, workbenchUrl, launch, pipeConsole, paletteCommand };

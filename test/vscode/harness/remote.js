@@ -200,32 +200,12 @@ function cleanUp() {
     fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${CLIENT_NS} ${process.env.CHROMIUM || '/usr/bin/chromium'} "$@"\n`, { mode: 0o755 });
     process.env.CHROMIUM = wrapper;
     process.env.CS_BASE = `http://127.0.0.1:${TUNNEL_PORT}`;
-    const { workbenchUrl, launch, pipeConsole } = require('./common');
+    const { workbenchUrl, launch, pipeConsole, paletteCommand } = require('./common');
     browser = await launch();
     page = await browser.newPage({ viewport: { width: 1500, height: 950 } });
     // The workbench's own account of its connections (reconnection attempts and their outcome).
     pipeConsole(page, (line) => /reconnect|connection|extension host|socket/i.test(line));
-    async function runCommand(title) {
-      const input = page.locator('.quick-input-widget input');
-      const row = page.locator('.quick-input-list .monaco-list-row', { hasText: title }).first();
-      for (let i = 0; i < 40; i++) {
-        await page.keyboard.press('F1');
-        try {
-          await input.waitFor({ state: 'visible', timeout: 5000 });
-        } catch {
-          continue;
-        }
-        await input.fill('>' + title);
-        try {
-          await row.waitFor({ timeout: 2000 });
-          await page.keyboard.press('Enter');
-          return true;
-        } catch {
-          await page.keyboard.press('Escape');
-        }
-      }
-      return false;
-    }
+    const runCommand = (title) => paletteCommand(page, title);
     await page.goto(workbenchUrl({ folder, devPath }));
     await page.locator('.monaco-workbench .part.statusbar').waitFor({ timeout: 120_000 });
     lap('workbench rendered over the tunnel');

@@ -3,7 +3,7 @@
 // usage: node ui.js <extensionDir> <workspaceFolder> <screenshot.png>
 const fs = require('fs');
 const path = require('path');
-const { workbenchUrl, launch } = require('./common');
+const { workbenchUrl, launch, paletteCommand } = require('./common');
 // An empty extensionDir: the extension installed in code-server (a packaged VSIX) is the one tested.
 const [devPath, folder, shot] = process.argv.slice(2);
 const TITLE = 'PL Training: Start PL training';
@@ -20,28 +20,7 @@ const TITLE = 'PL Training: Start PL training';
     if (!ok) throw new Error(`${name} ${detail}`);
   };
   let failed = false;
-  /** Runs a command from the palette; entries appear once the extension host registered them. */
-  async function runCommand(title) {
-    const input = page.locator('.quick-input-widget input');
-    const row = page.locator('.quick-input-list .monaco-list-row', { hasText: title }).first();
-    for (let i = 0; i < 40; i++) {
-      await page.keyboard.press('F1');
-      try {
-        await input.waitFor({ state: 'visible', timeout: 5000 });
-      } catch {
-        continue;
-      }
-      await input.fill('>' + title);
-      try {
-        await row.waitFor({ timeout: 2000 });
-        await page.keyboard.press('Enter');
-        return true;
-      } catch {
-        await page.keyboard.press('Escape');
-      }
-    }
-    return false;
-  }
+  const runCommand = (title) => paletteCommand(page, title);
   /** On a failure: what the panel and the trainer said, so a red CI run explains itself. */
   async function dumpState() {
     const frame = page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
