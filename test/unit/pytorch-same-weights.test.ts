@@ -52,34 +52,51 @@ function reference(f: ReturnType<typeof fixture>) {
   return { perUnit, modelKappa: modelKappa64(m, f.x, y, n, [0, 1, 2], damping).kappa };
 }
 
+interface SameCheck {
+  units: { served: number; mu: number | null; lf: number | null; kappa: number | null }[];
+  modelKappa: number;
+  tokens?: number[];
+}
+
+/** Runs `python -m pltrain.samecheck` on a fixture written in `dtype`; its parsed answer. */
+function runSameCheck(f: object, dtype: 'float64' | 'float32'): SameCheck {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-same-'));
+  const file = path.join(tmp, 'fixture.json');
+  fs.writeFileSync(file, JSON.stringify({ ...f, dtype }));
+  const r = spawnSync(PYTHON!, ['-m', 'pltrain.samecheck', file], { encoding: 'utf8', env: engineEnv() });
+  fs.rmSync(tmp, { recursive: true, force: true });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as SameCheck;
+}
+
+/** Every unit's served count, μ, L_f, κ (null where not measurable) and the model's κ agree to 1e-5 relative. */
+function assertAgree(python: SameCheck, want: { units: { served?: number; mu: number | null; lf: number | null; kappa: number | null }[]; modelKappa: number }, reference: string): void {
+  const close = (a: number, b: number, what: string) => {
+    const rel = Math.abs(a - b) / Math.abs(b);
+    assert.ok(rel <= 1e-5, `${what}: pytorch ${a} vs ${reference} ${b} (relative ${rel.toExponential(2)})`);
+  };
+  want.units.forEach((u, e) => {
+    const py = python.units[e];
+    assert.equal(py.served, u.served, `expert ${e}: served`);
+    if (u.kappa === null) {
+      assert.deepEqual([py.mu, py.lf, py.kappa], [null, null, null], `expert ${e}: not measurable`);
+      return;
+    }
+    for (const k of ['mu', 'lf', 'kappa'] as const) close(py[k]!, u[k]!, `expert ${e} ${k}`);
+  });
+  close(python.modelKappa, want.modelKappa, "the model's κ");
+}
+
 if (!PYTHON) console.log('# pytorch same-weights check not run: no interpreter here imports torch and websockets');
 else {
   for (const dtype of ['float64', 'float32'] as const) {
     test(`the PyTorch engine's per-expert μ, L_f, κ and the model's κ equal the TypeScript reference on the same weights (${dtype}, 1e-5 relative)`, () => {
       const f = fixture();
-      const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-same-'));
-      const file = path.join(tmp, 'fixture.json');
-      fs.writeFileSync(file, JSON.stringify({ ...f, dtype }));
-      const r = spawnSync(PYTHON!, ['-m', 'pltrain.samecheck', file], { encoding: 'utf8', env: engineEnv() });
-      fs.rmSync(tmp, { recursive: true, force: true });
-      assert.equal(r.status, 0, r.stderr);
-      const python = JSON.parse(r.stdout) as { units: { id: number; served: number; mu: number | null; lf: number | null; kappa: number | null }[]; modelKappa: number };
+      const python = runSameCheck(f, dtype);
       const ts = reference(f);
       assert.ok(ts.perUnit.some((u) => u.kappa !== null), 'at least one expert is measurable (else the test tests little)');
-      const close = (a: number, b: number, what: string) => {
-        const rel = Math.abs(a - b) / Math.abs(b);
-        assert.ok(rel <= 1e-5, `${what}: pytorch ${a} vs TypeScript ${b} (relative ${rel.toExponential(2)})`);
-      };
-      for (let e = 0; e < E; e++) {
-        const [py, want] = [python.units[e], ts.perUnit[e]];
-        assert.equal(py.served, want.served, `expert ${e}: served`);
-        if (want.kappa === null) {
-          assert.deepEqual([py.mu, py.lf, py.kappa], [null, null, null], `expert ${e}: not measurable`);
-          continue;
-        }
-        for (const k of ['mu', 'lf', 'kappa'] as const) close(py[k]!, want[k]!, `expert ${e} ${k}`);
-      }
-      close(python.modelKappa, ts.modelKappa, "the model's κ");
+      assert.equal(ts.perUnit.length, E);
+      assertAgree(python, { units: ts.perUnit, modelKappa: ts.modelKappa }, 'TypeScript');
     });
   }
 }
@@ -131,29 +148,11 @@ if (PYTHON) {
   for (const dtype of ['float64', 'float32'] as const) {
     test(`the PyTorch engine's switch-transformer expert μ, L_f, κ, served and the model's κ equal the TF.js model's on the same weights (${dtype}, 1e-5 relative)`, async () => {
       const { fixture: f, ts } = await switchFixture();
-      const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-same-switch-'));
-      const file = path.join(tmp, 'fixture.json');
-      fs.writeFileSync(file, JSON.stringify({ ...f, dtype }));
-      const r = spawnSync(PYTHON!, ['-m', 'pltrain.samecheck', file], { encoding: 'utf8', env: engineEnv() });
-      fs.rmSync(tmp, { recursive: true, force: true });
-      assert.equal(r.status, 0, r.stderr);
-      const python = JSON.parse(r.stdout) as { units: { served: number; mu: number | null; lf: number | null; kappa: number | null }[]; modelKappa: number; tokens: number[] };
+      const python = runSameCheck(f, dtype);
       assert.deepEqual(python.tokens, ts.tokens, 'the same probe tokens');
       assert.ok(ts.units.some((u) => u.kappa !== null), 'at least one expert is measurable');
-      const close = (a: number, b: number, what: string) => {
-        const rel = Math.abs(a - b) / Math.abs(b);
-        assert.ok(rel <= 1e-5, `${what}: pytorch ${a} vs TF.js ${b} (relative ${rel.toExponential(2)})`);
-      };
-      for (let e = 0; e < SWITCH.experts; e++) {
-        const [py, want] = [python.units[e], ts.units[e]];
-        assert.equal(py.served, want.served, `expert ${e}: served`);
-        if (want.kappa === null) {
-          assert.deepEqual([py.mu, py.lf, py.kappa], [null, null, null], `expert ${e}: not measurable`);
-          continue;
-        }
-        for (const k of ['mu', 'lf', 'kappa'] as const) close(py[k]!, want[k]!, `expert ${e} ${k}`);
-      }
-      close(python.modelKappa, ts.modelKappa, "the model's κ");
+      assert.equal(ts.units.length, SWITCH.experts);
+      assertAgree(python, { units: ts.units, modelKappa: ts.modelKappa }, 'TF.js');
     });
   }
 }
