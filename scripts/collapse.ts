@@ -5,11 +5,11 @@
 // metric. Prints a markdown table and writes experiments/collapse-<family>.json.
 //   node --import tsx scripts/collapse.ts [--config examples/default.pltrain.json] [--family moe-mlp]
 //        [--seeds 3] [--steps 2000] [--alphas 0,0.01] [--set '{"batchSize":32}']
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { MetricsEventSchema, type MetricsEvent } from '../src/protocol';
+import type { MetricsEvent } from '../src/protocol';
+import { runPltrain } from './runPltrain';
 
 const root = path.resolve(__dirname, '..');
 const args = process.argv.slice(2);
@@ -60,25 +60,9 @@ export function summarize(metrics: MetricsEvent[]): { shares: number[]; particip
 
 function runOne(base: object, family: string, alpha: number, seed: number, steps: number): Promise<CollapseRun> {
   const config = { ...base, name: `collapse-${family}-a${alpha}-s${seed}`, steps, seed, alpha, checkpointEvery: 0 };
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-collapse-'));
-  const file = path.join(dir, 'run.pltrain.json');
-  fs.writeFileSync(file, JSON.stringify(config));
-  const runDir = path.join(dir, 'run');
-  const t0 = Date.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(root, 'bin', 'pltrain.js'), '--config', file, '--run-dir', runDir], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    child.on('close', (code) => {
-      if (code !== 0) return reject(new Error(`${config.name} exited ${code}:\n${out.slice(-2000)}`));
-      const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l)));
-      const acc = /test accuracy ([\d.]+)%/.exec(out);
-      const ppl = /test perplexity ([\d.]+)/.exec(out);
-      const s = summarize(metrics);
-      resolve({ family, alpha, seed, steps, ...s, minShare: Math.min(...s.shares), testMetric: acc ? Number(acc[1]) / 100 : Number(ppl![1]), taskMetric: acc ? 'accuracy' : 'perplexity', seconds: (Date.now() - t0) / 1000 });
-      fs.rmSync(dir, { recursive: true, force: true });
-    });
+  return runPltrain(config, 'plt-collapse-').then((r) => {
+    const s = summarize(r.metrics);
+    return { family, alpha, seed, steps, ...s, minShare: Math.min(...s.shares), testMetric: r.testMetric, taskMetric: r.taskMetric, seconds: r.seconds };
   });
 }
 

@@ -3,12 +3,12 @@
 // docs/results.md (between the markers, leaving the prose around them) and every figure into
 // experiments/results.json.
 //   node --import tsx scripts/experiments.ts [--families moe-mlp,vgg] [--seeds 3] [--steps N] [--quick]
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { MetricsEventSchema, type TrainingConfigInput } from '../src/protocol';
+import type { TrainingConfigInput } from '../src/protocol';
 import { summarize } from './collapse';
+import { runPltrain } from './runPltrain';
 
 const root = path.resolve(__dirname, '..');
 const args = process.argv.slice(2);
@@ -87,49 +87,33 @@ function runOne(family: string, variant: Variant, seed: number): Promise<RunResu
     checkpointEvery: 0,
     pruning: variant === 'pl+pruning' ? { enabled: true, warmup: Math.round(steps / 5), anneal: Math.max(10, Math.round(steps / 5)), budget: 0.5, kappaFactor: 2 } : { enabled: false },
   };
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-exp-'));
-  const file = path.join(dir, 'exp.pltrain.json');
-  fs.writeFileSync(file, JSON.stringify(config));
-  const runDir = path.join(dir, 'run');
-  const t0 = Date.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(root, 'bin', 'pltrain.js'), '--config', file, '--run-dir', runDir], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    child.on('close', (code) => {
-      if (code !== 0) return reject(new Error(`${config.name} exited ${code}:\n${out.slice(-2000)}`));
-      const metrics = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => MetricsEventSchema.parse(JSON.parse(l)));
-      const last = [...metrics].reverse().find((m) => m.units)!;
-      const live = last.units!.filter((e) => !e.pruned);
-      const routing = summarize(metrics);
-      const liveKappas = live.map((e) => e.kappa).filter((k): k is number => k !== null); // null: not measurable
-      const acc = /test accuracy ([\d.]+)%/.exec(out);
-      const ppl = /test perplexity ([\d.]+)/.exec(out);
-      let ema = metrics[0].taskLoss;
-      const smoothedLoss = metrics.map((m) => (ema = 0.95 * ema + 0.05 * m.taskLoss));
-      resolve({
-        family,
-        variant,
-        seed,
-        steps,
-        testMetric: acc ? Number(acc[1]) / 100 : Number(ppl![1]),
-        taskMetric: acc ? 'accuracy' : 'perplexity',
-        meanKappa: liveKappas.reduce((a, k) => a + k, 0) / liveKappas.length,
-        maxKappa: Math.max(...liveKappas),
-        unitsKept: live.length,
-        units,
-        modelKappa: routing.modelKappa,
-        shares: routing.shares,
-        minShare: Math.min(...routing.shares.filter((_, e) => !last.units![e].pruned)),
-        participation: routing.participation,
-        commit,
-        smoothedLoss,
-        seconds: (Date.now() - t0) / 1000,
-        backend: /backend: (\S+)/.exec(out)?.[1] ?? '?',
-      });
-      fs.rmSync(dir, { recursive: true, force: true });
-    });
+  return runPltrain(config as { name: string }, 'plt-exp-').then(({ metrics, testMetric, taskMetric, backend, seconds }) => {
+    const last = [...metrics].reverse().find((m) => m.units)!;
+    const live = last.units!.filter((e) => !e.pruned);
+    const routing = summarize(metrics);
+    const liveKappas = live.map((e) => e.kappa).filter((k): k is number => k !== null); // null: not measurable
+    let ema = metrics[0].taskLoss;
+    const smoothedLoss = metrics.map((m) => (ema = 0.95 * ema + 0.05 * m.taskLoss));
+    return {
+      family,
+      variant,
+      seed,
+      steps,
+      testMetric,
+      taskMetric,
+      meanKappa: liveKappas.reduce((a, k) => a + k, 0) / liveKappas.length,
+      maxKappa: Math.max(...liveKappas),
+      unitsKept: live.length,
+      units,
+      modelKappa: routing.modelKappa,
+      shares: routing.shares,
+      minShare: Math.min(...routing.shares.filter((_, e) => !last.units![e].pruned)),
+      participation: routing.participation,
+      commit,
+      smoothedLoss,
+      seconds,
+      backend,
+    };
   });
 }
 
