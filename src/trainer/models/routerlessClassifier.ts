@@ -88,6 +88,21 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    * differentiated along those eigenvectors (Hellmann–Feynman) through the same pass.
    */
   trainStep(batch: Batch, o: StepOptions): StepResult {
+    return this.step(batch, o);
+  }
+
+  /**
+   * The gradients a trainStep with these options would apply (read back by variable name), without
+   * applying them: for the tests that hold the in-step regularizer to modelKappaTf.
+   */
+  objectiveGradients(batch: Batch, o: StepOptions): Record<string, Float32Array> {
+    const out: Record<string, Float32Array> = {};
+    this.step(batch, o, out);
+    return out;
+  }
+
+  /** trainStep; with `captured`, the gradients are read back into it instead of applied. */
+  private step(batch: Batch, o: StepOptions, captured?: Record<string, Float32Array>): StepResult {
     const tf = this.tf;
     const { alpha, pruned } = o;
     // A pruned unit never reaches the logits: no gradient, so no optimizer step either.
@@ -132,7 +147,8 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
-      this.parameters.applyGradients(grads, trainable);
+      if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
+      else this.parameters.applyGradients(grads, trainable);
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
