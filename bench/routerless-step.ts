@@ -5,8 +5,10 @@
 //   plain: trainStep at α = 0 (no measurement: at α = 0 the loop measures only every monitor.every steps)
 //   regularized: at the config's α > 0, measure() before the step unless the family measures in its own
 //   graph (PlModel.measuresInStep), then trainStep (src/trainer/train.ts does exactly this)
-// Plain and regularized steps alternate on the same model and batch (both see the same load), and the
-// tfjs kernels each launches are counted once (tf.profile), a load-independent measure of the work.
+// Plain and regularized steps alternate on the same model and batch (both see the same load); each is
+// timed in wall-clock and in this process's CPU time (user + system: less inflated by other processes
+// on a shared machine, the backend being single-threaded), and the tfjs kernels each launches are
+// counted once (tf.profile), a load-independent measure of the work.
 // usage: node --import tsx bench/routerless-step.ts [--steps 8] [--families bert-encoder,vgg]
 // Prints progress on stderr and one `BENCH_RESULT {json}` line on stdout.
 import * as fs from 'node:fs';
@@ -57,20 +59,23 @@ async function main(): Promise<void> {
       m.trainStep(batch, o);
     };
     const timed = (f: () => void) => {
-      const t0 = performance.now();
+      const [t0, c0] = [performance.now(), process.cpuUsage()];
       f();
-      return performance.now() - t0;
+      const c = process.cpuUsage(c0);
+      return { wall: performance.now() - t0, cpu: (c.user + c.system) / 1000 };
     };
     const kernels = async (f: () => void) => (await tf.profile(f)).kernels.length;
     // Warm-up: the first steps compile kernels; the first regularized step needs a measurement first.
     for (let i = 0; i < 3; i++) [plain, regularized].forEach(loopStep);
-    const plainMs: number[] = [];
-    const regMs: number[] = [];
+    const plainRuns: { wall: number; cpu: number }[] = [];
+    const regRuns: { wall: number; cpu: number }[] = [];
     for (let i = 0; i < steps; i++) {
-      plainMs.push(timed(() => loopStep(plain)));
-      regMs.push(timed(() => loopStep(regularized)));
+      plainRuns.push(timed(() => loopStep(plain)));
+      regRuns.push(timed(() => loopStep(regularized)));
     }
-    const measureMs = m.measuresInStep ? 0 : median(Array.from({ length: 3 }, () => timed(() => m.measure(none, none))));
+    const [plainMs, regMs] = [plainRuns.map((r) => r.wall), regRuns.map((r) => r.wall)];
+    const [plainCpu, regCpu] = [median(plainRuns.map((r) => r.cpu)), median(regRuns.map((r) => r.cpu))];
+    const measureMs = m.measuresInStep ? 0 : median(Array.from({ length: 3 }, () => timed(() => m.measure(none, none)).wall));
     const plainKernels = await kernels(() => loopStep(plain));
     const regKernels = await kernels(() => loopStep(regularized));
     const row = {
@@ -84,11 +89,14 @@ async function main(): Promise<void> {
       plainStepMs: round(median(plainMs)),
       regularizedStepMs: round(median(regMs)),
       ratio: round(median(regMs) / median(plainMs)),
+      plainStepCpuMs: round(plainCpu),
+      regularizedStepCpuMs: round(regCpu),
+      cpuRatio: round(regCpu / plainCpu),
       measureMs: round(measureMs),
       plainKernels,
       regularizedKernels: regKernels,
     };
-    log(`${family.padEnd(13)} batch ${row.batch}, probe ${row.probe}, α ${row.alpha}: plain ${row.plainStepMs} ms (${plainKernels} kernels), regularized ${row.regularizedStepMs} ms (${regKernels} kernels${row.measuresInStep ? ', measured in the step' : `, measure() ${row.measureMs} ms of it`}) → ×${row.ratio}`);
+    log(`${family.padEnd(13)} batch ${row.batch}, probe ${row.probe}, α ${row.alpha}: plain ${row.plainStepMs} ms (${plainKernels} kernels), regularized ${row.regularizedStepMs} ms (${regKernels} kernels${row.measuresInStep ? ', measured in the step' : `, measure() ${row.measureMs} ms of it`}) → ×${row.ratio} wall, ×${row.cpuRatio} CPU time (${row.plainStepCpuMs} / ${row.regularizedStepCpuMs} ms)`);
     rows.push(row);
     tf.dispose([batch.x, batch.y]);
     m.dispose();

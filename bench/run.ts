@@ -329,8 +329,8 @@ async function main(): Promise<void> {
     if (r.code === 0 && v) {
       out.regularizedStep = v;
       say(`regularized step (default α of the example config) over the plain one, as the training loop runs them (${v.backend}; goal ≤ ×2)`);
-      say(`  ${'family'.padEnd(13)} ${'batch'.padStart(5)} ${'probe'.padStart(5)} ${'plain ms'.padStart(9)} ${'reg. ms'.padStart(8)} ${'ratio'.padStart(6)} ${'kernels plain / reg.'.padStart(21)}`);
-      for (const row of v.rows) say(`  ${row.family.padEnd(13)} ${String(row.batch).padStart(5)} ${String(row.probe).padStart(5)} ${fmt(row.plainStepMs).padStart(9)} ${fmt(row.regularizedStepMs).padStart(8)} ${`×${fmt(row.ratio)}`.padStart(6)} ${`${row.plainKernels} / ${row.regularizedKernels}`.padStart(21)}`);
+      say(`  ${'family'.padEnd(13)} ${'batch'.padStart(5)} ${'probe'.padStart(5)} ${'plain ms'.padStart(9)} ${'reg. ms'.padStart(8)} ${'ratio'.padStart(6)} ${'CPU ratio'.padStart(9)} ${'kernels plain / reg.'.padStart(21)}`);
+      for (const row of v.rows) say(`  ${row.family.padEnd(13)} ${String(row.batch).padStart(5)} ${String(row.probe).padStart(5)} ${fmt(row.plainStepMs).padStart(9)} ${fmt(row.regularizedStepMs).padStart(8)} ${`×${fmt(row.ratio)}`.padStart(6)} ${`×${fmt(row.cpuRatio)}`.padStart(9)} ${`${row.plainKernels} / ${row.regularizedKernels}`.padStart(21)}`);
     } else {
       failures.push(`regularized: ${reason(r)}`);
       out.regularizedStep = { failed: reason(r) };

@@ -1,8 +1,7 @@
 // The routerless families' fast probe kernels (one tapped pass: per-sample J = activation ⊗ δ per linear
 // map, RouterlessClassifier.probeJacobians) against the per-sample reference (perSampleKernels: one
 // backward pass per probe example), with a pruned unit (measured restored) and a dead unit (K = 0); and
-// the regularized step, which measures in its own graph (and for bert-encoder runs the probe as extra rows
-// of the batch's pass), against the separately tested path: measure() then modelKappaTf. The kernels and
+// the regularized step, which measures in its own graph, against the separately tested path: measure() then modelKappaTf. The kernels and
 // modelKappaTf are held to float64 finite differences in model-bert-encoder.test.ts / model-vgg.test.ts.
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
@@ -80,47 +79,44 @@ for (const family of ['bert-encoder', 'vgg'] as Family[]) {
     m.dispose();
   });
 
-  for (const ridesAlong of family === 'bert-encoder' ? [true, false] : [false, true]) {
-    test(`${family}: the regularized step's gradient (measured in the step${ridesAlong ? ', probe riding along in the batch pass' : ', probe in its own pass'}) is ∇L_S + α·∇ of modelKappaTf after measure()`, () => {
-      const { m, probe, batch } = setUp(family, 3);
-      (m as unknown as { probeRidesAlong: boolean }).probeRidesAlong = ridesAlong;
-      const frozen = new Set([2]);
-      const trainable = [0, 1];
-      const alpha = 0.5;
-      const o = { alpha, trainable, pruned: new Set<number>() };
-      // The separately tested path at the same weights: measure(), then ∇κ̃ along its eigenvectors.
-      const stats = m.measure(frozen, new Set());
-      const kappa = m.modelKappa()!;
-      const vars = [...m.sharedVars(), ...trainable.flatMap((u) => m.unitVars(u))];
-      const { value, grads } = tf.variableGrads(() => m.modelKappaTf(trainable, new Set()), vars);
-      const plain = m.objectiveGradients(batch, { ...o, alpha: 0 });
-      const inStep = m.objectiveGradients(batch, o);
-      let worst = 0;
-      let norm = 0;
-      for (const v of vars) {
-        const reg = grads[v.name]?.dataSync() ?? new Float32Array(v.size);
-        for (let k = 0; k < v.size; k++) norm = Math.max(norm, Math.abs(alpha * reg[k]));
-      }
-      for (const v of vars) {
-        const reg = grads[v.name]?.dataSync() ?? new Float32Array(v.size);
-        const [a, b] = [inStep[v.name], plain[v.name]];
-        assert.ok(a && b, `${v.name} has a gradient`);
-        for (let k = 0; k < v.size; k++) worst = Math.max(worst, Math.abs(a[k] - b[k] - alpha * reg[k]));
-      }
-      assert.ok(norm > 0 && worst <= 1e-4 * norm, `worst difference ${worst} against a largest regularizer term ${norm}`);
-      // The step's own measurement: the same κ and unit stats as measure() (the frozen unit reported frozen).
-      const r = m.trainStep(batch, o);
-      assert.ok(Math.abs(r.regularizer - kappa) <= 1e-4 * kappa, `κ̃ ${r.regularizer} vs measured ${kappa}`);
-      assert.ok(Math.abs(value.dataSync()[0] - kappa) <= 1e-4 * kappa);
-      assert.ok(r.measured, 'a regularized step reports its measurement');
-      r.measured!.forEach((st, u) => {
-        assert.equal(st.frozen, frozen.has(u));
-        assert.ok(Math.abs(st.kappa! - stats[u].kappa!) <= 1e-4 * stats[u].kappa!, `unit ${u}: κ ${st.kappa} vs ${stats[u].kappa}`);
-      });
-      tf.dispose([value, ...Object.values(grads), probe.x, probe.y, batch.x, batch.y]);
-      m.dispose();
+  test(`${family}: the regularized step's gradient (measured in the step) is ∇L_S + α·∇ of modelKappaTf after measure()`, () => {
+    const { m, probe, batch } = setUp(family, 3);
+    const frozen = new Set([2]);
+    const trainable = [0, 1];
+    const alpha = 0.5;
+    const o = { alpha, trainable, pruned: new Set<number>() };
+    // The separately tested path at the same weights: measure(), then ∇κ̃ along its eigenvectors.
+    const stats = m.measure(frozen, new Set());
+    const kappa = m.modelKappa()!;
+    const vars = [...m.sharedVars(), ...trainable.flatMap((u) => m.unitVars(u))];
+    const { value, grads } = tf.variableGrads(() => m.modelKappaTf(trainable, new Set()), vars);
+    const plain = m.objectiveGradients(batch, { ...o, alpha: 0 });
+    const inStep = m.objectiveGradients(batch, o);
+    let worst = 0;
+    let norm = 0;
+    for (const v of vars) {
+      const reg = grads[v.name]?.dataSync() ?? new Float32Array(v.size);
+      for (let k = 0; k < v.size; k++) norm = Math.max(norm, Math.abs(alpha * reg[k]));
+    }
+    for (const v of vars) {
+      const reg = grads[v.name]?.dataSync() ?? new Float32Array(v.size);
+      const [a, b] = [inStep[v.name], plain[v.name]];
+      assert.ok(a && b, `${v.name} has a gradient`);
+      for (let k = 0; k < v.size; k++) worst = Math.max(worst, Math.abs(a[k] - b[k] - alpha * reg[k]));
+    }
+    assert.ok(norm > 0 && worst <= 1e-4 * norm, `worst difference ${worst} against a largest regularizer term ${norm}`);
+    // The step's own measurement: the same κ and unit stats as measure() (the frozen unit reported frozen).
+    const r = m.trainStep(batch, o);
+    assert.ok(Math.abs(r.regularizer - kappa) <= 1e-4 * kappa, `κ̃ ${r.regularizer} vs measured ${kappa}`);
+    assert.ok(Math.abs(value.dataSync()[0] - kappa) <= 1e-4 * kappa);
+    assert.ok(r.measured, 'a regularized step reports its measurement');
+    r.measured!.forEach((st, u) => {
+      assert.equal(st.frozen, frozen.has(u));
+      assert.ok(Math.abs(st.kappa! - stats[u].kappa!) <= 1e-4 * stats[u].kappa!, `unit ${u}: κ ${st.kappa} vs ${stats[u].kappa}`);
     });
-  }
+    tf.dispose([value, ...Object.values(grads), probe.x, probe.y, batch.x, batch.y]);
+    m.dispose();
+  });
 }
 
 test('bert-encoder and vgg: the regularized step runs on wasm (every kernel of the tapped pass and its gradient exists there)', async () => {

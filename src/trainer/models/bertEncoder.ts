@@ -110,8 +110,6 @@ export class BertEncoder extends RouterlessClassifier {
   readonly blocks: BlockVars[];
   readonly embedding: EmbeddingVars;
   private readonly activations: TwiceDifferentiableActivations;
-  /** A step's cost here is its number of ops: the probe's pass shares the batch's (bench/routerless-step.ts). */
-  protected override readonly probeRidesAlong = true;
 
   constructor(tf: typeof TF, config: TrainingConfig, data: TaskData) {
     if (data.kind !== 'images') throw new Error(`the bert-encoder family classifies images read row by row, not ${data.kind}`);
@@ -232,19 +230,17 @@ export class BertEncoder extends RouterlessClassifier {
    * interact) and ∂s_i/∂b = Σ_t δ_{i,t}. Columns are ordered per layer [W_q|W_k|W_v rows of each input
    * dimension, b_q|b_v, W_o], a fixed permutation of the head's parameters (K = J·Jᵀ does not see it).
    */
-  protected probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, first: number): TF.Tensor3D {
+  protected probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps): TF.Tensor3D {
     const tf = this.tf;
-    const [all, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
-    const b = all - first;
+    const [b, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
     const inputs: TF.Tensor[] = [];
-    const taps = Array.from({ length: L }, () => [tf.zeros([all * T, H * dh]), tf.zeros([all * T, H * dh]), tf.zeros([all * T, H * dh]), tf.zeros([all * T, D])]).flat();
+    const taps = Array.from({ length: L }, () => [tf.zeros([b * T, H * dh]), tf.zeros([b * T, H * dh]), tf.zeros([b * T, H * dh]), tf.zeros([b * T, D])]).flat();
     const deltas = backToTaps((t) => this.forward(x, pruned, undefined, { taps: t, inputs }), taps);
     const blocks: TF.Tensor[] = [];
     for (let l = 0; l < L; l++) {
       const [dq, dk, dv, dOut] = deltas.slice(4 * l, 4 * l + 4);
       const [h, merged] = inputs.slice(2 * l, 2 * l + 2);
-      // The probe's token rows (rows before `first` have δ = 0 and add nothing).
-      const byToken = (t: TF.Tensor, width: number) => tf.reshape(first ? tf.slice(t, [first * T, 0], [b * T, width]) : t, [b, T, width]);
+      const byToken = (t: TF.Tensor, width: number) => tf.reshape(t, [b, T, width]);
       // [b, D, (q|k|v), H, dh] → [H, b, D·3·dh]
       const qkv = tf.matMul(byToken(h, D) as TF.Tensor3D, byToken(tf.concat([dq, dk, dv], 1), 3 * H * dh) as TF.Tensor3D, true, false);
       blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * D * dh]));

@@ -60,18 +60,11 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   /** A unit's L_f under `monitor.lipschitz: spectral-norm` (an estimate from its weight matrices' σ_max). */
   protected abstract spectralLipschitz(id: number): number;
   /**
-   * J [units, n, p_unit] for the rows of x from `first` on (the probe), J[u, i, :] = ∂s_i/∂θ_u (a fixed
-   * order of the unit's parameters), from one forward pass over all of x with zero taps after the units'
-   * linear maps and one backward pass to the taps (`backToTaps`; the rows before `first` get no seed, so
-   * their δ is 0); differentiable w.r.t. every weight. A pruned unit's rows are 0.
+   * J [units, n, p_unit] on probe inputs x, J[u, i, :] = ∂s_i/∂θ_u (a fixed order of the unit's
+   * parameters), from one forward pass with zero taps after the units' linear maps and one backward pass
+   * to the taps (`backToTaps`); differentiable w.r.t. every weight. A pruned unit's rows are 0.
    */
-  protected abstract probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, first: number): TF.Tensor3D;
-  /**
-   * Whether a regularized step without a soft mask runs the probe as extra rows of the batch's forward
-   * pass (one pass instead of two, but the backward pass to the taps then spans the batch rows too):
-   * pays where the step's cost is the number of ops rather than their size.
-   */
-  protected readonly probeRidesAlong: boolean = false;
+  protected abstract probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps): TF.Tensor3D;
 
   setProbe(probe: Batch): void {
     this.probeX?.dispose();
@@ -119,26 +112,15 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
       let logitsT: T2 | undefined;
-      let passLogits: T2 | undefined;
       const { value: total, grads } = tf.variableGrads(() => {
-        // The probe rides along as extra rows of the batch's pass where that pays (the probe is unmasked, so not under a soft mask).
-        const along = regularized && this.probeRidesAlong && !mask;
-        let J: TF.Tensor3D | undefined;
-        if (along) {
-          const b = batch.x.shape[0];
-          const pass = this.unitJacobians(pruned, undefined, batch.x);
-          J = pass.J;
-          passLogits = pass.logits!;
-          logitsT = tf.keep(tf.slice(passLogits, [0, 0], [b, this.classes]));
-        } else {
-          logitsT = tf.keep(this.logits(batch.x, pruned, mask));
-        }
+        logitsT = tf.keep(this.logits(batch.x, pruned, mask));
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
         // Frozen: neither trainable nor pruned (reported so); the model's kernel sums the regularized units.
         const inModel = trainable.filter((u) => weights.w[u] > 0);
         const frozen = new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !trainable.includes(u) && !pruned.has(u)));
-        J ??= this.unitJacobians(pruned).J;
+        // The probe's own pass, unmasked (the kernel is the model's as it stands, pruned units zeroed).
+        const J = this.unitJacobians(pruned);
         const t0 = performance.now();
         this.record(this.kernelsOf(J), new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !inModel.includes(u) && !pruned.has(u))), pruned);
         this.unitStats = this.unitStats.map((st) => ({ ...st, frozen: frozen.has(st.id) }));
@@ -152,7 +134,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
-      tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : []), ...(passLogits ? [passLogits] : [])]);
+      tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
     // One device→host transfer per step for everything reported.
@@ -162,17 +144,15 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   }
 
   /**
-   * J [units, n, p_unit] of s_i = u_iᵀ logits(x_i) on the probe (probeJacobians), and the logits of the
-   * pass: with `batch`, its rows come first and the probe's after them. With `held`, u is those
+   * J [units, n, p_unit] of s_i = u_iᵀ logits(x_i) on the probe (probeJacobians). With `held`, u is those
    * directions; without, u is computed from this very pass's logits (outputDirections, read back once)
    * and stored as the measurement's. Either way u is a constant of the graph: the kernel is defined with
    * u held inside the Jacobian, and this family's regularizer does not follow u's dependence on the weights.
    */
-  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array, batch?: TF.Tensor): { J: TF.Tensor3D; logits: T2 | undefined } {
+  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array): TF.Tensor3D {
     const tf = this.tf;
     const n = this.probeX!.shape[0];
     const c = this.classes;
-    const first = batch ? batch.shape[0] : 0;
     // Σ_i u_iᵀz_i with u fixed at the pass's own logits: a custom op, so the backward pass is seeded
     // with u (∂/∂z = u) while u is worked out from z in its forward pass, off the tape.
     const seed = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
@@ -182,16 +162,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
       (args[1] as TF.GradSaveFunc)([u]);
       return { value: tf.sum(tf.mul(z, u)), gradFunc: (dy: TF.Tensor, [saved]: TF.Tensor[]) => tf.mul(dy, saved) };
     }) as (z: T2) => TF.Scalar;
-    let logits: T2 | undefined;
-    const backToTaps: BackToTaps = (forward, taps) =>
-      tf.grads((...t: TF.Tensor[]) => {
-        const z = forward(t);
-        if (batch) logits = tf.keep(z); // the step's own logits, disposed by the step
-        return seed(first ? (tf.slice(z, [first, 0], [n, c]) as T2) : z);
-      })(taps);
-    const x = batch ? tf.concat([batch, this.probeX!]) : this.probeX!;
-    const J = this.probeJacobians(x, pruned, backToTaps, first);
-    return { J, logits };
+    return this.probeJacobians(this.probeX!, pruned, (forward, taps) => tf.grads((...t: TF.Tensor[]) => seed(forward(t)))(taps));
   }
 
   /** K_u = J_u·J_uᵀ of every unit, read back (one transfer) into float64 n×n arrays. */
@@ -205,7 +176,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
 
   /** Every unit's kernel from one probe pass outside any step (u: `held`, or the pass's own). */
   private probeKernels(pruned: ReadonlySet<number>, held?: Float64Array): Float64Array[] {
-    const J = this.tf.tidy(() => this.unitJacobians(pruned, held).J);
+    const J = this.tf.tidy(() => this.unitJacobians(pruned, held));
     try {
       return this.kernelsOf(J);
     } finally {
@@ -251,7 +222,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    */
   rayleighTf(units: number | number[], v: Float64Array, pruned: ReadonlySet<number>): TF.Scalar {
     if (!this.probeX || !this.probeU) throw new Error('rayleighTf needs a measurement first');
-    return this.tf.tidy(() => this.tf.reshape(this.rayleighOfJacobians(this.unitJacobians(pruned, this.probeU).J, Array.isArray(units) ? units : [units], [v]), []) as TF.Scalar);
+    return this.tf.tidy(() => this.tf.reshape(this.rayleighOfJacobians(this.unitJacobians(pruned, this.probeU), Array.isArray(units) ? units : [units], [v]), []) as TF.Scalar);
   }
 
   /**
@@ -262,7 +233,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    */
   modelKappaTf(trainable: number[], pruned: ReadonlySet<number>): TF.Scalar {
     if (!this.modelConditioning || !this.probeU) throw new Error('modelKappaTf needs a measurement first');
-    return this.tf.tidy(() => this.surrogateKappa(this.unitJacobians(pruned, this.probeU).J, trainable));
+    return this.tf.tidy(() => this.surrogateKappa(this.unitJacobians(pruned, this.probeU), trainable));
   }
 
   /**
