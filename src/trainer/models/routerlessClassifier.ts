@@ -6,8 +6,8 @@
 // training step on L_S + α·κ̄, the measurement, checkpoint state and disposal.
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
-import { outputDirections, smoothKappaTf, SpectralNormState } from '../pl';
-import { biasRayleigh, classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
+import { outputDirections, outputDirectionsTf, smoothKappaTf, SpectralNormState } from '../pl';
+import { classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, rowScales, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -120,12 +120,12 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
         const inModel = trainable.filter((u) => weights.w[u] > 0);
         const frozen = new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !trainable.includes(u) && !pruned.has(u)));
         // The probe's own pass, unmasked (the kernel is the model's as it stands, pruned units zeroed).
-        const J = this.unitJacobians(pruned);
+        const { J, U } = this.unitJacobians(pruned);
         const t0 = performance.now();
         this.record(this.kernelsOf(J), new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !inModel.includes(u) && !pruned.has(u))), pruned);
         this.unitStats = this.unitStats.map((st) => ({ ...st, frozen: frozen.has(st.id) }));
         monitorMs = performance.now() - t0;
-        regT = tf.keep(this.surrogateKappa(J, inModel));
+        regT = tf.keep(this.surrogateKappa(J, U, inModel));
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
@@ -144,25 +144,45 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   }
 
   /**
-   * J [units, n, p_unit] of s_i = u_iᵀ logits(x_i) on the probe (probeJacobians). With `held`, u is those
-   * directions; without, u is computed from this very pass's logits (outputDirections, read back once)
-   * and stored as the measurement's. Either way u is a constant of the graph: the kernel is defined with
-   * u held inside the Jacobian, and this family's regularizer does not follow u's dependence on the weights.
+   * J [units, n, p_unit] of s_i = u_iᵀ logits(x_i) on the probe (probeJacobians) and the directions U
+   * [n, classes] it used. With `held`, u is those directions, a constant. Without, u is computed from
+   * this very pass's logits (outputDirections, read back once, stored as the measurement's) and U is
+   * that as a differentiable function of the logits (outputDirectionsTf, docs/method.md contract 2):
+   * the kernel is defined with u held inside the Jacobian, so the backward pass to the taps is seeded
+   * with U as a constant, while an outer gradient through J (the regularizer's) also follows u.
    */
-  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array): TF.Tensor3D {
+  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array): { J: TF.Tensor3D; U: T2 } {
     const tf = this.tf;
     const n = this.probeX!.shape[0];
     const c = this.classes;
-    // Σ_i u_iᵀz_i with u fixed at the pass's own logits: a custom op, so the backward pass is seeded
-    // with u (∂/∂z = u) while u is worked out from z in its forward pass, off the tape.
-    const seed = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
-      const z = args[0] as T2;
-      if (!held) this.probeU = outputDirections(tf.tidy(() => tf.logSoftmax(z).dataSync()), this.probeY!.dataSync(), n, c);
-      const u = tf.tensor2d(Float32Array.from(held ?? this.probeU!), [n, c]);
-      (args[1] as TF.GradSaveFunc)([u]);
-      return { value: tf.sum(tf.mul(z, u)), gradFunc: (dy: TF.Tensor, [saved]: TF.Tensor[]) => tf.mul(dy, saved) };
-    }) as (z: T2) => TF.Scalar;
-    return this.probeJacobians(this.probeX!, pruned, (forward, taps) => tf.grads((...t: TF.Tensor[]) => seed(forward(t)))(taps));
+    // Σ_i u_iᵀz_i with ∂/∂z = u: a custom op of z alone, so the backward pass to the taps does not
+    // differentiate through u (the Jacobian's u is held), while u is an input of that pass's ops
+    // (∂/∂z = dy·u), so a gradient of the gradient, the regularizer's, reaches it.
+    const seed = (u: T2) => tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({ value: tf.sum(tf.mul(args[0] as T2, u)), gradFunc: (dy: TF.Tensor) => tf.mul(dy, u) })) as (z: T2) => TF.Scalar;
+    let U: T2 | undefined;
+    const directions = (z: T2): T2 => {
+      if (held) return tf.tensor2d(Float32Array.from(held), [n, c]);
+      const logProbs = tf.logSoftmax(z) as T2;
+      const read = logProbs.dataSync();
+      const labels = this.probeY!.dataSync();
+      this.probeU = outputDirections(read, labels, n, c);
+      // The value is the measurement's u (float64, rounded once), bit for bit what a held pass uses;
+      // the derivative is outputDirectionsTf's, the same function of the logits.
+      const exact = tf.tensor2d(Float32Array.from(this.probeU), [n, c]);
+      const valueOfExact = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({ value: tf.clone(exact), gradFunc: (dy: TF.Tensor) => dy })) as (x: T2) => T2;
+      return valueOfExact(outputDirectionsTf(logProbs, this.probeY!, rowScales(read, labels, n, c)));
+    };
+    const J = this.probeJacobians(this.probeX!, pruned, (forward, taps) =>
+      tf.grads((...t: TF.Tensor[]) => {
+        const z = forward(t);
+        U = tf.keep(directions(z));
+        return seed(U)(z);
+      })(taps),
+    );
+    // Out of the pass's scope into the caller's (a clone stays on the tape, connected to U).
+    const directionsOut = tf.clone(U!);
+    U!.dispose();
+    return { J, U: directionsOut };
   }
 
   /** K_u = J_u·J_uᵀ of every unit, read back (one transfer) into float64 n×n arrays. */
@@ -176,7 +196,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
 
   /** Every unit's kernel from one probe pass outside any step (u: `held`, or the pass's own). */
   private probeKernels(pruned: ReadonlySet<number>, held?: Float64Array): Float64Array[] {
-    const J = this.tf.tidy(() => this.unitJacobians(pruned, held));
+    const J = this.tf.tidy(() => this.unitJacobians(pruned, held).J);
     try {
       return this.kernelsOf(J);
     } finally {
@@ -207,12 +227,16 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     return tf.sum(tf.mul(perUnit, inSum), 1) as TF.Tensor1D;
   }
 
-  /** κ̃ of Σ_{u∈units} K_u + U·Uᵀ along the last measurement's eigenvectors (vᵀU·Uᵀv is a constant). */
-  private surrogateKappa(J: TF.Tensor3D, units: number[]): TF.Scalar {
+  /**
+   * κ̃ of Σ_{u∈units} K_u + U·Uᵀ along the last measurement's eigenvectors, both terms differentiable:
+   * vᵀU·Uᵀv = ‖Uᵀv‖² (the output bias's kernel) moves with u too.
+   */
+  private surrogateKappa(J: TF.Tensor3D, U: T2, units: number[]): TF.Scalar {
     const tf = this.tf;
     const m = this.modelConditioning!;
-    const bias = (v: Float64Array) => biasRayleigh(this.probeU!, v, this.classes);
-    const q = tf.add(this.rayleighOfJacobians(J, units, [m.vMax, m.vMin]), tf.tensor1d([bias(m.vMax), bias(m.vMin)]));
+    const vs = tf.tensor2d(Float32Array.from([...m.vMax, ...m.vMin]), [2, m.vMax.length]);
+    const bias = tf.sum(tf.square(tf.matMul(vs, U)), 1);
+    const q = tf.add(this.rayleighOfJacobians(J, units, [m.vMax, m.vMin]), bias);
     return smoothKappaTf(tf.slice(q, [0], [1]), tf.slice(q, [1], [1]), this.config.monitor.damping).reshape([]) as TF.Scalar;
   }
 
@@ -222,18 +246,21 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    */
   rayleighTf(units: number | number[], v: Float64Array, pruned: ReadonlySet<number>): TF.Scalar {
     if (!this.probeX || !this.probeU) throw new Error('rayleighTf needs a measurement first');
-    return this.tf.tidy(() => this.tf.reshape(this.rayleighOfJacobians(this.unitJacobians(pruned, this.probeU), Array.isArray(units) ? units : [units], [v]), []) as TF.Scalar);
+    return this.tf.tidy(() => this.tf.reshape(this.rayleighOfJacobians(this.unitJacobians(pruned, this.probeU).J, Array.isArray(units) ? units : [units], [v]), []) as TF.Scalar);
   }
 
   /**
-   * κ̃ of the model's kernel Σ_{u∈trainable} K_u + U·Uᵀ with the last measurement's eigenvectors (and u)
-   * held: Hellmann–Feynman. The step computes the same from its own in-step measurement. Its gradient
-   * reaches every trainable variable, since each K_u depends on the whole network. Public for the
-   * gradient tests.
+   * κ̃ of the model's kernel Σ_{u∈trainable} K_u + U·Uᵀ with the last measurement's eigenvectors held
+   * (Hellmann–Feynman) and u computed afresh from the current weights, differentiably: what the step
+   * adds α times (it measures in its own pass first). Its gradient reaches every trainable variable,
+   * since each K_u and u depend on the whole network. Public for the gradient tests.
    */
   modelKappaTf(trainable: number[], pruned: ReadonlySet<number>): TF.Scalar {
     if (!this.modelConditioning || !this.probeU) throw new Error('modelKappaTf needs a measurement first');
-    return this.tf.tidy(() => this.surrogateKappa(this.unitJacobians(pruned, this.probeU), trainable));
+    return this.tf.tidy(() => {
+      const { J, U } = this.unitJacobians(pruned);
+      return this.surrogateKappa(J, U, trainable);
+    });
   }
 
   /**
