@@ -44,6 +44,14 @@ def _exhaust_file_descriptors():
     return held
 
 
+def grad_norm_squared(grads):
+    """Σ‖g‖² over the gradients: one multi-tensor norm where torch has it (one call for every
+    parameter instead of two tensor ops each), then the squares summed; float rounding apart, the same."""
+    if hasattr(torch, "_foreach_norm"):
+        return torch.stack(torch._foreach_norm(grads)).square().sum()
+    return torch.stack([(g * g).sum() for g in grads]).sum()
+
+
 class NonFiniteLoss(Exception):
     def __init__(self, step):
         super().__init__(f"loss became NaN or infinite at step {step}")
@@ -84,16 +92,20 @@ class Measurer:
     def kernels(self, pruned, create_graph, mask=None):
         """(unit kernels E×n×n, the rest of the model's kernel n×n, the probe rows each unit serves)."""
         n, E = self.probe_x.shape[0], self.model.units
-        logits = self.model(self.probe_x, pruned, mask)
         self.direction_path = None
         if hasattr(self.model, "unit_kernels"):
             # Closed forms from forward quantities (moe-mlp), differentiable in every weight, u included
-            # (contract 7: the regularizer's gradient follows u's dependence on the weights).
-            u = estimators.output_directions_torch(logits if create_graph else logits.detach(), self.one_hot)
-            units = self.model.unit_kernels(self.probe_x, u, pruned, mask)
-            rest = self.model.kernel_rest(self.probe_x, u, pruned, mask)
-            served = self.model.served(self.probe_x, pruned, mask)
+            # (contract 7: the regularizer's gradient follows u's dependence on the weights). One batched
+            # pass of the probe gives the logits and everything the kernels read.
+            # Monitoring alone (no create_graph) records no autograd graph.
+            with torch.set_grad_enabled(create_graph):
+                logits, parts = self.model.probe_pass(self.probe_x, pruned, mask)
+                u = estimators.output_directions_torch(logits, self.one_hot)
+                units = self.model.unit_kernels(self.probe_x, u, pruned, mask, parts)
+                rest = self.model.kernel_rest(self.probe_x, u, pruned, mask, parts)
+            served = self.model.served(self.probe_x, pruned, mask, parts)
         else:
+            logits = self.model(self.probe_x, pruned, mask)
             # Per-sample gradients of the model's output, every live unit in one batched backward. The
             # kernel holds u fixed inside the Jacobian (contract 2): `held` is a leaf standing for u there,
             # and `regularizer` pulls ∂κ̃/∂held back through u(θ) (contract 7). The output bias's kernel
@@ -117,30 +129,33 @@ class Measurer:
     def condition(self, units, rest, served, frozen, pruned, trainable):
         """The units' stats and the model's kernel (differentiable when `units` is) with its extreme
         eigenvectors, from one float64 read-back."""
-        k64 = units.detach().double().cpu().numpy()
-        self.traces = [0.0 if e in pruned else float(np.trace(k)) for e, k in enumerate(k64)]
-        stats = []
+        model_kernel = rest + (units[trainable].sum(dim=0) if trainable else torch.zeros_like(rest))
+        # One device → host read of every kernel (the units' and the model's), one batched eigh per size.
+        k64 = torch.cat([units.detach(), model_kernel.detach().unsqueeze(0)]).double().cpu().numpy()
+        k, k64 = k64[-1], k64[:-1]
+        self.traces = [0.0 if e in pruned else float(t) for e, t in enumerate(np.trace(k64, axis1=1, axis2=2))]
+        stats, solve = [], []
         for e in range(k64.shape[0]):
             rows = served[e]
             base = {"id": e, "served": len(rows), "frozen": e in frozen, "pruned": e in pruned}
             if e in pruned or len(rows) < estimators.MIN_SERVED:
                 stats.append(dict(base, mu=None, lf=None, kappa=None))
                 continue
-            c = estimators.conditioning(k64[e][np.ix_(rows, rows)], self.damping)
-            stats.append(dict(base, mu=c["mu"], lf=c["lf"], kappa=c["kappa"]))
-        model_kernel = rest + (units[trainable].sum(dim=0) if trainable else torch.zeros_like(rest))
-        k = model_kernel.detach().double().cpu().numpy()
+            stats.append(base)
+            solve.append((e, k64[e] if len(rows) == k64.shape[1] else k64[e][np.ix_(rows, rows)]))
         rows = self.model_rows(served, trainable, k.shape[0])
-        if rows is not None and 0 < len(rows) < k.shape[0]:
+        sub = rows is not None and 0 < len(rows) < k.shape[0]
+        solved = estimators.conditioning_many([m for _, m in solve] + [k[np.ix_(rows, rows)] if sub else k], self.damping)
+        for (e, _), c in zip(solve, solved):
+            stats[e].update(mu=c["mu"], lf=c["lf"], kappa=c["kappa"])
+        c = solved[-1]
+        if sub:
             # κ of the principal submatrix on `rows`, its eigenvectors embedded back (zeros elsewhere), so
             # the surrogate's vᵀKv on the full kernel is that submatrix's Rayleigh quotient.
-            c = estimators.conditioning(k[np.ix_(rows, rows)], self.damping)
             for key in ("vMin", "vMax"):
                 full = np.zeros(k.shape[0])
                 full[rows] = c[key]
                 c[key] = full
-        else:
-            c = estimators.conditioning(k, self.damping)
         self.last, self.model_kappa = stats, c["kappa"]
         return stats, model_kernel, c["vMin"], c["vMax"]
 
@@ -562,6 +577,8 @@ class Trainer:
                     soft = pruner.sample_mask(step, steering.frozen, steering.pruned) if pruner else None
                     mask_t = torch.tensor(soft, dtype=torch.float32, device=device, requires_grad=True) if soft is not None else None
                     logits = model(x, pruned, mask_t)
+                    # The step's routing (before the pruning mask) for the shares, read before the probe's pass replaces it.
+                    routing = model.unmasked_routing if hasattr(model, "gate") else None
                     task_loss = F.cross_entropy(logits, y.reshape(-1))  # a language model's logits are token-major
                     # Switch: the load-balancing loss is optimized, not reported in the task loss; the
                     # step's routing shares are read before the probe's forward pass replaces them.
@@ -588,13 +605,13 @@ class Trainer:
                                 p.grad = None
                     with torch.no_grad():
                         grads = [p.grad for p in model.parameters() if p.grad is not None]
-                        grad_norm_sq = torch.stack([(g * g).sum() for g in grads]).sum()
+                        grad_norm_sq = grad_norm_squared(grads)
                         # The task metric: accuracy, or a language model's perplexity exp(mean CE).
                         accuracy = task_loss.detach().exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).float().mean()
                         # One device → host transfer per step for everything reported.
                         # share_e: the step's mean routing mass through unit e (docs/method.md, "Share");
                         # a family without a router takes it from the kernels on monitor steps (below).
-                        share = model.gate(x, pruned).mean(dim=0) if hasattr(model, "gate") else total.new_zeros(0)
+                        share = routing.detach().mean(dim=0) if routing is not None else total.new_zeros(0)
                         reported = torch.cat([torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else total.new_zeros(()), accuracy, grad_norm_sq]), share]).tolist()
                     optimizer.step()
                     if mask_t is not None:
