@@ -523,6 +523,9 @@ class Trainer:
                 inject_nan_at = int(os.environ.get("PLTRAIN_TEST_NAN_AT_STEP") or -1)
                 inject_fds_at = int(os.environ.get("PLTRAIN_TEST_EXHAUST_FDS_AT_STEP") or -1)
                 damping = config["monitor"]["damping"]
+                # Read once: the parameters (the same tensors all run long) and a zero for "no regularizer".
+                parameters = list(model.parameters())
+                no_regularizer = torch.zeros((), device=device)
 
                 def report_floor(entered, left):
                     floor = 1 / damping
@@ -599,12 +602,13 @@ class Trainer:
                         reg = None
                         total = objective
                     total.backward()
-                    for e in range(model.units):
-                        if e not in trainable:
-                            for p in model.unit_params(e):
-                                p.grad = None
+                    if len(trainable) < model.units:
+                        for e in range(model.units):
+                            if e not in trainable:
+                                for p in model.unit_params(e):
+                                    p.grad = None
                     with torch.no_grad():
-                        grads = [p.grad for p in model.parameters() if p.grad is not None]
+                        grads = [p.grad for p in parameters if p.grad is not None]
                         grad_norm_sq = grad_norm_squared(grads)
                         # The task metric: accuracy, or a language model's perplexity exp(mean CE).
                         accuracy = task_loss.detach().exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).float().mean()
@@ -612,7 +616,7 @@ class Trainer:
                         # share_e: the step's mean routing mass through unit e (docs/method.md, "Share");
                         # a family without a router takes it from the kernels on monitor steps (below).
                         share = routing.detach().mean(dim=0) if routing is not None else total.new_zeros(0)
-                        reported = torch.cat([torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else total.new_zeros(()), accuracy, grad_norm_sq]), share]).tolist()
+                        reported = torch.cat([torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else no_regularizer, accuracy, grad_norm_sq]), share]).tolist()
                     optimizer.step()
                     if mask_t is not None:
                         pruner.update(mask_t.grad.tolist() if mask_t.grad is not None else [0.0] * units, steering.frozen, steering.pruned)
@@ -676,7 +680,8 @@ class Trainer:
                             if pruner:
                                 m["gate"] = pruner.keep_probabilities(steering.frozen, steering.pruned)
                         events.emit(m)
-                    progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, ("perplexity" if model.task_metric == "perplexity" else "accuracy"): accuracy})
+                    if progress.due(step, config["steps"]):
+                        progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, ("perplexity" if model.task_metric == "perplexity" else "accuracy"): accuracy})
                     if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):
                         save()
                     if time.monotonic() - last_announce > 2:

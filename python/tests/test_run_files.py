@@ -144,3 +144,25 @@ def test_share_watch_normalizes_flags_an_inactive_unit_once_and_its_recovery():
         w.observe([0.25] * 4)
         flips += w.changes(w.annotate(units, set()))
     assert len(flips) == 1 and flips[0][:2] == (0, True)
+
+
+def test_progress_due_says_exactly_when_update_prints():
+    """The step loop builds the progress figures only when Progress.due says update() would print: the
+    same decision, for a log (a line every 5 % and at the end) and a live terminal line."""
+    import io
+
+    from pltrain.progress import Progress
+
+    for live in (False, True):
+        out = io.StringIO()
+        progress = Progress(out, live=live)
+        lines = 0
+        for step in range(1, 301):
+            due = progress.due(step, 300)
+            before = out.getvalue()
+            progress.update({"step": step, "totalSteps": 300, "loss": 0.5, "meanKappa": 3.0, "stepsPerSec": 100.0, "accuracy": 0.5})
+            printed = out.getvalue() != before
+            assert due == printed, (live, step)
+            lines += printed
+        # A log: the first line, one per 5 %, the last; live: at least the first and the last.
+        assert lines == 21 if not live else lines >= 2
