@@ -50,19 +50,25 @@ def _exhaust_file_descriptors():
 DOT_MIN_ELEMENTS = 1 << 14
 
 
-def grad_norm_squared(grads):
-    """Σ‖g‖² over the gradients, float rounding apart the same as Σ (g·g).sum(), in as few tensor calls
-    as the device allows: on CUDA one multi-tensor norm (one fused kernel); on the CPU a dot per large
-    gradient and one multi-tensor norm for the rest."""
+def grad_norm_squared_terms(grads):
+    """(squares, norms): 0-d tensors with ‖g‖² = Σ squares + Σ norms², in as few tensor calls as the
+    device allows: on CUDA one multi-tensor norm (one fused kernel); on the CPU a dot per large gradient
+    and one multi-tensor norm for the rest. The caller reads them with the step's other figures in one
+    transfer and sums on the host (float64)."""
     if not hasattr(torch, "_foreach_norm"):
-        return torch.stack([(g * g).sum() for g in grads]).sum()
+        return [(g * g).sum() for g in grads], []
     if grads[0].device.type != "cpu":
-        return torch.stack(torch._foreach_norm(grads)).square().sum()
-    parts = [torch.dot(g.reshape(-1), g.reshape(-1)) for g in grads if g.numel() >= DOT_MIN_ELEMENTS]
+        return [], list(torch._foreach_norm(grads))
+    squares = [torch.dot(g.reshape(-1), g.reshape(-1)) for g in grads if g.numel() >= DOT_MIN_ELEMENTS]
     small = [g for g in grads if g.numel() < DOT_MIN_ELEMENTS]
-    if small:
-        parts.append(torch.stack(torch._foreach_norm(small)).square().sum())
-    return torch.stack(parts).sum()
+    return squares, list(torch._foreach_norm(small)) if small else []
+
+
+def grad_norm_squared(grads):
+    """Σ‖g‖² over the gradients as a float (float rounding apart, Σ (g·g).sum())."""
+    squares, norms = grad_norm_squared_terms(grads)
+    values = torch.stack(squares + norms).tolist()
+    return sum(values[:len(squares)]) + sum(x * x for x in values[len(squares):])
 
 
 class NonFiniteLoss(Exception):
@@ -622,22 +628,24 @@ class Trainer:
                                     p.grad = None
                     with torch.no_grad():
                         grads = [p.grad for p in parameters if p.grad is not None]
-                        grad_norm_sq = grad_norm_squared(grads)
+                        squares, norms = grad_norm_squared_terms(grads)
                         # The task metric: accuracy, or a language model's perplexity exp(mean CE).
                         # (Accuracy as the count of correct predictions, divided on the host: one tensor op fewer.)
-                        accuracy = task_loss.detach().exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).sum(dtype=logits.dtype)
-                        # One device → host transfer per step for everything reported.
+                        accuracy = task_loss.exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).sum(dtype=logits.dtype)
+                        # One device → host transfer per step for everything reported (no_grad: nothing detached).
                         # share_e: the step's mean routing mass through unit e (docs/method.md, "Share");
                         # a family without a router takes it from the kernels on monitor steps (below).
-                        share = routing.detach().mean(dim=0) if routing is not None else total.new_zeros(0)
-                        reported = torch.cat([torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else no_regularizer, accuracy, grad_norm_sq]), share]).tolist()
+                        share = routing.mean(dim=0) if routing is not None else total.new_zeros(0)
+                        reported = torch.cat([torch.stack([total, task_loss, reg if reg is not None else no_regularizer, accuracy] + squares + norms), share]).tolist()
+                        n_sq, n_terms = len(squares), len(squares) + len(norms)
+                        grad_norm_sq = sum(reported[4:4 + n_sq]) + sum(x * x for x in reported[4 + n_sq:4 + n_terms])
+                        shares = reported[4 + n_terms:]
                     optimizer.step()
                     if mask_t is not None:
                         pruner.update(mask_t.grad.tolist() if mask_t.grad is not None else [0.0] * units, steering.frozen, steering.pruned)
-                    loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported[:5]
+                    loss_value, task_value, reg_value, accuracy = reported[:4]
                     if model.task_metric != "perplexity":
                         accuracy /= y.shape[0]
-                    shares = reported[5:]
                     # Routing shares of this step's batch (families with a router); the others report them on measurement.
                     if routed_shares is not None:
                         shares = routed_shares  # the fraction of the step's tokens dispatched to each expert

@@ -170,7 +170,7 @@ def test_progress_due_says_exactly_when_update_prints():
 
 def test_grad_norm_squared_is_the_float64_sum_of_squares():
     """The step's ‖g‖² (plRatio) from dots of the large gradients and one multi-tensor norm of the small
-    ones, against Σ g² in float64: mixed sizes, only large, only small, and zeros."""
+    ones, summed on the host, against Σ g² in float64: mixed sizes, only large, only small, and zeros."""
     import torch
 
     from pltrain.train import DOT_MIN_ELEMENTS, grad_norm_squared
@@ -180,5 +180,5 @@ def test_grad_norm_squared_is_the_float64_sum_of_squares():
     small = [torch.randn(10, generator=gen) * 50, torch.randn(3, 4, generator=gen), torch.zeros(7)]
     for grads in (big + small, big, small, [torch.zeros(5), torch.zeros(DOT_MIN_ELEMENTS)]):
         expected = sum(float((g.double() ** 2).sum()) for g in grads)
-        got = float(grad_norm_squared(grads))
+        got = grad_norm_squared(grads)
         assert got == pytest.approx(expected, rel=1e-6, abs=1e-30)
