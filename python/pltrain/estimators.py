@@ -74,10 +74,12 @@ def _conditioned(values, vectors, damping):
     return {"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping), "vMin": vectors[:, 0].copy(), "vMax": vectors[:, -1].copy()}
 
 
-def conditioning_many(kernels, damping):
+def conditioning_many(kernels, damping, vectors=True):
     """conditioning() of each kernel in `kernels` (a list; sizes may differ), with one batched eigh per
     size: numpy runs the same LAPACK solve on each matrix of a stack, so the figures are conditioning()'s,
-    at one call's overhead instead of one per kernel (a measurement solves E + 1 of them)."""
+    at one call's overhead instead of one per kernel (a measurement solves E + 1 of them). Without
+    `vectors`, eigenvalues only (eigvalsh: the units' μ, L_f and κ need no eigenvectors, and LAPACK
+    skips computing them), and no vMin/vMax."""
     if not (0 < damping <= 1):
         raise ValueError(f"damping must be in (0, 1], got {damping}")
     out = [None] * len(kernels)
@@ -92,9 +94,15 @@ def conditioning_many(kernels, damping):
         stack = np.stack([k for _, k in group])
         if not np.isfinite(stack).all():
             raise ValueError("kernel has a non-finite entry")
-        values, vectors = np.linalg.eigh((stack + stack.transpose(0, 2, 1)) / 2)
-        for (i, _), v, w in zip(group, values, vectors):
-            out[i] = _conditioned(v, w, damping)
+        symmetric = (stack + stack.transpose(0, 2, 1)) / 2
+        if vectors:
+            values, vecs = np.linalg.eigh(symmetric)
+            for (i, _), v, w in zip(group, values, vecs):
+                out[i] = _conditioned(v, w, damping)
+        else:
+            for (i, _), v in zip(group, np.linalg.eigvalsh(symmetric)):
+                mu, lf = max(float(v[0]), 0.0), max(float(v[-1]), 0.0)
+                out[i] = {"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping)}
     return out
 
 

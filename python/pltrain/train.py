@@ -164,10 +164,10 @@ class Measurer:
             solve.append((e, k64[e] if len(rows) == k64.shape[1] else k64[e][np.ix_(rows, rows)]))
         rows = self.model_rows(served, trainable, k.shape[0])
         sub = rows is not None and 0 < len(rows) < k.shape[0]
-        solved = estimators.conditioning_many([m for _, m in solve] + [k[np.ix_(rows, rows)] if sub else k], self.damping)
-        for (e, _), c in zip(solve, solved):
+        # The units' κ needs eigenvalues only; the model's kernel also its extreme eigenvectors (regularizer).
+        for (e, _), c in zip(solve, estimators.conditioning_many([m for _, m in solve], self.damping, vectors=False)):
             stats[e].update(mu=c["mu"], lf=c["lf"], kappa=c["kappa"])
-        c = solved[-1]
+        c = estimators.conditioning(k[np.ix_(rows, rows)] if sub else k, self.damping)
         if sub:
             # κ of the principal submatrix on `rows`, its eigenvectors embedded back (zeros elsewhere), so
             # the surrogate's vᵀKv on the full kernel is that submatrix's Rayleigh quotient.

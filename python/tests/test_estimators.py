@@ -192,6 +192,11 @@ def test_conditioning_many_is_conditioning_of_each_kernel_whatever_the_sizes():
         for key in ("vMin", "vMax"):
             assert abs(abs(got[key] @ one[key]) - 1) < 1e-9 or key == "vMin" and got["mu"] < 1e-12  # a repeated 0 eigenvalue: any basis vector
     assert many[1]["kappa"] == 1e6 and (many[2]["mu"], many[2]["lf"], many[2]["kappa"]) == (0.0, 0.0, 1e6)
+    # Eigenvalues only (the units' figures): the same μ, L_f, κ, no vectors.
+    for got, one in zip(estimators.conditioning_many(kernels, 1e-6, vectors=False), many):
+        assert set(got) == {"mu", "lf", "kappa"}
+        for key in ("mu", "lf", "kappa"):
+            assert got[key] == pytest.approx(one[key], rel=1e-12, abs=1e-12)
     with pytest.raises(ValueError):
         estimators.conditioning_many([np.eye(2), np.array([[1.0, math.nan], [math.nan, 1.0]])], 1e-6)
     with pytest.raises(ValueError):
