@@ -59,8 +59,13 @@ def grad_norm_squared_terms(grads):
         return [(g * g).sum() for g in grads], []
     if grads[0].device.type != "cpu":
         return [], list(torch._foreach_norm(grads))
-    squares = [torch.dot(g.reshape(-1), g.reshape(-1)) for g in grads if g.numel() >= DOT_MIN_ELEMENTS]
-    small = [g for g in grads if g.numel() < DOT_MIN_ELEMENTS]
+    squares, small = [], []
+    for g in grads:
+        if g.numel() >= DOT_MIN_ELEMENTS:
+            flat = g.reshape(-1)
+            squares.append(torch.dot(flat, flat))
+        else:
+            small.append(g)
     return squares, list(torch._foreach_norm(small)) if small else []
 
 
