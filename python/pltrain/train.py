@@ -44,29 +44,14 @@ def _exhaust_file_descriptors():
     return held
 
 
-# A gradient this large is squared and summed by one BLAS dot on the CPU (memory-bound: it streams the
-# gradient once, about 4× faster than torch's norm kernel, which accumulates in double); smaller ones
-# together by one multi-tensor norm (their cost is the calls, not the arithmetic).
-DOT_MIN_ELEMENTS = 1 << 14
-
-
 def grad_norm_squared_terms(grads):
-    """(squares, norms): 0-d tensors with ‖g‖² = Σ squares + Σ norms², in as few tensor calls as the
-    device allows: on CUDA one multi-tensor norm (one fused kernel); on the CPU a dot per large gradient
-    and one multi-tensor norm for the rest. The caller reads them with the step's other figures in one
-    transfer and sums on the host (float64)."""
+    """(squares, norms): 0-d tensors with ‖g‖² = Σ squares + Σ norms², in one multi-tensor norm call
+    (on CUDA one fused kernel) where torch has it. The caller reads them with the step's other figures in
+    one transfer and sums on the host (float64). (On the CPU a BLAS dot per large gradient was faster on
+    gradients already in cache, but not right after the backward: docs/performance.md.)"""
     if not hasattr(torch, "_foreach_norm"):
         return [(g * g).sum() for g in grads], []
-    if grads[0].device.type != "cpu":
-        return [], list(torch._foreach_norm(grads))
-    squares, small = [], []
-    for g in grads:
-        if g.numel() >= DOT_MIN_ELEMENTS:
-            flat = g.reshape(-1)
-            squares.append(torch.dot(flat, flat))
-        else:
-            small.append(g)
-    return squares, list(torch._foreach_norm(small)) if small else []
+    return [], list(torch._foreach_norm(grads))
 
 
 def grad_norm_squared(grads):
