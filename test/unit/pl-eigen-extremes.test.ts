@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { kappaAtDampingFloor, parseTrainingConfig, type TrainingConfig } from '../../src/protocol';
 import { MoeMlp, servedExamples } from '../../src/trainer/models/moeMlp';
 import { principalSubmatrix } from '../../src/trainer/models/shared';
+import { loadNativeBlas } from '../../src/trainer/engine/native';
 import { conditioning, conditioningValues, extremeEigen, symmetricEigen } from '../../src/trainer/pl';
 import { gaussian, matmul, randomArray, randomOrthogonal, transpose } from '../support/linalg';
 import { mulberry32 } from '../support/prng';
@@ -218,6 +219,35 @@ test('extremes: rejects a wrong length, n < 1 and non-finite entries with a mess
   assert.throws(() => extremeEigen([1, NaN, NaN, 1], 2), /entry \(0, 1\) is NaN/);
   assert.throws(() => extremeEigen([1, 0, 0, -Infinity], 2), /entry \(1, 1\) is -Infinity/);
   assert.throws(() => conditioningValues([1], 1, 0), /damping must be in \(0, 1\]/);
+});
+
+test('extremes: the native addon\'s eigenvalues (a C port of the same steps) equal the JavaScript solver\'s bit for bit; without the addon the JavaScript runs', (t) => {
+  const { blas, note } = loadNativeBlas();
+  t.diagnostic(`native addon: ${note}; extremeEigenvalues ${blas?.extremeEigenvalues ? 'present' : 'absent'}`);
+  const rnd = mulberry32(110);
+  let compared = 0;
+  for (const n of [1, 2, 3, 9, 16, 32, 64]) {
+    for (const [p, scale] of [[n + 5, 1], [Math.max(1, n >> 2), 1], [n + 5, 1e-200], [n, 1e200]] as const) {
+      const a = psdKernel(rnd, n, p).map((v) => v * scale);
+      const js = extremeEigen(a, n, { native: false });
+      const dispatched = extremeEigen(a, n);
+      assert.deepEqual([dispatched.min, dispatched.max], [js.min, js.max], `n = ${n}, rank ${p}, scale ${scale}`);
+      if (blas?.extremeEigenvalues) {
+        const out = new Float64Array(2);
+        blas.extremeEigenvalues(a, n, out);
+        assert.deepEqual(Array.from(out), [js.min, js.max], `native, n = ${n}`);
+        compared++;
+      }
+    }
+  }
+  assert.deepEqual(extremeEigen(new Float64Array(9), 3), { min: 0, max: 0 });
+  if (blas?.extremeEigenvalues) {
+    assert.equal(compared, 28);
+    const out = new Float64Array(2);
+    assert.throws(() => blas.extremeEigenvalues!(new Float64Array(5), 2, out), /n² entries/);
+    assert.throws(() => blas.extremeEigenvalues!(Float64Array.from([1, NaN, NaN, 1]), 2, out), /non-finite/);
+    assert.throws(() => blas.extremeEigenvalues!(new Float32Array(4) as unknown as Float64Array, 2, out), /must be a Float64Array/);
+  }
 });
 
 function moeConfig(experts: number, probe: number): TrainingConfig {

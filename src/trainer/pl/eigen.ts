@@ -1,3 +1,5 @@
+import { loadNativeBlas } from '../engine/native';
+
 // Symmetric eigen-decomposition in float64 by the cyclic Jacobi method. The matrices are probe-batch
 // tangent kernels (n = 16–64 typical, 256 at most), so robustness and accuracy matter more than
 // asymptotic speed: Jacobi is backward stable, always converges, and with the stopping rule below it
@@ -144,6 +146,9 @@ const INVERSE_ITERATIONS = 3;
  * on T for their vectors and Q applied to them (O(n²)). Deterministic: the same input gives the same
  * bits (fixed start vector, no warm start).
  *
+ * Without `vectors`, the native addon's C port of the same steps computes the eigenvalues where it is
+ * loaded and `native` is not false (the same operations in the same order: the same bits, tested).
+ *
  * Accuracy is absolute: both eigenvalues to a few ε·‖A‖ (ε·λ_max for a PSD kernel), the vectors'
  * residuals ‖Av − λv‖ to a few n·ε·‖A‖. symmetricEigen keeps small eigenvalues relatively accurate
  * where the entries determine them; this does not (a λ_min below ε·λ_max reads as noise of that
@@ -151,7 +156,7 @@ const INVERSE_ITERATIONS = 3;
  * The matrix is scaled by a power of two first, so entries near 1e±200 neither overflow nor
  * underflow; a diagonal or tridiagonal input is not rotated at all.
  */
-export function extremeEigen(a: ArrayLike<number>, n: number, options: { vectors?: boolean } = {}): ExtremeEigen {
+export function extremeEigen(a: ArrayLike<number>, n: number, options: { vectors?: boolean; native?: boolean } = {}): ExtremeEigen {
   const wantVectors = options.vectors ?? false;
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`matrix size must be a positive integer, got ${n}`);
   if (a.length !== n * n) throw new RangeError(`expected ${n}×${n} = ${n * n} entries, got ${a.length}`);
@@ -165,6 +170,14 @@ export function extremeEigen(a: ArrayLike<number>, n: number, options: { vectors
     // The zero matrix: every vector is an eigenvector; give the first and last coordinate vectors, as symmetricEigen does.
     const unit = (k: number) => Float64Array.from({ length: n }, (_, i) => (i === k ? 1 : 0));
     return wantVectors ? { min: 0, max: 0, vMin: unit(0), vMax: unit(n - 1) } : { min: 0, max: 0 };
+  }
+  // Eigenvalues only: the native addon's port of the steps below where it is loaded (compiled, the same
+  // operations in the same order), unless `native: false`.
+  const lapack = !wantVectors && options.native !== false ? loadNativeBlas().blas?.extremeEigenvalues : undefined;
+  if (lapack) {
+    const out = new Float64Array(2);
+    lapack(a instanceof Float64Array ? a : Float64Array.from(a), n, out);
+    return { min: out[0], max: out[1] };
   }
   // Scale by a power of two (exact) so the largest entry is in [1/2, 1).
   const scale = 2 ** -(Math.floor(Math.log2(largestEntry)) + 1);
@@ -271,8 +284,8 @@ function tridiagonalize(m: Float64Array, n: number): { diagonal: Float64Array; o
   return { diagonal, offDiagonal, tau };
 }
 
-/** Gershgorin's interval [lower, upper] holding T's spectrum, and norm = max(|lower|, |upper|). */
-function gershgorinBound(d: Float64Array, e: Float64Array): { lower: number; upper: number; norm: number } {
+/** Gershgorin's interval [lower, upper] holding T's spectrum (widened by `margin`), and norm = max(|lower|, |upper|). */
+function gershgorinBound(d: Float64Array, e: Float64Array): { lower: number; upper: number; norm: number; margin: number } {
   const n = d.length;
   let lower = Infinity;
   let upper = -Infinity;
@@ -284,36 +297,76 @@ function gershgorinBound(d: Float64Array, e: Float64Array): { lower: number; upp
   const norm = Math.max(Math.abs(lower), Math.abs(upper));
   // Widened a little so that round-off in the Sturm counts cannot put an eigenvalue outside.
   const margin = 2 * Number.EPSILON * norm * n + 2 * SAFE_MINIMUM;
-  return { lower: lower - margin, upper: upper + margin, norm };
+  return { lower: lower - margin, upper: upper + margin, norm, margin };
 }
 
-/** How many eigenvalues of T lie below x (Sturm count of the LDLᵀ pivots of T − xI; LAPACK's dlaneg rule). */
-function countBelow(d: Float64Array, e: Float64Array, pivotMin: number, x: number): number {
-  let count = 0;
-  let q = d[0] - x;
-  if (Math.abs(q) < pivotMin) q = -pivotMin;
-  if (q < 0) count++;
+/**
+ * How many eigenvalues of T lie below each of x1 < x2 < x3 (Sturm counts of the LDLᵀ pivots of T − xI,
+ * LAPACK's dlaneg rule for tiny pivots), written to counts[0..2]. Three independent recurrences in one
+ * loop: each step divides by the previous pivot, so one chain waits on the divider's latency and three
+ * cost about as much as one.
+ */
+function countBelow3(d: Float64Array, e: Float64Array, pivotMin: number, x1: number, x2: number, x3: number, counts: Int32Array): void {
+  let q1 = d[0] - x1;
+  let q2 = d[0] - x2;
+  let q3 = d[0] - x3;
+  if (Math.abs(q1) < pivotMin) q1 = -pivotMin;
+  if (Math.abs(q2) < pivotMin) q2 = -pivotMin;
+  if (Math.abs(q3) < pivotMin) q3 = -pivotMin;
+  let c1 = q1 < 0 ? 1 : 0;
+  let c2 = q2 < 0 ? 1 : 0;
+  let c3 = q3 < 0 ? 1 : 0;
   for (let i = 1; i < d.length; i++) {
-    q = d[i] - x - (e[i - 1] * e[i - 1]) / q;
-    if (Math.abs(q) < pivotMin) q = -pivotMin;
-    if (q < 0) count++;
+    const e2 = e[i - 1] * e[i - 1];
+    q1 = d[i] - x1 - e2 / q1;
+    q2 = d[i] - x2 - e2 / q2;
+    q3 = d[i] - x3 - e2 / q3;
+    if (Math.abs(q1) < pivotMin) q1 = -pivotMin;
+    if (Math.abs(q2) < pivotMin) q2 = -pivotMin;
+    if (Math.abs(q3) < pivotMin) q3 = -pivotMin;
+    if (q1 < 0) c1++;
+    if (q2 < 0) c2++;
+    if (q3 < 0) c3++;
   }
-  return count;
+  counts[0] = c1;
+  counts[1] = c2;
+  counts[2] = c3;
 }
 
-/** The smallest or largest eigenvalue of T by bisection on Sturm counts. */
-function bisectExtreme(d: Float64Array, e: Float64Array, pivotMin: number, bound: { lower: number; upper: number }, width: number, which: 'min' | 'max'): number {
+/**
+ * The smallest or largest eigenvalue of T by quadrisection on Sturm counts: each pass counts at the
+ * interval's three quartiles and keeps the quarter where the count crosses (1 for λ_min, n for λ_max),
+ * two bits per pass. Starts from Gershgorin's interval cut at the extreme diagonal entry (λ_min ≤ min d_i
+ * and λ_max ≥ max d_i: Rayleigh quotients), stops at the width `width`, at 2ε relative, or when the
+ * quartiles cannot move; returns the midpoint.
+ */
+function bisectExtreme(d: Float64Array, e: Float64Array, pivotMin: number, bound: { lower: number; upper: number; margin: number }, width: number, which: 'min' | 'max'): number {
   const n = d.length;
   if (n === 1) return d[0];
   let lo = bound.lower;
   let hi = bound.upper;
   // Invariant: for 'min', count(lo) = 0 and count(hi) ≥ 1; for 'max', count(lo) ≤ n − 1 and count(hi) = n.
+  let extreme = d[0];
+  for (let i = 1; i < n; i++) extreme = which === 'min' ? Math.min(extreme, d[i]) : Math.max(extreme, d[i]);
+  if (which === 'min') hi = Math.min(hi, extreme + bound.margin);
+  else lo = Math.max(lo, extreme - bound.margin);
+  const target = which === 'min' ? 1 : n;
+  const counts = new Int32Array(3);
   for (;;) {
-    const mid = lo + (hi - lo) / 2;
-    if (hi - lo <= Math.max(width, 2 * Number.EPSILON * Math.max(Math.abs(lo), Math.abs(hi))) || mid <= lo || mid >= hi) return mid;
-    const below = countBelow(d, e, pivotMin, mid);
-    if (which === 'min' ? below >= 1 : below >= n) hi = mid;
-    else lo = mid;
+    const step = (hi - lo) / 4;
+    const x1 = lo + step;
+    const x2 = lo + 2 * step;
+    const x3 = lo + 3 * step;
+    if (hi - lo <= Math.max(width, 2 * Number.EPSILON * Math.max(Math.abs(lo), Math.abs(hi))) || !(lo < x1 && x1 < x2 && x2 < x3 && x3 < hi)) return lo + (hi - lo) / 2;
+    countBelow3(d, e, pivotMin, x1, x2, x3, counts);
+    if (counts[0] >= target) hi = x1;
+    else if (counts[1] >= target) {
+      lo = x1;
+      hi = x2;
+    } else if (counts[2] >= target) {
+      lo = x2;
+      hi = x3;
+    } else lo = x3;
   }
 }
 
