@@ -297,16 +297,18 @@ static void tridiagonalize(double *restrict m, int n, double *restrict d, double
   for (int i = 0; i < n; i++) d[i] = m[(size_t)i * n + i];
 }
 
-static void count_below3(const double *d, const double *e, int n, double pivot_min, const double x[3], int counts[3]) {
-  double q[3];
-  for (int c = 0; c < 3; c++) {
+// Sturm counts below `points` values x[0..points−1] (each chain as countBelow3 in eigen.ts computes it):
+// the chains are independent, so the divider works on several at once.
+static void count_below(const double *d, const double *e, int n, double pivot_min, const double *x, int points, int *counts) {
+  double q[6];
+  for (int c = 0; c < points; c++) {
     q[c] = d[0] - x[c];
     if (fabs(q[c]) < pivot_min) q[c] = -pivot_min;
     counts[c] = q[c] < 0;
   }
   for (int i = 1; i < n; i++) {
     const double e2 = e[i - 1] * e[i - 1];
-    for (int c = 0; c < 3; c++) {
+    for (int c = 0; c < points; c++) {
       double r = d[i] - x[c] - e2 / q[c];
       if (fabs(r) < pivot_min) r = -pivot_min;
       q[c] = r;
@@ -315,24 +317,54 @@ static void count_below3(const double *d, const double *e, int n, double pivot_m
   }
 }
 
-static double bisect_extreme(const double *d, const double *e, int n, double pivot_min, double lower, double upper, double margin, double width, int want_min) {
-  if (n == 1) return d[0];
-  double lo = lower, hi = upper, extreme = d[0];
-  for (int i = 1; i < n; i++) extreme = want_min ? fmin(extreme, d[i]) : fmax(extreme, d[i]);
-  if (want_min) hi = fmin(hi, extreme + margin);
-  else lo = fmax(lo, extreme - margin);
-  const int target = want_min ? 1 : n;
-  for (;;) {
-    const double step = (hi - lo) / 4;
-    const double x[3] = {lo + step, lo + 2 * step, lo + 3 * step};
-    if (hi - lo <= fmax(width, 2 * DBL_EPSILON * fmax(fabs(lo), fabs(hi))) || !(lo < x[0] && x[0] < x[1] && x[1] < x[2] && x[2] < hi)) return lo + (hi - lo) / 2;
-    int counts[3];
-    count_below3(d, e, n, pivot_min, x, counts);
-    if (counts[0] >= target) hi = x[0];
-    else if (counts[1] >= target) lo = x[0], hi = x[1];
-    else if (counts[2] >= target) lo = x[1], hi = x[2];
-    else lo = x[2];
+// One eigenvalue's quadrisection interval (bisectExtreme in eigen.ts).
+typedef struct {
+  double lo, hi;
+  int target;
+} Bracket;
+
+static int bracket_done(const Bracket *b, double width, double x[3]) {
+  const double step = (b->hi - b->lo) / 4;
+  x[0] = b->lo + step;
+  x[1] = b->lo + 2 * step;
+  x[2] = b->lo + 3 * step;
+  return b->hi - b->lo <= fmax(width, 2 * DBL_EPSILON * fmax(fabs(b->lo), fabs(b->hi))) || !(b->lo < x[0] && x[0] < x[1] && x[1] < x[2] && x[2] < b->hi);
+}
+
+static void bracket_update(Bracket *b, const double x[3], const int counts[3]) {
+  if (counts[0] >= b->target) b->hi = x[0];
+  else if (counts[1] >= b->target) b->lo = x[0], b->hi = x[1];
+  else if (counts[2] >= b->target) b->lo = x[1], b->hi = x[2];
+  else b->lo = x[2];
+}
+
+// λ_min and λ_max of T: the two quadrisections of bisectExtreme, run side by side (six Sturm chains per
+// pass while both are open); each interval moves exactly as in the JavaScript.
+static void bisect_extremes(const double *d, const double *e, int n, double pivot_min, double lower, double upper, double margin, double width, double *lmin, double *lmax) {
+  if (n == 1) {
+    *lmin = *lmax = d[0];
+    return;
   }
+  double dmin = d[0], dmax = d[0];
+  for (int i = 1; i < n; i++) dmin = fmin(dmin, d[i]), dmax = fmax(dmax, d[i]);
+  Bracket b[2] = {{lower, fmin(upper, dmin + margin), 1}, {fmax(lower, dmax - margin), upper, n}};
+  for (;;) {
+    double x[6];
+    int counts[6];
+    const int done0 = bracket_done(&b[0], width, x), done1 = bracket_done(&b[1], width, x + 3);
+    if (done0 && done1) break;
+    if (!done0 && !done1) {
+      count_below(d, e, n, pivot_min, x, 6, counts);
+      bracket_update(&b[0], x, counts);
+      bracket_update(&b[1], x + 3, counts + 3);
+    } else {
+      const int k = done0 ? 1 : 0;
+      count_below(d, e, n, pivot_min, x + 3 * k, 3, counts);
+      bracket_update(&b[k], x + 3 * k, counts);
+    }
+  }
+  *lmin = b[0].lo + (b[0].hi - b[0].lo) / 2;
+  *lmax = b[1].lo + (b[1].hi - b[1].lo) / 2;
 }
 
 // extremeEigenvalues(a: Float64Array (n×n, finite), n, out: Float64Array(2)): out = [λ_min, λ_max] of
@@ -385,8 +417,8 @@ static napi_value ExtremeEigenvalues(napi_env env, napi_callback_info info) {
   const double margin = 2 * DBL_EPSILON * norm * n + 2 * DBL_MIN;
   const double pivot_min = DBL_MIN * fmax(1, max_off_sq);
   const double width = DBL_EPSILON * norm;
-  const double lo = bisect_extreme(d, e, n, pivot_min, lower - margin, upper + margin, margin, width, 1);
-  const double hi = bisect_extreme(d, e, n, pivot_min, lower - margin, upper + margin, margin, width, 0);
+  double lo, hi;
+  bisect_extremes(d, e, n, pivot_min, lower - margin, upper + margin, margin, width, &lo, &hi);
   free(buf);
   out[0] = lo / scale;
   out[1] = hi / scale;

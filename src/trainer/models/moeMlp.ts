@@ -258,7 +258,8 @@ export class MoeMlp extends FamilyBase implements PlModel {
     this.modelConditioning = { mu, lf, kappa, vMin, vMax };
     this.unitStats = units.map((K, id) => {
       const served = servedExamples(gateProbs, n, experts, id);
-      const measured = served.length >= MIN_SERVED ? conditioningValues(principalSubmatrix(K, n, served), served.length, damping) : undefined;
+      const kernel = served.length === n ? K : principalSubmatrix(K, n, served); // serving every example: the whole kernel
+      const measured = served.length >= MIN_SERVED ? conditioningValues(kernel, served.length, damping) : undefined;
       return { id, mu: measured?.mu ?? null, lf: measured?.lf ?? null, kappa: measured?.kappa ?? null, served: served.length, frozen: isFrozen(id), pruned: pruned.has(id) };
     });
   }

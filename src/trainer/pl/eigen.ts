@@ -160,6 +160,19 @@ export function extremeEigen(a: ArrayLike<number>, n: number, options: { vectors
   const wantVectors = options.vectors ?? false;
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`matrix size must be a positive integer, got ${n}`);
   if (a.length !== n * n) throw new RangeError(`expected ${n}×${n} = ${n * n} entries, got ${a.length}`);
+  // Eigenvalues only: the native addon's port of the steps below where it is loaded (compiled, the same
+  // operations in the same order), unless `native: false`. It checks the entries itself; on a
+  // non-finite one the JavaScript below throws the error that names the entry.
+  const compiled = !wantVectors && options.native !== false ? loadNativeBlas().blas?.extremeEigenvalues : undefined;
+  if (compiled) {
+    const out = new Float64Array(2);
+    try {
+      compiled(a instanceof Float64Array ? a : new Float64Array(a), n, out);
+      return { min: out[0], max: out[1] };
+    } catch {
+      // fall through to the JavaScript, which names the bad entry
+    }
+  }
   let largestEntry = 0;
   for (let i = 0; i < n * n; i++) {
     const v = a[i];
@@ -170,14 +183,6 @@ export function extremeEigen(a: ArrayLike<number>, n: number, options: { vectors
     // The zero matrix: every vector is an eigenvector; give the first and last coordinate vectors, as symmetricEigen does.
     const unit = (k: number) => Float64Array.from({ length: n }, (_, i) => (i === k ? 1 : 0));
     return wantVectors ? { min: 0, max: 0, vMin: unit(0), vMax: unit(n - 1) } : { min: 0, max: 0 };
-  }
-  // Eigenvalues only: the native addon's port of the steps below where it is loaded (compiled, the same
-  // operations in the same order), unless `native: false`.
-  const lapack = !wantVectors && options.native !== false ? loadNativeBlas().blas?.extremeEigenvalues : undefined;
-  if (lapack) {
-    const out = new Float64Array(2);
-    lapack(a instanceof Float64Array ? a : Float64Array.from(a), n, out);
-    return { min: out[0], max: out[1] };
   }
   // Scale by a power of two (exact) so the largest entry is in [1/2, 1).
   const scale = 2 ** -(Math.floor(Math.log2(largestEntry)) + 1);
