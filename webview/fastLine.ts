@@ -1,0 +1,203 @@
+// A chart.js line controller that draws each line straight from its (decimated) points, with one path
+// and one stroke, instead of positioning a PointElement per point on every update and stroking the
+// line through them. chart.js keeps the axes, scales, legend, tooltips, hover and zoom: the point
+// elements it needs for those (interaction lookups, the hovered point's dot, the tooltip's caret) still
+// exist, one per drawn point, but are positioned only when a pointer event or a hover needs them, not on
+// every frame of a live run.
+import { LineController, type Chart, type ChartArea, type Scale } from 'chart.js';
+import { _steppedLineTo } from 'chart.js/helpers';
+
+/** Where a line's path goes: a canvas context, or a recorder in tests. */
+export interface PathSink {
+  moveTo(x: number, y: number): void;
+  lineTo(x: number, y: number): void;
+}
+
+/** The fields of a point this controller reads (chart.js's internal format: `parsing: false`). */
+interface XY {
+  x: number;
+  y: number;
+}
+
+/** chart.js internals this controller uses: not in its public typings. */
+interface Meta {
+  _parsed: XY[];
+  data: { x: number; y: number; active?: boolean; draw(ctx: CanvasRenderingContext2D, area: ChartArea): void }[];
+  dataset: { options: LineOptions };
+  iScale: Scale;
+  vScale: Scale;
+  _stacked: boolean | string;
+  _dataset: { _decimated?: unknown };
+}
+interface LineOptions {
+  borderWidth: number;
+  borderColor: string;
+  borderDash?: number[];
+  borderDashOffset?: number;
+  borderJoinStyle: CanvasLineJoin;
+  borderCapStyle: CanvasLineCap;
+  stepped?: boolean | 'before' | 'after' | 'middle';
+}
+type ChartInternals = Chart & { _active: { datasetIndex: number; index: number }[]; tooltip?: { getActiveElements(): { datasetIndex: number; index: number }[] } };
+
+/**
+ * The vertices of a line's path in pixels, as drawn: every point with a finite pixel position, in order
+ * (a point that has none, such as a value ≤ 0 on a log axis, is skipped and the line joins its
+ * neighbours, as chart.js does with `spanGaps`); stepped lines get chart.js's step corners.
+ */
+export function traceLine(sink: PathSink, points: readonly XY[], xScale: Scale, yScale: Scale, stepped: LineOptions['stepped']): void {
+  let previous: XY | undefined;
+  const step = stepped === true ? 'before' : stepped || undefined;
+  for (let i = 0; i < points.length; i++) {
+    const x = xScale.getPixelForValue(points[i].x);
+    const y = yScale.getPixelForValue(points[i].y);
+    if (Number.isNaN(x) || Number.isNaN(y)) continue;
+    if (!previous) sink.moveTo(x, y);
+    else if (step) _steppedLineTo(sink as CanvasRenderingContext2D, previous as never, { x, y } as never, false, step);
+    else sink.lineTo(x, y);
+    previous = { x, y };
+  }
+}
+
+export class FastLineController extends LineController {
+  static override id = 'plLine';
+  /** The point elements' pixel positions are out of date (set by each update, cleared by `positionElements`). */
+  private elementsStale = true;
+
+  private get meta(): Meta {
+    return (this as unknown as { _cachedMeta: Meta })._cachedMeta;
+  }
+
+  /**
+   * chart.js wraps each new data array's push/splice to keep its elements in step; a decimated line
+   * gets a new array every frame, and the element count is reconciled by length anyway (below), so
+   * only the identity is recorded: no wrapping, no stacks to clear.
+   */
+  _dataCheck(): void {
+    const self = this as unknown as { _data?: unknown; _syncList: unknown[] };
+    const data = this.getDataset().data;
+    if (self._data !== data) {
+      self._syncList = [];
+      self._data = data;
+    }
+  }
+
+  /** One element per point as before (added or removed at the end), but not positioned here. */
+  _resyncElements(): void {
+    (LineController.prototype as unknown as { _resyncElements(reset: boolean): void })._resyncElements.call(this, false);
+    this.elementsStale = true;
+  }
+
+  /** Positions every point element (chart.js's own per-point update), if the data or scales changed since. */
+  positionElements(): void {
+    if (!this.elementsStale) return;
+    const data = this.meta.data;
+    super.updateElements(data as never, 0, data.length, 'none');
+    this.elementsStale = false;
+  }
+
+  override update(mode: Parameters<LineController['update']>[0]): void {
+    const meta = this.meta;
+    const line = meta.dataset as unknown as { _chart: Chart; _datasetIndex: number; _decimated: boolean };
+    line._chart = this.chart;
+    line._datasetIndex = this.index;
+    line._decimated = !!meta._dataset._decimated;
+    const options = this.resolveDatasetElementOptions(mode) as Record<string, unknown>;
+    options.segment = (this as unknown as { options: { segment?: unknown } }).options.segment;
+    this.updateElement(meta.dataset as never, undefined, { animated: false, options } as never, mode);
+    this.elementsStale = true;
+    // A hovered point (its dot, the tooltip's caret) must follow the new data and scales at once.
+    if (this.hasActivePoint()) this.positionElements();
+  }
+
+  private hasActivePoint(): boolean {
+    const chart = this.chart as ChartInternals;
+    const mine = (a: { datasetIndex: number }) => a.datasetIndex === this.index;
+    return chart._active.some(mine) || (chart.tooltip?.getActiveElements().some(mine) ?? false);
+  }
+
+  /** Hover styles are set on elements, which must be where the point is. */
+  override setHoverStyle(element: never, datasetIndex: number, index: number): void {
+    this.positionElements();
+    super.setHoverStyle(element, datasetIndex, index);
+  }
+
+  /** Scale limits from the points, in one tight pass (x: the first and last point, the points being sorted by x). */
+  override getMinMax(scale: Scale, canStack?: boolean): { min: number; max: number } {
+    const meta = this.meta;
+    if (canStack && meta._stacked) return super.getMinMax(scale, canStack);
+    const points = meta._parsed;
+    const other = scale === meta.iScale ? meta.vScale : meta.iScale;
+    const axis = scale.axis as 'x' | 'y';
+    const otherAxis = other.axis as 'x' | 'y';
+    const bounds = other.getUserBounds();
+    const otherMin = bounds.minDefined ? bounds.min : -Infinity;
+    const otherMax = bounds.maxDefined ? bounds.max : Infinity;
+    let min = Infinity;
+    let max = -Infinity;
+    // chart.js's rule: a point counts if its value is finite and the other coordinate is not outside that axis's user bounds.
+    const counts = (p: XY) => Number.isFinite(p[axis]) && !(otherMin > p[otherAxis] || otherMax < p[otherAxis]);
+    if (scale === meta.iScale) {
+      for (let i = 0; i < points.length; i++) {
+        if (!counts(points[i])) continue;
+        min = Math.min(min, points[i][axis]);
+        max = Math.max(max, points[i][axis]);
+        break;
+      }
+      for (let i = points.length - 1; i >= 0; i--) {
+        if (!counts(points[i])) continue;
+        min = Math.min(min, points[i][axis]);
+        max = Math.max(max, points[i][axis]);
+        break;
+      }
+    } else {
+      for (let i = 0; i < points.length; i++) {
+        const v = points[i][axis];
+        if (!(v < min || v > max) || !counts(points[i])) continue;
+        if (v < min) min = v;
+        if (v > max) max = v;
+      }
+    }
+    return { min, max };
+  }
+
+  /** The line as one path and one stroke, then the hovered point's dot on top. */
+  override draw(): void {
+    const meta = this.meta;
+    const chart = this.chart as ChartInternals;
+    const ctx = chart.ctx;
+    const options = meta.dataset.options;
+    if (options.borderWidth && meta._parsed.length) {
+      ctx.save();
+      ctx.lineCap = options.borderCapStyle;
+      ctx.setLineDash(options.borderDash ?? []);
+      ctx.lineDashOffset = options.borderDashOffset ?? 0;
+      ctx.lineJoin = options.borderJoinStyle;
+      ctx.lineWidth = options.borderWidth;
+      ctx.strokeStyle = options.borderColor;
+      ctx.beginPath();
+      traceLine(ctx, meta._parsed, meta.iScale, meta.vScale, options.stepped);
+      ctx.stroke();
+      ctx.restore();
+    }
+    for (const active of chart._active) {
+      if (active.datasetIndex !== this.index) continue;
+      this.positionElements();
+      meta.data[active.index]?.draw(ctx, chart.chartArea);
+    }
+  }
+}
+
+/**
+ * Positions the point elements of every fast line before chart.js looks them up for a pointer event
+ * (hover, tooltip, click; also the replay of the last event after each update).
+ */
+export const positionElementsForEvents = {
+  id: 'plPositionElements',
+  beforeEvent(chart: Chart): void {
+    for (let i = 0; i < chart.data.datasets.length; i++) {
+      const controller = chart.getDatasetMeta(i).controller;
+      if (controller instanceof FastLineController) controller.positionElements();
+    }
+  },
+};
