@@ -53,6 +53,8 @@ interface PageRun {
 interface FrameSample {
   redraw: number[];
   interval: number[];
+  /** CPU ms the browser used over the phase, per frame (less sensitive to other processes' load than the times). */
+  cpuPerFrame?: number;
 }
 
 /** The page script's generator, run in Node on a sample: its events must be valid protocol messages. */
@@ -67,9 +69,17 @@ function validateGenerator(): void {
 }
 
 const log = (m: string) => process.stderr.write(`[chart] ${m}\n`);
+const uptimeLoad = () => {
+  try {
+    return Number(fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
+  } catch {
+    return NaN;
+  }
+};
 
 async function main(): Promise<void> {
   validateGenerator();
+  const loadAtStart = uptimeLoad();
   const panel = await openPanelPage();
   try {
     const { page } = panel;
@@ -98,8 +108,10 @@ async function main(): Promise<void> {
       await panel.cdp.send('Profiler.start');
     }
     for (const kind of ['append', 'zoom', 'pan'] as const) {
+      const cpuBefore = panel.cpuMs();
       modes[kind] = await page.evaluate(({ k, f, r }) => (window as any).__benchChart.frames(k, f, r), { k: kind, f: frames, r: liveRate });
-      log(`${kind}: redraw median ${quantiles(modes[kind].redraw, { m: 0.5 }).m} ms`);
+      modes[kind].cpuPerFrame = round((panel.cpuMs() - cpuBefore) / frames);
+      log(`${kind}: redraw median ${quantiles(modes[kind].redraw, { m: 0.5 }).m} ms, browser CPU ${modes[kind].cpuPerFrame} ms per frame`);
     }
     if (profileFile) {
       const { profile } = await panel.cdp.send('Profiler.stop');
@@ -115,8 +127,9 @@ async function main(): Promise<void> {
       viewport: '1400x1000',
       stored,
       ingest: { ms: Math.round(ingestMs), stepsPerSec: Math.round(points / (ingestMs / 1000)), batch, batchToFrameMs: quantiles(batchToFrame, { median: 0.5, p95: 0.95, max: 1 }) },
-      frames: Object.fromEntries(Object.entries(modes).map(([k, v]) => [k, { redrawMs: quantiles(v.redraw, q), frameIntervalMs: quantiles(v.interval, q), frames: v.redraw.length }])),
+      frames: Object.fromEntries(Object.entries(modes).map(([k, v]) => [k, { redrawMs: quantiles(v.redraw, q), frameIntervalMs: quantiles(v.interval, q), frames: v.redraw.length, browserCpuMsPerFrame: v.cpuPerFrame }])),
       liveRate,
+      loadAverage: { start: loadAtStart, end: uptimeLoad() },
       heapMiB: { samples: heap, afterRedraws: heapAfter },
     });
   } finally {

@@ -111,6 +111,29 @@ const pyramidDecimation: Plugin<'line'> = {
   },
 };
 
+/** Entries kept by `cacheTextMeasures` before it starts again (tick labels of a long run keep changing). */
+const TEXT_MEASURE_CACHE_SIZE = 2000;
+
+/**
+ * chart.js measures every legend entry's text on each update (twice: layout and drawing), with
+ * the canvas's own measureText each time; the same text in the same font measures the same, so the
+ * metrics are kept per font and text.
+ */
+function cacheTextMeasures(ctx: CanvasRenderingContext2D): void {
+  const measure = ctx.measureText.bind(ctx);
+  const cache = new Map<string, TextMetrics>();
+  ctx.measureText = (text: string): TextMetrics => {
+    const key = `${ctx.font}\n${text}`;
+    let metrics = cache.get(key);
+    if (!metrics) {
+      if (cache.size >= TEXT_MEASURE_CACHE_SIZE) cache.clear();
+      metrics = measure(text);
+      cache.set(key, metrics);
+    }
+    return metrics;
+  };
+}
+
 /** Tick labels on a log axis: only 1, 2 and 5 × 10ⁿ, in compact form (`1e+4`, `0.02`). */
 function logTick(value: number): string {
   const significand = value / Math.pow(10, Math.floor(Math.log10(value)));
@@ -138,6 +161,8 @@ export interface MetricChartOptions {
 export class MetricChart {
   readonly chart: Chart<'line', Point[]>;
   private readonly formatY: (y: number) => string;
+  /** The legend items and what they were made from (see generateLabels). */
+  private legendCache: { datasets: unknown; overlayText: string | undefined; items: LegendItem[] } | undefined;
 
   constructor(
     readonly canvas: HTMLCanvasElement,
@@ -215,13 +240,19 @@ export class MetricChart {
                 if (ds.role === 'raw') return false;
                 return ds.role !== 'compare' || data.datasets.findIndex((d) => (d as LineDataset).role === 'compare') === item.datasetIndex;
               },
+              // chart.js rebuilds the legend twice per update, resolving every dataset's style: the items
+              // only change with the lines (a new datasets array), the compared run's name or the theme.
               generateLabels: (chart) => {
+                const overlayText = options.overlayLegend?.();
+                const cached = this.legendCache;
+                if (cached && cached.datasets === chart.data.datasets && cached.overlayText === overlayText) return cached.items;
                 const items = Chart.defaults.plugins.legend.labels.generateLabels(chart);
                 for (const item of items) {
                   if ((chart.data.datasets[item.datasetIndex ?? 0] as LineDataset).role !== 'compare') continue;
-                  item.text = options.overlayLegend?.() ?? item.text;
+                  item.text = overlayText ?? item.text;
                   item.lineDash = OVERLAY_DASH;
                 }
+                this.legendCache = { datasets: chart.data.datasets, overlayText, items };
                 return items;
               },
             },
@@ -256,6 +287,7 @@ export class MetricChart {
       },
     });
     this.applyTheme(theme);
+    cacheTextMeasures(this.chart.ctx);
     canvas.addEventListener('dblclick', () => this.resetZoom());
   }
 
@@ -319,6 +351,7 @@ export class MetricChart {
 
   applyTheme(theme: ChartTheme): void {
     this.drawnVersions = undefined;
+    this.legendCache = undefined;
     const o = this.chart.options;
     o.color = theme.text;
     o.font = { family: theme.fontFamily, size: Math.max(10, theme.fontSize - 2) };

@@ -91,7 +91,9 @@ export class MinMaxPyramid {
    * Where the last decimation can be resumed: with the same start and block size, its output up to
    * `block` stays valid while points are only appended, so a live line costs only its newest blocks.
    */
-  private resume: { start: number; shift: number; block: number; length: number; last: Point; previous: number; out: Point[] } | undefined;
+  private resume: { start: number; shift: number; block: number; length: number; last: Point; previous: number } | undefined;
+  /** What `decimate` returns, refilled by each call. */
+  private readonly output: Point[] = [];
 
   constructor(private readonly points: readonly Point[]) {}
 
@@ -104,12 +106,16 @@ export class MinMaxPyramid {
    * and max of each block's part inside the range in index order, and its last point (a live line
    * ends at the newest value); inside a flat stretch (equal y) only its ends. A range with at most
    * 2 points per column keeps every point (flat stretches still collapsed); undefined when that range
-   * is the whole array: then the array itself is drawn.
+   * is the whole array: then the array itself is drawn. The returned array is this pyramid's own and
+   * is refilled by its next call (a frame's drawing reads it before the next frame decimates): no
+   * garbage per line and frame, and a live line's resumed prefix is already in place.
    */
   decimate(start: number, end: number, columns: number): Point[] | undefined {
     const count = end - start;
-    const out: Point[] = [];
+    const out = this.output;
     if (count <= 2 * columns || columns < 1) {
+      out.length = 0;
+      this.resume = undefined;
       if (start === 0 && end === this.points.length) return undefined;
       for (let i = start; i < end; i++) pushCollapsingFlat(out, this.points[i]);
       return out;
@@ -123,12 +129,14 @@ export class MinMaxPyramid {
     let first = start >> shift;
     let previous = start;
     if (r && r.start === start && r.shift === shift && r.block << shift <= end) {
-      for (let k = 0; k < r.length; k++) out.push(r.out[k]);
+      // The previous pass's output is this array: keep its final blocks' prefix.
+      out.length = r.length;
       // A later push of that pass may have replaced the prefix's last point (flat stretch): put it back.
       out[r.length - 1] = r.last;
       first = r.block;
       previous = r.previous;
     } else {
+      out.length = 0;
       push(start);
     }
     // Blocks that end inside the range are final: the next frame resumes after the last of them.
@@ -160,7 +168,7 @@ export class MinMaxPyramid {
         resumePrevious = previous;
       }
     }
-    this.resume = { start, shift, block: resumeBlock, length: resumeLength, last: resumeLast, previous: resumePrevious, out };
+    this.resume = { start, shift, block: resumeBlock, length: resumeLength, last: resumeLast, previous: resumePrevious };
     if (end - 1 > previous) push(end - 1);
     return out;
   }

@@ -5,7 +5,6 @@
 // exist, one per drawn point, but are positioned only when a pointer event or a hover needs them, not on
 // every frame of a live run.
 import { LineController, type Chart, type ChartArea, type Scale } from 'chart.js';
-import { _steppedLineTo } from 'chart.js/helpers';
 
 /** Where a line's path goes: a canvas context, or a recorder in tests. */
 export interface PathSink {
@@ -40,22 +39,67 @@ interface LineOptions {
 }
 type ChartInternals = Chart & { _active: { datasetIndex: number; index: number }[]; tooltip?: { getActiveElements(): { datasetIndex: number; index: number }[] } };
 
+/** chart.js's linear scale internals (see `pixelMap`). */
+interface LinearInternals {
+  type: string;
+  _startValue: number;
+  _valueRange: number;
+  _startPixel: number;
+  _length: number;
+  _reversePixels: boolean;
+  _alignToPixels: boolean;
+}
+
+/**
+ * A value → pixel function for a scale: chart.js's own `getPixelForValue`, or for a plain linear scale
+ * the same arithmetic inlined (with its clamp to the 16-bit range) so a long line costs no call per value.
+ */
+function pixelMap(scale: Scale): (value: number) => number {
+  const s = scale as unknown as LinearInternals;
+  if (s.type !== 'linear' || s._alignToPixels || !(s._valueRange > 0)) return (v) => scale.getPixelForValue(v);
+  // chart.js: decimal = (v − startValue) / valueRange, flipped when the pixels run backwards (every y axis), then startPixel + decimal · length.
+  const base = s._reversePixels ? s._startPixel + s._length : s._startPixel;
+  const perValue = ((s._reversePixels ? -1 : 1) * s._length) / s._valueRange;
+  const from = s._startValue;
+  return (v) => Math.max(-32768, Math.min(32767, base + (v - from) * perValue));
+}
+
 /**
  * The vertices of a line's path in pixels, as drawn: every point with a finite pixel position, in order
  * (a point that has none, such as a value ≤ 0 on a log axis, is skipped and the line joins its
- * neighbours, as chart.js does with `spanGaps`); stepped lines get chart.js's step corners.
+ * neighbours, as chart.js does with `spanGaps`); stepped lines get chart.js's step corners
+ * (`_steppedLineTo`: 'before' and `true` turn at the new x, 'after' at the previous x, 'middle' halfway).
  */
 export function traceLine(sink: PathSink, points: readonly XY[], xScale: Scale, yScale: Scale, stepped: LineOptions['stepped']): void {
-  let previous: XY | undefined;
+  const xPixel = pixelMap(xScale);
+  const yPixel = pixelMap(yScale);
   const step = stepped === true ? 'before' : stepped || undefined;
+  let started = false;
+  let px = 0;
+  let py = 0;
   for (let i = 0; i < points.length; i++) {
-    const x = xScale.getPixelForValue(points[i].x);
-    const y = yScale.getPixelForValue(points[i].y);
+    const x = xPixel(points[i].x);
+    const y = yPixel(points[i].y);
     if (Number.isNaN(x) || Number.isNaN(y)) continue;
-    if (!previous) sink.moveTo(x, y);
-    else if (step) _steppedLineTo(sink as CanvasRenderingContext2D, previous as never, { x, y } as never, false, step);
-    else sink.lineTo(x, y);
-    previous = { x, y };
+    if (!started) {
+      sink.moveTo(x, y);
+      started = true;
+    } else if (step === 'middle') {
+      const mid = (px + x) / 2;
+      sink.lineTo(mid, py);
+      sink.lineTo(mid, y);
+      sink.lineTo(x, y);
+    } else if (step === 'after') {
+      sink.lineTo(px, y);
+      sink.lineTo(x, y);
+    } else if (step) {
+      sink.lineTo(x, py);
+      sink.lineTo(x, y);
+    } else {
+      sink.lineTo(x, y);
+    }
+    px = x;
+    py = y;
   }
 }
 

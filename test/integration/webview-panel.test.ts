@@ -1348,6 +1348,13 @@ test('each line is one stroked path through exactly the decimated points: extrem
   assertVerticesAt(kappa.strokes[0], kappa.points, kappa, 'κ of expert 2');
   const monitored = metricsOf(f.events).filter((m) => m.units);
   assert.deepEqual(kappa.points, monitored.map((m) => ({ x: m.step, y: m.units![2].kappa })));
+
+  // A stepped lane (the mask, chart.js's stepped: 'after'): from each point, up or down at its x, then along to the next one's.
+  const lane = await strokesOfLine(p.page, 'mask', 'mask:1');
+  assert.equal(lane.strokes.length, 1);
+  const corners: { x: number; y: number }[] = [lane.points[0]];
+  for (let i = 1; i < lane.points.length; i++) corners.push({ x: lane.points[i - 1].x, y: lane.points[i].y }, lane.points[i]);
+  assertVerticesAt(lane.strokes[0], corners, lane, 'mask lane of expert 1');
 });
 
 test('hovering a line reads the value of the point under the pointer, and still does after live points rescale the axis', async () => {
