@@ -134,6 +134,30 @@ function cacheTextMeasures(ctx: CanvasRenderingContext2D): void {
   };
 }
 
+type TickFontScale = Scale & { _resolveTickFontOptions(index: number): unknown; plTickFont?: { font: unknown } };
+
+/**
+ * chart.js resolves each tick's font through a fresh scriptable-option context per tick, on every
+ * update, to measure and draw the labels; no font here depends on the tick, so each scale resolves
+ * it once per layout (again after any option change, which always comes with a new layout).
+ */
+const tickFontOncePerLayout: Plugin<'line'> = {
+  id: 'plTickFontOncePerLayout',
+  beforeLayout(chart) {
+    for (const scale of Object.values(chart.scales) as TickFontScale[]) {
+      if (!scale.plTickFont) {
+        const resolve = scale._resolveTickFontOptions;
+        const memo: { font: unknown } = { font: undefined };
+        scale.plTickFont = memo;
+        scale._resolveTickFontOptions = function (this: TickFontScale, index: number) {
+          return (memo.font ??= resolve.call(this, index));
+        };
+      }
+      scale.plTickFont.font = undefined;
+    }
+  },
+};
+
 /** Tick labels on a log axis: only 1, 2 and 5 × 10ⁿ, in compact form (`1e+4`, `0.02`). */
 function logTick(value: number): string {
   const significand = value / Math.pow(10, Math.floor(Math.log10(value)));
@@ -177,7 +201,7 @@ export class MetricChart {
       // chart.js's line chart, drawn by FastLineController (webview/fastLine.ts): one path per line, no per-point work per frame.
       type: FastLineController.id as 'line',
       data: { datasets: [] },
-      plugins: [pyramidDecimation, positionElementsForEvents],
+      plugins: [pyramidDecimation, positionElementsForEvents, tickFontOncePerLayout],
       options: {
         animation: false,
         parsing: false,
