@@ -180,6 +180,12 @@ export interface MetricChartOptions {
   overlayLegend?: () => string;
   /** The x axis was zoomed or reset (by the user or through `resetZoom`). */
   onZoomChange?: (zoomed: boolean) => void;
+  /**
+   * The chart may draw lines against a second y axis on the right (`ChartLine.rightAxis`). Only then
+   * does it have one: chart.js builds, ticks and lays out every configured axis on each update,
+   * shown or not.
+   */
+  rightAxis?: boolean;
 }
 
 export class MetricChart {
@@ -197,6 +203,22 @@ export class MetricChart {
     const formatY = this.formatY;
     const formatTooltipY = options.formatTooltipY ?? formatY;
     const zoomChanged = () => options.onZoomChange?.(this.zoomed);
+    // Only shown when a line is drawn against it (the task loss when α·κ̄ dwarfs it).
+    const rightAxisScale: Record<string, unknown> & { type: 'linear' } = {
+      type: 'linear',
+      position: 'right',
+      display: 'auto',
+      grid: { drawOnChartArea: false },
+      title: { display: true, text: '' },
+      ticks: {
+        // Every label is measured (no sampleSize): a y axis has few labelled ticks, and a sampled
+        // measurement can miss the widest one and clip it.
+        callback(this: Scale, value: number | string) {
+          const v = Number(value);
+          return this.type === 'logarithmic' ? logTick(v) : formatY(v);
+        },
+      },
+    };
     this.chart = new Chart<'line', Point[]>(canvas, {
       // chart.js's line chart, drawn by FastLineController (webview/fastLine.ts): one path per line, no per-point work per frame.
       type: FastLineController.id as 'line',
@@ -219,22 +241,7 @@ export class MetricChart {
             title: { display: true, text: 'step' },
             ticks: { precision: 0, maxRotation: 0, minRotation: 0, sampleSize: 8 },
           },
-          // Only shown when a line is drawn against it (the task loss when α·κ̄ dwarfs it).
-          y1: {
-            type: 'linear',
-            position: 'right',
-            display: 'auto',
-            grid: { drawOnChartArea: false },
-            title: { display: true, text: '' },
-            ticks: {
-              // Every label is measured (no sampleSize): a y axis has few labelled ticks, and a sampled
-              // measurement can miss the widest one and clip it.
-              callback(this: Scale, value) {
-                const v = Number(value);
-                return this.type === 'logarithmic' ? logTick(v) : formatY(v);
-              },
-            },
-          },
+          ...(options.rightAxis ? { y1: rightAxisScale } : {}),
           y: {
             type: 'linear',
             afterBuildTicks: (scale) => {
@@ -333,7 +340,7 @@ export class MetricChart {
     const datasets: LineDataset[] = [];
     for (const line of lines) {
       const hidden = view.hidden.has(line.key);
-      const common = { seriesKey: line.key, hidden, yAxisID: line.rightAxis ? 'y1' : 'y', stepped: line.stepped ? ('after' as const) : false, pointHoverBackgroundColor: rgba(line.color), pointBackgroundColor: rgba(line.color) };
+      const common = { seriesKey: line.key, hidden, yAxisID: line.rightAxis && this.chart.options.scales?.y1 ? 'y1' : 'y', stepped: line.stepped ? ('after' as const) : false, pointHoverBackgroundColor: rgba(line.color), pointBackgroundColor: rgba(line.color) };
       if (line.overlay) {
         // Behind the current run's lines, same hue so the pairs read together.
         const smoothed = view.smoothing > 0 && line.smoothable;

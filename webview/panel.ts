@@ -69,6 +69,7 @@ export class PanelController {
         onToggleSeries: (key) => this.toggleSeries(key),
         overlayLegend: () => `${this.model.compare?.runId ?? 'compared run'} (dashed)`,
         onZoomChange: (zoomed) => (resetButton.hidden = !zoomed),
+        rightAxis: card.id === 'loss',
       });
       resetButton.addEventListener('click', () => {
         chart.resetZoom();
