@@ -1,7 +1,8 @@
 // chart.js line charts tuned for long, live runs: data in chart.js's internal {x, y} format
 // (`parsing: false`, `normalized: true`), no animation, min/max decimation at draw time from each
 // series' MinMaxPyramid (O(width) per line and frame, however long the run), redraws with
-// `update('none')` (the caller batches them per animation frame). Every chart zooms on its x
+// `update('none')` (the caller batches them per animation frame), each line drawn as one path by
+// FastLineController (fastLine.ts) with no per-point work per frame. Every chart zooms on its x
 // axis (chartjs-plugin-zoom): drag a range, or ctrl + wheel; the zoomed range is kept in the x scale's
 // options, so live updates append points without the view jumping back.
 import {
