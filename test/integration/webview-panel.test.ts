@@ -1403,3 +1403,49 @@ test('hovering a line reads the value of the point under the pointer, and still 
   assert.ok(second.body.includes(`loss: ${formatNumber(lossAt(stepNow))}`), JSON.stringify(second.body));
   assert.ok(Math.abs(second.element.x - pixelOf({ ...second.scale, type: 'linear', top: 0, bottom: 0 }, stepNow, 'x')) < 1e-6, 'the hovered point moved with the axis');
 });
+
+test('a chart scrolled out of view does not redraw on live points; scrolled back, it shows all of them', async () => {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 500 } });
+  const p = await openPanel(page);
+  const f = syntheticRun({ steps: 200 });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), '200 / 300');
+  await nextFrames(p.page);
+  const state = () =>
+    p.page.evaluate(`(() => {
+      const charts = window.__plTrainer.charts;
+      const mask = charts.mask.chart;
+      return { maskUpdates: mask.__updates || 0, maskMax: mask.scales.x.max, lossMax: charts.loss.chart.scales.x.max, maskTop: mask.canvas.getBoundingClientRect().top };
+    })()`) as Promise<{ maskUpdates: number; maskMax: number; lossMax: number; maskTop: number }>;
+  await p.page.evaluate(`(() => {
+    const mask = window.__plTrainer.charts.mask.chart;
+    const update = mask.update.bind(mask);
+    mask.update = (mode) => { mask.__updates = (mask.__updates || 0) + 1; return update(mode); };
+  })()`);
+  const before = await state();
+  assert.ok(before.maskTop > 500 + 100, `the mask chart starts below the view and its margin (top ${before.maskTop})`);
+  assert.ok(before.maskMax < 210, `mask drawn to step 200 (${before.maskMax})`);
+
+  // Monitor steps 210 and 220 reach the mask series; only the charts in view redraw.
+  await p.send({ type: 'events', runId: f.runId, events: f.more(20) });
+  await expectText(p.byTestId('step'), '220 / 300');
+  await nextFrames(p.page);
+  await nextFrames(p.page);
+  const live = await state();
+  assert.ok(live.lossMax >= 220, `the loss chart (in view) follows: ${live.lossMax}`);
+  assert.equal(live.maskUpdates, 0, 'the mask chart out of view did not redraw');
+  assert.equal(live.maskMax, before.maskMax);
+
+  // Scrolled into view: it redraws once with everything that arrived.
+  await p.page.evaluate(`document.querySelector('section[data-chart="mask"]').scrollIntoView()`);
+  const t0 = Date.now();
+  let back = await state();
+  while (back.maskMax < 220 && Date.now() - t0 < 5000) {
+    await nextFrames(p.page);
+    back = await state();
+  }
+  assert.ok(back.maskMax >= 220, `the mask chart caught up: x up to ${back.maskMax}`);
+  assert.ok(back.maskUpdates >= 1);
+  const lanes = await datasetsOf(p.page, 'mask');
+  for (const lane of lanes) assert.equal(lane.data.at(-1)!.x, 220, `${lane.key} ends at step 220`);
+});
