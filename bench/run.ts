@@ -14,18 +14,18 @@ const RESULTS_DIR = path.join(__dirname, 'results');
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
 const onlyArg = argv.includes('--only') ? argv[argv.indexOf('--only') + 1] : undefined;
-const PARTS = ['moe', 'pytorch', 'engine', 'blas', 'monitoring', 'latency', 'chart', 'activation'] as const;
+const PARTS = ['moe', 'pytorch', 'engine', 'blas', 'monitoring', 'regularized', 'latency', 'chart', 'activation'] as const;
 type Part = (typeof PARTS)[number];
 const only = new Set<Part>(onlyArg ? (onlyArg.split(',') as Part[]) : PARTS);
 for (const p of only) if (!PARTS.includes(p)) throw new Error(`--only: unknown part ${p} (parts: ${PARTS.join(', ')})`);
 
 /** Sizes per mode. --quick must finish within 5 minutes on the 2-core CI machine. */
 const PLAN = quick
-  ? { moe: { wasm: [10, 3], cpu: [3, 1], tensorflow: [20, 5], 'tensorflow-gpu': [20, 5] }, torchSteps: 10, engineSteps: 60, latencySeconds: 10, chartPoints: 100_000, chartFrames: 60, activationSamples: 1, blasRounds: 3, monitoring: ['3', '2'] }
-  : { moe: { wasm: [50, 10], cpu: [10, 2], tensorflow: [100, 10], 'tensorflow-gpu': [200, 20] }, torchSteps: 50, engineSteps: 300, latencySeconds: 30, chartPoints: 1_000_000, chartFrames: 180, activationSamples: 5, blasRounds: 9, monitoring: ['8', '3'] };
+  ? { moe: { wasm: [10, 3], cpu: [3, 1], tensorflow: [20, 5], 'tensorflow-gpu': [20, 5] }, torchSteps: 10, engineSteps: 60, latencySeconds: 10, chartPoints: 100_000, chartFrames: 60, activationSamples: 1, blasRounds: 3, monitoring: ['3', '2'], regularizedSteps: 4 }
+  : { moe: { wasm: [50, 10], cpu: [10, 2], tensorflow: [100, 10], 'tensorflow-gpu': [200, 20] }, torchSteps: 50, engineSteps: 300, latencySeconds: 30, chartPoints: 1_000_000, chartFrames: 180, activationSamples: 5, blasRounds: 9, monitoring: ['8', '3'], regularizedSteps: 12 };
 const BACKENDS = ['wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const;
 /** Past these, a part is stopped and reported as failed. */
-const LIMIT_S = quick ? { build: 120, moe: 120, pytorch: 120, engine: 240, latency: 120, chart: 180, activation: 150, blas: 120, monitoring: 600 } : { build: 300, moe: 900, pytorch: 600, engine: 900, latency: 300, chart: 1800, activation: 600, blas: 300, monitoring: 1800 };
+const LIMIT_S = quick ? { build: 120, moe: 120, pytorch: 120, engine: 240, latency: 120, chart: 180, activation: 150, blas: 120, monitoring: 600, regularized: 180 } : { build: 300, moe: 900, pytorch: 600, engine: 900, latency: 300, chart: 1800, activation: 600, blas: 300, monitoring: 1800, regularized: 600 };
 
 interface ChildResult {
   code: number | null;
@@ -242,6 +242,7 @@ async function main(): Promise<void> {
     if (v?.plainMsPerStep) {
       out.pytorchEngine = v;
       say(`  plain loop ${fmt(v.plainMsPerStep)} ms/step; engine at α = 0, unmonitored ${fmt(v.engineMsPerStep)} ms → instrumentation ${pct(v.instrumentationFraction)} (goal ≤ 5 %)`);
+      if (v.attachedMsPerStep) say(`  with a client attached (every event over the socket) ${fmt(v.attachedMsPerStep)} ms → ${pct(v.attachedInstrumentationFraction)}; medians of ${v.rounds} interleaved rounds, load average ${v.loadAverage?.map((x: number) => fmt(x)).join(' → ')}`);
       say(`  default monitoring (every 10 steps, probe 16) ${fmt(v.monitoredMsPerStep)} ms → κ monitoring ${pct(v.monitoringFraction)} (goal ≤ 5 %); default α ${fmt(v.regularizedMsPerStep)} ms (${fmt(v.regularizedCost)}× unregularized)`);
       if (v.kappaCpuVsCuda) say(`  κ on CUDA vs the CPU, same weights: largest relative difference ${fmt(v.kappaCpuVsCuda.maxRelativeDifference)}`);
     } else if (/No module named '(torch|websockets)'|not found|ENOENT/.test(r.stderr)) {
@@ -318,6 +319,23 @@ async function main(): Promise<void> {
       failures.push(`monitoring: ${reason(r)}`);
       out.monitoringScaling = { failed: reason(r) };
       say(`κ monitoring by units × probe: FAILED: ${reason(r)}`);
+    }
+  }
+
+  // The regularized step of the routerless families against their plain step, at their example configs.
+  if (only.has('regularized')) {
+    say('');
+    const r = await tsx('routerless-step.ts', ['--steps', String(PLAN.regularizedSteps)], LIMIT_S.regularized);
+    const v = benchResult(r);
+    if (r.code === 0 && v) {
+      out.regularizedStep = v;
+      say(`regularized step (default α of the example config) over the plain one, as the training loop runs them (${v.backend}; goal ≤ ×2)`);
+      say(`  ${'family'.padEnd(13)} ${'batch'.padStart(5)} ${'probe'.padStart(5)} ${'plain ms'.padStart(9)} ${'reg. ms'.padStart(8)} ${'ratio'.padStart(6)} ${'CPU ratio'.padStart(9)} ${'kernels plain / reg.'.padStart(21)}`);
+      for (const row of v.rows) say(`  ${row.family.padEnd(13)} ${String(row.batch).padStart(5)} ${String(row.probe).padStart(5)} ${fmt(row.plainStepMs).padStart(9)} ${fmt(row.regularizedStepMs).padStart(8)} ${`×${fmt(row.ratio)}`.padStart(6)} ${`×${fmt(row.cpuRatio)}`.padStart(9)} ${`${row.plainKernels} / ${row.regularizedKernels}`.padStart(21)}`);
+    } else {
+      failures.push(`regularized: ${reason(r)}`);
+      out.regularizedStep = { failed: reason(r) };
+      say(`regularized step: FAILED: ${reason(r)}`);
     }
   }
 

@@ -279,6 +279,20 @@ function probeAndDirections(m: BertEncoder, probe: Batch, pruned: ReadonlySet<nu
   return { xs: Float32Array.from(probe.x.dataSync()), u: outputDirections(logProbs, probe.y.dataSync(), n, m.classes), n };
 }
 
+/** u_i of every probe example from the float64 reference's logits (outputDirections of its log-softmax). */
+function refDirections(net: RefNet, m: BertEncoder, xs: Float32Array, oneHot: ArrayLike<number>, n: number, pruned: ReadonlySet<number>): Float64Array {
+  const f = net.rows * net.cols;
+  const c = net.classes;
+  const logProbs = new Float64Array(n * c);
+  for (let i = 0; i < n; i++) {
+    const z = refLogits(net, m, xs.subarray(i * f, (i + 1) * f), pruned);
+    const top = Math.max(...z);
+    const lse = top + Math.log(z.reduce((a, v) => a + Math.exp(v - top), 0));
+    z.forEach((v, k) => (logProbs[i * c + k] = v - lse));
+  }
+  return outputDirections(logProbs, oneHot, n, c);
+}
+
 /** s_i = u_iᵀ logits(x_i) for every probe example, float64. */
 function refScalars(net: RefNet, m: BertEncoder, xs: Float32Array, u: Float64Array, n: number, pruned: ReadonlySet<number>): Float64Array {
   const f = net.rows * net.cols;
@@ -363,19 +377,23 @@ test('per-head tangent kernels (perSampleKernels) equal J·Jᵀ of a float64 fin
   m.dispose();
 });
 
-test('the regularizer\'s gradient: ∇κ̃ of the model kernel Σ_h K_h + U·Uᵀ by nested tf gradients matches float64 central differences of its κ', () => {
+test('the regularizer\'s gradient: ∇κ̃ of the model kernel Σ_h K_h + U·Uᵀ by nested tf gradients matches float64 central differences of its κ, u following the weights', () => {
   const c = config({ model: { experts: 2 }, monitor: { probeSize: 4 } });
   const m = newModel(c);
   steps(m, builtin, 3);
   const probe = builtin.batch(tf, 'train', range(0, 4));
   const stats = m.measure(new Set(), new Set());
-  const { xs, u, n } = probeAndDirections(m, probe, new Set());
+  const { xs, u: measuredU, n } = probeAndDirections(m, probe, new Set());
   const h = 0;
   const net = refOf(m);
-  // The exact model κ: eigenvalues of Σ_h J_h·J_hᵀ + U·Uᵀ with J_h from float64 differences, u held
-  // constant as in the model (its dependence on the weights is not differentiated for this family).
-  const c10 = u.length / n;
+  const oneHot = probe.y.dataSync();
+  assert.ok(maxAbs(refDirections(net, m, xs, oneHot, n, new Set()), measuredU) <= 1e-5, 'the reference computes the model\'s u');
+  // The exact model κ: eigenvalues of Σ_h J_h·J_hᵀ + U·Uᵀ with J_h from float64 differences and u
+  // recomputed from the (perturbed) reference's logits: the regularizer follows u (contract 2 and 7),
+  // though each J_h holds it inside.
+  const c10 = measuredU.length / n;
   const kernel = () => {
+    const u = refDirections(net, m, xs, oneHot, n, new Set());
     const K = new Float64Array(n * n);
     for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) for (let k = 0; k < c10; k++) K[i * n + j] += u[i * c10 + k] * u[j * c10 + k];
     for (let head = 0; head < m.units; head++) {

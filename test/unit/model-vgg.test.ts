@@ -449,6 +449,80 @@ test('the regularizer\'s gradient: ∇(vᵀK_g v) by nested tf gradients matches
   m.dispose();
 });
 
+test('the step\'s regularizer: ∇κ̃ of Σ_g K_g + U·Uᵀ (modelKappaTf) matches float64 central differences of its κ, u following the weights', () => {
+  const c = config({ model: { experts: 2 }, monitor: { probeSize: 4 } });
+  const m = newModel(c);
+  steps(m, builtin, 3);
+  genericBiases(m, 70);
+  const probe = builtin.batch(tf, 'train', range(0, 4));
+  m.measure(new Set(), new Set());
+  const { xs, u: measuredU, n } = probeAndDirections(m, probe, new Set());
+  const net = refOf(m);
+  const oneHot = probe.y.dataSync();
+  const d = net.rows * net.cols;
+  const cls = net.classes;
+  // u from the float64 reference's logits, recomputed at every perturbation (the regularizer follows u).
+  const directions = () => {
+    const logProbs = new Float64Array(n * cls);
+    for (let i = 0; i < n; i++) {
+      const z = refLogits(net, xs.subarray(i * d, (i + 1) * d), new Set());
+      const top = Math.max(...z);
+      const lse = top + Math.log(z.reduce((a, v) => a + Math.exp(v - top), 0));
+      z.forEach((v, k) => (logProbs[i * cls + k] = v - lse));
+    }
+    return outputDirections(logProbs, oneHot, n, cls);
+  };
+  assert.ok(maxAbs(directions(), measuredU) <= 1e-5, 'the reference computes the model\'s u');
+  // κ of Σ_g J_g·J_gᵀ + U·Uᵀ, rows of J_g from the exact float64 backward pass (one example each).
+  const kappa = () => {
+    const u = directions();
+    const K = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) for (let k = 0; k < cls; k++) K[i * n + j] += u[i * cls + k] * u[j * cls + k];
+    for (let g = 0; g < m.units; g++) {
+      const rows = Array.from({ length: n }, (_, i) => refGroupGradientExact(net, g, xs, u, Array.from({ length: n }, (_, k) => (k === i ? 1 : 0)), new Set()));
+      for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) K[i * n + j] += rows[i].reduce((a, v, k) => a + v * rows[j][k], 0);
+    }
+    return conditioning(K, n, c.monitor.damping).kappa;
+  };
+  const at = kappa();
+  assert.ok(Math.abs(m.modelKappa()! - at) <= 1e-3 * at, `measured κ ${m.modelKappa()} vs float64 ${at}`);
+  const vars = [...m.groupVars(0), ...m.groupVars(1), m.denseW, m.denseB];
+  const { value, grads } = tf.variableGrads(() => m.modelKappaTf([0, 1], new Set()), vars);
+  assert.ok(Math.abs(value.dataSync()[0] - at) <= 1e-3 * at, `κ̃ ${value.dataSync()[0]} vs κ ${at}`);
+  const refArrays = [...groupParams(net, 0), ...groupParams(net, 1), ...net.dense];
+  const rnd = mulberry32(5);
+  let [worst, checked, nonzero] = [0, 0, 0];
+  refArrays.forEach((arr, a) => {
+    const got = grads[vars[a].name]?.dataSync() ?? new Float32Array(arr.length);
+    const rms = Math.sqrt(Array.from(got).reduce((s2, x) => s2 + x * x, 0) / got.length);
+    const byMagnitude = Array.from(got.keys()).sort((i, j) => Math.abs(got[j]) - Math.abs(got[i]));
+    for (const k of new Set([byMagnitude[0], Math.floor(rnd() * arr.length)])) {
+      const fd = (step: number) => {
+        const keep = arr[k];
+        arr[k] = keep + step;
+        const up = kappa();
+        arr[k] = keep - step;
+        const down = kappa();
+        arr[k] = keep;
+        return (up - down) / (2 * step);
+      };
+      const coarse = fd(1e-4);
+      const fine = fd(5e-5);
+      const scale = Math.max(Math.abs(fine), rms, 1e-9);
+      assert.ok(Math.abs(coarse - fine) <= 1e-3 * scale, `no switch crossed (${vars[a].name}[${k}]): ${coarse} vs ${fine}`);
+      const err = Math.abs(got[k] - fine) / scale;
+      worst = Math.max(worst, err);
+      checked++;
+      if (Math.abs(fine) > 1e-6 * scale) nonzero++;
+      assert.ok(err <= 2e-3, `${vars[a].name}[${k}]: tf ${got[k]} vs fd ${fine} (rms ${rms})`);
+    }
+  });
+  console.log(`vgg ∇κ̃ (u following) vs float64 central differences of κ: ${checked} coordinates (${nonzero} non-zero), worst relative error ${worst.toExponential(2)}`);
+  assert.ok(nonzero >= 10, `only ${nonzero} coordinates with a non-zero derivative`);
+  tf.dispose([value, ...Object.values(grads), probe.x, probe.y]);
+  m.dispose();
+});
+
 test('the reported regularizer is κ̃ of the model kernel Σ_g K_g + U·Uᵀ, equal to its measured κ at fresh eigenvectors; shares are tr(K_g)/Σ tr', () => {
   const m = newModel(config({ model: { experts: 3 }, monitor: { probeSize: 4 } }));
   steps(m, builtin, 2);

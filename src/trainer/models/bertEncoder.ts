@@ -21,7 +21,7 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
-import { RouterlessClassifier } from './routerlessClassifier';
+import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
 import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -185,33 +185,73 @@ export class BertEncoder extends RouterlessClassifier {
 
   /** Logits [b, classes] of images x [b, rows·cols]; a pruned head's variables are replaced by zeros in every layer. */
   logits(x: TF.Tensor, pruned: ReadonlySet<number> = new Set(), softMask?: TF.Tensor1D): T2 {
+    return this.tf.tidy(() => this.forward(x, pruned, softMask));
+  }
+
+  /**
+   * The encoder; with `tapped`, zero taps are added after each layer's query, key, value and output
+   * projections (tapped.taps, 4 per layer, in that order) and the inputs of those projections are kept in
+   * tapped.inputs (per layer: the block input h, then the heads' merged outputs), for probeJacobians.
+   */
+  private forward(x: TF.Tensor, pruned: ReadonlySet<number>, softMask: TF.Tensor1D | undefined, tapped?: { taps: TF.Tensor[]; inputs: TF.Tensor[] }): T2 {
     const tf = this.tf;
     const [b, T, D, H, dh] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead];
-    return tf.tidy(() => {
-      const e = this.embedding;
-      const tokens = tf.reshape(tf.add(tf.matMul(tf.reshape(x, [b * this.rows, this.cols]) as T2, e.tokW as unknown as T2), e.tokB), [b, this.rows, D]);
-      const cls = tf.tile(tf.reshape(e.cls, [1, 1, D]), [b, 1, 1]);
-      let h = this.layerNorm(tf.reshape(tf.add(tf.concat([cls, tokens], 1), e.pos), [b * T, D]) as T2, e.lnG, e.lnB);
-      this.heads.forEach((heads, l) => {
-        const blk = this.blocks[l];
-        // All heads in one matmul: their matrices side by side, zeros in a pruned head's place.
-        const side = (pick: (v: HeadVars) => TF.Variable, axis: number) => tf.concat(heads.map((v, k) => (pruned.has(k) ? tf.zerosLike(pick(v)) : pick(v))), axis);
-        const split = (t: TF.Tensor) => tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]); // [b, H, T, dh]
-        const q = split(tf.add(tf.matMul(h, side((v) => v.wq, 1) as T2), side((v) => v.bq, 0)));
-        const k = split(tf.matMul(h, side((v) => v.wk, 1) as T2));
-        const v = split(tf.add(tf.matMul(h, side((v) => v.wv, 1) as T2), side((v) => v.bv, 0)));
-        const attention = this.activations.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
-        const merged = tf.reshape(tf.transpose(tf.matMul(attention, v), [0, 2, 1, 3]), [b * T, H * dh]) as T2;
-        // The pruning gate's soft mask scales head k's rows of W_o: its output before the merge.
-        const wo = softMask ? tf.concat(heads.map((v, k) => tf.mul(pruned.has(k) ? tf.zerosLike(v.wo) : v.wo, tf.slice(softMask, [k], [1]))), 0) : side((v) => v.wo, 0);
-        const attended = tf.add(tf.matMul(merged, wo as T2), blk.bo) as T2;
-        h = this.layerNorm(tf.add(h, attended) as T2, blk.ln1g, blk.ln1b);
-        const ff = tf.add(tf.matMul(this.gelu(tf.add(tf.matMul(h, blk.ff1w as unknown as T2), blk.ff1b) as T2), blk.ff2w as unknown as T2), blk.ff2b) as T2;
-        h = this.layerNorm(tf.add(h, ff) as T2, blk.ln2g, blk.ln2b);
-      });
-      const clsOut = tf.reshape(tf.slice(tf.reshape(h, [b, T, D]), [0, 0, 0], [b, 1, D]), [b, D]) as T2;
-      return tf.add(tf.matMul(clsOut, e.outW as unknown as T2), e.outB) as T2;
+    const tap = (t: TF.Tensor, l: number, k: number) => (tapped ? tf.add(t, tapped.taps[4 * l + k]) : t);
+    const e = this.embedding;
+    const tokens = tf.reshape(tf.add(tf.matMul(tf.reshape(x, [b * this.rows, this.cols]) as T2, e.tokW as unknown as T2), e.tokB), [b, this.rows, D]);
+    const cls = tf.tile(tf.reshape(e.cls, [1, 1, D]), [b, 1, 1]);
+    let h = this.layerNorm(tf.reshape(tf.add(tf.concat([cls, tokens], 1), e.pos), [b * T, D]) as T2, e.lnG, e.lnB);
+    this.heads.forEach((heads, l) => {
+      const blk = this.blocks[l];
+      // All heads in one matmul: their matrices side by side, zeros in a pruned head's place.
+      const side = (pick: (v: HeadVars) => TF.Variable, axis: number) => tf.concat(heads.map((v, k) => (pruned.has(k) ? tf.zerosLike(pick(v)) : pick(v))), axis);
+      const split = (t: TF.Tensor) => tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]); // [b, H, T, dh]
+      const q = split(tap(tf.add(tf.matMul(h, side((v) => v.wq, 1) as T2), side((v) => v.bq, 0)), l, 0));
+      const k = split(tap(tf.matMul(h, side((v) => v.wk, 1) as T2), l, 1));
+      const v = split(tap(tf.add(tf.matMul(h, side((v) => v.wv, 1) as T2), side((v) => v.bv, 0)), l, 2));
+      const attention = this.activations.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
+      const merged = tf.reshape(tf.transpose(tf.matMul(attention, v), [0, 2, 1, 3]), [b * T, H * dh]) as T2;
+      tapped?.inputs.push(tf.keep(h), tf.keep(merged));
+      // The pruning gate's soft mask scales head k's rows of W_o: its output before the merge.
+      const wo = softMask ? tf.concat(heads.map((v, k) => tf.mul(pruned.has(k) ? tf.zerosLike(v.wo) : v.wo, tf.slice(softMask, [k], [1]))), 0) : side((v) => v.wo, 0);
+      const attended = tf.add(tap(tf.matMul(merged, wo as T2), l, 3), blk.bo) as T2;
+      h = this.layerNorm(tf.add(h, attended) as T2, blk.ln1g, blk.ln1b);
+      const ff = tf.add(tf.matMul(this.gelu(tf.add(tf.matMul(h, blk.ff1w as unknown as T2), blk.ff1b) as T2), blk.ff2w as unknown as T2), blk.ff2b) as T2;
+      h = this.layerNorm(tf.add(h, ff) as T2, blk.ln2g, blk.ln2b);
     });
+    const clsOut = tf.reshape(tf.slice(tf.reshape(h, [b, T, D]), [0, 0, 0], [b, 1, D]), [b, D]) as T2;
+    return tf.add(tf.matMul(clsOut, e.outW as unknown as T2), e.outB) as T2;
+  }
+
+  /**
+   * Every head's per-sample Jacobian rows [heads, b, p_head] from one tapped forward pass and one
+   * backward pass to the taps (δ = ∂s/∂tap, `backToTaps`): each of a head's matrices enters as a linear
+   * map y = a·W, so ∂s_i/∂W = Σ_t a_{i,t} ⊗ δ_{i,t} (t over the example's tokens; examples do not
+   * interact) and ∂s_i/∂b = Σ_t δ_{i,t}. Columns are ordered per layer [W_q|W_k|W_v rows of each input
+   * dimension, b_q|b_v, W_o], a fixed permutation of the head's parameters (K = J·Jᵀ does not see it).
+   */
+  protected probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps): TF.Tensor3D {
+    const tf = this.tf;
+    const [b, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
+    const inputs: TF.Tensor[] = [];
+    const taps = Array.from({ length: L }, () => [tf.zeros([b * T, H * dh]), tf.zeros([b * T, H * dh]), tf.zeros([b * T, H * dh]), tf.zeros([b * T, D])]).flat();
+    const deltas = backToTaps((t) => this.forward(x, pruned, undefined, { taps: t, inputs }), taps);
+    const blocks: TF.Tensor[] = [];
+    for (let l = 0; l < L; l++) {
+      const [dq, dk, dv, dOut] = deltas.slice(4 * l, 4 * l + 4);
+      const [h, merged] = inputs.slice(2 * l, 2 * l + 2);
+      const byToken = (t: TF.Tensor, width: number) => tf.reshape(t, [b, T, width]);
+      // [b, D, (q|k|v), H, dh] → [H, b, D·3·dh]
+      const qkv = tf.matMul(byToken(h, D) as TF.Tensor3D, byToken(tf.concat([dq, dk, dv], 1), 3 * H * dh) as TF.Tensor3D, true, false);
+      blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * D * dh]));
+      const biases = tf.sum(tf.reshape(byToken(tf.concat([dq, dv], 1), 2 * H * dh), [b, T, 2, H, dh]), 1); // [b, 2, H, dh]
+      blocks.push(tf.reshape(tf.transpose(biases, [2, 0, 1, 3]), [H, b, 2 * dh]));
+      // W_o's rows of head k read the head's merged output: [b, H·dh, D] → [H, b, dh·D]
+      const out = tf.matMul(byToken(merged, H * dh) as TF.Tensor3D, byToken(dOut, D) as TF.Tensor3D, true, false);
+      blocks.push(tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2]));
+    }
+    tf.dispose(inputs);
+    return tf.concat(blocks, 2) as TF.Tensor3D;
   }
 
   /**

@@ -6,11 +6,17 @@
 // training step on L_S + α·κ̄, the measurement, checkpoint state and disposal.
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
-import { classifierUnitKernels, outputDirections, smoothKappaTf, SpectralNormState } from '../pl';
-import { biasRayleigh, classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
+import { outputDirections, outputDirectionsTf, smoothKappaTf, SpectralNormState } from '../pl';
+import { classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, rowScales, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 
 type T2 = TF.Tensor2D;
+
+/**
+ * Given a forward pass with additive zero taps and the taps, the gradients of Σ_i u_iᵀ logits(x_i) with
+ * respect to each tap (u the probe's output directions, held inside the Jacobian): δ at every tap.
+ */
+export type BackToTaps = (forward: (taps: TF.Tensor[]) => T2, taps: TF.Tensor[]) => TF.Tensor[];
 
 export abstract class RouterlessClassifier extends FamilyBase implements PlModel {
   readonly units: number;
@@ -21,6 +27,8 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   private probeX: T2 | undefined;
   private probeY: T2 | undefined;
   private probeU: Float64Array | undefined;
+  /** The regularized step measures in its own graph: the loop need not measure before it. */
+  readonly measuresInStep = true;
   private unitStats: UnitStats[] = [];
   /** κ of the model's kernel at the last measurement (the regularizer), with its eigenvectors. */
   private modelConditioning: ModelConditioning | undefined;
@@ -51,6 +59,12 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   abstract sharedVars(): TF.Variable[];
   /** A unit's L_f under `monitor.lipschitz: spectral-norm` (an estimate from its weight matrices' σ_max). */
   protected abstract spectralLipschitz(id: number): number;
+  /**
+   * J [units, n, p_unit] on probe inputs x, J[u, i, :] = ∂s_i/∂θ_u (a fixed order of the unit's
+   * parameters), from one forward pass with zero taps after the units' linear maps and one backward pass
+   * to the taps (`backToTaps`); differentiable w.r.t. every weight. A pruned unit's rows are 0.
+   */
+  protected abstract probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps): TF.Tensor3D;
 
   setProbe(probe: Batch): void {
     this.probeX?.dispose();
@@ -60,21 +74,40 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   }
 
   /**
-   * One optimizer step on L_S + α·κ̄, κ̄ the κ of the model's kernel over the (unit-weighted) trainable
-   * units. Frozen units are left out of the variable list; α = 0 skips the regularizer graph entirely.
+   * One optimizer step on L_S + α·κ̄, κ̄ the κ of the model's kernel over the trainable units. Frozen
+   * units are left out of the variable list; α = 0 skips the regularizer graph entirely. A regularized
+   * step measures in its own graph (measuresInStep): the probe's per-unit kernels come from one tapped
+   * probe pass (probeJacobians), are read back once and eigen-solved in float64, and κ̃ is then
+   * differentiated along those eigenvectors (Hellmann–Feynman) through the same pass.
    */
   trainStep(batch: Batch, o: StepOptions): StepResult {
+    return this.step(batch, o);
+  }
+
+  /**
+   * The gradients a trainStep with these options would apply (read back by variable name), without
+   * applying them: for the tests that hold the in-step regularizer to modelKappaTf.
+   */
+  objectiveGradients(batch: Batch, o: StepOptions): Record<string, Float32Array> {
+    const out: Record<string, Float32Array> = {};
+    this.step(batch, o, out);
+    return out;
+  }
+
+  /** trainStep; with `captured`, the gradients are read back into it instead of applied. */
+  private step(batch: Batch, o: StepOptions, captured?: Record<string, Float32Array>): StepResult {
     const tf = this.tf;
     const { alpha, pruned } = o;
     // A pruned unit never reaches the logits: no gradient, so no optimizer step either.
     const trainable = o.trainable.filter((u) => !pruned.has(u));
     const yOneHot = batch.y as T2;
     const weights = regularizerWeights(this.units, trainable, o.unitWeights);
-    const regularized = alpha > 0 && this.probeU !== undefined && this.modelConditioning !== undefined;
+    const regularized = alpha > 0 && this.probeX !== undefined;
     const varList = this.parameters.stepVariables(trainable);
     const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
     if (mask) varList.push(mask as unknown as TF.Variable);
     let maskGrad: number[] | undefined;
+    let monitorMs = 0;
     const reported = tf.tidy(() => {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
@@ -83,11 +116,21 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
         logitsT = tf.keep(this.logits(batch.x, pruned, mask));
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
-        regT = tf.keep(this.modelKappaTf(trainable.filter((u) => weights.w[u] > 0), pruned));
+        // Frozen: neither trainable nor pruned (reported so); the model's kernel sums the regularized units.
+        const inModel = trainable.filter((u) => weights.w[u] > 0);
+        const frozen = new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !trainable.includes(u) && !pruned.has(u)));
+        // The probe's own pass, unmasked (the kernel is the model's as it stands, pruned units zeroed).
+        const { J, U } = this.unitJacobians(pruned);
+        const t0 = performance.now();
+        this.record(this.kernelsOf(J), new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !inModel.includes(u) && !pruned.has(u))), pruned);
+        this.unitStats = this.unitStats.map((st) => ({ ...st, frozen: frozen.has(st.id) }));
+        monitorMs = performance.now() - t0;
+        regT = tf.keep(this.surrogateKappa(J, U, inModel));
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
-      this.parameters.applyGradients(grads, trainable);
+      if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
+      else this.parameters.applyGradients(grads, trainable);
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
@@ -97,72 +140,153 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     // One device→host transfer per step for everything reported.
     const values = reported.dataSync();
     reported.dispose();
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(maskGrad ? { maskGrad } : {}) };
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(regularized ? { measured: this.unitStats, monitorMs } : {}), ...(maskGrad ? { maskGrad } : {}) };
   }
 
   /**
-   * vᵀ(Σ_{u∈units} K_u)v as a differentiable function of the weights: K_u = J_u·J_uᵀ, so the sum is
-   * ‖∇_{θ_units} Σ_i v_i s_i‖² with s_i = u_iᵀ logits(x_i): one probe forward and backward per Rayleigh
-   * quotient, differentiated again by the caller's tf.variableGrads (a gradient of a gradient; the
-   * family's forward pass must allow that). u is held at the last measurement's.
+   * J [units, n, p_unit] of s_i = u_iᵀ logits(x_i) on the probe (probeJacobians) and the directions U
+   * [n, classes] it used. With `held`, u is those directions, a constant. Without, u is computed from
+   * this very pass's logits (outputDirections, read back once, stored as the measurement's) and U is
+   * that as a differentiable function of the logits (outputDirectionsTf, docs/method.md contract 2):
+   * the kernel is defined with u held inside the Jacobian, so the backward pass to the taps is seeded
+   * with U as a constant, while an outer gradient through J (the regularizer's) also follows u.
    */
-  rayleighTf(units: number | number[], v: Float64Array, pruned: ReadonlySet<number>): TF.Scalar {
+  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array): { J: TF.Tensor3D; U: T2 } {
     const tf = this.tf;
     const n = this.probeX!.shape[0];
-    const u = this.probeU!;
     const c = this.classes;
-    const weighted = new Float32Array(n * c);
-    for (let i = 0; i < n; i++) for (let k = 0; k < c; k++) weighted[i * c + k] = v[i] * u[i * c + k];
-    const vars = (Array.isArray(units) ? units : [units]).flatMap((id) => this.unitVars(id));
-    return tf.tidy(() => {
-      if (!vars.length) return tf.scalar(0);
-      const vu = tf.tensor2d(weighted, [n, c]);
-      const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(this.logits(this.probeX!, pruned), vu)) as TF.Scalar, vars);
-      value.dispose();
-      return tf.addN(Object.values(grads).map((d) => tf.sum(tf.square(d)))) as TF.Scalar;
-    });
+    // Σ_i u_iᵀz_i with ∂/∂z = u: a custom op of z alone, so the backward pass to the taps does not
+    // differentiate through u (the Jacobian's u is held), while u is an input of that pass's ops
+    // (∂/∂z = dy·u), so a gradient of the gradient, the regularizer's, reaches it.
+    const seed = (u: T2) => tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({ value: tf.sum(tf.mul(args[0] as T2, u)), gradFunc: (dy: TF.Tensor) => tf.mul(dy, u) })) as (z: T2) => TF.Scalar;
+    let U: T2 | undefined;
+    const directions = (z: T2): T2 => {
+      if (held) return tf.tensor2d(Float32Array.from(held), [n, c]);
+      const logProbs = tf.logSoftmax(z) as T2;
+      const read = logProbs.dataSync();
+      const labels = this.probeY!.dataSync();
+      this.probeU = outputDirections(read, labels, n, c);
+      // The value is the measurement's u (float64, rounded once), bit for bit what a held pass uses;
+      // the derivative is outputDirectionsTf's, the same function of the logits.
+      const exact = tf.tensor2d(Float32Array.from(this.probeU), [n, c]);
+      const valueOfExact = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({ value: tf.clone(exact), gradFunc: (dy: TF.Tensor) => dy })) as (x: T2) => T2;
+      return valueOfExact(outputDirectionsTf(logProbs, this.probeY!, rowScales(read, labels, n, c)));
+    };
+    const J = this.probeJacobians(this.probeX!, pruned, (forward, taps) =>
+      tf.grads((...t: TF.Tensor[]) => {
+        const z = forward(t);
+        U = tf.keep(directions(z));
+        return seed(U)(z);
+      })(taps),
+    );
+    // Out of the pass's scope into the caller's (a clone stays on the tape, connected to U).
+    const directionsOut = tf.clone(U!);
+    U!.dispose();
+    return { J, U: directionsOut };
+  }
+
+  /** K_u = J_u·J_uᵀ of every unit, read back (one transfer) into float64 n×n arrays. */
+  private kernelsOf(J: TF.Tensor3D): Float64Array[] {
+    const [units, n] = J.shape;
+    const K = this.tf.matMul(J, J, false, true);
+    const flat = K.dataSync();
+    K.dispose();
+    return Array.from({ length: units }, (_, u) => Float64Array.from(flat.subarray(u * n * n, (u + 1) * n * n)));
+  }
+
+  /** Every unit's kernel from one probe pass outside any step (u: `held`, or the pass's own). */
+  private probeKernels(pruned: ReadonlySet<number>, held?: Float64Array): Float64Array[] {
+    const J = this.tf.tidy(() => this.unitJacobians(pruned, held).J);
+    try {
+      return this.kernelsOf(J);
+    } finally {
+      J.dispose();
+    }
+  }
+
+  /** μ, L_f, κ of every unit and of the model's kernel (routerlessMeasurement) from the units' kernels. */
+  private record(kernels: Float64Array[], frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): void {
+    const n = this.probeX!.shape[0];
+    const r = routerlessMeasurement(kernels, this.probeU!, n, this.classes, frozen, pruned, this.config.monitor.damping, this.config.monitor.lipschitz === 'spectral-norm' ? (id) => this.spectralLipschitz(id) : undefined);
+    this.unitStats = r.stats;
+    this.modelConditioning = r.model;
   }
 
   /**
-   * κ̃ of the model's kernel Σ_{u∈trainable} K_u + U·Uᵀ with the last measurement's eigenvectors (and u)
-   * held: Hellmann–Feynman. vᵀU·Uᵀv = ‖Σ_i v_i u_i‖² is a constant here. Its gradient reaches every
-   * trainable variable, since each K_u depends on the whole network. Public for the gradient tests.
+   * vᵀ(Σ_{u∈units} K_u)v = Σ_u ‖J_uᵀv‖² for each row v of `vs` [m, n]: a tensor [m], differentiable through J.
+   */
+  private rayleighOfJacobians(J: TF.Tensor3D, units: number[], vs: Float64Array[]): TF.Tensor1D {
+    const tf = this.tf;
+    const [count, n, p] = J.shape;
+    if (!units.length) return tf.zeros([vs.length]);
+    const rows = tf.reshape(tf.transpose(J, [1, 0, 2]), [n, count * p]) as T2;
+    const v = tf.tensor2d(Float32Array.from(vs.flatMap((x) => Array.from(x))), [vs.length, n]);
+    const perUnit = tf.sum(tf.reshape(tf.square(tf.matMul(v, rows)), [vs.length, count, p]), 2); // [m, units]
+    // The units outside the sum are masked, not gathered (tf.gather's gradient has no wasm kernel).
+    const inSum = tf.tensor1d(Float32Array.from({ length: count }, (_, u) => (units.includes(u) ? 1 : 0)));
+    return tf.sum(tf.mul(perUnit, inSum), 1) as TF.Tensor1D;
+  }
+
+  /**
+   * κ̃ of Σ_{u∈units} K_u + U·Uᵀ along the last measurement's eigenvectors, both terms differentiable:
+   * vᵀU·Uᵀv = ‖Uᵀv‖² (the output bias's kernel) moves with u too.
+   */
+  private surrogateKappa(J: TF.Tensor3D, U: T2, units: number[]): TF.Scalar {
+    const tf = this.tf;
+    const m = this.modelConditioning!;
+    const vs = tf.tensor2d(Float32Array.from([...m.vMax, ...m.vMin]), [2, m.vMax.length]);
+    const bias = tf.sum(tf.square(tf.matMul(vs, U)), 1);
+    const q = tf.add(this.rayleighOfJacobians(J, units, [m.vMax, m.vMin]), bias);
+    return smoothKappaTf(tf.slice(q, [0], [1]), tf.slice(q, [1], [1]), this.config.monitor.damping).reshape([]) as TF.Scalar;
+  }
+
+  /**
+   * vᵀ(Σ_{u∈units} K_u)v as a differentiable function of the weights (one tapped probe pass: the
+   * per-sample Jacobians J_u of probeJacobians), u held at the last measurement's. For the gradient tests.
+   */
+  rayleighTf(units: number | number[], v: Float64Array, pruned: ReadonlySet<number>): TF.Scalar {
+    if (!this.probeX || !this.probeU) throw new Error('rayleighTf needs a measurement first');
+    return this.tf.tidy(() => this.tf.reshape(this.rayleighOfJacobians(this.unitJacobians(pruned, this.probeU).J, Array.isArray(units) ? units : [units], [v]), []) as TF.Scalar);
+  }
+
+  /**
+   * κ̃ of the model's kernel Σ_{u∈trainable} K_u + U·Uᵀ with the last measurement's eigenvectors held
+   * (Hellmann–Feynman) and u computed afresh from the current weights, differentiably: what the step
+   * adds α times (it measures in its own pass first). Its gradient reaches every trainable variable,
+   * since each K_u and u depend on the whole network. Public for the gradient tests.
    */
   modelKappaTf(trainable: number[], pruned: ReadonlySet<number>): TF.Scalar {
-    const tf = this.tf;
-    const m = this.modelConditioning;
-    if (!m || !this.probeU) throw new Error('modelKappaTf needs a measurement first');
-    const bias = (v: Float64Array) => biasRayleigh(this.probeU!, v, this.classes);
-    return tf.tidy(() => {
-      const lMax = tf.add(this.rayleighTf(trainable, m.vMax, pruned), bias(m.vMax));
-      const lMin = tf.add(this.rayleighTf(trainable, m.vMin, pruned), bias(m.vMin));
-      return smoothKappaTf(lMax, lMin, this.config.monitor.damping) as TF.Scalar;
+    if (!this.modelConditioning || !this.probeU) throw new Error('modelKappaTf needs a measurement first');
+    return this.tf.tidy(() => {
+      const { J, U } = this.unitJacobians(pruned);
+      return this.surrogateKappa(J, U, trainable);
     });
   }
 
   /**
-   * The per-unit tangent kernels of s_i = u_iᵀ logits(x_i) on the probe batch, row i of J_u = ∇_{θ_u} s_i
-   * (one backward pass per probe example for all units). Pruned when `pruned` says so, except that a
+   * The per-unit tangent kernels of s_i = u_iᵀ logits(x_i) on the probe batch, with the last measurement's
+   * u (probeJacobians: one tapped pass for all units). Pruned when `pruned` says so, except that a
    * pruned unit's own kernel is taken with that unit restored (the rest as they are): the unit is
    * measured as it would act, the way a gated-off expert is.
    */
   unitKernels(pruned: ReadonlySet<number>): Float64Array[] {
-    if (!this.probeX || !this.probeU) throw new Error('measure needs a probe batch and output directions');
-    return classifierUnitKernels(this.tf, { probeX: this.probeX, probeU: this.probeU, classes: this.classes, units: this.units, logits: (x, mask) => this.logits(x, mask), unitVars: (u) => this.unitVars(u) }, pruned);
+    if (!this.probeX || !this.probeU) throw new Error('unitKernels needs a measurement first');
+    const kernels = this.probeKernels(pruned, this.probeU);
+    for (const u of pruned) {
+      if (u >= this.units) continue;
+      const restored = new Set(pruned);
+      restored.delete(u);
+      kernels[u] = this.probeKernels(restored, this.probeU)[u];
+    }
+    return kernels;
   }
 
-  /** μ, L_f, κ of every unit on the probe batch (float64 eigen-solve), refreshing the regularizer's vectors. */
+  /** μ, L_f, κ of every unit on the probe batch (float64 eigen-solve), refreshing u and the regularizer's vectors. */
   measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): UnitStats[] {
-    const tf = this.tf;
     if (!this.probeX || !this.probeY) throw new Error('setProbe first');
-    const n = this.probeX.shape[0];
-    const logProbs = tf.tidy(() => tf.logSoftmax(this.logits(this.probeX!, pruned)).dataSync());
-    this.probeU = outputDirections(logProbs, this.probeY.dataSync(), n, this.classes);
-    const damping = this.config.monitor.damping;
-    const kernels = this.unitKernels(pruned);
-    const r = routerlessMeasurement(kernels, this.probeU, n, this.classes, frozen, pruned, damping, this.config.monitor.lipschitz === 'spectral-norm' ? (id) => this.spectralLipschitz(id) : undefined);
-    this.unitStats = r.stats;
-    this.modelConditioning = r.model;
+    // A pruned unit's stats are null whatever its kernel: one pass, u from its own logits.
+    const kernels = this.probeKernels(pruned);
+    this.record(kernels, frozen, pruned);
     return this.unitStats;
   }
 

@@ -13,7 +13,7 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
-import { RouterlessClassifier } from './routerlessClassifier';
+import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
 import type { TaskData } from './types';
 
 type Tensor4D = TF.Tensor4D;
@@ -25,6 +25,12 @@ export interface TwiceDifferentiableOps {
   convSameOfInput(x: Tensor4D, f: Tensor4D): Tensor4D;
   /** 2×2 max-pool, stride 2; odd trailing rows/columns are dropped (floor, as 'valid' pooling). */
   maxPool2(x: Tensor4D): Tensor4D;
+  /**
+   * Runs f, in which every backward pass of these convs returns zeros as the filter's gradient instead
+   * of computing it: for gradients with respect to activations only (tf.customGrad computes every
+   * input's gradient whether asked for or not). Ops recorded inside f keep their full backward pass.
+   */
+  withoutFilterGradients<T>(f: () => T): T;
 }
 
 const opsCache = new WeakMap<object, TwiceDifferentiableOps>();
@@ -59,8 +65,11 @@ export function twiceDifferentiableOps(tf: typeof TF): TwiceDifferentiableOps {
   };
   // df[i,j,ci,co] = Σ_{b,y,x} a[b,y+i,x+j,ci]·dy[b,y,x,co]: V with the batch as the contracted channel axis.
   const filterGrad = (a: Tensor4D, dy: Tensor4D): Tensor4D => tf.transpose(validConv(tf.transpose(a, [3, 1, 2, 0]), tf.transpose(dy, [1, 2, 0, 3])), [1, 2, 0, 3]);
-  const validConv: Binary = customBinary(tf, (a, f) => tf.conv2d(a, f, 1, 'valid'), [true, true], (dy, [a, f]) => [inputGrad(dy, f), filterGrad(a, dy)]);
-  const validConvOfInput = customBinary(tf, (a, f) => tf.conv2d(a, f, 1, 'valid'), [true, false], (dy, [a]) => [tf.zerosLike(a), filterGrad(a, dy)]);
+  // Set while a caller wants activation gradients only: read when a backward pass runs, not when the op was recorded.
+  let skipFilterGradients = false;
+  const filterGradOrZeros = (a: Tensor4D, dy: Tensor4D, f: Tensor4D | number[]) => (skipFilterGradients ? tf.zeros(Array.isArray(f) ? f : f.shape) : filterGrad(a, dy));
+  const validConv: Binary = customBinary(tf, (a, f) => tf.conv2d(a, f, 1, 'valid'), [true, true], (dy, [a, f]) => [inputGrad(dy, f), filterGradOrZeros(a, dy, f)]);
+  const validConvOfInput = customBinary(tf, (a, f) => tf.conv2d(a, f, 1, 'valid'), [true, false], (dy, [a]) => [tf.zerosLike(a), filterGradOrZeros(a, dy, [a.shape[1] - dy.shape[1] + 1, a.shape[2] - dy.shape[2] + 1, a.shape[3], dy.shape[3]])]);
   const padSame = (x: Tensor4D) => tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]);
   // The argmax mask is computed in the forward pass, which runs off the tape, so it is a constant to
   // every derivative (as relu′ is); the backward pass is linear in dy and differentiable again. Ties go
@@ -79,6 +88,15 @@ export function twiceDifferentiableOps(tf: typeof TF): TwiceDifferentiableOps {
     return { value, gradFunc: (dy: Tensor4D, [m]: TF.Tensor[]) => tf.reshape(tf.mul(tf.reshape(dy, [b, h, 1, w, 1, c]), m), [b, h2, w2, c]) };
   }) as (x: TF.Tensor) => Tensor4D;
   const ops: TwiceDifferentiableOps = {
+    withoutFilterGradients: (f) => {
+      const before = skipFilterGradients;
+      skipFilterGradients = true;
+      try {
+        return f();
+      } finally {
+        skipFilterGradients = before;
+      }
+    },
     convSame: (x, f) => validConv(padSame(x), f),
     convSameOfInput: (x, f) => validConvOfInput(padSame(x), f),
     maxPool2: (x) => {
@@ -137,22 +155,66 @@ export class VggNet extends RouterlessClassifier {
 
   /** Logits [b, classes] of images x [b, rows·cols]; a pruned group's channels are exactly zero in every layer. */
   logits(x: TF.Tensor, pruned: ReadonlySet<number> = new Set(), softMask?: TF.Tensor1D): TF.Tensor2D {
+    return this.tf.tidy(() => this.forward(x, pruned, softMask));
+  }
+
+  /**
+   * The net; with `tapped`, a zero tap is added to each conv layer's pre-activation (tapped.taps, one per
+   * layer) and each conv layer's input is kept in tapped.inputs, for probeJacobians.
+   */
+  private forward(x: TF.Tensor, pruned: ReadonlySet<number>, softMask: TF.Tensor1D | undefined, tapped?: { taps: TF.Tensor[]; inputs: TF.Tensor[] }): TF.Tensor2D {
     const tf = this.tf;
-    return tf.tidy(() => {
-      let h = tf.reshape(x, [x.shape[0], this.rows, this.cols, 1]) as Tensor4D;
-      this.layers.forEach((groups, l) => {
-        // One conv for all groups: the groups' filters side by side, zeros in a pruned group's place, so
-        // its channels are zero and its own variables are never read.
-        const filters = groups.map((p, g) => (pruned.has(g) ? tf.zerosLike(p.w) : p.w));
-        const biases = groups.map((p, g) => (pruned.has(g) ? tf.zerosLike(p.b) : p.b));
-        const f = tf.concat(filters, 3) as Tensor4D;
-        const conv = l === 0 ? this.ops.convSameOfInput(h, f) : this.ops.convSame(h, f);
-        h = this.ops.maxPool2(tf.relu(tf.add(conv, tf.concat(biases))) as Tensor4D);
-        // The pruning gate's soft mask scales group g's channels (pooling commutes with a scale ≥ 0).
-        if (softMask) h = tf.mul(h, tf.concat(groups.map((_, g) => tf.tile(tf.slice(softMask, [g], [1]), [this.channelsPerGroup])))) as Tensor4D;
-      });
-      return tf.add(tf.matMul(tf.reshape(h, [h.shape[0], -1]) as TF.Tensor2D, this.denseW as unknown as TF.Tensor2D), this.denseB) as TF.Tensor2D;
+    let h = tf.reshape(x, [x.shape[0], this.rows, this.cols, 1]) as Tensor4D;
+    this.layers.forEach((groups, l) => {
+      // One conv for all groups: the groups' filters side by side, zeros in a pruned group's place, so
+      // its channels are zero and its own variables are never read.
+      const filters = groups.map((p, g) => (pruned.has(g) ? tf.zerosLike(p.w) : p.w));
+      const biases = groups.map((p, g) => (pruned.has(g) ? tf.zerosLike(p.b) : p.b));
+      const f = tf.concat(filters, 3) as Tensor4D;
+      tapped?.inputs.push(tf.keep(h));
+      const conv = l === 0 ? this.ops.convSameOfInput(h, f) : this.ops.convSame(h, f);
+      const pre = tf.add(conv, tf.concat(biases));
+      h = this.ops.maxPool2(tf.relu(tapped ? tf.add(pre, tapped.taps[l]) : pre) as Tensor4D);
+      // The pruning gate's soft mask scales group g's channels (pooling commutes with a scale ≥ 0).
+      if (softMask) h = tf.mul(h, tf.concat(groups.map((_, g) => tf.tile(tf.slice(softMask, [g], [1]), [this.channelsPerGroup])))) as Tensor4D;
     });
+    return tf.add(tf.matMul(tf.reshape(h, [h.shape[0], -1]) as TF.Tensor2D, this.denseW as unknown as TF.Tensor2D), this.denseB) as TF.Tensor2D;
+  }
+
+  /**
+   * Every group's per-sample Jacobian rows [groups, b, p_group] from one tapped forward pass and one
+   * backward pass to the taps (δ = ∂s/∂(pre-activation), `backToTaps`): a 3×3 'same' conv is a linear
+   * map of the input's 3×3 patches, so ∂s_i/∂W = Σ_{y,x} patch_i(y,x) ⊗ δ_i(y,x) (im2col, one batched
+   * matmul per layer for all groups) and ∂s_i/∂b = Σ_{y,x} δ_i(y,x). Columns per layer: the filter in
+   * [3,3,c_in,c] order, then the bias.
+   */
+  protected probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps): TF.Tensor3D {
+    const tf = this.tf;
+    const [b, G, c] = [x.shape[0], this.units, this.channelsPerGroup];
+    const inputs: TF.Tensor[] = [];
+    let [hh, ww] = [this.rows, this.cols];
+    const taps = this.layers.map(() => {
+      const t = tf.zeros([b, hh, ww, G * c]);
+      [hh, ww] = [Math.floor(hh / 2), Math.floor(ww / 2)];
+      return t;
+    });
+    // δ at the taps needs no filter gradient inside that backward pass (the outer one, through δ, does).
+    const deltas = this.ops.withoutFilterGradients(() => backToTaps((t) => this.forward(x, pruned, undefined, { taps: t, inputs }), taps));
+    const blocks: TF.Tensor[] = [];
+    this.layers.forEach((_, l) => {
+      const input = inputs[l] as Tensor4D;
+      const [, H, W, cin] = input.shape;
+      const padded = tf.pad(input, [[0, 0], [1, 1], [1, 1], [0, 0]]);
+      const shifts: TF.Tensor[] = [];
+      for (let i = 0; i < 3; i++) for (let j = 0; j < 3; j++) shifts.push(tf.slice(padded, [0, i, j, 0], [b, H, W, cin]));
+      const patches = tf.reshape(tf.concat(shifts, 3), [b, H * W, 9 * cin]) as TF.Tensor3D;
+      const delta = tf.reshape(deltas[l], [b, H * W, G * c]) as TF.Tensor3D;
+      const filters = tf.matMul(patches, delta, true, false); // [b, 9·c_in, G·c]
+      blocks.push(tf.reshape(tf.transpose(tf.reshape(filters, [b, 9 * cin, G, c]), [2, 0, 1, 3]), [G, b, 9 * cin * c]));
+      blocks.push(tf.transpose(tf.reshape(tf.sum(delta, 1), [b, G, c]), [1, 0, 2]));
+    });
+    tf.dispose(inputs);
+    return tf.concat(blocks, 2) as TF.Tensor3D;
   }
 
   /**

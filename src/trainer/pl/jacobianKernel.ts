@@ -1,6 +1,7 @@
-// Tangent kernels of units whose kernel has no closed form (attention heads, conv channel groups):
-// per-sample gradients on the probe batch, one backward pass per probe example for all units at
-// once, then K_u = J_u·J_uᵀ in float64. n backward passes per measurement (n = probe size).
+// Tangent kernels from per-sample gradients on the probe batch: one backward pass per probe example for
+// all units at once, then K_u = J_u·J_uᵀ in float64 (n backward passes per kernel, n = probe size). The
+// routerless families compute the same kernels from one tapped pass (RouterlessClassifier.probeJacobians);
+// this is the direct definition the tests hold them (and switch-transformer's experts) to.
 import type * as TF from '@tensorflow/tfjs';
 import { gramOfJacobian } from './tangentKernel';
 

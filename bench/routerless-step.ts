@@ -1,0 +1,110 @@
+// The regularized step of the routerless families (bert-encoder's heads, vgg's channel groups) against
+// their plain step, at the families' example configs (examples/bert-encoder.pltrain.json,
+// examples/vgg.pltrain.json: their batch, α and the default probe), through the models' public API on
+// the default backend. What the training loop runs per step is timed:
+//   plain: trainStep at α = 0 (no measurement: at α = 0 the loop measures only every monitor.every steps)
+//   regularized: at the config's α > 0, measure() before the step unless the family measures in its own
+//   graph (PlModel.measuresInStep), then trainStep (src/trainer/train.ts does exactly this)
+// Plain and regularized steps alternate on the same model and batch (both see the same load); each is
+// timed in wall-clock and in this process's CPU time (user + system: less inflated by other processes
+// on a shared machine, the backend being single-threaded), and the tfjs kernels each launches are
+// counted once (tf.profile), a load-independent measure of the work.
+// usage: node --import tsx bench/routerless-step.ts [--steps 8] [--families bert-encoder,vgg]
+// Prints progress on stderr and one `BENCH_RESULT {json}` line on stdout.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { parseTrainingConfig } from '../src/protocol';
+import { selectBackend } from '../src/trainer/backend';
+import { createModel, loadTaskData, probeBatch, type Batch, type PlModel, type StepOptions } from '../src/trainer/models';
+import { emitResult, round } from './panel-page';
+
+const { values: args } = parseArgs({
+  options: {
+    steps: { type: 'string', default: '8' },
+    families: { type: 'string', default: 'bert-encoder,vgg' },
+  },
+  allowPositionals: false,
+  strict: false,
+});
+const log = (m: string) => process.stderr.write(`[routerless-step] ${m}\n`);
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const ROOT = path.resolve(__dirname, '..');
+
+async function main(): Promise<void> {
+  const { tf, info } = await selectBackend('auto');
+  const steps = Number(args.steps);
+  const rows: Record<string, unknown>[] = [];
+  for (const family of String(args.families).split(',').filter(Boolean)) {
+    const file = path.join(ROOT, 'examples', `${family}.pltrain.json`);
+    const parsed = parseTrainingConfig(JSON.parse(fs.readFileSync(file, 'utf8')));
+    if (!parsed.ok) throw new Error(`${path.relative(ROOT, file)} does not parse`);
+    const config = parsed.config;
+    if (!(config.alpha > 0)) throw new Error(`${path.relative(ROOT, file)}: α is ${config.alpha}, nothing to regularize`);
+    const data = loadTaskData(config, path.dirname(file));
+    const m: PlModel = createModel(tf, config, data);
+    m.setProbe(probeBatch(tf, config, data));
+    const batch: Batch = data.batch(tf, 'train', Int32Array.from({ length: config.batchSize }, (_, i) => i));
+    const trainable = Array.from({ length: m.units }, (_, i) => i);
+    const none = new Set<number>();
+    const plain: StepOptions = { alpha: 0, trainable, pruned: none };
+    const regularized: StepOptions = { ...plain, alpha: config.alpha };
+    // What train.ts runs for one step at this α.
+    const loopStep = (o: StepOptions) => {
+      if (o.alpha > 0 && !m.measuresInStep) m.measure(none, none);
+      m.trainStep(batch, o);
+    };
+    const timed = (f: () => void) => {
+      const [t0, c0] = [performance.now(), process.cpuUsage()];
+      f();
+      const c = process.cpuUsage(c0);
+      return { wall: performance.now() - t0, cpu: (c.user + c.system) / 1000 };
+    };
+    const kernels = async (f: () => void) => (await tf.profile(f)).kernels.length;
+    // Warm-up: the first steps compile kernels; the first regularized step needs a measurement first.
+    for (let i = 0; i < 3; i++) [plain, regularized].forEach(loopStep);
+    const plainRuns: { wall: number; cpu: number }[] = [];
+    const regRuns: { wall: number; cpu: number }[] = [];
+    for (let i = 0; i < steps; i++) {
+      plainRuns.push(timed(() => loopStep(plain)));
+      regRuns.push(timed(() => loopStep(regularized)));
+    }
+    const [plainMs, regMs] = [plainRuns.map((r) => r.wall), regRuns.map((r) => r.wall)];
+    const [plainCpu, regCpu] = [median(plainRuns.map((r) => r.cpu)), median(regRuns.map((r) => r.cpu))];
+    const measureMs = m.measuresInStep ? 0 : median(Array.from({ length: 3 }, () => timed(() => m.measure(none, none)).wall));
+    const plainKernels = await kernels(() => loopStep(plain));
+    const regKernels = await kernels(() => loopStep(regularized));
+    const row = {
+      family,
+      config: path.relative(ROOT, file),
+      units: m.units,
+      batch: config.batchSize,
+      probe: config.monitor.probeSize,
+      alpha: config.alpha,
+      measuresInStep: m.measuresInStep === true,
+      plainStepMs: round(median(plainMs)),
+      regularizedStepMs: round(median(regMs)),
+      ratio: round(median(regMs) / median(plainMs)),
+      plainStepCpuMs: round(plainCpu),
+      regularizedStepCpuMs: round(regCpu),
+      cpuRatio: round(regCpu / plainCpu),
+      measureMs: round(measureMs),
+      plainKernels,
+      regularizedKernels: regKernels,
+    };
+    log(`${family.padEnd(13)} batch ${row.batch}, probe ${row.probe}, α ${row.alpha}: plain ${row.plainStepMs} ms (${plainKernels} kernels), regularized ${row.regularizedStepMs} ms (${regKernels} kernels${row.measuresInStep ? ', measured in the step' : `, measure() ${row.measureMs} ms of it`}) → ×${row.ratio} wall, ×${row.cpuRatio} CPU time (${row.plainStepCpuMs} / ${row.regularizedStepCpuMs} ms)`);
+    rows.push(row);
+    tf.dispose([batch.x, batch.y]);
+    m.dispose();
+  }
+  emitResult({ backend: info.name, detail: info.detail, loadAverage: os.loadavg().map((x) => round(x)), rows });
+}
+
+main().catch((e) => {
+  process.stderr.write(`[routerless-step] ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});
