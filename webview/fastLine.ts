@@ -39,7 +39,7 @@ interface LineOptions {
 }
 type ChartInternals = Chart & { _active: { datasetIndex: number; index: number }[]; tooltip?: { getActiveElements(): { datasetIndex: number; index: number }[] } };
 
-/** chart.js's linear scale internals (see `pixelMap`). */
+/** chart.js's linear and logarithmic scale internals (see `pixelMap`). */
 interface LinearInternals {
   type: string;
   _startValue: number;
@@ -51,17 +51,28 @@ interface LinearInternals {
 }
 
 /**
- * A value → pixel function for a scale: chart.js's own `getPixelForValue`, or for a plain linear scale
- * the same arithmetic inlined (with its clamp to the 16-bit range) so a long line costs no call per value.
+ * A value → pixel function for a scale: chart.js's own `getPixelForValue`, or for a linear or
+ * logarithmic scale the same arithmetic inlined (with its clamp to the 16-bit range), so a long line
+ * costs no method call and no option lookup per value.
  */
 function pixelMap(scale: Scale): (value: number) => number {
-  const s = scale as unknown as LinearInternals;
-  if (s.type !== 'linear' || s._alignToPixels || !(s._valueRange > 0)) return (v) => scale.getPixelForValue(v);
-  // chart.js: decimal = (v − startValue) / valueRange, flipped when the pixels run backwards (every y axis), then startPixel + decimal · length.
+  const s = scale as unknown as LinearInternals & { min: number };
+  const log = s.type === 'logarithmic';
+  if ((s.type !== 'linear' && !log) || s._alignToPixels || !(s._valueRange > 0)) return (v) => scale.getPixelForValue(v);
+  // chart.js: decimal = (v − startValue) / valueRange (of log10 v on a log axis), flipped when the
+  // pixels run backwards (every y axis), then startPixel + decimal · length, clamped to 16 bits.
   const base = s._reversePixels ? s._startPixel + s._length : s._startPixel;
   const perValue = ((s._reversePixels ? -1 : 1) * s._length) / s._valueRange;
   const from = s._startValue;
-  return (v) => Math.max(-32768, Math.min(32767, base + (v - from) * perValue));
+  const clamp = (pixel: number) => Math.max(-32768, Math.min(32767, pixel));
+  if (!log) return (v) => clamp(base + (v - from) * perValue);
+  // A log axis draws 0 at its minimum, and its minimum exactly at the start (LogarithmicScale.getPixelForValue).
+  const min = s.min;
+  return (v) => {
+    if (v === 0) v = min;
+    if (Number.isNaN(v)) return NaN;
+    return clamp(v === min ? base : base + (Math.log10(v) - from) * perValue);
+  };
 }
 
 /**
