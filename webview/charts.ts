@@ -61,13 +61,14 @@ export interface LineChartView {
 type Role = 'raw' | 'smoothed' | 'plain' | 'compare';
 type LineDataset = ChartDataset<'line', Point[]> & { seriesKey: string; role: Role; minMax: MinMaxPyramid };
 /** While decimated (chart.js's own convention, which the tests read): `_data` holds every point and `data` reads `_decimated`. */
-type Decimatable = LineDataset & { _data?: Point[]; _decimated?: Point[] };
+type Decimatable = LineDataset & { _data?: Point[]; _decimated?: Point[]; plCoordinates?: { xs: Float64Array; ys: Float64Array } };
 
 function undecimate(dataset: Decimatable): void {
   if (!dataset._data) return;
   const data = dataset._data;
   delete dataset._data;
   delete dataset._decimated;
+  delete dataset.plCoordinates;
   Object.defineProperty(dataset, 'data', { configurable: true, enumerable: true, writable: true, value: data });
 }
 
@@ -108,6 +109,7 @@ const pyramidDecimation: Plugin<'line'> = {
         });
       }
       dataset._decimated = decimated;
+      dataset.plCoordinates = dataset.minMax.outputCoordinates;
     }
   },
 };

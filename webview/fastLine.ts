@@ -18,6 +18,12 @@ interface XY {
   y: number;
 }
 
+/** A decimated line's coordinates, index-aligned with its points (MinMaxPyramid.outputCoordinates). */
+interface Coordinates {
+  xs: Float64Array;
+  ys: Float64Array;
+}
+
 /** chart.js internals this controller uses: not in its public typings. */
 interface Meta {
   _parsed: XY[];
@@ -26,7 +32,7 @@ interface Meta {
   iScale: Scale;
   vScale: Scale;
   _stacked: boolean | string;
-  _dataset: { _decimated?: unknown };
+  _dataset: { _decimated?: unknown; plCoordinates?: Coordinates };
 }
 interface LineOptions {
   borderWidth: number;
@@ -81,16 +87,19 @@ function pixelMap(scale: Scale): (value: number) => number {
  * neighbours, as chart.js does with `spanGaps`); stepped lines get chart.js's step corners
  * (`_steppedLineTo`: 'before' and `true` turn at the new x, 'after' at the previous x, 'middle' halfway).
  */
-export function traceLine(sink: PathSink, points: readonly XY[], xScale: Scale, yScale: Scale, stepped: LineOptions['stepped']): void {
+export function traceLine(sink: PathSink, points: readonly XY[], xScale: Scale, yScale: Scale, stepped: LineOptions['stepped'], coordinates?: Coordinates): void {
   const xPixel = pixelMap(xScale);
   const yPixel = pixelMap(yScale);
   const step = stepped === true ? 'before' : stepped || undefined;
+  // The same values, contiguous, where the decimation wrote them (no pointer chasing per point).
+  const xs = coordinates && coordinates.xs.length >= points.length ? coordinates.xs : undefined;
+  const ys = xs && coordinates!.ys;
   let started = false;
   let px = 0;
   let py = 0;
   for (let i = 0; i < points.length; i++) {
-    const x = xPixel(points[i].x);
-    const y = yPixel(points[i].y);
+    const x = xPixel(xs ? xs[i] : points[i].x);
+    const y = yPixel(ys ? ys[i] : points[i].y);
     if (Number.isNaN(x) || Number.isNaN(y)) continue;
     if (!started) {
       sink.moveTo(x, y);
@@ -231,7 +240,7 @@ export class FastLineController extends LineController {
       ctx.lineWidth = options.borderWidth;
       ctx.strokeStyle = options.borderColor;
       ctx.beginPath();
-      traceLine(ctx, meta._parsed, meta.iScale, meta.vScale, options.stepped);
+      traceLine(ctx, meta._parsed, meta.iScale, meta.vScale, options.stepped, meta._dataset._decimated === meta._parsed ? meta._dataset.plCoordinates : undefined);
       ctx.stroke();
       ctx.restore();
     }
