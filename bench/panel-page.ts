@@ -22,6 +22,12 @@ export interface PanelPage {
   post(message: unknown): Promise<void>;
   /** Used JS heap after a full garbage collection, in MiB. */
   heapMiB(): Promise<number>;
+  /**
+   * CPU time (user + system, ms) used so far by the browser's processes (this Node process's
+   * descendants, read from /proc): on a loaded machine the wall-clock redraw times stretch with the
+   * other processes' load, the CPU a phase used much less, so A/B runs compare by it.
+   */
+  cpuMs(): number;
   /** Page errors and console errors/warnings seen so far (a benchmark of a broken panel means nothing). */
   problems: string[];
   close(): Promise<void>;
@@ -67,6 +73,7 @@ export async function openPanelPage(viewport = { width: 1400, height: 1000 }): P
         const r = await cdp.send('Runtime.evaluate', { expression: `window.postMessage(${JSON.stringify(message)}, '*')` });
         if (r.exceptionDetails) throw new Error(`posting to the panel failed: ${r.exceptionDetails.text}`);
       },
+      cpuMs: () => descendantCpuMs(process.pid),
       heapMiB: async () => {
         await cdp.send('HeapProfiler.collectGarbage');
         const { usedSize } = await cdp.send('Runtime.getHeapUsage');
@@ -84,6 +91,42 @@ export async function openPanelPage(viewport = { width: 1400, height: 1000 }): P
     removeBundle();
     throw e;
   }
+}
+
+/** Linux clock ticks per second of /proc/<pid>/stat's times (USER_HZ: 100 on every mainstream kernel). */
+const USER_HZ = 100;
+
+/** User + system CPU ms of the processes below `root` (not `root` itself); 0 where /proc is not there. */
+export function descendantCpuMs(root: number): number {
+  let entries: string[];
+  try {
+    entries = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  } catch {
+    return 0;
+  }
+  const parent = new Map<number, number>();
+  const ticks = new Map<number, number>();
+  for (const d of entries) {
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      // Fields after the command name (which may hold spaces): state ppid … utime(14) stime(15).
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      parent.set(Number(d), Number(rest[1]));
+      ticks.set(Number(d), Number(rest[11]) + Number(rest[12]));
+    } catch {
+      // Gone between the listing and the read.
+    }
+  }
+  let total = 0;
+  for (const [pid, t] of ticks) {
+    for (let p = parent.get(pid); p !== undefined && p > 1; p = parent.get(p)) {
+      if (p === root) {
+        total += t;
+        break;
+      }
+    }
+  }
+  return (total * 1000) / USER_HZ;
 }
 
 /** Evaluates one of the benchmarks' page scripts (plain JS next to this file; DevTools evaluation is not subject to the panel's CSP). */

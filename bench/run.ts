@@ -369,10 +369,10 @@ async function main(): Promise<void> {
       out.chart = v;
       say(`Chart: ${v.series} series × ${fmt(v.pointsPerSeries)} points (κ of ${v.series} experts every step) in the real panel, headless Chromium, ${v.viewport}`);
       say(`  stored ${fmt(v.stored.perSeries)} points per series (${v.stored.series} series, steps ${v.stored.firstStep}…${fmt(v.stored.lastStep)}); drawn ${fmt(v.stored.drawnPerLine)} per line (plot ${v.stored.canvas.width} px)`);
-      say(`  ${'redraw of every chart'.padEnd(28)} ${'median ms'.padStart(10)} ${'p95 ms'.padStart(8)}   frame interval median / p95 ms`);
+      say(`  ${'redraw of every chart'.padEnd(28)} ${'median ms'.padStart(10)} ${'p95 ms'.padStart(8)}   frame interval median / p95 ms   browser CPU ms/frame (load ${fmt(v.loadAverage?.start)} → ${fmt(v.loadAverage?.end)})`);
       for (const [kind, f] of Object.entries<any>(v.frames)) {
         const label = kind === 'append' ? `append (${v.liveRate} steps/s)` : kind === 'zoom' ? 'zoom (all → last 1 %)' : 'pan (10 % window)';
-        say(`  ${label.padEnd(28)} ${fmt(f.redrawMs.median).padStart(10)} ${fmt(f.redrawMs.p95).padStart(8)}   ${fmt(f.frameIntervalMs.median)} / ${fmt(f.frameIntervalMs.p95)}`);
+        say(`  ${label.padEnd(28)} ${fmt(f.redrawMs.median).padStart(10)} ${fmt(f.redrawMs.p95).padStart(8)}   ${`${fmt(f.frameIntervalMs.median)} / ${fmt(f.frameIntervalMs.p95)}`.padEnd(33)}${fmt(f.browserCpuMsPerFrame)}`);
       }
       say(`  JS heap after GC (MiB) at steps ${v.heapMiB.samples.map((s: any) => `${fmt(s.step)}: ${fmt(s.MiB)}`).join(', ')}; after the redraws ${fmt(v.heapMiB.afterRedraws)}`);
       say(`  ingest: ${fmt(v.pointsPerSeries)} steps in ${fmt(v.ingest.ms / 1000)} s (${fmt(v.ingest.stepsPerSec)} steps/s, ${v.ingest.batch} per message; batch → frame median ${fmt(v.ingest.batchToFrameMs.median)} ms)`);

@@ -1,14 +1,14 @@
 // chart.js line charts tuned for long, live runs: data in chart.js's internal {x, y} format
 // (`parsing: false`, `normalized: true`), no animation, min/max decimation at draw time from each
 // series' MinMaxPyramid (O(width) per line and frame, however long the run), redraws with
-// `update('none')` (the caller batches them per animation frame). Every chart zooms on its x
+// `update('none')` (the caller batches them per animation frame), each line drawn as one path by
+// FastLineController (fastLine.ts) with no per-point work per frame. Every chart zooms on its x
 // axis (chartjs-plugin-zoom): drag a range, or ctrl + wheel; the zoomed range is kept in the x scale's
 // options, so live updates append points without the view jumping back.
 import {
   Chart,
   Legend,
   LinearScale,
-  LineController,
   LineElement,
   LogarithmicScale,
   PointElement,
@@ -21,11 +21,12 @@ import {
 } from 'chart.js';
 import zoomPlugin from 'chartjs-plugin-zoom';
 import { lowerBoundX, upperBoundX, type MinMaxPyramid } from './decimate';
+import { FastLineController, positionElementsForEvents } from './fastLine';
 import { formatNumber } from '../src/protocol';
 import type { Point, Series } from './series';
 import { rgba, type ChartTheme, type Rgb } from './theme';
 
-Chart.register(LineController, LineElement, PointElement, LinearScale, LogarithmicScale, Legend, Tooltip, zoomPlugin);
+Chart.register(FastLineController, LineElement, PointElement, LinearScale, LogarithmicScale, Legend, Tooltip, zoomPlugin);
 
 /** One quantity drawn in a chart. */
 export interface ChartLine {
@@ -60,13 +61,14 @@ export interface LineChartView {
 type Role = 'raw' | 'smoothed' | 'plain' | 'compare';
 type LineDataset = ChartDataset<'line', Point[]> & { seriesKey: string; role: Role; minMax: MinMaxPyramid };
 /** While decimated (chart.js's own convention, which the tests read): `_data` holds every point and `data` reads `_decimated`. */
-type Decimatable = LineDataset & { _data?: Point[]; _decimated?: Point[] };
+type Decimatable = LineDataset & { _data?: Point[]; _decimated?: Point[]; plCoordinates?: { xs: Float64Array; ys: Float64Array } };
 
 function undecimate(dataset: Decimatable): void {
   if (!dataset._data) return;
   const data = dataset._data;
   delete dataset._data;
   delete dataset._decimated;
+  delete dataset.plCoordinates;
   Object.defineProperty(dataset, 'data', { configurable: true, enumerable: true, writable: true, value: data });
 }
 
@@ -107,6 +109,54 @@ const pyramidDecimation: Plugin<'line'> = {
         });
       }
       dataset._decimated = decimated;
+      dataset.plCoordinates = dataset.minMax.outputCoordinates;
+    }
+  },
+};
+
+/** Entries kept by `cacheTextMeasures` before it starts again (tick labels of a long run keep changing). */
+const TEXT_MEASURE_CACHE_SIZE = 2000;
+
+/**
+ * chart.js measures every legend entry's text on each update (twice: layout and drawing), with
+ * the canvas's own measureText each time; the same text in the same font measures the same, so the
+ * metrics are kept per font and text.
+ */
+function cacheTextMeasures(ctx: CanvasRenderingContext2D): void {
+  const measure = ctx.measureText.bind(ctx);
+  const cache = new Map<string, TextMetrics>();
+  ctx.measureText = (text: string): TextMetrics => {
+    const key = `${ctx.font}\n${text}`;
+    let metrics = cache.get(key);
+    if (!metrics) {
+      if (cache.size >= TEXT_MEASURE_CACHE_SIZE) cache.clear();
+      metrics = measure(text);
+      cache.set(key, metrics);
+    }
+    return metrics;
+  };
+}
+
+type TickFontScale = Scale & { _resolveTickFontOptions(index: number): unknown; plTickFont?: { font: unknown } };
+
+/**
+ * chart.js resolves each tick's font through a fresh scriptable-option context per tick, on every
+ * update, to measure and draw the labels; no font here depends on the tick, so each scale resolves
+ * it once per layout (again after any option change, which always comes with a new layout).
+ */
+const tickFontOncePerLayout: Plugin<'line'> = {
+  id: 'plTickFontOncePerLayout',
+  beforeLayout(chart) {
+    for (const scale of Object.values(chart.scales) as TickFontScale[]) {
+      if (!scale.plTickFont) {
+        const resolve = scale._resolveTickFontOptions;
+        const memo: { font: unknown } = { font: undefined };
+        scale.plTickFont = memo;
+        scale._resolveTickFontOptions = function (this: TickFontScale, index: number) {
+          return (memo.font ??= resolve.call(this, index));
+        };
+      }
+      scale.plTickFont.font = undefined;
     }
   },
 };
@@ -133,11 +183,19 @@ export interface MetricChartOptions {
   overlayLegend?: () => string;
   /** The x axis was zoomed or reset (by the user or through `resetZoom`). */
   onZoomChange?: (zoomed: boolean) => void;
+  /**
+   * The chart may draw lines against a second y axis on the right (`ChartLine.rightAxis`). Only then
+   * does it have one: chart.js builds, ticks and lays out every configured axis on each update,
+   * shown or not.
+   */
+  rightAxis?: boolean;
 }
 
 export class MetricChart {
   readonly chart: Chart<'line', Point[]>;
   private readonly formatY: (y: number) => string;
+  /** The legend items and what they were made from (see generateLabels). */
+  private legendCache: { datasets: unknown; overlayText: string | undefined; items: LegendItem[] } | undefined;
 
   constructor(
     readonly canvas: HTMLCanvasElement,
@@ -148,10 +206,27 @@ export class MetricChart {
     const formatY = this.formatY;
     const formatTooltipY = options.formatTooltipY ?? formatY;
     const zoomChanged = () => options.onZoomChange?.(this.zoomed);
+    // Only shown when a line is drawn against it (the task loss when α·κ̄ dwarfs it).
+    const rightAxisScale: Record<string, unknown> & { type: 'linear' } = {
+      type: 'linear',
+      position: 'right',
+      display: 'auto',
+      grid: { drawOnChartArea: false },
+      title: { display: true, text: '' },
+      ticks: {
+        // Every label is measured (no sampleSize): a y axis has few labelled ticks, and a sampled
+        // measurement can miss the widest one and clip it.
+        callback(this: Scale, value: number | string) {
+          const v = Number(value);
+          return this.type === 'logarithmic' ? logTick(v) : formatY(v);
+        },
+      },
+    };
     this.chart = new Chart<'line', Point[]>(canvas, {
-      type: 'line',
+      // chart.js's line chart, drawn by FastLineController (webview/fastLine.ts): one path per line, no per-point work per frame.
+      type: FastLineController.id as 'line',
       data: { datasets: [] },
-      plugins: [pyramidDecimation],
+      plugins: [pyramidDecimation, positionElementsForEvents, tickFontOncePerLayout],
       options: {
         animation: false,
         parsing: false,
@@ -169,22 +244,7 @@ export class MetricChart {
             title: { display: true, text: 'step' },
             ticks: { precision: 0, maxRotation: 0, minRotation: 0, sampleSize: 8 },
           },
-          // Only shown when a line is drawn against it (the task loss when α·κ̄ dwarfs it).
-          y1: {
-            type: 'linear',
-            position: 'right',
-            display: 'auto',
-            grid: { drawOnChartArea: false },
-            title: { display: true, text: '' },
-            ticks: {
-              // Every label is measured (no sampleSize): a y axis has few labelled ticks, and a sampled
-              // measurement can miss the widest one and clip it.
-              callback(this: Scale, value) {
-                const v = Number(value);
-                return this.type === 'logarithmic' ? logTick(v) : formatY(v);
-              },
-            },
-          },
+          ...(options.rightAxis ? { y1: rightAxisScale } : {}),
           y: {
             type: 'linear',
             afterBuildTicks: (scale) => {
@@ -214,13 +274,19 @@ export class MetricChart {
                 if (ds.role === 'raw') return false;
                 return ds.role !== 'compare' || data.datasets.findIndex((d) => (d as LineDataset).role === 'compare') === item.datasetIndex;
               },
+              // chart.js rebuilds the legend twice per update, resolving every dataset's style: the items
+              // only change with the lines (a new datasets array), the compared run's name or the theme.
               generateLabels: (chart) => {
+                const overlayText = options.overlayLegend?.();
+                const cached = this.legendCache;
+                if (cached && cached.datasets === chart.data.datasets && cached.overlayText === overlayText) return cached.items;
                 const items = Chart.defaults.plugins.legend.labels.generateLabels(chart);
                 for (const item of items) {
                   if ((chart.data.datasets[item.datasetIndex ?? 0] as LineDataset).role !== 'compare') continue;
-                  item.text = options.overlayLegend?.() ?? item.text;
+                  item.text = overlayText ?? item.text;
                   item.lineDash = OVERLAY_DASH;
                 }
+                this.legendCache = { datasets: chart.data.datasets, overlayText, items };
                 return items;
               },
             },
@@ -255,6 +321,7 @@ export class MetricChart {
       },
     });
     this.applyTheme(theme);
+    cacheTextMeasures(this.chart.ctx);
     canvas.addEventListener('dblclick', () => this.resetZoom());
   }
 
@@ -276,7 +343,7 @@ export class MetricChart {
     const datasets: LineDataset[] = [];
     for (const line of lines) {
       const hidden = view.hidden.has(line.key);
-      const common = { seriesKey: line.key, hidden, yAxisID: line.rightAxis ? 'y1' : 'y', stepped: line.stepped ? ('after' as const) : false, pointHoverBackgroundColor: rgba(line.color), pointBackgroundColor: rgba(line.color) };
+      const common = { seriesKey: line.key, hidden, yAxisID: line.rightAxis && this.chart.options.scales?.y1 ? 'y1' : 'y', stepped: line.stepped ? ('after' as const) : false, pointHoverBackgroundColor: rgba(line.color), pointBackgroundColor: rgba(line.color) };
       if (line.overlay) {
         // Behind the current run's lines, same hue so the pairs read together.
         const smoothed = view.smoothing > 0 && line.smoothable;
@@ -318,6 +385,7 @@ export class MetricChart {
 
   applyTheme(theme: ChartTheme): void {
     this.drawnVersions = undefined;
+    this.legendCache = undefined;
     const o = this.chart.options;
     o.color = theme.text;
     o.font = { family: theme.fontFamily, size: Math.max(10, theme.fontSize - 2) };

@@ -60,13 +60,6 @@ export function upperBoundX(points: readonly Point[], x: number): number {
   return lo;
 }
 
-/** Appends `p`, dropping the previous point when it sits between two of equal y: it adds nothing to the line (and stepped lines, like the mask's, are mostly flat). */
-function pushCollapsingFlat(out: Point[], p: Point): void {
-  const n = out.length;
-  if (n >= 2 && out[n - 1].y === p.y && out[n - 2].y === p.y) out[n - 1] = p;
-  else out.push(p);
-}
-
 /**
  * log2 of the block size that draws `count` points at `columns` pixel columns: the largest power of
  * two that still gives at least columns/2 blocks, so a block spans at most two columns (≥ 1).
@@ -91,7 +84,43 @@ export class MinMaxPyramid {
    * Where the last decimation can be resumed: with the same start and block size, its output up to
    * `block` stays valid while points are only appended, so a live line costs only its newest blocks.
    */
-  private resume: { start: number; shift: number; block: number; length: number; last: Point; previous: number; out: Point[] } | undefined;
+  private resume: { start: number; shift: number; block: number; length: number; last: Point; previous: number } | undefined;
+  /** What `decimate` returns, refilled by each call. */
+  private readonly output: Point[] = [];
+  /**
+   * The output's coordinates, contiguous (`xs[i]`, `ys[i]` = `output[i].x`, `.y`): drawing reads these
+   * instead of the point objects, which lie scattered over the heap (a cache miss per point).
+   */
+  private xs = new Float64Array(1024);
+  private ys = new Float64Array(1024);
+
+  /** The coordinates of the array the last `decimate` returned (valid until the next call). */
+  get outputCoordinates(): { xs: Float64Array; ys: Float64Array } {
+    return { xs: this.xs, ys: this.ys };
+  }
+
+  /** Appends `p` to the output, dropping the previous point when it sits between two of equal y: it adds nothing to the line (and stepped lines, like the mask's, are mostly flat). */
+  private put(p: Point): void {
+    const out = this.output;
+    const n = out.length;
+    const y = p.y;
+    if (n >= 2 && this.ys[n - 1] === y && this.ys[n - 2] === y) {
+      out[n - 1] = p;
+      this.xs[n - 1] = p.x;
+      return;
+    }
+    if (n >= this.xs.length) {
+      const xs = new Float64Array(2 * this.xs.length);
+      const ys = new Float64Array(2 * this.ys.length);
+      xs.set(this.xs);
+      ys.set(this.ys);
+      this.xs = xs;
+      this.ys = ys;
+    }
+    out.push(p);
+    this.xs[n] = p.x;
+    this.ys[n] = y;
+  }
 
   constructor(private readonly points: readonly Point[]) {}
 
@@ -104,31 +133,39 @@ export class MinMaxPyramid {
    * and max of each block's part inside the range in index order, and its last point (a live line
    * ends at the newest value); inside a flat stretch (equal y) only its ends. A range with at most
    * 2 points per column keeps every point (flat stretches still collapsed); undefined when that range
-   * is the whole array: then the array itself is drawn.
+   * is the whole array: then the array itself is drawn. The returned array is this pyramid's own and
+   * is refilled by its next call (a frame's drawing reads it before the next frame decimates): no
+   * garbage per line and frame, and a live line's resumed prefix is already in place.
    */
   decimate(start: number, end: number, columns: number): Point[] | undefined {
     const count = end - start;
-    const out: Point[] = [];
+    const out = this.output;
     if (count <= 2 * columns || columns < 1) {
+      out.length = 0;
+      this.resume = undefined;
       if (start === 0 && end === this.points.length) return undefined;
-      for (let i = start; i < end; i++) pushCollapsingFlat(out, this.points[i]);
+      for (let i = start; i < end; i++) this.put(this.points[i]);
       return out;
     }
     this.sync();
     const shift = Math.min(this.levels.length, decimationShift(count, columns));
     const { lo, hi } = this.levels[shift - 1];
     const points = this.points;
-    const push = (i: number) => pushCollapsingFlat(out, points[i]);
+    const push = (i: number) => this.put(points[i]);
     const r = this.resume;
     let first = start >> shift;
     let previous = start;
     if (r && r.start === start && r.shift === shift && r.block << shift <= end) {
-      for (let k = 0; k < r.length; k++) out.push(r.out[k]);
+      // The previous pass's output is this array: keep its final blocks' prefix.
+      out.length = r.length;
       // A later push of that pass may have replaced the prefix's last point (flat stretch): put it back.
       out[r.length - 1] = r.last;
+      this.xs[r.length - 1] = r.last.x;
+      this.ys[r.length - 1] = r.last.y;
       first = r.block;
       previous = r.previous;
     } else {
+      out.length = 0;
       push(start);
     }
     // Blocks that end inside the range are final: the next frame resumes after the last of them.
@@ -160,7 +197,7 @@ export class MinMaxPyramid {
         resumePrevious = previous;
       }
     }
-    this.resume = { start, shift, block: resumeBlock, length: resumeLength, last: resumeLast, previous: resumePrevious, out };
+    this.resume = { start, shift, block: resumeBlock, length: resumeLength, last: resumeLast, previous: resumePrevious };
     if (end - 1 > previous) push(end - 1);
     return out;
   }

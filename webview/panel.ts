@@ -49,6 +49,8 @@ export class PanelController {
   /** The loss chart draws the task loss against its own axis (the loss is more than LOSS_SPLIT × it). */
   private taskLossOwnAxis = false;
   private frame = 0;
+  /** Charts scrolled out of view (IntersectionObserver): live data does not redraw them until they come back. */
+  private readonly outOfView = new Set<ChartId>();
   /** Commands no host has answered yet, persisted with the settings so they survive a window reload. */
   private readonly outstanding: OutstandingCommands;
 
@@ -69,6 +71,7 @@ export class PanelController {
         onToggleSeries: (key) => this.toggleSeries(key),
         overlayLegend: () => `${this.model.compare?.runId ?? 'compared run'} (dashed)`,
         onZoomChange: (zoomed) => (resetButton.hidden = !zoomed),
+        rightAxis: card.id === 'loss',
       });
       resetButton.addEventListener('click', () => {
         chart.resetZoom();
@@ -76,6 +79,7 @@ export class PanelController {
       });
       this.charts[card.id] = chart;
     }
+    this.watchVisibility();
     this.bindControls();
     this.applySettingsToControls();
     this.watchTheme();
@@ -343,6 +347,32 @@ export class PanelController {
     }
   }
 
+  /**
+   * A panel shows a few of its charts at a time: the others need not redraw on every live point.
+   * A chart that scrolls back into view (or within a margin of it) redraws on the next frame with
+   * everything that arrived meanwhile.
+   */
+  private watchVisibility(): void {
+    if (typeof IntersectionObserver !== 'function') return;
+    const observer = new IntersectionObserver(
+      (entries) => {
+        let back = false;
+        for (const entry of entries) {
+          const id = (entry.target as HTMLElement).dataset.plChart as ChartId;
+          if (entry.isIntersecting) back = this.outOfView.delete(id) || back;
+          else this.outOfView.add(id);
+        }
+        if (back) this.invalidate({ ...cleanDirty(), charts: true });
+      },
+      { rootMargin: `${VIEW_MARGIN_PX}px 0px` },
+    );
+    for (const card of CHART_CARDS) {
+      const canvas = this.charts[card.id].canvas;
+      canvas.dataset.plChart = card.id;
+      observer.observe(canvas);
+    }
+  }
+
   /** Coalesces redraws: many messages within a frame cost one render. */
   private invalidate(d: Dirty): void {
     mergeDirty(this.dirty, d);
@@ -386,7 +416,8 @@ export class PanelController {
             beginAtZero: card.id === 'alpha',
           });
         }
-        chart.draw();
+        // Out of view, only a rebuild draws (settings and new series are rare; live points are not).
+        if (rebuild || !this.outOfView.has(card.id)) chart.draw();
         const empty = document.querySelector<HTMLElement>(`[data-testid="empty-${card.id}"]`)!;
         empty.hidden = chart.hasData;
         if (!chart.hasData) empty.textContent = emptyChartText(card.id, m);
@@ -399,6 +430,9 @@ export class PanelController {
     }
   }
 }
+
+/** Charts this close below or above the visible area still redraw live, so scrolling shows them current. */
+const VIEW_MARGIN_PX = 100;
 
 /** The localStorage copy of the unanswered commands (see OUTSTANDING_STORAGE_KEY); none where storage is unavailable. */
 function readStored(): unknown {

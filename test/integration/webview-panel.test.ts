@@ -1247,3 +1247,205 @@ test('every tick label of the per-unit log axis fits the axis: none clipped (iss
   assert.ok(fit.labels.length >= 3, `labels ${fit.labels}`);
   assert.ok(fit.widest <= fit.axisWidth, `widest tick label ${fit.widest.toFixed(1)} px in a ${fit.axisWidth.toFixed(1)} px axis: ${fit.labels.join(' | ')}`);
 });
+
+/** The strokes one redraw of a chart makes in the colour of a line inside its plot area: their path's vertices in canvas pixels, and the points and scales behind that line. */
+async function strokesOfLine(page: Page, id: string, key: string): Promise<{ strokes: { x: number; y: number }[][]; points: { x: number; y: number }[]; x: ScaleState; y: ScaleState }> {
+  // Plain JS source: functions defined inside a playwright callback would carry esbuild's name helper, undefined in the page.
+  return page.evaluate(`(() => {
+    const chart = window.__plTrainer.charts[${JSON.stringify(id)}].chart;
+    const ctx = chart.ctx;
+    const dataset = chart.data.datasets.find((d) => d.seriesKey === ${JSON.stringify(key)});
+    // The canvas normalizes colours; compare like with like.
+    const probe = document.createElement('canvas').getContext('2d');
+    probe.strokeStyle = dataset.borderColor;
+    const colour = probe.strokeStyle;
+    const strokes = [];
+    let path = [];
+    const proto = CanvasRenderingContext2D.prototype;
+    ctx.beginPath = function () { path = []; return proto.beginPath.call(this); };
+    ctx.moveTo = function (x, y) { path.push({ x, y }); return proto.moveTo.call(this, x, y); };
+    ctx.lineTo = function (x, y) { path.push({ x, y }); return proto.lineTo.call(this, x, y); };
+    ctx.stroke = function (...args) {
+      // In the plot area: the legend's swatch is stroked in the same colour.
+      const a = chart.chartArea;
+      if (args.length === 0 && this.strokeStyle === colour && path.some((v) => v.y >= a.top && v.y <= a.bottom && v.x >= a.left && v.x <= a.right)) strokes.push(path);
+      return proto.stroke.apply(this, args);
+    };
+    try {
+      chart.draw();
+    } finally {
+      delete ctx.beginPath; delete ctx.moveTo; delete ctx.lineTo; delete ctx.stroke;
+    }
+    const scale = (s) => ({ type: s.type, min: s.min, max: s.max, left: s.left, right: s.right, top: s.top, bottom: s.bottom });
+    return { strokes, points: dataset.data.map((q) => ({ x: q.x, y: q.y })), x: scale(chart.scales.x), y: scale(chart.scales[dataset.yAxisID || 'y']) };
+  })()`);
+}
+
+interface ScaleState {
+  type: string;
+  min: number;
+  max: number;
+  left: number;
+  right: number;
+  top: number;
+  bottom: number;
+}
+
+/** A value's pixel on a chart.js axis, in closed form (linear, or log10 for a logarithmic axis). */
+function pixelOf(s: ScaleState, v: number, axis: 'x' | 'y'): number {
+  const f = s.type === 'logarithmic' ? (Math.log10(v) - Math.log10(s.min)) / (Math.log10(s.max) - Math.log10(s.min)) : (v - s.min) / (s.max - s.min);
+  return axis === 'x' ? s.left + f * (s.right - s.left) : s.bottom - f * (s.bottom - s.top);
+}
+
+function assertVerticesAt(vertices: { x: number; y: number }[], points: { x: number; y: number }[], line: { x: ScaleState; y: ScaleState }, what: string): void {
+  assert.equal(vertices.length, points.length, `${what}: one vertex per drawn point`);
+  for (const [i, q] of points.entries()) {
+    const want = { x: pixelOf(line.x, q.x, 'x'), y: pixelOf(line.y, q.y, 'y') };
+    assert.ok(Math.abs(vertices[i].x - want.x) < 1e-6 && Math.abs(vertices[i].y - want.y) < 1e-6, `${what}: vertex ${i} at ${JSON.stringify(vertices[i])}, point (${q.x}, ${q.y}) is at ${JSON.stringify(want)}`);
+  }
+}
+
+test('each line is one stroked path through exactly the decimated points: extremes kept, a zoomed window whole, log axes too', async () => {
+  const p = await openPanel();
+  const steps = 6000;
+  const f = syntheticRun({ steps, totalSteps: steps });
+  const spikeStep = 2345;
+  const dipStep = 4321;
+  for (const e of f.events) {
+    if (e.type !== 'metrics') continue;
+    if (e.step === spikeStep) e.loss = 40;
+    if (e.step === dipStep) e.loss = -5;
+  }
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), `${steps} / ${steps}`);
+  await nextFrames(p.page);
+  const loss = metricsOf(f.events).map((m) => ({ x: m.step, y: m.loss }));
+
+  // The whole run: decimated to 1–2 points per pixel column, every extreme kept.
+  const full = await strokesOfLine(p.page, 'loss', 'loss');
+  assert.equal(full.strokes.length, 1, 'one stroke for the line');
+  const width = full.x.right - full.x.left;
+  assert.ok(full.points.length < steps / 2 && full.points.length <= 2 * width + 2, `${full.points.length} points drawn at ${width} px`);
+  assertVerticesAt(full.strokes[0], full.points, full, 'whole run');
+  const ys = full.points.map((q) => q.y);
+  assert.equal(Math.max(...ys), 40);
+  assert.equal(full.points.find((q) => q.y === 40)?.x, spikeStep);
+  assert.equal(Math.min(...ys), -5);
+  assert.deepEqual([full.points[0].x, full.points.at(-1)!.x], [1, steps]);
+
+  // A zoomed window with fewer points than pixels: every point in it, plus one beyond each end, exactly as sent.
+  await p.page.evaluate(() => (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts.loss.chart.zoomScale('x', { min: 3000, max: 3200 }, 'none'));
+  const zoomed = await strokesOfLine(p.page, 'loss', 'loss');
+  const want = loss.filter((q) => q.x >= 2999 && q.x <= 3201);
+  assert.deepEqual(zoomed.points, want);
+  assert.equal(zoomed.strokes.length, 1);
+  assertVerticesAt(zoomed.strokes[0], want, zoomed, 'zoomed window');
+
+  // κ on its log axis: the same, with log10 pixels.
+  const kappa = await strokesOfLine(p.page, 'expert', 'kappa:2');
+  assert.equal(kappa.y.type, 'logarithmic');
+  assert.equal(kappa.strokes.length, 1);
+  assertVerticesAt(kappa.strokes[0], kappa.points, kappa, 'κ of expert 2');
+  const monitored = metricsOf(f.events).filter((m) => m.units);
+  assert.deepEqual(kappa.points, monitored.map((m) => ({ x: m.step, y: m.units![2].kappa })));
+
+  // A stepped lane (the mask, chart.js's stepped: 'after'): from each point, up or down at its x, then along to the next one's.
+  const lane = await strokesOfLine(p.page, 'mask', 'mask:1');
+  assert.equal(lane.strokes.length, 1);
+  const corners: { x: number; y: number }[] = [lane.points[0]];
+  for (let i = 1; i < lane.points.length; i++) corners.push({ x: lane.points[i - 1].x, y: lane.points[i].y }, lane.points[i]);
+  assertVerticesAt(lane.strokes[0], corners, lane, 'mask lane of expert 1');
+});
+
+test('hovering a line reads the value of the point under the pointer, and still does after live points rescale the axis', async () => {
+  const p = await openPanel();
+  const f = syntheticRun({ steps: 150, totalSteps: 300 });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), '150 / 300');
+  await nextFrames(p.page);
+  interface TooltipState {
+    title: string[];
+    body: string[];
+    element: { x: number; y: number };
+    scale: { min: number; max: number; left: number; right: number };
+  }
+  const tooltipOf = (): Promise<TooltipState> =>
+    p.page.evaluate(`(() => {
+      const chart = window.__plTrainer.charts.loss.chart;
+      const active = chart.getActiveElements();
+      const element = chart.getDatasetMeta(0).data[active.length ? active[0].index : 0];
+      const s = chart.scales.x;
+      return { title: chart.tooltip.title, body: chart.tooltip.body.map((b) => b.lines.join(' ')), element: { x: element.x, y: element.y }, scale: { min: s.min, max: s.max, left: s.left, right: s.right } };
+    })()`);
+  const lossAt = (step: number) => metricsOf(f.events).find((m) => m.step === step)!.loss;
+  // The step whose x is nearest the pointer's (the points are one step apart).
+  const nearestStep = (t: { scale: { min: number; max: number; left: number; right: number } }, px: number) => Math.round(t.scale.min + ((px - t.scale.left) / (t.scale.right - t.scale.left)) * (t.scale.max - t.scale.min));
+
+  const at = await plotPoint(p.page, 'loss', 0.5, 0.5);
+  const rect = await p.page.evaluate(() => (window as unknown as { __plTrainer: { charts: Record<string, { chart: any }> } }).__plTrainer.charts.loss.chart.canvas.getBoundingClientRect().left);
+  await p.page.mouse.move(at.x, at.y);
+  await nextFrames(p.page);
+  const first = await tooltipOf();
+  const step = nearestStep(first, at.x - rect);
+  assert.deepEqual(first.title, [`step ${step}`]);
+  assert.ok(first.body.includes(`loss: ${formatNumber(lossAt(step))}`), JSON.stringify(first.body));
+  assert.ok(Math.abs(first.element.x - pixelOf({ ...first.scale, type: 'linear', top: 0, bottom: 0 }, step, 'x')) < 1e-6, 'the hovered point sits at its step');
+
+  // New steps widen the x axis under the resting pointer: the tooltip follows to the step now there.
+  await p.send({ type: 'events', runId: f.runId, events: f.more(150) });
+  await expectText(p.byTestId('step'), '300 / 300');
+  await nextFrames(p.page);
+  const second = await tooltipOf();
+  assert.ok(second.scale.max > first.scale.max, 'the axis grew');
+  const stepNow = nearestStep(second, at.x - rect);
+  assert.notEqual(stepNow, step);
+  assert.deepEqual(second.title, [`step ${stepNow}`]);
+  assert.ok(second.body.includes(`loss: ${formatNumber(lossAt(stepNow))}`), JSON.stringify(second.body));
+  assert.ok(Math.abs(second.element.x - pixelOf({ ...second.scale, type: 'linear', top: 0, bottom: 0 }, stepNow, 'x')) < 1e-6, 'the hovered point moved with the axis');
+});
+
+test('a chart scrolled out of view does not redraw on live points; scrolled back, it shows all of them', async () => {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 500 } });
+  const p = await openPanel(page);
+  const f = syntheticRun({ steps: 200 });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), '200 / 300');
+  await nextFrames(p.page);
+  const state = () =>
+    p.page.evaluate(`(() => {
+      const charts = window.__plTrainer.charts;
+      const mask = charts.mask.chart;
+      return { maskUpdates: mask.__updates || 0, maskMax: mask.scales.x.max, lossMax: charts.loss.chart.scales.x.max, maskTop: mask.canvas.getBoundingClientRect().top };
+    })()`) as Promise<{ maskUpdates: number; maskMax: number; lossMax: number; maskTop: number }>;
+  await p.page.evaluate(`(() => {
+    const mask = window.__plTrainer.charts.mask.chart;
+    const update = mask.update.bind(mask);
+    mask.update = (mode) => { mask.__updates = (mask.__updates || 0) + 1; return update(mode); };
+  })()`);
+  const before = await state();
+  assert.ok(before.maskTop > 500 + 100, `the mask chart starts below the view and its margin (top ${before.maskTop})`);
+  assert.ok(before.maskMax < 210, `mask drawn to step 200 (${before.maskMax})`);
+
+  // Monitor steps 210 and 220 reach the mask series; only the charts in view redraw.
+  await p.send({ type: 'events', runId: f.runId, events: f.more(20) });
+  await expectText(p.byTestId('step'), '220 / 300');
+  await nextFrames(p.page);
+  await nextFrames(p.page);
+  const live = await state();
+  assert.ok(live.lossMax >= 220, `the loss chart (in view) follows: ${live.lossMax}`);
+  assert.equal(live.maskUpdates, 0, 'the mask chart out of view did not redraw');
+  assert.equal(live.maskMax, before.maskMax);
+
+  // Scrolled into view: it redraws once with everything that arrived.
+  await p.page.evaluate(`document.querySelector('section[data-chart="mask"]').scrollIntoView()`);
+  const t0 = Date.now();
+  let back = await state();
+  while (back.maskMax < 220 && Date.now() - t0 < 5000) {
+    await nextFrames(p.page);
+    back = await state();
+  }
+  assert.ok(back.maskMax >= 220, `the mask chart caught up: x up to ${back.maskMax}`);
+  assert.ok(back.maskUpdates >= 1);
+  const lanes = await datasetsOf(p.page, 'mask');
+  for (const lane of lanes) assert.equal(lane.data.at(-1)!.x, 220, `${lane.key} ends at step 220`);
+});

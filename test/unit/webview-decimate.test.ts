@@ -151,6 +151,13 @@ test('MinMaxPyramid: indexing appends lazily equals a rebuild; invalidate after 
     const blockEdge = Math.floor(growing.length / 2 ** (1 + (frame % 6))) * 2 ** (1 + (frame % 6));
     const end = frame % 2 && blockEdge > 300 ? blockEdge : 301 + Math.floor(random() * (growing.length - 301));
     assert.deepEqual(followed.decimate(300, end, 20), new MinMaxPyramid(growing).decimate(300, end, 20), `followed to ${end}, frame ${frame}`);
+    // The contiguous coordinates the chart draws from mirror the returned points, resumed, collapsed and zoomed alike.
+    for (const [pyramid, from, to] of [[whole, 0, growing.length], [followed, 300, growing.length], [followed, 300, end]] as const) {
+      const drawn = pyramid.decimate(from, to, 20) ?? growing;
+      const { xs, ys } = pyramid.outputCoordinates;
+      if (drawn === growing) continue;
+      assert.deepEqual(drawn.map((q, i) => [xs[i], ys[i]]), drawn.map((q) => [q.x, q.y]), `coordinates of ${from}…${to}, frame ${frame}`);
+    }
   }
   // Thinning rewrites the array in place: stale until invalidated, right after.
   const keep = minMaxThinByX(pts, 4000);
