@@ -210,14 +210,14 @@ export class BertEncoder extends RouterlessClassifier {
   }
 
   /**
-   * The encoder; with `tapped`, zero taps are added after each layer's query, key, value and output
-   * projections (tapped.taps, 4 per layer, in that order) and the inputs of those projections are kept in
+   * The encoder; with `tapped`, zero taps are added after each layer's joint query|key|value projection
+   * and after its output projection (tapped.taps, 2 per layer, in that order) and the inputs of those projections are kept in
    * tapped.inputs (per layer: the block input h, then the heads' merged outputs), for probeJacobians.
    */
   private forward(x: TF.Tensor, pruned: ReadonlySet<number>, softMask: TF.Tensor1D | undefined, tapped?: { taps: TF.Tensor[]; inputs: TF.Tensor[] }): T2 {
     const tf = this.tf;
     const [b, T, D, H, dh] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead];
-    const tap = (t: TF.Tensor, l: number, k: number) => (tapped ? tf.add(t, tapped.taps[4 * l + k]) : t);
+    const tap = (t: TF.Tensor, l: number, k: number) => (tapped ? tf.add(t, tapped.taps[2 * l + k]) : t);
     const e = this.embedding;
     const tokens = tf.reshape(tf.add(tf.matMul(tf.reshape(x, [b * this.rows, this.cols]) as T2, e.tokW as unknown as T2), e.tokB), [b, this.rows, D]);
     const cls = tf.tile(tf.reshape(e.cls, [1, 1, D]), [b, 1, 1]);
@@ -227,15 +227,18 @@ export class BertEncoder extends RouterlessClassifier {
       // All heads in one matmul: their matrices side by side, zeros in a pruned head's place.
       const side = (pick: (v: HeadVars) => TF.Variable, axis: number) => tf.concat(heads.map((v, k) => (pruned.has(k) ? tf.zerosLike(pick(v)) : pick(v))), axis);
       const split = (t: TF.Tensor) => tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]); // [b, H, T, dh]
-      const q = split(tap(tf.add(tf.matMul(h, side((v) => v.wq, 1) as T2), side((v) => v.bq, 0)), l, 0));
-      const k = split(tap(tf.matMul(h, side((v) => v.wk, 1) as T2), l, 1));
-      const v = split(tap(tf.add(tf.matMul(h, side((v) => v.wv, 1) as T2), side((v) => v.bv, 0)), l, 2));
+      // Queries, keys and values of all heads in one matmul and one tap: [W_q | W_k | W_v], each all heads
+      // side by side; the keys' bias is an exact zero (there is no key bias).
+      const pickAll = (picks: ((v: HeadVars) => TF.Variable)[]) => picks.flatMap((pick) => heads.map((v, k) => (pruned.has(k) ? tf.zerosLike(pick(v)) : pick(v))));
+      const projections = tf.concat(pickAll([(v) => v.wq, (v) => v.wk, (v) => v.wv]), 1) as T2;
+      const biases = tf.concat([...pickAll([(v) => v.bq]), tf.zeros([H * dh]), ...pickAll([(v) => v.bv])], 0);
+      const [q, k, v] = tf.split(tap(tf.add(tf.matMul(h, projections), biases), l, 0), 3, 1).map(split);
       const attention = this.activations.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
       const merged = tf.reshape(tf.transpose(tf.matMul(attention, v), [0, 2, 1, 3]), [b * T, H * dh]) as T2;
       tapped?.inputs.push(tf.keep(h), tf.keep(merged));
       // The pruning gate's soft mask scales head k's rows of W_o: its output before the merge.
       const wo = softMask ? tf.concat(heads.map((v, k) => tf.mul(pruned.has(k) ? tf.zerosLike(v.wo) : v.wo, tf.slice(softMask, [k], [1]))), 0) : side((v) => v.wo, 0);
-      const attended = tf.add(tap(tf.matMul(merged, wo as T2), l, 3), blk.bo) as T2;
+      const attended = tf.add(tap(tf.matMul(merged, wo as T2), l, 1), blk.bo) as T2;
       h = this.layerNorm(tf.add(h, attended) as T2, blk.ln1g, blk.ln1b);
       const ff = tf.add(tf.matMul(this.gelu(tf.add(tf.matMul(h, blk.ff1w as unknown as T2), blk.ff1b) as T2), blk.ff2w as unknown as T2), blk.ff2b) as T2;
       h = this.layerNorm(tf.add(h, ff) as T2, blk.ln2g, blk.ln2b);
@@ -255,17 +258,18 @@ export class BertEncoder extends RouterlessClassifier {
     const tf = this.tf;
     const [b, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
     const inputs: TF.Tensor[] = [];
-    const taps = Array.from({ length: L }, () => [tf.zeros([b * T, H * dh]), tf.zeros([b * T, H * dh]), tf.zeros([b * T, H * dh]), tf.zeros([b * T, D])]).flat();
+    const taps = Array.from({ length: L }, () => [tf.zeros([b * T, 3 * H * dh]), tf.zeros([b * T, D])]).flat();
     const deltas = backToTaps((t) => this.forward(x, pruned, undefined, { taps: t, inputs }), taps);
     const blocks: TF.Tensor[] = [];
     for (let l = 0; l < L; l++) {
-      const [dq, dk, dv, dOut] = deltas.slice(4 * l, 4 * l + 4);
+      const [dqkv, dOut] = deltas.slice(2 * l, 2 * l + 2);
       const [h, merged] = inputs.slice(2 * l, 2 * l + 2);
       const byToken = (t: TF.Tensor, width: number) => tf.reshape(t, [b, T, width]);
       // [b, D, (q|k|v), H, dh] → [H, b, D·3·dh]
-      const qkv = tf.matMul(byToken(h, D) as TF.Tensor3D, byToken(tf.concat([dq, dk, dv], 1), 3 * H * dh) as TF.Tensor3D, true, false);
+      const qkv = tf.matMul(byToken(h, D) as TF.Tensor3D, byToken(dqkv, 3 * H * dh) as TF.Tensor3D, true, false);
       blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * D * dh]));
-      const biases = tf.sum(tf.reshape(byToken(tf.concat([dq, dv], 1), 2 * H * dh), [b, T, 2, H, dh]), 1); // [b, 2, H, dh]
+      const summed = tf.sum(tf.reshape(dqkv, [b, T, 3, H, dh]), 1); // [b, (q|k|v), H, dh]; the keys have no bias
+      const biases = tf.concat([tf.slice(summed, [0, 0, 0, 0], [b, 1, H, dh]), tf.slice(summed, [0, 2, 0, 0], [b, 1, H, dh])], 1);
       blocks.push(tf.reshape(tf.transpose(biases, [2, 0, 1, 3]), [H, b, 2 * dh]));
       // W_o's rows of head k read the head's merged output: [b, H·dh, D] → [H, b, dh·D]
       const out = tf.matMul(byToken(merged, H * dh) as TF.Tensor3D, byToken(dOut, D) as TF.Tensor3D, true, false);
