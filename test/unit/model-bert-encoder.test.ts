@@ -115,6 +115,22 @@ test('softmax and tanh: tfjs drops the second derivative through their saved out
   tf.dispose([x, w]);
 });
 
+test('GELU (one op, closed-form backward): value, gradient and gradient of the gradient match float64', () => {
+  const act = twiceDifferentiableActivations(tf);
+  const x = tf.randomNormal([4, 5], 0, 2, 'float32', 7);
+  const w = tf.randomNormal([4, 5], 0, 1, 'float32', 8);
+  const [xs, ws] = [Float64Array.from(x.dataSync()), Float64Array.from(w.dataSync())];
+  const dGelu = (v: number) => (gelu(v + 1e-6) - gelu(v - 1e-6)) / 2e-6;
+  const close = (ours: ArrayLike<number>, ref: Float64Array, what: string) => assert.ok(maxAbs(ours, ref) <= 1e-4 * Math.max(...ref.map(Math.abs)), `${what}: ${maxAbs(ours, ref)}`);
+  close(act.gelu(x).dataSync(), xs.map(gelu), 'value');
+  close(tf.grad((t: tf.Tensor) => tf.sum(tf.mul(act.gelu(t), w)))(x).dataSync(), xs.map((v, k) => ws[k] * dGelu(v)), 'gradient');
+  // q = Σ (w⊙gelu′(x))², ∂q/∂x = 2·w²·gelu′·gelu″ (gelu″ by central differences of gelu′ in float64).
+  const q = (t: tf.Tensor) => tf.sum(tf.square(tf.grad((y: tf.Tensor) => tf.sum(tf.mul(act.gelu(y), w)))(t)));
+  const exact = xs.map((v, k) => 2 * ws[k] ** 2 * dGelu(v) * ((dGelu(v + 1e-4) - dGelu(v - 1e-4)) / 2e-4));
+  close(tf.grad(q)(x).dataSync(), exact, 'gradient of the gradient');
+  tf.dispose([x, w]);
+});
+
 test('layer norm (one op, closed-form backward): value, gradient and gradient of the gradient match float64', () => {
   const act = twiceDifferentiableActivations(tf);
   const [r, c, eps] = [3, 6, 1e-5];

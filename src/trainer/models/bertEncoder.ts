@@ -30,13 +30,15 @@ export interface TwiceDifferentiableActivations {
   /** Softmax over the last axis. */
   softmax<T extends TF.Tensor>(x: T): T;
   tanh<T extends TF.Tensor>(x: T): T;
+  /** GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+  gelu<T extends TF.Tensor>(x: T): T;
   /** Layer norm over the last axis of x [N, D] with gain g and bias b [D] (variance of the row, ε inside the root). */
   layerNorm(x: TF.Tensor2D, g: TF.Tensor1D, b: TF.Tensor1D): TF.Tensor2D;
 }
 
 const activationsCache = new WeakMap<object, TwiceDifferentiableActivations>();
 
-/** Softmax and tanh whose gradients can be differentiated again (see the file comment). */
+/** Softmax, tanh, GELU and layer norm whose gradients can be differentiated again (see the file comment). */
 export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiableActivations {
   const cached = activationsCache.get(tf);
   if (cached) return cached;
@@ -47,15 +49,33 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
       (args[1] as TF.GradSaveFunc)([x]);
       return { value: forward(x), gradFunc: (dy: TF.Tensor, [saved]: TF.Tensor[]) => backward(dy, forward(saved)) };
     }) as <T extends TF.Tensor>(x: T) => T;
+  const twiceTanh = recomputing(
+    (x) => tf.tanh(x),
+    (dy, y) => tf.mul(dy, tf.sub(1, tf.square(y))),
+  );
+  const recomputingGelu = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const x = args[0] as TF.Tensor;
+    (args[1] as TF.GradSaveFunc)([x]);
+    const value = tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(tf.mul(tf.add(x, tf.mul(tf.mul(tf.mul(x, x), x), 0.044715)), GELU_C)), 1));
+    return {
+      value,
+      gradFunc: (dy: TF.Tensor, [saved]: TF.Tensor[]) => {
+        const x2 = tf.square(saved);
+        const t = twiceTanh(tf.mul(saved, tf.add(tf.mul(x2, 0.044715 * GELU_C), GELU_C)));
+        const dInner = tf.add(tf.mul(x2, 3 * 0.044715 * GELU_C), GELU_C);
+        return tf.mul(dy, tf.add(tf.mul(tf.add(t, 1), 0.5), tf.mul(tf.mul(saved, 0.5), tf.mul(tf.sub(1, tf.square(t)), dInner))));
+      },
+    };
+  }) as <T extends TF.Tensor>(x: T) => T;
   const activations: TwiceDifferentiableActivations = {
     softmax: recomputing(
       (x) => tf.softmax(x),
       (dy, y) => tf.mul(y, tf.sub(dy, tf.sum(tf.mul(dy, y), -1, true))),
     ),
-    tanh: recomputing(
-      (x) => tf.tanh(x),
-      (dy, y) => tf.mul(dy, tf.sub(1, tf.square(y))),
-    ),
+    tanh: twiceTanh,
+    // One op on the tape (its 9 forward ops are not recorded); the backward is its closed-form derivative
+    // 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²), t recomputed with the tanh above.
+    gelu: recomputingGelu,
     // One op on the tape with a closed-form backward (dx = (g·dy − mean(g·dy) − x̂·mean(g·dy·x̂))/σ) instead
     // of the ~9 forward ops and their ~35 gradient ops: under the regularizer's nested tape every one of
     // those is recorded again and differentiated a second time. The backward recomputes x̂ and σ from the
@@ -197,11 +217,9 @@ export class BertEncoder extends RouterlessClassifier {
     return this.activations.layerNorm(x, g as unknown as TF.Tensor1D, b as unknown as TF.Tensor1D);
   }
 
-  /** GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+  /** GELU, tanh form (twiceDifferentiableActivations: one op with a closed-form backward). */
   private gelu(x: T2): T2 {
-    const tf = this.tf;
-    const inner = tf.mul(tf.add(x, tf.mul(tf.mul(tf.mul(x, x), x), 0.044715)), GELU_C);
-    return tf.mul(tf.mul(x, 0.5), tf.add(this.activations.tanh(inner), 1)) as T2;
+    return this.activations.gelu(x);
   }
 
   /** Logits [b, classes] of images x [b, rows·cols]; a pruned head's variables are replaced by zeros in every layer. */
