@@ -5,14 +5,20 @@ built-in data (14×14 = 196 inputs: the 784-input Fashion-MNIST files are not on
   plain     a plain PyTorch loop of pltrain's MoeMlp: forward, loss, backward, Adam, loss.item()
   engine    `python -m pltrain` itself (WebSocket served, metrics streamed to metrics.jsonl, commands
             checked at every step boundary), α = 0, κ monitoring off (monitor.every beyond the run)
-  monitor   the same at the default monitoring (every 10 steps, probe 16), α = 0
-  default   the same at the default α (0.01: every step measures κ in its graph for the regularizer)
+  attached  the same with a client attached (this process, over the run's socket with its token, as the
+            extension would be): every event also sent over the WebSocket and read
+  monitor   the engine at the default monitoring (every 10 steps, probe 16), α = 0
+  default   the same at the default α (0.01: every step measures κ in its own graph for the regularizer)
 Times are per step over the last 80 % of each run (start-up excluded); the engine's from its own
-metrics.jsonl timestamps. The plain loop runs before and after the engine runs; its mean is the base.
+metrics.jsonl timestamps. The runs are interleaved in rounds (plain, engine, attached, monitor; then the
+default α once and the plain loop again) and each figure is the median over the rounds, so that the
+load of a shared machine falls on all of them alike; `runs` keeps every run's figure, `loadAverage` the
+machine's 1-minute load average before and after.
 Also checks that κ measured on CUDA matches the CPU figures on the same weights (--device cuda).
-usage: python3 bench/engine_torch.py [--device cpu|cuda] [--steps N] [--threads N]
+usage: python3 bench/engine_torch.py [--device cpu|cuda] [--steps N] [--threads N] [--rounds N]
 Prints progress on stderr and one JSON line on stdout."""
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -23,6 +29,18 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 
+p = argparse.ArgumentParser()
+p.add_argument("--device", default="cpu")
+p.add_argument("--steps", type=int, default=300)
+p.add_argument("--threads", type=int, default=0)
+p.add_argument("--rounds", type=int, default=3)
+a = p.parse_args()
+if a.threads:
+    # Before torch loads: the BLAS under Debian's torch (OpenBLAS, pthreads) takes its thread count from
+    # the environment at load, not from torch.set_num_threads, so without this the plain loop here would
+    # run its products on every core while the engine (started with this environment) runs them on one.
+    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(a.threads)
+
 import torch  # noqa: E402
 
 from pltrain import config as cfg  # noqa: E402
@@ -30,11 +48,6 @@ from pltrain.data import batches, load_builtin  # noqa: E402
 from pltrain.models import MoeMlp  # noqa: E402
 from pltrain.train import Measurer  # noqa: E402
 
-p = argparse.ArgumentParser()
-p.add_argument("--device", default="cpu")
-p.add_argument("--steps", type=int, default=300)
-p.add_argument("--threads", type=int, default=0)
-a = p.parse_args()
 if a.threads:
     torch.set_num_threads(a.threads)
 device = torch.device(a.device)
@@ -70,23 +83,64 @@ def plain_loop(steps):
     return (time.perf_counter() - t0) * 1000 / (steps - start)
 
 
-def engine(steps, alpha, every):
+def engine(steps, alpha, every, attached=False):
     with tempfile.TemporaryDirectory() as tmp:
         conf = os.path.join(tmp, "bench.pltrain.json")
         with open(conf, "w") as f:
             json.dump({"name": "bench", "engine": "pytorch", "device": a.device, "steps": steps, "batchSize": BATCH, "alpha": alpha, "model": MODEL, "monitor": {"every": every}, "checkpointEvery": 0}, f)
-        env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "python"))
-        if a.threads:
-            env["OMP_NUM_THREADS"] = str(a.threads)
-        r = subprocess.run([sys.executable, "-m", "pltrain", "--config", conf, "--run-dir", os.path.join(tmp, "run")], env=env, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"the engine failed: {r.stderr.strip().splitlines()[-1:] or r.stdout[-500:]}")
-        with open(os.path.join(tmp, "run", "metrics.jsonl")) as f:
+        env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "python"))  # the thread counts set above included
+        run_dir = os.path.join(tmp, "run")
+        cmd = [sys.executable, "-m", "pltrain", "--config", conf, "--run-dir", run_dir]
+        if attached:
+            code, stderr, streamed = asyncio.run(run_attached(cmd, env, run_dir))
+        else:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            code, stderr, streamed = r.returncode, r.stderr, None
+        if code != 0:
+            raise RuntimeError(f"the engine failed: {stderr.strip().splitlines()[-1:]}")
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             times = {m["step"]: m["time"] for m in map(json.loads, f)}
-        with open(os.path.join(tmp, "run", "events.jsonl")) as f:
+        with open(os.path.join(run_dir, "events.jsonl")) as f:
             backend = next(e["backend"] for e in map(json.loads, f) if e["type"] == "hello")
+        if attached:
+            on_disk = sum(1 for name in ("metrics.jsonl", "commands.jsonl", "events.jsonl") if os.path.exists(os.path.join(run_dir, name)) for _ in open(os.path.join(run_dir, name)))
+            if streamed != list(range(on_disk)):
+                raise RuntimeError(f"the attached client saw {len(streamed)} events, not the {on_disk} on disk in seq order")
     start = steps // 5
     return (times[steps] - times[start]) / (steps - start), backend
+
+
+async def run_attached(cmd, env, run_dir):
+    """Runs the engine with a client attached from its first event to its last: connects with the run's
+    token as the extension does, subscribes from the start and reads every frame. (exit code, stderr,
+    the seqs the client received)."""
+    import websockets
+
+    from pltrain.protocol import LISTENING_PREFIX, TOKEN_HEADER
+
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stderr = asyncio.ensure_future(proc.stderr.read())
+    seqs = []
+    while True:
+        line = (await proc.stdout.readline()).decode()
+        if not line:
+            break
+        if line.startswith(LISTENING_PREFIX):
+            endpoint = json.loads(line[len(LISTENING_PREFIX):])
+            with open(os.path.join(run_dir, "token")) as f:
+                token = f.read().strip()
+            drain = asyncio.ensure_future(proc.stdout.read())  # the progress lines
+            async with websockets.unix_connect(endpoint["socket"], "ws://localhost/", extra_headers={TOKEN_HEADER: token}, max_size=None) as ws:
+                await ws.send(json.dumps({"type": "subscribe", "sinceSeq": -1}))
+                try:
+                    async for message in ws:
+                        seqs.append(json.loads(message)["seq"])
+                except websockets.ConnectionClosed:
+                    pass
+            await drain
+            break
+    code = await proc.wait()
+    return code, (await stderr).decode(), seqs
 
 
 def kappa_cpu_vs_cuda():
@@ -107,26 +161,42 @@ def kappa_cpu_vs_cuda():
     return {"maxRelativeDifference": rel, "cpuKappa": [s["kappa"] for s in out["cpu"]["units"]], "cudaKappa": [s["kappa"] for s in out["cuda"]["units"]], "cpuModelKappa": out["cpu"]["model"], "cudaModelKappa": out["cuda"]["model"]}
 
 
-result = {"device": a.device, "steps": a.steps, "model": dict(MODEL, inputs=196, batch=BATCH), "torch": torch.__version__}
-log(f"plain loop, {a.steps} steps on {a.device}")
-plain_before = plain_loop(a.steps)
-log("engine, α = 0, monitoring off")
-off, backend = engine(a.steps, 0, 10 ** 6)
-log("engine, α = 0, default monitoring")
-monitored, _ = engine(a.steps, 0, 10)
+def median(xs):
+    return sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2
+
+
+result = {"device": a.device, "steps": a.steps, "rounds": a.rounds, "model": dict(MODEL, inputs=196, batch=BATCH), "torch": torch.__version__}
+load_before = os.getloadavg()[0]
+runs = {"plain": [], "engine": [], "attached": [], "monitored": [], "regularized": []}
+backend = None
+for r in range(a.rounds):
+    log(f"round {r + 1}/{a.rounds}: plain loop, {a.steps} steps on {a.device}")
+    runs["plain"].append(plain_loop(a.steps))
+    log("engine, α = 0, monitoring off")
+    off, backend = engine(a.steps, 0, 10 ** 6)
+    runs["engine"].append(off)
+    log("engine, α = 0, monitoring off, a client attached")
+    runs["attached"].append(engine(a.steps, 0, 10 ** 6, attached=True)[0])
+    log("engine, α = 0, default monitoring")
+    runs["monitored"].append(engine(a.steps, 0, 10)[0])
 log("engine, default α")
-regularized, _ = engine(a.steps, 0.01, 10)
+runs["regularized"].append(engine(a.steps, 0.01, 10)[0])
 log("plain loop again")
-plain = (plain_before + plain_loop(a.steps)) / 2
+runs["plain"].append(plain_loop(a.steps))
+plain, off, attached, monitored, regularized = (median(runs[k]) for k in ("plain", "engine", "attached", "monitored", "regularized"))
 result.update(
     backend=backend,
     plainMsPerStep=plain,
     engineMsPerStep=off,
+    attachedMsPerStep=attached,
     monitoredMsPerStep=monitored,
     regularizedMsPerStep=regularized,
     instrumentationFraction=off / plain - 1,
+    attachedInstrumentationFraction=attached / plain - 1,
     monitoringFraction=(monitored - off) / off,
     regularizedCost=regularized / off,
+    runs=runs,
+    loadAverage=[load_before, os.getloadavg()[0]],
 )
 if a.device.startswith("cuda"):
     result["kappaCpuVsCuda"] = kappa_cpu_vs_cuda()

@@ -3,6 +3,7 @@
 # engine's tests (python/tests: estimators against closed forms, on the CPU and on CUDA), then the
 # engine against a plain PyTorch loop of the same model on CUDA, with κ on CUDA against the CPU's.
 # usage: bash bench/gpu-check.sh [STEPS]     (PYTHON=... to name the interpreter; default python3)
+# (bench/engine_torch.py runs 3 interleaved rounds and reports medians; see its --help)
 # Writes bench/results/gpu-check-<time>.json (the JSON line of bench/engine_torch.py) and prints a summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ out="bench/results/gpu-check-$(date -u +%Y%m%dT%H%M%SZ).json"
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"device {r['backend']['device']}: plain {r['plainMsPerStep']:.3f} ms/step, engine {r['engineMsPerStep']:.3f} ms/step")
-print(f"instrumentation at α = 0: {100 * r['instrumentationFraction']:+.1f} % (goal ≤ 5 %)")
+print(f"instrumentation at α = 0: {100 * r['instrumentationFraction']:+.1f} % (goal ≤ 5 %); with a client attached {100 * r['attachedInstrumentationFraction']:+.1f} %")
 print(f"κ monitoring at the defaults (every 10 steps, probe 16): {100 * r['monitoringFraction']:+.1f} % (goal ≤ 5 %)")
 print(f"regularized step (α = 0.01, κ measured every step): {r['regularizedCost']:.2f}× the unregularized engine step")
 k = r["kappaCpuVsCuda"]

@@ -242,6 +242,7 @@ async function main(): Promise<void> {
     if (v?.plainMsPerStep) {
       out.pytorchEngine = v;
       say(`  plain loop ${fmt(v.plainMsPerStep)} ms/step; engine at α = 0, unmonitored ${fmt(v.engineMsPerStep)} ms → instrumentation ${pct(v.instrumentationFraction)} (goal ≤ 5 %)`);
+      if (v.attachedMsPerStep) say(`  with a client attached (every event over the socket) ${fmt(v.attachedMsPerStep)} ms → ${pct(v.attachedInstrumentationFraction)}; medians of ${v.rounds} interleaved rounds, load average ${v.loadAverage?.map((x: number) => fmt(x)).join(' → ')}`);
       say(`  default monitoring (every 10 steps, probe 16) ${fmt(v.monitoredMsPerStep)} ms → κ monitoring ${pct(v.monitoringFraction)} (goal ≤ 5 %); default α ${fmt(v.regularizedMsPerStep)} ms (${fmt(v.regularizedCost)}× unregularized)`);
       if (v.kappaCpuVsCuda) say(`  κ on CUDA vs the CPU, same weights: largest relative difference ${fmt(v.kappaCpuVsCuda.maxRelativeDifference)}`);
     } else if (/No module named '(torch|websockets)'|not found|ENOENT/.test(r.stderr)) {

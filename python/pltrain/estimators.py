@@ -65,9 +65,45 @@ def conditioning(kernel, damping):
     if not np.isfinite(k).all():
         raise ValueError("kernel has a non-finite entry")
     values, vectors = np.linalg.eigh((k + k.T) / 2)
+    return _conditioned(values, vectors, damping)
+
+
+def _conditioned(values, vectors, damping):
     mu = max(float(values[0]), 0.0)
     lf = max(float(values[-1]), 0.0)
     return {"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping), "vMin": vectors[:, 0].copy(), "vMax": vectors[:, -1].copy()}
+
+
+def conditioning_many(kernels, damping, vectors=True):
+    """conditioning() of each kernel in `kernels` (a list; sizes may differ), with one batched eigh per
+    size: numpy runs the same LAPACK solve on each matrix of a stack, so the figures are conditioning()'s,
+    at one call's overhead instead of one per kernel (a measurement solves E + 1 of them). Without
+    `vectors`, eigenvalues only (eigvalsh: the units' μ, L_f and κ need no eigenvectors, and LAPACK
+    skips computing them), and no vMin/vMax."""
+    if not (0 < damping <= 1):
+        raise ValueError(f"damping must be in (0, 1], got {damping}")
+    out = [None] * len(kernels)
+    by_size = {}
+    for i, kernel in enumerate(kernels):
+        k = np.asarray(kernel, dtype=np.float64)
+        n = k.shape[0] if k.ndim == 2 else 0
+        if k.shape != (n, n) or n < 1:
+            raise ValueError(f"kernel of shape {k.shape} is not square")
+        by_size.setdefault(n, []).append((i, k))
+    for group in by_size.values():
+        stack = np.stack([k for _, k in group])
+        if not np.isfinite(stack).all():
+            raise ValueError("kernel has a non-finite entry")
+        symmetric = (stack + stack.transpose(0, 2, 1)) / 2
+        if vectors:
+            values, vecs = np.linalg.eigh(symmetric)
+            for (i, _), v, w in zip(group, values, vecs):
+                out[i] = _conditioned(v, w, damping)
+        else:
+            for (i, _), v in zip(group, np.linalg.eigvalsh(symmetric)):
+                mu, lf = max(float(v[0]), 0.0), max(float(v[-1]), 0.0)
+                out[i] = {"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping)}
+    return out
 
 
 def unit_kernels(scalar_outputs, unit_params, create_graph):

@@ -19,9 +19,13 @@ class EventLog:
     def __init__(self, run_dir):
         self.run_dir = run_dir
         # Events are emitted on the training thread (and by the server); listeners run on the event
-        # loop's thread (call_soon_threadsafe), so a slow client never holds a step up.
+        # loop's thread, so a slow client never holds a step up. Events for the loop wait in `_outbox`
+        # and one call_soon_threadsafe hands over all that piled up before the loop got to them: one
+        # wake-up of the loop per batch, not per event.
         self._lock = threading.RLock()
         self.loop = None
+        self._outbox = []
+        self._handoff_pending = False
         self.next = 0
         self.history = []
         self.listeners = set()
@@ -97,21 +101,40 @@ class EventLog:
             event = dict(partial)
             event["seq"] = self.next
             self.next += 1
-            line = (dumps(event) + "\n").encode("utf-8")
+            text = dumps(event)
             name = _file_of(event)
             fd = self._fds.get(name)
             if fd is None:
                 # Opened owner-only without following a planted symlink, and kept: no descriptor per event.
                 fd = self._fds[name] = open_private(os.path.join(self.run_dir, name), "append")
-            os.write(fd, line)
+            os.write(fd, (text + "\n").encode("utf-8"))
             self.history.append(event)
-            listeners = list(self.listeners)
-        for listener in listeners:
-            if self.loop is not None:
-                self.loop.call_soon_threadsafe(listener, event)
+            if not self.listeners:
+                return event
+            if self.loop is None:
+                listeners = list(self.listeners)
             else:
-                listener(event)
+                listeners = None
+                self._outbox.append((event, text))
+                wake = not self._handoff_pending
+                self._handoff_pending = True
+        if listeners is not None:
+            for listener in listeners:
+                listener(event, text)
+        elif wake:
+            self.loop.call_soon_threadsafe(self._hand_over)
         return event
+
+    def _hand_over(self):
+        """On the loop's thread: every event in the outbox, in seq order, to every listener (each a
+        client's, which skips what its replay already sent by seq)."""
+        with self._lock:
+            batch, self._outbox = self._outbox, []
+            self._handoff_pending = False
+            listeners = list(self.listeners)
+        for event, text in batch:
+            for listener in listeners:
+                listener(event, text)
 
     def emit_acks(self, partials, before):
         """Emits `partials` (acks) with consecutive seqs, first calling before(acks_with_seqs) with the
@@ -123,8 +146,9 @@ class EventLog:
             return [self.emit(p) for p in partials]
 
     def subscribe_since(self, since_seq, listener):
-        """Attaches `listener` and returns every event with seq > since_seq, atomically: each later
-        event reaches the listener (one emitted meanwhile may reach it too; callers skip by seq)."""
+        """Attaches `listener(event, its JSON text)` and returns every event with seq > since_seq,
+        atomically: each later event reaches the listener (one emitted meanwhile may reach it too;
+        callers skip by seq)."""
         with self._lock:
             self.listeners.add(listener)
             return self.since(since_seq), lambda: self.listeners.discard(listener)

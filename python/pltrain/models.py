@@ -45,6 +45,8 @@ class MoeMlp(nn.Module):
             off[list(pruned)] = -1e9
             z = z + off
         g = torch.softmax(z, dim=1)
+        # The routing before the pruning mask, kept for the step's routing shares (no second gate pass).
+        self.unmasked_routing = g
         if mask is not None:
             # The pruning gate's soft mask scales each expert's routing weight, renormalized:
             # p_e ∝ m_e·e^{z_e}, so m_e = 0 is exactly a pruned expert (moeForward.ts).
@@ -52,39 +54,53 @@ class MoeMlp(nn.Module):
             g = weighted / (weighted.sum(dim=1, keepdim=True) + 1e-12)
         return g
 
-    def unit_kernels(self, x, u, pruned, mask=None):
+    def probe_pass(self, x, pruned, mask=None):
+        """(logits, parts): the forward pass of the probe with every expert at once (E×n×h batches), and
+        the forward quantities the closed-form kernels read (`parts`), so one measurement runs the gate and
+        the experts once instead of once per kernel and per expert. The logits equal forward()'s up to
+        float rounding (the experts' outputs summed in another order)."""
+        g = self.gate(x, pruned, mask)  # n×E
+        pre = torch.stack([x @ w for w in self.w1]) + torch.stack(list(self.b1)).unsqueeze(1)  # E×n×h
+        hid = torch.relu(pre)
+        w2 = torch.stack(list(self.w2))  # E×h×c
+        outs = hid @ w2 + torch.stack(list(self.b2)).unsqueeze(1)  # E×n×c
+        if len(pruned) == self.units:
+            logits = torch.zeros(x.shape[0], self.c, device=x.device, dtype=x.dtype)
+        else:
+            logits = (g.T.unsqueeze(2) * outs).sum(dim=0)  # a pruned expert has g = 0
+        return logits, {"g": g, "pre": pre, "hid": hid, "w2": w2, "outs": outs}
+
+    def unit_kernels(self, x, u, pruned, mask=None, parts=None):
         """Every expert's tangent kernel of s_i = u_iᵀ z(x_i), z the gated mixture, in closed form from
         forward quantities (tangentKernel.ts twoLayerTangentKernel with u_i scaled by the gate g_e(x_i),
         since ∂s_i/∂θ_e = g_e(x_i)·∂(u_iᵀ o_e(x_i))/∂θ_e): E×n×n, differentiable w.r.t. every weight. The
         same numbers as the autograd Jacobians (estimators.unit_kernels; tests/test_estimators.py), at a
-        fraction of the cost: no per-example backward passes."""
-        g = self.gate(x, pruned, mask)  # n×E
+        fraction of the cost: no per-example backward passes. Every expert in one batch (E×n×·)."""
+        parts = parts or self.probe_pass(x, pruned, mask)[1]
+        pre, hid = parts["pre"], parts["hid"]
+        ue = parts["g"].T.unsqueeze(2) * u  # E×n×c: u_i scaled by g_e(x_i)
+        back = (pre > 0).to(x.dtype) * (ue @ parts["w2"].transpose(1, 2))  # E×n×h
+        uu = ue @ ue.transpose(1, 2)
         gram1 = x @ x.T + 1
-        out = []
-        for e in range(self.units):
-            ue = u * g[:, e:e + 1]
-            pre = x @ self.w1[e] + self.b1[e]
-            hid = torch.relu(pre)
-            back = (pre > 0).to(x.dtype) * (ue @ self.w2[e].T)
-            uu = ue @ ue.T
-            out.append((hid @ hid.T) * uu + uu + gram1 * (back @ back.T))
-        return torch.stack(out)
+        return (hid @ hid.transpose(1, 2)) * uu + uu + gram1 * (back @ back.transpose(1, 2))
 
-    def kernel_rest(self, x, u, pruned, mask=None):
+    def kernel_rest(self, x, u, pruned, mask=None, parts=None):
         """The gate's kernel K_gate = (X·Xᵀ + 1) ⊙ (R·Rᵀ), R_ie = p_e(x_i)·(u_iᵀo_e(x_i) − s_i) (∂s_i/∂ gate
         logit e; docs/method.md, contract 4): the part of the model's kernel outside the experts."""
-        g = self.gate(x, pruned, mask)
-        outs = torch.stack([torch.relu(x @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e] for e in range(self.units)], dim=1)  # n×E×c
-        m = (outs * u.unsqueeze(1)).sum(dim=2)  # n×E: u_iᵀo_e(x_i)
+        parts = parts or self.probe_pass(x, pruned, mask)[1]
+        g = parts["g"]
+        m = (parts["outs"] * u).sum(dim=2).T  # n×E: u_iᵀo_e(x_i)
         s = (g * m).sum(dim=1, keepdim=True)
         r = g * (m - s)
         return (x @ x.T + 1) * (r @ r.T)
 
-    def served(self, x, pruned, mask=None):
+    def served(self, x, pruned, mask=None, parts=None):
         """Per expert, the probe rows it serves: p_e(x_i) ≥ 1/(2E) (contract 8); none for a pruned one."""
         with torch.no_grad():
-            g = self.gate(x, pruned, mask).cpu()
-        return [[] if e in pruned else [i for i in range(x.shape[0]) if float(g[i, e]) >= 1 / (2 * self.units)] for e in range(self.units)]
+            g = parts["g"] if parts else self.gate(x, pruned, mask)
+            # Compared in float64, as a Python float (one device → host read for the whole table).
+            serves = (g.detach().double() >= 1 / (2 * self.units)).T.cpu().tolist()
+        return [[] if e in pruned else [i for i, yes in enumerate(row) if yes] for e, row in enumerate(serves)]
 
     def forward(self, x, pruned=frozenset(), mask=None):
         if len(pruned) == self.units:

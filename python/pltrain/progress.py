@@ -34,6 +34,15 @@ class Progress:
         self.last_live = 0.0
         self.last_bucket = -1
 
+    def due(self, step, total):
+        """Whether update() at `step` would print (the live line at most every 0.1 s, a log line every
+        5 %), so a caller can skip building its figures on the other steps."""
+        if step >= total:
+            return True
+        if self.live:
+            return time.monotonic() - self.last_live >= 0.1
+        return math.floor(step / max(1, total) * 20) != self.last_bucket
+
     def update(self, p):
         if self.live:
             now = time.monotonic()

@@ -269,8 +269,7 @@ class _Client:
         wake = asyncio.Event()
         queued = [0]
 
-        def listener(event):
-            text = dumps(event)
+        def listener(event, text):
             queue.append((event["seq"], text))
             queued[0] += len(text)
             wake.set()

@@ -36,6 +36,10 @@ class SteeringState:
 
     def drain(self):
         """Applies every queued command in arrival order; one decision (id, command, status, reason) each."""
+        if not self._queue:
+            # The common step boundary: nothing arrived. Reading the list needs no lock (a command
+            # appended just after this read is drained at the next boundary, as if it came a step later).
+            return []
         with self._arrived:
             queued, self._queue = self._queue, []
         out = []

@@ -44,6 +44,23 @@ def _exhaust_file_descriptors():
     return held
 
 
+def grad_norm_squared_terms(grads):
+    """(squares, norms): 0-d tensors with ‖g‖² = Σ squares + Σ norms², in one multi-tensor norm call
+    (on CUDA one fused kernel) where torch has it. The caller reads them with the step's other figures in
+    one transfer and sums on the host (float64). (On the CPU a BLAS dot per large gradient was faster on
+    gradients already in cache, but not right after the backward: docs/performance.md.)"""
+    if not hasattr(torch, "_foreach_norm"):
+        return [(g * g).sum() for g in grads], []
+    return [], list(torch._foreach_norm(grads))
+
+
+def grad_norm_squared(grads):
+    """Σ‖g‖² over the gradients as a float (float rounding apart, Σ (g·g).sum())."""
+    squares, norms = grad_norm_squared_terms(grads)
+    values = torch.stack(squares + norms).tolist()
+    return sum(values[:len(squares)]) + sum(x * x for x in values[len(squares):])
+
+
 class NonFiniteLoss(Exception):
     def __init__(self, step):
         super().__init__(f"loss became NaN or infinite at step {step}")
@@ -84,16 +101,20 @@ class Measurer:
     def kernels(self, pruned, create_graph, mask=None):
         """(unit kernels E×n×n, the rest of the model's kernel n×n, the probe rows each unit serves)."""
         n, E = self.probe_x.shape[0], self.model.units
-        logits = self.model(self.probe_x, pruned, mask)
         self.direction_path = None
         if hasattr(self.model, "unit_kernels"):
             # Closed forms from forward quantities (moe-mlp), differentiable in every weight, u included
-            # (contract 7: the regularizer's gradient follows u's dependence on the weights).
-            u = estimators.output_directions_torch(logits if create_graph else logits.detach(), self.one_hot)
-            units = self.model.unit_kernels(self.probe_x, u, pruned, mask)
-            rest = self.model.kernel_rest(self.probe_x, u, pruned, mask)
-            served = self.model.served(self.probe_x, pruned, mask)
+            # (contract 7: the regularizer's gradient follows u's dependence on the weights). One batched
+            # pass of the probe gives the logits and everything the kernels read.
+            # Monitoring alone (no create_graph) records no autograd graph.
+            with torch.set_grad_enabled(create_graph):
+                logits, parts = self.model.probe_pass(self.probe_x, pruned, mask)
+                u = estimators.output_directions_torch(logits, self.one_hot)
+                units = self.model.unit_kernels(self.probe_x, u, pruned, mask, parts)
+                rest = self.model.kernel_rest(self.probe_x, u, pruned, mask, parts)
+            served = self.model.served(self.probe_x, pruned, mask, parts)
         else:
+            logits = self.model(self.probe_x, pruned, mask)
             # Per-sample gradients of the model's output, every live unit in one batched backward. The
             # kernel holds u fixed inside the Jacobian (contract 2): `held` is a leaf standing for u there,
             # and `regularizer` pulls ∂κ̃/∂held back through u(θ) (contract 7). The output bias's kernel
@@ -117,30 +138,33 @@ class Measurer:
     def condition(self, units, rest, served, frozen, pruned, trainable):
         """The units' stats and the model's kernel (differentiable when `units` is) with its extreme
         eigenvectors, from one float64 read-back."""
-        k64 = units.detach().double().cpu().numpy()
-        self.traces = [0.0 if e in pruned else float(np.trace(k)) for e, k in enumerate(k64)]
-        stats = []
+        model_kernel = rest + (units[trainable].sum(dim=0) if trainable else torch.zeros_like(rest))
+        # One device → host read of every kernel (the units' and the model's), one batched eigh per size.
+        k64 = torch.cat([units.detach(), model_kernel.detach().unsqueeze(0)]).double().cpu().numpy()
+        k, k64 = k64[-1], k64[:-1]
+        self.traces = [0.0 if e in pruned else float(t) for e, t in enumerate(np.trace(k64, axis1=1, axis2=2))]
+        stats, solve = [], []
         for e in range(k64.shape[0]):
             rows = served[e]
             base = {"id": e, "served": len(rows), "frozen": e in frozen, "pruned": e in pruned}
             if e in pruned or len(rows) < estimators.MIN_SERVED:
                 stats.append(dict(base, mu=None, lf=None, kappa=None))
                 continue
-            c = estimators.conditioning(k64[e][np.ix_(rows, rows)], self.damping)
-            stats.append(dict(base, mu=c["mu"], lf=c["lf"], kappa=c["kappa"]))
-        model_kernel = rest + (units[trainable].sum(dim=0) if trainable else torch.zeros_like(rest))
-        k = model_kernel.detach().double().cpu().numpy()
+            stats.append(base)
+            solve.append((e, k64[e] if len(rows) == k64.shape[1] else k64[e][np.ix_(rows, rows)]))
         rows = self.model_rows(served, trainable, k.shape[0])
-        if rows is not None and 0 < len(rows) < k.shape[0]:
+        sub = rows is not None and 0 < len(rows) < k.shape[0]
+        # The units' κ needs eigenvalues only; the model's kernel also its extreme eigenvectors (regularizer).
+        for (e, _), c in zip(solve, estimators.conditioning_many([m for _, m in solve], self.damping, vectors=False)):
+            stats[e].update(mu=c["mu"], lf=c["lf"], kappa=c["kappa"])
+        c = estimators.conditioning(k[np.ix_(rows, rows)] if sub else k, self.damping)
+        if sub:
             # κ of the principal submatrix on `rows`, its eigenvectors embedded back (zeros elsewhere), so
             # the surrogate's vᵀKv on the full kernel is that submatrix's Rayleigh quotient.
-            c = estimators.conditioning(k[np.ix_(rows, rows)], self.damping)
             for key in ("vMin", "vMax"):
                 full = np.zeros(k.shape[0])
                 full[rows] = c[key]
                 c[key] = full
-        else:
-            c = estimators.conditioning(k, self.damping)
         self.last, self.model_kappa = stats, c["kappa"]
         return stats, model_kernel, c["vMin"], c["vMax"]
 
@@ -508,6 +532,9 @@ class Trainer:
                 inject_nan_at = int(os.environ.get("PLTRAIN_TEST_NAN_AT_STEP") or -1)
                 inject_fds_at = int(os.environ.get("PLTRAIN_TEST_EXHAUST_FDS_AT_STEP") or -1)
                 damping = config["monitor"]["damping"]
+                # Read once: the parameters (the same tensors all run long) and a zero for "no regularizer".
+                parameters = list(model.parameters())
+                no_regularizer = torch.zeros((), device=device)
 
                 def report_floor(entered, left):
                     floor = 1 / damping
@@ -562,6 +589,8 @@ class Trainer:
                     soft = pruner.sample_mask(step, steering.frozen, steering.pruned) if pruner else None
                     mask_t = torch.tensor(soft, dtype=torch.float32, device=device, requires_grad=True) if soft is not None else None
                     logits = model(x, pruned, mask_t)
+                    # The step's routing (before the pruning mask) for the shares, read before the probe's pass replaces it.
+                    routing = model.unmasked_routing if hasattr(model, "gate") else None
                     task_loss = F.cross_entropy(logits, y.reshape(-1))  # a language model's logits are token-major
                     # Switch: the load-balancing loss is optimized, not reported in the task loss; the
                     # step's routing shares are read before the probe's forward pass replaces them.
@@ -582,25 +611,31 @@ class Trainer:
                         reg = None
                         total = objective
                     total.backward()
-                    for e in range(model.units):
-                        if e not in trainable:
-                            for p in model.unit_params(e):
-                                p.grad = None
+                    if len(trainable) < model.units:
+                        for e in range(model.units):
+                            if e not in trainable:
+                                for p in model.unit_params(e):
+                                    p.grad = None
                     with torch.no_grad():
-                        grads = [p.grad for p in model.parameters() if p.grad is not None]
-                        grad_norm_sq = torch.stack([(g * g).sum() for g in grads]).sum()
+                        grads = [p.grad for p in parameters if p.grad is not None]
+                        squares, norms = grad_norm_squared_terms(grads)
                         # The task metric: accuracy, or a language model's perplexity exp(mean CE).
-                        accuracy = task_loss.detach().exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).float().mean()
-                        # One device → host transfer per step for everything reported.
+                        # (Accuracy as the count of correct predictions, divided on the host: one tensor op fewer.)
+                        accuracy = task_loss.exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).sum(dtype=logits.dtype)
+                        # One device → host transfer per step for everything reported (no_grad: nothing detached).
                         # share_e: the step's mean routing mass through unit e (docs/method.md, "Share");
                         # a family without a router takes it from the kernels on monitor steps (below).
-                        share = model.gate(x, pruned).mean(dim=0) if hasattr(model, "gate") else total.new_zeros(0)
-                        reported = torch.cat([torch.stack([total.detach(), task_loss.detach(), reg.detach() if reg is not None else total.new_zeros(()), accuracy, grad_norm_sq]), share]).tolist()
+                        share = routing.mean(dim=0) if routing is not None else total.new_zeros(0)
+                        reported = torch.cat([torch.stack([total, task_loss, reg if reg is not None else no_regularizer, accuracy] + squares + norms), share]).tolist()
+                        n_sq, n_terms = len(squares), len(squares) + len(norms)
+                        grad_norm_sq = sum(reported[4:4 + n_sq]) + sum(x * x for x in reported[4 + n_sq:4 + n_terms])
+                        shares = reported[4 + n_terms:]
                     optimizer.step()
                     if mask_t is not None:
                         pruner.update(mask_t.grad.tolist() if mask_t.grad is not None else [0.0] * units, steering.frozen, steering.pruned)
-                    loss_value, task_value, reg_value, accuracy, grad_norm_sq = reported[:5]
-                    shares = reported[5:]
+                    loss_value, task_value, reg_value, accuracy = reported[:4]
+                    if model.task_metric != "perplexity":
+                        accuracy /= y.shape[0]
                     # Routing shares of this step's batch (families with a router); the others report them on measurement.
                     if routed_shares is not None:
                         shares = routed_shares  # the fraction of the step's tokens dispatched to each expert
@@ -659,7 +694,8 @@ class Trainer:
                             if pruner:
                                 m["gate"] = pruner.keep_probabilities(steering.frozen, steering.pruned)
                         events.emit(m)
-                    progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, ("perplexity" if model.task_metric == "perplexity" else "accuracy"): accuracy})
+                    if progress.due(step, config["steps"]):
+                        progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, ("perplexity" if model.task_metric == "perplexity" else "accuracy"): accuracy})
                     if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):
                         save()
                     if time.monotonic() - last_announce > 2:

@@ -174,3 +174,58 @@ def test_differentiable_directions_equal_the_float64_ones_and_survive_confident_
         minus[idx] -= h
         f = lambda z: float((estimators.output_directions_torch(z, y) * torch.tensor([[1.0, -2.0, 0.5]] * 3, dtype=torch.float64)).sum())
         assert float(g[idx]) == pytest.approx((f(plus) - f(minus)) / (2 * h), rel=1e-5, abs=1e-9)
+
+
+def test_conditioning_many_is_conditioning_of_each_kernel_whatever_the_sizes():
+    """The batched eigh a measurement runs (one call per size) against one conditioning() per kernel,
+    including a singular (rank-one), a zero and an asymmetric kernel; a NaN anywhere is refused."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 4))
+    v = rng.normal(size=4)
+    kernels = [a @ a.T, np.outer(v, v), np.zeros((4, 4)), rng.normal(size=(2, 2)) + 3 * np.eye(2), a @ a.T + 1e-7 * a, np.ones((1, 1))]
+    many = estimators.conditioning_many(kernels, 1e-6)
+    assert len(many) == len(kernels)
+    for k, got in zip(kernels, many):
+        one = estimators.conditioning(k, 1e-6)
+        for key in ("mu", "lf", "kappa"):
+            assert got[key] == pytest.approx(one[key], rel=1e-12, abs=1e-12)
+        for key in ("vMin", "vMax"):
+            assert abs(abs(got[key] @ one[key]) - 1) < 1e-9 or key == "vMin" and got["mu"] < 1e-12  # a repeated 0 eigenvalue: any basis vector
+    assert many[1]["kappa"] == 1e6 and (many[2]["mu"], many[2]["lf"], many[2]["kappa"]) == (0.0, 0.0, 1e6)
+    # Eigenvalues only (the units' figures): the same μ, L_f, κ, no vectors.
+    for got, one in zip(estimators.conditioning_many(kernels, 1e-6, vectors=False), many):
+        assert set(got) == {"mu", "lf", "kappa"}
+        for key in ("mu", "lf", "kappa"):
+            assert got[key] == pytest.approx(one[key], rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError):
+        estimators.conditioning_many([np.eye(2), np.array([[1.0, math.nan], [math.nan, 1.0]])], 1e-6)
+    with pytest.raises(ValueError):
+        estimators.conditioning_many([np.ones((2, 3))], 1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_moe_probe_pass_is_the_forward_and_its_kernels_the_per_expert_ones(device):
+    """MoeMlp.probe_pass (every expert in one batch) against forward() and against the per-expert closed
+    form written out in float64, with a pruned expert, a soft mask and every expert pruned; served
+    compares p_e(x_i) with 1/(2E) in float64."""
+    model = MoeMlp(6, 3, {"model": {"experts": 3, "hiddenUnits": 4}}, torch.Generator().manual_seed(21)).double().to(device)
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(22)).to(device)
+    u = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(23)).to(device)
+    mask = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64, device=device)
+    for pruned, m in ((frozenset(), None), (frozenset({1}), None), (frozenset(), mask), (frozenset({0, 1, 2}), None)):
+        logits, parts = model.probe_pass(x, pruned, m)
+        np.testing.assert_allclose(logits.detach().cpu().numpy(), model(x, pruned, m).detach().cpu().numpy(), rtol=1e-12, atol=1e-14)
+        kernels = model.unit_kernels(x, u, pruned, m, parts).detach().cpu().numpy()
+        g = model.gate(x, pruned, m).detach().cpu().numpy()
+        xs, us = x.cpu().numpy(), u.cpu().numpy()
+        for e in range(3):
+            w1, b1, w2 = (p.detach().cpu().numpy() for p in (model.w1[e], model.b1[e], model.w2[e]))
+            ue = us * g[:, e:e + 1]
+            pre = xs @ w1 + b1
+            hid, back = np.maximum(pre, 0), (pre > 0) * (ue @ w2.T)
+            uu = ue @ ue.T
+            expected = (hid @ hid.T) * uu + uu + (xs @ xs.T + 1) * (back @ back.T)
+            np.testing.assert_allclose(kernels[e], expected, rtol=1e-12, atol=1e-14)
+        served = model.served(x, pruned, m, parts)
+        assert served == [[] if e in pruned else [i for i in range(5) if g[i, e] >= 1 / 6] for e in range(3)]
+        assert served == model.served(x, pruned, m)

@@ -144,3 +144,41 @@ def test_share_watch_normalizes_flags_an_inactive_unit_once_and_its_recovery():
         w.observe([0.25] * 4)
         flips += w.changes(w.annotate(units, set()))
     assert len(flips) == 1 and flips[0][:2] == (0, True)
+
+
+def test_progress_due_says_exactly_when_update_prints():
+    """The step loop builds the progress figures only when Progress.due says update() would print: the
+    same decision, for a log (a line every 5 % and at the end) and a live terminal line."""
+    import io
+
+    from pltrain.progress import Progress
+
+    for live in (False, True):
+        out = io.StringIO()
+        progress = Progress(out, live=live)
+        lines = 0
+        for step in range(1, 301):
+            due = progress.due(step, 300)
+            before = out.getvalue()
+            progress.update({"step": step, "totalSteps": 300, "loss": 0.5, "meanKappa": 3.0, "stepsPerSec": 100.0, "accuracy": 0.5})
+            printed = out.getvalue() != before
+            assert due == printed, (live, step)
+            lines += printed
+        # A log: the first line, one per 5 %, the last; live: at least the first and the last.
+        assert lines == 21 if not live else lines >= 2
+
+
+def test_grad_norm_squared_is_the_float64_sum_of_squares():
+    """The step's ‖g‖² (plRatio) from one multi-tensor norm, squared and summed on the host, against Σ g²
+    in float64: mixed sizes, one large, small ones, and zeros."""
+    import torch
+
+    from pltrain.train import grad_norm_squared
+
+    gen = torch.Generator().manual_seed(5)
+    big = [torch.randn(196, 256, generator=gen), torch.randn(1 << 14, generator=gen) * 1e-3]
+    small = [torch.randn(10, generator=gen) * 50, torch.randn(3, 4, generator=gen), torch.zeros(7)]
+    for grads in (big + small, big[:1], small, [torch.zeros(5), torch.zeros(1 << 14)]):
+        expected = sum(float((g.double() ** 2).sum()) for g in grads)
+        got = grad_norm_squared(grads)
+        assert got == pytest.approx(expected, rel=1e-6, abs=1e-30)

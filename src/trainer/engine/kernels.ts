@@ -6,6 +6,9 @@
 //    against 5–35 for the plain product), and backpropagation through a dense layer is exactly those.
 // On wasm, Identity shares its input's memory (as tfjs's cpu backend and wasm's own Reshape do) instead
 // of copying it: the tape clones every tensor a gradient saves, which copied ~20 MB per MoE step.
+// On wasm, Slice, Unpack and SplitV copy only the parts they return: tfjs-backend-wasm 4.22 first copies
+// the whole input out of the heap (readSync) for every slice, so the gradient of a stack of E tensors
+// (unstack: E slices) copied the stack E times: 15 ms of a 64-expert regularized step.
 // Shapes or dtypes a replacement does not handle go to the original kernel, so behaviour is unchanged.
 import type * as TF from '@tensorflow/tfjs';
 import { loadNativeBlas, type NativeBlas } from './native';
@@ -16,6 +19,7 @@ type Tf = typeof TF;
 
 interface WasmBackend {
   wasm: { HEAPU8: Uint8Array };
+  typedArrayFromHeap(t: TensorInfo): Float32Array | Int32Array | Uint8Array;
   incRef(dataId: object): void;
   dataIdMap: { get(dataId: object): { memoryOffset: number } };
   makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
@@ -75,6 +79,7 @@ export function installEngineKernels(tf: Tf, backendName: EngineBackendName): En
     }
   }
   if (backendName === 'wasm') shareIdentity(tf, result);
+  if (backendName === 'wasm') sliceFromHeap(tf, result);
   if (blas) registerAdamKernel(tf, backendName, blas, result);
   if (blas) registerSumSquaresKernel(tf, backendName, blas, result);
   installed.set(backendName, result);
@@ -229,6 +234,91 @@ function shareIdentity(tf: Tf, result: EngineKernels): void {
   tf.unregisterKernel('Identity', 'wasm');
   tf.registerKernel({ ...original, kernelFunc: kernelFunc as unknown as TF.KernelFunc });
   result.kernels.push('Identity');
+}
+
+/**
+ * Slice, Unpack (unstack, the gradient of stack) and SplitV (split, the gradient of concat) reading their
+ * input in place on the wasm heap and copying only the parts they return (tfjs's Unpack and SplitV call
+ * its Slice, which copies the whole input out of the heap first, so an E-way unstack copied E inputs).
+ * Strings and ranks above 4 go to tfjs's kernels.
+ */
+function sliceFromHeap(tf: Tf, result: EngineKernels): void {
+  const originals = { Slice: tf.getKernel('Slice', 'wasm'), Unpack: tf.getKernel('Unpack', 'wasm'), SplitV: tf.getKernel('SplitV', 'wasm') };
+  if (!originals.Slice || !originals.Unpack || !originals.SplitV) return;
+  const handled = (x: TensorInfo) => x.dtype !== 'string' && x.shape.length <= 4;
+  type Args<A> = { inputs: { x: TensorInfo; value?: TensorInfo }; backend: unknown; attrs: A };
+  const kernels: Record<keyof typeof originals, (args: Args<never>) => TensorInfo | TensorInfo[]> = {
+    Slice: (args: Args<{ begin: number | number[]; size?: number | number[] }>) => {
+      const { x } = args.inputs;
+      if (!handled(x)) return originals.Slice!.kernelFunc(args as never) as TensorInfo;
+      const [begin, extent] = tf.slice_util.parseSliceParams(x as unknown as TF.Tensor, args.attrs.begin, args.attrs.size);
+      return sliceWasm(tf, args.backend as WasmBackend, x, begin, extent);
+    },
+    Unpack: (args: Args<{ axis: number }>) => {
+      const value = args.inputs.value!;
+      if (!handled(value)) return originals.Unpack!.kernelFunc(args as never) as TensorInfo[];
+      const rank = value.shape.length;
+      const axis = args.attrs.axis < 0 ? args.attrs.axis + rank : args.attrs.axis;
+      const outShape = value.shape.filter((_, d) => d !== axis);
+      const begin = value.shape.map(() => 0);
+      const extent = value.shape.map((d, i) => (i === axis ? 1 : d));
+      return Array.from({ length: value.shape[axis] }, (_, i) => {
+        begin[axis] = i;
+        const out = sliceWasm(tf, args.backend as WasmBackend, value, begin, extent);
+        return { dataId: out.dataId, dtype: out.dtype, shape: outShape };
+      });
+    },
+    SplitV: (args: Args<{ numOrSizeSplits: number | number[]; axis: number | number[] }>) => {
+      const { x } = args.inputs;
+      if (!handled(x)) return originals.SplitV!.kernelFunc(args as never) as TensorInfo[];
+      const axis = tf.util.parseAxisParam(args.attrs.axis, x.shape)[0];
+      const sizes = tf.backend_util.prepareSplitSize(x as unknown as TF.Tensor, args.attrs.numOrSizeSplits, axis);
+      const begin = x.shape.map(() => 0);
+      return sizes.map((part) => {
+        const out = sliceWasm(tf, args.backend as WasmBackend, x, begin, x.shape.map((d, i) => (i === axis ? part : d)));
+        begin[axis] += part;
+        return out;
+      });
+    },
+  };
+  for (const name of ['Slice', 'Unpack', 'SplitV'] as const) {
+    tf.unregisterKernel(name, 'wasm');
+    tf.registerKernel({ ...originals[name]!, kernelFunc: kernels[name] as unknown as TF.KernelFunc });
+    result.kernels.push(name);
+  }
+}
+
+/**
+ * x[begin : begin + extent] on the wasm heap (rank ≤ 4, not strings). The views are taken after the
+ * output is allocated: allocating can grow the heap, which detaches older views.
+ */
+function sliceWasm(tf: Tf, backend: WasmBackend, x: TensorInfo, begin: number[], extent: number[]): TensorInfo {
+  const out = backend.makeOutput(extent, x.dtype as 'float32');
+  if (size(extent) === 0) return out;
+  const xs = backend.typedArrayFromHeap(x);
+  const os = backend.typedArrayFromHeap(out);
+  const strides = tf.util.computeStrides(x.shape);
+  if (tf.slice_util.isSliceContinous(x.shape, begin, extent)) {
+    const offset = tf.slice_util.computeFlatOffset(begin, strides);
+    os.set(xs.subarray(offset, offset + size(extent)));
+    return out;
+  }
+  // Rank 2–4 (a rank-1 slice is contiguous): copy runs along the last axis, indices padded to rank 4.
+  const pad = 4 - x.shape.length;
+  const b = [...Array<number>(pad).fill(0), ...begin];
+  const e = [...Array<number>(pad).fill(1), ...extent];
+  const st = [...Array<number>(pad).fill(0), ...strides, 1];
+  let at = 0;
+  for (let i = b[0]; i < b[0] + e[0]; i++) {
+    for (let j = b[1]; j < b[1] + e[1]; j++) {
+      for (let k = b[2]; k < b[2] + e[2]; k++) {
+        const from = i * st[0] + j * st[1] + k * st[2] + b[3];
+        os.set(xs.subarray(from, from + e[3]), at);
+        at += e[3];
+      }
+    }
+  }
+  return out;
 }
 
 /** Kernel name of the fused Adam update (engine/adam.ts); registered only with the native addon. */

@@ -1,4 +1,5 @@
-// Loads the optional native addon (native/, OpenBLAS sgemm + a fused Adam update; built by
+// Loads the optional native addon (native/, OpenBLAS sgemm + a fused Adam update + the extreme
+// eigenvalues of the κ monitoring; built by
 // `npm run build:native`). It is optional in every sense: absent, unbuildable or failing to load, the
 // trainer runs on plain WebAssembly (or JavaScript) with no error, and the reason is kept for the logs.
 import * as fs from 'node:fs';
@@ -40,6 +41,12 @@ export interface NativeBlas {
   ): void;
   /** Σ x² over every element of every array, accumulated in float64. */
   sumSquares(arrays: Float32Array[]): number;
+  /**
+   * out = [λ_min, λ_max] of the symmetric part of the n×n float64 matrix `a` (finite entries): the
+   * JavaScript extremeEigen's eigenvalues (pl/eigen.ts), the same steps compiled. Optional: an addon
+   * built before it lacks it.
+   */
+  extremeEigenvalues?(a: Float64Array, n: number, out: Float64Array): void;
   setThreads(n: number): void;
   info(): { corename: string; config: string; threads: number };
 }
@@ -151,6 +158,7 @@ export function threadsBySize(blas: NativeBlas, policy: { maxThreads: number; mi
     },
     adam: (...args) => blas.adam(...args),
     sumSquares: (arrays) => blas.sumSquares(arrays),
+    ...(blas.extremeEigenvalues ? { extremeEigenvalues: (a: Float64Array, n: number, out: Float64Array) => blas.extremeEigenvalues!(a, n, out) } : {}),
     setThreads(n) {
       blas.setThreads(n);
       current = n;

@@ -7,7 +7,7 @@ import { type MoeForward, moeForward, moeLogits } from '../engine/moeForward';
 import { sumOfSquares } from '../engine/sumOfSquares';
 import { hypersphericalEnergy, OrthogonalLayer } from '../pl/opt';
 import { hutchinsonTrace } from '../pl/hessianTrace';
-import { conditioning, dampedKappa, kappaSurrogateTf, moeKernelsTf, outputDirectionsTf, SpectralNormState, spectralNormProduct } from '../pl';
+import { conditioning, conditioningValues, dampedKappa, kappaSurrogateTf, moeKernelsTf, outputDirectionsTf, SpectralNormState, spectralNormProduct } from '../pl';
 import { classifierAccuracy, FamilyBase, kernelWeights, ParameterGroups, principalSubmatrix, regularizerWeights, rowScales, SoftMask, type ModelConditioning } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 
@@ -30,9 +30,6 @@ export interface MoeProbeKernels {
   /** n×E: the gate's probabilities on the probe (pruned experts 0). */
   gateProbs: Float64Array;
 }
-
-/** The eigen-solver's relative tolerance for the trainer's kernels: √ε (see conditionKernels). */
-const EIGEN_TOLERANCE = Math.sqrt(Number.EPSILON);
 
 let modelCount = 0;
 
@@ -240,8 +237,9 @@ export class MoeMlp extends FamilyBase implements PlModel {
   /**
    * From one read-back of the experts' kernels, the gate's kernel and the gate's probabilities: every
    * expert's own μ, L_f, κ over the probe examples it serves (p_e ≥ 1/(2E); null below MIN_SERVED), and
-   * the model's kernel Σ_e w_e·K_e + K_gate with its κ and eigenvectors. Eigen-solves in float64 to a √ε
-   * tolerance (docs/method.md, "Probe size and cost").
+   * the model's kernel Σ_e w_e·K_e + K_gate with its κ and eigenvectors. Float64 extreme eigenpairs
+   * (extremeEigen: accurate to a few ε·λ_max, far below the float32 kernels' own round-off; docs/method.md,
+   * "Eigen-solver"), the units' without vectors.
    */
   private condition(flat: Float32Array, isFrozen: (id: number) => boolean, pruned: ReadonlySet<number>, weights: number[]): void {
     const n = this.probeX!.shape[0];
@@ -256,11 +254,12 @@ export class MoeMlp extends FamilyBase implements PlModel {
       if (scale[e] > 0) for (let k = 0; k < n * n; k++) model[k] += scale[e] * K[k];
     });
     this.lastKernels = { units, gate, model, gateProbs };
-    const { mu, lf, kappa, vMin, vMax } = conditioning(model, n, damping, { tolerance: EIGEN_TOLERANCE });
+    const { mu, lf, kappa, vMin, vMax } = conditioning(model, n, damping, { solver: 'extremes' });
     this.modelConditioning = { mu, lf, kappa, vMin, vMax };
     this.unitStats = units.map((K, id) => {
       const served = servedExamples(gateProbs, n, experts, id);
-      const measured = served.length >= MIN_SERVED ? conditioning(principalSubmatrix(K, n, served), served.length, damping, { tolerance: EIGEN_TOLERANCE }) : undefined;
+      const kernel = served.length === n ? K : principalSubmatrix(K, n, served); // serving every example: the whole kernel
+      const measured = served.length >= MIN_SERVED ? conditioningValues(kernel, served.length, damping) : undefined;
       return { id, mu: measured?.mu ?? null, lf: measured?.lf ?? null, kappa: measured?.kappa ?? null, served: served.length, frozen: isFrozen(id), pruned: pruned.has(id) };
     });
   }
@@ -278,7 +277,11 @@ export class MoeMlp extends FamilyBase implements PlModel {
     const weights = regularizerWeights(this.experts.length, trainable, undefined).w;
     const w1s = this.firstLayers();
     const experts = this.experts.map((e, i) => ({ ...e, w1: w1s[i] }));
-    const flat = tf.tidy(() => this.probeKernels(moeForward(tf, this.probeX!, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned), 0, w1s, pruned, weights).flat.dataSync() as Float32Array);
+    // The kernels leave the tidy as a tensor and are read back outside it: a typed array returned from
+    // tf.tidy is walked entry by entry for tensors (E·n² + … entries: 12 ms at 64 experts × probe 32).
+    const flatTensor = tf.tidy(() => this.probeKernels(moeForward(tf, this.probeX!, { gateW: this.gateW, gateB: this.gateB, experts }, this.c, pruned), 0, w1s, pruned, weights).flat);
+    const flat = flatTensor.dataSync() as Float32Array;
+    flatTensor.dispose();
     this.condition(flat, (id) => frozen.has(id), pruned, weights);
     const spectral = this.config.monitor.lipschitz === 'spectral-norm';
     // OPT's promise is that the neurons' hyperspherical energy never moves: stream it, with ‖QᵀQ − I‖.

@@ -517,7 +517,10 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
     const damping = this.config.monitor.damping;
     const experts = Array.from({ length: this.units }, (_, e) => e);
     // Every expert's n×n kernel from backend matmuls in one read-back; the eigen-solve runs in float64.
-    const kernels = tf.tidy(() => tf.stack(experts.map((e) => this.kernelTf(e))).dataSync());
+    // Read back outside tidy: tidy walks a returned typed array entry by entry looking for tensors.
+    const kernelStack = tf.tidy(() => tf.stack(experts.map((e) => this.kernelTf(e))));
+    const kernels = kernelStack.dataSync() as Float32Array;
+    kernelStack.dispose();
     const trainable = experts.filter((e) => !frozen.has(e) && !pruned.has(e));
     const model = new Float64Array(n * n);
     this.measurements = experts.map((id) => {

@@ -391,7 +391,10 @@ export class OrthogonalLayer {
 
   /** Largest Frobenius ‖QᵀQ − I‖ over Q's blocks, float64 from the float32 Q the forward pass uses. */
   orthogonalityError(): number {
-    const q = this.tf.tidy(() => this.transform().dataSync());
+    // Read back outside tidy: tidy walks a returned typed array entry by entry looking for tensors.
+    const qTensor = this.tf.tidy(() => this.transform());
+    const q = qTensor.dataSync() as Float32Array;
+    qTensor.dispose();
     const b = this.blockSize;
     let worst = 0;
     for (let i = 0; i < this.blocks; i++) worst = Math.max(worst, orthogonalityError(q.subarray(i * b * b, (i + 1) * b * b), b).frobenius);

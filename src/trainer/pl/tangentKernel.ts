@@ -1,5 +1,5 @@
 // Float64 reference estimators of an expert's conditioning from its tangent kernel (PL*: μ ≥ λ_min(K)).
-import { type EigenOptions, symmetricEigen } from './eigen';
+import { type EigenOptions, extremeEigen, symmetricEigen } from './eigen';
 
 /** A two-layer expert o(x) = W2ᵀ·relu(W1ᵀx + b1) + b2; W1 is d×h, W2 is h×c, all row-major. */
 export interface TwoLayerExpert {
@@ -178,6 +178,15 @@ export interface Conditioning {
   vMax: Float64Array;
 }
 
+export interface ConditioningOptions extends EigenOptions {
+  /**
+   * 'jacobi' (the default): symmetricEigen, every eigenpair, small eigenvalues relatively accurate; the
+   * float64 reference. 'extremes': extremeEigen, only λ_min, λ_max and their vectors, accurate to a few
+   * ε·λ_max, ~10× cheaper at n = 32 (docs/method.md, "Eigen-solver"); `tolerance` does not apply.
+   */
+  solver?: 'jacobi' | 'extremes';
+}
+
 /**
  * κ = λ_max / (λ_min + δ·λ_max) (smooth damping), so κ < 1/δ always, and a singular kernel gives κ = 1/δ
  * (a dead expert, every ReLU off on the probe, has K = U·Uᵀ of rank ≤ c < n). A zero kernel (every
@@ -186,10 +195,14 @@ export interface Conditioning {
  * λ_max, the ones the regularizer holds constant. K may be float32 with round-off asymmetry: the
  * eigen-solver reads (K + Kᵀ)/2 in float64.
  */
-export function conditioning(k: ArrayLike<number>, n: number, damping: number, eigen: EigenOptions = {}): Conditioning {
-  if (n < 1) throw new RangeError(`kernel size must be at least 1, got ${n}`);
-  if (!(damping > 0 && damping <= 1)) throw new RangeError(`damping must be in (0, 1], got ${damping}`);
-  const { values, vectors } = symmetricEigen(k, n, eigen);
+export function conditioning(k: ArrayLike<number>, n: number, damping: number, options: ConditioningOptions = {}): Conditioning {
+  checkConditioningArgs(n, damping);
+  if (options.solver === 'extremes') {
+    const { min, max, vMin, vMax } = extremeEigen(k, n, { vectors: true });
+    const [mu, lf] = [Math.max(min, 0), Math.max(max, 0)];
+    return { mu, lf, kappa: dampedKappa(lf, mu, damping), vMin: vMin!, vMax: vMax! };
+  }
+  const { values, vectors } = symmetricEigen(k, n, options);
   const column = (c: number) => {
     const out = new Float64Array(n);
     for (let i = 0; i < n; i++) out[i] = vectors[i * n + c];
@@ -199,6 +212,22 @@ export function conditioning(k: ArrayLike<number>, n: number, damping: number, e
   const lf = Math.max(values[n - 1], 0);
   const kappa = dampedKappa(lf, mu, damping);
   return { mu, lf, kappa, vMin: column(0), vMax: column(n - 1) };
+}
+
+/**
+ * conditioning's μ, L_f and κ without the eigenvectors, by extremeEigen (accurate to a few ε·λ_max):
+ * what a unit's reported κ needs, at the cost of one Householder reduction and two bisections.
+ */
+export function conditioningValues(k: ArrayLike<number>, n: number, damping: number): { mu: number; lf: number; kappa: number } {
+  checkConditioningArgs(n, damping);
+  const { min, max } = extremeEigen(k, n);
+  const [mu, lf] = [Math.max(min, 0), Math.max(max, 0)];
+  return { mu, lf, kappa: dampedKappa(lf, mu, damping) };
+}
+
+function checkConditioningArgs(n: number, damping: number): void {
+  if (n < 1) throw new RangeError(`kernel size must be at least 1, got ${n}`);
+  if (!(damping > 0 && damping <= 1)) throw new RangeError(`damping must be in (0, 1], got ${damping}`);
 }
 
 /**
