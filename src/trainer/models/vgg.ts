@@ -207,8 +207,9 @@ export class VggNet extends RouterlessClassifier {
       const padded = tf.pad(input, [[0, 0], [1, 1], [1, 1], [0, 0]]);
       const delta = tf.reshape(deltas[l], [b, H * W, G * c]) as TF.Tensor3D;
       // One small matmul per 3×3 shift, concatenated after the contraction: concatenating the patches
-      // instead made the outer backward split a [b, H·W, 9·c_in] gradient, and the wasm backend's slice
-      // copies its whole input out of the heap once per part.
+      // instead made the outer backward split a [b, H·W, 9·c_in] gradient 9 ways (tfjs-backend-wasm's own
+      // Slice copies its whole input per part; with the engine's Slice, which does not, this is still
+      // 3–5 % of the regularized step faster, docs/performance.md).
       const perShift: TF.Tensor[] = [];
       for (let i = 0; i < 3; i++) for (let j = 0; j < 3; j++) perShift.push(tf.matMul(tf.reshape(tf.slice(padded, [0, i, j, 0], [b, H, W, cin]), [b, H * W, cin]) as TF.Tensor3D, delta, true, false));
       const filters = tf.concat(perShift, 1); // [b, 9·c_in, G·c], rows in (3×3, c_in) order
