@@ -115,6 +115,86 @@ test('softmax and tanh: tfjs drops the second derivative through their saved out
   tf.dispose([x, w]);
 });
 
+test('GELU (one op, closed-form backward): value, gradient and gradient of the gradient match float64', () => {
+  const act = twiceDifferentiableActivations(tf);
+  const x = tf.randomNormal([4, 5], 0, 2, 'float32', 7);
+  const w = tf.randomNormal([4, 5], 0, 1, 'float32', 8);
+  const [xs, ws] = [Float64Array.from(x.dataSync()), Float64Array.from(w.dataSync())];
+  const dGelu = (v: number) => (gelu(v + 1e-6) - gelu(v - 1e-6)) / 2e-6;
+  const close = (ours: ArrayLike<number>, ref: Float64Array, what: string) => assert.ok(maxAbs(ours, ref) <= 1e-4 * Math.max(...ref.map(Math.abs)), `${what}: ${maxAbs(ours, ref)}`);
+  close(act.gelu(x).dataSync(), xs.map(gelu), 'value');
+  close(tf.grad((t: tf.Tensor) => tf.sum(tf.mul(act.gelu(t), w)))(x).dataSync(), xs.map((v, k) => ws[k] * dGelu(v)), 'gradient');
+  // q = Σ (w⊙gelu′(x))², ∂q/∂x = 2·w²·gelu′·gelu″ (gelu″ by central differences of gelu′ in float64).
+  const q = (t: tf.Tensor) => tf.sum(tf.square(tf.grad((y: tf.Tensor) => tf.sum(tf.mul(act.gelu(y), w)))(t)));
+  const exact = xs.map((v, k) => 2 * ws[k] ** 2 * dGelu(v) * ((dGelu(v + 1e-4) - dGelu(v - 1e-4)) / 2e-4));
+  close(tf.grad(q)(x).dataSync(), exact, 'gradient of the gradient');
+  tf.dispose([x, w]);
+});
+
+test('layer norm (one op, closed-form backward): value, gradient and gradient of the gradient match float64', () => {
+  const act = twiceDifferentiableActivations(tf);
+  const [r, c, eps] = [3, 6, 1e-5];
+  const x = tf.randomNormal([r, c], 0.3, 1.5, 'float32', 3) as tf.Tensor2D;
+  const g = tf.randomNormal([c], 1, 0.5, 'float32', 4) as tf.Tensor1D;
+  const b = tf.randomNormal([c], 0, 0.5, 'float32', 5) as tf.Tensor1D;
+  const w = tf.randomNormal([r, c], 0, 1, 'float32', 6);
+  const [xs, gs, bs, ws] = [x, g, b, w].map((t) => Float64Array.from(t.dataSync()));
+  // Float64 layer norm and Σ w⊙LN(x), by definition.
+  const norm = (v: Float64Array) => {
+    const out = new Float64Array(r * c);
+    for (let i = 0; i < r; i++) {
+      const row = v.subarray(i * c, (i + 1) * c);
+      const mean = row.reduce((a, z) => a + z, 0) / c;
+      const sd = Math.sqrt(row.reduce((a, z) => a + (z - mean) ** 2, 0) / c + eps);
+      row.forEach((z, k) => (out[i * c + k] = (z - mean) / sd));
+    }
+    return out;
+  };
+  const loss = (v: Float64Array, gv: Float64Array, bv: Float64Array) => norm(v).reduce((a, z, k) => a + ws[k] * (z * gv[k % c] + bv[k % c]), 0);
+  const central = (f: (v: Float64Array) => number, at: Float64Array) =>
+    at.map((_, k) => {
+      const [up, down] = [Float64Array.from(at), Float64Array.from(at)];
+      up[k] += 1e-6;
+      down[k] -= 1e-6;
+      return (f(up) - f(down)) / 2e-6;
+    });
+  const close = (ours: ArrayLike<number>, ref: Float64Array, what: string) => assert.ok(maxAbs(ours, ref) <= 1e-4 * Math.max(...ref.map(Math.abs)), `${what}: ${maxAbs(ours, ref)}`);
+  assert.ok(maxAbs(act.layerNorm(x, g, b).dataSync(), norm(xs).map((z, k) => z * gs[k % c] + bs[k % c])) <= 1e-5);
+  const first = (t: tf.Tensor2D, gt: tf.Tensor1D) => tf.grads((a: tf.Tensor, ga: tf.Tensor, ba: tf.Tensor) => tf.sum(tf.mul(act.layerNorm(a as tf.Tensor2D, ga as tf.Tensor1D, ba as tf.Tensor1D), w)))([t, gt, b]);
+  const [dx, dg, db] = first(x, g);
+  close(dx.dataSync(), central((v) => loss(v, gs, bs), xs), '∂/∂x');
+  close(dg.dataSync(), central((v) => loss(xs, v, bs), gs), '∂/∂g');
+  close(db.dataSync(), central((v) => loss(xs, gs, v), bs), '∂/∂b');
+  // q = ‖∂/∂x‖² + ‖∂/∂g‖², differentiated again; float64 reference: central differences of q with its
+  // inner gradients by central differences too would be too noisy, so q uses the (just checked) closed form.
+  const qOf = (v: Float64Array, gv: Float64Array) => {
+    const xhat = norm(v);
+    let q = 0;
+    for (let i = 0; i < r; i++) {
+      const row = v.subarray(i * c, (i + 1) * c);
+      const mean = row.reduce((a, z) => a + z, 0) / c;
+      const sd = Math.sqrt(row.reduce((a, z) => a + (z - mean) ** 2, 0) / c + eps);
+      const gw = Array.from({ length: c }, (_, k) => gv[k] * ws[i * c + k]);
+      const m1 = gw.reduce((a, z) => a + z, 0) / c;
+      const m2 = gw.reduce((a, z, k) => a + z * xhat[i * c + k], 0) / c;
+      for (let k = 0; k < c; k++) q += ((gw[k] - m1 - xhat[i * c + k] * m2) / sd) ** 2;
+    }
+    for (let k = 0; k < c; k++) {
+      let s = 0;
+      for (let i = 0; i < r; i++) s += ws[i * c + k] * xhat[i * c + k];
+      q += s * s;
+    }
+    return q;
+  };
+  const [qx, qg] = tf.grads((a: tf.Tensor, ga: tf.Tensor) => {
+    const [gx, gg] = first(a as tf.Tensor2D, ga as tf.Tensor1D);
+    return tf.add(tf.sum(tf.square(gx)), tf.sum(tf.square(gg)));
+  })([x, g]);
+  close(qx.dataSync(), central((v) => qOf(v, gs), xs), '∂q/∂x');
+  close(qg.dataSync(), central((v) => qOf(xs, v), gs), '∂q/∂g');
+  tf.dispose([x, g, b, w, dx, dg, db, qx, qg]);
+});
+
 test('training on the built-in 14×14 data (14 row tokens + [CLS]) beats chance clearly', () => {
   const m = newModel(config({ model: { experts: 2, dModel: 8, layers: 1, hiddenUnits: 8 }, learningRate: 0.01 }));
   const losses = steps(m, builtin, 250, { batch: 32 });

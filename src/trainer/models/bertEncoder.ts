@@ -30,11 +30,15 @@ export interface TwiceDifferentiableActivations {
   /** Softmax over the last axis. */
   softmax<T extends TF.Tensor>(x: T): T;
   tanh<T extends TF.Tensor>(x: T): T;
+  /** GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+  gelu<T extends TF.Tensor>(x: T): T;
+  /** Layer norm over the last axis of x [N, D] with gain g and bias b [D] (variance of the row, ε inside the root). */
+  layerNorm(x: TF.Tensor2D, g: TF.Tensor1D, b: TF.Tensor1D): TF.Tensor2D;
 }
 
 const activationsCache = new WeakMap<object, TwiceDifferentiableActivations>();
 
-/** Softmax and tanh whose gradients can be differentiated again (see the file comment). */
+/** Softmax, tanh, GELU and layer norm whose gradients can be differentiated again (see the file comment). */
 export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiableActivations {
   const cached = activationsCache.get(tf);
   if (cached) return cached;
@@ -45,15 +49,55 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
       (args[1] as TF.GradSaveFunc)([x]);
       return { value: forward(x), gradFunc: (dy: TF.Tensor, [saved]: TF.Tensor[]) => backward(dy, forward(saved)) };
     }) as <T extends TF.Tensor>(x: T) => T;
+  const twiceTanh = recomputing(
+    (x) => tf.tanh(x),
+    (dy, y) => tf.mul(dy, tf.sub(1, tf.square(y))),
+  );
+  const recomputingGelu = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const x = args[0] as TF.Tensor;
+    (args[1] as TF.GradSaveFunc)([x]);
+    const value = tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(tf.mul(tf.add(x, tf.mul(tf.mul(tf.mul(x, x), x), 0.044715)), GELU_C)), 1));
+    return {
+      value,
+      gradFunc: (dy: TF.Tensor, [saved]: TF.Tensor[]) => {
+        const x2 = tf.square(saved);
+        const t = twiceTanh(tf.mul(saved, tf.add(tf.mul(x2, 0.044715 * GELU_C), GELU_C)));
+        const dInner = tf.add(tf.mul(x2, 3 * 0.044715 * GELU_C), GELU_C);
+        return tf.mul(dy, tf.add(tf.mul(tf.add(t, 1), 0.5), tf.mul(tf.mul(saved, 0.5), tf.mul(tf.sub(1, tf.square(t)), dInner))));
+      },
+    };
+  }) as <T extends TF.Tensor>(x: T) => T;
   const activations: TwiceDifferentiableActivations = {
     softmax: recomputing(
       (x) => tf.softmax(x),
       (dy, y) => tf.mul(y, tf.sub(dy, tf.sum(tf.mul(dy, y), -1, true))),
     ),
-    tanh: recomputing(
-      (x) => tf.tanh(x),
-      (dy, y) => tf.mul(dy, tf.sub(1, tf.square(y))),
-    ),
+    tanh: twiceTanh,
+    // One op on the tape (its 9 forward ops are not recorded); the backward is its closed-form derivative
+    // 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²), t recomputed with the tanh above.
+    gelu: recomputingGelu,
+    // One op on the tape with a closed-form backward (dx = (g·dy − mean(g·dy) − x̂·mean(g·dy·x̂))/σ) instead
+    // of the ~9 forward ops and their ~35 gradient ops: under the regularizer's nested tape every one of
+    // those is recorded again and differentiated a second time. The backward recomputes x̂ and σ from the
+    // saved input, so it is itself a function of x and g the outer tape can differentiate.
+    layerNorm: tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+      const [x, g, b] = args as TF.Tensor[];
+      (args[3] as TF.GradSaveFunc)([x, g]);
+      const normalize = (t: TF.Tensor) => {
+        const centered = tf.sub(t, tf.mean(t, -1, true));
+        const scale = tf.sqrt(tf.add(tf.mean(tf.square(centered), -1, true), LN_EPSILON));
+        return { normalized: tf.div(centered, scale), scale };
+      };
+      return {
+        value: tf.add(tf.mul(normalize(x).normalized, g), b),
+        gradFunc: (dy: TF.Tensor, [savedX, savedG]: TF.Tensor[]) => {
+          const { normalized, scale } = normalize(savedX);
+          const gdy = tf.mul(dy, savedG);
+          const dx = tf.div(tf.sub(tf.sub(gdy, tf.mean(gdy, -1, true)), tf.mul(normalized, tf.mean(tf.mul(gdy, normalized), -1, true))), scale);
+          return [dx, tf.sum(tf.mul(dy, normalized), 0), tf.sum(dy, 0)];
+        },
+      };
+    }) as (x: TF.Tensor2D, g: TF.Tensor1D, b: TF.Tensor1D) => TF.Tensor2D,
   };
   activationsCache.set(tf, activations);
   return activations;
@@ -168,19 +212,14 @@ export class BertEncoder extends RouterlessClassifier {
     this.activations = twiceDifferentiableActivations(tf);
   }
 
-  /** Layer norm over the last axis, from ops whose gradients are differentiable again. */
+  /** Layer norm over the last axis (twiceDifferentiableActivations: one op with a compact backward). */
   private layerNorm(x: T2, g: TF.Variable, b: TF.Variable): T2 {
-    const tf = this.tf;
-    const centered = tf.sub(x, tf.mean(x, -1, true));
-    const scale = tf.sqrt(tf.add(tf.mean(tf.square(centered), -1, true), LN_EPSILON));
-    return tf.add(tf.mul(tf.div(centered, scale), g), b) as T2;
+    return this.activations.layerNorm(x, g as unknown as TF.Tensor1D, b as unknown as TF.Tensor1D);
   }
 
-  /** GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+  /** GELU, tanh form (twiceDifferentiableActivations: one op with a closed-form backward). */
   private gelu(x: T2): T2 {
-    const tf = this.tf;
-    const inner = tf.mul(tf.add(x, tf.mul(tf.mul(tf.mul(x, x), x), 0.044715)), GELU_C);
-    return tf.mul(tf.mul(x, 0.5), tf.add(this.activations.tanh(inner), 1)) as T2;
+    return this.activations.gelu(x);
   }
 
   /** Logits [b, classes] of images x [b, rows·cols]; a pruned head's variables are replaced by zeros in every layer. */
@@ -189,14 +228,14 @@ export class BertEncoder extends RouterlessClassifier {
   }
 
   /**
-   * The encoder; with `tapped`, zero taps are added after each layer's query, key, value and output
-   * projections (tapped.taps, 4 per layer, in that order) and the inputs of those projections are kept in
+   * The encoder; with `tapped`, zero taps are added after each layer's joint query|key|value projection
+   * and after its output projection (tapped.taps, 2 per layer, in that order) and the inputs of those projections are kept in
    * tapped.inputs (per layer: the block input h, then the heads' merged outputs), for probeJacobians.
    */
   private forward(x: TF.Tensor, pruned: ReadonlySet<number>, softMask: TF.Tensor1D | undefined, tapped?: { taps: TF.Tensor[]; inputs: TF.Tensor[] }): T2 {
     const tf = this.tf;
     const [b, T, D, H, dh] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead];
-    const tap = (t: TF.Tensor, l: number, k: number) => (tapped ? tf.add(t, tapped.taps[4 * l + k]) : t);
+    const tap = (t: TF.Tensor, l: number, k: number) => (tapped ? tf.add(t, tapped.taps[2 * l + k]) : t);
     const e = this.embedding;
     const tokens = tf.reshape(tf.add(tf.matMul(tf.reshape(x, [b * this.rows, this.cols]) as T2, e.tokW as unknown as T2), e.tokB), [b, this.rows, D]);
     const cls = tf.tile(tf.reshape(e.cls, [1, 1, D]), [b, 1, 1]);
@@ -206,15 +245,18 @@ export class BertEncoder extends RouterlessClassifier {
       // All heads in one matmul: their matrices side by side, zeros in a pruned head's place.
       const side = (pick: (v: HeadVars) => TF.Variable, axis: number) => tf.concat(heads.map((v, k) => (pruned.has(k) ? tf.zerosLike(pick(v)) : pick(v))), axis);
       const split = (t: TF.Tensor) => tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]); // [b, H, T, dh]
-      const q = split(tap(tf.add(tf.matMul(h, side((v) => v.wq, 1) as T2), side((v) => v.bq, 0)), l, 0));
-      const k = split(tap(tf.matMul(h, side((v) => v.wk, 1) as T2), l, 1));
-      const v = split(tap(tf.add(tf.matMul(h, side((v) => v.wv, 1) as T2), side((v) => v.bv, 0)), l, 2));
+      // Queries, keys and values of all heads in one matmul and one tap: [W_q | W_k | W_v], each all heads
+      // side by side; the keys' bias is an exact zero (there is no key bias).
+      const pickAll = (picks: ((v: HeadVars) => TF.Variable)[]) => picks.flatMap((pick) => heads.map((v, k) => (pruned.has(k) ? tf.zerosLike(pick(v)) : pick(v))));
+      const projections = tf.concat(pickAll([(v) => v.wq, (v) => v.wk, (v) => v.wv]), 1) as T2;
+      const biases = tf.concat([...pickAll([(v) => v.bq]), tf.zeros([H * dh]), ...pickAll([(v) => v.bv])], 0);
+      const [q, k, v] = tf.split(tap(tf.add(tf.matMul(h, projections), biases), l, 0), 3, 1).map(split);
       const attention = this.activations.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
       const merged = tf.reshape(tf.transpose(tf.matMul(attention, v), [0, 2, 1, 3]), [b * T, H * dh]) as T2;
       tapped?.inputs.push(tf.keep(h), tf.keep(merged));
       // The pruning gate's soft mask scales head k's rows of W_o: its output before the merge.
       const wo = softMask ? tf.concat(heads.map((v, k) => tf.mul(pruned.has(k) ? tf.zerosLike(v.wo) : v.wo, tf.slice(softMask, [k], [1]))), 0) : side((v) => v.wo, 0);
-      const attended = tf.add(tap(tf.matMul(merged, wo as T2), l, 3), blk.bo) as T2;
+      const attended = tf.add(tap(tf.matMul(merged, wo as T2), l, 1), blk.bo) as T2;
       h = this.layerNorm(tf.add(h, attended) as T2, blk.ln1g, blk.ln1b);
       const ff = tf.add(tf.matMul(this.gelu(tf.add(tf.matMul(h, blk.ff1w as unknown as T2), blk.ff1b) as T2), blk.ff2w as unknown as T2), blk.ff2b) as T2;
       h = this.layerNorm(tf.add(h, ff) as T2, blk.ln2g, blk.ln2b);
@@ -234,17 +276,18 @@ export class BertEncoder extends RouterlessClassifier {
     const tf = this.tf;
     const [b, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
     const inputs: TF.Tensor[] = [];
-    const taps = Array.from({ length: L }, () => [tf.zeros([b * T, H * dh]), tf.zeros([b * T, H * dh]), tf.zeros([b * T, H * dh]), tf.zeros([b * T, D])]).flat();
+    const taps = Array.from({ length: L }, () => [tf.zeros([b * T, 3 * H * dh]), tf.zeros([b * T, D])]).flat();
     const deltas = backToTaps((t) => this.forward(x, pruned, undefined, { taps: t, inputs }), taps);
     const blocks: TF.Tensor[] = [];
     for (let l = 0; l < L; l++) {
-      const [dq, dk, dv, dOut] = deltas.slice(4 * l, 4 * l + 4);
+      const [dqkv, dOut] = deltas.slice(2 * l, 2 * l + 2);
       const [h, merged] = inputs.slice(2 * l, 2 * l + 2);
       const byToken = (t: TF.Tensor, width: number) => tf.reshape(t, [b, T, width]);
       // [b, D, (q|k|v), H, dh] → [H, b, D·3·dh]
-      const qkv = tf.matMul(byToken(h, D) as TF.Tensor3D, byToken(tf.concat([dq, dk, dv], 1), 3 * H * dh) as TF.Tensor3D, true, false);
+      const qkv = tf.matMul(byToken(h, D) as TF.Tensor3D, byToken(dqkv, 3 * H * dh) as TF.Tensor3D, true, false);
       blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * D * dh]));
-      const biases = tf.sum(tf.reshape(byToken(tf.concat([dq, dv], 1), 2 * H * dh), [b, T, 2, H, dh]), 1); // [b, 2, H, dh]
+      const summed = tf.sum(tf.reshape(dqkv, [b, T, 3, H, dh]), 1); // [b, (q|k|v), H, dh]; the keys have no bias
+      const biases = tf.concat([tf.slice(summed, [0, 0, 0, 0], [b, 1, H, dh]), tf.slice(summed, [0, 2, 0, 0], [b, 1, H, dh])], 1);
       blocks.push(tf.reshape(tf.transpose(biases, [2, 0, 1, 3]), [H, b, 2 * dh]));
       // W_o's rows of head k read the head's merged output: [b, H·dh, D] → [H, b, dh·D]
       const out = tf.matMul(byToken(merged, H * dh) as TF.Tensor3D, byToken(dOut, D) as TF.Tensor3D, true, false);
