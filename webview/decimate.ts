@@ -84,7 +84,15 @@ export class MinMaxPyramid {
    * Where the last decimation can be resumed: with the same start and block size, its output up to
    * `block` stays valid while points are only appended, so a live line costs only its newest blocks.
    */
-  private resume: { start: number; shift: number; block: number; length: number; last: Point; previous: number } | undefined;
+  private resume: { start: number; shift: number; block: number; length: number; last: number; previous: number } | undefined;
+  /**
+   * The indexed points' coordinates, contiguous (`px[i]`, `py[i]` = `points[i].x`, `.y`), filled as they
+   * are indexed: decimating a zoomed or panned range reads these, not the scattered point objects.
+   */
+  private px = new Float64Array(1024);
+  private py = new Float64Array(1024);
+  /** Index in `points` of the output's last point. */
+  private lastIndex = -1;
   /** What `decimate` returns, refilled by each call. */
   private readonly output: Point[] = [];
   /**
@@ -99,14 +107,15 @@ export class MinMaxPyramid {
     return { xs: this.xs, ys: this.ys };
   }
 
-  /** Appends `p` to the output, dropping the previous point when it sits between two of equal y: it adds nothing to the line (and stepped lines, like the mask's, are mostly flat). */
-  private put(p: Point): void {
+  /** Appends `points[i]` to the output, dropping the previous point when it sits between two of equal y: it adds nothing to the line (and stepped lines, like the mask's, are mostly flat). */
+  private put(i: number): void {
     const out = this.output;
     const n = out.length;
-    const y = p.y;
+    const y = this.py[i];
+    this.lastIndex = i;
     if (n >= 2 && this.ys[n - 1] === y && this.ys[n - 2] === y) {
-      out[n - 1] = p;
-      this.xs[n - 1] = p.x;
+      out[n - 1] = this.points[i];
+      this.xs[n - 1] = this.px[i];
       return;
     }
     if (n >= this.xs.length) {
@@ -117,8 +126,8 @@ export class MinMaxPyramid {
       this.xs = xs;
       this.ys = ys;
     }
-    out.push(p);
-    this.xs[n] = p.x;
+    out.push(this.points[i]);
+    this.xs[n] = this.px[i];
     this.ys[n] = y;
   }
 
@@ -144,14 +153,16 @@ export class MinMaxPyramid {
       out.length = 0;
       this.resume = undefined;
       if (start === 0 && end === this.points.length) return undefined;
-      for (let i = start; i < end; i++) this.put(this.points[i]);
+      this.sync();
+      for (let i = start; i < end; i++) this.put(i);
       return out;
     }
     this.sync();
     const shift = Math.min(this.levels.length, decimationShift(count, columns));
     const { lo, hi } = this.levels[shift - 1];
     const points = this.points;
-    const push = (i: number) => this.put(points[i]);
+    const py = this.py;
+    const push = (i: number) => this.put(i);
     const r = this.resume;
     let first = start >> shift;
     let previous = start;
@@ -159,9 +170,10 @@ export class MinMaxPyramid {
       // The previous pass's output is this array: keep its final blocks' prefix.
       out.length = r.length;
       // A later push of that pass may have replaced the prefix's last point (flat stretch): put it back.
-      out[r.length - 1] = r.last;
-      this.xs[r.length - 1] = r.last.x;
-      this.ys[r.length - 1] = r.last.y;
+      out[r.length - 1] = points[r.last];
+      this.xs[r.length - 1] = this.px[r.last];
+      this.ys[r.length - 1] = py[r.last];
+      this.lastIndex = r.last;
       first = r.block;
       previous = r.previous;
     } else {
@@ -171,7 +183,7 @@ export class MinMaxPyramid {
     // Blocks that end inside the range are final: the next frame resumes after the last of them.
     let resumeBlock = first;
     let resumeLength = out.length;
-    let resumeLast = out[out.length - 1];
+    let resumeLast = this.lastIndex;
     let resumePrevious = previous;
     for (let b = first; b <= (end - 1) >> shift; b++) {
       const from = Math.max(start, b << shift);
@@ -182,8 +194,8 @@ export class MinMaxPyramid {
         // A block cut by the range's edge: its extremes may lie outside, so scan the part inside.
         l = h = from;
         for (let i = from + 1; i < to; i++) {
-          if (points[i].y < points[l].y) l = i;
-          if (points[i].y > points[h].y) h = i;
+          if (py[i] < py[l]) l = i;
+          if (py[i] > py[h]) h = i;
         }
       }
       const a = Math.min(l, h);
@@ -193,7 +205,7 @@ export class MinMaxPyramid {
       if ((b + 1) << shift <= end) {
         resumeBlock = b + 1;
         resumeLength = out.length;
-        resumeLast = out[out.length - 1];
+        resumeLast = this.lastIndex;
         resumePrevious = previous;
       }
     }
@@ -211,12 +223,28 @@ export class MinMaxPyramid {
       this.stale = false;
       this.resume = undefined;
     }
-    for (let i = this.indexed; i < n; i++) this.add(i);
+    if (n > this.px.length) {
+      let size = this.px.length;
+      while (size < n) size *= 2;
+      const px = new Float64Array(size);
+      const py = new Float64Array(size);
+      px.set(this.px.subarray(0, this.indexed));
+      py.set(this.py.subarray(0, this.indexed));
+      this.px = px;
+      this.py = py;
+    }
+    for (let i = this.indexed; i < n; i++) {
+      const p = this.points[i];
+      this.px[i] = p.x;
+      this.py[i] = p.y;
+      this.add(i);
+    }
     this.indexed = n;
   }
 
   private add(i: number): void {
-    const y = this.points[i].y;
+    const py = this.py;
+    const y = py[i];
     for (let level = 0; level < this.levels.length; level++) {
       const { lo, hi } = this.levels[level];
       const block = i >> (level + 1);
@@ -224,8 +252,8 @@ export class MinMaxPyramid {
         lo.push(i);
         hi.push(i);
       } else {
-        if (y < this.points[lo[block]].y) lo[block] = i;
-        if (y > this.points[hi[block]].y) hi[block] = i;
+        if (y < py[lo[block]]) lo[block] = i;
+        if (y > py[hi[block]]) hi[block] = i;
       }
     }
     // A new level once the top one has two blocks (or, at the start, there are two points).
@@ -237,8 +265,8 @@ export class MinMaxPyramid {
     const below = this.levels[this.levels.length - 1];
     const count = below ? below.lo.length : n;
     const pick = (a: number, b: number, lower: boolean) => {
-      const ya = this.points[a].y;
-      const yb = this.points[b].y;
+      const ya = this.py[a];
+      const yb = this.py[b];
       return (lower ? yb < ya : yb > ya) ? b : a;
     };
     const lo: number[] = [];

@@ -206,3 +206,35 @@ test('Series: without smoothing the smoothed line shares the raw points; with it
   }
   assert.ok(s.thinned);
 });
+
+test('MinMaxPyramid: contiguous coordinates match the stored points after appends, resumption over flat stretches, thinning and refills', () => {
+  // Stepped values (long flat stretches, then a jump) appended in batches: a resumed prefix's last point
+  // is often replaced by a later flat point of the previous frame, and must be put back, object and coordinates.
+  const random = mulberry32(33);
+  const s = new Series(0, 3000);
+  const checked = (pyramid: MinMaxPyramid, points: Point[], start: number, end: number, columns: number, what: string) => {
+    const drawn = pyramid.decimate(start, end, columns);
+    assert.deepEqual(drawn, new MinMaxPyramid(points).decimate(start, end, columns), what);
+    if (!drawn) return;
+    const { xs, ys } = pyramid.outputCoordinates;
+    assert.ok(drawn.every((p) => points.includes(p)), `${what}: stored point objects`);
+    assert.deepEqual(drawn.map((_, i) => [xs[i], ys[i]]), drawn.map((p) => [p.x, p.y]), `${what}: coordinates`);
+  };
+  let x = 0;
+  let level = 0;
+  for (let frame = 0; frame < 1500; frame++) {
+    const batch = 1 + Math.floor(random() * 4);
+    for (let k = 0; k < batch; k++) {
+      if (random() < 0.08) level = Math.round((random() - 0.5) * 6);
+      s.append((x += 1 + Math.floor(random() * 3)), level);
+    }
+    if (frame === 700) s.setSmoothing(0.5);
+    if (frame === 1100) s.setSmoothing(0);
+    if (frame % 97 === 0) s.append(x, level + 1); // a replaced value
+    const n = s.raw.length;
+    checked(s.rawMinMax, s.raw, 0, n, 8, `raw whole, frame ${frame}`);
+    checked(s.smoothedMinMax, s.smoothed, 0, n, 8, `smoothed whole, frame ${frame}`);
+    if (n > 40) checked(s.rawMinMax, s.raw, 20, n - Math.floor(random() * 20), 6, `raw zoomed, frame ${frame}`);
+  }
+  assert.ok(s.thinned, 'the history was thinned on the way');
+});
