@@ -9,6 +9,7 @@ import type { UnitStats, TrainingConfig } from '../../protocol';
 import { outputDirections, outputDirectionsTf, smoothKappaTf, SpectralNormState } from '../pl';
 import { classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, rowScales, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
+import { createAdam } from '../engine/adam';
 
 type T2 = TF.Tensor2D;
 
@@ -48,7 +49,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     this.classes = classes;
     this.spectral = new SpectralNormState(config.seed);
     this.softMask = new SoftMask(tf, `${prefix}/pruningMask`, units);
-    this.parameters = new ParameterGroups(tf, prefix, units, { ...groupNames, sharedVars: () => this.sharedVars(), unitVars: (i) => this.unitVars(i) }, () => tf.train.adam(config.learningRate));
+    this.parameters = new ParameterGroups(tf, prefix, units, { ...groupNames, sharedVars: () => this.sharedVars(), unitVars: (i) => this.unitVars(i) }, () => createAdam(tf, config.learningRate));
   }
 
   /** Logits [b, classes] of images x; a pruned unit's variables are replaced by zeros, `softMask` scales each unit's output. */

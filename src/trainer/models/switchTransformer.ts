@@ -37,6 +37,7 @@ import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, Spec
 import { spreadingStride } from '../textData';
 import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
+import { createAdam } from '../engine/adam';
 
 type T2 = TF.Tensor2D;
 
@@ -187,7 +188,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       this.prefix,
       experts,
       { sharedName: 'shared', sharedVars: () => this.sharedVars(), unitName: (e) => `expert${e}`, unitVars: (e) => this.expertVars(e) },
-      () => tf.train.adam(config.learningRate),
+      () => createAdam(tf, config.learningRate),
     );
   }
 
