@@ -54,11 +54,15 @@ def grad_norm_squared_terms(grads):
     return [], list(torch._foreach_norm(grads))
 
 
+def grad_norm_squared_from_terms(values, n_squares):
+    """‖g‖² on the host from the read-back values of grad_norm_squared_terms (squares first, then norms)."""
+    return sum(values[:n_squares]) + sum(x * x for x in values[n_squares:])
+
+
 def grad_norm_squared(grads):
     """Σ‖g‖² over the gradients as a float (float rounding apart, Σ (g·g).sum())."""
     squares, norms = grad_norm_squared_terms(grads)
-    values = torch.stack(squares + norms).tolist()
-    return sum(values[:len(squares)]) + sum(x * x for x in values[len(squares):])
+    return grad_norm_squared_from_terms(torch.stack(squares + norms).tolist(), len(squares))
 
 
 class NonFiniteLoss(Exception):
@@ -628,7 +632,7 @@ class Trainer:
                         share = routing.mean(dim=0) if routing is not None else total.new_zeros(0)
                         reported = torch.cat([torch.stack([total, task_loss, reg if reg is not None else no_regularizer, accuracy] + squares + norms), share]).tolist()
                         n_sq, n_terms = len(squares), len(squares) + len(norms)
-                        grad_norm_sq = sum(reported[4:4 + n_sq]) + sum(x * x for x in reported[4 + n_sq:4 + n_terms])
+                        grad_norm_sq = grad_norm_squared_from_terms(reported[4:4 + n_terms], n_sq)
                         shares = reported[4 + n_terms:]
                     optimizer.step()
                     if mask_t is not None:
