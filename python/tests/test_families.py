@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from finite_difference import directional_derivative
 from pltrain import estimators
 from pltrain.config import resolve
 from pltrain.models import BertEncoder, Vgg
@@ -88,18 +89,6 @@ def test_regularizer_gradient_follows_u_and_the_output_bias_by_finite_difference
     held_grads = torch.autograd.grad(held, params, allow_unused=True)
     u_fixed = sum(float((g * d).sum()) for g, d in zip(held_grads, direction) if g is not None)
 
-    eps = 1e-6
-    with torch.no_grad():
-        for p, d in zip(params, direction):
-            p.add_(eps * d)
-    plus = kappa()
-    with torch.no_grad():
-        for p, d in zip(params, direction):
-            p.sub_(2 * eps * d)
-    minus = kappa()
-    with torch.no_grad():
-        for p, d in zip(params, direction):
-            p.add_(eps * d)
-    numeric = (plus - minus) / (2 * eps)
+    numeric = directional_derivative(params, direction, kappa)
     assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-9 * abs(measurer.model_kappa))
     assert abs(u_fixed - numeric) > 1e-3 * abs(numeric)
