@@ -6,19 +6,13 @@
 const fs = require('fs');
 const path = require('path');
 const { workbenchUrl, launch, paletteCommand } = require('./common');
+const { checklist } = require('./checklist');
 const [devPath, folder, shot] = process.argv.slice(2);
 
 (async () => {
-  const t0 = Date.now();
-  const lap = (m) => console.log(`[attach ${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
+  const { lap, check, finish } = checklist('attach');
   const browser = await launch();
   const page = await browser.newPage({ viewport: { width: 1500, height: 950 } });
-  const results = [];
-  const check = (name, ok, detail = '') => {
-    results.push(ok);
-    console.log(`  ${ok ? '✔' : '✘'} ${name}${detail ? ` — ${detail}` : ''}`);
-    if (!ok) throw new Error(`${name} ${detail}`);
-  };
   let failed = false;
   const runCommand = (title) => paletteCommand(page, title);
   const runsDir = path.join(folder, '.pltrain', 'runs');
@@ -109,7 +103,5 @@ const [devPath, folder, shot] = process.argv.slice(2);
   } finally {
     await browser.close();
   }
-  const passed = results.filter(Boolean).length;
-  console.log(`attach: ${passed} passed, ${failed ? 1 : 0} failed`);
-  process.exit(failed ? 1 : 0);
+  finish(failed);
 })();

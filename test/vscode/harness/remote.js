@@ -15,6 +15,7 @@ const { execFileSync, spawn } = require('child_process');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
+const { checklist } = require('./checklist');
 
 const [devPath, folder] = process.argv.slice(2);
 const TAG = `plr${process.pid}`;
@@ -24,14 +25,7 @@ const CS_PORT = 8099; // inside the remote namespace
 const SSH_PORT = 2222; // inside the remote namespace
 const TUNNEL_PORT = 18099; // inside the client namespace
 const T = fs.mkdtempSync(path.join(os.tmpdir(), 'pltrain-remote.'));
-const results = [];
-const check = (name, ok, detail = '') => {
-  results.push(ok);
-  console.log(`  ${ok ? '✔' : '✘'} ${name}${detail ? ` — ${detail}` : ''}`);
-  if (!ok) throw new Error(`${name} ${detail}`);
-};
-const t0 = Date.now();
-const lap = (m) => console.log(`[remote ${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
+const { lap, check, finish } = checklist('remote');
 const run = (cmd, args, opts = {}) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...opts });
 const inNs = (ns, cmd, args, opts) => run('ip', ['netns', 'exec', ns, cmd, ...args], opts);
 /** Exit status of a command in a namespace (0 = it succeeded). */
@@ -332,8 +326,7 @@ function cleanUp() {
     await browser?.close().catch(() => undefined);
     cleanUp();
   }
-  console.log(`remote: ${results.filter(Boolean).length} passed, ${failed ? 1 : 0} failed`);
-  process.exit(failed ? 1 : 0);
+  finish(failed);
 })();
 
 /** Every file under `dir` (for the export, wherever the save dialog put it). */

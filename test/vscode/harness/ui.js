@@ -4,21 +4,15 @@
 const fs = require('fs');
 const path = require('path');
 const { workbenchUrl, launch, paletteCommand } = require('./common');
+const { checklist } = require('./checklist');
 // An empty extensionDir: the extension installed in code-server (a packaged VSIX) is the one tested.
 const [devPath, folder, shot] = process.argv.slice(2);
 const TITLE = 'PL Training: Start PL training';
 
 (async () => {
-  const t0 = Date.now();
-  const lap = (m) => console.log(`[ui ${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
+  const { lap, check, finish } = checklist('ui');
   const browser = await launch();
   const page = await browser.newPage({ viewport: { width: 1500, height: 950 } });
-  const results = [];
-  const check = (name, ok, detail = '') => {
-    results.push(ok);
-    console.log(`  ${ok ? '✔' : '✘'} ${name}${detail ? ` — ${detail}` : ''}`);
-    if (!ok) throw new Error(`${name} ${detail}`);
-  };
   let failed = false;
   const runCommand = (title) => paletteCommand(page, title);
   /** On a failure: what the panel and the trainer said, so a red CI run explains itself. */
@@ -261,7 +255,5 @@ const TITLE = 'PL Training: Start PL training';
   } finally {
     await browser.close();
   }
-  const passed = results.filter(Boolean).length;
-  console.log(`ui: ${passed} passed, ${failed ? 1 : 0} failed`);
-  process.exit(failed ? 1 : 0);
+  finish(failed);
 })();
