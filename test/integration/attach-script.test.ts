@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { after, test } from 'node:test';
 import { RunManager } from '../../src/extension/runManager';
 import { launchTrainer } from '../../src/extension/run/launcher';
-import type { RunHost } from '../../src/extension/run/runHost';
+import { testRunHost } from '../support/runHost';
 import { processAlive } from '../../src/extension/run/runDirectory';
 import { pythonPackageDir } from '../../src/protocol/pythonEngine';
 import { PYTHON, PYTHON_PROBLEM, root } from '../support/engines';
@@ -70,23 +70,7 @@ test('a script cannot be resumed and needs the interpreter', () => {
 // resume, stop.
 const workspace = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-attach-ws-'));
 const notices: string[] = [];
-const host: RunHost = {
-  trainerScript: path.join(root, 'dist', 'trainer.js'),
-  nodePath: () => process.execPath,
-  workspaceFolders: () => [workspace],
-  runsRoot: (folder) => path.join(folder, '.pltrain', 'runs'),
-  isTrusted: () => true,
-  readConfig: async (file) => fs.readFileSync(file, 'utf8'),
-  pythonPath: async () => PYTHON,
-  pythonPackageDir: path.join(root, 'python'),
-  ui: {
-    notify: (level, message) => notices.push(`${level}: ${message}`),
-    flash: () => undefined,
-    progress: (_title, work) => work(() => undefined),
-    reveal: () => undefined,
-  },
-  log: { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined, show: () => undefined },
-};
+const host = testRunHost(workspace, (level, message) => notices.push(`${level}: ${message}`), { pythonPath: async () => PYTHON, pythonPackageDir: path.join(root, 'python') });
 const runs = new RunManager(host);
 const pids: number[] = [];
 after(() => {

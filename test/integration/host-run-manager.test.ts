@@ -12,26 +12,13 @@ import type { RunHost } from '../../src/extension/run/runHost';
 import { processAlive } from '../../src/extension/run/runDirectory';
 import type { MetricsEvent } from '../../src/protocol';
 import { ENGINES, PYTHON, forEngine, type EngineName } from '../support/engines';
+import { testRunHost } from '../support/runHost';
 import { until } from '../support/until';
 
 const root = path.resolve(__dirname, '..', '..');
 const workspace = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-manager-'));
 const notices: { level: string; message: string; detail?: string; actions: string[] }[] = [];
-const host: RunHost = {
-  trainerScript: path.join(root, 'dist', 'trainer.js'),
-  nodePath: () => process.execPath,
-  workspaceFolders: () => [workspace],
-  runsRoot: (folder) => path.join(folder, '.pltrain', 'runs'),
-  isTrusted: () => true,
-  readConfig: async (file) => fs.readFileSync(file, 'utf8'),
-  ui: {
-    notify: (level, message, options) => notices.push({ level, message, detail: options?.detail, actions: (options?.actions ?? []).map((a) => a.title) }),
-    flash: () => undefined,
-    progress: (_title, work) => work(() => undefined),
-    reveal: () => undefined,
-  },
-  log: { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined, show: () => undefined },
-};
+const host = testRunHost(workspace, (level, message, options) => notices.push({ level, message, detail: options?.detail, actions: (options?.actions ?? []).map((a) => a.title) }));
 const runs = new RunManager(host);
 // The PyTorch engine's runs: its own workspace and manager, the interpreter from the host (as the
 // pythonPath setting or the Python extension would give it).
