@@ -56,3 +56,17 @@ export function randomOrthogonal(rnd: () => number, n: number): Float64Array {
   }
   return q;
 }
+
+/**
+ * The central difference (f(a + step·e_k) − f(a − step·e_k)) / (2·step) of a scalar function of the
+ * array `arr` (changed in place while f runs, restored after): the float64 check of one gradient entry.
+ */
+export function centralDifference(arr: { [k: number]: number }, k: number, step: number, f: () => number): number {
+  const keep = arr[k];
+  arr[k] = keep + step;
+  const up = f();
+  arr[k] = keep - step;
+  const down = f();
+  arr[k] = keep;
+  return (up - down) / (2 * step);
+}

@@ -10,7 +10,7 @@ import { conditioning, gramOfJacobian, outputDirections, symmetricEigen } from '
 import { imageTaskData, loadBuiltin, loadFashionMnist } from '../../src/trainer/data';
 import { BertEncoder, twiceDifferentiableActivations } from '../../src/trainer/models/bertEncoder';
 import type { Batch, TaskData } from '../../src/trainer/models/types';
-import { relativeFrobenius } from '../support/linalg';
+import { centralDifference, relativeFrobenius } from '../support/linalg';
 
 let builtin: TaskData;
 before(async () => {
@@ -508,15 +508,7 @@ test('the regularizer\'s gradient: ∇κ̃ of the model kernel Σ_h K_h + U·U�
     const rms = rmsOf(got);
     const coords = m.headVars(0).includes(v) ? [0, arr.length - 1] : [arr.length >> 1];
     for (const k of coords) {
-      const fd = (step: number) => {
-        const keep = arr[k];
-        arr[k] = keep + step;
-        const up = kappa().kappa;
-        arr[k] = keep - step;
-        const down = kappa().kappa;
-        arr[k] = keep;
-        return (up - down) / (2 * step);
-      };
+      const fd = (step: number) => centralDifference(arr, k, step, () => kappa().kappa);
       const coarse = fd(2e-4);
       const fine = fd(1e-4);
       // Biases that do not enter K (classifier, last LN shift) have derivative 0: measured against the overall scale.

@@ -10,7 +10,7 @@ import { loadBuiltin, loadFashionMnist, type Dataset } from '../../src/trainer/d
 import { twiceDifferentiableOps, VggNet } from '../../src/trainer/models/vgg';
 import type { Batch, TaskData } from '../../src/trainer/models/types';
 import { mulberry32 } from '../support/prng';
-import { randomArray, relativeFrobenius } from '../support/linalg';
+import { centralDifference, randomArray, relativeFrobenius } from '../support/linalg';
 
 let builtin: TaskData;
 before(async () => {
@@ -423,15 +423,7 @@ test('the regularizer\'s gradient: ∇(vᵀK_g v) by nested tf gradients matches
     // and one at random, which may be structurally zero (both must then say 0).
     const byMagnitude = Array.from(got.keys()).sort((i, j) => Math.abs(got[j]) - Math.abs(got[i]));
     for (const k of new Set([byMagnitude[0], byMagnitude[1], Math.floor(rnd() * arr.length)])) {
-      const fd = (step: number) => {
-        const keep = arr[k];
-        arr[k] = keep + step;
-        const up = q();
-        arr[k] = keep - step;
-        const down = q();
-        arr[k] = keep;
-        return (up - down) / (2 * step);
-      };
+      const fd = (step: number) => centralDifference(arr, k, step, q);
       const coarse = fd(1e-5);
       const fine = fd(1e-6);
       const scale = Math.max(Math.abs(fine), rms, 1e-12); // the last conv layer's bias does not enter K: both are 0
@@ -497,15 +489,7 @@ test('the step\'s regularizer: ∇κ̃ of Σ_g K_g + U·Uᵀ (modelKappaTf) matc
     const rms = Math.sqrt(Array.from(got).reduce((s2, x) => s2 + x * x, 0) / got.length);
     const byMagnitude = Array.from(got.keys()).sort((i, j) => Math.abs(got[j]) - Math.abs(got[i]));
     for (const k of new Set([byMagnitude[0], Math.floor(rnd() * arr.length)])) {
-      const fd = (step: number) => {
-        const keep = arr[k];
-        arr[k] = keep + step;
-        const up = kappa();
-        arr[k] = keep - step;
-        const down = kappa();
-        arr[k] = keep;
-        return (up - down) / (2 * step);
-      };
+      const fd = (step: number) => centralDifference(arr, k, step, kappa);
       const coarse = fd(1e-4);
       const fine = fd(5e-5);
       const scale = Math.max(Math.abs(fine), rms, 1e-9);

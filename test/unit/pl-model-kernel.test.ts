@@ -10,7 +10,7 @@ import { inactiveShareThreshold, MIN_SERVED, parseTrainingConfig, type TrainingC
 import { MoeMlp, servedExamples } from '../../src/trainer/models/moeMlp';
 import { conditioning, dampedKappa, gramOfJacobian, kappaSurrogateTf, participationRatio, ShareWatch, symmetricEigen } from '../../src/trainer/pl';
 import { closedFormKernels, directions64, explicitJacobian, groupArray, modelKappa64, moeForward64, PARAM_GROUPS, type MoeParams } from '../support/moeReference';
-import { gaussian, relativeFrobenius } from '../support/linalg';
+import { centralDifference, gaussian, relativeFrobenius } from '../support/linalg';
 import { mulberry32 } from '../support/prng';
 
 before(async () => {
@@ -197,13 +197,7 @@ test('the regularizer\'s gradient is the gradient of the reported κ(K): through
       for (let t = 0; t < 4; t++) {
         const k = Math.floor(rnd() * g.length);
         const arr = groupArray(s.params, group, e);
-        const keep = arr[k];
-        arr[k] = keep + step;
-        const plus = modelKappa64(s.params, s.x, s.y, N, trainable, 1e-6).kappa;
-        arr[k] = keep - step;
-        const minus = modelKappa64(s.params, s.x, s.y, N, trainable, 1e-6).kappa;
-        arr[k] = keep;
-        const fd = (plus - minus) / (2 * step);
+        const fd = centralDifference(arr, k, step, () => modelKappa64(s.params, s.x, s.y, N, trainable, 1e-6).kappa);
         const err = Math.abs(g[k] - fd) / Math.max(Math.abs(fd), rms);
         worst = Math.max(worst, err);
         assert.ok(err <= 2e-3, `${name}[${k}]: tf ${g[k]} vs central difference ${fd} (rms ${rms})`);
