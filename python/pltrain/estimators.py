@@ -68,10 +68,15 @@ def conditioning(kernel, damping):
     return _conditioned(values, vectors, damping)
 
 
-def _conditioned(values, vectors, damping):
+def _conditioned_values(values, damping):
+    """μ and L_f from ascending eigenvalues (a float negative one clamped to 0), and their damped κ."""
     mu = max(float(values[0]), 0.0)
     lf = max(float(values[-1]), 0.0)
-    return {"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping), "vMin": vectors[:, 0].copy(), "vMax": vectors[:, -1].copy()}
+    return {"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping)}
+
+
+def _conditioned(values, vectors, damping):
+    return {**_conditioned_values(values, damping), "vMin": vectors[:, 0].copy(), "vMax": vectors[:, -1].copy()}
 
 
 def conditioning_many(kernels, damping, vectors=True):
@@ -101,8 +106,7 @@ def conditioning_many(kernels, damping, vectors=True):
                 out[i] = _conditioned(v, w, damping)
         else:
             for (i, _), v in zip(group, np.linalg.eigvalsh(symmetric)):
-                mu, lf = max(float(v[0]), 0.0), max(float(v[-1]), 0.0)
-                out[i] = {"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping)}
+                out[i] = _conditioned_values(v, damping)
     return out
 
 

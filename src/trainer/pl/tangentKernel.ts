@@ -199,8 +199,7 @@ export function conditioning(k: ArrayLike<number>, n: number, damping: number, o
   checkConditioningArgs(n, damping);
   if (options.solver === 'extremes') {
     const { min, max, vMin, vMax } = extremeEigen(k, n, { vectors: true });
-    const [mu, lf] = [Math.max(min, 0), Math.max(max, 0)];
-    return { mu, lf, kappa: dampedKappa(lf, mu, damping), vMin: vMin!, vMax: vMax! };
+    return { ...conditionedExtremes(min, max, damping), vMin: vMin!, vMax: vMax! };
   }
   const { values, vectors } = symmetricEigen(k, n, options);
   const column = (c: number) => {
@@ -208,10 +207,7 @@ export function conditioning(k: ArrayLike<number>, n: number, damping: number, o
     for (let i = 0; i < n; i++) out[i] = vectors[i * n + c];
     return out;
   };
-  const mu = Math.max(values[0], 0);
-  const lf = Math.max(values[n - 1], 0);
-  const kappa = dampedKappa(lf, mu, damping);
-  return { mu, lf, kappa, vMin: column(0), vMax: column(n - 1) };
+  return { ...conditionedExtremes(values[0], values[n - 1], damping), vMin: column(0), vMax: column(n - 1) };
 }
 
 /**
@@ -221,6 +217,11 @@ export function conditioning(k: ArrayLike<number>, n: number, damping: number, o
 export function conditioningValues(k: ArrayLike<number>, n: number, damping: number): { mu: number; lf: number; kappa: number } {
   checkConditioningArgs(n, damping);
   const { min, max } = extremeEigen(k, n);
+  return conditionedExtremes(min, max, damping);
+}
+
+/** μ and L_f from the extreme eigenvalues (a float negative one clamped to 0), and their damped κ. */
+function conditionedExtremes(min: number, max: number, damping: number): { mu: number; lf: number; kappa: number } {
   const [mu, lf] = [Math.max(min, 0), Math.max(max, 0)];
   return { mu, lf, kappa: dampedKappa(lf, mu, damping) };
 }
