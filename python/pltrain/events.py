@@ -15,6 +15,14 @@ def _file_of(event):
     return RUN_FILES["metrics"] if t == "metrics" else RUN_FILES["commands"] if t == "ack" else RUN_FILES["events"]
 
 
+def _end_of_batch(listener):
+    """A listener may take a hand-over's events as one batch: end_of_batch() after the last (server._Stream
+    writes them to its socket in one go)."""
+    end = getattr(listener, "end_of_batch", None)
+    if end is not None:
+        end()
+
+
 class EventLog:
     def __init__(self, run_dir):
         self.run_dir = run_dir
@@ -96,7 +104,10 @@ class EventLog:
     def last_seq(self):
         return self.next - 1
 
-    def emit(self, partial):
+    def emit(self, partial, defer_hand_over=False):
+        """Appends the event (seq, one write() of its line) and hands it to the listeners. With
+        defer_hand_over, a loop's listeners get it at the next hand_over_deferred() or with the next
+        event emitted without it, whichever comes first; it is on disk and in the history at once."""
         with self._lock:
             event = dict(partial)
             event["seq"] = self.next
@@ -116,18 +127,32 @@ class EventLog:
             else:
                 listeners = None
                 self._outbox.append((event, text))
-                wake = not self._handoff_pending
-                self._handoff_pending = True
+                wake = not self._handoff_pending and not defer_hand_over
+                if wake:
+                    self._handoff_pending = True
         if listeners is not None:
             for listener in listeners:
                 listener(event, text)
+                _end_of_batch(listener)
         elif wake:
             self.loop.call_soon_threadsafe(self._hand_over)
         return event
 
+    def hand_over_deferred(self):
+        """Wakes the loop for the events emitted with defer_hand_over, if no hand-over is on its way yet."""
+        if not self._outbox or self._handoff_pending:
+            return  # read without the lock: an emit meanwhile schedules its own hand-over
+        with self._lock:
+            wake = bool(self._outbox) and not self._handoff_pending
+            if wake:
+                self._handoff_pending = True
+        if wake:
+            self.loop.call_soon_threadsafe(self._hand_over)
+
     def _hand_over(self):
         """On the loop's thread: every event in the outbox, in seq order, to every listener (each a
-        client's, which skips what its replay already sent by seq)."""
+        client's, which skips what its replay already sent by seq), then end_of_batch() to those that
+        have it."""
         with self._lock:
             batch, self._outbox = self._outbox, []
             self._handoff_pending = False
@@ -135,6 +160,8 @@ class EventLog:
         for event, text in batch:
             for listener in listeners:
                 listener(event, text)
+        for listener in listeners:
+            _end_of_batch(listener)
 
     def emit_acks(self, partials, before):
         """Emits `partials` (acks) with consecutive seqs, first calling before(acks_with_seqs) with the

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import stat
+import struct
 import tempfile
 
 import websockets
@@ -248,63 +249,108 @@ def _remove_stale_socket(path):
     os.unlink(path)
 
 
-class _Client:
-    """One connection's stream: a replay of the history after a seq, then live events, sent in order
-    by one writer task (the socket's own backpressure paces the replay; a live queue beyond
-    MAX_BUFFERED_BYTES drops the client, which can reconnect and replay)."""
+def text_frame(data):
+    """One unfragmented, unmasked WebSocket text frame (RFC 6455 §5.2) holding `data` (UTF-8 bytes): what
+    websockets' send() writes for a str on the server side, with no compression negotiated."""
+    n = len(data)
+    if n < 126:
+        return struct.pack("!BB", 0x81, n) + data
+    if n < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, n) + data
+    return struct.pack("!BBQ", 0x81, 127, n) + data
 
-    def __init__(self, ws, server):
+
+class _Stream:
+    """One subscription's events for one client, in seq order: the replay of the history after a seq,
+    then the live events. The log calls it (on the loop's thread) once per event of a hand-over and
+    `end_of_batch()` after the last: once the replay is sent, a client whose socket keeps up gets the
+    whole batch in one write, one frame per event, with no task switch; otherwise (replay still going,
+    a previous send not finished, bytes still buffered) the batch waits in the queue for the writer
+    task, which paces it by the socket's backpressure. A queue beyond MAX_BUFFERED_BYTES drops the
+    client (it can reconnect and replay)."""
+
+    def __init__(self, ws, server, since_seq):
         self.ws, self.server = ws, server
+        self.queue = collections.deque()
+        self.queued = 0
+        self.sent = since_seq  # the last seq handed to the socket
+        self.live = False  # the replay is sent
+        self.sending = False  # the writer task is inside a send
+        self.wake = asyncio.Event()
         self.task = None
-        self.unsubscribe = None
-        self.queue = None
-        self.sending = False
+
+    def __call__(self, event, text):
+        self.queue.append((event["seq"], text))
+        self.queued += len(text)
+        if self.queued > MAX_BUFFERED_BYTES:
+            self.server.log(f"dropped a client that stopped reading ({self.queued} bytes queued)")
+            self.ws.transport.abort()
+
+    def end_of_batch(self):
+        if not self.queue:
+            return
+        transport = self.ws.transport
+        if self.live and not self.sending and self.ws.open and transport.get_write_buffer_size() == 0:
+            frames = []
+            for seq, text in self.queue:
+                if seq > self.sent:
+                    frames.append(text_frame(text.encode("utf-8")))
+                    self.sent = seq
+            self.queue.clear()
+            self.queued = 0
+            if frames:
+                transport.write(b"".join(frames))
+        else:
+            self.wake.set()
 
     def idle(self):
         return self.task is None or self.task.done() or (not self.queue and not self.sending)
 
-    def subscribe(self, since_seq):
-        self.stop()
-        queue = self.queue = collections.deque()
-        wake = asyncio.Event()
-        queued = [0]
-
-        def listener(event, text):
-            queue.append((event["seq"], text))
-            queued[0] += len(text)
-            wake.set()
-            if queued[0] > MAX_BUFFERED_BYTES:
-                self.server.log(f"dropped a client that stopped reading ({queued[0]} bytes queued)")
-                self.ws.transport.abort()
-
-        # The listener and the history snapshot under the log's lock: nothing emitted between.
-        history, self.unsubscribe = self.server.events.subscribe_since(since_seq, listener)
-        self.task = asyncio.ensure_future(self._write(history, queue, wake, queued, since_seq))
-
-    async def _write(self, history, queue, wake, queued, sent):
+    async def write(self, history):
+        ws, queue = self.ws, self.queue
         try:
             self.sending = True
             for e in history:
-                await self.ws.send(dumps(e))
-                sent = e["seq"]
+                await ws.send(dumps(e))
+                self.sent = e["seq"]
             while True:
                 self.sending = True
                 while queue:
                     seq, text = queue.popleft()
-                    queued[0] -= len(text)
-                    if seq > sent:
-                        await self.ws.send(text)
-                        sent = seq
+                    self.queued -= len(text)
+                    if seq > self.sent:
+                        await ws.send(text)
+                        self.sent = seq
+                self.live = True
                 self.sending = False
-                wake.clear()
-                await wake.wait()
+                self.wake.clear()
+                await self.wake.wait()
         except (websockets.ConnectionClosed, asyncio.CancelledError):
             pass
+
+
+class _Client:
+    """One connection's stream (a _Stream per subscribe; a new subscribe replaces the old)."""
+
+    def __init__(self, ws, server):
+        self.ws, self.server = ws, server
+        self.stream = None
+        self.unsubscribe = None
+
+    def idle(self):
+        return self.stream is None or self.stream.idle()
+
+    def subscribe(self, since_seq):
+        self.stop()
+        stream = self.stream = _Stream(self.ws, self.server, since_seq)
+        # The listener and the history snapshot under the log's lock: nothing emitted between.
+        history, self.unsubscribe = self.server.events.subscribe_since(since_seq, stream)
+        stream.task = asyncio.ensure_future(stream.write(history))
 
     def stop(self):
         if self.unsubscribe:
             self.unsubscribe()
             self.unsubscribe = None
-        if self.task:
-            self.task.cancel()
-            self.task = None
+        if self.stream and self.stream.task:
+            self.stream.task.cancel()
+        self.stream = None

@@ -94,3 +94,41 @@ def test_a_subscriber_joining_mid_stream_gets_history_then_live_events_without_a
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     log.close()
+
+
+def test_a_deferred_hand_over_waits_for_the_next_backward_or_event_and_keeps_the_order(tmp_path):
+    """emit(…, defer_hand_over=True) (the per-step metrics line of a short step): on disk and in the history
+    at once, at the loop's listeners only after hand_over_deferred() (the next backward) or with the next
+    event emitted without it; nothing lost, nothing reordered."""
+    log = EventLog(str(tmp_path))
+    loop, thread = _loop_thread()
+    log.loop = loop
+    received = []
+    _on_loop(loop, lambda: log.subscribe_since(-1, lambda e, text: received.append(e["seq"])))
+
+    def settled():
+        for _ in range(3):
+            _on_loop(loop, lambda: None)  # whatever hand-over was scheduled has run
+        return list(received)
+
+    log.emit({"type": "metrics", "step": 1}, defer_hand_over=True)
+    with open(os.path.join(str(tmp_path), "metrics.jsonl")) as f:
+        assert [json.loads(line)["seq"] for line in f] == [0], "on disk at once"
+    assert [e["seq"] for e in log.history] == [0]
+    assert settled() == [], "not handed over yet"
+    log.hand_over_deferred()
+    assert settled() == [0]
+    log.hand_over_deferred()  # nothing pending: no empty hand-over, nothing repeated
+    assert settled() == [0]
+    log.emit({"type": "metrics", "step": 2}, defer_hand_over=True)
+    log.emit({"type": "metrics", "step": 3}, defer_hand_over=True)
+    assert settled() == [0]
+    log.emit({"type": "ack", "commandId": "c"})  # an event that goes at once takes the deferred ones along, first
+    assert settled() == [0, 1, 2, 3]
+    log.emit({"type": "metrics", "step": 4}, defer_hand_over=True)
+    log.hand_over_deferred()
+    log.emit({"type": "log", "message": "m"})
+    assert settled() == [0, 1, 2, 3, 4, 5]
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    log.close()
