@@ -104,10 +104,7 @@ class EventLog:
     def last_seq(self):
         return self.next - 1
 
-    def emit(self, partial, defer_hand_over=False):
-        """Appends the event (seq, one write() of its line) and hands it to the listeners. With
-        defer_hand_over, a loop's listeners get it at the next hand_over_deferred() or with the next
-        event emitted without it, whichever comes first; it is on disk and in the history at once."""
+    def emit(self, partial):
         with self._lock:
             event = dict(partial)
             event["seq"] = self.next
@@ -127,9 +124,8 @@ class EventLog:
             else:
                 listeners = None
                 self._outbox.append((event, text))
-                wake = not self._handoff_pending and not defer_hand_over
-                if wake:
-                    self._handoff_pending = True
+                wake = not self._handoff_pending
+                self._handoff_pending = True
         if listeners is not None:
             for listener in listeners:
                 listener(event, text)
@@ -137,17 +133,6 @@ class EventLog:
         elif wake:
             self.loop.call_soon_threadsafe(self._hand_over)
         return event
-
-    def hand_over_deferred(self):
-        """Wakes the loop for the events emitted with defer_hand_over, if no hand-over is on its way yet."""
-        if not self._outbox or self._handoff_pending:
-            return  # read without the lock: an emit meanwhile schedules its own hand-over
-        with self._lock:
-            wake = bool(self._outbox) and not self._handoff_pending
-            if wake:
-                self._handoff_pending = True
-        if wake:
-            self.loop.call_soon_threadsafe(self._hand_over)
 
     def _hand_over(self):
         """On the loop's thread: every event in the outbox, in seq order, to every listener (each a

@@ -59,11 +59,6 @@ def grad_norm_squared_from_terms(values, n_squares):
     return sum(values[:n_squares]) + sum(x * x for x in values[n_squares:])
 
 
-# A step this short or shorter hands its metrics line to the server's thread at the next backward (at
-# most a step later, a few ms); a longer one at once.
-SHORT_STEP_S = 0.01
-
-
 def grad_norm_squared(grads):
     """Σ‖g‖² over the gradients as a float (float rounding apart, Σ (g·g).sum())."""
     squares, norms = grad_norm_squared_terms(grads)
@@ -521,7 +516,6 @@ class Trainer:
                     return rec
 
                 def save():
-                    events.hand_over_deferred()  # a checkpoint may take a while: no event waits for it
                     save_checkpoint(run_dir, progress_now(events.last_seq), self._tensors(model, optimizer))
 
                 stats = measurer.measure(steering.frozen, steering.pruned, steering.trainable())
@@ -620,7 +614,6 @@ class Trainer:
                             measured = measurer.measure(steering.frozen, pruned, trainable, mask_t.detach() if mask_t is not None else None)
                         reg = None
                         total = objective
-                    events.hand_over_deferred()
                     total.backward()
                     if len(trainable) < model.units:
                         for e in range(model.units):
@@ -704,10 +697,7 @@ class Trainer:
                             m["units"] = stats
                             if pruner:
                                 m["gate"] = pruner.keep_probabilities(steering.frozen, steering.pruned)
-                        # Short steps: the line reaches the server's thread when the next step enters its
-                        # backward, which holds no GIL, rather than now, when the server's work would stall
-                        # this thread's next Python (docs/performance.md). It is on disk at once either way.
-                        events.emit(m, defer_hand_over=ema_rate * SHORT_STEP_S >= 1)
+                        events.emit(m)
                     if progress.due(step, config["steps"]):
                         progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, ("perplexity" if model.task_metric == "perplexity" else "accuracy"): accuracy})
                     if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):

@@ -1,7 +1,7 @@
 """The server's stream to its clients over a real WebSocket (a Unix socket in the test's own directory):
 every event reaches every client complete, once, in seq order, one message per frame, whichever path it
 took (one write per hand-over for a client that keeps up, the writer task behind a replay or a slow
-reader), for events emitted in bursts from the training thread, some with the hand-over deferred.
+reader), for events emitted in bursts from the training thread.
 Also: the frames we write by hand read back through websockets' own frame parser."""
 import asyncio
 import json
@@ -88,9 +88,7 @@ def test_every_event_reaches_every_client_complete_and_in_order_under_bursts(tmp
     for i in range(n):
         # Mostly small metrics lines, some > 125 and > 65535 bytes (all three frame headers).
         size = 70_000 if i % 397 == 5 else rng.choice([10, 200, 2000])
-        log.emit({"type": "metrics", "step": i, "pad": "x" * size}, defer_hand_over=rng.random() < 0.7)
-        if rng.random() < 0.3:
-            log.hand_over_deferred()  # what the training thread does at its next backward
+        log.emit({"type": "metrics", "step": i, "pad": "x" * size})
         if i % 50 == 0:
             threading.Event().wait(0.001)  # bursts with pauses between
         if i == n // 3:
@@ -99,7 +97,6 @@ def test_every_event_reaches_every_client_complete_and_in_order_under_bursts(tmp
         if i == n // 2:
             late = threading.Thread(target=client, args=("late",))
             late.start()
-    log.hand_over_deferred()
     for t in (early, slow, late):
         t.join(60)
         assert not t.is_alive()
