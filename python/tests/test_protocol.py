@@ -61,3 +61,16 @@ def test_numbers_as_javascript_writes_them():
     assert format_number(0.5) == "0.5" and format_number(1e6) == "1.00e+6" and format_number(0.12345) == "0.1235"
     assert describe_command({"kind": "setAlpha", "alpha": 0.5}, "expert") == "Set α = 0.5"
     assert describe_command({"kind": "freeze", "unit": 2}, "head") == "Freeze head 2"
+
+
+def test_dumps_writes_what_json_dumps_writes_and_refuses_nan():
+    """dumps (one encoder made once) against json.dumps with the same options, call by call."""
+    from pltrain.protocol import dumps
+
+    values = [{"type": "metrics", "step": 3, "loss": 0.1 + 0.2, "x": [1e-300, 1e300, -0.0, 5, True, None]},
+              {"message": "κ ≥ 1/δ — “quoted” \u2028 \n\t\\", "nested": {"a": [{"b": "é"}]}}, [], "", 0]
+    for v in values:
+        assert dumps(v) == json.dumps(v, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    for bad in (float("nan"), float("inf"), {"loss": float("-inf")}):
+        with pytest.raises(ValueError):
+            dumps(bad)
