@@ -8,6 +8,8 @@ from .private import open_private
 from .protocol import RUN_FILES, dumps
 
 FILES = (RUN_FILES["metrics"], RUN_FILES["commands"], RUN_FILES["events"])
+# While metrics lines stream, the server's loop collects them this often (the latency they may add).
+STREAM_POLL_S = 0.005
 
 
 def _file_of(event):
@@ -29,11 +31,14 @@ class EventLog:
         # Events are emitted on the training thread (and by the server); listeners run on the event
         # loop's thread, so a slow client never holds a step up. Events for the loop wait in `_outbox`
         # and one call_soon_threadsafe hands over all that piled up before the loop got to them: one
-        # wake-up of the loop per batch, not per event.
+        # wake-up of the loop per batch, not per event. While metrics lines stream (a step shorter than
+        # STREAM_POLL_S), the loop collects them itself every STREAM_POLL_S instead: no wake-up from the
+        # training thread, whose Python would otherwise wait for the GIL while the loop works.
         self._lock = threading.RLock()
         self.loop = None
         self._outbox = []
         self._handoff_pending = False
+        self._poll = None  # the loop's timer that collects streaming metrics, while armed
         self.next = 0
         self.history = []
         self.listeners = set()
@@ -124,8 +129,11 @@ class EventLog:
             else:
                 listeners = None
                 self._outbox.append((event, text))
-                wake = not self._handoff_pending
-                self._handoff_pending = True
+                # A metrics line while the loop polls waits for its poll (at most STREAM_POLL_S);
+                # anything else goes at once, taking whatever waits with it.
+                wake = not self._handoff_pending and not (self._poll is not None and event["type"] == "metrics")
+                if wake:
+                    self._handoff_pending = True
         if listeners is not None:
             for listener in listeners:
                 listener(event, text)
@@ -142,11 +150,25 @@ class EventLog:
             batch, self._outbox = self._outbox, []
             self._handoff_pending = False
             listeners = list(self.listeners)
+            if batch and batch[-1][0]["type"] == "metrics" and self._poll is None:
+                self._poll = self.loop.call_later(STREAM_POLL_S, self._collect)
         for event, text in batch:
             for listener in listeners:
                 listener(event, text)
         for listener in listeners:
             _end_of_batch(listener)
+
+    def _collect(self):
+        """The loop's poll while metrics stream: hands over what piled up, and polls again if anything
+        did; a poll that finds nothing ends the polling (the next metrics line wakes the loop)."""
+        with self._lock:
+            self._poll = None
+            if not self._outbox:
+                return
+        self._hand_over()
+        with self._lock:
+            if self._poll is None:
+                self._poll = self.loop.call_later(STREAM_POLL_S, self._collect)
 
     def emit_acks(self, partials, before):
         """Emits `partials` (acks) with consecutive seqs, first calling before(acks_with_seqs) with the
@@ -182,6 +204,10 @@ class EventLog:
         return lambda: self.listeners.discard(listener)
 
     def close(self):
+        with self._lock:
+            if self._poll is not None:
+                self._poll.cancel()
+                self._poll = None
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
