@@ -31,9 +31,10 @@ class EventLog:
         # Events are emitted on the training thread (and by the server); listeners run on the event
         # loop's thread, so a slow client never holds a step up. Events for the loop wait in `_outbox`
         # and one call_soon_threadsafe hands over all that piled up before the loop got to them: one
-        # wake-up of the loop per batch, not per event. While metrics lines stream (a step shorter than
-        # STREAM_POLL_S), the loop collects them itself every STREAM_POLL_S instead: no wake-up from the
-        # training thread, whose Python would otherwise wait for the GIL while the loop works.
+        # wake-up of the loop per batch, not per event. After handing over a metrics line the loop polls
+        # again STREAM_POLL_S later, and keeps polling while each poll finds lines: while they stream
+        # faster than that, the training thread wakes the loop no more (its Python waited for the GIL
+        # while the loop worked). With slower steps a poll finds nothing and the next line wakes it.
         self._lock = threading.RLock()
         self.loop = None
         self._outbox = []
