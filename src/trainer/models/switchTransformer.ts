@@ -38,6 +38,7 @@ import { spreadingStride } from '../textData';
 import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 import { createAdam } from '../engine/adam';
+import { twiceDifferentiableActivations } from './bertEncoder';
 
 type T2 = TF.Tensor2D;
 
@@ -248,6 +249,9 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
     if (T > this.contextLength) throw new RangeError(`sequences of ${T} tokens are longer than contextLength ${this.contextLength}`);
     const [D, H, E, N] = [this.dModel, this.heads, this.units, b * T];
     const dh = D / H;
+    // tfjs 4.22's own softmax gradient reads its saved output, whose second derivative the engine drops
+    // (bertEncoder.ts, file comment); the regularizer differentiates the probe pass's backward pass again.
+    const { softmax } = twiceDifferentiableActivations(tf);
     const positions = tf.slice(this.embedding.positions, [0, 0], [T, D]);
     // The embedding lookup as one-hot × table: tf.gather's gradient (unsortedSegmentSum) runs one op
     // per vocabulary entry on the cpu backend and has no wasm kernel at all.
@@ -266,7 +270,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       const q = split(tf.matMul(a, blk.wq as unknown as T2));
       const k = split(tf.matMul(a, blk.wk as unknown as T2));
       const v = split(tf.matMul(a, blk.wv as unknown as T2));
-      const attention = tf.softmax(tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), causal));
+      const attention = softmax(tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), causal));
       const merged = tf.reshape(tf.transpose(tf.matMul(attention, v), [0, 2, 1, 3]), [N, D]) as T2;
       h = tf.add(h, tf.add(tf.matMul(merged, blk.wo as unknown as T2), blk.bo)) as T2;
       const f = this.layerNorm(h, blk.ln2g, blk.ln2b);
@@ -275,7 +279,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
         return;
       }
       const logits = tf.add(tf.matMul(f, blk.router!.w as unknown as T2), blk.router!.b);
-      let probs = tf.softmax(prunedMask ? tf.add(logits, prunedMask) : logits) as T2;
+      let probs = softmax(prunedMask ? tf.add(logits, prunedMask) : logits) as T2;
       // The pruning gate's soft mask scales each expert's router probability, renormalized (m_e = 0 is
       // a pruned expert): it moves the top-1 choice and, through p_top, the routed output.
       if (o.softMask) {
