@@ -736,3 +736,47 @@ test('∇κ̃ in the degenerate cases: a pruned expert, a frozen one, one no tok
   [1, 2, 3].forEach((e, k) => assert.deepEqual(m.unitWeights(e), before[k], `expert ${e} untouched`));
   m.dispose();
 });
+
+test('the regularized step: its gradient is ∇(task + 0.01·balance) + α·∇κ̃ (modelKappaTf after measure()), its own measurement is measure()\'s; on wasm too', async () => {
+  const m = newModel(config({ model: { layers: 3 } }));
+  const pruned = new Set([2]);
+  const options = { alpha: 0.1, trainable: [0, 3], pruned };
+  steps(m, 2, { pruned });
+  const stats = m.measure(new Set([1]), pruned);
+  const vars = [...m.sharedVars(), ...[0, 3].flatMap((e) => m.expertVars(e))];
+  const regularizer = tf.tidy(() => {
+    const { value, grads } = tf.variableGrads(() => m.modelKappaTf([0, 3], pruned), vars);
+    return { value: value.dataSync()[0], grads: Object.fromEntries(Object.entries(grads).map(([k, g]) => [k, Float32Array.from(g.dataSync())])) };
+  });
+  const batch = corpus.batch(tf, 'train', range(500, 8));
+  const plain = m.objectiveGradients(batch, { ...options, alpha: 0 });
+  const full = m.objectiveGradients(batch, options);
+  assert.equal(plain.result.measured, undefined, 'α = 0: no measurement in the step');
+  assert.deepEqual(full.result.measured, stats, 'the step measures what measure() does, on the same weights');
+  assert.ok(relative(full.result.regularizer, regularizer.value) <= 1e-6 && relative(full.result.regularizer, m.modelKappa()!) <= 1e-4);
+  let worst = 0;
+  for (const v of vars) {
+    const expected = Float64Array.from(plain.gradients[v.name] ?? new Float32Array(v.size), (g, k) => g + 0.1 * (regularizer.grads[v.name]?.[k] ?? 0));
+    const got = full.gradients[v.name] ?? new Float32Array(v.size);
+    const scale = Math.max(1e-6, maxOf(expected));
+    worst = Math.max(worst, maxAbs(got, expected) / scale);
+  }
+  assert.ok(worst <= 1e-4, `step gradient vs ∇task + α∇κ̃: ${worst}`);
+  assert.ok(Object.keys(full.gradients).some((k) => k.includes('attention') && maxOf(full.gradients[k]) > 0));
+  // wasm: every kernel of the probe pass, its backward pass and their gradients exists there, with the same result.
+  await import('@tensorflow/tfjs-backend-wasm');
+  await tf.setBackend('wasm');
+  try {
+    const x = tf.tensor2d(batch.x.dataSync(), batch.x.shape as [number, number], 'int32');
+    const y = tf.tensor2d(batch.y.dataSync(), batch.y.shape as [number, number], 'int32');
+    const onWasm = m.objectiveGradients({ x, y, size: batch.size }, options);
+    assert.ok(relative(onWasm.result.regularizer, full.result.regularizer) <= 1e-3, `wasm κ̄ ${onWasm.result.regularizer} vs cpu ${full.result.regularizer}`);
+    const all64 = (g: Record<string, Float32Array>) => Float64Array.from(vars.flatMap((v) => Array.from(g[v.name] ?? new Float32Array(v.size))));
+    assert.ok(relativeFrobenius(all64(onWasm.gradients), all64(full.gradients)) <= 1e-3, `wasm vs cpu gradient ${relativeFrobenius(all64(onWasm.gradients), all64(full.gradients))}`);
+    tf.dispose([x, y]);
+  } finally {
+    await tf.setBackend('cpu');
+  }
+  tf.dispose([batch.x, batch.y]);
+  m.dispose();
+});

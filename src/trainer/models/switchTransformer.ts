@@ -572,12 +572,12 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
 
   /**
    * The gradients a trainStep with these options would apply (read back by variable name), without
-   * applying them: for the tests that hold the in-step regularizer to modelKappaTf.
+   * applying them, and the step's result: for the tests that hold the in-step regularizer to modelKappaTf.
    */
-  objectiveGradients(batch: Batch, o: StepOptions): Record<string, Float32Array> {
-    const out: Record<string, Float32Array> = {};
-    this.step(batch, o, out);
-    return out;
+  objectiveGradients(batch: Batch, o: StepOptions): { gradients: Record<string, Float32Array>; result: StepResult } {
+    const gradients: Record<string, Float32Array> = {};
+    const result = this.step(batch, o, gradients);
+    return { gradients, result };
   }
 
   /** trainStep; with `captured`, the gradients are read back into it instead of applied. */
