@@ -310,7 +310,8 @@ test('regularizer: κ̃ = κ of the model kernel Σ_{e∈T} K_e at fresh eigenve
     return k;
   };
   const [plain, regularized] = [meanKappa(0), meanKappa(0.2)];
-  assert.ok(regularized < 0.5 * plain, `model κ ${regularized} with α = 0.2 vs ${plain} without`);
+  // ×11–63 over seeds 1–4 since the gradient follows x, u and p_top; ×1.6–4.8 when they were held.
+  assert.ok(regularized < 0.2 * plain, `model κ ${regularized} with α = 0.2 vs ${plain} without`);
 });
 
 test('pruning: a pruned expert gets no tokens (load 0), no update even with α > 0, and serves no probe token (κ not measurable)', () => {
