@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs';
 import { parseTrainingConfig, type TrainingConfig } from '../../src/protocol';
 import { conditioning, perSampleKernels, scaledLogitGradients, symmetricEigen, twoLayerTangentKernel } from '../../src/trainer/pl';
 import { LOAD_BALANCE_COEFFICIENT, SwitchTransformerLm, type ExpertVars } from '../../src/trainer/models/switchTransformer';
+import { scaledLogitGradientsTf } from '../../src/trainer/pl';
 import type { Batch } from '../../src/trainer/models/types';
 import { loadTextData, textTaskData, type TextTaskData } from '../../src/trainer/textData';
 import { mulberry32 } from '../support/prng';
@@ -780,4 +781,49 @@ test('the regularized step: its gradient is ∇(task + 0.01·balance) + α·∇�
   }
   tf.dispose([batch.x, batch.y]);
   m.dispose();
+});
+
+test('scaledLogitGradientsTf: the float64 pulls\' value, and their derivative (float64 central differences), a row at the e^−20 floor included', () => {
+  const [n, c, group] = [8, 5, 4];
+  const labels = Int32Array.from({ length: n }, (_, i) => (i * 3) % c);
+  // Row 1 fitted by a margin of 40: its pull is below e^−20 of its group's strongest, so at the floor.
+  const z0 = Float64Array.from({ length: n * c }, (_, k) => Math.sin(k * 1.3) * 2 + (k === 1 * c + labels[1] ? 40 : 0));
+  const weights = Float64Array.from({ length: n * c }, (_, k) => Math.cos(k * 0.7));
+  const logProbsOf = (z: ArrayLike<number>) => {
+    const out = new Float64Array(n * c);
+    for (let i = 0; i < n; i++) {
+      const row = Array.from({ length: c }, (_, j) => z[i * c + j]);
+      const top = Math.max(...row);
+      const lse = top + Math.log(row.reduce((s, v) => s + Math.exp(v - top), 0));
+      row.forEach((v, j) => (out[i * c + j] = Math.fround(v - lse)));
+    }
+    return out;
+  };
+  const oneHot = new Float64Array(n * c);
+  labels.forEach((l, i) => (oneHot[i * c + l] = 1));
+  const reference = (z: ArrayLike<number>) => scaledLogitGradients(logProbsOf(z), oneHot, n, c, group);
+  const g0 = reference(z0);
+  const norms = Array.from({ length: n }, (_, i) => Math.hypot(...g0.subarray(i * c, (i + 1) * c)));
+  assert.ok(Math.abs(norms[1] / Math.exp(-20) - 1) < 1e-9, `row 1 at the floor: ${norms[1]}`);
+  const z = tf.variable(tf.tensor2d(Float32Array.from(z0), [n, c]));
+  const { value, grads } = tf.variableGrads(() => {
+    const logProbs = tf.logSoftmax(z) as tf.Tensor2D;
+    const read = logProbs.dataSync();
+    const pulls = scaledLogitGradientsTf(logProbs, labels, group, read);
+    assert.deepEqual(pulls.dataSync(), Float32Array.from(scaledLogitGradients(read, oneHot, n, c, group)), 'the value: the float64 function\'s, rounded once');
+    return tf.sum(tf.mul(pulls, tf.tensor2d(Float32Array.from(weights), [n, c]))) as tf.Scalar;
+  }, [z]);
+  const got = grads[z.name].dataSync();
+  const objective = (zz: ArrayLike<number>) => reference(zz).reduce((s, g, k) => s + g * weights[k], 0);
+  const arr = Float64Array.from(z.dataSync());
+  let worst = 0;
+  for (let k = 0; k < n * c; k++) {
+    // Steps large against float32 log-probabilities (the reference rounds them as the model reads them).
+    const fd = centralDifference(arr, k, 1e-2, () => objective(arr));
+    worst = Math.max(worst, Math.abs(got[k] - fd));
+  }
+  assert.ok(worst <= 2e-4 * Math.max(...Array.from(got, Math.abs)), `worst ${worst}`);
+  // At the floor the row's size is fixed: its own logits move only its direction (derivative e^−20-small).
+  assert.ok(Math.max(...Array.from(got.subarray(c, 2 * c), Math.abs)) < 1e-6, 'the floored row');
+  tf.dispose([value, ...Object.values(grads), z]);
 });

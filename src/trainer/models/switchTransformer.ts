@@ -28,9 +28,11 @@
 // = ∂L/∂(Switch FFN output at token i), L the summed cross-entropy of the probe sequences, back-
 // propagated from underflow-free logit pulls (scaledLogitGradients; u_i = 0 only without any
 // pull). Then s_i = Σ_s u_iᵀ·expert_e^s(x_i^s), so K_e = Σ_s (the two-layer closed-form kernel of
-// expert e in layer s), and μ, L_f, κ from its float64 eigen-solve. The regularizer
-// rebuilds K_e with tangentKernelTf from the last measurement's x and u, held constant, and
-// differentiates κ along the held eigenvectors (Hellmann–Feynman), exactly as moe-mlp does.
+// expert e in layer s), and μ, L_f, κ from its float64 eigen-solve. A regularized step measures in
+// its own graph (probePass inside its variableGrads): x, u (through a backward pass nested in the
+// step) and the routing probabilities p_top are differentiable functions of every weight, the top-1
+// choices held; the kernels are read back and eigen-solved, and κ is differentiated along those
+// eigenvectors (Hellmann–Feynman) through the same pass (docs/method.md, "Switch").
 import type * as TF from '@tensorflow/tfjs';
 import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
 import { conditioning, dampedKappa, heldValue, kappaSurrogateTf, scaledLogitGradients, scaledLogitGradientsTf, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
