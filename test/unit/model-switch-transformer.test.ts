@@ -765,6 +765,9 @@ test('the regularized step: its gradient is ∇(task + 0.01·balance) + α·∇�
   }
   assert.ok(worst <= 1e-4, `step gradient vs ∇task + α∇κ̃: ${worst}`);
   assert.ok(Object.keys(full.gradients).some((k) => k.includes('attention') && maxOf(full.gradients[k]) > 0));
+  const tensors = tf.memory().numTensors;
+  m.objectiveGradients(batch, options);
+  assert.equal(tf.memory().numTensors, tensors, 'the nested pass leaves no tensor behind');
   // wasm: every kernel of the probe pass, its backward pass and their gradients exists there, with the same result.
   await import('@tensorflow/tfjs-backend-wasm');
   await tf.setBackend('wasm');
