@@ -42,7 +42,8 @@ def main():
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     run = pltrain.attach(model, units=[(f"expert {e}", m) for e, m in enumerate(model.experts)], probe=(train_x[:16], train_y[:16]), router=model.routing, unit_name="expert", total_steps=args.steps, config={"alpha": 0.01, "name": "train-attach"})  # PL Trainer (2/5)
-    for step in range(args.steps):
+    # run.total_steps: --steps, or the config's `steps` when VS Code started this script from one.
+    for step in range(run.total_steps):
         idx = torch.randint(0, train_x.shape[0], (args.batch_size,))
         x, y = train_x[idx], train_y[idx]
         optimizer.zero_grad()

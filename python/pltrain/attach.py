@@ -6,6 +6,7 @@ rank 0 owns the socket and the run directory and every command reaches every ran
 (distributed.py). docs/pytorch.md shows the five lines to add."""
 import asyncio
 import atexit
+import json
 import math
 import os
 import signal
@@ -28,6 +29,9 @@ MIN_SERVED = 4
 STEERING_FILE = "steering.json"
 # The extension names the run directory of a script it starts (launcher.ts) through this variable.
 RUN_DIR_ENV = "PLTRAIN_RUN_DIR"
+# ... and the config file it was started from (its `alpha`, `steps`, `logEvery`, `monitor`, `name` apply).
+CONFIG_ENV = "PLTRAIN_CONFIG"
+LAUNCH_FIELDS = ("alpha", "steps", "logEvery", "monitor", "name")
 DEFAULTS = {"alpha": 0.0, "steps": 0, "logEvery": 1, "monitor": {"every": 10, "probeSize": 16, "damping": 1e-6}}
 # While paused, rank 0 tells the other ranks "still paused" this often (they wait in a broadcast).
 PAUSE_TICK_S = 1.0
@@ -55,6 +59,23 @@ def _params_of(spec):
     return list(spec)
 
 
+def _launch_config():
+    """The run fields of the config VS Code started this script from (CONFIG_ENV), as written in it: the
+    file is the per-run choice, so they override the script's own `config=` and `total_steps=`."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{CONFIG_ENV}={path}: cannot read the config this script was started from: {e}") from e
+    out = {k: raw[k] for k in LAUNCH_FIELDS if k in raw}
+    if isinstance(out.get("monitor"), dict):
+        out["monitor"] = {k: v for k, v in out["monitor"].items() if k in ("every", "damping")}
+    return out
+
+
 def _resolve_config(config, n_probe):
     out = {**DEFAULTS, **(config or {})}
     out["monitor"] = {**DEFAULTS["monitor"], **((config or {}).get("monitor") or {})}
@@ -64,6 +85,8 @@ def _resolve_config(config, n_probe):
         raise ValueError(f"monitor.damping must be in (0, 1], got {d!r}")
     if not (isinstance(out["monitor"]["every"], int) and out["monitor"]["every"] >= 1):
         raise ValueError(f"monitor.every must be an integer ≥ 1, got {out['monitor']['every']!r}")
+    if not (isinstance(out["steps"], int) and out["steps"] >= 0):
+        raise ValueError(f"steps must be an integer ≥ 0, got {out['steps']!r}")
     if not (isinstance(out["alpha"], (int, float)) and 0 <= out["alpha"] <= 1e6):
         raise ValueError(f"alpha must be a number in [0, 1e6], got {out['alpha']!r}")
     return out
@@ -138,9 +161,12 @@ class Run:
         self.rank = dist.get_rank() if self.distributed else 0
         probe_x, probe_y = probe
         self.kernels = Kernels(model, self.unit_params, self.rest_params, probe_x, probe_y)
-        self.config = _resolve_config(config, int(probe_x.shape[0]))
+        launch = _launch_config()
         if total_steps is not None:
-            self.config["steps"] = total_steps
+            config = {**(config or {}), "steps": total_steps}
+        if launch:
+            config = {**(config or {}), **launch, "monitor": {**((config or {}).get("monitor") or {}), **(launch.get("monitor") or {})}}
+        self.config = _resolve_config(config, int(probe_x.shape[0]))
         self.config.setdefault("name", name)
         self.config["engine"] = "pytorch"
         self.config["script"] = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
@@ -213,6 +239,12 @@ class Run:
     def alpha(self):
         """The live α (set from VS Code); the same on every rank."""
         return self.steering.alpha
+
+    @property
+    def total_steps(self):
+        """The run's length as configured (`steps`: the config VS Code started the script from, else
+        `total_steps=` or `config=`); 0 when nobody said. A script started from a config loops this long."""
+        return self.config["steps"]
 
     @property
     def run_dir_path(self):

@@ -182,3 +182,55 @@ def scaled_logit_gradients(log_probs, one_hot, group_size):
         for i in range(start, start + group_size):
             g[i] *= 0.0 if log_size[i] == -math.inf else math.exp(max(log_size[i] - top, -20))
     return g
+
+
+
+def scaled_logit_gradients_torch(log_probs, one_hot, group_size):
+    """`scaled_logit_gradients` as a differentiable function of `log_probs` (torch n×c, one-hot labels):
+    its value is the float64 function's on the same numbers, rounded once to log_probs' dtype; its
+    derivative is that of the same formula with the piecewise choices held where the value was taken
+    (regularizer.ts scaledLogitGradientsTf): each row's strongest other class, its group's strongest row,
+    which rows sit at the e^−20 floor and which have no pull. An unclamped row is q_i·e^(top_i − T_g)
+    (q_i the row's pull over its strongest other class e^top_i, T_g the group's largest log ‖g‖); a row
+    at the floor is q_i/‖q_i‖·e^−20."""
+    lp = log_probs.detach().double().cpu().numpy()
+    y = np.asarray(one_hot, dtype=np.float64)
+    n, c = lp.shape
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"group_size {group_size} does not divide {n} rows")
+    if not ((y.sum(axis=1) == 1) & ((y == 0) | (y == 1)).all(axis=1)).all():
+        raise ValueError("scaled_logit_gradients_torch takes one-hot labels")
+    strongest = np.zeros((n, c))
+    log_size = np.full(n, -math.inf)
+    for i in range(n):
+        q, top = _pull_row(lp[i], y[i])
+        if top == -math.inf:
+            continue
+        others = np.nonzero(y[i] == 0)[0]
+        strongest[i, others[np.argmax(lp[i, others])]] = 1
+        log_size[i] = top + math.log(np.sqrt((q * q).sum()))
+    groups = n // group_size
+    group_top_row, unclamped, clamped = np.zeros(n), np.zeros(n), np.zeros(n)
+    for g in range(groups):
+        rows = slice(g * group_size, (g + 1) * group_size)
+        live = np.isfinite(log_size[rows])
+        if not live.any():
+            continue
+        best = g * group_size + int(np.argmax(log_size[rows]))
+        group_top_row[best] = 1
+        near = log_size[rows] - log_size[best] >= -20
+        unclamped[rows] = live & near
+        clamped[rows] = live & ~near
+    exact = torch.as_tensor(scaled_logit_gradients(lp, y, group_size), dtype=log_probs.dtype, device=log_probs.device)
+    as_t = lambda a: torch.as_tensor(a, dtype=log_probs.dtype, device=log_probs.device)  # noqa: E731
+    label = as_t(y)
+    top = (log_probs * as_t(strongest)).sum(dim=1, keepdim=True)
+    other = torch.exp(torch.clamp(log_probs - top, max=0)) * (1 - label)
+    q = other - label * other.sum(dim=1, keepdim=True)
+    norm = torch.sqrt(torch.clamp((q * q).sum(dim=1, keepdim=True), min=1e-30))
+    row_log_size = top + torch.log(norm)
+    group_top = (row_log_size.reshape(groups, group_size) * as_t(group_top_row).reshape(groups, group_size)).sum(dim=1, keepdim=True)
+    group_top = group_top.expand(groups, group_size).reshape(n, 1)
+    scale = as_t(unclamped).unsqueeze(1) * torch.exp(top - group_top) + as_t(clamped).unsqueeze(1) * math.exp(-20) / norm
+    followed = q * scale
+    return exact + (followed - followed.detach())

@@ -224,7 +224,8 @@ class SwitchMeasurer(Measurer):
     token i) back-propagated from the per-sequence scaled logit pulls, and the routing r_s,i = p_top at the
     expert token i is dispatched to. K_e = Σ_s (r_s r_sᵀ) ⊙ K_{e,s}^alone (two-layer closed form), served =
     the tokens routed to e in any Switch layer; the model's kernel is Σ_{e∈T} K_e (routers left out). The
-    regularizer holds x, u and the routing at the measurement and differentiates the experts' weights."""
+    regularizer's kernels are made in the step's graph (probe_quantities with create_graph), so its
+    gradient follows x, u and p_top into every weight, as switchTransformer.ts does."""
 
     def __init__(self, model, probe_x, probe_y, damping, probe_size):
         self.model, self.probe_x, self.probe_y, self.damping = model, probe_x, probe_y, damping
@@ -234,31 +235,41 @@ class SwitchMeasurer(Measurer):
         self.traces = [0.0] * model.units
         self.direction_path = None
 
-    def probe_quantities(self, pruned):
-        """Per Switch layer (block, x n×D, u n×D, routing n×E), all held (no graph), and served per expert."""
+    def probe_quantities(self, pruned, create_graph=False):
+        """Per Switch layer (block, x n×D, u n×D, routing n×E) and served per expert. Held (no graph) by
+        default; with `create_graph` all three are differentiable in every weight, as switchTransformer.ts
+        probePass: x and p_top through the forward pass, u through the backward pass to the Switch outputs
+        (a gradient of a gradient) and through the scaled pulls that seed it. Held, as piecewise constants:
+        the top-1 choices, which tokens have no direction (u = 0), the pulls' choices."""
         model, (B, T) = self.model, self.probe_x.shape
         trace = []
-        logits = model(self.probe_x, pruned, None, trace)
-        lp = torch.log_softmax(logits.detach().double(), dim=1).cpu().numpy()
-        y = np.eye(model.c)[self.probe_y.reshape(-1).cpu().numpy()]
-        pulls = torch.as_tensor(estimators.scaled_logit_gradients(lp, y, T), dtype=logits.dtype, device=logits.device)
-        # ⟨constant pulls, logits⟩: its gradient at the logits is exactly the pulls.
-        grads = torch.autograd.grad((pulls * logits).sum(), [layer["output"] for layer in trace])
+        with torch.set_grad_enabled(True):
+            logits = model(self.probe_x, pruned, None, trace)
+            y = np.eye(model.c)[self.probe_y.reshape(-1).cpu().numpy()]
+            if create_graph:
+                # The backward pass holds the pulls (its vector is their value); the outer gradient follows them.
+                pulls = estimators.scaled_logit_gradients_torch(torch.log_softmax(logits, dim=1), y, T)
+            else:
+                lp = torch.log_softmax(logits.detach().double(), dim=1).cpu().numpy()
+                pulls = torch.as_tensor(estimators.scaled_logit_gradients(lp, y, T), dtype=logits.dtype, device=logits.device)
+            # The vector-Jacobian product with the pulls: ∂⟨pulls, logits⟩/∂output with the pulls held.
+            grads = torch.autograd.grad(logits, [layer["output"] for layer in trace], grad_outputs=pulls, create_graph=create_graph)
         tok = torch.tensor(self.tokens, device=logits.device)
         n, E = len(self.tokens), model.units
         layers, served = [], [set() for _ in range(E)]
+        held = (lambda t: t) if create_graph else (lambda t: t.detach())  # noqa: E731
         for layer, g in zip(trace, grads):
-            gi = g[tok].detach()
+            gi = held(g[tok])
             norm = gi.norm(dim=1, keepdim=True)
             # A token the loss does not pull on gets u = 0.
-            u = torch.where(norm > 1e-12, gi / norm.clamp(min=1e-30), torch.zeros_like(gi))
+            alive = (norm.detach() > 1e-12).to(gi.dtype)
+            u = gi / norm.clamp(min=1e-30) * alive
             expert_of = layer["expert_of"][tok]
-            routing = torch.zeros(n, E, dtype=gi.dtype, device=gi.device)
-            rows = torch.arange(n, device=gi.device)
-            routing[rows, expert_of] = layer["probs"].detach()[tok, expert_of]
+            dispatched = torch.nn.functional.one_hot(expert_of, E).to(gi.dtype)
+            routing = held(layer["probs"][tok]) * dispatched
             for i, e in enumerate(expert_of.tolist()):
                 served[e].add(i)
-            layers.append((layer["block"], layer["input"].detach()[tok], u, routing))
+            layers.append((layer["block"], held(layer["input"][tok]), u, routing))
         return layers, [sorted(s) for s in served]
 
     def model_rows(self, served, trainable, n):
@@ -268,11 +279,11 @@ class SwitchMeasurer(Measurer):
         return sorted({i for e in trainable for i in served[e]})
 
     def kernels(self, pruned, create_graph, mask=None):
-        layers, served = self.probe_quantities(pruned)
+        layers, served = self.probe_quantities(pruned, create_graph)
         return self.kernels_from(layers, served, pruned, create_graph)
 
     def kernels_from(self, layers, served, pruned, create_graph):
-        """(unit kernels E×n×n, the rest (zeros: routers left out), served) from held probe quantities."""
+        """(unit kernels E×n×n, the rest (zeros: routers left out), served) from the probe quantities."""
         n, E = len(self.tokens), self.model.units
         units = []
         for e in range(E):

@@ -217,3 +217,35 @@ def test_pl_ratio_is_half_the_squared_gradient_norm_over_the_objective(tmp_path)
     assert "plRatio" not in metrics[1]
     assert metrics[0]["regularizer"] == pytest.approx(kappa_of(closed_form(model, x, y)[1], 1e-3), rel=1e-8)
     assert metrics[0]["taskLoss"] == pytest.approx(float(loss) - 0.3 * metrics[0]["regularizer"], rel=1e-12)
+
+
+def test_the_config_a_script_was_started_from_sets_its_run_fields(tmp_path, monkeypatch):
+    """launcher.ts passes the .pltrain.json it started the script from in PLTRAIN_CONFIG: its alpha, steps,
+    logEvery, monitor.every/damping and name override the script's own config= and total_steps=; the other
+    fields (model, data, …) are the script's business and ignored; an unreadable file is a clear error."""
+    launch = tmp_path / "mine.pltrain.json"
+    launch.write_text(json.dumps({"name": "from-config", "engine": "pytorch", "script": "train.py", "alpha": 0.25, "steps": 7, "logEvery": 2,
+                                  "monitor": {"every": 3, "probeSize": 99}, "model": {"family": "moe-mlp"}}))
+    monkeypatch.setenv("PLTRAIN_CONFIG", str(launch))
+    torch.manual_seed(0)
+    model = TwoBlocks().double()
+    x, y = torch.randn(N, D, dtype=torch.float64), torch.arange(N) % C
+    run = pltrain.attach(model, units=[("left", model.w0), ("right", model.w1)], probe=(x, y), run_dir=str(tmp_path / "run"),
+                         config={"alpha": 0.5, "steps": 100, "monitor": {"every": 1, "damping": 1e-3}}, total_steps=50)
+    try:
+        assert run.alpha == 0.25 and run.total_steps == 7
+        assert run.config["logEvery"] == 2 and run.config["name"] == "from-config"
+        # monitor: every from the file, damping kept from the script, probeSize always the probe's own.
+        assert run.config["monitor"] == {"every": 3, "damping": 1e-3, "probeSize": N}
+        assert run.config["model"]["family"] == "custom"
+        with open(os.path.join(run.run_dir_path, "run.json")) as f:
+            assert json.load(f)["totalSteps"] == 7
+    finally:
+        run.close()
+    monkeypatch.setenv("PLTRAIN_CONFIG", str(tmp_path / "missing.pltrain.json"))
+    with pytest.raises(ValueError, match="PLTRAIN_CONFIG=.*cannot read the config this script was started from"):
+        pltrain.attach(model, units=[("left", model.w0), ("right", model.w1)], probe=(x, y), run_dir=str(tmp_path / "run2"))
+    launch.write_text(json.dumps({"steps": -1}))
+    monkeypatch.setenv("PLTRAIN_CONFIG", str(launch))
+    with pytest.raises(ValueError, match="steps must be an integer ≥ 0"):
+        pltrain.attach(model, units=[("left", model.w0), ("right", model.w1)], probe=(x, y), run_dir=str(tmp_path / "run3"))

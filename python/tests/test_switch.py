@@ -196,3 +196,66 @@ def test_model_kappa_is_taken_over_the_tokens_a_trainable_expert_serves():
     lam = np.linalg.eigvalsh(k[np.ix_(rows, rows)])
     assert float(v_min @ k @ v_min) == pytest.approx(lam[0], rel=1e-9, abs=1e-12)
     assert float(v_max @ k @ v_max) == pytest.approx(lam[-1], rel=1e-9)
+
+
+def test_scaled_pulls_torch_equal_the_float64_pulls_and_their_derivative():
+    """scaled_logit_gradients_torch: the float64 value, and ⟨w, ∂pulls/∂z·d⟩ equal to central differences
+    of the float64 function of z, with a row at the e^−20 floor in one group."""
+    gen = torch.Generator().manual_seed(3)
+    n, c, group = 6, 5, 3
+    z = torch.randn(n, c, dtype=torch.float64, generator=gen)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    z[4, 4] = 40.0  # an almost perfect prediction: its pull is below e^−20 of its group's strongest
+    y = np.eye(c)[labels.numpy()]
+    reference = lambda t: estimators.scaled_logit_gradients(torch.log_softmax(t, dim=1).numpy(), y, group)  # noqa: E731
+    zz = z.clone().requires_grad_(True)
+    pulls = estimators.scaled_logit_gradients_torch(torch.log_softmax(zz, dim=1), y, group)
+    np.testing.assert_array_equal(pulls.detach().numpy(), reference(z))
+    log_size = np.log(np.linalg.norm(reference(z), axis=1))
+    assert log_size[4] - log_size[3:].max() == pytest.approx(-20, abs=1e-9)  # at the floor
+    w = torch.randn(n, c, dtype=torch.float64, generator=gen)
+    d = torch.randn(n, c, dtype=torch.float64, generator=gen)
+    (grad,) = torch.autograd.grad((pulls * w).sum(), zz)
+    analytic = float((grad * d).sum())
+    eps = 1e-6
+    numeric = float((w.numpy() * (reference(z + eps * d) - reference(z - eps * d))).sum() / (2 * eps))
+    assert abs(analytic) > 1e-3
+    assert analytic == pytest.approx(numeric, rel=1e-6)
+    # The derivative matters: holding the pulls (a constant) would give 0.
+    with pytest.raises(ValueError, match="one-hot"):
+        estimators.scaled_logit_gradients_torch(torch.log_softmax(zz, dim=1), y * 0.5, group)
+
+
+@pytest.mark.parametrize("frozen,pruned", [(set(), frozenset()), ({1}, frozenset()), (set(), frozenset({2}))])
+def test_regularizer_gradient_follows_x_u_and_routing_into_every_weight(frozen, pruned):
+    """The step's κ̃ (kernels made in its graph) against central differences of the measured κ, along a
+    random direction over ALL parameters (embeddings, attention, layer norms, routers, experts), the
+    probe quantities recomputed at each point; the top-1 choices are the same at both points. Holding
+    x, u and the routing (the old regularizer) misses most of it."""
+    model = build(layers=2)
+    m = probe_measurer(model, n=12)
+    trainable = [e for e in range(model.units) if e not in frozen and e not in pruned]
+    units, rest, served = m.kernels(pruned, True)
+    _, kernel, v_min, v_max = m.condition(units, rest, served, frozen, pruned, trainable)
+    reg = m.regularizer(kernel, v_min, v_max)
+    assert float(reg) == pytest.approx(m.model_kappa, rel=1e-9)
+    params = list(model.parameters())
+    grads = torch.autograd.grad(reg, params, allow_unused=True)
+    gen = torch.Generator().manual_seed(7)
+    direction = [torch.randn(p.shape, dtype=p.dtype, generator=gen) for p in params]
+    analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction) if g is not None)
+    shared = sum(float((g * d).sum()) for g, d, p in zip(grads, direction, params) if g is not None and all(p is not q for e in range(model.units) for q in model.unit_params(e)))
+    routes = []
+
+    def kappa():
+        layers, _ = m.probe_quantities(pruned)
+        routes.append([r.argmax(dim=1).tolist() for _, _, _, r in layers])
+        m.condition(*m.kernels(pruned, False), frozen, pruned, trainable)
+        return m.model_kappa
+
+    numeric = directional_derivative(params, direction, kappa, eps=1e-6)
+    assert routes[0] == routes[1], "a routing switch was crossed"
+    assert abs(numeric) > 1e-6 * m.model_kappa
+    assert analytic == pytest.approx(numeric, rel=1e-5)
+    # The shared weights carry a real part of it (what holding x, u and p_top dropped).
+    assert abs(shared) > 0.05 * abs(numeric), (shared, numeric)

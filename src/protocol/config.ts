@@ -129,7 +129,7 @@ export const TrainingConfigSchema = z
       .min(1)
       .max(1000)
       .optional()
-      .describe('Your own PyTorch training script (path relative to this config), attached with `pltrain.attach` (docs/pytorch.md): Start runs it with the PyTorch engine\'s interpreter, `pltrain` on PYTHONPATH and the run directory in PLTRAIN_RUN_DIR. The script builds its own model and data; `engine` must be `pytorch`.'),
+      .describe('Your own PyTorch training script (path relative to this config), attached with `pltrain.attach` (docs/pytorch.md): Start runs it with the PyTorch engine\'s interpreter, `pltrain` on PYTHONPATH, the run directory in PLTRAIN_RUN_DIR and this config in PLTRAIN_CONFIG, whose alpha, steps, logEvery, monitor.every/damping and name apply to the run. The script builds its own model and data; `engine` must be `pytorch`.'),
     checkpointEvery: z.number().int().min(0).max(10_000_000).default(200).describe('Save a checkpoint (weights, optimizer state, step, α, frozen units) every this many steps, and after every applied command; 0 = only at the end. A killed run resumes from the last one.'),
     logEvery: positiveInt(1_000_000).default(1).describe('Emit a metrics event every this many steps (κ rides along on monitor steps).'),
   })

@@ -1,7 +1,9 @@
 // A config with `"script"` (issue 13): Start runs the user's own script (examples/train_attach.py) with
 // the PyTorch engine's interpreter, `pltrain` on PYTHONPATH and the run directory in PLTRAIN_RUN_DIR, as
 // launcher.ts does for the code lens and the palette; the script announces itself in run.json, says
-// hello with its units, and Cancel (SIGTERM) stops it at a step boundary with state `stopped`.
+// hello with its units, and Cancel (SIGTERM) stops it at a step boundary with state `stopped`. The config's
+// run fields (alpha, steps, logEvery, monitor, name) reach the script through PLTRAIN_CONFIG and override
+// its own, so a config's `steps` is how long the example loop runs.
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -99,4 +101,33 @@ if (PYTHON) test('the example script started from its config and steered as the 
   await poll('a monitor step after the resume', () => session.view.step >= pausedAt + 10 && session.view.units[1].kappa !== undefined);
   assert.equal((await runs.issue({ kind: 'stop' }))?.status, 'applied');
   await poll('stopped', () => session.view.state === 'stopped', 30_000);
+});
+
+if (PYTHON) test("a script started from a config runs with the config's alpha and steps (PLTRAIN_CONFIG), then completes", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'plt-attach-config-'));
+  const runDir = path.join(dir, 'run');
+  // The example script with a config of our own next to it: 12 steps at α = 0.02, metrics every 3 steps
+  // and on every monitor step (every 4: κ rides along on those).
+  const configPath = path.join(dir, 'short.pltrain.json');
+  fs.writeFileSync(configPath, JSON.stringify({ name: 'short-attach', engine: 'pytorch', script: 'train_attach.py', alpha: 0.02, steps: 12, logEvery: 3, monitor: { every: 4 } }));
+  const launched = launchTrainer({ nodePath: process.execPath, trainerScript: '', configPath, runDir, cwd: dir, python: { interpreter: PYTHON!, packageDir: pythonPackageDir(root) }, script: path.join(root, 'examples', 'train_attach.py') });
+  try {
+    await launched.announced;
+    const hello = await until('hello', () => readJsonl(path.join(runDir, 'events.jsonl')).find((e) => e.type === 'hello'));
+    assert.equal(hello.totalSteps, 12, 'the config\'s steps, not the script\'s --steps default (300)');
+    assert.equal(hello.alpha, 0.02, 'the config\'s α, not the script\'s 0.01');
+    assert.equal((hello.config as { name: string }).name, 'short-attach');
+    const end = await until('completed', () => readJsonl(path.join(runDir, 'events.jsonl')).find((e) => e.type === 'state' && (e.state === 'completed' || e.state === 'stopped' || e.state === 'failed')));
+    assert.equal(end.state, 'completed');
+    assert.equal(end.step, 12);
+    const metrics = readJsonl(path.join(runDir, 'metrics.jsonl'));
+    assert.deepEqual(metrics.map((m) => m.step), [3, 4, 6, 8, 9, 12], 'logEvery 3 and monitor.every 4 from the config');
+    assert.deepEqual(metrics.filter((m) => m.units).map((m) => m.step), [4, 8, 12], 'κ on the monitor steps');
+  } finally {
+    try {
+      process.kill(launched.pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
 });

@@ -11,6 +11,8 @@ import { LAUNCH_FILE, readRunInfo, tailLog } from './runDirectory';
 
 /** Where a script started from a config finds its run directory (python/pltrain/attach.py RUN_DIR_ENV). */
 export const RUN_DIR_ENV = 'PLTRAIN_RUN_DIR';
+/** ... and the config it was started from, whose alpha, steps, logEvery, monitor and name apply (attach.py CONFIG_ENV). */
+export const CONFIG_ENV = 'PLTRAIN_CONFIG';
 
 export interface LaunchOptions {
   /** Node executable; VS Code's own runtime works when ELECTRON_RUN_AS_NODE is set. */
@@ -29,7 +31,8 @@ export interface LaunchOptions {
   /**
    * The user's own script (config `script`, absolute), run by the `python` interpreter instead of
    * `python -m pltrain`: it attaches with pltrain.attach, which takes the run directory from
-   * PLTRAIN_RUN_DIR and the token from the environment, like the engine.
+   * PLTRAIN_RUN_DIR, the config it was started from from PLTRAIN_CONFIG and the token from the
+   * environment, like the engine.
    */
   script?: string;
 }
@@ -58,7 +61,7 @@ export function launchTrainer(o: LaunchOptions, announceTimeoutMs = 180_000): La
   if (o.script && (!o.python || o.resume)) throw new Error(o.resume ? 'a script run cannot be resumed: it keeps no checkpoint of your model' : 'a script needs the PyTorch engine\'s interpreter');
   const pythonPath = o.python ? { PYTHONPATH: [o.python.packageDir, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter) } : {};
   const [command, commandArgs, extraEnv] = o.script
-    ? [o.python!.interpreter, [o.script], { ...pythonPath, [RUN_DIR_ENV]: o.runDir }]
+    ? [o.python!.interpreter, [o.script], { ...pythonPath, [RUN_DIR_ENV]: o.runDir, [CONFIG_ENV]: path.resolve(o.configPath) }]
     : o.python
     ? [o.python.interpreter, ['-m', 'pltrain', ...args], pythonPath]
     : [o.nodePath, [o.trainerScript, ...args], { ELECTRON_RUN_AS_NODE: '1' }];

@@ -28,22 +28,24 @@
 // = ∂L/∂(Switch FFN output at token i), L the summed cross-entropy of the probe sequences, back-
 // propagated from underflow-free logit pulls (scaledLogitGradients; u_i = 0 only without any
 // pull). Then s_i = Σ_s u_iᵀ·expert_e^s(x_i^s), so K_e = Σ_s (the two-layer closed-form kernel of
-// expert e in layer s), and μ, L_f, κ from its float64 eigen-solve. The regularizer
-// rebuilds K_e with tangentKernelTf from the last measurement's x and u, held constant, and
-// differentiates κ along the held eigenvectors (Hellmann–Feynman), exactly as moe-mlp does.
+// expert e in layer s), and μ, L_f, κ from its float64 eigen-solve. A regularized step measures in
+// its own graph (probePass inside its variableGrads): x, u (through a backward pass nested in the
+// step) and the routing probabilities p_top are differentiable functions of every weight, the top-1
+// choices held; the kernels are read back and eigen-solved, and κ is differentiated along those
+// eigenvectors (Hellmann–Feynman) through the same pass (docs/method.md, "Switch").
 import type * as TF from '@tensorflow/tfjs';
 import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
-import { conditioning, dampedKappa, kappaSurrogateTf, scaledLogitGradients, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
+import { conditioning, dampedKappa, heldValue, kappaSurrogateTf, scaledLogitGradients, scaledLogitGradientsTf, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
 import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 import { createAdam } from '../engine/adam';
+import { twiceDifferentiableActivations } from './bertEncoder';
 
 type T2 = TF.Tensor2D;
 
 /** Weight of Switch's load-balancing loss (the paper's α = 10⁻²). */
 export const LOAD_BALANCE_COEFFICIENT = 0.01;
-const LN_EPSILON = 1e-5;
 /** Router logit of a pruned expert: its softmax probability underflows to exactly 0. */
 const MASKED_LOGIT = -1e9;
 
@@ -84,6 +86,28 @@ export interface SwitchLayerTrace {
   output: Float32Array;
 }
 
+/** What a Switch layer did on one forward pass, as tensors on the pass's tape (the probe pass's capture). */
+interface SwitchLayerTensors {
+  /** [N, dModel]: the LayerNorm'd input. */
+  input: T2;
+  /** [N, E]: router probabilities. */
+  probs: T2;
+  /** [N]: the expert each token was sent to (host: the top-1 choice is held). */
+  expertOf: Int32Array;
+}
+
+/**
+ * The probe tokens' quantities per Switch layer s, as tensors [n, ·]: x^s, u^s and the routing (p_top at the
+ * dispatched expert, 0 elsewhere), differentiable in every weight when made on a tape; `served[e]` the
+ * probe tokens routed to e in any Switch layer.
+ */
+interface ProbeQuantities {
+  x: T2[];
+  u: T2[];
+  routing: T2[];
+  served: Set<number>[];
+}
+
 interface Measurement {
   stats: UnitStats;
   /** The n×n kernel as the model uses the expert (float64 copy of the float32 backend kernel, symmetrized). */
@@ -112,6 +136,8 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
   private probeX: T2 | undefined;
   private probeY: T2 | undefined;
   private probeTokenIds: Int32Array | undefined;
+  /** The regularized step measures in its own graph: the loop need not measure before it. */
+  readonly measuresInStep = true;
   /** Per Switch layer, the probe tokens' inputs x and directions u of the last measurement (float32, n×dModel). */
   private probeInputs: T2[] = [];
   private probeDirs: T2[] = [];
@@ -200,10 +226,13 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
     this.probeTokenIds = this.chooseProbeTokens(probe.x, probe.y);
   }
 
+  /**
+   * (x − mean)/√(variance + ε)·g + b over the last axis, as one op with a closed-form backward (bert's,
+   * twiceDifferentiableActivations; ε = 1e-5 there too): the same values as the mean/sqrt/div ops, and
+   * under the regularizer's nested tape a few ops to differentiate again instead of ~35.
+   */
   private layerNorm(x: T2, g: TF.Variable, b: TF.Variable): T2 {
-    const tf = this.tf;
-    const { mean, variance } = tf.moments(x, -1, true);
-    return tf.add(tf.mul(tf.div(tf.sub(x, mean), tf.sqrt(tf.add(variance, LN_EPSILON))), g), b) as T2;
+    return twiceDifferentiableActivations(this.tf).layerNorm(x, g as unknown as TF.Tensor1D, b as unknown as TF.Tensor1D);
   }
 
   private mlp(v: ExpertVars, x: T2): T2 {
@@ -218,12 +247,15 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
    * Call inside a tidy or a gradient scope. `offsets[s]` [b·T, dModel] is added to Switch layer s's
    * output (zeros: the gradient with respect to it is ∂L/∂output); `trace` collects host copies.
    */
-  forward(x: TF.Tensor, pruned: ReadonlySet<number>, o: { offsets?: TF.Tensor[]; trace?: SwitchLayerTrace[]; softMask?: TF.Tensor1D } = {}): { logits: T2; aux: TF.Scalar; routed: number[] } {
+  forward(x: TF.Tensor, pruned: ReadonlySet<number>, o: { offsets?: TF.Tensor[]; trace?: SwitchLayerTrace[]; capture?: SwitchLayerTensors[]; softMask?: TF.Tensor1D } = {}): { logits: T2; aux: TF.Scalar; routed: number[] } {
     const tf = this.tf;
     const [b, T] = x.shape as [number, number];
     if (T > this.contextLength) throw new RangeError(`sequences of ${T} tokens are longer than contextLength ${this.contextLength}`);
     const [D, H, E, N] = [this.dModel, this.heads, this.units, b * T];
     const dh = D / H;
+    // tfjs 4.22's own softmax gradient reads its saved output, whose second derivative the engine drops
+    // (bertEncoder.ts, file comment); the regularizer differentiates the probe pass's backward pass again.
+    const { softmax } = twiceDifferentiableActivations(tf);
     const positions = tf.slice(this.embedding.positions, [0, 0], [T, D]);
     // The embedding lookup as one-hot × table: tf.gather's gradient (unsortedSegmentSum) runs one op
     // per vocabulary entry on the cpu backend and has no wasm kernel at all.
@@ -242,7 +274,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       const q = split(tf.matMul(a, blk.wq as unknown as T2));
       const k = split(tf.matMul(a, blk.wk as unknown as T2));
       const v = split(tf.matMul(a, blk.wv as unknown as T2));
-      const attention = tf.softmax(tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), causal));
+      const attention = softmax(tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), causal));
       const merged = tf.reshape(tf.transpose(tf.matMul(attention, v), [0, 2, 1, 3]), [N, D]) as T2;
       h = tf.add(h, tf.add(tf.matMul(merged, blk.wo as unknown as T2), blk.bo)) as T2;
       const f = this.layerNorm(h, blk.ln2g, blk.ln2b);
@@ -251,7 +283,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
         return;
       }
       const logits = tf.add(tf.matMul(f, blk.router!.w as unknown as T2), blk.router!.b);
-      let probs = tf.softmax(prunedMask ? tf.add(logits, prunedMask) : logits) as T2;
+      let probs = softmax(prunedMask ? tf.add(logits, prunedMask) : logits) as T2;
       // The pruning gate's soft mask scales each expert's router probability, renormalized (m_e = 0 is
       // a pruned expert): it moves the top-1 choice and, through p_top, the routed output.
       if (o.softMask) {
@@ -262,9 +294,10 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       const expertOf = tf.argMax(probs, 1).dataSync() as Int32Array;
       const members: number[][] = Array.from({ length: E }, () => []);
       for (let t = 0; t < N; t++) members[expertOf[t]].push(t);
-      const order = Int32Array.from(members.flat()); // tokens sorted by expert
-      const back = new Int32Array(N); // position of token t in that order
-      order.forEach((t, r) => (back[t] = r));
+      const orderHost = Int32Array.from(members.flat()); // tokens sorted by expert
+      const backHost = new Int32Array(N); // position of token t in that order
+      orderHost.forEach((t, r) => (backHost[t] = r));
+      const [order, back] = [tf.tensor1d(orderHost, 'int32'), tf.tensor1d(backHost, 'int32')];
       const sorted = this.permuteRows(f, order, back);
       let start = 0;
       const pieces: T2[] = [];
@@ -280,6 +313,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       aux = tf.add(aux, tf.mul(tf.sum(tf.mul(tf.mean(probs, 0), fractions)), live)) as TF.Scalar;
       members.forEach((m, e) => (routed[e] += m.length));
       if (o.trace) o.trace.push({ block: l, input: f.dataSync() as Float32Array, probs: probs.dataSync() as Float32Array, expertOf, output: out.dataSync() as Float32Array });
+      o.capture?.push({ input: f, probs, expertOf });
       h = tf.add(h, out) as T2;
       s++;
     });
@@ -288,16 +322,16 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
   }
 
   /**
-   * Rows of x reordered, row r = x[perm[r]], for a permutation perm with inverse `inverse`. Its
-   * gradient is the inverse reordering (a gather), not tf.gather's general scatter-add.
+   * Rows of x reordered, row r = x[perm[r]], for a permutation perm with inverse `inverse` (int32
+   * tensors). Its gradient is the inverse reordering, itself a permuteRows, so a gradient of a gradient
+   * (the regularizer's, through the probe pass's backward pass) is a gather too, never tf.gather's
+   * general scatter-add (one op per row on the cpu backend, no wasm kernel).
    */
-  private permuteRows(x: T2, perm: Int32Array, inverse: Int32Array): T2 {
+  private permuteRows(x: TF.Tensor, perm: TF.Tensor, inverse: TF.Tensor): T2 {
     const tf = this.tf;
-    const permT = tf.tensor1d(perm, 'int32');
-    const inverseT = tf.tensor1d(inverse, 'int32');
     const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
-      (args[1] as TF.GradSaveFunc)([inverseT]);
-      return { value: tf.gather(args[0] as TF.Tensor, permT), gradFunc: (dy: TF.Tensor, [saved]: TF.Tensor[]) => tf.gather(dy, saved) };
+      (args[1] as TF.GradSaveFunc)([perm, inverse]);
+      return { value: tf.gather(args[0] as TF.Tensor, perm), gradFunc: (dy: TF.Tensor, [p, q]: TF.Tensor[]) => this.permuteRows(dy, q, p) };
     });
     return op(x) as T2;
   }
@@ -388,39 +422,139 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
 
   /** The last measurement's probe inputs x, directions u and routing (n×E: p_top at the dispatched expert) per Switch layer (tests). */
   probeQuantities(): { x: Float32Array[]; u: Float32Array[]; routing: Float32Array[] } {
-    const read = (ts: T2[]) => ts.map((t) => t.dataSync() as Float32Array);
+    const read = (ts: T2[]) => ts.map((t) => Float32Array.from(t.dataSync()));
     return { x: read(this.probeInputs), u: read(this.probeDirs), routing: read(this.probeRouting) };
+  }
+
+  /**
+   * The probe pass: one forward pass of the probe sequences with a zero tap added to every Switch
+   * layer's output, and one backward pass of ⟨pulls, logits⟩ to the taps (the pulls: scaledLogitGradients
+   * of the pass's own logits). Per Switch layer, at the probe tokens: x = the layer's LayerNorm'd input,
+   * u = g/‖g‖ with g the tap's gradient, and the routing (p_top at the dispatched expert). Made on a tape
+   * (a step's variableGrads), all three are differentiable in every weight: x and p_top through the
+   * forward pass, u through the backward pass (a gradient of a gradient) and through the pulls. The
+   * backward pass holds the pulls (its seed's derivative is the pulls as a constant), as g's definition
+   * does, while the outer gradient follows them (scaledLogitGradientsTf). Held, as piecewise constants:
+   * the top-1 choices, which tokens have no direction (u = 0), the pulls' choices. The values are the
+   * float64 pulls' and the host-normalized g's, rounded once.
+   */
+  private probePass(pruned: ReadonlySet<number>): ProbeQuantities {
+    const tf = this.tf;
+    if (!this.probeX || !this.probeY) throw new Error('setProbe first');
+    const x = this.probeX;
+    const [B, T] = x.shape as [number, number];
+    const [N, D, E] = [B * T, this.dModel, this.units];
+    const tokens = this.probeTokens();
+    const n = tokens.length;
+    const labels = this.probeY.dataSync();
+    // The probe tokens' rows as a product with a 0/1 selection matrix: exact, and its gradient a matmul
+    // (tf.gather's is a scatter-add: one op per row on the cpu backend, no wasm kernel).
+    const pick = new Float32Array(n * N);
+    tokens.forEach((t, i) => (pick[i * N + t] = 1));
+    const select = tf.tensor2d(pick, [n, N]);
+    // Σ ⟨pulls, z⟩ with ∂/∂z = pulls: a custom op of z alone, so the backward pass to the taps holds the
+    // pulls, while they are an input of that pass's ops, so the outer gradient reaches them.
+    const seed = (pulls: T2) =>
+      tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({ value: tf.sum(tf.mul(args[0] as T2, pulls)), gradFunc: (dy: TF.Tensor) => tf.mul(dy, pulls) })) as (z: T2) => TF.Scalar;
+    const captured: SwitchLayerTensors[] = [];
+    let pulls: T2 | undefined;
+    const offsets = this.switchBlocks.map(() => tf.zeros([N, D]));
+    // (Kept: the pass's function runs in a scope of its own, and its backward pass and the products
+    // below still read these.)
+    const gradients = tf.grads((...taps: TF.Tensor[]) => {
+      const logits = this.forward(x, pruned, { offsets: taps, capture: captured }).logits;
+      for (const c of captured) [c.input, c.probs].forEach((t) => tf.keep(t));
+      const logProbs = tf.logSoftmax(logits) as T2;
+      pulls = tf.keep(scaledLogitGradientsTf(logProbs, labels, T, logProbs.dataSync()));
+      return seed(pulls)(logits);
+    })(offsets) as T2[];
+    pulls!.dispose();
+    const served = Array.from({ length: E }, () => new Set<number>());
+    const q: ProbeQuantities = { x: [], u: [], routing: [], served };
+    captured.forEach((layer, s) => {
+      const g = gradients[s].dataSync();
+      const direction = new Float32Array(n * D);
+      const alive = new Float32Array(n);
+      tokens.forEach((t, i) => {
+        let norm = 0;
+        for (let k = 0; k < D; k++) norm += g[t * D + k] ** 2;
+        norm = Math.sqrt(norm);
+        // A token the loss does not pull on gets u = 0. g is scaled to a largest per-token logit pull
+        // of 1, so only a token whose pull vanishes relative to the others' lands here.
+        if (norm <= 1e-12) return;
+        alive[i] = 1;
+        for (let k = 0; k < D; k++) direction[i * D + k] = g[t * D + k] / norm;
+      });
+      const picked = tf.matMul(select, gradients[s]);
+      const followed = tf.mul(tf.div(picked, tf.sqrt(tf.maximum(tf.sum(tf.square(picked), 1, true), 1e-30))), tf.tensor2d(alive, [n, 1])) as T2;
+      q.u.push(heldValue(direction, followed));
+      q.x.push(tf.matMul(select, layer.input));
+      const dispatched = new Float32Array(n * E);
+      tokens.forEach((t, i) => {
+        dispatched[i * E + layer.expertOf[t]] = 1;
+        served[layer.expertOf[t]].add(i);
+      });
+      q.routing.push(tf.mul(tf.matMul(select, layer.probs), tf.tensor2d(dispatched, [n, E])) as T2);
+    });
+    // The captured tensors were kept through the pass's scope; the products above hold them on the tape.
+    tf.dispose(captured.flatMap((c) => [c.input, c.probs]));
+    return q;
+  }
+
+  /** Replaces the kept copies of the last measurement's probe quantities (probeQuantities, dispose). */
+  private keepProbe(q: ProbeQuantities): void {
+    const tf = this.tf;
+    tf.dispose([...this.probeInputs, ...this.probeDirs, ...this.probeRouting]);
+    const copy = (ts: T2[]) => ts.map((t) => tf.keep(tf.clone(t)) as T2);
+    [this.probeInputs, this.probeDirs, this.probeRouting] = [copy(q.x), copy(q.u), copy(q.routing)];
   }
 
   /**
    * Expert e's kernel as the model uses it, K_e = Σ_s (r_s r_sᵀ) ⊙ K_{e,s}^alone, r_s the routing column
    * (p_top where the token is dispatched to e, else 0), K_{e,s}^alone the closed form of layer s, from the
-   * held probe quantities, as tf ops (float32).
+   * probe quantities, as tf ops (float32), differentiable in them and in the expert's weights.
    */
-  private kernelTf(e: number): T2 {
+  private kernelTf(e: number, q: ProbeQuantities): T2 {
     const tf = this.tf;
     return tf.tidy(() => {
       const parts = this.switchBlocks.map((l, s) => {
         const v = this.blocks[l].experts![e];
-        const alone = tangentKernelTf(this.probeInputs[s], this.probeDirs[s], v.w1 as unknown as T2, v.b1 as unknown as TF.Tensor1D, v.w2 as unknown as T2);
-        const r = tf.slice(this.probeRouting[s], [0, e], [-1, 1]); // n×1
+        const alone = tangentKernelTf(q.x[s], q.u[s], v.w1 as unknown as T2, v.b1 as unknown as TF.Tensor1D, v.w2 as unknown as T2);
+        const r = tf.slice(q.routing[s], [0, e], [-1, 1]); // n×1
         return tf.mul(alone, tf.matMul(r, r, false, true));
       });
       return (parts.length === 1 ? parts[0] : tf.addN(parts)) as T2;
     });
   }
 
-  /** The model's kernel Σ_{e∈trainable} K_e (the routers are left out: docs/method.md, contract 4). */
-  private modelKernelTf(trainable: number[]): T2 {
+  /**
+   * κ̃ of Σ_{e∈units} K_e along the last measurement's eigenvectors (Hellmann–Feynman), from `kernels[e]`.
+   * An expert that serves no probe token has K_e = 0 exactly and is left out of the sum, so it gets no
+   * gradient (and, without tokens in the batch either, no Adam step).
+   */
+  private surrogateKappa(kernels: T2[], units: number[], served: Set<number>[]): TF.Scalar {
     const tf = this.tf;
-    return tf.tidy(() => (trainable.length ? tf.addN(trainable.map((e) => this.kernelTf(e))) : tf.zeros([this.probeInputs[0].shape[0], this.probeInputs[0].shape[0]])) as T2);
+    const m = this.modelConditioning!;
+    const n = m.vMin.length;
+    const live = units.filter((e) => served[e].size > 0);
+    const K = live.length ? (live.length === 1 ? kernels[live[0]] : tf.addN(live.map((e) => kernels[e]))) : tf.zeros([n, n]);
+    return kappaSurrogateTf(K as T2, m.vMin, m.vMax, this.config.monitor.damping);
   }
 
-  /** κ̃ of the model's kernel with the last measurement's eigenvectors held (Hellmann–Feynman); tests. */
-  modelKappaTf(trainable: number[]): TF.Scalar {
-    const m = this.modelConditioning;
-    if (!m || !this.probeInputs.length) throw new Error('modelKappaTf needs a measurement first');
-    return kappaSurrogateTf(this.modelKernelTf(trainable), m.vMin, m.vMax, this.config.monitor.damping);
+  /**
+   * κ̃ of the model's kernel Σ_{e∈trainable} K_e with the last measurement's eigenvectors held
+   * (Hellmann–Feynman) and the probe quantities x, u, p_top computed afresh from the current weights,
+   * differentiably (probePass): what a regularized step adds α times (it measures in its own pass
+   * first). Its gradient reaches every variable the kernel depends on: experts, routers, attention,
+   * layer norms, embeddings, the output layer. Public for the gradient tests.
+   */
+  modelKappaTf(trainable: number[], pruned: ReadonlySet<number> = new Set()): TF.Scalar {
+    if (!this.modelConditioning) throw new Error('modelKappaTf needs a measurement first');
+    return this.tf.tidy(() => {
+      const q = this.probePass(pruned);
+      const kernels = Array.from({ length: this.units }, (_, e) => (trainable.includes(e) ? this.kernelTf(e, q) : undefined));
+      return this.surrogateKappa(kernels as T2[], trainable, q.served);
+    });
   }
 
   /** κ of the model's kernel at the last measurement (the headline κ̄). */
@@ -429,21 +563,41 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
   }
 
   /**
-   * One optimizer step on CE + 0.01·(load balancing) + α·κ̄, κ̄ the (unit-weighted) mean κ over
+   * One optimizer step on CE + 0.01·(load balancing) + α·κ̄, κ̄ the κ of the model's kernel over the
    * trainable experts. Frozen and pruned experts are left out of the variable list; α = 0 skips the
-   * regularizer graph. An expert that received no token has no task gradient and is not stepped.
+   * regularizer graph. An expert that received no token (batch or probe) has no gradient and is not
+   * stepped. A regularized step measures in its own graph (measuresInStep): the probe pass, the experts'
+   * kernels read back once and eigen-solved in float64, then κ̃ differentiated along those eigenvectors
+   * through the same pass, so the gradient follows x, u and p_top (docs/method.md, "Switch").
    */
   trainStep(batch: Batch, o: StepOptions): StepResult {
+    return this.step(batch, o);
+  }
+
+  /**
+   * The gradients a trainStep with these options would apply (read back by variable name), without
+   * applying them, and the step's result: for the tests that hold the in-step regularizer to modelKappaTf.
+   */
+  objectiveGradients(batch: Batch, o: StepOptions): { gradients: Record<string, Float32Array>; result: StepResult } {
+    const gradients: Record<string, Float32Array> = {};
+    const result = this.step(batch, o, gradients);
+    return { gradients, result };
+  }
+
+  /** trainStep; with `captured`, the gradients are read back into it instead of applied. */
+  private step(batch: Batch, o: StepOptions, captured?: Record<string, Float32Array>): StepResult {
     const tf = this.tf;
     const { alpha, pruned } = o;
     const trainable = o.trainable.filter((e) => !pruned.has(e));
     const weights = regularizerWeights(this.units, trainable, o.unitWeights);
-    const regularized = alpha > 0 && this.probeInputs.length > 0 && this.modelConditioning !== undefined;
+    const regularized = alpha > 0 && this.probeX !== undefined;
     const varList = this.parameters.stepVariables(trainable);
     const mask = this.softMask.bind(o.softMask) as TF.Tensor1D | undefined;
     if (mask) varList.push(mask as unknown as TF.Variable);
     let maskGrad: number[] | undefined;
     let routed: number[] = [];
+    let measured: UnitStats[] | undefined;
+    let monitorMs = 0;
     const reported = tf.tidy(() => {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
@@ -452,14 +606,25 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
         routed = out.routed;
         taskLossT = tf.keep(this.crossEntropy(out.logits, batch.y));
         let objective = tf.add(taskLossT, tf.mul(out.aux, LOAD_BALANCE_COEFFICIENT)) as TF.Scalar;
-        if (regularized) {
-          regT = tf.keep(this.modelKappaTf(trainable.filter((e) => weights.w[e] > 0)));
-          objective = tf.add(objective, tf.mul(regT, alpha)) as TF.Scalar;
-        }
-        return objective;
+        if (!regularized) return objective;
+        // The probe's own pass, unmasked (the kernel is the model's as it stands, pruned experts masked).
+        const experts = Array.from({ length: this.units }, (_, e) => e);
+        const inModel = trainable.filter((e) => weights.w[e] > 0);
+        const frozen = new Set(experts.filter((e) => !trainable.includes(e) && !pruned.has(e)));
+        const q = this.probePass(pruned);
+        this.keepProbe(q);
+        const kernels = experts.map((e) => this.kernelTf(e, q));
+        const t0 = performance.now();
+        const stack = tf.stack(kernels);
+        const flat = stack.dataSync() as Float32Array;
+        measured = this.record(flat, q.served, frozen, pruned, inModel);
+        monitorMs = performance.now() - t0;
+        regT = tf.keep(this.surrogateKappa(kernels, inModel, q.served));
+        return tf.add(objective, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
       if (mask) maskGrad = this.softMask.take(grads);
-      this.parameters.applyGradients(grads, trainable, true);
+      if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
+      else this.parameters.applyGradients(grads, trainable, true);
       const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), gradNormSq]);
       tf.dispose([taskLossT!, ...(regT ? [regT] : [])]);
@@ -471,7 +636,16 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
     const dispatched = routed.reduce((a, c) => a + c, 0);
     this.lastLoad = routed.map((c) => (dispatched ? c / dispatched : 0));
     // The routing shares of this batch: the fraction of its tokens dispatched to each expert (all Switch layers).
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: Math.exp(values[1]), gradNormSq: values[3], ...(dispatched ? { shares: [...this.lastLoad] } : {}), ...(maskGrad ? { maskGrad } : {}) };
+    return {
+      loss: values[0],
+      taskLoss: values[1],
+      regularizer: values[2],
+      taskMetric: Math.exp(values[1]),
+      gradNormSq: values[3],
+      ...(dispatched ? { shares: [...this.lastLoad] } : {}),
+      ...(maskGrad ? { maskGrad } : {}),
+      ...(measured ? { measured, monitorMs } : {}),
+    };
   }
 
   /**
@@ -482,53 +656,35 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
   measure(frozen: ReadonlySet<number>, pruned: ReadonlySet<number>): UnitStats[] {
     const tf = this.tf;
     if (!this.probeX || !this.probeY) throw new Error('setProbe first');
-    const D = this.dModel;
-    const tokens = this.probeTokens();
-    const n = tokens.length;
-    const { gradients, layers } = this.outputGradients(this.probeX, this.probeY, pruned, { scaled: true });
-    tf.dispose([...this.probeInputs, ...this.probeDirs, ...this.probeRouting]);
-    this.probeInputs = [];
-    this.probeDirs = [];
-    this.probeRouting = [];
-    const E = this.units;
-    const served = Array.from({ length: E }, () => new Set<number>());
-    layers.forEach((layer, s) => {
-      const x = new Float32Array(n * D);
-      const u = new Float32Array(n * D);
-      tokens.forEach((t, i) => {
-        x.set(layer.input.subarray(t * D, (t + 1) * D), i * D);
-        const g = gradients[s].subarray(t * D, (t + 1) * D);
-        let norm = 0;
-        for (let k = 0; k < D; k++) norm += g[k] * g[k];
-        norm = Math.sqrt(norm);
-        // A token the loss does not pull on gets u = 0. g is scaled to a largest per-token logit pull
-        // of 1, so only a token whose pull vanishes relative to the others' lands here.
-        if (norm > 1e-12) for (let k = 0; k < D; k++) u[i * D + k] = g[k] / norm;
-      });
-      this.probeInputs.push(tf.tensor2d(x, [n, D]));
-      this.probeDirs.push(tf.tensor2d(u, [n, D]));
-      const routing = new Float32Array(n * E);
-      tokens.forEach((t, i) => {
-        const e = layer.expertOf[t];
-        routing[i * E + e] = layer.probs[t * E + e];
-        served[e].add(i);
-      });
-      this.probeRouting.push(tf.tensor2d(routing, [n, E]));
-    });
-    const damping = this.config.monitor.damping;
     const experts = Array.from({ length: this.units }, (_, e) => e);
+    let served: Set<number>[] = [];
     // Every expert's n×n kernel from backend matmuls in one read-back; the eigen-solve runs in float64.
     // Read back outside tidy: tidy walks a returned typed array entry by entry looking for tensors.
-    const kernelStack = tf.tidy(() => tf.stack(experts.map((e) => this.kernelTf(e))));
+    const kernelStack = tf.tidy(() => {
+      const q = this.probePass(pruned);
+      served = q.served;
+      this.keepProbe(q);
+      return tf.stack(experts.map((e) => this.kernelTf(e, q)));
+    });
     const kernels = kernelStack.dataSync() as Float32Array;
     kernelStack.dispose();
-    const trainable = experts.filter((e) => !frozen.has(e) && !pruned.has(e));
+    return this.record(kernels, served, frozen, pruned, experts.filter((e) => !frozen.has(e) && !pruned.has(e)));
+  }
+
+  /**
+   * Every expert's stats and the model's conditioning (with the eigenvectors the regularizer holds) from
+   * the experts' kernels (E×n×n, float32, read back) and the probe tokens each serves; `inModel`: the
+   * experts the model's kernel sums.
+   */
+  private record(kernels: Float32Array, served: Set<number>[], frozen: ReadonlySet<number>, pruned: ReadonlySet<number>, inModel: number[]): UnitStats[] {
+    const n = this.probeTokens().length;
+    const damping = this.config.monitor.damping;
     const model = new Float64Array(n * n);
-    this.measurements = experts.map((id) => {
+    this.measurements = Array.from({ length: this.units }, (_, id) => {
       const K = Float64Array.from(kernels.subarray(id * n * n, (id + 1) * n * n));
       // Symmetrize: float32 round-off can leave K(i,j) and K(j,i) a few ulps apart.
       for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) K[i * n + j] = K[j * n + i] = (K[i * n + j] + K[j * n + i]) / 2;
-      if (trainable.includes(id)) for (let k = 0; k < n * n; k++) model[k] += K[k];
+      if (inModel.includes(id)) for (let k = 0; k < n * n; k++) model[k] += K[k];
       // The expert's own κ over the probe tokens routed to it (in any Switch layer); too few: null.
       const rows = [...served[id]].sort((a, b) => a - b);
       const cond = rows.length >= MIN_SERVED ? conditioning(principalSubmatrix(K, n, rows), rows.length, damping) : undefined;
@@ -544,12 +700,12 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       const kappa = cond && lf !== null ? dampedKappa(lf, cond.mu, damping) : null;
       return { stats: { id, mu: cond?.mu ?? null, lf, kappa, served: rows.length, frozen: frozen.has(id), pruned: pruned.has(id) }, kernel: K };
     });
-    // The model's κ over the probe tokens a trainable expert serves. A token routed only to frozen or
-    // pruned experts has a zero row in Σ_{trainable} K_e (the routers and shared layers are left out), so
+    // The model's κ over the probe tokens an expert of the model serves. A token routed only to frozen or
+    // pruned experts has a zero row in Σ_{e∈inModel} K_e (the routers and shared layers are left out), so
     // the whole probe's kernel is singular as soon as an expert is frozen: κ would sit at its cap 1/δ and
     // add α/δ to the loss with no useful gradient. Its eigenvectors are embedded back (zeros at the other
     // tokens), so the regularizer's vᵀKv on the full kernel is this submatrix's Rayleigh quotient.
-    const modelRows = [...new Set(trainable.flatMap((e) => [...served[e]]))].sort((a, b) => a - b);
+    const modelRows = [...new Set(inModel.flatMap((e) => [...served[e]]))].sort((a, b) => a - b);
     this.modelConditioning = modelRows.length > 0 && modelRows.length < n ? embeddedConditioning(model, n, modelRows, damping) : conditioning(model, n, damping);
     return this.measurements.map((m) => m.stats);
   }

@@ -2,6 +2,7 @@
 // float64 reference, built from tf ops, and κ through Hellmann–Feynman, so α·κ̄ in the loss moves
 // the expert's weights.
 import * as tf from '@tensorflow/tfjs';
+import { scaledLogitGradients } from './tangentKernel';
 
 /**
  * twoLayerTangentKernel in tf ops: K = (H·Hᵀ)⊙(U·Uᵀ) + U·Uᵀ + (X·Xᵀ + 1)⊙(G·Gᵀ), G = relu′(pre) ⊙ (U·W2ᵀ).
@@ -142,4 +143,78 @@ export function moeKernelsTf(pre: tf.Tensor3D, u: tf.Tensor2D, w2: tf.Tensor3D, 
     const gateKernel = tf.mul(gramPlusOne, tf.matMul(r, r, false, true)) as tf.Tensor2D;
     return { units, gate: gateKernel };
   });
+}
+
+/**
+ * `scaledLogitGradients` (tangentKernel.ts) as a differentiable function of the log-probabilities, for a
+ * language model's probe pass: its value is the float64 function's, computed from `read` (the same
+ * log-probabilities read back) and rounded once; its derivative follows every row's pull and its
+ * group's scale. The piecewise choices are held at `read`: each row's strongest other class, its group's
+ * strongest row, which rows sit at the e^−20 floor and which have no pull at all. Unclamped rows are
+ * q_i·e^(top_i − T_g) (q_i the row's pull scaled by its strongest other class e^top_i, T_g the group's
+ * largest log ‖g‖); a row at the floor is q_i/‖q_i‖·e^−20. Labels: one class index per row.
+ */
+export function scaledLogitGradientsTf(logProbs: tf.Tensor2D, labels: ArrayLike<number>, groupSize: number, read: ArrayLike<number>): tf.Tensor2D {
+  const [n, c] = logProbs.shape;
+  if (labels.length !== n || read.length !== n * c) throw new RangeError(`${labels.length} labels and ${read.length} log-probabilities for ${n}×${c}`);
+  if (!(groupSize >= 1) || n % groupSize !== 0) throw new RangeError(`groupSize ${groupSize} does not divide ${n} rows`);
+  const oneHot = new Float32Array(n * c);
+  for (let i = 0; i < n; i++) oneHot[i * c + labels[i]] = 1;
+  // The held choices, made as scaledLogitGradients makes them (float64 from the read-back values).
+  const strongest = new Float32Array(n * c); // one-hot of each row's strongest other class (none: no pull)
+  const logSize = new Float64Array(n).fill(-Infinity);
+  for (let i = 0; i < n; i++) {
+    let best = -1;
+    for (let j = 0; j < c; j++) if (j !== labels[i] && (best < 0 || read[i * c + j] > read[i * c + best])) best = j;
+    const top = best < 0 ? -Infinity : read[i * c + best];
+    if (top === -Infinity) continue;
+    strongest[i * c + best] = 1;
+    let sum = 0;
+    let sq = 0;
+    for (let j = 0; j < c; j++) {
+      if (j === labels[i]) continue;
+      const q = Math.exp(read[i * c + j] - top);
+      sum += q;
+      sq += q * q;
+    }
+    logSize[i] = top + 0.5 * Math.log(sq + sum * sum);
+  }
+  const groups = n / groupSize;
+  const groupTopRow = new Float32Array(n); // one-hot of each group's strongest row
+  const unclamped = new Float32Array(n);
+  const clamped = new Float32Array(n);
+  for (let g = 0; g < groups; g++) {
+    let best = -1;
+    for (let i = g * groupSize; i < (g + 1) * groupSize; i++) if (logSize[i] > -Infinity && (best < 0 || logSize[i] > logSize[best])) best = i;
+    if (best < 0) continue;
+    groupTopRow[best] = 1;
+    for (let i = g * groupSize; i < (g + 1) * groupSize; i++) {
+      if (logSize[i] === -Infinity) continue;
+      if (logSize[i] - logSize[best] >= -20) unclamped[i] = 1;
+      else clamped[i] = 1;
+    }
+  }
+  const exact = Float32Array.from(scaledLogitGradients(read, oneHot, n, c, groupSize));
+  return tf.tidy(() => {
+    const labelMask = tf.tensor2d(oneHot, [n, c]);
+    const top = tf.sum(tf.mul(logProbs, tf.tensor2d(strongest, [n, c])), 1, true); // n×1
+    // p_j/e^top for j ≠ label (≤ 1), clipped first as in outputDirectionsTf; the label's entry −Σ_{j≠t} q_j.
+    const other = tf.mul(tf.exp(tf.minimum(tf.sub(logProbs, top), 0)), tf.sub(1, labelMask));
+    const q = tf.sub(other, tf.mul(labelMask, tf.sum(other, 1, true)));
+    const norm = tf.sqrt(tf.maximum(tf.sum(tf.square(q), 1, true), 1e-30));
+    const rowLogSize = tf.add(top, tf.log(norm)); // n×1
+    const groupTop = tf.reshape(tf.add(tf.zeros([groups, groupSize]), tf.sum(tf.mul(tf.reshape(rowLogSize, [groups, groupSize]), tf.tensor2d(groupTopRow, [groups, groupSize])), 1, true)), [n, 1]);
+    const scale = tf.add(tf.mul(tf.tensor2d(unclamped, [n, 1]), tf.exp(tf.sub(top, groupTop))), tf.mul(tf.tensor2d(clamped, [n, 1]), tf.div(Math.exp(-20), norm)));
+    return heldValue(exact, tf.mul(q, scale) as tf.Tensor2D);
+  });
+}
+
+/** A tensor with the value `value` and the derivative of `followed` (same shape): exact values, followed gradients. */
+export function heldValue(value: Float32Array, followed: tf.Tensor2D): tf.Tensor2D {
+  const exact = tf.tensor2d(value, followed.shape);
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    void args;
+    return { value: tf.clone(exact), gradFunc: (dy: tf.Tensor) => dy };
+  }) as (x: tf.Tensor2D) => tf.Tensor2D;
+  return op(followed);
 }
