@@ -181,7 +181,7 @@ class TrainerServer:
             if os.path.basename(parent).startswith("pltrain-") and os.path.dirname(parent) == tempfile.gettempdir():
                 shutil.rmtree(parent, ignore_errors=True)
 
-    def _check_request(self, path, headers):
+    async def _check_request(self, path, headers):
         # The handshake is over (answered either way): no deadline for it any more.
         for protocol in list(self._pending):
             if getattr(protocol, "request_headers", None) is headers:
