@@ -10,6 +10,7 @@ import { outputDirections, outputDirectionsTf, smoothKappaTf, SpectralNormState 
 import { classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, rowScales, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 import { createAdam } from '../engine/adam';
+import { sumOfSquares } from '../engine/sumOfSquares';
 
 type T2 = TF.Tensor2D;
 
@@ -133,7 +134,8 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
       if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
       else this.parameters.applyGradients(grads, trainable);
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
-      const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
+      // One native kernel where the addon is loaded (as moe-mlp), a square and a sum per variable otherwise.
+      const gradNormSq = sumOfSquares(tf, Object.values(grads));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
       tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
