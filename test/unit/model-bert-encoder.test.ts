@@ -304,7 +304,19 @@ function layerNorm(x: Float64Array, g: Float64Array, b: Float64Array, rows: numb
 
 const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
 
-function refLogits(net: RefNet, m: BertEncoder, x: ArrayLike<number>, pruned: ReadonlySet<number>): Float64Array {
+/**
+ * An additive tap at one entry: after layer `layer`'s joint q|k|v projection (column in [W_q | W_k | W_v]
+ * order, all heads side by side) or after its output projection (column d of D), at token `token`.
+ */
+interface RefTap {
+  layer: number;
+  at: 'qkv' | 'out';
+  token: number;
+  col: number;
+  value: number;
+}
+
+function refLogits(net: RefNet, m: BertEncoder, x: ArrayLike<number>, pruned: ReadonlySet<number>, tap?: RefTap): Float64Array {
   const { rows, cols, D, dh, F } = net;
   const T = rows + 1;
   const e = m.embedding;
@@ -325,6 +337,7 @@ function refLogits(net: RefNet, m: BertEncoder, x: ArrayLike<number>, pruned: Re
       const q = affine(h, p.wq, p.bq, T, D, dh);
       const k = affine(h, p.wk, undefined, T, D, dh);
       const v = affine(h, p.wv, p.bv, T, D, dh);
+      if (tap?.layer === l && tap.at === 'qkv' && Math.floor((tap.col % (heads.length * dh)) / dh) === hd) [q, k, v][Math.floor(tap.col / (heads.length * dh))][tap.token * dh + (tap.col % dh)] += tap.value;
       const o = new Float64Array(T * dh);
       const scores = new Float64Array(T);
       for (let i = 0; i < T; i++) {
@@ -342,6 +355,7 @@ function refLogits(net: RefNet, m: BertEncoder, x: ArrayLike<number>, pruned: Re
       const out = affine(o, p.wo, undefined, T, dh, D);
       for (let k2 = 0; k2 < out.length; k2++) attended[k2] += out[k2];
     });
+    if (tap?.layer === l && tap.at === 'out') attended[tap.token * D + tap.col] += tap.value;
     for (let k = 0; k < h.length; k++) attended[k] += h[k];
     h = layerNorm(attended, net.of(blk.ln1g), net.of(blk.ln1b), T, D);
     const hidden = affine(h, net.of(blk.ff1w), net.of(blk.ff1b), T, D, F).map(gelu);
@@ -454,6 +468,70 @@ test('per-head tangent kernels (perSampleKernels) equal J·Jᵀ of a float64 fin
   console.log(`bert kernel vs float64 finite differences: worst relative Frobenius error ${worst.toExponential(2)}`);
   assert.deepEqual(stats.map((s) => s.pruned), [false, true, false]);
   tf.dispose([probe.x, probe.y]);
+  m.dispose();
+});
+
+test('the hand-written backward to the taps: δ equals the tape\'s (tf.grads) and float64 central differences (pruned head); the regularized step\'s gradients equal the tape path\'s (pruned and frozen head)', () => {
+  const m = newModel(config({ model: { experts: 3, dModel: 6 } }));
+  steps(m, builtin, 3);
+  const pruned = new Set([1]);
+  const n = 2;
+  const probe = builtin.batch(tf, 'train', range(7, n));
+  const { xs, u } = probeAndDirections(m, probe, pruned);
+  const U = tf.tensor2d(Float32Array.from(u), [n, m.classes]);
+  const hand = m.tapDeltas(probe.x, U, pruned, false);
+  const tape = m.tapDeltas(probe.x, U, pruned, true);
+  const net = refOf(m);
+  const [T, D, H, dh] = [m.rows + 1, m.dModel, m.units, m.dHead];
+  let worstTape = 0;
+  let worstFd = 0;
+  let nonzero = 0;
+  hand.forEach((layer, l) =>
+    layer.forEach((got, k) => {
+      const at = k === 0 ? 'qkv' : 'out';
+      const width = at === 'qkv' ? 3 * H * dh : D;
+      const scale = Math.max(...Array.from(got, Math.abs));
+      assert.ok(scale > 0, `layer ${l} ${at}: δ is not all zero`);
+      worstTape = Math.max(worstTape, maxAbs(got, tape[l][k]) / scale);
+      for (let i = 0; i < n; i++) {
+        const x = xs.subarray(i * 196, (i + 1) * 196);
+        const s = (tap: RefTap) => refLogits(net, m, x, pruned, tap).reduce((a, z, c) => a + z * u[i * m.classes + c], 0);
+        for (let token = 0; token < T; token++) {
+          for (let col = 0; col < width; col++) {
+            const fd = (s({ layer: l, at, token, col, value: 1e-5 }) - s({ layer: l, at, token, col, value: -1e-5 })) / 2e-5;
+            const ours = got[(i * T + token) * width + col];
+            worstFd = Math.max(worstFd, Math.abs(ours - fd) / scale);
+            if (Math.abs(fd) > 1e-3 * scale) nonzero++;
+            // A pruned head's q, k, v never reach the logits: δ is exactly 0 there.
+            if (at === 'qkv' && Math.floor((col % (H * dh)) / dh) === 1) assert.equal(ours, 0, `pruned head's δ (layer ${l}, token ${token}, column ${col})`);
+          }
+        }
+      }
+    }),
+  );
+  console.log(`bert hand-written δ: vs the tape ${worstTape.toExponential(2)}, vs float64 central differences ${worstFd.toExponential(2)} (relative to the largest |δ| of each tap; ${nonzero} non-zero entries)`);
+  assert.ok(worstTape <= 1e-5, `δ vs the tape: ${worstTape}`);
+  assert.ok(worstFd <= 1e-4, `δ vs float64 central differences: ${worstFd}`);
+  assert.ok(nonzero > 500, `only ${nonzero} non-zero entries`);
+  // The whole regularized step (head 1 pruned, head 2 frozen): the same gradients through either δ.
+  m.measure(new Set([2]), pruned);
+  const b = trainBatch(builtin, 6, 12);
+  const o = { alpha: 0.5, trainable: [0], pruned };
+  const byHand = m.objectiveGradients(b, o);
+  m.deltasByTape = true;
+  const byTape = m.objectiveGradients(b, o);
+  m.deltasByTape = false;
+  const plain = m.objectiveGradients(b, { ...o, alpha: 0 });
+  let worst = 0;
+  let largest = 0;
+  for (const [name, g] of Object.entries(byTape)) {
+    assert.ok(byHand[name], `${name} has a gradient`);
+    largest = Math.max(largest, ...Array.from(g, (v, k) => Math.abs(v - plain[name][k])));
+    worst = Math.max(worst, maxAbs(byHand[name], g));
+  }
+  assert.deepEqual(Object.keys(byHand).sort(), Object.keys(byTape).sort());
+  assert.ok(largest > 0 && worst <= 1e-4 * largest, `step gradients: worst difference ${worst} against a largest regularizer term ${largest}`);
+  tf.dispose([U, probe.x, probe.y, b.x, b.y]);
   m.dispose();
 });
 

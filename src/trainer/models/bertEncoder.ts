@@ -34,6 +34,8 @@ export interface TwiceDifferentiableActivations {
   gelu<T extends TF.Tensor>(x: T): T;
   /** Layer norm over the last axis of x [N, D] with gain g and bias b [D] (variance of the row, ε inside the root). */
   layerNorm(x: TF.Tensor2D, g: TF.Tensor1D, b: TF.Tensor1D): TF.Tensor2D;
+  /** GELU′(x), one op whose gradient is GELU″ in closed form (once differentiable: the hand-written backward's). */
+  geluDerivative<T extends TF.Tensor>(x: T): T;
 }
 
 const activationsCache = new WeakMap<object, TwiceDifferentiableActivations>();
@@ -67,7 +69,28 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
       },
     };
   }) as <T extends TF.Tensor>(x: T) => T;
+  // With u = √(2/π)·(x + 0.044715·x³) and t = tanh(u): GELU′ = 0.5·(1 + t) + 0.5·x·(1 − t²)·u′ and
+  // GELU″ = (1 − t²)·(u′ + 0.5·x·(u″ − 2·t·u′²)), u′ = √(2/π)·(1 + 3·0.044715·x²), u″ = 6·0.044715·√(2/π)·x.
+  const geluDerivative = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const x = args[0] as TF.Tensor;
+    (args[1] as TF.GradSaveFunc)([x]);
+    const x2 = tf.square(x);
+    const t = tf.tanh(tf.mul(x, tf.add(tf.mul(x2, 0.044715 * GELU_C), GELU_C)));
+    const du = tf.add(tf.mul(x2, 3 * 0.044715 * GELU_C), GELU_C);
+    return {
+      value: tf.add(tf.mul(tf.add(t, 1), 0.5), tf.mul(tf.mul(x, 0.5), tf.mul(tf.sub(1, tf.square(t)), du))),
+      gradFunc: (dy: TF.Tensor, [saved]: TF.Tensor[]) => {
+        const s2 = tf.square(saved);
+        const ts = tf.tanh(tf.mul(saved, tf.add(tf.mul(s2, 0.044715 * GELU_C), GELU_C)));
+        const dus = tf.add(tf.mul(s2, 3 * 0.044715 * GELU_C), GELU_C);
+        const d2u = tf.mul(saved, 6 * 0.044715 * GELU_C);
+        const second = tf.mul(tf.sub(1, tf.square(ts)), tf.add(dus, tf.mul(tf.mul(saved, 0.5), tf.sub(d2u, tf.mul(tf.mul(ts, 2), tf.square(dus))))));
+        return tf.mul(dy, second);
+      },
+    };
+  }) as <T extends TF.Tensor>(x: T) => T;
   const activations: TwiceDifferentiableActivations = {
+    geluDerivative,
     softmax: recomputing(
       (x) => tf.softmax(x),
       (dy, y) => tf.mul(y, tf.sub(dy, tf.sum(tf.mul(dy, y), -1, true))),
@@ -143,6 +166,14 @@ const GELU_C = Math.sqrt(2 / Math.PI);
 
 let modelCount = 0;
 
+/** One layer's inputs of its tapped maps (block input h, the heads' merged output) and δ at its two taps. */
+interface LayerDeltas {
+  h: TF.Tensor;
+  merged: TF.Tensor;
+  dqkv: TF.Tensor;
+  dOut: TF.Tensor;
+}
+
 export class BertEncoder extends RouterlessClassifier {
   readonly dModel: number;
   readonly dHead: number;
@@ -154,6 +185,8 @@ export class BertEncoder extends RouterlessClassifier {
   readonly blocks: BlockVars[];
   readonly embedding: EmbeddingVars;
   private readonly activations: TwiceDifferentiableActivations;
+  /** δ at the taps by the tape (nested tf.grads) instead of the hand-written backward: the tests' reference. */
+  deltasByTape = false;
 
   constructor(tf: typeof TF, config: TrainingConfig, data: TaskData) {
     if (data.kind !== 'images') throw new Error(`the bert-encoder family classifies images read row by row, not ${data.kind}`);
@@ -227,42 +260,149 @@ export class BertEncoder extends RouterlessClassifier {
     return this.tf.tidy(() => this.forward(x, pruned, softMask));
   }
 
+  /** Embedding: [CLS] and the row tokens, positions, layer norm: the first block's input [b·T, D]. */
+  private embed(x: TF.Tensor): T2 {
+    const tf = this.tf;
+    const [b, T, D] = [x.shape[0], this.rows + 1, this.dModel];
+    const e = this.embedding;
+    const tokens = tf.reshape(tf.add(tf.matMul(tf.reshape(x, [b * this.rows, this.cols]) as T2, e.tokW as unknown as T2), e.tokB), [b, this.rows, D]);
+    const cls = tf.tile(tf.reshape(e.cls, [1, 1, D]), [b, 1, 1]);
+    return this.layerNorm(tf.reshape(tf.add(tf.concat([cls, tokens], 1), e.pos), [b * T, D]) as T2, e.lnG, e.lnB);
+  }
+
+  /**
+   * Layer l's head-owned linear maps with all heads side by side, zeros in a pruned head's place:
+   * [W_q | W_k | W_v] [D, 3·H·dh] with its bias (the keys' an exact zero: there is no key bias), and W_o
+   * [H·dh, D], its head k rows scaled by the soft mask's entry k when there is one.
+   */
+  private layerMaps(l: number, pruned: ReadonlySet<number>, softMask?: TF.Tensor1D): { projections: T2; biases: TF.Tensor1D; wo: T2 } {
+    const tf = this.tf;
+    const heads = this.heads[l];
+    const H = this.units;
+    const pickAll = (picks: ((v: HeadVars) => TF.Variable)[]) => picks.flatMap((pick) => heads.map((v, k) => (pruned.has(k) ? tf.zerosLike(pick(v)) : pick(v))));
+    const projections = tf.concat(pickAll([(v) => v.wq, (v) => v.wk, (v) => v.wv]), 1) as T2;
+    const biases = tf.concat([...pickAll([(v) => v.bq]), tf.zeros([H * this.dHead]), ...pickAll([(v) => v.bv])], 0) as TF.Tensor1D;
+    // The pruning gate's soft mask scales head k's rows of W_o: its output before the merge.
+    const wo = softMask ? tf.concat(heads.map((v, k) => tf.mul(pruned.has(k) ? tf.zerosLike(v.wo) : v.wo, tf.slice(softMask, [k], [1]))), 0) : tf.concat(pickAll([(v) => v.wo]), 0);
+    return { projections, biases, wo: wo as T2 };
+  }
+
   /**
    * The encoder; with `tapped`, zero taps are added after each layer's joint query|key|value projection
    * and after its output projection (tapped.taps, 2 per layer, in that order) and the inputs of those projections are kept in
-   * tapped.inputs (per layer: the block input h, then the heads' merged outputs), for probeJacobians.
+   * tapped.inputs (per layer: the block input h, then the heads' merged outputs): the tape's way to δ
+   * (tapeDeltas), the reference of the hand-written backward (handDeltas).
    */
   private forward(x: TF.Tensor, pruned: ReadonlySet<number>, softMask: TF.Tensor1D | undefined, tapped?: { taps: TF.Tensor[]; inputs: TF.Tensor[] }): T2 {
     const tf = this.tf;
     const [b, T, D, H, dh] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead];
     const tap = (t: TF.Tensor, l: number, k: number) => (tapped ? tf.add(t, tapped.taps[2 * l + k]) : t);
-    const e = this.embedding;
-    const tokens = tf.reshape(tf.add(tf.matMul(tf.reshape(x, [b * this.rows, this.cols]) as T2, e.tokW as unknown as T2), e.tokB), [b, this.rows, D]);
-    const cls = tf.tile(tf.reshape(e.cls, [1, 1, D]), [b, 1, 1]);
-    let h = this.layerNorm(tf.reshape(tf.add(tf.concat([cls, tokens], 1), e.pos), [b * T, D]) as T2, e.lnG, e.lnB);
-    this.heads.forEach((heads, l) => {
+    let h = this.embed(x);
+    this.heads.forEach((_, l) => {
       const blk = this.blocks[l];
-      // All heads in one matmul: their matrices side by side, zeros in a pruned head's place.
-      const side = (pick: (v: HeadVars) => TF.Variable, axis: number) => tf.concat(heads.map((v, k) => (pruned.has(k) ? tf.zerosLike(pick(v)) : pick(v))), axis);
       const split = (t: TF.Tensor) => tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]); // [b, H, T, dh]
-      // Queries, keys and values of all heads in one matmul and one tap: [W_q | W_k | W_v], each all heads
-      // side by side; the keys' bias is an exact zero (there is no key bias).
-      const pickAll = (picks: ((v: HeadVars) => TF.Variable)[]) => picks.flatMap((pick) => heads.map((v, k) => (pruned.has(k) ? tf.zerosLike(pick(v)) : pick(v))));
-      const projections = tf.concat(pickAll([(v) => v.wq, (v) => v.wk, (v) => v.wv]), 1) as T2;
-      const biases = tf.concat([...pickAll([(v) => v.bq]), tf.zeros([H * dh]), ...pickAll([(v) => v.bv])], 0);
+      // Queries, keys and values of all heads in one matmul and one tap.
+      const { projections, biases, wo } = this.layerMaps(l, pruned, softMask);
       const [q, k, v] = tf.split(tap(tf.add(tf.matMul(h, projections), biases), l, 0), 3, 1).map(split);
       const attention = this.activations.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
       const merged = tf.reshape(tf.transpose(tf.matMul(attention, v), [0, 2, 1, 3]), [b * T, H * dh]) as T2;
       tapped?.inputs.push(tf.keep(h), tf.keep(merged));
-      // The pruning gate's soft mask scales head k's rows of W_o: its output before the merge.
-      const wo = softMask ? tf.concat(heads.map((v, k) => tf.mul(pruned.has(k) ? tf.zerosLike(v.wo) : v.wo, tf.slice(softMask, [k], [1]))), 0) : side((v) => v.wo, 0);
-      const attended = tf.add(tap(tf.matMul(merged, wo as T2), l, 1), blk.bo) as T2;
+      const attended = tf.add(tap(tf.matMul(merged, wo), l, 1), blk.bo) as T2;
       h = this.layerNorm(tf.add(h, attended) as T2, blk.ln1g, blk.ln1b);
       const ff = tf.add(tf.matMul(this.gelu(tf.add(tf.matMul(h, blk.ff1w as unknown as T2), blk.ff1b) as T2), blk.ff2w as unknown as T2), blk.ff2b) as T2;
       h = this.layerNorm(tf.add(h, ff) as T2, blk.ln2g, blk.ln2b);
     });
     const clsOut = tf.reshape(tf.slice(tf.reshape(h, [b, T, D]), [0, 0, 0], [b, 1, D]), [b, D]) as T2;
-    return tf.add(tf.matMul(clsOut, e.outW as unknown as T2), e.outB) as T2;
+    return tf.add(tf.matMul(clsOut, this.embedding.outW as unknown as T2), this.embedding.outB) as T2;
+  }
+
+  /** δ at every tap by the tape: tfjs's gradients of the tapped forward (`backToTaps`, a nested tf.grads). */
+  private tapeDeltas(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps): LayerDeltas[] {
+    const tf = this.tf;
+    const [b, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
+    const inputs: TF.Tensor[] = [];
+    const taps = Array.from({ length: L }, () => [tf.zeros([b * T, 3 * H * dh]), tf.zeros([b * T, D])]).flat();
+    const deltas = backToTaps((t) => this.forward(x, pruned, undefined, { taps: t, inputs }), taps);
+    return Array.from({ length: L }, (_, l) => ({ h: inputs[2 * l], merged: inputs[2 * l + 1], dqkv: deltas[2 * l], dOut: deltas[2 * l + 1] }));
+  }
+
+  /**
+   * δ at every tap by a hand-written backward pass (docs/method.md, "The hand-written backward to the
+   * taps"): the probe's forward with its intermediates kept, u from its logits (`directions`), then the
+   * chain rule layer by layer in reverse with explicit ops (layer norm, GELU and softmax in closed
+   * form, the linear maps' transposes). The same δ as tapeDeltas, with no inner tape: written with
+   * differentiable ops, so the outer gradient (the regularizer's) differentiates it once, and follows u.
+   */
+  private handDeltas(x: TF.Tensor, pruned: ReadonlySet<number>, directions: (z: T2) => T2): LayerDeltas[] {
+    const tf = this.tf;
+    const [b, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
+    const scale = 1 / Math.sqrt(dh);
+    const split = (t: TF.Tensor) => tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]) as TF.Tensor4D; // [b, H, T, dh]
+    const merge = (t: TF.Tensor) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [b * T, H * dh]) as T2; // [b, H, T, dh] → [b·T, H·dh]
+    // Layer norm as x̂ = (x − mean)·r, r = 1/√(var + ε), then x̂·g + β: x̂ and r are what its backward reads.
+    const normalize = (t: T2) => {
+      const centered = tf.sub(t, tf.mean(t, -1, true));
+      const inv = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), LN_EPSILON));
+      return { xhat: tf.mul(centered, inv) as T2, inv };
+    };
+    // dx = r·(g⊙dy − mean(g⊙dy) − x̂·mean(g⊙dy⊙x̂)) per row.
+    const normBack = (n: { xhat: T2; inv: TF.Tensor }, g: TF.Variable, dy: T2) => {
+      const gdy = tf.mul(dy, g);
+      return tf.mul(tf.sub(tf.sub(gdy, tf.mean(gdy, -1, true)), tf.mul(n.xhat, tf.mean(tf.mul(gdy, n.xhat), -1, true))), n.inv) as T2;
+    };
+    const maps = this.heads.map((_, l) => this.layerMaps(l, pruned));
+    interface Saved {
+      h: T2;
+      q: TF.Tensor4D;
+      k: TF.Tensor4D;
+      v: TF.Tensor4D;
+      attention: TF.Tensor4D;
+      merged: T2;
+      n1: { xhat: T2; inv: TF.Tensor };
+      pre: T2;
+      n2: { xhat: T2; inv: TF.Tensor };
+    }
+    const saved: Saved[] = [];
+    let h = this.embed(x);
+    for (let l = 0; l < L; l++) {
+      const blk = this.blocks[l];
+      const { projections, biases, wo } = maps[l];
+      const [q, k, v] = tf.split(tf.add(tf.matMul(h, projections), biases), 3, 1).map(split);
+      const attention = tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)) as TF.Tensor4D;
+      const merged = merge(tf.matMul(attention, v));
+      const n1 = normalize(tf.add(h, tf.add(tf.matMul(merged, wo), blk.bo)) as T2);
+      const h1 = tf.add(tf.mul(n1.xhat, blk.ln1g), blk.ln1b) as T2;
+      const pre = tf.add(tf.matMul(h1, blk.ff1w as unknown as T2), blk.ff1b) as T2;
+      const ff = tf.add(tf.matMul(this.gelu(pre), blk.ff2w as unknown as T2), blk.ff2b) as T2;
+      const n2 = normalize(tf.add(h1, ff) as T2);
+      saved.push({ h, q, k, v, attention, merged, n1, pre, n2 });
+      h = tf.add(tf.mul(n2.xhat, blk.ln2g), blk.ln2b) as T2;
+    }
+    const e = this.embedding;
+    const clsOut = tf.reshape(tf.slice(tf.reshape(h, [b, T, D]), [0, 0, 0], [b, 1, D]), [b, D]) as T2;
+    const U = directions(tf.add(tf.matMul(clsOut, e.outW as unknown as T2), e.outB) as T2);
+    // ∂s/∂h at the last layer's output: u·W_outᵀ at [CLS], zero at every other token.
+    let dh2 = tf.reshape(tf.pad(tf.reshape(tf.matMul(U, e.outW as unknown as T2, false, true), [b, 1, D]), [[0, 0], [0, T - 1], [0, 0]]), [b * T, D]) as T2;
+    const out: LayerDeltas[] = new Array(L);
+    for (let l = L - 1; l >= 0; l--) {
+      const blk = this.blocks[l];
+      const s = saved[l];
+      const dr2 = normBack(s.n2, blk.ln2g, dh2);
+      const dPre = tf.mul(tf.matMul(dr2, blk.ff2w as unknown as T2, false, true), this.activations.geluDerivative(s.pre));
+      const dr1 = normBack(s.n1, blk.ln1g, tf.add(dr2, tf.matMul(dPre, blk.ff1w as unknown as T2, false, true)) as T2);
+      // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
+      const dO = split(tf.matMul(dr1, maps[l].wo, false, true));
+      const dA = tf.matMul(dO, s.v, false, true);
+      const dv = tf.matMul(s.attention, dO, true, false);
+      // Softmax backward: dS = A⊙(dA − Σ_j A⊙dA), times the scores' scale.
+      const dS = tf.mul(tf.mul(s.attention, tf.sub(dA, tf.sum(tf.mul(dA, s.attention), -1, true))), scale);
+      const dq = tf.matMul(dS, s.k);
+      const dk = tf.matMul(dS, s.q, true, false);
+      const dqkv = tf.concat([merge(dq), merge(dk), merge(dv)], 1) as T2;
+      out[l] = { h: s.h, merged: s.merged, dqkv, dOut: dr1 };
+      if (l > 0) dh2 = tf.add(dr1, tf.matMul(dqkv, maps[l].projections, false, true)) as T2;
+    }
+    return out;
   }
 
   /**
@@ -272,16 +412,13 @@ export class BertEncoder extends RouterlessClassifier {
    * interact) and ∂s_i/∂b = Σ_t δ_{i,t}. Columns are ordered per layer [W_q|W_k|W_v rows of each input
    * dimension, b_q|b_v, W_o], a fixed permutation of the head's parameters (K = J·Jᵀ does not see it).
    */
-  protected probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps): TF.Tensor3D {
+  protected probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, directions: (z: T2) => T2): TF.Tensor3D {
     const tf = this.tf;
     const [b, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
-    const inputs: TF.Tensor[] = [];
-    const taps = Array.from({ length: L }, () => [tf.zeros([b * T, 3 * H * dh]), tf.zeros([b * T, D])]).flat();
-    const deltas = backToTaps((t) => this.forward(x, pruned, undefined, { taps: t, inputs }), taps);
+    const layers = this.deltasByTape ? this.tapeDeltas(x, pruned, backToTaps) : this.handDeltas(x, pruned, directions);
     const blocks: TF.Tensor[] = [];
     for (let l = 0; l < L; l++) {
-      const [dqkv, dOut] = deltas.slice(2 * l, 2 * l + 2);
-      const [h, merged] = inputs.slice(2 * l, 2 * l + 2);
+      const { h, merged, dqkv, dOut } = layers[l];
       const byToken = (t: TF.Tensor, width: number) => tf.reshape(t, [b, T, width]);
       // [b, D, (q|k|v), H, dh] → [H, b, D·3·dh]
       const qkv = tf.matMul(byToken(h, D) as TF.Tensor3D, byToken(dqkv, 3 * H * dh) as TF.Tensor3D, true, false);
@@ -293,8 +430,25 @@ export class BertEncoder extends RouterlessClassifier {
       const out = tf.matMul(byToken(merged, H * dh) as TF.Tensor3D, byToken(dOut, D) as TF.Tensor3D, true, false);
       blocks.push(tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2]));
     }
-    tf.dispose(inputs);
+    if (this.deltasByTape) tf.dispose(layers.flatMap((d) => [d.h, d.merged]));
     return tf.concat(blocks, 2) as TF.Tensor3D;
+  }
+
+  /**
+   * δ = ∂(Σ_i u_iᵀ logits(x_i))/∂tap at every tap, u the rows of U [b, classes] (held), read back per
+   * layer as [δ at q|k|v [b·T, 3·H·dh], δ at the output projection [b·T, D]]: by the hand-written
+   * backward, or by the tape (a tf.grads of the tapped forward). For the tests.
+   */
+  tapDeltas(x: TF.Tensor, U: T2, pruned: ReadonlySet<number>, byTape: boolean): Float32Array[][] {
+    const tf = this.tf;
+    return tf.tidy(() => {
+      const layers = byTape
+        ? this.tapeDeltas(x, pruned, (forward, taps) => tf.grads((...t: TF.Tensor[]) => tf.sum(tf.mul(forward(t), U)))(taps))
+        : this.handDeltas(x, pruned, () => U);
+      const read = layers.map((d) => [d.dqkv.dataSync() as Float32Array, d.dOut.dataSync() as Float32Array]);
+      if (byTape) tf.dispose(layers.flatMap((d) => [d.h, d.merged]));
+      return read;
+    });
   }
 
   /**

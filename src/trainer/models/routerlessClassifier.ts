@@ -64,9 +64,11 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   /**
    * J [units, n, p_unit] on probe inputs x, J[u, i, :] = ∂s_i/∂θ_u (a fixed order of the unit's
    * parameters), from one forward pass with zero taps after the units' linear maps and one backward pass
-   * to the taps (`backToTaps`); differentiable w.r.t. every weight. A pruned unit's rows are 0.
+   * to the taps (`backToTaps`), or a family's own backward seeded with `directions(z)` (U [n, classes]
+   * of the probe's logits z: hold it inside the Jacobian, the outer gradient follows it); differentiable
+   * w.r.t. every weight. A pruned unit's rows are 0.
    */
-  protected abstract probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps): TF.Tensor3D;
+  protected abstract probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, directions: (z: T2) => T2): TF.Tensor3D;
 
   setProbe(probe: Batch): void {
     this.probeX?.dispose();
@@ -175,12 +177,16 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
       const valueOfExact = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({ value: tf.clone(exact), gradFunc: (dy: TF.Tensor) => dy })) as (x: T2) => T2;
       return valueOfExact(outputDirectionsTf(logProbs, this.probeY!, rowScales(read, labels, n, c)));
     };
-    const J = this.probeJacobians(this.probeX!, pruned, (forward, taps) =>
-      tf.grads((...t: TF.Tensor[]) => {
-        const z = forward(t);
-        U = tf.keep(directions(z));
-        return seed(U)(z);
-      })(taps),
+    const directionsOf = (z: T2): T2 => (U = tf.keep(directions(z)));
+    const J = this.probeJacobians(
+      this.probeX!,
+      pruned,
+      (forward, taps) =>
+        tf.grads((...t: TF.Tensor[]) => {
+          const z = forward(t);
+          return seed(directionsOf(z))(z);
+        })(taps),
+      directionsOf,
     );
     // Out of the pass's scope into the caller's (a clone stays on the tape, connected to U).
     const directionsOut = tf.clone(U!);
