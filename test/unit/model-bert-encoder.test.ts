@@ -195,6 +195,54 @@ test('layer norm (one op, closed-form backward): value, gradient and gradient of
   tf.dispose([x, g, b, w, dx, dg, db, qx, qg]);
 });
 
+test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s backward passes as one op each): values and gradients match float64 central differences', () => {
+  const act = twiceDifferentiableActivations(tf);
+  const [r, c, eps] = [3, 6, 1e-5];
+  const rnd = (shape: number[], mean: number, sd: number, seed: number) => tf.randomNormal(shape, mean, sd, 'float32', seed);
+  const [x, dy, w] = [rnd([r, c], 0.3, 1.5, 11) as tf.Tensor2D, rnd([r, c], 0, 1, 12) as tf.Tensor2D, rnd([r, c], 0, 1, 13)];
+  const g = rnd([c], 1, 0.5, 14) as tf.Tensor1D;
+  const A = tf.softmax(rnd([r, c], 0, 1.5, 15));
+  const [xs, dys, ws, gs, As] = [x, dy, w, g, A].map((t) => Float64Array.from(t.dataSync()));
+  const rows = (f: (i: number) => number[]) => Float64Array.from(Array.from({ length: r }, (_, i) => f(i)).flat());
+  const row = (a: Float64Array, i: number) => Array.from(a.subarray(i * c, (i + 1) * c));
+  const mean = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
+  // Float64 references, by definition.
+  const geluPrime = (v: Float64Array) => v.map((z) => (gelu(z + 1e-5) - gelu(z - 1e-5)) / 2e-5);
+  const lnBack = (xv: Float64Array, gv: Float64Array, dv: Float64Array) =>
+    rows((i) => {
+      // dx_k = Σ_j dy_j·g_j·∂x̂_j/∂x_k, ∂x̂_j/∂x_k = r·(δ_jk − 1/c − x̂_j·x̂_k/c)
+      const xr = row(xv, i);
+      const m = mean(xr);
+      const inv = 1 / Math.sqrt(mean(xr.map((z) => (z - m) ** 2)) + eps);
+      const xhat = xr.map((z) => (z - m) * inv);
+      const a = row(dv, i).map((d, j) => d * gv[j]);
+      return xhat.map((_, k) => a.reduce((s, aj, j) => s + aj * inv * ((j === k ? 1 : 0) - 1 / c - (xhat[j] * xhat[k]) / c), 0));
+    });
+  const smBack = (Av: Float64Array, dAv: Float64Array, scale: number) =>
+    rows((i) => {
+      const [y, d] = [row(Av, i), row(dAv, i)];
+      const sdot = y.reduce((s, yj, j) => s + yj * d[j], 0);
+      return y.map((yj, j) => scale * yj * (d[j] - sdot));
+    });
+  const close = (ours: ArrayLike<number>, ref: Float64Array, what: string, tol = 1e-4) => assert.ok(maxAbs(ours, ref) <= tol * Math.max(...ref.map(Math.abs)), `${what}: ${maxAbs(ours, ref)}`);
+  const weighted = (v: Float64Array) => v.reduce((s, z, k) => s + z * ws[k], 0);
+  const central = (at: Float64Array, f: (v: Float64Array) => number, step = 1e-4) => at.map((_, k) => centralDifference(at, k, step, () => f(at)));
+  close(act.geluDerivative(x).dataSync(), geluPrime(xs), 'GELU′');
+  close(act.layerNormBackward(x, g, dy).dataSync(), lnBack(xs, gs, dys), 'layer norm backward');
+  close(act.softmaxBackward(A, dy, 0.5).dataSync(), smBack(As, dys, 0.5), 'softmax backward');
+  // Gradients of Σ w⊙op against central differences of the float64 references.
+  const [dGelu] = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t), w)))([x]);
+  close(dGelu.dataSync(), central(Float64Array.from(xs), (v) => weighted(geluPrime(v)), 1e-3), 'GELU″', 1e-3);
+  const [lx, lg, ld] = tf.grads((t: tf.Tensor, gt: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.layerNormBackward(t as tf.Tensor2D, gt as tf.Tensor1D, d as tf.Tensor2D), w)))([x, g, dy]);
+  close(lx.dataSync(), central(Float64Array.from(xs), (v) => weighted(lnBack(v, gs, dys))), 'layer norm backward: ∂/∂x');
+  close(lg.dataSync(), central(Float64Array.from(gs), (v) => weighted(lnBack(xs, v, dys))), 'layer norm backward: ∂/∂g');
+  close(ld.dataSync(), central(Float64Array.from(dys), (v) => weighted(lnBack(xs, gs, v))), 'layer norm backward: ∂/∂dy');
+  const [sA, sd] = tf.grads((a: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.softmaxBackward(a, d, 0.5), w)))([A, dy]);
+  close(sA.dataSync(), central(Float64Array.from(As), (v) => weighted(smBack(v, dys, 0.5))), 'softmax backward: ∂/∂A');
+  close(sd.dataSync(), central(Float64Array.from(dys), (v) => weighted(smBack(As, v, 0.5))), 'softmax backward: ∂/∂dA');
+  tf.dispose([x, dy, w, g, A, dGelu, lx, lg, ld, sA, sd]);
+});
+
 test('training on the built-in 14×14 data (14 row tokens + [CLS]) beats chance clearly', () => {
   const m = newModel(config({ model: { experts: 2, dModel: 8, layers: 1, hiddenUnits: 8 }, learningRate: 0.01 }));
   const losses = steps(m, builtin, 250, { batch: 32 });

@@ -36,6 +36,13 @@ export interface TwiceDifferentiableActivations {
   layerNorm(x: TF.Tensor2D, g: TF.Tensor1D, b: TF.Tensor1D): TF.Tensor2D;
   /** GELU′(x), one op whose gradient is GELU″ in closed form (once differentiable: the hand-written backward's). */
   geluDerivative<T extends TF.Tensor>(x: T): T;
+  /**
+   * Layer norm's backward pass as one op: dx = ∂⟨dy, layerNorm(x, g, ·)⟩/∂x [N, D], once differentiable
+   * in x, g and dy (closed form; the hand-written backward's).
+   */
+  layerNormBackward(x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D): TF.Tensor2D;
+  /** Softmax's backward pass as one op: scale·A⊙(dA − Σ_last A⊙dA), A the softmax's output; once differentiable. */
+  softmaxBackward<T extends TF.Tensor>(A: T, dA: T, scale: number): T;
 }
 
 const activationsCache = new WeakMap<object, TwiceDifferentiableActivations>();
@@ -89,8 +96,52 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
       },
     };
   }) as <T extends TF.Tensor>(x: T) => T;
+  // Per row, with x̂ = (x − mean)·r, r = 1/√(var + ε), a = g⊙dy and P(w) = w − mean(w) − x̂·mean(w⊙x̂)
+  // (symmetric): dx = F = r·P(a). Its adjoint for an upstream w: ∂/∂dy = g⊙r·P(w), ∂/∂g = Σ_rows dy⊙r·P(w),
+  // ∂/∂x = −r·(mean(w⊙F)·x̂ + r·mean(a⊙x̂)·P(w) + r·mean(w⊙x̂)·P(a)) (from δx̂ = r·P(δx) and δr = −r²·mean(x̂⊙δx)).
+  const layerNormParts = (x: TF.Tensor) => {
+    const centered = tf.sub(x, tf.mean(x, -1, true));
+    const inv = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), LN_EPSILON));
+    const xhat = tf.mul(centered, inv);
+    const project = (w: TF.Tensor) => tf.sub(tf.sub(w, tf.mean(w, -1, true)), tf.mul(xhat, tf.mean(tf.mul(w, xhat), -1, true)));
+    return { inv, xhat, project };
+  };
+  const layerNormBackward = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const [x, g, dy] = args as TF.Tensor[];
+    (args[3] as TF.GradSaveFunc)([x, g, dy]);
+    const { inv, project } = layerNormParts(x);
+    return {
+      value: tf.mul(project(tf.mul(dy, g)), inv),
+      gradFunc: (w: TF.Tensor, [sx, sg, sdy]: TF.Tensor[]) => {
+        const { inv: r, xhat, project: P } = layerNormParts(sx);
+        const a = tf.mul(sdy, sg);
+        const Pw = tf.mul(P(w), r);
+        const F = tf.mul(P(a), r);
+        const mean = (t: TF.Tensor) => tf.mean(t, -1, true);
+        const dx = tf.neg(tf.add(tf.add(tf.mul(tf.mul(mean(tf.mul(w, F)), xhat), r), tf.mul(Pw, tf.mul(mean(tf.mul(a, xhat)), r))), tf.mul(F, tf.mul(mean(tf.mul(w, xhat)), r))));
+        return [dx, tf.sum(tf.mul(sdy, Pw), 0), tf.mul(Pw, sg)];
+      },
+    };
+  }) as (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D) => TF.Tensor2D;
+  // dS = c·A⊙(dA − s), s = Σ A⊙dA; adjoint for w: ∂/∂dA = c·A⊙(w − ω), ∂/∂A = c·((w − ω)⊙dA − w·s), ω = Σ w⊙A.
+  const softmaxBackward = <T extends TF.Tensor>(A: T, dA: T, scale: number): T =>
+    (
+      tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+        const [y, dy] = args as TF.Tensor[];
+        (args[2] as TF.GradSaveFunc)([y, dy]);
+        return {
+          value: tf.mul(tf.mul(y, tf.sub(dy, tf.sum(tf.mul(y, dy), -1, true))), scale),
+          gradFunc: (w: TF.Tensor, [sy, sdy]: TF.Tensor[]) => {
+            const wOmega = tf.mul(tf.sub(w, tf.sum(tf.mul(w, sy), -1, true)), scale);
+            return [tf.sub(tf.mul(wOmega, sdy), tf.mul(w, tf.mul(tf.sum(tf.mul(sy, sdy), -1, true), scale))), tf.mul(sy, wOmega)];
+          },
+        };
+      }) as (y: T, dy: T) => T
+    )(A, dA);
   const activations: TwiceDifferentiableActivations = {
     geluDerivative,
+    layerNormBackward,
+    softmaxBackward,
     softmax: recomputing(
       (x) => tf.softmax(x),
       (dy, y) => tf.mul(y, tf.sub(dy, tf.sum(tf.mul(dy, y), -1, true))),
@@ -260,6 +311,21 @@ export class BertEncoder extends RouterlessClassifier {
     return this.tf.tidy(() => this.forward(x, pruned, softMask));
   }
 
+  /** [b·T, parts·H·dh] (parts side by side, each all heads side by side) → `parts` tensors [b, H, T, dh]. */
+  private splitHeads(t: T2, b: number, parts = 3): TF.Tensor4D[] {
+    const tf = this.tf;
+    const [T, H, dh] = [this.rows + 1, this.units, this.dHead];
+    const heads = tf.transpose(tf.reshape(t, [b, T, parts * H, dh]), [0, 2, 1, 3]);
+    return (parts === 1 ? [heads] : tf.split(heads, parts, 1)) as TF.Tensor4D[];
+  }
+
+  /** splitHeads' inverse: tensors [b, H, T, dh] → [b·T, parts·H·dh]. */
+  private mergeHeads(parts: TF.Tensor[], b: number): T2 {
+    const tf = this.tf;
+    const [T, H, dh] = [this.rows + 1, this.units, this.dHead];
+    return tf.reshape(tf.transpose(parts.length === 1 ? parts[0] : tf.concat(parts, 1), [0, 2, 1, 3]), [b * T, parts.length * H * dh]) as T2;
+  }
+
   /** Embedding: [CLS] and the row tokens, positions, layer norm: the first block's input [b·T, D]. */
   private embed(x: TF.Tensor): T2 {
     const tf = this.tf;
@@ -300,12 +366,11 @@ export class BertEncoder extends RouterlessClassifier {
     let h = this.embed(x);
     this.heads.forEach((_, l) => {
       const blk = this.blocks[l];
-      const split = (t: TF.Tensor) => tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]); // [b, H, T, dh]
       // Queries, keys and values of all heads in one matmul and one tap.
       const { projections, biases, wo } = this.layerMaps(l, pruned, softMask);
-      const [q, k, v] = tf.split(tap(tf.add(tf.matMul(h, projections), biases), l, 0), 3, 1).map(split);
+      const [q, k, v] = this.splitHeads(tap(tf.add(tf.matMul(h, projections), biases), l, 0) as T2, b);
       const attention = this.activations.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
-      const merged = tf.reshape(tf.transpose(tf.matMul(attention, v), [0, 2, 1, 3]), [b * T, H * dh]) as T2;
+      const merged = this.mergeHeads([tf.matMul(attention, v)], b);
       tapped?.inputs.push(tf.keep(h), tf.keep(merged));
       const attended = tf.add(tap(tf.matMul(merged, wo), l, 1), blk.bo) as T2;
       h = this.layerNorm(tf.add(h, attended) as T2, blk.ln1g, blk.ln1b);
@@ -335,22 +400,12 @@ export class BertEncoder extends RouterlessClassifier {
    */
   private handDeltas(x: TF.Tensor, pruned: ReadonlySet<number>, directions: (z: T2) => T2): LayerDeltas[] {
     const tf = this.tf;
+    const act = this.activations;
     const [b, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
     const scale = 1 / Math.sqrt(dh);
-    const split = (t: TF.Tensor) => tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]) as TF.Tensor4D; // [b, H, T, dh]
-    const merge = (t: TF.Tensor) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [b * T, H * dh]) as T2; // [b, H, T, dh] → [b·T, H·dh]
-    // Layer norm as x̂ = (x − mean)·r, r = 1/√(var + ε), then x̂·g + β: x̂ and r are what its backward reads.
-    const normalize = (t: T2) => {
-      const centered = tf.sub(t, tf.mean(t, -1, true));
-      const inv = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), LN_EPSILON));
-      return { xhat: tf.mul(centered, inv) as T2, inv };
-    };
-    // dx = r·(g⊙dy − mean(g⊙dy) − x̂·mean(g⊙dy⊙x̂)) per row.
-    const normBack = (n: { xhat: T2; inv: TF.Tensor }, g: TF.Variable, dy: T2) => {
-      const gdy = tf.mul(dy, g);
-      return tf.mul(tf.sub(tf.sub(gdy, tf.mean(gdy, -1, true)), tf.mul(n.xhat, tf.mean(tf.mul(gdy, n.xhat), -1, true))), n.inv) as T2;
-    };
     const maps = this.heads.map((_, l) => this.layerMaps(l, pruned));
+    const mat = (v: TF.Variable) => v as unknown as T2;
+    const vec = (v: TF.Variable) => v as unknown as TF.Tensor1D;
     interface Saved {
       h: T2;
       q: TF.Tensor4D;
@@ -358,52 +413,47 @@ export class BertEncoder extends RouterlessClassifier {
       v: TF.Tensor4D;
       attention: TF.Tensor4D;
       merged: T2;
-      n1: { xhat: T2; inv: TF.Tensor };
-      pre: T2;
-      n2: { xhat: T2; inv: TF.Tensor };
+      r1: T2; // the first layer norm's input
+      pre: T2; // the FFN's pre-activation
+      r2: T2; // the second layer norm's input
     }
     const saved: Saved[] = [];
     let h = this.embed(x);
     for (let l = 0; l < L; l++) {
       const blk = this.blocks[l];
       const { projections, biases, wo } = maps[l];
-      const [q, k, v] = tf.split(tf.add(tf.matMul(h, projections), biases), 3, 1).map(split);
+      const [q, k, v] = this.splitHeads(tf.add(tf.matMul(h, projections), biases) as T2, b);
       const attention = tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)) as TF.Tensor4D;
-      const merged = merge(tf.matMul(attention, v));
-      const n1 = normalize(tf.add(h, tf.add(tf.matMul(merged, wo), blk.bo)) as T2);
-      const h1 = tf.add(tf.mul(n1.xhat, blk.ln1g), blk.ln1b) as T2;
-      const pre = tf.add(tf.matMul(h1, blk.ff1w as unknown as T2), blk.ff1b) as T2;
-      const ff = tf.add(tf.matMul(this.gelu(pre), blk.ff2w as unknown as T2), blk.ff2b) as T2;
-      const n2 = normalize(tf.add(h1, ff) as T2);
-      saved.push({ h, q, k, v, attention, merged, n1, pre, n2 });
-      h = tf.add(tf.mul(n2.xhat, blk.ln2g), blk.ln2b) as T2;
+      const merged = this.mergeHeads([tf.matMul(attention, v)], b);
+      const r1 = tf.add(h, tf.add(tf.matMul(merged, wo), blk.bo)) as T2;
+      const h1 = act.layerNorm(r1, vec(blk.ln1g), vec(blk.ln1b));
+      const pre = tf.add(tf.matMul(h1, mat(blk.ff1w)), blk.ff1b) as T2;
+      const r2 = tf.add(h1, tf.add(tf.matMul(act.gelu(pre), mat(blk.ff2w)), blk.ff2b)) as T2;
+      saved.push({ h, q, k, v, attention, merged, r1, pre, r2 });
+      h = act.layerNorm(r2, vec(blk.ln2g), vec(blk.ln2b));
     }
     const e = this.embedding;
     const clsOut = tf.reshape(tf.slice(tf.reshape(h, [b, T, D]), [0, 0, 0], [b, 1, D]), [b, D]) as T2;
-    const U = directions(tf.add(tf.matMul(clsOut, e.outW as unknown as T2), e.outB) as T2);
+    const U = directions(tf.add(tf.matMul(clsOut, mat(e.outW)), e.outB) as T2);
     // ∂s/∂h at the last layer's output: u·W_outᵀ at [CLS], zero at every other token.
-    let dh2 = tf.reshape(tf.pad(tf.reshape(tf.matMul(U, e.outW as unknown as T2, false, true), [b, 1, D]), [[0, 0], [0, T - 1], [0, 0]]), [b * T, D]) as T2;
+    let dh2 = tf.reshape(tf.pad(tf.reshape(tf.matMul(U, mat(e.outW), false, true), [b, 1, D]), [[0, 0], [0, T - 1], [0, 0]]), [b * T, D]) as T2;
     const out: LayerDeltas[] = new Array(L);
     for (let l = L - 1; l >= 0; l--) {
       const blk = this.blocks[l];
       const s = saved[l];
-      const dr2 = normBack(s.n2, blk.ln2g, dh2);
-      const dPre = tf.mul(tf.matMul(dr2, blk.ff2w as unknown as T2, false, true), this.activations.geluDerivative(s.pre));
-      const dr1 = normBack(s.n1, blk.ln1g, tf.add(dr2, tf.matMul(dPre, blk.ff1w as unknown as T2, false, true)) as T2);
+      const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2);
+      const dPre = tf.mul(tf.matMul(dr2, mat(blk.ff2w), false, true), act.geluDerivative(s.pre));
+      const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), tf.add(dr2, tf.matMul(dPre, mat(blk.ff1w), false, true)) as T2);
       // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
-      const dO = split(tf.matMul(dr1, maps[l].wo, false, true));
-      const dA = tf.matMul(dO, s.v, false, true);
-      const dv = tf.matMul(s.attention, dO, true, false);
-      // Softmax backward: dS = A⊙(dA − Σ_j A⊙dA), times the scores' scale.
-      const dS = tf.mul(tf.mul(s.attention, tf.sub(dA, tf.sum(tf.mul(dA, s.attention), -1, true))), scale);
-      const dq = tf.matMul(dS, s.k);
-      const dk = tf.matMul(dS, s.q, true, false);
-      const dqkv = tf.concat([merge(dq), merge(dk), merge(dv)], 1) as T2;
+      const [dO] = this.splitHeads(tf.matMul(dr1, maps[l].wo, false, true), b, 1);
+      const dS = act.softmaxBackward(s.attention, tf.matMul(dO, s.v, false, true), scale);
+      const dqkv = this.mergeHeads([tf.matMul(dS, s.k), tf.matMul(dS, s.q, true, false), tf.matMul(s.attention, dO, true, false)], b);
       out[l] = { h: s.h, merged: s.merged, dqkv, dOut: dr1 };
       if (l > 0) dh2 = tf.add(dr1, tf.matMul(dqkv, maps[l].projections, false, true)) as T2;
     }
     return out;
   }
+
 
   /**
    * Every head's per-sample Jacobian rows [heads, b, p_head] from one tapped forward pass and one
