@@ -238,6 +238,8 @@ export class BertEncoder extends RouterlessClassifier {
   private readonly activations: TwiceDifferentiableActivations;
   /** δ at the taps by the tape (nested tf.grads) instead of the hand-written backward: the tests' reference. */
   deltasByTape = false;
+  /** Layer maps built once per step (layerMaps), between beginStep and endStep. */
+  private stepMaps: Map<string, TF.Tensor> | undefined;
 
   constructor(tf: typeof TF, config: TrainingConfig, data: TaskData) {
     if (data.kind !== 'images') throw new Error(`the bert-encoder family classifies images read row by row, not ${data.kind}`);
@@ -311,6 +313,14 @@ export class BertEncoder extends RouterlessClassifier {
     return this.tf.tidy(() => this.forward(x, pruned, softMask));
   }
 
+  /** Ones except the bias row's key columns: [D + 1, 3·H·dh] (probeJacobians). */
+  private noKeyBias(): TF.Tensor2D {
+    const [D, HD] = [this.dModel, this.units * this.dHead];
+    const mask = new Float32Array((D + 1) * 3 * HD).fill(1);
+    mask.fill(0, D * 3 * HD + HD, D * 3 * HD + 2 * HD);
+    return this.tf.tensor2d(mask, [D + 1, 3 * HD]);
+  }
+
   /** [b·T, parts·H·dh] (parts side by side, each all heads side by side) → `parts` tensors [b, H, T, dh]. */
   private splitHeads(t: T2, b: number, parts = 3): TF.Tensor4D[] {
     const tf = this.tf;
@@ -332,8 +342,10 @@ export class BertEncoder extends RouterlessClassifier {
     const [b, T, D] = [x.shape[0], this.rows + 1, this.dModel];
     const e = this.embedding;
     const tokens = tf.reshape(tf.add(tf.matMul(tf.reshape(x, [b * this.rows, this.cols]) as T2, e.tokW as unknown as T2), e.tokB), [b, this.rows, D]);
-    const cls = tf.tile(tf.reshape(e.cls, [1, 1, D]), [b, 1, 1]);
-    return this.layerNorm(tf.reshape(tf.add(tf.concat([cls, tokens], 1), e.pos), [b * T, D]) as T2, e.lnG, e.lnB);
+    // [CLS] enters as a zero token whose position row carries it (broadcast over the batch: tf.tile's
+    // gradient is a slice and an add per example).
+    const clsAndPositions = tf.add(tf.pad(tf.reshape(e.cls, [1, D]), [[0, T - 1], [0, 0]]), e.pos);
+    return this.layerNorm(tf.reshape(tf.add(tf.pad(tokens, [[0, 0], [1, 0], [0, 0]]), clsAndPositions), [b * T, D]) as T2, e.lnG, e.lnB);
   }
 
   /**
@@ -346,12 +358,31 @@ export class BertEncoder extends RouterlessClassifier {
     const heads = this.heads[l];
     const H = this.units;
     const pickAll = (picks: ((v: HeadVars) => TF.Variable)[]) => picks.flatMap((pick) => heads.map((v, k) => (pruned.has(k) ? tf.zerosLike(pick(v)) : pick(v))));
-    const projections = tf.concat(pickAll([(v) => v.wq, (v) => v.wk, (v) => v.wv]), 1) as T2;
-    const biases = tf.concat([...pickAll([(v) => v.bq]), tf.zeros([H * this.dHead]), ...pickAll([(v) => v.bv])], 0) as TF.Tensor1D;
-    // The pruning gate's soft mask scales head k's rows of W_o: its output before the merge.
-    const wo = softMask ? tf.concat(heads.map((v, k) => tf.mul(pruned.has(k) ? tf.zerosLike(v.wo) : v.wo, tf.slice(softMask, [k], [1]))), 0) : tf.concat(pickAll([(v) => v.wo]), 0);
+    // Within a step the batch pass and the probe pass build the same side-by-side tensors: once (stepMaps).
+    const shared = <T extends TF.Tensor>(what: string, make: () => T): T => {
+      if (!this.stepMaps) return make();
+      const key = `${l}/${what}/${[...pruned].sort((a, c) => a - c).join(',')}`;
+      let t = this.stepMaps.get(key) as T | undefined;
+      if (!t) this.stepMaps.set(key, (t = tf.keep(make())));
+      return t;
+    };
+    const projections = shared('qkv', () => tf.concat(pickAll([(v) => v.wq, (v) => v.wk, (v) => v.wv]), 1) as T2);
+    const biases = shared('bias', () => tf.concat([...pickAll([(v) => v.bq]), tf.zeros([H * this.dHead]), ...pickAll([(v) => v.bv])], 0) as TF.Tensor1D);
+    // The pruning gate's soft mask scales head k's rows of W_o: its output before the merge (per pass, not shared).
+    const wo = softMask ? tf.concat(heads.map((v, k) => tf.mul(pruned.has(k) ? tf.zerosLike(v.wo) : v.wo, tf.slice(softMask, [k], [1]))), 0) : shared('wo', () => tf.concat(pickAll([(v) => v.wo]), 0));
     return { projections, biases, wo: wo as T2 };
   }
+
+  protected override beginStep(): void {
+    this.endStep();
+    this.stepMaps = new Map();
+  }
+
+  protected override endStep(): void {
+    if (this.stepMaps) this.tf.dispose([...this.stepMaps.values()]);
+    this.stepMaps = undefined;
+  }
+
 
   /**
    * The encoder; with `tapped`, zero taps are added after each layer's joint query|key|value projection
@@ -454,13 +485,13 @@ export class BertEncoder extends RouterlessClassifier {
     return out;
   }
 
-
   /**
-   * Every head's per-sample Jacobian rows [heads, b, p_head] from one tapped forward pass and one
-   * backward pass to the taps (δ = ∂s/∂tap, `backToTaps`): each of a head's matrices enters as a linear
+   * Every head's per-sample Jacobian rows [heads, b, p_head] from one forward pass and one backward
+   * pass to the taps (δ = ∂s/∂tap: handDeltas, or tapeDeltas with `backToTaps`): each of a head's matrices enters as a linear
    * map y = a·W, so ∂s_i/∂W = Σ_t a_{i,t} ⊗ δ_{i,t} (t over the example's tokens; examples do not
    * interact) and ∂s_i/∂b = Σ_t δ_{i,t}. Columns are ordered per layer [W_q|W_k|W_v rows of each input
-   * dimension, b_q|b_v, W_o], a fixed permutation of the head's parameters (K = J·Jᵀ does not see it).
+   * dimension, then b_q|0|b_v, W_o], a fixed permutation of the head's parameters plus dh zero columns
+   * where a key bias would be (K = J·Jᵀ sees neither).
    */
   protected probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, directions: (z: T2) => T2): TF.Tensor3D {
     const tf = this.tf;
@@ -470,12 +501,13 @@ export class BertEncoder extends RouterlessClassifier {
     for (let l = 0; l < L; l++) {
       const { h, merged, dqkv, dOut } = layers[l];
       const byToken = (t: TF.Tensor, width: number) => tf.reshape(t, [b, T, width]);
-      // [b, D, (q|k|v), H, dh] → [H, b, D·3·dh]
-      const qkv = tf.matMul(byToken(h, D) as TF.Tensor3D, byToken(dqkv, 3 * H * dh) as TF.Tensor3D, true, false);
-      blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * D * dh]));
-      const summed = tf.sum(tf.reshape(dqkv, [b, T, 3, H, dh]), 1); // [b, (q|k|v), H, dh]; the keys have no bias
-      const biases = tf.concat([tf.slice(summed, [0, 0, 0, 0], [b, 1, H, dh]), tf.slice(summed, [0, 2, 0, 0], [b, 1, H, dh])], 1);
-      blocks.push(tf.reshape(tf.transpose(biases, [2, 0, 1, 3]), [H, b, 2 * dh]));
+      // W_q, W_k, W_v and the biases in one matmul: the block input with a column of ones, so the last row
+      // of [b, D + 1, 3·H·dh] is Σ_t δ_t (the biases'). The keys have no bias: that row's key part is
+      // masked to exact zeros (it is Σ_t δk_t = 0 up to rounding, since softmax ignores a shift), a zero
+      // column of J that K = J·Jᵀ does not see. [b, D + 1, (q|k|v), H, dh] → [H, b, (D + 1)·3·dh]
+      const withOnes = tf.pad(byToken(h, D), [[0, 0], [0, 0], [0, 1]], 1) as TF.Tensor3D;
+      const qkv = tf.mul(tf.matMul(withOnes, byToken(dqkv, 3 * H * dh) as TF.Tensor3D, true, false), this.noKeyBias());
+      blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D + 1, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * (D + 1) * dh]));
       // W_o's rows of head k read the head's merged output: [b, H·dh, D] → [H, b, dh·D]
       const out = tf.matMul(byToken(merged, H * dh) as TF.Tensor3D, byToken(dOut, D) as TF.Tensor3D, true, false);
       blocks.push(tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2]));

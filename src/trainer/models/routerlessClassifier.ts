@@ -70,6 +70,14 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    */
   protected abstract probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, directions: (z: T2) => T2): TF.Tensor3D;
 
+  /**
+   * Called before and after a step's variableGrads: a family may share tensors between the batch pass
+   * and the probe pass in between (kept across their tidy scopes, disposed in endStep; beginStep also
+   * disposes what a step that threw left behind).
+   */
+  protected beginStep(): void {}
+  protected endStep(): void {}
+
   setProbe(probe: Batch): void {
     this.probeX?.dispose();
     this.probeY?.dispose();
@@ -112,6 +120,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     if (mask) varList.push(mask as unknown as TF.Variable);
     let maskGrad: number[] | undefined;
     let monitorMs = 0;
+    this.beginStep();
     const reported = tf.tidy(() => {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
@@ -132,6 +141,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
         regT = tf.keep(this.surrogateKappa(J, U, inModel));
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
+      this.endStep();
       if (mask) maskGrad = this.softMask.take(grads);
       if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
       else this.parameters.applyGradients(grads, trainable);
