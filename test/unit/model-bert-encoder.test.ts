@@ -195,7 +195,7 @@ test('layer norm (one op, closed-form backward): value, gradient and gradient of
   tf.dispose([x, g, b, w, dx, dg, db, qx, qg]);
 });
 
-test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s backward passes as one op each): values and gradients match float64 central differences', () => {
+test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s backward passes, affine maps as one op each): values and gradients match float64 central differences', () => {
   const act = twiceDifferentiableActivations(tf);
   const [r, c, eps] = [3, 6, 1e-5];
   const rnd = (shape: number[], mean: number, sd: number, seed: number) => tf.randomNormal(shape, mean, sd, 'float32', seed);
@@ -240,7 +240,28 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s ba
   const [sA, sd] = tf.grads((a: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.softmaxBackward(a, d, 0.5), w)))([A, dy]);
   close(sA.dataSync(), central(Float64Array.from(As), (v) => weighted(smBack(v, dys, 0.5))), 'softmax backward: ∂/∂A');
   close(sd.dataSync(), central(Float64Array.from(dys), (v) => weighted(smBack(As, v, 0.5))), 'softmax backward: ∂/∂dA');
-  tf.dispose([x, dy, w, g, A, dGelu, lx, lg, ld, sA, sd]);
+  // affine: a·W (+ bias + residual), W transposed or not; gradients for every input.
+  const [ra, rw, rb, rr] = [rnd([r, 4], 0, 1, 16) as tf.Tensor2D, rnd([4, c], 0, 1, 17) as tf.Tensor2D, rnd([c], 0, 1, 18) as tf.Tensor1D, rnd([r, c], 0, 1, 19) as tf.Tensor2D];
+  const [as, wsAff, bs, rs] = [ra, rw, rb, rr].map((t) => Float64Array.from(t.dataSync()));
+  const affineRef = (av: Float64Array, wv: Float64Array, bv: Float64Array, resv: Float64Array) => rows((i) => Array.from({ length: c }, (_, j) => bv[j] + resv[i * c + j] + [0, 1, 2, 3].reduce((sum, k) => sum + av[i * 4 + k] * wv[k * c + j], 0)));
+  close(act.affine(ra, rw, { bias: rb, residual: rr }).dataSync(), affineRef(as, wsAff, bs, rs), 'affine');
+  const wT = tf.transpose(rw) as tf.Tensor2D;
+  close(act.affine(ra, wT, { transposeW: true }).dataSync(), affineRef(as, wsAff, new Float64Array(c), new Float64Array(r * c)), 'affine, Wᵀ');
+  const grads = tf.grads((a: tf.Tensor, m: tf.Tensor, bb: tf.Tensor, res: tf.Tensor) => tf.sum(tf.mul(act.affine(a as tf.Tensor2D, m as tf.Tensor2D, { bias: bb as tf.Tensor1D, residual: res as tf.Tensor2D }), w)))([ra, rw, rb, rr]);
+  const refs = [
+    central(Float64Array.from(as), (v) => weighted(affineRef(v, wsAff, bs, rs))),
+    central(Float64Array.from(wsAff), (v) => weighted(affineRef(as, v, bs, rs))),
+    central(Float64Array.from(bs), (v) => weighted(affineRef(as, wsAff, v, rs))),
+    central(Float64Array.from(rs), (v) => weighted(affineRef(as, wsAff, bs, v))),
+  ];
+  grads.forEach((gr, k) => close(gr.dataSync(), refs[k], `affine: ∂/∂${['a', 'W', 'bias', 'residual'][k]}`));
+  const [gaT, gwT] = tf.grads((a: tf.Tensor, m: tf.Tensor) => tf.sum(tf.mul(act.affine(a as tf.Tensor2D, m as tf.Tensor2D, { transposeW: true }), w)))([ra, wT]);
+  const zeroB = new Float64Array(c);
+  const zeroR = new Float64Array(r * c);
+  close(gaT.dataSync(), central(Float64Array.from(as), (v) => weighted(affineRef(v, wsAff, zeroB, zeroR))), 'affine, Wᵀ: ∂/∂a');
+  const gwRef = central(Float64Array.from(wsAff), (v) => weighted(affineRef(as, v, zeroB, zeroR))); // [4, c]; ours is ∂/∂Wᵀ [c, 4]
+  close(gwT.dataSync(), Float64Array.from({ length: 4 * c }, (_, k) => gwRef[(k % 4) * c + Math.floor(k / 4)]), 'affine, Wᵀ: ∂/∂Wᵀ');
+  tf.dispose([x, dy, w, g, A, dGelu, lx, lg, ld, sA, sd, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
 });
 
 test('training on the built-in 14×14 data (14 row tokens + [CLS]) beats chance clearly', () => {

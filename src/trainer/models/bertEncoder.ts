@@ -43,6 +43,12 @@ export interface TwiceDifferentiableActivations {
   layerNormBackward(x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D): TF.Tensor2D;
   /** Softmax's backward pass as one op: scale·A⊙(dA − Σ_last A⊙dA), A the softmax's output; once differentiable. */
   softmaxBackward<T extends TF.Tensor>(A: T, dA: T, scale: number): T;
+  /**
+   * a·W (a·Wᵀ with `transposeW`) + bias + residual as one op (bias and residual optional): its gradient
+   * is dy·Wᵀ, aᵀ·dy, Σ_rows dy and dy, without a matMul's and two adds' bookkeeping (tape nodes, saved
+   * clones, the adds' reshapes). Saves a and W; once differentiable (the hand-written backward's).
+   */
+  affine(a: TF.Tensor2D, w: TF.Tensor2D, o?: { bias?: TF.Tensor1D; residual?: TF.Tensor2D; transposeW?: boolean }): TF.Tensor2D;
 }
 
 const activationsCache = new WeakMap<object, TwiceDifferentiableActivations>();
@@ -138,7 +144,29 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
         };
       }) as (y: T, dy: T) => T
     )(A, dA);
+  const affine = (a: TF.Tensor2D, w: TF.Tensor2D, o: { bias?: TF.Tensor1D; residual?: TF.Tensor2D; transposeW?: boolean } = {}): TF.Tensor2D => {
+    const extra = [...(o.bias ? [o.bias] : []), ...(o.residual ? [o.residual] : [])];
+    const tw = o.transposeW === true;
+    return (
+      tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+        const [x, m] = args as TF.Tensor2D[];
+        (args[args.length - 1] as TF.GradSaveFunc)([x, m]);
+        let value: TF.Tensor = tf.matMul(x, m, false, tw);
+        for (const t of args.slice(2, args.length - 1) as TF.Tensor[]) value = tf.add(value, t);
+        return {
+          value,
+          gradFunc: (dy: TF.Tensor, [sx, sm]: TF.Tensor[]) => [
+            tf.matMul(dy as TF.Tensor2D, sm as TF.Tensor2D, false, !tw),
+            tw ? tf.matMul(dy as TF.Tensor2D, sx as TF.Tensor2D, true, false) : tf.matMul(sx as TF.Tensor2D, dy as TF.Tensor2D, true, false),
+            ...(o.bias ? [tf.sum(dy, 0)] : []),
+            ...(o.residual ? [dy] : []),
+          ],
+        };
+      }) as (...t: TF.Tensor[]) => TF.Tensor2D
+    )(a, w, ...extra);
+  };
   const activations: TwiceDifferentiableActivations = {
+    affine,
     geluDerivative,
     layerNormBackward,
     softmaxBackward,
@@ -453,19 +481,19 @@ export class BertEncoder extends RouterlessClassifier {
     for (let l = 0; l < L; l++) {
       const blk = this.blocks[l];
       const { projections, biases, wo } = maps[l];
-      const [q, k, v] = this.splitHeads(tf.add(tf.matMul(h, projections), biases) as T2, b);
+      const [q, k, v] = this.splitHeads(act.affine(h, projections, { bias: biases }), b);
       const attention = tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)) as TF.Tensor4D;
       const merged = this.mergeHeads([tf.matMul(attention, v)], b);
-      const r1 = tf.add(h, tf.add(tf.matMul(merged, wo), blk.bo)) as T2;
+      const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: h });
       const h1 = act.layerNorm(r1, vec(blk.ln1g), vec(blk.ln1b));
-      const pre = tf.add(tf.matMul(h1, mat(blk.ff1w)), blk.ff1b) as T2;
-      const r2 = tf.add(h1, tf.add(tf.matMul(act.gelu(pre), mat(blk.ff2w)), blk.ff2b)) as T2;
+      const pre = act.affine(h1, mat(blk.ff1w), { bias: vec(blk.ff1b) });
+      const r2 = act.affine(act.gelu(pre), mat(blk.ff2w), { bias: vec(blk.ff2b), residual: h1 });
       saved.push({ h, q, k, v, attention, merged, r1, pre, r2 });
       h = act.layerNorm(r2, vec(blk.ln2g), vec(blk.ln2b));
     }
     const e = this.embedding;
     const clsOut = tf.reshape(tf.slice(tf.reshape(h, [b, T, D]), [0, 0, 0], [b, 1, D]), [b, D]) as T2;
-    const U = directions(tf.add(tf.matMul(clsOut, mat(e.outW)), e.outB) as T2);
+    const U = directions(act.affine(clsOut, mat(e.outW), { bias: vec(e.outB) }));
     // ∂s/∂h at the last layer's output: u·W_outᵀ at [CLS], zero at every other token.
     let dh2 = tf.reshape(tf.pad(tf.reshape(tf.matMul(U, mat(e.outW), false, true), [b, 1, D]), [[0, 0], [0, T - 1], [0, 0]]), [b * T, D]) as T2;
     const out: LayerDeltas[] = new Array(L);
@@ -473,14 +501,14 @@ export class BertEncoder extends RouterlessClassifier {
       const blk = this.blocks[l];
       const s = saved[l];
       const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2);
-      const dPre = tf.mul(tf.matMul(dr2, mat(blk.ff2w), false, true), act.geluDerivative(s.pre));
-      const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), tf.add(dr2, tf.matMul(dPre, mat(blk.ff1w), false, true)) as T2);
+      const dPre = tf.mul(act.affine(dr2, mat(blk.ff2w), { transposeW: true }), act.geluDerivative(s.pre)) as T2;
+      const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true }));
       // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
-      const [dO] = this.splitHeads(tf.matMul(dr1, maps[l].wo, false, true), b, 1);
+      const [dO] = this.splitHeads(act.affine(dr1, maps[l].wo, { transposeW: true }), b, 1);
       const dS = act.softmaxBackward(s.attention, tf.matMul(dO, s.v, false, true), scale);
       const dqkv = this.mergeHeads([tf.matMul(dS, s.k), tf.matMul(dS, s.q, true, false), tf.matMul(s.attention, dO, true, false)], b);
       out[l] = { h: s.h, merged: s.merged, dqkv, dOut: dr1 };
-      if (l > 0) dh2 = tf.add(dr1, tf.matMul(dqkv, maps[l].projections, false, true)) as T2;
+      if (l > 0) dh2 = act.affine(dqkv, maps[l].projections, { residual: dr1, transposeW: true });
     }
     return out;
   }
