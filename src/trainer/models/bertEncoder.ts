@@ -349,19 +349,25 @@ export class BertEncoder extends RouterlessClassifier {
     return this.tf.tensor2d(mask, [D + 1, 3 * HD]);
   }
 
-  /** [b·T, parts·H·dh] (parts side by side, each all heads side by side) → `parts` tensors [b, H, T, dh]. */
+  /**
+   * [b·T, parts·H·dh] (parts side by side, each all heads side by side) → `parts` tensors [b, H, T, dh].
+   * The parts are split as [b, parts, H·T·dh], where each example's part is one contiguous run (split
+   * and its gradient, concat, copy b runs per part instead of b·H·T runs of dh).
+   */
   private splitHeads(t: T2, b: number, parts = 3): TF.Tensor4D[] {
     const tf = this.tf;
     const [T, H, dh] = [this.rows + 1, this.units, this.dHead];
     const heads = tf.transpose(tf.reshape(t, [b, T, parts * H, dh]), [0, 2, 1, 3]);
-    return (parts === 1 ? [heads] : tf.split(heads, parts, 1)) as TF.Tensor4D[];
+    if (parts === 1) return [heads as TF.Tensor4D];
+    return tf.split(tf.reshape(heads, [b, parts, H * T * dh]), parts, 1).map((p) => tf.reshape(p, [b, H, T, dh]) as TF.Tensor4D);
   }
 
   /** splitHeads' inverse: tensors [b, H, T, dh] → [b·T, parts·H·dh]. */
   private mergeHeads(parts: TF.Tensor[], b: number): T2 {
     const tf = this.tf;
     const [T, H, dh] = [this.rows + 1, this.units, this.dHead];
-    return tf.reshape(tf.transpose(parts.length === 1 ? parts[0] : tf.concat(parts, 1), [0, 2, 1, 3]), [b * T, parts.length * H * dh]) as T2;
+    const heads = parts.length === 1 ? parts[0] : tf.reshape(tf.concat(parts.map((p) => tf.reshape(p, [b, 1, H * T * dh])), 1), [b, parts.length * H, T, dh]);
+    return tf.reshape(tf.transpose(heads, [0, 2, 1, 3]), [b * T, parts.length * H * dh]) as T2;
   }
 
   /** Embedding: [CLS] and the row tokens, positions, layer norm: the first block's input [b·T, D]. */
