@@ -119,12 +119,14 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
     return {
       value: tf.mul(project(tf.mul(dy, g)), inv),
       gradFunc: (w: TF.Tensor, [sx, sg, sdy]: TF.Tensor[]) => {
-        const { inv: r, xhat, project: P } = layerNormParts(sx);
-        const a = tf.mul(sdy, sg);
-        const Pw = tf.mul(P(w), r);
-        const F = tf.mul(P(a), r);
+        const { inv: r, xhat } = layerNormParts(sx);
         const mean = (t: TF.Tensor) => tf.mean(t, -1, true);
-        const dx = tf.neg(tf.add(tf.add(tf.mul(tf.mul(mean(tf.mul(w, F)), xhat), r), tf.mul(Pw, tf.mul(mean(tf.mul(a, xhat)), r))), tf.mul(F, tf.mul(mean(tf.mul(w, xhat)), r))));
+        // The row means each term reads, once: mean(a⊙x̂) and mean(w⊙x̂) serve both P(·) and dx.
+        const a = tf.mul(sdy, sg);
+        const [ma, mxa, mw, mxw] = [mean(a), mean(tf.mul(a, xhat)), mean(w), mean(tf.mul(w, xhat))];
+        const F = tf.mul(tf.sub(tf.sub(a, ma), tf.mul(xhat, mxa)), r);
+        const Pw = tf.mul(tf.sub(tf.sub(w, mw), tf.mul(xhat, mxw)), r);
+        const dx = tf.neg(tf.add(tf.add(tf.mul(xhat, tf.mul(mean(tf.mul(w, F)), r)), tf.mul(Pw, tf.mul(mxa, r))), tf.mul(F, tf.mul(mxw, r))));
         return [dx, tf.sum(tf.mul(sdy, Pw), 0), tf.mul(Pw, sg)];
       },
     };

@@ -236,14 +236,15 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    */
   private rayleighOfJacobians(J: TF.Tensor3D, units: number[], vs: Float64Array[]): TF.Tensor1D {
     const tf = this.tf;
-    const [count, n, p] = J.shape;
+    const [count, n] = J.shape;
     if (!units.length) return tf.zeros([vs.length]);
-    const rows = tf.reshape(tf.transpose(J, [1, 0, 2]), [n, count * p]) as T2;
-    const v = tf.tensor2d(Float32Array.from(vs.flatMap((x) => Array.from(x))), [vs.length, n]);
-    const perUnit = tf.sum(tf.reshape(tf.square(tf.matMul(v, rows)), [vs.length, count, p]), 2); // [m, units]
+    // v_kᵀJ_u for every unit in one batched matmul (v, a constant, repeated per unit), not J transposed to [n, units·p].
+    const v = tf.tile(tf.tensor3d(Float32Array.from(vs.flatMap((x) => Array.from(x))), [1, vs.length, n]), [count, 1, 1]);
+    const perUnit = tf.sum(tf.square(tf.matMul(v, J)), 2); // [units, m]
+    if (units.length === count && units.every((u, k) => u === k)) return tf.sum(perUnit, 0) as TF.Tensor1D;
     // The units outside the sum are masked, not gathered (tf.gather's gradient has no wasm kernel).
-    const inSum = tf.tensor1d(Float32Array.from({ length: count }, (_, u) => (units.includes(u) ? 1 : 0)));
-    return tf.sum(tf.mul(perUnit, inSum), 1) as TF.Tensor1D;
+    const inSum = tf.tensor2d(Float32Array.from({ length: count }, (_, u) => (units.includes(u) ? 1 : 0)), [count, 1]);
+    return tf.sum(tf.mul(perUnit, inSum), 0) as TF.Tensor1D;
   }
 
   /**
