@@ -472,10 +472,14 @@ export class BertEncoder extends RouterlessClassifier {
    * form, the linear maps' transposes). The same δ as tapeDeltas, with no inner tape: written with
    * differentiable ops, so the outer gradient (the regularizer's) differentiates it once, and follows u.
    */
-  private handDeltas(x: TF.Tensor, pruned: ReadonlySet<number>, directions: (z: T2) => T2): LayerDeltas[] {
+  private handDeltas(x: TF.Tensor, pruned: ReadonlySet<number>, directions: (z: T2) => T2, batch?: { x: TF.Tensor; logits?: T2 }): LayerDeltas[] {
     const tf = this.tf;
     const act = this.activations;
+    // With `batch`, the forward runs over [batch; probe] (batch.logits gets the batch's rows) and the
+    // backward over the probe's rows alone: every kept intermediate is cut to them (one contiguous run each).
+    const B = batch ? batch.x.shape[0] : 0;
     const [b, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
+    const all = B + b;
     const scale = 1 / Math.sqrt(dh);
     const maps = this.heads.map((_, l) => this.layerMaps(l, pruned));
     const mat = (v: TF.Variable) => v as unknown as T2;
@@ -492,23 +496,36 @@ export class BertEncoder extends RouterlessClassifier {
       r2: T2; // the second layer norm's input
     }
     const saved: Saved[] = [];
-    let h = this.embed(x);
+    // The probe's rows of a kept intermediate: token rows [b·T, ·] or examples [b, …].
+    const probeRows = <R extends TF.Tensor>(t: R, perExample: number): R => (B ? (tf.slice(t, [B * perExample, ...t.shape.slice(1).map(() => 0)], [b * perExample, ...t.shape.slice(1)]) as R) : t);
+    let h = this.embed(batch ? tf.concat([batch.x, x], 0) : x);
     for (let l = 0; l < L; l++) {
       const blk = this.blocks[l];
       const { projections, biases, wo } = maps[l];
-      const [q, k, v] = this.splitHeads(act.affine(h, projections, { bias: biases }), b);
+      const [q, k, v] = this.splitHeads(act.affine(h, projections, { bias: biases }), all);
       const attention = tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)) as TF.Tensor4D;
-      const merged = this.mergeHeads([tf.matMul(attention, v)], b);
+      const merged = this.mergeHeads([tf.matMul(attention, v)], all);
       const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: h });
       const h1 = act.layerNorm(r1, vec(blk.ln1g), vec(blk.ln1b));
       const pre = act.affine(h1, mat(blk.ff1w), { bias: vec(blk.ff1b) });
       const r2 = act.affine(act.gelu(pre), mat(blk.ff2w), { bias: vec(blk.ff2b), residual: h1 });
-      saved.push({ h, q, k, v, attention, merged, r1, pre, r2 });
+      saved.push({
+        h: probeRows(h, T),
+        q: probeRows(q, 1),
+        k: probeRows(k, 1),
+        v: probeRows(v, 1),
+        attention: probeRows(attention, 1),
+        merged: probeRows(merged, T),
+        r1: probeRows(r1, T),
+        pre: probeRows(pre, T),
+        r2: probeRows(r2, T),
+      });
       h = act.layerNorm(r2, vec(blk.ln2g), vec(blk.ln2b));
     }
     const e = this.embedding;
-    const clsOut = tf.reshape(tf.slice(tf.reshape(h, [b, T, D]), [0, 0, 0], [b, 1, D]), [b, D]) as T2;
-    const U = directions(act.affine(clsOut, mat(e.outW), { bias: vec(e.outB) }));
+    const z = act.affine(tf.reshape(tf.slice(tf.reshape(h, [all, T, D]), [0, 0, 0], [all, 1, D]), [all, D]) as T2, mat(e.outW), { bias: vec(e.outB) });
+    if (batch) batch.logits = tf.slice(z, [0, 0], [B, this.classes]);
+    const U = directions(probeRows(z, 1));
     // ∂s/∂h at the last layer's output: u·W_outᵀ at [CLS], zero at every other token.
     let dh2 = tf.reshape(tf.pad(tf.reshape(tf.matMul(U, mat(e.outW), false, true), [b, 1, D]), [[0, 0], [0, T - 1], [0, 0]]), [b * T, D]) as T2;
     const out: LayerDeltas[] = new Array(L);
@@ -537,9 +554,27 @@ export class BertEncoder extends RouterlessClassifier {
    * where a key bias would be (K = J·Jᵀ sees neither).
    */
   protected probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, directions: (z: T2) => T2): TF.Tensor3D {
-    const tf = this.tf;
-    const [b, T, D, H, dh, L] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
     const layers = this.deltasByTape ? this.tapeDeltas(x, pruned, backToTaps) : this.handDeltas(x, pruned, directions);
+    const J = this.assembleJacobians(layers, x.shape[0]);
+    if (this.deltasByTape) this.tf.dispose(layers.flatMap((d) => [d.h, d.merged]));
+    return J;
+  }
+
+  /**
+   * The regularized step's batch and probe in one forward pass (RouterlessClassifier.jointJacobians):
+   * handDeltas over [batch; probe], its backward over the probe's rows.
+   */
+  protected override jointJacobians(batchX: TF.Tensor, probeX: TF.Tensor, pruned: ReadonlySet<number>, directions: (z: T2) => T2): { logits: T2; J: TF.Tensor3D } | undefined {
+    if (this.deltasByTape) return undefined;
+    const batch: { x: TF.Tensor; logits?: T2 } = { x: batchX };
+    const J = this.assembleJacobians(this.handDeltas(probeX, pruned, directions, batch), probeX.shape[0]);
+    return { logits: batch.logits!, J };
+  }
+
+  /** J [heads, b, p_head] from each layer's tapped-map inputs and δ (probeJacobians). */
+  private assembleJacobians(layers: LayerDeltas[], b: number): TF.Tensor3D {
+    const tf = this.tf;
+    const [T, D, H, dh, L] = [this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
     const blocks: TF.Tensor[] = [];
     for (let l = 0; l < L; l++) {
       const { h, merged, dqkv, dOut } = layers[l];
@@ -555,7 +590,6 @@ export class BertEncoder extends RouterlessClassifier {
       const out = tf.matMul(byToken(merged, H * dh) as TF.Tensor3D, byToken(dOut, D) as TF.Tensor3D, true, false);
       blocks.push(tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2]));
     }
-    if (this.deltasByTape) tf.dispose(layers.flatMap((d) => [d.h, d.merged]));
     return tf.concat(blocks, 2) as TF.Tensor3D;
   }
 

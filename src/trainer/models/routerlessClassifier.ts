@@ -71,6 +71,16 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   protected abstract probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, directions: (z: T2) => T2): TF.Tensor3D;
 
   /**
+   * The batch's logits [B, classes] and the probe's J (as probeJacobians) from one forward pass over the
+   * batch and the probe together, where a family can (none by default): the regularized step's forward
+   * then runs once. Only without a soft mask (the probe's pass is unmasked).
+   */
+  protected jointJacobians(batchX: TF.Tensor, probeX: TF.Tensor, pruned: ReadonlySet<number>, directions: (z: T2) => T2): { logits: T2; J: TF.Tensor3D } | undefined {
+    void [batchX, probeX, pruned, directions];
+    return undefined;
+  }
+
+  /**
    * Called before and after a step's variableGrads: a family may share tensors between the batch pass
    * and the probe pass in between (kept across their tidy scopes, disposed in endStep; beginStep also
    * disposes what a step that threw left behind).
@@ -126,14 +136,16 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
       let regT: TF.Scalar | undefined;
       let logitsT: T2 | undefined;
       const { value: total, grads } = tf.variableGrads(() => {
-        logitsT = tf.keep(this.logits(batch.x, pruned, mask));
+        // The probe's own pass, unmasked (the kernel is the model's as it stands, pruned units zeroed),
+        // with the batch's where the family can (jointJacobians).
+        const pass = regularized && !mask ? this.unitJacobians(pruned, undefined, batch.x) : undefined;
+        logitsT = tf.keep(pass?.logits ?? this.logits(batch.x, pruned, mask));
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
         // Frozen: neither trainable nor pruned (reported so); the model's kernel sums the regularized units.
         const inModel = trainable.filter((u) => weights.w[u] > 0);
         const frozen = new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !trainable.includes(u) && !pruned.has(u)));
-        // The probe's own pass, unmasked (the kernel is the model's as it stands, pruned units zeroed).
-        const { J, U } = this.unitJacobians(pruned);
+        const { J, U } = pass ?? this.unitJacobians(pruned);
         const t0 = performance.now();
         this.record(this.kernelsOf(J), new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !inModel.includes(u) && !pruned.has(u))), pruned);
         this.unitStats = this.unitStats.map((st) => ({ ...st, frozen: frozen.has(st.id) }));
@@ -166,7 +178,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    * the kernel is defined with u held inside the Jacobian, so the backward pass to the taps is seeded
    * with U as a constant, while an outer gradient through J (the regularizer's) also follows u.
    */
-  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array): { J: TF.Tensor3D; U: T2 } {
+  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array, batchX?: TF.Tensor): { J: TF.Tensor3D; U: T2; logits?: T2 } {
     const tf = this.tf;
     const n = this.probeX!.shape[0];
     const c = this.classes;
@@ -188,20 +200,23 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
       return valueOfExact(outputDirectionsTf(logProbs, this.probeY!, rowScales(read, labels, n, c)));
     };
     const directionsOf = (z: T2): T2 => (U = tf.keep(directions(z)));
-    const J = this.probeJacobians(
-      this.probeX!,
-      pruned,
-      (forward, taps) =>
-        tf.grads((...t: TF.Tensor[]) => {
-          const z = forward(t);
-          return seed(directionsOf(z))(z);
-        })(taps),
-      directionsOf,
-    );
+    const joint = batchX ? this.jointJacobians(batchX, this.probeX!, pruned, directionsOf) : undefined;
+    const J =
+      joint?.J ??
+      this.probeJacobians(
+        this.probeX!,
+        pruned,
+        (forward, taps) =>
+          tf.grads((...t: TF.Tensor[]) => {
+            const z = forward(t);
+            return seed(directionsOf(z))(z);
+          })(taps),
+        directionsOf,
+      );
     // Out of the pass's scope into the caller's (a clone stays on the tape, connected to U).
     const directionsOut = tf.clone(U!);
     U!.dispose();
-    return { J, U: directionsOut };
+    return { J, U: directionsOut, ...(joint ? { logits: joint.logits } : {}) };
   }
 
   /** K_u = J_u·J_uᵀ of every unit, read back (one transfer) into float64 n×n arrays. */
