@@ -540,7 +540,7 @@ test('per-head tangent kernels (perSampleKernels) equal J·Jᵀ of a float64 fin
   m.dispose();
 });
 
-test('the hand-written backward to the taps: δ equals the tape\'s (tf.grads) and float64 central differences (pruned head); the regularized step\'s gradients equal the tape path\'s (pruned and frozen head)', () => {
+test('the hand-written backward to the taps: δ equals the tape\'s (tf.grads) and float64 central differences (pruned head); the regularized step\'s gradients equal the tape path\'s (pruned and frozen head, with and without a soft mask)', () => {
   const m = newModel(config({ model: { experts: 3, dModel: 6 } }));
   steps(m, builtin, 3);
   const pruned = new Set([1]);
@@ -600,6 +600,16 @@ test('the hand-written backward to the taps: δ equals the tape\'s (tf.grads) an
   }
   assert.deepEqual(Object.keys(byHand).sort(), Object.keys(byTape).sort());
   assert.ok(largest > 0 && worst <= 1e-4 * largest, `step gradients: worst difference ${worst} against a largest regularizer term ${largest}`);
+  // With a soft mask the batch's pass is masked and the probe's is not: two passes (no joint pass), the same gradients.
+  const masked = { ...o, softMask: [0.6, 1, 0.8] };
+  const maskedByHand = m.objectiveGradients(b, masked);
+  m.deltasByTape = true;
+  const maskedByTape = m.objectiveGradients(b, masked);
+  m.deltasByTape = false;
+  let worstMasked = 0;
+  for (const [name, g] of Object.entries(maskedByTape)) worstMasked = Math.max(worstMasked, maxAbs(maskedByHand[name], g));
+  assert.ok(worstMasked <= 1e-4 * largest, `soft-masked step gradients: worst difference ${worstMasked}`);
+  assert.ok(maxAbs(maskedByHand[m.heads[0][0].wq.name], byHand[m.heads[0][0].wq.name]) > 0, 'the mask changes the step');
   tf.dispose([U, probe.x, probe.y, b.x, b.y]);
   m.dispose();
 });
