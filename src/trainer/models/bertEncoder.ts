@@ -57,6 +57,9 @@ const activationsCache = new WeakMap<object, TwiceDifferentiableActivations>();
 export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiableActivations {
   const cached = activationsCache.get(tf);
   if (cached) return cached;
+  // Σ over the rows of [N, D] as a product with a row of ones: tfjs-backend-wasm reduces over a leading
+  // axis by transposing first (~70 against ~40 µs of CPU on [720, 32], 84 against 11 on [480, 96]).
+  const columnSums = (t: TF.Tensor) => tf.reshape(tf.matMul(tf.ones([1, t.shape[0]]), t as TF.Tensor2D), [t.shape[1]!]);
   // The backward pass recomputes y from the saved input, so the outer tape sees y as a function of x.
   const recomputing = (forward: (x: TF.Tensor) => TF.Tensor, backward: (dy: TF.Tensor, y: TF.Tensor) => TF.Tensor) =>
     tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
@@ -134,7 +137,7 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
         const F = tf.mul(tf.sub(tf.sub(a, ma), tf.mul(xhat, mxa)), r);
         const Pw = tf.mul(tf.sub(tf.sub(w, mw), tf.mul(xhat, mxw)), r);
         const dx = tf.neg(tf.add(tf.add(tf.mul(xhat, tf.mul(mean(tf.mul(w, F)), r)), tf.mul(Pw, tf.mul(mxa, r))), tf.mul(F, tf.mul(mxw, r))));
-        return [dx, tf.sum(tf.mul(sdy, Pw), 0), tf.mul(Pw, sg)];
+        return [dx, columnSums(tf.mul(sdy, Pw)), tf.mul(Pw, sg)];
       },
     };
   }) as (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D) => TF.Tensor2D;
@@ -167,7 +170,7 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
           gradFunc: (dy: TF.Tensor, [sx, sm]: TF.Tensor[]) => [
             tf.matMul(dy as TF.Tensor2D, sm as TF.Tensor2D, false, !tw),
             tw ? tf.matMul(dy as TF.Tensor2D, sx as TF.Tensor2D, true, false) : tf.matMul(sx as TF.Tensor2D, dy as TF.Tensor2D, true, false),
-            ...(o.bias ? [tf.sum(dy, 0)] : []),
+            ...(o.bias ? [columnSums(dy)] : []),
             ...(o.residual ? [dy] : []),
           ],
         };
@@ -205,7 +208,7 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
           const { normalized, scale } = normalize(savedX);
           const gdy = tf.mul(dy, savedG);
           const dx = tf.div(tf.sub(tf.sub(gdy, tf.mean(gdy, -1, true)), tf.mul(normalized, tf.mean(tf.mul(gdy, normalized), -1, true))), scale);
-          return [dx, tf.sum(tf.mul(dy, normalized), 0), tf.sum(dy, 0)];
+          return [dx, columnSums(tf.mul(dy, normalized)), columnSums(dy)];
         },
       };
     }) as (x: TF.Tensor2D, g: TF.Tensor1D, b: TF.Tensor1D) => TF.Tensor2D,
