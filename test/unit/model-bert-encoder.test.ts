@@ -195,6 +195,75 @@ test('layer norm (one op, closed-form backward): value, gradient and gradient of
   tf.dispose([x, g, b, w, dx, dg, db, qx, qg]);
 });
 
+test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s backward passes, affine maps as one op each): values and gradients match float64 central differences', () => {
+  const act = twiceDifferentiableActivations(tf);
+  const [r, c, eps] = [3, 6, 1e-5];
+  const rnd = (shape: number[], mean: number, sd: number, seed: number) => tf.randomNormal(shape, mean, sd, 'float32', seed);
+  const [x, dy, w] = [rnd([r, c], 0.3, 1.5, 11) as tf.Tensor2D, rnd([r, c], 0, 1, 12) as tf.Tensor2D, rnd([r, c], 0, 1, 13)];
+  const g = rnd([c], 1, 0.5, 14) as tf.Tensor1D;
+  const A = tf.softmax(rnd([r, c], 0, 1.5, 15));
+  const [xs, dys, ws, gs, As] = [x, dy, w, g, A].map((t) => Float64Array.from(t.dataSync()));
+  const rows = (f: (i: number) => number[]) => Float64Array.from(Array.from({ length: r }, (_, i) => f(i)).flat());
+  const row = (a: Float64Array, i: number) => Array.from(a.subarray(i * c, (i + 1) * c));
+  const mean = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
+  // Float64 references, by definition.
+  const geluPrime = (v: Float64Array) => v.map((z) => (gelu(z + 1e-5) - gelu(z - 1e-5)) / 2e-5);
+  const lnBack = (xv: Float64Array, gv: Float64Array, dv: Float64Array) =>
+    rows((i) => {
+      // dx_k = Σ_j dy_j·g_j·∂x̂_j/∂x_k, ∂x̂_j/∂x_k = r·(δ_jk − 1/c − x̂_j·x̂_k/c)
+      const xr = row(xv, i);
+      const m = mean(xr);
+      const inv = 1 / Math.sqrt(mean(xr.map((z) => (z - m) ** 2)) + eps);
+      const xhat = xr.map((z) => (z - m) * inv);
+      const a = row(dv, i).map((d, j) => d * gv[j]);
+      return xhat.map((_, k) => a.reduce((s, aj, j) => s + aj * inv * ((j === k ? 1 : 0) - 1 / c - (xhat[j] * xhat[k]) / c), 0));
+    });
+  const smBack = (Av: Float64Array, dAv: Float64Array, scale: number) =>
+    rows((i) => {
+      const [y, d] = [row(Av, i), row(dAv, i)];
+      const sdot = y.reduce((s, yj, j) => s + yj * d[j], 0);
+      return y.map((yj, j) => scale * yj * (d[j] - sdot));
+    });
+  const close = (ours: ArrayLike<number>, ref: Float64Array, what: string, tol = 1e-4) => assert.ok(maxAbs(ours, ref) <= tol * Math.max(...ref.map(Math.abs)), `${what}: ${maxAbs(ours, ref)}`);
+  const weighted = (v: Float64Array) => v.reduce((s, z, k) => s + z * ws[k], 0);
+  const central = (at: Float64Array, f: (v: Float64Array) => number, step = 1e-4) => at.map((_, k) => centralDifference(at, k, step, () => f(at)));
+  close(act.geluDerivative(x).dataSync(), geluPrime(xs), 'GELU′');
+  close(act.layerNormBackward(x, g, dy).dataSync(), lnBack(xs, gs, dys), 'layer norm backward');
+  close(act.softmaxBackward(A, dy, 0.5).dataSync(), smBack(As, dys, 0.5), 'softmax backward');
+  // Gradients of Σ w⊙op against central differences of the float64 references.
+  const [dGelu] = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t), w)))([x]);
+  close(dGelu.dataSync(), central(Float64Array.from(xs), (v) => weighted(geluPrime(v)), 1e-3), 'GELU″', 1e-3);
+  const [lx, lg, ld] = tf.grads((t: tf.Tensor, gt: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.layerNormBackward(t as tf.Tensor2D, gt as tf.Tensor1D, d as tf.Tensor2D), w)))([x, g, dy]);
+  close(lx.dataSync(), central(Float64Array.from(xs), (v) => weighted(lnBack(v, gs, dys))), 'layer norm backward: ∂/∂x');
+  close(lg.dataSync(), central(Float64Array.from(gs), (v) => weighted(lnBack(xs, v, dys))), 'layer norm backward: ∂/∂g');
+  close(ld.dataSync(), central(Float64Array.from(dys), (v) => weighted(lnBack(xs, gs, v))), 'layer norm backward: ∂/∂dy');
+  const [sA, sd] = tf.grads((a: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.softmaxBackward(a, d, 0.5), w)))([A, dy]);
+  close(sA.dataSync(), central(Float64Array.from(As), (v) => weighted(smBack(v, dys, 0.5))), 'softmax backward: ∂/∂A');
+  close(sd.dataSync(), central(Float64Array.from(dys), (v) => weighted(smBack(As, v, 0.5))), 'softmax backward: ∂/∂dA');
+  // affine: a·W (+ bias + residual), W transposed or not; gradients for every input.
+  const [ra, rw, rb, rr] = [rnd([r, 4], 0, 1, 16) as tf.Tensor2D, rnd([4, c], 0, 1, 17) as tf.Tensor2D, rnd([c], 0, 1, 18) as tf.Tensor1D, rnd([r, c], 0, 1, 19) as tf.Tensor2D];
+  const [as, wsAff, bs, rs] = [ra, rw, rb, rr].map((t) => Float64Array.from(t.dataSync()));
+  const affineRef = (av: Float64Array, wv: Float64Array, bv: Float64Array, resv: Float64Array) => rows((i) => Array.from({ length: c }, (_, j) => bv[j] + resv[i * c + j] + [0, 1, 2, 3].reduce((sum, k) => sum + av[i * 4 + k] * wv[k * c + j], 0)));
+  close(act.affine(ra, rw, { bias: rb, residual: rr }).dataSync(), affineRef(as, wsAff, bs, rs), 'affine');
+  const wT = tf.transpose(rw) as tf.Tensor2D;
+  close(act.affine(ra, wT, { transposeW: true }).dataSync(), affineRef(as, wsAff, new Float64Array(c), new Float64Array(r * c)), 'affine, Wᵀ');
+  const grads = tf.grads((a: tf.Tensor, m: tf.Tensor, bb: tf.Tensor, res: tf.Tensor) => tf.sum(tf.mul(act.affine(a as tf.Tensor2D, m as tf.Tensor2D, { bias: bb as tf.Tensor1D, residual: res as tf.Tensor2D }), w)))([ra, rw, rb, rr]);
+  const refs = [
+    central(Float64Array.from(as), (v) => weighted(affineRef(v, wsAff, bs, rs))),
+    central(Float64Array.from(wsAff), (v) => weighted(affineRef(as, v, bs, rs))),
+    central(Float64Array.from(bs), (v) => weighted(affineRef(as, wsAff, v, rs))),
+    central(Float64Array.from(rs), (v) => weighted(affineRef(as, wsAff, bs, v))),
+  ];
+  grads.forEach((gr, k) => close(gr.dataSync(), refs[k], `affine: ∂/∂${['a', 'W', 'bias', 'residual'][k]}`));
+  const [gaT, gwT] = tf.grads((a: tf.Tensor, m: tf.Tensor) => tf.sum(tf.mul(act.affine(a as tf.Tensor2D, m as tf.Tensor2D, { transposeW: true }), w)))([ra, wT]);
+  const zeroB = new Float64Array(c);
+  const zeroR = new Float64Array(r * c);
+  close(gaT.dataSync(), central(Float64Array.from(as), (v) => weighted(affineRef(v, wsAff, zeroB, zeroR))), 'affine, Wᵀ: ∂/∂a');
+  const gwRef = central(Float64Array.from(wsAff), (v) => weighted(affineRef(as, v, zeroB, zeroR))); // [4, c]; ours is ∂/∂Wᵀ [c, 4]
+  close(gwT.dataSync(), Float64Array.from({ length: 4 * c }, (_, k) => gwRef[(k % 4) * c + Math.floor(k / 4)]), 'affine, Wᵀ: ∂/∂Wᵀ');
+  tf.dispose([x, dy, w, g, A, dGelu, lx, lg, ld, sA, sd, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
+});
+
 test('training on the built-in 14×14 data (14 row tokens + [CLS]) beats chance clearly', () => {
   const m = newModel(config({ model: { experts: 2, dModel: 8, layers: 1, hiddenUnits: 8 }, learningRate: 0.01 }));
   const losses = steps(m, builtin, 250, { batch: 32 });
@@ -304,7 +373,19 @@ function layerNorm(x: Float64Array, g: Float64Array, b: Float64Array, rows: numb
 
 const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
 
-function refLogits(net: RefNet, m: BertEncoder, x: ArrayLike<number>, pruned: ReadonlySet<number>): Float64Array {
+/**
+ * An additive tap at one entry: after layer `layer`'s joint q|k|v projection (column in [W_q | W_k | W_v]
+ * order, all heads side by side) or after its output projection (column d of D), at token `token`.
+ */
+interface RefTap {
+  layer: number;
+  at: 'qkv' | 'out';
+  token: number;
+  col: number;
+  value: number;
+}
+
+function refLogits(net: RefNet, m: BertEncoder, x: ArrayLike<number>, pruned: ReadonlySet<number>, tap?: RefTap): Float64Array {
   const { rows, cols, D, dh, F } = net;
   const T = rows + 1;
   const e = m.embedding;
@@ -325,6 +406,7 @@ function refLogits(net: RefNet, m: BertEncoder, x: ArrayLike<number>, pruned: Re
       const q = affine(h, p.wq, p.bq, T, D, dh);
       const k = affine(h, p.wk, undefined, T, D, dh);
       const v = affine(h, p.wv, p.bv, T, D, dh);
+      if (tap?.layer === l && tap.at === 'qkv' && Math.floor((tap.col % (heads.length * dh)) / dh) === hd) [q, k, v][Math.floor(tap.col / (heads.length * dh))][tap.token * dh + (tap.col % dh)] += tap.value;
       const o = new Float64Array(T * dh);
       const scores = new Float64Array(T);
       for (let i = 0; i < T; i++) {
@@ -342,6 +424,7 @@ function refLogits(net: RefNet, m: BertEncoder, x: ArrayLike<number>, pruned: Re
       const out = affine(o, p.wo, undefined, T, dh, D);
       for (let k2 = 0; k2 < out.length; k2++) attended[k2] += out[k2];
     });
+    if (tap?.layer === l && tap.at === 'out') attended[tap.token * D + tap.col] += tap.value;
     for (let k = 0; k < h.length; k++) attended[k] += h[k];
     h = layerNorm(attended, net.of(blk.ln1g), net.of(blk.ln1b), T, D);
     const hidden = affine(h, net.of(blk.ff1w), net.of(blk.ff1b), T, D, F).map(gelu);
@@ -454,6 +537,80 @@ test('per-head tangent kernels (perSampleKernels) equal J·Jᵀ of a float64 fin
   console.log(`bert kernel vs float64 finite differences: worst relative Frobenius error ${worst.toExponential(2)}`);
   assert.deepEqual(stats.map((s) => s.pruned), [false, true, false]);
   tf.dispose([probe.x, probe.y]);
+  m.dispose();
+});
+
+test('the hand-written backward to the taps: δ equals the tape\'s (tf.grads) and float64 central differences (pruned head); the regularized step\'s gradients equal the tape path\'s (pruned and frozen head, with and without a soft mask)', () => {
+  const m = newModel(config({ model: { experts: 3, dModel: 6 } }));
+  steps(m, builtin, 3);
+  const pruned = new Set([1]);
+  const n = 2;
+  const probe = builtin.batch(tf, 'train', range(7, n));
+  const { xs, u } = probeAndDirections(m, probe, pruned);
+  const U = tf.tensor2d(Float32Array.from(u), [n, m.classes]);
+  const hand = m.tapDeltas(probe.x, U, pruned, false);
+  const tape = m.tapDeltas(probe.x, U, pruned, true);
+  const net = refOf(m);
+  const [T, D, H, dh] = [m.rows + 1, m.dModel, m.units, m.dHead];
+  let worstTape = 0;
+  let worstFd = 0;
+  let nonzero = 0;
+  hand.forEach((layer, l) =>
+    layer.forEach((got, k) => {
+      const at = k === 0 ? 'qkv' : 'out';
+      const width = at === 'qkv' ? 3 * H * dh : D;
+      const scale = Math.max(...Array.from(got, Math.abs));
+      assert.ok(scale > 0, `layer ${l} ${at}: δ is not all zero`);
+      worstTape = Math.max(worstTape, maxAbs(got, tape[l][k]) / scale);
+      for (let i = 0; i < n; i++) {
+        const x = xs.subarray(i * 196, (i + 1) * 196);
+        const s = (tap: RefTap) => refLogits(net, m, x, pruned, tap).reduce((a, z, c) => a + z * u[i * m.classes + c], 0);
+        for (let token = 0; token < T; token++) {
+          for (let col = 0; col < width; col++) {
+            const fd = (s({ layer: l, at, token, col, value: 1e-5 }) - s({ layer: l, at, token, col, value: -1e-5 })) / 2e-5;
+            const ours = got[(i * T + token) * width + col];
+            worstFd = Math.max(worstFd, Math.abs(ours - fd) / scale);
+            if (Math.abs(fd) > 1e-3 * scale) nonzero++;
+            // A pruned head's q, k, v never reach the logits: δ is exactly 0 there.
+            if (at === 'qkv' && Math.floor((col % (H * dh)) / dh) === 1) assert.equal(ours, 0, `pruned head's δ (layer ${l}, token ${token}, column ${col})`);
+          }
+        }
+      }
+    }),
+  );
+  console.log(`bert hand-written δ: vs the tape ${worstTape.toExponential(2)}, vs float64 central differences ${worstFd.toExponential(2)} (relative to the largest |δ| of each tap; ${nonzero} non-zero entries)`);
+  assert.ok(worstTape <= 1e-5, `δ vs the tape: ${worstTape}`);
+  assert.ok(worstFd <= 1e-4, `δ vs float64 central differences: ${worstFd}`);
+  assert.ok(nonzero > 500, `only ${nonzero} non-zero entries`);
+  // The whole regularized step (head 1 pruned, head 2 frozen): the same gradients through either δ.
+  m.measure(new Set([2]), pruned);
+  const b = trainBatch(builtin, 6, 12);
+  const o = { alpha: 0.5, trainable: [0], pruned };
+  const byHand = m.objectiveGradients(b, o);
+  m.deltasByTape = true;
+  const byTape = m.objectiveGradients(b, o);
+  m.deltasByTape = false;
+  const plain = m.objectiveGradients(b, { ...o, alpha: 0 });
+  let worst = 0;
+  let largest = 0;
+  for (const [name, g] of Object.entries(byTape)) {
+    assert.ok(byHand[name], `${name} has a gradient`);
+    largest = Math.max(largest, ...Array.from(g, (v, k) => Math.abs(v - plain[name][k])));
+    worst = Math.max(worst, maxAbs(byHand[name], g));
+  }
+  assert.deepEqual(Object.keys(byHand).sort(), Object.keys(byTape).sort());
+  assert.ok(largest > 0 && worst <= 1e-4 * largest, `step gradients: worst difference ${worst} against a largest regularizer term ${largest}`);
+  // With a soft mask the batch's pass is masked and the probe's is not: two passes (no joint pass), the same gradients.
+  const masked = { ...o, softMask: [0.6, 1, 0.8] };
+  const maskedByHand = m.objectiveGradients(b, masked);
+  m.deltasByTape = true;
+  const maskedByTape = m.objectiveGradients(b, masked);
+  m.deltasByTape = false;
+  let worstMasked = 0;
+  for (const [name, g] of Object.entries(maskedByTape)) worstMasked = Math.max(worstMasked, maxAbs(maskedByHand[name], g));
+  assert.ok(worstMasked <= 1e-4 * largest, `soft-masked step gradients: worst difference ${worstMasked}`);
+  assert.ok(maxAbs(maskedByHand[m.heads[0][0].wq.name], byHand[m.heads[0][0].wq.name]) > 0, 'the mask changes the step');
+  tf.dispose([U, probe.x, probe.y, b.x, b.y]);
   m.dispose();
 });
 

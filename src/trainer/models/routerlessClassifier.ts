@@ -10,6 +10,7 @@ import { outputDirections, outputDirectionsTf, smoothKappaTf, SpectralNormState 
 import { classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, rowScales, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 import { createAdam } from '../engine/adam';
+import { sumOfSquares } from '../engine/sumOfSquares';
 
 type T2 = TF.Tensor2D;
 
@@ -63,9 +64,29 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   /**
    * J [units, n, p_unit] on probe inputs x, J[u, i, :] = ∂s_i/∂θ_u (a fixed order of the unit's
    * parameters), from one forward pass with zero taps after the units' linear maps and one backward pass
-   * to the taps (`backToTaps`); differentiable w.r.t. every weight. A pruned unit's rows are 0.
+   * to the taps (`backToTaps`), or a family's own backward seeded with `directions(z)` (U [n, classes]
+   * of the probe's logits z: hold it inside the Jacobian, the outer gradient follows it); differentiable
+   * w.r.t. every weight. A pruned unit's rows are 0.
    */
-  protected abstract probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps): TF.Tensor3D;
+  protected abstract probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, directions: (z: T2) => T2): TF.Tensor3D;
+
+  /**
+   * The batch's logits [B, classes] and the probe's J (as probeJacobians) from one forward pass over the
+   * batch and the probe together, where a family can (none by default): the regularized step's forward
+   * then runs once. Only without a soft mask (the probe's pass is unmasked).
+   */
+  protected jointJacobians(batchX: TF.Tensor, probeX: TF.Tensor, pruned: ReadonlySet<number>, directions: (z: T2) => T2): { logits: T2; J: TF.Tensor3D } | undefined {
+    void [batchX, probeX, pruned, directions];
+    return undefined;
+  }
+
+  /**
+   * Called before and after a step's variableGrads: a family may share tensors between the batch pass
+   * and the probe pass in between (kept across their tidy scopes, disposed in endStep; beginStep also
+   * disposes what a step that threw left behind).
+   */
+  protected beginStep(): void {}
+  protected endStep(): void {}
 
   setProbe(probe: Batch): void {
     this.probeX?.dispose();
@@ -109,19 +130,22 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     if (mask) varList.push(mask as unknown as TF.Variable);
     let maskGrad: number[] | undefined;
     let monitorMs = 0;
+    this.beginStep();
     const reported = tf.tidy(() => {
       let taskLossT: TF.Scalar | undefined;
       let regT: TF.Scalar | undefined;
       let logitsT: T2 | undefined;
       const { value: total, grads } = tf.variableGrads(() => {
-        logitsT = tf.keep(this.logits(batch.x, pruned, mask));
+        // The probe's own pass, unmasked (the kernel is the model's as it stands, pruned units zeroed),
+        // with the batch's where the family can (jointJacobians).
+        const pass = regularized && !mask ? this.unitJacobians(pruned, undefined, batch.x) : undefined;
+        logitsT = tf.keep(pass?.logits ?? this.logits(batch.x, pruned, mask));
         taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
         if (!regularized) return taskLossT;
         // Frozen: neither trainable nor pruned (reported so); the model's kernel sums the regularized units.
         const inModel = trainable.filter((u) => weights.w[u] > 0);
         const frozen = new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !trainable.includes(u) && !pruned.has(u)));
-        // The probe's own pass, unmasked (the kernel is the model's as it stands, pruned units zeroed).
-        const { J, U } = this.unitJacobians(pruned);
+        const { J, U } = pass ?? this.unitJacobians(pruned);
         const t0 = performance.now();
         this.record(this.kernelsOf(J), new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !inModel.includes(u) && !pruned.has(u))), pruned);
         this.unitStats = this.unitStats.map((st) => ({ ...st, frozen: frozen.has(st.id) }));
@@ -129,11 +153,13 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
         regT = tf.keep(this.surrogateKappa(J, U, inModel));
         return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
       }, varList);
+      this.endStep();
       if (mask) maskGrad = this.softMask.take(grads);
       if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
       else this.parameters.applyGradients(grads, trainable);
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
-      const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
+      // One native kernel where the addon is loaded (as moe-mlp), a square and a sum per variable otherwise.
+      const gradNormSq = sumOfSquares(tf, Object.values(grads));
       const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
       tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
@@ -152,7 +178,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    * the kernel is defined with u held inside the Jacobian, so the backward pass to the taps is seeded
    * with U as a constant, while an outer gradient through J (the regularizer's) also follows u.
    */
-  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array): { J: TF.Tensor3D; U: T2 } {
+  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array, batchX?: TF.Tensor): { J: TF.Tensor3D; U: T2; logits?: T2 } {
     const tf = this.tf;
     const n = this.probeX!.shape[0];
     const c = this.classes;
@@ -173,17 +199,24 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
       const valueOfExact = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({ value: tf.clone(exact), gradFunc: (dy: TF.Tensor) => dy })) as (x: T2) => T2;
       return valueOfExact(outputDirectionsTf(logProbs, this.probeY!, rowScales(read, labels, n, c)));
     };
-    const J = this.probeJacobians(this.probeX!, pruned, (forward, taps) =>
-      tf.grads((...t: TF.Tensor[]) => {
-        const z = forward(t);
-        U = tf.keep(directions(z));
-        return seed(U)(z);
-      })(taps),
-    );
+    const directionsOf = (z: T2): T2 => (U = tf.keep(directions(z)));
+    const joint = batchX ? this.jointJacobians(batchX, this.probeX!, pruned, directionsOf) : undefined;
+    const J =
+      joint?.J ??
+      this.probeJacobians(
+        this.probeX!,
+        pruned,
+        (forward, taps) =>
+          tf.grads((...t: TF.Tensor[]) => {
+            const z = forward(t);
+            return seed(directionsOf(z))(z);
+          })(taps),
+        directionsOf,
+      );
     // Out of the pass's scope into the caller's (a clone stays on the tape, connected to U).
     const directionsOut = tf.clone(U!);
     U!.dispose();
-    return { J, U: directionsOut };
+    return { J, U: directionsOut, ...(joint ? { logits: joint.logits } : {}) };
   }
 
   /** K_u = J_u·J_uᵀ of every unit, read back (one transfer) into float64 n×n arrays. */
@@ -218,14 +251,15 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    */
   private rayleighOfJacobians(J: TF.Tensor3D, units: number[], vs: Float64Array[]): TF.Tensor1D {
     const tf = this.tf;
-    const [count, n, p] = J.shape;
+    const [count, n] = J.shape;
     if (!units.length) return tf.zeros([vs.length]);
-    const rows = tf.reshape(tf.transpose(J, [1, 0, 2]), [n, count * p]) as T2;
-    const v = tf.tensor2d(Float32Array.from(vs.flatMap((x) => Array.from(x))), [vs.length, n]);
-    const perUnit = tf.sum(tf.reshape(tf.square(tf.matMul(v, rows)), [vs.length, count, p]), 2); // [m, units]
+    // v_kᵀJ_u for every unit in one batched matmul (v, a constant, repeated per unit), not J transposed to [n, units·p].
+    const v = tf.tile(tf.tensor3d(Float32Array.from(vs.flatMap((x) => Array.from(x))), [1, vs.length, n]), [count, 1, 1]);
+    const perUnit = tf.sum(tf.square(tf.matMul(v, J)), 2); // [units, m]
+    if (units.length === count && units.every((u, k) => u === k)) return tf.sum(perUnit, 0) as TF.Tensor1D;
     // The units outside the sum are masked, not gathered (tf.gather's gradient has no wasm kernel).
-    const inSum = tf.tensor1d(Float32Array.from({ length: count }, (_, u) => (units.includes(u) ? 1 : 0)));
-    return tf.sum(tf.mul(perUnit, inSum), 1) as TF.Tensor1D;
+    const inSum = tf.tensor2d(Float32Array.from({ length: count }, (_, u) => (units.includes(u) ? 1 : 0)), [count, 1]);
+    return tf.sum(tf.mul(perUnit, inSum), 0) as TF.Tensor1D;
   }
 
   /**
