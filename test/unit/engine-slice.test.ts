@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { installEngineKernels } from '../../src/trainer/engine/kernels';
+import { collapseSlice, installEngineKernels } from '../../src/trainer/engine/kernels';
 import { mulberry32 } from '../support/prng';
 
 before(async () => {
@@ -31,6 +31,15 @@ function referenceSlice(values: ArrayLike<number>, shape: number[], begin: numbe
   }
   return out;
 }
+
+test('collapseSlice merges every axis taken whole into the axis before it', () => {
+  assert.deepEqual(collapseSlice([16, 4, 15, 8], [0, 1, 0, 0], [16, 1, 15, 8]), { shape: [16, 480], begin: [0, 120], extent: [16, 120] });
+  assert.deepEqual(collapseSlice([5, 6], [1, 0], [2, 6]), { shape: [30], begin: [6], extent: [12] });
+  // A whole leading axis has nothing before it to merge into; partial axes stay.
+  assert.deepEqual(collapseSlice([3, 4, 5], [0, 1, 2], [3, 2, 2]), { shape: [3, 4, 5], begin: [0, 1, 2], extent: [3, 2, 2] });
+  assert.deepEqual(collapseSlice([2, 3, 4, 5], [1, 0, 1, 0], [1, 3, 2, 5]), { shape: [6, 20], begin: [3, 5], extent: [3, 10] });
+  assert.deepEqual(collapseSlice([3, 4, 5], [1, 1, 2], [1, 2, 2]), { shape: [3, 4, 5], begin: [1, 1, 2], extent: [1, 2, 2] });
+});
 
 test('wasm Slice equals the index-by-index reference: ranks 1–5, float32, int32 and bool, contiguous, strided and empty', () => {
   const rnd = mulberry32(5);

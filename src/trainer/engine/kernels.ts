@@ -305,19 +305,46 @@ function sliceWasm(tf: Tf, backend: WasmBackend, x: TensorInfo, begin: number[],
     os.set(xs.subarray(offset, offset + size(extent)));
     return out;
   }
-  // Rank 2–4 (a rank-1 slice is contiguous): copy runs along the last axis, indices padded to rank 4.
-  const pad = 4 - x.shape.length;
-  const b = [...Array<number>(pad).fill(0), ...begin];
-  const e = [...Array<number>(pad).fill(1), ...extent];
-  const st = [...Array<number>(pad).fill(0), ...strides, 1];
+  // Rank 2–4 (a rank-1 slice is contiguous): axes the slice takes whole merged into the one before them
+  // (collapseSlice), then runs along the last axis copied, indices padded to rank 4.
+  const c = collapseSlice(x.shape, begin, extent);
+  const pad = 4 - c.shape.length;
+  const b = [...Array<number>(pad).fill(0), ...c.begin];
+  const e = [...Array<number>(pad).fill(1), ...c.extent];
+  const st = [...Array<number>(pad).fill(0), ...tf.util.computeStrides(c.shape), 1];
+  const run = e[3];
   let at = 0;
   for (let i = b[0]; i < b[0] + e[0]; i++) {
     for (let j = b[1]; j < b[1] + e[1]; j++) {
       for (let k = b[2]; k < b[2] + e[2]; k++) {
         const from = i * st[0] + j * st[1] + k * st[2] + b[3];
-        os.set(xs.subarray(from, from + e[3]), at);
-        at += e[3];
+        // Short runs element by element: a subarray and a set cost more than a few floats' copy.
+        if (run < 32) for (let r = 0; r < run; r++) os[at + r] = xs[from + r];
+        else os.set(xs.subarray(from, from + run), at);
+        at += run;
       }
+    }
+  }
+  return out;
+}
+
+/**
+ * The same slice at its smallest rank: an axis the slice takes whole (begin 0, full extent) merged into
+ * the axis before it. E.g. [b, 4, T, dh] from [0, 1, 0, 0] size [b, 1, T, dh] is [b, 4·T·dh] from [0, T·dh]
+ * size [b, T·dh]: b runs of T·dh floats instead of b·T runs of dh.
+ */
+export function collapseSlice(shape: readonly number[], begin: readonly number[], extent: readonly number[]): { shape: number[]; begin: number[]; extent: number[] } {
+  const out = { shape: [shape[0]], begin: [begin[0]], extent: [extent[0]] };
+  for (let d = 1; d < shape.length; d++) {
+    const last = out.shape.length - 1;
+    if (begin[d] === 0 && extent[d] === shape[d]) {
+      out.shape[last] *= shape[d];
+      out.begin[last] *= shape[d];
+      out.extent[last] *= shape[d];
+    } else {
+      out.shape.push(shape[d]);
+      out.begin.push(begin[d]);
+      out.extent.push(extent[d]);
     }
   }
   return out;
