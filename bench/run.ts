@@ -314,7 +314,7 @@ async function main(): Promise<void> {
       out.monitoringScaling = v;
       say(`κ monitoring by units × probe (${v.backend}, batch ${v.batchSize}; fraction at α = 0 = measure / (10 × plain step); in-step = monitoring part of the regularized step (moe-mlp))`);
       say(`  ${'family'.padEnd(13)} ${'units'.padStart(5)} ${'probe'.padStart(5)} ${'step ms'.padStart(8)} ${'measure ms'.padStart(11)} ${'α = 0'.padStart(7)} ${'in-step'.padStart(8)} ${'reg./plain'.padStart(10)}`);
-      for (const row of v.rows) say(`  ${row.family.padEnd(13)} ${String(row.units).padStart(5)} ${String(row.probe).padStart(5)} ${fmt(row.stepMs).padStart(8)} ${fmt(row.measureMs).padStart(11)} ${pct(row.fractionAlphaZero).padStart(7)} ${(row.fractionInStep === undefined ? '—' : pct(row.fractionInStep)).padStart(8)} ${(row.regularizerCost === undefined ? '—' : `×${fmt(row.regularizerCost)}`).padStart(10)}`);
+      for (const row of v.rows) say(`  ${row.family.padEnd(18)} ${String(row.units).padStart(5)} ${String(row.probe).padStart(5)} ${fmt(row.stepMs).padStart(8)} ${fmt(row.measureMs).padStart(11)} ${pct(row.fractionAlphaZero).padStart(7)} ${(row.fractionInStep === undefined ? '—' : pct(row.fractionInStep)).padStart(8)} ${(row.regularizerCost === undefined ? '—' : `×${fmt(row.regularizerCost)}`).padStart(10)}`);
     } else {
       failures.push(`monitoring: ${reason(r)}`);
       out.monitoringScaling = { failed: reason(r) };
@@ -325,12 +325,13 @@ async function main(): Promise<void> {
   // The regularized step of the routerless families against their plain step, at their example configs.
   if (only.has('regularized')) {
     say('');
-    const r = await tsx('routerless-step.ts', ['--steps', String(PLAN.regularizedSteps)], LIMIT_S.regularized);
+    // switch-transformer rides along for information: issue 16's ≤ ×2 goal names bert-encoder and vgg.
+    const r = await tsx('routerless-step.ts', ['--steps', String(PLAN.regularizedSteps), '--families', 'bert-encoder,vgg,switch-transformer'], LIMIT_S.regularized);
     const v = benchResult(r);
     if (r.code === 0 && v) {
       out.regularizedStep = v;
-      say(`regularized step (default α of the example config) over the plain one, as the training loop runs them (${v.backend}; goal ≤ ×2)`);
-      say(`  ${'family'.padEnd(13)} ${'batch'.padStart(5)} ${'probe'.padStart(5)} ${'plain ms'.padStart(9)} ${'reg. ms'.padStart(8)} ${'ratio'.padStart(6)} ${'CPU ratio'.padStart(9)} ${'kernels plain / reg.'.padStart(21)}`);
+      say(`regularized step (default α of the example config) over the plain one, as the training loop runs them (${v.backend}; goal ≤ ×2 for bert-encoder and vgg)`);
+      say(`  ${'family'.padEnd(18)} ${'batch'.padStart(5)} ${'probe'.padStart(5)} ${'plain ms'.padStart(9)} ${'reg. ms'.padStart(8)} ${'ratio'.padStart(6)} ${'CPU ratio'.padStart(9)} ${'kernels plain / reg.'.padStart(21)}`);
       for (const row of v.rows) say(`  ${row.family.padEnd(13)} ${String(row.batch).padStart(5)} ${String(row.probe).padStart(5)} ${fmt(row.plainStepMs).padStart(9)} ${fmt(row.regularizedStepMs).padStart(8)} ${`×${fmt(row.ratio)}`.padStart(6)} ${`×${fmt(row.cpuRatio)}`.padStart(9)} ${`${row.plainKernels} / ${row.regularizedKernels}`.padStart(21)}`);
     } else {
       failures.push(`regularized: ${reason(r)}`);
