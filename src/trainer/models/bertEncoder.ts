@@ -95,20 +95,21 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
   }) as <T extends TF.Tensor>(x: T) => T;
   // With s = σ(2u): GELU′ = s + x·s·(1 − s)·2u′ and GELU″ = s·(1 − s)·(2·2u′ + x·((1 − 2s)·(2u′)² + 2u″)),
   // u′ = √(2/π)·(1 + 3·0.044715·x²), u″ = 6·0.044715·√(2/π)·x (the tanh forms' 1 − t² = 4s·(1 − s)).
+  // Once differentiable (the outer gradient does not differentiate its gradFunc), so the backward pass may
+  // read s, s·(1 − s) and 2u′ as the forward computed them (saved) instead of recomputing them from x.
   const geluDerivative = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
     const x = args[0] as TF.Tensor;
-    (args[1] as TF.GradSaveFunc)([x]);
     const x2 = tf.square(x);
     const sg = tf.sigmoid(twoU(x, x2));
+    const sgc = tf.mul(sg, tf.sub(1, sg));
+    const du2 = twoDu(x2);
+    (args[1] as TF.GradSaveFunc)([x, sg, sgc, du2]);
     return {
-      value: tf.add(sg, tf.mul(tf.mul(x, tf.mul(sg, tf.sub(1, sg))), twoDu(x2))),
-      gradFunc: (dy: TF.Tensor, [saved]: TF.Tensor[]) => {
-        const s2 = tf.square(saved);
-        const ss = tf.sigmoid(twoU(saved, s2));
-        const du2 = twoDu(s2);
+      value: tf.add(sg, tf.mul(tf.mul(x, sgc), du2)),
+      gradFunc: (dy: TF.Tensor, [saved, ss, ssc, sdu2]: TF.Tensor[]) => {
         // GELU″ = s(1 − s)·(2·2u′ + x·((1 − 2s)·(2u′)² + 2u″)), 2u″ = 12c·0.044715·x.
-        const inner = tf.add(tf.mul(tf.sub(1, tf.mul(ss, 2)), tf.square(du2)), tf.mul(saved, 12 * 0.044715 * GELU_C));
-        return tf.mul(dy, tf.mul(tf.mul(ss, tf.sub(1, ss)), tf.add(tf.mul(du2, 2), tf.mul(saved, inner))));
+        const inner = tf.add(tf.mul(tf.sub(1, tf.mul(ss, 2)), tf.square(sdu2)), tf.mul(saved, 12 * 0.044715 * GELU_C));
+        return tf.mul(dy, tf.mul(ssc, tf.add(tf.mul(sdu2, 2), tf.mul(saved, inner))));
       },
     };
   }) as <T extends TF.Tensor>(x: T) => T;
@@ -122,14 +123,14 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
     const project = (w: TF.Tensor) => tf.sub(tf.sub(w, tf.mean(w, -1, true)), tf.mul(xhat, tf.mean(tf.mul(w, xhat), -1, true)));
     return { inv, xhat, project };
   };
+  // Once differentiable: the backward pass reads r and x̂ as the forward computed them (saved).
   const layerNormBackward = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
     const [x, g, dy] = args as TF.Tensor[];
-    (args[3] as TF.GradSaveFunc)([x, g, dy]);
-    const { inv, project } = layerNormParts(x);
+    const { inv, xhat: normalized, project } = layerNormParts(x);
+    (args[3] as TF.GradSaveFunc)([normalized, inv, g, dy]);
     return {
       value: tf.mul(project(tf.mul(dy, g)), inv),
-      gradFunc: (w: TF.Tensor, [sx, sg, sdy]: TF.Tensor[]) => {
-        const { inv: r, xhat } = layerNormParts(sx);
+      gradFunc: (w: TF.Tensor, [xhat, r, sg, sdy]: TF.Tensor[]) => {
         const mean = (t: TF.Tensor) => tf.mean(t, -1, true);
         // The row means each term reads, once: mean(a⊙x̂) and mean(w⊙x̂) serve both P(·) and dx.
         const a = tf.mul(sdy, sg);
@@ -146,12 +147,14 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
     (
       tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
         const [y, dy] = args as TF.Tensor[];
-        (args[2] as TF.GradSaveFunc)([y, dy]);
+        // s·c saved for the backward pass (once differentiable: read as computed, not recomputed).
+        const s = tf.sum(tf.mul(y, dy), -1, true);
+        (args[2] as TF.GradSaveFunc)([y, dy, tf.mul(s, scale)]);
         return {
-          value: tf.mul(tf.mul(y, tf.sub(dy, tf.sum(tf.mul(y, dy), -1, true))), scale),
-          gradFunc: (w: TF.Tensor, [sy, sdy]: TF.Tensor[]) => {
+          value: tf.mul(tf.mul(y, tf.sub(dy, s)), scale),
+          gradFunc: (w: TF.Tensor, [sy, sdy, sScaled]: TF.Tensor[]) => {
             const wOmega = tf.mul(tf.sub(w, tf.sum(tf.mul(w, sy), -1, true)), scale);
-            return [tf.sub(tf.mul(wOmega, sdy), tf.mul(w, tf.mul(tf.sum(tf.mul(sy, sdy), -1, true), scale))), tf.mul(sy, wOmega)];
+            return [tf.sub(tf.mul(wOmega, sdy), tf.mul(w, sScaled)), tf.mul(sy, wOmega)];
           },
         };
       }) as (y: T, dy: T) => T
