@@ -95,20 +95,21 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
   }) as <T extends TF.Tensor>(x: T) => T;
   // With s = σ(2u): GELU′ = s + x·s·(1 − s)·2u′ and GELU″ = s·(1 − s)·(2·2u′ + x·((1 − 2s)·(2u′)² + 2u″)),
   // u′ = √(2/π)·(1 + 3·0.044715·x²), u″ = 6·0.044715·√(2/π)·x (the tanh forms' 1 − t² = 4s·(1 − s)).
+  // Once differentiable (the outer gradient does not differentiate its gradFunc), so the backward pass may
+  // read s, s·(1 − s) and 2u′ as the forward computed them (saved) instead of recomputing them from x.
   const geluDerivative = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
     const x = args[0] as TF.Tensor;
-    (args[1] as TF.GradSaveFunc)([x]);
     const x2 = tf.square(x);
     const sg = tf.sigmoid(twoU(x, x2));
+    const sgc = tf.mul(sg, tf.sub(1, sg));
+    const du2 = twoDu(x2);
+    (args[1] as TF.GradSaveFunc)([x, sg, sgc, du2]);
     return {
-      value: tf.add(sg, tf.mul(tf.mul(x, tf.mul(sg, tf.sub(1, sg))), twoDu(x2))),
-      gradFunc: (dy: TF.Tensor, [saved]: TF.Tensor[]) => {
-        const s2 = tf.square(saved);
-        const ss = tf.sigmoid(twoU(saved, s2));
-        const du2 = twoDu(s2);
+      value: tf.add(sg, tf.mul(tf.mul(x, sgc), du2)),
+      gradFunc: (dy: TF.Tensor, [saved, ss, ssc, sdu2]: TF.Tensor[]) => {
         // GELU″ = s(1 − s)·(2·2u′ + x·((1 − 2s)·(2u′)² + 2u″)), 2u″ = 12c·0.044715·x.
-        const inner = tf.add(tf.mul(tf.sub(1, tf.mul(ss, 2)), tf.square(du2)), tf.mul(saved, 12 * 0.044715 * GELU_C));
-        return tf.mul(dy, tf.mul(tf.mul(ss, tf.sub(1, ss)), tf.add(tf.mul(du2, 2), tf.mul(saved, inner))));
+        const inner = tf.add(tf.mul(tf.sub(1, tf.mul(ss, 2)), tf.square(sdu2)), tf.mul(saved, 12 * 0.044715 * GELU_C));
+        return tf.mul(dy, tf.mul(ssc, tf.add(tf.mul(sdu2, 2), tf.mul(saved, inner))));
       },
     };
   }) as <T extends TF.Tensor>(x: T) => T;
@@ -122,14 +123,14 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
     const project = (w: TF.Tensor) => tf.sub(tf.sub(w, tf.mean(w, -1, true)), tf.mul(xhat, tf.mean(tf.mul(w, xhat), -1, true)));
     return { inv, xhat, project };
   };
+  // Once differentiable: the backward pass reads r and x̂ as the forward computed them (saved).
   const layerNormBackward = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
     const [x, g, dy] = args as TF.Tensor[];
-    (args[3] as TF.GradSaveFunc)([x, g, dy]);
-    const { inv, project } = layerNormParts(x);
+    const { inv, xhat: normalized, project } = layerNormParts(x);
+    (args[3] as TF.GradSaveFunc)([normalized, inv, g, dy]);
     return {
       value: tf.mul(project(tf.mul(dy, g)), inv),
-      gradFunc: (w: TF.Tensor, [sx, sg, sdy]: TF.Tensor[]) => {
-        const { inv: r, xhat } = layerNormParts(sx);
+      gradFunc: (w: TF.Tensor, [xhat, r, sg, sdy]: TF.Tensor[]) => {
         const mean = (t: TF.Tensor) => tf.mean(t, -1, true);
         // The row means each term reads, once: mean(a⊙x̂) and mean(w⊙x̂) serve both P(·) and dx.
         const a = tf.mul(sdy, sg);
@@ -146,12 +147,14 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
     (
       tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
         const [y, dy] = args as TF.Tensor[];
-        (args[2] as TF.GradSaveFunc)([y, dy]);
+        // s·c saved for the backward pass (once differentiable: read as computed, not recomputed).
+        const s = tf.sum(tf.mul(y, dy), -1, true);
+        (args[2] as TF.GradSaveFunc)([y, dy, tf.mul(s, scale)]);
         return {
-          value: tf.mul(tf.mul(y, tf.sub(dy, tf.sum(tf.mul(y, dy), -1, true))), scale),
-          gradFunc: (w: TF.Tensor, [sy, sdy]: TF.Tensor[]) => {
+          value: tf.mul(tf.mul(y, tf.sub(dy, s)), scale),
+          gradFunc: (w: TF.Tensor, [sy, sdy, sScaled]: TF.Tensor[]) => {
             const wOmega = tf.mul(tf.sub(w, tf.sum(tf.mul(w, sy), -1, true)), scale);
-            return [tf.sub(tf.mul(wOmega, sdy), tf.mul(w, tf.mul(tf.sum(tf.mul(sy, sdy), -1, true), scale))), tf.mul(sy, wOmega)];
+            return [tf.sub(tf.mul(wOmega, sdy), tf.mul(w, sScaled)), tf.mul(sy, wOmega)];
           },
         };
       }) as (y: T, dy: T) => T
@@ -257,12 +260,17 @@ const GELU_C = Math.sqrt(2 / Math.PI);
 
 let modelCount = 0;
 
-/** One layer's inputs of its tapped maps (block input h, the heads' merged output) and δ at its two taps. */
+/**
+ * One layer's inputs of its tapped maps (block input h, the heads' merged output) and δ at its two taps.
+ * With `clsOnly` (the last layer of the hand-written backward), `merged` and `dOut` hold the [CLS] rows
+ * alone ([b, ·]): δ at the output projection is exactly zero at every other token.
+ */
 interface LayerDeltas {
   h: TF.Tensor;
   merged: TF.Tensor;
   dqkv: TF.Tensor;
   dOut: TF.Tensor;
+  clsOnly?: boolean;
 }
 
 export class BertEncoder extends RouterlessClassifier {
@@ -351,6 +359,13 @@ export class BertEncoder extends RouterlessClassifier {
   /** Logits [b, classes] of images x [b, rows·cols]; a pruned head's variables are replaced by zeros in every layer. */
   logits(x: TF.Tensor, pruned: ReadonlySet<number> = new Set(), softMask?: TF.Tensor1D): T2 {
     return this.tf.tidy(() => this.forward(x, pruned, softMask));
+  }
+
+  /** [CLS] rows [b, W] placed in token-major rows [b·T, W], zeros at every other token. */
+  private atCls(t: T2, b: number): T2 {
+    const tf = this.tf;
+    const W = t.shape[1];
+    return tf.reshape(tf.pad(tf.reshape(t, [b, 1, W]), [[0, 0], [0, this.rows], [0, 0]]), [b * (this.rows + 1), W]) as T2;
   }
 
   /** Ones except the bias row's key columns: [D + 1, 3·H·dh] (probeJacobians). */
@@ -501,14 +516,21 @@ export class BertEncoder extends RouterlessClassifier {
     const saved: Saved[] = [];
     // The probe's rows of a kept intermediate: token rows [b·T, ·] or examples [b, …].
     const probeRows = <R extends TF.Tensor>(t: R, perExample: number): R => (B ? (tf.slice(t, [B * perExample, ...t.shape.slice(1).map(() => 0)], [b * perExample, ...t.shape.slice(1)]) as R) : t);
+    // The [CLS] rows of token-major [n·T, D] (n examples): [n, D].
+    const clsRows = (t: T2, n: number) => tf.reshape(tf.slice(tf.reshape(t, [n, T, D]), [0, 0, 0], [n, 1, D]), [n, D]) as T2;
     let h = this.embed(batch ? tf.concat([batch.x, x], 0) : x);
     for (let l = 0; l < L; l++) {
       const blk = this.blocks[l];
       const { projections, biases, wo } = maps[l];
-      const [q, k, v] = this.splitHeads(act.affine(h, projections, { bias: biases }), all);
+      // Only [CLS] reaches the logits: after the last layer's keys and values everything runs on its row
+      // alone (its query, attention row, W_o, layer norms, FFN); the other tokens' outputs are never read.
+      const last = l === L - 1;
+      const [qAll, k, v] = this.splitHeads(act.affine(h, projections, { bias: biases }), all);
+      const q = last ? (tf.slice(qAll, [0, 0, 0, 0], [all, H, 1, dh]) as TF.Tensor4D) : qAll;
       const attention = tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)) as TF.Tensor4D;
-      const merged = this.mergeHeads([tf.matMul(attention, v)], all);
-      const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: h });
+      // One query row per head: [all, H, 1, dh] is already [all, H·dh] in memory.
+      const merged = last ? (tf.reshape(tf.matMul(attention, v), [all, H * dh]) as T2) : this.mergeHeads([tf.matMul(attention, v)], all);
+      const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: last ? clsRows(h, all) : h });
       const h1 = act.layerNorm(r1, vec(blk.ln1g), vec(blk.ln1b));
       const pre = act.affine(h1, mat(blk.ff1w), { bias: vec(blk.ff1b) });
       const r2 = act.affine(act.gelu(pre), mat(blk.ff2w), { bias: vec(blk.ff2b), residual: h1 });
@@ -518,32 +540,37 @@ export class BertEncoder extends RouterlessClassifier {
         k: probeRows(k, 1),
         v: probeRows(v, 1),
         attention: probeRows(attention, 1),
-        merged: probeRows(merged, T),
-        r1: probeRows(r1, T),
-        pre: probeRows(pre, T),
-        r2: probeRows(r2, T),
+        merged: probeRows(merged, last ? 1 : T),
+        r1: probeRows(r1, last ? 1 : T),
+        pre: probeRows(pre, last ? 1 : T),
+        r2: probeRows(r2, last ? 1 : T),
       });
       h = act.layerNorm(r2, vec(blk.ln2g), vec(blk.ln2b));
     }
     const e = this.embedding;
-    const z = act.affine(tf.reshape(tf.slice(tf.reshape(h, [all, T, D]), [0, 0, 0], [all, 1, D]), [all, D]) as T2, mat(e.outW), { bias: vec(e.outB) });
+    // h is the last layer's [CLS] rows [all, D].
+    const z = act.affine(h, mat(e.outW), { bias: vec(e.outB) });
     if (batch) batch.logits = tf.slice(z, [0, 0], [B, this.classes]);
     const U = directions(probeRows(z, 1));
-    // ∂s/∂h at the last layer's output: u·W_outᵀ at [CLS], zero at every other token.
-    let dh2 = tf.reshape(tf.pad(tf.reshape(tf.matMul(U, mat(e.outW), false, true), [b, 1, D]), [[0, 0], [0, T - 1], [0, 0]]), [b * T, D]) as T2;
+    // ∂s/∂h at the last layer's output: u·W_outᵀ at [CLS] ([b, D]; zero at every other token).
+    let dh2 = tf.matMul(U, mat(e.outW), false, true) as T2;
     const out: LayerDeltas[] = new Array(L);
     for (let l = L - 1; l >= 0; l--) {
       const blk = this.blocks[l];
       const s = saved[l];
+      const last = l === L - 1;
       const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2);
       const dPre = tf.mul(act.affine(dr2, mat(blk.ff2w), { transposeW: true }), act.geluDerivative(s.pre)) as T2;
       const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true }));
       // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
-      const [dO] = this.splitHeads(act.affine(dr1, maps[l].wo, { transposeW: true }), b, 1);
+      const dMerged = act.affine(dr1, maps[l].wo, { transposeW: true });
+      const dO = last ? (tf.reshape(dMerged, [b, H, 1, dh]) as TF.Tensor4D) : this.splitHeads(dMerged, b, 1)[0];
       const dS = act.softmaxBackward(s.attention, tf.matMul(dO, s.v, false, true), scale);
-      const dqkv = this.mergeHeads([tf.matMul(dS, s.k), tf.matMul(dS, s.q, true, false), tf.matMul(s.attention, dO, true, false)], b);
-      out[l] = { h: s.h, merged: s.merged, dqkv, dOut: dr1 };
-      if (l > 0) dh2 = act.affine(dqkv, maps[l].projections, { residual: dr1, transposeW: true });
+      // In the last layer only [CLS]'s query is read: δ at the other queries is exactly zero.
+      const dq = last ? tf.pad(tf.matMul(dS, s.k), [[0, 0], [0, 0], [0, T - 1], [0, 0]]) : tf.matMul(dS, s.k);
+      const dqkv = this.mergeHeads([dq, tf.matMul(dS, s.q, true, false), tf.matMul(s.attention, dO, true, false)], b);
+      out[l] = { h: s.h, merged: s.merged, dqkv, dOut: dr1, clsOnly: last };
+      if (l > 0) dh2 = act.affine(dqkv, maps[l].projections, { residual: last ? this.atCls(dr1, b) : dr1, transposeW: true });
     }
     return out;
   }
@@ -580,8 +607,8 @@ export class BertEncoder extends RouterlessClassifier {
     const [T, D, H, dh, L] = [this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
     const blocks: TF.Tensor[] = [];
     for (let l = 0; l < L; l++) {
-      const { h, merged, dqkv, dOut } = layers[l];
-      const byToken = (t: TF.Tensor, width: number) => tf.reshape(t, [b, T, width]);
+      const { h, merged, dqkv, dOut, clsOnly } = layers[l];
+      const byToken = (t: TF.Tensor, width: number, tokens = T) => tf.reshape(t, [b, tokens, width]);
       // W_q, W_k, W_v and the biases in one matmul: the block input with a column of ones, so the last row
       // of [b, D + 1, 3·H·dh] is Σ_t δ_t (the biases'). The keys have no bias: that row's key part is
       // masked to exact zeros (it is Σ_t δk_t = 0 up to rounding, since softmax ignores a shift), a zero
@@ -590,7 +617,9 @@ export class BertEncoder extends RouterlessClassifier {
       const qkv = tf.mul(tf.matMul(withOnes, byToken(dqkv, 3 * H * dh) as TF.Tensor3D, true, false), this.noKeyBias());
       blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D + 1, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * (D + 1) * dh]));
       // W_o's rows of head k read the head's merged output: [b, H·dh, D] → [H, b, dh·D]
-      const out = tf.matMul(byToken(merged, H * dh) as TF.Tensor3D, byToken(dOut, D) as TF.Tensor3D, true, false);
+      // (clsOnly: the [CLS] rows alone, δ is zero at the other tokens.)
+      const tokens = clsOnly ? 1 : T;
+      const out = tf.matMul(byToken(merged, H * dh, tokens) as TF.Tensor3D, byToken(dOut, D, tokens) as TF.Tensor3D, true, false);
       blocks.push(tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2]));
     }
     return tf.concat(blocks, 2) as TF.Tensor3D;
@@ -607,7 +636,7 @@ export class BertEncoder extends RouterlessClassifier {
       const layers = byTape
         ? this.tapeDeltas(x, pruned, (forward, taps) => tf.grads((...t: TF.Tensor[]) => tf.sum(tf.mul(forward(t), U)))(taps))
         : this.handDeltas(x, pruned, () => U);
-      const read = layers.map((d) => [d.dqkv.dataSync() as Float32Array, d.dOut.dataSync() as Float32Array]);
+      const read = layers.map((d) => [d.dqkv.dataSync() as Float32Array, (d.clsOnly ? this.atCls(d.dOut as T2, x.shape[0]) : d.dOut).dataSync() as Float32Array]);
       if (byTape) tf.dispose(layers.flatMap((d) => [d.h, d.merged]));
       return read;
     });

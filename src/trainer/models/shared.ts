@@ -5,7 +5,7 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats } from '../../protocol';
 import type { ModelState, SavedTensor, TaskData } from './types';
-import { conditioning, dampedKappa } from '../pl/tangentKernel';
+import { conditioning, conditioningValues, dampedKappa } from '../pl/tangentKernel';
 
 /** A set of variables with the optimizer that updates them (one per unit, one for shared variables). */
 export type VariableGroup = [name: string, vars: TF.Variable[], optimizer: TF.Optimizer];
@@ -141,11 +141,13 @@ export function routerlessMeasurement(
     const share = total > 0 ? energy[id] / total : 0;
     if (pruned.has(id)) return { id, mu: null, lf: null, kappa: null, share: 0, served: 0, frozen: frozen.has(id), pruned: true };
     if (!frozen.has(id)) for (let k = 0; k < n * n; k++) model[k] += K[k];
-    const cond = conditioning(K, n, damping);
+    // A unit needs its extreme eigenvalues only, the model's kernel also their eigenvectors: the extremes
+    // solver (accurate to a few ε·λ_max, as moe-mlp's) instead of a full Jacobi solve for each.
+    const cond = conditioningValues(K, n, damping);
     const lf = lfOf ? lfOf(id) : cond.lf;
     return { id, mu: cond.mu, lf, kappa: lfOf ? dampedKappa(lf, cond.mu, damping) : cond.kappa, share, served: n, frozen: frozen.has(id), pruned: false };
   });
-  const { mu, lf, kappa, vMin, vMax } = conditioning(model, n, damping);
+  const { mu, lf, kappa, vMin, vMax } = conditioning(model, n, damping, { solver: 'extremes' });
   return { stats, model: { mu, lf, kappa, vMin, vMax } };
 }
 
