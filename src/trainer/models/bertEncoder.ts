@@ -455,21 +455,28 @@ export class BertEncoder extends RouterlessClassifier {
     const tf = this.tf;
     const [b, T, D, H, dh] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead];
     const tap = (t: TF.Tensor, l: number, k: number) => (tapped ? tf.add(t, tapped.taps[2 * l + k]) : t);
+    const clsRows = (t: TF.Tensor) => tf.reshape(tf.slice(tf.reshape(t, [b, T, D]), [0, 0, 0], [b, 1, D]), [b, D]) as T2;
     let h = this.embed(x);
     this.heads.forEach((_, l) => {
       const blk = this.blocks[l];
+      // Only [CLS] reaches the logits: after the last layer's keys and values everything runs on its row
+      // alone, as in the regularized step's joint pass (the tapped reference keeps every token).
+      const last = !tapped && l === this.heads.length - 1;
       // Queries, keys and values of all heads in one matmul and one tap.
       const { projections, biases, wo } = this.layerMaps(l, pruned, softMask);
-      const [q, k, v] = this.splitHeads(tap(tf.add(tf.matMul(h, projections), biases), l, 0) as T2, b);
+      const [qAll, k, v] = this.splitHeads(tap(tf.add(tf.matMul(h, projections), biases), l, 0) as T2, b);
+      const q = last ? (tf.slice(qAll, [0, 0, 0, 0], [b, H, 1, dh]) as TF.Tensor4D) : qAll;
       const attention = this.activations.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
-      const merged = this.mergeHeads([tf.matMul(attention, v)], b);
+      // One query row per head: [b, H, 1, dh] is already [b, H·dh] in memory.
+      const merged = last ? (tf.reshape(tf.matMul(attention, v), [b, H * dh]) as T2) : this.mergeHeads([tf.matMul(attention, v)], b);
       tapped?.inputs.push(tf.keep(h), tf.keep(merged));
       const attended = tf.add(tap(tf.matMul(merged, wo), l, 1), blk.bo) as T2;
-      h = this.layerNorm(tf.add(h, attended) as T2, blk.ln1g, blk.ln1b);
+      h = this.layerNorm(tf.add(last ? clsRows(h) : h, attended) as T2, blk.ln1g, blk.ln1b);
       const ff = tf.add(tf.matMul(this.gelu(tf.add(tf.matMul(h, blk.ff1w as unknown as T2), blk.ff1b) as T2), blk.ff2w as unknown as T2), blk.ff2b) as T2;
       h = this.layerNorm(tf.add(h, ff) as T2, blk.ln2g, blk.ln2b);
     });
-    const clsOut = tf.reshape(tf.slice(tf.reshape(h, [b, T, D]), [0, 0, 0], [b, 1, D]), [b, D]) as T2;
+    // Untapped, h is already the last layer's [CLS] rows [b, D].
+    const clsOut = tapped ? clsRows(h) : h;
     return tf.add(tf.matMul(clsOut, this.embedding.outW as unknown as T2), this.embedding.outB) as T2;
   }
 
