@@ -40,7 +40,7 @@ import { spreadingStride } from '../textData';
 import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 import { createAdam } from '../engine/adam';
-import { twiceDifferentiableActivations } from './bertEncoder';
+import { twiceDifferentiableActivations } from './twiceDifferentiable';
 
 type T2 = TF.Tensor2D;
 
