@@ -305,6 +305,37 @@ test('frozen heads keep bit-identical weights while the others train with the re
   m.dispose();
 });
 
+test('a regularized step leaves no tensor behind: the joint batch+probe pass and its shared layer maps, a soft-masked step, the tape reference', () => {
+  const m = newModel(config({ model: { experts: 3, dModel: 6 } }));
+  const b = trainBatch(builtin, 2, 8);
+  const softMask = [0.5, 1, 0.7];
+  // The first soft-masked step creates the mask's variable (kept for every later one).
+  m.trainStep(b, { alpha: 0.1, trainable: all(m), pruned: new Set(), softMask });
+  m.measure(new Set(), new Set());
+  const cases: [string, () => void][] = [
+    ['joint pass, head 1 pruned, head 2 frozen', () => m.trainStep(b, { alpha: 0.1, trainable: [0], pruned: new Set([1]) })],
+    ['soft mask (separate probe pass)', () => m.trainStep(b, { alpha: 0.1, trainable: all(m), pruned: new Set(), softMask })],
+    ['unregularized', () => m.trainStep(b, { alpha: 0, trainable: all(m), pruned: new Set() })],
+    ['measurement', () => m.measure(new Set([2]), new Set([1]))],
+    ['objectiveGradients', () => m.objectiveGradients(b, { alpha: 0.1, trainable: all(m), pruned: new Set() })],
+    [
+      'δ by the tape',
+      () => {
+        m.deltasByTape = true;
+        m.trainStep(b, { alpha: 0.1, trainable: all(m), pruned: new Set([1]) });
+        m.deltasByTape = false;
+      },
+    ],
+  ];
+  for (const [name, run] of cases) {
+    const tensors = tf.memory().numTensors;
+    run();
+    assert.equal(tf.memory().numTensors, tensors, name);
+  }
+  tf.dispose([b.x, b.y]);
+  m.dispose();
+});
+
 // ---- float64 reference: the same encoder in plain loops ----
 
 interface RefHead {
