@@ -3,9 +3,9 @@
 // gradient reads its own output (Softmax, Tanh, Exp, Sigmoid, …): the engine records the saved
 // output's clone on the tape *before* the op that produced it, so the backward pass never connects the
 // saved output to the op's input and the second derivative through it is dropped (no error; bert's
-// regularizer gradient was 20 % off, switch's 5–45 %). Softmax and tanh are therefore tf.customGrad ops
-// that save their input and recompute the output in the backward pass; GELU and layer norm are single
-// ops with closed-form backward passes; the hand-written backward's own ops (GELU′, the backward passes
+// regularizer gradient was 20 % off, switch's 5–45 %). Softmax, tanh and sigmoid (the one inside GELU's
+// backward pass) are therefore tf.customGrad ops that save their input and recompute the output in the
+// backward pass; GELU and layer norm are single ops with closed-form backward passes; the hand-written backward's own ops (GELU′, the backward passes
 // of layer norm and softmax, affine maps) are differentiable once. Everything else (matMul, reshape,
 // transpose, concat) differentiates twice as is. Checked against float64 finite differences in
 // test/unit/model-bert-encoder.test.ts.
@@ -41,7 +41,10 @@ export interface TwiceDifferentiableActivations {
 
 const activationsCache = new WeakMap<object, TwiceDifferentiableActivations>();
 
-/** Softmax, tanh, GELU and layer norm whose gradients can be differentiated again (see the file comment). */
+/**
+ * Softmax, tanh, GELU and layer norm whose gradients can be differentiated again, and the hand-written
+ * backward's ops, differentiable once (see the file comment). One set per tf instance.
+ */
 export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiableActivations {
   const cached = activationsCache.get(tf);
   if (cached) return cached;
