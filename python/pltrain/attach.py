@@ -70,9 +70,18 @@ def _launch_config():
             raw = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"{CONFIG_ENV}={path}: cannot read the config this script was started from: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{CONFIG_ENV}={path}: the config this script was started from is not a JSON object")
     out = {k: raw[k] for k in LAUNCH_FIELDS if k in raw}
-    if isinstance(out.get("monitor"), dict):
+    if "monitor" in out:
+        if not isinstance(out["monitor"], dict):
+            raise ValueError(f"{CONFIG_ENV}={path}: monitor must be an object, got {out['monitor']!r}; fix it in that file")
         out["monitor"] = {k: v for k, v in out["monitor"].items() if k in ("every", "damping")}
+    # Its fields checked on their own, so an error names the file they came from, not the script.
+    try:
+        _resolve_config(out, 0)
+    except ValueError as e:
+        raise ValueError(f"{CONFIG_ENV}={path}: {e}; fix it in that file") from e
     return out
 
 

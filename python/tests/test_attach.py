@@ -249,3 +249,11 @@ def test_the_config_a_script_was_started_from_sets_its_run_fields(tmp_path, monk
     monkeypatch.setenv("PLTRAIN_CONFIG", str(launch))
     with pytest.raises(ValueError, match="steps must be an integer ≥ 0"):
         pltrain.attach(model, units=[("left", model.w0), ("right", model.w1)], probe=(x, y), run_dir=str(tmp_path / "run3"))
+    # A field out of range in the file is reported against the file, even where the script's config= is fine.
+    for bad, message in (({"monitor": {"damping": 2}}, r"monitor.damping must be in \(0, 1\], got 2"), ({"monitor": {"damping": 0}}, r"monitor.damping must be in \(0, 1\], got 0"),
+                         ({"monitor": "fast"}, "monitor must be an object"), ([1, 2], "not a JSON object")):
+        launch.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="PLTRAIN_CONFIG=.*mine.pltrain.json: .*" + message):
+            pltrain.attach(model, units=[("left", model.w0), ("right", model.w1)], probe=(x, y), run_dir=str(tmp_path / "run4"),
+                           config={"monitor": {"damping": 1e-3}})
+        assert not os.path.exists(tmp_path / "run4"), "nothing written for a refused config"
