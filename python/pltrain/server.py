@@ -120,6 +120,7 @@ class TrainerServer:
 
         # backlog also bounds how many connections asyncio accepts in one go (each holds a descriptor
         # until its protocol starts): a flood of connects waits in the kernel's queue, not in ours.
+        # compression=None is load-bearing: _Stream writes its own uncompressed frames (text_frame).
         options = dict(backlog=MAX_PENDING_HANDSHAKES, process_request=self._check_request, max_size=MAX_FRAME_BYTES, ping_interval=HEARTBEAT_S, ping_timeout=HEARTBEAT_S, close_timeout=1, compression=None, create_protocol=Protocol)
         if "socket" in at:
             path = at["socket"]

@@ -254,7 +254,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
     const [D, H, E, N] = [this.dModel, this.heads, this.units, b * T];
     const dh = D / H;
     // tfjs 4.22's own softmax gradient reads its saved output, whose second derivative the engine drops
-    // (bertEncoder.ts, file comment); the regularizer differentiates the probe pass's backward pass again.
+    // (twiceDifferentiable.ts, file comment); the regularizer differentiates the probe pass's backward pass again.
     const { softmax } = twiceDifferentiableActivations(tf);
     const positions = tf.slice(this.embedding.positions, [0, 0], [T, D]);
     // The embedding lookup as one-hot × table: tf.gather's gradient (unsortedSegmentSum) runs one op
