@@ -6,7 +6,7 @@
 // training step on L_S + α·κ̄, the measurement, checkpoint state and disposal.
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
-import { outputDirections, outputDirectionsTf, smoothKappaTf, SpectralNormState } from '../pl';
+import { heldValue, outputDirections, outputDirectionsTf, smoothKappaTf, SpectralNormState } from '../pl';
 import { classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, rowScales, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 import { createAdam } from '../engine/adam';
@@ -195,9 +195,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
       this.probeU = outputDirections(read, labels, n, c);
       // The value is the measurement's u (float64, rounded once), bit for bit what a held pass uses;
       // the derivative is outputDirectionsTf's, the same function of the logits.
-      const exact = tf.tensor2d(Float32Array.from(this.probeU), [n, c]);
-      const valueOfExact = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({ value: tf.clone(exact), gradFunc: (dy: TF.Tensor) => dy })) as (x: T2) => T2;
-      return valueOfExact(outputDirectionsTf(logProbs, this.probeY!, rowScales(read, labels, n, c)));
+      return heldValue(Float32Array.from(this.probeU), outputDirectionsTf(logProbs, this.probeY!, rowScales(read, labels, n, c)));
     };
     const directionsOf = (z: T2): T2 => (U = tf.keep(directions(z)));
     const joint = batchX ? this.jointJacobians(batchX, this.probeX!, pruned, directionsOf) : undefined;

@@ -209,12 +209,14 @@ export function scaledLogitGradientsTf(logProbs: tf.Tensor2D, labels: ArrayLike<
   });
 }
 
-/** A tensor with the value `value` and the derivative of `followed` (same shape): exact values, followed gradients. */
+/**
+ * A tensor with the value `value` and the derivative of `followed` (same shape): exact values, followed
+ * gradients (switch-transformer's u and pulls, the routerless families' u). Nothing else is left behind.
+ */
 export function heldValue(value: Float32Array, followed: tf.Tensor2D): tf.Tensor2D {
-  const exact = tf.tensor2d(value, followed.shape);
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     void args;
-    return { value: tf.clone(exact), gradFunc: (dy: tf.Tensor) => dy };
+    return { value: tf.tensor2d(value, followed.shape), gradFunc: (dy: tf.Tensor) => dy };
   }) as (x: tf.Tensor2D) => tf.Tensor2D;
   return op(followed);
 }
