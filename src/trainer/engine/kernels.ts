@@ -413,14 +413,15 @@ export function leadingReduction(shape: readonly number[], axes: readonly number
   return { before: size(shape.slice(0, first)), reduced: size(shape.slice(first, last + 1)), after };
 }
 
+/** Inputs of fewer floats keep tfjs's Sum (sumByProduct). */
+const SUM_BY_PRODUCT_MIN = 2048;
+
 /**
  * Sum over leading (or middle) axes on wasm as a product with a row of ones (OpenBLAS, one call):
  * tfjs-backend-wasm 4.22 transposes the reduced axes to the end first, a memory pass that costs more than
  * the sum (84 µs against 11 for [480, 96] over axis 0, the shape of every bias gradient of bert's batch).
  * Trailing reductions, other dtypes and non-contiguous axes go to tfjs's kernel.
  */
-const SUM_BY_PRODUCT_MIN = 2048;
-
 function sumByProduct(tf: Tf, blas: NativeBlas, result: EngineKernels): void {
   const original = tf.getKernel('Sum', 'wasm');
   if (!original) return;
