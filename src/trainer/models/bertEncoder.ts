@@ -167,6 +167,13 @@ export class BertEncoder extends RouterlessClassifier {
     return tf.reshape(tf.pad(tf.reshape(t, [b, 1, W]), [[0, 0], [0, this.rows], [0, 0]]), [b * (this.rows + 1), W]) as T2;
   }
 
+  /** atCls' inverse: the [CLS] rows [n, D] of token-major rows [n·T, D] (n examples). */
+  private clsRows(t: TF.Tensor, n: number): T2 {
+    const tf = this.tf;
+    const [T, D] = [this.rows + 1, this.dModel];
+    return tf.reshape(tf.slice(tf.reshape(t, [n, T, D]), [0, 0, 0], [n, 1, D]), [n, D]) as T2;
+  }
+
   /** Ones except the bias row's key columns: [D + 1, 3·H·dh] (probeJacobians). */
   private noKeyBias(): TF.Tensor2D {
     const [D, HD] = [this.dModel, this.units * this.dHead];
@@ -252,9 +259,8 @@ export class BertEncoder extends RouterlessClassifier {
    */
   private forward(x: TF.Tensor, pruned: ReadonlySet<number>, softMask: TF.Tensor1D | undefined, tapped?: { taps: TF.Tensor[]; inputs: TF.Tensor[] }): T2 {
     const tf = this.tf;
-    const [b, T, D, H, dh] = [x.shape[0], this.rows + 1, this.dModel, this.units, this.dHead];
+    const [b, H, dh] = [x.shape[0], this.units, this.dHead];
     const tap = (t: TF.Tensor, l: number, k: number) => (tapped ? tf.add(t, tapped.taps[2 * l + k]) : t);
-    const clsRows = (t: TF.Tensor) => tf.reshape(tf.slice(tf.reshape(t, [b, T, D]), [0, 0, 0], [b, 1, D]), [b, D]) as T2;
     let h = this.embed(x);
     this.heads.forEach((_, l) => {
       const blk = this.blocks[l];
@@ -270,12 +276,12 @@ export class BertEncoder extends RouterlessClassifier {
       const merged = last ? (tf.reshape(tf.matMul(attention, v), [b, H * dh]) as T2) : this.mergeHeads([tf.matMul(attention, v)], b);
       tapped?.inputs.push(tf.keep(h), tf.keep(merged));
       const attended = tf.add(tap(tf.matMul(merged, wo), l, 1), blk.bo) as T2;
-      h = this.layerNorm(tf.add(last ? clsRows(h) : h, attended) as T2, blk.ln1g, blk.ln1b);
+      h = this.layerNorm(tf.add(last ? this.clsRows(h, b) : h, attended) as T2, blk.ln1g, blk.ln1b);
       const ff = tf.add(tf.matMul(this.gelu(tf.add(tf.matMul(h, blk.ff1w as unknown as T2), blk.ff1b) as T2), blk.ff2w as unknown as T2), blk.ff2b) as T2;
       h = this.layerNorm(tf.add(h, ff) as T2, blk.ln2g, blk.ln2b);
     });
     // Untapped, h is already the last layer's [CLS] rows [b, D].
-    const clsOut = tapped ? clsRows(h) : h;
+    const clsOut = tapped ? this.clsRows(h, b) : h;
     return tf.add(tf.matMul(clsOut, this.embedding.outW as unknown as T2), this.embedding.outB) as T2;
   }
 
@@ -322,8 +328,6 @@ export class BertEncoder extends RouterlessClassifier {
     const saved: Saved[] = [];
     // The probe's rows of a kept intermediate: token rows [b·T, ·] or examples [b, …].
     const probeRows = <R extends TF.Tensor>(t: R, perExample: number): R => (B ? (tf.slice(t, [B * perExample, ...t.shape.slice(1).map(() => 0)], [b * perExample, ...t.shape.slice(1)]) as R) : t);
-    // The [CLS] rows of token-major [n·T, D] (n examples): [n, D].
-    const clsRows = (t: T2, n: number) => tf.reshape(tf.slice(tf.reshape(t, [n, T, D]), [0, 0, 0], [n, 1, D]), [n, D]) as T2;
     let h = this.embed(batch ? tf.concat([batch.x, x], 0) : x);
     for (let l = 0; l < L; l++) {
       const blk = this.blocks[l];
@@ -336,7 +340,7 @@ export class BertEncoder extends RouterlessClassifier {
       const attention = tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)) as TF.Tensor4D;
       // One query row per head: [all, H, 1, dh] is already [all, H·dh] in memory.
       const merged = last ? (tf.reshape(tf.matMul(attention, v), [all, H * dh]) as T2) : this.mergeHeads([tf.matMul(attention, v)], all);
-      const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: last ? clsRows(h, all) : h });
+      const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: last ? this.clsRows(h, all) : h });
       const h1 = act.layerNorm(r1, vec(blk.ln1g), vec(blk.ln1b));
       const pre = act.affine(h1, mat(blk.ff1w), { bias: vec(blk.ff1b) });
       const r2 = act.affine(act.gelu(pre), mat(blk.ff2w), { bias: vec(blk.ff2b), residual: h1 });

@@ -6,7 +6,7 @@
 // training step on L_S + α·κ̄, the measurement, checkpoint state and disposal.
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
-import { heldValue, outputDirections, outputDirectionsTf, smoothKappaTf, SpectralNormState } from '../pl';
+import { heldSeed, heldValue, outputDirections, outputDirectionsTf, smoothKappaTf, SpectralNormState } from '../pl';
 import { classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, rowScales, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 import { createAdam } from '../engine/adam';
@@ -182,10 +182,6 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     const tf = this.tf;
     const n = this.probeX!.shape[0];
     const c = this.classes;
-    // Σ_i u_iᵀz_i with ∂/∂z = u: a custom op of z alone, so the backward pass to the taps does not
-    // differentiate through u (the Jacobian's u is held), while u is an input of that pass's ops
-    // (∂/∂z = dy·u), so a gradient of the gradient, the regularizer's, reaches it.
-    const seed = (u: T2) => tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({ value: tf.sum(tf.mul(args[0] as T2, u)), gradFunc: (dy: TF.Tensor) => tf.mul(dy, u) })) as (z: T2) => TF.Scalar;
     let U: T2 | undefined;
     const directions = (z: T2): T2 => {
       if (held) return tf.tensor2d(Float32Array.from(held), [n, c]);
@@ -207,7 +203,8 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
         (forward, taps) =>
           tf.grads((...t: TF.Tensor[]) => {
             const z = forward(t);
-            return seed(directionsOf(z))(z);
+            // Σ_i u_iᵀz_i with u held by the backward pass to the taps, followed by the outer gradient.
+            return heldSeed(directionsOf(z), z);
           })(taps),
         directionsOf,
       );

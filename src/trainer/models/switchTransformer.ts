@@ -35,7 +35,7 @@
 // eigenvectors (Hellmann–Feynman) through the same pass (docs/method.md, "Switch").
 import type * as TF from '@tensorflow/tfjs';
 import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
-import { conditioning, dampedKappa, heldValue, kappaSurrogateTf, scaledLogitGradients, scaledLogitGradientsTf, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
+import { conditioning, dampedKappa, heldSeed, heldValue, kappaSurrogateTf, scaledLogitGradients, scaledLogitGradientsTf, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
 import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
@@ -452,10 +452,6 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
     const pick = new Float32Array(n * N);
     tokens.forEach((t, i) => (pick[i * N + t] = 1));
     const select = tf.tensor2d(pick, [n, N]);
-    // Σ ⟨pulls, z⟩ with ∂/∂z = pulls: a custom op of z alone, so the backward pass to the taps holds the
-    // pulls, while they are an input of that pass's ops, so the outer gradient reaches them.
-    const seed = (pulls: T2) =>
-      tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({ value: tf.sum(tf.mul(args[0] as T2, pulls)), gradFunc: (dy: TF.Tensor) => tf.mul(dy, pulls) })) as (z: T2) => TF.Scalar;
     const captured: SwitchLayerTensors[] = [];
     let pulls: T2 | undefined;
     const offsets = this.switchBlocks.map(() => tf.zeros([N, D]));
@@ -466,7 +462,8 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       for (const c of captured) [c.input, c.probs].forEach((t) => tf.keep(t));
       const logProbs = tf.logSoftmax(logits) as T2;
       pulls = tf.keep(scaledLogitGradientsTf(logProbs, labels, T, logProbs.dataSync()));
-      return seed(pulls)(logits);
+      // Σ ⟨pulls, logits⟩: the backward pass to the taps holds the pulls, the outer gradient reaches them.
+      return heldSeed(pulls, logits);
     })(offsets) as T2[];
     pulls!.dispose();
     const served = Array.from({ length: E }, () => new Set<number>());

@@ -220,3 +220,13 @@ export function heldValue(value: Float32Array, followed: tf.Tensor2D): tf.Tensor
   }) as (x: tf.Tensor2D) => tf.Tensor2D;
   return op(followed);
 }
+
+/**
+ * Σ ⟨u, z⟩ with ∂/∂z = u: a custom op of z alone, so a backward pass seeded with it holds u (the
+ * Jacobian's u, switch's pulls), while u is an input of that pass's ops (∂/∂z = dy·u), so a gradient of
+ * the gradient, the regularizer's, reaches it.
+ */
+export function heldSeed(u: tf.Tensor2D, z: tf.Tensor2D): tf.Scalar {
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({ value: tf.sum(tf.mul(args[0] as tf.Tensor2D, u)), gradFunc: (dy: tf.Tensor) => tf.mul(dy, u) })) as (z: tf.Tensor2D) => tf.Scalar;
+  return op(z);
+}
