@@ -305,7 +305,7 @@ test('frozen heads keep bit-identical weights while the others train with the re
   m.dispose();
 });
 
-test('a regularized step leaves no tensor behind: the joint batch+probe pass and its shared layer maps, a soft-masked step, the tape reference', () => {
+test('a regularized step leaves no tensor behind: the joint batch+probe pass and its shared layer maps, a soft-masked step, the tape reference; a step that threw leaves no stale maps', () => {
   const m = newModel(config({ model: { experts: 3, dModel: 6 } }));
   const b = trainBatch(builtin, 2, 8);
   const softMask = [0.5, 1, 0.7];
@@ -332,7 +332,17 @@ test('a regularized step leaves no tensor behind: the joint batch+probe pass and
     run();
     assert.equal(tf.memory().numTensors, tensors, name);
   }
-  tf.dispose([b.x, b.y]);
+  // A step that throws inside its pass (labels of the wrong width: after the joint pass built the maps it
+  // shares with the probe pass) leaves none of them to a later pass: weights set afterwards (as setState
+  // does) reach the logits. (tfjs itself leaves the interrupted tape's saved tensors behind.)
+  const wrongLabels = tf.zeros([8, m.classes + 1]);
+  assert.throws(() => m.trainStep({ ...b, y: wrongLabels }, { alpha: 0.1, trainable: all(m), pruned: new Set() }));
+  const before = m.logits(b.x);
+  const wq = m.heads[0][0].wq;
+  wq.assign(tf.tidy(() => tf.add(wq, 0.5)));
+  const after = m.logits(b.x);
+  assert.ok(maxAbs(before.dataSync(), after.dataSync()) > 1e-3, 'the logits read the weights as they are now');
+  tf.dispose([b.x, b.y, wrongLabels, before, after]);
   m.dispose();
 });
 

@@ -131,39 +131,45 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     let maskGrad: number[] | undefined;
     let monitorMs = 0;
     this.beginStep();
-    const reported = tf.tidy(() => {
-      let taskLossT: TF.Scalar | undefined;
-      let regT: TF.Scalar | undefined;
-      let logitsT: T2 | undefined;
-      const { value: total, grads } = tf.variableGrads(() => {
-        // The probe's own pass, unmasked (the kernel is the model's as it stands, pruned units zeroed),
-        // with the batch's where the family can (jointJacobians).
-        const pass = regularized && !mask ? this.unitJacobians(pruned, undefined, batch.x) : undefined;
-        logitsT = tf.keep(pass?.logits ?? this.logits(batch.x, pruned, mask));
-        taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
-        if (!regularized) return taskLossT;
-        // Frozen: neither trainable nor pruned (reported so); the model's kernel sums the regularized units.
-        const inModel = trainable.filter((u) => weights.w[u] > 0);
-        const frozen = new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !trainable.includes(u) && !pruned.has(u)));
-        const { J, U } = pass ?? this.unitJacobians(pruned);
-        const t0 = performance.now();
-        this.record(this.kernelsOf(J), new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !inModel.includes(u) && !pruned.has(u))), pruned);
-        this.unitStats = this.unitStats.map((st) => ({ ...st, frozen: frozen.has(st.id) }));
-        monitorMs = performance.now() - t0;
-        regT = tf.keep(this.surrogateKappa(J, U, inModel));
-        return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
-      }, varList);
+    let reported: TF.Tensor;
+    try {
+      reported = tf.tidy(() => {
+        let taskLossT: TF.Scalar | undefined;
+        let regT: TF.Scalar | undefined;
+        let logitsT: T2 | undefined;
+        const { value: total, grads } = tf.variableGrads(() => {
+          // The probe's own pass, unmasked (the kernel is the model's as it stands, pruned units zeroed),
+          // with the batch's where the family can (jointJacobians).
+          const pass = regularized && !mask ? this.unitJacobians(pruned, undefined, batch.x) : undefined;
+          logitsT = tf.keep(pass?.logits ?? this.logits(batch.x, pruned, mask));
+          taskLossT = tf.keep(tf.losses.softmaxCrossEntropy(yOneHot, logitsT) as TF.Scalar);
+          if (!regularized) return taskLossT;
+          // Frozen: neither trainable nor pruned (reported so); the model's kernel sums the regularized units.
+          const inModel = trainable.filter((u) => weights.w[u] > 0);
+          const frozen = new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !trainable.includes(u) && !pruned.has(u)));
+          const { J, U } = pass ?? this.unitJacobians(pruned);
+          const t0 = performance.now();
+          this.record(this.kernelsOf(J), new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !inModel.includes(u) && !pruned.has(u))), pruned);
+          this.unitStats = this.unitStats.map((st) => ({ ...st, frozen: frozen.has(st.id) }));
+          monitorMs = performance.now() - t0;
+          regT = tf.keep(this.surrogateKappa(J, U, inModel));
+          return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
+        }, varList);
+        this.endStep();
+        if (mask) maskGrad = this.softMask.take(grads);
+        if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
+        else this.parameters.applyGradients(grads, trainable);
+        const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
+        // One native kernel where the addon is loaded (as moe-mlp), a square and a sum per variable otherwise.
+        const gradNormSq = sumOfSquares(tf, Object.values(grads));
+        const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
+        tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
+        return stacked;
+      });
+    } finally {
+      // Also when the step threw: its shared tensors go now, so nothing reads them later.
       this.endStep();
-      if (mask) maskGrad = this.softMask.take(grads);
-      if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
-      else this.parameters.applyGradients(grads, trainable);
-      const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
-      // One native kernel where the addon is loaded (as moe-mlp), a square and a sum per variable otherwise.
-      const gradNormSq = sumOfSquares(tf, Object.values(grads));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
-      tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
-      return stacked;
-    });
+    }
     // One device→host transfer per step for everything reported.
     const values = reported.dataSync();
     reported.dispose();
@@ -336,6 +342,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   }
 
   dispose(): void {
+    this.endStep();
     this.parameters.dispose();
     this.probeX?.dispose();
     this.probeY?.dispose();
