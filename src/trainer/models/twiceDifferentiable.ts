@@ -63,8 +63,8 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
     (dy, y) => tf.mul(dy, tf.sub(1, tf.square(y))),
   );
   // GELU through the logistic function: 1 + tanh(u) = 2·σ(2u), so GELU(x) = x·σ(2u), u = √(2/π)·(x + 0.044715·x³),
-  // and GELU′(x) = s + x·s·(1 − s)·2u′ with s = σ(2u) (tfjs-backend-wasm's Tanh is ~20× its Sigmoid: 0.55 against
-  // 0.024 ms on [480, 32]). A sigmoid that recomputes its output in the backward pass, as twiceTanh.
+  // and GELU′(x) = s + x·s·(1 − s)·2u′ with s = σ(2u) (tfjs-backend-wasm's Tanh costs 10–20× its Sigmoid: about 250
+  // against 20 µs of CPU on [480, 32], docs/performance.md). A sigmoid that recomputes its output in the backward pass, as twiceTanh.
   const twiceSigmoid = recomputing(
     (x) => tf.sigmoid(x),
     (dy, y) => tf.mul(dy, tf.mul(y, tf.sub(1, y))),
