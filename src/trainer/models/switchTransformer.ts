@@ -35,7 +35,7 @@
 // eigenvectors (Hellmann–Feynman) through the same pass (docs/method.md, "Switch").
 import type * as TF from '@tensorflow/tfjs';
 import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
-import { conditioning, dampedKappa, heldSeed, heldValue, kappaSurrogateTf, scaledLogitGradients, scaledLogitGradientsTf, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
+import { conditioning, dampedKappa, heldSeed, heldValue, kappaSurrogateTf, scaledLogitGradientsTf, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
 import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
@@ -361,28 +361,17 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
 
   /**
    * g = ∂L/∂(Switch FFN output) at every token, per Switch layer [b·T, dModel], L the summed
-   * cross-entropy of the batch, with the layers' inputs and routing from the same pass. With
-   * `scaled`, each sequence's g is divided by one positive factor (its largest per-token
-   * ‖∂L/∂logits‖) and computed without underflow (`scaledLogitGradients`): the same directions, and
-   * still defined when every prediction is confident, where float32's softmax − y rounds to 0.
+   * cross-entropy of the batch, with the layers' inputs and routing from the same pass: plain tf
+   * gradients, the tests' independent reference for the probe pass's u (probePass, which scales each
+   * sequence's pulls to stay defined where float32's softmax − y rounds to 0).
    */
-  outputGradients(x: TF.Tensor, y: TF.Tensor, pruned: ReadonlySet<number> = new Set(), o: { scaled?: boolean } = {}): { gradients: Float32Array[]; layers: SwitchLayerTrace[] } {
+  outputGradients(x: TF.Tensor, y: TF.Tensor, pruned: ReadonlySet<number> = new Set()): { gradients: Float32Array[]; layers: SwitchLayerTrace[] } {
     const tf = this.tf;
     const N = x.shape[0] * (x.shape[1] as number);
-    const V = this.vocabulary;
     const trace: SwitchLayerTrace[] = [];
     const grads = tf.tidy(() => {
       const offsets = this.switchBlocks.map(() => tf.zeros([N, this.dModel]));
-      return tf.grads((...offs: TF.Tensor[]) => {
-        const logits = this.forward(x, pruned, { offsets: offs, trace }).logits;
-        if (!o.scaled) return tf.mul(this.crossEntropy(logits, y), N) as TF.Scalar;
-        // ⟨constant pulls, logits⟩: its gradient at the logits is exactly the pulls.
-        const labels = y.dataSync();
-        const oneHot = new Float32Array(N * V);
-        for (let i = 0; i < N; i++) oneHot[i * V + labels[i]] = 1;
-        const pulls = scaledLogitGradients(tf.logSoftmax(logits).dataSync(), oneHot, N, V, x.shape[1] as number);
-        return tf.sum(tf.mul(tf.tensor2d(Float32Array.from(pulls), [N, V]), logits)) as TF.Scalar;
-      })(offsets);
+      return tf.grads((...offs: TF.Tensor[]) => tf.mul(this.crossEntropy(this.forward(x, pruned, { offsets: offs, trace }).logits, y), N) as TF.Scalar)(offsets);
     });
     const gradients = grads.map((g) => g.dataSync() as Float32Array);
     tf.dispose(grads);
