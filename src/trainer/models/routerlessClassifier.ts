@@ -155,7 +155,6 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
           regT = tf.keep(this.surrogateKappa(J, U, inModel));
           return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
         }, varList);
-        this.endStep();
         if (mask) maskGrad = this.softMask.take(grads);
         if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
         else this.parameters.applyGradients(grads, trainable);

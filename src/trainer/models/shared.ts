@@ -151,13 +151,6 @@ export function routerlessMeasurement(
   return { stats, model: { mu, lf, kappa, vMin, vMax } };
 }
 
-/** vᵀ(U·Uᵀ)v = ‖Σ_i v_i u_i‖²: the output bias's part of a Rayleigh quotient of the model's kernel. */
-export function biasRayleigh(probeU: ArrayLike<number>, v: ArrayLike<number>, c: number): number {
-  const s = new Float64Array(c);
-  for (let i = 0; i < v.length; i++) for (let k = 0; k < c; k++) s[k] += v[i] * probeU[i * c + k];
-  return s.reduce((a, x) => a + x * x, 0);
-}
-
 /**
  * The pruning gate's soft mask as a variable of the model, so a step can differentiate its task loss
  * with respect to it (tf.variableGrads differentiates variables only). No optimizer owns it and no
