@@ -18,10 +18,8 @@ type KernelConfig = TF.KernelConfig;
 type Tf = typeof TF;
 
 interface WasmBackend {
-  wasm: { HEAPU8: Uint8Array };
   typedArrayFromHeap(t: TensorInfo): Float32Array | Int32Array | Uint8Array;
   incRef(dataId: object): void;
-  dataIdMap: { get(dataId: object): { memoryOffset: number } };
   makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
   disposeData(dataId: object): void;
 }
@@ -115,6 +113,12 @@ interface MatMulArgs {
 
 const size = (shape: number[]) => shape.reduce((p, d) => p * d, 1);
 
+/**
+ * A float32 tensor's data as a view on the wasm heap, for the native kernels to read and write in place.
+ * Take views after allocating outputs: allocating can grow the heap, which detaches older views.
+ */
+const heapFloat32 = (backend: WasmBackend, t: TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+
 /** The product's geometry if it is one the native kernel handles: float32, batch dims equal or one side unbatched. */
 function geometry(a: TensorInfo, b: TensorInfo, transA: boolean, transB: boolean) {
   if (a.dtype !== 'float32' || b.dtype !== 'float32' || a.shape.length < 2 || b.shape.length < 2) return undefined;
@@ -165,7 +169,7 @@ function makeMatMulKernel(tf: Tf, name: (typeof MATMUL_KERNELS)[number], backend
       const backend = args.backend as WasmBackend;
       // Output first: allocating may grow the wasm memory, which replaces the heap's ArrayBuffer.
       const out = backend.makeOutput(g.outShape, 'float32');
-      const view = (t: TensorInfo) => new Float32Array(backend.wasm.HEAPU8.buffer, backend.dataIdMap.get(t.dataId).memoryOffset, size(t.shape));
+      const view = (t: TensorInfo) => heapFloat32(backend, t);
       blas.gemm(view(a), view(b), view(out), g.batch, g.m, g.n, g.k, transposeA, transposeB, g.strideA, g.strideB, bias ? view(bias) : null, relu);
       return out;
     }
@@ -438,7 +442,7 @@ function sumByProduct(tf: Tf, blas: NativeBlas, result: EngineKernels): void {
     const out = backend.makeOutput(outShape, 'float32');
     if (ones.length < g.reduced) ones = new Float32Array(g.reduced).fill(1);
     // Views after the output is allocated: allocating can grow the heap, which detaches older views.
-    const view = (t: TensorInfo) => new Float32Array(backend.wasm.HEAPU8.buffer, backend.dataIdMap.get(t.dataId).memoryOffset, size(t.shape));
+    const view = (t: TensorInfo) => heapFloat32(backend, t);
     nativeCalls++;
     // out[b, 1, :] = ones[1, R] · x[b, R, A] for each of the `before` blocks.
     blas.gemm(ones.subarray(0, g.reduced), view(x), view(out), g.before, 1, g.after, g.reduced, false, false, 0, g.reduced * g.after, null, false);
@@ -472,7 +476,7 @@ function registerAdamKernel(tf: Tf, backendName: EngineBackendName, blas: Native
     if (backendName === 'wasm') {
       const backend = args.backend as WasmBackend;
       const outs = [0, 1, 2].map(() => backend.makeOutput(value.shape, 'float32'));
-      const view = (t: TensorInfo) => new Float32Array(backend.wasm.HEAPU8.buffer, backend.dataIdMap.get(t.dataId).memoryOffset, n);
+      const view = (t: TensorInfo) => heapFloat32(backend, t);
       blas.adam(view(value), view(grad), view(m), view(v), view(outs[0]), view(outs[1]), view(outs[2]), learningRate, beta1, beta2, epsilon, accBeta1, accBeta2);
       return outs;
     }
@@ -501,7 +505,7 @@ function registerSumSquaresKernel(tf: Tf, backendName: EngineBackendName, blas: 
     if (backendName === 'wasm') {
       const backend = args.backend as WasmBackend;
       const out = backend.makeOutput([], 'float32');
-      const view = (t: TensorInfo) => new Float32Array(backend.wasm.HEAPU8.buffer, backend.dataIdMap.get(t.dataId).memoryOffset, size(t.shape));
+      const view = (t: TensorInfo) => heapFloat32(backend, t);
       view(out)[0] = blas.sumSquares(inputs.map(view));
       return out;
     }
