@@ -316,17 +316,7 @@ function refGroupGradient(net: RefNet, g: number, F: () => number, step: number)
   const params = groupParams(net, g);
   const grad = new Float64Array(params.reduce((a, p) => a + p.length, 0));
   let at = 0;
-  for (const p of params) {
-    for (let k = 0; k < p.length; k++, at++) {
-      const keep = p[k];
-      p[k] = keep + step;
-      const up = F();
-      p[k] = keep - step;
-      const down = F();
-      p[k] = keep;
-      grad[at] = (up - down) / (2 * step);
-    }
-  }
+  for (const p of params) for (let k = 0; k < p.length; k++, at++) grad[at] = centralDifference(p, k, step, F);
   return grad;
 }
 
