@@ -336,6 +336,17 @@ function probeAndDirections(m: VggNet, probe: Batch, pruned: ReadonlySet<number>
   return { xs: Float32Array.from(probe.x.dataSync()), u: outputDirections(logProbs, probe.y.dataSync(), n, m.classes), n };
 }
 
+/** The gradient tests' start: two groups, probe 4, three plain steps, generic biases (seeded), measured. */
+function measuredPair(biasSeed: number) {
+  const c = config({ model: { experts: 2 }, monitor: { probeSize: 4 } });
+  const m = newModel(c);
+  steps(m, builtin, 3);
+  genericBiases(m, biasSeed);
+  const probe = builtin.batch(tf, 'train', range(0, 4));
+  m.measure(new Set(), new Set());
+  return { c, m, probe, ...probeAndDirections(m, probe, new Set()) };
+}
+
 test('per-group tangent kernels equal J·Jᵀ of a float64 finite-difference Jacobian (pruned group: measured restored)', () => {
   const c = config({ model: { experts: 3 }, monitor: { probeSize: 5 } });
   const m = newModel(c);
@@ -382,13 +393,7 @@ test('per-group tangent kernels equal J·Jᵀ of a float64 finite-difference Jac
 });
 
 test('the regularizer\'s gradient: ∇(vᵀK_g v) by nested tf gradients matches float64 central differences', () => {
-  const c = config({ model: { experts: 2 }, monitor: { probeSize: 4 } });
-  const m = newModel(c);
-  steps(m, builtin, 3);
-  genericBiases(m, 50);
-  const probe = builtin.batch(tf, 'train', range(0, 4));
-  m.measure(new Set(), new Set());
-  const { xs, u, n } = probeAndDirections(m, probe, new Set());
+  const { m, probe, xs, u, n } = measuredPair(50);
   const rnd = mulberry32(11);
   const v = randomArray(rnd, n);
   const g = 0;
@@ -432,13 +437,7 @@ test('the regularizer\'s gradient: ∇(vᵀK_g v) by nested tf gradients matches
 });
 
 test('the step\'s regularizer: ∇κ̃ of Σ_g K_g + U·Uᵀ (modelKappaTf) matches float64 central differences of its κ, u following the weights', () => {
-  const c = config({ model: { experts: 2 }, monitor: { probeSize: 4 } });
-  const m = newModel(c);
-  steps(m, builtin, 3);
-  genericBiases(m, 70);
-  const probe = builtin.batch(tf, 'train', range(0, 4));
-  m.measure(new Set(), new Set());
-  const { xs, u: measuredU, n } = probeAndDirections(m, probe, new Set());
+  const { c, m, probe, xs, u: measuredU, n } = measuredPair(70);
   const net = refOf(m);
   const oneHot = probe.y.dataSync();
   const d = net.rows * net.cols;
