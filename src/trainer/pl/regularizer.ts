@@ -2,7 +2,7 @@
 // float64 reference, built from tf ops, and κ through Hellmann–Feynman, so α·κ̄ in the loss moves
 // the expert's weights.
 import * as tf from '@tensorflow/tfjs';
-import { scaledLogitGradients } from './tangentKernel';
+import { pullLogSizes, scaledLogitGradients } from './tangentKernel';
 
 /**
  * twoLayerTangentKernel in tf ops: K = (H·Hᵀ)⊙(U·Uᵀ) + U·Uᵀ + (X·Xᵀ + 1)⊙(G·Gᵀ), G = relu′(pre) ⊙ (U·W2ᵀ).
@@ -160,24 +160,14 @@ export function scaledLogitGradientsTf(logProbs: tf.Tensor2D, labels: ArrayLike<
   if (!(groupSize >= 1) || n % groupSize !== 0) throw new RangeError(`groupSize ${groupSize} does not divide ${n} rows`);
   const oneHot = new Float32Array(n * c);
   for (let i = 0; i < n; i++) oneHot[i * c + labels[i]] = 1;
-  // The held choices, made as scaledLogitGradients makes them (float64 from the read-back values).
+  // The held choices, made from the read-back values with scaledLogitGradients' own row sizes.
+  const logSize = pullLogSizes(read, oneHot, n, c);
   const strongest = new Float32Array(n * c); // one-hot of each row's strongest other class (none: no pull)
-  const logSize = new Float64Array(n).fill(-Infinity);
   for (let i = 0; i < n; i++) {
+    if (logSize[i] === -Infinity) continue;
     let best = -1;
     for (let j = 0; j < c; j++) if (j !== labels[i] && (best < 0 || read[i * c + j] > read[i * c + best])) best = j;
-    const top = best < 0 ? -Infinity : read[i * c + best];
-    if (top === -Infinity) continue;
     strongest[i * c + best] = 1;
-    let sum = 0;
-    let sq = 0;
-    for (let j = 0; j < c; j++) {
-      if (j === labels[i]) continue;
-      const q = Math.exp(read[i * c + j] - top);
-      sum += q;
-      sq += q * q;
-    }
-    logSize[i] = top + 0.5 * Math.log(sq + sum * sum);
   }
   const groups = n / groupSize;
   const groupTopRow = new Float32Array(n); // one-hot of each group's strongest row

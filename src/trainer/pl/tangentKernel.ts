@@ -121,6 +121,17 @@ export function scaledLogitGradients(logProbs: ArrayLike<number>, oneHot: ArrayL
   return g;
 }
 
+/**
+ * log ‖g_i‖ of every row's pull (−Infinity: no pull), the sizes scaledLogitGradients weighs each group's
+ * rows by: what a differentiable version (regularizer.ts scaledLogitGradientsTf) holds as its choices.
+ */
+export function pullLogSizes(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, n: number, c: number): Float64Array {
+  expectLength('logProbs', logProbs, n * c);
+  expectLength('oneHot', oneHot, n * c);
+  const scratch = new Float64Array(c);
+  return Float64Array.from({ length: n }, (_, i) => unitPullRow(logProbs, oneHot, i, c, scratch));
+}
+
 /** Example i's direction g_i/‖g_i‖ (written to `out`) and log ‖g_i‖, or −Infinity (and 0s) for no pull. */
 function unitPullRow(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, i: number, c: number, out: Float64Array): number {
   const logScale = pullRow(logProbs, oneHot, i, c, out);
