@@ -308,11 +308,11 @@ class _Stream:
         return self.task is None or self.task.done() or (not self.queue and not self.sending)
 
     async def write(self, history):
-        ws, queue = self.ws, self.queue
+        queue = self.queue
         try:
             self.sending = True
             for e in history:
-                await ws.send(dumps(e))
+                await self._send(dumps(e))
                 self.sent = e["seq"]
             while True:
                 self.sending = True
@@ -320,14 +320,29 @@ class _Stream:
                     seq, text = queue.popleft()
                     self.queued -= len(text)
                     if seq > self.sent:
-                        await ws.send(text)
+                        await self._send(text)
                         self.sent = seq
                 self.live = True
                 self.sending = False
                 self.wake.clear()
                 await self.wake.wait()
-        except (websockets.ConnectionClosed, asyncio.CancelledError):
+        except (websockets.ConnectionClosed, asyncio.CancelledError, _StoppedReading):
             pass
+
+    async def _send(self, text):
+        # websockets' send waits while the socket's buffer is over its high-water mark, and so does its
+        # keepalive ping, which then never times out: a peer that stopped reading with the buffer full
+        # would be kept forever. A send that cannot drain within two heartbeats drops it instead.
+        try:
+            await asyncio.wait_for(self.ws.send(text), 2 * HEARTBEAT_S)
+        except asyncio.TimeoutError:
+            self.server.log(f"dropped a client that stopped reading (nothing drained for {2 * HEARTBEAT_S:g} s)")
+            self.ws.transport.abort()
+            raise _StoppedReading() from None
+
+
+class _StoppedReading(Exception):
+    """A client's socket did not drain within two heartbeats (_Stream._send)."""
 
 
 class _Client:
