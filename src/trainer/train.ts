@@ -271,7 +271,8 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
       // During the pruning anneal the gate's soft mask multiplies each unit's contribution, and the
       // gate learns from the step's ∂L/∂mask (docs/method.md, "Pruning: the gating network").
       const softMask = pruner?.sampleMask(step, steering.frozen, steering.pruned);
-      const result = model.trainStep(batch, { alpha, trainable: steering.trainableExperts(), pruned: steering.pruned, ...(softMask ? { softMask } : {}) });
+      // ‖∇f‖² for the PL* check on monitor steps only, where it is reported next to the step's μ.
+      const result = model.trainStep(batch, { alpha, trainable: steering.trainableExperts(), pruned: steering.pruned, gradNorm: monitorStep, ...(softMask ? { softMask } : {}) });
       if (softMask && result.maskGrad) pruner!.update(result.maskGrad, steering.frozen, steering.pruned);
       tf.dispose([batch.x, batch.y]);
       step++;
@@ -282,7 +283,7 @@ export async function runTraining(o: RunOptions): Promise<RunState> {
 
       // PL* check: ½‖∇f‖² / (f − f*) with f* = 0, a lower bound of f (cross-entropy and κ are ≥ 0),
       // exact under interpolation; so the ratio is a lower bound of PL*'s (docs/method.md, contract 11).
-      const plRatio = result.loss > 1e-12 ? (0.5 * result.gradNormSq) / result.loss : undefined;
+      const plRatio = result.gradNormSq !== undefined && result.loss > 1e-12 ? (0.5 * result.gradNormSq) / result.loss : undefined;
       // Routing shares of this step's batch (families with a router); the others report them on measurement.
       if (result.shares) shareWatch.observe(result.shares);
       const now = performance.now();

@@ -64,6 +64,9 @@ for (const engine of ENGINES) describe(`engine ${engine}`, () => {
     const monitored = metrics.filter((m) => m.units);
     assert.deepEqual(monitored.map((m) => m.step), [5, 10, 15, 20, 25, 30, 35, 40]);
     for (const m of monitored) assert.equal(m.units!.length, 3);
+    // The PL* check rides along on monitor steps, next to the same step's μ (docs/method.md).
+    assert.deepEqual(metrics.filter((m) => m.plRatio !== undefined).map((m) => m.step), [5, 10, 15, 20, 25, 30, 35, 40]);
+    for (const m of monitored) assert.ok(m.plRatio! > 0 && Number.isFinite(m.plRatio), `plRatio ${m.plRatio} at step ${m.step}`);
     assert.equal(JSON.parse(fs.readFileSync(path.join(runDir, 'config.json'), 'utf8')).steps, 40, 'the snapshot has the override');
   });
 

@@ -173,17 +173,18 @@ export class MoeMlp extends FamilyBase implements PlModel {
       if (mask) maskGrad = this.softMask.take(grads);
       this.parameters.applyGradients(grads, trainable);
       const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
-      const gradNormSq = sumOfSquares(tf, Object.values(grads));
-      const stacked = tf.concat([tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]), sharesT!]);
+      const figures = [total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy];
+      if (o.gradNorm) figures.push(sumOfSquares(tf, Object.values(grads)));
+      const stacked = tf.concat([tf.stack(figures), sharesT!]);
       tf.dispose([logitsT!, taskLossT!, sharesT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
     // One device→host transfer per step for everything reported.
     const values = reported.dataSync();
     reported.dispose();
-    const shares = Array.from(values.subarray(5), (v) => Math.min(1, Math.max(0, v)));
+    const shares = Array.from(values.subarray(o.gradNorm ? 5 : 4), (v) => Math.min(1, Math.max(0, v)));
     const inStep = regularized && this.measuresInStep;
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], shares, ...(inStep ? { measured: this.unitStats, monitorMs } : {}), ...(maskGrad ? { maskGrad } : {}) };
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], ...(o.gradNorm ? { gradNormSq: values[4] } : {}), shares, ...(inStep ? { measured: this.unitStats, monitorMs } : {}), ...(maskGrad ? { maskGrad } : {}) };
   }
 
   /**

@@ -159,9 +159,10 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
         if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
         else this.parameters.applyGradients(grads, trainable);
         const accuracy = tf.mean(tf.cast(tf.equal(tf.argMax(logitsT!, 1), tf.argMax(yOneHot, 1)), 'float32'));
+        const figures = [total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy];
         // One native kernel where the addon is loaded (as moe-mlp), a square and a sum per variable otherwise.
-        const gradNormSq = sumOfSquares(tf, Object.values(grads));
-        const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), accuracy, gradNormSq]);
+        if (o.gradNorm) figures.push(sumOfSquares(tf, Object.values(grads)));
+        const stacked = tf.stack(figures);
         tf.dispose([logitsT!, taskLossT!, ...(regT ? [regT] : [])]);
         return stacked;
       });
@@ -172,7 +173,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     // One device→host transfer per step for everything reported.
     const values = reported.dataSync();
     reported.dispose();
-    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], gradNormSq: values[4], ...(regularized ? { measured: this.unitStats, monitorMs } : {}), ...(maskGrad ? { maskGrad } : {}) };
+    return { loss: values[0], taskLoss: values[1], regularizer: values[2], taskMetric: values[3], ...(o.gradNorm ? { gradNormSq: values[4] } : {}), ...(regularized ? { measured: this.unitStats, monitorMs } : {}), ...(maskGrad ? { maskGrad } : {}) };
   }
 
   /**

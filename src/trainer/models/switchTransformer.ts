@@ -40,6 +40,7 @@ import { spreadingStride } from '../textData';
 import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 import { createAdam } from '../engine/adam';
+import { sumOfSquares } from '../engine/sumOfSquares';
 import { twiceDifferentiableActivations } from './twiceDifferentiable';
 
 type T2 = TF.Tensor2D;
@@ -611,8 +612,9 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       if (mask) maskGrad = this.softMask.take(grads);
       if (captured) for (const [name, g] of Object.entries(grads)) captured[name] = Float32Array.from(g.dataSync());
       else this.parameters.applyGradients(grads, trainable, true);
-      const gradNormSq = tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))));
-      const stacked = tf.stack([total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0), gradNormSq]);
+      const figures = [total, taskLossT!, regT ?? tf.scalar(this.modelConditioning?.kappa ?? 0)];
+      if (o.gradNorm) figures.push(sumOfSquares(tf, Object.values(grads)));
+      const stacked = tf.stack(figures);
       tf.dispose([taskLossT!, ...(regT ? [regT] : [])]);
       return stacked;
     });
@@ -627,7 +629,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       taskLoss: values[1],
       regularizer: values[2],
       taskMetric: Math.exp(values[1]),
-      gradNormSq: values[3],
+      ...(o.gradNorm ? { gradNormSq: values[3] } : {}),
       ...(dispatched ? { shares: [...this.lastLoad] } : {}),
       ...(maskGrad ? { maskGrad } : {}),
       ...(measured ? { measured, monitorMs } : {}),

@@ -41,8 +41,8 @@ export interface StepResult {
   regularizer: number;
   /** Accuracy (0…1) of this batch, or perplexity exp(taskLoss) for a language model. */
   taskMetric: number;
-  /** ‖∇f‖² over every variable that had a gradient this step (for the PL* check). */
-  gradNormSq: number;
+  /** ‖∇f‖² over every variable that had a gradient this step (the PL* check), where StepOptions.gradNorm asked for it. */
+  gradNormSq?: number;
   /**
    * Where the step measured in its own graph (PlModel.measuresInStep, α > 0): every unit's μ, L_f, κ
    * on the weights the step started from, and the time spent on that alone (read-backs and float64
@@ -93,6 +93,12 @@ export interface StepOptions {
    * "Pruning: the gating network"). The step then reports ∂(its objective)/∂mask in `maskGrad`.
    */
   softMask?: ArrayLike<number>;
+  /**
+   * Also compute ‖∇f‖² (StepResult.gradNormSq) for the PL* check. The loop asks on monitor steps only,
+   * where plRatio is reported next to the same step's μ: reading every gradient once more is a few
+   * percent of a small step (docs/method.md, "The PL* check").
+   */
+  gradNorm?: boolean;
 }
 
 export interface PlModel {
