@@ -9,7 +9,7 @@
 // timed in wall-clock and in this process's CPU time (user + system: less inflated by other processes
 // on a shared machine, the backend being single-threaded), and the tfjs kernels each launches are
 // counted once (tf.profile), a load-independent measure of the work.
-// usage: node --import tsx bench/routerless-step.ts [--steps 8] [--families bert-encoder,vgg]
+// usage: node --import tsx bench/routerless-step.ts [--steps 8] [--families bert-encoder,vgg] [--batches 32,64]
 // Prints progress on stderr and one `BENCH_RESULT {json}` line on stdout.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -24,6 +24,8 @@ const { values: args } = parseArgs({
   options: {
     steps: { type: 'string', default: '8' },
     families: { type: 'string', default: 'bert-encoder,vgg' },
+    // Other batch sizes than the example configs' (comma-separated): how the ratio moves with the batch at a fixed probe.
+    batches: { type: 'string', default: '' },
   },
   allowPositionals: false,
   strict: false,
@@ -43,65 +45,101 @@ async function main(): Promise<void> {
     const file = path.join(ROOT, 'examples', `${family}.pltrain.json`);
     const parsed = parseTrainingConfig(JSON.parse(fs.readFileSync(file, 'utf8')));
     if (!parsed.ok) throw new Error(`${path.relative(ROOT, file)} does not parse`);
-    const config = parsed.config;
-    if (!(config.alpha > 0)) throw new Error(`${path.relative(ROOT, file)}: α is ${config.alpha}, nothing to regularize`);
-    const data = loadTaskData(config, path.dirname(file));
-    const m: PlModel = createModel(tf, config, data);
-    m.setProbe(probeBatch(tf, config, data));
-    const batch: Batch = data.batch(tf, 'train', Int32Array.from({ length: config.batchSize }, (_, i) => i));
-    const trainable = Array.from({ length: m.units }, (_, i) => i);
-    const none = new Set<number>();
-    const plain: StepOptions = { alpha: 0, trainable, pruned: none };
-    const regularized: StepOptions = { ...plain, alpha: config.alpha };
-    // What train.ts runs for one step at this α.
-    const loopStep = (o: StepOptions) => {
-      if (o.alpha > 0 && !m.measuresInStep) m.measure(none, none);
-      m.trainStep(batch, o);
-    };
-    const timed = (f: () => void) => {
-      const [t0, c0] = [performance.now(), process.cpuUsage()];
-      f();
-      const c = process.cpuUsage(c0);
-      return { wall: performance.now() - t0, cpu: (c.user + c.system) / 1000 };
-    };
-    const kernels = async (f: () => void) => (await tf.profile(f)).kernels.length;
-    // Warm-up: the first steps compile kernels; the first regularized step needs a measurement first.
-    for (let i = 0; i < 3; i++) [plain, regularized].forEach(loopStep);
-    const plainRuns: { wall: number; cpu: number }[] = [];
-    const regRuns: { wall: number; cpu: number }[] = [];
-    for (let i = 0; i < steps; i++) {
-      plainRuns.push(timed(() => loopStep(plain)));
-      regRuns.push(timed(() => loopStep(regularized)));
+    for (const batchSize of args.batches ? String(args.batches).split(',').map(Number) : [parsed.config.batchSize]) {
+      const config = { ...parsed.config, batchSize };
+      if (!(config.alpha > 0)) throw new Error(`${path.relative(ROOT, file)}: α is ${config.alpha}, nothing to regularize`);
+      const data = loadTaskData(config, path.dirname(file));
+      const m: PlModel = createModel(tf, config, data);
+      m.setProbe(probeBatch(tf, config, data));
+      const batch: Batch = data.batch(tf, 'train', Int32Array.from({ length: config.batchSize }, (_, i) => i));
+      const trainable = Array.from({ length: m.units }, (_, i) => i);
+      const none = new Set<number>();
+      const plain: StepOptions = { alpha: 0, trainable, pruned: none };
+      const regularized: StepOptions = { ...plain, alpha: config.alpha };
+      // What train.ts runs for one step at this α.
+      const loopStep = (o: StepOptions) => {
+        if (o.alpha > 0 && !m.measuresInStep) m.measure(none, none);
+        m.trainStep(batch, o);
+      };
+      const timed = (f: () => void) => {
+        const [t0, c0] = [performance.now(), process.cpuUsage()];
+        f();
+        const c = process.cpuUsage(c0);
+        return { wall: performance.now() - t0, cpu: (c.user + c.system) / 1000 };
+      };
+      // Kernels launched, and the flops of the products among them (matmuls and convolutions: 2 per
+      // multiply-add, from the kernels' shapes): a load-independent measure of the work, and of the ratio
+      // no per-op saving can go below.
+      const work = async (f: () => void) => {
+        const { kernels } = await tf.profile(f);
+        return { kernels: kernels.length, productMflop: round(kernels.reduce((a, k) => a + productFlops(k.name, k.inputShapes as number[][], k.outputShapes as number[][]), 0) / 1e6) };
+      };
+      // Warm-up: the first steps compile kernels; the first regularized step needs a measurement first.
+      for (let i = 0; i < 3; i++) [plain, regularized].forEach(loopStep);
+      const plainRuns: { wall: number; cpu: number }[] = [];
+      const regRuns: { wall: number; cpu: number }[] = [];
+      for (let i = 0; i < steps; i++) {
+        plainRuns.push(timed(() => loopStep(plain)));
+        regRuns.push(timed(() => loopStep(regularized)));
+      }
+      const [plainMs, regMs] = [plainRuns.map((r) => r.wall), regRuns.map((r) => r.wall)];
+      const [plainCpu, regCpu] = [median(plainRuns.map((r) => r.cpu)), median(regRuns.map((r) => r.cpu))];
+      const measureMs = m.measuresInStep ? 0 : median(Array.from({ length: 3 }, () => timed(() => m.measure(none, none)).wall));
+      const plainWork = await work(() => loopStep(plain));
+      const regWork = await work(() => loopStep(regularized));
+      const [plainKernels, regKernels] = [plainWork.kernels, regWork.kernels];
+      const row = {
+        family,
+        config: path.relative(ROOT, file),
+        units: m.units,
+        batch: config.batchSize,
+        probe: config.monitor.probeSize,
+        alpha: config.alpha,
+        measuresInStep: m.measuresInStep === true,
+        plainStepMs: round(median(plainMs)),
+        regularizedStepMs: round(median(regMs)),
+        ratio: round(median(regMs) / median(plainMs)),
+        plainStepCpuMs: round(plainCpu),
+        regularizedStepCpuMs: round(regCpu),
+        cpuRatio: round(regCpu / plainCpu),
+        measureMs: round(measureMs),
+        plainKernels,
+        regularizedKernels: regKernels,
+        plainProductMflop: plainWork.productMflop,
+        regularizedProductMflop: regWork.productMflop,
+        productFlopRatio: round(regWork.productMflop / plainWork.productMflop),
+      };
+      log(`${family.padEnd(13)} batch ${row.batch}, probe ${row.probe}, α ${row.alpha}: plain ${row.plainStepMs} ms (${plainKernels} kernels), regularized ${row.regularizedStepMs} ms (${regKernels} kernels${row.measuresInStep ? ', measured in the step' : `, measure() ${row.measureMs} ms of it`}) → ×${row.ratio} wall, ×${row.cpuRatio} CPU time (${row.plainStepCpuMs} / ${row.regularizedStepCpuMs} ms); products ${row.plainProductMflop} / ${row.regularizedProductMflop} MFLOP → ×${row.productFlopRatio}`);
+      rows.push(row);
+      tf.dispose([batch.x, batch.y]);
+      m.dispose();
     }
-    const [plainMs, regMs] = [plainRuns.map((r) => r.wall), regRuns.map((r) => r.wall)];
-    const [plainCpu, regCpu] = [median(plainRuns.map((r) => r.cpu)), median(regRuns.map((r) => r.cpu))];
-    const measureMs = m.measuresInStep ? 0 : median(Array.from({ length: 3 }, () => timed(() => m.measure(none, none)).wall));
-    const plainKernels = await kernels(() => loopStep(plain));
-    const regKernels = await kernels(() => loopStep(regularized));
-    const row = {
-      family,
-      config: path.relative(ROOT, file),
-      units: m.units,
-      batch: config.batchSize,
-      probe: config.monitor.probeSize,
-      alpha: config.alpha,
-      measuresInStep: m.measuresInStep === true,
-      plainStepMs: round(median(plainMs)),
-      regularizedStepMs: round(median(regMs)),
-      ratio: round(median(regMs) / median(plainMs)),
-      plainStepCpuMs: round(plainCpu),
-      regularizedStepCpuMs: round(regCpu),
-      cpuRatio: round(regCpu / plainCpu),
-      measureMs: round(measureMs),
-      plainKernels,
-      regularizedKernels: regKernels,
-    };
-    log(`${family.padEnd(13)} batch ${row.batch}, probe ${row.probe}, α ${row.alpha}: plain ${row.plainStepMs} ms (${plainKernels} kernels), regularized ${row.regularizedStepMs} ms (${regKernels} kernels${row.measuresInStep ? ', measured in the step' : `, measure() ${row.measureMs} ms of it`}) → ×${row.ratio} wall, ×${row.cpuRatio} CPU time (${row.plainStepCpuMs} / ${row.regularizedStepCpuMs} ms)`);
-    rows.push(row);
-    tf.dispose([batch.x, batch.y]);
-    m.dispose();
   }
   emitResult({ backend: info.name, detail: info.detail, loadAverage: os.loadavg().map((x) => round(x)), rows });
+}
+
+/** 2 × multiply-adds of a matmul or convolution kernel from its shapes (tfjs kernel inputs), 0 for any other kernel. */
+export function productFlops(name: string, inputs: number[][], outputs: number[][]): number {
+  const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
+  const out = outputs[0];
+  if (!out) return 0;
+  switch (name) {
+    case 'BatchMatMul':
+    case '_FusedMatMul': {
+      // a's last two axes are {m, k} in either order; the output's are [m, n].
+      const a = inputs[0];
+      return 2 * size(out) * ((a[a.length - 1] * a[a.length - 2]) / out[out.length - 2]);
+    }
+    case 'Conv2D':
+    case 'FusedConv2D': // filter [kh, kw, cin, cout]
+      return 2 * size(out) * size(inputs[1].slice(0, 3));
+    case 'Conv2DBackpropInput': // (dy, filter): each dy element meets kh·kw·cin weights
+      return 2 * size(inputs[0]) * size(inputs[1].slice(0, 3));
+    case 'Conv2DBackpropFilter': // (x, dy) → filter [kh, kw, cin, cout]
+      return 2 * size(inputs[1]) * size(out.slice(0, 3));
+    default:
+      return 0;
+  }
 }
 
 main().catch((e) => {
