@@ -35,7 +35,7 @@
 // eigenvectors (Hellmann–Feynman) through the same pass (docs/method.md, "Switch").
 import type * as TF from '@tensorflow/tfjs';
 import { MIN_SERVED, type TrainingConfig, type UnitStats } from '../../protocol';
-import { conditioning, dampedKappa, heldSeed, heldValue, kappaSurrogateTf, scaledLogitGradientsTf, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
+import { conditioning, conditioningValues, dampedKappa, heldSeed, heldValue, kappaSurrogateTf, scaledLogitGradientsTf, SpectralNormState, spectralNormProduct, tangentKernelTf } from '../pl';
 import { spreadingStride } from '../textData';
 import { FamilyBase, ParameterGroups, principalSubmatrix, regularizerWeights, SoftMask } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
@@ -675,7 +675,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
       if (inModel.includes(id)) for (let k = 0; k < n * n; k++) model[k] += K[k];
       // The expert's own κ over the probe tokens routed to it (in any Switch layer); too few: null.
       const rows = [...served[id]].sort((a, b) => a - b);
-      const cond = rows.length >= MIN_SERVED ? conditioning(principalSubmatrix(K, n, rows), rows.length, damping) : undefined;
+      const cond = rows.length >= MIN_SERVED ? conditioningValues(principalSubmatrix(K, n, rows), rows.length, damping) : undefined;
       let lf = cond?.lf ?? null;
       if (cond && this.config.monitor.lipschitz === 'spectral-norm') {
         lf = 0;
@@ -694,7 +694,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
     // add α/δ to the loss with no useful gradient. Its eigenvectors are embedded back (zeros at the other
     // tokens), so the regularizer's vᵀKv on the full kernel is this submatrix's Rayleigh quotient.
     const modelRows = [...new Set(inModel.flatMap((e) => [...served[e]]))].sort((a, b) => a - b);
-    this.modelConditioning = modelRows.length > 0 && modelRows.length < n ? embeddedConditioning(model, n, modelRows, damping) : conditioning(model, n, damping);
+    this.modelConditioning = modelRows.length > 0 && modelRows.length < n ? embeddedConditioning(model, n, modelRows, damping) : conditioning(model, n, damping, { solver: 'extremes' });
     return this.measurements.map((m) => m.stats);
   }
 
@@ -762,7 +762,7 @@ export class SwitchTransformerLm extends FamilyBase implements PlModel {
 
 /** κ of the principal submatrix of `k` (n×n) on `rows`, its eigenvectors embedded back into length n. */
 export function embeddedConditioning(k: ArrayLike<number>, n: number, rows: readonly number[], damping: number): { mu: number; lf: number; kappa: number; vMin: Float64Array; vMax: Float64Array } {
-  const c = conditioning(principalSubmatrix(k, n, rows), rows.length, damping);
+  const c = conditioning(principalSubmatrix(k, n, rows), rows.length, damping, { solver: 'extremes' });
   const embed = (v: Float64Array) => {
     const out = new Float64Array(n);
     rows.forEach((r, i) => (out[r] = v[i]));
