@@ -4,7 +4,8 @@
 # engine against a plain PyTorch loop of the same model on CUDA, with κ on CUDA against the CPU's.
 # usage: bash bench/gpu-check.sh [STEPS]     (PYTHON=... to name the interpreter; default python3)
 # (bench/engine_torch.py runs 3 interleaved rounds and reports medians; see its --help)
-# Writes bench/results/gpu-check-<time>.json (the JSON line of bench/engine_torch.py) and prints a summary.
+# Writes gpu-check-<time>.json (the JSON line of bench/engine_torch.py) to $OUT when set (the device
+# machine's folder that comes back), else to bench/results, and prints a summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,8 +14,9 @@ STEPS=${1:-300}
 echo "=== pytest (python/tests)"
 "$PY" -m pytest -q -p no:cacheprovider python/tests
 echo "=== engine vs plain PyTorch loop on cuda (${STEPS} steps each)"
-mkdir -p bench/results
-out="bench/results/gpu-check-$(date -u +%Y%m%dT%H%M%SZ).json"
+results=${OUT:-bench/results}
+mkdir -p "$results"
+out="$results/gpu-check-$(date -u +%Y%m%dT%H%M%SZ).json"
 "$PY" bench/engine_torch.py --device cuda --steps "$STEPS" | tee "$out"
 "$PY" - "$out" <<'PY'
 import json, sys
