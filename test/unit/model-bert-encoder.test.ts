@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { DEFAULT_FASHION_MNIST_PATH, parseTrainingConfig, type TrainingConfig } from '../../src/protocol';
 import { conditioning, gramOfJacobian, outputDirections, symmetricEigen } from '../../src/trainer/pl';
 import { imageTaskData, loadBuiltin, loadFashionMnist } from '../../src/trainer/data';
-import { BertEncoder } from '../../src/trainer/models/bertEncoder';
+import { BertEncoder, headJacobians } from '../../src/trainer/models/bertEncoder';
 import { twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
 import type { Batch, TaskData } from '../../src/trainer/models/types';
 import { centralDifference, relativeFrobenius } from '../support/linalg';
@@ -263,6 +263,85 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s ba
   const gwRef = central(Float64Array.from(wsAff), (v) => weighted(affineRef(as, v, zeroB, zeroR))); // [4, c]; ours is ∂/∂Wᵀ [c, 4]
   close(gwT.dataSync(), Float64Array.from({ length: 4 * c }, (_, k) => gwRef[(k % 4) * c + Math.floor(k / 4)]), 'affine, Wᵀ: ∂/∂Wᵀ');
   tf.dispose([x, dy, w, g, A, dGelu, lx, lg, ld, sA, sd, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
+});
+
+test('the hand-written backward\'s ops with `hold` (a step\'s): the same values and gradients bit for bit, no saved clones on the tape, nothing left once the hold is disposed', async () => {
+  const act = twiceDifferentiableActivations(tf);
+  const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0.2, 1.2, 'float32', seed);
+  const [x, dy, w, m] = [rnd([3, 5], 21) as tf.Tensor2D, rnd([3, 5], 22) as tf.Tensor2D, rnd([3, 5], 23) as tf.Tensor2D, rnd([5, 5], 24) as tf.Tensor2D];
+  const g = tf.variable(rnd([5], 25));
+  const A = tf.softmax(rnd([3, 5], 26)) as tf.Tensor2D;
+  type Op = (t: tf.Tensor[], hold?: tf.Tensor[]) => tf.Tensor;
+  // [name, inputs, op, tensors its backward reads (each a clone on the tape without a hold)]
+  const ops: [string, tf.Tensor[], Op, number][] = [
+    ['GELU′', [x], ([a], hold) => act.geluDerivative(a, hold), 4],
+    ['layer norm backward', [x, g, dy], ([a, gain, d], hold) => act.layerNormBackward(a as tf.Tensor2D, gain as tf.Tensor1D, d as tf.Tensor2D, hold), 4],
+    ['softmax backward', [A, dy], ([a, d], hold) => act.softmaxBackward(a, d, 0.5, hold), 3],
+    ['affine', [x, m, g, dy], ([a, mm, b, r], hold) => act.affine(a as tf.Tensor2D, mm as tf.Tensor2D, { bias: b as tf.Tensor1D, residual: r as tf.Tensor2D, transposeW: true, hold }), 2],
+  ];
+  const clones = async (f: () => void) => (await tf.profile(f)).kernels.filter((k) => k.name === 'Identity').length;
+  for (const [name, inputs, op, saved] of ops) {
+    const run = (t: tf.Tensor[], hold?: tf.Tensor[]) => tf.grads((...a: tf.Tensor[]) => tf.sum(tf.mul(op(a, hold), w)))(t);
+    const plain = run(inputs);
+    const withoutHold = await clones(() => tf.dispose(run(inputs)));
+    const before = tf.memory().numTensors;
+    // The hold owns the inputs it keeps (a step's intermediates): here copies, the variable as it is.
+    const owned = inputs.map((t) => (t === g ? t : tf.clone(t)));
+    const hold: tf.Tensor[] = [];
+    const withHold = await clones(() => {
+      const grads = run(owned, hold);
+      grads.forEach((gr, k) => assert.deepEqual(Array.from(gr.dataSync()), Array.from(plain[k].dataSync()), `${name}: gradient ${k}`));
+      tf.dispose(grads);
+    });
+    assert.ok(hold.length > 0 && !hold.includes(g), `${name}: held tensors, the variable not among them`);
+    assert.equal(withoutHold - withHold, saved, `${name}: no saved clones of its own`);
+    tf.dispose(hold);
+    tf.dispose(owned.filter((t) => t !== g));
+    assert.equal(tf.memory().numTensors, before, `${name}: nothing left`);
+    assert.deepEqual(Array.from(op(inputs, []).dataSync()), Array.from(op(inputs).dataSync()), `${name}: value`);
+    tf.dispose(plain);
+  }
+  assert.ok(!g.isDisposed, 'the variable outlives the hold');
+  tf.dispose([x, dy, w, m, g, A]);
+});
+
+test('headJacobians (J assembly as one op): value and gradients equal the tf ops it replaces, with and without a hold; the last layer on [CLS] rows', () => {
+  const [b, T, D, H, dh] = [3, 4, 4, 2, 2];
+  const HD = H * dh;
+  const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, 'float32', seed);
+  const layers = [
+    { h: rnd([b * T, D], 31), dqkv: rnd([b * T, 3 * HD], 32), merged: rnd([b * T, HD], 33), dOut: rnd([b * T, D], 34) },
+    { h: rnd([b * T, D], 35), dqkv: rnd([b * T, 3 * HD], 36), merged: rnd([b, HD], 37), dOut: rnd([b, D], 38), clsOnly: true },
+  ];
+  const inputs = layers.flatMap((d) => [d.h, d.dqkv, d.merged, d.dOut]);
+  // The composition of tf ops headJacobians replaced (BertEncoder before it), differentiated by tfjs.
+  const reference = (t: tf.Tensor[]) => {
+    const mask = new Float32Array((D + 1) * 3 * HD).fill(1);
+    mask.fill(0, D * 3 * HD + HD, D * 3 * HD + 2 * HD);
+    const blocks = layers.flatMap((d, l) => {
+      const [h, dqkv, merged, dOut] = t.slice(4 * l, 4 * l + 4);
+      const tokens = d.clsOnly ? 1 : T;
+      const withOnes = tf.pad(tf.reshape(h, [b, T, D]), [[0, 0], [0, 0], [0, 1]], 1) as tf.Tensor3D;
+      const qkv = tf.mul(tf.matMul(withOnes, tf.reshape(dqkv, [b, T, 3 * HD]) as tf.Tensor3D, true, false), tf.tensor2d(mask, [D + 1, 3 * HD]));
+      const out = tf.matMul(tf.reshape(merged, [b, tokens, HD]) as tf.Tensor3D, tf.reshape(dOut, [b, tokens, D]) as tf.Tensor3D, true, false);
+      return [tf.reshape(tf.transpose(tf.reshape(qkv, [b, D + 1, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * (D + 1) * dh]), tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2])];
+    });
+    return tf.concat(blocks, 2);
+  };
+  const ours = (t: tf.Tensor[], hold?: tf.Tensor[]) => headJacobians(tf, { b, T, D, H, dh }, layers.map((d, l) => ({ ...d, h: t[4 * l], dqkv: t[4 * l + 1], merged: t[4 * l + 2], dOut: t[4 * l + 3] })), hold);
+  const ref = reference(inputs);
+  const w = rnd(ref.shape, 39);
+  assert.deepEqual(ours(inputs).shape, ref.shape);
+  assert.ok(maxAbs(ours(inputs).dataSync(), ref.dataSync()) <= 1e-6 * Math.max(...Array.from(ref.dataSync(), Math.abs)), 'value');
+  const refGrads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(reference(t), w)))(inputs);
+  for (const hold of [undefined, [] as tf.Tensor[]]) {
+    const owned = hold ? inputs.map((t) => tf.clone(t)) : inputs;
+    const grads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(ours(t, hold), w)))(owned);
+    grads.forEach((g, k) => assert.ok(maxAbs(g.dataSync(), refGrads[k].dataSync()) <= 1e-5 * Math.max(1, ...Array.from(refGrads[k].dataSync(), Math.abs)), `${hold ? 'held' : 'saved'}: gradient ${k}`));
+    if (hold) tf.dispose([...hold, ...owned]);
+    tf.dispose(grads);
+  }
+  tf.dispose([...inputs, ref, w, ...refGrads]);
 });
 
 test('training on the built-in 14×14 data (14 row tokens + [CLS]) beats chance clearly', () => {

@@ -16,7 +16,7 @@ import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
-import { twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
+import { keptForBackward, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -64,7 +64,7 @@ let modelCount = 0;
  * With `clsOnly` (the last layer of the hand-written backward), `merged` and `dOut` hold the [CLS] rows
  * alone ([b, ·]): δ at the output projection is exactly zero at every other token.
  */
-interface LayerDeltas {
+export interface LayerDeltas {
   h: TF.Tensor;
   merged: TF.Tensor;
   dqkv: TF.Tensor;
@@ -87,6 +87,8 @@ export class BertEncoder extends RouterlessClassifier {
   deltasByTape = false;
   /** Layer maps built once per step (layerMaps), between beginStep and endStep. */
   private stepMaps: Map<string, TF.Tensor> | undefined;
+  /** What the hand-written backward's ops keep for the step's backward pass (their `hold`), disposed in endStep. */
+  private stepHeld: TF.Tensor[] | undefined;
 
   constructor(tf: typeof TF, config: TrainingConfig, data: TaskData) {
     if (data.kind !== 'images') throw new Error(`the bert-encoder family classifies images read row by row, not ${data.kind}`);
@@ -174,14 +176,6 @@ export class BertEncoder extends RouterlessClassifier {
     return tf.reshape(tf.slice(tf.reshape(t, [n, T, D]), [0, 0, 0], [n, 1, D]), [n, D]) as T2;
   }
 
-  /** Ones except the bias row's key columns: [D + 1, 3·H·dh] (probeJacobians). */
-  private noKeyBias(): TF.Tensor2D {
-    const [D, HD] = [this.dModel, this.units * this.dHead];
-    const mask = new Float32Array((D + 1) * 3 * HD).fill(1);
-    mask.fill(0, D * 3 * HD + HD, D * 3 * HD + 2 * HD);
-    return this.tf.tensor2d(mask, [D + 1, 3 * HD]);
-  }
-
   /**
    * [b·T, parts·H·dh] (parts side by side, each all heads side by side) → `parts` tensors [b, H, T, dh].
    * The parts are split as [b, parts, H·T·dh], where each example's part is one contiguous run (split
@@ -243,11 +237,14 @@ export class BertEncoder extends RouterlessClassifier {
   protected override beginStep(): void {
     this.endStep();
     this.stepMaps = new Map();
+    this.stepHeld = [];
   }
 
   protected override endStep(): void {
     if (this.stepMaps) this.tf.dispose([...this.stepMaps.values()]);
+    if (this.stepHeld) this.tf.dispose(this.stepHeld);
     this.stepMaps = undefined;
+    this.stepHeld = undefined;
   }
 
 
@@ -312,6 +309,8 @@ export class BertEncoder extends RouterlessClassifier {
     const all = B + b;
     const scale = 1 / Math.sqrt(dh);
     const maps = this.heads.map((_, l) => this.layerMaps(l, pruned));
+    // Inside a step, the once-differentiable ops keep what their backward reads by reference (no clones).
+    const hold = this.stepHeld;
     const mat = (v: TF.Variable) => v as unknown as T2;
     const vec = (v: TF.Variable) => v as unknown as TF.Tensor1D;
     interface Saved {
@@ -335,15 +334,15 @@ export class BertEncoder extends RouterlessClassifier {
       // Only [CLS] reaches the logits: after the last layer's keys and values everything runs on its row
       // alone (its query, attention row, W_o, layer norms, FFN); the other tokens' outputs are never read.
       const last = l === L - 1;
-      const [qAll, k, v] = this.splitHeads(act.affine(h, projections, { bias: biases }), all);
+      const [qAll, k, v] = this.splitHeads(act.affine(h, projections, { bias: biases, hold }), all);
       const q = last ? (tf.slice(qAll, [0, 0, 0, 0], [all, H, 1, dh]) as TF.Tensor4D) : qAll;
       const attention = tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)) as TF.Tensor4D;
       // One query row per head: [all, H, 1, dh] is already [all, H·dh] in memory.
       const merged = last ? (tf.reshape(tf.matMul(attention, v), [all, H * dh]) as T2) : this.mergeHeads([tf.matMul(attention, v)], all);
-      const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: last ? this.clsRows(h, all) : h });
+      const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: last ? this.clsRows(h, all) : h, hold });
       const h1 = act.layerNorm(r1, vec(blk.ln1g), vec(blk.ln1b));
-      const pre = act.affine(h1, mat(blk.ff1w), { bias: vec(blk.ff1b) });
-      const r2 = act.affine(act.gelu(pre), mat(blk.ff2w), { bias: vec(blk.ff2b), residual: h1 });
+      const pre = act.affine(h1, mat(blk.ff1w), { bias: vec(blk.ff1b), hold });
+      const r2 = act.affine(act.gelu(pre), mat(blk.ff2w), { bias: vec(blk.ff2b), residual: h1, hold });
       saved.push({
         h: probeRows(h, T),
         q: probeRows(q, 1),
@@ -359,7 +358,7 @@ export class BertEncoder extends RouterlessClassifier {
     }
     const e = this.embedding;
     // h is the last layer's [CLS] rows [all, D].
-    const z = act.affine(h, mat(e.outW), { bias: vec(e.outB) });
+    const z = act.affine(h, mat(e.outW), { bias: vec(e.outB), hold });
     if (batch) batch.logits = tf.slice(z, [0, 0], [B, this.classes]);
     const U = directions(probeRows(z, 1));
     // ∂s/∂h at the last layer's output: u·W_outᵀ at [CLS] ([b, D]; zero at every other token).
@@ -369,18 +368,18 @@ export class BertEncoder extends RouterlessClassifier {
       const blk = this.blocks[l];
       const s = saved[l];
       const last = l === L - 1;
-      const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2);
-      const dPre = tf.mul(act.affine(dr2, mat(blk.ff2w), { transposeW: true }), act.geluDerivative(s.pre)) as T2;
-      const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true }));
+      const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2, hold);
+      const dPre = tf.mul(act.affine(dr2, mat(blk.ff2w), { transposeW: true, hold }), act.geluDerivative(s.pre, hold)) as T2;
+      const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true, hold }), hold);
       // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
-      const dMerged = act.affine(dr1, maps[l].wo, { transposeW: true });
+      const dMerged = act.affine(dr1, maps[l].wo, { transposeW: true, hold });
       const dO = last ? (tf.reshape(dMerged, [b, H, 1, dh]) as TF.Tensor4D) : this.splitHeads(dMerged, b, 1)[0];
-      const dS = act.softmaxBackward(s.attention, tf.matMul(dO, s.v, false, true), scale);
+      const dS = act.softmaxBackward(s.attention, tf.matMul(dO, s.v, false, true), scale, hold);
       // In the last layer only [CLS]'s query is read: δ at the other queries is exactly zero.
       const dq = last ? tf.pad(tf.matMul(dS, s.k), [[0, 0], [0, 0], [0, T - 1], [0, 0]]) : tf.matMul(dS, s.k);
       const dqkv = this.mergeHeads([dq, tf.matMul(dS, s.q, true, false), tf.matMul(s.attention, dO, true, false)], b);
       out[l] = { h: s.h, merged: s.merged, dqkv, dOut: dr1, clsOnly: last };
-      if (l > 0) dh2 = act.affine(dqkv, maps[l].projections, { residual: last ? this.atCls(dr1, b) : dr1, transposeW: true });
+      if (l > 0) dh2 = act.affine(dqkv, maps[l].projections, { residual: last ? this.atCls(dr1, b) : dr1, transposeW: true, hold });
     }
     return out;
   }
@@ -411,28 +410,9 @@ export class BertEncoder extends RouterlessClassifier {
     return { logits: batch.logits!, J };
   }
 
-  /** J [heads, b, p_head] from each layer's tapped-map inputs and δ (probeJacobians). */
+  /** J [heads, b, p_head] from each layer's tapped-map inputs and δ (probeJacobians): headJacobians, holding for the step. */
   private assembleJacobians(layers: LayerDeltas[], b: number): TF.Tensor3D {
-    const tf = this.tf;
-    const [T, D, H, dh, L] = [this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
-    const blocks: TF.Tensor[] = [];
-    for (let l = 0; l < L; l++) {
-      const { h, merged, dqkv, dOut, clsOnly } = layers[l];
-      const byToken = (t: TF.Tensor, width: number, tokens = T) => tf.reshape(t, [b, tokens, width]);
-      // W_q, W_k, W_v and the biases in one matmul: the block input with a column of ones, so the last row
-      // of [b, D + 1, 3·H·dh] is Σ_t δ_t (the biases'). The keys have no bias: that row's key part is
-      // masked to exact zeros (it is Σ_t δk_t = 0 up to rounding, since softmax ignores a shift), a zero
-      // column of J that K = J·Jᵀ does not see. [b, D + 1, (q|k|v), H, dh] → [H, b, (D + 1)·3·dh]
-      const withOnes = tf.pad(byToken(h, D), [[0, 0], [0, 0], [0, 1]], 1) as TF.Tensor3D;
-      const qkv = tf.mul(tf.matMul(withOnes, byToken(dqkv, 3 * H * dh) as TF.Tensor3D, true, false), this.noKeyBias());
-      blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D + 1, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * (D + 1) * dh]));
-      // W_o's rows of head k read the head's merged output: [b, H·dh, D] → [H, b, dh·D]
-      // (clsOnly: the [CLS] rows alone, δ is zero at the other tokens.)
-      const tokens = clsOnly ? 1 : T;
-      const out = tf.matMul(byToken(merged, H * dh, tokens) as TF.Tensor3D, byToken(dOut, D, tokens) as TF.Tensor3D, true, false);
-      blocks.push(tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2]));
-    }
-    return tf.concat(blocks, 2) as TF.Tensor3D;
+    return headJacobians(this.tf, { b, T: this.rows + 1, D: this.dModel, H: this.units, dh: this.dHead }, layers, this.stepHeld);
   }
 
   /**
@@ -482,4 +462,66 @@ export class BertEncoder extends RouterlessClassifier {
   sharedVars(): TF.Variable[] {
     return [...Object.values(this.embedding), ...this.blocks.flatMap((b) => Object.values(b) as TF.Variable[])];
   }
+}
+
+/**
+ * Every head's per-sample Jacobian rows J [H, b, Σ_l p_l] from each layer's tapped-map inputs and δ
+ * (BertEncoder.probeJacobians) as one op with a hand-written backward: the forward's reshapes, pad,
+ * products, mask, transposes and concatenation leave no tape nodes and no saved clones (with `hold`),
+ * and the backward is the products' transposes. Per layer: W_q, W_k, W_v and the biases in one matmul,
+ * the block input with a column of ones, so the last row of [b, D + 1, 3·H·dh] is Σ_t δ_t (the biases').
+ * The keys have no bias: that row's key part is masked to exact zeros (it is Σ_t δk_t = 0 up to rounding,
+ * since softmax ignores a shift), a zero column of J that K = J·Jᵀ does not see; [b, D + 1, (q|k|v), H, dh]
+ * → [H, b, (D + 1)·3·dh]. Then W_o's rows of head k, which read the head's merged output: [b, H·dh, D] →
+ * [H, b, dh·D] (clsOnly: the [CLS] rows alone, δ is zero at the other tokens).
+ * Backward, per example, for G = Aᵀ·Δ (A the input with ones, Δ the δ rows): ∂A = Δ·dGᵀ, ∂Δ = A·dG.
+ */
+export function headJacobians(tf: typeof TF, dims: { b: number; T: number; D: number; H: number; dh: number }, layers: LayerDeltas[], hold?: TF.Tensor[]): TF.Tensor3D {
+  const { b, T, D, H, dh } = dims;
+  const HD = H * dh;
+  const mask = new Float32Array((D + 1) * 3 * HD).fill(1);
+  mask.fill(0, D * 3 * HD + HD, D * 3 * HD + 2 * HD);
+  // Made where it is read (the forward's and the backward's own scopes dispose it).
+  const keyBiasMask = () => tf.tensor2d(mask, [D + 1, 3 * HD]);
+  const tokens = layers.map((d) => (d.clsOnly ? 1 : T));
+  const sizes = layers.flatMap(() => [3 * (D + 1) * dh, dh * D]);
+  const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const inputs = args.slice(0, -1) as TF.Tensor[];
+    const blocks: TF.Tensor[] = [];
+    const kept: TF.Tensor[] = [];
+    const forwardMask = keyBiasMask();
+    layers.forEach((_, l) => {
+      const [h, dqkv, merged, dOut] = inputs.slice(4 * l, 4 * l + 4);
+      const withOnes = tf.pad(tf.reshape(h, [b, T, D]), [[0, 0], [0, 0], [0, 1]], 1) as TF.Tensor3D;
+      const deltas = tf.reshape(dqkv, [b, T, 3 * HD]) as TF.Tensor3D;
+      const qkv = tf.mul(tf.matMul(withOnes, deltas, true, false), forwardMask);
+      blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D + 1, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * (D + 1) * dh]));
+      const m3 = tf.reshape(merged, [b, tokens[l], HD]) as TF.Tensor3D;
+      const o3 = tf.reshape(dOut, [b, tokens[l], D]) as TF.Tensor3D;
+      blocks.push(tf.transpose(tf.reshape(tf.matMul(m3, o3, true, false), [b, H, dh * D]), [1, 0, 2]));
+      kept.push(withOnes, deltas, m3, o3);
+    });
+    const read = keptForBackward(tf, kept, args[args.length - 1] as TF.GradSaveFunc, hold);
+    return {
+      value: tf.concat(blocks, 2),
+      gradFunc: (dy: TF.Tensor, saved: TF.Tensor[]) => {
+        const parts = tf.split(dy, sizes, 2);
+        const ins = read(saved) as TF.Tensor3D[];
+        const backwardMask = keyBiasMask();
+        return layers.flatMap((_, l) => {
+          const [withOnes, deltas, m3, o3] = ins.slice(4 * l, 4 * l + 4);
+          const dG = tf.mul(tf.reshape(tf.transpose(tf.reshape(parts[2 * l], [H, b, D + 1, 3, dh]), [1, 2, 3, 0, 4]), [b, D + 1, 3 * HD]), backwardMask) as TF.Tensor3D;
+          const dWithOnes = tf.matMul(deltas, dG, false, true);
+          const dO = tf.reshape(tf.transpose(parts[2 * l + 1], [1, 0, 2]), [b, HD, D]) as TF.Tensor3D;
+          return [
+            tf.reshape(tf.slice(dWithOnes, [0, 0, 0], [b, T, D]), [b * T, D]),
+            tf.reshape(tf.matMul(withOnes, dG), [b * T, 3 * HD]),
+            tf.reshape(tf.matMul(o3, dO, false, true), [b * tokens[l], HD]),
+            tf.reshape(tf.matMul(m3, dO), [b * tokens[l], D]),
+          ];
+        });
+      },
+    };
+  }) as (...t: TF.Tensor[]) => TF.Tensor3D;
+  return op(...layers.flatMap((d) => [d.h, d.dqkv, d.merged, d.dOut]));
 }
