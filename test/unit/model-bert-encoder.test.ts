@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { DEFAULT_FASHION_MNIST_PATH, parseTrainingConfig, type TrainingConfig } from '../../src/protocol';
 import { conditioning, gramOfJacobian, outputDirections, symmetricEigen } from '../../src/trainer/pl';
 import { imageTaskData, loadBuiltin, loadFashionMnist } from '../../src/trainer/data';
-import { BertEncoder, headJacobians } from '../../src/trainer/models/bertEncoder';
+import { attentionBackward, BertEncoder, headJacobians } from '../../src/trainer/models/bertEncoder';
 import { twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
 import type { Batch, TaskData } from '../../src/trainer/models/types';
 import { centralDifference, relativeFrobenius } from '../support/linalg';
@@ -196,14 +196,13 @@ test('layer norm (one op, closed-form backward): value, gradient and gradient of
   tf.dispose([x, g, b, w, dx, dg, db, qx, qg]);
 });
 
-test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s backward passes, affine maps as one op each): values and gradients match float64 central differences', () => {
+test('the hand-written backward\'s ops (GELU′, layer norm\'s backward pass, affine maps as one op each): values and gradients match float64 central differences', () => {
   const act = twiceDifferentiableActivations(tf);
   const [r, c, eps] = [3, 6, 1e-5];
   const rnd = (shape: number[], mean: number, sd: number, seed: number) => tf.randomNormal(shape, mean, sd, 'float32', seed);
   const [x, dy, w] = [rnd([r, c], 0.3, 1.5, 11) as tf.Tensor2D, rnd([r, c], 0, 1, 12) as tf.Tensor2D, rnd([r, c], 0, 1, 13)];
   const g = rnd([c], 1, 0.5, 14) as tf.Tensor1D;
-  const A = tf.softmax(rnd([r, c], 0, 1.5, 15));
-  const [xs, dys, ws, gs, As] = [x, dy, w, g, A].map((t) => Float64Array.from(t.dataSync()));
+  const [xs, dys, ws, gs] = [x, dy, w, g].map((t) => Float64Array.from(t.dataSync()));
   const rows = (f: (i: number) => number[]) => Float64Array.from(Array.from({ length: r }, (_, i) => f(i)).flat());
   const row = (a: Float64Array, i: number) => Array.from(a.subarray(i * c, (i + 1) * c));
   const mean = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
@@ -219,18 +218,11 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s ba
       const a = row(dv, i).map((d, j) => d * gv[j]);
       return xhat.map((_, k) => a.reduce((s, aj, j) => s + aj * inv * ((j === k ? 1 : 0) - 1 / c - (xhat[j] * xhat[k]) / c), 0));
     });
-  const smBack = (Av: Float64Array, dAv: Float64Array, scale: number) =>
-    rows((i) => {
-      const [y, d] = [row(Av, i), row(dAv, i)];
-      const sdot = y.reduce((s, yj, j) => s + yj * d[j], 0);
-      return y.map((yj, j) => scale * yj * (d[j] - sdot));
-    });
   const close = (ours: ArrayLike<number>, ref: Float64Array, what: string, tol = 1e-4) => assert.ok(maxAbs(ours, ref) <= tol * Math.max(...ref.map(Math.abs)), `${what}: ${maxAbs(ours, ref)}`);
   const weighted = (v: Float64Array) => v.reduce((s, z, k) => s + z * ws[k], 0);
   const central = (at: Float64Array, f: (v: Float64Array) => number, step = 1e-4) => at.map((_, k) => centralDifference(at, k, step, () => f(at)));
   close(act.geluDerivative(x).dataSync(), geluPrime(xs), 'GELU′');
   close(act.layerNormBackward(x, g, dy).dataSync(), lnBack(xs, gs, dys), 'layer norm backward');
-  close(act.softmaxBackward(A, dy, 0.5).dataSync(), smBack(As, dys, 0.5), 'softmax backward');
   // Gradients of Σ w⊙op against central differences of the float64 references.
   const [dGelu] = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t), w)))([x]);
   close(dGelu.dataSync(), central(Float64Array.from(xs), (v) => weighted(geluPrime(v)), 1e-3), 'GELU″', 1e-3);
@@ -238,9 +230,6 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s ba
   close(lx.dataSync(), central(Float64Array.from(xs), (v) => weighted(lnBack(v, gs, dys))), 'layer norm backward: ∂/∂x');
   close(lg.dataSync(), central(Float64Array.from(gs), (v) => weighted(lnBack(xs, v, dys))), 'layer norm backward: ∂/∂g');
   close(ld.dataSync(), central(Float64Array.from(dys), (v) => weighted(lnBack(xs, gs, v))), 'layer norm backward: ∂/∂dy');
-  const [sA, sd] = tf.grads((a: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.softmaxBackward(a, d, 0.5), w)))([A, dy]);
-  close(sA.dataSync(), central(Float64Array.from(As), (v) => weighted(smBack(v, dys, 0.5))), 'softmax backward: ∂/∂A');
-  close(sd.dataSync(), central(Float64Array.from(dys), (v) => weighted(smBack(As, v, 0.5))), 'softmax backward: ∂/∂dA');
   // affine: a·W (+ bias + residual), W transposed or not; gradients for every input.
   const [ra, rw, rb, rr] = [rnd([r, 4], 0, 1, 16) as tf.Tensor2D, rnd([4, c], 0, 1, 17) as tf.Tensor2D, rnd([c], 0, 1, 18) as tf.Tensor1D, rnd([r, c], 0, 1, 19) as tf.Tensor2D];
   const [as, wsAff, bs, rs] = [ra, rw, rb, rr].map((t) => Float64Array.from(t.dataSync()));
@@ -262,7 +251,7 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s ba
   close(gaT.dataSync(), central(Float64Array.from(as), (v) => weighted(affineRef(v, wsAff, zeroB, zeroR))), 'affine, Wᵀ: ∂/∂a');
   const gwRef = central(Float64Array.from(wsAff), (v) => weighted(affineRef(as, v, zeroB, zeroR))); // [4, c]; ours is ∂/∂Wᵀ [c, 4]
   close(gwT.dataSync(), Float64Array.from({ length: 4 * c }, (_, k) => gwRef[(k % 4) * c + Math.floor(k / 4)]), 'affine, Wᵀ: ∂/∂Wᵀ');
-  tf.dispose([x, dy, w, g, A, dGelu, lx, lg, ld, sA, sd, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
+  tf.dispose([x, dy, w, g, dGelu, lx, lg, ld, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
 });
 
 test('the hand-written backward\'s ops with `hold` (a step\'s): the same values and gradients bit for bit, no saved clones on the tape, nothing left once the hold is disposed', async () => {
@@ -270,13 +259,11 @@ test('the hand-written backward\'s ops with `hold` (a step\'s): the same values 
   const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0.2, 1.2, 'float32', seed);
   const [x, dy, w, m] = [rnd([3, 5], 21) as tf.Tensor2D, rnd([3, 5], 22) as tf.Tensor2D, rnd([3, 5], 23) as tf.Tensor2D, rnd([5, 5], 24) as tf.Tensor2D];
   const g = tf.variable(rnd([5], 25));
-  const A = tf.softmax(rnd([3, 5], 26)) as tf.Tensor2D;
   type Op = (t: tf.Tensor[], hold?: tf.Tensor[]) => tf.Tensor;
   // [name, inputs, op, tensors its backward reads (each a clone on the tape without a hold)]
   const ops: [string, tf.Tensor[], Op, number][] = [
     ['GELU′', [x], ([a], hold) => act.geluDerivative(a, hold), 4],
     ['layer norm backward', [x, g, dy], ([a, gain, d], hold) => act.layerNormBackward(a as tf.Tensor2D, gain as tf.Tensor1D, d as tf.Tensor2D, hold), 4],
-    ['softmax backward', [A, dy], ([a, d], hold) => act.softmaxBackward(a, d, 0.5, hold), 3],
     ['affine', [x, m, g, dy], ([a, mm, b, r], hold) => act.affine(a as tf.Tensor2D, mm as tf.Tensor2D, { bias: b as tf.Tensor1D, residual: r as tf.Tensor2D, transposeW: true, hold }), 2],
   ];
   const clones = async (f: () => void) => (await tf.profile(f)).kernels.filter((k) => k.name === 'Identity').length;
@@ -302,7 +289,7 @@ test('the hand-written backward\'s ops with `hold` (a step\'s): the same values 
     tf.dispose(plain);
   }
   assert.ok(!g.isDisposed, 'the variable outlives the hold');
-  tf.dispose([x, dy, w, m, g, A]);
+  tf.dispose([x, dy, w, m, g]);
 });
 
 test('headJacobians (J assembly as one op): value and gradients equal the tf ops it replaces, with and without a hold; the last layer on [CLS] rows', () => {
@@ -342,6 +329,40 @@ test('headJacobians (J assembly as one op): value and gradients equal the tf ops
     tf.dispose(grads);
   }
   tf.dispose([...inputs, ref, w, ...refGrads]);
+});
+
+test('attentionBackward (the attention\'s backward to q, k, v as one op): value and gradients equal the tf ops it replaces, every query and [CLS]\'s alone, with and without a hold', () => {
+  const [b, T, H, dh, scale] = [2, 4, 2, 3, 0.6];
+  const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, 'float32', seed);
+  for (const Tq of [T, 1]) {
+    const [q, k, v] = [rnd([b, H, Tq, dh], 41), rnd([b, H, T, dh], 42), rnd([b, H, T, dh], 43)] as tf.Tensor4D[];
+    const A = tf.softmax(rnd([b, H, Tq, T], 44)) as tf.Tensor4D;
+    const dMerged = rnd([b * Tq, H * dh], 45) as tf.Tensor2D;
+    const inputs = [dMerged, A, q, k, v];
+    // The composition it replaced (splitHeads, softmax's backward written out, the three products, mergeHeads).
+    const reference = ([dm, a, qq, kk, vv]: tf.Tensor[]) => {
+      const dO = Tq === 1 ? tf.reshape(dm, [b, H, 1, dh]) : tf.transpose(tf.reshape(dm, [b, T, H, dh]), [0, 2, 1, 3]);
+      const dA = tf.matMul(dO as tf.Tensor4D, vv as tf.Tensor4D, false, true);
+      const dS = tf.mul(tf.mul(a, tf.sub(dA, tf.sum(tf.mul(a, dA), -1, true))), scale) as tf.Tensor4D;
+      const dqRead = tf.matMul(dS, kk as tf.Tensor4D);
+      const dq = Tq === 1 ? tf.pad(dqRead, [[0, 0], [0, 0], [0, T - 1], [0, 0]]) : dqRead;
+      const parts = [dq, tf.matMul(dS, qq as tf.Tensor4D, true, false), tf.matMul(a as tf.Tensor4D, dO as tf.Tensor4D, true, false)];
+      return tf.reshape(tf.transpose(tf.concat(parts, 1), [0, 2, 1, 3]), [b * T, 3 * H * dh]);
+    };
+    const ours = (t: tf.Tensor[], hold?: tf.Tensor[]) => attentionBackward(tf, { b, T, H, dh, scale }, t[0] as tf.Tensor2D, t[1] as tf.Tensor4D, t[2] as tf.Tensor4D, t[3] as tf.Tensor4D, t[4] as tf.Tensor4D, hold);
+    const ref = reference(inputs);
+    const w = rnd(ref.shape, 46);
+    assert.ok(maxAbs(ours(inputs).dataSync(), ref.dataSync()) <= 1e-6 * Math.max(...Array.from(ref.dataSync(), Math.abs)), `Tq ${Tq}: value`);
+    const refGrads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(reference(t), w)))(inputs);
+    for (const hold of [undefined, [] as tf.Tensor[]]) {
+      const owned = hold ? inputs.map((t) => tf.clone(t)) : inputs;
+      const grads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(ours(t, hold), w)))(owned);
+      grads.forEach((g, i) => assert.ok(maxAbs(g.dataSync(), refGrads[i].dataSync()) <= 1e-5 * Math.max(1, ...Array.from(refGrads[i].dataSync(), Math.abs)), `Tq ${Tq}, ${hold ? 'held' : 'saved'}: gradient ${i}`));
+      if (hold) tf.dispose([...hold, ...owned]);
+      tf.dispose(grads);
+    }
+    tf.dispose([...inputs, ref, w, ...refGrads]);
+  }
 });
 
 test('training on the built-in 14×14 data (14 row tokens + [CLS]) beats chance clearly', () => {

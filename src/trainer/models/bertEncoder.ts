@@ -177,24 +177,22 @@ export class BertEncoder extends RouterlessClassifier {
   }
 
   /**
-   * [b·T, parts·H·dh] (parts side by side, each all heads side by side) → `parts` tensors [b, H, T, dh].
-   * The parts are split as [b, parts, H·T·dh], where each example's part is one contiguous run (split
-   * and its gradient, concat, copy b runs per part instead of b·H·T runs of dh).
+   * [b·T, 3·H·dh] (q|k|v side by side, each all heads side by side) → q, k, v [b, H, T, dh]. The parts
+   * are split as [b, 3, H·T·dh], where each example's part is one contiguous run (split and its
+   * gradient, concat, copy b runs per part instead of b·H·T runs of dh).
    */
-  private splitHeads(t: T2, b: number, parts = 3): TF.Tensor4D[] {
+  private splitHeads(t: T2, b: number): TF.Tensor4D[] {
     const tf = this.tf;
     const [T, H, dh] = [this.rows + 1, this.units, this.dHead];
-    const heads = tf.transpose(tf.reshape(t, [b, T, parts * H, dh]), [0, 2, 1, 3]);
-    if (parts === 1) return [heads as TF.Tensor4D];
-    return tf.split(tf.reshape(heads, [b, parts, H * T * dh]), parts, 1).map((p) => tf.reshape(p, [b, H, T, dh]) as TF.Tensor4D);
+    const heads = tf.transpose(tf.reshape(t, [b, T, 3 * H, dh]), [0, 2, 1, 3]);
+    return tf.split(tf.reshape(heads, [b, 3, H * T * dh]), 3, 1).map((p) => tf.reshape(p, [b, H, T, dh]) as TF.Tensor4D);
   }
 
-  /** splitHeads' inverse: tensors [b, H, T, dh] → [b·T, parts·H·dh]. */
-  private mergeHeads(parts: TF.Tensor[], b: number): T2 {
+  /** The heads' outputs [b, H, T, dh] → [b·T, H·dh]. */
+  private mergeHeads(heads: TF.Tensor, b: number): T2 {
     const tf = this.tf;
     const [T, H, dh] = [this.rows + 1, this.units, this.dHead];
-    const heads = parts.length === 1 ? parts[0] : tf.reshape(tf.concat(parts.map((p) => tf.reshape(p, [b, 1, H * T * dh])), 1), [b, parts.length * H, T, dh]);
-    return tf.reshape(tf.transpose(heads, [0, 2, 1, 3]), [b * T, parts.length * H * dh]) as T2;
+    return tf.reshape(tf.transpose(heads, [0, 2, 1, 3]), [b * T, H * dh]) as T2;
   }
 
   /** Embedding: [CLS] and the row tokens, positions, layer norm: the first block's input [b·T, D]. */
@@ -270,7 +268,7 @@ export class BertEncoder extends RouterlessClassifier {
       const q = last ? (tf.slice(qAll, [0, 0, 0, 0], [b, H, 1, dh]) as TF.Tensor4D) : qAll;
       const attention = this.activations.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
       // One query row per head: [b, H, 1, dh] is already [b, H·dh] in memory.
-      const merged = last ? (tf.reshape(tf.matMul(attention, v), [b, H * dh]) as T2) : this.mergeHeads([tf.matMul(attention, v)], b);
+      const merged = last ? (tf.reshape(tf.matMul(attention, v), [b, H * dh]) as T2) : this.mergeHeads(tf.matMul(attention, v), b);
       tapped?.inputs.push(tf.keep(h), tf.keep(merged));
       const attended = tf.add(tap(tf.matMul(merged, wo), l, 1), blk.bo) as T2;
       h = this.layerNorm(tf.add(last ? this.clsRows(h, b) : h, attended) as T2, blk.ln1g, blk.ln1b);
@@ -338,7 +336,7 @@ export class BertEncoder extends RouterlessClassifier {
       const q = last ? (tf.slice(qAll, [0, 0, 0, 0], [all, H, 1, dh]) as TF.Tensor4D) : qAll;
       const attention = tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)) as TF.Tensor4D;
       // One query row per head: [all, H, 1, dh] is already [all, H·dh] in memory.
-      const merged = last ? (tf.reshape(tf.matMul(attention, v), [all, H * dh]) as T2) : this.mergeHeads([tf.matMul(attention, v)], all);
+      const merged = last ? (tf.reshape(tf.matMul(attention, v), [all, H * dh]) as T2) : this.mergeHeads(tf.matMul(attention, v), all);
       const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: last ? this.clsRows(h, all) : h, hold });
       const h1 = act.layerNorm(r1, vec(blk.ln1g), vec(blk.ln1b));
       const pre = act.affine(h1, mat(blk.ff1w), { bias: vec(blk.ff1b), hold });
@@ -373,11 +371,7 @@ export class BertEncoder extends RouterlessClassifier {
       const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true, hold }), hold);
       // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
       const dMerged = act.affine(dr1, maps[l].wo, { transposeW: true, hold });
-      const dO = last ? (tf.reshape(dMerged, [b, H, 1, dh]) as TF.Tensor4D) : this.splitHeads(dMerged, b, 1)[0];
-      const dS = act.softmaxBackward(s.attention, tf.matMul(dO, s.v, false, true), scale, hold);
-      // In the last layer only [CLS]'s query is read: δ at the other queries is exactly zero.
-      const dq = last ? tf.pad(tf.matMul(dS, s.k), [[0, 0], [0, 0], [0, T - 1], [0, 0]]) : tf.matMul(dS, s.k);
-      const dqkv = this.mergeHeads([dq, tf.matMul(dS, s.q, true, false), tf.matMul(s.attention, dO, true, false)], b);
+      const dqkv = attentionBackward(tf, { b, T, H, dh, scale }, dMerged, s.attention, s.q, s.k, s.v, hold);
       out[l] = { h: s.h, merged: s.merged, dqkv, dOut: dr1, clsOnly: last };
       if (l > 0) dh2 = act.affine(dqkv, maps[l].projections, { residual: last ? this.atCls(dr1, b) : dr1, transposeW: true, hold });
     }
@@ -524,4 +518,58 @@ export function headJacobians(tf: typeof TF, dims: { b: number; T: number; D: nu
     };
   }) as (...t: TF.Tensor[]) => TF.Tensor3D;
   return op(...layers.flatMap((d) => [d.h, d.dqkv, d.merged, d.dOut]));
+}
+
+/**
+ * The attention's backward pass to its queries, keys and values as one op (BertEncoder's hand-written
+ * backward): from δ at the heads' merged output dMerged ([b·T, H·dh], or [b, H·dh] when only [CLS]'s
+ * query is read: A [b, H, 1, T], q [b, H, 1, dh]), with A = softmax(scale·q·kᵀ) and o = A·v per head:
+ * dO = dMerged per head, dA = dO·vᵀ, dS = scale·A⊙(dA − Σ_last A⊙dA) (softmax's backward), dq = dS·k
+ * (zero at queries that are not read), dk = dSᵀ·q, dv = Aᵀ·dO, merged as [b·T, (q|k|v)·H·dh]. Its
+ * gradient, for an upstream W = (W_q, W_k, W_v): ω = ∂/∂dS = W_q·kᵀ + q·W_kᵀ, ∂k = dSᵀ·W_q, ∂q = dS·W_k;
+ * through softmax's backward with ω̃ = scale·(ω − Σ_last ω⊙A): ∂dA = A⊙ω̃, ∂A = ω̃⊙dA − scale·ω·Σ_last A⊙dA
+ * + dO·W_vᵀ; ∂dO = A·W_v + ∂dA·v, ∂v = ∂dAᵀ·dO. Once differentiable; no tape nodes or clones inside
+ * (with `hold`, see twiceDifferentiable.ts).
+ */
+export function attentionBackward(
+  tf: typeof TF,
+  dims: { b: number; T: number; H: number; dh: number; scale: number },
+  dMerged: T2,
+  A: TF.Tensor4D,
+  q: TF.Tensor4D,
+  k: TF.Tensor4D,
+  v: TF.Tensor4D,
+  hold?: TF.Tensor[],
+): T2 {
+  const { b, T, H, dh, scale } = dims;
+  const Tq = q.shape[2];
+  const perHead = (t: TF.Tensor) => (Tq === 1 ? tf.reshape(t, [b, H, 1, dh]) : tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]));
+  const merged = (t: TF.Tensor) => (Tq === 1 ? tf.reshape(t, [b, H * dh]) : tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [b * T, H * dh]));
+  const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const [dm, sa, sq, sk, sv] = args as TF.Tensor4D[];
+    const dO = perHead(dm) as TF.Tensor4D;
+    const dA = tf.matMul(dO, sv, false, true);
+    const weighted = tf.mul(sa, dA);
+    const sScaled = tf.mul(tf.sum(weighted, -1, true), scale);
+    const dS = tf.sub(tf.mul(weighted, scale), tf.mul(sa, sScaled)) as TF.Tensor4D;
+    const dq = Tq === 1 ? tf.pad(tf.matMul(dS, sk), [[0, 0], [0, 0], [0, T - 1], [0, 0]]) : tf.matMul(dS, sk);
+    // (q|k|v) then heads: [b, 3H, T, dh] → [b·T, 3·H·dh]
+    const parts = tf.concat([dq, tf.matMul(dS, sq, true, false), tf.matMul(sa, dO, true, false)], 1);
+    const read = keptForBackward(tf, [sa, sq, sk, sv, dO, dA, dS, sScaled], args[5] as TF.GradSaveFunc, hold);
+    return {
+      value: tf.reshape(tf.transpose(parts, [0, 2, 1, 3]), [b * T, 3 * H * dh]),
+      gradFunc: (w: TF.Tensor, saved: TF.Tensor[]) => {
+        const [a, qq, kk, vv, o, da, ds, cs] = read(saved) as TF.Tensor4D[];
+        const [wqAll, wk, wv] = tf.split(tf.transpose(tf.reshape(w, [b, T, 3 * H, dh]), [0, 2, 1, 3]), 3, 1) as TF.Tensor4D[];
+        const wq = Tq === 1 ? (tf.slice(wqAll, [0, 0, 0, 0], [b, H, 1, dh]) as TF.Tensor4D) : wqAll;
+        const omega = tf.add(tf.matMul(wq, kk, false, true), tf.matMul(qq, wk, false, true));
+        const omegaTilde = tf.mul(tf.sub(omega, tf.sum(tf.mul(omega, a), -1, true)), scale);
+        const dDA = tf.mul(a, omegaTilde) as TF.Tensor4D;
+        const dAttention = tf.add(tf.sub(tf.mul(omegaTilde, da), tf.mul(omega, cs)), tf.matMul(o, wv, false, true));
+        const dO = tf.add(tf.matMul(a, wv), tf.matMul(dDA, vv));
+        return [merged(dO), dAttention, tf.matMul(ds, wk), tf.matMul(ds, wq, true, false), tf.matMul(dDA, o, true, false)];
+      },
+    };
+  }) as (...t: TF.Tensor[]) => T2;
+  return op(dMerged, A, q, k, v);
 }

@@ -29,8 +29,6 @@ export interface TwiceDifferentiableActivations {
    * in x, g and dy (closed form; the hand-written backward's).
    */
   layerNormBackward(x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D, hold?: TF.Tensor[]): TF.Tensor2D;
-  /** Softmax's backward pass as one op: scale·A⊙(dA − Σ_last A⊙dA), A the softmax's output; once differentiable. */
-  softmaxBackward<T extends TF.Tensor>(A: T, dA: T, scale: number, hold?: TF.Tensor[]): T;
   /**
    * a·W (a·Wᵀ with `transposeW`) + bias + residual as one op (bias and residual optional): its gradient
    * is dy·Wᵀ, aᵀ·dy, Σ_rows dy and dy, without a matMul's and two adds' bookkeeping (tape nodes, saved
@@ -163,24 +161,6 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
         };
       }) as (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D) => TF.Tensor2D
     )(input, gain, upstream);
-  // dS = c·A⊙(dA − s), s = Σ A⊙dA; adjoint for w: ∂/∂dA = c·A⊙(w − ω), ∂/∂A = c·((w − ω)⊙dA − w·s), ω = Σ w⊙A.
-  const softmaxBackward = <T extends TF.Tensor>(A: T, dA: T, scale: number, hold?: TF.Tensor[]): T =>
-    (
-      tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
-        const [y, dy] = args as TF.Tensor[];
-        // s·c saved for the backward pass (once differentiable: read as computed, not recomputed).
-        const s = tf.sum(tf.mul(y, dy), -1, true);
-        const read = keepForBackward([y, dy, tf.mul(s, scale)], args[2] as TF.GradSaveFunc, hold);
-        return {
-          value: tf.mul(tf.mul(y, tf.sub(dy, s)), scale),
-          gradFunc: (w: TF.Tensor, saved: TF.Tensor[]) => {
-            const [sy, sdy, sScaled] = read(saved);
-            const wOmega = tf.mul(tf.sub(w, tf.sum(tf.mul(w, sy), -1, true)), scale);
-            return [tf.sub(tf.mul(wOmega, sdy), tf.mul(w, sScaled)), tf.mul(sy, wOmega)];
-          },
-        };
-      }) as (y: T, dy: T) => T
-    )(A, dA);
   const affine = (a: TF.Tensor2D, w: TF.Tensor2D, o: { bias?: TF.Tensor1D; residual?: TF.Tensor2D; transposeW?: boolean; hold?: TF.Tensor[] } = {}): TF.Tensor2D => {
     const extra = [...(o.bias ? [o.bias] : []), ...(o.residual ? [o.residual] : [])];
     const tw = o.transposeW === true;
@@ -209,7 +189,6 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
     affine,
     geluDerivative,
     layerNormBackward,
-    softmaxBackward,
     softmax: recomputing(
       (x) => tf.softmax(x),
       (dy, y) => tf.mul(y, tf.sub(dy, tf.sum(tf.mul(dy, y), -1, true))),
