@@ -226,6 +226,12 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s backward pass, af
   // Gradients of Σ w⊙op against central differences of the float64 references.
   const [dGelu] = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t), w)))([x]);
   close(dGelu.dataSync(), central(Float64Array.from(xs), (v) => weighted(geluPrime(v)), 1e-3), 'GELU″', 1e-3);
+  // With an upstream dy: dy⊙GELU′(x), gradients in x and dy.
+  const upstreamRef = (xv: Float64Array, dv: Float64Array) => geluPrime(xv).map((p, k) => p * dv[k]);
+  close(act.geluDerivative(x, undefined, dy).dataSync(), upstreamRef(xs, dys), 'dy⊙GELU′');
+  const [ux, ud] = tf.grads((t: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t, undefined, d), w)))([x, dy]);
+  close(ux.dataSync(), central(Float64Array.from(xs), (v) => weighted(upstreamRef(v, dys)), 1e-3), 'dy⊙GELU′: ∂/∂x', 1e-3);
+  close(ud.dataSync(), central(Float64Array.from(dys), (v) => weighted(upstreamRef(xs, v))), 'dy⊙GELU′: ∂/∂dy');
   const [lx, lg, ld] = tf.grads((t: tf.Tensor, gt: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.layerNormBackward(t as tf.Tensor2D, gt as tf.Tensor1D, d as tf.Tensor2D), w)))([x, g, dy]);
   close(lx.dataSync(), central(Float64Array.from(xs), (v) => weighted(lnBack(v, gs, dys))), 'layer norm backward: ∂/∂x');
   close(lg.dataSync(), central(Float64Array.from(gs), (v) => weighted(lnBack(xs, v, dys))), 'layer norm backward: ∂/∂g');
@@ -251,7 +257,7 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s backward pass, af
   close(gaT.dataSync(), central(Float64Array.from(as), (v) => weighted(affineRef(v, wsAff, zeroB, zeroR))), 'affine, Wᵀ: ∂/∂a');
   const gwRef = central(Float64Array.from(wsAff), (v) => weighted(affineRef(as, v, zeroB, zeroR))); // [4, c]; ours is ∂/∂Wᵀ [c, 4]
   close(gwT.dataSync(), Float64Array.from({ length: 4 * c }, (_, k) => gwRef[(k % 4) * c + Math.floor(k / 4)]), 'affine, Wᵀ: ∂/∂Wᵀ');
-  tf.dispose([x, dy, w, g, dGelu, lx, lg, ld, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
+  tf.dispose([x, dy, w, g, dGelu, ux, ud, lx, lg, ld, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
 });
 
 test('the hand-written backward\'s ops with `hold` (a step\'s): the same values and gradients bit for bit, no saved clones on the tape, nothing left once the hold is disposed', async () => {
@@ -263,7 +269,8 @@ test('the hand-written backward\'s ops with `hold` (a step\'s): the same values 
   // [name, inputs, op, tensors its backward reads (each a clone on the tape without a hold)]
   const ops: [string, tf.Tensor[], Op, number][] = [
     ['GELU′', [x], ([a], hold) => act.geluDerivative(a, hold), 4],
-    ['layer norm backward', [x, g, dy], ([a, gain, d], hold) => act.layerNormBackward(a as tf.Tensor2D, gain as tf.Tensor1D, d as tf.Tensor2D, hold), 4],
+    ['dy⊙GELU′', [x, dy], ([a, d], hold) => act.geluDerivative(a, hold, d), 6],
+    ['layer norm backward', [x, g, dy], ([a, gain, d], hold) => act.layerNormBackward(a as tf.Tensor2D, gain as tf.Tensor1D, d as tf.Tensor2D, hold), 6],
     ['affine', [x, m, g, dy], ([a, mm, b, r], hold) => act.affine(a as tf.Tensor2D, mm as tf.Tensor2D, { bias: b as tf.Tensor1D, residual: r as tf.Tensor2D, transposeW: true, hold }), 2],
   ];
   const clones = async (f: () => void) => (await tf.profile(f)).kernels.filter((k) => k.name === 'Identity').length;

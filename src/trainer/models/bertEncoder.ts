@@ -367,7 +367,7 @@ export class BertEncoder extends RouterlessClassifier {
       const s = saved[l];
       const last = l === L - 1;
       const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2, hold);
-      const dPre = tf.mul(act.affine(dr2, mat(blk.ff2w), { transposeW: true, hold }), act.geluDerivative(s.pre, hold)) as T2;
+      const dPre = act.geluDerivative(s.pre, hold, act.affine(dr2, mat(blk.ff2w), { transposeW: true, hold }));
       const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true, hold }), hold);
       // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
       const dMerged = act.affine(dr1, maps[l].wo, { transposeW: true, hold });

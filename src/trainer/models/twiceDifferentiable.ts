@@ -22,8 +22,11 @@ export interface TwiceDifferentiableActivations {
   gelu<T extends TF.Tensor>(x: T): T;
   /** Layer norm over the last axis of x [N, D] with gain g and bias b [D] (variance of the row, ε inside the root). */
   layerNorm(x: TF.Tensor2D, g: TF.Tensor1D, b: TF.Tensor1D): TF.Tensor2D;
-  /** GELU′(x), one op whose gradient is GELU″ in closed form (once differentiable: the hand-written backward's). */
-  geluDerivative<T extends TF.Tensor>(x: T, hold?: TF.Tensor[]): T;
+  /**
+   * GELU′(x), or dy⊙GELU′(x) with `upstream` dy, one op whose gradient is in closed form (GELU″; once
+   * differentiable: the hand-written backward's).
+   */
+  geluDerivative<T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T): T;
   /**
    * Layer norm's backward pass as one op: dx = ∂⟨dy, layerNorm(x, g, ·)⟩/∂x [N, D], once differentiable
    * in x, g and dy (closed form; the hand-written backward's).
@@ -108,54 +111,54 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
   // u′ = √(2/π)·(1 + 3·0.044715·x²), u″ = 6·0.044715·√(2/π)·x (the tanh forms' 1 − t² = 4s·(1 − s)).
   // Once differentiable (the outer gradient does not differentiate its gradFunc), so the backward pass may
   // read s, s·(1 − s) and 2u′ as the forward computed them (saved) instead of recomputing them from x.
-  const geluDerivative = <T extends TF.Tensor>(input: T, hold?: TF.Tensor[]): T =>
+  // With `upstream` dy the op is dy⊙GELU′(x) (the hand-written backward's step through GELU): ∂/∂x = w⊙dy⊙GELU″, ∂/∂dy = w⊙GELU′.
+  const geluDerivative = <T extends TF.Tensor>(input: T, hold?: TF.Tensor[], upstream?: T): T =>
     (
       tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
         const x = args[0] as TF.Tensor;
+        const dy = upstream ? (args[1] as TF.Tensor) : undefined;
         const x2 = tf.square(x);
         const sg = tf.sigmoid(twoU(x, x2));
         const sgc = tf.mul(sg, tf.sub(1, sg));
         const du2 = twoDu(x2);
-        const read = keepForBackward([x, sg, sgc, du2], args[1] as TF.GradSaveFunc, hold);
+        const prime = tf.add(sg, tf.mul(tf.mul(x, sgc), du2));
+        const read = keepForBackward(dy ? [x, sg, sgc, du2, dy, prime] : [x, sg, sgc, du2], args[args.length - 1] as TF.GradSaveFunc, hold);
         return {
-          value: tf.add(sg, tf.mul(tf.mul(x, sgc), du2)),
-          gradFunc: (dy: TF.Tensor, saved: TF.Tensor[]) => {
-            const [sx, ss, ssc, sdu2] = read(saved);
+          value: dy ? tf.mul(dy, prime) : prime,
+          gradFunc: (w: TF.Tensor, saved: TF.Tensor[]) => {
+            const [sx, ss, ssc, sdu2, sdy, sPrime] = read(saved);
             // GELU″ = s(1 − s)·(2·2u′ + x·((1 − 2s)·(2u′)² + 2u″)), 2u″ = 12c·0.044715·x.
             const inner = tf.add(tf.mul(tf.sub(1, tf.mul(ss, 2)), tf.square(sdu2)), tf.mul(sx, 12 * 0.044715 * GELU_C));
-            return tf.mul(dy, tf.mul(ssc, tf.add(tf.mul(sdu2, 2), tf.mul(sx, inner))));
+            const dx = tf.mul(sdy ? tf.mul(w, sdy) : w, tf.mul(ssc, tf.add(tf.mul(sdu2, 2), tf.mul(sx, inner))));
+            return sdy ? [dx, tf.mul(w, sPrime)] : dx;
           },
         };
-      }) as (x: T) => T
-    )(input);
+      }) as (...t: TF.Tensor[]) => T
+    )(...(upstream ? [input, upstream] : [input]));
   // Per row, with x̂ = (x − mean)·r, r = 1/√(var + ε), a = g⊙dy and P(w) = w − mean(w) − x̂·mean(w⊙x̂)
   // (symmetric): dx = F = r·P(a). Its adjoint for an upstream w: ∂/∂dy = g⊙r·P(w), ∂/∂g = Σ_rows dy⊙r·P(w),
   // ∂/∂x = −r·(mean(w⊙F)·x̂ + r·mean(a⊙x̂)·P(w) + r·mean(w⊙x̂)·P(a)) (from δx̂ = r·P(δx) and δr = −r²·mean(x̂⊙δx)).
-  const layerNormParts = (x: TF.Tensor) => {
-    const centered = tf.sub(x, tf.mean(x, -1, true));
-    const inv = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), LN_EPSILON));
-    const xhat = tf.mul(centered, inv);
-    const project = (w: TF.Tensor) => tf.sub(tf.sub(w, tf.mean(w, -1, true)), tf.mul(xhat, tf.mean(tf.mul(w, xhat), -1, true)));
-    return { inv, xhat, project };
-  };
-  // Once differentiable: the backward pass reads r and x̂ as the forward computed them (saved).
+  // Once differentiable: the backward pass reads x̂, r, F = r·P(a) (the value) and r·mean(a⊙x̂) as the
+  // forward computed them.
   const layerNormBackward = (input: TF.Tensor2D, gain: TF.Tensor1D, upstream: TF.Tensor2D, hold?: TF.Tensor[]): TF.Tensor2D =>
     (
       tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
         const [x, g, dy] = args as TF.Tensor[];
-        const { inv, xhat: normalized, project } = layerNormParts(x);
-        const read = keepForBackward([normalized, inv, g, dy], args[3] as TF.GradSaveFunc, hold);
+        const mean = (t: TF.Tensor) => tf.mean(t, -1, true);
+        const centered = tf.sub(x, mean(x));
+        const inv = tf.rsqrt(tf.add(mean(tf.square(centered)), LN_EPSILON));
+        const xhat = tf.mul(centered, inv);
+        const a = tf.mul(dy, g);
+        const mxa = mean(tf.mul(a, xhat));
+        const F = tf.mul(tf.sub(tf.sub(a, mean(a)), tf.mul(xhat, mxa)), inv);
+        const read = keepForBackward([xhat, inv, g, dy, F, tf.mul(mxa, inv)], args[3] as TF.GradSaveFunc, hold);
         return {
-          value: tf.mul(project(tf.mul(dy, g)), inv),
+          value: F,
           gradFunc: (w: TF.Tensor, saved: TF.Tensor[]) => {
-            const [xhat, r, sg, sdy] = read(saved);
-            const mean = (t: TF.Tensor) => tf.mean(t, -1, true);
-            // The row means each term reads, once: mean(a⊙x̂) and mean(w⊙x̂) serve both P(·) and dx.
-            const a = tf.mul(sdy, sg);
-            const [ma, mxa, mw, mxw] = [mean(a), mean(tf.mul(a, xhat)), mean(w), mean(tf.mul(w, xhat))];
-            const F = tf.mul(tf.sub(tf.sub(a, ma), tf.mul(xhat, mxa)), r);
-            const Pw = tf.mul(tf.sub(tf.sub(w, mw), tf.mul(xhat, mxw)), r);
-            const dx = tf.neg(tf.add(tf.add(tf.mul(xhat, tf.mul(mean(tf.mul(w, F)), r)), tf.mul(Pw, tf.mul(mxa, r))), tf.mul(F, tf.mul(mxw, r))));
+            const [sxhat, r, sg, sdy, sF, mxaR] = read(saved);
+            const mxw = mean(tf.mul(w, sxhat));
+            const Pw = tf.mul(tf.sub(tf.sub(w, mean(w)), tf.mul(sxhat, mxw)), r);
+            const dx = tf.neg(tf.add(tf.add(tf.mul(sxhat, tf.mul(mean(tf.mul(w, sF)), r)), tf.mul(Pw, mxaR)), tf.mul(sF, tf.mul(mxw, r))));
             return [dx, columnSums(tf.mul(sdy, Pw)), tf.mul(Pw, sg)];
           },
         };
