@@ -324,7 +324,17 @@ export class BertEncoder extends RouterlessClassifier {
     }
     const saved: Saved[] = [];
     // The probe's rows of a kept intermediate: token rows [b·T, ·] or examples [b, …].
-    const probeRows = <R extends TF.Tensor>(t: R, perExample: number): R => (B ? (tf.slice(t, [B * perExample, ...t.shape.slice(1).map(() => 0)], [b * perExample, ...t.shape.slice(1)]) as R) : t);
+    // As one op whose gradient pads (tf.slice's saves a clone of the whole joint tensor for its shape).
+    const probeRows = <R extends TF.Tensor>(t: R, perExample: number): R => {
+      if (!B) return t;
+      const [rows, ...rest] = t.shape;
+      return (
+        tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({
+          value: tf.slice(args[0] as TF.Tensor, [B * perExample, ...rest.map(() => 0)], [b * perExample, ...rest]),
+          gradFunc: (dy: TF.Tensor) => tf.pad(dy, [[B * perExample, rows - (B + b) * perExample], ...rest.map((): [number, number] => [0, 0])]),
+        })) as (x: TF.Tensor) => TF.Tensor
+      )(t) as R;
+    };
     let h = this.embed(batch ? tf.concat([batch.x, x], 0) : x);
     for (let l = 0; l < L; l++) {
       const blk = this.blocks[l];

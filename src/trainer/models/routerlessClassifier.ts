@@ -224,7 +224,15 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   /** K_u = J_u·J_uᵀ of every unit, read back (one transfer) into float64 n×n arrays. */
   private kernelsOf(J: TF.Tensor3D): Float64Array[] {
     const [units, n] = J.shape;
-    const K = this.tf.matMul(J, J, false, true);
+    // Read back, never differentiated: as an op of its own, so the tape saves no clones of J for it.
+    const K = (
+      this.tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({
+        value: this.tf.matMul(args[0] as TF.Tensor3D, args[0] as TF.Tensor3D, false, true),
+        gradFunc: () => {
+          throw new Error('the probe kernels are read back, not differentiated');
+        },
+      })) as (j: TF.Tensor3D) => TF.Tensor3D
+    )(J);
     const flat = K.dataSync();
     K.dispose();
     return Array.from({ length: units }, (_, u) => Float64Array.from(flat.subarray(u * n * n, (u + 1) * n * n)));
