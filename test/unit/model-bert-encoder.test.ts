@@ -308,7 +308,8 @@ test('headJacobians (J assembly as one op): value and gradients equal the tf ops
     { h: rnd([b * T, D], 35), dqkv: rnd([b * T, 3 * HD], 36), merged: rnd([b, HD], 37), dOut: rnd([b, D], 38), clsOnly: true },
   ];
   const inputs = layers.flatMap((d) => [d.h, d.dqkv, d.merged, d.dOut]);
-  // The composition of tf ops headJacobians replaced (BertEncoder before it), differentiated by tfjs.
+  // The composition of tf ops headJacobians replaced (BertEncoder before it; its columns permuted to
+  // headJacobians' order), differentiated by tfjs.
   const reference = (t: tf.Tensor[]) => {
     const mask = new Float32Array((D + 1) * 3 * HD).fill(1);
     mask.fill(0, D * 3 * HD + HD, D * 3 * HD + 2 * HD);
@@ -318,7 +319,8 @@ test('headJacobians (J assembly as one op): value and gradients equal the tf ops
       const withOnes = tf.pad(tf.reshape(h, [b, T, D]), [[0, 0], [0, 0], [0, 1]], 1) as tf.Tensor3D;
       const qkv = tf.mul(tf.matMul(withOnes, tf.reshape(dqkv, [b, T, 3 * HD]) as tf.Tensor3D, true, false), tf.tensor2d(mask, [D + 1, 3 * HD]));
       const out = tf.matMul(tf.reshape(merged, [b, tokens, HD]) as tf.Tensor3D, tf.reshape(dOut, [b, tokens, D]) as tf.Tensor3D, true, false);
-      return [tf.reshape(tf.transpose(tf.reshape(qkv, [b, D + 1, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * (D + 1) * dh]), tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2])];
+      // headJacobians' column order: (q|k|v, dh, D + 1) per head, then W_o's (dh, D).
+      return [tf.reshape(tf.transpose(tf.reshape(qkv, [b, D + 1, 3, H, dh]), [3, 0, 2, 4, 1]), [H, b, 3 * dh * (D + 1)]), tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2])];
     });
     return tf.concat(blocks, 2);
   };

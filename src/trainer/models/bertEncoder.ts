@@ -392,9 +392,9 @@ export class BertEncoder extends RouterlessClassifier {
    * Every head's per-sample Jacobian rows [heads, b, p_head] from one forward pass and one backward
    * pass to the taps (δ = ∂s/∂tap: handDeltas, or tapeDeltas with `backToTaps`): each of a head's matrices enters as a linear
    * map y = a·W, so ∂s_i/∂W = Σ_t a_{i,t} ⊗ δ_{i,t} (t over the example's tokens; examples do not
-   * interact) and ∂s_i/∂b = Σ_t δ_{i,t}. Columns are ordered per layer [W_q|W_k|W_v rows of each input
-   * dimension, then b_q|0|b_v, W_o], a fixed permutation of the head's parameters plus dh zero columns
-   * where a key bias would be (K = J·Jᵀ sees neither).
+   * interact) and ∂s_i/∂b = Σ_t δ_{i,t}. Columns per layer: W_q|W_k|W_v with their biases (b_q|0|b_v),
+   * then W_o (headJacobians), a fixed permutation of the head's parameters plus dh zero columns where a
+   * key bias would be (K = J·Jᵀ sees neither).
    */
   protected probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, directions: (z: T2) => T2): TF.Tensor3D {
     const layers = this.deltasByTape ? this.tapeDeltas(x, pruned, backToTaps) : this.handDeltas(x, pruned, directions);
@@ -472,23 +472,25 @@ export class BertEncoder extends RouterlessClassifier {
  * Every head's per-sample Jacobian rows J [H, b, Σ_l p_l] from each layer's tapped-map inputs and δ
  * (BertEncoder.probeJacobians) as one op with a hand-written backward: the forward's reshapes, pad,
  * products, mask, transposes and concatenation leave no tape nodes and no saved clones (with `hold`),
- * and the backward is the products' transposes. Per layer: W_q, W_k, W_v and the biases in one matmul,
- * the block input with a column of ones, so the last row of [b, D + 1, 3·H·dh] is Σ_t δ_t (the biases').
- * The keys have no bias: that row's key part is masked to exact zeros (it is Σ_t δk_t = 0 up to rounding,
- * since softmax ignores a shift), a zero column of J that K = J·Jᵀ does not see; [b, D + 1, (q|k|v), H, dh]
- * → [H, b, (D + 1)·3·dh]. Then W_o's rows of head k, which read the head's merged output: [b, H·dh, D] →
- * [H, b, dh·D] (clsOnly: the [CLS] rows alone, δ is zero at the other tokens).
- * Backward, per example, for G = Aᵀ·Δ (A the input with ones, Δ the δ rows): ∂A = Δ·dGᵀ, ∂Δ = A·dG.
+ * and the backward is the products' transposes. Per layer: W_q, W_k, W_v and the biases in one matmul
+ * per example, δᵀ·A with A the block input and a column of ones, so the last column of [3·H·dh, D + 1]
+ * is Σ_t δ_t (the biases'). The keys have no bias: that column's key rows are masked to exact zeros (it
+ * is Σ_t δk_t = 0 up to rounding, since softmax ignores a shift), a zero column of J that K = J·Jᵀ does
+ * not see; [b, (q|k|v), H, dh·(D + 1)] → [b, H, (q|k|v)·dh·(D + 1)]. Then W_o's rows of head k, which
+ * read the head's merged output: [b, H·dh, D] is [b, H, dh·D] as it stands (clsOnly: the [CLS] rows
+ * alone, δ is zero at the other tokens). One transpose to [H, b, ·] at the end. A head's columns are
+ * thus a fixed permutation of its parameters (plus the zero key-bias columns): K = J·Jᵀ sees neither.
+ * Backward, per example, for Gᵀ = Δᵀ·A (Δ the δ rows): ∂A = Δ·dGᵀ, ∂Δ = A·dGᵀᵀ.
  */
 export function headJacobians(tf: typeof TF, dims: { b: number; T: number; D: number; H: number; dh: number }, layers: LayerDeltas[], hold?: TF.Tensor[]): TF.Tensor3D {
   const { b, T, D, H, dh } = dims;
   const HD = H * dh;
-  const mask = new Float32Array((D + 1) * 3 * HD).fill(1);
-  mask.fill(0, D * 3 * HD + HD, D * 3 * HD + 2 * HD);
+  const mask = new Float32Array(3 * HD * (D + 1)).fill(1);
+  for (let r = HD; r < 2 * HD; r++) mask[r * (D + 1) + D] = 0;
   // Made where it is read (the forward's and the backward's own scopes dispose it).
-  const keyBiasMask = () => tf.tensor2d(mask, [D + 1, 3 * HD]);
+  const keyBiasMask = () => tf.tensor2d(mask, [3 * HD, D + 1]);
   const tokens = layers.map((d) => (d.clsOnly ? 1 : T));
-  const sizes = layers.flatMap(() => [3 * (D + 1) * dh, dh * D]);
+  const sizes = layers.flatMap(() => [3 * dh * (D + 1), dh * D]);
   const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
     const inputs = args.slice(0, -1) as TF.Tensor[];
     const blocks: TF.Tensor[] = [];
@@ -498,28 +500,28 @@ export function headJacobians(tf: typeof TF, dims: { b: number; T: number; D: nu
       const [h, dqkv, merged, dOut] = inputs.slice(4 * l, 4 * l + 4);
       const withOnes = tf.pad(tf.reshape(h, [b, T, D]), [[0, 0], [0, 0], [0, 1]], 1) as TF.Tensor3D;
       const deltas = tf.reshape(dqkv, [b, T, 3 * HD]) as TF.Tensor3D;
-      const qkv = tf.mul(tf.matMul(withOnes, deltas, true, false), forwardMask);
-      blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D + 1, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * (D + 1) * dh]));
+      const gT = tf.mul(tf.matMul(deltas, withOnes, true, false), forwardMask);
+      blocks.push(tf.reshape(tf.transpose(tf.reshape(gT, [b, 3, H, dh * (D + 1)]), [0, 2, 1, 3]), [b, H, 3 * dh * (D + 1)]));
       const m3 = tf.reshape(merged, [b, tokens[l], HD]) as TF.Tensor3D;
       const o3 = tf.reshape(dOut, [b, tokens[l], D]) as TF.Tensor3D;
-      blocks.push(tf.transpose(tf.reshape(tf.matMul(m3, o3, true, false), [b, H, dh * D]), [1, 0, 2]));
+      blocks.push(tf.reshape(tf.matMul(m3, o3, true, false), [b, H, dh * D]));
       kept.push(withOnes, deltas, m3, o3);
     });
     const read = keptForBackward(tf, kept, args[args.length - 1] as TF.GradSaveFunc, hold);
     return {
-      value: tf.concat(blocks, 2),
+      value: tf.transpose(tf.concat(blocks, 2), [1, 0, 2]),
       gradFunc: (dy: TF.Tensor, saved: TF.Tensor[]) => {
-        const parts = tf.split(dy, sizes, 2);
+        const parts = tf.split(tf.transpose(dy, [1, 0, 2]), sizes, 2);
         const ins = read(saved) as TF.Tensor3D[];
         const backwardMask = keyBiasMask();
         return layers.flatMap((_, l) => {
           const [withOnes, deltas, m3, o3] = ins.slice(4 * l, 4 * l + 4);
-          const dG = tf.mul(tf.reshape(tf.transpose(tf.reshape(parts[2 * l], [H, b, D + 1, 3, dh]), [1, 2, 3, 0, 4]), [b, D + 1, 3 * HD]), backwardMask) as TF.Tensor3D;
-          const dWithOnes = tf.matMul(deltas, dG, false, true);
-          const dO = tf.reshape(tf.transpose(parts[2 * l + 1], [1, 0, 2]), [b, HD, D]) as TF.Tensor3D;
+          const dGT = tf.mul(tf.reshape(tf.transpose(tf.reshape(parts[2 * l], [b, H, 3, dh * (D + 1)]), [0, 2, 1, 3]), [b, 3 * HD, D + 1]), backwardMask) as TF.Tensor3D;
+          const dWithOnes = tf.matMul(deltas, dGT);
+          const dO = tf.reshape(parts[2 * l + 1], [b, HD, D]) as TF.Tensor3D;
           return [
             tf.reshape(tf.slice(dWithOnes, [0, 0, 0], [b, T, D]), [b * T, D]),
-            tf.reshape(tf.matMul(withOnes, dG), [b * T, 3 * HD]),
+            tf.reshape(tf.matMul(withOnes, dGT, false, true), [b * T, 3 * HD]),
             tf.reshape(tf.matMul(o3, dO, false, true), [b * tokens[l], HD]),
             tf.reshape(tf.matMul(m3, dO), [b * tokens[l], D]),
           ];
