@@ -5,8 +5,8 @@
 // saved output to the op's input and the second derivative through it is dropped (no error; bert's
 // regularizer gradient was 20 % off, switch's 5–45 %). Softmax, tanh and sigmoid (the one inside GELU's
 // backward pass) are therefore tf.customGrad ops that save their input and recompute the output in the
-// backward pass; GELU and layer norm are single ops with closed-form backward passes; the hand-written backward's own ops (GELU′, the backward passes
-// of layer norm and softmax, affine maps) are differentiable once. Everything else (matMul, reshape,
+// backward pass; GELU and layer norm are single ops with closed-form backward passes; the hand-written backward's own ops (GELU′, layer
+// norm's backward pass, affine maps; bertEncoder.ts has the attention's) are differentiable once. Everything else (matMul, reshape,
 // transpose, concat) differentiates twice as is. Checked against float64 finite differences in
 // test/unit/model-bert-encoder.test.ts.
 import type * as TF from '@tensorflow/tfjs';
