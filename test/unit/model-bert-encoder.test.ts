@@ -374,6 +374,65 @@ test('attentionBackward (the attention\'s backward to q, k, v as one op): value 
   }
 });
 
+test('attentionBackward against float64: its value and gradients match central differences of a float64 attention backward (every query and [CLS]\'s alone)', () => {
+  const [b, T, H, dh, scale] = [2, 3, 2, 2, 0.7];
+  for (const Tq of [T, 1]) {
+    const sizes = [b * Tq * H * dh, b * H * Tq * T, b * H * Tq * dh, b * H * T * dh, b * H * T * dh];
+    const rnd = (len: number, seed: number) => Float64Array.from({ length: len }, (_, k) => Math.sin(seed * 3.7 + k * 1.3) * 0.9);
+    const ins = sizes.map((n, i) => rnd(n, i + 1));
+    // A: rows of positive weights summing to 1 (any A is a valid input; a softmax output is what the model passes).
+    for (let r = 0; r < b * H * Tq; r++) {
+      const row = ins[1].subarray(r * T, (r + 1) * T).map((v) => Math.exp(v));
+      const sum = row.reduce((x, y) => x + y, 0);
+      row.forEach((v, t) => (ins[1][r * T + t] = v / sum));
+    }
+    // Float64 definition: dO per head, dA = dO·vᵀ, dS = scale·A⊙(dA − Σ A⊙dA), dq = dS·k (zero rows past Tq), dk = dSᵀ·q, dv = Aᵀ·dO; out [b·T, (q|k|v)·H·dh].
+    const f64 = ([dm, A, q, k, v]: Float64Array[]) => {
+      const out = new Float64Array(b * T * 3 * H * dh);
+      const at = (i: number, t: number, part: number, h: number, d: number) => (i * T + t) * 3 * H * dh + (part * H + h) * dh + d;
+      for (let i = 0; i < b; i++)
+        for (let h = 0; h < H; h++) {
+          const dO = (s: number, d: number) => dm[(i * Tq + s) * H * dh + h * dh + d];
+          const Aof = (s: number, t: number) => A[((i * H + h) * Tq + s) * T + t];
+          const qv = (s: number, d: number) => q[((i * H + h) * Tq + s) * dh + d];
+          const kv = (t: number, d: number) => k[((i * H + h) * T + t) * dh + d];
+          const vv = (t: number, d: number) => v[((i * H + h) * T + t) * dh + d];
+          const dS = (s: number, t: number) => {
+            const dA = (tt: number) => Array.from({ length: dh }, (_, d) => dO(s, d) * vv(tt, d)).reduce((x, y) => x + y, 0);
+            const sum = Array.from({ length: T }, (_, tt) => Aof(s, tt) * dA(tt)).reduce((x, y) => x + y, 0);
+            return scale * Aof(s, t) * (dA(t) - sum);
+          };
+          for (let t = 0; t < T; t++)
+            for (let d = 0; d < dh; d++) {
+              let [gq, gk, gv] = [0, 0, 0];
+              if (t < Tq) for (let u = 0; u < T; u++) gq += dS(t, u) * kv(u, d);
+              for (let s2 = 0; s2 < Tq; s2++) {
+                gk += dS(s2, t) * qv(s2, d);
+                gv += Aof(s2, t) * dO(s2, d);
+              }
+              out[at(i, t, 0, h, d)] = gq;
+              out[at(i, t, 1, h, d)] = gk;
+              out[at(i, t, 2, h, d)] = gv;
+            }
+        }
+      return out;
+    };
+    const shapes = [[b * Tq, H * dh], [b, H, Tq, T], [b, H, Tq, dh], [b, H, T, dh], [b, H, T, dh]];
+    const tensors = ins.map((a, i) => tf.tensor(Float32Array.from(a), shapes[i]));
+    const op = (t: tf.Tensor[]) => attentionBackward(tf, { b, T, H, dh, scale }, t[0] as tf.Tensor2D, t[1] as tf.Tensor4D, t[2] as tf.Tensor4D, t[3] as tf.Tensor4D, t[4] as tf.Tensor4D);
+    const ref = f64(ins);
+    const scaleOf = (a: ArrayLike<number>) => Math.max(...Array.from(a, Math.abs));
+    assert.ok(maxAbs(op(tensors).dataSync(), ref) <= 1e-5 * scaleOf(ref), `Tq ${Tq}: value`);
+    const w = rnd(ref.length, 9);
+    const grads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(op(t), tf.tensor(Float32Array.from(w), [b * T, 3 * H * dh]))))(tensors);
+    ins.forEach((a, i) => {
+      const central = a.map((_, k) => centralDifference(a, k, 1e-5, () => f64(ins).reduce((x, y, m) => x + y * w[m], 0)));
+      assert.ok(maxAbs(grads[i].dataSync(), central) <= 1e-4 * Math.max(1, scaleOf(central)), `Tq ${Tq}: gradient ${i}: ${maxAbs(grads[i].dataSync(), central)}`);
+    });
+    tf.dispose([...tensors, ...grads]);
+  }
+});
+
 test('training on the built-in 14×14 data (14 row tokens + [CLS]) beats chance clearly', () => {
   const m = newModel(config({ model: { experts: 2, dModel: 8, layers: 1, hiddenUnits: 8 }, learningRate: 0.01 }));
   const losses = steps(m, builtin, 250, { batch: 32 });
