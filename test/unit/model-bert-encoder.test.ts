@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { DEFAULT_FASHION_MNIST_PATH, parseTrainingConfig, type TrainingConfig } from '../../src/protocol';
 import { conditioning, gramOfJacobian, outputDirections, symmetricEigen } from '../../src/trainer/pl';
 import { imageTaskData, loadBuiltin, loadFashionMnist } from '../../src/trainer/data';
-import { BertEncoder } from '../../src/trainer/models/bertEncoder';
+import { attentionBackward, BertEncoder, headJacobians } from '../../src/trainer/models/bertEncoder';
 import { twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
 import type { Batch, TaskData } from '../../src/trainer/models/types';
 import { centralDifference, relativeFrobenius } from '../support/linalg';
@@ -196,14 +196,13 @@ test('layer norm (one op, closed-form backward): value, gradient and gradient of
   tf.dispose([x, g, b, w, dx, dg, db, qx, qg]);
 });
 
-test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s backward passes, affine maps as one op each): values and gradients match float64 central differences', () => {
+test('the hand-written backward\'s ops (GELU′, layer norm\'s backward pass, affine maps as one op each): values and gradients match float64 central differences', () => {
   const act = twiceDifferentiableActivations(tf);
   const [r, c, eps] = [3, 6, 1e-5];
   const rnd = (shape: number[], mean: number, sd: number, seed: number) => tf.randomNormal(shape, mean, sd, 'float32', seed);
   const [x, dy, w] = [rnd([r, c], 0.3, 1.5, 11) as tf.Tensor2D, rnd([r, c], 0, 1, 12) as tf.Tensor2D, rnd([r, c], 0, 1, 13)];
   const g = rnd([c], 1, 0.5, 14) as tf.Tensor1D;
-  const A = tf.softmax(rnd([r, c], 0, 1.5, 15));
-  const [xs, dys, ws, gs, As] = [x, dy, w, g, A].map((t) => Float64Array.from(t.dataSync()));
+  const [xs, dys, ws, gs] = [x, dy, w, g].map((t) => Float64Array.from(t.dataSync()));
   const rows = (f: (i: number) => number[]) => Float64Array.from(Array.from({ length: r }, (_, i) => f(i)).flat());
   const row = (a: Float64Array, i: number) => Array.from(a.subarray(i * c, (i + 1) * c));
   const mean = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
@@ -219,28 +218,24 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s ba
       const a = row(dv, i).map((d, j) => d * gv[j]);
       return xhat.map((_, k) => a.reduce((s, aj, j) => s + aj * inv * ((j === k ? 1 : 0) - 1 / c - (xhat[j] * xhat[k]) / c), 0));
     });
-  const smBack = (Av: Float64Array, dAv: Float64Array, scale: number) =>
-    rows((i) => {
-      const [y, d] = [row(Av, i), row(dAv, i)];
-      const sdot = y.reduce((s, yj, j) => s + yj * d[j], 0);
-      return y.map((yj, j) => scale * yj * (d[j] - sdot));
-    });
   const close = (ours: ArrayLike<number>, ref: Float64Array, what: string, tol = 1e-4) => assert.ok(maxAbs(ours, ref) <= tol * Math.max(...ref.map(Math.abs)), `${what}: ${maxAbs(ours, ref)}`);
   const weighted = (v: Float64Array) => v.reduce((s, z, k) => s + z * ws[k], 0);
   const central = (at: Float64Array, f: (v: Float64Array) => number, step = 1e-4) => at.map((_, k) => centralDifference(at, k, step, () => f(at)));
   close(act.geluDerivative(x).dataSync(), geluPrime(xs), 'GELU′');
   close(act.layerNormBackward(x, g, dy).dataSync(), lnBack(xs, gs, dys), 'layer norm backward');
-  close(act.softmaxBackward(A, dy, 0.5).dataSync(), smBack(As, dys, 0.5), 'softmax backward');
   // Gradients of Σ w⊙op against central differences of the float64 references.
   const [dGelu] = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t), w)))([x]);
   close(dGelu.dataSync(), central(Float64Array.from(xs), (v) => weighted(geluPrime(v)), 1e-3), 'GELU″', 1e-3);
+  // With an upstream dy: dy⊙GELU′(x), gradients in x and dy.
+  const upstreamRef = (xv: Float64Array, dv: Float64Array) => geluPrime(xv).map((p, k) => p * dv[k]);
+  close(act.geluDerivative(x, undefined, dy).dataSync(), upstreamRef(xs, dys), 'dy⊙GELU′');
+  const [ux, ud] = tf.grads((t: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t, undefined, d), w)))([x, dy]);
+  close(ux.dataSync(), central(Float64Array.from(xs), (v) => weighted(upstreamRef(v, dys)), 1e-3), 'dy⊙GELU′: ∂/∂x', 1e-3);
+  close(ud.dataSync(), central(Float64Array.from(dys), (v) => weighted(upstreamRef(xs, v))), 'dy⊙GELU′: ∂/∂dy');
   const [lx, lg, ld] = tf.grads((t: tf.Tensor, gt: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.layerNormBackward(t as tf.Tensor2D, gt as tf.Tensor1D, d as tf.Tensor2D), w)))([x, g, dy]);
   close(lx.dataSync(), central(Float64Array.from(xs), (v) => weighted(lnBack(v, gs, dys))), 'layer norm backward: ∂/∂x');
   close(lg.dataSync(), central(Float64Array.from(gs), (v) => weighted(lnBack(xs, v, dys))), 'layer norm backward: ∂/∂g');
   close(ld.dataSync(), central(Float64Array.from(dys), (v) => weighted(lnBack(xs, gs, v))), 'layer norm backward: ∂/∂dy');
-  const [sA, sd] = tf.grads((a: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.softmaxBackward(a, d, 0.5), w)))([A, dy]);
-  close(sA.dataSync(), central(Float64Array.from(As), (v) => weighted(smBack(v, dys, 0.5))), 'softmax backward: ∂/∂A');
-  close(sd.dataSync(), central(Float64Array.from(dys), (v) => weighted(smBack(As, v, 0.5))), 'softmax backward: ∂/∂dA');
   // affine: a·W (+ bias + residual), W transposed or not; gradients for every input.
   const [ra, rw, rb, rr] = [rnd([r, 4], 0, 1, 16) as tf.Tensor2D, rnd([4, c], 0, 1, 17) as tf.Tensor2D, rnd([c], 0, 1, 18) as tf.Tensor1D, rnd([r, c], 0, 1, 19) as tf.Tensor2D];
   const [as, wsAff, bs, rs] = [ra, rw, rb, rr].map((t) => Float64Array.from(t.dataSync()));
@@ -262,7 +257,180 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s and softmax\'s ba
   close(gaT.dataSync(), central(Float64Array.from(as), (v) => weighted(affineRef(v, wsAff, zeroB, zeroR))), 'affine, Wᵀ: ∂/∂a');
   const gwRef = central(Float64Array.from(wsAff), (v) => weighted(affineRef(as, v, zeroB, zeroR))); // [4, c]; ours is ∂/∂Wᵀ [c, 4]
   close(gwT.dataSync(), Float64Array.from({ length: 4 * c }, (_, k) => gwRef[(k % 4) * c + Math.floor(k / 4)]), 'affine, Wᵀ: ∂/∂Wᵀ');
-  tf.dispose([x, dy, w, g, A, dGelu, lx, lg, ld, sA, sd, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
+  tf.dispose([x, dy, w, g, dGelu, ux, ud, lx, lg, ld, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
+});
+
+test('the hand-written backward\'s ops with `hold` (a step\'s): the same values and gradients bit for bit, no saved clones on the tape, nothing left once the hold is disposed', async () => {
+  const act = twiceDifferentiableActivations(tf);
+  const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0.2, 1.2, 'float32', seed);
+  const [x, dy, w, m] = [rnd([3, 5], 21) as tf.Tensor2D, rnd([3, 5], 22) as tf.Tensor2D, rnd([3, 5], 23) as tf.Tensor2D, rnd([5, 5], 24) as tf.Tensor2D];
+  const g = tf.variable(rnd([5], 25));
+  type Op = (t: tf.Tensor[], hold?: tf.Tensor[]) => tf.Tensor;
+  // [name, inputs, op, tensors its backward reads (each a clone on the tape without a hold)]
+  const ops: [string, tf.Tensor[], Op, number][] = [
+    ['GELU′', [x], ([a], hold) => act.geluDerivative(a, hold), 4],
+    ['dy⊙GELU′', [x, dy], ([a, d], hold) => act.geluDerivative(a, hold, d), 6],
+    ['layer norm backward', [x, g, dy], ([a, gain, d], hold) => act.layerNormBackward(a as tf.Tensor2D, gain as tf.Tensor1D, d as tf.Tensor2D, hold), 6],
+    ['affine', [x, m, g, dy], ([a, mm, b, r], hold) => act.affine(a as tf.Tensor2D, mm as tf.Tensor2D, { bias: b as tf.Tensor1D, residual: r as tf.Tensor2D, transposeW: true, hold }), 2],
+  ];
+  const clones = async (f: () => void) => (await tf.profile(f)).kernels.filter((k) => k.name === 'Identity').length;
+  for (const [name, inputs, op, saved] of ops) {
+    const run = (t: tf.Tensor[], hold?: tf.Tensor[]) => tf.grads((...a: tf.Tensor[]) => tf.sum(tf.mul(op(a, hold), w)))(t);
+    const plain = run(inputs);
+    const withoutHold = await clones(() => tf.dispose(run(inputs)));
+    const before = tf.memory().numTensors;
+    // The hold owns the inputs it keeps (a step's intermediates): here copies, the variable as it is.
+    const owned = inputs.map((t) => (t === g ? t : tf.clone(t)));
+    const hold: tf.Tensor[] = [];
+    const withHold = await clones(() => {
+      const grads = run(owned, hold);
+      grads.forEach((gr, k) => assert.deepEqual(Array.from(gr.dataSync()), Array.from(plain[k].dataSync()), `${name}: gradient ${k}`));
+      tf.dispose(grads);
+    });
+    assert.ok(hold.length > 0 && !hold.includes(g), `${name}: held tensors, the variable not among them`);
+    assert.equal(withoutHold - withHold, saved, `${name}: no saved clones of its own`);
+    tf.dispose(hold);
+    tf.dispose(owned.filter((t) => t !== g));
+    assert.equal(tf.memory().numTensors, before, `${name}: nothing left`);
+    assert.deepEqual(Array.from(op(inputs, []).dataSync()), Array.from(op(inputs).dataSync()), `${name}: value`);
+    tf.dispose(plain);
+  }
+  assert.ok(!g.isDisposed, 'the variable outlives the hold');
+  tf.dispose([x, dy, w, m, g]);
+});
+
+test('headJacobians (J assembly as one op): value and gradients equal the tf ops it replaces, with and without a hold; the last layer on [CLS] rows', () => {
+  const [b, T, D, H, dh] = [3, 4, 4, 2, 2];
+  const HD = H * dh;
+  const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, 'float32', seed);
+  const layers = [
+    { h: rnd([b * T, D], 31), dqkv: rnd([b * T, 3 * HD], 32), merged: rnd([b * T, HD], 33), dOut: rnd([b * T, D], 34) },
+    { h: rnd([b * T, D], 35), dqkv: rnd([b * T, 3 * HD], 36), merged: rnd([b, HD], 37), dOut: rnd([b, D], 38), clsOnly: true },
+  ];
+  const inputs = layers.flatMap((d) => [d.h, d.dqkv, d.merged, d.dOut]);
+  // The composition of tf ops headJacobians replaced (BertEncoder before it; its columns permuted to
+  // headJacobians' order), differentiated by tfjs.
+  const reference = (t: tf.Tensor[]) => {
+    const mask = new Float32Array((D + 1) * 3 * HD).fill(1);
+    mask.fill(0, D * 3 * HD + HD, D * 3 * HD + 2 * HD);
+    const blocks = layers.flatMap((d, l) => {
+      const [h, dqkv, merged, dOut] = t.slice(4 * l, 4 * l + 4);
+      const tokens = d.clsOnly ? 1 : T;
+      const withOnes = tf.pad(tf.reshape(h, [b, T, D]), [[0, 0], [0, 0], [0, 1]], 1) as tf.Tensor3D;
+      const qkv = tf.mul(tf.matMul(withOnes, tf.reshape(dqkv, [b, T, 3 * HD]) as tf.Tensor3D, true, false), tf.tensor2d(mask, [D + 1, 3 * HD]));
+      const out = tf.matMul(tf.reshape(merged, [b, tokens, HD]) as tf.Tensor3D, tf.reshape(dOut, [b, tokens, D]) as tf.Tensor3D, true, false);
+      // headJacobians' column order: (q|k|v, dh, D + 1) per head, then W_o's (dh, D).
+      return [tf.reshape(tf.transpose(tf.reshape(qkv, [b, D + 1, 3, H, dh]), [3, 0, 2, 4, 1]), [H, b, 3 * dh * (D + 1)]), tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2])];
+    });
+    return tf.concat(blocks, 2);
+  };
+  const ours = (t: tf.Tensor[], hold?: tf.Tensor[]) => headJacobians(tf, { b, T, D, H, dh }, layers.map((d, l) => ({ ...d, h: t[4 * l], dqkv: t[4 * l + 1], merged: t[4 * l + 2], dOut: t[4 * l + 3] })), hold);
+  const ref = reference(inputs);
+  const w = rnd(ref.shape, 39);
+  assert.deepEqual(ours(inputs).shape, ref.shape);
+  assert.ok(maxAbs(ours(inputs).dataSync(), ref.dataSync()) <= 1e-6 * Math.max(...Array.from(ref.dataSync(), Math.abs)), 'value');
+  const refGrads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(reference(t), w)))(inputs);
+  for (const hold of [undefined, [] as tf.Tensor[]]) {
+    const owned = hold ? inputs.map((t) => tf.clone(t)) : inputs;
+    const grads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(ours(t, hold), w)))(owned);
+    grads.forEach((g, k) => assert.ok(maxAbs(g.dataSync(), refGrads[k].dataSync()) <= 1e-5 * Math.max(1, ...Array.from(refGrads[k].dataSync(), Math.abs)), `${hold ? 'held' : 'saved'}: gradient ${k}`));
+    if (hold) tf.dispose([...hold, ...owned]);
+    tf.dispose(grads);
+  }
+  tf.dispose([...inputs, ref, w, ...refGrads]);
+});
+
+test('attentionBackward (the attention\'s backward to q, k, v as one op): value and gradients equal the tf ops it replaces, every query and [CLS]\'s alone, with and without a hold', () => {
+  const [b, T, H, dh, scale] = [2, 4, 2, 3, 0.6];
+  const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, 'float32', seed);
+  for (const Tq of [T, 1]) {
+    const [q, k, v] = [rnd([b, H, Tq, dh], 41), rnd([b, H, T, dh], 42), rnd([b, H, T, dh], 43)] as tf.Tensor4D[];
+    const A = tf.softmax(rnd([b, H, Tq, T], 44)) as tf.Tensor4D;
+    const dMerged = rnd([b * Tq, H * dh], 45) as tf.Tensor2D;
+    const inputs = [dMerged, A, q, k, v];
+    // The composition it replaced (splitHeads, softmax's backward written out, the three products, mergeHeads).
+    const reference = ([dm, a, qq, kk, vv]: tf.Tensor[]) => {
+      const dO = Tq === 1 ? tf.reshape(dm, [b, H, 1, dh]) : tf.transpose(tf.reshape(dm, [b, T, H, dh]), [0, 2, 1, 3]);
+      const dA = tf.matMul(dO as tf.Tensor4D, vv as tf.Tensor4D, false, true);
+      const dS = tf.mul(tf.mul(a, tf.sub(dA, tf.sum(tf.mul(a, dA), -1, true))), scale) as tf.Tensor4D;
+      const dqRead = tf.matMul(dS, kk as tf.Tensor4D);
+      const dq = Tq === 1 ? tf.pad(dqRead, [[0, 0], [0, 0], [0, T - 1], [0, 0]]) : dqRead;
+      const parts = [dq, tf.matMul(dS, qq as tf.Tensor4D, true, false), tf.matMul(a as tf.Tensor4D, dO as tf.Tensor4D, true, false)];
+      return tf.reshape(tf.transpose(tf.concat(parts, 1), [0, 2, 1, 3]), [b * T, 3 * H * dh]);
+    };
+    const ours = (t: tf.Tensor[], hold?: tf.Tensor[]) => attentionBackward(tf, { b, T, H, dh, scale }, t[0] as tf.Tensor2D, t[1] as tf.Tensor4D, t[2] as tf.Tensor4D, t[3] as tf.Tensor4D, t[4] as tf.Tensor4D, hold);
+    const ref = reference(inputs);
+    const w = rnd(ref.shape, 46);
+    assert.ok(maxAbs(ours(inputs).dataSync(), ref.dataSync()) <= 1e-6 * Math.max(...Array.from(ref.dataSync(), Math.abs)), `Tq ${Tq}: value`);
+    const refGrads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(reference(t), w)))(inputs);
+    for (const hold of [undefined, [] as tf.Tensor[]]) {
+      const owned = hold ? inputs.map((t) => tf.clone(t)) : inputs;
+      const grads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(ours(t, hold), w)))(owned);
+      grads.forEach((g, i) => assert.ok(maxAbs(g.dataSync(), refGrads[i].dataSync()) <= 1e-5 * Math.max(1, ...Array.from(refGrads[i].dataSync(), Math.abs)), `Tq ${Tq}, ${hold ? 'held' : 'saved'}: gradient ${i}`));
+      if (hold) tf.dispose([...hold, ...owned]);
+      tf.dispose(grads);
+    }
+    tf.dispose([...inputs, ref, w, ...refGrads]);
+  }
+});
+
+test('attentionBackward against float64: its value and gradients match central differences of a float64 attention backward (every query and [CLS]\'s alone)', () => {
+  const [b, T, H, dh, scale] = [2, 3, 2, 2, 0.7];
+  for (const Tq of [T, 1]) {
+    const sizes = [b * Tq * H * dh, b * H * Tq * T, b * H * Tq * dh, b * H * T * dh, b * H * T * dh];
+    const rnd = (len: number, seed: number) => Float64Array.from({ length: len }, (_, k) => Math.sin(seed * 3.7 + k * 1.3) * 0.9);
+    const ins = sizes.map((n, i) => rnd(n, i + 1));
+    // A: rows of positive weights summing to 1 (any A is a valid input; a softmax output is what the model passes).
+    for (let r = 0; r < b * H * Tq; r++) {
+      const row = ins[1].subarray(r * T, (r + 1) * T).map((v) => Math.exp(v));
+      const sum = row.reduce((x, y) => x + y, 0);
+      row.forEach((v, t) => (ins[1][r * T + t] = v / sum));
+    }
+    // Float64 definition: dO per head, dA = dO·vᵀ, dS = scale·A⊙(dA − Σ A⊙dA), dq = dS·k (zero rows past Tq), dk = dSᵀ·q, dv = Aᵀ·dO; out [b·T, (q|k|v)·H·dh].
+    const f64 = ([dm, A, q, k, v]: Float64Array[]) => {
+      const out = new Float64Array(b * T * 3 * H * dh);
+      const at = (i: number, t: number, part: number, h: number, d: number) => (i * T + t) * 3 * H * dh + (part * H + h) * dh + d;
+      for (let i = 0; i < b; i++)
+        for (let h = 0; h < H; h++) {
+          const dO = (s: number, d: number) => dm[(i * Tq + s) * H * dh + h * dh + d];
+          const Aof = (s: number, t: number) => A[((i * H + h) * Tq + s) * T + t];
+          const qv = (s: number, d: number) => q[((i * H + h) * Tq + s) * dh + d];
+          const kv = (t: number, d: number) => k[((i * H + h) * T + t) * dh + d];
+          const vv = (t: number, d: number) => v[((i * H + h) * T + t) * dh + d];
+          const dS = (s: number, t: number) => {
+            const dA = (tt: number) => Array.from({ length: dh }, (_, d) => dO(s, d) * vv(tt, d)).reduce((x, y) => x + y, 0);
+            const sum = Array.from({ length: T }, (_, tt) => Aof(s, tt) * dA(tt)).reduce((x, y) => x + y, 0);
+            return scale * Aof(s, t) * (dA(t) - sum);
+          };
+          for (let t = 0; t < T; t++)
+            for (let d = 0; d < dh; d++) {
+              let [gq, gk, gv] = [0, 0, 0];
+              if (t < Tq) for (let u = 0; u < T; u++) gq += dS(t, u) * kv(u, d);
+              for (let s2 = 0; s2 < Tq; s2++) {
+                gk += dS(s2, t) * qv(s2, d);
+                gv += Aof(s2, t) * dO(s2, d);
+              }
+              out[at(i, t, 0, h, d)] = gq;
+              out[at(i, t, 1, h, d)] = gk;
+              out[at(i, t, 2, h, d)] = gv;
+            }
+        }
+      return out;
+    };
+    const shapes = [[b * Tq, H * dh], [b, H, Tq, T], [b, H, Tq, dh], [b, H, T, dh], [b, H, T, dh]];
+    const tensors = ins.map((a, i) => tf.tensor(Float32Array.from(a), shapes[i]));
+    const op = (t: tf.Tensor[]) => attentionBackward(tf, { b, T, H, dh, scale }, t[0] as tf.Tensor2D, t[1] as tf.Tensor4D, t[2] as tf.Tensor4D, t[3] as tf.Tensor4D, t[4] as tf.Tensor4D);
+    const ref = f64(ins);
+    const scaleOf = (a: ArrayLike<number>) => Math.max(...Array.from(a, Math.abs));
+    assert.ok(maxAbs(op(tensors).dataSync(), ref) <= 1e-5 * scaleOf(ref), `Tq ${Tq}: value`);
+    const w = rnd(ref.length, 9);
+    const grads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(op(t), tf.tensor(Float32Array.from(w), [b * T, 3 * H * dh]))))(tensors);
+    ins.forEach((a, i) => {
+      const central = a.map((_, k) => centralDifference(a, k, 1e-5, () => f64(ins).reduce((x, y, m) => x + y * w[m], 0)));
+      assert.ok(maxAbs(grads[i].dataSync(), central) <= 1e-4 * Math.max(1, scaleOf(central)), `Tq ${Tq}: gradient ${i}: ${maxAbs(grads[i].dataSync(), central)}`);
+    });
+    tf.dispose([...tensors, ...grads]);
+  }
 });
 
 test('training on the built-in 14×14 data (14 row tokens + [CLS]) beats chance clearly', () => {

@@ -16,7 +16,7 @@ import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
-import { twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
+import { keptForBackward, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -64,7 +64,7 @@ let modelCount = 0;
  * With `clsOnly` (the last layer of the hand-written backward), `merged` and `dOut` hold the [CLS] rows
  * alone ([b, ·]): δ at the output projection is exactly zero at every other token.
  */
-interface LayerDeltas {
+export interface LayerDeltas {
   h: TF.Tensor;
   merged: TF.Tensor;
   dqkv: TF.Tensor;
@@ -87,6 +87,8 @@ export class BertEncoder extends RouterlessClassifier {
   deltasByTape = false;
   /** Layer maps built once per step (layerMaps), between beginStep and endStep. */
   private stepMaps: Map<string, TF.Tensor> | undefined;
+  /** What the hand-written backward's ops keep for the step's backward pass (their `hold`), disposed in endStep. */
+  private stepHeld: TF.Tensor[] | undefined;
 
   constructor(tf: typeof TF, config: TrainingConfig, data: TaskData) {
     if (data.kind !== 'images') throw new Error(`the bert-encoder family classifies images read row by row, not ${data.kind}`);
@@ -174,33 +176,23 @@ export class BertEncoder extends RouterlessClassifier {
     return tf.reshape(tf.slice(tf.reshape(t, [n, T, D]), [0, 0, 0], [n, 1, D]), [n, D]) as T2;
   }
 
-  /** Ones except the bias row's key columns: [D + 1, 3·H·dh] (probeJacobians). */
-  private noKeyBias(): TF.Tensor2D {
-    const [D, HD] = [this.dModel, this.units * this.dHead];
-    const mask = new Float32Array((D + 1) * 3 * HD).fill(1);
-    mask.fill(0, D * 3 * HD + HD, D * 3 * HD + 2 * HD);
-    return this.tf.tensor2d(mask, [D + 1, 3 * HD]);
-  }
-
   /**
-   * [b·T, parts·H·dh] (parts side by side, each all heads side by side) → `parts` tensors [b, H, T, dh].
-   * The parts are split as [b, parts, H·T·dh], where each example's part is one contiguous run (split
-   * and its gradient, concat, copy b runs per part instead of b·H·T runs of dh).
+   * [b·T, 3·H·dh] (q|k|v side by side, each all heads side by side) → q, k, v [b, H, T, dh]. The parts
+   * are split as [b, 3, H·T·dh], where each example's part is one contiguous run (split and its
+   * gradient, concat, copy b runs per part instead of b·H·T runs of dh).
    */
-  private splitHeads(t: T2, b: number, parts = 3): TF.Tensor4D[] {
+  private splitHeads(t: T2, b: number): TF.Tensor4D[] {
     const tf = this.tf;
     const [T, H, dh] = [this.rows + 1, this.units, this.dHead];
-    const heads = tf.transpose(tf.reshape(t, [b, T, parts * H, dh]), [0, 2, 1, 3]);
-    if (parts === 1) return [heads as TF.Tensor4D];
-    return tf.split(tf.reshape(heads, [b, parts, H * T * dh]), parts, 1).map((p) => tf.reshape(p, [b, H, T, dh]) as TF.Tensor4D);
+    const heads = tf.transpose(tf.reshape(t, [b, T, 3 * H, dh]), [0, 2, 1, 3]);
+    return tf.split(tf.reshape(heads, [b, 3, H * T * dh]), 3, 1).map((p) => tf.reshape(p, [b, H, T, dh]) as TF.Tensor4D);
   }
 
-  /** splitHeads' inverse: tensors [b, H, T, dh] → [b·T, parts·H·dh]. */
-  private mergeHeads(parts: TF.Tensor[], b: number): T2 {
+  /** The heads' outputs [b, H, T, dh] → [b·T, H·dh]. */
+  private mergeHeads(heads: TF.Tensor, b: number): T2 {
     const tf = this.tf;
     const [T, H, dh] = [this.rows + 1, this.units, this.dHead];
-    const heads = parts.length === 1 ? parts[0] : tf.reshape(tf.concat(parts.map((p) => tf.reshape(p, [b, 1, H * T * dh])), 1), [b, parts.length * H, T, dh]);
-    return tf.reshape(tf.transpose(heads, [0, 2, 1, 3]), [b * T, parts.length * H * dh]) as T2;
+    return tf.reshape(tf.transpose(heads, [0, 2, 1, 3]), [b * T, H * dh]) as T2;
   }
 
   /** Embedding: [CLS] and the row tokens, positions, layer norm: the first block's input [b·T, D]. */
@@ -243,11 +235,14 @@ export class BertEncoder extends RouterlessClassifier {
   protected override beginStep(): void {
     this.endStep();
     this.stepMaps = new Map();
+    this.stepHeld = [];
   }
 
   protected override endStep(): void {
     if (this.stepMaps) this.tf.dispose([...this.stepMaps.values()]);
+    if (this.stepHeld) this.tf.dispose(this.stepHeld);
     this.stepMaps = undefined;
+    this.stepHeld = undefined;
   }
 
 
@@ -273,7 +268,7 @@ export class BertEncoder extends RouterlessClassifier {
       const q = last ? (tf.slice(qAll, [0, 0, 0, 0], [b, H, 1, dh]) as TF.Tensor4D) : qAll;
       const attention = this.activations.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
       // One query row per head: [b, H, 1, dh] is already [b, H·dh] in memory.
-      const merged = last ? (tf.reshape(tf.matMul(attention, v), [b, H * dh]) as T2) : this.mergeHeads([tf.matMul(attention, v)], b);
+      const merged = last ? (tf.reshape(tf.matMul(attention, v), [b, H * dh]) as T2) : this.mergeHeads(tf.matMul(attention, v), b);
       tapped?.inputs.push(tf.keep(h), tf.keep(merged));
       const attended = tf.add(tap(tf.matMul(merged, wo), l, 1), blk.bo) as T2;
       h = this.layerNorm(tf.add(last ? this.clsRows(h, b) : h, attended) as T2, blk.ln1g, blk.ln1b);
@@ -312,6 +307,8 @@ export class BertEncoder extends RouterlessClassifier {
     const all = B + b;
     const scale = 1 / Math.sqrt(dh);
     const maps = this.heads.map((_, l) => this.layerMaps(l, pruned));
+    // Inside a step, the once-differentiable ops keep what their backward reads by reference (no clones).
+    const hold = this.stepHeld;
     const mat = (v: TF.Variable) => v as unknown as T2;
     const vec = (v: TF.Variable) => v as unknown as TF.Tensor1D;
     interface Saved {
@@ -327,7 +324,17 @@ export class BertEncoder extends RouterlessClassifier {
     }
     const saved: Saved[] = [];
     // The probe's rows of a kept intermediate: token rows [b·T, ·] or examples [b, …].
-    const probeRows = <R extends TF.Tensor>(t: R, perExample: number): R => (B ? (tf.slice(t, [B * perExample, ...t.shape.slice(1).map(() => 0)], [b * perExample, ...t.shape.slice(1)]) as R) : t);
+    // As one op whose gradient pads (tf.slice's saves a clone of the whole joint tensor for its shape).
+    const probeRows = <R extends TF.Tensor>(t: R, perExample: number): R => {
+      if (!B) return t;
+      const [rows, ...rest] = t.shape;
+      return (
+        tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({
+          value: tf.slice(args[0] as TF.Tensor, [B * perExample, ...rest.map(() => 0)], [b * perExample, ...rest]),
+          gradFunc: (dy: TF.Tensor) => tf.pad(dy, [[B * perExample, rows - (B + b) * perExample], ...rest.map((): [number, number] => [0, 0])]),
+        })) as (x: TF.Tensor) => TF.Tensor
+      )(t) as R;
+    };
     let h = this.embed(batch ? tf.concat([batch.x, x], 0) : x);
     for (let l = 0; l < L; l++) {
       const blk = this.blocks[l];
@@ -335,15 +342,15 @@ export class BertEncoder extends RouterlessClassifier {
       // Only [CLS] reaches the logits: after the last layer's keys and values everything runs on its row
       // alone (its query, attention row, W_o, layer norms, FFN); the other tokens' outputs are never read.
       const last = l === L - 1;
-      const [qAll, k, v] = this.splitHeads(act.affine(h, projections, { bias: biases }), all);
+      const [qAll, k, v] = this.splitHeads(act.affine(h, projections, { bias: biases, hold }), all);
       const q = last ? (tf.slice(qAll, [0, 0, 0, 0], [all, H, 1, dh]) as TF.Tensor4D) : qAll;
       const attention = tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)) as TF.Tensor4D;
       // One query row per head: [all, H, 1, dh] is already [all, H·dh] in memory.
-      const merged = last ? (tf.reshape(tf.matMul(attention, v), [all, H * dh]) as T2) : this.mergeHeads([tf.matMul(attention, v)], all);
-      const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: last ? this.clsRows(h, all) : h });
+      const merged = last ? (tf.reshape(tf.matMul(attention, v), [all, H * dh]) as T2) : this.mergeHeads(tf.matMul(attention, v), all);
+      const r1 = act.affine(merged, wo, { bias: vec(blk.bo), residual: last ? this.clsRows(h, all) : h, hold });
       const h1 = act.layerNorm(r1, vec(blk.ln1g), vec(blk.ln1b));
-      const pre = act.affine(h1, mat(blk.ff1w), { bias: vec(blk.ff1b) });
-      const r2 = act.affine(act.gelu(pre), mat(blk.ff2w), { bias: vec(blk.ff2b), residual: h1 });
+      const pre = act.affine(h1, mat(blk.ff1w), { bias: vec(blk.ff1b), hold });
+      const r2 = act.affine(act.gelu(pre), mat(blk.ff2w), { bias: vec(blk.ff2b), residual: h1, hold });
       saved.push({
         h: probeRows(h, T),
         q: probeRows(q, 1),
@@ -359,7 +366,7 @@ export class BertEncoder extends RouterlessClassifier {
     }
     const e = this.embedding;
     // h is the last layer's [CLS] rows [all, D].
-    const z = act.affine(h, mat(e.outW), { bias: vec(e.outB) });
+    const z = act.affine(h, mat(e.outW), { bias: vec(e.outB), hold });
     if (batch) batch.logits = tf.slice(z, [0, 0], [B, this.classes]);
     const U = directions(probeRows(z, 1));
     // ∂s/∂h at the last layer's output: u·W_outᵀ at [CLS] ([b, D]; zero at every other token).
@@ -369,18 +376,14 @@ export class BertEncoder extends RouterlessClassifier {
       const blk = this.blocks[l];
       const s = saved[l];
       const last = l === L - 1;
-      const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2);
-      const dPre = tf.mul(act.affine(dr2, mat(blk.ff2w), { transposeW: true }), act.geluDerivative(s.pre)) as T2;
-      const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true }));
+      const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2, hold);
+      const dPre = act.geluDerivative(s.pre, hold, act.affine(dr2, mat(blk.ff2w), { transposeW: true, hold }));
+      const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true, hold }), hold);
       // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
-      const dMerged = act.affine(dr1, maps[l].wo, { transposeW: true });
-      const dO = last ? (tf.reshape(dMerged, [b, H, 1, dh]) as TF.Tensor4D) : this.splitHeads(dMerged, b, 1)[0];
-      const dS = act.softmaxBackward(s.attention, tf.matMul(dO, s.v, false, true), scale);
-      // In the last layer only [CLS]'s query is read: δ at the other queries is exactly zero.
-      const dq = last ? tf.pad(tf.matMul(dS, s.k), [[0, 0], [0, 0], [0, T - 1], [0, 0]]) : tf.matMul(dS, s.k);
-      const dqkv = this.mergeHeads([dq, tf.matMul(dS, s.q, true, false), tf.matMul(s.attention, dO, true, false)], b);
+      const dMerged = act.affine(dr1, maps[l].wo, { transposeW: true, hold });
+      const dqkv = attentionBackward(tf, { b, T, H, dh, scale }, dMerged, s.attention, s.q, s.k, s.v, hold);
       out[l] = { h: s.h, merged: s.merged, dqkv, dOut: dr1, clsOnly: last };
-      if (l > 0) dh2 = act.affine(dqkv, maps[l].projections, { residual: last ? this.atCls(dr1, b) : dr1, transposeW: true });
+      if (l > 0) dh2 = act.affine(dqkv, maps[l].projections, { residual: last ? this.atCls(dr1, b) : dr1, transposeW: true, hold });
     }
     return out;
   }
@@ -389,9 +392,9 @@ export class BertEncoder extends RouterlessClassifier {
    * Every head's per-sample Jacobian rows [heads, b, p_head] from one forward pass and one backward
    * pass to the taps (δ = ∂s/∂tap: handDeltas, or tapeDeltas with `backToTaps`): each of a head's matrices enters as a linear
    * map y = a·W, so ∂s_i/∂W = Σ_t a_{i,t} ⊗ δ_{i,t} (t over the example's tokens; examples do not
-   * interact) and ∂s_i/∂b = Σ_t δ_{i,t}. Columns are ordered per layer [W_q|W_k|W_v rows of each input
-   * dimension, then b_q|0|b_v, W_o], a fixed permutation of the head's parameters plus dh zero columns
-   * where a key bias would be (K = J·Jᵀ sees neither).
+   * interact) and ∂s_i/∂b = Σ_t δ_{i,t}. Columns per layer: W_q|W_k|W_v with their biases (b_q|0|b_v),
+   * then W_o (headJacobians), a fixed permutation of the head's parameters plus dh zero columns where a
+   * key bias would be (K = J·Jᵀ sees neither).
    */
   protected probeJacobians(x: TF.Tensor, pruned: ReadonlySet<number>, backToTaps: BackToTaps, directions: (z: T2) => T2): TF.Tensor3D {
     const layers = this.deltasByTape ? this.tapeDeltas(x, pruned, backToTaps) : this.handDeltas(x, pruned, directions);
@@ -411,28 +414,9 @@ export class BertEncoder extends RouterlessClassifier {
     return { logits: batch.logits!, J };
   }
 
-  /** J [heads, b, p_head] from each layer's tapped-map inputs and δ (probeJacobians). */
+  /** J [heads, b, p_head] from each layer's tapped-map inputs and δ (probeJacobians): headJacobians, holding for the step. */
   private assembleJacobians(layers: LayerDeltas[], b: number): TF.Tensor3D {
-    const tf = this.tf;
-    const [T, D, H, dh, L] = [this.rows + 1, this.dModel, this.units, this.dHead, this.heads.length];
-    const blocks: TF.Tensor[] = [];
-    for (let l = 0; l < L; l++) {
-      const { h, merged, dqkv, dOut, clsOnly } = layers[l];
-      const byToken = (t: TF.Tensor, width: number, tokens = T) => tf.reshape(t, [b, tokens, width]);
-      // W_q, W_k, W_v and the biases in one matmul: the block input with a column of ones, so the last row
-      // of [b, D + 1, 3·H·dh] is Σ_t δ_t (the biases'). The keys have no bias: that row's key part is
-      // masked to exact zeros (it is Σ_t δk_t = 0 up to rounding, since softmax ignores a shift), a zero
-      // column of J that K = J·Jᵀ does not see. [b, D + 1, (q|k|v), H, dh] → [H, b, (D + 1)·3·dh]
-      const withOnes = tf.pad(byToken(h, D), [[0, 0], [0, 0], [0, 1]], 1) as TF.Tensor3D;
-      const qkv = tf.mul(tf.matMul(withOnes, byToken(dqkv, 3 * H * dh) as TF.Tensor3D, true, false), this.noKeyBias());
-      blocks.push(tf.reshape(tf.transpose(tf.reshape(qkv, [b, D + 1, 3, H, dh]), [3, 0, 1, 2, 4]), [H, b, 3 * (D + 1) * dh]));
-      // W_o's rows of head k read the head's merged output: [b, H·dh, D] → [H, b, dh·D]
-      // (clsOnly: the [CLS] rows alone, δ is zero at the other tokens.)
-      const tokens = clsOnly ? 1 : T;
-      const out = tf.matMul(byToken(merged, H * dh, tokens) as TF.Tensor3D, byToken(dOut, D, tokens) as TF.Tensor3D, true, false);
-      blocks.push(tf.transpose(tf.reshape(out, [b, H, dh * D]), [1, 0, 2]));
-    }
-    return tf.concat(blocks, 2) as TF.Tensor3D;
+    return headJacobians(this.tf, { b, T: this.rows + 1, D: this.dModel, H: this.units, dh: this.dHead }, layers, this.stepHeld);
   }
 
   /**
@@ -482,4 +466,122 @@ export class BertEncoder extends RouterlessClassifier {
   sharedVars(): TF.Variable[] {
     return [...Object.values(this.embedding), ...this.blocks.flatMap((b) => Object.values(b) as TF.Variable[])];
   }
+}
+
+/**
+ * Every head's per-sample Jacobian rows J [H, b, Σ_l p_l] from each layer's tapped-map inputs and δ
+ * (BertEncoder.probeJacobians) as one op with a hand-written backward: the forward's reshapes, pad,
+ * products, mask, transposes and concatenation leave no tape nodes and no saved clones (with `hold`),
+ * and the backward is the products' transposes. Per layer: W_q, W_k, W_v and the biases in one matmul
+ * per example, δᵀ·A with A the block input and a column of ones, so the last column of [3·H·dh, D + 1]
+ * is Σ_t δ_t (the biases'). The keys have no bias: that column's key rows are masked to exact zeros (it
+ * is Σ_t δk_t = 0 up to rounding, since softmax ignores a shift), a zero column of J that K = J·Jᵀ does
+ * not see; [b, (q|k|v), H, dh·(D + 1)] → [b, H, (q|k|v)·dh·(D + 1)]. Then W_o's rows of head k, which
+ * read the head's merged output: [b, H·dh, D] is [b, H, dh·D] as it stands (clsOnly: the [CLS] rows
+ * alone, δ is zero at the other tokens). One transpose to [H, b, ·] at the end. A head's columns are
+ * thus a fixed permutation of its parameters (plus the zero key-bias columns): K = J·Jᵀ sees neither.
+ * Backward, per example, for Gᵀ = Δᵀ·A (Δ the δ rows): ∂A = Δ·dGᵀ, ∂Δ = A·dGᵀᵀ.
+ */
+export function headJacobians(tf: typeof TF, dims: { b: number; T: number; D: number; H: number; dh: number }, layers: LayerDeltas[], hold?: TF.Tensor[]): TF.Tensor3D {
+  const { b, T, D, H, dh } = dims;
+  const HD = H * dh;
+  const mask = new Float32Array(3 * HD * (D + 1)).fill(1);
+  for (let r = HD; r < 2 * HD; r++) mask[r * (D + 1) + D] = 0;
+  // Made where it is read (the forward's and the backward's own scopes dispose it).
+  const keyBiasMask = () => tf.tensor2d(mask, [3 * HD, D + 1]);
+  const tokens = layers.map((d) => (d.clsOnly ? 1 : T));
+  const sizes = layers.flatMap(() => [3 * dh * (D + 1), dh * D]);
+  const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const inputs = args.slice(0, -1) as TF.Tensor[];
+    const blocks: TF.Tensor[] = [];
+    const kept: TF.Tensor[] = [];
+    const forwardMask = keyBiasMask();
+    layers.forEach((_, l) => {
+      const [h, dqkv, merged, dOut] = inputs.slice(4 * l, 4 * l + 4);
+      const withOnes = tf.pad(tf.reshape(h, [b, T, D]), [[0, 0], [0, 0], [0, 1]], 1) as TF.Tensor3D;
+      const deltas = tf.reshape(dqkv, [b, T, 3 * HD]) as TF.Tensor3D;
+      const gT = tf.mul(tf.matMul(deltas, withOnes, true, false), forwardMask);
+      blocks.push(tf.reshape(tf.transpose(tf.reshape(gT, [b, 3, H, dh * (D + 1)]), [0, 2, 1, 3]), [b, H, 3 * dh * (D + 1)]));
+      const m3 = tf.reshape(merged, [b, tokens[l], HD]) as TF.Tensor3D;
+      const o3 = tf.reshape(dOut, [b, tokens[l], D]) as TF.Tensor3D;
+      blocks.push(tf.reshape(tf.matMul(m3, o3, true, false), [b, H, dh * D]));
+      kept.push(withOnes, deltas, m3, o3);
+    });
+    const read = keptForBackward(tf, kept, args[args.length - 1] as TF.GradSaveFunc, hold);
+    return {
+      value: tf.transpose(tf.concat(blocks, 2), [1, 0, 2]),
+      gradFunc: (dy: TF.Tensor, saved: TF.Tensor[]) => {
+        const parts = tf.split(tf.transpose(dy, [1, 0, 2]), sizes, 2);
+        const ins = read(saved) as TF.Tensor3D[];
+        const backwardMask = keyBiasMask();
+        return layers.flatMap((_, l) => {
+          const [withOnes, deltas, m3, o3] = ins.slice(4 * l, 4 * l + 4);
+          const dGT = tf.mul(tf.reshape(tf.transpose(tf.reshape(parts[2 * l], [b, H, 3, dh * (D + 1)]), [0, 2, 1, 3]), [b, 3 * HD, D + 1]), backwardMask) as TF.Tensor3D;
+          const dWithOnes = tf.matMul(deltas, dGT);
+          const dO = tf.reshape(parts[2 * l + 1], [b, HD, D]) as TF.Tensor3D;
+          return [
+            tf.reshape(tf.slice(dWithOnes, [0, 0, 0], [b, T, D]), [b * T, D]),
+            tf.reshape(tf.matMul(withOnes, dGT, false, true), [b * T, 3 * HD]),
+            tf.reshape(tf.matMul(o3, dO, false, true), [b * tokens[l], HD]),
+            tf.reshape(tf.matMul(m3, dO), [b * tokens[l], D]),
+          ];
+        });
+      },
+    };
+  }) as (...t: TF.Tensor[]) => TF.Tensor3D;
+  return op(...layers.flatMap((d) => [d.h, d.dqkv, d.merged, d.dOut]));
+}
+
+/**
+ * The attention's backward pass to its queries, keys and values as one op (BertEncoder's hand-written
+ * backward): from δ at the heads' merged output dMerged ([b·T, H·dh], or [b, H·dh] when only [CLS]'s
+ * query is read: A [b, H, 1, T], q [b, H, 1, dh]), with A = softmax(scale·q·kᵀ) and o = A·v per head:
+ * dO = dMerged per head, dA = dO·vᵀ, dS = scale·A⊙(dA − Σ_last A⊙dA) (softmax's backward), dq = dS·k
+ * (zero at queries that are not read), dk = dSᵀ·q, dv = Aᵀ·dO, merged as [b·T, (q|k|v)·H·dh]. Its
+ * gradient, for an upstream W = (W_q, W_k, W_v): ω = ∂/∂dS = W_q·kᵀ + q·W_kᵀ, ∂k = dSᵀ·W_q, ∂q = dS·W_k;
+ * through softmax's backward with ω̃ = scale·(ω − Σ_last ω⊙A): ∂dA = A⊙ω̃, ∂A = ω̃⊙dA − scale·ω·Σ_last A⊙dA
+ * + dO·W_vᵀ; ∂dO = A·W_v + ∂dA·v, ∂v = ∂dAᵀ·dO. Once differentiable; no tape nodes or clones inside
+ * (with `hold`, see twiceDifferentiable.ts).
+ */
+export function attentionBackward(
+  tf: typeof TF,
+  dims: { b: number; T: number; H: number; dh: number; scale: number },
+  dMerged: T2,
+  A: TF.Tensor4D,
+  q: TF.Tensor4D,
+  k: TF.Tensor4D,
+  v: TF.Tensor4D,
+  hold?: TF.Tensor[],
+): T2 {
+  const { b, T, H, dh, scale } = dims;
+  const Tq = q.shape[2];
+  const perHead = (t: TF.Tensor) => (Tq === 1 ? tf.reshape(t, [b, H, 1, dh]) : tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]));
+  const merged = (t: TF.Tensor) => (Tq === 1 ? tf.reshape(t, [b, H * dh]) : tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [b * T, H * dh]));
+  const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const [dm, sa, sq, sk, sv] = args as TF.Tensor4D[];
+    const dO = perHead(dm) as TF.Tensor4D;
+    const dA = tf.matMul(dO, sv, false, true);
+    const weighted = tf.mul(sa, dA);
+    const sScaled = tf.mul(tf.sum(weighted, -1, true), scale);
+    const dS = tf.sub(tf.mul(weighted, scale), tf.mul(sa, sScaled)) as TF.Tensor4D;
+    const dq = Tq === 1 ? tf.pad(tf.matMul(dS, sk), [[0, 0], [0, 0], [0, T - 1], [0, 0]]) : tf.matMul(dS, sk);
+    // (q|k|v) then heads: [b, 3H, T, dh] → [b·T, 3·H·dh]
+    const parts = tf.concat([dq, tf.matMul(dS, sq, true, false), tf.matMul(sa, dO, true, false)], 1);
+    const read = keptForBackward(tf, [sa, sq, sk, sv, dO, dA, dS, sScaled], args[5] as TF.GradSaveFunc, hold);
+    return {
+      value: tf.reshape(tf.transpose(parts, [0, 2, 1, 3]), [b * T, 3 * H * dh]),
+      gradFunc: (w: TF.Tensor, saved: TF.Tensor[]) => {
+        const [a, qq, kk, vv, o, da, ds, cs] = read(saved) as TF.Tensor4D[];
+        const [wqAll, wk, wv] = tf.split(tf.transpose(tf.reshape(w, [b, T, 3 * H, dh]), [0, 2, 1, 3]), 3, 1) as TF.Tensor4D[];
+        const wq = Tq === 1 ? (tf.slice(wqAll, [0, 0, 0, 0], [b, H, 1, dh]) as TF.Tensor4D) : wqAll;
+        const omega = tf.add(tf.matMul(wq, kk, false, true), tf.matMul(qq, wk, false, true));
+        const omegaTilde = tf.mul(tf.sub(omega, tf.sum(tf.mul(omega, a), -1, true)), scale);
+        const dDA = tf.mul(a, omegaTilde) as TF.Tensor4D;
+        const dAttention = tf.add(tf.sub(tf.mul(omegaTilde, da), tf.mul(omega, cs)), tf.matMul(o, wv, false, true));
+        const dO = tf.add(tf.matMul(a, wv), tf.matMul(dDA, vv));
+        return [merged(dO), dAttention, tf.matMul(ds, wk), tf.matMul(ds, wq, true, false), tf.matMul(dDA, o, true, false)];
+      },
+    };
+  }) as (...t: TF.Tensor[]) => T2;
+  return op(dMerged, A, q, k, v);
 }

@@ -6,8 +6,8 @@
 // training step on L_S + α·κ̄, the measurement, checkpoint state and disposal.
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
-import { heldSeed, heldValue, outputDirections, outputDirectionsTf, smoothKappaTf, SpectralNormState } from '../pl';
-import { classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, rowScales, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
+import { heldSeed, outputDirections, SpectralNormState } from '../pl';
+import { classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 import { createAdam } from '../engine/adam';
 import { sumOfSquares } from '../engine/sumOfSquares';
@@ -147,12 +147,13 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
           // Frozen: neither trainable nor pruned (reported so); the model's kernel sums the regularized units.
           const inModel = trainable.filter((u) => weights.w[u] > 0);
           const frozen = new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !trainable.includes(u) && !pruned.has(u)));
-          const { J, U } = pass ?? this.unitJacobians(pruned);
+          const { J, U, uValue } = pass ?? this.unitJacobians(pruned);
           const t0 = performance.now();
-          this.record(this.kernelsOf(J), new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !inModel.includes(u) && !pruned.has(u))), pruned);
+          const kernels = this.kernelsOf(J);
+          this.record(kernels, new Set(Array.from({ length: this.units }, (_, u) => u).filter((u) => !inModel.includes(u) && !pruned.has(u))), pruned);
           this.unitStats = this.unitStats.map((st) => ({ ...st, frozen: frozen.has(st.id) }));
           monitorMs = performance.now() - t0;
-          regT = tf.keep(this.surrogateKappa(J, U, inModel));
+          regT = tf.keep(this.surrogateKappa(J, U, uValue, kernels, inModel));
           return tf.add(taskLossT, tf.mul(regT, alpha)) as TF.Scalar;
         }, varList);
         if (mask) maskGrad = this.softMask.take(grads);
@@ -184,20 +185,20 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    * the kernel is defined with u held inside the Jacobian, so the backward pass to the taps is seeded
    * with U as a constant, while an outer gradient through J (the regularizer's) also follows u.
    */
-  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array, batchX?: TF.Tensor): { J: TF.Tensor3D; U: T2; logits?: T2 } {
+  private unitJacobians(pruned: ReadonlySet<number>, held?: Float64Array, batchX?: TF.Tensor): { J: TF.Tensor3D; U: T2; uValue: Float64Array; logits?: T2 } {
     const tf = this.tf;
     const n = this.probeX!.shape[0];
     const c = this.classes;
     let U: T2 | undefined;
+    let uValue = held;
     const directions = (z: T2): T2 => {
       if (held) return tf.tensor2d(Float32Array.from(held), [n, c]);
-      const logProbs = tf.logSoftmax(z) as T2;
-      const read = logProbs.dataSync();
+      const logProbs = logSoftmaxRows(z.dataSync(), n, c);
       const labels = this.probeY!.dataSync();
-      this.probeU = outputDirections(read, labels, n, c);
+      uValue = this.probeU = outputDirections(logProbs, labels, n, c);
       // The value is the measurement's u (float64, rounded once), bit for bit what a held pass uses;
-      // the derivative is outputDirectionsTf's, the same function of the logits.
-      return heldValue(Float32Array.from(this.probeU), outputDirectionsTf(logProbs, this.probeY!, rowScales(read, labels, n, c)));
+      // the derivative is u's as a function of the logits (directionsOp).
+      return directionsOp(tf, uValue, logProbs, labels, n, c)(z);
     };
     const directionsOf = (z: T2): T2 => (U = tf.keep(directions(z)));
     const joint = batchX ? this.jointJacobians(batchX, this.probeX!, pruned, directionsOf) : undefined;
@@ -217,13 +218,21 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     // Out of the pass's scope into the caller's (a clone stays on the tape, connected to U).
     const directionsOut = tf.clone(U!);
     U!.dispose();
-    return { J, U: directionsOut, ...(joint ? { logits: joint.logits } : {}) };
+    return { J, U: directionsOut, uValue: uValue!, ...(joint ? { logits: joint.logits } : {}) };
   }
 
   /** K_u = J_u·J_uᵀ of every unit, read back (one transfer) into float64 n×n arrays. */
   private kernelsOf(J: TF.Tensor3D): Float64Array[] {
     const [units, n] = J.shape;
-    const K = this.tf.matMul(J, J, false, true);
+    // Read back, never differentiated: as an op of its own, so the tape saves no clones of J for it.
+    const K = (
+      this.tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => ({
+        value: this.tf.matMul(args[0] as TF.Tensor3D, args[0] as TF.Tensor3D, false, true),
+        gradFunc: () => {
+          throw new Error('the probe kernels are read back, not differentiated');
+        },
+      })) as (j: TF.Tensor3D) => TF.Tensor3D
+    )(J);
     const flat = K.dataSync();
     K.dispose();
     return Array.from({ length: units }, (_, u) => Float64Array.from(flat.subarray(u * n * n, (u + 1) * n * n)));
@@ -265,15 +274,13 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
 
   /**
    * κ̃ of Σ_{u∈units} K_u + U·Uᵀ along the last measurement's eigenvectors, both terms differentiable:
-   * vᵀU·Uᵀv = ‖Uᵀv‖² (the output bias's kernel) moves with u too.
+   * vᵀU·Uᵀv = ‖Uᵀv‖² (the output bias's kernel) moves with u too. `kernels` are J's K_u read back and
+   * `uValue` U's value (float64): κ̃ is evaluated on the host, and the gradient is one op in closed form
+   * (kappaSurrogateOp), not the ops of the quotient and their gradients.
    */
-  private surrogateKappa(J: TF.Tensor3D, U: T2, units: number[]): TF.Scalar {
-    const tf = this.tf;
+  private surrogateKappa(J: TF.Tensor3D, U: T2, uValue: ArrayLike<number>, kernels: Float64Array[], units: number[]): TF.Scalar {
     const m = this.modelConditioning!;
-    const vs = tf.tensor2d(Float32Array.from([...m.vMax, ...m.vMin]), [2, m.vMax.length]);
-    const bias = tf.sum(tf.square(tf.matMul(vs, U)), 1);
-    const q = tf.add(this.rayleighOfJacobians(J, units, [m.vMax, m.vMin]), bias);
-    return smoothKappaTf(tf.slice(q, [0], [1]), tf.slice(q, [1], [1]), this.config.monitor.damping).reshape([]) as TF.Scalar;
+    return kappaSurrogateOp(this.tf, [m.vMax, m.vMin], kernels, uValue, units, this.classes, this.config.monitor.damping)(J, U);
   }
 
   /**
@@ -294,8 +301,8 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
   modelKappaTf(trainable: number[], pruned: ReadonlySet<number>): TF.Scalar {
     if (!this.modelConditioning || !this.probeU) throw new Error('modelKappaTf needs a measurement first');
     return this.tf.tidy(() => {
-      const { J, U } = this.unitJacobians(pruned);
-      return this.surrogateKappa(J, U, trainable);
+      const { J, U, uValue } = this.unitJacobians(pruned);
+      return this.surrogateKappa(J, U, uValue, this.kernelsOf(J), trainable);
     });
   }
 
@@ -348,4 +355,142 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
     this.probeY?.dispose();
     this.softMask.dispose();
   }
+}
+
+/** log softmax of each row of z [n, c] (read back), in float64. */
+function logSoftmaxRows(z: ArrayLike<number>, n: number, c: number): Float64Array {
+  const out = new Float64Array(n * c);
+  for (let i = 0; i < n; i++) {
+    let top = -Infinity;
+    for (let j = 0; j < c; j++) top = Math.max(top, z[i * c + j]);
+    let sum = 0;
+    for (let j = 0; j < c; j++) sum += Math.exp(z[i * c + j] - top);
+    const lse = top + Math.log(sum);
+    for (let j = 0; j < c; j++) out[i * c + j] = z[i * c + j] - lse;
+  }
+  return out;
+}
+
+/**
+ * The output directions u = g/‖g‖, g_i = softmax(z_i) − y_i (outputDirections), as one op of the logits
+ * z [n, c]: its value is `u` (float64, rounded once), its gradient u's derivative in closed form, computed
+ * on the host in float64 from the read-back upstream w (n·c numbers; no kernels, where the ops of
+ * outputDirectionsTf and their gradients were ~80). With v = w − u·⟨u, w⟩ (the projection off u, as
+ * ∂(g/‖g‖) = (I − u·uᵀ)·∂g/‖g‖) and softmax's Jacobian diag(p) − p·pᵀ: ∂/∂z_j = p_j·(v_j − ⟨p, v⟩)/‖g‖.
+ * For a one-hot label t this is written without ‖g‖, which underflows at large margins: off the label
+ * p_j/‖g‖ = u_j, and at it p_t·Σ_{j≠t} u_j·(v_t − v_j). A row without pull (u_i = 0) gets 0, as it did.
+ */
+export function directionsOp(tf: typeof TF, u: Float64Array, logProbs: Float64Array, labels: ArrayLike<number>, n: number, c: number): (z: T2) => T2 {
+  return tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    void args;
+    return {
+      value: tf.tensor2d(Float32Array.from(u), [n, c]),
+      gradFunc: (dy: TF.Tensor) => {
+        const w = dy.dataSync();
+        const dz = new Float64Array(n * c);
+        for (let i = 0; i < n; i++) {
+          const r = i * c;
+          let uw = 0;
+          for (let j = 0; j < c; j++) uw += u[r + j] * w[r + j];
+          const v = Float64Array.from({ length: c }, (_, j) => w[r + j] - u[r + j] * uw);
+          let label = -1;
+          let nonzero = 0;
+          for (let j = 0; j < c; j++) {
+            if (labels[r + j] === 1) label = j;
+            if (labels[r + j] !== 0) nonzero++;
+          }
+          if (nonzero === 1 && label >= 0) {
+            // Off the label a_j = p_j/‖g‖ = u_j; at it Σ_{j≠t} a_j = −u_t.
+            let pv = 0;
+            let av = 0;
+            for (let j = 0; j < c; j++) {
+              pv += Math.exp(logProbs[r + j]) * v[j];
+              if (j !== label) av += u[r + j] * v[j];
+            }
+            for (let j = 0; j < c; j++) dz[r + j] = j === label ? Math.exp(logProbs[r + j]) * (-u[r + label] * v[label] - av) : u[r + j] * (v[j] - pv);
+          } else {
+            // Soft labels: g = p − y as it stands (outputDirections does the same).
+            let norm = 0;
+            let pv = 0;
+            for (let j = 0; j < c; j++) {
+              const p = Math.exp(logProbs[r + j]);
+              norm += (p - labels[r + j]) ** 2;
+              pv += p * v[j];
+            }
+            norm = Math.sqrt(norm);
+            if (norm > 0) for (let j = 0; j < c; j++) dz[r + j] = (Math.exp(logProbs[r + j]) * (v[j] - pv)) / norm;
+          }
+        }
+        return tf.tensor2d(Float32Array.from(dz), [n, c]);
+      },
+    };
+  }) as (z: T2) => T2;
+}
+
+/**
+ * κ̃ = q_max/max(relu(q_min) + δ·q_max, 1e-30) (smoothKappaTf's function), q_k = v_kᵀ(Σ_{u∈units} K_u + U·Uᵀ)v_k
+ * along the eigenvectors `vs` (v_max, v_min), as one op of J [units, n, p] and U [n, classes]: the value
+ * from the read-back kernels and U's value in float64, the gradient in closed form. With c_k = ∂κ̃/∂q_k
+ * (smoothKappaTf's subgradients: relu′(0) = 0, max's to the first argument on a tie),
+ * ∂/∂J_u = Σ_k 2c_k·v_k·(v_kᵀJ_u) for u in the sum (two batched matmuls) and ∂/∂U = Σ_k 2c_k·v_k·(v_kᵀU)
+ * (host). The quotient's ~25 ops and their ~35 gradient ops become one op and two matmuls.
+ */
+export function kappaSurrogateOp(
+  tf: typeof TF,
+  vs: Float64Array[],
+  kernels: Float64Array[],
+  uValue: ArrayLike<number>,
+  units: number[],
+  classes: number,
+  damping: number,
+): (J: TF.Tensor3D, U: T2) => TF.Scalar {
+  const n = vs[0].length;
+  const count = kernels.length;
+  const inSum = Float64Array.from({ length: count }, (_, u) => (units.includes(u) ? 1 : 0));
+  // v_kᵀU [classes] and q_k.
+  const vU = vs.map((v) => Float64Array.from({ length: classes }, (_, o) => v.reduce((a, vi, i) => a + vi * uValue[i * classes + o], 0)));
+  const q = vs.map((v, k) => {
+    let sum = vU[k].reduce((a, x) => a + x * x, 0);
+    kernels.forEach((K, u) => {
+      if (!inSum[u]) return;
+      for (let i = 0; i < n; i++) {
+        let row = 0;
+        for (let j = 0; j < n; j++) row += K[i * n + j] * v[j];
+        sum += v[i] * row;
+      }
+    });
+    return sum;
+  });
+  const [qMax, qMin] = q;
+  const raw = Math.max(qMin, 0) + damping * qMax;
+  const den = Math.max(raw, 1e-30);
+  const value = qMax / den;
+  const live = raw >= 1e-30 ? 1 : 0;
+  const c = [1 / den - (qMax * damping * live) / (den * den), (-qMax * (qMin > 0 ? 1 : 0) * live) / (den * den)];
+  return tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const J = args[0] as TF.Tensor3D;
+    (args[2] as TF.GradSaveFunc)([J]);
+    return {
+      value: tf.scalar(value),
+      gradFunc: (dy: TF.Tensor, [savedJ]: TF.Tensor[]) => {
+        const d = dy.dataSync()[0];
+        const m = vs.length;
+        const V = new Float32Array(count * m * n);
+        const C = new Float32Array(count * m * n);
+        for (let u = 0; u < count; u++)
+          vs.forEach((v, k) => {
+            V.set(Float32Array.from(v), (u * m + k) * n);
+            C.set(Float32Array.from(v, (x) => 2 * c[k] * d * inSum[u] * x), (u * m + k) * n);
+          });
+        // [count, m, p] then [count, n, p]
+        const vJ = tf.matMul(tf.tensor3d(V, [count, m, n]), savedJ as TF.Tensor3D);
+        const dJ = tf.matMul(tf.tensor3d(C, [count, m, n]), vJ, true, false);
+        const dU = new Float64Array(n * classes);
+        vs.forEach((v, k) => {
+          for (let i = 0; i < n; i++) for (let o = 0; o < classes; o++) dU[i * classes + o] += 2 * c[k] * d * v[i] * vU[k][o];
+        });
+        return [dJ, tf.tensor2d(Float32Array.from(dU), [n, classes])];
+      },
+    };
+  }) as (J: TF.Tensor3D, U: T2) => TF.Scalar;
 }

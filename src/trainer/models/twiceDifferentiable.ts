@@ -5,8 +5,8 @@
 // saved output to the op's input and the second derivative through it is dropped (no error; bert's
 // regularizer gradient was 20 % off, switch's 5–45 %). Softmax, tanh and sigmoid (the one inside GELU's
 // backward pass) are therefore tf.customGrad ops that save their input and recompute the output in the
-// backward pass; GELU and layer norm are single ops with closed-form backward passes; the hand-written backward's own ops (GELU′, the backward passes
-// of layer norm and softmax, affine maps) are differentiable once. Everything else (matMul, reshape,
+// backward pass; GELU and layer norm are single ops with closed-form backward passes; the hand-written backward's own ops (GELU′, layer
+// norm's backward pass, affine maps; bertEncoder.ts has the attention's) are differentiable once. Everything else (matMul, reshape,
 // transpose, concat) differentiates twice as is. Checked against float64 finite differences in
 // test/unit/model-bert-encoder.test.ts.
 import type * as TF from '@tensorflow/tfjs';
@@ -22,24 +22,46 @@ export interface TwiceDifferentiableActivations {
   gelu<T extends TF.Tensor>(x: T): T;
   /** Layer norm over the last axis of x [N, D] with gain g and bias b [D] (variance of the row, ε inside the root). */
   layerNorm(x: TF.Tensor2D, g: TF.Tensor1D, b: TF.Tensor1D): TF.Tensor2D;
-  /** GELU′(x), one op whose gradient is GELU″ in closed form (once differentiable: the hand-written backward's). */
-  geluDerivative<T extends TF.Tensor>(x: T): T;
+  /**
+   * GELU′(x), or dy⊙GELU′(x) with `upstream` dy, one op whose gradient is in closed form (GELU″; once
+   * differentiable: the hand-written backward's).
+   */
+  geluDerivative<T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T): T;
   /**
    * Layer norm's backward pass as one op: dx = ∂⟨dy, layerNorm(x, g, ·)⟩/∂x [N, D], once differentiable
    * in x, g and dy (closed form; the hand-written backward's).
    */
-  layerNormBackward(x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D): TF.Tensor2D;
-  /** Softmax's backward pass as one op: scale·A⊙(dA − Σ_last A⊙dA), A the softmax's output; once differentiable. */
-  softmaxBackward<T extends TF.Tensor>(A: T, dA: T, scale: number): T;
+  layerNormBackward(x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D, hold?: TF.Tensor[]): TF.Tensor2D;
   /**
    * a·W (a·Wᵀ with `transposeW`) + bias + residual as one op (bias and residual optional): its gradient
    * is dy·Wᵀ, aᵀ·dy, Σ_rows dy and dy, without a matMul's and two adds' bookkeeping (tape nodes, saved
    * clones, the adds' reshapes). Saves a and W; once differentiable (the hand-written backward's).
    */
-  affine(a: TF.Tensor2D, w: TF.Tensor2D, o?: { bias?: TF.Tensor1D; residual?: TF.Tensor2D; transposeW?: boolean }): TF.Tensor2D;
+  affine(a: TF.Tensor2D, w: TF.Tensor2D, o?: { bias?: TF.Tensor1D; residual?: TF.Tensor2D; transposeW?: boolean; hold?: TF.Tensor[] }): TF.Tensor2D;
 }
 
+// `hold` (the once-differentiable ops above): what the op's backward reads is kept by reference and
+// pushed onto `hold`, whose owner disposes it after the backward pass (a training step: BertEncoder's
+// endStep), instead of handed to the tape's save, which clones each tensor (an Identity kernel and a
+// tape node each, ~60 per bert step). So the hold owns the op's inputs too: pass only tensors of the
+// same step (its intermediates), variables or kept tensors; the last two are read as they are, never
+// held (their owners dispose them, not before the backward pass).
+
 const activationsCache = new WeakMap<object, TwiceDifferentiableActivations>();
+
+/**
+ * What a tf.customGrad op's backward reads (call it in the op's forward with the op's save function):
+ * the tape's saved clones, or with `hold` the tensors themselves, kept and pushed onto it (see above:
+ * the hold owns them; variables and kept tensors are read as they are). Returns the reader of `saved`.
+ */
+export function keptForBackward(tf: typeof TF, tensors: TF.Tensor[], save: TF.GradSaveFunc, hold: TF.Tensor[] | undefined): (saved: TF.Tensor[]) => TF.Tensor[] {
+  if (!hold) {
+    save(tensors);
+    return (saved) => saved;
+  }
+  for (const t of tensors) if (!(t instanceof tf.Variable) && !t.kept) hold.push(tf.keep(t));
+  return () => tensors;
+}
 
 /**
  * Softmax, tanh, GELU and layer norm whose gradients can be differentiated again, and the hand-written
@@ -48,6 +70,7 @@ const activationsCache = new WeakMap<object, TwiceDifferentiableActivations>();
 export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiableActivations {
   const cached = activationsCache.get(tf);
   if (cached) return cached;
+  const keepForBackward = (tensors: TF.Tensor[], save: TF.GradSaveFunc, hold: TF.Tensor[] | undefined) => keptForBackward(tf, tensors, save, hold);
   // Σ over the rows of [N, D] as a product with a row of ones: tfjs-backend-wasm reduces over a leading
   // axis by transposing first (~70 against ~40 µs of CPU on [720, 32], 84 against 11 on [480, 96]).
   const columnSums = (t: TF.Tensor) => tf.reshape(tf.matMul(tf.ones([1, t.shape[0]]), t as TF.Tensor2D), [t.shape[1]!]);
@@ -88,85 +111,79 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
   // u′ = √(2/π)·(1 + 3·0.044715·x²), u″ = 6·0.044715·√(2/π)·x (the tanh forms' 1 − t² = 4s·(1 − s)).
   // Once differentiable (the outer gradient does not differentiate its gradFunc), so the backward pass may
   // read s, s·(1 − s) and 2u′ as the forward computed them (saved) instead of recomputing them from x.
-  const geluDerivative = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
-    const x = args[0] as TF.Tensor;
-    const x2 = tf.square(x);
-    const sg = tf.sigmoid(twoU(x, x2));
-    const sgc = tf.mul(sg, tf.sub(1, sg));
-    const du2 = twoDu(x2);
-    (args[1] as TF.GradSaveFunc)([x, sg, sgc, du2]);
-    return {
-      value: tf.add(sg, tf.mul(tf.mul(x, sgc), du2)),
-      gradFunc: (dy: TF.Tensor, [saved, ss, ssc, sdu2]: TF.Tensor[]) => {
-        // GELU″ = s(1 − s)·(2·2u′ + x·((1 − 2s)·(2u′)² + 2u″)), 2u″ = 12c·0.044715·x.
-        const inner = tf.add(tf.mul(tf.sub(1, tf.mul(ss, 2)), tf.square(sdu2)), tf.mul(saved, 12 * 0.044715 * GELU_C));
-        return tf.mul(dy, tf.mul(ssc, tf.add(tf.mul(sdu2, 2), tf.mul(saved, inner))));
-      },
-    };
-  }) as <T extends TF.Tensor>(x: T) => T;
+  // With `upstream` dy the op is dy⊙GELU′(x) (the hand-written backward's step through GELU): ∂/∂x = w⊙dy⊙GELU″, ∂/∂dy = w⊙GELU′.
+  const geluDerivative = <T extends TF.Tensor>(input: T, hold?: TF.Tensor[], upstream?: T): T =>
+    (
+      tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+        const x = args[0] as TF.Tensor;
+        const dy = upstream ? (args[1] as TF.Tensor) : undefined;
+        const x2 = tf.square(x);
+        const sg = tf.sigmoid(twoU(x, x2));
+        const sgc = tf.mul(sg, tf.sub(1, sg));
+        const du2 = twoDu(x2);
+        const prime = tf.add(sg, tf.mul(tf.mul(x, sgc), du2));
+        const read = keepForBackward(dy ? [x, sg, sgc, du2, dy, prime] : [x, sg, sgc, du2], args[args.length - 1] as TF.GradSaveFunc, hold);
+        return {
+          value: dy ? tf.mul(dy, prime) : prime,
+          gradFunc: (w: TF.Tensor, saved: TF.Tensor[]) => {
+            const [sx, ss, ssc, sdu2, sdy, sPrime] = read(saved);
+            // GELU″ = s(1 − s)·(2·2u′ + x·((1 − 2s)·(2u′)² + 2u″)), 2u″ = 12c·0.044715·x.
+            const inner = tf.add(tf.mul(tf.sub(1, tf.mul(ss, 2)), tf.square(sdu2)), tf.mul(sx, 12 * 0.044715 * GELU_C));
+            const dx = tf.mul(sdy ? tf.mul(w, sdy) : w, tf.mul(ssc, tf.add(tf.mul(sdu2, 2), tf.mul(sx, inner))));
+            return sdy ? [dx, tf.mul(w, sPrime)] : dx;
+          },
+        };
+      }) as (...t: TF.Tensor[]) => T
+    )(...(upstream ? [input, upstream] : [input]));
   // Per row, with x̂ = (x − mean)·r, r = 1/√(var + ε), a = g⊙dy and P(w) = w − mean(w) − x̂·mean(w⊙x̂)
   // (symmetric): dx = F = r·P(a). Its adjoint for an upstream w: ∂/∂dy = g⊙r·P(w), ∂/∂g = Σ_rows dy⊙r·P(w),
   // ∂/∂x = −r·(mean(w⊙F)·x̂ + r·mean(a⊙x̂)·P(w) + r·mean(w⊙x̂)·P(a)) (from δx̂ = r·P(δx) and δr = −r²·mean(x̂⊙δx)).
-  const layerNormParts = (x: TF.Tensor) => {
-    const centered = tf.sub(x, tf.mean(x, -1, true));
-    const inv = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), LN_EPSILON));
-    const xhat = tf.mul(centered, inv);
-    const project = (w: TF.Tensor) => tf.sub(tf.sub(w, tf.mean(w, -1, true)), tf.mul(xhat, tf.mean(tf.mul(w, xhat), -1, true)));
-    return { inv, xhat, project };
-  };
-  // Once differentiable: the backward pass reads r and x̂ as the forward computed them (saved).
-  const layerNormBackward = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
-    const [x, g, dy] = args as TF.Tensor[];
-    const { inv, xhat: normalized, project } = layerNormParts(x);
-    (args[3] as TF.GradSaveFunc)([normalized, inv, g, dy]);
-    return {
-      value: tf.mul(project(tf.mul(dy, g)), inv),
-      gradFunc: (w: TF.Tensor, [xhat, r, sg, sdy]: TF.Tensor[]) => {
-        const mean = (t: TF.Tensor) => tf.mean(t, -1, true);
-        // The row means each term reads, once: mean(a⊙x̂) and mean(w⊙x̂) serve both P(·) and dx.
-        const a = tf.mul(sdy, sg);
-        const [ma, mxa, mw, mxw] = [mean(a), mean(tf.mul(a, xhat)), mean(w), mean(tf.mul(w, xhat))];
-        const F = tf.mul(tf.sub(tf.sub(a, ma), tf.mul(xhat, mxa)), r);
-        const Pw = tf.mul(tf.sub(tf.sub(w, mw), tf.mul(xhat, mxw)), r);
-        const dx = tf.neg(tf.add(tf.add(tf.mul(xhat, tf.mul(mean(tf.mul(w, F)), r)), tf.mul(Pw, tf.mul(mxa, r))), tf.mul(F, tf.mul(mxw, r))));
-        return [dx, columnSums(tf.mul(sdy, Pw)), tf.mul(Pw, sg)];
-      },
-    };
-  }) as (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D) => TF.Tensor2D;
-  // dS = c·A⊙(dA − s), s = Σ A⊙dA; adjoint for w: ∂/∂dA = c·A⊙(w − ω), ∂/∂A = c·((w − ω)⊙dA − w·s), ω = Σ w⊙A.
-  const softmaxBackward = <T extends TF.Tensor>(A: T, dA: T, scale: number): T =>
+  // Once differentiable: the backward pass reads x̂, r, F = r·P(a) (the value) and r·mean(a⊙x̂) as the
+  // forward computed them.
+  const layerNormBackward = (input: TF.Tensor2D, gain: TF.Tensor1D, upstream: TF.Tensor2D, hold?: TF.Tensor[]): TF.Tensor2D =>
     (
       tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
-        const [y, dy] = args as TF.Tensor[];
-        // s·c saved for the backward pass (once differentiable: read as computed, not recomputed).
-        const s = tf.sum(tf.mul(y, dy), -1, true);
-        (args[2] as TF.GradSaveFunc)([y, dy, tf.mul(s, scale)]);
+        const [x, g, dy] = args as TF.Tensor[];
+        const mean = (t: TF.Tensor) => tf.mean(t, -1, true);
+        const centered = tf.sub(x, mean(x));
+        const inv = tf.rsqrt(tf.add(mean(tf.square(centered)), LN_EPSILON));
+        const xhat = tf.mul(centered, inv);
+        const a = tf.mul(dy, g);
+        const mxa = mean(tf.mul(a, xhat));
+        const F = tf.mul(tf.sub(tf.sub(a, mean(a)), tf.mul(xhat, mxa)), inv);
+        const read = keepForBackward([xhat, inv, g, dy, F, tf.mul(mxa, inv)], args[3] as TF.GradSaveFunc, hold);
         return {
-          value: tf.mul(tf.mul(y, tf.sub(dy, s)), scale),
-          gradFunc: (w: TF.Tensor, [sy, sdy, sScaled]: TF.Tensor[]) => {
-            const wOmega = tf.mul(tf.sub(w, tf.sum(tf.mul(w, sy), -1, true)), scale);
-            return [tf.sub(tf.mul(wOmega, sdy), tf.mul(w, sScaled)), tf.mul(sy, wOmega)];
+          value: F,
+          gradFunc: (w: TF.Tensor, saved: TF.Tensor[]) => {
+            const [sxhat, r, sg, sdy, sF, mxaR] = read(saved);
+            const mxw = mean(tf.mul(w, sxhat));
+            const Pw = tf.mul(tf.sub(tf.sub(w, mean(w)), tf.mul(sxhat, mxw)), r);
+            const dx = tf.neg(tf.add(tf.add(tf.mul(sxhat, tf.mul(mean(tf.mul(w, sF)), r)), tf.mul(Pw, mxaR)), tf.mul(sF, tf.mul(mxw, r))));
+            return [dx, columnSums(tf.mul(sdy, Pw)), tf.mul(Pw, sg)];
           },
         };
-      }) as (y: T, dy: T) => T
-    )(A, dA);
-  const affine = (a: TF.Tensor2D, w: TF.Tensor2D, o: { bias?: TF.Tensor1D; residual?: TF.Tensor2D; transposeW?: boolean } = {}): TF.Tensor2D => {
+      }) as (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D) => TF.Tensor2D
+    )(input, gain, upstream);
+  const affine = (a: TF.Tensor2D, w: TF.Tensor2D, o: { bias?: TF.Tensor1D; residual?: TF.Tensor2D; transposeW?: boolean; hold?: TF.Tensor[] } = {}): TF.Tensor2D => {
     const extra = [...(o.bias ? [o.bias] : []), ...(o.residual ? [o.residual] : [])];
     const tw = o.transposeW === true;
     return (
       tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
         const [x, m] = args as TF.Tensor2D[];
-        (args[args.length - 1] as TF.GradSaveFunc)([x, m]);
+        const read = keepForBackward([x, m], args[args.length - 1] as TF.GradSaveFunc, o.hold);
         let value: TF.Tensor = tf.matMul(x, m, false, tw);
         for (const t of args.slice(2, args.length - 1) as TF.Tensor[]) value = tf.add(value, t);
         return {
           value,
-          gradFunc: (dy: TF.Tensor, [sx, sm]: TF.Tensor[]) => [
-            tf.matMul(dy as TF.Tensor2D, sm as TF.Tensor2D, false, !tw),
-            tw ? tf.matMul(dy as TF.Tensor2D, sx as TF.Tensor2D, true, false) : tf.matMul(sx as TF.Tensor2D, dy as TF.Tensor2D, true, false),
-            ...(o.bias ? [columnSums(dy)] : []),
-            ...(o.residual ? [dy] : []),
-          ],
+          gradFunc: (dy: TF.Tensor, saved: TF.Tensor[]) => {
+            const [sx, sm] = read(saved);
+            return [
+              tf.matMul(dy as TF.Tensor2D, sm as TF.Tensor2D, false, !tw),
+              tw ? tf.matMul(dy as TF.Tensor2D, sx as TF.Tensor2D, true, false) : tf.matMul(sx as TF.Tensor2D, dy as TF.Tensor2D, true, false),
+              ...(o.bias ? [columnSums(dy)] : []),
+              ...(o.residual ? [dy] : []),
+            ];
+          },
         };
       }) as (...t: TF.Tensor[]) => TF.Tensor2D
     )(a, w, ...extra);
@@ -175,7 +192,6 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
     affine,
     geluDerivative,
     layerNormBackward,
-    softmaxBackward,
     softmax: recomputing(
       (x) => tf.softmax(x),
       (dy, y) => tf.mul(y, tf.sub(dy, tf.sum(tf.mul(dy, y), -1, true))),
