@@ -632,8 +632,9 @@ class Trainer:
                                 for p in model.unit_params(e):
                                     p.grad = None
                     with torch.no_grad():
-                        grads = [p.grad for p in parameters if p.grad is not None]
-                        squares, norms = grad_norm_squared_terms(grads)
+                        # ‖g‖² for the PL* check on monitor steps only (docs/protocol.md: plRatio rides with
+                        # the units' μ of the same step); elsewhere no pass over the gradients at all.
+                        squares, norms = grad_norm_squared_terms([p.grad for p in parameters if p.grad is not None]) if monitor_step else ((), ())
                         # The task metric: accuracy, or a language model's perplexity exp(mean CE).
                         # (Accuracy as the count of correct predictions, divided on the host: one tensor op fewer.)
                         accuracy = task_loss.exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).sum(dtype=logits.dtype)
@@ -641,9 +642,9 @@ class Trainer:
                         # share_e: the step's mean routing mass through unit e (docs/method.md, "Share");
                         # a family without a router takes it from the kernels on monitor steps (below).
                         share = routing.mean(dim=0) if routing is not None else total.new_zeros(0)
-                        reported = torch.cat([torch.stack([total, task_loss, reg if reg is not None else no_regularizer, accuracy] + squares + norms), share]).tolist()
+                        reported = torch.cat([torch.stack([total, task_loss, reg if reg is not None else no_regularizer, accuracy, *squares, *norms]), share]).tolist()
                         n_sq, n_terms = len(squares), len(squares) + len(norms)
-                        grad_norm_sq = grad_norm_squared_from_terms(reported[4:4 + n_terms], n_sq)
+                        grad_norm_sq = grad_norm_squared_from_terms(reported[4:4 + n_terms], n_sq) if monitor_step else None
                         shares = reported[4 + n_terms:]
                     optimizer.step()
                     if mask_t is not None:
@@ -666,8 +667,8 @@ class Trainer:
                     if not math.isfinite(loss_value):
                         raise NonFiniteLoss(step)
 
-                    # PL* check ½‖∇f‖²/(f − f*) with f* = 0, a lower bound of f (contract 11).
-                    pl_ratio = 0.5 * grad_norm_sq / loss_value if loss_value > 1e-12 else None
+                    # PL* check ½‖∇f‖²/(f − f*) with f* = 0, a lower bound of f (contract 11); monitor steps only.
+                    pl_ratio = 0.5 * grad_norm_sq / loss_value if grad_norm_sq is not None and loss_value > 1e-12 else None
                     now = time.perf_counter()
                     rate = 1 / max(1e-6, now - last)
                     last = now

@@ -1,0 +1,52 @@
+"""The engine's plRatio (docs/method.md item 11, f* = 0): ½‖∇f‖²/f of the gradients the step's Adam update
+used, sent on monitor steps only (the steps whose metrics carry `units`), with no pass over the
+gradients on the other steps. A real run of the engine (Trainer.run, as `python -m pltrain` runs it)."""
+import asyncio
+import json
+import os
+
+import pytest
+import torch
+
+from pltrain import config as cfg
+from pltrain import train
+from pltrain.train import Trainer
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.05])
+def test_pl_ratio_on_monitor_steps_equals_the_float64_gradient_norm_of_the_same_step(tmp_path, monkeypatch, alpha):
+    squared_norms = []  # per optimizer step: Σ‖g‖² in float64 over the gradients Adam is about to use
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            squared_norms.append(sum(float((p.grad.double() ** 2).sum()) for g in self.param_groups for p in g["params"] if p.grad is not None))
+            return super().step(closure)
+
+    passes = []  # the steps on which the engine read the gradients for ‖g‖²
+    terms = train.grad_norm_squared_terms
+
+    def counted(grads):
+        passes.append(len(squared_norms) + 1)
+        return terms(grads)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    monkeypatch.setattr(train, "grad_norm_squared_terms", counted)
+    steps, every = 11, 4
+    config = cfg.resolve({"engine": "pytorch", "device": "cpu", "steps": steps, "alpha": alpha, "batchSize": 32, "logEvery": 1,
+                          "monitor": {"every": every}, "checkpointEvery": 0})
+    run_dir = str(tmp_path / "run")
+    assert asyncio.run(Trainer(config, str(tmp_path), run_dir).run()) == "completed"
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        metrics = [json.loads(line) for line in f]
+
+    monitor_steps = [4, 8, 11]  # every 4th and the last
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    assert [m["step"] for m in metrics if "units" in m] == monitor_steps
+    assert [m["step"] for m in metrics if "plRatio" in m] == monitor_steps
+    assert passes == monitor_steps
+    assert len(squared_norms) == steps
+    for m in metrics:
+        if "plRatio" in m:
+            expected = 0.5 * squared_norms[m["step"] - 1] / m["loss"]
+            assert expected > 0
+            assert m["plRatio"] == pytest.approx(expected, rel=1e-5)
