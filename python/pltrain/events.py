@@ -151,7 +151,8 @@ class EventLog:
             batch, self._outbox = self._outbox, []
             self._handoff_pending = False
             listeners = list(self.listeners)
-            if batch and batch[-1][0]["type"] == "metrics" and self._poll is None:
+            # The one place the poll is armed: metrics lines are streaming, so collect the next ones.
+            if self._poll is None and any(e["type"] == "metrics" for e, _ in batch):
                 self._poll = self.loop.call_later(STREAM_POLL_S, self._collect)
         for event, text in batch:
             for listener in listeners:
@@ -160,16 +161,13 @@ class EventLog:
             _end_of_batch(listener)
 
     def _collect(self):
-        """The loop's poll while metrics stream: hands over what piled up, and polls again if anything
-        did; a poll that finds nothing ends the polling (the next metrics line wakes the loop)."""
+        """The loop's poll while metrics stream: hands over what piled up (which polls again if it held a
+        metrics line); a poll that finds nothing ends the polling (the next metrics line wakes the loop)."""
         with self._lock:
             self._poll = None
             if not self._outbox:
                 return
         self._hand_over()
-        with self._lock:
-            if self._poll is None:
-                self._poll = self.loop.call_later(STREAM_POLL_S, self._collect)
 
     def emit_acks(self, partials, before):
         """Emits `partials` (acks) with consecutive seqs, first calling before(acks_with_seqs) with the
