@@ -65,6 +65,12 @@ def grad_norm_squared(grads):
     return grad_norm_squared_from_terms(torch.stack(squares + norms).tolist(), len(squares))
 
 
+def reads_each_figure(device):
+    """Whether the step reads its reported figures one by one (the CPU: a read is a memory read, and a stack
+    or cat would only add tensor calls) rather than in one device → host transfer (CUDA: one sync)."""
+    return device.type == "cpu"
+
+
 class NonFiniteLoss(Exception):
     def __init__(self, step):
         super().__init__(f"loss became NaN or infinite at step {step}")
@@ -550,6 +556,7 @@ class Trainer:
                 # Read once: the parameters (the same tensors all run long) and a zero for "no regularizer".
                 parameters = list(model.parameters())
                 no_regularizer = torch.zeros((), device=device)
+                reads_on_host = reads_each_figure(device)
 
                 def report_floor(entered, left):
                     floor = 1 / damping
@@ -635,21 +642,33 @@ class Trainer:
                         # ‖g‖² for the PL* check on monitor steps only (docs/protocol.md: plRatio rides with
                         # the units' μ of the same step); elsewhere no pass over the gradients at all.
                         squares, norms = grad_norm_squared_terms([p.grad for p in parameters if p.grad is not None]) if monitor_step else ((), ())
-                        # The task metric: accuracy, or a language model's perplexity exp(mean CE).
-                        # (Accuracy as the count of correct predictions, divided on the host: one tensor op fewer.)
-                        accuracy = task_loss.exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).sum(dtype=logits.dtype)
-                        # One device → host transfer per step for everything reported (no_grad: nothing detached).
-                        # share_e: the step's mean routing mass through unit e (docs/method.md, "Share");
-                        # a family without a router takes it from the kernels on monitor steps (below).
-                        share = routing.mean(dim=0) if routing is not None else total.new_zeros(0)
-                        reported = torch.cat([torch.stack([total, task_loss, reg if reg is not None else no_regularizer, accuracy, *squares, *norms]), share]).tolist()
-                        n_sq, n_terms = len(squares), len(squares) + len(norms)
-                        grad_norm_sq = grad_norm_squared_from_terms(reported[4:4 + n_terms], n_sq) if monitor_step else None
-                        shares = reported[4 + n_terms:]
+                        # The task metric: accuracy (the count of correct predictions, divided on the host), or a
+                        # language model's perplexity exp(mean CE).
+                        correct = task_loss.exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).sum(dtype=logits.dtype)
+                        # share_e: the step's routing mass through unit e (docs/method.md, "Share"; ShareWatch
+                        # normalizes it: a sum, cheaper than a mean over the batch); a family without a router
+                        # takes it from the kernels on monitor steps (below).
+                        share = routing.sum(dim=0) if routing is not None else None
+                        no_reg = reg is None
+                        if reads_on_host:
+                            # On the CPU each read is a memory read: every figure read on its own, no stack or
+                            # cat (each tensor call costs ~10 µs on the caches the backward left).
+                            loss_value = total.item()
+                            task_value = loss_value if task_loss is total else task_loss.item()
+                            reg_value = 0.0 if no_reg else reg.item()
+                            accuracy = correct.item()
+                            shares = share.tolist() if share is not None else []
+                            terms = torch.stack(terms).tolist() if (terms := [*squares, *norms]) else ()
+                        else:
+                            # One device → host transfer per step for everything reported (no_grad: nothing detached).
+                            reported = torch.cat([torch.stack([total, task_loss, no_regularizer if no_reg else reg, correct, *squares, *norms]), share if share is not None else total.new_zeros(0)]).tolist()
+                            loss_value, task_value, reg_value, accuracy = reported[:4]
+                            terms = reported[4:4 + len(squares) + len(norms)]
+                            shares = reported[4 + len(terms):]
+                        grad_norm_sq = grad_norm_squared_from_terms(terms, len(squares)) if monitor_step else None
                     optimizer.step()
                     if mask_t is not None:
                         pruner.update(mask_t.grad.tolist() if mask_t.grad is not None else [0.0] * units, steering.frozen, steering.pruned)
-                    loss_value, task_value, reg_value, accuracy = reported[:4]
                     if model.task_metric != "perplexity":
                         accuracy /= y.shape[0]
                     # Routing shares of this step's batch (families with a router); the others report them on measurement.

@@ -50,3 +50,25 @@ def test_pl_ratio_on_monitor_steps_equals_the_float64_gradient_norm_of_the_same_
             expected = 0.5 * squared_norms[m["step"] - 1] / m["loss"]
             assert expected > 0
             assert m["plRatio"] == pytest.approx(expected, rel=1e-5)
+
+
+def _run_metrics(tmp_path, name, config):
+    run_dir = str(tmp_path / name)
+    assert asyncio.run(Trainer(config, str(tmp_path), run_dir).run()) == "completed"
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in ("time", "stepsPerSec")} for line in f]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.05])
+def test_figures_read_one_by_one_equal_the_one_transfer_read(tmp_path, monkeypatch, alpha):
+    """The CPU reads each reported figure on its own; CUDA reads them all in one transfer (a sync per read
+    would cost more there). Both ways give the same metrics lines, shares and participation included;
+    the one-transfer path is taken here on the CPU."""
+    config = cfg.resolve({"engine": "pytorch", "device": "cpu", "steps": 12, "alpha": alpha, "batchSize": 32, "logEvery": 1,
+                          "model": {"experts": 3}, "monitor": {"every": 5}, "checkpointEvery": 0})
+    one_by_one = _run_metrics(tmp_path, "host", config)
+    monkeypatch.setattr(train, "reads_each_figure", lambda device: False)
+    one_transfer = _run_metrics(tmp_path, "transfer", config)
+    assert [m["step"] for m in one_by_one] == list(range(1, 13))
+    assert all("participation" in m for m in one_by_one)
+    assert one_by_one == one_transfer
