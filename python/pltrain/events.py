@@ -8,8 +8,11 @@ from .private import open_private
 from .protocol import RUN_FILES, dumps
 
 FILES = (RUN_FILES["metrics"], RUN_FILES["commands"], RUN_FILES["events"])
-# While metrics lines stream, the server's loop collects them this often (the latency they may add).
-STREAM_POLL_S = 0.005
+# While metrics lines stream, the server's loop collects them this often: the most latency a line may
+# gain (10 ms; a line after a pause goes at once). Each collection is a burst of the loop's work (and
+# the client's) beside the training thread; at a 4.5 ms CPU step 10 ms cut the attached overhead by
+# about a third against 5 ms (docs/performance.md, "PyTorch engine: instrumentation, third pass").
+STREAM_POLL_S = 0.010
 
 
 def _file_of(event):
