@@ -603,6 +603,10 @@ class Trainer:
                     x, y = train_x[idx], train_y[idx]
                     alpha = steering.alpha
                     monitor_step = (step + 1) % config["monitor"]["every"] == 0 or step + 1 == config["steps"]
+                    # The steps that report the task metric (a metrics line, or the progress line): with
+                    # logEvery > 1 the others compute none of it.
+                    log_step = (step + 1) % config["logEvery"] == 0 or monitor_step
+                    progress_due = progress.due(step + 1, config["steps"])
                     trainable = steering.trainable()
                     pruned = frozenset(steering.pruned)
                     optimizer.zero_grad(set_to_none=True)
@@ -644,7 +648,12 @@ class Trainer:
                         squares, norms = grad_norm_squared_terms([p.grad for p in parameters if p.grad is not None]) if monitor_step else ((), ())
                         # The task metric: accuracy (the count of correct predictions, divided on the host), or a
                         # language model's perplexity exp(mean CE).
-                        correct = task_loss.exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).sum(dtype=logits.dtype)
+                        if not (log_step or progress_due):
+                            correct = None
+                        elif model.task_metric == "perplexity":
+                            correct = task_loss.exp()
+                        else:
+                            correct = (logits.argmax(dim=1) == y).sum(dtype=logits.dtype)
                         # share_e: the step's routing mass through unit e (docs/method.md, "Share"; ShareWatch
                         # normalizes it: a sum, cheaper than a mean over the batch); a family without a router
                         # takes it from the kernels on monitor steps (below).
@@ -656,12 +665,12 @@ class Trainer:
                             loss_value = total.item()
                             task_value = loss_value if task_loss is total else task_loss.item()
                             reg_value = 0.0 if no_reg else reg.item()
-                            accuracy = correct.item()
+                            accuracy = None if correct is None else correct.item()
                             shares = share.tolist() if share is not None else []
                             terms = torch.stack(terms).tolist() if (terms := [*squares, *norms]) else ()
                         else:
                             # One device → host transfer per step for everything reported (no_grad: nothing detached).
-                            reported = torch.cat([torch.stack([total, task_loss, no_regularizer if no_reg else reg, correct, *squares, *norms]), share if share is not None else total.new_zeros(0)]).tolist()
+                            reported = torch.cat([torch.stack([total, task_loss, no_regularizer if no_reg else reg, no_regularizer if correct is None else correct, *squares, *norms]), share if share is not None else total.new_zeros(0)]).tolist()
                             loss_value, task_value, reg_value, accuracy = reported[:4]
                             terms = reported[4:4 + len(squares) + len(norms)]
                             shares = reported[4 + len(terms):]
@@ -669,7 +678,9 @@ class Trainer:
                     optimizer.step()
                     if mask_t is not None:
                         pruner.update(mask_t.grad.tolist() if mask_t.grad is not None else [0.0] * units, steering.frozen, steering.pruned)
-                    if model.task_metric != "perplexity":
+                    if correct is None:
+                        accuracy = None
+                    elif model.task_metric != "perplexity":
                         accuracy /= y.shape[0]
                     # Routing shares of this step's batch (families with a router); the others report them on measurement.
                     if routed_shares is not None:
@@ -715,7 +726,7 @@ class Trainer:
                             log("info", f"pruning at step {step}: the gate keeps every {unit_name} (keep-probabilities {', '.join(f'{g:.2f}' for g in keep)})")
                         if pruned_now:
                             stats = [dict(s, pruned=s["id"] in steering.pruned) for s in stats]
-                    if step % config["logEvery"] == 0 or monitor_step:
+                    if log_step:
                         m = {"type": "metrics", "step": step, "time": now_ms(), "loss": loss_value, "taskLoss": task_value, "regularizer": reg_value, "alpha": alpha, "taskMetric": accuracy, "stepsPerSec": ema_rate}
                         if pl_ratio is not None and math.isfinite(pl_ratio):
                             m["plRatio"] = pl_ratio
@@ -729,7 +740,7 @@ class Trainer:
                             if pruner:
                                 m["gate"] = pruner.keep_probabilities(steering.frozen, steering.pruned)
                         events.emit(m)
-                    if progress.due(step, config["steps"]):
+                    if progress_due:
                         progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, ("perplexity" if model.task_metric == "perplexity" else "accuracy"): accuracy})
                     if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):
                         save()

@@ -52,9 +52,9 @@ def test_pl_ratio_on_monitor_steps_equals_the_float64_gradient_norm_of_the_same_
             assert m["plRatio"] == pytest.approx(expected, rel=1e-5)
 
 
-def _run_metrics(tmp_path, name, config):
+def _run_metrics(tmp_path, name, config, progress=None):
     run_dir = str(tmp_path / name)
-    assert asyncio.run(Trainer(config, str(tmp_path), run_dir).run()) == "completed"
+    assert asyncio.run(Trainer(config, str(tmp_path), run_dir, progress=progress).run()) == "completed"
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
         return [{k: v for k, v in json.loads(line).items() if k not in ("time", "stepsPerSec")} for line in f]
 
@@ -72,3 +72,40 @@ def test_figures_read_one_by_one_equal_the_one_transfer_read(tmp_path, monkeypat
     assert [m["step"] for m in one_by_one] == list(range(1, 13))
     assert all("participation" in m for m in one_by_one)
     assert one_by_one == one_transfer
+
+
+def test_with_log_every_above_one_the_lines_sent_carry_the_same_figures(tmp_path, monkeypatch):
+    """logEvery 3: metrics lines on every 3rd step and on monitor steps only, and the task metric computed
+    only on those steps and where the progress line prints; the lines sent equal a logEvery-1 run's lines
+    of the same steps (same seed)."""
+    import io
+
+    from pltrain.progress import Progress
+
+    config = cfg.resolve({"engine": "pytorch", "device": "cpu", "steps": 12, "alpha": 0.0, "batchSize": 32, "logEvery": 1,
+                          "model": {"experts": 3}, "monitor": {"every": 5}, "checkpointEvery": 0})
+    every_step = {m["step"]: m for m in _run_metrics(tmp_path, "every", config)}
+
+    class RecordingProgress(Progress):
+        def due(self, step, total):
+            due = super().due(step, total)
+            if due:
+                printed.add(step)
+            return due
+
+    printed, argmax_steps = set(), []
+    real_argmax = torch.Tensor.argmax
+
+    def argmax(self, *args, **kwargs):
+        if self.shape[0] == 32:  # a training batch's logits (the test set is read in chunks of 500)
+            argmax_steps.append(1)
+        return real_argmax(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "argmax", argmax)
+    sparse = _run_metrics(tmp_path, "sparse", dict(config, logEvery=3), RecordingProgress(io.StringIO(), live=True))
+    lines = [3, 5, 6, 9, 10, 12]
+    assert [m["step"] for m in sparse] == lines
+    without_seq = lambda m: {k: v for k, v in m.items() if k != "seq"}  # noqa: E731
+    assert [without_seq(m) for m in sparse] == [without_seq(every_step[m["step"]]) for m in sparse]
+    assert 12 in printed and len(set(lines) | printed) < 12
+    assert len(argmax_steps) == len(set(lines) | printed)
