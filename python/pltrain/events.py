@@ -5,7 +5,7 @@ import os
 import threading
 
 from .private import open_private
-from .protocol import RUN_FILES, dumps
+from .protocol import RUN_FILES, dumps, dumps_flat_metrics
 
 FILES = (RUN_FILES["metrics"], RUN_FILES["commands"], RUN_FILES["events"])
 # While metrics lines stream, the server's loop collects them this often: the most latency a line may
@@ -118,7 +118,7 @@ class EventLog:
             event = dict(partial)
             event["seq"] = self.next
             self.next += 1
-            text = dumps(event)
+            text = dumps_flat_metrics(event) or dumps(event)
             name = _file_of(event)
             fd = self._fds.get(name)
             if fd is None:
