@@ -667,7 +667,8 @@ class Trainer:
                             reg_value = 0.0 if no_reg else reg.item()
                             accuracy = None if correct is None else correct.item()
                             shares = share.tolist() if share is not None else []
-                            terms = torch.stack(terms).tolist() if (terms := [*squares, *norms]) else ()
+                            terms = [*squares, *norms]
+                            terms = torch.stack(terms).tolist() if terms else ()
                         else:
                             # One device → host transfer per step for everything reported (no_grad: nothing detached).
                             reported = torch.cat([torch.stack([total, task_loss, no_regularizer if no_reg else reg, no_regularizer if correct is None else correct, *squares, *norms]), share if share is not None else total.new_zeros(0)]).tolist()
