@@ -1,6 +1,7 @@
-"""The engine's plRatio (docs/method.md item 11, f* = 0): ½‖∇f‖²/f of the gradients the step's Adam update
-used, sent on monitor steps only (the steps whose metrics carry `units`), with no pass over the
-gradients on the other steps. A real run of the engine (Trainer.run, as `python -m pltrain` runs it)."""
+"""What the engine reports per step, from real runs (Trainer.run, as `python -m pltrain` runs it): plRatio
+(docs/method.md item 11, f* = 0) = ½‖∇f‖²/f of the gradients the step's Adam update used, on monitor
+steps only (the steps whose metrics carry `units`) with no pass over the gradients on the others; the
+same lines whichever way the figures are read back; with logEvery > 1, the same lines on fewer steps."""
 import asyncio
 import json
 import os
