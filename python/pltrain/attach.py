@@ -357,16 +357,22 @@ class Run:
         to `extra`); `inputs`: the step's batch, for a router's share."""
         if self._stopped_seen:
             raise StopTraining(f"the run was stopped at step {self.step_count}; run.step() returned False then: end the loop")
-        grad_sq = self._grad_norm_sq()
+        monitor = self._is_monitor_step(self.step_count + 1)
+        # ‖∇f‖² for plRatio on monitor steps only (it rides with the units' μ of the same step).
+        grad_sq = self._grad_norm_sq() if monitor and self.rank == 0 else None
         self._restore_frozen()
         self.step_count += 1
         if self.rank == 0:
-            self._record(loss, metrics or {}, inputs, grad_sq)
+            self._record(loss, metrics or {}, inputs, grad_sq, monitor)
         self._boundary()
         if self.steering.stop_requested:
             self._stopped_seen = True
             return False
         return True
+
+    def _is_monitor_step(self, step):
+        """The steps whose metrics carry `units` (and plRatio): every monitor.every-th and the last."""
+        return step % self.config["monitor"]["every"] == 0 or step == self.config["steps"]
 
     def _grad_norm_sq(self):
         """‖∇f‖² of the step just taken (the gradients optimizer.step() used: all-reduced under DDP,
@@ -375,13 +381,12 @@ class Run:
             sq = [(p.grad.double() ** 2).sum() for p in _unwrap(self.model).parameters() if p.grad is not None]
             return float(torch.stack(sq).sum()) if sq else None
 
-    def _record(self, loss, metrics, inputs, grad_sq=None):
+    def _record(self, loss, metrics, inputs, grad_sq, monitor):
         loss_value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         now = time.perf_counter()
         rate = 1 / max(1e-6, now - self._last_time)
         self._last_time = now
         self._rate = 0.9 * self._rate + 0.1 * rate if self._rate else rate
-        monitor = self.step_count % self.config["monitor"]["every"] == 0 or self.step_count == self.config["steps"]
         reg = self._reg_value
         m = {"type": "metrics", "step": self.step_count, "time": now_ms(), "loss": loss_value, "alpha": self.alpha, "stepsPerSec": self._rate}
         if monitor:
@@ -400,7 +405,7 @@ class Run:
         extra = {k: float(v) for k, v in metrics.items() if k not in ("taskLoss", "accuracy", "taskMetric") and math.isfinite(float(v))}
         if extra:
             m["extra"] = extra
-        # docs/method.md item 11: ½‖∇f‖² / f with f* = 0 (cross-entropy and κ are ≥ 0).
+        # docs/method.md item 11: ½‖∇f‖² / f with f* = 0 (cross-entropy and κ are ≥ 0); monitor steps only.
         if grad_sq is not None and loss_value > 0 and math.isfinite(0.5 * grad_sq / loss_value):
             m["plRatio"] = 0.5 * grad_sq / loss_value
         self._reg_value = None

@@ -175,6 +175,28 @@ def dumps(value):
     return _ENCODER.encode(value)
 
 
+def dumps_flat_metrics(event):
+    """dumps(event) for a metrics line whose other fields are all plain finite numbers (most steps' lines),
+    written directly (~10 µs sooner per line on a step's cold caches); None for anything else (units,
+    extra, a bool, a non-finite number, another type), which dumps then writes or refuses. The keys are
+    the protocol's field names: nothing in them needs escaping."""
+    if event.get("type") != "metrics":
+        return None
+    parts = []
+    for k, v in event.items():
+        t = type(v)
+        if t is float:
+            if v - v != 0:  # inf or NaN
+                return None
+        elif t is not int:
+            if k == "type":
+                parts.append('"type":"metrics"')
+                continue
+            return None
+        parts.append(f'"{k}":{v!r}')
+    return "{" + ",".join(parts) + "}"
+
+
 def to_precision(x, p):
     """JavaScript's Number.prototype.toPrecision."""
     if x == 0:

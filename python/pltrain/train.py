@@ -65,6 +65,12 @@ def grad_norm_squared(grads):
     return grad_norm_squared_from_terms(torch.stack(squares + norms).tolist(), len(squares))
 
 
+def reads_each_figure(device):
+    """Whether the step reads its reported figures one by one (the CPU: a read is a memory read, and a stack
+    or cat would only add tensor calls) rather than in one device → host transfer (CUDA: one sync)."""
+    return device.type == "cpu"
+
+
 class NonFiniteLoss(Exception):
     def __init__(self, step):
         super().__init__(f"loss became NaN or infinite at step {step}")
@@ -550,6 +556,7 @@ class Trainer:
                 # Read once: the parameters (the same tensors all run long) and a zero for "no regularizer".
                 parameters = list(model.parameters())
                 no_regularizer = torch.zeros((), device=device)
+                reads_on_host = reads_each_figure(device)
 
                 def report_floor(entered, left):
                     floor = 1 / damping
@@ -596,6 +603,10 @@ class Trainer:
                     x, y = train_x[idx], train_y[idx]
                     alpha = steering.alpha
                     monitor_step = (step + 1) % config["monitor"]["every"] == 0 or step + 1 == config["steps"]
+                    # The steps that report the task metric (a metrics line, or the progress line): with
+                    # logEvery > 1 the others compute none of it.
+                    log_step = (step + 1) % config["logEvery"] == 0 or monitor_step
+                    progress_due = progress.due(step + 1, config["steps"])
                     trainable = steering.trainable()
                     pruned = frozenset(steering.pruned)
                     optimizer.zero_grad(set_to_none=True)
@@ -632,24 +643,45 @@ class Trainer:
                                 for p in model.unit_params(e):
                                     p.grad = None
                     with torch.no_grad():
-                        grads = [p.grad for p in parameters if p.grad is not None]
-                        squares, norms = grad_norm_squared_terms(grads)
-                        # The task metric: accuracy, or a language model's perplexity exp(mean CE).
-                        # (Accuracy as the count of correct predictions, divided on the host: one tensor op fewer.)
-                        accuracy = task_loss.exp() if model.task_metric == "perplexity" else (logits.argmax(dim=1) == y).sum(dtype=logits.dtype)
-                        # One device → host transfer per step for everything reported (no_grad: nothing detached).
-                        # share_e: the step's mean routing mass through unit e (docs/method.md, "Share");
-                        # a family without a router takes it from the kernels on monitor steps (below).
-                        share = routing.mean(dim=0) if routing is not None else total.new_zeros(0)
-                        reported = torch.cat([torch.stack([total, task_loss, reg if reg is not None else no_regularizer, accuracy] + squares + norms), share]).tolist()
-                        n_sq, n_terms = len(squares), len(squares) + len(norms)
-                        grad_norm_sq = grad_norm_squared_from_terms(reported[4:4 + n_terms], n_sq)
-                        shares = reported[4 + n_terms:]
+                        # ‖g‖² for the PL* check on monitor steps only (docs/protocol.md: plRatio rides with
+                        # the units' μ of the same step); elsewhere no pass over the gradients at all.
+                        squares, norms = grad_norm_squared_terms([p.grad for p in parameters if p.grad is not None]) if monitor_step else ((), ())
+                        # The task metric: accuracy (the count of correct predictions, divided on the host), or a
+                        # language model's perplexity exp(mean CE).
+                        if not (log_step or progress_due):
+                            correct = None
+                        elif model.task_metric == "perplexity":
+                            correct = task_loss.exp()
+                        else:
+                            correct = (logits.argmax(dim=1) == y).sum(dtype=logits.dtype)
+                        # share_e: the step's routing mass through unit e (docs/method.md, "Share"; ShareWatch
+                        # normalizes it: a sum, cheaper than a mean over the batch); a family without a router
+                        # takes it from the kernels on monitor steps (below).
+                        share = routing.sum(dim=0) if routing is not None else None
+                        no_reg = reg is None
+                        if reads_on_host:
+                            # On the CPU each read is a memory read: every figure read on its own, no stack or
+                            # cat (each tensor call costs ~10 µs on the caches the backward left).
+                            loss_value = total.item()
+                            task_value = loss_value if task_loss is total else task_loss.item()
+                            reg_value = 0.0 if no_reg else reg.item()
+                            accuracy = None if correct is None else correct.item()
+                            shares = share.tolist() if share is not None else []
+                            terms = [*squares, *norms]
+                            terms = torch.stack(terms).tolist() if terms else ()
+                        else:
+                            # One device → host transfer per step for everything reported (no_grad: nothing detached).
+                            reported = torch.cat([torch.stack([total, task_loss, no_regularizer if no_reg else reg, no_regularizer if correct is None else correct, *squares, *norms]), share if share is not None else total.new_zeros(0)]).tolist()
+                            loss_value, task_value, reg_value, accuracy = reported[:4]
+                            terms = reported[4:4 + len(squares) + len(norms)]
+                            shares = reported[4 + len(terms):]
+                        grad_norm_sq = grad_norm_squared_from_terms(terms, len(squares)) if monitor_step else None
                     optimizer.step()
                     if mask_t is not None:
                         pruner.update(mask_t.grad.tolist() if mask_t.grad is not None else [0.0] * units, steering.frozen, steering.pruned)
-                    loss_value, task_value, reg_value, accuracy = reported[:4]
-                    if model.task_metric != "perplexity":
+                    if correct is None:
+                        accuracy = None
+                    elif model.task_metric != "perplexity":
                         accuracy /= y.shape[0]
                     # Routing shares of this step's batch (families with a router); the others report them on measurement.
                     if routed_shares is not None:
@@ -666,8 +698,8 @@ class Trainer:
                     if not math.isfinite(loss_value):
                         raise NonFiniteLoss(step)
 
-                    # PL* check ½‖∇f‖²/(f − f*) with f* = 0, a lower bound of f (contract 11).
-                    pl_ratio = 0.5 * grad_norm_sq / loss_value if loss_value > 1e-12 else None
+                    # PL* check ½‖∇f‖²/(f − f*) with f* = 0, a lower bound of f (contract 11); monitor steps only.
+                    pl_ratio = 0.5 * grad_norm_sq / loss_value if grad_norm_sq is not None and loss_value > 1e-12 else None
                     now = time.perf_counter()
                     rate = 1 / max(1e-6, now - last)
                     last = now
@@ -695,7 +727,7 @@ class Trainer:
                             log("info", f"pruning at step {step}: the gate keeps every {unit_name} (keep-probabilities {', '.join(f'{g:.2f}' for g in keep)})")
                         if pruned_now:
                             stats = [dict(s, pruned=s["id"] in steering.pruned) for s in stats]
-                    if step % config["logEvery"] == 0 or monitor_step:
+                    if log_step:
                         m = {"type": "metrics", "step": step, "time": now_ms(), "loss": loss_value, "taskLoss": task_value, "regularizer": reg_value, "alpha": alpha, "taskMetric": accuracy, "stepsPerSec": ema_rate}
                         if pl_ratio is not None and math.isfinite(pl_ratio):
                             m["plRatio"] = pl_ratio
@@ -709,7 +741,7 @@ class Trainer:
                             if pruner:
                                 m["gate"] = pruner.keep_probabilities(steering.frozen, steering.pruned)
                         events.emit(m)
-                    if progress.due(step, config["steps"]):
+                    if progress_due:
                         progress.update({"step": step, "totalSteps": config["steps"], "loss": loss_value, "meanKappa": _mean_kappa(measurer.last, steering.trainable()), "stepsPerSec": ema_rate, ("perplexity" if model.task_metric == "perplexity" else "accuracy"): accuracy})
                     if config["checkpointEvery"] > 0 and (step % config["checkpointEvery"] == 0 or pruned_now):
                         save()

@@ -199,24 +199,29 @@ def test_overlapping_units_are_refused(tmp_path):
         pltrain.attach(model, units=[("a", model.w0), ("b", model.w0)], probe=(torch.randn(4, D), torch.zeros(4, dtype=torch.long)), run_dir=str(tmp_path / "r"))
 
 
-def test_pl_ratio_is_half_the_squared_gradient_norm_over_the_objective(tmp_path):
-    """Item 11 with f* = 0, from the gradients optimizer.step() used (an lr-0 step keeps the weights)."""
-    model, x, y, run = make_run(tmp_path, alpha=0.3, every=5)
+def test_pl_ratio_is_half_the_squared_gradient_norm_over_the_objective_on_monitor_steps_only(tmp_path):
+    """Item 11 with f* = 0, from the gradients optimizer.step() used (lr-0 steps keep the weights), in
+    float64; sent on monitor steps only (every 2nd here), and not when the loop cleared the gradients."""
+    model, x, y, run = make_run(tmp_path, alpha=0.3, every=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    opt.zero_grad()
-    loss = torch.nn.functional.cross_entropy(model(x), y) + run.alpha * run.regularizer()
-    loss.backward()
-    expected = 0.5 * sum(float((p.grad ** 2).sum()) for p in model.parameters()) / float(loss)
-    opt.step()
-    assert run.step(loss=loss)
-    opt.zero_grad(set_to_none=True)
-    assert run.step(loss=loss)  # no gradients left: no plRatio
+    expected = {}
+    for step in range(1, 6):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y) + run.alpha * run.regularizer()
+        loss.backward()
+        expected[step] = 0.5 * sum(float((p.grad.double() ** 2).sum()) for p in model.parameters()) / float(loss)
+        opt.step()
+        if step == 4:
+            opt.zero_grad(set_to_none=True)  # a monitor step with no gradients left: no plRatio
+        assert run.step(loss=loss)
     run.close()
     metrics = read_jsonl(os.path.join(str(tmp_path / "run"), "metrics.jsonl"))
-    assert metrics[0]["plRatio"] == pytest.approx(expected, rel=1e-12)
-    assert "plRatio" not in metrics[1]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [m["step"] for m in metrics if "plRatio" in m] == [2]
+    assert [m["step"] for m in metrics if "units" in m] == [2, 4]
+    assert metrics[1]["plRatio"] == pytest.approx(expected[2], rel=1e-12)
     assert metrics[0]["regularizer"] == pytest.approx(kappa_of(closed_form(model, x, y)[1], 1e-3), rel=1e-8)
-    assert metrics[0]["taskLoss"] == pytest.approx(float(loss) - 0.3 * metrics[0]["regularizer"], rel=1e-12)
+    assert metrics[1]["taskLoss"] == pytest.approx(float(loss) - 0.3 * metrics[1]["regularizer"], rel=1e-12)
 
 
 def test_the_config_a_script_was_started_from_sets_its_run_fields(tmp_path, monkeypatch):

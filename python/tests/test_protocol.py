@@ -74,3 +74,29 @@ def test_dumps_writes_what_json_dumps_writes_and_refuses_nan():
     for bad in (float("nan"), float("inf"), {"loss": float("-inf")}):
         with pytest.raises(ValueError):
             dumps(bad)
+
+
+def test_a_flat_metrics_line_is_written_as_dumps_writes_it_and_anything_else_is_left_to_dumps():
+    """dumps_flat_metrics: the same text as dumps for a metrics line of plain finite numbers (floats of
+    every magnitude, −0.0, the smallest subnormal, large ints), None where dumps must decide (a list, a
+    dict, a bool, None, a str, a non-finite number, a float or int subclass, another event type)."""
+    import random
+
+    import numpy as np
+
+    from pltrain.protocol import dumps, dumps_flat_metrics
+
+    rng = random.Random(7)
+    specials = [0.0, -0.0, 5e-324, 1e-7, 1e-5, 0.1 + 0.2, 1e16, 1.7976931348623157e308, 2 ** 53 + 1, -(10 ** 20), 0, 1]
+    for _ in range(500):
+        line = {"type": "metrics", "step": rng.randrange(10 ** 6), "time": 1765057000000 + rng.randrange(10 ** 9)}
+        for key in ("loss", "taskLoss", "regularizer", "alpha", "taskMetric", "stepsPerSec", "plRatio", "participation", "seq"):
+            line[key] = rng.choice(specials) if rng.random() < 0.3 else rng.uniform(-1, 1) * 10 ** rng.randint(-30, 30)
+        assert dumps_flat_metrics(line) == dumps(line)
+    base = {"type": "metrics", "step": 1, "loss": 0.5}
+    for extra in ({"units": []}, {"extra": {"load/0": 0.5}}, {"alpha": True}, {"plRatio": None}, {"note": "x"},
+                  {"loss": float("nan")}, {"loss": float("inf")}, {"loss": -float("inf")}, {"loss": np.float64(0.5)}, {"step": np.int64(1)}):
+        assert dumps_flat_metrics({**base, **extra}) is None, extra
+    assert dumps_flat_metrics({"type": "log", "level": "info", "message": "m"}) is None
+    assert dumps_flat_metrics({"step": 2, "type": "metrics", "loss": 0.25}) == '{"step":2,"type":"metrics","loss":0.25}', "the dict's order"
+    assert dumps_flat_metrics({**base, "seq": 4}) == dumps({**base, "seq": 4}) == '{"type":"metrics","step":1,"loss":0.5,"seq":4}'

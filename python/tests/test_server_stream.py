@@ -8,6 +8,7 @@ import json
 import os
 import random
 import threading
+import time
 
 import pytest
 import websockets
@@ -105,6 +106,80 @@ def test_every_event_reaches_every_client_complete_and_in_order_under_bursts(tmp
     for name in ("early", "slow", "late"):
         assert results[name] == expected, f"{name}: every event, complete, once, in seq order"
     assert not any("dropped" in m for m in server_log)
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    log.close()
+
+
+def _raw_subscriber(path):
+    """A client that does the WebSocket handshake and subscribes from the start by hand, then never reads
+    again (a peer that stopped reading): its receive buffer and then the server's write buffer fill."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(("GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{TOKEN_HEADER}: tok\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)  # byte by byte: nothing after the response's head is read
+    assert head.startswith(b"HTTP/1.1 101"), head
+    payload = json.dumps({"type": "subscribe", "sinceSeq": -1}).encode()
+    mask = b"\x01\x02\x03\x04"
+    s.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    return s
+
+
+def test_a_client_that_stops_reading_is_dropped_within_two_heartbeats_one_that_reads_is_not(tmp_path, monkeypatch):
+    """_Stream._send: websockets' send (and its keepalive ping) wait while the socket's buffer is full, so
+    a peer that stopped reading was never dropped. Now a send that cannot drain within two heartbeats
+    drops it. The heartbeat is 60 s for the keepalive (it cannot act during the test) and 0.5 s for the
+    drain bound; 6.4 MB of history (under the 16 MiB queue limit) is replayed to two clients: the one that
+    stopped reading is dropped within a bounded time, the one reading steadily (a 10 ms pause per
+    message, ~2 s in all, longer than the bound but each wait far shorter) gets everything and stays."""
+    from pltrain import server as server_module
+
+    monkeypatch.setattr(server_module, "HEARTBEAT_S", 60.0)
+    loop, thread, log, server, path, server_log = _serve(tmp_path)
+    monkeypatch.setattr(server_module, "HEARTBEAT_S", 0.5)
+    n = 200
+    for i in range(n):
+        log.emit({"type": "log", "level": "info", "message": f"{i} " + "x" * 32_000})
+    stopped = _raw_subscriber(path)
+    received = []
+    still_open = []
+
+    async def read_steadily():
+        async with websockets.unix_connect(path, "ws://localhost/", extra_headers={TOKEN_HEADER: "tok"}, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "sinceSeq": -1}))
+            async for message in ws:
+                received.append(json.loads(message)["seq"])
+                if received[-1] == n - 1:
+                    break
+                await asyncio.sleep(0.01)
+            still_open.append(ws.open)
+
+    reader = threading.Thread(target=lambda: asyncio.run(read_steadily()))
+    reader.start()
+    drop = "dropped a client that stopped reading (nothing drained for 1 s)"
+    started = time.monotonic()
+    while drop not in server_log and time.monotonic() - started < 15:
+        time.sleep(0.05)
+    assert drop in server_log, f"the client that stopped reading was not dropped in 15 s: {server_log}"
+    # Its socket ends: what was buffered, then end of stream (or a reset).
+    try:
+        while stopped.recv(1 << 20):
+            pass
+    except ConnectionResetError:
+        pass
+    stopped.close()
+    reader.join(60)
+    assert not reader.is_alive()
+    assert received == list(range(n)) and still_open == [True], "the reading client got every event and was not dropped"
+    assert server_log.count(drop) == 1 and not [m for m in server_log if "dropped" in m and m != drop]
     asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
