@@ -280,6 +280,39 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s backward pass, af
   tf.dispose([x, dy, w, g, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
 });
 
+test('GELU′ and layer norm\'s backward on a joint pass\'s rows (fromRow): bit for bit the values and gradients of the rows sliced first, an exact zero gradient at the other rows, on the host and as tf ops', () => {
+  const act = twiceDifferentiableActivations(tf);
+  const [rows, from, c] = [7, 3, 5];
+  const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0.1, 1.3, 'float32', seed);
+  const [joint, dy, w] = [rnd([rows, c], 31) as tf.Tensor2D, rnd([rows - from - 1, c], 32) as tf.Tensor2D, rnd([rows - from - 1, c], 33)];
+  const g = rnd([c], 34) as tf.Tensor1D;
+  const n = dy.shape[0];
+  const sliced = (x: tf.Tensor) => tf.slice(x, [from, 0], [n, c]) as tf.Tensor2D;
+  const ops: [string, (x: tf.Tensor2D, d: tf.Tensor2D, fromRow?: number) => tf.Tensor][] = [
+    ['dy⊙GELU′', (x, d, fromRow) => act.geluDerivative(x, undefined, d, fromRow)],
+    ['layer norm backward', (x, d, fromRow) => act.layerNormBackward(x, g, d, undefined, fromRow)],
+  ];
+  const limit = hostElementwise.maxElements;
+  for (const [path, maxElements] of [['host', limit], ['tf ops', 0]] as const) {
+    hostElementwise.maxElements = maxElements;
+    try {
+      for (const [name, op] of ops) {
+        const [ours, reference] = [
+          (x: tf.Tensor, d: tf.Tensor) => op(x as tf.Tensor2D, d as tf.Tensor2D, from),
+          (x: tf.Tensor, d: tf.Tensor) => op(sliced(x), d as tf.Tensor2D),
+        ].map((f) => tf.tidy(() => [f(joint, dy), ...tf.grads((x: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(f(x, d), w)))([joint, dy])].map((t) => Array.from(t.dataSync()))));
+        ['value', '∂/∂x', '∂/∂dy'].forEach((what, k) => assert.deepEqual(ours[k], reference[k], `${path}, ${name}: ${what}`));
+        const outside = ours[1].filter((_, k) => k < from * c || k >= (from + n) * c);
+        assert.ok(outside.length === (rows - n) * c && outside.every((v) => v === 0), `${path}, ${name}: zero gradient at the other rows`);
+        assert.ok(ours[1].some((v) => v !== 0), `${path}, ${name}: a gradient at the rows read`);
+      }
+    } finally {
+      hostElementwise.maxElements = limit;
+    }
+  }
+  tf.dispose([joint, dy, w, g]);
+});
+
 test('the hand-written backward\'s ops with `hold` (a step\'s): the same values and gradients bit for bit, no saved clones on the tape, nothing left once the hold is disposed; on the host, nothing saved or held at all', async () => {
   const act = twiceDifferentiableActivations(tf);
   const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0.2, 1.2, 'float32', seed);

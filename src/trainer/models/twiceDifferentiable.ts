@@ -34,13 +34,16 @@ export interface TwiceDifferentiableActivations {
   /**
    * GELU′(x), or dy⊙GELU′(x) with `upstream` dy, one op whose gradient is in closed form (GELU″; once
    * differentiable: the hand-written backward's). On the host up to hostElementwise.maxElements.
+   * With `fromRow`, of x's rows from that one on (as many as `upstream` has, or the rest): a joint
+   * pass's tensor, its gradient zero at the other rows (without a slice op and its pad).
    */
-  geluDerivative<T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T): T;
+  geluDerivative<T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T, fromRow?: number): T;
   /**
    * Layer norm's backward pass as one op: dx = ∂⟨dy, layerNorm(x, g, ·)⟩/∂x [N, D], once differentiable
    * in x, g and dy (closed form; the hand-written backward's). On the host up to hostElementwise.maxElements.
+   * With `fromRow`, of x's rows from that one on, as many as dy has (as geluDerivative).
    */
-  layerNormBackward(x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D, hold?: TF.Tensor[]): TF.Tensor2D;
+  layerNormBackward(x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D, hold?: TF.Tensor[], fromRow?: number): TF.Tensor2D;
   /**
    * a·W (a·Wᵀ with `transposeW`) + bias + residual as one op (bias and residual optional): its gradient
    * is dy·Wᵀ, aᵀ·dy, Σ_rows dy and dy, without a matMul's and two adds' bookkeeping (tape nodes, saved
@@ -177,13 +180,17 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
   // a copy out of the backend's memory), gradient in float64 from the read-back upstream, the formulas
   // above; one op each way in place of 10–20 element-wise kernels each way. What the gradient reads
   // stays in the closure as host arrays: no saved clones, nothing held (`hold` is not needed).
-  const geluDerivativeHost = <T extends TF.Tensor>(input: T, upstream?: T): T =>
+  // With `fromRow`, x holds more rows than the op reads (a joint pass's tensor): it reads rows fromRow,
+  // fromRow + 1, … (as many as the upstream has), and its gradient in x is zero at the others.
+  const geluDerivativeHost = <T extends TF.Tensor>(input: T, upstream: T | undefined, fromRow: number): T =>
     (
       tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
         const x = args[0] as TF.Tensor;
-        const xs = x.dataSync() as Float32Array;
+        const perRow = x.size / x.shape[0];
+        const outShape = upstream ? upstream.shape : [x.shape[0] - fromRow, ...x.shape.slice(1)];
+        const n = outShape.reduce((a, b) => a * b, 1);
+        const xs = (x.dataSync() as Float32Array).subarray(fromRow * perRow, fromRow * perRow + n);
         const dys = upstream ? ((args[1] as TF.Tensor).dataSync() as Float32Array) : undefined;
-        const n = xs.length;
         const prime = new Float64Array(n);
         const second = new Float64Array(n); // GELU″
         const value = new Float32Array(n);
@@ -198,26 +205,27 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
           value[i] = dys ? dys[i] * prime[i] : prime[i];
         }
         return {
-          value: tf.tensor(value, x.shape),
+          value: tf.tensor(value, outShape),
           gradFunc: (w: TF.Tensor) => {
             const ws = w.dataSync() as Float32Array;
-            const dx = new Float32Array(n);
-            for (let i = 0; i < n; i++) dx[i] = ws[i] * (dys ? dys[i] : 1) * second[i];
+            const dx = new Float32Array(x.size);
+            for (let i = 0, o = fromRow * perRow; i < n; i++) dx[o + i] = ws[i] * (dys ? dys[i] : 1) * second[i];
             if (!dys) return tf.tensor(dx, x.shape);
             const ddy = new Float32Array(n);
             for (let i = 0; i < n; i++) ddy[i] = ws[i] * prime[i];
-            return [tf.tensor(dx, x.shape), tf.tensor(ddy, x.shape)];
+            return [tf.tensor(dx, x.shape), tf.tensor(ddy, outShape)];
           },
         };
       }) as (...t: TF.Tensor[]) => T
     )(...(upstream ? [input, upstream] : [input]));
   // Layer norm's backward pass, the formulas of layerNormBackwardOps: the gradient reads x̂, r, F and r·mean(a⊙x̂) as the forward computed them.
-  const layerNormBackwardHost = (input: TF.Tensor2D, gain: TF.Tensor1D, upstream: TF.Tensor2D): TF.Tensor2D =>
+  const layerNormBackwardHost = (input: TF.Tensor2D, gain: TF.Tensor1D, upstream: TF.Tensor2D, fromRow: number): TF.Tensor2D =>
     (
       tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
         const [x, g, dy] = args as TF.Tensor[];
-        const [N, D] = x.shape as [number, number];
-        const [xs, gs, dys] = [x, g, dy].map((t) => t.dataSync() as Float32Array);
+        const [N, D] = dy.shape as [number, number];
+        const [gs, dys] = [g, dy].map((t) => t.dataSync() as Float32Array);
+        const xs = (x.dataSync() as Float32Array).subarray(fromRow * D, (fromRow + N) * D);
         const xhat = new Float64Array(N * D);
         const F = new Float64Array(N * D);
         const r = new Float64Array(N);
@@ -249,7 +257,7 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
           value: tf.tensor2d(value, [N, D]),
           gradFunc: (w: TF.Tensor) => {
             const ws = w.dataSync() as Float32Array;
-            const dx = new Float32Array(N * D);
+            const dx = new Float32Array(x.size);
             const dg = new Float64Array(D);
             const ddy = new Float32Array(N * D);
             for (let i = 0, o = 0; i < N; i++, o += D) {
@@ -265,19 +273,26 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
               const ri = r[i];
               for (let j = 0; j < D; j++) {
                 const pw = (ws[o + j] - mw - xhat[o + j] * mxw) * ri;
-                dx[o + j] = -(xhat[o + j] * mwF * ri + pw * mxaR[i] + F[o + j] * mxw * ri);
+                dx[fromRow * D + o + j] = -(xhat[o + j] * mwF * ri + pw * mxaR[i] + F[o + j] * mxw * ri);
                 dg[j] += dys[o + j] * pw;
                 ddy[o + j] = pw * gs[j];
               }
             }
-            return [tf.tensor2d(dx, [N, D]), tf.tensor1d(Float32Array.from(dg)), tf.tensor2d(ddy, [N, D])];
+            return [tf.tensor(dx, x.shape), tf.tensor1d(Float32Array.from(dg)), tf.tensor2d(ddy, [N, D])];
           },
         };
       }) as (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D) => TF.Tensor2D
     )(input, gain, upstream);
-  const onHost = (x: TF.Tensor) => x.size <= hostElementwise.maxElements;
-  const geluDerivative = <T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T): T => (onHost(x) ? geluDerivativeHost(x, upstream) : geluDerivativeOps(x, hold, upstream));
-  const layerNormBackward = (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D, hold?: TF.Tensor[]): TF.Tensor2D => (onHost(x) ? layerNormBackwardHost(x, g, dy) : layerNormBackwardOps(x, g, dy, hold));
+  // x's rows fromRow, fromRow + 1, … (`rows` of them) for the tf ops: a slice (its gradient pads).
+  const rowsOf = <T extends TF.Tensor>(x: T, fromRow: number, rows: number): T =>
+    fromRow === 0 && rows === x.shape[0] ? x : (tf.slice(x, [fromRow, ...x.shape.slice(1).map(() => 0)], [rows, ...x.shape.slice(1)]) as T);
+  const onHost = (rows: number, x: TF.Tensor) => (rows * x.size) / x.shape[0] <= hostElementwise.maxElements;
+  const geluDerivative = <T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T, fromRow = 0): T => {
+    const rows = upstream ? upstream.shape[0] : x.shape[0] - fromRow;
+    return onHost(rows, x) ? geluDerivativeHost(x, upstream, fromRow) : geluDerivativeOps(rowsOf(x, fromRow, rows), hold, upstream);
+  };
+  const layerNormBackward = (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D, hold?: TF.Tensor[], fromRow = 0): TF.Tensor2D =>
+    onHost(dy.shape[0], x) ? layerNormBackwardHost(x, g, dy, fromRow) : layerNormBackwardOps(rowsOf(x, fromRow, dy.shape[0]), g, dy, hold);
   const affine = (a: TF.Tensor2D, w: TF.Tensor2D, o: { bias?: TF.Tensor1D; residual?: TF.Tensor2D; transposeW?: boolean; hold?: TF.Tensor[] } = {}): TF.Tensor2D => {
     const extra = [...(o.bias ? [o.bias] : []), ...(o.residual ? [o.residual] : [])];
     const tw = o.transposeW === true;
