@@ -9,7 +9,7 @@ import { DEFAULT_FASHION_MNIST_PATH, parseTrainingConfig, type TrainingConfig } 
 import { conditioning, gramOfJacobian, outputDirections, symmetricEigen } from '../../src/trainer/pl';
 import { imageTaskData, loadBuiltin, loadFashionMnist } from '../../src/trainer/data';
 import { attentionBackward, BertEncoder, headJacobians } from '../../src/trainer/models/bertEncoder';
-import { twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
+import { hostElementwise, twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
 import type { Batch, TaskData } from '../../src/trainer/models/types';
 import { centralDifference, relativeFrobenius } from '../support/linalg';
 
@@ -196,7 +196,7 @@ test('layer norm (one op, closed-form backward): value, gradient and gradient of
   tf.dispose([x, g, b, w, dx, dg, db, qx, qg]);
 });
 
-test('the hand-written backward\'s ops (GELU′, layer norm\'s backward pass, affine maps as one op each): values and gradients match float64 central differences', () => {
+test('the hand-written backward\'s ops (GELU′, layer norm\'s backward pass, affine maps as one op each): values and gradients match float64 central differences, GELU′ and layer norm\'s backward on the host and as tf ops, a constant row', () => {
   const act = twiceDifferentiableActivations(tf);
   const [r, c, eps] = [3, 6, 1e-5];
   const rnd = (shape: number[], mean: number, sd: number, seed: number) => tf.randomNormal(shape, mean, sd, 'float32', seed);
@@ -221,21 +221,41 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s backward pass, af
   const close = (ours: ArrayLike<number>, ref: Float64Array, what: string, tol = 1e-4) => assert.ok(maxAbs(ours, ref) <= tol * Math.max(...ref.map(Math.abs)), `${what}: ${maxAbs(ours, ref)}`);
   const weighted = (v: Float64Array) => v.reduce((s, z, k) => s + z * ws[k], 0);
   const central = (at: Float64Array, f: (v: Float64Array) => number, step = 1e-4) => at.map((_, k) => centralDifference(at, k, step, () => f(at)));
-  close(act.geluDerivative(x).dataSync(), geluPrime(xs), 'GELU′');
-  close(act.layerNormBackward(x, g, dy).dataSync(), lnBack(xs, gs, dys), 'layer norm backward');
-  // Gradients of Σ w⊙op against central differences of the float64 references.
-  const [dGelu] = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t), w)))([x]);
-  close(dGelu.dataSync(), central(Float64Array.from(xs), (v) => weighted(geluPrime(v)), 1e-3), 'GELU″', 1e-3);
-  // With an upstream dy: dy⊙GELU′(x), gradients in x and dy.
-  const upstreamRef = (xv: Float64Array, dv: Float64Array) => geluPrime(xv).map((p, k) => p * dv[k]);
-  close(act.geluDerivative(x, undefined, dy).dataSync(), upstreamRef(xs, dys), 'dy⊙GELU′');
-  const [ux, ud] = tf.grads((t: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t, undefined, d), w)))([x, dy]);
-  close(ux.dataSync(), central(Float64Array.from(xs), (v) => weighted(upstreamRef(v, dys)), 1e-3), 'dy⊙GELU′: ∂/∂x', 1e-3);
-  close(ud.dataSync(), central(Float64Array.from(dys), (v) => weighted(upstreamRef(xs, v))), 'dy⊙GELU′: ∂/∂dy');
-  const [lx, lg, ld] = tf.grads((t: tf.Tensor, gt: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.layerNormBackward(t as tf.Tensor2D, gt as tf.Tensor1D, d as tf.Tensor2D), w)))([x, g, dy]);
-  close(lx.dataSync(), central(Float64Array.from(xs), (v) => weighted(lnBack(v, gs, dys))), 'layer norm backward: ∂/∂x');
-  close(lg.dataSync(), central(Float64Array.from(gs), (v) => weighted(lnBack(xs, v, dys))), 'layer norm backward: ∂/∂g');
-  close(ld.dataSync(), central(Float64Array.from(dys), (v) => weighted(lnBack(xs, gs, v))), 'layer norm backward: ∂/∂dy');
+  // x with its middle row constant (layer norm: x̂ = 0, r = 1/√ε).
+  const xFlat = Float32Array.from(x.dataSync());
+  xFlat.fill(0.7, c, 2 * c);
+  const xc = tf.tensor2d(xFlat, [r, c]);
+  const xcs = Float64Array.from(xFlat);
+  const limit = hostElementwise.maxElements;
+  // GELU′ and layer norm's backward on the host (this size is far below the limit), then as tf ops.
+  for (const [path, maxElements] of [['host', limit], ['tf ops', 0]] as const) {
+    hostElementwise.maxElements = maxElements;
+    try {
+      close(act.geluDerivative(x).dataSync(), geluPrime(xs), `${path}: GELU′`);
+      close(act.layerNormBackward(x, g, dy).dataSync(), lnBack(xs, gs, dys), `${path}: layer norm backward`);
+      // Gradients of Σ w⊙op against central differences of the float64 references.
+      const [dGelu] = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t), w)))([x]);
+      close(dGelu.dataSync(), central(Float64Array.from(xs), (v) => weighted(geluPrime(v)), 1e-3), `${path}: GELU″`, 1e-3);
+      // With an upstream dy: dy⊙GELU′(x), gradients in x and dy.
+      const upstreamRef = (xv: Float64Array, dv: Float64Array) => geluPrime(xv).map((p, k) => p * dv[k]);
+      close(act.geluDerivative(x, undefined, dy).dataSync(), upstreamRef(xs, dys), `${path}: dy⊙GELU′`);
+      const [ux, ud] = tf.grads((t: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.geluDerivative(t, undefined, d), w)))([x, dy]);
+      close(ux.dataSync(), central(Float64Array.from(xs), (v) => weighted(upstreamRef(v, dys)), 1e-3), `${path}: dy⊙GELU′: ∂/∂x`, 1e-3);
+      close(ud.dataSync(), central(Float64Array.from(dys), (v) => weighted(upstreamRef(xs, v))), `${path}: dy⊙GELU′: ∂/∂dy`);
+      for (const [rows, input, inputs] of [['', x, xs], [', a constant row', xc, xcs]] as const) {
+        close(act.layerNormBackward(input, g, dy).dataSync(), lnBack(inputs, gs, dys), `${path}${rows}: layer norm backward`);
+        const [lx, lg, ld] = tf.grads((t: tf.Tensor, gt: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(act.layerNormBackward(t as tf.Tensor2D, gt as tf.Tensor1D, d as tf.Tensor2D), w)))([input, g, dy]);
+        close(lx.dataSync(), central(Float64Array.from(inputs), (v) => weighted(lnBack(v, gs, dys))), `${path}${rows}: layer norm backward: ∂/∂x`);
+        close(lg.dataSync(), central(Float64Array.from(gs), (v) => weighted(lnBack(inputs, v, dys))), `${path}${rows}: layer norm backward: ∂/∂g`);
+        close(ld.dataSync(), central(Float64Array.from(dys), (v) => weighted(lnBack(inputs, gs, v))), `${path}${rows}: layer norm backward: ∂/∂dy`);
+        tf.dispose([lx, lg, ld]);
+      }
+      tf.dispose([dGelu, ux, ud]);
+    } finally {
+      hostElementwise.maxElements = limit;
+    }
+  }
+  xc.dispose();
   // affine: a·W (+ bias + residual), W transposed or not; gradients for every input.
   const [ra, rw, rb, rr] = [rnd([r, 4], 0, 1, 16) as tf.Tensor2D, rnd([4, c], 0, 1, 17) as tf.Tensor2D, rnd([c], 0, 1, 18) as tf.Tensor1D, rnd([r, c], 0, 1, 19) as tf.Tensor2D];
   const [as, wsAff, bs, rs] = [ra, rw, rb, rr].map((t) => Float64Array.from(t.dataSync()));
@@ -257,10 +277,43 @@ test('the hand-written backward\'s ops (GELU′, layer norm\'s backward pass, af
   close(gaT.dataSync(), central(Float64Array.from(as), (v) => weighted(affineRef(v, wsAff, zeroB, zeroR))), 'affine, Wᵀ: ∂/∂a');
   const gwRef = central(Float64Array.from(wsAff), (v) => weighted(affineRef(as, v, zeroB, zeroR))); // [4, c]; ours is ∂/∂Wᵀ [c, 4]
   close(gwT.dataSync(), Float64Array.from({ length: 4 * c }, (_, k) => gwRef[(k % 4) * c + Math.floor(k / 4)]), 'affine, Wᵀ: ∂/∂Wᵀ');
-  tf.dispose([x, dy, w, g, dGelu, ux, ud, lx, lg, ld, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
+  tf.dispose([x, dy, w, g, ra, rw, rb, rr, wT, gaT, gwT, ...grads]);
 });
 
-test('the hand-written backward\'s ops with `hold` (a step\'s): the same values and gradients bit for bit, no saved clones on the tape, nothing left once the hold is disposed', async () => {
+test('GELU′ and layer norm\'s backward on a joint pass\'s rows (fromRow): bit for bit the values and gradients of the rows sliced first, an exact zero gradient at the other rows, on the host and as tf ops', () => {
+  const act = twiceDifferentiableActivations(tf);
+  const [rows, from, c] = [7, 3, 5];
+  const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0.1, 1.3, 'float32', seed);
+  const [joint, dy, w] = [rnd([rows, c], 31) as tf.Tensor2D, rnd([rows - from - 1, c], 32) as tf.Tensor2D, rnd([rows - from - 1, c], 33)];
+  const g = rnd([c], 34) as tf.Tensor1D;
+  const n = dy.shape[0];
+  const sliced = (x: tf.Tensor) => tf.slice(x, [from, 0], [n, c]) as tf.Tensor2D;
+  const ops: [string, (x: tf.Tensor2D, d: tf.Tensor2D, fromRow?: number) => tf.Tensor][] = [
+    ['dy⊙GELU′', (x, d, fromRow) => act.geluDerivative(x, undefined, d, fromRow)],
+    ['layer norm backward', (x, d, fromRow) => act.layerNormBackward(x, g, d, undefined, fromRow)],
+  ];
+  const limit = hostElementwise.maxElements;
+  for (const [path, maxElements] of [['host', limit], ['tf ops', 0]] as const) {
+    hostElementwise.maxElements = maxElements;
+    try {
+      for (const [name, op] of ops) {
+        const [ours, reference] = [
+          (x: tf.Tensor, d: tf.Tensor) => op(x as tf.Tensor2D, d as tf.Tensor2D, from),
+          (x: tf.Tensor, d: tf.Tensor) => op(sliced(x), d as tf.Tensor2D),
+        ].map((f) => tf.tidy(() => [f(joint, dy), ...tf.grads((x: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(f(x, d), w)))([joint, dy])].map((t) => Array.from(t.dataSync()))));
+        ['value', '∂/∂x', '∂/∂dy'].forEach((what, k) => assert.deepEqual(ours[k], reference[k], `${path}, ${name}: ${what}`));
+        const outside = ours[1].filter((_, k) => k < from * c || k >= (from + n) * c);
+        assert.ok(outside.length === (rows - n) * c && outside.every((v) => v === 0), `${path}, ${name}: zero gradient at the other rows`);
+        assert.ok(ours[1].some((v) => v !== 0), `${path}, ${name}: a gradient at the rows read`);
+      }
+    } finally {
+      hostElementwise.maxElements = limit;
+    }
+  }
+  tf.dispose([joint, dy, w, g]);
+});
+
+test('the hand-written backward\'s ops with `hold` (a step\'s): the same values and gradients bit for bit, no saved clones on the tape, nothing left once the hold is disposed; on the host, nothing saved or held at all', async () => {
   const act = twiceDifferentiableActivations(tf);
   const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0.2, 1.2, 'float32', seed);
   const [x, dy, w, m] = [rnd([3, 5], 21) as tf.Tensor2D, rnd([3, 5], 22) as tf.Tensor2D, rnd([3, 5], 23) as tf.Tensor2D, rnd([5, 5], 24) as tf.Tensor2D];
@@ -274,6 +327,9 @@ test('the hand-written backward\'s ops with `hold` (a step\'s): the same values 
     ['affine', [x, m, g, dy], ([a, mm, b, r], hold) => act.affine(a as tf.Tensor2D, mm as tf.Tensor2D, { bias: b as tf.Tensor1D, residual: r as tf.Tensor2D, transposeW: true, hold }), 2],
   ];
   const clones = async (f: () => void) => (await tf.profile(f)).kernels.filter((k) => k.name === 'Identity').length;
+  const limit = hostElementwise.maxElements;
+  // GELU′ and layer norm's backward as tf ops (their host path follows).
+  hostElementwise.maxElements = 0;
   for (const [name, inputs, op, saved] of ops) {
     const run = (t: tf.Tensor[], hold?: tf.Tensor[]) => tf.grads((...a: tf.Tensor[]) => tf.sum(tf.mul(op(a, hold), w)))(t);
     const plain = run(inputs);
@@ -294,6 +350,23 @@ test('the hand-written backward\'s ops with `hold` (a step\'s): the same values 
     assert.equal(tf.memory().numTensors, before, `${name}: nothing left`);
     assert.deepEqual(Array.from(op(inputs, []).dataSync()), Array.from(op(inputs).dataSync()), `${name}: value`);
     tf.dispose(plain);
+  }
+  hostElementwise.maxElements = limit;
+  // On the host the gradient reads host arrays: no clone on the tape and nothing in the hold, with or
+  // without one; the same value either way, and nothing left.
+  const harnessClones = await clones(() => tf.dispose(tf.grads((a: tf.Tensor) => tf.sum(tf.mul(a, w)))([x])));
+  for (const [name, inputs, op] of ops.slice(0, 3)) {
+    const before = tf.memory().numTensors;
+    const hold: tf.Tensor[] = [];
+    const run = (h?: tf.Tensor[]) => tf.grads((...a: tf.Tensor[]) => tf.sum(tf.mul(op(a, h), w)))(inputs);
+    const reference = run();
+    assert.equal((await clones(() => tf.dispose(run(hold)))) - harnessClones, 0, `${name} on the host: no saved clones of its own`);
+    assert.equal(hold.length, 0, `${name} on the host: nothing held`);
+    const again = run(hold);
+    again.forEach((gr, k) => assert.deepEqual(Array.from(gr.dataSync()), Array.from(reference[k].dataSync()), `${name} on the host: gradient ${k}`));
+    tf.tidy(() => assert.deepEqual(Array.from(op(inputs, hold).dataSync()), Array.from(op(inputs).dataSync()), `${name} on the host: value`));
+    tf.dispose([...reference, ...again]);
+    assert.equal(tf.memory().numTensors, before, `${name} on the host: nothing left`);
   }
   assert.ok(!g.isDisposed, 'the variable outlives the hold');
   tf.dispose([x, dy, w, m, g]);

@@ -318,9 +318,13 @@ export class BertEncoder extends RouterlessClassifier {
       v: TF.Tensor4D;
       attention: TF.Tensor4D;
       merged: T2;
-      r1: T2; // the first layer norm's input
-      pre: T2; // the FFN's pre-activation
-      r2: T2; // the second layer norm's input
+      // The layer norms' inputs and the FFN's pre-activation over [batch; probe] (token rows, or [CLS]
+      // rows in the last layer) with the probe's first row: GELU′ and layer norm's backward read the
+      // probe's rows themselves (on the host: no slice op, and no pad in its gradient).
+      r1: T2;
+      pre: T2;
+      r2: T2;
+      probeFrom: number;
     }
     const saved: Saved[] = [];
     // The probe's rows of a kept intermediate: token rows [b·T, ·] or examples [b, …].
@@ -358,9 +362,10 @@ export class BertEncoder extends RouterlessClassifier {
         v: probeRows(v, 1),
         attention: probeRows(attention, 1),
         merged: probeRows(merged, last ? 1 : T),
-        r1: probeRows(r1, last ? 1 : T),
-        pre: probeRows(pre, last ? 1 : T),
-        r2: probeRows(r2, last ? 1 : T),
+        r1,
+        pre,
+        r2,
+        probeFrom: B * (last ? 1 : T),
       });
       h = act.layerNorm(r2, vec(blk.ln2g), vec(blk.ln2b));
     }
@@ -376,9 +381,9 @@ export class BertEncoder extends RouterlessClassifier {
       const blk = this.blocks[l];
       const s = saved[l];
       const last = l === L - 1;
-      const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2, hold);
-      const dPre = act.geluDerivative(s.pre, hold, act.affine(dr2, mat(blk.ff2w), { transposeW: true, hold }));
-      const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true, hold }), hold);
+      const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2, hold, s.probeFrom);
+      const dPre = act.geluDerivative(s.pre, hold, act.affine(dr2, mat(blk.ff2w), { transposeW: true, hold }), s.probeFrom);
+      const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true, hold }), hold, s.probeFrom);
       // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
       const dMerged = act.affine(dr1, maps[l].wo, { transposeW: true, hold });
       const dqkv = attentionBackward(tf, { b, T, H, dh, scale }, dMerged, s.attention, s.q, s.k, s.v, hold);

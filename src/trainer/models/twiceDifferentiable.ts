@@ -13,6 +13,15 @@ import type * as TF from '@tensorflow/tfjs';
 
 const LN_EPSILON = 1e-5;
 const GELU_C = Math.sqrt(2 / Math.PI);
+/**
+ * GELU′ and layer norm's backward pass (the hand-written backward's) run on the host in float64 up to
+ * this many elements of x, as tf ops above it: on the bert example's probe (16 examples: [240, 32] and
+ * the last layer's [16, 32]) the host beats the 10–20 kernels each way, whose cost is per-kernel
+ * overhead and wasm's broadcasts; per element the host is slower (Math.exp, ~10 ns an element on the
+ * shared machine), so large inputs keep the ops (docs/performance.md, "Sixth pass"). The tests set it
+ * to check both paths.
+ */
+export const hostElementwise = { maxElements: 8192 };
 
 export interface TwiceDifferentiableActivations {
   /** Softmax over the last axis. */
@@ -24,14 +33,17 @@ export interface TwiceDifferentiableActivations {
   layerNorm(x: TF.Tensor2D, g: TF.Tensor1D, b: TF.Tensor1D): TF.Tensor2D;
   /**
    * GELU′(x), or dy⊙GELU′(x) with `upstream` dy, one op whose gradient is in closed form (GELU″; once
-   * differentiable: the hand-written backward's).
+   * differentiable: the hand-written backward's). On the host up to hostElementwise.maxElements.
+   * With `fromRow`, of x's rows from that one on (as many as `upstream` has, or the rest): a joint
+   * pass's tensor, its gradient zero at the other rows (without a slice op and its pad).
    */
-  geluDerivative<T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T): T;
+  geluDerivative<T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T, fromRow?: number): T;
   /**
    * Layer norm's backward pass as one op: dx = ∂⟨dy, layerNorm(x, g, ·)⟩/∂x [N, D], once differentiable
-   * in x, g and dy (closed form; the hand-written backward's).
+   * in x, g and dy (closed form; the hand-written backward's). On the host up to hostElementwise.maxElements.
+   * With `fromRow`, of x's rows from that one on, as many as dy has (as geluDerivative).
    */
-  layerNormBackward(x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D, hold?: TF.Tensor[]): TF.Tensor2D;
+  layerNormBackward(x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D, hold?: TF.Tensor[], fromRow?: number): TF.Tensor2D;
   /**
    * a·W (a·Wᵀ with `transposeW`) + bias + residual as one op (bias and residual optional): its gradient
    * is dy·Wᵀ, aᵀ·dy, Σ_rows dy and dy, without a matMul's and two adds' bookkeeping (tape nodes, saved
@@ -112,7 +124,7 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
   // Once differentiable (the outer gradient does not differentiate its gradFunc), so the backward pass may
   // read s, s·(1 − s) and 2u′ as the forward computed them (saved) instead of recomputing them from x.
   // With `upstream` dy the op is dy⊙GELU′(x) (the hand-written backward's step through GELU): ∂/∂x = w⊙dy⊙GELU″, ∂/∂dy = w⊙GELU′.
-  const geluDerivative = <T extends TF.Tensor>(input: T, hold?: TF.Tensor[], upstream?: T): T =>
+  const geluDerivativeOps = <T extends TF.Tensor>(input: T, hold?: TF.Tensor[], upstream?: T): T =>
     (
       tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
         const x = args[0] as TF.Tensor;
@@ -140,7 +152,7 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
   // ∂/∂x = −r·(mean(w⊙F)·x̂ + r·mean(a⊙x̂)·P(w) + r·mean(w⊙x̂)·P(a)) (from δx̂ = r·P(δx) and δr = −r²·mean(x̂⊙δx)).
   // Once differentiable: the backward pass reads x̂, r, F = r·P(a) (the value) and r·mean(a⊙x̂) as the
   // forward computed them.
-  const layerNormBackward = (input: TF.Tensor2D, gain: TF.Tensor1D, upstream: TF.Tensor2D, hold?: TF.Tensor[]): TF.Tensor2D =>
+  const layerNormBackwardOps = (input: TF.Tensor2D, gain: TF.Tensor1D, upstream: TF.Tensor2D, hold?: TF.Tensor[]): TF.Tensor2D =>
     (
       tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
         const [x, g, dy] = args as TF.Tensor[];
@@ -164,6 +176,123 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
         };
       }) as (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D) => TF.Tensor2D
     )(input, gain, upstream);
+  // The same two ops on the host (hostElementwise): value in float64 from the read-back inputs (dataSync,
+  // a copy out of the backend's memory), gradient in float64 from the read-back upstream, the formulas
+  // above; one op each way in place of 10–20 element-wise kernels each way. What the gradient reads
+  // stays in the closure as host arrays: no saved clones, nothing held (`hold` is not needed).
+  // With `fromRow`, x holds more rows than the op reads (a joint pass's tensor): it reads rows fromRow,
+  // fromRow + 1, … (as many as the upstream has), and its gradient in x is zero at the others.
+  const geluDerivativeHost = <T extends TF.Tensor>(input: T, upstream: T | undefined, fromRow: number): T =>
+    (
+      tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+        const x = args[0] as TF.Tensor;
+        const perRow = x.size / x.shape[0];
+        const outShape = upstream ? upstream.shape : [x.shape[0] - fromRow, ...x.shape.slice(1)];
+        const n = outShape.reduce((a, b) => a * b, 1);
+        const xs = (x.dataSync() as Float32Array).subarray(fromRow * perRow, fromRow * perRow + n);
+        const dys = upstream ? ((args[1] as TF.Tensor).dataSync() as Float32Array) : undefined;
+        const prime = new Float64Array(n);
+        const second = new Float64Array(n); // GELU″
+        const value = new Float32Array(n);
+        for (let i = 0; i < n; i++) {
+          const z = xs[i];
+          const z2 = z * z;
+          const s = 1 / (1 + Math.exp(-z * (2 * GELU_C + 2 * 0.044715 * GELU_C * z2)));
+          const sc = s * (1 - s);
+          const du2 = 2 * GELU_C + 6 * 0.044715 * GELU_C * z2;
+          prime[i] = s + z * sc * du2;
+          second[i] = sc * (2 * du2 + z * ((1 - 2 * s) * du2 * du2 + 12 * 0.044715 * GELU_C * z));
+          value[i] = dys ? dys[i] * prime[i] : prime[i];
+        }
+        return {
+          value: tf.tensor(value, outShape),
+          gradFunc: (w: TF.Tensor) => {
+            const ws = w.dataSync() as Float32Array;
+            const dx = new Float32Array(x.size);
+            for (let i = 0, o = fromRow * perRow; i < n; i++) dx[o + i] = ws[i] * (dys ? dys[i] : 1) * second[i];
+            if (!dys) return tf.tensor(dx, x.shape);
+            const ddy = new Float32Array(n);
+            for (let i = 0; i < n; i++) ddy[i] = ws[i] * prime[i];
+            return [tf.tensor(dx, x.shape), tf.tensor(ddy, outShape)];
+          },
+        };
+      }) as (...t: TF.Tensor[]) => T
+    )(...(upstream ? [input, upstream] : [input]));
+  // Layer norm's backward pass, the formulas of layerNormBackwardOps: the gradient reads x̂, r, F and r·mean(a⊙x̂) as the forward computed them.
+  const layerNormBackwardHost = (input: TF.Tensor2D, gain: TF.Tensor1D, upstream: TF.Tensor2D, fromRow: number): TF.Tensor2D =>
+    (
+      tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+        const [x, g, dy] = args as TF.Tensor[];
+        const [N, D] = dy.shape as [number, number];
+        const [gs, dys] = [g, dy].map((t) => t.dataSync() as Float32Array);
+        const xs = (x.dataSync() as Float32Array).subarray(fromRow * D, (fromRow + N) * D);
+        const xhat = new Float64Array(N * D);
+        const F = new Float64Array(N * D);
+        const r = new Float64Array(N);
+        const mxaR = new Float64Array(N);
+        const value = new Float32Array(N * D);
+        for (let i = 0, o = 0; i < N; i++, o += D) {
+          let mean = 0;
+          for (let j = 0; j < D; j++) mean += xs[o + j];
+          mean /= D;
+          let variance = 0;
+          for (let j = 0; j < D; j++) variance += (xs[o + j] - mean) ** 2;
+          const ri = 1 / Math.sqrt(variance / D + LN_EPSILON);
+          let ma = 0;
+          let mxa = 0;
+          for (let j = 0; j < D; j++) {
+            const xh = (xs[o + j] - mean) * ri;
+            const a = dys[o + j] * gs[j];
+            xhat[o + j] = xh;
+            ma += a;
+            mxa += a * xh;
+          }
+          ma /= D;
+          mxa /= D;
+          for (let j = 0; j < D; j++) value[o + j] = F[o + j] = (dys[o + j] * gs[j] - ma - xhat[o + j] * mxa) * ri;
+          r[i] = ri;
+          mxaR[i] = mxa * ri;
+        }
+        return {
+          value: tf.tensor2d(value, [N, D]),
+          gradFunc: (w: TF.Tensor) => {
+            const ws = w.dataSync() as Float32Array;
+            const dx = new Float32Array(x.size);
+            const dg = new Float64Array(D);
+            const ddy = new Float32Array(N * D);
+            for (let i = 0, o = 0; i < N; i++, o += D) {
+              let mw = 0;
+              let mxw = 0;
+              let mwF = 0;
+              for (let j = 0; j < D; j++) {
+                mw += ws[o + j];
+                mxw += ws[o + j] * xhat[o + j];
+                mwF += ws[o + j] * F[o + j];
+              }
+              [mw, mxw, mwF] = [mw / D, mxw / D, mwF / D];
+              const ri = r[i];
+              for (let j = 0; j < D; j++) {
+                const pw = (ws[o + j] - mw - xhat[o + j] * mxw) * ri;
+                dx[fromRow * D + o + j] = -(xhat[o + j] * mwF * ri + pw * mxaR[i] + F[o + j] * mxw * ri);
+                dg[j] += dys[o + j] * pw;
+                ddy[o + j] = pw * gs[j];
+              }
+            }
+            return [tf.tensor(dx, x.shape), tf.tensor1d(Float32Array.from(dg)), tf.tensor2d(ddy, [N, D])];
+          },
+        };
+      }) as (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D) => TF.Tensor2D
+    )(input, gain, upstream);
+  // x's rows fromRow, fromRow + 1, … (`rows` of them) for the tf ops: a slice (its gradient pads).
+  const rowsOf = <T extends TF.Tensor>(x: T, fromRow: number, rows: number): T =>
+    fromRow === 0 && rows === x.shape[0] ? x : (tf.slice(x, [fromRow, ...x.shape.slice(1).map(() => 0)], [rows, ...x.shape.slice(1)]) as T);
+  const onHost = (rows: number, x: TF.Tensor) => (rows * x.size) / x.shape[0] <= hostElementwise.maxElements;
+  const geluDerivative = <T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T, fromRow = 0): T => {
+    const rows = upstream ? upstream.shape[0] : x.shape[0] - fromRow;
+    return onHost(rows, x) ? geluDerivativeHost(x, upstream, fromRow) : geluDerivativeOps(rowsOf(x, fromRow, rows), hold, upstream);
+  };
+  const layerNormBackward = (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D, hold?: TF.Tensor[], fromRow = 0): TF.Tensor2D =>
+    onHost(dy.shape[0], x) ? layerNormBackwardHost(x, g, dy, fromRow) : layerNormBackwardOps(rowsOf(x, fromRow, dy.shape[0]), g, dy, hold);
   const affine = (a: TF.Tensor2D, w: TF.Tensor2D, o: { bias?: TF.Tensor1D; residual?: TF.Tensor2D; transposeW?: boolean; hold?: TF.Tensor[] } = {}): TF.Tensor2D => {
     const extra = [...(o.bias ? [o.bias] : []), ...(o.residual ? [o.residual] : [])];
     const tw = o.transposeW === true;
