@@ -372,6 +372,37 @@ test('the hand-written backward\'s ops with `hold` (a step\'s): the same values 
   tf.dispose([x, dy, w, m, g]);
 });
 
+test('the host path of GELU′ and layer norm\'s backward runs only on backends whose tensors are in host memory: elsewhere the tf ops, with the same values', async () => {
+  const act = twiceDifferentiableActivations(tf);
+  const x = tf.randomNormal([6, 8], 0, 1, 'float32', 41) as tf.Tensor2D;
+  const g = tf.randomNormal([8], 1, 0.1, 'float32', 42) as tf.Tensor1D;
+  const dy = tf.randomNormal([6, 8], 0, 1, 'float32', 43) as tf.Tensor2D;
+  const kernels = async (f: () => tf.Tensor) => {
+    let out: Float32Array | undefined;
+    const p = await tf.profile(() => {
+      const t = f();
+      out = t.dataSync() as Float32Array;
+      t.dispose();
+    });
+    return { count: p.kernels.length, out: out! };
+  };
+  const backends = hostElementwise.backends;
+  try {
+    assert.ok(backends.has(tf.getBackend()), `this suite runs on ${tf.getBackend()}, a host-memory backend`);
+    const onHost = [await kernels(() => act.layerNormBackward(x, g, dy)), await kernels(() => act.geluDerivative(x, undefined, dy))];
+    // A backend that may hold tensors on a device (tfjs-node's `tensorflow`): not in the set.
+    hostElementwise.backends = new Set(['tensorflow']);
+    const asOps = [await kernels(() => act.layerNormBackward(x, g, dy)), await kernels(() => act.geluDerivative(x, undefined, dy))];
+    for (const k of [0, 1]) {
+      assert.ok(asOps[k].count > onHost[k].count + 3, `op ${k}: ${asOps[k].count} kernels as tf ops against ${onHost[k].count} on the host`);
+      asOps[k].out.forEach((v, i) => assert.ok(Math.abs(v - onHost[k].out[i]) <= 1e-5 * (1 + Math.abs(v)), `op ${k}, element ${i}: ${v} vs ${onHost[k].out[i]}`));
+    }
+  } finally {
+    hostElementwise.backends = backends;
+    tf.dispose([x, g, dy]);
+  }
+});
+
 test('headJacobians (J assembly as one op): value and gradients equal the tf ops it replaces, with and without a hold; the last layer on [CLS] rows', () => {
   const [b, T, D, H, dh] = [3, 4, 4, 2, 2];
   const HD = H * dh;

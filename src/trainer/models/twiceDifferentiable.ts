@@ -19,9 +19,11 @@ const GELU_C = Math.sqrt(2 / Math.PI);
  * the last layer's [16, 32]) the host beats the 10–20 kernels each way, whose cost is per-kernel
  * overhead and wasm's broadcasts; per element the host is slower (Math.exp, ~10 ns an element on the
  * shared machine), so large inputs keep the ops (docs/performance.md, "Sixth pass"). The tests set it
- * to check both paths.
+ * to check both paths. Only on backends whose tensors are in this process's memory (`backends`): on
+ * tfjs-node (`tensorflow`, which may run on a GPU) a read-back in the middle of the graph would be a
+ * device sync per op, so the ops run there whatever the size.
  */
-export const hostElementwise = { maxElements: 8192 };
+export const hostElementwise = { maxElements: 8192, backends: new Set(['wasm', 'cpu']) };
 
 export interface TwiceDifferentiableActivations {
   /** Softmax over the last axis. */
@@ -286,7 +288,7 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
   // x's rows fromRow, fromRow + 1, … (`rows` of them) for the tf ops: a slice (its gradient pads).
   const rowsOf = <T extends TF.Tensor>(x: T, fromRow: number, rows: number): T =>
     fromRow === 0 && rows === x.shape[0] ? x : (tf.slice(x, [fromRow, ...x.shape.slice(1).map(() => 0)], [rows, ...x.shape.slice(1)]) as T);
-  const onHost = (rows: number, x: TF.Tensor) => (rows * x.size) / x.shape[0] <= hostElementwise.maxElements;
+  const onHost = (rows: number, x: TF.Tensor) => (rows * x.size) / x.shape[0] <= hostElementwise.maxElements && hostElementwise.backends.has(tf.getBackend());
   const geluDerivative = <T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T, fromRow = 0): T => {
     const rows = upstream ? upstream.shape[0] : x.shape[0] - fromRow;
     return onHost(rows, x) ? geluDerivativeHost(x, upstream, fromRow) : geluDerivativeOps(rowsOf(x, fromRow, rows), hold, upstream);
