@@ -105,8 +105,11 @@ def conditioning_many(kernels, damping, vectors=True):
             for (i, _), v, w in zip(group, values, vecs):
                 out[i] = _conditioned(v, w, damping)
         else:
-            for (i, _), v in zip(group, np.linalg.eigvalsh(symmetric)):
-                out[i] = _conditioned_values(v, damping)
+            values = np.linalg.eigvalsh(symmetric)
+            # The extremes read out in two calls, not two per kernel (a measurement solves E + 1 of them).
+            for (i, _), lowest, highest in zip(group, values[:, 0].tolist(), values[:, -1].tolist()):
+                mu, lf = max(lowest, 0.0), max(highest, 0.0)
+                out[i] = {"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping)}
     return out
 
 
@@ -142,16 +145,24 @@ def kappa_surrogates(kernels, v_min, v_max, damping):
     return l_max / torch.clamp(torch.relu(l_min) + l_max * damping, min=1e-30)
 
 
-def output_directions_torch(logits, one_hot):
+def label_masks(one_hot):
+    """(where the label is, 1 − one_hot): what output_directions_torch reads of the labels, made once for a
+    fixed probe."""
+    return one_hot > 0, 1 - one_hot
+
+
+def output_directions_torch(logits, one_hot, masks=None):
     """output_directions as a differentiable function of the logits (regularizer.ts outputDirectionsTf):
     u_i = g_i/‖g_i‖ from the log-probabilities scaled by a per-row constant e^(−top_i), top_i the largest
     non-label log-probability (u is invariant to it, and nothing underflows). One-hot labels only; a row
-    with no pull left gets u_i = 0."""
+    with no pull left gets u_i = 0. `masks`: label_masks(one_hot), if the caller keeps them."""
+    label, not_label = masks if masks is not None else label_masks(one_hot)
     log_probs = torch.log_softmax(logits, dim=1)
-    not_label = 1 - one_hot
-    top = torch.where(not_label > 0, log_probs.detach(), torch.full_like(log_probs, -math.inf)).max(dim=1, keepdim=True).values
-    alive = torch.isfinite(top).to(logits.dtype)
-    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    top = log_probs.detach().masked_fill(label, -math.inf).max(dim=1, keepdim=True).values
+    finite = torch.isfinite(top)
+    alive = finite.to(logits.dtype)
+    # top where finite, else 0 (top is ≤ 0 or −inf, NaN for a NaN row): one call, not isfinite + where.
+    shift = torch.nan_to_num(top, nan=0.0, neginf=0.0, posinf=0.0)
     q = torch.exp(torch.clamp(log_probs - shift, max=0)) * not_label
     g = q - one_hot * q.sum(dim=1, keepdim=True)
     norm = torch.sqrt(torch.clamp((g * g).sum(dim=1, keepdim=True), min=1e-30))

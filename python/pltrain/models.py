@@ -60,10 +60,21 @@ class MoeMlp(nn.Module):
         the experts once instead of once per kernel and per expert. The logits equal forward()'s up to
         float rounding (the experts' outputs summed in another order)."""
         g = self.gate(x, pruned, mask)  # n×E
-        pre = torch.stack([x @ w for w in self.w1]) + torch.stack(list(self.b1)).unsqueeze(1)  # E×n×h
-        hid = torch.relu(pre)
+        b1, b2 = torch.stack(list(self.b1)).unsqueeze(1), torch.stack(list(self.b2)).unsqueeze(1)
         w2 = torch.stack(list(self.w2))  # E×h×c
-        outs = hid @ w2 + torch.stack(list(self.b2)).unsqueeze(1)  # E×n×c
+        if torch.is_grad_enabled():
+            pre = torch.stack([x @ w for w in self.w1]) + b1  # E×n×h
+            hid = torch.relu(pre)
+            outs = hid @ w2 + b2  # E×n×c
+        else:
+            # Without a graph (monitoring): the same products written in place, no stacked copy.
+            pre = x.new_empty(self.units, x.shape[0], self.h)
+            for e, w in enumerate(self.w1):
+                torch.mm(x, w, out=pre[e])
+            pre += b1
+            hid = torch.relu(pre)
+            outs = torch.bmm(hid, w2)
+            outs += b2
         if len(pruned) == self.units:
             logits = torch.zeros(x.shape[0], self.c, device=x.device, dtype=x.dtype)
         else:
@@ -75,13 +86,14 @@ class MoeMlp(nn.Module):
         forward quantities (tangentKernel.ts twoLayerTangentKernel with u_i scaled by the gate g_e(x_i),
         since ∂s_i/∂θ_e = g_e(x_i)·∂(u_iᵀ o_e(x_i))/∂θ_e): E×n×n, differentiable w.r.t. every weight. The
         same numbers as the autograd Jacobians (estimators.unit_kernels; tests/test_estimators.py), at a
-        fraction of the cost: no per-example backward passes. Every expert in one batch (E×n×·)."""
+        fraction of the cost: no per-example backward passes. Every expert in one batch (E×n×·). `parts` may
+        carry "gram1", X·Xᵀ + 1 of these inputs (no weight in it: a caller with a fixed probe makes it once)."""
         parts = parts or self.probe_pass(x, pruned, mask)[1]
         pre, hid = parts["pre"], parts["hid"]
         ue = parts["g"].T.unsqueeze(2) * u  # E×n×c: u_i scaled by g_e(x_i)
-        back = (pre > 0).to(x.dtype) * (ue @ parts["w2"].transpose(1, 2))  # E×n×h
+        back = (ue @ parts["w2"].transpose(1, 2)) * (pre > 0)  # E×n×h (the mask promoted to 0/1 inside the mul)
         uu = ue @ ue.transpose(1, 2)
-        gram1 = x @ x.T + 1
+        gram1 = parts["gram1"] if "gram1" in parts else x @ x.T + 1
         return (hid @ hid.transpose(1, 2)) * uu + uu + gram1 * (back @ back.transpose(1, 2))
 
     def kernel_rest(self, x, u, pruned, mask=None, parts=None):
@@ -92,7 +104,8 @@ class MoeMlp(nn.Module):
         m = (parts["outs"] * u).sum(dim=2).T  # n×E: u_iᵀo_e(x_i)
         s = (g * m).sum(dim=1, keepdim=True)
         r = g * (m - s)
-        return (x @ x.T + 1) * (r @ r.T)
+        gram1 = parts["gram1"] if "gram1" in parts else x @ x.T + 1
+        return gram1 * (r @ r.T)
 
     def served(self, x, pruned, mask=None, parts=None):
         """Per expert, the probe rows it serves: p_e(x_i) ≥ 1/(2E) (contract 8); none for a pruned one."""

@@ -103,10 +103,12 @@ class Measurer:
     def __init__(self, model, probe_x, probe_y, damping):
         self.model, self.probe_x, self.damping = model, probe_x, damping
         self.one_hot = F.one_hot(probe_y, model.c).to(device=probe_x.device, dtype=probe_x.dtype)
+        self.label_masks = estimators.label_masks(self.one_hot)
         self.last = None  # the units' stats of the last measurement
         self.model_kappa = 0.0  # κ of the model's kernel at the last measurement
         self.traces = [0.0] * model.units
         self.direction_path = None  # (u, the leaf holding u in the kernel) of the last differentiable kernels
+        self.probe_gram1 = None  # X·Xᵀ + 1 of the fixed probe (the closed forms' input kernel), made once
 
     def kernels(self, pruned, create_graph, mask=None):
         """(unit kernels E×n×n, the rest of the model's kernel n×n, the probe rows each unit serves)."""
@@ -119,7 +121,11 @@ class Measurer:
             # Monitoring alone (no create_graph) records no autograd graph.
             with torch.set_grad_enabled(create_graph):
                 logits, parts = self.model.probe_pass(self.probe_x, pruned, mask)
-                u = estimators.output_directions_torch(logits, self.one_hot)
+                if self.probe_gram1 is None:
+                    with torch.no_grad():
+                        self.probe_gram1 = self.probe_x @ self.probe_x.T + 1
+                parts["gram1"] = self.probe_gram1
+                u = estimators.output_directions_torch(logits, self.one_hot, self.label_masks)
                 units = self.model.unit_kernels(self.probe_x, u, pruned, mask, parts)
                 rest = self.model.kernel_rest(self.probe_x, u, pruned, mask, parts)
             served = self.model.served(self.probe_x, pruned, mask, parts)
@@ -129,7 +135,7 @@ class Measurer:
             # kernel holds u fixed inside the Jacobian (contract 2): `held` is a leaf standing for u there,
             # and `regularizer` pulls ∂κ̃/∂held back through u(θ) (contract 7). The output bias's kernel
             # U·Uᵀ is the rest. A pruned unit serves nothing.
-            u = estimators.output_directions_torch(logits if create_graph else logits.detach(), self.one_hot)
+            u = estimators.output_directions_torch(logits if create_graph else logits.detach(), self.one_hot, self.label_masks)
             held = u.detach().clone().requires_grad_(create_graph)
             self.direction_path = (u, held) if create_graph else None
             live = [e for e in range(E) if e not in pruned]
@@ -145,14 +151,19 @@ class Measurer:
             units, rest = units.detach(), rest.detach()
         return units, rest, served
 
-    def condition(self, units, rest, served, frozen, pruned, trainable):
+    def condition(self, units, rest, served, frozen, pruned, trainable, vectors=True):
         """The units' stats and the model's kernel (differentiable when `units` is) with its extreme
-        eigenvectors, from one float64 read-back."""
-        model_kernel = rest + (units[trainable].sum(dim=0) if trainable else torch.zeros_like(rest))
+        eigenvectors (None without `vectors`: monitoring alone needs no regularizer), from one float64
+        read-back."""
+        if not trainable:
+            model_kernel = rest + torch.zeros_like(rest)
+        else:
+            # Every unit trainable (the common case): the sum over the stack itself, no gathered copy.
+            model_kernel = rest + (units.sum(dim=0) if len(trainable) == units.shape[0] else units[trainable].sum(dim=0))
         # One device → host read of every kernel (the units' and the model's), one batched eigh per size.
         k64 = torch.cat([units.detach(), model_kernel.detach().unsqueeze(0)]).double().cpu().numpy()
         k, k64 = k64[-1], k64[:-1]
-        self.traces = [0.0 if e in pruned else float(t) for e, t in enumerate(np.trace(k64, axis1=1, axis2=2))]
+        self.traces = [0.0 if e in pruned else t for e, t in enumerate(np.trace(k64, axis1=1, axis2=2).tolist())]
         stats, solve = [], []
         for e in range(k64.shape[0]):
             rows = served[e]
@@ -164,10 +175,16 @@ class Measurer:
             solve.append((e, k64[e] if len(rows) == k64.shape[1] else k64[e][np.ix_(rows, rows)]))
         rows = self.model_rows(served, trainable, k.shape[0])
         sub = rows is not None and 0 < len(rows) < k.shape[0]
-        # The units' κ needs eigenvalues only; the model's kernel also its extreme eigenvectors (regularizer).
-        for (e, _), c in zip(solve, estimators.conditioning_many([m for _, m in solve], self.damping, vectors=False)):
+        model_k = k[np.ix_(rows, rows)] if sub else k
+        # The units' κ needs eigenvalues only; the model's kernel also its extreme eigenvectors when the
+        # regularizer follows them. Without, it joins the units' batched eigvalsh (one call, not two).
+        solved = estimators.conditioning_many([m for _, m in solve] + ([] if vectors else [model_k]), self.damping, vectors=False)
+        for (e, _), c in zip(solve, solved):
             stats[e].update(mu=c["mu"], lf=c["lf"], kappa=c["kappa"])
-        c = estimators.conditioning(k[np.ix_(rows, rows)] if sub else k, self.damping)
+        if not vectors:
+            self.last, self.model_kappa = stats, solved[-1]["kappa"]
+            return stats, model_kernel, None, None
+        c = estimators.conditioning(model_k, self.damping)
         if sub:
             # κ of the principal submatrix on `rows`, its eigenvectors embedded back (zeros elsewhere), so
             # the surrogate's vᵀKv on the full kernel is that submatrix's Rayleigh quotient.
@@ -197,7 +214,7 @@ class Measurer:
 
     def measure(self, frozen, pruned, trainable, mask=None):
         units, rest, served = self.kernels(pruned, False, mask)
-        return self.condition(units, rest, served, frozen, pruned, trainable)[0]
+        return self.condition(units, rest, served, frozen, pruned, trainable, vectors=False)[0]
 
 
 def choose_probe_tokens(x, y, probe_size, vocabulary):

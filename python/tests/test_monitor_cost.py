@@ -1,0 +1,133 @@
+"""The cheaper κ measurement (docs/performance.md, "PyTorch engine: monitoring, second pass") gives the
+same numbers as the code it replaced. The reference below is that code's arithmetic written out op for
+op (commit 808975b: the probe pass stacked under autograd's ops, X·Xᵀ + 1 made per kernel, the ReLU mask
+converted before the product, u by where/full_like, the model's κ by `conditioning`'s eigh), on the same
+float32 weights: the kernels are compared bit for bit, the units' μ, L_f, κ exactly, the model's κ to
+1e-12 relative (eigvalsh and eigh are different LAPACK paths)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pltrain import estimators
+from pltrain.models import MoeMlp
+from pltrain.train import Measurer
+
+
+def reference_directions(logits, one_hot):
+    log_probs = torch.log_softmax(logits, dim=1)
+    not_label = 1 - one_hot
+    top = torch.where(not_label > 0, log_probs.detach(), torch.full_like(log_probs, -math.inf)).max(dim=1, keepdim=True).values
+    alive = torch.isfinite(top).to(logits.dtype)
+    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    q = torch.exp(torch.clamp(log_probs - shift, max=0)) * not_label
+    g = q - one_hot * q.sum(dim=1, keepdim=True)
+    norm = torch.sqrt(torch.clamp((g * g).sum(dim=1, keepdim=True), min=1e-30))
+    return g / norm * alive
+
+
+def reference_kernels(model, x, one_hot, pruned, mask):
+    g = model.gate(x, pruned, mask)
+    pre = torch.stack([x @ w for w in model.w1]) + torch.stack(list(model.b1)).unsqueeze(1)
+    hid = torch.relu(pre)
+    w2 = torch.stack(list(model.w2))
+    outs = hid @ w2 + torch.stack(list(model.b2)).unsqueeze(1)
+    logits = torch.zeros(x.shape[0], model.c) if len(pruned) == model.units else (g.T.unsqueeze(2) * outs).sum(dim=0)
+    u = reference_directions(logits, one_hot)
+    ue = g.T.unsqueeze(2) * u
+    back = (pre > 0).to(x.dtype) * (ue @ w2.transpose(1, 2))
+    uu = ue @ ue.transpose(1, 2)
+    units = (hid @ hid.transpose(1, 2)) * uu + uu + (x @ x.T + 1) * (back @ back.transpose(1, 2))
+    m = (outs * u).sum(dim=2).T
+    r = g * (m - (g * m).sum(dim=1, keepdim=True))
+    return units, (x @ x.T + 1) * (r @ r.T)
+
+
+def moe(seed):
+    return MoeMlp(20, 4, {"model": {"experts": 4, "hiddenUnits": 16}}, torch.Generator().manual_seed(seed))
+
+
+CASES = [  # (pruned, frozen, mask)
+    (frozenset(), set(), None),
+    (frozenset({2}), set(), None),
+    (frozenset(), {1}, None),
+    (frozenset(), set(), [1.0, 0.5, 0.25, 0.0]),
+    (frozenset({0, 1, 2, 3}), set(), None),  # every expert pruned: zero kernels, κ of the rest alone
+]
+
+
+@pytest.mark.parametrize("pruned,frozen,mask", CASES)
+def test_the_monitoring_measurement_equals_the_previous_arithmetic(pruned, frozen, mask):
+    model = moe(31)
+    gen = torch.Generator().manual_seed(32)
+    x = torch.rand(12, 20, generator=gen)
+    y = torch.randint(0, 4, (12,), generator=gen)
+    measurer = Measurer(model, x, y, 1e-3)
+    mask_t = None if mask is None else torch.tensor(mask)
+    trainable = [e for e in range(4) if e not in frozen and e not in pruned]
+    for _ in range(2):  # the second measurement reads the cached X·Xᵀ + 1
+        with torch.no_grad():
+            units, rest, served = measurer.kernels(pruned, False, mask_t)
+            ref_units, ref_rest = reference_kernels(model, x, measurer.one_hot, pruned, mask_t)
+        assert torch.equal(units, ref_units) and torch.equal(rest, ref_rest)
+        stats = measurer.measure(frozen, pruned, trainable, mask_t)
+        k = ref_units.double().numpy()
+        solved = [e for e in range(4) if e not in pruned and len(served[e]) >= estimators.MIN_SERVED]
+        # The units' figures were eigenvalues only (eigvalsh) before as well.
+        expected = estimators.conditioning_many([k[e][np.ix_(served[e], served[e])] for e in solved], 1e-3, vectors=False)
+        assert [s["kappa"] is None for s in stats] == [e not in solved for e in range(4)]
+        for e, c in zip(solved, expected):
+            assert (stats[e]["mu"], stats[e]["lf"], stats[e]["kappa"]) == (c["mu"], c["lf"], c["kappa"])
+        model_kernel = (ref_rest + (ref_units[trainable].sum(dim=0) if trainable else 0)).double().numpy()
+        expected_model = estimators.conditioning(model_kernel, 1e-3)["kappa"]
+        assert measurer.model_kappa == pytest.approx(expected_model, rel=1e-12)
+        # The regularizer's path (eigenvectors wanted) gives the same units and the same model κ.
+        with_vectors, _, v_min, v_max = measurer.condition(units, rest, served, frozen, pruned, trainable)
+        assert with_vectors == stats and v_min is not None and v_max is not None
+        assert measurer.model_kappa == pytest.approx(expected_model, rel=1e-12)
+        # Train a little between the two rounds, so the cache is read with other weights.
+        if len(pruned) == 4:
+            continue  # nothing to train
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x, pruned, mask_t), y)
+            loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= 0.5 * p.grad
+                    p.grad = None
+
+
+def test_the_differentiable_kernels_are_unchanged_too():
+    """The regularizer's path (create_graph): the same values as the reference, and a gradient."""
+    model = moe(41)
+    gen = torch.Generator().manual_seed(42)
+    x = torch.rand(10, 20, generator=gen)
+    y = torch.randint(0, 4, (10,), generator=gen)
+    measurer = Measurer(model, x, y, 1e-3)
+    units, rest, _ = measurer.kernels(frozenset(), True)
+    ref_units, ref_rest = reference_kernels(model, x, measurer.one_hot, frozenset(), None)
+    assert torch.equal(units, ref_units) and torch.equal(rest, ref_rest)
+    (units.sum() + rest.sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_output_directions_equal_the_previous_formula_bit_for_bit():
+    """Random rows, a confident row (e^(−top) would overflow unshifted), a row of −inf non-label logits
+    (no pull: u = 0), a NaN row; with and without the caller's masks; float32 and float64."""
+    for dtype in (torch.float32, torch.float64):
+        gen = torch.Generator().manual_seed(5)
+        logits = (torch.randn(8, 5, generator=gen) * 6).to(dtype)
+        y = torch.randint(0, 5, (8,), generator=gen)
+        logits[1, y[1]] = 400.0
+        logits[2] = -math.inf
+        logits[2, y[2]] = 0.0
+        logits[3, 0] = math.nan
+        one_hot = F.one_hot(y, 5).to(dtype)
+        ref = reference_directions(logits, one_hot)
+        for masks in (None, estimators.label_masks(one_hot)):
+            got = estimators.output_directions_torch(logits, one_hot, masks)
+            assert torch.equal(torch.nan_to_num(got, nan=7.0), torch.nan_to_num(ref, nan=7.0))
+        assert torch.equal(ref[2], torch.zeros(5, dtype=dtype))
