@@ -158,7 +158,7 @@ def output_directions_torch(logits, one_hot, masks=None):
     with no pull left gets u_i = 0. `masks`: label_masks(one_hot), if the caller keeps them."""
     label, not_label = masks if masks is not None else label_masks(one_hot)
     log_probs = torch.log_softmax(logits, dim=1)
-    top = log_probs.detach().masked_fill(label, -math.inf).max(dim=1, keepdim=True).values
+    top = torch.amax(log_probs.detach().masked_fill(label, -math.inf), dim=1, keepdim=True)  # no indices
     finite = torch.isfinite(top)
     alive = finite.to(logits.dtype)
     # top where finite, else 0 (top is ≤ 0 or −inf, NaN for a NaN row): one call, not isfinite + where.
