@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { DEFAULT_FASHION_MNIST_PATH, parseTrainingConfig, type TrainingConfig } from '../../src/protocol';
 import { conditioning, gramOfJacobian, outputDirections, symmetricEigen } from '../../src/trainer/pl';
 import { imageTaskData, loadBuiltin, loadFashionMnist } from '../../src/trainer/data';
-import { attentionBackward, BertEncoder, headJacobians } from '../../src/trainer/models/bertEncoder';
+import { attentionBackward, attentionBackwardOnHost, BertEncoder, headJacobians } from '../../src/trainer/models/bertEncoder';
 import { hostElementwise, twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
 import type { Batch, TaskData } from '../../src/trainer/models/types';
 import { centralDifference, relativeFrobenius } from '../support/linalg';
@@ -444,10 +444,13 @@ test('headJacobians (J assembly as one op): value and gradients equal the tf ops
   tf.dispose([...inputs, ref, w, ...refGrads]);
 });
 
-test('attentionBackward (the attention\'s backward to q, k, v as one op): value and gradients equal the tf ops it replaces, every query and [CLS]\'s alone, with and without a hold', () => {
+test('attentionBackward (the attention\'s backward to q, k, v as one op): value and gradients equal the tf ops it replaces, every query and [CLS]\'s alone (on the host and as tf ops), with and without a hold', () => {
   const [b, T, H, dh, scale] = [2, 4, 2, 3, 0.6];
   const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, 'float32', seed);
-  for (const Tq of [T, 1]) {
+  const limit = hostElementwise.maxElements;
+  for (const [Tq, maxElements] of [[T, limit], [1, limit], [1, 0]]) {
+    hostElementwise.maxElements = maxElements;
+    assert.equal(attentionBackwardOnHost(tf, { b, T, H, dh }, Tq), Tq === 1 && maxElements > 0);
     const [q, k, v] = [rnd([b, H, Tq, dh], 41), rnd([b, H, T, dh], 42), rnd([b, H, T, dh], 43)] as tf.Tensor4D[];
     const A = tf.softmax(rnd([b, H, Tq, T], 44)) as tf.Tensor4D;
     const dMerged = rnd([b * Tq, H * dh], 45) as tf.Tensor2D;
@@ -476,11 +479,15 @@ test('attentionBackward (the attention\'s backward to q, k, v as one op): value 
     }
     tf.dispose([...inputs, ref, w, ...refGrads]);
   }
+  hostElementwise.maxElements = limit;
 });
 
-test('attentionBackward against float64: its value and gradients match central differences of a float64 attention backward (every query and [CLS]\'s alone)', () => {
+test('attentionBackward against float64: its value and gradients match central differences of a float64 attention backward (every query and [CLS]\'s alone, on the host and as tf ops)', () => {
   const [b, T, H, dh, scale] = [2, 3, 2, 2, 0.7];
-  for (const Tq of [T, 1]) {
+  const limit = hostElementwise.maxElements;
+  for (const [Tq, maxElements] of [[T, limit], [1, limit], [1, 0]]) {
+    hostElementwise.maxElements = maxElements;
+    assert.equal(attentionBackwardOnHost(tf, { b, T, H, dh }, Tq), Tq === 1 && maxElements > 0);
     const sizes = [b * Tq * H * dh, b * H * Tq * T, b * H * Tq * dh, b * H * T * dh, b * H * T * dh];
     const rnd = (len: number, seed: number) => Float64Array.from({ length: len }, (_, k) => Math.sin(seed * 3.7 + k * 1.3) * 0.9);
     const ins = sizes.map((n, i) => rnd(n, i + 1));
@@ -535,6 +542,39 @@ test('attentionBackward against float64: its value and gradients match central d
     });
     tf.dispose([...tensors, ...grads]);
   }
+  hostElementwise.maxElements = limit;
+});
+
+test('attentionBackward on the host reads a joint pass\'s examples (fromExample): bit for bit the value and gradients of the examples sliced first, an exact zero gradient at the other examples; the tf ops refuse an offset', () => {
+  const [b, T, H, dh, scale, before, after] = [3, 4, 2, 3, 0.6, 2, 1];
+  const n = before + b + after;
+  const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, 'float32', seed);
+  const [q, k, v] = [rnd([n, H, 1, dh], 51), rnd([n, H, T, dh], 52), rnd([n, H, T, dh], 53)] as tf.Tensor4D[];
+  const A = tf.softmax(rnd([n, H, 1, T], 54)) as tf.Tensor4D;
+  const dMerged = rnd([b, H * dh], 55) as tf.Tensor2D;
+  const w = rnd([b * T, 3 * H * dh], 56);
+  assert.ok(attentionBackwardOnHost(tf, { b, T, H, dh }, 1));
+  const dims = { b, T, H, dh, scale };
+  const sliced = (t: tf.Tensor) => tf.slice(t, [before, 0, 0, 0], [b, ...t.shape.slice(1)]);
+  const joint = (t: tf.Tensor[]) => attentionBackward(tf, dims, t[0] as tf.Tensor2D, t[1] as tf.Tensor4D, t[2] as tf.Tensor4D, t[3] as tf.Tensor4D, t[4] as tf.Tensor4D, undefined, before);
+  const first = (t: tf.Tensor[]) => attentionBackward(tf, dims, t[0] as tf.Tensor2D, ...(t.slice(1).map(sliced) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]));
+  const inputs = [dMerged, A, q, k, v];
+  assert.deepEqual(joint(inputs).dataSync(), first(inputs).dataSync());
+  const gJoint = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(joint(t), w)))(inputs);
+  const gFirst = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(first(t), w)))(inputs);
+  gJoint.forEach((g, i) => {
+    assert.deepEqual(g.dataSync(), gFirst[i].dataSync(), `gradient ${i}`);
+    if (i === 0) return;
+    const perExample = g.size / n;
+    const data = g.dataSync();
+    assert.ok([...data.subarray(0, before * perExample), ...data.subarray((before + b) * perExample)].every((x) => x === 0), `gradient ${i}: zero at the other examples`);
+    assert.ok(data.subarray(before * perExample, (before + b) * perExample).some((x) => x !== 0), `gradient ${i}: the read examples'`);
+  });
+  const limit = hostElementwise.maxElements;
+  hostElementwise.maxElements = 0;
+  assert.throws(() => joint(inputs), /the tf ops read 3 examples from 0/);
+  hostElementwise.maxElements = limit;
+  tf.dispose([...inputs, w, ...gJoint, ...gFirst]);
 });
 
 test('training on the built-in 14×14 data (14 row tokens + [CLS]) beats chance clearly', () => {

@@ -16,7 +16,7 @@ import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
-import { keptForBackward, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
+import { hostElementwise, keptForBackward, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -325,6 +325,8 @@ export class BertEncoder extends RouterlessClassifier {
       pre: T2;
       r2: T2;
       probeFrom: number;
+      // The probe's first example in q, k, v and attention (the joint tensors, or 0: their probe rows).
+      attentionFrom: number;
     }
     const saved: Saved[] = [];
     // The probe's rows of a kept intermediate: token rows [b·T, ·] or examples [b, …].
@@ -355,12 +357,16 @@ export class BertEncoder extends RouterlessClassifier {
       const h1 = act.layerNorm(r1, vec(blk.ln1g), vec(blk.ln1b));
       const pre = act.affine(h1, mat(blk.ff1w), { bias: vec(blk.ff1b), hold });
       const r2 = act.affine(act.gelu(pre), mat(blk.ff2w), { bias: vec(blk.ff2b), residual: h1, hold });
+      // The host's attentionBackward ([CLS]'s query) reads the probe's examples of the joint tensors itself.
+      const whole = attentionBackwardOnHost(tf, { b, T, H, dh }, q.shape[2]);
+      const attentionInput = <R extends TF.Tensor>(t: R): R => (whole ? t : probeRows(t, 1));
       saved.push({
         h: probeRows(h, T),
-        q: probeRows(q, 1),
-        k: probeRows(k, 1),
-        v: probeRows(v, 1),
-        attention: probeRows(attention, 1),
+        q: attentionInput(q),
+        k: attentionInput(k),
+        v: attentionInput(v),
+        attention: attentionInput(attention),
+        attentionFrom: whole ? B : 0,
         merged: probeRows(merged, last ? 1 : T),
         r1,
         pre,
@@ -386,7 +392,7 @@ export class BertEncoder extends RouterlessClassifier {
       const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true, hold }), hold, s.probeFrom);
       // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
       const dMerged = act.affine(dr1, maps[l].wo, { transposeW: true, hold });
-      const dqkv = attentionBackward(tf, { b, T, H, dh, scale }, dMerged, s.attention, s.q, s.k, s.v, hold);
+      const dqkv = attentionBackward(tf, { b, T, H, dh, scale }, dMerged, s.attention, s.q, s.k, s.v, hold, s.attentionFrom);
       out[l] = { h: s.h, merged: s.merged, dqkv, dOut: dr1, clsOnly: last };
       if (l > 0) dh2 = act.affine(dqkv, maps[l].projections, { residual: last ? this.atCls(dr1, b) : dr1, transposeW: true, hold });
     }
@@ -546,7 +552,9 @@ export function headJacobians(tf: typeof TF, dims: { b: number; T: number; D: nu
  * gradient, for an upstream W = (W_q, W_k, W_v): ω = ∂/∂dS = W_q·kᵀ + q·W_kᵀ, ∂k = dSᵀ·W_q, ∂q = dS·W_k;
  * through softmax's backward with ω̃ = scale·(ω − Σ_last ω⊙A): ∂dA = A⊙ω̃, ∂A = ω̃⊙dA − scale·ω·Σ_last A⊙dA
  * + dO·W_vᵀ; ∂dO = A·W_v + ∂dA·v, ∂v = ∂dAᵀ·dO. Once differentiable; no tape nodes or clones inside
- * (with `hold`, see twiceDifferentiable.ts).
+ * (with `hold`, see twiceDifferentiable.ts). For [CLS]'s query alone, small, on the host
+ * (attentionBackwardOnHost), where A, q, k and v may be a joint pass's tensors whose examples from
+ * `fromExample` on are the b read (the tf ops read all of them: fromExample 0).
  */
 export function attentionBackward(
   tf: typeof TF,
@@ -557,9 +565,12 @@ export function attentionBackward(
   k: TF.Tensor4D,
   v: TF.Tensor4D,
   hold?: TF.Tensor[],
+  fromExample = 0,
 ): T2 {
   const { b, T, H, dh, scale } = dims;
   const Tq = q.shape[2];
+  if (attentionBackwardOnHost(tf, dims, Tq)) return clsAttentionBackwardHost(tf, dims, dMerged, A, q, k, v, fromExample);
+  if (fromExample !== 0 || A.shape[0] !== b) throw new Error(`attentionBackward: the tf ops read ${b} examples from 0, got ${A.shape[0]} from ${fromExample}`);
   const perHead = (t: TF.Tensor) => (Tq === 1 ? tf.reshape(t, [b, H, 1, dh]) : tf.transpose(tf.reshape(t, [b, T, H, dh]), [0, 2, 1, 3]));
   const merged = (t: TF.Tensor) => (Tq === 1 ? tf.reshape(t, [b, H * dh]) : tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [b * T, H * dh]));
   const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
@@ -585,6 +596,130 @@ export function attentionBackward(
         const dAttention = tf.add(tf.sub(tf.mul(omegaTilde, da), tf.mul(omega, cs)), tf.matMul(o, wv, false, true));
         const dO = tf.add(tf.matMul(a, wv), tf.matMul(dDA, vv));
         return [merged(dO), dAttention, tf.matMul(ds, wk), tf.matMul(ds, wq, true, false), tf.matMul(dDA, o, true, false)];
+      },
+    };
+  }) as (...t: TF.Tensor[]) => T2;
+  return op(dMerged, A, q, k, v);
+}
+
+/**
+ * Whether attentionBackward runs on the host: [CLS]'s query alone (Tq = 1: the last layer's tiny
+ * products, ~40 kernels each way) up to hostElementwise.maxElements elements of k, on the backends whose
+ * tensors are in this process's memory (as GELU′ and layer norm's backward, twiceDifferentiable.ts).
+ */
+export function attentionBackwardOnHost(tf: typeof TF, dims: { b: number; T: number; H: number; dh: number }, Tq: number): boolean {
+  return Tq === 1 && dims.b * dims.H * dims.T * dims.dh <= hostElementwise.maxElements && hostElementwise.backends.has(tf.getBackend());
+}
+
+/**
+ * attentionBackward for [CLS]'s query alone (A [n, H, 1, T], q [n, H, 1, dh], k, v [n, H, T, dh]) on the
+ * host in float64, the formulas above: value from the read-back inputs, gradient from the read-back
+ * upstream, what the gradient reads kept in the closure as host arrays (nothing saved or held). It reads
+ * examples fromExample … fromExample + b − 1 of A, q, k and v (a joint pass's tensors, n ≥ b): their
+ * gradients are zero at the other examples, with no slice op and no pad.
+ */
+function clsAttentionBackwardHost(
+  tf: typeof TF,
+  dims: { b: number; T: number; H: number; dh: number; scale: number },
+  dMerged: T2,
+  A: TF.Tensor4D,
+  q: TF.Tensor4D,
+  k: TF.Tensor4D,
+  v: TF.Tensor4D,
+  fromExample: number,
+): T2 {
+  const { b, T, H, dh, scale } = dims;
+  const HD = H * dh;
+  const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const [dm, sa, sq, sk, sv] = args as TF.Tensor[];
+    const n = sa.shape[0];
+    if (n < fromExample + b) throw new Error(`attentionBackward: ${n} examples, reading ${b} from ${fromExample}`);
+    const dO = dm.dataSync() as Float32Array;
+    const a = (sa.dataSync() as Float32Array).subarray(fromExample * H * T, (fromExample + b) * H * T);
+    const qs = (sq.dataSync() as Float32Array).subarray(fromExample * HD, (fromExample + b) * HD);
+    const ks = (sk.dataSync() as Float32Array).subarray(fromExample * H * T * dh, (fromExample + b) * H * T * dh);
+    const vs = (sv.dataSync() as Float32Array).subarray(fromExample * H * T * dh, (fromExample + b) * H * T * dh);
+    // Per (example, head) row r = i·H + h: dA_t = Σ_d dO_d·v_td, cs = scale·Σ_t A_t·dA_t, dS_t = scale·A_t·dA_t − A_t·cs.
+    const dA = new Float64Array(b * H * T);
+    const dS = new Float64Array(b * H * T);
+    const cs = new Float64Array(b * H);
+    const value = new Float32Array(b * T * 3 * HD);
+    // out[(i·T + t), (part·H + h)·dh + d]
+    const at = (i: number, t: number, part: number, h: number) => (i * T + t) * 3 * HD + (part * H + h) * dh;
+    for (let i = 0; i < b; i++)
+      for (let h = 0; h < H; h++) {
+        const r = i * H + h;
+        const o = r * dh; // dO's and q's row (dMerged [b, H·dh] is [b, H, 1, dh])
+        let sum = 0;
+        for (let t = 0; t < T; t++) {
+          let s = 0;
+          for (let d = 0; d < dh; d++) s += dO[o + d] * vs[(r * T + t) * dh + d];
+          dA[r * T + t] = s;
+          sum += a[r * T + t] * s;
+        }
+        cs[r] = scale * sum;
+        const q0 = at(i, 0, 0, h);
+        for (let t = 0; t < T; t++) {
+          const at_ = a[r * T + t];
+          const ds = (dS[r * T + t] = scale * at_ * dA[r * T + t] - at_ * cs[r]);
+          const kRow = (r * T + t) * dh;
+          const [kOut, vOut] = [at(i, t, 1, h), at(i, t, 2, h)];
+          for (let d = 0; d < dh; d++) {
+            value[q0 + d] += ds * ks[kRow + d];
+            value[kOut + d] = ds * qs[o + d];
+            value[vOut + d] = at_ * dO[o + d];
+          }
+        }
+      }
+    return {
+      value: tf.tensor2d(value, [b * T, 3 * HD]),
+      gradFunc: (w: TF.Tensor) => {
+        const ws = w.dataSync() as Float32Array;
+        const gdm = new Float32Array(b * HD);
+        const [ga, gq, gk, gv] = [sa, sq, sk, sv].map((t) => new Float32Array(t.size));
+        const [aFrom, qFrom, kvFrom] = [fromExample * H * T, fromExample * HD, fromExample * H * T * dh];
+        const omega = new Float64Array(T);
+        const dDO = new Float64Array(dh);
+        for (let i = 0; i < b; i++)
+          for (let h = 0; h < H; h++) {
+            const r = i * H + h;
+            const o = r * dh;
+            const wq = at(i, 0, 0, h);
+            // ω_t = Σ_d W_q,d·k_td + q_d·W_k,td; ω̃ = scale·(ω − Σ_t ω_t·A_t)
+            let omegaA = 0;
+            for (let t = 0; t < T; t++) {
+              const kRow = (r * T + t) * dh;
+              const wk = at(i, t, 1, h);
+              let s = 0;
+              for (let d = 0; d < dh; d++) s += ws[wq + d] * ks[kRow + d] + qs[o + d] * ws[wk + d];
+              omega[t] = s;
+              omegaA += s * a[r * T + t];
+            }
+            dDO.fill(0);
+            const gqRow = new Float64Array(dh);
+            for (let t = 0; t < T; t++) {
+              const rt = r * T + t;
+              const at_ = a[rt];
+              const omegaTilde = scale * (omega[t] - omegaA);
+              const dDA = at_ * omegaTilde;
+              const kvRow = rt * dh;
+              const [wk, wv] = [at(i, t, 1, h), at(i, t, 2, h)];
+              let dOwv = 0;
+              for (let d = 0; d < dh; d++) {
+                dOwv += dO[o + d] * ws[wv + d];
+                dDO[d] += at_ * ws[wv + d] + dDA * vs[kvRow + d];
+                gqRow[d] += dS[rt] * ws[wk + d];
+                gk[kvFrom + kvRow + d] = dS[rt] * ws[wq + d];
+                gv[kvFrom + kvRow + d] = dDA * dO[o + d];
+              }
+              ga[aFrom + rt] = omegaTilde * dA[rt] - omega[t] * cs[r] + dOwv;
+            }
+            for (let d = 0; d < dh; d++) {
+              gdm[o + d] = dDO[d];
+              gq[qFrom + o + d] = gqRow[d];
+            }
+          }
+        return [tf.tensor2d(gdm, [b, HD]), tf.tensor(ga, sa.shape), tf.tensor(gq, sq.shape), tf.tensor(gk, sk.shape), tf.tensor(gv, sv.shape)];
       },
     };
   }) as (...t: TF.Tensor[]) => T2;

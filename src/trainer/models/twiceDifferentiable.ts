@@ -15,7 +15,8 @@ const LN_EPSILON = 1e-5;
 const GELU_C = Math.sqrt(2 / Math.PI);
 /**
  * GELU′ and layer norm's backward pass (the hand-written backward's) run on the host in float64 up to
- * this many elements of x, as tf ops above it: on the bert example's probe (16 examples: [240, 32] and
+ * this many elements of x, as tf ops above it (and bertEncoder.ts's attentionBackward for [CLS]'s query
+ * up to this many elements of k): on the bert example's probe (16 examples: [240, 32] and
  * the last layer's [16, 32]) the host beats the 10–20 kernels each way, whose cost is per-kernel
  * overhead and wasm's broadcasts; per element the host is slower (Math.exp, ~10 ns an element on the
  * shared machine), so large inputs keep the ops (docs/performance.md, "Sixth pass"). The tests set it
