@@ -181,7 +181,7 @@ export abstract class RouterlessClassifier extends FamilyBase implements PlModel
    * J [units, n, p_unit] of s_i = u_iᵀ logits(x_i) on the probe (probeJacobians) and the directions U
    * [n, classes] it used. With `held`, u is those directions, a constant. Without, u is computed from
    * this very pass's logits (outputDirections, read back once, stored as the measurement's) and U is
-   * that as a differentiable function of the logits (outputDirectionsTf, docs/method.md contract 2):
+   * that as a differentiable function of the logits (directionsOp: the gradient of outputDirections in closed form, docs/method.md contract 2):
    * the kernel is defined with u held inside the Jacobian, so the backward pass to the taps is seeded
    * with U as a constant, while an outer gradient through J (the regularizer's) also follows u.
    */
