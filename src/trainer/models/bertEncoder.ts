@@ -16,7 +16,7 @@ import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
-import { hostElementwise, keptForBackward, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
+import { keptForBackward, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -608,7 +608,7 @@ export function attentionBackward(
  * tensors are in this process's memory (as GELU′ and layer norm's backward, twiceDifferentiable.ts).
  */
 export function attentionBackwardOnHost(tf: typeof TF, dims: { b: number; T: number; H: number; dh: number }, Tq: number): boolean {
-  return Tq === 1 && dims.b * dims.H * dims.T * dims.dh <= hostElementwise.maxElements && hostElementwise.backends.has(tf.getBackend());
+  return Tq === 1 && runsOnHost(tf, dims.b * dims.H * dims.T * dims.dh);
 }
 
 /**

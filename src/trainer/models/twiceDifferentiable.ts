@@ -26,6 +26,11 @@ const GELU_C = Math.sqrt(2 / Math.PI);
  */
 export const hostElementwise = { maxElements: 8192, backends: new Set(['wasm', 'cpu']) };
 
+/** Whether an op reading this many elements runs on the host (hostElementwise: size and backend). */
+export function runsOnHost(tf: typeof TF, elements: number): boolean {
+  return elements <= hostElementwise.maxElements && hostElementwise.backends.has(tf.getBackend());
+}
+
 export interface TwiceDifferentiableActivations {
   /** Softmax over the last axis. */
   softmax<T extends TF.Tensor>(x: T): T;
@@ -289,7 +294,7 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
   // x's rows fromRow, fromRow + 1, … (`rows` of them) for the tf ops: a slice (its gradient pads).
   const rowsOf = <T extends TF.Tensor>(x: T, fromRow: number, rows: number): T =>
     fromRow === 0 && rows === x.shape[0] ? x : (tf.slice(x, [fromRow, ...x.shape.slice(1).map(() => 0)], [rows, ...x.shape.slice(1)]) as T);
-  const onHost = (rows: number, x: TF.Tensor) => (rows * x.size) / x.shape[0] <= hostElementwise.maxElements && hostElementwise.backends.has(tf.getBackend());
+  const onHost = (rows: number, x: TF.Tensor) => runsOnHost(tf, (rows * x.size) / x.shape[0]);
   const geluDerivative = <T extends TF.Tensor>(x: T, hold?: TF.Tensor[], upstream?: T, fromRow = 0): T => {
     const rows = upstream ? upstream.shape[0] : x.shape[0] - fromRow;
     return onHost(rows, x) ? geluDerivativeHost(x, upstream, fromRow) : geluDerivativeOps(rowsOf(x, fromRow, rows), hold, upstream);
