@@ -6,7 +6,7 @@
 // training step on L_S + α·κ̄, the measurement, checkpoint state and disposal.
 import type * as TF from '@tensorflow/tfjs';
 import type { UnitStats, TrainingConfig } from '../../protocol';
-import { heldSeed, outputDirections, SpectralNormState } from '../pl';
+import { heldSeed, oneHotLabel, outputDirections, SpectralNormState } from '../pl';
 import { classifierAccuracy, FamilyBase, ParameterGroups, regularizerWeights, routerlessMeasurement, SoftMask, type GroupLayout, type ModelConditioning } from './shared';
 import type { Batch, PlModel, StepOptions, StepResult, TaskData } from './types';
 import { createAdam } from '../engine/adam';
@@ -393,13 +393,8 @@ export function directionsOp(tf: typeof TF, u: Float64Array, logProbs: Float64Ar
           let uw = 0;
           for (let j = 0; j < c; j++) uw += u[r + j] * w[r + j];
           const v = Float64Array.from({ length: c }, (_, j) => w[r + j] - u[r + j] * uw);
-          let label = -1;
-          let nonzero = 0;
-          for (let j = 0; j < c; j++) {
-            if (labels[r + j] === 1) label = j;
-            if (labels[r + j] !== 0) nonzero++;
-          }
-          if (nonzero === 1 && label >= 0) {
+          const label = oneHotLabel(labels, r, c);
+          if (label >= 0) {
             // Off the label a_j = p_j/‖g‖ = u_j; at it Σ_{j≠t} a_j = −u_t.
             let pv = 0;
             let av = 0;

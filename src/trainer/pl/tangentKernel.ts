@@ -143,6 +143,17 @@ function unitPullRow(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, i: 
   return logScale + Math.log(norm);
 }
 
+/** The class of a one-hot label row (labels[row … row + c − 1]), or −1 for a soft label. */
+export function oneHotLabel(labels: ArrayLike<number>, row: number, c: number): number {
+  let label = -1;
+  let nonzero = 0;
+  for (let o = 0; o < c; o++) {
+    if (labels[row + o] === 1) label = o;
+    if (labels[row + o] !== 0) nonzero++;
+  }
+  return nonzero === 1 ? label : -1;
+}
+
 /**
  * Example i's pull q (written to `out`) and log s with g_i = s·q, or −Infinity for no pull (g_i = 0).
  * One-hot label t: q_j = p_j/max_{j≠t} p_j (j ≠ t), q_t = −Σ_{j≠t} q_j, exact since Σ p = 1, and free
@@ -150,13 +161,8 @@ function unitPullRow(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, i: 
  */
 function pullRow(logProbs: ArrayLike<number>, oneHot: ArrayLike<number>, i: number, c: number, out: Float64Array): number {
   const row = i * c;
-  let label = -1;
-  let nonzero = 0;
-  for (let o = 0; o < c; o++) {
-    if (oneHot[row + o] === 1) label = o;
-    if (oneHot[row + o] !== 0) nonzero++;
-  }
-  if (nonzero === 1 && label >= 0) {
+  const label = oneHotLabel(oneHot, row, c);
+  if (label >= 0) {
     let top = -Infinity;
     for (let o = 0; o < c; o++) if (o !== label) top = Math.max(top, logProbs[row + o]);
     if (!Number.isFinite(top)) return -Infinity; // every other class at probability 0: no pull left
