@@ -10,6 +10,7 @@
 // transpose, concat) differentiates twice as is. Checked against float64 finite differences in
 // test/unit/model-bert-encoder.test.ts.
 import type * as TF from '@tensorflow/tfjs';
+import { loadNativeBlas } from '../engine/native';
 
 const LN_EPSILON = 1e-5;
 const GELU_C = Math.sqrt(2 / Math.PI);
@@ -130,6 +131,31 @@ export function hostLayerNormBackwardAdjoint(
       ddy[o + j] = pw * gs[j];
     }
   }
+}
+
+/** Whether hostProduct multiplies with the native addon's sgemm (loaded in this process), not JavaScript loops. */
+export function nativeHostProducts(): boolean {
+  return loadNativeBlas().blas !== undefined;
+}
+
+/**
+ * C [m, n] = op(A)·op(B) in float32 for the host ops (A [m, k] or, transposed, [k, m]; B [k, n] or [n, k]):
+ * the native addon's sgemm where it is loaded (what tf.matMul runs on wasm), JavaScript loops otherwise.
+ */
+export function hostProduct(a: Float32Array, b: Float32Array, m: number, n: number, k: number, transA = false, transB = false): Float32Array {
+  const c = new Float32Array(m * n);
+  const blas = loadNativeBlas().blas;
+  if (blas) {
+    blas.gemm(a, b, c, 1, m, n, k, transA, transB, 0, 0, null, false);
+    return c;
+  }
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let sum = 0;
+      for (let p = 0; p < k; p++) sum += (transA ? a[p * m + i] : a[i * k + p]) * (transB ? b[j * k + p] : b[p * n + j]);
+      c[i * n + j] = sum;
+    }
+  return c;
 }
 
 export interface TwiceDifferentiableActivations {
@@ -325,13 +351,13 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
         const [gs, dys] = [g, dy].map((t) => t.dataSync() as Float32Array);
         const forward = hostLayerNormBackward(x.dataSync() as Float32Array, fromRow * D, gs, dys, N, D);
         return {
-          value: tf.tensor2d(Float32Array.from(forward.F), [N, D]),
+          value: tf.tensor2d(new Float32Array(forward.F), [N, D]),
           gradFunc: (w: TF.Tensor) => {
             const dx = new Float32Array(x.size);
             const dg = new Float64Array(D);
             const ddy = new Float32Array(N * D);
             hostLayerNormBackwardAdjoint(forward, gs, dys, w.dataSync() as Float32Array, dx, fromRow * D, dg, ddy);
-            return [tf.tensor(dx, x.shape), tf.tensor1d(Float32Array.from(dg)), tf.tensor2d(ddy, [N, D])];
+            return [tf.tensor(dx, x.shape), tf.tensor1d(new Float32Array(dg)), tf.tensor2d(ddy, [N, D])];
           },
         };
       }) as (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D) => TF.Tensor2D
