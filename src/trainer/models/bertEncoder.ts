@@ -16,7 +16,7 @@ import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
-import { hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
+import { hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -665,7 +665,8 @@ export function ffnBlockBackward(
     // δ at the block's output: as given, or U·W_outᵀ.
     const dh = fromU ? hostProduct(us, outW, b, D, c, false, true) : (tIn[0].dataSync() as Float32Array);
     const ln2 = hostLayerNormBackward(r2s, fromRow * D, g2, dh, b, D);
-    const dr2 = new Float32Array(ln2.F);
+    const dr2F = ln2.F;
+    const dr2 = new Float32Array(dr2F);
     // u = dr₂·W₂ᵀ [b, F], dPre = u⊙GELU′(pre)
     const u = hostProduct(dr2, W2, b, F, D, false, true);
     const { prime, second } = hostGeluDerivatives(pres, fromRow * F, b * F);
@@ -673,7 +674,7 @@ export function ffnBlockBackward(
     for (let k = 0; k < b * F; k++) dPre[k] = u[k] * prime[k];
     // s = dPre·W₁ᵀ + dr₂ [b, D]
     const s = new Float64Array(hostProduct(dPre, W1, b, D, F, false, true));
-    for (let k = 0; k < b * D; k++) s[k] += ln2.F[k];
+    for (let k = 0; k < b * D; k++) s[k] += dr2F[k];
     const ln1 = hostLayerNormBackward(r1s, fromRow * D, g1, s, b, D);
     return {
       value: tf.tensor2d(new Float32Array(ln1.F), [b, D]),
@@ -687,10 +688,7 @@ export function ffnBlockBackward(
         // dPre = u⊙GELU′(pre)
         const gU = new Float32Array(b * F);
         const gPre = new Float32Array(tPre.size);
-        for (let k = 0; k < b * F; k++) {
-          gU[k] = gDPre[k] * prime[k];
-          gPre[fromRow * F + k] = gDPre[k] * u[k] * second[k];
-        }
+        hostGeluDerivativeAdjoint(gDPre, u, prime, second, gPre, fromRow * F, gU);
         // u = dr₂·W₂ᵀ
         const gDr2 = new Float64Array(hostProduct(gU, W2, b, D, F));
         for (let k = 0; k < b * D; k++) gDr2[k] += gS[k];
@@ -772,86 +770,16 @@ function clsAttentionBackwardHost(
     const qs = (sq.dataSync() as Float32Array).subarray(fromExample * HD, (fromExample + b) * HD);
     const ks = (sk.dataSync() as Float32Array).subarray(fromExample * H * T * dh, (fromExample + b) * H * T * dh);
     const vs = (sv.dataSync() as Float32Array).subarray(fromExample * H * T * dh, (fromExample + b) * H * T * dh);
-    // Per (example, head) row r = i·H + h: dA_t = Σ_d dO_d·v_td, cs = scale·Σ_t A_t·dA_t, dS_t = scale·A_t·dA_t − A_t·cs.
     const dA = new Float64Array(b * H * T);
     const dS = new Float64Array(b * H * T);
     const cs = new Float64Array(b * H);
-    const value = new Float32Array(b * T * 3 * HD);
-    // out[(i·T + t), (part·H + h)·dh + d]
-    const at = (i: number, t: number, part: number, h: number) => (i * T + t) * 3 * HD + (part * H + h) * dh;
-    for (let i = 0; i < b; i++)
-      for (let h = 0; h < H; h++) {
-        const r = i * H + h;
-        const o = r * dh; // dO's and q's row (dMerged [b, H·dh] is [b, H, 1, dh])
-        let sum = 0;
-        for (let t = 0; t < T; t++) {
-          let s = 0;
-          for (let d = 0; d < dh; d++) s += dO[o + d] * vs[(r * T + t) * dh + d];
-          dA[r * T + t] = s;
-          sum += a[r * T + t] * s;
-        }
-        cs[r] = scale * sum;
-        const q0 = at(i, 0, 0, h);
-        for (let t = 0; t < T; t++) {
-          const at_ = a[r * T + t];
-          const ds = (dS[r * T + t] = scale * at_ * dA[r * T + t] - at_ * cs[r]);
-          const kRow = (r * T + t) * dh;
-          const [kOut, vOut] = [at(i, t, 1, h), at(i, t, 2, h)];
-          for (let d = 0; d < dh; d++) {
-            value[q0 + d] += ds * ks[kRow + d];
-            value[kOut + d] = ds * qs[o + d];
-            value[vOut + d] = at_ * dO[o + d];
-          }
-        }
-      }
+    const value = clsAttentionValue(dims, dO, a, qs, ks, vs, dA, dS, cs);
     return {
       value: tf.tensor2d(value, [b * T, 3 * HD]),
       gradFunc: (w: TF.Tensor) => {
         const ws = w.dataSync() as Float32Array;
-        const gdm = new Float64Array(b * HD);
         const [ga, gq, gk, gv] = [sa, sq, sk, sv].map((t) => new Float32Array(t.size));
-        const [aFrom, qFrom, kvFrom] = [fromExample * H * T, fromExample * HD, fromExample * H * T * dh];
-        const omega = new Float64Array(T);
-        const dDO = new Float64Array(dh);
-        for (let i = 0; i < b; i++)
-          for (let h = 0; h < H; h++) {
-            const r = i * H + h;
-            const o = r * dh;
-            const wq = at(i, 0, 0, h);
-            // ω_t = Σ_d W_q,d·k_td + q_d·W_k,td; ω̃ = scale·(ω − Σ_t ω_t·A_t)
-            let omegaA = 0;
-            for (let t = 0; t < T; t++) {
-              const kRow = (r * T + t) * dh;
-              const wk = at(i, t, 1, h);
-              let s = 0;
-              for (let d = 0; d < dh; d++) s += ws[wq + d] * ks[kRow + d] + qs[o + d] * ws[wk + d];
-              omega[t] = s;
-              omegaA += s * a[r * T + t];
-            }
-            dDO.fill(0);
-            const gqRow = new Float64Array(dh);
-            for (let t = 0; t < T; t++) {
-              const rt = r * T + t;
-              const at_ = a[rt];
-              const omegaTilde = scale * (omega[t] - omegaA);
-              const dDA = at_ * omegaTilde;
-              const kvRow = rt * dh;
-              const [wk, wv] = [at(i, t, 1, h), at(i, t, 2, h)];
-              let dOwv = 0;
-              for (let d = 0; d < dh; d++) {
-                dOwv += dO[o + d] * ws[wv + d];
-                dDO[d] += at_ * ws[wv + d] + dDA * vs[kvRow + d];
-                gqRow[d] += dS[rt] * ws[wk + d];
-                gk[kvFrom + kvRow + d] = dS[rt] * ws[wq + d];
-                gv[kvFrom + kvRow + d] = dDA * dO[o + d];
-              }
-              ga[aFrom + rt] = omegaTilde * dA[rt] - omega[t] * cs[r] + dOwv;
-            }
-            for (let d = 0; d < dh; d++) {
-              gdm[o + d] = dDO[d];
-              gq[qFrom + o + d] = gqRow[d];
-            }
-          }
+        const gdm = clsAttentionGradient(dims, fromExample, w.dataSync() as Float32Array, dO, a, qs, ks, vs, dA, dS, cs, ga, gq, gk, gv);
         const rest = [tf.tensor(ga, sa.shape), tf.tensor(gq, sq.shape), tf.tensor(gk, sk.shape), tf.tensor(gv, sv.shape)];
         if (!wos) return [tf.tensor2d(new Float32Array(gdm), [b, HD]), ...rest];
         // dMerged = dOut·W_oᵀ: ∂dOut = ∂dMerged·W_o [b, D], ∂W_o = ∂dMergedᵀ·dOut [H·dh, D].
@@ -861,4 +789,131 @@ function clsAttentionBackwardHost(
     };
   }) as (...t: TF.Tensor[]) => T2;
   return wo ? op(dMerged, A, q, k, v, wo) : op(dMerged, A, q, k, v);
+}
+
+/**
+ * clsAttentionBackwardHost's value [b·T, (q|k|v)·H·dh] (a function of its own, as clsAttentionGradient):
+ * per (example, head) row r = i·H + h, dA_t = Σ_d dO_d·v_td, cs = scale·Σ_t A_t·dA_t, dS_t = scale·A_t·dA_t − A_t·cs
+ * (written into dA, dS, cs for the gradient); q at [CLS]: Σ_t dS_t·k_t, k_t: dS_t·q, v_t: A_t·dO.
+ */
+function clsAttentionValue(
+  dims: { b: number; T: number; H: number; dh: number; scale: number },
+  dO: Float32Array,
+  a: Float32Array,
+  qs: Float32Array,
+  ks: Float32Array,
+  vs: Float32Array,
+  dA: Float64Array,
+  dS: Float64Array,
+  cs: Float64Array,
+): Float32Array {
+  const { b, T, H, dh, scale } = dims;
+  const HD = H * dh;
+  const row = 3 * HD;
+  const value = new Float32Array(b * T * row);
+  for (let i = 0; i < b; i++)
+    for (let h = 0; h < H; h++) {
+      const r = i * H + h;
+      const o = r * dh; // dO's and q's row (dMerged [b, H·dh] is [b, H, 1, dh])
+      let sum = 0;
+      for (let t = 0; t < T; t++) {
+        const vRow = (r * T + t) * dh;
+        let s = 0;
+        for (let d = 0; d < dh; d++) s += dO[o + d] * vs[vRow + d];
+        dA[r * T + t] = s;
+        sum += a[r * T + t] * s;
+      }
+      const c = (cs[r] = scale * sum);
+      // value[(i·T + t), (part·H + h)·dh + d]
+      const q0 = i * T * row + h * dh;
+      for (let t = 0; t < T; t++) {
+        const at_ = a[r * T + t];
+        const ds = (dS[r * T + t] = scale * at_ * dA[r * T + t] - at_ * c);
+        const kRow = (r * T + t) * dh;
+        const kOut = (i * T + t) * row + HD + h * dh;
+        const vOut = kOut + HD;
+        for (let d = 0; d < dh; d++) {
+          value[q0 + d] += ds * ks[kRow + d];
+          value[kOut + d] = ds * qs[o + d];
+          value[vOut + d] = at_ * dO[o + d];
+        }
+      }
+    }
+  return value;
+}
+
+/**
+ * clsAttentionBackwardHost's gradient loops (the formulas of attentionBackward) for an upstream ws
+ * [b·T, (q|k|v)·H·dh]: ∂A, ∂q, ∂k, ∂v written into ga, gq, gk, gv at example fromExample on, ∂dMerged
+ * returned. A function of its own, every array a parameter: V8 keeps arrays that a closure captures in its
+ * context and reloads them in every iteration (~5× slower loops, measured).
+ */
+function clsAttentionGradient(
+  dims: { b: number; T: number; H: number; dh: number; scale: number },
+  fromExample: number,
+  ws: Float32Array,
+  dO: Float32Array,
+  a: Float32Array,
+  qs: Float32Array,
+  ks: Float32Array,
+  vs: Float32Array,
+  dA: Float64Array,
+  dS: Float64Array,
+  cs: Float64Array,
+  ga: Float32Array,
+  gq: Float32Array,
+  gk: Float32Array,
+  gv: Float32Array,
+): Float64Array {
+  const { b, T, H, dh, scale } = dims;
+  const HD = H * dh;
+  const row = 3 * HD;
+  const gdm = new Float64Array(b * HD);
+  const [aFrom, qFrom, kvFrom] = [fromExample * H * T, fromExample * HD, fromExample * H * T * dh];
+  const omega = new Float64Array(T);
+  const dDO = new Float64Array(dh);
+  const gqRow = new Float64Array(dh);
+  for (let i = 0; i < b; i++)
+    for (let h = 0; h < H; h++) {
+      const r = i * H + h;
+      const o = r * dh;
+      // W's entries of (example i, token t, part, head h) start at (i·T + t)·3·H·dh + (part·H + h)·dh.
+      const wq = i * T * row + h * dh;
+      // ω_t = Σ_d W_q,d·k_td + q_d·W_k,td; ω̃ = scale·(ω − Σ_t ω_t·A_t)
+      let omegaA = 0;
+      for (let t = 0; t < T; t++) {
+        const kRow = (r * T + t) * dh;
+        const wk = (i * T + t) * row + HD + h * dh;
+        let s = 0;
+        for (let d = 0; d < dh; d++) s += ws[wq + d] * ks[kRow + d] + qs[o + d] * ws[wk + d];
+        omega[t] = s;
+        omegaA += s * a[r * T + t];
+      }
+      dDO.fill(0);
+      gqRow.fill(0);
+      for (let t = 0; t < T; t++) {
+        const rt = r * T + t;
+        const at_ = a[rt];
+        const omegaTilde = scale * (omega[t] - omegaA);
+        const dDA = at_ * omegaTilde;
+        const kvRow = rt * dh;
+        const wk = (i * T + t) * row + HD + h * dh;
+        const wv = wk + HD;
+        const ds = dS[rt];
+        let dOwv = 0;
+        for (let d = 0; d < dh; d++) {
+          dOwv += dO[o + d] * ws[wv + d];
+          dDO[d] += at_ * ws[wv + d] + dDA * vs[kvRow + d];
+          gqRow[d] += ds * ws[wk + d];
+          gk[kvFrom + kvRow + d] = ds * ws[wq + d];
+          gv[kvFrom + kvRow + d] = dDA * dO[o + d];
+        }
+        ga[aFrom + rt] = omegaTilde * dA[rt] - omega[t] * cs[r] + dOwv;
+      }
+      for (let d = 0; d < dh; d++) {
+        gdm[o + d] = dDO[d];
+        gq[qFrom + o + d] = gqRow[d];
+      }
+    }
+  return gdm;
 }
