@@ -8,8 +8,8 @@ import * as tf from '@tensorflow/tfjs';
 import { DEFAULT_FASHION_MNIST_PATH, parseTrainingConfig, type TrainingConfig } from '../../src/protocol';
 import { conditioning, gramOfJacobian, outputDirections, symmetricEigen } from '../../src/trainer/pl';
 import { imageTaskData, loadBuiltin, loadFashionMnist } from '../../src/trainer/data';
-import { attentionBackward, attentionBackwardOnHost, BertEncoder, headJacobians } from '../../src/trainer/models/bertEncoder';
-import { hostElementwise, twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
+import { attentionBackward, attentionBackwardOnHost, BertEncoder, clsAttentionBackwardFromOutput, ffnBlockBackward, ffnBlockOnHost, headJacobians } from '../../src/trainer/models/bertEncoder';
+import { hostElementwise, nativeHostProducts, twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
 import type { Batch, TaskData } from '../../src/trainer/models/types';
 import { centralDifference, relativeFrobenius } from '../support/linalg';
 
@@ -575,6 +575,152 @@ test('attentionBackward on the host reads a joint pass\'s examples (fromExample)
   assert.throws(() => joint(inputs), /the tf ops read 3 examples from 0/);
   hostElementwise.maxElements = limit;
   tf.dispose([...inputs, w, ...gJoint, ...gFirst]);
+});
+
+test('ffnBlockBackward (a block\'s FFN half and both layer norms in the hand-written backward as one host op): value and gradients match float64 central differences, from δ at the block\'s output and from U·W_outᵀ, on a joint pass\'s rows (zero gradient elsewhere); the same as the ops it replaces', () => {
+  const [N, D, F, c, from, after] = [3, 4, 5, 3, 2, 1];
+  const rows = from + N + after;
+  const rnd = (len: number, seed: number, scale = 0.9, offset = 0) => Float64Array.from(Float32Array.from({ length: len }, (_, k) => offset + Math.sin(seed * 3.1 + k * 1.7) * scale));
+  const C = Math.sqrt(2 / Math.PI);
+  // GELU′ of the tanh form, by its own formula (the op uses the logistic one).
+  const geluPrime = (z: number) => {
+    const t = Math.tanh(C * (z + 0.044715 * z ** 3));
+    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * C * (1 + 3 * 0.044715 * z * z);
+  };
+  // Layer norm's backward pass by definition: dx_k = Σ_j dy_j·g_j·r·(δ_jk − 1/D − x̂_j·x̂_k/D).
+  const lnBack = (x: Float64Array, g: Float64Array, dy: Float64Array) => {
+    const out = new Float64Array(N * D);
+    for (let i = 0; i < N; i++) {
+      const xr = x.subarray((from + i) * D, (from + i + 1) * D);
+      const mean = xr.reduce((a, v) => a + v, 0) / D;
+      const r = 1 / Math.sqrt(xr.reduce((a, v) => a + (v - mean) ** 2, 0) / D + 1e-5);
+      const xhat = Array.from(xr, (v) => (v - mean) * r);
+      for (let k = 0; k < D; k++) for (let j = 0; j < D; j++) out[i * D + k] += dy[i * D + j] * g[j] * r * ((j === k ? 1 : 0) - 1 / D - (xhat[j] * xhat[k]) / D);
+    }
+    return out;
+  };
+  const product = (a: Float64Array, b: Float64Array, m: number, n: number, k: number, transB: boolean) =>
+    Float64Array.from({ length: m * n }, (_, e) => {
+      const [i, j] = [Math.floor(e / n), e % n];
+      let sum = 0;
+      for (let p = 0; p < k; p++) sum += a[i * k + p] * (transB ? b[j * k + p] : b[p * n + j]);
+      return sum;
+    });
+  for (const fromU of [false, true]) {
+    // [upstream…, r2, g2, W2 [F, D], pre, W1 [D, F], r1, g1]
+    const upstreamShapes = fromU ? [[N, c], [D, c]] : [[N, D]];
+    const shapes = [...upstreamShapes, [rows, D], [D], [F, D], [rows, F], [D, F], [rows, D], [D]];
+    const ins = shapes.map((sh, i) => rnd(sh.reduce((a, v) => a * v, 1), i + 1, i === shapes.length - 1 || i === upstreamShapes.length + 1 ? 0.3 : 0.9, i === shapes.length - 1 || i === upstreamShapes.length + 1 ? 1 : 0));
+    const f64 = (v: Float64Array[]) => {
+      const k0 = upstreamShapes.length;
+      const dh = fromU ? product(v[0], v[1], N, D, c, true) : v[0];
+      const [r2, g2, W2, pre, W1, r1, g1] = v.slice(k0);
+      const dr2 = lnBack(r2, g2, dh);
+      const u = product(dr2, W2, N, F, D, true);
+      const dPre = u.map((x, k) => x * geluPrime(pre[(from + Math.floor(k / F)) * F + (k % F)]));
+      const s2 = product(dPre, W1, N, D, F, true).map((x, k) => x + dr2[k]);
+      return lnBack(r1, g1, s2);
+    };
+    const tensors = ins.map((a, i) => tf.tensor(Float32Array.from(a), shapes[i]));
+    const named = (t: tf.Tensor[]) => {
+      const k0 = upstreamShapes.length;
+      const [r2, ln2g, ff2w, pre, ff1w, r1, ln1g] = t.slice(k0) as [tf.Tensor2D, tf.Tensor1D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor1D];
+      return { upstream: fromU ? { U: t[0] as tf.Tensor2D, outW: t[1] as tf.Tensor2D } : { dh: t[0] as tf.Tensor2D }, r2, ln2g, ff2w, pre, ff1w, r1, ln1g };
+    };
+    const op = (t: tf.Tensor[]) => ffnBlockBackward(tf, named(t), from);
+    // The ops it replaces (host ops or tf ops, whichever this backend runs).
+    const act = twiceDifferentiableActivations(tf);
+    const ops = (t: tf.Tensor[]) => {
+      const x = named(t);
+      const up = x.upstream as { dh?: tf.Tensor2D; U?: tf.Tensor2D; outW?: tf.Tensor2D };
+      const dh = up.dh ?? (tf.matMul(up.U!, up.outW!, false, true) as tf.Tensor2D);
+      const dr2 = act.layerNormBackward(x.r2, x.ln2g, dh, undefined, from);
+      const dPre = act.geluDerivative(x.pre, undefined, act.affine(dr2, x.ff2w, { transposeW: true }), from);
+      return act.layerNormBackward(x.r1, x.ln1g, act.affine(dPre, x.ff1w, { residual: dr2, transposeW: true }), undefined, from);
+    };
+    const ref = f64(ins);
+    const scaleOf = (a: ArrayLike<number>) => Math.max(...Array.from(a, Math.abs));
+    const what = fromU ? 'from U·W_outᵀ' : 'from δ';
+    assert.ok(maxAbs(op(tensors).dataSync(), ref) <= 1e-5 * scaleOf(ref), `${what}: value ${maxAbs(op(tensors).dataSync(), ref)}`);
+    assert.ok(maxAbs(op(tensors).dataSync(), ops(tensors).dataSync()) <= 1e-5 * scaleOf(ref), `${what}: value against the ops`);
+    const w = rnd(N * D, 9);
+    const wT = tf.tensor2d(Float32Array.from(w), [N, D]);
+    const grads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(op(t), wT)))(tensors);
+    const opsGrads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(ops(t), wT)))(tensors);
+    ins.forEach((a, i) => {
+      const central = a.map((_, k) => centralDifference(a, k, 1e-5, () => f64(ins).reduce((x, y, m) => x + y * w[m], 0)));
+      const got = grads[i].dataSync();
+      assert.ok(maxAbs(got, central) <= 1e-4 * Math.max(1, scaleOf(central)), `${what}: gradient ${i}: ${maxAbs(got, central)}`);
+      assert.ok(maxAbs(got, opsGrads[i].dataSync()) <= 1e-5 * Math.max(1, scaleOf(central)), `${what}: gradient ${i} against the ops`);
+      const joint = shapes[i][0] === rows;
+      if (joint) {
+        const width = shapes[i][1];
+        assert.ok([...got.subarray(0, from * width), ...got.subarray((from + N) * width)].every((x) => x === 0), `${what}: gradient ${i} is zero at the rows not read`);
+      }
+    });
+    tf.dispose([...tensors, wT, ...grads, ...opsGrads]);
+  }
+  const limit = hostElementwise.maxElements;
+  hostElementwise.maxElements = 0;
+  assert.equal(ffnBlockOnHost(tf, N, D, F), false, 'above the limit: the ops');
+  hostElementwise.maxElements = limit;
+  assert.equal(ffnBlockOnHost(tf, N, D, F), nativeHostProducts(), 'within it: the host op where the native products are');
+});
+
+test('clsAttentionBackwardFromOutput (W_o\'s backward and [CLS]\'s attention backward as one host op): value and gradients match float64 central differences and attentionBackward of dOut·W_oᵀ; a pruned head (zero rows of W_o) gets exact zeros', () => {
+  const [b, T, H, dh, D, scale] = [2, 3, 2, 2, 3, 0.7];
+  const HD = H * dh;
+  const rnd = (len: number, seed: number) => Float64Array.from(Float32Array.from({ length: len }, (_, k) => Math.sin(seed * 2.3 + k * 1.1) * 0.9));
+  const shapes = [[b, D], [HD, D], [b, H, 1, T], [b, H, 1, dh], [b, H, T, dh], [b, H, T, dh]];
+  const ins = shapes.map((sh, i) => rnd(sh.reduce((a, v) => a * v, 1), i + 1));
+  // Head 1 pruned: its rows of W_o are zeros.
+  ins[1].fill(0, dh * D, 2 * dh * D);
+  for (let r = 0; r < b * H; r++) {
+    const row = ins[2].subarray(r * T, (r + 1) * T).map((v) => Math.exp(v));
+    const sum = row.reduce((x, y) => x + y, 0);
+    row.forEach((v, t) => (ins[2][r * T + t] = Float32Array.of(v / sum)[0]));
+  }
+  // Float64: dMerged = dOut·W_oᵀ; per head dA_t = dO·v_t, dS_t = scale·A_t·(dA_t − Σ A⊙dA); q at [CLS]: Σ_t dS_t·k_t, k_t: dS_t·q, v_t: A_t·dO.
+  const f64 = ([dOut, wo, A, q, k, v]: Float64Array[]) => {
+    const out = new Float64Array(b * T * 3 * HD);
+    for (let i = 0; i < b; i++)
+      for (let h = 0; h < H; h++) {
+        const dO = Array.from({ length: dh }, (_, d) => Array.from({ length: D }, (_, cc) => dOut[i * D + cc] * wo[(h * dh + d) * D + cc]).reduce((x, y) => x + y, 0));
+        const base = (i * H + h) * T;
+        const dA = Array.from({ length: T }, (_, t) => dO.reduce((x, o, d) => x + o * v[(base + t) * dh + d], 0));
+        const sum = dA.reduce((x, a, t) => x + A[base + t] * a, 0);
+        for (let t = 0; t < T; t++) {
+          const dS = scale * A[base + t] * (dA[t] - sum);
+          for (let d = 0; d < dh; d++) {
+            out[(i * T) * 3 * HD + h * dh + d] += dS * k[(base + t) * dh + d];
+            out[(i * T + t) * 3 * HD + HD + h * dh + d] = dS * q[(i * H + h) * dh + d];
+            out[(i * T + t) * 3 * HD + 2 * HD + h * dh + d] = A[base + t] * dO[d];
+          }
+        }
+      }
+    return out;
+  };
+  const tensors = ins.map((a, i) => tf.tensor(Float32Array.from(a), shapes[i]));
+  const dims = { b, T, H, dh, scale };
+  assert.ok(attentionBackwardOnHost(tf, dims, 1));
+  const op = (t: tf.Tensor[]) => clsAttentionBackwardFromOutput(tf, dims, t[0] as tf.Tensor2D, t[1] as tf.Tensor2D, t[2] as tf.Tensor4D, t[3] as tf.Tensor4D, t[4] as tf.Tensor4D, t[5] as tf.Tensor4D);
+  const composed = (t: tf.Tensor[]) => attentionBackward(tf, dims, tf.matMul(t[0] as tf.Tensor2D, t[1] as tf.Tensor2D, false, true), t[2] as tf.Tensor4D, t[3] as tf.Tensor4D, t[4] as tf.Tensor4D, t[5] as tf.Tensor4D);
+  const ref = f64(ins);
+  const scaleOf = (a: ArrayLike<number>) => Math.max(...Array.from(a, Math.abs));
+  const value = op(tensors).dataSync();
+  assert.ok(maxAbs(value, ref) <= 1e-5 * scaleOf(ref), `value ${maxAbs(value, ref)}`);
+  assert.ok(maxAbs(value, composed(tensors).dataSync()) <= 1e-5 * scaleOf(ref), 'value against attentionBackward of dOut·W_oᵀ');
+  for (let r = 0; r < b * T; r++) for (let part = 0; part < 3; part++) for (let d = 0; d < dh; d++) assert.ok(value[r * 3 * HD + part * HD + dh + d] === 0, 'the pruned head\'s δ');
+  const w = rnd(ref.length, 9);
+  const wT = tf.tensor2d(Float32Array.from(w), [b * T, 3 * HD]);
+  const grads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(op(t), wT)))(tensors);
+  const composedGrads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(composed(t), wT)))(tensors);
+  ins.forEach((a, i) => {
+    const central = a.map((_, k) => centralDifference(a, k, 1e-5, () => f64(ins).reduce((x, y, m) => x + y * w[m], 0)));
+    assert.ok(maxAbs(grads[i].dataSync(), central) <= 1e-4 * Math.max(1, scaleOf(central)), `gradient ${i}: ${maxAbs(grads[i].dataSync(), central)}`);
+    assert.ok(maxAbs(grads[i].dataSync(), composedGrads[i].dataSync()) <= 1e-5 * Math.max(1, scaleOf(central)), `gradient ${i} against the composition`);
+  });
+  tf.dispose([...tensors, wT, ...grads, ...composedGrads]);
 });
 
 test('training on the built-in 14×14 data (14 row tokens + [CLS]) beats chance clearly', () => {

@@ -16,7 +16,7 @@ import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
-import { keptForBackward, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
+import { hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -380,19 +380,30 @@ export class BertEncoder extends RouterlessClassifier {
     const z = act.affine(h, mat(e.outW), { bias: vec(e.outB), hold });
     if (batch) batch.logits = tf.slice(z, [0, 0], [B, this.classes]);
     const U = directions(probeRows(z, 1));
+    // The FFN half of a block and both layer norms as one host op where they fit (ffnBlockOnHost; the last
+    // layer's [CLS] rows from U itself), then for the last layer W_o's backward and [CLS]'s attention as another.
+    const ffnOnHost = (l: number) => ffnBlockOnHost(tf, l === L - 1 ? b : b * T, D, this.ffn);
     // ∂s/∂h at the last layer's output: u·W_outᵀ at [CLS] ([b, D]; zero at every other token).
-    let dh2 = tf.matMul(U, mat(e.outW), false, true) as T2;
+    let dh2 = ffnOnHost(L - 1) ? undefined : (tf.matMul(U, mat(e.outW), false, true) as T2);
     const out: LayerDeltas[] = new Array(L);
     for (let l = L - 1; l >= 0; l--) {
       const blk = this.blocks[l];
       const s = saved[l];
       const last = l === L - 1;
-      const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2, hold, s.probeFrom);
-      const dPre = act.geluDerivative(s.pre, hold, act.affine(dr2, mat(blk.ff2w), { transposeW: true, hold }), s.probeFrom);
-      const dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true, hold }), hold, s.probeFrom);
-      // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ.
-      const dMerged = act.affine(dr1, maps[l].wo, { transposeW: true, hold });
-      const dqkv = attentionBackward(tf, { b, T, H, dh, scale }, dMerged, s.attention, s.q, s.k, s.v, hold, s.attentionFrom);
+      let dr1: T2;
+      if (ffnOnHost(l)) {
+        const upstream = dh2 ? { dh: dh2 } : { U, outW: mat(e.outW) };
+        dr1 = ffnBlockBackward(tf, { upstream, r2: s.r2, ln2g: vec(blk.ln2g), ff2w: mat(blk.ff2w), pre: s.pre, ff1w: mat(blk.ff1w), r1: s.r1, ln1g: vec(blk.ln1g) }, s.probeFrom);
+      } else {
+        const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2!, hold, s.probeFrom);
+        const dPre = act.geluDerivative(s.pre, hold, act.affine(dr2, mat(blk.ff2w), { transposeW: true, hold }), s.probeFrom);
+        dr1 = act.layerNormBackward(s.r1, vec(blk.ln1g), act.affine(dPre, mat(blk.ff1w), { residual: dr2, transposeW: true, hold }), hold, s.probeFrom);
+      }
+      // The output projection's tap sees dr1; the heads' merged output dr1·W_oᵀ (with [CLS]'s attention on the host: one op).
+      const onHost = last && attentionBackwardOnHost(tf, { b, T, H, dh }, 1) && nativeHostProducts();
+      const dqkv = onHost
+        ? clsAttentionBackwardFromOutput(tf, { b, T, H, dh, scale }, dr1, maps[l].wo, s.attention, s.q, s.k, s.v, s.attentionFrom)
+        : attentionBackward(tf, { b, T, H, dh, scale }, act.affine(dr1, maps[l].wo, { transposeW: true, hold }), s.attention, s.q, s.k, s.v, hold, s.attentionFrom);
       out[l] = { h: s.h, merged: s.merged, dqkv, dOut: dr1, clsOnly: last };
       if (l > 0) dh2 = act.affine(dqkv, maps[l].projections, { residual: last ? this.atCls(dr1, b) : dr1, transposeW: true, hold });
     }
@@ -612,11 +623,125 @@ export function attentionBackwardOnHost(tf: typeof TF, dims: { b: number; T: num
 }
 
 /**
+ * Whether ffnBlockBackward runs for N rows of a block of width D with an FFN of width ffn: on the
+ * backends whose tensors are in this process's memory, up to hostElementwise's limit on N·max(D, ffn)
+ * (runsOnHost), and only where the host's products are the native addon's sgemm (nativeHostProducts: in
+ * JavaScript loops they cost twice the ops they replace).
+ */
+export function ffnBlockOnHost(tf: typeof TF, N: number, D: number, ffn: number): boolean {
+  return runsOnHost(tf, N * Math.max(D, ffn)) && nativeHostProducts();
+}
+
+/**
+ * A post-LN block's FFN half and both layer norms in the hand-written backward, from δ at the block's
+ * output (`dh` [N, D], or U·W_outᵀ from the output directions U [N, classes] and the classifier's W_out
+ * [D, classes]: the last layer's [CLS] rows) to δ at the attention output projection's tap [N, D], as
+ * one host op (the ops it replaces: two layer norm backward passes, GELU′, two affine maps, and the
+ * matMul with U):
+ *   dr₂ = LN′(r₂; g₂, dh), dPre = (dr₂·W₂ᵀ)⊙GELU′(pre), dr₁ = LN′(r₁; g₁, dPre·W₁ᵀ + dr₂),
+ * LN′ layer norm's backward pass (hostLayerNormBackward), W₂ = ff2w [ffn, D], W₁ = ff1w [D, ffn]; the
+ * products in float32 by the native sgemm (hostProduct, what tf.matMul runs), the element-wise steps in
+ * float64. Its gradient is each step's adjoint in reverse (hostLayerNormBackwardAdjoint, GELU″, the
+ * products' transposes) from the read-back upstream; nothing saved or held. r₂, pre and r₁ may be a
+ * joint pass's tensors: it reads rows fromRow … fromRow + N − 1 (their gradient zero elsewhere).
+ */
+export function ffnBlockBackward(
+  tf: typeof TF,
+  t: { upstream: { dh: T2 } | { U: T2; outW: T2 }; r2: T2; ln2g: TF.Tensor1D; ff2w: T2; pre: T2; ff1w: T2; r1: T2; ln1g: TF.Tensor1D },
+  fromRow = 0,
+): T2 {
+  const fromU = 'U' in t.upstream;
+  const head = 'U' in t.upstream ? [t.upstream.U, t.upstream.outW] : [t.upstream.dh];
+  const b = head[0].shape[0];
+  const c = fromU ? head[0].shape[1] : 0;
+  const [D, F] = t.ff1w.shape;
+  const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const tIn = args.slice(0, head.length) as TF.Tensor[];
+    const [tR2, tG2, tW2, tPre, tW1, tR1, tG1] = args.slice(head.length) as TF.Tensor[];
+    for (const [what, x, width] of [['r2', tR2, D], ['pre', tPre, F], ['r1', tR1, D]] as const)
+      if (x.shape[0] < fromRow + b || x.shape[1] !== width) throw new Error(`ffnBlockBackward: ${what} [${x.shape}], reading ${b} rows of ${width} from ${fromRow}`);
+    const [g2, W2, W1, g1, r2s, pres, r1s] = [tG2, tW2, tW1, tG1, tR2, tPre, tR1].map((x) => x.dataSync() as Float32Array);
+    const [us, outW] = fromU ? tIn.map((x) => x.dataSync() as Float32Array) : [];
+    // δ at the block's output: as given, or U·W_outᵀ.
+    const dh = fromU ? hostProduct(us, outW, b, D, c, false, true) : (tIn[0].dataSync() as Float32Array);
+    const ln2 = hostLayerNormBackward(r2s, fromRow * D, g2, dh, b, D);
+    const dr2F = ln2.F;
+    const dr2 = new Float32Array(dr2F);
+    // u = dr₂·W₂ᵀ [b, F], dPre = u⊙GELU′(pre)
+    const u = hostProduct(dr2, W2, b, F, D, false, true);
+    const { prime, second } = hostGeluDerivatives(pres, fromRow * F, b * F);
+    const dPre = new Float32Array(b * F);
+    for (let k = 0; k < b * F; k++) dPre[k] = u[k] * prime[k];
+    // s = dPre·W₁ᵀ + dr₂ [b, D]
+    const s = new Float64Array(hostProduct(dPre, W1, b, D, F, false, true));
+    for (let k = 0; k < b * D; k++) s[k] += dr2F[k];
+    const ln1 = hostLayerNormBackward(r1s, fromRow * D, g1, s, b, D);
+    return {
+      value: tf.tensor2d(new Float32Array(ln1.F), [b, D]),
+      gradFunc: (w: TF.Tensor) => {
+        const ws = w.dataSync() as Float32Array;
+        const [gR1, gG1, gS] = [new Float32Array(tR1.size), new Float64Array(D), new Float32Array(b * D)];
+        hostLayerNormBackwardAdjoint(ln1, g1, s, ws, gR1, fromRow * D, gG1, gS);
+        // s = dPre·W₁ᵀ + dr₂
+        const gDPre = hostProduct(gS, W1, b, F, D);
+        const gW1 = hostProduct(gS, dPre, D, F, b, true, false);
+        // dPre = u⊙GELU′(pre)
+        const gU = new Float32Array(b * F);
+        const gPre = new Float32Array(tPre.size);
+        hostGeluDerivativeAdjoint(gDPre, u, prime, second, gPre, fromRow * F, gU);
+        // u = dr₂·W₂ᵀ
+        const gDr2 = new Float64Array(hostProduct(gU, W2, b, D, F));
+        for (let k = 0; k < b * D; k++) gDr2[k] += gS[k];
+        const gW2 = hostProduct(gU, dr2, F, D, b, true, false);
+        const [gR2, gG2, gDh] = [new Float32Array(tR2.size), new Float64Array(D), new Float32Array(b * D)];
+        hostLayerNormBackwardAdjoint(ln2, g2, dh, gDr2, gR2, fromRow * D, gG2, gDh);
+        // dh = U·W_outᵀ, or given.
+        const upstreamGrads = fromU ? [tf.tensor2d(hostProduct(gDh, outW, b, c, D), [b, c]), tf.tensor2d(hostProduct(gDh, us, D, c, b, true, false), [D, c])] : [tf.tensor2d(gDh, [b, D])];
+        return [
+          ...upstreamGrads,
+          tf.tensor2d(gR2, tR2.shape as [number, number]),
+          tf.tensor1d(new Float32Array(gG2)),
+          tf.tensor2d(gW2, [F, D]),
+          tf.tensor2d(gPre, tPre.shape as [number, number]),
+          tf.tensor2d(gW1, [D, F]),
+          tf.tensor2d(gR1, tR1.shape as [number, number]),
+          tf.tensor1d(new Float32Array(gG1)),
+        ];
+      },
+    };
+  }) as (...x: TF.Tensor[]) => T2;
+  return op(...head, t.r2, t.ln2g, t.ff2w, t.pre, t.ff1w, t.r1, t.ln1g);
+}
+
+/**
+ * attentionBackward for [CLS]'s query alone, preceded by the output projection's backward (the
+ * hand-written backward's last layer): δ at the heads' merged output dMerged = dOut·W_oᵀ from δ at the
+ * projection's tap dOut [b, D] and W_o [H·dh, D], then the attention's backward, as one host op
+ * (attentionBackwardOnHost decides; clsAttentionBackwardHost). Its gradient adds ∂dOut = ∂dMerged·W_o and
+ * ∂W_o = ∂dMergedᵀ·dOut to attentionBackward's.
+ */
+export function clsAttentionBackwardFromOutput(
+  tf: typeof TF,
+  dims: { b: number; T: number; H: number; dh: number; scale: number },
+  dOut: T2,
+  wo: T2,
+  A: TF.Tensor4D,
+  q: TF.Tensor4D,
+  k: TF.Tensor4D,
+  v: TF.Tensor4D,
+  fromExample = 0,
+): T2 {
+  if (!attentionBackwardOnHost(tf, dims, q.shape[2])) throw new Error('clsAttentionBackwardFromOutput: [CLS]\'s query on the host only (attentionBackwardOnHost)');
+  return clsAttentionBackwardHost(tf, dims, dOut, A, q, k, v, fromExample, wo);
+}
+
+/**
  * attentionBackward for [CLS]'s query alone (A [n, H, 1, T], q [n, H, 1, dh], k, v [n, H, T, dh]) on the
  * host in float64, the formulas above: value from the read-back inputs, gradient from the read-back
  * upstream, what the gradient reads kept in the closure as host arrays (nothing saved or held). It reads
  * examples fromExample … fromExample + b − 1 of A, q, k and v (a joint pass's tensors, n ≥ b): their
- * gradients are zero at the other examples, with no slice op and no pad.
+ * gradients are zero at the other examples, with no slice op and no pad. With `wo`, its first input is
+ * δ at the output projection's tap [b, D] and dMerged = that·W_oᵀ (clsAttentionBackwardFromOutput).
  */
 function clsAttentionBackwardHost(
   tf: typeof TF,
@@ -627,101 +752,168 @@ function clsAttentionBackwardHost(
   k: TF.Tensor4D,
   v: TF.Tensor4D,
   fromExample: number,
+  wo?: T2,
 ): T2 {
   const { b, T, H, dh, scale } = dims;
   const HD = H * dh;
+  const D = wo ? wo.shape[1] : 0;
   const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
     const [dm, sa, sq, sk, sv] = args as TF.Tensor[];
     const n = sa.shape[0];
     if (n < fromExample + b) throw new Error(`attentionBackward: ${n} examples, reading ${b} from ${fromExample}`);
-    const dO = dm.dataSync() as Float32Array;
+    const dIn = dm.dataSync() as Float32Array;
+    // The last argument is the op's save function.
+    const wos = wo ? ((args[5] as TF.Tensor).dataSync() as Float32Array) : undefined;
+    // dMerged [b, H·dh]: as given, or dOut·W_oᵀ.
+    const dO = wos ? hostProduct(dIn, wos, b, HD, D, false, true) : dIn;
     const a = (sa.dataSync() as Float32Array).subarray(fromExample * H * T, (fromExample + b) * H * T);
     const qs = (sq.dataSync() as Float32Array).subarray(fromExample * HD, (fromExample + b) * HD);
     const ks = (sk.dataSync() as Float32Array).subarray(fromExample * H * T * dh, (fromExample + b) * H * T * dh);
     const vs = (sv.dataSync() as Float32Array).subarray(fromExample * H * T * dh, (fromExample + b) * H * T * dh);
-    // Per (example, head) row r = i·H + h: dA_t = Σ_d dO_d·v_td, cs = scale·Σ_t A_t·dA_t, dS_t = scale·A_t·dA_t − A_t·cs.
     const dA = new Float64Array(b * H * T);
     const dS = new Float64Array(b * H * T);
     const cs = new Float64Array(b * H);
-    const value = new Float32Array(b * T * 3 * HD);
-    // out[(i·T + t), (part·H + h)·dh + d]
-    const at = (i: number, t: number, part: number, h: number) => (i * T + t) * 3 * HD + (part * H + h) * dh;
-    for (let i = 0; i < b; i++)
-      for (let h = 0; h < H; h++) {
-        const r = i * H + h;
-        const o = r * dh; // dO's and q's row (dMerged [b, H·dh] is [b, H, 1, dh])
-        let sum = 0;
-        for (let t = 0; t < T; t++) {
-          let s = 0;
-          for (let d = 0; d < dh; d++) s += dO[o + d] * vs[(r * T + t) * dh + d];
-          dA[r * T + t] = s;
-          sum += a[r * T + t] * s;
-        }
-        cs[r] = scale * sum;
-        const q0 = at(i, 0, 0, h);
-        for (let t = 0; t < T; t++) {
-          const at_ = a[r * T + t];
-          const ds = (dS[r * T + t] = scale * at_ * dA[r * T + t] - at_ * cs[r]);
-          const kRow = (r * T + t) * dh;
-          const [kOut, vOut] = [at(i, t, 1, h), at(i, t, 2, h)];
-          for (let d = 0; d < dh; d++) {
-            value[q0 + d] += ds * ks[kRow + d];
-            value[kOut + d] = ds * qs[o + d];
-            value[vOut + d] = at_ * dO[o + d];
-          }
-        }
-      }
+    const value = clsAttentionValue(dims, dO, a, qs, ks, vs, dA, dS, cs);
     return {
       value: tf.tensor2d(value, [b * T, 3 * HD]),
       gradFunc: (w: TF.Tensor) => {
         const ws = w.dataSync() as Float32Array;
-        const gdm = new Float32Array(b * HD);
         const [ga, gq, gk, gv] = [sa, sq, sk, sv].map((t) => new Float32Array(t.size));
-        const [aFrom, qFrom, kvFrom] = [fromExample * H * T, fromExample * HD, fromExample * H * T * dh];
-        const omega = new Float64Array(T);
-        const dDO = new Float64Array(dh);
-        for (let i = 0; i < b; i++)
-          for (let h = 0; h < H; h++) {
-            const r = i * H + h;
-            const o = r * dh;
-            const wq = at(i, 0, 0, h);
-            // ω_t = Σ_d W_q,d·k_td + q_d·W_k,td; ω̃ = scale·(ω − Σ_t ω_t·A_t)
-            let omegaA = 0;
-            for (let t = 0; t < T; t++) {
-              const kRow = (r * T + t) * dh;
-              const wk = at(i, t, 1, h);
-              let s = 0;
-              for (let d = 0; d < dh; d++) s += ws[wq + d] * ks[kRow + d] + qs[o + d] * ws[wk + d];
-              omega[t] = s;
-              omegaA += s * a[r * T + t];
-            }
-            dDO.fill(0);
-            const gqRow = new Float64Array(dh);
-            for (let t = 0; t < T; t++) {
-              const rt = r * T + t;
-              const at_ = a[rt];
-              const omegaTilde = scale * (omega[t] - omegaA);
-              const dDA = at_ * omegaTilde;
-              const kvRow = rt * dh;
-              const [wk, wv] = [at(i, t, 1, h), at(i, t, 2, h)];
-              let dOwv = 0;
-              for (let d = 0; d < dh; d++) {
-                dOwv += dO[o + d] * ws[wv + d];
-                dDO[d] += at_ * ws[wv + d] + dDA * vs[kvRow + d];
-                gqRow[d] += dS[rt] * ws[wk + d];
-                gk[kvFrom + kvRow + d] = dS[rt] * ws[wq + d];
-                gv[kvFrom + kvRow + d] = dDA * dO[o + d];
-              }
-              ga[aFrom + rt] = omegaTilde * dA[rt] - omega[t] * cs[r] + dOwv;
-            }
-            for (let d = 0; d < dh; d++) {
-              gdm[o + d] = dDO[d];
-              gq[qFrom + o + d] = gqRow[d];
-            }
-          }
-        return [tf.tensor2d(gdm, [b, HD]), tf.tensor(ga, sa.shape), tf.tensor(gq, sq.shape), tf.tensor(gk, sk.shape), tf.tensor(gv, sv.shape)];
+        const gdm = clsAttentionGradient(dims, fromExample, w.dataSync() as Float32Array, dO, a, qs, ks, vs, dA, dS, cs, ga, gq, gk, gv);
+        const rest = [tf.tensor(ga, sa.shape), tf.tensor(gq, sq.shape), tf.tensor(gk, sk.shape), tf.tensor(gv, sv.shape)];
+        if (!wos) return [tf.tensor2d(new Float32Array(gdm), [b, HD]), ...rest];
+        // dMerged = dOut·W_oᵀ: ∂dOut = ∂dMerged·W_o [b, D], ∂W_o = ∂dMergedᵀ·dOut [H·dh, D].
+        const gMerged = new Float32Array(gdm);
+        return [tf.tensor2d(hostProduct(gMerged, wos, b, D, HD), [b, D]), ...rest, tf.tensor2d(hostProduct(gMerged, dIn, HD, D, b, true, false), [HD, D])];
       },
     };
   }) as (...t: TF.Tensor[]) => T2;
-  return op(dMerged, A, q, k, v);
+  return wo ? op(dMerged, A, q, k, v, wo) : op(dMerged, A, q, k, v);
+}
+
+/**
+ * clsAttentionBackwardHost's value [b·T, (q|k|v)·H·dh] (a function of its own, as clsAttentionGradient):
+ * per (example, head) row r = i·H + h, dA_t = Σ_d dO_d·v_td, cs = scale·Σ_t A_t·dA_t, dS_t = scale·A_t·dA_t − A_t·cs
+ * (written into dA, dS, cs for the gradient); q at [CLS]: Σ_t dS_t·k_t, k_t: dS_t·q, v_t: A_t·dO.
+ */
+function clsAttentionValue(
+  dims: { b: number; T: number; H: number; dh: number; scale: number },
+  dO: Float32Array,
+  a: Float32Array,
+  qs: Float32Array,
+  ks: Float32Array,
+  vs: Float32Array,
+  dA: Float64Array,
+  dS: Float64Array,
+  cs: Float64Array,
+): Float32Array {
+  const { b, T, H, dh, scale } = dims;
+  const HD = H * dh;
+  const row = 3 * HD;
+  const value = new Float32Array(b * T * row);
+  for (let i = 0; i < b; i++)
+    for (let h = 0; h < H; h++) {
+      const r = i * H + h;
+      const o = r * dh; // dO's and q's row (dMerged [b, H·dh] is [b, H, 1, dh])
+      let sum = 0;
+      for (let t = 0; t < T; t++) {
+        const vRow = (r * T + t) * dh;
+        let s = 0;
+        for (let d = 0; d < dh; d++) s += dO[o + d] * vs[vRow + d];
+        dA[r * T + t] = s;
+        sum += a[r * T + t] * s;
+      }
+      const c = (cs[r] = scale * sum);
+      // value[(i·T + t), (part·H + h)·dh + d]
+      const q0 = i * T * row + h * dh;
+      for (let t = 0; t < T; t++) {
+        const at_ = a[r * T + t];
+        const ds = (dS[r * T + t] = scale * at_ * dA[r * T + t] - at_ * c);
+        const kRow = (r * T + t) * dh;
+        const kOut = (i * T + t) * row + HD + h * dh;
+        const vOut = kOut + HD;
+        for (let d = 0; d < dh; d++) {
+          value[q0 + d] += ds * ks[kRow + d];
+          value[kOut + d] = ds * qs[o + d];
+          value[vOut + d] = at_ * dO[o + d];
+        }
+      }
+    }
+  return value;
+}
+
+/**
+ * clsAttentionBackwardHost's gradient loops (the formulas of attentionBackward) for an upstream ws
+ * [b·T, (q|k|v)·H·dh]: ∂A, ∂q, ∂k, ∂v written into ga, gq, gk, gv at example fromExample on, ∂dMerged
+ * returned. A function of its own, every array a parameter: V8 keeps arrays that a closure captures in its
+ * context and reloads them in every iteration (~5× slower loops, measured).
+ */
+function clsAttentionGradient(
+  dims: { b: number; T: number; H: number; dh: number; scale: number },
+  fromExample: number,
+  ws: Float32Array,
+  dO: Float32Array,
+  a: Float32Array,
+  qs: Float32Array,
+  ks: Float32Array,
+  vs: Float32Array,
+  dA: Float64Array,
+  dS: Float64Array,
+  cs: Float64Array,
+  ga: Float32Array,
+  gq: Float32Array,
+  gk: Float32Array,
+  gv: Float32Array,
+): Float64Array {
+  const { b, T, H, dh, scale } = dims;
+  const HD = H * dh;
+  const row = 3 * HD;
+  const gdm = new Float64Array(b * HD);
+  const [aFrom, qFrom, kvFrom] = [fromExample * H * T, fromExample * HD, fromExample * H * T * dh];
+  const omega = new Float64Array(T);
+  const dDO = new Float64Array(dh);
+  const gqRow = new Float64Array(dh);
+  for (let i = 0; i < b; i++)
+    for (let h = 0; h < H; h++) {
+      const r = i * H + h;
+      const o = r * dh;
+      // W's entries of (example i, token t, part, head h) start at (i·T + t)·3·H·dh + (part·H + h)·dh.
+      const wq = i * T * row + h * dh;
+      // ω_t = Σ_d W_q,d·k_td + q_d·W_k,td; ω̃ = scale·(ω − Σ_t ω_t·A_t)
+      let omegaA = 0;
+      for (let t = 0; t < T; t++) {
+        const kRow = (r * T + t) * dh;
+        const wk = (i * T + t) * row + HD + h * dh;
+        let s = 0;
+        for (let d = 0; d < dh; d++) s += ws[wq + d] * ks[kRow + d] + qs[o + d] * ws[wk + d];
+        omega[t] = s;
+        omegaA += s * a[r * T + t];
+      }
+      dDO.fill(0);
+      gqRow.fill(0);
+      for (let t = 0; t < T; t++) {
+        const rt = r * T + t;
+        const at_ = a[rt];
+        const omegaTilde = scale * (omega[t] - omegaA);
+        const dDA = at_ * omegaTilde;
+        const kvRow = rt * dh;
+        const wk = (i * T + t) * row + HD + h * dh;
+        const wv = wk + HD;
+        const ds = dS[rt];
+        let dOwv = 0;
+        for (let d = 0; d < dh; d++) {
+          dOwv += dO[o + d] * ws[wv + d];
+          dDO[d] += at_ * ws[wv + d] + dDA * vs[kvRow + d];
+          gqRow[d] += ds * ws[wk + d];
+          gk[kvFrom + kvRow + d] = ds * ws[wq + d];
+          gv[kvFrom + kvRow + d] = dDA * dO[o + d];
+        }
+        ga[aFrom + rt] = omegaTilde * dA[rt] - omega[t] * cs[r] + dOwv;
+      }
+      for (let d = 0; d < dh; d++) {
+        gdm[o + d] = dDO[d];
+        gq[qFrom + o + d] = gqRow[d];
+      }
+    }
+  return gdm;
 }

@@ -10,6 +10,7 @@
 // transpose, concat) differentiates twice as is. Checked against float64 finite differences in
 // test/unit/model-bert-encoder.test.ts.
 import type * as TF from '@tensorflow/tfjs';
+import { loadNativeBlas } from '../engine/native';
 
 const LN_EPSILON = 1e-5;
 const GELU_C = Math.sqrt(2 / Math.PI);
@@ -29,6 +30,153 @@ export const hostElementwise = { maxElements: 8192, backends: new Set(['wasm', '
 /** Whether an op reading this many elements runs on the host (hostElementwise: size and backend). */
 export function runsOnHost(tf: typeof TF, elements: number): boolean {
   return elements <= hostElementwise.maxElements && hostElementwise.backends.has(tf.getBackend());
+}
+
+/**
+ * GELU′ and GELU″ (float64) of xs[from], …, xs[from + n − 1]: with s = σ(2u), u = √(2/π)·(x + 0.044715·x³),
+ * GELU′ = s + x·s·(1 − s)·2u′ and GELU″ = s·(1 − s)·(2·2u′ + x·((1 − 2s)·(2u′)² + 2u″)) (twiceDifferentiableActivations).
+ */
+export function hostGeluDerivatives(xs: ArrayLike<number>, from: number, n: number): { prime: Float64Array; second: Float64Array } {
+  const prime = new Float64Array(n);
+  const second = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const z = xs[from + i];
+    const z2 = z * z;
+    const s = 1 / (1 + Math.exp(-z * (2 * GELU_C + 2 * 0.044715 * GELU_C * z2)));
+    const sc = s * (1 - s);
+    const du2 = 2 * GELU_C + 6 * 0.044715 * GELU_C * z2;
+    prime[i] = s + z * sc * du2;
+    second[i] = sc * (2 * du2 + z * ((1 - 2 * s) * du2 * du2 + 12 * 0.044715 * GELU_C * z));
+  }
+  return { prime, second };
+}
+
+/**
+ * The adjoint of dy⊙GELU′(x) (or GELU′(x) without dys) for an upstream ws, from hostGeluDerivatives'
+ * arrays: ∂/∂x = ws⊙dy⊙GELU″ into dx[dxFrom …], ∂/∂dy = ws⊙GELU′ into ddy. The host loops are functions
+ * of their own, every array a parameter: V8 keeps arrays that a closure captures in its context and
+ * reloads them in every iteration (2–5× slower loops, measured).
+ */
+export function hostGeluDerivativeAdjoint(
+  ws: ArrayLike<number>,
+  dys: ArrayLike<number> | undefined,
+  prime: Float64Array,
+  second: Float64Array,
+  dx: Float32Array,
+  dxFrom: number,
+  ddy: Float32Array | undefined,
+): void {
+  const n = prime.length;
+  if (dys) for (let i = 0; i < n; i++) dx[dxFrom + i] = ws[i] * dys[i] * second[i];
+  else for (let i = 0; i < n; i++) dx[dxFrom + i] = ws[i] * second[i];
+  if (ddy) for (let i = 0; i < n; i++) ddy[i] = ws[i] * prime[i];
+}
+
+/** Layer norm's backward pass on the host: F = dx for dy (float64), with what its adjoint reads (hostLayerNormBackward). */
+export interface HostLayerNormBackward {
+  N: number;
+  D: number;
+  xhat: Float64Array;
+  F: Float64Array;
+  r: Float64Array;
+  mxaR: Float64Array;
+}
+
+/**
+ * Layer norm's backward pass (twiceDifferentiableActivations' layerNormBackward) on N rows of D: x's
+ * rows from xs[from] on, gain gs, upstream dys [N, D]. Per row, x̂ = (x − mean)·r, r = 1/√(var + ε),
+ * a = g⊙dy: F = r·(a − mean(a) − x̂·mean(a⊙x̂)).
+ */
+export function hostLayerNormBackward(xs: ArrayLike<number>, from: number, gs: ArrayLike<number>, dys: ArrayLike<number>, N: number, D: number): HostLayerNormBackward {
+  const xhat = new Float64Array(N * D);
+  const F = new Float64Array(N * D);
+  const r = new Float64Array(N);
+  const mxaR = new Float64Array(N);
+  for (let i = 0, o = 0; i < N; i++, o += D) {
+    const x0 = from + o;
+    let mean = 0;
+    for (let j = 0; j < D; j++) mean += xs[x0 + j];
+    mean /= D;
+    let variance = 0;
+    for (let j = 0; j < D; j++) variance += (xs[x0 + j] - mean) ** 2;
+    const ri = 1 / Math.sqrt(variance / D + LN_EPSILON);
+    let ma = 0;
+    let mxa = 0;
+    for (let j = 0; j < D; j++) {
+      const xh = (xs[x0 + j] - mean) * ri;
+      const a = dys[o + j] * gs[j];
+      xhat[o + j] = xh;
+      ma += a;
+      mxa += a * xh;
+    }
+    ma /= D;
+    mxa /= D;
+    for (let j = 0; j < D; j++) F[o + j] = (dys[o + j] * gs[j] - ma - xhat[o + j] * mxa) * ri;
+    r[i] = ri;
+    mxaR[i] = mxa * ri;
+  }
+  return { N, D, xhat, F, r, mxaR };
+}
+
+/**
+ * hostLayerNormBackward's adjoint for an upstream ws [N, D]: ∂/∂x into dx[dxFrom …] (written), ∂/∂g added
+ * into dg, ∂/∂dy into ddy (written). With P(w) = r·(w − mean(w) − x̂·mean(w⊙x̂)): ∂/∂dy = g⊙P(w),
+ * ∂/∂g = Σ_rows dy⊙P(w), ∂/∂x = −(x̂·r·mean(w⊙F) + P(w)·r·mean(a⊙x̂) + F·r·mean(w⊙x̂)).
+ */
+export function hostLayerNormBackwardAdjoint(
+  forward: HostLayerNormBackward,
+  gs: ArrayLike<number>,
+  dys: ArrayLike<number>,
+  ws: ArrayLike<number>,
+  dx: Float32Array | Float64Array,
+  dxFrom: number,
+  dg: Float64Array,
+  ddy: Float32Array | Float64Array,
+): void {
+  const { N, D, xhat, F, r, mxaR } = forward;
+  for (let i = 0, o = 0; i < N; i++, o += D) {
+    let mw = 0;
+    let mxw = 0;
+    let mwF = 0;
+    for (let j = 0; j < D; j++) {
+      mw += ws[o + j];
+      mxw += ws[o + j] * xhat[o + j];
+      mwF += ws[o + j] * F[o + j];
+    }
+    [mw, mxw, mwF] = [mw / D, mxw / D, mwF / D];
+    const ri = r[i];
+    for (let j = 0; j < D; j++) {
+      const pw = (ws[o + j] - mw - xhat[o + j] * mxw) * ri;
+      dx[dxFrom + o + j] = -(xhat[o + j] * mwF * ri + pw * mxaR[i] + F[o + j] * mxw * ri);
+      dg[j] += dys[o + j] * pw;
+      ddy[o + j] = pw * gs[j];
+    }
+  }
+}
+
+/** Whether hostProduct multiplies with the native addon's sgemm (loaded in this process), not JavaScript loops. */
+export function nativeHostProducts(): boolean {
+  return loadNativeBlas().blas !== undefined;
+}
+
+/**
+ * C [m, n] = op(A)·op(B) in float32 for the host ops (A [m, k] or, transposed, [k, m]; B [k, n] or [n, k]):
+ * the native addon's sgemm where it is loaded (what tf.matMul runs on wasm), JavaScript loops otherwise.
+ */
+export function hostProduct(a: Float32Array, b: Float32Array, m: number, n: number, k: number, transA = false, transB = false): Float32Array {
+  const c = new Float32Array(m * n);
+  const blas = loadNativeBlas().blas;
+  if (blas) {
+    blas.gemm(a, b, c, 1, m, n, k, transA, transB, 0, 0, null, false);
+    return c;
+  }
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let sum = 0;
+      for (let p = 0; p < k; p++) sum += (transA ? a[p * m + i] : a[i * k + p]) * (transB ? b[j * k + p] : b[p * n + j]);
+      c[i * n + j] = sum;
+    }
+  return c;
 }
 
 export interface TwiceDifferentiableActivations {
@@ -197,31 +345,17 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
         const perRow = x.size / x.shape[0];
         const outShape = upstream ? upstream.shape : [x.shape[0] - fromRow, ...x.shape.slice(1)];
         const n = outShape.reduce((a, b) => a * b, 1);
-        const xs = (x.dataSync() as Float32Array).subarray(fromRow * perRow, fromRow * perRow + n);
         const dys = upstream ? ((args[1] as TF.Tensor).dataSync() as Float32Array) : undefined;
-        const prime = new Float64Array(n);
-        const second = new Float64Array(n); // GELU″
+        const { prime, second } = hostGeluDerivatives(x.dataSync() as Float32Array, fromRow * perRow, n);
         const value = new Float32Array(n);
-        for (let i = 0; i < n; i++) {
-          const z = xs[i];
-          const z2 = z * z;
-          const s = 1 / (1 + Math.exp(-z * (2 * GELU_C + 2 * 0.044715 * GELU_C * z2)));
-          const sc = s * (1 - s);
-          const du2 = 2 * GELU_C + 6 * 0.044715 * GELU_C * z2;
-          prime[i] = s + z * sc * du2;
-          second[i] = sc * (2 * du2 + z * ((1 - 2 * s) * du2 * du2 + 12 * 0.044715 * GELU_C * z));
-          value[i] = dys ? dys[i] * prime[i] : prime[i];
-        }
+        for (let i = 0; i < n; i++) value[i] = dys ? dys[i] * prime[i] : prime[i];
         return {
           value: tf.tensor(value, outShape),
           gradFunc: (w: TF.Tensor) => {
-            const ws = w.dataSync() as Float32Array;
             const dx = new Float32Array(x.size);
-            for (let i = 0, o = fromRow * perRow; i < n; i++) dx[o + i] = ws[i] * (dys ? dys[i] : 1) * second[i];
-            if (!dys) return tf.tensor(dx, x.shape);
-            const ddy = new Float32Array(n);
-            for (let i = 0; i < n; i++) ddy[i] = ws[i] * prime[i];
-            return [tf.tensor(dx, x.shape), tf.tensor(ddy, outShape)];
+            const ddy = dys ? new Float32Array(n) : undefined;
+            hostGeluDerivativeAdjoint(w.dataSync() as Float32Array, dys, prime, second, dx, fromRow * perRow, ddy);
+            return ddy ? [tf.tensor(dx, x.shape), tf.tensor(ddy, outShape)] : tf.tensor(dx, x.shape);
           },
         };
       }) as (...t: TF.Tensor[]) => T
@@ -233,60 +367,15 @@ export function twiceDifferentiableActivations(tf: typeof TF): TwiceDifferentiab
         const [x, g, dy] = args as TF.Tensor[];
         const [N, D] = dy.shape as [number, number];
         const [gs, dys] = [g, dy].map((t) => t.dataSync() as Float32Array);
-        const xs = (x.dataSync() as Float32Array).subarray(fromRow * D, (fromRow + N) * D);
-        const xhat = new Float64Array(N * D);
-        const F = new Float64Array(N * D);
-        const r = new Float64Array(N);
-        const mxaR = new Float64Array(N);
-        const value = new Float32Array(N * D);
-        for (let i = 0, o = 0; i < N; i++, o += D) {
-          let mean = 0;
-          for (let j = 0; j < D; j++) mean += xs[o + j];
-          mean /= D;
-          let variance = 0;
-          for (let j = 0; j < D; j++) variance += (xs[o + j] - mean) ** 2;
-          const ri = 1 / Math.sqrt(variance / D + LN_EPSILON);
-          let ma = 0;
-          let mxa = 0;
-          for (let j = 0; j < D; j++) {
-            const xh = (xs[o + j] - mean) * ri;
-            const a = dys[o + j] * gs[j];
-            xhat[o + j] = xh;
-            ma += a;
-            mxa += a * xh;
-          }
-          ma /= D;
-          mxa /= D;
-          for (let j = 0; j < D; j++) value[o + j] = F[o + j] = (dys[o + j] * gs[j] - ma - xhat[o + j] * mxa) * ri;
-          r[i] = ri;
-          mxaR[i] = mxa * ri;
-        }
+        const forward = hostLayerNormBackward(x.dataSync() as Float32Array, fromRow * D, gs, dys, N, D);
         return {
-          value: tf.tensor2d(value, [N, D]),
+          value: tf.tensor2d(new Float32Array(forward.F), [N, D]),
           gradFunc: (w: TF.Tensor) => {
-            const ws = w.dataSync() as Float32Array;
             const dx = new Float32Array(x.size);
             const dg = new Float64Array(D);
             const ddy = new Float32Array(N * D);
-            for (let i = 0, o = 0; i < N; i++, o += D) {
-              let mw = 0;
-              let mxw = 0;
-              let mwF = 0;
-              for (let j = 0; j < D; j++) {
-                mw += ws[o + j];
-                mxw += ws[o + j] * xhat[o + j];
-                mwF += ws[o + j] * F[o + j];
-              }
-              [mw, mxw, mwF] = [mw / D, mxw / D, mwF / D];
-              const ri = r[i];
-              for (let j = 0; j < D; j++) {
-                const pw = (ws[o + j] - mw - xhat[o + j] * mxw) * ri;
-                dx[fromRow * D + o + j] = -(xhat[o + j] * mwF * ri + pw * mxaR[i] + F[o + j] * mxw * ri);
-                dg[j] += dys[o + j] * pw;
-                ddy[o + j] = pw * gs[j];
-              }
-            }
-            return [tf.tensor(dx, x.shape), tf.tensor1d(Float32Array.from(dg)), tf.tensor2d(ddy, [N, D])];
+            hostLayerNormBackwardAdjoint(forward, gs, dys, w.dataSync() as Float32Array, dx, fromRow * D, dg, ddy);
+            return [tf.tensor(dx, x.shape), tf.tensor1d(new Float32Array(dg)), tf.tensor2d(ddy, [N, D])];
           },
         };
       }) as (x: TF.Tensor2D, g: TF.Tensor1D, dy: TF.Tensor2D) => TF.Tensor2D
