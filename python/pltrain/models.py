@@ -39,20 +39,26 @@ class MoeMlp(nn.Module):
         return [("gate", [self.gate_w, self.gate_b])] + [(f"expert{e}", self.unit_params(e)) for e in range(self.units)]
 
     def gate(self, x, pruned, mask=None):
+        """The routing weights g (n×E) the experts' outputs are mixed with."""
+        return self.gate_and_routing(x, pruned, mask)[0]
+
+    def gate_and_routing(self, x, pruned, mask=None):
+        """(g, routing): the mixing weights and this call's routing before the pruning gate's soft mask
+        (the step's routing shares read it; no second gate pass). Returned, not kept on the model: the
+        probe's pass between the step's forward and its read would replace a kept one."""
         z = x @ self.gate_w + self.gate_b
         if pruned:
             off = torch.zeros(self.units, device=x.device, dtype=x.dtype)
             off[list(pruned)] = -1e9
             z = z + off
-        g = torch.softmax(z, dim=1)
-        # The routing before the pruning mask, kept for the step's routing shares (no second gate pass).
-        self.unmasked_routing = g
+        routing = torch.softmax(z, dim=1)
+        g = routing
         if mask is not None:
             # The pruning gate's soft mask scales each expert's routing weight, renormalized:
             # p_e ∝ m_e·e^{z_e}, so m_e = 0 is exactly a pruned expert (moeForward.ts).
-            weighted = g * mask
+            weighted = routing * mask
             g = weighted / (weighted.sum(dim=1, keepdim=True) + 1e-12)
-        return g
+        return g, routing
 
     def probe_pass(self, x, pruned, mask=None):
         """(logits, parts): the forward pass of the probe with every expert at once (E×n×h batches), and
@@ -116,16 +122,21 @@ class MoeMlp(nn.Module):
         return [[] if e in pruned else [i for i, yes in enumerate(row) if yes] for e, row in enumerate(serves)]
 
     def forward(self, x, pruned=frozenset(), mask=None):
+        return self.forward_with_routing(x, pruned, mask)[0]
+
+    def forward_with_routing(self, x, pruned=frozenset(), mask=None):
+        """(logits, routing): the output and this call's routing before the soft mask (n×E; None when every
+        expert is pruned: no gate runs, nothing is routed)."""
         if len(pruned) == self.units:
-            return torch.zeros(x.shape[0], self.c, device=x.device, dtype=x.dtype)
-        g = self.gate(x, pruned, mask)
+            return torch.zeros(x.shape[0], self.c, device=x.device, dtype=x.dtype), None
+        g, routing = self.gate_and_routing(x, pruned, mask)
         out = 0
         for e in range(self.units):
             if e in pruned:
                 continue  # no gate mass: not computed
             o = torch.relu(x @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
             out = out + g[:, e:e + 1] * o
-        return out
+        return out, routing
 
 
 def _grid(features):

@@ -631,9 +631,11 @@ class Trainer:
                     # and the gate learns from the step's ∂L/∂mask (docs/method.md, "Pruning: the gating network").
                     soft = pruner.sample_mask(step, steering.frozen, steering.pruned) if pruner else None
                     mask_t = torch.tensor(soft, dtype=torch.float32, device=device, requires_grad=True) if soft is not None else None
-                    logits = model(x, pruned, mask_t)
-                    # The step's routing (before the pruning mask) for the shares, read before the probe's pass replaces it.
-                    routing = model.unmasked_routing if hasattr(model, "gate") else None
+                    if hasattr(model, "forward_with_routing"):
+                        # The step's routing (before the pruning mask) for the shares, from this forward itself.
+                        logits, routing = model.forward_with_routing(x, pruned, mask_t)
+                    else:
+                        logits, routing = model(x, pruned, mask_t), None
                     task_loss = F.cross_entropy(logits, y.reshape(-1))  # a language model's logits are token-major
                     # Switch: the load-balancing loss is optimized, not reported in the task loss; the
                     # step's routing shares are read before the probe's forward pass replaces them.

@@ -131,3 +131,31 @@ def test_output_directions_equal_the_previous_formula_bit_for_bit():
             got = estimators.output_directions_torch(logits, one_hot, masks)
             assert torch.equal(torch.nan_to_num(got, nan=7.0), torch.nan_to_num(ref, nan=7.0))
         assert torch.equal(ref[2], torch.zeros(5, dtype=dtype))
+
+
+@pytest.mark.parametrize("pruned,mask", [(frozenset(), None), (frozenset({2}), [1.0, 0.5, 0.25, 0.0])])
+def test_the_step_routing_survives_the_probe_pass_in_either_order(pruned, mask):
+    """The step's routing shares come from the step's own forward: the loop used to read them off the model
+    (`unmasked_routing`, set by every gate call), so a measurement (the probe's pass: other rows) between
+    the forward and the read replaced them. Here the measurement runs in between, both ways (monitoring,
+    and the regularizer's differentiable kernels), and the routing is checked against the softmax of the
+    batch's gate logits computed independently in float64."""
+    model = moe(51)
+    gen = torch.Generator().manual_seed(52)
+    batch, probe = torch.rand(32, 20, generator=gen), torch.rand(12, 20, generator=gen)
+    measurer = Measurer(model, probe, torch.randint(0, 4, (12,), generator=gen), 1e-3)
+    mask_t = None if mask is None else torch.tensor(mask)
+    z = batch.double() @ model.gate_w.detach().double() + model.gate_b.detach().double()
+    z[:, list(pruned)] -= 1e9
+    expected = torch.softmax(z, dim=1)  # before the soft mask
+    logits, routing = model.forward_with_routing(batch, pruned, mask_t)
+    measurer.measure(set(), pruned, [e for e in range(4) if e not in pruned], mask_t)
+    measurer.kernels(pruned, True, mask_t)
+    assert routing.shape == (32, 4)
+    assert torch.allclose(routing.double(), expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(logits, model(batch, pruned, mask_t))
+    # Nothing of a call is kept on the model for a later one to overwrite.
+    assert not hasattr(model, "unmasked_routing")
+    # Every expert pruned: no gate runs and nothing is routed (not a stale routing of an earlier call).
+    out, none = model.forward_with_routing(batch, frozenset(range(4)))
+    assert none is None and torch.equal(out, torch.zeros(32, 4))
