@@ -1,4 +1,4 @@
-"""The cheaper κ measurement (docs/performance.md, "PyTorch engine: monitoring, second pass") gives the
+"""The cheaper κ measurement (docs/performance.md, "PyTorch engine: monitoring", second and third pass) gives the
 same numbers as the code it replaced. The reference below is that code's arithmetic written out op for
 op (commit 808975b: the probe pass stacked under autograd's ops, X·Xᵀ + 1 made per kernel, the ReLU mask
 converted before the product, u by where/full_like, the model's κ by `conditioning`'s eigh), on the same
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pltrain import estimators
-from pltrain.models import MoeMlp
+from pltrain.models import MoeMlp, moe_monitor_kernels
 from pltrain.train import Measurer
 
 
@@ -73,6 +73,18 @@ def test_the_monitoring_measurement_equals_the_previous_arithmetic(pruned, froze
             ref_units, ref_rest = reference_kernels(model, x, measurer.one_hot, pruned, mask_t)
         assert torch.equal(units, ref_units) and torch.equal(rest, ref_rest)
         stats = measurer.measure(frozen, pruned, trainable, mask_t)
+        # measure() runs every tensor op in one scripted call: the same kernels bit for bit (the model's
+        # summed as before: over the stack when every unit is trainable, else over the trainable ones).
+        every = len(trainable) == 4
+        ref_model = ref_rest + (ref_units.sum(dim=0) if every else ref_units[trainable].sum(dim=0) if trainable else torch.zeros_like(ref_rest))
+        off = None
+        if pruned:
+            off = torch.zeros(4)
+            off[list(pruned)] = -1e9
+        with torch.no_grad():
+            k64, serves = moe_monitor_kernels(x, measurer.probe_gram1, measurer.one_hot, *measurer.label_masks, *measurer.expert_params, model.gate_w, model.gate_b, off, mask_t, len(pruned) == 4, None if every else trainable, 1 / 8)
+        assert torch.equal(k64, torch.cat([ref_units, ref_model.unsqueeze(0)]).double())
+        assert [[] if e in pruned else [i for i, yes in enumerate(row) if yes] for e, row in enumerate(serves.tolist())] == served
         k = ref_units.double().numpy()
         solved = [e for e in range(4) if e not in pruned and len(served[e]) >= estimators.MIN_SERVED]
         # The units' figures were eigenvalues only (eigvalsh) before as well.
