@@ -10,10 +10,19 @@ built-in data (14×14 = 196 inputs: the 784-input Fashion-MNIST files are not on
   monitor   the engine at the default monitoring (every 10 steps, probe 16), α = 0
   default   the same at the default α (0.01: every step measures κ in its own graph for the regularizer)
 Times are per step over the last 80 % of each run (start-up excluded); the engine's from its own
-metrics.jsonl timestamps. The runs are interleaved in rounds (plain, engine, attached, monitor; then the
-default α once and the plain loop again) and each figure is the median over the rounds, so that the
-load of a shared machine falls on all of them alike; `runs` keeps every run's figure, `loadAverage` the
-machine's 1-minute load average before and after.
+metrics.jsonl timestamps.
+
+Paired estimates. The costs sought are a few per cent of a ~4.5 ms step, while on a shared 2-core machine
+one run's step time moves by ±3–5 % with the load, and the load drifts over the bench's minute. So the
+fractions are not taken from medians of separate runs (which compare runs seconds apart: each round's
+drift lands in the difference) but per round, from runs next to each other: in each round the runs go
+plain, engine, monitored, attached, and the next round in the reverse order (so neither run of a pair is
+always the later one), and a round gives engine/plain − 1 (instrumentation), monitored/engine − 1
+(monitoring) and attached/plain − 1; each fraction is the median of its rounds' ratios, reported with
+their spread (`spread`: least, quartiles, most) so that a figure within its noise is seen as such
+(`pairedFractions` keeps every round's ratio; `unpairedFractions` the older median-of-runs figures). The
+per-step medians (`plainMsPerStep`, …) are over the rounds; the default α runs once, after the rounds.
+`runs` keeps every run's figure, `loadAverage` the machine's 1-minute load average before and after.
 Also checks that κ measured on CUDA matches the CPU figures on the same weights (--device cuda).
 usage: python3 bench/engine_torch.py [--device cpu|cuda] [--steps N] [--threads N] [--rounds N]
 Prints progress on stderr and one JSON line on stdout."""
@@ -33,7 +42,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--device", default="cpu")
 p.add_argument("--steps", type=int, default=300)
 p.add_argument("--threads", type=int, default=0)
-p.add_argument("--rounds", type=int, default=3)
+p.add_argument("--rounds", type=int, default=6)
 a = p.parse_args()
 if a.threads:
     # Before torch loads: the BLAS under Debian's torch (OpenBLAS, pthreads) takes its thread count from
@@ -165,25 +174,46 @@ def median(xs):
     return sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2
 
 
+def quantile(xs, q):
+    """The q-quantile of xs, linearly interpolated between order statistics."""
+    xs = sorted(xs)
+    at = q * (len(xs) - 1)
+    lo = int(at)
+    return xs[lo] if lo + 1 >= len(xs) else xs[lo] + (at - lo) * (xs[lo + 1] - xs[lo])
+
+
+def spread(xs):
+    return {"min": min(xs), "q1": quantile(xs, 0.25), "median": median(xs), "q3": quantile(xs, 0.75), "max": max(xs)}
+
+
 result = {"device": a.device, "steps": a.steps, "rounds": a.rounds, "model": dict(MODEL, inputs=196, batch=BATCH), "torch": torch.__version__}
 load_before = os.getloadavg()[0]
 runs = {"plain": [], "engine": [], "attached": [], "monitored": [], "regularized": []}
 backend = None
+ORDER = ("plain", "engine", "monitored", "attached")
 for r in range(a.rounds):
-    log(f"round {r + 1}/{a.rounds}: plain loop, {a.steps} steps on {a.device}")
-    runs["plain"].append(plain_loop(a.steps))
-    log("engine, α = 0, monitoring off")
-    off, backend = engine(a.steps, 0, 10 ** 6)
-    runs["engine"].append(off)
-    log("engine, α = 0, monitoring off, a client attached")
-    runs["attached"].append(engine(a.steps, 0, 10 ** 6, attached=True)[0])
-    log("engine, α = 0, default monitoring")
-    runs["monitored"].append(engine(a.steps, 0, 10)[0])
+    for kind in ORDER if r % 2 == 0 else ORDER[::-1]:
+        if kind == "plain":
+            log(f"round {r + 1}/{a.rounds}: plain loop, {a.steps} steps on {a.device}")
+            runs["plain"].append(plain_loop(a.steps))
+        elif kind == "engine":
+            log(f"round {r + 1}/{a.rounds}: engine, α = 0, monitoring off")
+            off, backend = engine(a.steps, 0, 10 ** 6)
+            runs["engine"].append(off)
+        elif kind == "monitored":
+            log(f"round {r + 1}/{a.rounds}: engine, α = 0, default monitoring")
+            runs["monitored"].append(engine(a.steps, 0, 10)[0])
+        else:
+            log(f"round {r + 1}/{a.rounds}: engine, α = 0, monitoring off, a client attached")
+            runs["attached"].append(engine(a.steps, 0, 10 ** 6, attached=True)[0])
 log("engine, default α")
 runs["regularized"].append(engine(a.steps, 0.01, 10)[0])
-log("plain loop again")
-runs["plain"].append(plain_loop(a.steps))
 plain, off, attached, monitored, regularized = (median(runs[k]) for k in ("plain", "engine", "attached", "monitored", "regularized"))
+paired = {
+    "instrumentation": [e / p - 1 for e, p in zip(runs["engine"], runs["plain"])],
+    "attachedInstrumentation": [t / p - 1 for t, p in zip(runs["attached"], runs["plain"])],
+    "monitoring": [m / e - 1 for m, e in zip(runs["monitored"], runs["engine"])],
+}
 result.update(
     backend=backend,
     plainMsPerStep=plain,
@@ -191,10 +221,13 @@ result.update(
     attachedMsPerStep=attached,
     monitoredMsPerStep=monitored,
     regularizedMsPerStep=regularized,
-    instrumentationFraction=off / plain - 1,
-    attachedInstrumentationFraction=attached / plain - 1,
-    monitoringFraction=(monitored - off) / off,
+    instrumentationFraction=median(paired["instrumentation"]),
+    attachedInstrumentationFraction=median(paired["attachedInstrumentation"]),
+    monitoringFraction=median(paired["monitoring"]),
     regularizedCost=regularized / off,
+    pairedFractions=paired,
+    spread={k: spread(v) for k, v in paired.items()},
+    unpairedFractions={"instrumentation": off / plain - 1, "attachedInstrumentation": attached / plain - 1, "monitoring": (monitored - off) / off},
     runs=runs,
     loadAverage=[load_before, os.getloadavg()[0]],
 )
