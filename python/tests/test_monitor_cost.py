@@ -171,3 +171,18 @@ def test_the_step_routing_survives_the_probe_pass_in_either_order(pruned, mask):
     # Every expert pruned: no gate runs and nothing is routed (not a stale routing of an earlier call).
     out, none = model.forward_with_routing(batch, frozenset(range(4)))
     assert none is None and torch.equal(out, torch.zeros(32, 4))
+
+
+def test_the_stacked_solve_equals_the_per_kernel_one():
+    """conditioning_stack (monitoring's solve straight from the read-back stack) gives conditioning_many's
+    figures exactly, a singular kernel (rank 3 of 6), a zero one (a dead unit) and a tiny one included,
+    and refuses a non-finite entry as conditioning_many does."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((6, 9))
+    low = rng.standard_normal((6, 3))
+    stack = np.stack([a @ a.T, low @ low.T, np.zeros((6, 6)), 1e-30 * (a @ a.T), (a @ a.T) + rng.standard_normal((6, 6)) * 1e-7])
+    assert estimators.conditioning_stack(stack, 1e-3) == estimators.conditioning_many(list(stack), 1e-3, vectors=False)
+    assert estimators.conditioning_stack(stack, 1e-3)[2] == {"mu": 0.0, "lf": 0.0, "kappa": 1e3}
+    stack[1, 2, 3] = math.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        estimators.conditioning_stack(stack, 1e-3)
