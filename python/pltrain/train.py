@@ -189,7 +189,7 @@ class Measurer:
         # regularizer follows them. Without, it joins the units' batched eigvalsh (one call, not two).
         whole = not vectors and not sub and len(solve) == k64.shape[0] and all(len(served[e]) == k64.shape[1] for e, _ in solve)
         if whole:
-            # Every unit measured on every probe row and the model's kernel whole (monitoring's common case):
+            # Every unit measured on every probe row and the model's kernel whole (typically early in a run):
             # solved straight from the read-back stack, no per-kernel copies (the same solves).
             solved = estimators.conditioning_stack(every_kernel, self.damping)
         else:
@@ -231,7 +231,7 @@ class Measurer:
         if self.expert_params is not None:
             # Monitoring alone: one scripted call for every tensor op of kernels() and condition() (the same
             # ops, so the same numbers), then the same host part.
-            model, n = self.model, self.probe_x.shape[0]
+            model = self.model
             if self.probe_gram1 is None:
                 with torch.no_grad():
                     self.probe_gram1 = self.probe_x @ self.probe_x.T + 1
