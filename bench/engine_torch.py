@@ -10,10 +10,27 @@ built-in data (14×14 = 196 inputs: the 784-input Fashion-MNIST files are not on
   monitor   the engine at the default monitoring (every 10 steps, probe 16), α = 0
   default   the same at the default α (0.01: every step measures κ in its own graph for the regularizer)
 Times are per step over the last 80 % of each run (start-up excluded); the engine's from its own
-metrics.jsonl timestamps. The runs are interleaved in rounds (plain, engine, attached, monitor; then the
-default α once and the plain loop again) and each figure is the median over the rounds, so that the
-load of a shared machine falls on all of them alike; `runs` keeps every run's figure, `loadAverage` the
-machine's 1-minute load average before and after.
+metrics.jsonl timestamps.
+
+Paired estimates. The costs sought are a few per cent of a ~4.5 ms step, while on a shared 2-core machine
+one run's step time moves by ±3–5 % with the load, and the load drifts over the bench's minute. So the
+fractions are not taken from medians of separate runs (which compare runs seconds apart: each round's
+drift lands in the difference) but per round, from runs next to each other: in each round the runs go
+plain, engine, monitored, attached, and the next round in the reverse order (so neither run of a pair is
+always the later one), and a round gives engine/plain − 1 (instrumentation), monitored/engine − 1
+(monitoring) and attached/plain − 1. Each run's figure there is the interquartile mean over its timed
+window's blocks of 10 steps (each block holds exactly one measurement of the default monitoring: the
+mean of the middle half of the blocks' times), so the blocks in which the process lost its core to
+another job do not move the figure as they move the run's mean; a mean, not the median, because the
+engine's stamps are whole milliseconds (a block of ~45 ms read to ±1 ms: a median would move in steps of
+0.1 ms a step, 2 %, where a mean of a dozen blocks averages the rounding out).
+Each fraction is the median of its rounds' ratios, reported with their spread (`spread`: least,
+quartiles, most) so that a figure within its noise is seen as such; `pairedFractions` keeps every
+round's ratio. Kept beside them: the same pairs of the runs' means (`pairedFractionsOfRunMeans`,
+`spreadOfRunMeans`) and the older median-of-runs figures (`unpairedFractions`). The per-step figures
+(`plainMsPerStep`, …) are medians of the runs' means over the rounds (`runs`; `blockRuns` the
+blocks' interquartile means); the default α runs once, after the rounds. `loadAverage`: the machine's 1-minute load
+average before and after.
 Also checks that κ measured on CUDA matches the CPU figures on the same weights (--device cuda).
 usage: python3 bench/engine_torch.py [--device cpu|cuda] [--steps N] [--threads N] [--rounds N]
 Prints progress on stderr and one JSON line on stdout."""
@@ -33,7 +50,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--device", default="cpu")
 p.add_argument("--steps", type=int, default=300)
 p.add_argument("--threads", type=int, default=0)
-p.add_argument("--rounds", type=int, default=3)
+p.add_argument("--rounds", type=int, default=6)
 a = p.parse_args()
 if a.threads:
     # Before torch loads: the BLAS under Debian's torch (OpenBLAS, pthreads) takes its thread count from
@@ -61,6 +78,29 @@ def sync():
         torch.cuda.synchronize()
 
 
+BLOCK = 10  # the default monitoring's period: every block of the timed window holds exactly one measurement
+
+
+def per_step(stamps, steps):
+    """(ms per step over the last 80 % of a run, and the interquartile mean over that window's blocks of
+    BLOCK steps) from `stamps`, {steps done: ms}. The first is the run's whole cost; the second leaves out
+    the slowest quarter of the blocks (where the process lost its core to another: a shared machine's
+    bursts), which the mean takes in whole, and the fastest quarter alike."""
+    start = steps // 5
+    mean = (stamps[steps] - stamps[start]) / (steps - start)
+    first = -(-start // BLOCK) * BLOCK
+    blocks = [(stamps[k + BLOCK] - stamps[k]) / BLOCK for k in range(first, steps - BLOCK + 1, BLOCK)]
+    return mean, (interquartile_mean(blocks) if blocks else mean)
+
+
+def interquartile_mean(xs):
+    """The mean of the middle half of xs (sorted; a quarter left out at each end, at least one value kept)."""
+    xs = sorted(xs)
+    cut = len(xs) // 4
+    middle = xs[cut:len(xs) - cut]
+    return sum(middle) / len(middle)
+
+
 def plain_loop(steps):
     data = load_builtin()
     config = cfg.resolve({"engine": "pytorch", "model": MODEL})
@@ -69,18 +109,22 @@ def plain_loop(steps):
     xs, ys = torch.from_numpy(data.train_x).to(device), torch.from_numpy(data.train_y).to(device)
     order = batches(xs.shape[0], BATCH, 1)
     start = steps // 5
+    stamps = {}
     for i in range(steps):
         if i == start:
             sync()
-            t0 = time.perf_counter()
+            stamps[i] = time.perf_counter() * 1000
         idx = torch.from_numpy(next(order)).to(device)
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx])
         loss.backward()
         opt.step()
-        loss.item()  # what any loop that logs its loss pays
+        loss.item()  # what any loop that logs its loss pays (on CUDA also the step's sync)
+        if i >= start:
+            stamps[i + 1] = time.perf_counter() * 1000
     sync()
-    return (time.perf_counter() - t0) * 1000 / (steps - start)
+    stamps[steps] = time.perf_counter() * 1000
+    return per_step(stamps, steps)
 
 
 def engine(steps, alpha, every, attached=False):
@@ -106,8 +150,7 @@ def engine(steps, alpha, every, attached=False):
             on_disk = sum(1 for name in ("metrics.jsonl", "commands.jsonl", "events.jsonl") if os.path.exists(os.path.join(run_dir, name)) for _ in open(os.path.join(run_dir, name)))
             if streamed != list(range(on_disk)):
                 raise RuntimeError(f"the attached client saw {len(streamed)} events, not the {on_disk} on disk in seq order")
-    start = steps // 5
-    return (times[steps] - times[start]) / (steps - start), backend
+    return per_step(times, steps), backend
 
 
 async def run_attached(cmd, env, run_dir):
@@ -165,25 +208,60 @@ def median(xs):
     return sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2
 
 
+def quantile(xs, q):
+    """The q-quantile of xs, linearly interpolated between order statistics."""
+    xs = sorted(xs)
+    at = q * (len(xs) - 1)
+    lo = int(at)
+    return xs[lo] if lo + 1 >= len(xs) else xs[lo] + (at - lo) * (xs[lo + 1] - xs[lo])
+
+
+def spread(xs):
+    return {"min": min(xs), "q1": quantile(xs, 0.25), "median": median(xs), "q3": quantile(xs, 0.75), "max": max(xs)}
+
+
 result = {"device": a.device, "steps": a.steps, "rounds": a.rounds, "model": dict(MODEL, inputs=196, batch=BATCH), "torch": torch.__version__}
 load_before = os.getloadavg()[0]
 runs = {"plain": [], "engine": [], "attached": [], "monitored": [], "regularized": []}
+block_runs = {k: [] for k in runs}  # the same runs' interquartile means of their blocks
 backend = None
+
+
+def record(kind, figures):
+    runs[kind].append(figures[0])
+    block_runs[kind].append(figures[1])
+
+
+ORDER = ("plain", "engine", "monitored", "attached")
 for r in range(a.rounds):
-    log(f"round {r + 1}/{a.rounds}: plain loop, {a.steps} steps on {a.device}")
-    runs["plain"].append(plain_loop(a.steps))
-    log("engine, α = 0, monitoring off")
-    off, backend = engine(a.steps, 0, 10 ** 6)
-    runs["engine"].append(off)
-    log("engine, α = 0, monitoring off, a client attached")
-    runs["attached"].append(engine(a.steps, 0, 10 ** 6, attached=True)[0])
-    log("engine, α = 0, default monitoring")
-    runs["monitored"].append(engine(a.steps, 0, 10)[0])
+    for kind in ORDER if r % 2 == 0 else ORDER[::-1]:
+        if kind == "plain":
+            log(f"round {r + 1}/{a.rounds}: plain loop, {a.steps} steps on {a.device}")
+            record("plain", plain_loop(a.steps))
+        elif kind == "engine":
+            log(f"round {r + 1}/{a.rounds}: engine, α = 0, monitoring off")
+            figures, backend = engine(a.steps, 0, 10 ** 6)
+            record("engine", figures)
+        elif kind == "monitored":
+            log(f"round {r + 1}/{a.rounds}: engine, α = 0, default monitoring")
+            record("monitored", engine(a.steps, 0, 10)[0])
+        else:
+            log(f"round {r + 1}/{a.rounds}: engine, α = 0, monitoring off, a client attached")
+            record("attached", engine(a.steps, 0, 10 ** 6, attached=True)[0])
 log("engine, default α")
-runs["regularized"].append(engine(a.steps, 0.01, 10)[0])
-log("plain loop again")
-runs["plain"].append(plain_loop(a.steps))
+record("regularized", engine(a.steps, 0.01, 10)[0])
 plain, off, attached, monitored, regularized = (median(runs[k]) for k in ("plain", "engine", "attached", "monitored", "regularized"))
+
+
+def paired(per_run):
+    return {
+        "instrumentation": [e / p - 1 for e, p in zip(per_run["engine"], per_run["plain"])],
+        "attachedInstrumentation": [t / p - 1 for t, p in zip(per_run["attached"], per_run["plain"])],
+        "monitoring": [m / e - 1 for m, e in zip(per_run["monitored"], per_run["engine"])],
+    }
+
+
+by_block, by_mean = paired(block_runs), paired(runs)
 result.update(
     backend=backend,
     plainMsPerStep=plain,
@@ -191,11 +269,17 @@ result.update(
     attachedMsPerStep=attached,
     monitoredMsPerStep=monitored,
     regularizedMsPerStep=regularized,
-    instrumentationFraction=off / plain - 1,
-    attachedInstrumentationFraction=attached / plain - 1,
-    monitoringFraction=(monitored - off) / off,
+    instrumentationFraction=median(by_block["instrumentation"]),
+    attachedInstrumentationFraction=median(by_block["attachedInstrumentation"]),
+    monitoringFraction=median(by_block["monitoring"]),
     regularizedCost=regularized / off,
+    pairedFractions=by_block,
+    spread={k: spread(v) for k, v in by_block.items()},
+    pairedFractionsOfRunMeans=by_mean,
+    spreadOfRunMeans={k: spread(v) for k, v in by_mean.items()},
+    unpairedFractions={"instrumentation": off / plain - 1, "attachedInstrumentation": attached / plain - 1, "monitoring": (monitored - off) / off},
     runs=runs,
+    blockRuns=block_runs,
     loadAverage=[load_before, os.getloadavg()[0]],
 )
 if a.device.startswith("cuda"):

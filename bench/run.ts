@@ -241,9 +241,11 @@ async function main(): Promise<void> {
     const v = r.code === 0 ? lastJson(r) : undefined;
     if (v?.plainMsPerStep) {
       out.pytorchEngine = v;
-      say(`  plain loop ${fmt(v.plainMsPerStep)} ms/step; engine at α = 0, unmonitored ${fmt(v.engineMsPerStep)} ms → instrumentation ${pct(v.instrumentationFraction)} (goal ≤ 5 %)`);
-      if (v.attachedMsPerStep) say(`  with a client attached (every event over the socket) ${fmt(v.attachedMsPerStep)} ms → ${pct(v.attachedInstrumentationFraction)}; medians of ${v.rounds} interleaved rounds, load average ${v.loadAverage?.map((x: number) => fmt(x)).join(' → ')}`);
-      say(`  default monitoring (every 10 steps, probe 16) ${fmt(v.monitoredMsPerStep)} ms → κ monitoring ${pct(v.monitoringFraction)} (goal ≤ 5 %); default α ${fmt(v.regularizedMsPerStep)} ms (${fmt(v.regularizedCost)}× unregularized)`);
+      // The fractions are medians of per-round ratios of runs next to each other; the range is those ratios' least and most.
+      const range = (k: string) => (v.spread?.[k] ? ` [rounds ${pct(v.spread[k].min)} … ${pct(v.spread[k].max)}, quartiles ${pct(v.spread[k].q1)} … ${pct(v.spread[k].q3)}]` : '');
+      say(`  plain loop ${fmt(v.plainMsPerStep)} ms/step; engine at α = 0, unmonitored ${fmt(v.engineMsPerStep)} ms → instrumentation ${pct(v.instrumentationFraction)}${range('instrumentation')} (goal ≤ 5 %)`);
+      if (v.attachedMsPerStep) say(`  with a client attached (every event over the socket) ${fmt(v.attachedMsPerStep)} ms → ${pct(v.attachedInstrumentationFraction)}${range('attachedInstrumentation')}; paired medians of ${v.rounds} interleaved rounds, load average ${v.loadAverage?.map((x: number) => fmt(x)).join(' → ')}`);
+      say(`  default monitoring (every 10 steps, probe 16) ${fmt(v.monitoredMsPerStep)} ms → κ monitoring ${pct(v.monitoringFraction)}${range('monitoring')} (goal ≤ 5 %); default α ${fmt(v.regularizedMsPerStep)} ms (${fmt(v.regularizedCost)}× unregularized)`);
       if (v.kappaCpuVsCuda) say(`  κ on CUDA vs the CPU, same weights: largest relative difference ${fmt(v.kappaCpuVsCuda.maxRelativeDifference)}`);
     } else if (/No module named '(torch|websockets)'|not found|ENOENT/.test(r.stderr)) {
       out.pytorchEngine = { skipped: reason(r) };

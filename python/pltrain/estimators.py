@@ -99,17 +99,27 @@ def conditioning_many(kernels, damping, vectors=True):
         stack = np.stack([k for _, k in group])
         if not np.isfinite(stack).all():
             raise ValueError("kernel has a non-finite entry")
-        symmetric = (stack + stack.transpose(0, 2, 1)) / 2
         if vectors:
-            values, vecs = np.linalg.eigh(symmetric)
+            values, vecs = np.linalg.eigh((stack + stack.transpose(0, 2, 1)) / 2)
             for (i, _), v, w in zip(group, values, vecs):
                 out[i] = _conditioned(v, w, damping)
         else:
-            values = np.linalg.eigvalsh(symmetric)
-            # The extremes read out in two calls, not two per kernel (a measurement solves E + 1 of them).
-            for (i, _), lowest, highest in zip(group, values[:, 0].tolist(), values[:, -1].tolist()):
-                mu, lf = max(lowest, 0.0), max(highest, 0.0)
-                out[i] = {"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping)}
+            for (i, _), c in zip(group, conditioning_stack(stack, damping)):
+                out[i] = c
+    return out
+
+
+def conditioning_stack(stack, damping):
+    """μ, L_f and damped κ of each kernel of a float64 stack k×n×n (eigenvalues only): conditioning_many's
+    solve of one size, for a caller whose kernels already lie in one array (no per-kernel copies)."""
+    if not np.isfinite(stack).all():
+        raise ValueError("kernel has a non-finite entry")
+    values = np.linalg.eigvalsh((stack + stack.transpose(0, 2, 1)) / 2)
+    # The extremes read out in two calls, not two per kernel (a measurement solves E + 1 of them).
+    out = []
+    for lowest, highest in zip(values[:, 0].tolist(), values[:, -1].tolist()):
+        mu, lf = max(lowest, 0.0), max(highest, 0.0)
+        out.append({"mu": mu, "lf": lf, "kappa": damped_kappa(lf, mu, damping)})
     return out
 
 

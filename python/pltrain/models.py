@@ -2,10 +2,79 @@
 its prunable units and the parameters of each (`unit_params`), and the groups its optimizers keep
 apart (`groups`: a frozen unit's group is simply not stepped)."""
 import math
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _moe_monitor_kernels(x: torch.Tensor, gram1: torch.Tensor, one_hot: torch.Tensor, label: torch.Tensor, not_label: torch.Tensor,
+                         w1: List[torch.Tensor], b1: List[torch.Tensor], w2: List[torch.Tensor], b2: List[torch.Tensor],
+                         gate_w: torch.Tensor, gate_b: torch.Tensor, off: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                         every_pruned: bool, trainable: Optional[List[int]], half_share: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """MoeMlp's measurement without a graph in one TorchScript call: gate_and_routing, probe_pass,
+    estimators.output_directions_torch, unit_kernels, kernel_rest, served's comparison and Measurer.condition's
+    model kernel, op for op the same aten calls in the same order (so the same bits; test_monitor_cost; one
+    call fewer: ReLU's backward), without the Python between ~75 small tensor calls. (every kernel and the model's, E+1×n×n float64; E×n bool: the
+    probe rows each expert serves, p_e(x_i) ≥ 1/(2E) compared in float64.)"""
+    z = x @ gate_w + gate_b
+    if off is not None:
+        z = z + off
+    g = torch.softmax(z, dim=1)
+    if mask is not None:
+        weighted = g * mask
+        g = weighted / (weighted.sum(dim=1, keepdim=True) + 1e-12)
+    b1s, b2s = torch.stack(b1).unsqueeze(1), torch.stack(b2).unsqueeze(1)
+    w2s = torch.stack(w2)
+    pre = x.new_empty(len(w1), x.shape[0], w1[0].shape[1])
+    for e in range(len(w1)):
+        torch.mm(x, w1[e], out=pre[e])
+    pre += b1s
+    hid = torch.relu(pre)
+    outs = torch.bmm(hid, w2s)
+    outs += b2s
+    if every_pruned:
+        logits = torch.zeros(x.shape[0], one_hot.shape[1], device=x.device, dtype=x.dtype)
+    else:
+        logits = (g.T.unsqueeze(2) * outs).sum(dim=0)
+    log_probs = torch.log_softmax(logits, dim=1)
+    top = torch.amax(log_probs.detach().masked_fill(label, -math.inf), dim=1, keepdim=True)
+    alive = torch.isfinite(top).to(logits.dtype)
+    shift = torch.nan_to_num(top, nan=0.0, neginf=0.0, posinf=0.0)
+    q = torch.exp(torch.clamp(log_probs - shift, max=0)) * not_label
+    gq = q - one_hot * q.sum(dim=1, keepdim=True)
+    norm = torch.sqrt(torch.clamp((gq * gq).sum(dim=1, keepdim=True), min=1e-30))
+    u = gq / norm * alive
+    ue = g.T.unsqueeze(2) * u
+    # ReLU's backward in one call (unit_kernels: a product with the mask `pre > 0`): the same values, a zero
+    # where the mask is off (the product's may be −0; the kernels' sums are the same).
+    back = torch.ops.aten.threshold_backward(ue @ w2s.transpose(1, 2), pre, 0.0)
+    uu = ue @ ue.transpose(1, 2)
+    units = (hid @ hid.transpose(1, 2)) * uu + uu + gram1 * (back @ back.transpose(1, 2))
+    m = (outs * u).sum(dim=2).T
+    s = (g * m).sum(dim=1, keepdim=True)
+    r = g * (m - s)
+    rest = gram1 * (r @ r.T)
+    serves = (g.detach().double() >= half_share).T
+    if trainable is None:
+        model_kernel = rest + units.sum(dim=0)
+    elif len(trainable) == 0:
+        model_kernel = rest + torch.zeros_like(rest)
+    else:
+        model_kernel = rest + units[trainable].sum(dim=0)
+    return torch.cat([units.detach(), model_kernel.detach().unsqueeze(0)]).double(), serves
+
+
+_scripted_monitor_kernels = None
+
+
+def moe_monitor_kernels(*args):
+    """_moe_monitor_kernels, scripted on first use (not at import: most imports never measure)."""
+    global _scripted_monitor_kernels
+    if _scripted_monitor_kernels is None:
+        _scripted_monitor_kernels = torch.jit.script(_moe_monitor_kernels)
+    return _scripted_monitor_kernels(*args)
 
 
 class MoeMlp(nn.Module):
@@ -39,20 +108,26 @@ class MoeMlp(nn.Module):
         return [("gate", [self.gate_w, self.gate_b])] + [(f"expert{e}", self.unit_params(e)) for e in range(self.units)]
 
     def gate(self, x, pruned, mask=None):
+        """The routing weights g (n×E) the experts' outputs are mixed with."""
+        return self.gate_and_routing(x, pruned, mask)[0]
+
+    def gate_and_routing(self, x, pruned, mask=None):
+        """(g, routing): the mixing weights and this call's routing before the pruning gate's soft mask
+        (the step's routing shares read it; no second gate pass). Returned, not kept on the model: the
+        probe's pass between the step's forward and its read would replace a kept one."""
         z = x @ self.gate_w + self.gate_b
         if pruned:
             off = torch.zeros(self.units, device=x.device, dtype=x.dtype)
             off[list(pruned)] = -1e9
             z = z + off
-        g = torch.softmax(z, dim=1)
-        # The routing before the pruning mask, kept for the step's routing shares (no second gate pass).
-        self.unmasked_routing = g
+        routing = torch.softmax(z, dim=1)
+        g = routing
         if mask is not None:
             # The pruning gate's soft mask scales each expert's routing weight, renormalized:
             # p_e ∝ m_e·e^{z_e}, so m_e = 0 is exactly a pruned expert (moeForward.ts).
-            weighted = g * mask
+            weighted = routing * mask
             g = weighted / (weighted.sum(dim=1, keepdim=True) + 1e-12)
-        return g
+        return g, routing
 
     def probe_pass(self, x, pruned, mask=None):
         """(logits, parts): the forward pass of the probe with every expert at once (E×n×h batches), and
@@ -116,16 +191,21 @@ class MoeMlp(nn.Module):
         return [[] if e in pruned else [i for i, yes in enumerate(row) if yes] for e, row in enumerate(serves)]
 
     def forward(self, x, pruned=frozenset(), mask=None):
+        return self.forward_with_routing(x, pruned, mask)[0]
+
+    def forward_with_routing(self, x, pruned=frozenset(), mask=None):
+        """(logits, routing): the output and this call's routing before the soft mask (n×E; None when every
+        expert is pruned: no gate runs, nothing is routed)."""
         if len(pruned) == self.units:
-            return torch.zeros(x.shape[0], self.c, device=x.device, dtype=x.dtype)
-        g = self.gate(x, pruned, mask)
+            return torch.zeros(x.shape[0], self.c, device=x.device, dtype=x.dtype), None
+        g, routing = self.gate_and_routing(x, pruned, mask)
         out = 0
         for e in range(self.units):
             if e in pruned:
                 continue  # no gate mass: not computed
             o = torch.relu(x @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
             out = out + g[:, e:e + 1] * o
-        return out
+        return out, routing
 
 
 def _grid(features):

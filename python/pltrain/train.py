@@ -16,7 +16,7 @@ from . import estimators
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import batches, load_dataset, spreading_stride
 from .events import EventLog
-from .models import SwitchTransformer, create_model
+from .models import MoeMlp, SwitchTransformer, create_model, moe_monitor_kernels
 from .progress import Progress
 from .protocol import LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, UNIT_NAMES, describe_command, dumps, to_precision
 from .pruning import DampingFloorWatch, GatingPruner, unit_weight_norms
@@ -109,6 +109,9 @@ class Measurer:
         self.traces = [0.0] * model.units
         self.direction_path = None  # (u, the leaf holding u in the kernel) of the last differentiable kernels
         self.probe_gram1 = None  # X·Xᵀ + 1 of the fixed probe (the closed forms' input kernel), made once
+        # moe-mlp's experts' parameters as lists, made once (a ParameterList's iteration costs ~1.5 µs per
+        # item): the optimizer and a checkpoint's restore update them in place, so the lists stay the model's.
+        self.expert_params = tuple(list(ps) for ps in (model.w1, model.b1, model.w2, model.b2)) if isinstance(model, MoeMlp) else None
 
     def kernels(self, pruned, create_graph, mask=None):
         """(unit kernels E×n×n, the rest of the model's kernel n×n, the probe rows each unit serves)."""
@@ -162,7 +165,13 @@ class Measurer:
             model_kernel = rest + (units.sum(dim=0) if len(trainable) == units.shape[0] else units[trainable].sum(dim=0))
         # One device → host read of every kernel (the units' and the model's), one batched eigh per size.
         k64 = torch.cat([units.detach(), model_kernel.detach().unsqueeze(0)]).double().cpu().numpy()
-        k, k64 = k64[-1], k64[:-1]
+        stats, v_min, v_max = self.condition_read(k64, served, frozen, pruned, trainable, vectors)
+        return stats, model_kernel, v_min, v_max
+
+    def condition_read(self, k64, served, frozen, pruned, trainable, vectors):
+        """condition()'s host part: (stats, vMin, vMax) from every unit's kernel and the model's, stacked
+        last, in float64 (E+1×n×n numpy)."""
+        every_kernel, (k, k64) = k64, (k64[-1], k64[:-1])
         self.traces = [0.0 if e in pruned else t for e, t in enumerate(np.trace(k64, axis1=1, axis2=2).tolist())]
         stats, solve = [], []
         for e in range(k64.shape[0]):
@@ -178,12 +187,18 @@ class Measurer:
         model_k = k[np.ix_(rows, rows)] if sub else k
         # The units' κ needs eigenvalues only; the model's kernel also its extreme eigenvectors when the
         # regularizer follows them. Without, it joins the units' batched eigvalsh (one call, not two).
-        solved = estimators.conditioning_many([m for _, m in solve] + ([] if vectors else [model_k]), self.damping, vectors=False)
+        whole = not vectors and not sub and len(solve) == k64.shape[0] and all(len(served[e]) == k64.shape[1] for e, _ in solve)
+        if whole:
+            # Every unit measured on every probe row and the model's kernel whole (typically early in a run):
+            # solved straight from the read-back stack, no per-kernel copies (the same solves).
+            solved = estimators.conditioning_stack(every_kernel, self.damping)
+        else:
+            solved = estimators.conditioning_many([m for _, m in solve] + ([] if vectors else [model_k]), self.damping, vectors=False)
         for (e, _), c in zip(solve, solved):
             stats[e].update(mu=c["mu"], lf=c["lf"], kappa=c["kappa"])
         if not vectors:
             self.last, self.model_kappa = stats, solved[-1]["kappa"]
-            return stats, model_kernel, None, None
+            return stats, None, None
         c = estimators.conditioning(model_k, self.damping)
         if sub:
             # κ of the principal submatrix on `rows`, its eigenvectors embedded back (zeros elsewhere), so
@@ -193,7 +208,7 @@ class Measurer:
                 full[rows] = c[key]
                 c[key] = full
         self.last, self.model_kappa = stats, c["kappa"]
-        return stats, model_kernel, c["vMin"], c["vMax"]
+        return stats, c["vMin"], c["vMax"]
 
     def model_rows(self, served, trainable, n):
         """The probe rows the model's κ is taken over: all of them (None), unless a family says otherwise."""
@@ -213,6 +228,23 @@ class Measurer:
         return reg
 
     def measure(self, frozen, pruned, trainable, mask=None):
+        if self.expert_params is not None:
+            # Monitoring alone: one scripted call for every tensor op of kernels() and condition() (the same
+            # ops, so the same numbers), then the same host part.
+            model = self.model
+            if self.probe_gram1 is None:
+                with torch.no_grad():
+                    self.probe_gram1 = self.probe_x @ self.probe_x.T + 1
+            off = None
+            if pruned:
+                off = torch.zeros(model.units, device=self.probe_x.device, dtype=self.probe_x.dtype)
+                off[list(pruned)] = -1e9
+            every = len(trainable) == model.units
+            with torch.no_grad():
+                k64, serves = moe_monitor_kernels(self.probe_x, self.probe_gram1, self.one_hot, *self.label_masks, *self.expert_params,
+                                                  model.gate_w, model.gate_b, off, mask, len(pruned) == model.units, None if every else list(trainable), 1 / (2 * model.units))
+            served = [[] if e in pruned else [i for i, yes in enumerate(row) if yes] for e, row in enumerate(serves.cpu().tolist())]
+            return self.condition_read(k64.cpu().numpy(), served, frozen, pruned, trainable, False)[0]
         units, rest, served = self.kernels(pruned, False, mask)
         return self.condition(units, rest, served, frozen, pruned, trainable, vectors=False)[0]
 
@@ -253,6 +285,7 @@ class SwitchMeasurer(Measurer):
     def __init__(self, model, probe_x, probe_y, damping, probe_size):
         self.model, self.probe_x, self.probe_y, self.damping = model, probe_x, probe_y, damping
         self.tokens = choose_probe_tokens(probe_x.cpu().numpy(), probe_y.cpu().numpy(), probe_size, model.c)
+        self.expert_params = None  # not moe-mlp: no scripted measurement
         self.last = None
         self.model_kappa = 0.0
         self.traces = [0.0] * model.units
@@ -631,9 +664,11 @@ class Trainer:
                     # and the gate learns from the step's ∂L/∂mask (docs/method.md, "Pruning: the gating network").
                     soft = pruner.sample_mask(step, steering.frozen, steering.pruned) if pruner else None
                     mask_t = torch.tensor(soft, dtype=torch.float32, device=device, requires_grad=True) if soft is not None else None
-                    logits = model(x, pruned, mask_t)
-                    # The step's routing (before the pruning mask) for the shares, read before the probe's pass replaces it.
-                    routing = model.unmasked_routing if hasattr(model, "gate") else None
+                    if hasattr(model, "forward_with_routing"):
+                        # The step's routing (before the pruning mask) for the shares, from this forward itself.
+                        logits, routing = model.forward_with_routing(x, pruned, mask_t)
+                    else:
+                        logits, routing = model(x, pruned, mask_t), None
                     task_loss = F.cross_entropy(logits, y.reshape(-1))  # a language model's logits are token-major
                     # Switch: the load-balancing loss is optimized, not reported in the task loss; the
                     # step's routing shares are read before the probe's forward pass replaces them.

@@ -1,4 +1,4 @@
-"""The cheaper κ measurement (docs/performance.md, "PyTorch engine: monitoring, second pass") gives the
+"""The cheaper κ measurement (docs/performance.md, "PyTorch engine: monitoring", second and third pass) gives the
 same numbers as the code it replaced. The reference below is that code's arithmetic written out op for
 op (commit 808975b: the probe pass stacked under autograd's ops, X·Xᵀ + 1 made per kernel, the ReLU mask
 converted before the product, u by where/full_like, the model's κ by `conditioning`'s eigh), on the same
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pltrain import estimators
-from pltrain.models import MoeMlp
+from pltrain.models import MoeMlp, moe_monitor_kernels
 from pltrain.train import Measurer
 
 
@@ -73,6 +73,18 @@ def test_the_monitoring_measurement_equals_the_previous_arithmetic(pruned, froze
             ref_units, ref_rest = reference_kernels(model, x, measurer.one_hot, pruned, mask_t)
         assert torch.equal(units, ref_units) and torch.equal(rest, ref_rest)
         stats = measurer.measure(frozen, pruned, trainable, mask_t)
+        # measure() runs every tensor op in one scripted call: the same kernels bit for bit (the model's
+        # summed as before: over the stack when every unit is trainable, else over the trainable ones).
+        every = len(trainable) == 4
+        ref_model = ref_rest + (ref_units.sum(dim=0) if every else ref_units[trainable].sum(dim=0) if trainable else torch.zeros_like(ref_rest))
+        off = None
+        if pruned:
+            off = torch.zeros(4)
+            off[list(pruned)] = -1e9
+        with torch.no_grad():
+            k64, serves = moe_monitor_kernels(x, measurer.probe_gram1, measurer.one_hot, *measurer.label_masks, *measurer.expert_params, model.gate_w, model.gate_b, off, mask_t, len(pruned) == 4, None if every else trainable, 1 / 8)
+        assert torch.equal(k64, torch.cat([ref_units, ref_model.unsqueeze(0)]).double())
+        assert [[] if e in pruned else [i for i, yes in enumerate(row) if yes] for e, row in enumerate(serves.tolist())] == served
         k = ref_units.double().numpy()
         solved = [e for e in range(4) if e not in pruned and len(served[e]) >= estimators.MIN_SERVED]
         # The units' figures were eigenvalues only (eigvalsh) before as well.
@@ -131,3 +143,46 @@ def test_output_directions_equal_the_previous_formula_bit_for_bit():
             got = estimators.output_directions_torch(logits, one_hot, masks)
             assert torch.equal(torch.nan_to_num(got, nan=7.0), torch.nan_to_num(ref, nan=7.0))
         assert torch.equal(ref[2], torch.zeros(5, dtype=dtype))
+
+
+@pytest.mark.parametrize("pruned,mask", [(frozenset(), None), (frozenset({2}), [1.0, 0.5, 0.25, 0.0])])
+def test_the_step_routing_survives_the_probe_pass_in_either_order(pruned, mask):
+    """The step's routing shares come from the step's own forward: the loop used to read them off the model
+    (`unmasked_routing`, set by every gate call), so a measurement (the probe's pass: other rows) between
+    the forward and the read replaced them. Here the measurement runs in between, both ways (monitoring,
+    and the regularizer's differentiable kernels), and the routing is checked against the softmax of the
+    batch's gate logits computed independently in float64."""
+    model = moe(51)
+    gen = torch.Generator().manual_seed(52)
+    batch, probe = torch.rand(32, 20, generator=gen), torch.rand(12, 20, generator=gen)
+    measurer = Measurer(model, probe, torch.randint(0, 4, (12,), generator=gen), 1e-3)
+    mask_t = None if mask is None else torch.tensor(mask)
+    z = batch.double() @ model.gate_w.detach().double() + model.gate_b.detach().double()
+    z[:, list(pruned)] -= 1e9
+    expected = torch.softmax(z, dim=1)  # before the soft mask
+    logits, routing = model.forward_with_routing(batch, pruned, mask_t)
+    measurer.measure(set(), pruned, [e for e in range(4) if e not in pruned], mask_t)
+    measurer.kernels(pruned, True, mask_t)
+    assert routing.shape == (32, 4)
+    assert torch.allclose(routing.double(), expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(logits, model(batch, pruned, mask_t))
+    # Nothing of a call is kept on the model for a later one to overwrite.
+    assert not hasattr(model, "unmasked_routing")
+    # Every expert pruned: no gate runs and nothing is routed (not a stale routing of an earlier call).
+    out, none = model.forward_with_routing(batch, frozenset(range(4)))
+    assert none is None and torch.equal(out, torch.zeros(32, 4))
+
+
+def test_the_stacked_solve_equals_the_per_kernel_one():
+    """conditioning_stack (monitoring's solve straight from the read-back stack) gives conditioning_many's
+    figures exactly, a singular kernel (rank 3 of 6), a zero one (a dead unit) and a tiny one included,
+    and refuses a non-finite entry as conditioning_many does."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((6, 9))
+    low = rng.standard_normal((6, 3))
+    stack = np.stack([a @ a.T, low @ low.T, np.zeros((6, 6)), 1e-30 * (a @ a.T), (a @ a.T) + rng.standard_normal((6, 6)) * 1e-7])
+    assert estimators.conditioning_stack(stack, 1e-3) == estimators.conditioning_many(list(stack), 1e-3, vectors=False)
+    assert estimators.conditioning_stack(stack, 1e-3)[2] == {"mu": 0.0, "lf": 0.0, "kappa": 1e3}
+    stack[1, 2, 3] = math.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        estimators.conditioning_stack(stack, 1e-3)
