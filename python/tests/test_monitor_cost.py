@@ -186,3 +186,26 @@ def test_the_stacked_solve_equals_the_per_kernel_one():
     stack[1, 2, 3] = math.nan
     with pytest.raises(ValueError, match="non-finite"):
         estimators.conditioning_stack(stack, 1e-3)
+
+
+def test_without_torchscript_the_measurement_runs_eagerly_with_the_same_numbers(monkeypatch, capsys):
+    """A torch that cannot script the measurement (TorchScript is deprecated upstream) still measures: the
+    eager function runs the same ops, so every figure is the same as the scripted call's."""
+    from pltrain import models
+
+    model = moe(41)
+    gen = torch.Generator().manual_seed(42)
+    x, y = torch.rand(12, 20, generator=gen), torch.randint(0, 4, (12,), generator=gen)
+    scripted = Measurer(model, x, y, 1e-3).measure(set(), frozenset({1}), [0, 2, 3])
+
+    def refuse(_fn):
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(models, "_scripted_monitor_kernels", None)
+    monkeypatch.setattr(torch.jit, "script", refuse)
+    measurer = Measurer(model, x, y, 1e-3)
+    eager = measurer.measure(set(), frozenset({1}), [0, 2, 3])
+    assert models._scripted_monitor_kernels is models._moe_monitor_kernels
+    assert "κ monitoring runs eagerly" in capsys.readouterr().err
+    assert [(s["mu"], s["lf"], s["kappa"]) for s in eager] == [(s["mu"], s["lf"], s["kappa"]) for s in scripted]
+    assert any(s["kappa"] is not None for s in eager)
