@@ -393,8 +393,6 @@ class SwitchTransformer(nn.Module):
             self.blocks.append(blk)
         self.ln_g, self.ln_b = ones(D), zeros(D)
         self.out_w, self.out_b = normal(D, vocabulary, std=math.sqrt(1 / D)), zeros(vocabulary)
-        self.aux = None  # the last forward's load-balancing loss (summed over Switch layers)
-        self.routed = [0] * E  # the last forward's tokens per expert (summed over Switch layers)
 
     def expert(self, l, e):
         return self.blocks[l].experts[e]
@@ -406,17 +404,26 @@ class SwitchTransformer(nn.Module):
         expert_ids = {id(p) for e in range(self.units) for p in self.unit_params(e)}
         return [("shared", [p for p in self.parameters() if id(p) not in expert_ids])] + [(f"expert{e}", self.unit_params(e)) for e in range(self.units)]
 
-    def routed_shares(self):
-        """The last forward's fraction of tokens dispatched to each expert (all Switch layers)."""
-        total = sum(self.routed)
-        return [r / total for r in self.routed] if total else None
+    @staticmethod
+    def routed_shares(routed):
+        """The fraction of a call's tokens dispatched to each expert (all Switch layers), from its `routed`."""
+        total = sum(routed)
+        return [r / total for r in routed] if total else None
 
-    def aux_loss(self):
-        return LOAD_BALANCE_COEFFICIENT * self.aux
+    @staticmethod
+    def aux_loss(aux):
+        """The load-balancing term of the objective, from a call's `aux`."""
+        return LOAD_BALANCE_COEFFICIENT * aux
 
     def forward(self, x, pruned=frozenset(), mask=None, trace=None):
-        """x: token ids [b, T] → logits [b·T, V]. `trace` (a list) collects, per Switch layer, the
-        normalized input, router probabilities, dispatch and output tensors (still in the graph)."""
+        return self.forward_with_load(x, pruned, mask, trace)[0]
+
+    def forward_with_load(self, x, pruned=frozenset(), mask=None, trace=None):
+        """x: token ids [b, T] → (logits [b·T, V], aux, routed): this call's load-balancing loss (summed over
+        the Switch layers, in the graph) and tokens per expert (summed likewise). Returned, not kept on the
+        model, so that the probe's pass between the step's forward and the loop's read cannot replace them.
+        `trace` (a list) collects, per Switch layer, the normalized input, router probabilities, dispatch and
+        output tensors (still in the graph)."""
         b, T = x.shape
         if T > self.context_length:
             raise ValueError(f"sequences of {T} tokens are longer than contextLength {self.context_length}")
@@ -430,7 +437,7 @@ class SwitchTransformer(nn.Module):
             off = torch.zeros(E, dtype=h.dtype, device=h.device)
             off[list(pruned)] = MASKED_LOGIT
         live = E - len(pruned)
-        self.routed = [0] * E
+        routed = [0] * E
         aux = h.new_zeros(())
         for l, blk in enumerate(self.blocks):
             a = ln(h, blk.ln1g, blk.ln1b)
@@ -461,12 +468,11 @@ class SwitchTransformer(nn.Module):
             # Load balancing: E_live·Σ f_e·P_e (f from the hard decisions, constant; P carries the gradient).
             fractions = torch.tensor(counts, dtype=h.dtype, device=h.device) / N
             aux = aux + live * (probs.mean(dim=0) * fractions).sum()
-            self.routed = [r + c for r, c in zip(self.routed, counts)]
+            routed = [r + c for r, c in zip(routed, counts)]
             if trace is not None:
                 trace.append({"block": l, "input": f, "probs": probs, "expert_of": expert_of, "output": out})
             h = h + out
-        self.aux = aux
-        return ln(h, self.ln_g, self.ln_b) @ self.out_w + self.out_b
+        return ln(h, self.ln_g, self.ln_b) @ self.out_w + self.out_b, aux, routed
 
     def expert_kernel_alone(self, l, e, x, u):
         """The two-layer closed-form tangent kernel of u_iᵀ·expert_e^l(x_i) w.r.t. the expert's own

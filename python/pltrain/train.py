@@ -664,16 +664,19 @@ class Trainer:
                     # and the gate learns from the step's ∂L/∂mask (docs/method.md, "Pruning: the gating network").
                     soft = pruner.sample_mask(step, steering.frozen, steering.pruned) if pruner else None
                     mask_t = torch.tensor(soft, dtype=torch.float32, device=device, requires_grad=True) if soft is not None else None
+                    routing = routed_shares = aux = None
                     if hasattr(model, "forward_with_routing"):
                         # The step's routing (before the pruning mask) for the shares, from this forward itself.
                         logits, routing = model.forward_with_routing(x, pruned, mask_t)
+                    elif hasattr(model, "forward_with_load"):
+                        # Switch: this forward's load-balancing loss and tokens per expert, returned by the call.
+                        logits, aux, routed = model.forward_with_load(x, pruned, mask_t)
+                        routed_shares = model.routed_shares(routed)
                     else:
-                        logits, routing = model(x, pruned, mask_t), None
+                        logits = model(x, pruned, mask_t)
                     task_loss = F.cross_entropy(logits, y.reshape(-1))  # a language model's logits are token-major
-                    # Switch: the load-balancing loss is optimized, not reported in the task loss; the
-                    # step's routing shares are read before the probe's forward pass replaces them.
-                    objective = task_loss + model.aux_loss() if hasattr(model, "aux_loss") else task_loss
-                    routed_shares = model.routed_shares() if hasattr(model, "routed_shares") else None
+                    # Switch: the load-balancing loss is optimized, not reported in the task loss.
+                    objective = task_loss + model.aux_loss(aux) if aux is not None else task_loss
                     measured = None
                     if alpha > 0 and trainable:
                         # κ for the weights this step starts from; the regularizer differentiates the

@@ -41,7 +41,7 @@ def test_top1_dispatch_and_the_load_balancing_loss_in_closed_form():
     model = build()
     x, _ = tokens()
     trace = []
-    model(x, frozenset(), None, trace)
+    _, aux, routed = model.forward_with_load(x, frozenset(), None, trace)
     E, N = model.units, x.numel()
     expected_aux = 0.0
     for layer in trace:
@@ -53,17 +53,32 @@ def test_top1_dispatch_and_the_load_balancing_loss_in_closed_form():
             torch.testing.assert_close(out[i], probs[i, top[i]] * o, rtol=1e-12, atol=1e-12)
         fractions = np.bincount(top.numpy(), minlength=E) / N
         expected_aux += E * float((probs.mean(dim=0).numpy() * fractions).sum())
-    assert float(model.aux) == pytest.approx(expected_aux, rel=1e-12)
-    assert sum(model.routed) == N * len(model.switch_blocks)
-    assert sum(model.routed_shares()) == pytest.approx(1.0)
+    assert float(aux) == pytest.approx(expected_aux, rel=1e-12)
+    assert sum(routed) == N * len(model.switch_blocks)
+    assert sum(model.routed_shares(routed)) == pytest.approx(1.0)
+
+
+def test_a_calls_load_is_its_own_whatever_runs_after_it():
+    """The loop reads the step's load-balancing loss and tokens per expert after the probe's pass may have
+    run the model again (κ in the step): each call returns its own, so the step's figures stay the step's."""
+    model = build()
+    x, _ = tokens()
+    trace = []
+    _, aux, routed = model.forward_with_load(x, frozenset(), None, trace)
+    expected = sum(np.bincount(t["expert_of"].numpy(), minlength=model.units) for t in trace).tolist()
+    other, _ = tokens(b=2, seed=9)
+    _, other_aux, other_routed = model.forward_with_load(other, frozenset({0}), None)  # a probe-like pass
+    assert routed == expected and sum(other_routed) == other.numel() * len(model.switch_blocks) != sum(routed)
+    assert other_routed[0] == 0 and float(other_aux) != float(aux)
+    assert not hasattr(model, "routed") and not hasattr(model, "aux")  # nothing kept on the model
 
 
 def test_a_pruned_expert_gets_no_token_and_no_gradient():
     model = build()
     x, y = tokens()
     trace = []
-    logits = model(x, frozenset({1}), None, trace)
-    assert model.routed[1] == 0 and all(int((t["expert_of"] == 1).sum()) == 0 for t in trace)
+    logits, _, routed = model.forward_with_load(x, frozenset({1}), None, trace)
+    assert routed[1] == 0 and all(int((t["expert_of"] == 1).sum()) == 0 for t in trace)
     torch.nn.functional.cross_entropy(logits, y.reshape(-1)).backward()
     assert all(p.grad is None or float(p.grad.abs().max()) == 0 for p in model.unit_params(1))
     assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in model.unit_params(0) + model.unit_params(2))
