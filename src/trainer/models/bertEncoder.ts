@@ -16,7 +16,8 @@ import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
-import { hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
+import { readRows } from '../engine/readRows';
+import { HostScratch, hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -89,6 +90,8 @@ export class BertEncoder extends RouterlessClassifier {
   private stepMaps: Map<string, TF.Tensor> | undefined;
   /** What the hand-written backward's ops keep for the step's backward pass (their `hold`), disposed in endStep. */
   private stepHeld: TF.Tensor[] | undefined;
+  /** ffnBlockBackward's working arrays per layer, reused from step to step (HostScratch: no garbage a step). */
+  private readonly ffnScratch: HostScratch[] = [];
 
   constructor(tf: typeof TF, config: TrainingConfig, data: TaskData) {
     if (data.kind !== 'images') throw new Error(`the bert-encoder family classifies images read row by row, not ${data.kind}`);
@@ -393,7 +396,7 @@ export class BertEncoder extends RouterlessClassifier {
       let dr1: T2;
       if (ffnOnHost(l)) {
         const upstream = dh2 ? { dh: dh2 } : { U, outW: mat(e.outW) };
-        dr1 = ffnBlockBackward(tf, { upstream, r2: s.r2, ln2g: vec(blk.ln2g), ff2w: mat(blk.ff2w), pre: s.pre, ff1w: mat(blk.ff1w), r1: s.r1, ln1g: vec(blk.ln1g) }, s.probeFrom);
+        dr1 = ffnBlockBackward(tf, { upstream, r2: s.r2, ln2g: vec(blk.ln2g), ff2w: mat(blk.ff2w), pre: s.pre, ff1w: mat(blk.ff1w), r1: s.r1, ln1g: vec(blk.ln1g) }, s.probeFrom, (this.ffnScratch[l] ??= new HostScratch()));
       } else {
         const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2!, hold, s.probeFrom);
         const dPre = act.geluDerivative(s.pre, hold, act.affine(dr2, mat(blk.ff2w), { transposeW: true, hold }), s.probeFrom);
@@ -649,48 +652,59 @@ export function ffnBlockBackward(
   tf: typeof TF,
   t: { upstream: { dh: T2 } | { U: T2; outW: T2 }; r2: T2; ln2g: TF.Tensor1D; ff2w: T2; pre: T2; ff1w: T2; r1: T2; ln1g: TF.Tensor1D },
   fromRow = 0,
+  scratch = new HostScratch(),
 ): T2 {
   const fromU = 'U' in t.upstream;
   const head = 'U' in t.upstream ? [t.upstream.U, t.upstream.outW] : [t.upstream.dh];
   const b = head[0].shape[0];
   const c = fromU ? head[0].shape[1] : 0;
   const [D, F] = t.ff1w.shape;
+  // Every working array from the scratch (read by the gradient: it must not be claimed again before
+  // then); the read-backs are ranged reads into it (only the probe's rows of a joint tensor); only what
+  // becomes a tensor's values is fresh.
+  const read = (x: TF.Tensor, key: string, fromRowOf = 0, rows = x.shape[0]) => readRows(tf, x, fromRowOf, rows, scratch.f32(key, (rows * x.size) / x.shape[0]));
   const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
     const tIn = args.slice(0, head.length) as TF.Tensor[];
     const [tR2, tG2, tW2, tPre, tW1, tR1, tG1] = args.slice(head.length) as TF.Tensor[];
     for (const [what, x, width] of [['r2', tR2, D], ['pre', tPre, F], ['r1', tR1, D]] as const)
       if (x.shape[0] < fromRow + b || x.shape[1] !== width) throw new Error(`ffnBlockBackward: ${what} [${x.shape}], reading ${b} rows of ${width} from ${fromRow}`);
-    const [g2, W2, W1, g1, r2s, pres, r1s] = [tG2, tW2, tW1, tG1, tR2, tPre, tR1].map((x) => x.dataSync() as Float32Array);
-    const [us, outW] = fromU ? tIn.map((x) => x.dataSync() as Float32Array) : [];
+    const token = scratch.claim();
+    const [g2, W2, W1, g1] = [read(tG2, 'g2'), read(tW2, 'W2'), read(tW1, 'W1'), read(tG1, 'g1')];
+    const [r2s, pres, r1s] = [read(tR2, 'r2', fromRow, b), read(tPre, 'pre', fromRow, b), read(tR1, 'r1', fromRow, b)];
+    const [us, outW] = fromU ? [read(tIn[0], 'U'), read(tIn[1], 'outW')] : ([] as Float32Array[]);
     // δ at the block's output: as given, or U·W_outᵀ.
-    const dh = fromU ? hostProduct(us, outW, b, D, c, false, true) : (tIn[0].dataSync() as Float32Array);
-    const ln2 = hostLayerNormBackward(r2s, fromRow * D, g2, dh, b, D);
+    const dh = fromU ? hostProduct(us, outW, b, D, c, false, true, scratch.f32('dh', b * D)) : read(tIn[0], 'dh');
+    const ln2 = hostLayerNormBackward(r2s, 0, g2, dh, b, D, scratch, 'ln2');
     const dr2F = ln2.F;
-    const dr2 = new Float32Array(dr2F);
+    const dr2 = scratch.f32('dr2', b * D);
+    dr2.set(dr2F);
     // u = dr₂·W₂ᵀ [b, F], dPre = u⊙GELU′(pre)
-    const u = hostProduct(dr2, W2, b, F, D, false, true);
-    const { prime, second } = hostGeluDerivatives(pres, fromRow * F, b * F);
-    const dPre = new Float32Array(b * F);
+    const u = hostProduct(dr2, W2, b, F, D, false, true, scratch.f32('u', b * F));
+    const { prime, second } = hostGeluDerivatives(pres, 0, b * F, scratch);
+    const dPre = scratch.f32('dPre', b * F);
     for (let k = 0; k < b * F; k++) dPre[k] = u[k] * prime[k];
     // s = dPre·W₁ᵀ + dr₂ [b, D]
-    const s = new Float64Array(hostProduct(dPre, W1, b, D, F, false, true));
+    const s = scratch.f64('s', b * D);
+    s.set(hostProduct(dPre, W1, b, D, F, false, true, scratch.f32('s32', b * D)));
     for (let k = 0; k < b * D; k++) s[k] += dr2F[k];
-    const ln1 = hostLayerNormBackward(r1s, fromRow * D, g1, s, b, D);
+    const ln1 = hostLayerNormBackward(r1s, 0, g1, s, b, D, scratch, 'ln1');
     return {
       value: tf.tensor2d(new Float32Array(ln1.F), [b, D]),
       gradFunc: (w: TF.Tensor) => {
-        const ws = w.dataSync() as Float32Array;
-        const [gR1, gG1, gS] = [new Float32Array(tR1.size), new Float64Array(D), new Float32Array(b * D)];
+        scratch.check(token, 'ffnBlockBackward');
+        const ws = read(w, 'w');
+        const [gR1, gG1, gS] = [new Float32Array(tR1.size), new Float64Array(D), scratch.f32('gS', b * D)];
         hostLayerNormBackwardAdjoint(ln1, g1, s, ws, gR1, fromRow * D, gG1, gS);
         // s = dPre·W₁ᵀ + dr₂
-        const gDPre = hostProduct(gS, W1, b, F, D);
+        const gDPre = hostProduct(gS, W1, b, F, D, false, false, scratch.f32('gDPre', b * F));
         const gW1 = hostProduct(gS, dPre, D, F, b, true, false);
         // dPre = u⊙GELU′(pre)
-        const gU = new Float32Array(b * F);
+        const gU = scratch.f32('gU', b * F);
         const gPre = new Float32Array(tPre.size);
         hostGeluDerivativeAdjoint(gDPre, u, prime, second, gPre, fromRow * F, gU);
         // u = dr₂·W₂ᵀ
-        const gDr2 = new Float64Array(hostProduct(gU, W2, b, D, F));
+        const gDr2 = scratch.f64('gDr2', b * D);
+        gDr2.set(hostProduct(gU, W2, b, D, F, false, false, scratch.f32('gDr2.32', b * D)));
         for (let k = 0; k < b * D; k++) gDr2[k] += gS[k];
         const gW2 = hostProduct(gU, dr2, F, D, b, true, false);
         const [gR2, gG2, gDh] = [new Float32Array(tR2.size), new Float64Array(D), new Float32Array(b * D)];
