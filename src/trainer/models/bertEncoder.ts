@@ -682,11 +682,9 @@ export function ffnBlockBackward(
     const u = hostProduct(dr2, W2, b, F, D, false, true, scratch.f32('u', b * F));
     const { prime, second } = hostGeluDerivatives(pres, 0, b * F, scratch);
     const dPre = scratch.f32('dPre', b * F);
-    for (let k = 0; k < b * F; k++) dPre[k] = u[k] * prime[k];
+    productInto(dPre, u, prime);
     // s = dPre·W₁ᵀ + dr₂ [b, D]
-    const s = scratch.f64('s', b * D);
-    s.set(hostProduct(dPre, W1, b, D, F, false, true, scratch.f32('s32', b * D)));
-    for (let k = 0; k < b * D; k++) s[k] += dr2F[k];
+    const s = sumInto(scratch.f64('s', b * D), hostProduct(dPre, W1, b, D, F, false, true, scratch.f32('s32', b * D)), dr2F);
     const ln1 = hostLayerNormBackward(r1s, 0, g1, s, b, D, scratch, 'ln1');
     return {
       value: tf.tensor2d(new Float32Array(ln1.F), [b, D]),
@@ -703,9 +701,7 @@ export function ffnBlockBackward(
         const gPre = new Float32Array(tPre.size);
         hostGeluDerivativeAdjoint(gDPre, u, prime, second, gPre, fromRow * F, gU);
         // u = dr₂·W₂ᵀ
-        const gDr2 = scratch.f64('gDr2', b * D);
-        gDr2.set(hostProduct(gU, W2, b, D, F, false, false, scratch.f32('gDr2.32', b * D)));
-        for (let k = 0; k < b * D; k++) gDr2[k] += gS[k];
+        const gDr2 = sumInto(scratch.f64('gDr2', b * D), hostProduct(gU, W2, b, D, F, false, false, scratch.f32('gDr2.32', b * D)), gS);
         const gW2 = hostProduct(gU, dr2, F, D, b, true, false);
         const [gR2, gG2, gDh] = [new Float32Array(tR2.size), new Float64Array(D), new Float32Array(b * D)];
         hostLayerNormBackwardAdjoint(ln2, g2, dh, gDr2, gR2, fromRow * D, gG2, gDh);
@@ -725,6 +721,17 @@ export function ffnBlockBackward(
     };
   }) as (...x: TF.Tensor[]) => T2;
   return op(...head, t.r2, t.ln2g, t.ff2w, t.pre, t.ff1w, t.r1, t.ln1g);
+}
+
+/** out[k] = a[k]·b[k]. The host ops' loops are functions of their arrays: V8 reloads arrays a closure captures on every iteration. */
+function productInto(out: Float32Array, a: ArrayLike<number>, b: ArrayLike<number>): void {
+  for (let k = 0; k < out.length; k++) out[k] = a[k] * b[k];
+}
+
+/** out[k] = a[k] + b[k] (float64), returned. */
+function sumInto(out: Float64Array, a: ArrayLike<number>, b: ArrayLike<number>): Float64Array {
+  for (let k = 0; k < out.length; k++) out[k] = a[k] + b[k];
+  return out;
 }
 
 /**
