@@ -787,10 +787,8 @@ function clsAttentionBackwardHost(
     const wos = wo ? ((args[5] as TF.Tensor).dataSync() as Float32Array) : undefined;
     // dMerged [b, H·dh]: as given, or dOut·W_oᵀ.
     const dO = wos ? hostProduct(dIn, wos, b, HD, D, false, true) : dIn;
-    const a = (sa.dataSync() as Float32Array).subarray(fromExample * H * T, (fromExample + b) * H * T);
-    const qs = (sq.dataSync() as Float32Array).subarray(fromExample * HD, (fromExample + b) * HD);
-    const ks = (sk.dataSync() as Float32Array).subarray(fromExample * H * T * dh, (fromExample + b) * H * T * dh);
-    const vs = (sv.dataSync() as Float32Array).subarray(fromExample * H * T * dh, (fromExample + b) * H * T * dh);
+    // The probe's examples of the joint tensors only (ranged reads, not whole-tensor copies).
+    const [a, qs, ks, vs] = [sa, sq, sk, sv].map((t) => readRows(tf, t, fromExample, b));
     const dA = new Float64Array(b * H * T);
     const dS = new Float64Array(b * H * T);
     const cs = new Float64Array(b * H);
@@ -798,7 +796,6 @@ function clsAttentionBackwardHost(
     return {
       value: tf.tensor2d(value, [b * T, 3 * HD]),
       gradFunc: (w: TF.Tensor) => {
-        const ws = w.dataSync() as Float32Array;
         const [ga, gq, gk, gv] = [sa, sq, sk, sv].map((t) => new Float32Array(t.size));
         const gdm = clsAttentionGradient(dims, fromExample, w.dataSync() as Float32Array, dO, a, qs, ks, vs, dA, dS, cs, ga, gq, gk, gv);
         const rest = [tf.tensor(ga, sa.shape), tf.tensor(gq, sq.shape), tf.tensor(gk, sk.shape), tf.tensor(gv, sv.shape)];
