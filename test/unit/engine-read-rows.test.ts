@@ -1,11 +1,12 @@
 // src/trainer/engine/readRows.ts: a ranged read of a tensor equals dataSync().subarray(...) on wasm and
 // cpu, into a reused array or a fresh one, for tensors made from values and by kernels; the copy stays
-// right after the wasm heap grows (no view is returned); bad ranges are refused.
+// right after the wasm heap grows (no view is returned); bad ranges are refused. tensorFromRows equals
+// the zero-padded array, keeps no reference to its input, and leaks nothing.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { readRange, readRows } from '../../src/trainer/engine/readRows';
+import { readRange, readRows, tensorFromRows } from '../../src/trainer/engine/readRows';
 import { mulberry32 } from '../support/prng';
 
 for (const backend of ['wasm', 'cpu'] as const) {
@@ -47,5 +48,30 @@ for (const backend of ['wasm', 'cpu'] as const) {
     t.dispose();
     ints.dispose();
     assert.throws(() => readRange(tf, t, 0, 1), /disposed/);
+  });
+
+  test(`tensorFromRows on ${backend}: zero except the given rows, its input copied (reusable), nothing leaked; bad rows refused`, async () => {
+    assert.ok(await tf.setBackend(backend));
+    const before = tf.memory().numTensors;
+    for (const [shape, fromRow, count] of [[[720, 32], 480, 240], [[5, 2, 3], 0, 5], [[5, 2, 3], 4, 1], [[4, 3], 2, 0]] as [number[], number, number][]) {
+      const perRow = shape.slice(1).reduce((p, d) => p * d, 1);
+      // Dirty the heap first where wasm may reuse memory: the tensor must still be zero outside the rows.
+      tf.dispose(tf.fill(shape, 7));
+      const rows = Float32Array.from({ length: count * perRow }, (_, i) => i + 0.25);
+      const t = tensorFromRows(tf, shape, fromRow, rows);
+      const expected = new Float32Array(shape.reduce((p, d) => p * d, 1));
+      expected.set(rows, fromRow * perRow);
+      rows.fill(-1); // the caller reuses its array
+      assert.deepEqual(t.shape, shape);
+      assert.equal(t.dtype, 'float32');
+      assert.deepEqual(t.dataSync(), expected);
+      // Usable by kernels like any tensor.
+      const doubled = tf.mul(t, 2);
+      assert.deepEqual(Array.from(doubled.dataSync()), Array.from(expected, (v) => 2 * v));
+      tf.dispose([t, doubled]);
+    }
+    assert.equal(tf.memory().numTensors, before, 'no tensor left');
+    assert.throws(() => tensorFromRows(tf, [4, 3], 3, new Float32Array(6)), /6 values from row 3 of a tensor \[4,3\]/);
+    assert.throws(() => tensorFromRows(tf, [4, 3], 0, new Float32Array(5)), /5 values from row 0/);
   });
 }

@@ -7,6 +7,7 @@ import type * as TF from '@tensorflow/tfjs';
 
 interface WasmBackend {
   typedArrayFromHeap(t: TF.TensorInfo): Float32Array | Int32Array | Uint8Array;
+  makeOutput(shape: number[], dtype: 'float32'): TF.TensorInfo;
 }
 
 interface CpuBackend {
@@ -37,6 +38,34 @@ export function readRange(tf: typeof TF, t: TF.Tensor, from: number, count: numb
 export function readRows(tf: typeof TF, t: TF.Tensor, fromRow: number, rows: number, into?: Float32Array): Float32Array {
   const perRow = t.shape.length === 0 ? 1 : t.size / t.shape[0];
   return readRange(tf, t, fromRow * perRow, rows * perRow, into);
+}
+
+/**
+ * A float32 tensor of `shape`, zero except rows fromRow … fromRow + rows.length / perRow − 1 (read as
+ * [shape[0], size / shape[0]]), which hold `rows`: a host op's gradient for a joint tensor whose other
+ * rows it did not read. On wasm the tensor is made in the heap and only the given rows are copied in
+ * (not a whole zero-padded array written from JavaScript); elsewhere from a fresh array. `rows` is
+ * copied, never kept: the caller may reuse it.
+ */
+export function tensorFromRows(tf: typeof TF, shape: number[], fromRow: number, rows: ArrayLike<number>): TF.Tensor {
+  const size = shape.reduce((p, d) => p * d, 1);
+  const perRow = shape.length === 0 ? 1 : size / shape[0];
+  const at = fromRow * perRow;
+  if (fromRow < 0 || (perRow > 0 && rows.length % perRow !== 0) || at + rows.length > size)
+    throw new Error(`tensorFromRows: ${rows.length} values from row ${fromRow} of a tensor [${shape}]`);
+  if (tf.getBackend() === 'wasm') {
+    const backend = tf.backend() as unknown as WasmBackend;
+    const info = backend.makeOutput(shape, 'float32');
+    const view = backend.typedArrayFromHeap(info) as Float32Array;
+    // The heap's bytes are malloc's: zero them.
+    view.fill(0, 0, at);
+    view.set(rows, at);
+    view.fill(0, at + rows.length);
+    return tf.engine().makeTensorFromTensorInfo(info);
+  }
+  const values = new Float32Array(size);
+  values.set(rows, at);
+  return tf.tensor(values, shape, 'float32');
 }
 
 /** The tensor's values where they live, without a copy (wasm: a heap view, valid until the next allocation; cpu: its array). */

@@ -16,7 +16,7 @@ import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
-import { readRows } from '../engine/readRows';
+import { readRows, tensorFromRows } from '../engine/readRows';
 import { HostScratch, hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
@@ -691,30 +691,31 @@ export function ffnBlockBackward(
       gradFunc: (w: TF.Tensor) => {
         scratch.check(token, 'ffnBlockBackward');
         const ws = read(w, 'w');
-        const [gR1, gG1, gS] = [new Float32Array(tR1.size), new Float64Array(D), scratch.f32('gS', b * D)];
-        hostLayerNormBackwardAdjoint(ln1, g1, s, ws, gR1, fromRow * D, gG1, gS);
+        // The joint tensors' gradients as their read rows (tensorFromRows pads them with zeros).
+        const [gR1, gG1, gS] = [scratch.f32('gR1', b * D), new Float64Array(D), scratch.f32('gS', b * D)];
+        hostLayerNormBackwardAdjoint(ln1, g1, s, ws, gR1, 0, gG1, gS);
         // s = dPre·W₁ᵀ + dr₂
         const gDPre = hostProduct(gS, W1, b, F, D, false, false, scratch.f32('gDPre', b * F));
         const gW1 = hostProduct(gS, dPre, D, F, b, true, false);
         // dPre = u⊙GELU′(pre)
         const gU = scratch.f32('gU', b * F);
-        const gPre = new Float32Array(tPre.size);
-        hostGeluDerivativeAdjoint(gDPre, u, prime, second, gPre, fromRow * F, gU);
+        const gPre = scratch.f32('gPre', b * F);
+        hostGeluDerivativeAdjoint(gDPre, u, prime, second, gPre, 0, gU);
         // u = dr₂·W₂ᵀ
         const gDr2 = sumInto(scratch.f64('gDr2', b * D), hostProduct(gU, W2, b, D, F, false, false, scratch.f32('gDr2.32', b * D)), gS);
         const gW2 = hostProduct(gU, dr2, F, D, b, true, false);
-        const [gR2, gG2, gDh] = [new Float32Array(tR2.size), new Float64Array(D), new Float32Array(b * D)];
-        hostLayerNormBackwardAdjoint(ln2, g2, dh, gDr2, gR2, fromRow * D, gG2, gDh);
+        const [gR2, gG2, gDh] = [scratch.f32('gR2', b * D), new Float64Array(D), new Float32Array(b * D)];
+        hostLayerNormBackwardAdjoint(ln2, g2, dh, gDr2, gR2, 0, gG2, gDh);
         // dh = U·W_outᵀ, or given.
         const upstreamGrads = fromU ? [tf.tensor2d(hostProduct(gDh, outW, b, c, D), [b, c]), tf.tensor2d(hostProduct(gDh, us, D, c, b, true, false), [D, c])] : [tf.tensor2d(gDh, [b, D])];
         return [
           ...upstreamGrads,
-          tf.tensor2d(gR2, tR2.shape as [number, number]),
+          tensorFromRows(tf, tR2.shape, fromRow, gR2),
           tf.tensor1d(new Float32Array(gG2)),
           tf.tensor2d(gW2, [F, D]),
-          tf.tensor2d(gPre, tPre.shape as [number, number]),
+          tensorFromRows(tf, tPre.shape, fromRow, gPre),
           tf.tensor2d(gW1, [D, F]),
-          tf.tensor2d(gR1, tR1.shape as [number, number]),
+          tensorFromRows(tf, tR1.shape, fromRow, gR1),
           tf.tensor1d(new Float32Array(gG1)),
         ];
       },
@@ -796,9 +797,10 @@ function clsAttentionBackwardHost(
     return {
       value: tf.tensor2d(value, [b * T, 3 * HD]),
       gradFunc: (w: TF.Tensor) => {
-        const [ga, gq, gk, gv] = [sa, sq, sk, sv].map((t) => new Float32Array(t.size));
-        const gdm = clsAttentionGradient(dims, fromExample, w.dataSync() as Float32Array, dO, a, qs, ks, vs, dA, dS, cs, ga, gq, gk, gv);
-        const rest = [tf.tensor(ga, sa.shape), tf.tensor(gq, sq.shape), tf.tensor(gk, sk.shape), tf.tensor(gv, sv.shape)];
+        // The probe's examples' gradients only (from example 0 of these arrays), then padded with zeros (tensorFromRows).
+        const [ga, gq, gk, gv] = [sa, sq, sk, sv].map((t) => new Float32Array((b * t.size) / t.shape[0]));
+        const gdm = clsAttentionGradient(dims, 0, w.dataSync() as Float32Array, dO, a, qs, ks, vs, dA, dS, cs, ga, gq, gk, gv);
+        const rest = ([[sa, ga], [sq, gq], [sk, gk], [sv, gv]] as const).map(([t, g]) => tensorFromRows(tf, t.shape, fromExample, g));
         if (!wos) return [tf.tensor2d(new Float32Array(gdm), [b, HD]), ...rest];
         // dMerged = dOut·W_oᵀ: ∂dOut = ∂dMerged·W_o [b, D], ∂W_o = ∂dMergedᵀ·dOut [H·dh, D].
         const gMerged = new Float32Array(gdm);
