@@ -9,7 +9,7 @@ import { DEFAULT_FASHION_MNIST_PATH, parseTrainingConfig, type TrainingConfig } 
 import { conditioning, gramOfJacobian, outputDirections, symmetricEigen } from '../../src/trainer/pl';
 import { imageTaskData, loadBuiltin, loadFashionMnist } from '../../src/trainer/data';
 import { attentionBackward, attentionBackwardOnHost, BertEncoder, clsAttentionBackwardFromOutput, ffnBlockBackward, ffnBlockOnHost, headJacobians } from '../../src/trainer/models/bertEncoder';
-import { hostElementwise, nativeHostProducts, twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
+import { HostScratch, hostElementwise, nativeHostProducts, twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
 import type { Batch, TaskData } from '../../src/trainer/models/types';
 import { centralDifference, relativeFrobenius } from '../support/linalg';
 
@@ -665,6 +665,53 @@ test('ffnBlockBackward (a block\'s FFN half and both layer norms in the hand-wri
   assert.equal(ffnBlockOnHost(tf, N, D, F), false, 'above the limit: the ops');
   hostElementwise.maxElements = limit;
   assert.equal(ffnBlockOnHost(tf, N, D, F), nativeHostProducts(), 'within it: the host op where the native products are');
+});
+
+test('ffnBlockBackward with a reused HostScratch: two forward-and-gradient rounds give bitwise what fresh buffers give, a value read after the next forward pass is unchanged, and a gradient whose scratch a later forward claimed fails loudly (cpu and wasm)', async () => {
+  const [N, D, F, from, after] = [3, 4, 5, 2, 1];
+  const rows = from + N + after;
+  const shapes = [[N, D], [rows, D], [D], [F, D], [rows, F], [D, F], [rows, D], [D]];
+  const inputsFor = (seed: number) =>
+    shapes.map((sh, i) => tf.tensor(Float32Array.from({ length: sh.reduce((a, v) => a * v, 1) }, (_, k) => (i === 2 || i === 7 ? 1 : 0) + Math.sin(seed * 5.3 + i * 3.1 + k * 1.7) * 0.8), sh));
+  const op = (t: tf.Tensor[], scratch?: HostScratch) => {
+    const [dh, r2, ln2g, ff2w, pre, ff1w, r1, ln1g] = t as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor1D];
+    return ffnBlockBackward(tf, { upstream: { dh }, r2, ln2g, ff2w, pre, ff1w, r1, ln1g }, from, scratch);
+  };
+  const backend = tf.getBackend();
+  await import('@tensorflow/tfjs-backend-wasm');
+  try {
+    for (const name of ['cpu', 'wasm']) {
+      await tf.setBackend(name);
+      const w = tf.tensor2d(Float32Array.from({ length: N * D }, (_, k) => Math.cos(k * 0.9)), [N, D]);
+      const round = (t: tf.Tensor[], scratch?: HostScratch) => {
+        const value = op(t, scratch);
+        const grads = tf.grads((...x: tf.Tensor[]) => tf.sum(tf.mul(op(x, scratch), w)))(t);
+        return { value, grads };
+      };
+      const [a, b] = [inputsFor(1), inputsFor(2)];
+      const scratch = new HostScratch();
+      const reused = [round(a, scratch), round(b, scratch)];
+      const fresh = [round(a), round(b)];
+      reused.forEach((r, i) => {
+        assert.deepEqual(r.value.dataSync(), fresh[i].value.dataSync(), `${name}: round ${i} value`);
+        r.grads.forEach((g, j) => assert.deepEqual(g.dataSync(), fresh[i].grads[j].dataSync(), `${name}: round ${i} gradient ${j}`));
+      });
+      // A's value made with the scratch, then B's forward pass refills it: A's value is its own array.
+      const valueA = op(a, scratch);
+      const valueB = op(b, scratch);
+      assert.deepEqual(valueA.dataSync(), fresh[0].value.dataSync(), `${name}: a value read after the next forward pass`);
+      assert.notDeepEqual(valueA.dataSync(), valueB.dataSync());
+      // One scratch, two forward passes before the gradient: an error, not the second pass's values.
+      assert.throws(() => tf.grads((...x: tf.Tensor[]) => {
+        const y = op(x, scratch);
+        op(b, scratch);
+        return tf.sum(tf.mul(y, w));
+      })(a), /host scratch was reused by a later forward pass/);
+      tf.dispose([...a, ...b, w, valueA, valueB, ...[...reused, ...fresh].flatMap((r) => [r.value, ...r.grads])]);
+    }
+  } finally {
+    await tf.setBackend(backend);
+  }
 });
 
 test('clsAttentionBackwardFromOutput (W_o\'s backward and [CLS]\'s attention backward as one host op): value and gradients match float64 central differences and attentionBackward of dOut·W_oᵀ; a pruned head (zero rows of W_o) gets exact zeros', () => {

@@ -16,7 +16,8 @@ import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
-import { hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
+import { readRows, tensorFromRows } from '../engine/readRows';
+import { HostScratch, hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -89,6 +90,8 @@ export class BertEncoder extends RouterlessClassifier {
   private stepMaps: Map<string, TF.Tensor> | undefined;
   /** What the hand-written backward's ops keep for the step's backward pass (their `hold`), disposed in endStep. */
   private stepHeld: TF.Tensor[] | undefined;
+  /** ffnBlockBackward's working arrays per layer, reused from step to step (HostScratch: no garbage a step). */
+  private readonly ffnScratch: HostScratch[] = [];
 
   constructor(tf: typeof TF, config: TrainingConfig, data: TaskData) {
     if (data.kind !== 'images') throw new Error(`the bert-encoder family classifies images read row by row, not ${data.kind}`);
@@ -393,7 +396,7 @@ export class BertEncoder extends RouterlessClassifier {
       let dr1: T2;
       if (ffnOnHost(l)) {
         const upstream = dh2 ? { dh: dh2 } : { U, outW: mat(e.outW) };
-        dr1 = ffnBlockBackward(tf, { upstream, r2: s.r2, ln2g: vec(blk.ln2g), ff2w: mat(blk.ff2w), pre: s.pre, ff1w: mat(blk.ff1w), r1: s.r1, ln1g: vec(blk.ln1g) }, s.probeFrom);
+        dr1 = ffnBlockBackward(tf, { upstream, r2: s.r2, ln2g: vec(blk.ln2g), ff2w: mat(blk.ff2w), pre: s.pre, ff1w: mat(blk.ff1w), r1: s.r1, ln1g: vec(blk.ln1g) }, s.probeFrom, (this.ffnScratch[l] ??= new HostScratch()));
       } else {
         const dr2 = act.layerNormBackward(s.r2, vec(blk.ln2g), dh2!, hold, s.probeFrom);
         const dPre = act.geluDerivative(s.pre, hold, act.affine(dr2, mat(blk.ff2w), { transposeW: true, hold }), s.probeFrom);
@@ -649,68 +652,87 @@ export function ffnBlockBackward(
   tf: typeof TF,
   t: { upstream: { dh: T2 } | { U: T2; outW: T2 }; r2: T2; ln2g: TF.Tensor1D; ff2w: T2; pre: T2; ff1w: T2; r1: T2; ln1g: TF.Tensor1D },
   fromRow = 0,
+  scratch = new HostScratch(),
 ): T2 {
   const fromU = 'U' in t.upstream;
   const head = 'U' in t.upstream ? [t.upstream.U, t.upstream.outW] : [t.upstream.dh];
   const b = head[0].shape[0];
   const c = fromU ? head[0].shape[1] : 0;
   const [D, F] = t.ff1w.shape;
+  // Every working array from the scratch (read by the gradient: it must not be claimed again before
+  // then); the read-backs are ranged reads into it (only the probe's rows of a joint tensor); only what
+  // becomes a tensor's values is fresh.
+  const read = (x: TF.Tensor, key: string, fromRowOf = 0, rows = x.shape[0]) => readRows(tf, x, fromRowOf, rows, scratch.f32(key, (rows * x.size) / x.shape[0]));
   const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
     const tIn = args.slice(0, head.length) as TF.Tensor[];
     const [tR2, tG2, tW2, tPre, tW1, tR1, tG1] = args.slice(head.length) as TF.Tensor[];
     for (const [what, x, width] of [['r2', tR2, D], ['pre', tPre, F], ['r1', tR1, D]] as const)
       if (x.shape[0] < fromRow + b || x.shape[1] !== width) throw new Error(`ffnBlockBackward: ${what} [${x.shape}], reading ${b} rows of ${width} from ${fromRow}`);
-    const [g2, W2, W1, g1, r2s, pres, r1s] = [tG2, tW2, tW1, tG1, tR2, tPre, tR1].map((x) => x.dataSync() as Float32Array);
-    const [us, outW] = fromU ? tIn.map((x) => x.dataSync() as Float32Array) : [];
+    const token = scratch.claim();
+    const [g2, W2, W1, g1] = [read(tG2, 'g2'), read(tW2, 'W2'), read(tW1, 'W1'), read(tG1, 'g1')];
+    const [r2s, pres, r1s] = [read(tR2, 'r2', fromRow, b), read(tPre, 'pre', fromRow, b), read(tR1, 'r1', fromRow, b)];
+    const [us, outW] = fromU ? [read(tIn[0], 'U'), read(tIn[1], 'outW')] : ([] as Float32Array[]);
     // δ at the block's output: as given, or U·W_outᵀ.
-    const dh = fromU ? hostProduct(us, outW, b, D, c, false, true) : (tIn[0].dataSync() as Float32Array);
-    const ln2 = hostLayerNormBackward(r2s, fromRow * D, g2, dh, b, D);
+    const dh = fromU ? hostProduct(us, outW, b, D, c, false, true, scratch.f32('dh', b * D)) : read(tIn[0], 'dh');
+    const ln2 = hostLayerNormBackward(r2s, 0, g2, dh, b, D, scratch, 'ln2');
     const dr2F = ln2.F;
-    const dr2 = new Float32Array(dr2F);
+    const dr2 = scratch.f32('dr2', b * D);
+    dr2.set(dr2F);
     // u = dr₂·W₂ᵀ [b, F], dPre = u⊙GELU′(pre)
-    const u = hostProduct(dr2, W2, b, F, D, false, true);
-    const { prime, second } = hostGeluDerivatives(pres, fromRow * F, b * F);
-    const dPre = new Float32Array(b * F);
-    for (let k = 0; k < b * F; k++) dPre[k] = u[k] * prime[k];
+    const u = hostProduct(dr2, W2, b, F, D, false, true, scratch.f32('u', b * F));
+    const { prime, second } = hostGeluDerivatives(pres, 0, b * F, scratch);
+    const dPre = scratch.f32('dPre', b * F);
+    productInto(dPre, u, prime);
     // s = dPre·W₁ᵀ + dr₂ [b, D]
-    const s = new Float64Array(hostProduct(dPre, W1, b, D, F, false, true));
-    for (let k = 0; k < b * D; k++) s[k] += dr2F[k];
-    const ln1 = hostLayerNormBackward(r1s, fromRow * D, g1, s, b, D);
+    const s = sumInto(scratch.f64('s', b * D), hostProduct(dPre, W1, b, D, F, false, true, scratch.f32('s32', b * D)), dr2F);
+    const ln1 = hostLayerNormBackward(r1s, 0, g1, s, b, D, scratch, 'ln1');
     return {
       value: tf.tensor2d(new Float32Array(ln1.F), [b, D]),
       gradFunc: (w: TF.Tensor) => {
-        const ws = w.dataSync() as Float32Array;
-        const [gR1, gG1, gS] = [new Float32Array(tR1.size), new Float64Array(D), new Float32Array(b * D)];
-        hostLayerNormBackwardAdjoint(ln1, g1, s, ws, gR1, fromRow * D, gG1, gS);
+        scratch.check(token, 'ffnBlockBackward');
+        const ws = read(w, 'w');
+        // The joint tensors' gradients as their read rows (tensorFromRows pads them with zeros).
+        const [gR1, gG1, gS] = [scratch.f32('gR1', b * D), new Float64Array(D), scratch.f32('gS', b * D)];
+        hostLayerNormBackwardAdjoint(ln1, g1, s, ws, gR1, 0, gG1, gS);
         // s = dPre·W₁ᵀ + dr₂
-        const gDPre = hostProduct(gS, W1, b, F, D);
+        const gDPre = hostProduct(gS, W1, b, F, D, false, false, scratch.f32('gDPre', b * F));
         const gW1 = hostProduct(gS, dPre, D, F, b, true, false);
         // dPre = u⊙GELU′(pre)
-        const gU = new Float32Array(b * F);
-        const gPre = new Float32Array(tPre.size);
-        hostGeluDerivativeAdjoint(gDPre, u, prime, second, gPre, fromRow * F, gU);
+        const gU = scratch.f32('gU', b * F);
+        const gPre = scratch.f32('gPre', b * F);
+        hostGeluDerivativeAdjoint(gDPre, u, prime, second, gPre, 0, gU);
         // u = dr₂·W₂ᵀ
-        const gDr2 = new Float64Array(hostProduct(gU, W2, b, D, F));
-        for (let k = 0; k < b * D; k++) gDr2[k] += gS[k];
+        const gDr2 = sumInto(scratch.f64('gDr2', b * D), hostProduct(gU, W2, b, D, F, false, false, scratch.f32('gDr2.32', b * D)), gS);
         const gW2 = hostProduct(gU, dr2, F, D, b, true, false);
-        const [gR2, gG2, gDh] = [new Float32Array(tR2.size), new Float64Array(D), new Float32Array(b * D)];
-        hostLayerNormBackwardAdjoint(ln2, g2, dh, gDr2, gR2, fromRow * D, gG2, gDh);
+        const [gR2, gG2, gDh] = [scratch.f32('gR2', b * D), new Float64Array(D), new Float32Array(b * D)];
+        hostLayerNormBackwardAdjoint(ln2, g2, dh, gDr2, gR2, 0, gG2, gDh);
         // dh = U·W_outᵀ, or given.
         const upstreamGrads = fromU ? [tf.tensor2d(hostProduct(gDh, outW, b, c, D), [b, c]), tf.tensor2d(hostProduct(gDh, us, D, c, b, true, false), [D, c])] : [tf.tensor2d(gDh, [b, D])];
         return [
           ...upstreamGrads,
-          tf.tensor2d(gR2, tR2.shape as [number, number]),
+          tensorFromRows(tf, tR2.shape, fromRow, gR2),
           tf.tensor1d(new Float32Array(gG2)),
           tf.tensor2d(gW2, [F, D]),
-          tf.tensor2d(gPre, tPre.shape as [number, number]),
+          tensorFromRows(tf, tPre.shape, fromRow, gPre),
           tf.tensor2d(gW1, [D, F]),
-          tf.tensor2d(gR1, tR1.shape as [number, number]),
+          tensorFromRows(tf, tR1.shape, fromRow, gR1),
           tf.tensor1d(new Float32Array(gG1)),
         ];
       },
     };
   }) as (...x: TF.Tensor[]) => T2;
   return op(...head, t.r2, t.ln2g, t.ff2w, t.pre, t.ff1w, t.r1, t.ln1g);
+}
+
+/** out[k] = a[k]·b[k]. The host ops' loops are functions of their arrays: V8 reloads arrays a closure captures on every iteration. */
+function productInto(out: Float32Array, a: ArrayLike<number>, b: ArrayLike<number>): void {
+  for (let k = 0; k < out.length; k++) out[k] = a[k] * b[k];
+}
+
+/** out[k] = a[k] + b[k] (float64), returned. */
+function sumInto(out: Float64Array, a: ArrayLike<number>, b: ArrayLike<number>): Float64Array {
+  for (let k = 0; k < out.length; k++) out[k] = a[k] + b[k];
+  return out;
 }
 
 /**
@@ -766,10 +788,8 @@ function clsAttentionBackwardHost(
     const wos = wo ? ((args[5] as TF.Tensor).dataSync() as Float32Array) : undefined;
     // dMerged [b, H·dh]: as given, or dOut·W_oᵀ.
     const dO = wos ? hostProduct(dIn, wos, b, HD, D, false, true) : dIn;
-    const a = (sa.dataSync() as Float32Array).subarray(fromExample * H * T, (fromExample + b) * H * T);
-    const qs = (sq.dataSync() as Float32Array).subarray(fromExample * HD, (fromExample + b) * HD);
-    const ks = (sk.dataSync() as Float32Array).subarray(fromExample * H * T * dh, (fromExample + b) * H * T * dh);
-    const vs = (sv.dataSync() as Float32Array).subarray(fromExample * H * T * dh, (fromExample + b) * H * T * dh);
+    // The probe's examples of the joint tensors only (ranged reads, not whole-tensor copies).
+    const [a, qs, ks, vs] = [sa, sq, sk, sv].map((t) => readRows(tf, t, fromExample, b));
     const dA = new Float64Array(b * H * T);
     const dS = new Float64Array(b * H * T);
     const cs = new Float64Array(b * H);
@@ -777,10 +797,10 @@ function clsAttentionBackwardHost(
     return {
       value: tf.tensor2d(value, [b * T, 3 * HD]),
       gradFunc: (w: TF.Tensor) => {
-        const ws = w.dataSync() as Float32Array;
-        const [ga, gq, gk, gv] = [sa, sq, sk, sv].map((t) => new Float32Array(t.size));
-        const gdm = clsAttentionGradient(dims, fromExample, w.dataSync() as Float32Array, dO, a, qs, ks, vs, dA, dS, cs, ga, gq, gk, gv);
-        const rest = [tf.tensor(ga, sa.shape), tf.tensor(gq, sq.shape), tf.tensor(gk, sk.shape), tf.tensor(gv, sv.shape)];
+        // The probe's examples' gradients only (from example 0 of these arrays), then padded with zeros (tensorFromRows).
+        const [ga, gq, gk, gv] = [sa, sq, sk, sv].map((t) => new Float32Array((b * t.size) / t.shape[0]));
+        const gdm = clsAttentionGradient(dims, 0, w.dataSync() as Float32Array, dO, a, qs, ks, vs, dA, dS, cs, ga, gq, gk, gv);
+        const rest = ([[sa, ga], [sq, gq], [sk, gk], [sv, gv]] as const).map(([t, g]) => tensorFromRows(tf, t.shape, fromExample, g));
         if (!wos) return [tf.tensor2d(new Float32Array(gdm), [b, HD]), ...rest];
         // dMerged = dOut·W_oᵀ: ∂dOut = ∂dMerged·W_o [b, D], ∂W_o = ∂dMergedᵀ·dOut [H·dh, D].
         const gMerged = new Float32Array(gdm);

@@ -36,9 +36,9 @@ export function runsOnHost(tf: typeof TF, elements: number): boolean {
  * GELU′ and GELU″ (float64) of xs[from], …, xs[from + n − 1]: with s = σ(2u), u = √(2/π)·(x + 0.044715·x³),
  * GELU′ = s + x·s·(1 − s)·2u′ and GELU″ = s·(1 − s)·(2·2u′ + x·((1 − 2s)·(2u′)² + 2u″)) (twiceDifferentiableActivations).
  */
-export function hostGeluDerivatives(xs: ArrayLike<number>, from: number, n: number): { prime: Float64Array; second: Float64Array } {
-  const prime = new Float64Array(n);
-  const second = new Float64Array(n);
+export function hostGeluDerivatives(xs: ArrayLike<number>, from: number, n: number, scratch = new HostScratch()): { prime: Float64Array; second: Float64Array } {
+  const prime = scratch.f64('gelu.prime', n);
+  const second = scratch.f64('gelu.second', n);
   for (let i = 0; i < n; i++) {
     const z = xs[from + i];
     const z2 = z * z;
@@ -87,11 +87,20 @@ export interface HostLayerNormBackward {
  * rows from xs[from] on, gain gs, upstream dys [N, D]. Per row, x̂ = (x − mean)·r, r = 1/√(var + ε),
  * a = g⊙dy: F = r·(a − mean(a) − x̂·mean(a⊙x̂)).
  */
-export function hostLayerNormBackward(xs: ArrayLike<number>, from: number, gs: ArrayLike<number>, dys: ArrayLike<number>, N: number, D: number): HostLayerNormBackward {
-  const xhat = new Float64Array(N * D);
-  const F = new Float64Array(N * D);
-  const r = new Float64Array(N);
-  const mxaR = new Float64Array(N);
+export function hostLayerNormBackward(
+  xs: ArrayLike<number>,
+  from: number,
+  gs: ArrayLike<number>,
+  dys: ArrayLike<number>,
+  N: number,
+  D: number,
+  scratch = new HostScratch(),
+  key = 'ln',
+): HostLayerNormBackward {
+  const xhat = scratch.f64(`${key}.xhat`, N * D);
+  const F = scratch.f64(`${key}.F`, N * D);
+  const r = scratch.f64(`${key}.r`, N);
+  const mxaR = scratch.f64(`${key}.mxaR`, N);
   for (let i = 0, o = 0; i < N; i++, o += D) {
     const x0 = from + o;
     let mean = 0;
@@ -154,6 +163,46 @@ export function hostLayerNormBackwardAdjoint(
   }
 }
 
+/**
+ * Typed arrays for a host op's working values, kept from call to call (each key's array sized on first
+ * use, replaced when its size changes), so that a step's host ops leave no garbage: layer 0's allocated
+ * ~1.3 MB a call, and the scavenges cost ~1 ms a regularized step (docs/performance.md, "Ninth pass").
+ * One scratch per op site (a model's layer): an op's forward pass claims it (`claim`), its gradient
+ * reads the arrays the forward filled and checks that no later forward pass of the same site has
+ * claimed them since (`check`: an error, never silently wrong values). Never hand a scratch array to tf
+ * as a tensor's values (the cpu backend keeps the array). A fresh HostScratch allocates as before.
+ */
+export class HostScratch {
+  private readonly arrays = new Map<string, Float32Array | Float64Array>();
+  private claims = 0;
+
+  f32(key: string, n: number): Float32Array {
+    const a = this.arrays.get(key);
+    if (a instanceof Float32Array && a.length === n) return a;
+    const fresh = new Float32Array(n);
+    this.arrays.set(key, fresh);
+    return fresh;
+  }
+
+  f64(key: string, n: number): Float64Array {
+    const a = this.arrays.get(key);
+    if (a instanceof Float64Array && a.length === n) return a;
+    const fresh = new Float64Array(n);
+    this.arrays.set(key, fresh);
+    return fresh;
+  }
+
+  /** A forward pass starts using the arrays: the token its gradient checks. */
+  claim(): number {
+    return ++this.claims;
+  }
+
+  /** Throws if a forward pass claimed the arrays after the one holding `token` (its values are gone). */
+  check(token: number, what: string): void {
+    if (token !== this.claims) throw new Error(`${what}: its host scratch was reused by a later forward pass before this gradient ran (one scratch per op site and step)`);
+  }
+}
+
 /** Whether hostProduct multiplies with the native addon's sgemm (loaded in this process), not JavaScript loops. */
 export function nativeHostProducts(): boolean {
   return loadNativeBlas().blas !== undefined;
@@ -163,8 +212,9 @@ export function nativeHostProducts(): boolean {
  * C [m, n] = op(A)·op(B) in float32 for the host ops (A [m, k] or, transposed, [k, m]; B [k, n] or [n, k]):
  * the native addon's sgemm where it is loaded (what tf.matMul runs on wasm), JavaScript loops otherwise.
  */
-export function hostProduct(a: Float32Array, b: Float32Array, m: number, n: number, k: number, transA = false, transB = false): Float32Array {
-  const c = new Float32Array(m * n);
+export function hostProduct(a: Float32Array, b: Float32Array, m: number, n: number, k: number, transA = false, transB = false, into?: Float32Array): Float32Array {
+  if (into && into.length !== m * n) throw new Error(`hostProduct: a [${m}, ${n}] product into an array of ${into.length}`);
+  const c = into ?? new Float32Array(m * n);
   const blas = loadNativeBlas().blas;
   if (blas) {
     blas.gemm(a, b, c, 1, m, n, k, transA, transB, 0, 0, null, false);

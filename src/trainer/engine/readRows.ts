@@ -1,0 +1,83 @@
+// Ranged reads of a float32 tensor into a caller's array, for the models' host ops. `dataSync` on wasm
+// copies the whole tensor out of the heap into a fresh array (BackendWasm.readSync), so a host op using
+// 240 of a joint pass's 720 rows copied all 720 and left the copy as garbage. Here the range is copied
+// straight from the backend's memory (the wasm heap, the cpu backend's array) into `into`, which the
+// caller may reuse across calls.
+import type * as TF from '@tensorflow/tfjs';
+
+interface WasmBackend {
+  typedArrayFromHeap(t: TF.TensorInfo): Float32Array | Int32Array | Uint8Array;
+  makeOutput(shape: number[], dtype: 'float32'): TF.TensorInfo;
+}
+
+interface CpuBackend {
+  data: { get(dataId: object): { values?: ArrayLike<number> } | undefined };
+}
+
+/**
+ * Elements from … from + count − 1 of a float32 tensor's flat values, copied into `into` (from index 0;
+ * it must hold count elements) and returned as `into.subarray(0, count)`. Without `into`, a fresh array.
+ * On wasm the heap view is copied at once: a view detaches when the heap grows, so none is returned.
+ * Other backends (or dtypes): dataSync, then the range copied.
+ */
+export function readRange(tf: typeof TF, t: TF.Tensor, from: number, count: number, into?: Float32Array): Float32Array {
+  if (from < 0 || count < 0 || from + count > t.size) throw new Error(`readRange: elements ${from} … ${from + count - 1} of a tensor of ${t.size}`);
+  if (t.isDisposed) throw new Error('readRange: the tensor is disposed');
+  const out = into ? into.subarray(0, count) : new Float32Array(count);
+  if (out.length < count) throw new Error(`readRange: ${count} elements into an array of ${into!.length}`);
+  const source = t.dtype === 'float32' ? backendValues(tf, t) : undefined;
+  if (source) out.set(source.subarray(from, from + count));
+  else {
+    const all = t.dataSync();
+    for (let i = 0; i < count; i++) out[i] = all[from + i];
+  }
+  return out;
+}
+
+/** Rows fromRow … fromRow + rows − 1 of a tensor read as [shape[0], size / shape[0]] (readRange). */
+export function readRows(tf: typeof TF, t: TF.Tensor, fromRow: number, rows: number, into?: Float32Array): Float32Array {
+  const perRow = t.shape.length === 0 ? 1 : t.size / t.shape[0];
+  return readRange(tf, t, fromRow * perRow, rows * perRow, into);
+}
+
+/**
+ * A float32 tensor of `shape`, zero except rows fromRow … fromRow + rows.length / perRow − 1 (read as
+ * [shape[0], size / shape[0]]), which hold `rows`: a host op's gradient for a joint tensor whose other
+ * rows it did not read. On wasm the tensor is made in the heap and only the given rows are copied in
+ * (not a whole zero-padded array written from JavaScript); elsewhere from a fresh array. `rows` is
+ * copied, never kept: the caller may reuse it.
+ */
+export function tensorFromRows(tf: typeof TF, shape: number[], fromRow: number, rows: ArrayLike<number>): TF.Tensor {
+  const size = shape.reduce((p, d) => p * d, 1);
+  const perRow = shape.length === 0 ? 1 : size / shape[0];
+  const at = fromRow * perRow;
+  if (fromRow < 0 || (perRow > 0 && rows.length % perRow !== 0) || at + rows.length > size)
+    throw new Error(`tensorFromRows: ${rows.length} values from row ${fromRow} of a tensor [${shape}]`);
+  if (tf.getBackend() === 'wasm') {
+    const backend = tf.backend() as unknown as WasmBackend;
+    const info = backend.makeOutput(shape, 'float32');
+    const view = backend.typedArrayFromHeap(info) as Float32Array;
+    // The heap's bytes are malloc's: zero them.
+    view.fill(0, 0, at);
+    view.set(rows, at);
+    view.fill(0, at + rows.length);
+    return tf.engine().makeTensorFromTensorInfo(info);
+  }
+  const values = new Float32Array(size);
+  values.set(rows, at);
+  return tf.tensor(values, shape, 'float32');
+}
+
+/** The tensor's values where they live, without a copy (wasm: a heap view, valid until the next allocation; cpu: its array). */
+function backendValues(tf: typeof TF, t: TF.Tensor): Float32Array | undefined {
+  const name = tf.getBackend();
+  if (name === 'wasm') {
+    const view = (tf.backend() as unknown as WasmBackend).typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: t.dtype });
+    return view instanceof Float32Array ? view : undefined;
+  }
+  if (name === 'cpu') {
+    const values = (tf.backend() as unknown as CpuBackend).data.get(t.dataId)?.values;
+    return values instanceof Float32Array ? values : undefined;
+  }
+  return undefined;
+}
