@@ -20,7 +20,7 @@ import {
   type TooltipItem,
 } from 'chart.js';
 import zoomPlugin from 'chartjs-plugin-zoom';
-import { lowerBoundX, upperBoundX, type MinMaxPyramid } from './decimate';
+import type { MinMaxPyramid } from './decimate';
 import { FastLineController, positionElementsForEvents } from './fastLine';
 import { formatNumber } from '../src/protocol';
 import type { Point, Series } from './series';
@@ -86,9 +86,10 @@ const pyramidDecimation: Plugin<'line'> = {
     const columns = Math.max(1, Math.round(chart.chartArea?.width || chart.width));
     for (const dataset of chart.data.datasets as Decimatable[]) {
       const all = dataset._data ?? dataset.data;
-      // One point beyond each end of the visible range, so lines run to the edges.
-      const start = minDefined ? Math.max(0, lowerBoundX(all, min) - 1) : 0;
-      const end = maxDefined ? Math.min(all.length, upperBoundX(all, max) + 1) : all.length;
+      // One point beyond each end of the visible range, so lines run to the edges (searched in the
+      // pyramid's contiguous x values: a search over the point objects missed the cache at each probe).
+      const start = minDefined ? Math.max(0, dataset.minMax.lowerBound(min) - 1) : 0;
+      const end = maxDefined ? Math.min(all.length, dataset.minMax.upperBound(max) + 1) : all.length;
       // With few points in view, still only those: chart.js walks every point it is given on each update.
       const decimated = dataset.minMax.decimate(start, end, columns);
       if (!decimated) {
