@@ -171,6 +171,93 @@ function logTick(value: number): string {
   return abs >= 1e4 || abs < 1e-3 ? value.toExponential() : String(Number(value.toPrecision(3)));
 }
 
+/** chart.js's Config internals: `update()` re-merges every option and drops the resolved-option caches. */
+interface ConfigInternals {
+  update(): void;
+}
+
+/**
+ * Runs chart.js's option merge (`config.update()`, called first by every `chart.update`) only when
+ * `changed()` says an option or the datasets changed since the last one. chart.js redoes it on each
+ * update because it cannot know; here every change goes through `setLines` or `applyTheme` (which
+ * say so), and the zoom plugin writes a zoomed range through the options' own proxies, which keep
+ * the cached values in step. Merging dropped every resolver chart.js had built, so each frame of a
+ * zoom or pan re-resolved every option through fresh proxies: ~half of the garbage a frame made.
+ */
+function mergeOptionsOnlyWhenChanged(chart: Chart, changed: () => boolean): void {
+  const config = chart.config as unknown as ConfigInternals;
+  const merge = config.update.bind(config);
+  config.update = () => {
+    if (changed()) merge();
+  };
+}
+
+/** chart.js's Legend internals that its layout (`fit`) fills and `adjustHitBoxes` then offsets in place. */
+interface LegendHitBox {
+  left: number;
+  top: number;
+  row?: number;
+  col?: number;
+  width: number;
+  height: number;
+}
+interface LegendInternals {
+  ctx: CanvasRenderingContext2D;
+  fit(): void;
+  legendItems?: LegendItem[];
+  maxWidth: number;
+  maxHeight: number;
+  width: number;
+  height: number;
+  legendHitBoxes: LegendHitBox[];
+  lineWidths?: number[];
+  columnSizes?: unknown[];
+}
+
+/**
+ * Lays the legend out again only when its entries (the same item objects, see generateLabels), the
+ * room it is given or an option (`generation`) changed: chart.js re-fits it on every update,
+ * resolving its options and measuring each entry's text, though a zoom, a pan or a live point changes
+ * none of them. On a repeat the last fit's sizes and hit boxes come back (the boxes copied:
+ * `adjustHitBoxes` offsets them in place after each layout), with the context state the fit leaves.
+ */
+function fitLegendOnlyWhenChanged(legend: LegendInternals, generation: () => number): void {
+  const fit = legend.fit;
+  let last:
+    | { generation: number; items: LegendItem[]; maxWidth: number; maxHeight: number; width: number; height: number; hitBoxes: LegendHitBox[]; lineWidths?: number[]; columnSizes?: unknown[]; font: string; textAlign: CanvasTextAlign; textBaseline: CanvasTextBaseline }
+    | undefined;
+  legend.fit = function (this: LegendInternals) {
+    const items = this.legendItems ?? [];
+    const ctx = this.ctx;
+    if (last && last.generation === generation() && last.maxWidth === this.maxWidth && last.maxHeight === this.maxHeight && last.items.length === items.length && last.items.every((item, i) => item === items[i])) {
+      this.width = last.width;
+      this.height = last.height;
+      this.legendHitBoxes = last.hitBoxes.map((box) => ({ ...box }));
+      this.lineWidths = last.lineWidths;
+      this.columnSizes = last.columnSizes;
+      ctx.font = last.font;
+      ctx.textAlign = last.textAlign;
+      ctx.textBaseline = last.textBaseline;
+      return;
+    }
+    fit.call(this);
+    last = {
+      generation: generation(),
+      items,
+      maxWidth: this.maxWidth,
+      maxHeight: this.maxHeight,
+      width: this.width,
+      height: this.height,
+      hitBoxes: (this.legendHitBoxes ?? []).map((box) => ({ ...box })),
+      lineWidths: this.lineWidths,
+      columnSizes: this.columnSizes,
+      font: ctx.font,
+      textAlign: ctx.textAlign,
+      textBaseline: ctx.textBaseline,
+    };
+  };
+}
+
 export interface MetricChartOptions {
   /** Formats y values in ticks and tooltips (defaults to `formatNumber`). */
   formatY?: (y: number) => string;
@@ -197,6 +284,10 @@ export class MetricChart {
   private readonly formatY: (y: number) => string;
   /** The legend items and what they were made from (see generateLabels). */
   private legendCache: { datasets: unknown; overlayText: string | undefined; items: LegendItem[] } | undefined;
+  /** An option or the datasets changed since chart.js last merged the options (see mergeOptionsOnlyWhenChanged). */
+  private optionsChanged = true;
+  /** Counts those merges: a legend laid out before the last one is laid out again. */
+  private optionsGeneration = 0;
 
   constructor(
     readonly canvas: HTMLCanvasElement,
@@ -321,6 +412,14 @@ export class MetricChart {
         },
       },
     });
+    mergeOptionsOnlyWhenChanged(this.chart, () => {
+      if (!this.optionsChanged) return false;
+      this.optionsChanged = false;
+      this.optionsGeneration++;
+      return true;
+    });
+    const legend = (this.chart as unknown as { legend?: LegendInternals }).legend;
+    if (legend) fitLegendOnlyWhenChanged(legend, () => this.optionsGeneration);
     this.applyTheme(theme);
     cacheTextMeasures(this.chart.ctx);
     canvas.addEventListener('dblclick', () => this.resetZoom());
@@ -334,6 +433,7 @@ export class MetricChart {
 
   /** Back to the full range (and to following new points). */
   resetZoom(): void {
+    this.optionsChanged = true;
     this.chart.resetZoom('none');
   }
 
@@ -341,6 +441,7 @@ export class MetricChart {
   setLines(lines: readonly ChartLine[], view: LineChartView): void {
     this.lineSeries = lines.map((l) => l.series);
     this.drawnVersions = undefined;
+    this.optionsChanged = true;
     const datasets: LineDataset[] = [];
     for (const line of lines) {
       const hidden = view.hidden.has(line.key);
@@ -387,6 +488,7 @@ export class MetricChart {
   applyTheme(theme: ChartTheme): void {
     this.drawnVersions = undefined;
     this.legendCache = undefined;
+    this.optionsChanged = true;
     const o = this.chart.options;
     o.color = theme.text;
     o.font = { family: theme.fontFamily, size: Math.max(10, theme.fontSize - 2) };
