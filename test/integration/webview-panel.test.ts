@@ -1450,7 +1450,7 @@ test('a chart scrolled out of view does not redraw on live points; scrolled back
   for (const lane of lanes) assert.equal(lane.data.at(-1)!.x, 220, `${lane.key} ends at step 220`);
 });
 
-test('zoom and pan frames neither re-merge chart.js options nor lay the legend out again; axes still fit the window exactly, a legend click still hits its entry', async () => {
+test('zoom and pan frames neither re-merge chart.js options, lay the legend out again nor read a context\'s font; axes still fit the window exactly, a legend click still hits its entry', async () => {
   const p = await openPanel();
   const steps = 3000;
   const f = syntheticRun({ steps, totalSteps: steps });
@@ -1460,6 +1460,10 @@ test('zoom and pan frames neither re-merge chart.js options nor lay the legend o
   // Spies: chart.js's option merge drops its resolver caches (clearCache); the legend's layout measures its rows (_fitRows).
   await p.page.evaluate(`(() => {
     const counts = (window.__spy = {});
+    // Reading a context's font serializes it (~4 µs with the theme's font list): nothing should per frame.
+    const font = Object.getOwnPropertyDescriptor(CanvasRenderingContext2D.prototype, 'font');
+    counts.fontReads = 0;
+    Object.defineProperty(CanvasRenderingContext2D.prototype, 'font', { ...font, get() { counts.fontReads++; return font.get.call(this); } });
     for (const [id, { chart }] of Object.entries(window.__plTrainer.charts)) {
       counts[id] = { merges: 0, legendFits: 0 };
       const clear = chart.config.clearCache;
@@ -1515,8 +1519,9 @@ test('zoom and pan frames neither re-merge chart.js options nor lay the legend o
       assert.ok(got.loss.min >= all.min && got.loss.max <= all.max, `frame ${frame}`);
     }
   }
-  const counts = (await p.page.evaluate('window.__spy')) as Record<string, { merges: number; legendFits: number }>;
+  const { fontReads, ...counts } = (await p.page.evaluate('window.__spy')) as Record<string, { merges: number; legendFits: number }> & { fontReads: number };
   for (const [id, c] of Object.entries(counts)) assert.deepEqual(c, { merges: 0, legendFits: 0 }, `${id}: 20 zoomed redraws`);
+  assert.equal(fontReads, 0, 'reads of a canvas context\'s font in 20 zoomed redraws of every chart');
   assert.deepEqual(await hitBoxes(), before, 'the legend entries are where they were');
   // A click on the third entry hides expert 2's line (its hit box is where the entry is drawn); that
   // changes the datasets, so chart.js merges the options and lays the legend out again.
