@@ -179,7 +179,6 @@ interface LegendHitBox {
   height: number;
 }
 interface LegendInternals {
-  ctx: CanvasRenderingContext2D;
   fit(): void;
   legendItems?: LegendItem[];
   maxWidth: number;
@@ -196,25 +195,23 @@ interface LegendInternals {
  * room it is given or an option (`generation`) changed: chart.js re-fits it on every update,
  * resolving its options and measuring each entry's text, though a zoom, a pan or a live point changes
  * none of them. On a repeat the last fit's sizes and hit boxes come back (the boxes copied:
- * `adjustHitBoxes` offsets them in place after each layout), with the context state the fit leaves.
+ * `adjustHitBoxes` offsets them in place after each layout). The font the fit leaves set on the
+ * context is not put back: everything chart.js measures or draws sets its own font first, and setting
+ * one mid-frame cost ~50 µs (the page's style is resolved for it).
  */
 function fitLegendOnlyWhenChanged(legend: LegendInternals, generation: () => number): void {
   const fit = legend.fit;
   let last:
-    | { generation: number; items: LegendItem[]; maxWidth: number; maxHeight: number; width: number; height: number; hitBoxes: LegendHitBox[]; lineWidths?: number[]; columnSizes?: unknown[]; font: string; textAlign: CanvasTextAlign; textBaseline: CanvasTextBaseline }
+    | { generation: number; items: LegendItem[]; maxWidth: number; maxHeight: number; width: number; height: number; hitBoxes: LegendHitBox[]; lineWidths?: number[]; columnSizes?: unknown[] }
     | undefined;
   legend.fit = function (this: LegendInternals) {
     const items = this.legendItems ?? [];
-    const ctx = this.ctx;
     if (last && last.generation === generation() && last.maxWidth === this.maxWidth && last.maxHeight === this.maxHeight && last.items.length === items.length && last.items.every((item, i) => item === items[i])) {
       this.width = last.width;
       this.height = last.height;
       this.legendHitBoxes = last.hitBoxes.map((box) => ({ ...box }));
       this.lineWidths = last.lineWidths;
       this.columnSizes = last.columnSizes;
-      ctx.font = last.font;
-      ctx.textAlign = last.textAlign;
-      ctx.textBaseline = last.textBaseline;
       return;
     }
     fit.call(this);
@@ -228,9 +225,6 @@ function fitLegendOnlyWhenChanged(legend: LegendInternals, generation: () => num
       hitBoxes: (this.legendHitBoxes ?? []).map((box) => ({ ...box })),
       lineWidths: this.lineWidths,
       columnSizes: this.columnSizes,
-      font: ctx.font,
-      textAlign: ctx.textAlign,
-      textBaseline: ctx.textBaseline,
     };
   };
 }
