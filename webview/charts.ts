@@ -22,6 +22,7 @@ import {
 import zoomPlugin from 'chartjs-plugin-zoom';
 import type { MinMaxPyramid } from './decimate';
 import { FastLineController, positionElementsForEvents } from './fastLine';
+import { RESOLVER_CACHE_LIMIT } from './limits';
 import { formatNumber } from '../src/protocol';
 import type { Point, Series } from './series';
 import { rgba, type ChartTheme, type Rgb } from './theme';
@@ -148,10 +149,13 @@ function logTick(value: number): string {
   return abs >= 1e4 || abs < 1e-3 ? value.toExponential() : String(Number(value.toPrecision(3)));
 }
 
-/** chart.js's Config internals: `update()` re-merges every option and drops the resolved-option caches. */
+/** chart.js's Config internals: `update()` re-merges every option and drops the resolved-option caches (`clearCache`). */
 interface ConfigInternals {
   update(): void;
+  clearCache(): void;
+  _resolverCache: Map<unknown, unknown>;
 }
+
 
 /**
  * Runs chart.js's option merge (`config.update()`, called first by every `chart.update`) only when
@@ -166,6 +170,7 @@ function mergeOptionsOnlyWhenChanged(chart: Chart, changed: () => boolean): void
   const merge = config.update.bind(config);
   config.update = () => {
     if (changed()) merge();
+    else if (config._resolverCache.size > RESOLVER_CACHE_LIMIT) config.clearCache();
   };
 }
 

@@ -8,6 +8,7 @@ import { after, afterEach, before, test } from 'node:test';
 import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
 import { WebviewToHostSchema, type HostToWebview, type MetricsEvent, type TrainerEvent, type WebviewToHost } from '../../src/protocol';
 import { formatNumber } from '../../src/protocol';
+import { RESOLVER_CACHE_LIMIT } from '../../webview/limits';
 import { MAX_POINTS_PER_SERIES } from '../../webview/series';
 import { syntheticRun, type Fixture } from '../webview-harness/fixtures';
 import { buildWebview, startHarnessServer, type HarnessServer } from '../webview-harness/server';
@@ -1464,10 +1465,11 @@ test('zoom and pan frames neither re-merge chart.js options, lay the legend out 
     const font = Object.getOwnPropertyDescriptor(CanvasRenderingContext2D.prototype, 'font');
     counts.fontReads = 0;
     Object.defineProperty(CanvasRenderingContext2D.prototype, 'font', { ...font, get() { counts.fontReads++; return font.get.call(this); } });
+    window.__mergedScales = {};
     for (const [id, { chart }] of Object.entries(window.__plTrainer.charts)) {
       counts[id] = { merges: 0, legendFits: 0 };
-      const clear = chart.config.clearCache;
-      chart.config.clearCache = function () { counts[id].merges++; return clear.call(this); };
+      // A merge replaces the merged scale options (mergeScaleConfig builds a new object).
+      window.__mergedScales[id] = chart.config.options.scales;
       const fitRows = chart.legend._fitRows;
       chart.legend._fitRows = function (...args) { counts[id].legendFits++; return fitRows.apply(this, args); };
     }
@@ -1519,6 +1521,9 @@ test('zoom and pan frames neither re-merge chart.js options, lay the legend out 
       assert.ok(got.loss.min >= all.min && got.loss.max <= all.max, `frame ${frame}`);
     }
   }
+  await p.page.evaluate(`(() => {
+    for (const [id, { chart }] of Object.entries(window.__plTrainer.charts)) window.__spy[id].merges = chart.config.options.scales === window.__mergedScales[id] ? 0 : 1;
+  })()`);
   const { fontReads, ...counts } = (await p.page.evaluate('window.__spy')) as Record<string, { merges: number; legendFits: number }> & { fontReads: number };
   for (const [id, c] of Object.entries(counts)) assert.deepEqual(c, { merges: 0, legendFits: 0 }, `${id}: 20 zoomed redraws`);
   assert.equal(fontReads, 0, 'reads of a canvas context\'s font in 20 zoomed redraws of every chart');
@@ -1535,6 +1540,21 @@ test('zoom and pan frames neither re-merge chart.js options, lay the legend out 
   await nextFrames(p.page);
   const ds = (await chartInfo(p.page, 'expert')).datasets;
   assert.deepEqual(ds.map((d) => [d.key, d.hidden]), [['kappa:0', false], ['kappa:1', false], ['kappa:2', true], ['kappa:3', false]]);
-  const after = ((await p.page.evaluate('window.__spy')) as Record<string, { merges: number; legendFits: number }>).expert;
-  assert.ok(after.merges >= 1 && after.legendFits >= 1, JSON.stringify(after));
+  const after = (await p.page.evaluate(`({ legendFits: window.__spy.expert.legendFits, merged: window.__plTrainer.charts.expert.chart.config.options.scales !== window.__mergedScales.expert })`)) as { legendFits: number; merged: boolean };
+  assert.ok(after.merged && after.legendFits >= 1, JSON.stringify(after));
+  // chart.js keys some resolvers by scope arrays it builds afresh on each update: between merges that
+  // cache is dropped once it passes RESOLVER_CACHE_LIMIT entries, so it stays bounded however long one zooms.
+  const sizes = (await p.page.evaluate(`(() => {
+    const chart = window.__plTrainer.charts.expert.chart;
+    const sizes = [];
+    for (let i = 0; i < 400; i++) {
+      chart.zoomScale('x', { min: 100 + i, max: 2000 + i }, 'none');
+      sizes.push(chart.config._resolverCache.size);
+    }
+    return sizes;
+  })()`)) as number[];
+  const growth = Math.max(...sizes.slice(1).map((n, i) => n - sizes[i]));
+  assert.ok(growth > 0, 'the cache grows between merges');
+  assert.ok(sizes.some((n, i) => i > 0 && n < sizes[i - 1]), `dropped on the way (${sizes[0]} → ${sizes.at(-1)}, +${growth} an update)`);
+  assert.ok(Math.max(...sizes) <= RESOLVER_CACHE_LIMIT + growth, `at most ${RESOLVER_CACHE_LIMIT} + one update's entries: ${Math.max(...sizes)}`);
 });
