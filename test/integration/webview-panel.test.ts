@@ -8,7 +8,6 @@ import { after, afterEach, before, test } from 'node:test';
 import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
 import { WebviewToHostSchema, type HostToWebview, type MetricsEvent, type TrainerEvent, type WebviewToHost } from '../../src/protocol';
 import { formatNumber } from '../../src/protocol';
-import { RESOLVER_CACHE_LIMIT } from '../../webview/limits';
 import { MAX_POINTS_PER_SERIES } from '../../webview/series';
 import { syntheticRun, type Fixture } from '../webview-harness/fixtures';
 import { buildWebview, startHarnessServer, type HarnessServer } from '../webview-harness/server';
@@ -1542,19 +1541,16 @@ test('zoom and pan frames neither re-merge chart.js options, lay the legend out 
   assert.deepEqual(ds.map((d) => [d.key, d.hidden]), [['kappa:0', false], ['kappa:1', false], ['kappa:2', true], ['kappa:3', false]]);
   const after = (await p.page.evaluate(`({ legendFits: window.__spy.expert.legendFits, merged: window.__plTrainer.charts.expert.chart.config.options.scales !== window.__mergedScales.expert })`)) as { legendFits: number; merged: boolean };
   assert.ok(after.merged && after.legendFits >= 1, JSON.stringify(after));
-  // chart.js keys some resolvers by scope arrays it builds afresh on each update: between merges that
-  // cache is dropped once it passes RESOLVER_CACHE_LIMIT entries, so it stays bounded however long one zooms.
+  // chart.js keys some resolvers by scope arrays it builds afresh on each update: its caches are still
+  // dropped on every update (only the merge is skipped), so they do not grow however long one zooms.
   const sizes = (await p.page.evaluate(`(() => {
     const chart = window.__plTrainer.charts.expert.chart;
     const sizes = [];
-    for (let i = 0; i < 400; i++) {
+    for (let i = 0; i < 200; i++) {
       chart.zoomScale('x', { min: 100 + i, max: 2000 + i }, 'none');
       sizes.push(chart.config._resolverCache.size);
     }
     return sizes;
   })()`)) as number[];
-  const growth = Math.max(...sizes.slice(1).map((n, i) => n - sizes[i]));
-  assert.ok(growth > 0, 'the cache grows between merges');
-  assert.ok(sizes.some((n, i) => i > 0 && n < sizes[i - 1]), `dropped on the way (${sizes[0]} → ${sizes.at(-1)}, +${growth} an update)`);
-  assert.ok(Math.max(...sizes) <= RESOLVER_CACHE_LIMIT + growth, `at most ${RESOLVER_CACHE_LIMIT} + one update's entries: ${Math.max(...sizes)}`);
+  assert.ok(Math.max(...sizes) <= sizes[0], `resolver cache over 200 zoomed updates: ${sizes[0]} → max ${Math.max(...sizes)}`);
 });
