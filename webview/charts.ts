@@ -20,7 +20,7 @@ import {
   type TooltipItem,
 } from 'chart.js';
 import zoomPlugin from 'chartjs-plugin-zoom';
-import { lowerBoundX, upperBoundX, type MinMaxPyramid } from './decimate';
+import type { MinMaxPyramid } from './decimate';
 import { FastLineController, positionElementsForEvents } from './fastLine';
 import { formatNumber } from '../src/protocol';
 import type { Point, Series } from './series';
@@ -86,9 +86,10 @@ const pyramidDecimation: Plugin<'line'> = {
     const columns = Math.max(1, Math.round(chart.chartArea?.width || chart.width));
     for (const dataset of chart.data.datasets as Decimatable[]) {
       const all = dataset._data ?? dataset.data;
-      // One point beyond each end of the visible range, so lines run to the edges.
-      const start = minDefined ? Math.max(0, lowerBoundX(all, min) - 1) : 0;
-      const end = maxDefined ? Math.min(all.length, upperBoundX(all, max) + 1) : all.length;
+      // One point beyond each end of the visible range, so lines run to the edges (searched in the
+      // pyramid's contiguous x values: a search over the point objects missed the cache at each probe).
+      const start = minDefined ? Math.max(0, dataset.minMax.lowerBound(min) - 1) : 0;
+      const end = maxDefined ? Math.min(all.length, dataset.minMax.upperBound(max) + 1) : all.length;
       // With few points in view, still only those: chart.js walks every point it is given on each update.
       const decimated = dataset.minMax.decimate(start, end, columns);
       if (!decimated) {
@@ -113,29 +114,6 @@ const pyramidDecimation: Plugin<'line'> = {
     }
   },
 };
-
-/** Entries kept by `cacheTextMeasures` before it starts again (tick labels of a long run keep changing). */
-const TEXT_MEASURE_CACHE_SIZE = 2000;
-
-/**
- * chart.js measures every legend entry's text on each update (twice: layout and drawing), with
- * the canvas's own measureText each time; the same text in the same font measures the same, so the
- * metrics are kept per font and text.
- */
-function cacheTextMeasures(ctx: CanvasRenderingContext2D): void {
-  const measure = ctx.measureText.bind(ctx);
-  const cache = new Map<string, TextMetrics>();
-  ctx.measureText = (text: string): TextMetrics => {
-    const key = `${ctx.font}\n${text}`;
-    let metrics = cache.get(key);
-    if (!metrics) {
-      if (cache.size >= TEXT_MEASURE_CACHE_SIZE) cache.clear();
-      metrics = measure(text);
-      cache.set(key, metrics);
-    }
-    return metrics;
-  };
-}
 
 type TickFontScale = Scale & { _resolveTickFontOptions(index: number): unknown; plTickFont?: { font: unknown } };
 
@@ -170,6 +148,91 @@ function logTick(value: number): string {
   return abs >= 1e4 || abs < 1e-3 ? value.toExponential() : String(Number(value.toPrecision(3)));
 }
 
+/** chart.js's Config internals: `update()` re-merges every option and drops the resolved-option caches (`clearCache`). */
+interface ConfigInternals {
+  update(): void;
+  clearCache(): void;
+}
+
+/**
+ * Runs chart.js's option merge (`config.update()`, called first by every `chart.update`) only when
+ * `changed()` says an option or the datasets changed since the last one; otherwise only its caches are
+ * dropped (`clearCache`), as before. chart.js re-merges on each update because it cannot know; here
+ * every change goes through `setLines`, `applyTheme` or `resetZoom` (which say so), and the zoom plugin
+ * writes a zoomed range through the options' own proxies. The caches still go every update: chart.js
+ * keys some resolvers by scope arrays it builds afresh on each one (~50 a frame for a 16-line chart),
+ * so keeping them grew the heap (111 → 187 MiB after the 16 × 1M redraws) and bounding them paid
+ * nothing measurable over dropping them.
+ */
+function mergeOptionsOnlyWhenChanged(chart: Chart, changed: () => boolean): void {
+  const config = chart.config as unknown as ConfigInternals;
+  const merge = config.update.bind(config);
+  config.update = () => {
+    if (changed()) merge();
+    else config.clearCache();
+  };
+}
+
+/** chart.js's Legend internals that its layout (`fit`) fills and `adjustHitBoxes` then offsets in place. */
+interface LegendHitBox {
+  left: number;
+  top: number;
+  row?: number;
+  col?: number;
+  width: number;
+  height: number;
+}
+interface LegendInternals {
+  fit(): void;
+  legendItems?: LegendItem[];
+  maxWidth: number;
+  maxHeight: number;
+  width: number;
+  height: number;
+  legendHitBoxes: LegendHitBox[];
+  lineWidths?: number[];
+  columnSizes?: unknown[];
+}
+
+/**
+ * Lays the legend out again only when its entries (the same item objects, see generateLabels), the
+ * room it is given or an option (`generation`) changed: chart.js re-fits it on every update,
+ * resolving its options and measuring each entry's text, though a zoom, a pan or a live point changes
+ * none of them. On a repeat the last fit's sizes and hit boxes come back (the boxes copied:
+ * `adjustHitBoxes` offsets them in place after each layout). The font the fit leaves set on the
+ * context is not put back: everything chart.js measures or draws sets its own font first, and setting
+ * one mid-frame cost ~50 µs (the page's style is resolved for it).
+ */
+function fitLegendOnlyWhenChanged(legend: LegendInternals, generation: () => number): void {
+  const fit = legend.fit;
+  let last:
+    | { generation: number; items: LegendItem[]; maxWidth: number; maxHeight: number; width: number; height: number; hitBoxes: LegendHitBox[]; lineWidths?: number[]; columnSizes?: unknown[] }
+    | undefined;
+  legend.fit = function (this: LegendInternals) {
+    const items = this.legendItems ?? [];
+    if (last && last.generation === generation() && last.maxWidth === this.maxWidth && last.maxHeight === this.maxHeight && last.items.length === items.length && last.items.every((item, i) => item === items[i])) {
+      this.width = last.width;
+      this.height = last.height;
+      this.legendHitBoxes = last.hitBoxes.map((box) => ({ ...box }));
+      this.lineWidths = last.lineWidths;
+      this.columnSizes = last.columnSizes;
+      return;
+    }
+    fit.call(this);
+    last = {
+      generation: generation(),
+      items,
+      maxWidth: this.maxWidth,
+      maxHeight: this.maxHeight,
+      width: this.width,
+      height: this.height,
+      hitBoxes: (this.legendHitBoxes ?? []).map((box) => ({ ...box })),
+      lineWidths: this.lineWidths,
+      columnSizes: this.columnSizes,
+    };
+  };
+}
+
 export interface MetricChartOptions {
   /** Formats y values in ticks and tooltips (defaults to `formatNumber`). */
   formatY?: (y: number) => string;
@@ -196,6 +259,10 @@ export class MetricChart {
   private readonly formatY: (y: number) => string;
   /** The legend items and what they were made from (see generateLabels). */
   private legendCache: { datasets: unknown; overlayText: string | undefined; items: LegendItem[] } | undefined;
+  /** An option or the datasets changed since chart.js last merged the options (see mergeOptionsOnlyWhenChanged). */
+  private optionsChanged = true;
+  /** Counts those merges: a legend laid out before the last one is laid out again. */
+  private optionsGeneration = 0;
 
   constructor(
     readonly canvas: HTMLCanvasElement,
@@ -320,8 +387,18 @@ export class MetricChart {
         },
       },
     });
+    mergeOptionsOnlyWhenChanged(this.chart, () => {
+      if (!this.optionsChanged) return false;
+      this.optionsChanged = false;
+      this.optionsGeneration++;
+      return true;
+    });
+    const legend = (this.chart as unknown as { legend?: LegendInternals }).legend;
+    if (legend) fitLegendOnlyWhenChanged(legend, () => this.optionsGeneration);
+    // No cache of text metrics in front of the context's measureText: its key needed the context's font,
+    // and that getter serializes the font (~4 µs with the theme's family list) where measuring a text
+    // the context has measured before costs ~0.7 µs; chart.js caches tick label widths itself.
     this.applyTheme(theme);
-    cacheTextMeasures(this.chart.ctx);
     canvas.addEventListener('dblclick', () => this.resetZoom());
   }
 
@@ -333,6 +410,7 @@ export class MetricChart {
 
   /** Back to the full range (and to following new points). */
   resetZoom(): void {
+    this.optionsChanged = true;
     this.chart.resetZoom('none');
   }
 
@@ -340,6 +418,7 @@ export class MetricChart {
   setLines(lines: readonly ChartLine[], view: LineChartView): void {
     this.lineSeries = lines.map((l) => l.series);
     this.drawnVersions = undefined;
+    this.optionsChanged = true;
     const datasets: LineDataset[] = [];
     for (const line of lines) {
       const hidden = view.hidden.has(line.key);
@@ -386,6 +465,7 @@ export class MetricChart {
   applyTheme(theme: ChartTheme): void {
     this.drawnVersions = undefined;
     this.legendCache = undefined;
+    this.optionsChanged = true;
     const o = this.chart.options;
     o.color = theme.text;
     o.font = { family: theme.fontFamily, size: Math.max(10, theme.fontSize - 2) };

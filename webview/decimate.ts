@@ -107,10 +107,15 @@ export class MinMaxPyramid {
     return { xs: this.xs, ys: this.ys };
   }
 
-  /** Appends `points[i]` to the output, dropping the previous point when it sits between two of equal y: it adds nothing to the line (and stepped lines, like the mask's, are mostly flat). */
+  /**
+   * Appends `points[i]` to the output (at `count`), dropping the previous point when it sits between two
+   * of equal y: it adds nothing to the line (and stepped lines, like the mask's, are mostly flat). The
+   * output array is overwritten in place and cut to `count` at the end of `decimate`, not emptied first:
+   * emptying drops its backing store, and refilling a thousand points regrows it a dozen times a frame.
+   */
   private put(i: number): void {
     const out = this.output;
-    const n = out.length;
+    const n = this.count;
     const y = this.py[i];
     this.lastIndex = i;
     if (n >= 2 && this.ys[n - 1] === y && this.ys[n - 2] === y) {
@@ -126,9 +131,20 @@ export class MinMaxPyramid {
       this.xs = xs;
       this.ys = ys;
     }
-    out.push(this.points[i]);
+    out[n] = this.points[i];
     this.xs[n] = this.px[i];
     this.ys[n] = y;
+    this.count = n + 1;
+  }
+
+  /** The output's length so far during a `decimate` (the array itself is cut to it on return). */
+  private count = 0;
+
+  /** The output, cut to the points this call wrote. */
+  private finish(): Point[] {
+    const out = this.output;
+    if (out.length !== this.count) out.length = this.count;
+    return out;
   }
 
   constructor(private readonly points: readonly Point[]) {}
@@ -150,12 +166,15 @@ export class MinMaxPyramid {
     const count = end - start;
     const out = this.output;
     if (count <= 2 * columns || columns < 1) {
-      out.length = 0;
+      this.count = 0;
       this.resume = undefined;
-      if (start === 0 && end === this.points.length) return undefined;
+      if (start === 0 && end === this.points.length) {
+        out.length = 0;
+        return undefined;
+      }
       this.sync();
       for (let i = start; i < end; i++) this.put(i);
-      return out;
+      return this.finish();
     }
     this.sync();
     const shift = Math.min(this.levels.length, decimationShift(count, columns));
@@ -168,7 +187,7 @@ export class MinMaxPyramid {
     let previous = start;
     if (r && r.start === start && r.shift === shift && r.block << shift <= end) {
       // The previous pass's output is this array: keep its final blocks' prefix.
-      out.length = r.length;
+      this.count = r.length;
       // A later push of that pass may have replaced the prefix's last point (flat stretch): put it back.
       out[r.length - 1] = points[r.last];
       this.xs[r.length - 1] = this.px[r.last];
@@ -177,12 +196,12 @@ export class MinMaxPyramid {
       first = r.block;
       previous = r.previous;
     } else {
-      out.length = 0;
+      this.count = 0;
       push(start);
     }
     // Blocks that end inside the range are final: the next frame resumes after the last of them.
     let resumeBlock = first;
-    let resumeLength = out.length;
+    let resumeLength = this.count;
     let resumeLast = this.lastIndex;
     let resumePrevious = previous;
     for (let b = first; b <= (end - 1) >> shift; b++) {
@@ -204,14 +223,42 @@ export class MinMaxPyramid {
       if (z > previous) push((previous = z));
       if ((b + 1) << shift <= end) {
         resumeBlock = b + 1;
-        resumeLength = out.length;
+        resumeLength = this.count;
         resumeLast = this.lastIndex;
         resumePrevious = previous;
       }
     }
     this.resume = { start, shift, block: resumeBlock, length: resumeLength, last: resumeLast, previous: resumePrevious };
     if (end - 1 > previous) push(end - 1);
-    return out;
+    return this.finish();
+  }
+
+  /** Index of the first point with x ≥ `x`, as `lowerBoundX`, searched in the contiguous x values (no pointer chasing per probe). */
+  lowerBound(x: number): number {
+    this.sync();
+    const px = this.px;
+    let lo = 0;
+    let hi = this.indexed;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (px[mid] < x) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** Index of the first point with x > `x`, as `upperBoundX`, in the contiguous x values. */
+  upperBound(x: number): number {
+    this.sync();
+    const px = this.px;
+    let lo = 0;
+    let hi = this.indexed;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (px[mid] <= x) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 
   /** Indexes what was appended since the last use (everything, after an invalidation). */

@@ -1449,3 +1449,108 @@ test('a chart scrolled out of view does not redraw on live points; scrolled back
   const lanes = await datasetsOf(p.page, 'mask');
   for (const lane of lanes) assert.equal(lane.data.at(-1)!.x, 220, `${lane.key} ends at step 220`);
 });
+
+test('zoom and pan frames neither re-merge chart.js options, lay the legend out again nor read a context\'s font; axes still fit the window exactly, a legend click still hits its entry', async () => {
+  const p = await openPanel();
+  const steps = 3000;
+  const f = syntheticRun({ steps, totalSteps: steps });
+  await p.send(snapshotOf(f));
+  await expectText(p.byTestId('step'), `${steps} / ${steps}`);
+  await nextFrames(p.page);
+  // Spies: chart.js's option merge drops its resolver caches (clearCache); the legend's layout measures its rows (_fitRows).
+  await p.page.evaluate(`(() => {
+    const counts = (window.__spy = {});
+    // Reading a context's font serializes it (~4 µs with the theme's font list): nothing should per frame.
+    const font = Object.getOwnPropertyDescriptor(CanvasRenderingContext2D.prototype, 'font');
+    counts.fontReads = 0;
+    Object.defineProperty(CanvasRenderingContext2D.prototype, 'font', { ...font, get() { counts.fontReads++; return font.get.call(this); } });
+    window.__mergedScales = {};
+    for (const [id, { chart }] of Object.entries(window.__plTrainer.charts)) {
+      counts[id] = { merges: 0, legendFits: 0 };
+      // A merge replaces the merged scale options (mergeScaleConfig builds a new object).
+      window.__mergedScales[id] = chart.config.options.scales;
+      const fitRows = chart.legend._fitRows;
+      chart.legend._fitRows = function (...args) { counts[id].legendFits++; return fitRows.apply(this, args); };
+    }
+  })()`);
+  const hitBoxes = () => p.page.evaluate(`window.__plTrainer.charts.expert.chart.legend.legendHitBoxes.map((b) => [b.left, b.top, b.width, b.height])`) as Promise<number[][]>;
+  const before = await hitBoxes();
+  assert.equal(before.length, 4, 'one legend entry per expert');
+  // Ten frames of a pan, then of a zoom, as the benchmark drives them.
+  interface Limits {
+    window: { min: number; max: number };
+    decimated: boolean;
+    loss: { min: number; max: number };
+    kappa2: { min: number; max: number };
+  }
+  const loss = metricsOf(f.events).map((m) => ({ x: m.step, y: m.loss }));
+  const kappa2 = metricsOf(f.events)
+    .filter((m) => m.units)
+    .map((m) => ({ x: m.step, y: m.units![2].kappa! }));
+  const extent = (pts: { x: number; y: number }[], w: { min: number; max: number }) => {
+    const ys = pts.filter((q) => q.x >= w.min && q.x <= w.max).map((q) => q.y);
+    return { min: Math.min(...ys), max: Math.max(...ys) };
+  };
+  for (let frame = 0; frame < 20; frame++) {
+    const range = frame < 10 ? { min: 100 + 150 * frame, max: 1100 + 150 * frame } : { min: 10 + 100 * (frame - 10), max: steps - 7 };
+    const got = (await p.page.evaluate(`(() => {
+      const { charts } = window.__plTrainer;
+      for (const { chart } of Object.values(charts)) chart.zoomScale('x', ${JSON.stringify(range)}, 'none');
+      // Each line's own y limits (FastLineController.getMinMax over what it draws, inside the x window).
+      const limits = (id, key) => {
+        const chart = charts[id].chart;
+        const i = chart.data.datasets.findIndex((d) => d.seriesKey === key);
+        const { min, max } = chart.getDatasetMeta(i).controller.getMinMax(chart.scales.y, true);
+        return { min, max, decimated: !!chart.data.datasets[i]._decimated, drawn: chart.data.datasets[i].data.map((q) => ({ x: q.x, y: q.y })) };
+      };
+      const l = limits('loss', 'loss');
+      const k = limits('expert', 'kappa:2');
+      return { window: ${JSON.stringify(range)}, decimated: l.decimated, loss: { min: l.min, max: l.max }, lossDrawn: l.drawn, kappa2: { min: k.min, max: k.max } };
+    })()`)) as Limits & { lossDrawn: { x: number; y: number }[] };
+    // chart.js's rule: the extremes of the points a line draws whose x is inside the window. Undecimated
+    // (1,000 steps at ~600 px), that is every stored point there; decimated, the drawn points are checked
+    // to be stored ones and the limits lie within the stored extremes.
+    assert.deepEqual(got.kappa2, extent(kappa2, range), `κ y limits, frame ${frame}`);
+    assert.deepEqual(got.loss, extent(got.lossDrawn, range), `loss y limits, frame ${frame}`);
+    if (frame < 10) assert.deepEqual(got.loss, extent(loss, range), `loss y limits, frame ${frame}`);
+    else {
+      assert.ok(got.decimated, `a ${range.max - range.min}-step window is decimated`);
+      assert.ok(got.lossDrawn.every((q) => loss[q.x - 1].y === q.y), 'drawn points are stored ones');
+      const all = extent(loss, range);
+      assert.ok(got.loss.min >= all.min && got.loss.max <= all.max, `frame ${frame}`);
+    }
+  }
+  await p.page.evaluate(`(() => {
+    for (const [id, { chart }] of Object.entries(window.__plTrainer.charts)) window.__spy[id].merges = chart.config.options.scales === window.__mergedScales[id] ? 0 : 1;
+  })()`);
+  const { fontReads, ...counts } = (await p.page.evaluate('window.__spy')) as Record<string, { merges: number; legendFits: number }> & { fontReads: number };
+  for (const [id, c] of Object.entries(counts)) assert.deepEqual(c, { merges: 0, legendFits: 0 }, `${id}: 20 zoomed redraws`);
+  assert.equal(fontReads, 0, 'reads of a canvas context\'s font in 20 zoomed redraws of every chart');
+  assert.deepEqual(await hitBoxes(), before, 'the legend entries are where they were');
+  // A click on the third entry hides expert 2's line (its hit box is where the entry is drawn); that
+  // changes the datasets, so chart.js merges the options and lays the legend out again.
+  const at = await p.page.evaluate(`(() => {
+    const chart = window.__plTrainer.charts.expert.chart;
+    const box = chart.legend.legendHitBoxes[2];
+    const rect = chart.canvas.getBoundingClientRect();
+    return { x: rect.left + box.left + box.width / 2, y: rect.top + box.top + box.height / 2 };
+  })()`) as { x: number; y: number };
+  await p.page.mouse.click(at.x, at.y);
+  await nextFrames(p.page);
+  const ds = (await chartInfo(p.page, 'expert')).datasets;
+  assert.deepEqual(ds.map((d) => [d.key, d.hidden]), [['kappa:0', false], ['kappa:1', false], ['kappa:2', true], ['kappa:3', false]]);
+  const after = (await p.page.evaluate(`({ legendFits: window.__spy.expert.legendFits, merged: window.__plTrainer.charts.expert.chart.config.options.scales !== window.__mergedScales.expert })`)) as { legendFits: number; merged: boolean };
+  assert.ok(after.merged && after.legendFits >= 1, JSON.stringify(after));
+  // chart.js keys some resolvers by scope arrays it builds afresh on each update: its caches are still
+  // dropped on every update (only the merge is skipped), so they do not grow however long one zooms.
+  const sizes = (await p.page.evaluate(`(() => {
+    const chart = window.__plTrainer.charts.expert.chart;
+    const sizes = [];
+    for (let i = 0; i < 200; i++) {
+      chart.zoomScale('x', { min: 100 + i, max: 2000 + i }, 'none');
+      sizes.push(chart.config._resolverCache.size);
+    }
+    return sizes;
+  })()`)) as number[];
+  assert.ok(Math.max(...sizes) <= sizes[0], `resolver cache over 200 zoomed updates: ${sizes[0]} → max ${Math.max(...sizes)}`);
+});

@@ -238,3 +238,56 @@ test('MinMaxPyramid: contiguous coordinates match the stored points after append
   }
   assert.ok(s.thinned, 'the history was thinned on the way');
 });
+
+test('MinMaxPyramid: x lookups in its contiguous values equal lowerBoundX/upperBoundX, through appends, repeated steps and thinning', () => {
+  const random = mulberry32(41);
+  const s = new Series(0, 2000);
+  let x = 0;
+  for (let round = 0; round < 40; round++) {
+    for (let k = 0, n = 1 + Math.floor(random() * 300); k < n; k++) s.append((x += Math.floor(random() * 3)), random());
+    const pts = s.raw;
+    // Probes at stored steps (repeated steps are replaced, so each is unique), between them and outside the range.
+    const probes = [-1, 0, pts[0].x, pts.at(-1)!.x, pts.at(-1)!.x + 1, ...Array.from({ length: 20 }, () => random() * (x + 2) - 1), ...Array.from({ length: 20 }, () => pts[Math.floor(random() * pts.length)].x)];
+    for (const v of probes) {
+      assert.equal(s.rawMinMax.lowerBound(v), lowerBoundX(pts, v), `lowerBound(${v}), ${pts.length} points`);
+      assert.equal(s.rawMinMax.upperBound(v), upperBoundX(pts, v), `upperBound(${v}), ${pts.length} points`);
+    }
+  }
+  assert.ok(s.thinned, 'the history was thinned on the way');
+  const dup = [1, 3, 3, 3, 7, 9].map((v) => ({ x: v, y: 0 }));
+  const p = new MinMaxPyramid(dup);
+  assert.deepEqual([p.lowerBound(3), p.upperBound(3), p.lowerBound(0), p.upperBound(10)], [1, 4, 0, 6]);
+});
+
+test('MinMaxPyramid: a panned and zoomed window refills one output array in place, never emptied first, cut to each frame\'s length', () => {
+  const pts = randomWalk(40_000, 12);
+  const pyramid = new MinMaxPyramid(pts);
+  // Record what happens to the output array: emptying it drops its backing store (a regrowth per frame).
+  const internals = pyramid as unknown as { output: Point[] };
+  const lengthsSet: number[] = [];
+  internals.output = new Proxy(internals.output, {
+    set(target, key, value) {
+      if (key === 'length') lengthsSet.push(value as number);
+      return Reflect.set(target, key, value);
+    },
+  });
+  let previous: Point[] | undefined;
+  const random = mulberry32(5);
+  for (let frame = 0; frame < 120; frame++) {
+    // Pan a 10 % window, then zoom from everything towards the last 1 % (as the benchmark does), with odd widths.
+    const width = frame < 60 ? 4000 : Math.max(50, Math.floor(40_000 * (1 - (frame - 60) / 60)) - Math.floor(random() * 300));
+    const start = frame < 60 ? Math.floor((frame / 59) * 36_000) : 40_000 - width;
+    const columns = 648;
+    const out = pyramid.decimate(start, start + width, columns);
+    const fresh = new MinMaxPyramid(pts).decimate(start, start + width, columns);
+    assert.deepEqual(out, fresh, `frame ${frame}: ${start}…${start + width}`);
+    if (out) {
+      if (previous) assert.equal(out, previous, 'the same array every frame');
+      previous = out;
+      const { xs, ys } = pyramid.outputCoordinates;
+      assert.deepEqual(out.map((_, i) => [xs[i], ys[i]]), out.map((q) => [q.x, q.y]), `frame ${frame}: coordinates`);
+    }
+  }
+  assert.ok(lengthsSet.length > 0, 'the output was cut to a shorter frame at least once');
+  assert.deepEqual(lengthsSet.filter((n) => n === 0), [], 'never emptied before a refill');
+});
