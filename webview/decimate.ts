@@ -185,7 +185,7 @@ export class MinMaxPyramid {
     const r = this.resume;
     let first = start >> shift;
     let previous = start;
-    if (r && r.start === start && r.shift === shift && r.block << shift <= end) {
+    if (r && r.start === start && r.shift === shift && r.block << shift <= end - 1) {
       // The previous pass's output is this array: keep its final blocks' prefix.
       this.count = r.length;
       // A later push of that pass may have replaced the prefix's last point (flat stretch): put it back.
@@ -205,23 +205,31 @@ export class MinMaxPyramid {
     let resumeLast = this.lastIndex;
     let resumePrevious = previous;
     for (let b = first; b <= (end - 1) >> shift; b++) {
-      const from = Math.max(start, b << shift);
-      const to = Math.min(end, (b + 1) << shift, points.length);
-      let l = lo[b];
-      let h = hi[b];
-      if (from !== b << shift || to !== Math.min((b + 1) << shift, points.length)) {
-        // A block cut by the range's edge: its extremes may lie outside, so scan the part inside.
-        l = h = from;
-        for (let i = from + 1; i < to; i++) {
-          if (py[i] < py[l]) l = i;
-          if (py[i] > py[h]) h = i;
+      const blockFrom = b << shift;
+      const blockTo = Math.min((b + 1) << shift, points.length);
+      // The extremes between the range's ends: the ends are drawn anyway, and where the panel zooms they
+      // are the points just outside the window (clipped), so one that is its block's extreme must not
+      // stand in for the extreme inside the window.
+      const from = Math.max(start + 1, blockFrom);
+      const to = Math.min(end - 1, blockTo);
+      if (from < to) {
+        let l = lo[b];
+        let h = hi[b];
+        if (from !== blockFrom || to !== blockTo) {
+          // A block cut by an end: its extremes may lie outside, so scan the part between.
+          l = h = from;
+          for (let i = from + 1; i < to; i++) {
+            if (py[i] < py[l]) l = i;
+            if (py[i] > py[h]) h = i;
+          }
         }
+        const a = Math.min(l, h);
+        const z = Math.max(l, h);
+        if (a > previous) push((previous = a));
+        if (z > previous) push((previous = z));
       }
-      const a = Math.min(l, h);
-      const z = Math.max(l, h);
-      if (a > previous) push((previous = a));
-      if (z > previous) push((previous = z));
-      if ((b + 1) << shift <= end) {
+      // Final (the next frame may resume after it) once it ends before the last point, which is not in its scan.
+      if ((b + 1) << shift <= end - 1) {
         resumeBlock = b + 1;
         resumeLength = this.count;
         resumeLast = this.lastIndex;

@@ -86,11 +86,12 @@ test('Series: a run 40× the capacity stays bounded, uniform over the steps, wit
 });
 
 /** Brute force: the min and max y of each block (of 2^shift points, cut to [start, end)). */
-function blockExtremes(points: readonly Point[], start: number, end: number, shift: number): { min: number; max: number }[] {
+/** Each block's min and max among points[from, to) (blocks that hold none of them left out). */
+function blockExtremes(points: readonly Point[], from: number, to: number, shift: number): { min: number; max: number }[] {
   const out: { min: number; max: number }[] = [];
-  for (let b = start >> shift; b <= (end - 1) >> shift; b++) {
-    const ys = points.slice(Math.max(start, b << shift), Math.min(end, (b + 1) << shift)).map((p) => p.y);
-    out.push({ min: Math.min(...ys), max: Math.max(...ys) });
+  for (let b = from >> shift; b <= (to - 1) >> shift; b++) {
+    const ys = points.slice(Math.max(from, b << shift), Math.min(to, (b + 1) << shift)).map((p) => p.y);
+    if (ys.length) out.push({ min: Math.min(...ys), max: Math.max(...ys) });
   }
   return out;
 }
@@ -117,11 +118,29 @@ test('MinMaxPyramid: any range decimates to ≤ 2 points per column, ends and ev
     assert.ok(index.every((k, i) => k >= start && k < end && (i === 0 || k > index[i - 1])), 'stored points of the range, in x order');
     assert.equal(index[0], start);
     assert.equal(index.at(-1), end - 1);
-    // Each block's min and max inside the range are drawn (the flat-stretch rule never applies to a random walk).
+    // Each block's min and max between the range's ends are drawn (the flat-stretch rule never applies to a
+    // random walk). Between, not from start to end: the panel's range has one point beyond each edge of a
+    // zoomed window, drawn anyway and clipped, so an end that is its block's extreme must not stand in for
+    // the extreme inside the window (the y axis, fitted to the window, would miss it).
     const drawn = new Set(out.map((p) => p.y));
-    for (const { min, max } of blockExtremes(pts, start, end, shift)) assert.ok(drawn.has(min) && drawn.has(max), 'a block extreme is missing');
+    for (const { min, max } of blockExtremes(pts, start + 1, end - 1, shift)) assert.ok(drawn.has(min) && drawn.has(max), `a block extreme is missing (range ${start}..${end})`);
     if (start <= 4321 && 4321 < end) assert.ok(drawn.has(1e6), 'the spike is drawn');
   }
+});
+
+test('MinMaxPyramid: a zoomed window whose outside neighbour is its edge block\'s extreme still draws the extremes inside it', () => {
+  // 4,096 points at 64 columns: blocks of 32. The window's outside neighbours (the range's ends) are the
+  // highest and the lowest points of their blocks; the window's own max and min lie in those blocks.
+  const pts: Point[] = Array.from({ length: 4096 }, (_, i) => ({ x: i, y: Math.sin(i / 50) }));
+  const [start, end] = [1000, 3001];
+  pts[start].y = 10; // outside, left: its block's max
+  pts[start + 3].y = 5; // inside: the window's max
+  pts[end - 1].y = -10; // outside, right: its block's min
+  pts[end - 4].y = -5; // inside: the window's min
+  const out = new MinMaxPyramid(pts).decimate(start, end, 64);
+  assert.ok(out);
+  const drawn = out.map((p) => p.y);
+  assert.ok(drawn.includes(5) && drawn.includes(-5), `the window's extremes are drawn: ${drawn.slice(0, 4)} … ${drawn.slice(-4)}`);
 });
 
 test('MinMaxPyramid: indexing appends lazily equals a rebuild; invalidate after other changes; flat lines collapse', () => {
