@@ -123,6 +123,30 @@ def conditioning_stack(stack, damping):
     return out
 
 
+def conditioning_served(stack, rows, damping):
+    """conditioning_stack() of each kernel's principal submatrix on its rows: `stack` k×n×n float64, `rows`
+    one index list per kernel (at least one index each). All in one batched eigvalsh, without cutting the
+    submatrices out: kernel i is solved as K_SS in place, M = K on S×S, zero across, c·I on the rest, with
+    c = tr(K_SS)/|S|. M's eigenvalues are K_SS's and c (n − |S| times), and c, the mean of K_SS's
+    eigenvalues, lies between its extremes, so M's extremes are K_SS's: the same μ and L_f, rounded as any
+    solve of an n×n matrix of that norm (‖M‖ = ‖K_SS‖), and one LAPACK call for every kernel instead of
+    one per size (the served sets of a measurement have as many sizes as units)."""
+    stack = np.asarray(stack, dtype=np.float64)
+    k, n = stack.shape[0], stack.shape[1]
+    served = np.zeros((k, n), dtype=bool)
+    for i, r in enumerate(rows):
+        served[i, r] = True
+    count = served.sum(axis=1)
+    if (count < 1).any():
+        raise ValueError("a kernel with no rows to solve on")
+    # np.where, not a product: an entry outside the rows (which the cut never read) cannot leak a NaN in.
+    masked = np.where(served[:, :, None] & served[:, None, :], stack, 0.0)
+    diagonal = np.arange(n)
+    mean = np.where(served, stack[:, diagonal, diagonal], 0.0).sum(axis=1) / count
+    masked[:, diagonal, diagonal] += np.where(served, 0.0, mean[:, None])
+    return conditioning_stack(masked, damping)
+
+
 def unit_kernels(scalar_outputs, unit_params, create_graph):
     """K_e = J_e J_eᵀ for every unit e, J_e the Jacobian of the n scalar outputs w.r.t. the unit's
     parameters. One batched backward (is_grads_batched) gives all n rows for every parameter at once.

@@ -181,20 +181,17 @@ class Measurer:
                 stats.append(dict(base, mu=None, lf=None, kappa=None))
                 continue
             stats.append(base)
-            solve.append((e, k64[e] if len(rows) == k64.shape[1] else k64[e][np.ix_(rows, rows)]))
+            solve.append(e)
         rows = self.model_rows(served, trainable, k.shape[0])
         sub = rows is not None and 0 < len(rows) < k.shape[0]
         model_k = k[np.ix_(rows, rows)] if sub else k
-        # The units' κ needs eigenvalues only; the model's kernel also its extreme eigenvectors when the
-        # regularizer follows them. Without, it joins the units' batched eigvalsh (one call, not two).
-        whole = not vectors and not sub and len(solve) == k64.shape[0] and all(len(served[e]) == k64.shape[1] for e, _ in solve)
-        if whole:
-            # Every unit measured on every probe row and the model's kernel whole (typically early in a run):
-            # solved straight from the read-back stack, no per-kernel copies (the same solves).
-            solved = estimators.conditioning_stack(every_kernel, self.damping)
-        else:
-            solved = estimators.conditioning_many([m for _, m in solve] + ([] if vectors else [model_k]), self.damping, vectors=False)
-        for (e, _), c in zip(solve, solved):
+        # The units' κ needs eigenvalues only, each over the rows its unit serves; the model's kernel also its
+        # extreme eigenvectors when the regularizer follows them. Without, it joins the units' one batched
+        # eigvalsh (conditioning_served: every kernel in one call, whatever its served rows).
+        every_row = list(range(k.shape[0]))
+        chosen = solve if vectors else solve + [k64.shape[0]]
+        solved = estimators.conditioning_served(every_kernel[chosen], [served[e] for e in solve] + ([] if vectors else [rows if sub else every_row]), self.damping) if chosen else []
+        for e, c in zip(solve, solved):
             stats[e].update(mu=c["mu"], lf=c["lf"], kappa=c["kappa"])
         if not vectors:
             self.last, self.model_kappa = stats, solved[-1]["kappa"]

@@ -209,3 +209,77 @@ def test_without_torchscript_the_measurement_runs_eagerly_with_the_same_numbers(
     assert "κ monitoring runs eagerly" in capsys.readouterr().err
     assert [(s["mu"], s["lf"], s["kappa"]) for s in eager] == [(s["mu"], s["lf"], s["kappa"]) for s in scripted]
     assert any(s["kappa"] is not None for s in eager)
+
+
+def _cut_solve(kernel, rows, damping):
+    """The reference: the principal submatrix on `rows` cut out and solved alone (numpy's eigvalsh, float64)."""
+    values = np.linalg.eigvalsh(kernel[np.ix_(rows, rows)])
+    mu, lf = max(float(values[0]), 0.0), max(float(values[-1]), 0.0)
+    return mu, lf, estimators.damped_kappa(lf, mu, damping)
+
+
+def _close(got, want, scale):
+    """μ and L_f to 1e-12 of the kernel's scale (an eigen-solve's rounding), κ to 1e-9 relative."""
+    return abs(got["mu"] - want[0]) <= 1e-12 * scale and abs(got["lf"] - want[1]) <= 1e-12 * scale and got["kappa"] == pytest.approx(want[2], rel=1e-9)
+
+
+def test_conditioning_served_equals_solving_each_cut_submatrix():
+    """One batched solve of every kernel on its own rows (the rows a unit serves) gives the extremes of each
+    principal submatrix, against cutting it out and solving it alone: random rows, a singular submatrix, a
+    zero kernel (a dead unit), a submatrix that is a multiple of I (the padding's mean equals both
+    extremes), one row, every row (then exactly conditioning_stack's figures); a NaN outside the rows does
+    not leak in, one inside is refused."""
+    rng = np.random.default_rng(5)
+    n = 12
+    a = rng.standard_normal((n, 20))
+    full = a @ a.T
+    low = rng.standard_normal((n, 2))
+    singular = low @ low.T  # rank 2: singular on any 5 rows
+    scaled_identity = full.copy()
+    rows_i = [1, 4, 7, 9]
+    scaled_identity[np.ix_(rows_i, rows_i)] = 3 * np.eye(4)
+    cases = [(full, sorted(rng.choice(n, 5, replace=False).tolist())), (singular, [0, 2, 3, 8, 11]), (np.zeros((n, n)), [1, 2, 3, 4]),
+             (scaled_identity, rows_i), (full, [6]), (full, list(range(n))), (1e-30 * full, [0, 1, 2, 5, 10])]
+    stack = np.stack([k for k, _ in cases])
+    got = estimators.conditioning_served(stack, [r for _, r in cases], 1e-3)
+    for (kernel, rows), g in zip(cases, got):
+        assert _close(g, _cut_solve(kernel, rows, 1e-3), max(float(np.abs(kernel).max()), 1e-300)), (rows, g)
+    assert got[2] == {"mu": 0.0, "lf": 0.0, "kappa": 1e3}  # the dead unit
+    assert got[3]["mu"] == pytest.approx(3, rel=1e-14) and got[3]["lf"] == pytest.approx(3, rel=1e-14)
+    assert got[4]["mu"] == got[4]["lf"] == full[6, 6]
+    assert got[5] == estimators.conditioning_stack(stack[5:6], 1e-3)[0]  # every row: the stack itself
+    outside = stack.copy()
+    outside[0, [r for r in range(n) if r not in cases[0][1]][0], 0] = math.nan
+    assert estimators.conditioning_served(outside, [r for _, r in cases], 1e-3) == got
+    inside = stack.copy()
+    inside[0, cases[0][1][0], cases[0][1][1]] = math.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        estimators.conditioning_served(inside, [r for _, r in cases], 1e-3)
+    with pytest.raises(ValueError, match="no rows"):
+        estimators.conditioning_served(stack[:1], [[]], 1e-3)
+
+
+def test_a_measurement_with_a_sharp_gate_solves_each_unit_on_the_rows_it_serves():
+    """A sharp (nearly collapsed) gate: each expert serves only some probe rows, so every unit's κ is taken
+    over a different principal submatrix; each against its submatrix cut out of the reference kernels and
+    solved alone in float64, the model's κ over its whole kernel."""
+    model = moe(51)
+    with torch.no_grad():
+        model.gate_w.mul_(40)
+    gen = torch.Generator().manual_seed(52)
+    x, y = torch.rand(16, 20, generator=gen), torch.randint(0, 4, (16,), generator=gen)
+    measurer = Measurer(model, x, y, 1e-3)
+    stats = measurer.measure(set(), frozenset(), [0, 1, 2, 3])
+    with torch.no_grad():
+        _, _, served = measurer.kernels(frozenset(), False, None)
+        ref_units, ref_rest = reference_kernels(model, x, measurer.one_hot, frozenset(), None)
+    sizes = [len(s) for s in served]
+    assert len(set(sizes)) > 1 and min(sizes) < 16, f"the gate should split the probe: {sizes}"
+    k = ref_units.double().numpy()
+    for e, s in enumerate(stats):
+        if len(served[e]) < estimators.MIN_SERVED:
+            assert s["kappa"] is None
+            continue
+        assert s["served"] == len(served[e]) and _close(s, _cut_solve(k[e], served[e], 1e-3), float(np.abs(k[e]).max())), (e, served[e], s)
+    model_kernel = (ref_rest + ref_units.sum(dim=0)).double().numpy()
+    assert measurer.model_kappa == pytest.approx(estimators.conditioning(model_kernel, 1e-3)["kappa"], rel=1e-9)
