@@ -31,6 +31,14 @@ round's ratio. Kept beside them: the same pairs of the runs' means (`pairedFract
 (`plainMsPerStep`, …) are medians of the runs' means over the rounds (`runs`; `blockRuns` the
 blocks' interquartile means); the default α runs once, after the rounds. `loadAverage`: the machine's 1-minute load
 average before and after.
+κ monitoring is the exception: `monitoringFraction` is measured inside each monitored run (in_run_monitoring:
+the extra time of the steps that measure and of the steps right after them, over the other steps of the
+same process), the median over the rounds (`inRunMonitoringFractions`, `spread.monitoringInRun`). Whole
+processes' step times differ by ±4 % even on an idle machine (ten pairs of 600-step runs, 2026-12-07: the
+between-runs ratio read −1.0 … +10.6 % where the in-run one read 3.7 … 4.4 %), which no number of rounds
+this bench can afford averages out; the between-runs ratio stays beside it
+(`monitoringFractionBetweenRuns`, `spread.monitoring`) as the check that nothing spread over every step
+of a monitored run is missed.
 Also checks that κ measured on CUDA matches the CPU figures on the same weights (--device cuda).
 usage: python3 bench/engine_torch.py [--device cpu|cuda] [--steps N] [--threads N] [--rounds N]
 Prints progress on stderr and one JSON line on stdout."""
@@ -93,6 +101,23 @@ def per_step(stamps, steps):
     return mean, (interquartile_mean(blocks) if blocks else mean)
 
 
+def in_run_monitoring(stamps, steps, every=BLOCK):
+    """κ monitoring's cost measured inside the monitored run: over the timed window, the mean extra time of
+    the steps that measure (steps done ≡ 0 mod `every`) and of the step right after each (whatever the
+    measurement left behind: caches, allocations) over the mean of the other steps, per period of `every`
+    steps, as a fraction of those other steps. Paired step by step in one process, so it is free of the
+    ±4 % by which whole processes' step times differ even on an idle machine (memory layout), which the
+    between-runs ratio carries; it leaves out an effect spread evenly over every step of a monitored run,
+    which the between-runs ratio keeps (both are reported)."""
+    start = steps // 5
+    took = {s: stamps[s] - stamps[s - 1] for s in range(start + 1, steps + 1)}
+    mean = lambda xs: sum(xs) / len(xs)
+    measuring = mean([t for s, t in took.items() if s % every == 0])
+    after = mean([t for s, t in took.items() if s % every == 1])
+    base = mean([t for s, t in took.items() if s % every not in (0, 1)])
+    return ((measuring - base) + (after - base)) / every / base
+
+
 def interquartile_mean(xs):
     """The mean of the middle half of xs (sorted; a quarter left out at each end, at least one value kept)."""
     xs = sorted(xs)
@@ -150,7 +175,10 @@ def engine(steps, alpha, every, attached=False):
             on_disk = sum(1 for name in ("metrics.jsonl", "commands.jsonl", "events.jsonl") if os.path.exists(os.path.join(run_dir, name)) for _ in open(os.path.join(run_dir, name)))
             if streamed != list(range(on_disk)):
                 raise RuntimeError(f"the attached client saw {len(streamed)} events, not the {on_disk} on disk in seq order")
-    return per_step(times, steps), backend
+    figures = per_step(times, steps)
+    if every < steps:
+        figures += (in_run_monitoring(times, steps, every),)
+    return figures, backend
 
 
 async def run_attached(cmd, env, run_dir):
@@ -224,12 +252,15 @@ result = {"device": a.device, "steps": a.steps, "rounds": a.rounds, "model": dic
 load_before = os.getloadavg()[0]
 runs = {"plain": [], "engine": [], "attached": [], "monitored": [], "regularized": []}
 block_runs = {k: [] for k in runs}  # the same runs' interquartile means of their blocks
+in_run = []  # each monitored run's in_run_monitoring
 backend = None
 
 
 def record(kind, figures):
     runs[kind].append(figures[0])
     block_runs[kind].append(figures[1])
+    if kind == "monitored":
+        in_run.append(figures[2])
 
 
 ORDER = ("plain", "engine", "monitored", "attached")
@@ -271,10 +302,14 @@ result.update(
     regularizedMsPerStep=regularized,
     instrumentationFraction=median(by_block["instrumentation"]),
     attachedInstrumentationFraction=median(by_block["attachedInstrumentation"]),
-    monitoringFraction=median(by_block["monitoring"]),
+    # The monitor steps' extra time inside each monitored run (in_run_monitoring), median over the rounds;
+    # the between-runs ratio of the same runs is `monitoringFractionBetweenRuns` (spread: `spread.monitoring`).
+    monitoringFraction=median(in_run),
+    monitoringFractionBetweenRuns=median(by_block["monitoring"]),
+    inRunMonitoringFractions=in_run,
     regularizedCost=regularized / off,
     pairedFractions=by_block,
-    spread={k: spread(v) for k, v in by_block.items()},
+    spread={**{k: spread(v) for k, v in by_block.items()}, "monitoringInRun": spread(in_run)},
     pairedFractionsOfRunMeans=by_mean,
     spreadOfRunMeans={k: spread(v) for k, v in by_mean.items()},
     unpairedFractions={"instrumentation": off / plain - 1, "attachedInstrumentation": attached / plain - 1, "monitoring": (monitored - off) / off},

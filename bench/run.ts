@@ -245,7 +245,8 @@ async function main(): Promise<void> {
       const range = (k: string) => (v.spread?.[k] ? ` [rounds ${pct(v.spread[k].min)} … ${pct(v.spread[k].max)}, quartiles ${pct(v.spread[k].q1)} … ${pct(v.spread[k].q3)}]` : '');
       say(`  plain loop ${fmt(v.plainMsPerStep)} ms/step; engine at α = 0, unmonitored ${fmt(v.engineMsPerStep)} ms → instrumentation ${pct(v.instrumentationFraction)}${range('instrumentation')} (goal ≤ 5 %)`);
       if (v.attachedMsPerStep) say(`  with a client attached (every event over the socket) ${fmt(v.attachedMsPerStep)} ms → ${pct(v.attachedInstrumentationFraction)}${range('attachedInstrumentation')}; paired medians of ${v.rounds} interleaved rounds, load average ${v.loadAverage?.map((x: number) => fmt(x)).join(' → ')}`);
-      say(`  default monitoring (every 10 steps, probe 16) ${fmt(v.monitoredMsPerStep)} ms → κ monitoring ${pct(v.monitoringFraction)}${range('monitoring')} (goal ≤ 5 %); default α ${fmt(v.regularizedMsPerStep)} ms (${fmt(v.regularizedCost)}× unregularized)`);
+      // κ monitoring: the monitor steps' extra time inside each monitored run (median over rounds), and the between-runs ratio beside it.
+      say(`  default monitoring (every 10 steps, probe 16) ${fmt(v.monitoredMsPerStep)} ms → κ monitoring ${pct(v.monitoringFraction)}${range('monitoringInRun')} in the run (goal ≤ 5 %); between runs ${pct(v.monitoringFractionBetweenRuns ?? v.monitoringFraction)}${range('monitoring')}; default α ${fmt(v.regularizedMsPerStep)} ms (${fmt(v.regularizedCost)}× unregularized)`);
       if (v.kappaCpuVsCuda) say(`  κ on CUDA vs the CPU, same weights: largest relative difference ${fmt(v.kappaCpuVsCuda.maxRelativeDifference)}`);
     } else if (/No module named '(torch|websockets)'|not found|ENOENT/.test(r.stderr)) {
       out.pytorchEngine = { skipped: reason(r) };
