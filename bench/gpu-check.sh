@@ -23,7 +23,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"device {r['backend']['device']}: plain {r['plainMsPerStep']:.3f} ms/step, engine {r['engineMsPerStep']:.3f} ms/step")
 print(f"instrumentation at α = 0: {100 * r['instrumentationFraction']:+.1f} % (goal ≤ 5 %); with a client attached {100 * r['attachedInstrumentationFraction']:+.1f} %")
-print(f"κ monitoring at the defaults (every 10 steps, probe 16): {100 * r['monitoringFraction']:+.1f} % (goal ≤ 5 %)")
+print(f"κ monitoring at the defaults (every 10 steps, probe 16): {100 * r['monitoringFraction']:+.1f} % in the run (goal ≤ 5 %), {100 * r['monitoringFractionBetweenRuns']:+.1f} % between runs")
 print(f"regularized step (α = 0.01, κ measured every step): {r['regularizedCost']:.2f}× the unregularized engine step")
 k = r["kappaCpuVsCuda"]
 print(f"κ on CUDA vs CPU, same weights: largest relative difference {k['maxRelativeDifference']:.2e}")
