@@ -243,27 +243,23 @@ export class MinMaxPyramid {
 
   /** Index of the first point with x ≥ `x`, as `lowerBoundX`, searched in the contiguous x values (no pointer chasing per probe). */
   lowerBound(x: number): number {
-    this.sync();
-    const px = this.px;
-    let lo = 0;
-    let hi = this.indexed;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (px[mid] < x) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return this.firstBeyond(x, false);
   }
 
   /** Index of the first point with x > `x`, as `upperBoundX`, in the contiguous x values. */
   upperBound(x: number): number {
+    return this.firstBeyond(x, true);
+  }
+
+  /** Bisection over the indexed x values: the first index whose x is > `x` (`strictly`) or ≥ `x`. */
+  private firstBeyond(x: number, strictly: boolean): number {
     this.sync();
     const px = this.px;
     let lo = 0;
     let hi = this.indexed;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (px[mid] <= x) lo = mid + 1;
+      if (px[mid] < x || (strictly && px[mid] === x)) lo = mid + 1;
       else hi = mid;
     }
     return lo;
