@@ -79,39 +79,9 @@ def _conditioned(values, vectors, damping):
     return {**_conditioned_values(values, damping), "vMin": vectors[:, 0].copy(), "vMax": vectors[:, -1].copy()}
 
 
-def conditioning_many(kernels, damping, vectors=True):
-    """conditioning() of each kernel in `kernels` (a list; sizes may differ), with one batched eigh per
-    size: numpy runs the same LAPACK solve on each matrix of a stack, so the figures are conditioning()'s,
-    at one call's overhead instead of one per kernel (a measurement solves E + 1 of them). Without
-    `vectors`, eigenvalues only (eigvalsh: the units' μ, L_f and κ need no eigenvectors, and LAPACK
-    skips computing them), and no vMin/vMax."""
-    if not (0 < damping <= 1):
-        raise ValueError(f"damping must be in (0, 1], got {damping}")
-    out = [None] * len(kernels)
-    by_size = {}
-    for i, kernel in enumerate(kernels):
-        k = np.asarray(kernel, dtype=np.float64)
-        n = k.shape[0] if k.ndim == 2 else 0
-        if k.shape != (n, n) or n < 1:
-            raise ValueError(f"kernel of shape {k.shape} is not square")
-        by_size.setdefault(n, []).append((i, k))
-    for group in by_size.values():
-        stack = np.stack([k for _, k in group])
-        if not np.isfinite(stack).all():
-            raise ValueError("kernel has a non-finite entry")
-        if vectors:
-            values, vecs = np.linalg.eigh((stack + stack.transpose(0, 2, 1)) / 2)
-            for (i, _), v, w in zip(group, values, vecs):
-                out[i] = _conditioned(v, w, damping)
-        else:
-            for (i, _), c in zip(group, conditioning_stack(stack, damping)):
-                out[i] = c
-    return out
-
-
 def conditioning_stack(stack, damping):
-    """μ, L_f and damped κ of each kernel of a float64 stack k×n×n (eigenvalues only): conditioning_many's
-    solve of one size, for a caller whose kernels already lie in one array (no per-kernel copies)."""
+    """μ, L_f and damped κ of each kernel of a float64 stack k×n×n (eigenvalues only: the units' figures
+    need no eigenvectors, and LAPACK skips computing them), one batched eigvalsh for the whole stack."""
     if not np.isfinite(stack).all():
         raise ValueError("kernel has a non-finite entry")
     values = np.linalg.eigvalsh((stack + stack.transpose(0, 2, 1)) / 2)
@@ -131,7 +101,11 @@ def conditioning_served(stack, rows, damping):
     eigenvalues, lies between its extremes, so M's extremes are K_SS's: the same μ and L_f, rounded as any
     solve of an n×n matrix of that norm (‖M‖ = ‖K_SS‖), and one LAPACK call for every kernel instead of
     one per size (the served sets of a measurement have as many sizes as units)."""
+    if not (0 < damping <= 1):
+        raise ValueError(f"damping must be in (0, 1], got {damping}")
     stack = np.asarray(stack, dtype=np.float64)
+    if stack.ndim != 3 or stack.shape[1] != stack.shape[2] or stack.shape[1] < 1:
+        raise ValueError(f"kernels of shape {stack.shape[1:]} are not square")
     k, n = stack.shape[0], stack.shape[1]
     served = np.zeros((k, n), dtype=bool)
     for i, r in enumerate(rows):

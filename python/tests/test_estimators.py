@@ -176,31 +176,36 @@ def test_differentiable_directions_equal_the_float64_ones_and_survive_confident_
         assert float(g[idx]) == pytest.approx((f(plus) - f(minus)) / (2 * h), rel=1e-5, abs=1e-9)
 
 
-def test_conditioning_many_is_conditioning_of_each_kernel_whatever_the_sizes():
-    """The batched eigh a measurement runs (one call per size) against one conditioning() per kernel,
-    including a singular (rank-one), a zero and an asymmetric kernel; a NaN anywhere is refused."""
+def test_conditioning_served_is_conditioning_of_each_kernel_whatever_the_sizes():
+    """The batched eigvalsh a measurement runs (one call for every kernel, each on its rows) against one
+    conditioning() per kernel, including a singular (rank-one), a zero and an asymmetric kernel, and
+    kernels of sizes 2 and 1 solved as principal submatrices of a 4×4 stack entry; a NaN on a kernel's
+    rows is refused, and so are kernels that are not square or a damping outside (0, 1]."""
     rng = np.random.default_rng(3)
     a = rng.normal(size=(4, 4))
     v = rng.normal(size=4)
     kernels = [a @ a.T, np.outer(v, v), np.zeros((4, 4)), rng.normal(size=(2, 2)) + 3 * np.eye(2), a @ a.T + 1e-7 * a, np.ones((1, 1))]
-    many = estimators.conditioning_many(kernels, 1e-6)
-    assert len(many) == len(kernels)
-    for k, got in zip(kernels, many):
+    stack = np.zeros((len(kernels), 4, 4))
+    rows = []
+    for i, k in enumerate(kernels):
+        m = k.shape[0]
+        stack[i] = rng.normal(size=(4, 4))  # entries off the kernel's rows: never read
+        stack[i][:m, :m] = k
+        rows.append(list(range(m)))
+    served = estimators.conditioning_served(stack, rows, 1e-6)
+    assert len(served) == len(kernels)
+    for k, got in zip(kernels, served):
         one = estimators.conditioning(k, 1e-6)
-        for key in ("mu", "lf", "kappa"):
-            assert got[key] == pytest.approx(one[key], rel=1e-12, abs=1e-12)
-        for key in ("vMin", "vMax"):
-            assert abs(abs(got[key] @ one[key]) - 1) < 1e-9 or key == "vMin" and got["mu"] < 1e-12  # a repeated 0 eigenvalue: any basis vector
-    assert many[1]["kappa"] == 1e6 and (many[2]["mu"], many[2]["lf"], many[2]["kappa"]) == (0.0, 0.0, 1e6)
-    # Eigenvalues only (the units' figures): the same μ, L_f, κ, no vectors.
-    for got, one in zip(estimators.conditioning_many(kernels, 1e-6, vectors=False), many):
         assert set(got) == {"mu", "lf", "kappa"}
         for key in ("mu", "lf", "kappa"):
             assert got[key] == pytest.approx(one[key], rel=1e-12, abs=1e-12)
+    assert served[1]["kappa"] == 1e6 and (served[2]["mu"], served[2]["lf"], served[2]["kappa"]) == (0.0, 0.0, 1e6)
     with pytest.raises(ValueError):
-        estimators.conditioning_many([np.eye(2), np.array([[1.0, math.nan], [math.nan, 1.0]])], 1e-6)
+        estimators.conditioning_served(np.stack([np.eye(2), np.array([[1.0, math.nan], [math.nan, 1.0]])]), [[0, 1], [0, 1]], 1e-6)
     with pytest.raises(ValueError):
-        estimators.conditioning_many([np.ones((2, 3))], 1e-6)
+        estimators.conditioning_served(np.ones((1, 2, 3)), [[0]], 1e-6)
+    with pytest.raises(ValueError):
+        estimators.conditioning_served(stack, rows, 0.0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -88,7 +88,9 @@ def test_the_monitoring_measurement_equals_the_previous_arithmetic(pruned, froze
         k = ref_units.double().numpy()
         solved = [e for e in range(4) if e not in pruned and len(served[e]) >= estimators.MIN_SERVED]
         # The units' figures were eigenvalues only (eigvalsh) before as well.
-        expected = estimators.conditioning_many([k[e][np.ix_(served[e], served[e])] for e in solved], 1e-3, vectors=False)
+        # Each unit's submatrix on its served rows cut out and solved alone (numpy runs the same LAPACK solve
+        # on each matrix of a stack, so a stack of one gives a batched call's bits).
+        expected = [estimators.conditioning_stack(k[e][np.ix_(served[e], served[e])][None], 1e-3)[0] for e in solved]
         assert [s["kappa"] is None for s in stats] == [e not in solved for e in range(4)]
         for e, c in zip(solved, expected):
             assert (stats[e]["mu"], stats[e]["lf"], stats[e]["kappa"]) == (c["mu"], c["lf"], c["kappa"])
@@ -174,14 +176,14 @@ def test_the_step_routing_survives_the_probe_pass_in_either_order(pruned, mask):
 
 
 def test_the_stacked_solve_equals_the_per_kernel_one():
-    """conditioning_stack (monitoring's solve straight from the read-back stack) gives conditioning_many's
-    figures exactly, a singular kernel (rank 3 of 6), a zero one (a dead unit) and a tiny one included,
-    and refuses a non-finite entry as conditioning_many does."""
+    """conditioning_stack (monitoring's solve straight from the read-back stack) gives each kernel's figures
+    solved alone exactly, a singular kernel (rank 3 of 6), a zero one (a dead unit) and a tiny one
+    included, and refuses a non-finite entry."""
     rng = np.random.default_rng(3)
     a = rng.standard_normal((6, 9))
     low = rng.standard_normal((6, 3))
     stack = np.stack([a @ a.T, low @ low.T, np.zeros((6, 6)), 1e-30 * (a @ a.T), (a @ a.T) + rng.standard_normal((6, 6)) * 1e-7])
-    assert estimators.conditioning_stack(stack, 1e-3) == estimators.conditioning_many(list(stack), 1e-3, vectors=False)
+    assert estimators.conditioning_stack(stack, 1e-3) == [estimators.conditioning_stack(k[None], 1e-3)[0] for k in stack]
     assert estimators.conditioning_stack(stack, 1e-3)[2] == {"mu": 0.0, "lf": 0.0, "kappa": 1e3}
     stack[1, 2, 3] = math.nan
     with pytest.raises(ValueError, match="non-finite"):

@@ -165,8 +165,9 @@ export function hostLayerNormBackwardAdjoint(
 
 /**
  * Typed arrays for a host op's working values, kept from call to call (each key's array sized on first
- * use, replaced when its size changes), so that a step's host ops leave no garbage: layer 0's allocated
- * ~1.3 MB a call, and the scavenges cost ~1 ms a regularized step (docs/performance.md, "Ninth pass").
+ * use, replaced when its size changes), so that a step's host ops allocate nothing after the first: layer
+ * 0's allocated ~1.3 MB a call. Measured, it did not pay by itself (V8 keeps typed arrays off the JS heap,
+ * so they barely fed the scavenges: docs/performance.md, "Ninth pass"); the ranged reads write into it.
  * One scratch per op site (a model's layer): an op's forward pass claims it (`claim`), its gradient
  * reads the arrays the forward filled and checks that no later forward pass of the same site has
  * claimed them since (`check`: an error, never silently wrong values). Never hand a scratch array to tf
