@@ -124,10 +124,7 @@ class Measurer:
             # Monitoring alone (no create_graph) records no autograd graph.
             with torch.set_grad_enabled(create_graph):
                 logits, parts = self.model.probe_pass(self.probe_x, pruned, mask)
-                if self.probe_gram1 is None:
-                    with torch.no_grad():
-                        self.probe_gram1 = self.probe_x @ self.probe_x.T + 1
-                parts["gram1"] = self.probe_gram1
+                parts["gram1"] = self.gram1()
                 u = estimators.output_directions_torch(logits, self.one_hot, self.label_masks)
                 units = self.model.unit_kernels(self.probe_x, u, pruned, mask, parts)
                 rest = self.model.kernel_rest(self.probe_x, u, pruned, mask, parts)
@@ -153,6 +150,14 @@ class Measurer:
         if not create_graph:
             units, rest = units.detach(), rest.detach()
         return units, rest, served
+
+    def gram1(self):
+        """X·Xᵀ + 1 of the fixed probe (the closed forms' input kernel), made on first use and kept: the probe
+        never changes during a run (made lazily: only the families with a flat probe use it)."""
+        if self.probe_gram1 is None:
+            with torch.no_grad():
+                self.probe_gram1 = self.probe_x @ self.probe_x.T + 1
+        return self.probe_gram1
 
     def condition(self, units, rest, served, frozen, pruned, trainable, vectors=True):
         """The units' stats and the model's kernel (differentiable when `units` is) with its extreme
@@ -229,16 +234,13 @@ class Measurer:
             # Monitoring alone: one scripted call for every tensor op of kernels() and condition() (the same
             # ops, so the same numbers), then the same host part.
             model = self.model
-            if self.probe_gram1 is None:
-                with torch.no_grad():
-                    self.probe_gram1 = self.probe_x @ self.probe_x.T + 1
             off = None
             if pruned:
                 off = torch.zeros(model.units, device=self.probe_x.device, dtype=self.probe_x.dtype)
                 off[list(pruned)] = -1e9
             every = len(trainable) == model.units
             with torch.no_grad():
-                k64, serves = moe_monitor_kernels(self.probe_x, self.probe_gram1, self.one_hot, *self.label_masks, *self.expert_params,
+                k64, serves = moe_monitor_kernels(self.probe_x, self.gram1(), self.one_hot, *self.label_masks, *self.expert_params,
                                                   model.gate_w, model.gate_b, off, mask, len(pruned) == model.units, None if every else list(trainable), 1 / (2 * model.units))
             served = [[] if e in pruned else [i for i, yes in enumerate(row) if yes] for e, row in enumerate(serves.cpu().tolist())]
             return self.condition_read(k64.cpu().numpy(), served, frozen, pruned, trainable, False)[0]
