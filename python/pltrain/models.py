@@ -189,13 +189,23 @@ class MoeMlp(nn.Module):
         gram1 = parts["gram1"] if "gram1" in parts else x @ x.T + 1
         return gram1 * (r @ r.T)
 
+    @property
+    def serve_share(self):
+        """The routing share at which an expert serves a probe row: 1/(2E) (contract 8)."""
+        return 1 / (2 * self.units)
+
+    @staticmethod
+    def served_rows(serves, pruned):
+        """Per expert, the rows its row of `serves` (E×n booleans, host lists) marks; none for a pruned one."""
+        return [[] if e in pruned else [i for i, yes in enumerate(row) if yes] for e, row in enumerate(serves)]
+
     def served(self, x, pruned, mask=None, parts=None):
         """Per expert, the probe rows it serves: p_e(x_i) ≥ 1/(2E) (contract 8); none for a pruned one."""
         with torch.no_grad():
             g = parts["g"] if parts else self.gate(x, pruned, mask)
             # Compared in float64, as a Python float (one device → host read for the whole table).
-            serves = (g.detach().double() >= 1 / (2 * self.units)).T.cpu().tolist()
-        return [[] if e in pruned else [i for i, yes in enumerate(row) if yes] for e, row in enumerate(serves)]
+            serves = (g.detach().double() >= self.serve_share).T.cpu().tolist()
+        return self.served_rows(serves, pruned)
 
     def forward(self, x, pruned=frozenset(), mask=None):
         return self.forward_with_routing(x, pruned, mask)[0]

@@ -241,8 +241,8 @@ class Measurer:
             every = len(trainable) == model.units
             with torch.no_grad():
                 k64, serves = moe_monitor_kernels(self.probe_x, self.gram1(), self.one_hot, *self.label_masks, *self.expert_params,
-                                                  model.gate_w, model.gate_b, off, mask, len(pruned) == model.units, None if every else list(trainable), 1 / (2 * model.units))
-            served = [[] if e in pruned else [i for i, yes in enumerate(row) if yes] for e, row in enumerate(serves.cpu().tolist())]
+                                                  model.gate_w, model.gate_b, off, mask, len(pruned) == model.units, None if every else list(trainable), model.serve_share)
+            served = model.served_rows(serves.cpu().tolist(), pruned)
             return self.condition_read(k64.cpu().numpy(), served, frozen, pruned, trainable, False)[0]
         units, rest, served = self.kernels(pruned, False, mask)
         return self.condition(units, rest, served, frozen, pruned, trainable, vectors=False)[0]
