@@ -17,14 +17,16 @@ type TensorInfo = TF.TensorInfo;
 type KernelConfig = TF.KernelConfig;
 type Tf = typeof TF;
 
-interface WasmBackend {
+/** The parts of tfjs's wasm backend the engine's kernels and readRows.ts reach past the public API for. */
+export interface WasmBackend {
   typedArrayFromHeap(t: TensorInfo): Float32Array | Int32Array | Uint8Array;
   incRef(dataId: object): void;
   makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
   disposeData(dataId: object): void;
 }
 
-interface CpuBackend {
+/** The parts of tfjs's cpu backend the engine's kernels and readRows.ts reach past the public API for. */
+export interface CpuBackend {
   data: { get(dataId: object): { values?: ArrayLike<number> } };
   makeTensorInfo(shape: number[], dtype: 'float32', values: Float32Array): TensorInfo;
   disposeData(dataId: object): void;

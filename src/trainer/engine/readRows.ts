@@ -4,15 +4,7 @@
 // straight from the backend's memory (the wasm heap, the cpu backend's array) into `into`, which the
 // caller may reuse across calls.
 import type * as TF from '@tensorflow/tfjs';
-
-interface WasmBackend {
-  typedArrayFromHeap(t: TF.TensorInfo): Float32Array | Int32Array | Uint8Array;
-  makeOutput(shape: number[], dtype: 'float32'): TF.TensorInfo;
-}
-
-interface CpuBackend {
-  data: { get(dataId: object): { values?: ArrayLike<number> } | undefined };
-}
+import type { CpuBackend, WasmBackend } from './kernels';
 
 /**
  * Elements from … from + count − 1 of a float32 tensor's flat values, copied into `into` (from index 0;
