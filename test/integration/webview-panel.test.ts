@@ -196,9 +196,12 @@ test('a snapshot renders the header, the expert table and κ exactly as in the d
 test('a narrow panel (900 px window, sidebar open): every Freeze button in view without sideways scrolling, frozen said next to the name', async () => {
   const page = await browser.newPage({ viewport: { width: 540, height: 900 } });
   const p = await openPanel(page);
-  const f = syntheticRun({ freezeAt: { step: 200, expert: 2 }, pruneAt: { step: 220, expert: 3 } });
+  // The widest name cell a run gives: expert 3 starved (the "inactive" badge) and frozen (the word, and
+  // the wider Unfreeze button), as the VS Code UI run hit once.
+  const f = syntheticRun({ freezeAt: { step: 200, expert: 3 }, pruneAt: { step: 220, expert: 2 }, shares: true });
   await p.send(snapshotOf(f));
-  await expectText(p.byTestId('freeze-2'), 'Unfreeze');
+  await expectText(p.byTestId('freeze-3'), 'Unfreeze');
+  assert.equal(await p.byTestId('inactive-3').isVisible(), true, 'expert 3 is badged inactive');
   // A string, not a function: the test transpiler would name the inner arrows with a helper the page lacks.
   const layout = (await page.evaluate(`(() => {
     const wrap = document.querySelector('.table-wrap');
@@ -207,7 +210,7 @@ test('a narrow panel (900 px window, sidebar open): every Freeze button in view 
       scroll: wrap.scrollWidth - wrap.clientWidth,
       right: wrap.getBoundingClientRect().right,
       buttons: [...document.querySelectorAll('[data-testid^="freeze-"]')].map((b) => ({ id: b.dataset.testid, right: b.getBoundingClientRect().right, width: b.getBoundingClientRect().width })),
-      frozenColumn: shown('frozen-2'),
+      frozenColumn: shown('frozen-3'),
       flags: [0, 1, 2, 3].map((i) => (shown('flags-' + i) ? document.querySelector('[data-testid="flags-' + i + '"]').textContent : null)),
     };
   })()`)) as { scroll: number; right: number; buttons: { id: string; right: number; width: number }[]; frozenColumn: boolean; flags: (string | null)[] };
@@ -218,12 +221,12 @@ test('a narrow panel (900 px window, sidebar open): every Freeze button in view 
     assert.ok(b.width > 30, `${b.id} is ${b.width}px wide`);
   }
   assert.equal(layout.frozenColumn, false, 'the Frozen column gives way');
-  assert.deepEqual(layout.flags, ['', '', 'frozen', 'pruned']);
+  assert.deepEqual(layout.flags, ['', '', 'pruned', 'frozen']);
   // Wide: the columns are back and the words next to the names are not shown.
   await page.setViewportSize({ width: 1400, height: 900 });
-  await expectText(p.byTestId('frozen-2'), 'yes');
-  assert.equal(await p.byTestId('flags-2').isVisible(), false);
-  assert.equal(await p.byTestId('frozen-2').isVisible(), true);
+  await expectText(p.byTestId('frozen-3'), 'yes');
+  assert.equal(await p.byTestId('flags-3').isVisible(), false);
+  assert.equal(await p.byTestId('frozen-3').isVisible(), true);
 });
 
 test('before the first measurement the per-unit chart says when it comes; no mask card without pruning; a constant α is drawn from 0', async () => {
