@@ -1,8 +1,10 @@
 // Native kernels for the trainer's TensorFlow.js backends: single-precision GEMM from OpenBLAS (with
 // an optional fused bias and ReLU) and a fused Adam update; and the extreme eigenvalues of a symmetric
-// float64 matrix (the κ monitoring's per-unit kernels), a port of the JavaScript solver. The GEMM and
-// Adam buffers are Float32Arrays owned by the caller (views on the wasm heap or the cpu backend's
-// arrays); only the eigenvalue solver allocates, a scratch copy it frees before returning.
+// float64 matrix (the κ monitoring's per-unit kernels), a port of the JavaScript solver; and bert's
+// hand-written backward's element-wise host steps (layer norm's backward, GELU′, [CLS]'s attention),
+// ports of their JavaScript loops. Buffers are typed arrays owned by the caller (views on the wasm heap
+// or the cpu backend's arrays); only the eigenvalue solver and the attention gradient allocate, scratch
+// they free before returning.
 // Bounds are checked before any write: a wrong shape is a thrown TypeError, never memory corruption.
 #include <float.h>
 #include <math.h>
@@ -425,6 +427,321 @@ static napi_value ExtremeEigenvalues(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// The hand-written backward's element-wise host steps (src/trainer/models/twiceDifferentiable.ts:
+// hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostGeluDerivatives, hostGeluDerivativeAdjoint),
+// compiled: the same float64 operations in the same order (-ffp-contract=off), so the same values up to
+// exp's last bit (glibc's against V8's). Inputs are Float32Array or Float64Array; the JavaScript loops
+// remain the fallback where the addon is absent, and the reference the tests hold these to.
+typedef struct {
+  void *data;
+  size_t length;
+  int f64;
+} Real;
+
+static int get_real(napi_env env, napi_value v, Real *out, const char *what, int optional) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) return 0;
+  if (optional && (t == napi_null || t == napi_undefined)) {
+    out->data = NULL;
+    out->length = 0;
+    out->f64 = 0;
+    return 1;
+  }
+  bool is_ta = false;
+  napi_typedarray_type type;
+  napi_is_typedarray(env, v, &is_ta);
+  if (!is_ta || napi_get_typedarray_info(env, v, &type, &out->length, &out->data, NULL, NULL) != napi_ok || (type != napi_float32_array && type != napi_float64_array)) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be a Float32Array or a Float64Array", what);
+    napi_throw_type_error(env, NULL, msg);
+    return 0;
+  }
+  out->f64 = type == napi_float64_array;
+  return 1;
+}
+
+static inline double rd(const Real *a, size_t i) { return a->f64 ? ((const double *)a->data)[i] : (double)((const float *)a->data)[i]; }
+static inline void wr(const Real *a, size_t i, double x) {
+  if (a->f64)
+    ((double *)a->data)[i] = x;
+  else
+    ((float *)a->data)[i] = (float)x;
+}
+
+static int need(napi_env env, int ok, const char *what) {
+  if (!ok) napi_throw_range_error(env, NULL, what);
+  return ok;
+}
+
+#define LN_EPSILON 1e-5
+
+// layerNormBackward(xs, from, gs, dys, N, D, xhat, F, r, mxaR): hostLayerNormBackward's loop; the four
+// outputs Float64Array ([N·D], [N·D], [N], [N]).
+static napi_value LayerNormBackward(napi_env env, napi_callback_info info) {
+  size_t argc = 10;
+  napi_value argv[10];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  Real xs, gs, dys;
+  double *xhat, *F, *r, *mxaR;
+  size_t nx, nF, nr, nm;
+  int64_t from, N, D;
+  if (argc < 10 || !get_real(env, argv[0], &xs, "xs", 0) || !get_i64(env, argv[1], &from) || !get_real(env, argv[2], &gs, "gs", 0) || !get_real(env, argv[3], &dys, "dys", 0) ||
+      !get_i64(env, argv[4], &N) || !get_i64(env, argv[5], &D) || !get_f64_array(env, argv[6], &xhat, &nx, "xhat") || !get_f64_array(env, argv[7], &F, &nF, "F") ||
+      !get_f64_array(env, argv[8], &r, &nr, "r") || !get_f64_array(env, argv[9], &mxaR, &nm, "mxaR"))
+    return NULL;
+  if (!need(env, from >= 0 && N >= 0 && D >= 1 && (size_t)(from + N * D) <= xs.length && (size_t)D <= gs.length && (size_t)(N * D) <= dys.length && (size_t)(N * D) <= nx &&
+                     (size_t)(N * D) <= nF && (size_t)N <= nr && (size_t)N <= nm,
+            "layerNormBackward: an array is shorter than N, D and from ask"))
+    return NULL;
+  for (int64_t i = 0, o = 0; i < N; i++, o += D) {
+    const size_t x0 = (size_t)(from + o);
+    double mean = 0;
+    for (int64_t j = 0; j < D; j++) mean += rd(&xs, x0 + j);
+    mean /= (double)D;
+    double variance = 0;
+    for (int64_t j = 0; j < D; j++) {
+      const double c = rd(&xs, x0 + j) - mean;
+      variance += c * c;
+    }
+    const double ri = 1 / sqrt(variance / (double)D + LN_EPSILON);
+    double ma = 0, mxa = 0;
+    for (int64_t j = 0; j < D; j++) {
+      const double xh = (rd(&xs, x0 + j) - mean) * ri;
+      const double a = rd(&dys, o + j) * rd(&gs, j);
+      xhat[o + j] = xh;
+      ma += a;
+      mxa += a * xh;
+    }
+    ma /= (double)D;
+    mxa /= (double)D;
+    for (int64_t j = 0; j < D; j++) F[o + j] = (rd(&dys, o + j) * rd(&gs, j) - ma - xhat[o + j] * mxa) * ri;
+    r[i] = ri;
+    mxaR[i] = mxa * ri;
+  }
+  return NULL;
+}
+
+// layerNormBackwardAdjoint(xhat, F, r, mxaR, N, D, gs, dys, ws, dx, dxFrom, dg, ddy): hostLayerNormBackwardAdjoint's loop
+// (dx and ddy written, dg added into; dg Float64Array).
+static napi_value LayerNormBackwardAdjoint(napi_env env, napi_callback_info info) {
+  size_t argc = 13;
+  napi_value argv[13];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  double *xhat, *F, *r, *mxaR, *dg;
+  size_t nx, nF, nr, nm, ng;
+  Real gs, dys, ws, dx, ddy;
+  int64_t N, D, dxFrom;
+  if (argc < 13 || !get_f64_array(env, argv[0], &xhat, &nx, "xhat") || !get_f64_array(env, argv[1], &F, &nF, "F") || !get_f64_array(env, argv[2], &r, &nr, "r") ||
+      !get_f64_array(env, argv[3], &mxaR, &nm, "mxaR") || !get_i64(env, argv[4], &N) || !get_i64(env, argv[5], &D) || !get_real(env, argv[6], &gs, "gs", 0) ||
+      !get_real(env, argv[7], &dys, "dys", 0) || !get_real(env, argv[8], &ws, "ws", 0) || !get_real(env, argv[9], &dx, "dx", 0) || !get_i64(env, argv[10], &dxFrom) ||
+      !get_f64_array(env, argv[11], &dg, &ng, "dg") || !get_real(env, argv[12], &ddy, "ddy", 0))
+    return NULL;
+  const size_t nd = (size_t)(N * D);
+  if (!need(env, N >= 0 && D >= 1 && dxFrom >= 0 && nd <= nx && nd <= nF && (size_t)N <= nr && (size_t)N <= nm && (size_t)D <= gs.length && nd <= dys.length && nd <= ws.length &&
+                     (size_t)dxFrom + nd <= dx.length && (size_t)D <= ng && nd <= ddy.length,
+            "layerNormBackwardAdjoint: an array is shorter than N, D and dxFrom ask"))
+    return NULL;
+  for (int64_t i = 0, o = 0; i < N; i++, o += D) {
+    double mw = 0, mxw = 0, mwF = 0;
+    for (int64_t j = 0; j < D; j++) {
+      const double w = rd(&ws, o + j);
+      mw += w;
+      mxw += w * xhat[o + j];
+      mwF += w * F[o + j];
+    }
+    mw /= (double)D;
+    mxw /= (double)D;
+    mwF /= (double)D;
+    const double ri = r[i];
+    for (int64_t j = 0; j < D; j++) {
+      const double pw = (rd(&ws, o + j) - mw - xhat[o + j] * mxw) * ri;
+      wr(&dx, (size_t)dxFrom + o + j, -(xhat[o + j] * mwF * ri + pw * mxaR[i] + F[o + j] * mxw * ri));
+      dg[j] += rd(&dys, o + j) * pw;
+      wr(&ddy, o + j, pw * rd(&gs, j));
+    }
+  }
+  return NULL;
+}
+
+#define GELU_C 0.79788456080286535588 /* √(2/π), as Math.sqrt(2 / Math.PI) */
+
+// geluDerivatives(xs, from, n, prime, second): hostGeluDerivatives' loop (prime, second Float64Array).
+static napi_value GeluDerivatives(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  Real xs;
+  int64_t from, n;
+  double *prime, *second;
+  size_t np, ns;
+  if (argc < 5 || !get_real(env, argv[0], &xs, "xs", 0) || !get_i64(env, argv[1], &from) || !get_i64(env, argv[2], &n) || !get_f64_array(env, argv[3], &prime, &np, "prime") ||
+      !get_f64_array(env, argv[4], &second, &ns, "second"))
+    return NULL;
+  if (!need(env, from >= 0 && n >= 0 && (size_t)(from + n) <= xs.length && (size_t)n <= np && (size_t)n <= ns, "geluDerivatives: an array is shorter than n and from ask")) return NULL;
+  const double c = GELU_C;
+  for (int64_t i = 0; i < n; i++) {
+    const double z = rd(&xs, (size_t)(from + i));
+    const double z2 = z * z;
+    const double s = 1 / (1 + exp(-z * (2 * c + 2 * 0.044715 * c * z2)));
+    const double sc = s * (1 - s);
+    const double du2 = 2 * c + 6 * 0.044715 * c * z2;
+    prime[i] = s + z * sc * du2;
+    second[i] = sc * (2 * du2 + z * ((1 - 2 * s) * du2 * du2 + 12 * 0.044715 * c * z));
+  }
+  return NULL;
+}
+
+// geluDerivativeAdjoint(ws, dys | null, prime, second, dx, dxFrom, ddy | null): hostGeluDerivativeAdjoint's loops.
+static napi_value GeluDerivativeAdjoint(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  Real ws, dys, dx, ddy;
+  double *prime, *second;
+  size_t n, ns;
+  int64_t dxFrom;
+  if (argc < 7 || !get_real(env, argv[0], &ws, "ws", 0) || !get_real(env, argv[1], &dys, "dys", 1) || !get_f64_array(env, argv[2], &prime, &n, "prime") ||
+      !get_f64_array(env, argv[3], &second, &ns, "second") || !get_real(env, argv[4], &dx, "dx", 0) || !get_i64(env, argv[5], &dxFrom) || !get_real(env, argv[6], &ddy, "ddy", 1))
+    return NULL;
+  if (!need(env, dxFrom >= 0 && ns >= n && ws.length >= n && (!dys.data || dys.length >= n) && (size_t)dxFrom + n <= dx.length && (!ddy.data || ddy.length >= n),
+            "geluDerivativeAdjoint: an array is shorter than prime"))
+    return NULL;
+  if (dys.data)
+    for (size_t i = 0; i < n; i++) wr(&dx, (size_t)dxFrom + i, rd(&ws, i) * rd(&dys, i) * second[i]);
+  else
+    for (size_t i = 0; i < n; i++) wr(&dx, (size_t)dxFrom + i, rd(&ws, i) * second[i]);
+  if (ddy.data)
+    for (size_t i = 0; i < n; i++) wr(&ddy, i, rd(&ws, i) * prime[i]);
+  return NULL;
+}
+
+// [CLS]'s attention backward on the host (src/trainer/models/bertEncoder.ts: clsAttentionValue and
+// clsAttentionGradient), compiled: the same operations in the same order, float64 sums and float32
+// stores where the JavaScript has them (-ffp-contract=off), so the same values. dims = [b, T, H, dh].
+static int cls_dims(napi_env env, napi_value v, int64_t dims[4]) {
+  for (uint32_t k = 0; k < 4; k++) {
+    napi_value x;
+    if (napi_get_element(env, v, k, &x) != napi_ok || !get_i64(env, x, &dims[k])) return 0;
+    if (dims[k] < 1 || dims[k] > (1 << 20)) {
+      napi_throw_range_error(env, NULL, "clsAttention: dims must be [b, T, H, dh], each in 1…2^20");
+      return 0;
+    }
+  }
+  return 1;
+}
+
+// clsAttentionValue(dims, scale, dO, a, qs, ks, vs, dA, dS, cs, value): value [b·T, 3·H·dh] zero on entry.
+static napi_value ClsAttentionValue(napi_env env, napi_callback_info info) {
+  size_t argc = 11;
+  napi_value argv[11];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int64_t dims[4];
+  double scale;
+  F32 dO, a, qs, ks, vs, value;
+  double *dA, *dS, *cs;
+  size_t nA, nS, nc;
+  if (argc < 11 || !cls_dims(env, argv[0], dims) || !get_f64(env, argv[1], &scale) || !get_f32(env, argv[2], &dO, "dO") || !get_f32(env, argv[3], &a, "a") ||
+      !get_f32(env, argv[4], &qs, "qs") || !get_f32(env, argv[5], &ks, "ks") || !get_f32(env, argv[6], &vs, "vs") || !get_f64_array(env, argv[7], &dA, &nA, "dA") ||
+      !get_f64_array(env, argv[8], &dS, &nS, "dS") || !get_f64_array(env, argv[9], &cs, &nc, "cs") || !get_f32(env, argv[10], &value, "value"))
+    return NULL;
+  const size_t b = (size_t)dims[0], T = (size_t)dims[1], H = (size_t)dims[2], dh = (size_t)dims[3], HD = H * dh, row = 3 * HD;
+  if (!need(env, dO.length >= b * HD && a.length >= b * H * T && qs.length >= b * HD && ks.length >= b * H * T * dh && vs.length >= b * H * T * dh && nA >= b * H * T && nS >= b * H * T &&
+                     nc >= b * H && value.length >= b * T * row,
+            "clsAttentionValue: an array is shorter than dims ask"))
+    return NULL;
+  for (size_t i = 0; i < b; i++)
+    for (size_t h = 0; h < H; h++) {
+      const size_t r = i * H + h, o = r * dh;
+      double sum = 0;
+      for (size_t t = 0; t < T; t++) {
+        const size_t vRow = (r * T + t) * dh;
+        double s = 0;
+        for (size_t d = 0; d < dh; d++) s += (double)dO.data[o + d] * (double)vs.data[vRow + d];
+        dA[r * T + t] = s;
+        sum += (double)a.data[r * T + t] * s;
+      }
+      const double c = (cs[r] = scale * sum);
+      const size_t q0 = i * T * row + h * dh;
+      for (size_t t = 0; t < T; t++) {
+        const double at = a.data[r * T + t];
+        const double ds = (dS[r * T + t] = scale * at * dA[r * T + t] - at * c);
+        const size_t kRow = (r * T + t) * dh, kOut = (i * T + t) * row + HD + h * dh, vOut = kOut + HD;
+        for (size_t d = 0; d < dh; d++) {
+          value.data[q0 + d] = (float)((double)value.data[q0 + d] + ds * (double)ks.data[kRow + d]);
+          value.data[kOut + d] = (float)(ds * (double)qs.data[o + d]);
+          value.data[vOut + d] = (float)(at * (double)dO.data[o + d]);
+        }
+      }
+    }
+  return NULL;
+}
+
+// clsAttentionGradient(dims, scale, fromExample, ws, dO, a, qs, ks, vs, dA, dS, cs, ga, gq, gk, gv, gdm).
+static napi_value ClsAttentionGradient(napi_env env, napi_callback_info info) {
+  size_t argc = 17;
+  napi_value argv[17];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int64_t dims[4], from;
+  double scale;
+  F32 ws, dO, a, qs, ks, vs, ga, gq, gk, gv;
+  double *dA, *dS, *cs, *gdm;
+  size_t nA, nS, nc, ng;
+  if (argc < 17 || !cls_dims(env, argv[0], dims) || !get_f64(env, argv[1], &scale) || !get_i64(env, argv[2], &from) || !get_f32(env, argv[3], &ws, "ws") ||
+      !get_f32(env, argv[4], &dO, "dO") || !get_f32(env, argv[5], &a, "a") || !get_f32(env, argv[6], &qs, "qs") || !get_f32(env, argv[7], &ks, "ks") ||
+      !get_f32(env, argv[8], &vs, "vs") || !get_f64_array(env, argv[9], &dA, &nA, "dA") || !get_f64_array(env, argv[10], &dS, &nS, "dS") ||
+      !get_f64_array(env, argv[11], &cs, &nc, "cs") || !get_f32(env, argv[12], &ga, "ga") || !get_f32(env, argv[13], &gq, "gq") || !get_f32(env, argv[14], &gk, "gk") ||
+      !get_f32(env, argv[15], &gv, "gv") || !get_f64_array(env, argv[16], &gdm, &ng, "gdm"))
+    return NULL;
+  const size_t b = (size_t)dims[0], T = (size_t)dims[1], H = (size_t)dims[2], dh = (size_t)dims[3], HD = H * dh, row = 3 * HD;
+  if (!need(env, from >= 0 && ws.length >= b * T * row && dO.length >= b * HD && a.length >= b * H * T && qs.length >= b * HD && ks.length >= b * H * T * dh &&
+                     vs.length >= b * H * T * dh && nA >= b * H * T && nS >= b * H * T && nc >= b * H && ga.length >= ((size_t)from + b) * H * T &&
+                     gq.length >= ((size_t)from + b) * HD && gk.length >= ((size_t)from + b) * H * T * dh && gv.length >= ((size_t)from + b) * H * T * dh && ng >= b * HD && dh <= 4096 && T <= 65536,
+            "clsAttentionGradient: an array is shorter than dims and fromExample ask"))
+    return NULL;
+  const size_t aFrom = (size_t)from * H * T, qFrom = (size_t)from * HD, kvFrom = (size_t)from * H * T * dh;
+  double *buf = malloc(sizeof(double) * (T + 2 * dh));
+  if (!buf) {
+    napi_throw_error(env, NULL, "clsAttentionGradient: out of memory");
+    return NULL;
+  }
+  double *omega = buf, *dDO = omega + T, *gqRow = dDO + dh;
+  for (size_t i = 0; i < b; i++)
+    for (size_t h = 0; h < H; h++) {
+      const size_t r = i * H + h, o = r * dh, wq = i * T * row + h * dh;
+      double omegaA = 0;
+      for (size_t t = 0; t < T; t++) {
+        const size_t kRow = (r * T + t) * dh, wk = (i * T + t) * row + HD + h * dh;
+        double s = 0;
+        for (size_t d = 0; d < dh; d++) s += (double)ws.data[wq + d] * (double)ks.data[kRow + d] + (double)qs.data[o + d] * (double)ws.data[wk + d];
+        omega[t] = s;
+        omegaA += s * (double)a.data[r * T + t];
+      }
+      for (size_t d = 0; d < dh; d++) dDO[d] = gqRow[d] = 0;
+      for (size_t t = 0; t < T; t++) {
+        const size_t rt = r * T + t, kvRow = rt * dh, wk = (i * T + t) * row + HD + h * dh, wv = wk + HD;
+        const double at = a.data[rt];
+        const double omegaTilde = scale * (omega[t] - omegaA);
+        const double dDA = at * omegaTilde;
+        const double ds = dS[rt];
+        double dOwv = 0;
+        for (size_t d = 0; d < dh; d++) {
+          dOwv += (double)dO.data[o + d] * (double)ws.data[wv + d];
+          dDO[d] += at * (double)ws.data[wv + d] + dDA * (double)vs.data[kvRow + d];
+          gqRow[d] += ds * (double)ws.data[wk + d];
+          gk.data[kvFrom + kvRow + d] = (float)(ds * (double)ws.data[wq + d]);
+          gv.data[kvFrom + kvRow + d] = (float)(dDA * (double)dO.data[o + d]);
+        }
+        ga.data[aFrom + rt] = (float)(omegaTilde * dA[rt] - omega[t] * cs[r] + dOwv);
+      }
+      for (size_t d = 0; d < dh; d++) {
+        gdm[o + d] = dDO[d];
+        gq.data[qFrom + o + d] = (float)gqRow[d];
+      }
+    }
+  free(buf);
+  return NULL;
+}
+
 static napi_value SumSquares(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -480,6 +797,12 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"setThreads", NULL, SetThreads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"info", NULL, Info, NULL, NULL, NULL, napi_enumerable, NULL},
       {"extremeEigenvalues", NULL, ExtremeEigenvalues, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"layerNormBackward", NULL, LayerNormBackward, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"layerNormBackwardAdjoint", NULL, LayerNormBackwardAdjoint, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"geluDerivatives", NULL, GeluDerivatives, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"geluDerivativeAdjoint", NULL, GeluDerivativeAdjoint, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"clsAttentionValue", NULL, ClsAttentionValue, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"clsAttentionGradient", NULL, ClsAttentionGradient, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
 

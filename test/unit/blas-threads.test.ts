@@ -37,8 +37,17 @@ test('the wrapper sets the thread count before a gemm only when the choice chang
     sumSquares: () => 7,
     setThreads: (t: number) => calls.push(`threads ${t}`),
     info: () => ({ corename: 'x', config: 'y', threads: 1 }),
+    // The optional kernels an addon may have: a wrapper that listed only the ones it knew hid these.
+    extremeEigenvalues: () => calls.push('eigen'),
+    layerNormBackward: () => calls.push('layer norm'),
+    clsAttentionGradient: () => calls.push('attention'),
   } as unknown as NativeBlas;
   const blas = threadsBySize(fake, { maxThreads: 2, minMacs: 1000 });
+  const f64 = new Float64Array(1);
+  blas.extremeEigenvalues!(f64, 1, f64);
+  blas.layerNormBackward!(f64, 0, f64, f64, 0, 1, f64, f64, f64, f64);
+  blas.clsAttentionGradient!([1, 1, 1, 1], 1, 0, ...([] as unknown as [Float32Array, Float32Array, Float32Array, Float32Array, Float32Array, Float32Array, Float64Array, Float64Array, Float64Array, Float32Array, Float32Array, Float32Array, Float32Array, Float64Array]));
+  assert.deepEqual(calls.splice(1), ['eigen', 'layer norm', 'attention']);
   const f = new Float32Array(1);
   const gemm = (batch: number, m: number, n: number, k: number) => blas.gemm(f, f, f, batch, m, n, k, false, false, 0, 0, null, false);
   gemm(50, 2, 2, 2); // 8 per product: the batch does not count

@@ -1,10 +1,13 @@
 // Loads the optional native addon (native/, OpenBLAS sgemm + a fused Adam update + the extreme
-// eigenvalues of the κ monitoring; built by
+// eigenvalues of the κ monitoring + the hand-written backward's element-wise host steps; built by
 // `npm run build:native`). It is optional in every sense: absent, unbuildable or failing to load, the
 // trainer runs on plain WebAssembly (or JavaScript) with no error, and the reason is kept for the logs.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+
+/** What the element-wise kernels read and write: float32 or float64. */
+export type RealArray = Float32Array | Float64Array;
 
 export interface NativeBlas {
   /** For each of `batch` products: C_i (m×n, contiguous) = op(A_i)·op(B_i) [+ bias over columns] [ReLU]; A_i at i·strideA (0 broadcasts). */
@@ -47,6 +50,50 @@ export interface NativeBlas {
    * built before it lacks it.
    */
   extremeEigenvalues?(a: Float64Array, n: number, out: Float64Array): void;
+  /**
+   * The hand-written backward's element-wise host steps (models/twiceDifferentiable.ts: the functions
+   * of the same names with a `host` prefix), compiled: the same float64 operations in the same order.
+   * Real arrays are Float32Array or Float64Array; the outputs typed as there. Optional, as above.
+   */
+  layerNormBackward?(xs: RealArray, from: number, gs: RealArray, dys: RealArray, N: number, D: number, xhat: Float64Array, F: Float64Array, r: Float64Array, mxaR: Float64Array): void;
+  layerNormBackwardAdjoint?(
+    xhat: Float64Array,
+    F: Float64Array,
+    r: Float64Array,
+    mxaR: Float64Array,
+    N: number,
+    D: number,
+    gs: RealArray,
+    dys: RealArray,
+    ws: RealArray,
+    dx: RealArray,
+    dxFrom: number,
+    dg: Float64Array,
+    ddy: RealArray,
+  ): void;
+  geluDerivatives?(xs: RealArray, from: number, n: number, prime: Float64Array, second: Float64Array): void;
+  /** models/bertEncoder.ts's clsAttentionValue and clsAttentionGradient loops, compiled (dims [b, T, H, dh]; value zero on entry). */
+  clsAttentionValue?(dims: number[], scale: number, dO: Float32Array, a: Float32Array, qs: Float32Array, ks: Float32Array, vs: Float32Array, dA: Float64Array, dS: Float64Array, cs: Float64Array, value: Float32Array): void;
+  clsAttentionGradient?(
+    dims: number[],
+    scale: number,
+    fromExample: number,
+    ws: Float32Array,
+    dO: Float32Array,
+    a: Float32Array,
+    qs: Float32Array,
+    ks: Float32Array,
+    vs: Float32Array,
+    dA: Float64Array,
+    dS: Float64Array,
+    cs: Float64Array,
+    ga: Float32Array,
+    gq: Float32Array,
+    gk: Float32Array,
+    gv: Float32Array,
+    gdm: Float64Array,
+  ): void;
+  geluDerivativeAdjoint?(ws: RealArray, dys: RealArray | null, prime: Float64Array, second: Float64Array, dx: RealArray, dxFrom: number, ddy: RealArray | null): void;
   setThreads(n: number): void;
   info(): { corename: string; config: string; threads: number };
 }
@@ -146,8 +193,10 @@ export function threadsForProduct(macs: number, policy: { maxThreads: number; mi
 export function threadsBySize(blas: NativeBlas, policy: { maxThreads: number; minMacs: number }): NativeBlas {
   let current = 1;
   blas.setThreads(1);
-  // A plain object: the addon's exports are read-only properties, and its functions ignore `this`.
+  // A plain object with every kernel the addon has (its exports are read-only properties, and its
+  // functions ignore `this`); only gemm and setThreads are wrapped.
   const wrapped: NativeBlas = {
+    ...blas,
     gemm(a, b, c, batch, m, n, k, transA, transB, strideA, strideB, bias, relu) {
       const threads = threadsForProduct(m * n * k, policy);
       if (threads !== current) {
@@ -156,14 +205,10 @@ export function threadsBySize(blas: NativeBlas, policy: { maxThreads: number; mi
       }
       blas.gemm(a, b, c, batch, m, n, k, transA, transB, strideA, strideB, bias, relu);
     },
-    adam: (...args) => blas.adam(...args),
-    sumSquares: (arrays) => blas.sumSquares(arrays),
-    ...(blas.extremeEigenvalues ? { extremeEigenvalues: (a: Float64Array, n: number, out: Float64Array) => blas.extremeEigenvalues!(a, n, out) } : {}),
     setThreads(n) {
       blas.setThreads(n);
       current = n;
     },
-    info: () => blas.info(),
   };
   return wrapped;
 }

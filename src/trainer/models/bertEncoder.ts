@@ -17,6 +17,7 @@ import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
 import { readRows, tensorFromRows } from '../engine/readRows';
+import { loadNativeBlas } from '../engine/native';
 import { HostScratch, hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
@@ -831,6 +832,11 @@ function clsAttentionValue(
   const HD = H * dh;
   const row = 3 * HD;
   const value = new Float32Array(b * T * row);
+  const compiled = loadNativeBlas().blas?.clsAttentionValue;
+  if (compiled) {
+    compiled([b, T, H, dh], scale, dO, a, qs, ks, vs, dA, dS, cs, value);
+    return value;
+  }
   for (let i = 0; i < b; i++)
     for (let h = 0; h < H; h++) {
       const r = i * H + h;
@@ -889,6 +895,11 @@ function clsAttentionGradient(
   const HD = H * dh;
   const row = 3 * HD;
   const gdm = new Float64Array(b * HD);
+  const compiled = loadNativeBlas().blas?.clsAttentionGradient;
+  if (compiled) {
+    compiled([b, T, H, dh], scale, fromExample, ws, dO, a, qs, ks, vs, dA, dS, cs, ga, gq, gk, gv, gdm);
+    return gdm;
+  }
   const [aFrom, qFrom, kvFrom] = [fromExample * H * T, fromExample * HD, fromExample * H * T * dh];
   const omega = new Float64Array(T);
   const dDO = new Float64Array(dh);

@@ -10,7 +10,7 @@
 // transpose, concat) differentiates twice as is. Checked against float64 finite differences in
 // test/unit/model-bert-encoder.test.ts.
 import type * as TF from '@tensorflow/tfjs';
-import { loadNativeBlas } from '../engine/native';
+import { loadNativeBlas, type RealArray } from '../engine/native';
 
 const LN_EPSILON = 1e-5;
 const GELU_C = Math.sqrt(2 / Math.PI);
@@ -32,6 +32,11 @@ export function runsOnHost(tf: typeof TF, elements: number): boolean {
   return elements <= hostElementwise.maxElements && hostElementwise.backends.has(tf.getBackend());
 }
 
+/** Whether the native addon's element-wise kernels can read x (a float32 or float64 typed array). */
+function isReal(x: ArrayLike<number>): x is RealArray {
+  return x instanceof Float32Array || x instanceof Float64Array;
+}
+
 /**
  * GELU′ and GELU″ (float64) of xs[from], …, xs[from + n − 1]: with s = σ(2u), u = √(2/π)·(x + 0.044715·x³),
  * GELU′ = s + x·s·(1 − s)·2u′ and GELU″ = s·(1 − s)·(2·2u′ + x·((1 − 2s)·(2u′)² + 2u″)) (twiceDifferentiableActivations).
@@ -39,6 +44,11 @@ export function runsOnHost(tf: typeof TF, elements: number): boolean {
 export function hostGeluDerivatives(xs: ArrayLike<number>, from: number, n: number, scratch = new HostScratch()): { prime: Float64Array; second: Float64Array } {
   const prime = scratch.f64('gelu.prime', n);
   const second = scratch.f64('gelu.second', n);
+  const compiled = loadNativeBlas().blas?.geluDerivatives;
+  if (compiled && isReal(xs)) {
+    compiled(xs, from, n, prime, second);
+    return { prime, second };
+  }
   for (let i = 0; i < n; i++) {
     const z = xs[from + i];
     const z2 = z * z;
@@ -67,6 +77,8 @@ export function hostGeluDerivativeAdjoint(
   ddy: Float32Array | undefined,
 ): void {
   const n = prime.length;
+  const compiled = loadNativeBlas().blas?.geluDerivativeAdjoint;
+  if (compiled && isReal(ws) && (!dys || isReal(dys))) return compiled(ws, dys ?? null, prime, second, dx, dxFrom, ddy ?? null);
   if (dys) for (let i = 0; i < n; i++) dx[dxFrom + i] = ws[i] * dys[i] * second[i];
   else for (let i = 0; i < n; i++) dx[dxFrom + i] = ws[i] * second[i];
   if (ddy) for (let i = 0; i < n; i++) ddy[i] = ws[i] * prime[i];
@@ -101,6 +113,11 @@ export function hostLayerNormBackward(
   const F = scratch.f64(`${key}.F`, N * D);
   const r = scratch.f64(`${key}.r`, N);
   const mxaR = scratch.f64(`${key}.mxaR`, N);
+  const compiled = loadNativeBlas().blas?.layerNormBackward;
+  if (compiled && isReal(xs) && isReal(gs) && isReal(dys)) {
+    compiled(xs, from, gs, dys, N, D, xhat, F, r, mxaR);
+    return { N, D, xhat, F, r, mxaR };
+  }
   for (let i = 0, o = 0; i < N; i++, o += D) {
     const x0 = from + o;
     let mean = 0;
@@ -143,6 +160,8 @@ export function hostLayerNormBackwardAdjoint(
   ddy: Float32Array | Float64Array,
 ): void {
   const { N, D, xhat, F, r, mxaR } = forward;
+  const compiled = loadNativeBlas().blas?.layerNormBackwardAdjoint;
+  if (compiled && isReal(gs) && isReal(dys) && isReal(ws)) return compiled(xhat, F, r, mxaR, N, D, gs, dys, ws, dx, dxFrom, dg, ddy);
   for (let i = 0, o = 0; i < N; i++, o += D) {
     let mw = 0;
     let mxw = 0;
