@@ -33,7 +33,9 @@ function compiled(): NativeBlas | undefined {
   return blas?.layerNormBackward ? blas : undefined;
 }
 
-const rows = (rand: () => number, n: number, spread = 2, T: Float32ArrayConstructor | Float64ArrayConstructor = Float32Array) => T.from({ length: n }, () => (rand() - 0.5) * spread);
+const rows = (rand: () => number, n: number, spread = 2) => Float32Array.from({ length: n }, () => (rand() - 0.5) * spread);
+const rows64 = (rand: () => number, n: number, spread = 2) => Float64Array.from({ length: n }, () => (rand() - 0.5) * spread);
+const rowsOf = (type: typeof Float32Array | typeof Float64Array, rand: () => number, n: number, spread = 2) => (type === Float64Array ? rows64(rand, n, spread) : rows(rand, n, spread));
 
 /** Largest |a − b| relative to max(1, |b|) over all entries (lengths must match). */
 function relGap(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -55,9 +57,9 @@ function layerNormCases(rand: () => number) {
     }
     const gs = rows(rand, D, 3);
     if (D > 2) gs[1] = 0;
-    const dys = rows(rand, N * D, 2, dyType);
+    const dys = rowsOf(dyType, rand, N * D);
     if (N > 2) dys.fill(0, 2 * D, 3 * D);
-    const ws = rows(rand, N * D, 2, dyType === Float32Array ? Float64Array : Float32Array);
+    const ws = rowsOf(dyType === Float32Array ? Float64Array : Float32Array, rand, N * D);
     cases.push({ name: `N ${N}, D ${D}, from ${from}, dy ${dyType.name}`, N, D, from, xs, gs, dys, ws });
   }
   return cases;
@@ -90,7 +92,7 @@ test('GELU′, GELU″ and their adjoint: the compiled kernels equal the JavaScr
     const xs = rows(rand, from + n, 12);
     if (n > 3) [xs[from], xs[from + 1], xs[from + 2]] = [0, -40, 40];
     const ws = rows(rand, n, 2);
-    const dys = rows(rand, n, 2, Float64Array);
+    const dys = rows64(rand, n);
     for (const withUpstream of [true, false]) {
       const run = () => {
         const { prime, second } = hostGeluDerivatives(xs, from, n, new HostScratch());
@@ -118,7 +120,7 @@ test('the compiled kernels refuse arrays shorter than their shapes, and arrays o
   assert.throws(() => blas.layerNormBackwardAdjoint!(f64(8), f64(8), f64(2), f64(2), 2, 4, f32(4), f32(8), f32(8), f32(8), 1, f64(4), f32(8)), /shorter/);
   assert.throws(() => blas.geluDerivatives!(f32(4), 1, 4, f64(4), f64(4)), /shorter/);
   assert.throws(() => blas.geluDerivativeAdjoint!(f32(3), null, f64(4), f64(4), f32(4), 0, null), /shorter/);
-  const dims = [2, 3, 2, 2];
+  const dims: [number, number, number, number] = [2, 3, 2, 2];
   assert.throws(() => blas.clsAttentionValue!(dims, 1, f32(8), f32(12), f32(8), f32(24), f32(24), f64(12), f64(12), f64(4), f32(35)), /shorter/);
   assert.throws(() => blas.clsAttentionGradient!(dims, 1, 1, f32(36), f32(8), f32(12), f32(8), f32(24), f32(24), f64(12), f64(12), f64(4), f32(12), f32(8), f32(24), f32(24), f64(8)), /shorter/);
   assert.throws(() => blas.clsAttentionValue!([2, 0, 2, 2], 1, f32(8), f32(12), f32(8), f32(24), f32(24), f64(12), f64(12), f64(4), f32(36)), /dims/);
@@ -131,7 +133,7 @@ test('the ops that call them give bit for bit the same values and gradients with
   const [b, T, H, dh, D, F, before] = [5, 6, 2, 4, 8, 12, 3];
   const n = before + b;
   const scale = 1 / Math.sqrt(dh);
-  const t4 = (shape: number[]) => tf.tensor(rows(rand, shape.reduce((p, q) => p * q, 1)), shape) as tf.Tensor4D;
+  const t4 = (shape: [number, number, number, number]) => tf.tensor(rows(rand, shape.reduce((p, q) => p * q, 1)), shape) as tf.Tensor4D;
   const logits = t4([n, H, 1, T]);
   const A = tf.softmax(logits) as tf.Tensor4D;
   const [q, k, v] = [t4([n, H, 1, dh]), t4([n, H, T, dh]), t4([n, H, T, dh])];

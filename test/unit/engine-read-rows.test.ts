@@ -1,12 +1,13 @@
 // src/trainer/engine/readRows.ts: a ranged read of a tensor equals dataSync().subarray(...) on wasm and
 // cpu, into a reused array or a fresh one, for tensors made from values and by kernels; the copy stays
 // right after the wasm heap grows (no view is returned); bad ranges are refused. tensorFromRows equals
-// the zero-padded array, keeps no reference to its input, and leaks nothing.
+// the zero-padded array, keeps no reference to its input, and leaks nothing; tensorFilledBy and
+// readInPlace write and read a tensor's values where they live.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { readRange, readRows, tensorFromRows } from '../../src/trainer/engine/readRows';
+import { readInPlace, readRange, readRows, tensorFilledBy, tensorFromRows } from '../../src/trainer/engine/readRows';
 import { mulberry32 } from '../support/prng';
 
 for (const backend of ['wasm', 'cpu'] as const) {
@@ -73,5 +74,34 @@ for (const backend of ['wasm', 'cpu'] as const) {
     assert.equal(tf.memory().numTensors, before, 'no tensor left');
     assert.throws(() => tensorFromRows(tf, [4, 3], 3, new Float32Array(6)), /6 values from row 3 of a tensor \[4,3\]/);
     assert.throws(() => tensorFromRows(tf, [4, 3], 0, new Float32Array(5)), /5 values from row 0/);
+  });
+
+  test(`tensorFilledBy and readInPlace on ${backend}: a host op's output written where the tensor lives (every value, on a dirtied heap), its input read without a copy; int32 read through dataSync; nothing leaked`, async () => {
+    assert.ok(await tf.setBackend(backend));
+    const before = tf.memory().numTensors;
+    for (const shape of [[4, 16, 2096], [3, 5], [1]]) {
+      const size = shape.reduce((p, d) => p * d, 1);
+      tf.dispose(tf.fill(shape, 7));
+      const t = tensorFilledBy(tf, shape, (values) => {
+        assert.equal(values.length, size);
+        for (let i = 0; i < size; i++) values[i] = i * 0.5 - 3;
+      });
+      assert.deepEqual(t.shape, shape);
+      const expected = Float32Array.from({ length: size }, (_, i) => i * 0.5 - 3);
+      assert.deepEqual(t.dataSync(), expected);
+      // A kernel's output read in place equals its dataSync; the reader's result is returned.
+      const doubled = tf.mul(t, 2);
+      const sum = readInPlace(tf, doubled, (values) => {
+        assert.equal(values.length, size);
+        return values.reduce((a, v) => a + v, 0);
+      });
+      assert.equal(sum, Array.from(doubled.dataSync()).reduce((a, v) => a + v, 0));
+      tf.dispose([t, doubled]);
+    }
+    const ints = tf.tensor1d([1, 2, 3], 'int32');
+    assert.deepEqual(readInPlace(tf, ints, (v) => Array.from(v)), [1, 2, 3]);
+    ints.dispose();
+    assert.throws(() => readInPlace(tf, ints, () => 0), /disposed/);
+    assert.equal(tf.memory().numTensors, before, 'no tensor left');
   });
 }

@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { DEFAULT_FASHION_MNIST_PATH, parseTrainingConfig, type TrainingConfig } from '../../src/protocol';
 import { conditioning, gramOfJacobian, outputDirections, symmetricEigen } from '../../src/trainer/pl';
 import { imageTaskData, loadBuiltin, loadFashionMnist } from '../../src/trainer/data';
-import { attentionBackward, attentionBackwardOnHost, BertEncoder, clsAttentionBackwardFromOutput, ffnBlockBackward, ffnBlockOnHost, headJacobians } from '../../src/trainer/models/bertEncoder';
+import { attentionBackward, attentionBackwardOnHost, BertEncoder, clsAttentionBackwardFromOutput, ffnBlockBackward, ffnBlockOnHost, headJacobians, headJacobiansOnHost } from '../../src/trainer/models/bertEncoder';
 import { HostScratch, hostElementwise, nativeHostProducts, twiceDifferentiableActivations } from '../../src/trainer/models/twiceDifferentiable';
 import type { Batch, TaskData } from '../../src/trainer/models/types';
 import { centralDifference, relativeFrobenius } from '../support/linalg';
@@ -403,7 +403,25 @@ test('the host path of GELU′ and layer norm\'s backward runs only on backends 
   }
 });
 
-test('headJacobians (J assembly as one op): value and gradients equal the tf ops it replaces, with and without a hold; the last layer on [CLS] rows', () => {
+test('headJacobians (J assembly as one op, on the host with the addon\'s sgemm or as tf ops): value and gradients equal the tf ops it replaces, with and without a hold; the last layer on [CLS] rows (cpu and wasm)', async () => {
+  await import('@tensorflow/tfjs-backend-wasm');
+  const savedBackends = new Set(hostElementwise.backends);
+  try {
+    for (const [backend, onHost] of [['cpu', true], ['cpu', false], ['wasm', true], ['wasm', false]] as const) {
+      await tf.setBackend(backend);
+      if (!onHost) hostElementwise.backends.clear();
+      else for (const b of savedBackends) hostElementwise.backends.add(b);
+      // On the host only where the addon is loaded (engine-native.test.ts requires it where OpenBLAS is installed).
+      assert.equal(headJacobiansOnHost(tf), onHost && nativeHostProducts(), `${backend}: which path`);
+      headJacobiansCase(`${backend}, ${onHost && nativeHostProducts() ? 'host' : 'tf ops'}`);
+    }
+  } finally {
+    for (const b of savedBackends) hostElementwise.backends.add(b);
+    await tf.setBackend('cpu');
+  }
+});
+
+function headJacobiansCase(label: string) {
   const [b, T, D, H, dh] = [3, 4, 4, 2, 2];
   const HD = H * dh;
   const rnd = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, 'float32', seed);
@@ -432,17 +450,17 @@ test('headJacobians (J assembly as one op): value and gradients equal the tf ops
   const ref = reference(inputs);
   const w = rnd(ref.shape, 39);
   assert.deepEqual(ours(inputs).shape, ref.shape);
-  assert.ok(maxAbs(ours(inputs).dataSync(), ref.dataSync()) <= 1e-6 * Math.max(...Array.from(ref.dataSync(), Math.abs)), 'value');
+  assert.ok(maxAbs(ours(inputs).dataSync(), ref.dataSync()) <= 1e-6 * Math.max(...Array.from(ref.dataSync(), Math.abs)), `${label}: value`);
   const refGrads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(reference(t), w)))(inputs);
   for (const hold of [undefined, [] as tf.Tensor[]]) {
     const owned = hold ? inputs.map((t) => tf.clone(t)) : inputs;
     const grads = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(ours(t, hold), w)))(owned);
-    grads.forEach((g, k) => assert.ok(maxAbs(g.dataSync(), refGrads[k].dataSync()) <= 1e-5 * Math.max(1, ...Array.from(refGrads[k].dataSync(), Math.abs)), `${hold ? 'held' : 'saved'}: gradient ${k}`));
+    grads.forEach((g, k) => assert.ok(maxAbs(g.dataSync(), refGrads[k].dataSync()) <= 1e-5 * Math.max(1, ...Array.from(refGrads[k].dataSync(), Math.abs)), `${label}, ${hold ? 'held' : 'saved'}: gradient ${k}`));
     if (hold) tf.dispose([...hold, ...owned]);
     tf.dispose(grads);
   }
   tf.dispose([...inputs, ref, w, ...refGrads]);
-});
+}
 
 test('attentionBackward (the attention\'s backward to q, k, v as one op): value and gradients equal the tf ops it replaces, every query and [CLS]\'s alone (on the host and as tf ops), with and without a hold', () => {
   const [b, T, H, dh, scale] = [2, 4, 2, 3, 0.6];

@@ -60,6 +60,34 @@ export function tensorFromRows(tf: typeof TF, shape: number[], fromRow: number, 
   return tf.tensor(values, shape, 'float32');
 }
 
+/**
+ * A float32 tensor of `shape` whose values `fill` writes (every one of them: nothing is zeroed). On wasm
+ * `fill` gets the heap view of the new tensor's memory, so it must not allocate tensors (the view would
+ * detach); elsewhere a fresh array. For a host op's outputs: no JavaScript array and no copy into the heap.
+ */
+export function tensorFilledBy(tf: typeof TF, shape: number[], fill: (values: Float32Array) => void): TF.Tensor {
+  if (tf.getBackend() === 'wasm') {
+    const backend = tf.backend() as unknown as WasmBackend;
+    const info = backend.makeOutput(shape, 'float32');
+    fill(backend.typedArrayFromHeap(info) as Float32Array);
+    return tf.engine().makeTensorFromTensorInfo(info);
+  }
+  const values = new Float32Array(shape.reduce((p, d) => p * d, 1));
+  fill(values);
+  return tf.tensor(values, shape, 'float32');
+}
+
+/**
+ * `read` of a float32 tensor's values where they live, without a copy where the backend allows (the
+ * wasm heap view, the cpu backend's array; dataSync elsewhere): `read` must not allocate tensors and must
+ * not keep the array.
+ */
+export function readInPlace<R>(tf: typeof TF, t: TF.Tensor, read: (values: Float32Array) => R): R {
+  if (t.isDisposed) throw new Error('readInPlace: the tensor is disposed');
+  const values = (t.dtype === 'float32' ? backendValues(tf, t) : undefined) ?? Float32Array.from(t.dataSync());
+  return read(values);
+}
+
 /** The tensor's values where they live, without a copy (wasm: a heap view, valid until the next allocation; cpu: its array). */
 function backendValues(tf: typeof TF, t: TF.Tensor): Float32Array | undefined {
   const name = tf.getBackend();

@@ -16,9 +16,9 @@ import type * as TF from '@tensorflow/tfjs';
 import type { TrainingConfig } from '../../protocol';
 import { spectralNormProduct } from '../pl';
 import { RouterlessClassifier, type BackToTaps } from './routerlessClassifier';
-import { readRows, tensorFromRows } from '../engine/readRows';
+import { readInPlace, readRange, readRows, tensorFilledBy, tensorFromRows } from '../engine/readRows';
 import { loadNativeBlas } from '../engine/native';
-import { HostScratch, hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
+import { HostScratch, hostElementwise, hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, hostProduct, keptForBackward, nativeHostProducts, runsOnHost, twiceDifferentiableActivations, type TwiceDifferentiableActivations } from './twiceDifferentiable';
 import type { TaskData } from './types';
 
 type T2 = TF.Tensor2D;
@@ -509,6 +509,7 @@ export class BertEncoder extends RouterlessClassifier {
  * Backward, per example, for Gᵀ = Δᵀ·A (Δ the δ rows): ∂A = Δ·dGᵀ, ∂Δ = A·dGᵀᵀ.
  */
 export function headJacobians(tf: typeof TF, dims: { b: number; T: number; D: number; H: number; dh: number }, layers: LayerDeltas[], hold?: TF.Tensor[]): TF.Tensor3D {
+  if (headJacobiansOnHost(tf)) return headJacobiansHost(tf, dims, layers);
   const { b, T, D, H, dh } = dims;
   const HD = H * dh;
   const mask = new Float32Array(3 * HD * (D + 1)).fill(1);
@@ -556,6 +557,119 @@ export function headJacobians(tf: typeof TF, dims: { b: number; T: number; D: nu
     };
   }) as (...t: TF.Tensor[]) => TF.Tensor3D;
   return op(...layers.flatMap((d) => [d.h, d.dqkv, d.merged, d.dOut]));
+}
+
+/**
+ * Whether headJacobians runs on the host (headJacobiansHost): on the backends whose tensors are in this
+ * process's memory, where the native addon's sgemm does the products (the tf ops' ~70 kernels each way
+ * are per-kernel overhead and transposes at the bert example's sizes: 0.7 ms forward, 1.8 ms with the
+ * backward, against ~0.2 ms on the host; docs/performance.md, "Tenth pass").
+ */
+export function headJacobiansOnHost(tf: typeof TF): boolean {
+  return hostElementwise.backends.has(tf.getBackend()) && nativeHostProducts();
+}
+
+/**
+ * headJacobians as one host op: the same products, in float32 by the native sgemm (batched over the
+ * examples), and the same layout, written in place instead of transposed. Per layer and example i, with
+ * Ā_i = [h_i | 1] [T, D + 1] and Δ_i the δ rows [T, 3·H·dh]: G_i = Δ_iᵀ·Ā_i [3·H·dh, D + 1] (the key rows'
+ * bias column zeroed), whose rows (part, head, dh) are copied to J[head, i] as (part, dh, D + 1); and
+ * O_i = merged_iᵀ·dOut_i [H·dh, D], whose head rows are copied after them. Backward, from dJ gathered
+ * back into dG_i and dO_i: ∂Ā_i = Δ_i·dG_i (its last column dropped), ∂Δ_i = Ā_i·dG_iᵀ, ∂merged_i =
+ * dOut_i·dO_iᵀ, ∂dOut_i = merged_i·dO_i. What the gradient reads stays in the closure as host arrays.
+ */
+function headJacobiansHost(tf: typeof TF, dims: { b: number; T: number; D: number; H: number; dh: number }, layers: LayerDeltas[]): TF.Tensor3D {
+  const { b, T, D, H, dh } = dims;
+  const HD = H * dh;
+  const D1 = D + 1;
+  const blas = loadNativeBlas().blas!;
+  const tokens = layers.map((d) => (d.clsOnly ? 1 : T));
+  // Each layer's columns of a head: (q|k|v, dh, D + 1), then W_o's (dh, D).
+  const layerWidth = 3 * dh * D1 + dh * D;
+  const P = layers.length * layerWidth;
+  const op = tf.customGrad((...args: (TF.Tensor | TF.GradSaveFunc)[]) => {
+    const inputs = args.slice(0, 4 * layers.length) as TF.Tensor[];
+    const kept = layers.map((_, l) => {
+      const [tH, tDqkv, tMerged, tDOut] = inputs.slice(4 * l, 4 * l + 4);
+      const tok = tokens[l];
+      if (tH.size !== b * T * D || tDqkv.size !== b * T * 3 * HD || tMerged.size !== b * tok * HD || tDOut.size !== b * tok * D)
+        throw new Error(`headJacobians: layer ${l}'s inputs do not match b ${b}, T ${T}, D ${D}, H·dh ${HD}`);
+      // Ā = [h | 1] and the others, read once (ranged copies) and kept for the gradient.
+      const withOnes = new Float32Array(b * T * D1);
+      readInPlace(tf, tH, (h) => withOnesColumn(h, withOnes, b * T, D));
+      const [dqkv, merged, dOut] = [tDqkv, tMerged, tDOut].map((t) => readRange(tf, t, 0, t.size));
+      const G = new Float32Array(b * 3 * HD * D1);
+      blas.gemm(dqkv, withOnes, G, b, 3 * HD, D1, T, true, false, T * 3 * HD, T * D1, null, false);
+      const O = new Float32Array(b * HD * D);
+      blas.gemm(merged, dOut, O, b, HD, D, tok, true, false, tok * HD, tok * D, null, false);
+      return { withOnes, dqkv, merged, dOut, G, O };
+    });
+    const J = tensorFilledBy(tf, [H, b, P], (values) => kept.forEach((k, l) => scatterHeadColumns(values, k.G, k.O, { b, H, dh, D, P, offset: l * layerWidth }, false)));
+    return {
+      value: J as TF.Tensor3D,
+      gradFunc: (dy: TF.Tensor) => {
+        // dJ back into each layer's dG and dO (read in place: nothing allocates tensors meanwhile).
+        const back = layers.map(() => ({ dG: new Float32Array(b * 3 * HD * D1), dO: new Float32Array(b * HD * D) }));
+        readInPlace(tf, dy, (dJ) => back.forEach(({ dG, dO }, l) => scatterHeadColumns(dJ, dG, dO, { b, H, dh, D, P, offset: l * layerWidth }, true)));
+        return layers.flatMap((_, l) => {
+          const { withOnes, dqkv, merged, dOut } = kept[l];
+          const { dG, dO } = back[l];
+          const tok = tokens[l];
+          const dWithOnes = new Float32Array(b * T * D1);
+          blas.gemm(dqkv, dG, dWithOnes, b, T, D1, 3 * HD, false, false, T * 3 * HD, 3 * HD * D1, null, false);
+          return [
+            tensorFilledBy(tf, [b * T, D], (dH) => withoutLastColumn(dWithOnes, dH, b * T, D)),
+            tensorFilledBy(tf, [b * T, 3 * HD], (dDelta) => blas.gemm(withOnes, dG, dDelta, b, T, 3 * HD, D1, false, true, T * D1, 3 * HD * D1, null, false)),
+            tensorFilledBy(tf, [b * tok, HD], (dMerged) => blas.gemm(dOut, dO, dMerged, b, tok, HD, D, false, true, tok * D, HD * D, null, false)),
+            tensorFilledBy(tf, [b * tok, D], (dDOut) => blas.gemm(merged, dO, dDOut, b, tok, D, HD, false, false, tok * HD, HD * D, null, false)),
+          ];
+        });
+      },
+    };
+  }) as (...t: TF.Tensor[]) => TF.Tensor3D;
+  return op(...layers.flatMap((d) => [d.h, d.dqkv, d.merged, d.dOut]));
+}
+
+/**
+ * Between one layer's G [b, 3·H·dh, D + 1] and O [b, H·dh, D] and its columns of J [H, b, P] (from
+ * `offset` in each row): each (example, part, head) is dh·(D + 1) contiguous values on both sides, each
+ * (example, head) of O dh·D. Forward it writes J (the key rows' bias column of G zeroed first: Σ_t δk_t is
+ * zero but for rounding, and J's column must be exactly zero); `back` reads J into G and O (the same
+ * column zeroed in dG: it is not a function of the inputs).
+ */
+function scatterHeadColumns(J: Float32Array, G: Float32Array, O: Float32Array, at: { b: number; H: number; dh: number; D: number; P: number; offset: number }, back: boolean): void {
+  const { b, H, dh, D, P, offset } = at;
+  const D1 = D + 1;
+  const HD = H * dh;
+  const run = dh * D1;
+  for (let i = 0; i < b; i++) {
+    if (!back) for (let r = HD; r < 2 * HD; r++) G[(i * 3 * HD + r) * D1 + D] = 0;
+    for (let h = 0; h < H; h++) {
+      const row = (h * b + i) * P + offset;
+      for (let part = 0; part < 3; part++) copyRun(J, row + part * run, G, (i * 3 * HD + part * HD + h * dh) * D1, run, back);
+      copyRun(J, row + 3 * run, O, (i * HD + h * dh) * D, dh * D, back);
+    }
+    if (back) for (let r = HD; r < 2 * HD; r++) G[(i * 3 * HD + r) * D1 + D] = 0;
+  }
+}
+
+/** n values between a[at …] and b[bt …]: a → b with `toB`, else b → a (typed-array set: a memcpy, faster than a loop here). */
+function copyRun(a: Float32Array, at: number, b: Float32Array, bt: number, n: number, toB: boolean): void {
+  if (toB) b.set(a.subarray(at, at + n), bt);
+  else a.set(b.subarray(bt, bt + n), at);
+}
+
+/** [rows, D] → [rows, D + 1] with a last column of ones (Ā = [h | 1]). */
+function withOnesColumn(src: Float32Array, dst: Float32Array, rows: number, D: number): void {
+  for (let r = 0, s = 0, d = 0; r < rows; r++, s += D, d += D + 1) {
+    for (let j = 0; j < D; j++) dst[d + j] = src[s + j];
+    dst[d + D] = 1;
+  }
+}
+
+/** [rows, D + 1] → [rows, D]. */
+function withoutLastColumn(src: Float32Array, dst: Float32Array, rows: number, D: number): void {
+  for (let r = 0, s = 0, d = 0; r < rows; r++, s += D + 1, d += D) for (let j = 0; j < D; j++) dst[d + j] = src[s + j];
 }
 
 /**
