@@ -74,8 +74,9 @@ async function main(): Promise<void> {
         const { kernels } = await tf.profile(f);
         return { kernels: kernels.length, productMflop: round(kernels.reduce((a, k) => a + productFlops(k.name, k.inputShapes as number[][], k.outputShapes as number[][]), 0) / 1e6) };
       };
-      // Warm-up: the first steps compile kernels; the first regularized step needs a measurement first.
-      for (let i = 0; i < 3; i++) [plain, regularized].forEach(loopStep);
+      // Warm-up: the first steps compile kernels and V8 optimizes the host loops; the first regularized
+      // step needs a measurement first.
+      for (let i = 0; i < 10; i++) [plain, regularized].forEach(loopStep);
       const plainRuns: { wall: number; cpu: number }[] = [];
       const regRuns: { wall: number; cpu: number }[] = [];
       for (let i = 0; i < steps; i++) {

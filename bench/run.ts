@@ -22,7 +22,7 @@ for (const p of only) if (!PARTS.includes(p)) throw new Error(`--only: unknown p
 /** Sizes per mode. --quick must finish within 5 minutes on the 2-core CI machine. */
 const PLAN = quick
   ? { moe: { wasm: [10, 3], cpu: [3, 1], tensorflow: [20, 5], 'tensorflow-gpu': [20, 5] }, torchSteps: 10, engineSteps: 60, latencySeconds: 10, chartPoints: 100_000, chartFrames: 60, activationSamples: 1, blasRounds: 3, monitoring: ['3', '2'], regularizedSteps: 4 }
-  : { moe: { wasm: [50, 10], cpu: [10, 2], tensorflow: [100, 10], 'tensorflow-gpu': [200, 20] }, torchSteps: 50, engineSteps: 300, latencySeconds: 30, chartPoints: 1_000_000, chartFrames: 180, activationSamples: 5, blasRounds: 9, monitoring: ['8', '3'], regularizedSteps: 40 };
+  : { moe: { wasm: [50, 10], cpu: [10, 2], tensorflow: [100, 10], 'tensorflow-gpu': [200, 20] }, torchSteps: 50, engineSteps: 300, latencySeconds: 30, chartPoints: 1_000_000, chartFrames: 180, activationSamples: 5, blasRounds: 9, monitoring: ['8', '3'], regularizedSteps: 150 };
 const BACKENDS = ['wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const;
 /** Past these, a part is stopped and reported as failed. */
 const LIMIT_S = quick ? { build: 120, moe: 120, pytorch: 120, engine: 240, latency: 120, chart: 180, activation: 150, blas: 120, monitoring: 600, regularized: 180 } : { build: 300, moe: 900, pytorch: 600, engine: 900, latency: 300, chart: 1800, activation: 600, blas: 300, monitoring: 1800, regularized: 600 };
