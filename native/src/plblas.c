@@ -790,20 +790,23 @@ static napi_value Info(napi_env env, napi_callback_info info) {
 }
 
 static napi_value Init(napi_env env, napi_value exports) {
+  // One exported function each, enumerable (threadsBySize in native.ts copies them by spreading).
+#define METHOD(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL}
   napi_property_descriptor props[] = {
-      {"gemm", NULL, Gemm, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"adam", NULL, Adam, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"sumSquares", NULL, SumSquares, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"setThreads", NULL, SetThreads, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"info", NULL, Info, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"extremeEigenvalues", NULL, ExtremeEigenvalues, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"layerNormBackward", NULL, LayerNormBackward, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"layerNormBackwardAdjoint", NULL, LayerNormBackwardAdjoint, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"geluDerivatives", NULL, GeluDerivatives, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"geluDerivativeAdjoint", NULL, GeluDerivativeAdjoint, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"clsAttentionValue", NULL, ClsAttentionValue, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"clsAttentionGradient", NULL, ClsAttentionGradient, NULL, NULL, NULL, napi_enumerable, NULL},
+      METHOD("gemm", Gemm),
+      METHOD("adam", Adam),
+      METHOD("sumSquares", SumSquares),
+      METHOD("setThreads", SetThreads),
+      METHOD("info", Info),
+      METHOD("extremeEigenvalues", ExtremeEigenvalues),
+      METHOD("layerNormBackward", LayerNormBackward),
+      METHOD("layerNormBackwardAdjoint", LayerNormBackwardAdjoint),
+      METHOD("geluDerivatives", GeluDerivatives),
+      METHOD("geluDerivativeAdjoint", GeluDerivativeAdjoint),
+      METHOD("clsAttentionValue", ClsAttentionValue),
+      METHOD("clsAttentionGradient", ClsAttentionGradient),
   };
+#undef METHOD
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
 
   return exports;

@@ -905,16 +905,14 @@ function clsAttentionBackwardHost(
     const dO = wos ? hostProduct(dIn, wos, b, HD, D, false, true) : dIn;
     // The probe's examples of the joint tensors only (ranged reads, not whole-tensor copies).
     const [a, qs, ks, vs] = [sa, sq, sk, sv].map((t) => readRows(tf, t, fromExample, b));
-    const dA = new Float64Array(b * H * T);
-    const dS = new Float64Array(b * H * T);
-    const cs = new Float64Array(b * H);
-    const value = clsAttentionValue(dims, dO, a, qs, ks, vs, dA, dS, cs);
+    const st: ClsAttention = { dO, a, qs, ks, vs, dA: new Float64Array(b * H * T), dS: new Float64Array(b * H * T), cs: new Float64Array(b * H) };
+    const value = clsAttentionValue(dims, st);
     return {
       value: tf.tensor2d(value, [b * T, 3 * HD]),
       gradFunc: (w: TF.Tensor) => {
         // The probe's examples' gradients only (from example 0 of these arrays), then padded with zeros (tensorFromRows).
         const [ga, gq, gk, gv] = [sa, sq, sk, sv].map((t) => new Float32Array((b * t.size) / t.shape[0]));
-        const gdm = clsAttentionGradient(dims, 0, w.dataSync() as Float32Array, dO, a, qs, ks, vs, dA, dS, cs, ga, gq, gk, gv);
+        const gdm = clsAttentionGradient(dims, 0, w.dataSync() as Float32Array, st, { ga, gq, gk, gv });
         const rest = ([[sa, ga], [sq, gq], [sk, gk], [sv, gv]] as const).map(([t, g]) => tensorFromRows(tf, t.shape, fromExample, g));
         if (!wos) return [tf.tensor2d(new Float32Array(gdm), [b, HD]), ...rest];
         // dMerged = dOut·W_oᵀ: ∂dOut = ∂dMerged·W_o [b, D], ∂W_o = ∂dMergedᵀ·dOut [H·dh, D].
@@ -927,22 +925,29 @@ function clsAttentionBackwardHost(
 }
 
 /**
+ * What clsAttentionBackwardHost's value reads (dMerged, and A, q, k, v at the probe's examples) and
+ * writes for its gradient (dA, dS, cs). The loops destructure it into locals: V8 reloads arrays that a
+ * closure captures on every iteration, not a function's own locals.
+ */
+interface ClsAttention {
+  dO: Float32Array;
+  a: Float32Array;
+  qs: Float32Array;
+  ks: Float32Array;
+  vs: Float32Array;
+  dA: Float64Array;
+  dS: Float64Array;
+  cs: Float64Array;
+}
+
+/**
  * clsAttentionBackwardHost's value [b·T, (q|k|v)·H·dh] (a function of its own, as clsAttentionGradient):
  * per (example, head) row r = i·H + h, dA_t = Σ_d dO_d·v_td, cs = scale·Σ_t A_t·dA_t, dS_t = scale·A_t·dA_t − A_t·cs
  * (written into dA, dS, cs for the gradient); q at [CLS]: Σ_t dS_t·k_t, k_t: dS_t·q, v_t: A_t·dO.
  */
-function clsAttentionValue(
-  dims: { b: number; T: number; H: number; dh: number; scale: number },
-  dO: Float32Array,
-  a: Float32Array,
-  qs: Float32Array,
-  ks: Float32Array,
-  vs: Float32Array,
-  dA: Float64Array,
-  dS: Float64Array,
-  cs: Float64Array,
-): Float32Array {
+function clsAttentionValue(dims: { b: number; T: number; H: number; dh: number; scale: number }, st: ClsAttention): Float32Array {
   const { b, T, H, dh, scale } = dims;
+  const { dO, a, qs, ks, vs, dA, dS, cs } = st;
   const HD = H * dh;
   const row = 3 * HD;
   const value = new Float32Array(b * T * row);
@@ -985,27 +990,19 @@ function clsAttentionValue(
 /**
  * clsAttentionBackwardHost's gradient loops (the formulas of attentionBackward) for an upstream ws
  * [b·T, (q|k|v)·H·dh]: ∂A, ∂q, ∂k, ∂v written into ga, gq, gk, gv at example fromExample on, ∂dMerged
- * returned. A function of its own, every array a parameter: V8 keeps arrays that a closure captures in its
- * context and reloads them in every iteration (~5× slower loops, measured).
+ * returned. A function of its own, its arrays locals (ClsAttention: a closure's captured arrays are
+ * reloaded in every iteration, ~5× slower loops, measured).
  */
 function clsAttentionGradient(
   dims: { b: number; T: number; H: number; dh: number; scale: number },
   fromExample: number,
   ws: Float32Array,
-  dO: Float32Array,
-  a: Float32Array,
-  qs: Float32Array,
-  ks: Float32Array,
-  vs: Float32Array,
-  dA: Float64Array,
-  dS: Float64Array,
-  cs: Float64Array,
-  ga: Float32Array,
-  gq: Float32Array,
-  gk: Float32Array,
-  gv: Float32Array,
+  st: ClsAttention,
+  grads: { ga: Float32Array; gq: Float32Array; gk: Float32Array; gv: Float32Array },
 ): Float64Array {
   const { b, T, H, dh, scale } = dims;
+  const { dO, a, qs, ks, vs, dA, dS, cs } = st;
+  const { ga, gq, gk, gv } = grads;
   const HD = H * dh;
   const row = 3 * HD;
   const gdm = new Float64Array(b * HD);
