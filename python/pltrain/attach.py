@@ -17,14 +17,13 @@ import time
 import numpy as np
 import torch
 
+from .estimators import MIN_SERVED, damped_kappa, serve_share
 from .events import EventLog
 from .protocol import LISTENING_PREFIX, PROTOCOL_VERSION, RUN_FILES, describe_command, dumps
 from .rundir import RunAnnouncement, RunDirLock, establish_token, now_ms, prepare_run_dir, write_json_atomic
 from .server import TrainerServer, choose_transport
 from .steering import DURABLE_KINDS, SteeringState
 
-# docs/method.md, item 8: fewer served probe examples than this and μ, L_f, κ are null.
-MIN_SERVED = 4
 # Where an attached run keeps what a command changed (α, frozen units), fsynced before the ack.
 STEERING_FILE = "steering.json"
 # The extension names the run directory of a script it starts (launcher.ts) through this variable.
@@ -39,11 +38,6 @@ PAUSE_TICK_S = 1.0
 
 class StopTraining(Exception):
     """run.step() after the run was stopped from VS Code (the step that saw the stop returned False)."""
-
-
-def smooth_kappa(lf, mu, damping):
-    """κ = λ_max / (λ_min + δ·λ_max), 1/δ when λ_max = 0 (docs/method.md, item 5)."""
-    return 1 / damping if lf <= 0 else lf / (mu + damping * lf)
 
 
 def _unwrap(model):
@@ -281,7 +275,7 @@ class Run:
         if g_w is not None:
             pull = (u * g_w.detach()).sum()
             surrogate = surrogate + pull - pull.detach()
-        self._reg_value = smooth_kappa(lf, mu, self.damping)
+        self._reg_value = damped_kappa(lf, mu, self.damping)
         return surrogate
 
     def measure(self):
@@ -292,7 +286,7 @@ class Run:
             probs = None
             if self.router is not None:
                 probs = self.router(self.kernels.probe_x).detach().double().cpu().numpy()
-                served_sets = [list(np.nonzero(probs[:, e] >= 1 / (2 * self.E))[0]) for e in range(self.E)]
+                served_sets = [list(np.nonzero(probs[:, e] >= serve_share(self.E))[0]) for e in range(self.E)]
         unit_k, rest_k, _, _, _ = self.kernels.compute(False)
         k64 = [k.double().cpu().numpy() for k in unit_k]
         stats = []
@@ -301,11 +295,11 @@ class Run:
             rec = {"id": e, "mu": None, "lf": None, "kappa": None, "served": len(s), "frozen": e in self.frozen, "pruned": False}
             if len(s) >= MIN_SERVED:
                 mu, lf, _, _ = extremes(k64[e][np.ix_(s, s)])
-                rec.update(mu=mu, lf=lf, kappa=smooth_kappa(lf, mu, self.damping))
+                rec.update(mu=mu, lf=lf, kappa=damped_kappa(lf, mu, self.damping))
             stats.append(rec)
         model_k = rest_k.double().cpu().numpy() + sum((k64[e] for e in self.trainable()), np.zeros_like(k64[0]))
         mu, lf, _, _ = extremes(model_k)
-        return stats, smooth_kappa(lf, mu, self.damping), [float(np.trace(k)) for k in k64], probs
+        return stats, damped_kappa(lf, mu, self.damping), [float(np.trace(k)) for k in k64], probs
 
     def _shares(self, traces, inputs):
         if self.router is not None:

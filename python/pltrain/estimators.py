@@ -10,6 +10,11 @@ import torch
 MIN_SERVED = 4  # fewest probe examples a unit must serve for its own κ to be measured
 
 
+def serve_share(units):
+    """The routing share at which a unit serves a probe row: 1/(2E) of E routed units (contract 8)."""
+    return 1 / (2 * units)
+
+
 def damped_kappa(lf, mu, damping):
     """Smoothly damped κ = L_f / (μ + δ·L_f) (docs/method.md, contract 5): below 1/δ, exactly 1/δ for a
     singular kernel (μ = 0) and for a zero one (L_f = 0), never NaN."""

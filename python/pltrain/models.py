@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import estimators
+
 
 def _moe_monitor_kernels(x: torch.Tensor, gram1: torch.Tensor, one_hot: torch.Tensor, label: torch.Tensor, not_label: torch.Tensor,
                          w1: List[torch.Tensor], b1: List[torch.Tensor], w2: List[torch.Tensor], b2: List[torch.Tensor],
@@ -191,8 +193,8 @@ class MoeMlp(nn.Module):
 
     @property
     def serve_share(self):
-        """The routing share at which an expert serves a probe row: 1/(2E) (contract 8)."""
-        return 1 / (2 * self.units)
+        """The routing share at which an expert serves a probe row (estimators.serve_share)."""
+        return estimators.serve_share(self.units)
 
     @staticmethod
     def served_rows(serves, pruned):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pltrain
-from pltrain.attach import smooth_kappa
+from pltrain.estimators import damped_kappa
 
 D, C, N = 6, 3, 8
 
@@ -41,7 +41,7 @@ def closed_form(model, x, y, frozen=()):
 
 def kappa_of(k, damping):
     lam = np.linalg.eigvalsh(k)
-    return smooth_kappa(max(lam[-1], 0), max(lam[0], 0), damping)
+    return damped_kappa(max(lam[-1], 0), max(lam[0], 0), damping)
 
 
 def make_run(tmp_path, alpha=0.5, every=1, damping=1e-3):
