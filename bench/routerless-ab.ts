@@ -15,11 +15,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { parseTrainingConfig } from '../src/protocol';
 import { selectBackend } from '../src/trainer/backend';
 import * as branch from '../src/trainer/models';
-import type { Batch, PlModel, StepOptions } from '../src/trainer/models';
+import type { StepOptions } from '../src/trainer/models';
 import { emitResult, round } from './panel-page';
+import { exampleConfig, median, ROOT, setUpFamily, timed } from './routerless-setup';
 
 const { values: args } = parseArgs({
   options: {
@@ -31,11 +31,6 @@ const { values: args } = parseArgs({
   strict: true,
 });
 const log = (m: string) => process.stderr.write(`[routerless-ab] ${m}\n`);
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const ROOT = path.resolve(__dirname, '..');
 const BASE_DIR = path.join(ROOT, 'src', 'trainer', 'models_ab_base');
 // The variable-name prefixes of the families this bench builds, renamed in the base's copy.
 const PREFIXES: Record<string, [string, string]> = {
@@ -73,40 +68,21 @@ async function main(): Promise<void> {
   const pairs = Number(args.pairs);
   const rows: Record<string, unknown>[] = [];
   for (const family of String(args.families).split(',').filter(Boolean)) {
-    const file = path.join(ROOT, 'examples', `${family}.pltrain.json`);
-    const parsed = parseTrainingConfig(JSON.parse(fs.readFileSync(file, 'utf8')));
-    if (!parsed.ok) throw new Error(`${path.relative(ROOT, file)} does not parse`);
-    const config = parsed.config;
-    const sides = ([['base', base], ['branch', branch]] as const).map(([name, M]) => {
-      const data = M.loadTaskData(config, path.dirname(file));
-      const m: PlModel = M.createModel(tf, config, data);
-      m.setProbe(M.probeBatch(tf, config, data));
-      const batch: Batch = data.batch(tf, 'train', Int32Array.from({ length: config.batchSize }, (_, i) => i));
-      const none = new Set<number>();
-      const plain: StepOptions = { alpha: 0, trainable: Array.from({ length: m.units }, (_, i) => i), pruned: none };
-      const regularized: StepOptions = { ...plain, alpha: config.alpha };
-      // What train.ts runs for one step at this α.
-      const step = (o: StepOptions) => {
-        if (o.alpha > 0 && !m.measuresInStep) m.measure(none, none);
-        m.trainStep(batch, o);
-      };
-      return { name, m, batch, step, plain, regularized, runs: { plainWall: [] as number[], plainCpu: [] as number[], regWall: [] as number[], regCpu: [] as number[] } };
-    });
-    const timed = (f: () => void) => {
-      const [t0, c0] = [performance.now(), process.cpuUsage()];
-      f();
-      const c = process.cpuUsage(c0);
-      return [performance.now() - t0, (c.user + c.system) / 1000];
-    };
+    const { file, config } = exampleConfig(family);
+    const sides = ([['base', base], ['branch', branch]] as const).map(([name, M]) => ({
+      name,
+      ...setUpFamily(M, tf, config, file),
+      runs: { plainWall: [] as number[], plainCpu: [] as number[], regWall: [] as number[], regCpu: [] as number[] },
+    }));
     for (const s of sides) for (let i = 0; i < 5; i++) [s.plain, s.regularized].forEach(s.step);
     for (let i = 0; i < pairs; i++) {
       for (const s of i % 2 ? [...sides].reverse() : sides) {
-        const [pw, pc] = timed(() => s.step(s.plain));
-        const [rw, rc] = timed(() => s.step(s.regularized));
-        s.runs.plainWall.push(pw);
-        s.runs.plainCpu.push(pc);
-        s.runs.regWall.push(rw);
-        s.runs.regCpu.push(rc);
+        const p = timed(() => s.step(s.plain));
+        const r = timed(() => s.step(s.regularized));
+        s.runs.plainWall.push(p.wall);
+        s.runs.plainCpu.push(p.cpu);
+        s.runs.regWall.push(r.wall);
+        s.runs.regCpu.push(r.cpu);
       }
     }
     for (const s of sides) {
@@ -128,8 +104,7 @@ async function main(): Promise<void> {
       };
       log(`${family} ${s.name.padEnd(6)} plain ${row.plainStepMs} / ${row.plainStepCpuMs} ms (${row.plainKernels} kernels), regularized ${row.regularizedStepMs} / ${row.regularizedStepCpuMs} ms (${row.regularizedKernels} kernels): ×${row.ratio} wall, ×${row.cpuRatio} CPU`);
       rows.push(row);
-      tf.dispose([s.batch.x, s.batch.y]);
-      s.m.dispose();
+      s.dispose();
     }
   }
   emitResult({ backend: info.name, detail: info.detail, loadAverage: os.loadavg().map((x) => round(x)), rows });

@@ -11,14 +11,13 @@
 // counted once (tf.profile), a load-independent measure of the work.
 // usage: node --import tsx bench/routerless-step.ts [--steps 8] [--families bert-encoder,vgg] [--batches 32,64]
 // Prints progress on stderr and one `BENCH_RESULT {json}` line on stdout.
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { parseTrainingConfig } from '../src/protocol';
 import { selectBackend } from '../src/trainer/backend';
-import { createModel, loadTaskData, probeBatch, type Batch, type PlModel, type StepOptions } from '../src/trainer/models';
+import * as models from '../src/trainer/models';
 import { emitResult, round } from './panel-page';
+import { exampleConfig, median, ROOT, setUpFamily, timed } from './routerless-setup';
 
 const { values: args } = parseArgs({
   options: {
@@ -31,42 +30,17 @@ const { values: args } = parseArgs({
   strict: false,
 });
 const log = (m: string) => process.stderr.write(`[routerless-step] ${m}\n`);
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const ROOT = path.resolve(__dirname, '..');
 
 async function main(): Promise<void> {
   const { tf, info } = await selectBackend('auto');
   const steps = Number(args.steps);
   const rows: Record<string, unknown>[] = [];
   for (const family of String(args.families).split(',').filter(Boolean)) {
-    const file = path.join(ROOT, 'examples', `${family}.pltrain.json`);
-    const parsed = parseTrainingConfig(JSON.parse(fs.readFileSync(file, 'utf8')));
-    if (!parsed.ok) throw new Error(`${path.relative(ROOT, file)} does not parse`);
-    for (const batchSize of args.batches ? String(args.batches).split(',').map(Number) : [parsed.config.batchSize]) {
-      const config = { ...parsed.config, batchSize };
-      if (!(config.alpha > 0)) throw new Error(`${path.relative(ROOT, file)}: α is ${config.alpha}, nothing to regularize`);
-      const data = loadTaskData(config, path.dirname(file));
-      const m: PlModel = createModel(tf, config, data);
-      m.setProbe(probeBatch(tf, config, data));
-      const batch: Batch = data.batch(tf, 'train', Int32Array.from({ length: config.batchSize }, (_, i) => i));
-      const trainable = Array.from({ length: m.units }, (_, i) => i);
+    const { file, config: example } = exampleConfig(family);
+    for (const batchSize of args.batches ? String(args.batches).split(',').map(Number) : [example.batchSize]) {
+      const config = { ...example, batchSize };
+      const { m, plain, regularized, step: loopStep, dispose } = setUpFamily(models, tf, config, file);
       const none = new Set<number>();
-      const plain: StepOptions = { alpha: 0, trainable, pruned: none };
-      const regularized: StepOptions = { ...plain, alpha: config.alpha };
-      // What train.ts runs for one step at this α.
-      const loopStep = (o: StepOptions) => {
-        if (o.alpha > 0 && !m.measuresInStep) m.measure(none, none);
-        m.trainStep(batch, o);
-      };
-      const timed = (f: () => void) => {
-        const [t0, c0] = [performance.now(), process.cpuUsage()];
-        f();
-        const c = process.cpuUsage(c0);
-        return { wall: performance.now() - t0, cpu: (c.user + c.system) / 1000 };
-      };
       // Kernels launched, and the flops of the products among them (matmuls and convolutions: 2 per
       // multiply-add, from the kernels' shapes): a load-independent measure of the work, and of the ratio
       // no per-op saving can go below.
@@ -112,8 +86,7 @@ async function main(): Promise<void> {
       };
       log(`${family.padEnd(13)} batch ${row.batch}, probe ${row.probe}, α ${row.alpha}: plain ${row.plainStepMs} ms (${plainKernels} kernels), regularized ${row.regularizedStepMs} ms (${regKernels} kernels${row.measuresInStep ? ', measured in the step' : `, measure() ${row.measureMs} ms of it`}) → ×${row.ratio} wall, ×${row.cpuRatio} CPU time (${row.plainStepCpuMs} / ${row.regularizedStepCpuMs} ms); products ${row.plainProductMflop} / ${row.regularizedProductMflop} MFLOP → ×${row.productFlopRatio}`);
       rows.push(row);
-      tf.dispose([batch.x, batch.y]);
-      m.dispose();
+      dispose();
     }
   }
   emitResult({ backend: info.name, detail: info.detail, loadAverage: os.loadavg().map((x) => round(x)), rows });
