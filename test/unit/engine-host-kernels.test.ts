@@ -27,10 +27,17 @@ function withAddon<R>(on: boolean, f: () => R): R {
   }
 }
 
-/** The loaded addon with the element-wise kernels, or undefined where it is not built here (engine-native.test.ts requires it where OpenBLAS is installed). */
+/**
+ * The loaded addon, or undefined where it is not built here (engine-native.test.ts requires it where
+ * OpenBLAS and a compiler are installed). An addon that loads must be this tree's: one without these
+ * kernels is a stale build, a failure here, not a skip.
+ */
 function compiled(): NativeBlas | undefined {
   const blas = loadNativeBlas().blas;
-  return blas?.layerNormBackward ? blas : undefined;
+  if (!blas) return undefined;
+  for (const k of ['layerNormBackward', 'layerNormBackwardAdjoint', 'geluDerivatives', 'geluDerivativeAdjoint', 'clsAttentionValue', 'clsAttentionGradient'] as const)
+    assert.equal(typeof blas[k], 'function', `the loaded addon (${loadNativeBlas().note}) has no ${k}: a stale build, run npm run build:native`);
+  return blas;
 }
 
 const rows = (rand: () => number, n: number, spread = 2) => Float32Array.from({ length: n }, () => (rand() - 0.5) * spread);
