@@ -33,7 +33,7 @@ const scale = Number(flag('scale') ?? (quick ? 0.1 : 1));
 /**
  * Each family small enough for a 2-core CPU; 4 units, 2 of them pruned (budget 0.5). Every family
  * trains at the α of its examples/*.pltrain.json (bert-encoder and vgg ran at α = 0 here until their
- * regularized step measured inside the step, at about ×1.7–1.9 the plain step's cost).
+ * regularized step measured inside the step, at about twice the plain step's cost now).
  */
 const FAMILIES: Record<string, { pretrain: number; select: number; finetune: number; alpha: number; config: TrainingConfigInput }> = {
   'moe-mlp': { pretrain: 600, select: 200, finetune: 150, alpha: 0.01, config: { model: { family: 'moe-mlp', experts: 4, hiddenUnits: 32 }, batchSize: 64 } },
@@ -249,11 +249,16 @@ export function table(rows: Row[], scale: number): string {
     out.push('');
   }
   // Which backend and commit produced which families (a run of some families keeps the others' rows).
-  const producers = new Map<string, string[]>();
+  const producers = new Map<string, Map<string, string[]>>(); // backend → commit → families
   for (const family of Object.keys(FAMILIES)) {
-    for (const key of new Set(rows.filter((r) => r.family === family).map((r) => `Backend ${r.backend}; code at commit ${r.commit}`))) producers.set(key, [...(producers.get(key) ?? []), family]);
+    for (const r of rows.filter((x) => x.family === family)) {
+      const commits = producers.get(r.backend) ?? producers.set(r.backend, new Map()).get(r.backend)!;
+      const fams = commits.get(r.commit) ?? commits.set(r.commit, []).get(r.commit)!;
+      if (!fams.includes(family)) fams.push(family);
+    }
   }
-  const by = [...producers].map(([key, fams]) => (producers.size > 1 ? `${key} (${fams.join(', ')})` : key));
+  const several = [...producers.values()].reduce((n, c) => n + c.size, 0) > 1;
+  const by = [...producers].map(([backend, commits]) => `Backend ${backend}; code at commit ${[...commits].map(([commit, fams]) => (several ? `${commit} (${fams.join(', ')})` : commit)).join(' and ')}`);
   out.push(`${by.join('; ')}; \`npm run experiments:pruning\`${scale !== 1 ? ` with --scale ${scale}` : ''}.`);
   return out.join('\n');
 }

@@ -62,7 +62,9 @@ test('the table shows each family its own α and says which commit produced whic
   assert.doesNotMatch(md, /switch-transformer|bert-encoder/);
   // gate: 0.65 − 0.01 right after pruning, 0.65 + 0.01 after fine-tuning.
   assert.match(md, /\| gate \| 64\.0 ± 0\.0 \| 66\.0 ± 0\.0 \| 0\.300 \| \[0,1\] \|/);
-  assert.match(md, /Backend wasm; code at commit old \(moe-mlp\); Backend wasm; code at commit new \(vgg\); `npm run experiments:pruning`\.$/);
+  assert.match(md, /\nBackend wasm; code at commit old \(moe-mlp\) and new \(vgg\); `npm run experiments:pruning`\.$/);
+  // Two backends: one clause each.
+  assert.match(table([...rows('moe-mlp', 1, 'old', 0.01, 0.8), ...rows('vgg', 1, 'new', 0.001, 0.65).map((r) => ({ ...r, backend: 'cpu' }))], 1), /\nBackend wasm; code at commit old \(moe-mlp\); Backend cpu; code at commit new \(vgg\); `npm run experiments:pruning`\.$/);
   // One producer: no family list.
   assert.match(table(rows('vgg', 1, 'new', 0.001, 0.65), 0.1), /\nBackend wasm; code at commit new; `npm run experiments:pruning` with --scale 0\.1\.$/);
 });
