@@ -4,7 +4,10 @@
 // gate: its soft-masked anneal, in `exact` mode; the others: plain steps, measuring the same way),
 // prunes exactly k units, is evaluated on the test split, fine-tuned for `finetune` steps with the
 // units masked, and evaluated again. Writes experiments/pruning-comparison.json and the table into
-// docs/results.md between its own markers.
+// docs/results.md between its own markers. A run of some families (--families) merges with the
+// committed JSON: the rows of families it does not run are kept (each row records its α, commit and
+// backend, and the table says which commit produced which family), those of the families it runs are
+// replaced. The committed rows must be at the same --scale (refused before training otherwise).
 //   node --import tsx scripts/pruning-comparison.ts [--families moe-mlp,vgg] [--seeds 3] [--scale 1] [--quick]
 import { execSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -28,9 +31,9 @@ const quick = args.includes('--quick');
 const scale = Number(flag('scale') ?? (quick ? 0.1 : 1));
 
 /**
- * Each family small enough for a 2-core CPU; 4 units, 2 of them pruned (budget 0.5). bert-encoder and
- * vgg train at α = 0 here: their regularized step measures before every step (double backprop),
- * about 10× the cost, which the shared machine could not afford for 3 seeds × 4 methods.
+ * Each family small enough for a 2-core CPU; 4 units, 2 of them pruned (budget 0.5). Every family
+ * trains at the α of its examples/*.pltrain.json (bert-encoder and vgg ran at α = 0 here until their
+ * regularized step measured inside the step, at about twice the plain step's cost now).
  */
 const FAMILIES: Record<string, { pretrain: number; select: number; finetune: number; alpha: number; config: TrainingConfigInput }> = {
   'moe-mlp': { pretrain: 600, select: 200, finetune: 150, alpha: 0.01, config: { model: { family: 'moe-mlp', experts: 4, hiddenUnits: 32 }, batchSize: 64 } },
@@ -41,8 +44,8 @@ const FAMILIES: Record<string, { pretrain: number; select: number; finetune: num
     alpha: 0.001,
     config: { model: { family: 'switch-transformer', experts: 4, hiddenUnits: 32, dModel: 32, layers: 2, contextLength: 32 }, data: { source: 'text' }, batchSize: 16 },
   },
-  'bert-encoder': { pretrain: 400, select: 200, finetune: 100, alpha: 0, config: { model: { family: 'bert-encoder', experts: 4, dModel: 16, layers: 1, hiddenUnits: 32 }, batchSize: 32, learningRate: 0.005 } },
-  vgg: { pretrain: 400, select: 200, finetune: 100, alpha: 0, config: { model: { family: 'vgg', experts: 4, hiddenUnits: 4, layers: 2 }, batchSize: 32, learningRate: 0.01 } },
+  'bert-encoder': { pretrain: 400, select: 200, finetune: 100, alpha: 0.001, config: { model: { family: 'bert-encoder', experts: 4, dModel: 16, layers: 1, hiddenUnits: 32 }, batchSize: 32, learningRate: 0.005 } },
+  vgg: { pretrain: 400, select: 200, finetune: 100, alpha: 0.001, config: { model: { family: 'vgg', experts: 4, hiddenUnits: 4, layers: 2 }, batchSize: 32, learningRate: 0.01 } },
 };
 const METHODS = ['gate', 'random', 'magnitude', 'lowest-share'] as const;
 type Method = (typeof METHODS)[number];
@@ -52,10 +55,14 @@ const MONITOR_EVERY = 10;
 const families = (flag('families') ?? Object.keys(FAMILIES).join(',')).split(',');
 const seeds = Number(flag('seeds') ?? (quick ? 1 : 3));
 
-interface Row {
+export interface Row {
   family: string;
   method: Method;
   seed: number;
+  /** The α the family trained at, the short commit of the code and the backend that produced the row. */
+  alpha: number;
+  commit: string;
+  backend: string;
   pruned: number[];
   /** Routing share of each pruned unit in the pretrained model (null where the family reports none). */
   prunedShare: (number | null)[];
@@ -64,6 +71,29 @@ interface Row {
   afterFinetune: number;
   taskMetric: 'accuracy' | 'perplexity';
   seconds: number;
+}
+
+/** experiments/pruning-comparison.json. */
+export interface RunFile {
+  scale: number;
+  rows: Row[];
+}
+
+/**
+ * The file after a run: the earlier rows of every family the run has no row for, then the run's own
+ * rows, in FAMILIES order. Rows measured at another --scale are not comparable (the table states one
+ * step count per family), so a scale mismatch is an error, not a silent replacement.
+ */
+export function mergeRuns(earlier: RunFile | undefined, run: RunFile): RunFile {
+  if (!earlier) return { scale: run.scale, rows: [...run.rows] };
+  if (earlier.rows.length && earlier.scale !== run.scale) throw new Error(`the recorded rows were measured at --scale ${earlier.scale}, this run is at --scale ${run.scale}: their tables would not be comparable (move the file away to start afresh)`);
+  const runFamilies = new Set(run.rows.map((r) => r.family));
+  const rows = [...earlier.rows.filter((r) => !runFamilies.has(r.family)), ...run.rows];
+  const order = (family: string) => {
+    const i = Object.keys(FAMILIES).indexOf(family);
+    return i < 0 ? Infinity : i;
+  };
+  return { scale: run.scale, rows: rows.map((r, i) => ({ r, i })).sort((a, b) => order(a.r.family) - order(b.r.family) || a.i - b.i).map(({ r }) => r) };
 }
 
 function parse(input: TrainingConfigInput): TrainingConfig {
@@ -95,7 +125,7 @@ function shares(tf: typeof import('@tensorflow/tfjs'), model: PlModel, probe: Ba
   return measured.map(() => null);
 }
 
-async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, seed: number): Promise<Row[]> {
+async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, seed: number, meta: { commit: string; backend: string }): Promise<Row[]> {
   const f = FAMILIES[family];
   const steps = (n: number) => Math.max(MONITOR_EVERY, Math.round(n * scale));
   const [pretrain, select, finetune] = [steps(f.pretrain), steps(f.select), steps(f.finetune)];
@@ -183,14 +213,15 @@ async function runFamily(tf: typeof import('@tensorflow/tfjs'), family: string, 
     train(m, finetune, order, prunedSet);
     const afterFinetune = m.evaluate(data, 'test', prunedSet);
     m.dispose();
-    const row: Row = { family, method, seed, pruned: pruned.sort(), prunedShare: pruned.map((u) => referenceShare[u]), before, afterPrune, afterFinetune, taskMetric: data.taskMetric, seconds: (performance.now() - t1) / 1000 };
+    const row: Row = { family, method, seed, alpha: config.alpha, commit: meta.commit, backend: meta.backend, pruned: pruned.sort(), prunedShare: pruned.map((u) => referenceShare[u]), before, afterPrune, afterFinetune, taskMetric: data.taskMetric, seconds: (performance.now() - t1) / 1000 };
     console.log(`  ${method}: pruned [${row.pruned}] (share ${row.prunedShare.map((x) => (x === null ? '–' : x.toFixed(3))).join(', ')}), test ${afterPrune.toFixed(4)} → ${afterFinetune.toFixed(4)} after fine-tuning (${row.seconds.toFixed(0)} s)`);
     rows.push(row);
   }
   return rows;
 }
 
-function table(rows: Row[], meta: { scale: number; backend: string; commit: string }): string {
+/** The markdown tables of docs/results.md, one per family with rows, then which code produced them. */
+export function table(rows: Row[], scale: number): string {
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const sd = (xs: number[]) => (xs.length > 1 ? Math.sqrt(xs.reduce((a, x) => a + (x - mean(xs)) ** 2, 0) / (xs.length - 1)) : 0);
   const out: string[] = [];
@@ -198,11 +229,11 @@ function table(rows: Row[], meta: { scale: number; backend: string; commit: stri
     const fr = rows.filter((r) => r.family === family);
     if (!fr.length) continue;
     const f = FAMILIES[family];
-    const [p, s, t] = [f.pretrain, f.select, f.finetune].map((n) => Math.max(MONITOR_EVERY, Math.round(n * meta.scale)));
+    const [p, s, t] = [f.pretrain, f.select, f.finetune].map((n) => Math.max(MONITOR_EVERY, Math.round(n * scale)));
     const metric = fr[0].taskMetric === 'accuracy' ? 'test accuracy (%)' : 'test perplexity';
     const show = (x: number) => (fr[0].taskMetric === 'accuracy' ? (100 * x).toFixed(1) : x.toFixed(2));
     const pm = (xs: number[]) => `${show(mean(xs))} ± ${show(sd(xs))}`;
-    out.push(`**${family}** (4 units, 2 pruned; ${p} steps of training, ${s} steps of selection, ${t} of fine-tuning; α ${f.alpha}; ${new Set(fr.map((r) => r.seed)).size} seeds). ${metric}, mean ± sd over seeds; before pruning: ${pm(fr.filter((r) => r.method === 'gate').map((r) => r.before))}.`);
+    out.push(`**${family}** (4 units, 2 pruned; ${p} steps of training, ${s} steps of selection, ${t} of fine-tuning; α ${[...new Set(fr.map((r) => r.alpha))].join(' and ')}; ${new Set(fr.map((r) => r.seed)).size} seeds). ${metric}, mean ± sd over seeds; before pruning: ${pm(fr.filter((r) => r.method === 'gate').map((r) => r.before))}.`);
     out.push('');
     out.push(`| method | right after pruning | after fine-tuning | pretrained routing share of the pruned units, per seed | pruned units per seed |`);
     out.push('|---|---|---|---|---|');
@@ -217,7 +248,18 @@ function table(rows: Row[], meta: { scale: number; backend: string; commit: stri
     }
     out.push('');
   }
-  out.push(`Backend ${meta.backend}; code at commit ${meta.commit}; \`npm run experiments:pruning\`${meta.scale !== 1 ? ` with --scale ${meta.scale}` : ''}.`);
+  // Which backend and commit produced which families (a run of some families keeps the others' rows).
+  const producers = new Map<string, Map<string, string[]>>(); // backend → commit → families
+  for (const family of Object.keys(FAMILIES)) {
+    for (const r of rows.filter((x) => x.family === family)) {
+      const commits = producers.get(r.backend) ?? producers.set(r.backend, new Map()).get(r.backend)!;
+      const fams = commits.get(r.commit) ?? commits.set(r.commit, []).get(r.commit)!;
+      if (!fams.includes(family)) fams.push(family);
+    }
+  }
+  const several = [...producers.values()].reduce((n, c) => n + c.size, 0) > 1;
+  const by = [...producers].map(([backend, commits]) => `Backend ${backend}; code at commit ${[...commits].map(([commit, fams]) => (several ? `${commit} (${fams.join(', ')})` : commit)).join(' and ')}`);
+  out.push(`${by.join('; ')}; \`npm run experiments:pruning\`${scale !== 1 ? ` with --scale ${scale}` : ''}.`);
   return out.join('\n');
 }
 
@@ -229,21 +271,25 @@ async function main(): Promise<void> {
   } catch {
     /* not a git checkout */
   }
+  for (const family of families) if (!FAMILIES[family]) throw new Error(`unknown family ${family} (known: ${Object.keys(FAMILIES).join(', ')})`);
+  // --quick leaves the committed figures alone (its own file starts empty every time).
+  const outFile = quick ? path.join(os.tmpdir(), 'pruning-comparison.quick.json') : path.join(root, 'experiments', 'pruning-comparison.json');
+  const earlier: RunFile | undefined = !quick && fs.existsSync(outFile) ? JSON.parse(fs.readFileSync(outFile, 'utf8')) : undefined;
+  mergeRuns(earlier, { scale, rows: [] }); // a scale mismatch is refused now, not after the training
   const backend = await selectBackend('auto');
   const tf = backend.tf as typeof import('@tensorflow/tfjs');
   console.log(`backend: ${backend.info.name} — ${backend.info.detail}`);
   const rows: Row[] = [];
-  // --quick leaves the committed figures alone.
-  const outFile = quick ? path.join(os.tmpdir(), 'pruning-comparison.quick.json') : path.join(root, 'experiments', 'pruning-comparison.json');
+  let merged = mergeRuns(earlier, { scale, rows });
   for (const family of families) {
-    if (!FAMILIES[family]) throw new Error(`unknown family ${family}`);
     for (let seed = 1; seed <= seeds; seed++) {
-      rows.push(...(await runFamily(tf, family, seed)));
+      rows.push(...(await runFamily(tf, family, seed, { commit, backend: backend.info.name })));
       // Written after every seed: a run cut short keeps what it measured.
-      fs.writeFileSync(outFile, JSON.stringify({ scale, backend: backend.info.name, rows }, null, 2) + '\n');
+      merged = mergeRuns(earlier, { scale, rows });
+      fs.writeFileSync(outFile, JSON.stringify(merged, null, 2) + '\n');
     }
   }
-  const md = table(rows, { scale, backend: backend.info.name, commit });
+  const md = table(merged.rows, scale);
   console.log(md);
   if (quick) return console.log('(--quick: docs/results.md left as it is)');
   const doc = path.join(root, 'docs', 'results.md');
@@ -254,7 +300,9 @@ async function main(): Promise<void> {
   console.log(`wrote ${doc}`);
 }
 
-main().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+if (require.main === module) {
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
