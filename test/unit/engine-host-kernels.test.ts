@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { attentionBackward, clsAttentionBackwardFromOutput, ffnBlockBackward } from '../../src/trainer/models/bertEncoder';
 import { loadNativeBlas, resetNativeBlasForTests, type NativeBlas } from '../../src/trainer/engine/native';
-import { HostScratch, hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint } from '../../src/trainer/models/twiceDifferentiable';
+import { compiledHostSteps, HostScratch, hostElementwise, hostGeluDerivativeAdjoint, hostGeluDerivatives, hostLayerNormBackward, hostLayerNormBackwardAdjoint, runsOnHost } from '../../src/trainer/models/twiceDifferentiable';
 import { mulberry32 } from '../support/prng';
 
 /** Runs f with the addon switched off (the JavaScript loops) or as loaded, and restores the addon. */
@@ -186,5 +186,31 @@ test('the ops that call them give bit for bit the same values and gradients with
     // loops: those ops are compared to float32 rounding, the attention alone (no product) bit for bit.
     if (name !== 'attentionBackward, [CLS]\'s query on the host') native.forEach((g, i) => assert.ok(relGap(g, js[i]) <= 2e-5, `${name} output ${i}: ${relGap(g, js[i])}`));
     else assert.deepEqual(native, js, name);
+  }
+});
+
+test('the host path\'s size limit: the JavaScript loops\' (maxElements) without the compiled steps, compiledMaxElements with them; maxElements 0 turns it off; never on a backend whose tensors are elsewhere', async (t) => {
+  await tf.setBackend('cpu');
+  const saved = { ...hostElementwise };
+  try {
+    const above = hostElementwise.maxElements + 1;
+    withAddon(false, () => {
+      assert.equal(compiledHostSteps(), false);
+      assert.equal(runsOnHost(tf, hostElementwise.maxElements), true);
+      assert.equal(runsOnHost(tf, above), false, 'JavaScript loops: up to maxElements');
+    });
+    if (!compiled()) return t.diagnostic(`addon not loaded here (${loadNativeBlas().note})`);
+    assert.equal(compiledHostSteps(), true);
+    assert.equal(runsOnHost(tf, above), true, 'compiled: above the loops\' limit');
+    assert.equal(runsOnHost(tf, hostElementwise.compiledMaxElements), true);
+    assert.equal(runsOnHost(tf, hostElementwise.compiledMaxElements + 1), false, 'compiled: up to compiledMaxElements');
+    hostElementwise.maxElements = 0;
+    assert.equal(runsOnHost(tf, 1), false, 'maxElements 0: off');
+    hostElementwise.maxElements = saved.maxElements;
+    hostElementwise.backends.delete('cpu');
+    assert.equal(runsOnHost(tf, 1), false, 'a backend not listed');
+  } finally {
+    Object.assign(hostElementwise, { maxElements: saved.maxElements, compiledMaxElements: saved.compiledMaxElements });
+    hostElementwise.backends.add('cpu');
   }
 });

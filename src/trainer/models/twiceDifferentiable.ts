@@ -16,20 +16,31 @@ const LN_EPSILON = 1e-5;
 const GELU_C = Math.sqrt(2 / Math.PI);
 /**
  * GELU′ and layer norm's backward pass (the hand-written backward's) run on the host in float64 up to
- * this many elements of x, as tf ops above it (and bertEncoder.ts's attentionBackward for [CLS]'s query
- * up to this many elements of k): on the bert example's probe (16 examples: [240, 32] and
- * the last layer's [16, 32]) the host beats the 10–20 kernels each way, whose cost is per-kernel
- * overhead and wasm's broadcasts; per element the host is slower (Math.exp, ~10 ns an element on the
- * shared machine), so large inputs keep the ops (docs/performance.md, "Sixth pass"). The tests set it
- * to check both paths. Only on backends whose tensors are in this process's memory (`backends`): on
- * tfjs-node (`tensorflow`, which may run on a GPU) a read-back in the middle of the graph would be a
- * device sync per op, so the ops run there whatever the size.
+ * `maxElements` elements of x, as tf ops above it (and bertEncoder.ts's attentionBackward for [CLS]'s
+ * query up to this many elements of k): on the bert example's probe (16 examples: [240, 32] and the
+ * last layer's [16, 32]) the host beats the 10–20 kernels each way, whose cost is per-kernel overhead
+ * and wasm's broadcasts; per element the JavaScript loops are slower (Math.exp, ~10 ns an element on
+ * the shared machine), so large inputs keep the ops (docs/performance.md, "Sixth pass"). Where the
+ * native addon has these steps compiled, they run on the host up to `compiledMaxElements` (a bound on
+ * the host arrays' memory, not a speed limit): compiled, they beat the ops at every size measured,
+ * 6–10 % of the regularized step at probes 32 and 64 ("Tenth pass"). `maxElements` 0 turns the host
+ * path off (the tests check both paths so). Only on backends whose tensors are in this process's
+ * memory (`backends`): on tfjs-node (`tensorflow`, which may run on a GPU) a read-back in the middle of
+ * the graph would be a device sync per op, so the ops run there whatever the size.
  */
-export const hostElementwise = { maxElements: 8192, backends: new Set(['wasm', 'cpu']) };
+export const hostElementwise = { maxElements: 8192, compiledMaxElements: 1 << 24, backends: new Set(['wasm', 'cpu']) };
 
-/** Whether an op reading this many elements runs on the host (hostElementwise: size and backend). */
+/** Whether the loaded native addon has every host step compiled (a build of this tree; an older one lacks them). */
+export function compiledHostSteps(): boolean {
+  const blas = loadNativeBlas().blas;
+  return !!(blas?.layerNormBackward && blas.layerNormBackwardAdjoint && blas.geluDerivatives && blas.geluDerivativeAdjoint && blas.clsAttentionValue && blas.clsAttentionGradient);
+}
+
+/** Whether an op reading this many elements runs on the host (hostElementwise: size, compiled steps and backend). */
 export function runsOnHost(tf: typeof TF, elements: number): boolean {
-  return elements <= hostElementwise.maxElements && hostElementwise.backends.has(tf.getBackend());
+  const { maxElements, compiledMaxElements, backends } = hostElementwise;
+  if (maxElements <= 0 || !backends.has(tf.getBackend())) return false;
+  return elements <= (compiledHostSteps() ? Math.max(maxElements, compiledMaxElements) : maxElements);
 }
 
 /** Whether the native addon's element-wise kernels can read x (a float32 or float64 typed array). */
