@@ -74,10 +74,10 @@ static int fits(napi_env env, const F32 *a, int64_t batch, int64_t stride, int64
     return 0;
   }
   if (batch == 0 || size == 0) return 1;
-  // Last element read or written: (batch-1)·stride + size − 1.
-  if ((uint64_t)((batch - 1) * stride + size) > a->length) {
+  // Last element read or written: (batch-1)·stride + size − 1; a product that would overflow is too long for any array.
+  if ((stride > 0 && batch - 1 > (INT64_MAX - size) / stride) || (uint64_t)((batch - 1) * stride + size) > a->length) {
     char msg[128];
-    snprintf(msg, sizeof msg, "%s is too short: needs %lld floats, has %zu", what, (long long)((batch - 1) * stride + size), a->length);
+    snprintf(msg, sizeof msg, "%s is too short: needs %.0f floats, has %zu", what, (double)(batch - 1) * (double)stride + (double)size, a->length);
     napi_throw_range_error(env, NULL, msg);
     return 0;
   }
@@ -473,6 +473,11 @@ static int need(napi_env env, int ok, const char *what) {
   return ok;
 }
 
+// Sizes and offsets the element-wise kernels accept: each count at most 2^40 (a typed array holds far
+// fewer), so that the products and sums in their bounds checks cannot overflow.
+#define MAX_COUNT ((int64_t)1 << 40)
+static int counts_ok(int64_t a, int64_t b) { return a >= 0 && b >= 0 && a <= MAX_COUNT && b <= MAX_COUNT && (a == 0 || b <= MAX_COUNT / a); }
+
 #define LN_EPSILON 1e-5
 
 // layerNormBackward(xs, from, gs, dys, N, D, xhat, F, r, mxaR): hostLayerNormBackward's loop; the four
@@ -489,6 +494,7 @@ static napi_value LayerNormBackward(napi_env env, napi_callback_info info) {
       !get_i64(env, argv[4], &N) || !get_i64(env, argv[5], &D) || !get_f64_array(env, argv[6], &xhat, &nx, "xhat") || !get_f64_array(env, argv[7], &F, &nF, "F") ||
       !get_f64_array(env, argv[8], &r, &nr, "r") || !get_f64_array(env, argv[9], &mxaR, &nm, "mxaR"))
     return NULL;
+  if (!need(env, counts_ok(N, D) && counts_ok(from, 1) && D >= 1, "layerNormBackward: N, D or from out of range")) return NULL;
   if (!need(env, from >= 0 && N >= 0 && D >= 1 && (size_t)(from + N * D) <= xs.length && (size_t)D <= gs.length && (size_t)(N * D) <= dys.length && (size_t)(N * D) <= nx &&
                      (size_t)(N * D) <= nF && (size_t)N <= nr && (size_t)N <= nm,
             "layerNormBackward: an array is shorter than N, D and from ask"))
@@ -536,6 +542,7 @@ static napi_value LayerNormBackwardAdjoint(napi_env env, napi_callback_info info
       !get_real(env, argv[7], &dys, "dys", 0) || !get_real(env, argv[8], &ws, "ws", 0) || !get_real(env, argv[9], &dx, "dx", 0) || !get_i64(env, argv[10], &dxFrom) ||
       !get_f64_array(env, argv[11], &dg, &ng, "dg") || !get_real(env, argv[12], &ddy, "ddy", 0))
     return NULL;
+  if (!need(env, counts_ok(N, D) && counts_ok(dxFrom, 1) && D >= 1, "layerNormBackwardAdjoint: N, D or dxFrom out of range")) return NULL;
   const size_t nd = (size_t)(N * D);
   if (!need(env, N >= 0 && D >= 1 && dxFrom >= 0 && nd <= nx && nd <= nF && (size_t)N <= nr && (size_t)N <= nm && (size_t)D <= gs.length && nd <= dys.length && nd <= ws.length &&
                      (size_t)dxFrom + nd <= dx.length && (size_t)D <= ng && nd <= ddy.length,
@@ -577,6 +584,7 @@ static napi_value GeluDerivatives(napi_env env, napi_callback_info info) {
   if (argc < 5 || !get_real(env, argv[0], &xs, "xs", 0) || !get_i64(env, argv[1], &from) || !get_i64(env, argv[2], &n) || !get_f64_array(env, argv[3], &prime, &np, "prime") ||
       !get_f64_array(env, argv[4], &second, &ns, "second"))
     return NULL;
+  if (!need(env, counts_ok(from, 1) && counts_ok(n, 1), "geluDerivatives: n or from out of range")) return NULL;
   if (!need(env, from >= 0 && n >= 0 && (size_t)(from + n) <= xs.length && (size_t)n <= np && (size_t)n <= ns, "geluDerivatives: an array is shorter than n and from ask")) return NULL;
   const double c = GELU_C;
   for (int64_t i = 0; i < n; i++) {
@@ -603,6 +611,7 @@ static napi_value GeluDerivativeAdjoint(napi_env env, napi_callback_info info) {
   if (argc < 7 || !get_real(env, argv[0], &ws, "ws", 0) || !get_real(env, argv[1], &dys, "dys", 1) || !get_f64_array(env, argv[2], &prime, &n, "prime") ||
       !get_f64_array(env, argv[3], &second, &ns, "second") || !get_real(env, argv[4], &dx, "dx", 0) || !get_i64(env, argv[5], &dxFrom) || !get_real(env, argv[6], &ddy, "ddy", 1))
     return NULL;
+  if (!need(env, counts_ok(dxFrom, 1), "geluDerivativeAdjoint: dxFrom out of range")) return NULL;
   if (!need(env, dxFrom >= 0 && ns >= n && ws.length >= n && (!dys.data || dys.length >= n) && (size_t)dxFrom + n <= dx.length && (!ddy.data || ddy.length >= n),
             "geluDerivativeAdjoint: an array is shorter than prime"))
     return NULL;
@@ -626,6 +635,11 @@ static int cls_dims(napi_env env, napi_value v, int64_t dims[4]) {
       napi_throw_range_error(env, NULL, "clsAttention: dims must be [b, T, H, dh], each in 1…2^20");
       return 0;
     }
+  }
+  // The largest count the kernels form is b·T·3·H·dh (value, ws): bounded so that it cannot overflow.
+  if (!counts_ok(dims[0] * dims[1], 3 * dims[2] * dims[3])) {
+    napi_throw_range_error(env, NULL, "clsAttention: b·T·3·H·dh is too large");
+    return 0;
   }
   return 1;
 }
@@ -692,6 +706,7 @@ static napi_value ClsAttentionGradient(napi_env env, napi_callback_info info) {
       !get_f64_array(env, argv[11], &cs, &nc, "cs") || !get_f32(env, argv[12], &ga, "ga") || !get_f32(env, argv[13], &gq, "gq") || !get_f32(env, argv[14], &gk, "gk") ||
       !get_f32(env, argv[15], &gv, "gv") || !get_f64_array(env, argv[16], &gdm, &ng, "gdm"))
     return NULL;
+  if (!need(env, counts_ok(from + dims[0], dims[1] * dims[2] * dims[3]), "clsAttentionGradient: fromExample out of range")) return NULL;
   const size_t b = (size_t)dims[0], T = (size_t)dims[1], H = (size_t)dims[2], dh = (size_t)dims[3], HD = H * dh, row = 3 * HD;
   if (!need(env, from >= 0 && ws.length >= b * T * row && dO.length >= b * HD && a.length >= b * H * T && qs.length >= b * HD && ks.length >= b * H * T * dh &&
                      vs.length >= b * H * T * dh && nA >= b * H * T && nS >= b * H * T && nc >= b * H && ga.length >= ((size_t)from + b) * H * T &&

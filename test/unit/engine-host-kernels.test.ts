@@ -131,6 +131,14 @@ test('the compiled kernels refuse arrays shorter than their shapes, and arrays o
   assert.throws(() => blas.clsAttentionValue!(dims, 1, f32(8), f32(12), f32(8), f32(24), f32(24), f64(12), f64(12), f64(4), f32(35)), /shorter/);
   assert.throws(() => blas.clsAttentionGradient!(dims, 1, 1, f32(36), f32(8), f32(12), f32(8), f32(24), f32(24), f64(12), f64(12), f64(4), f32(12), f32(8), f32(24), f32(24), f64(8)), /shorter/);
   assert.throws(() => blas.clsAttentionValue!([2, 0, 2, 2], 1, f32(8), f32(12), f32(8), f32(24), f32(24), f64(12), f64(12), f64(4), f32(36)), /dims/);
+  // Counts whose products would overflow the bounds checks are refused as such, not wrapped.
+  const huge = 2 ** 52;
+  assert.throws(() => blas.layerNormBackward!(f32(8), 0, f32(4), f32(8), huge, huge, f64(8), f64(8), f64(2), f64(2)), /out of range/);
+  assert.throws(() => blas.layerNormBackwardAdjoint!(f64(8), f64(8), f64(2), f64(2), 2, 4, f32(4), f32(8), f32(8), f32(8), huge, f64(4), f32(8)), /out of range/);
+  assert.throws(() => blas.geluDerivatives!(f32(4), huge, 4, f64(4), f64(4)), /out of range/);
+  assert.throws(() => blas.geluDerivativeAdjoint!(f32(4), null, f64(4), f64(4), f32(4), huge, null), /out of range/);
+  assert.throws(() => blas.clsAttentionValue!([2 ** 20, 2 ** 20, 2 ** 20, 2 ** 20], 1, f32(8), f32(12), f32(8), f32(24), f32(24), f64(12), f64(12), f64(4), f32(36)), /too large/);
+  assert.throws(() => blas.clsAttentionGradient!(dims, 1, huge, f32(36), f32(8), f32(12), f32(8), f32(24), f32(24), f64(12), f64(12), f64(4), f32(12), f32(8), f32(24), f32(24), f64(8)), /out of range/);
 });
 
 test('the ops that call them give bit for bit the same values and gradients with the addon on and off: [CLS]\'s attention backward (with and without W_o, from a joint pass\'s examples) and a block\'s FFN backward', async (t) => {

@@ -56,6 +56,8 @@ test('the addon rejects buffers too short for the shapes instead of writing past
   assert.throws(() => blas.gemm(a, b, new Float32Array(4), 2, 2, 2, 3, false, false, 6, 6, null, false), /a is too short/);
   assert.throws(() => blas.gemm(a, b, new Float32Array(4), 1, 2, 2, 3, false, false, 6, 6, new Float32Array(3), false), /bias must have n elements/);
   assert.throws(() => blas.gemm(a, [1, 2] as unknown as Float32Array, new Float32Array(4), 1, 2, 2, 3, false, false, 6, 6, null, false), /b must be a Float32Array/);
+  // A batch and stride whose product overflows 64 bits: too short, not wrapped round to a small offset.
+  assert.throws(() => blas.gemm(a, b, new Float32Array(4), 2 ** 40, 2, 2, 3, false, false, 2 ** 40, 6, null, false), /a is too short/);
 });
 
 test('a missing or broken addon file is reported, not thrown', () => {
