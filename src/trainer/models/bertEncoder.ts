@@ -561,9 +561,9 @@ export function headJacobians(tf: typeof TF, dims: { b: number; T: number; D: nu
 
 /**
  * Whether headJacobians runs on the host (headJacobiansHost): on the backends whose tensors are in this
- * process's memory, where the native addon's sgemm does the products (the tf ops' ~70 kernels each way
- * are per-kernel overhead and transposes at the bert example's sizes: 0.7 ms forward, 1.8 ms with the
- * backward, against ~0.2 ms on the host; docs/performance.md, "Tenth pass").
+ * process's memory, where the native addon's sgemm does the products (the tf ops' 56 kernels are
+ * per-kernel overhead and transposes at the bert example's sizes: 0.69 ms forward against 0.34 ms on
+ * the host, and 0.3 ms of the regularized step with the backward; docs/performance.md, "Tenth pass").
  */
 export function headJacobiansOnHost(tf: typeof TF): boolean {
   return hostElementwise.backends.has(tf.getBackend()) && nativeHostProducts();
