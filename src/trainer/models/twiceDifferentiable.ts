@@ -208,17 +208,18 @@ export class HostScratch {
   private claims = 0;
 
   f32(key: string, n: number): Float32Array {
-    const a = this.arrays.get(key);
-    if (a instanceof Float32Array && a.length === n) return a;
-    const fresh = new Float32Array(n);
-    this.arrays.set(key, fresh);
-    return fresh;
+    return this.array(key, n, Float32Array);
   }
 
   f64(key: string, n: number): Float64Array {
+    return this.array(key, n, Float64Array);
+  }
+
+  /** key's array of n elements of this type: the kept one, or a fresh one kept in its place. */
+  private array<A extends Float32Array | Float64Array>(key: string, n: number, type: new (n: number) => A): A {
     const a = this.arrays.get(key);
-    if (a instanceof Float64Array && a.length === n) return a;
-    const fresh = new Float64Array(n);
+    if (a instanceof type && a.length === n) return a;
+    const fresh = new type(n);
     this.arrays.set(key, fresh);
     return fresh;
   }
