@@ -10,19 +10,14 @@ import type { CpuBackend, WasmBackend } from './kernels';
  * Elements from … from + count − 1 of a float32 tensor's flat values, copied into `into` (from index 0;
  * it must hold count elements) and returned as `into.subarray(0, count)`. Without `into`, a fresh array.
  * On wasm the heap view is copied at once: a view detaches when the heap grows, so none is returned.
- * Other backends (or dtypes): dataSync, then the range copied.
+ * Other backends (or dtypes): dataSync, then the range copied (readInPlace).
  */
 export function readRange(tf: typeof TF, t: TF.Tensor, from: number, count: number, into?: Float32Array): Float32Array {
   if (from < 0 || count < 0 || from + count > t.size) throw new Error(`readRange: elements ${from} … ${from + count - 1} of a tensor of ${t.size}`);
   if (t.isDisposed) throw new Error('readRange: the tensor is disposed');
   const out = into ? into.subarray(0, count) : new Float32Array(count);
   if (out.length < count) throw new Error(`readRange: ${count} elements into an array of ${into!.length}`);
-  const source = t.dtype === 'float32' ? backendValues(tf, t) : undefined;
-  if (source) out.set(source.subarray(from, from + count));
-  else {
-    const all = t.dataSync();
-    for (let i = 0; i < count; i++) out[i] = all[from + i];
-  }
+  readInPlace(tf, t, (values) => out.set(values.subarray(from, from + count)));
   return out;
 }
 
@@ -45,19 +40,12 @@ export function tensorFromRows(tf: typeof TF, shape: number[], fromRow: number, 
   const at = fromRow * perRow;
   if (fromRow < 0 || (perRow > 0 && rows.length % perRow !== 0) || at + rows.length > size)
     throw new Error(`tensorFromRows: ${rows.length} values from row ${fromRow} of a tensor [${shape}]`);
-  if (tf.getBackend() === 'wasm') {
-    const backend = tf.backend() as unknown as WasmBackend;
-    const info = backend.makeOutput(shape, 'float32');
-    const view = backend.typedArrayFromHeap(info) as Float32Array;
-    // The heap's bytes are malloc's: zero them.
-    view.fill(0, 0, at);
-    view.set(rows, at);
-    view.fill(0, at + rows.length);
-    return tf.engine().makeTensorFromTensorInfo(info);
-  }
-  const values = new Float32Array(size);
-  values.set(rows, at);
-  return tf.tensor(values, shape, 'float32');
+  return tensorFilledBy(tf, shape, (values) => {
+    // On wasm the heap's bytes are malloc's: zero them.
+    values.fill(0, 0, at);
+    values.set(rows, at);
+    values.fill(0, at + rows.length);
+  });
 }
 
 /**
