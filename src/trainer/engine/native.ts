@@ -72,6 +72,7 @@ export interface NativeBlas {
     ddy: RealArray,
   ): void;
   geluDerivatives?(xs: RealArray, from: number, n: number, prime: Float64Array, second: Float64Array): void;
+  geluDerivativeAdjoint?(ws: RealArray, dys: RealArray | null, prime: Float64Array, second: Float64Array, dx: RealArray, dxFrom: number, ddy: RealArray | null): void;
   /** models/bertEncoder.ts's clsAttentionValue and clsAttentionGradient loops, compiled (dims [b, T, H, dh]; value zero on entry). */
   clsAttentionValue?(dims: number[], scale: number, dO: Float32Array, a: Float32Array, qs: Float32Array, ks: Float32Array, vs: Float32Array, dA: Float64Array, dS: Float64Array, cs: Float64Array, value: Float32Array): void;
   clsAttentionGradient?(
@@ -93,7 +94,6 @@ export interface NativeBlas {
     gv: Float32Array,
     gdm: Float64Array,
   ): void;
-  geluDerivativeAdjoint?(ws: RealArray, dys: RealArray | null, prime: Float64Array, second: Float64Array, dx: RealArray, dxFrom: number, ddy: RealArray | null): void;
   setThreads(n: number): void;
   info(): { corename: string; config: string; threads: number };
 }
